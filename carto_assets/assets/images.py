@@ -1,0 +1,72 @@
+"""The ``images`` asset: the study's image manifest (and ground-truth concepts)."""
+
+import shutil
+
+import dagster as dg
+import polars as pl
+
+from carto_assets import pipeline
+from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.partitions import SHARDS
+from carto_assets.resources import StudyResource
+from carto_assets.sources.datasets import shard_key
+
+
+@dg.asset(
+    group_name="data",
+    kinds={"duckdb", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec("image_ids_dense_and_unique", asset="images"),
+        dg.AssetCheckSpec("every_shard_has_images", asset="images"),
+    ],
+)
+def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
+    """The image manifest images(image_id, shard, source, label, label_name)."""
+    cfg = study.load()
+    manifest = pipeline.build_manifest(cfg)
+    pipeline.save_manifest(cfg, manifest)
+    store = study.store()
+    counts = pipeline.write_images_tables(cfg, manifest, store)
+
+    # Keep the shard partitions in step with the study: add new keys, drop stale ones.
+    wanted = [shard_key(s) for s in range(cfg.shards)]
+    existing = set(context.instance.get_dynamic_partitions(SHARDS.name))
+    context.instance.add_dynamic_partitions(SHARDS.name, [k for k in wanted if k not in existing])
+    for key in sorted(existing - set(wanted)):
+        context.instance.delete_dynamic_partition(SHARDS.name, key)
+    for stale in pipeline.stale_shard_dirs(cfg):
+        shutil.rmtree(stale, ignore_errors=True)
+
+    imgs = manifest.images
+    ids = imgs["image_id"].to_numpy()
+    per_shard = imgs.group_by("shard").len().sort("shard")
+    per_class = imgs.group_by("label_name").len().sort("len", descending=True)
+    skipped = pl.DataFrame(
+        {"path": [s.path for s in manifest.skipped], "reason": [s.reason for s in manifest.skipped]},
+        schema={"path": pl.Utf8, "reason": pl.Utf8},
+    )
+    metadata = {
+        **table_metadata(store, "images"),
+        "n_classes": len(manifest.class_names),
+        "n_shards": cfg.shards,
+        "images_per_class": dg.MetadataValue.md(frame_to_markdown(per_class.head(50))),
+        "n_skipped_files": len(manifest.skipped),
+        "skipped_files": dg.MetadataValue.md(frame_to_markdown(skipped.head(200)))
+        if len(skipped) else "none",
+        "image_concepts_rows": counts.get("image_concepts", 0),
+        "study": dg.MetadataValue.json(cfg.to_dict()),
+    }
+    checks = [
+        dg.AssetCheckResult(
+            check_name="image_ids_dense_and_unique",
+            passed=bool(len(ids) == len(set(ids.tolist())) and ids.min() == 0
+                        and ids.max() == len(ids) - 1),
+        ),
+        dg.AssetCheckResult(
+            check_name="every_shard_has_images",
+            passed=bool(len(per_shard) == cfg.shards and per_shard["len"].min() > 0),
+            metadata={"min_images_per_shard": int(per_shard["len"].min())},
+        ),
+    ]
+    context.log.info(f"{len(imgs)} images in {cfg.shards} shards; {len(skipped)} files skipped")
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)

@@ -1,0 +1,132 @@
+"""The ``carto`` command: run a study end to end, list a model's layers, check a study."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _instance(home: str | None):
+    import dagster as dg
+
+    home = home or os.environ.get("DAGSTER_HOME") or str(Path.cwd() / ".dagster")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
+    return dg.DagsterInstance.get()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from carto_assets.run import RunFailed, materialize_all
+    from carto_assets.study import StudyError, load_study
+
+    study_file = args.study or os.environ.get("CARTO_STUDY", "")
+    try:
+        study = load_study(study_file or None)
+    except StudyError as exc:
+        print(f"carto: invalid study: {exc}", file=sys.stderr)
+        return 2
+    instance = _instance(args.dagster_home)
+    try:
+        timings = materialize_all(study_file, instance, say=lambda m: print(m, flush=True))
+    except (RunFailed, StudyError) as exc:
+        print(f"carto: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nDone in {timings['total']:.0f} s "
+          f"(prepare {timings['prepare']:.0f} s, activations {timings['activations']:.0f} s, "
+          f"summaries {timings['summaries']:.0f} s).")
+    print(f"Database: {study.database_path}")
+    views = study.files_dir / "views" / "index.html"
+    if views.exists():
+        print(f"Views:    {views}")
+    print(f"Runs are recorded in {os.environ['DAGSTER_HOME']}; `make ui` shows them.")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from carto_assets.core.models import (
+        BuiltinCNN,
+        default_layers,
+        probe_layers,
+        torchvision_model,
+    )
+
+    spec = args.model
+    if spec == "builtin":
+        module, key, size = BuiltinCNN(num_classes=10), "builtin", args.input_size or 64
+    elif spec.startswith("torchvision:"):
+        key = spec.split(":", 1)[1]
+        try:
+            module = torchvision_model(key, args.weights)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"carto: {exc}", file=sys.stderr)
+            return 2
+        size = args.input_size or 224
+    else:
+        print(f"carto: model must be 'builtin' or 'torchvision:<name>', got {spec!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        infos = probe_layers(module, size)
+    except ValueError as exc:
+        print(f"carto: {exc}", file=sys.stderr)
+        return 2
+    auto = set(default_layers(key, infos))
+    print(f"{'layer':<40} {'type':<22} {'channels':>8}  {'output':<16} auto")
+    for i in infos:
+        if not args.all and i.depth > args.depth:
+            continue
+        shape = "x".join(map(str, i.output_shape)) if i.output_shape else "-"
+        note = "*" if i.name in auto else ""
+        if i.calls > 1:
+            note += f" (runs {i.calls}x: not selectable)"
+        print(f"{i.name:<40} {i.type:<22} {i.channels or '-':>8}  {shape:<16} {note}")
+    print(f"\n* = the 'auto' layer set ({len(auto)} layers) at {size}x{size} input")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from carto_assets.study import StudyError, load_study
+
+    try:
+        study = load_study(args.study or None)
+    except StudyError as exc:
+        print(f"carto: invalid study: {exc}", file=sys.stderr)
+        return 2
+    print(f"study '{study.name}' is valid: model {study.model}, dataset {study.dataset.kind}, "
+          f"database {study.database_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="carto", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
+    run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    run.add_argument("--dagster-home", help="Dagster instance folder (default: ./.dagster)")
+    run.set_defaults(func=cmd_run)
+
+    layers = sub.add_parser("layers", help="list a model's layers with channel counts")
+    layers.add_argument("model", help="builtin or torchvision:<name>, e.g. torchvision:googlenet")
+    layers.add_argument("--weights", default="none", help="none (default), DEFAULT or a checkpoint")
+    layers.add_argument("--input-size", type=int, default=None, help="square input side in px")
+    layers.add_argument("--depth", type=int, default=2, help="max module depth shown (default 2)")
+    layers.add_argument("--all", action="store_true", help="show modules of every depth")
+    layers.set_defaults(func=cmd_layers)
+
+    check = sub.add_parser("check", help="validate a study file without running anything")
+    check.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    check.set_defaults(func=cmd_check)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Dagster's SQLite storage logs its schema migrations at INFO on every run; not news.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

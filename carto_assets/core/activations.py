@@ -1,0 +1,279 @@
+"""The activation pass: one forward pass per batch, every selected layer captured at once.
+
+A neuron is one channel of one layer. An image's activation for a neuron is the maximum of the
+channel's map over space (over tokens for token-shaped outputs), with the argmax position. Only
+each neuron's top-k candidates are kept while streaming (:class:`StreamingTopK`), so memory is
+O(neurons x k), never O(images). Per-class statistics for the concept graph are accumulated on
+the way (:class:`ClassStats`).
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from carto_assets.core.models import LayerInfo
+
+
+def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel maximum over space and its position.
+
+    Parameters
+    ----------
+    output
+        (B, C, H, W) maps, (B, T, C) tokens or (B, C) vectors.
+
+    Returns
+    -------
+    values, y, x
+        Each (B, C). For tokens, y is the token index and x is 0; for vectors both are 0.
+        Among equal maxima the position is the one torch reports (the first on CPU).
+    """
+    if output.ndim == 4:
+        b, c, h, w = output.shape
+        values, flat = output.reshape(b, c, h * w).max(dim=2)
+        return values, flat // w, flat % w
+    if output.ndim == 3:
+        values, token = output.max(dim=1)
+        return values, token, torch.zeros_like(token)
+    if output.ndim == 2:
+        zeros = torch.zeros(output.shape, dtype=torch.long, device=output.device)
+        return output, zeros, zeros
+    raise ValueError(f"cannot reduce an output of shape {tuple(output.shape)}")
+
+
+class LayerRecorder:
+    """Forward hooks that reduce each selected layer's output to (values, y, x) on the fly.
+
+    Reducing inside the hook copies what is needed before anything downstream runs, which is
+    what cloning would buy us: later in-place ops (``ReLU(inplace=True)``) cannot overwrite it,
+    and full feature maps never pile up in memory.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerInfo]) -> None:
+        self.layers = list(layers)
+        self.captured: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        modules = dict(model.named_modules())
+        self._handles = [
+            modules[info.name].register_forward_hook(self._hook(info.name)) for info in self.layers
+        ]
+
+    def _hook(self, name: str):
+        def hook(_mod, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} returned {type(out).__name__}, not a tensor; "
+                    "choose a module whose output is a tensor"
+                )
+            self.captured[name] = spatial_max(out.detach())
+
+        return hook
+
+    def collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concatenate the captured layers in neuron order: three (B, N) tensors."""
+        missing = [i.name for i in self.layers if i.name not in self.captured]
+        if missing:
+            raise RuntimeError(f"layers did not run in the forward pass: {missing}")
+        parts = [self.captured[i.name] for i in self.layers]
+        self.captured = {}
+        return (
+            torch.cat([p[0].float() for p in parts], dim=1),
+            torch.cat([p[1] for p in parts], dim=1),
+            torch.cat([p[2] for p in parts], dim=1),
+        )
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> LayerRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StreamingTopK:
+    """Each neuron's k largest activations over a stream of batches.
+
+    Order is by activation descending, then image id ascending, so the result equals a full
+    sort with that key (ties included) whatever the batch boundaries.
+    """
+
+    def __init__(self, n_neurons: int, k: int, device: torch.device | str = "cpu") -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.values = torch.full((n_neurons, 0), float("-inf"), device=device)
+        self.image_ids = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self.ys = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self.xs = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self._max_id = -1
+
+    def update(
+        self, values: torch.Tensor, image_ids: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+    ) -> None:
+        """Merge a batch: values/ys/xs are (B, N), image_ids is (B,)."""
+        if values.shape[0] == 0:
+            return
+        n = values.shape[1]
+        batch_ids = image_ids.to(self.values.device).view(1, -1).expand(n, -1)
+        vals = torch.cat([self.values, values.T.to(self.values.device)], dim=1)
+        ids = torch.cat([self.image_ids, batch_ids], dim=1)
+        yy = torch.cat([self.ys, ys.T.to(self.values.device)], dim=1)
+        xx = torch.cat([self.xs, xs.T.to(self.values.device)], dim=1)
+        ascending = bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        if not ascending:
+            # Ties must resolve by image id; put ids in ascending order first, then a stable
+            # sort by value keeps that order among equal values.
+            order = torch.argsort(ids, dim=1, stable=True)
+            vals, ids, yy, xx = (t.gather(1, order) for t in (vals, ids, yy, xx))
+        # Fast path: kept candidates are already (value desc, id asc) and every new id is larger,
+        # so one stable sort by value yields the (value desc, id asc) order.
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.values, self.image_ids, self.ys, self.xs = (
+            t.gather(1, order) for t in (vals, ids, yy, xx)
+        )
+        self._max_id = max(self._max_id, int(image_ids.max()))
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Long-format arrays: neuron_id, rank (1-based), image_id, activation, y, x."""
+        n, kk = self.values.shape
+        valid = torch.isfinite(self.values)
+        neuron = torch.arange(n, device=self.values.device).view(-1, 1).expand(n, kk)
+        rank = torch.arange(1, kk + 1, device=self.values.device).view(1, -1).expand(n, kk)
+        pick = lambda t: t[valid].cpu().numpy()  # noqa: E731 - one device-to-host copy each
+        return {
+            "neuron_id": pick(neuron).astype(np.int64),
+            "rank": pick(rank).astype(np.int32),
+            "image_id": pick(self.image_ids).astype(np.int64),
+            "activation": pick(self.values).astype(np.float32),
+            "y": pick(self.ys).astype(np.int32),
+            "x": pick(self.xs).astype(np.int32),
+        }
+
+
+def top_mass_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Channels carrying the top ``fraction`` of each image's normalized activation mass.
+
+    Summit's rule: normalize an image's positive channel maxima in a layer to sum to 1, take
+    channels in descending order until the running total reaches ``fraction`` (the channel that
+    crosses it included). ``values`` is (B, C); returns a bool (B, C) mask.
+    """
+    pos = values.clamp(min=0)
+    total = pos.sum(dim=1, keepdim=True)
+    share = torch.where(total > 0, pos / total.clamp(min=1e-30), torch.zeros_like(pos))
+    sorted_share, order = torch.sort(share, dim=1, descending=True, stable=True)
+    before = torch.cumsum(sorted_share, dim=1) - sorted_share
+    take_sorted = (before < fraction) & (sorted_share > 0)
+    mask = torch.zeros_like(take_sorted)
+    mask.scatter_(1, order, take_sorted)
+    return mask
+
+
+class ClassStats:
+    """Per-class, per-neuron sums accumulated over the stream (O(classes x neurons) memory)."""
+
+    def __init__(
+        self, layers: Sequence[LayerInfo], n_classes: int, fraction: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.fraction = fraction
+        widths = [int(i.channels or 0) for i in layers]
+        self.bounds = np.cumsum([0, *widths])
+        n = int(self.bounds[-1])
+        self.images = torch.zeros(n_classes, dtype=torch.float64, device=device)
+        self.top_mass = torch.zeros(n_classes, n, dtype=torch.float64, device=device)
+        self.activation_sum = torch.zeros(n_classes, n, dtype=torch.float64, device=device)
+
+    def update(self, values: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.to(self.top_mass.device)
+        values = values.to(self.top_mass.device)
+        self.images.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        self.activation_sum.index_add_(0, labels, values.double())
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
+            mask = top_mass_mask(values[:, lo:hi], self.fraction)
+            self.top_mass[:, lo:hi].index_add_(0, labels, mask.double())
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Long format over classes that have images: label, neuron_id, n_images, sums."""
+        present = torch.nonzero(self.images > 0).flatten()
+        n = self.top_mass.shape[1]
+        label = present.view(-1, 1).expand(-1, n).reshape(-1)
+        neuron = torch.arange(n, device=present.device).repeat(len(present))
+        return {
+            "label": label.cpu().numpy().astype(np.int32),
+            "neuron_id": neuron.cpu().numpy().astype(np.int64),
+            "n_images": self.images[label].cpu().numpy().astype(np.int64),
+            "top_mass_count": self.top_mass[present].reshape(-1).cpu().numpy().astype(np.int64),
+            "activation_sum": self.activation_sum[present].reshape(-1).cpu().numpy(),
+        }
+
+
+@dataclass
+class Batch:
+    image_ids: torch.Tensor  # (B,) int64, ascending within a shard
+    images: torch.Tensor  # (B, 3, H, W) normalized
+    labels: torch.Tensor  # (B,) int64
+
+
+@dataclass
+class PassResult:
+    top_k: dict[str, np.ndarray]
+    class_stats: dict[str, np.ndarray]
+    n_images: int
+    seconds: float
+
+
+def activation_pass(
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    batches: Iterable[Batch],
+    *,
+    k: int,
+    n_classes: int,
+    mass_fraction: float,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+) -> PassResult:
+    """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics.
+
+    ``progress(images_done, seconds)`` is called after every batch.
+    """
+    n_neurons = sum(int(i.channels or 0) for i in layers)
+    topk = StreamingTopK(n_neurons, k, device=device)
+    stats = ClassStats(layers, n_classes, mass_fraction, device=device)
+    done = 0
+    start = time.perf_counter()
+    model.eval()
+    with LayerRecorder(model, layers) as recorder, torch.inference_mode():
+        for batch in batches:
+            model(batch.images.to(device, non_blocking=True))
+            values, ys, xs = recorder.collect()
+            if not torch.isfinite(values).all():
+                bad = sorted({layers[j].name for j in _layer_of_bad(values, layers)})
+                raise FloatingPointError(
+                    f"the model produced NaN or infinite activations in layer(s) {bad} "
+                    f"for images {batch.image_ids[:5].tolist()}..."
+                )
+            ids = batch.image_ids.to(device)
+            topk.update(values, ids, ys, xs)
+            stats.update(values, batch.labels.to(device))
+            done += len(batch.image_ids)
+            if progress is not None:
+                progress(done, time.perf_counter() - start)
+    return PassResult(topk.result(), stats.result(), done, time.perf_counter() - start)
+
+
+def _layer_of_bad(values: torch.Tensor, layers: Sequence[LayerInfo]) -> list[int]:
+    bounds = np.cumsum([0, *[int(i.channels or 0) for i in layers]])
+    bad_cols = torch.nonzero(~torch.isfinite(values).all(dim=0)).flatten().cpu().numpy()
+    return [int(np.searchsorted(bounds, c, side="right") - 1) for c in bad_cols]

@@ -1,0 +1,56 @@
+"""The Dagster code location: the only place that wires assets, resources and jobs.
+
+The study comes from the ``CARTO_STUDY`` environment variable (a YAML path); without it the
+built-in shapes demo study runs. An invalid study fails here, when the definitions load,
+before any work.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from carto_assets.assets.activations import activations
+from carto_assets.assets.images import images
+from carto_assets.assets.model import model
+from carto_assets.assets.top_images import top_images
+from carto_assets.partitions import SHARDS
+from carto_assets.resources import StudyResource
+from carto_assets.study import STUDY_ENV_VAR
+
+ALL_ASSETS = [images, model, activations, top_images]
+
+PREPARE_JOB = "prepare_study"
+ACTIVATIONS_JOB = "activation_pass"
+SUMMARIES_JOB = "summaries"
+
+
+def build_definitions(study_file: str = "") -> dg.Definitions:
+    """Definitions for one study file ('' = built-in demo); validates the study first."""
+    resource = StudyResource(study_file=study_file)
+    resource.load()  # raises StudyError naming the bad field
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[
+            dg.define_asset_job(
+                PREPARE_JOB, selection=dg.AssetSelection.assets(images, model),
+                description="Build the image manifest and train or load the model.",
+            ),
+            dg.define_asset_job(
+                ACTIVATIONS_JOB, selection=dg.AssetSelection.assets(activations),
+                partitions_def=SHARDS,
+                description="The activation pass over one shard (one run per partition).",
+            ),
+            dg.define_asset_job(
+                SUMMARIES_JOB,
+                selection=dg.AssetSelection.assets(activations).downstream()
+                - dg.AssetSelection.assets(activations),
+                description="Everything computed from the per-shard summaries.",
+            ),
+        ],
+        resources={"study": resource},
+    )
+
+
+defs = build_definitions(os.environ.get(STUDY_ENV_VAR, ""))

@@ -1,0 +1,332 @@
+"""Study files: one model + one dataset + the layers to map + parameters.
+
+A study is a YAML file chosen with the environment variable ``CARTO_STUDY``; without it the
+built-in demo study (:data:`DEMO_STUDY`) runs. Everything is validated here, before any work,
+with messages that name the bad field and what is allowed.
+
+This module never imports dagster or torch, so a study can be checked anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STUDY_ENV_VAR = "CARTO_STUDY"
+DATASET_KINDS = ("shapes", "digits", "imagefolder")
+DEVICES = ("auto", "cpu", "cuda")
+WEIGHTS_KEYWORDS = ("none", "DEFAULT")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyError(ValueError):
+    """A study file is invalid; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the images come from."""
+
+    kind: str = "shapes"
+    #: shapes: number of images to render. digits: optional cap on the 1,797 images.
+    size: int | None = 4000
+    #: Side of the square model input in pixels (shapes renders at this size; digits and
+    #: folders are resized to it). ``None`` means the source's natural size (shapes: 64,
+    #: digits: 32, imagefolder: 224).
+    image_size: int | None = None
+    #: imagefolder only: root folder in torchvision ImageFolder layout (one subfolder per class).
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the built-in CNN is trained (ignored for torchvision models)."""
+
+    epochs: int = 6
+    learning_rate: float = 0.003
+    batch_size: int = 64
+    holdout_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class Study:
+    """One validated study. Build it with :func:`load_study` or :func:`study_from_dict`."""
+
+    name: str = "shapes-demo"
+    #: ``builtin`` or ``torchvision:<name>``.
+    model: str = "builtin"
+    #: torchvision only: ``none``, ``DEFAULT`` (or any weights enum member name), or a path to a
+    #: local checkpoint (a state dict, loaded with ``weights_only=True``).
+    weights: str = "none"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    #: ``auto`` or a list of module names from ``model.named_modules()``.
+    layers: tuple[str, ...] | str = "auto"
+    device: str = "auto"
+    batch_size: int = 128
+    #: Number of activation partitions; images are split into contiguous shards.
+    shards: int = 4
+    top_k: int = 50
+    #: Channels whose normalized activation mass adds up to this fraction of an image's layer
+    #: total count as "carrying" the image (Summit's rule; the paper used 3%).
+    mass_fraction: float = 0.03
+    seed: int = 0
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    #: DuckDB database file. Relative paths resolve against the study file's folder (or the
+    #: current directory for the built-in study).
+    database: str = "data/carto.duckdb"
+    #: Folder for per-shard Parquet, checkpoints and views; default: ``<database stem>_files``
+    #: next to the database.
+    data_dir: str | None = None
+    #: Folder that relative paths resolve against (set by :func:`load_study`).
+    base_dir: str = "."
+
+    # ---- derived paths -------------------------------------------------------------------
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.database)
+
+    @property
+    def files_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.resolve(self.data_dir)
+        db = self.database_path
+        return db.parent / f"{db.stem}_files"
+
+    @property
+    def is_builtin_model(self) -> bool:
+        return self.model == "builtin"
+
+    @property
+    def torchvision_name(self) -> str | None:
+        return self.model.split(":", 1)[1] if self.model.startswith("torchvision:") else None
+
+    def model_fingerprint(self) -> str:
+        """Hash of every setting the trained/loaded model depends on (cache key)."""
+        relevant = {
+            "model": self.model,
+            "weights": self.weights,
+            "dataset": asdict(self.dataset),
+            "training": asdict(self.training) if self.is_builtin_model else None,
+            "seed": self.seed if self.is_builtin_model else None,
+        }
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
+        return d
+
+
+DEMO_STUDY: dict[str, Any] = {
+    "name": "shapes-demo",
+    "model": "builtin",
+    "dataset": {"kind": "shapes", "size": 4000, "image_size": 64},
+    "layers": "auto",
+    "device": "auto",
+    "batch_size": 128,
+    "shards": 4,
+    "top_k": 50,
+    "seed": 0,
+    "database": "data/carto.duckdb",
+}
+
+
+def _fail(field_name: str, value: Any, allowed: str) -> StudyError:
+    return StudyError(f"study field '{field_name}': got {value!r}; {allowed}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return_msg = f"expected an integer >= {minimum}"
+        raise _fail(name, value, return_msg)
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise _fail(name, value, f"expected an integer >= {minimum}{upper}")
+    return value
+
+
+def _check_float(name: str, value: Any, *, low: float, high: float, low_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(name, value, f"expected a number in {'(' if low_open else '['}{low}, {high}]")
+    v = float(value)
+    if (v <= low if low_open else v < low) or v > high:
+        raise _fail(name, value, f"expected a number in {'(' if low_open else '['}{low}, {high}]")
+    return v
+
+
+def _check_keys(section: str, raw: dict[str, Any], cls: type) -> None:
+    allowed = {f.name for f in fields(cls)} - {"base_dir"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        prefix = f"{section}." if section else ""
+        raise StudyError(
+            f"unknown study field '{prefix}{unknown[0]}'; allowed fields: {', '.join(sorted(allowed))}"
+        )
+
+
+def _dataset_from_dict(raw: Any) -> DatasetConfig:
+    if isinstance(raw, str):
+        raw = {"kind": raw}
+    if not isinstance(raw, dict):
+        raise _fail("dataset", raw, "expected a mapping with 'kind' (and size/image_size/path)")
+    _check_keys("dataset", raw, DatasetConfig)
+    kind = raw.get("kind", "shapes")
+    if kind not in DATASET_KINDS:
+        raise _fail("dataset.kind", kind, f"allowed: {', '.join(DATASET_KINDS)}")
+    default_size = 4000 if kind == "shapes" else None
+    size = raw.get("size", default_size)
+    if size is not None:
+        size = _check_int("dataset.size", size, minimum=1)
+    image_size = raw.get("image_size")
+    if image_size is not None:
+        image_size = _check_int("dataset.image_size", image_size, minimum=16, maximum=1024)
+    path = raw.get("path")
+    if kind == "imagefolder":
+        if not path or not isinstance(path, str):
+            raise _fail("dataset.path", path, "imagefolder needs the path of an image folder")
+    elif path is not None:
+        raise _fail("dataset.path", path, f"only dataset kind 'imagefolder' takes a path, not {kind!r}")
+    return DatasetConfig(kind=kind, size=size, image_size=image_size, path=path)
+
+
+def _training_from_dict(raw: Any) -> TrainingConfig:
+    if raw is None:
+        return TrainingConfig()
+    if not isinstance(raw, dict):
+        raise _fail("training", raw, "expected a mapping (epochs, learning_rate, batch_size, ...)")
+    _check_keys("training", raw, TrainingConfig)
+    d = TrainingConfig()
+    return TrainingConfig(
+        epochs=_check_int("training.epochs", raw.get("epochs", d.epochs), minimum=1),
+        learning_rate=_check_float(
+            "training.learning_rate", raw.get("learning_rate", d.learning_rate),
+            low=0.0, high=10.0, low_open=True,
+        ),
+        batch_size=_check_int("training.batch_size", raw.get("batch_size", d.batch_size), minimum=1),
+        holdout_fraction=_check_float(
+            "training.holdout_fraction", raw.get("holdout_fraction", d.holdout_fraction),
+            low=0.0, high=0.9, low_open=False,
+        ),
+    )
+
+
+def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
+    """Validate a study mapping (as parsed from YAML) and return a :class:`Study`.
+
+    Raises
+    ------
+    StudyError
+        Naming the first bad field, its value and what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise StudyError(f"a study must be a YAML mapping of fields, got {type(raw).__name__}")
+    _check_keys("", raw, Study)
+    d = Study()
+
+    name = raw.get("name", d.name)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _fail("name", name, "expected letters, digits, '_', '-' or '.' (no spaces)")
+
+    model = raw.get("model", d.model)
+    if not isinstance(model, str) or not (
+        model == "builtin" or re.match(r"^torchvision:[A-Za-z0-9_]+$", model)
+    ):
+        raise _fail("model", model, "allowed: 'builtin' or 'torchvision:<name>', e.g. torchvision:resnet18")
+
+    weights = raw.get("weights", d.weights)
+    if weights is None:
+        weights = "none"
+    if not isinstance(weights, str) or not weights:
+        raise _fail("weights", weights, "allowed: none, DEFAULT, a weights enum name or a checkpoint path")
+    if model == "builtin" and weights != "none":
+        raise _fail("weights", weights, "the builtin model is trained by the study; use weights: none")
+    base = Path(base_dir).resolve()
+    if weights not in WEIGHTS_KEYWORDS and ("/" in weights or weights.endswith((".pt", ".pth"))):
+        ckpt = Path(weights).expanduser()
+        ckpt = ckpt if ckpt.is_absolute() else base / ckpt
+        if not ckpt.is_file():
+            raise _fail("weights", weights, f"checkpoint file not found at {ckpt}")
+        weights = str(ckpt)
+
+    dataset = _dataset_from_dict(raw.get("dataset", {"kind": "shapes"}))
+    if dataset.kind == "imagefolder":
+        folder = Path(dataset.path).expanduser()  # type: ignore[arg-type]
+        folder = folder if folder.is_absolute() else base / folder
+        if not folder.is_dir():
+            raise _fail("dataset.path", dataset.path, f"no such folder: {folder}")
+        dataset = DatasetConfig(
+            kind=dataset.kind, size=dataset.size, image_size=dataset.image_size, path=str(folder)
+        )
+
+    layers = raw.get("layers", d.layers)
+    if isinstance(layers, str):
+        if layers != "auto":
+            layers = (layers,)
+    elif isinstance(layers, list) and layers and all(isinstance(x, str) and x for x in layers):
+        if len(set(layers)) != len(layers):
+            raise _fail("layers", layers, "layer names must be unique")
+        layers = tuple(layers)
+    else:
+        raise _fail("layers", layers, "expected 'auto' or a non-empty list of module names")
+
+    device = raw.get("device", d.device)
+    if device not in DEVICES and not (isinstance(device, str) and re.match(r"^cuda:\d+$", device)):
+        raise _fail("device", device, f"allowed: {', '.join(DEVICES)} or cuda:<index>")
+
+    batch_size = _check_int("batch_size", raw.get("batch_size", d.batch_size), minimum=1)
+    shards = _check_int("shards", raw.get("shards", d.shards), minimum=1, maximum=100_000)
+    top_k = _check_int("top_k", raw.get("top_k", d.top_k), minimum=1, maximum=100_000)
+    mass_fraction = _check_float(
+        "mass_fraction", raw.get("mass_fraction", d.mass_fraction), low=0.0, high=1.0, low_open=True
+    )
+    seed = _check_int("seed", raw.get("seed", d.seed), minimum=0)
+    training = _training_from_dict(raw.get("training"))
+
+    database = raw.get("database", d.database)
+    if not isinstance(database, str) or not database.endswith(".duckdb"):
+        raise _fail("database", database, "expected a path ending in .duckdb")
+    data_dir = raw.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise _fail("data_dir", data_dir, "expected a folder path")
+
+    if dataset.kind == "shapes" and dataset.size is not None and top_k > dataset.size:
+        raise _fail("top_k", top_k, f"must not exceed the dataset size ({dataset.size} images)")
+    if dataset.size is not None and shards > dataset.size:
+        raise _fail("shards", shards, f"must not exceed the dataset size ({dataset.size} images)")
+
+    return Study(
+        name=name, model=model, weights=weights, dataset=dataset, layers=layers, device=device,
+        batch_size=batch_size, shards=shards, top_k=top_k, mass_fraction=mass_fraction,
+        seed=seed, training=training, database=database, data_dir=data_dir, base_dir=str(base),
+    )
+
+
+def load_study(path: str | Path | None = None) -> Study:
+    """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study."""
+    if path is None:
+        path = os.environ.get(STUDY_ENV_VAR) or None
+    if path is None:
+        return study_from_dict(DEMO_STUDY, base_dir=Path.cwd())
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise StudyError(f"study file not found: {p} (from {STUDY_ENV_VAR} or --study)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyError(f"study file {p} is not valid YAML: {exc}") from exc
+    try:
+        return study_from_dict(raw, base_dir=p.parent)
+    except StudyError as exc:
+        raise StudyError(f"{p}: {exc}") from None
