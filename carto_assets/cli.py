@@ -34,9 +34,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunFailed, StudyError) as exc:
         print(f"carto: {exc}", file=sys.stderr)
         return 1
-    print(f"\nDone in {timings['total']:.0f} s "
-          f"(prepare {timings['prepare']:.0f} s, activations {timings['activations']:.0f} s, "
-          f"summaries {timings['summaries']:.0f} s).")
+    print(
+        f"\nDone in {timings['total']:.0f} s "
+        f"(prepare {timings['prepare']:.0f} s, activations {timings['activations']:.0f} s, "
+        f"summaries {timings['summaries']:.0f} s)."
+    )
     print(f"Database: {study.database_path}")
     views = study.files_dir / "views" / "index.html"
     if views.exists():
@@ -65,8 +67,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
             return 2
         size = args.input_size or 224
     else:
-        print(f"carto: model must be 'builtin' or 'torchvision:<name>', got {spec!r}",
-              file=sys.stderr)
+        print(
+            f"carto: model must be 'builtin' or 'torchvision:<name>', got {spec!r}", file=sys.stderr
+        )
         return 2
     try:
         infos = probe_layers(module, size)
@@ -95,8 +98,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     except StudyError as exc:
         print(f"carto: invalid study: {exc}", file=sys.stderr)
         return 2
-    print(f"study '{study.name}' is valid: model {study.model}, dataset {study.dataset.kind}, "
-          f"database {study.database_path}")
+    print(
+        f"study '{study.name}' is valid: model {study.model}, dataset {study.dataset.kind}, "
+        f"database {study.database_path}"
+    )
     return 0
 
 

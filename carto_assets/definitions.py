@@ -15,7 +15,6 @@ from carto_assets.assets.activations import activations
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
-from carto_assets.partitions import SHARDS
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
 
@@ -34,12 +33,13 @@ def build_definitions(study_file: str = "") -> dg.Definitions:
         assets=ALL_ASSETS,
         jobs=[
             dg.define_asset_job(
-                PREPARE_JOB, selection=dg.AssetSelection.assets(images, model),
+                PREPARE_JOB,
+                selection=dg.AssetSelection.assets(images, model),
                 description="Build the image manifest and train or load the model.",
             ),
             dg.define_asset_job(
-                ACTIVATIONS_JOB, selection=dg.AssetSelection.assets(activations),
-                partitions_def=SHARDS,
+                ACTIVATIONS_JOB,
+                selection=dg.AssetSelection.assets(activations),
                 description="The activation pass over one shard (one run per partition).",
             ),
             dg.define_asset_job(

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,11 @@ import torch
 
 from carto_assets.core.activations import Batch, PassResult, activation_pass
 from carto_assets.core.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     BuiltinCNN,
     LayerInfo,
     ModelBundle,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     probe_layers,
     resolve_device,
     resolve_layers,
@@ -130,8 +129,11 @@ def source_for_manifest(study: Study, images: pl.DataFrame, class_names: list[st
     """The image source for a stored manifest (image folders are not rescanned)."""
     if study.dataset.kind == "imagefolder":
         return ImageFolderSource.from_manifest(
-            study.dataset.path or "", images["source"].to_list(), images["label"].to_list(),
-            class_names, study_image_size(study),
+            study.dataset.path or "",
+            images["source"].to_list(),
+            images["label"].to_list(),
+            class_names,
+            study_image_size(study),
         )
     return open_source(study)
 
@@ -156,8 +158,14 @@ def _bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
 
 def layer_table(layers: list[LayerInfo]) -> list[dict[str, Any]]:
     return [
-        {"layer": i.name, "type": i.type, "channels": i.channels,
-         "map_height": i.map_size[0], "map_width": i.map_size[1], "order": i.order}
+        {
+            "layer": i.name,
+            "type": i.type,
+            "channels": i.channels,
+            "map_height": i.map_size[0],
+            "map_width": i.map_size[1],
+            "order": i.order,
+        }
         for i in layers
     ]
 
@@ -181,8 +189,13 @@ def prepare_model(
         meta["cached"] = True
         return meta
     size = study_image_size(study)
-    meta: dict[str, Any] = {"model": study.model, "weights": study.weights, "input_size": size,
-                            "fingerprint": study.model_fingerprint(), "cached": False}
+    meta: dict[str, Any] = {
+        "model": study.model,
+        "weights": study.weights,
+        "input_size": size,
+        "fingerprint": study.model_fingerprint(),
+        "cached": False,
+    }
     if study.is_builtin_model:
         from carto_assets.core.training import train_builtin
 
@@ -192,16 +205,27 @@ def prepare_model(
         labels = images["label"].to_numpy()[ok]
         t = study.training
         result = train_builtin(
-            pixels, labels, len(class_names), epochs=t.epochs, learning_rate=t.learning_rate,
-            batch_size=t.batch_size, holdout_fraction=t.holdout_fraction, seed=study.seed,
-            mean=BUILTIN_MEAN, std=BUILTIN_STD,
+            pixels,
+            labels,
+            len(class_names),
+            epochs=t.epochs,
+            learning_rate=t.learning_rate,
+            batch_size=t.batch_size,
+            holdout_fraction=t.holdout_fraction,
+            seed=study.seed,
+            mean=BUILTIN_MEAN,
+            std=BUILTIN_STD,
             progress=lambda e, loss, s: say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
         )
         module = result.bundle.module
         meta.update(
-            holdout_accuracy=result.holdout_accuracy, train_accuracy=result.train_accuracy,
-            epoch_losses=result.epoch_losses, n_train=result.n_train, n_holdout=result.n_holdout,
-            training_seconds=result.seconds, n_classes=len(class_names),
+            holdout_accuracy=result.holdout_accuracy,
+            train_accuracy=result.train_accuracy,
+            epoch_losses=result.epoch_losses,
+            n_train=result.n_train,
+            n_holdout=result.n_holdout,
+            training_seconds=result.seconds,
+            n_classes=len(class_names),
         )
     else:
         module = torchvision_model(study.torchvision_name or "", study.weights)
@@ -248,9 +272,9 @@ def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], dict[str, An
 
 def neurons_frame(layers: list[LayerInfo]) -> pl.DataFrame:
     """``neurons(neuron_id, layer, layer_index, channel, map_height, map_width)``."""
-    rows: dict[str, list] = {k: [] for k in
-                             ("neuron_id", "layer", "layer_index", "channel", "map_height",
-                              "map_width")}
+    rows: dict[str, list] = {
+        k: [] for k in ("neuron_id", "layer", "layer_index", "channel", "map_height", "map_width")
+    }
     nid = 0
     for li, info in enumerate(layers):
         for c in range(int(info.channels or 0)):
@@ -261,9 +285,17 @@ def neurons_frame(layers: list[LayerInfo]) -> pl.DataFrame:
             rows["map_height"].append(info.map_size[0])
             rows["map_width"].append(info.map_size[1])
             nid += 1
-    return pl.DataFrame(rows, schema={"neuron_id": pl.Int64, "layer": pl.Utf8,
-                                      "layer_index": pl.Int32, "channel": pl.Int32,
-                                      "map_height": pl.Int32, "map_width": pl.Int32})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "neuron_id": pl.Int64,
+            "layer": pl.Utf8,
+            "layer_index": pl.Int32,
+            "channel": pl.Int32,
+            "map_height": pl.Int32,
+            "map_width": pl.Int32,
+        },
+    )
 
 
 # ---- activations ----------------------------------------------------------------------------
@@ -272,8 +304,12 @@ def shard_dir(study: Study, shard: int) -> Path:
 
 
 def _batches(
-    source: ImageSource, bundle: ModelBundle, image_ids: np.ndarray, labels: np.ndarray,
-    batch_size: int, failures: list[tuple[int, str]],
+    source: ImageSource,
+    bundle: ModelBundle,
+    image_ids: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    failures: list[tuple[int, str]],
 ) -> Iterator[Batch]:
     workers = 4 if isinstance(source, ImageFolderSource) else 1
     for lo in range(0, len(image_ids), batch_size):
@@ -309,14 +345,27 @@ def run_shard(
     def report(done: int, seconds: float) -> None:
         if seconds - last[0] >= 5.0 or done == len(part):
             last[0] = seconds
-            say(f"{shard_key(shard)}: {done}/{len(part)} images, {done / max(seconds, 1e-9):.0f} images/s")
+            say(
+                f"{shard_key(shard)}: {done}/{len(part)} images, "
+                f"{done / max(seconds, 1e-9):.0f} images/s"
+            )
 
     result: PassResult = activation_pass(
-        bundle.module, layers,
-        _batches(source, bundle, part["image_id"].to_numpy(), part["label"].to_numpy(),
-                 study.batch_size, failures),
-        k=study.top_k, n_classes=len(class_names), mass_fraction=study.mass_fraction,
-        device=device, progress=report,
+        bundle.module,
+        layers,
+        _batches(
+            source,
+            bundle,
+            part["image_id"].to_numpy(),
+            part["label"].to_numpy(),
+            study.batch_size,
+            failures,
+        ),
+        k=study.top_k,
+        n_classes=len(class_names),
+        mass_fraction=study.mass_fraction,
+        device=device,
+        progress=report,
     )
     out = shard_dir(study, shard)
     write_parquet_atomic(pl.DataFrame(result.top_k), out / "top_k.parquet")
@@ -324,7 +373,7 @@ def run_shard(
     paths = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
     summary = {
         "shard": shard,
-        "n_images": int(len(part)),
+        "n_images": len(part),
         "n_processed": result.n_images,
         "n_failed": len(failures),
         "failed": [{"image_id": i, "source": paths[i], "reason": r} for i, r in failures[:1000]],
@@ -355,8 +404,11 @@ def shard_summaries(study: Study) -> list[dict[str, Any]]:
             missing.append(shard_key(s))
             continue
         summary = json.loads(path.read_text())
-        if (summary["manifest_fingerprint"] != fp_manifest or summary["model_fingerprint"] != fp_model
-                or summary["top_k"] != study.top_k):
+        if (
+            summary["manifest_fingerprint"] != fp_manifest
+            or summary["model_fingerprint"] != fp_model
+            or summary["top_k"] != study.top_k
+        ):
             stale.append(shard_key(s))
         summaries.append(summary)
     if missing or stale:
@@ -364,7 +416,8 @@ def shard_summaries(study: Study) -> list[dict[str, Any]]:
             "activations are not up to date for partitions "
             f"{', '.join(missing + stale)} (missing: {len(missing)}, computed for other "
             "images/model/top_k: {}); materialize those `activations` partitions first".format(
-                len(stale))
+                len(stale)
+            )
         )
     return summaries
 
@@ -430,4 +483,3 @@ def stale_shard_dirs(study: Study) -> list[Path]:
         return []
     keep = {shard_key(s) for s in range(study.shards)}
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in keep)
-

@@ -51,12 +51,15 @@ def materialize_all(
                 if ev.is_step_failure and ev.event_specific_data is not None
             ]
             detail = failures[0] if failures else "see the run's logs in the Dagster UI"
-            raise RunFailed(f"{job_name}{' ' + partition_key if partition_key else ''} failed:\n"
-                            f"{detail}")
+            raise RunFailed(
+                f"{job_name}{' ' + partition_key if partition_key else ''} failed:\n{detail}"
+            )
         for check in result.get_asset_check_evaluations():
             if not check.passed:
-                say(f"WARNING: asset check {check.asset_key.to_user_string()}:"
-                    f"{check.check_name} failed")
+                say(
+                    f"WARNING: asset check {check.asset_key.to_user_string()}:"
+                    f"{check.check_name} failed"
+                )
 
     t0 = time.perf_counter()
     say(f"[1/3] images + model for study '{study.name}'")

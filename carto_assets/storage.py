@@ -125,7 +125,7 @@ class CartoStore:
 
 
 def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` to ``path`` via a temporary file and rename, so readers never see half a file."""
+    """Write ``df`` via a temporary file and a rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -172,7 +172,8 @@ def _check_keys(section: str, raw: dict[str, Any], cls: type) -> None:
     if unknown:
         prefix = f"{section}." if section else ""
         raise StudyError(
-            f"unknown study field '{prefix}{unknown[0]}'; allowed fields: {', '.join(sorted(allowed))}"
+            f"unknown study field '{prefix}{unknown[0]}'; "
+            f"allowed fields: {', '.join(sorted(allowed))}"
         )
 
 
@@ -197,7 +198,9 @@ def _dataset_from_dict(raw: Any) -> DatasetConfig:
         if not path or not isinstance(path, str):
             raise _fail("dataset.path", path, "imagefolder needs the path of an image folder")
     elif path is not None:
-        raise _fail("dataset.path", path, f"only dataset kind 'imagefolder' takes a path, not {kind!r}")
+        raise _fail(
+            "dataset.path", path, f"only dataset kind 'imagefolder' takes a path, not {kind!r}"
+        )
     return DatasetConfig(kind=kind, size=size, image_size=image_size, path=path)
 
 
@@ -211,13 +214,21 @@ def _training_from_dict(raw: Any) -> TrainingConfig:
     return TrainingConfig(
         epochs=_check_int("training.epochs", raw.get("epochs", d.epochs), minimum=1),
         learning_rate=_check_float(
-            "training.learning_rate", raw.get("learning_rate", d.learning_rate),
-            low=0.0, high=10.0, low_open=True,
+            "training.learning_rate",
+            raw.get("learning_rate", d.learning_rate),
+            low=0.0,
+            high=10.0,
+            low_open=True,
         ),
-        batch_size=_check_int("training.batch_size", raw.get("batch_size", d.batch_size), minimum=1),
+        batch_size=_check_int(
+            "training.batch_size", raw.get("batch_size", d.batch_size), minimum=1
+        ),
         holdout_fraction=_check_float(
-            "training.holdout_fraction", raw.get("holdout_fraction", d.holdout_fraction),
-            low=0.0, high=0.9, low_open=False,
+            "training.holdout_fraction",
+            raw.get("holdout_fraction", d.holdout_fraction),
+            low=0.0,
+            high=0.9,
+            low_open=False,
         ),
     )
 
@@ -243,15 +254,21 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     if not isinstance(model, str) or not (
         model == "builtin" or re.match(r"^torchvision:[A-Za-z0-9_]+$", model)
     ):
-        raise _fail("model", model, "allowed: 'builtin' or 'torchvision:<name>', e.g. torchvision:resnet18")
+        raise _fail(
+            "model", model, "allowed: 'builtin' or 'torchvision:<name>', e.g. torchvision:resnet18"
+        )
 
     weights = raw.get("weights", d.weights)
     if weights is None:
         weights = "none"
     if not isinstance(weights, str) or not weights:
-        raise _fail("weights", weights, "allowed: none, DEFAULT, a weights enum name or a checkpoint path")
+        raise _fail(
+            "weights", weights, "allowed: none, DEFAULT, a weights enum name or a checkpoint path"
+        )
     if model == "builtin" and weights != "none":
-        raise _fail("weights", weights, "the builtin model is trained by the study; use weights: none")
+        raise _fail(
+            "weights", weights, "the builtin model is trained by the study; use weights: none"
+        )
     base = Path(base_dir).resolve()
     if weights not in WEIGHTS_KEYWORDS and ("/" in weights or weights.endswith((".pt", ".pth"))):
         ckpt = Path(weights).expanduser()
@@ -307,9 +324,21 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         raise _fail("shards", shards, f"must not exceed the dataset size ({dataset.size} images)")
 
     return Study(
-        name=name, model=model, weights=weights, dataset=dataset, layers=layers, device=device,
-        batch_size=batch_size, shards=shards, top_k=top_k, mass_fraction=mass_fraction,
-        seed=seed, training=training, database=database, data_dir=data_dir, base_dir=str(base),
+        name=name,
+        model=model,
+        weights=weights,
+        dataset=dataset,
+        layers=layers,
+        device=device,
+        batch_size=batch_size,
+        shards=shards,
+        top_k=top_k,
+        mass_fraction=mass_fraction,
+        seed=seed,
+        training=training,
+        database=database,
+        data_dir=data_dir,
+        base_dir=str(base),
     )
 
 

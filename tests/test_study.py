@@ -30,7 +30,10 @@ def test_demo_study_is_valid():
         ({"weights": "DEFAULT"}, "builtin model is trained"),
         ({"dataset": {"kind": "imagefolder"}}, "dataset.path"),
         ({"dataset": {"kind": "imagefolder", "path": "/no/such/dir"}}, "no such folder"),
-        ({"model": "torchvision:resnet18", "weights": "/no/such/ckpt.pt"}, "checkpoint file not found"),
+        (
+            {"model": "torchvision:resnet18", "weights": "/no/such/ckpt.pt"},
+            "checkpoint file not found",
+        ),
     ],
 )
 def test_invalid_fields_are_named(patch, message):

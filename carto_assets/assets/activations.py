@@ -8,8 +8,12 @@ from carto_assets.resources import StudyResource
 from carto_assets.sources.datasets import shard_index
 
 
-@dg.asset(group_name="activations", kinds={"pytorch", "parquet"}, partitions_def=SHARDS,
-          deps=["images", "model"])
+@dg.asset(
+    group_name="activations",
+    kinds={"pytorch", "parquet"},
+    partitions_def=SHARDS,
+    deps=["images", "model"],
+)
 def activations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per-shard top-k candidates per neuron and per-class neuron statistics, as Parquet."""
     cfg = study.load()

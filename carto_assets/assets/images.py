@@ -42,7 +42,10 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
     per_shard = imgs.group_by("shard").len().sort("shard")
     per_class = imgs.group_by("label_name").len().sort("len", descending=True)
     skipped = pl.DataFrame(
-        {"path": [s.path for s in manifest.skipped], "reason": [s.reason for s in manifest.skipped]},
+        {
+            "path": [s.path for s in manifest.skipped],
+            "reason": [s.reason for s in manifest.skipped],
+        },
         schema={"path": pl.Utf8, "reason": pl.Utf8},
     )
     metadata = {
@@ -52,15 +55,17 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
         "images_per_class": dg.MetadataValue.md(frame_to_markdown(per_class.head(50))),
         "n_skipped_files": len(manifest.skipped),
         "skipped_files": dg.MetadataValue.md(frame_to_markdown(skipped.head(200)))
-        if len(skipped) else "none",
+        if len(skipped)
+        else "none",
         "image_concepts_rows": counts.get("image_concepts", 0),
         "study": dg.MetadataValue.json(cfg.to_dict()),
     }
     checks = [
         dg.AssetCheckResult(
             check_name="image_ids_dense_and_unique",
-            passed=bool(len(ids) == len(set(ids.tolist())) and ids.min() == 0
-                        and ids.max() == len(ids) - 1),
+            passed=bool(
+                len(ids) == len(set(ids.tolist())) and ids.min() == 0 and ids.max() == len(ids) - 1
+            ),
         ),
         dg.AssetCheckResult(
             check_name="every_shard_has_images",

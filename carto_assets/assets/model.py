@@ -27,6 +27,8 @@ def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
     if meta.get("holdout_accuracy") is not None:
         metadata["holdout_accuracy"] = float(meta["holdout_accuracy"])
         metadata["train_accuracy"] = float(meta["train_accuracy"])
-        metadata["epoch_losses"] = dg.MetadataValue.json([round(x, 5) for x in meta["epoch_losses"]])
+        metadata["epoch_losses"] = dg.MetadataValue.json(
+            [round(x, 5) for x in meta["epoch_losses"]]
+        )
         metadata["n_holdout_images"] = int(meta["n_holdout"])
     return dg.MaterializeResult(metadata=metadata)

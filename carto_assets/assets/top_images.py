@@ -17,7 +17,7 @@ from carto_assets.resources import StudyResource
     ],
 )
 def top_images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
-    """Global top-k images per neuron top_images(neuron_id, rank, image_id, activation, y, x), and neurons."""
+    """Each neuron's global top-k images (top_images) and the neuron list (neurons)."""
     cfg = study.load()
     store = study.store()
     merged = pipeline.merge_top_images(cfg, store)
@@ -39,7 +39,9 @@ def top_images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Ma
             passed=len(short) == 0,
             metadata={"expected_per_neuron": expected, "neurons_off": len(short)},
         ),
-        dg.AssetCheckResult(check_name="activations_finite_and_ordered", passed=int(bad_order) == 0),
+        dg.AssetCheckResult(
+            check_name="activations_finite_and_ordered", passed=int(bad_order) == 0
+        ),
     ]
     context.log.info(
         f"merged {len(merged['layers'])} layers, {merged['counts']['neurons']} neurons, "

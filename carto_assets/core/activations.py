@@ -130,7 +130,9 @@ class StreamingTopK:
         ids = torch.cat([self.image_ids, batch_ids], dim=1)
         yy = torch.cat([self.ys, ys.T.to(self.values.device)], dim=1)
         xx = torch.cat([self.xs, xs.T.to(self.values.device)], dim=1)
-        ascending = bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        ascending = (
+            bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        )
         if not ascending:
             # Ties must resolve by image id; put ids in ascending order first, then a stable
             # sort by value keeps that order among equal values.
@@ -183,7 +185,10 @@ class ClassStats:
     """Per-class, per-neuron sums accumulated over the stream (O(classes x neurons) memory)."""
 
     def __init__(
-        self, layers: Sequence[LayerInfo], n_classes: int, fraction: float,
+        self,
+        layers: Sequence[LayerInfo],
+        n_classes: int,
+        fraction: float,
         device: torch.device | str = "cpu",
     ) -> None:
         self.fraction = fraction
@@ -195,13 +200,18 @@ class ClassStats:
         self.activation_sum = torch.zeros(n_classes, n, dtype=torch.float64, device=device)
 
     def update(self, values: torch.Tensor, labels: torch.Tensor) -> None:
-        labels = labels.to(self.top_mass.device)
-        values = values.to(self.top_mass.device)
-        self.images.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        self.activation_sum.index_add_(0, labels, values.double())
+        device = self.top_mass.device
+        values = values.to(device)
+        mask = torch.empty(values.shape, dtype=torch.float32, device=device)
         for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
-            mask = top_mass_mask(values[:, lo:hi], self.fraction)
-            self.top_mass[:, lo:hi].index_add_(0, labels, mask.double())
+            mask[:, lo:hi] = top_mass_mask(values[:, lo:hi], self.fraction)
+        # One (classes x B) @ (B x N) product per statistic instead of scattered index_adds;
+        # per-batch sums are exact in float32 (counts < 2^24), totals accumulate in float64.
+        onehot = torch.zeros(self.images.shape[0], values.shape[0], device=device)
+        onehot[labels.to(device), torch.arange(values.shape[0], device=device)] = 1.0
+        self.images += onehot.sum(dim=1).double()
+        self.top_mass += (onehot @ mask).double()
+        self.activation_sum += (onehot @ values.float()).double()
 
     def result(self) -> dict[str, np.ndarray]:
         """Long format over classes that have images: label, neuron_id, n_images, sums."""

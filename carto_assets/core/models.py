@@ -25,8 +25,15 @@ KNOWN_DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     "builtin": ("block1", "block2", "block3", "block4"),
     # The paper's InceptionV1 blocks (mixed3a..mixed5b).
     "googlenet": (
-        "inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
-        "inception4d", "inception4e", "inception5a", "inception5b",
+        "inception3a",
+        "inception3b",
+        "inception4a",
+        "inception4b",
+        "inception4c",
+        "inception4d",
+        "inception4e",
+        "inception5a",
+        "inception5b",
     ),
 }
 
@@ -82,7 +89,9 @@ class ModelBundle:
         return (x - mean) / std
 
 
-def torchvision_model(name: str, weights: str = "none", num_classes: int | None = None) -> nn.Module:
+def torchvision_model(
+    name: str, weights: str = "none", num_classes: int | None = None
+) -> nn.Module:
     """Build ``torchvision.models.<name>`` with weights ``none``, an enum name, or a checkpoint.
 
     ``DEFAULT`` (or e.g. ``IMAGENET1K_V1``) downloads through torchvision's cache when the machine
@@ -94,7 +103,8 @@ def torchvision_model(name: str, weights: str = "none", num_classes: int | None 
     if name not in available:
         close = sorted(n for n in available if name.lower()[:4] in n)[:10]
         raise ValueError(
-            f"unknown torchvision model {name!r}; e.g. {', '.join(close or sorted(available)[:10])} "
+            f"unknown torchvision model {name!r}; "
+            f"e.g. {', '.join(close or sorted(available)[:10])} "
             f"(see torchvision.models.list_models())"
         )
     kwargs: dict = {}
@@ -131,7 +141,9 @@ def torchvision_model(name: str, weights: str = "none", num_classes: int | None 
         w = enum[weights]
     except KeyError:
         valid = ", ".join(["none", *enum.__members__])
-        raise ValueError(f"unknown weights {weights!r} for {name}; valid: {valid} or a path") from None
+        raise ValueError(
+            f"unknown weights {weights!r} for {name}; valid: {valid} or a path"
+        ) from None
     if "aux_logits" in kwargs:
         kwargs.pop("aux_logits")
         kwargs.pop("init_weights")
@@ -205,7 +217,7 @@ def probe_layers(model: nn.Module, input_size: int, device: str = "cpu") -> list
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, input_size, input_size, device=device))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the context a user needs
+    except Exception as exc:
         raise ValueError(
             f"the model fails on a {input_size}x{input_size} input "
             f"(set dataset.image_size to a size it accepts): {type(exc).__name__}: {exc}"
@@ -221,8 +233,12 @@ def probe_layers(model: nn.Module, input_size: int, device: str = "cpu") -> list
             continue  # never ran (e.g. aux heads in eval mode)
         infos.append(
             LayerInfo(
-                name=name, type=type(mod).__name__, output_shape=shapes[name],
-                calls=calls[name], order=order[name], depth=name.count(".") + 1,
+                name=name,
+                type=type(mod).__name__,
+                output_shape=shapes[name],
+                calls=calls[name],
+                order=order[name],
+                depth=name.count(".") + 1,
             )
         )
     infos.sort(key=lambda i: i.order)
@@ -243,9 +259,13 @@ def default_layers(model_key: str, infos: Sequence[LayerInfo]) -> list[str]:
     if model_key in KNOWN_DEFAULT_LAYERS and set(KNOWN_DEFAULT_LAYERS[model_key]) <= valid:
         return list(KNOWN_DEFAULT_LAYERS[model_key])
     usable = [
-        i for i in infos
-        if i.output_shape is not None and len(i.output_shape) == 3 and i.calls == 1
-        and not i.type.startswith(_POOLING) and i.map_size != (1, 1)
+        i
+        for i in infos
+        if i.output_shape is not None
+        and len(i.output_shape) == 3
+        and i.calls == 1
+        and not i.type.startswith(_POOLING)
+        and i.map_size != (1, 1)
     ]
     stages: list[list[LayerInfo]] = []
     for info in usable:
@@ -258,8 +278,15 @@ def default_layers(model_key: str, infos: Sequence[LayerInfo]) -> list[str]:
         shallowest = min(i.depth for i in stage)
         chosen.append([i for i in stage if i.depth == shallowest][-1].name)
     if not chosen:
-        token = [i for i in infos if i.output_shape is not None and len(i.output_shape) == 2
-                 and i.calls == 1 and i.depth <= 3 and "encoder" in i.name]
+        token = [
+            i
+            for i in infos
+            if i.output_shape is not None
+            and len(i.output_shape) == 2
+            and i.calls == 1
+            and i.depth <= 3
+            and "encoder" in i.name
+        ]
         chosen = [i.name for i in token]
     return chosen
 
@@ -284,8 +311,10 @@ def resolve_layers(
         if info.output_shape is None:
             raise LayerError(f"layer {name!r} outputs a {info.type} result that is not a tensor")
         if len(info.output_shape) not in (1, 2, 3):
-            raise LayerError(f"layer {name!r} has output shape {info.output_shape}; expected "
-                             "(C,), (T, C) tokens or (C, H, W)")
+            raise LayerError(
+                f"layer {name!r} has output shape {info.output_shape}; expected "
+                "(C,), (T, C) tokens or (C, H, W)"
+            )
         if info.calls != 1:
             raise LayerError(
                 f"layer {name!r} runs {info.calls} times per forward pass (a shared module); "

@@ -30,7 +30,7 @@ class TrainingResult:
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/held-out split of image ids 0..n-1."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_hold = int(round(n * fraction))
+    n_hold = round(n * fraction)
     if n - n_hold < 1:
         raise ValueError(f"holdout_fraction {fraction} leaves no training image out of {n}")
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
@@ -103,7 +103,9 @@ def train_builtin(
     )
 
 
-def accuracy(bundle: ModelBundle, x_all: torch.Tensor, y_all: torch.Tensor, idx: np.ndarray) -> float:
+def accuracy(
+    bundle: ModelBundle, x_all: torch.Tensor, y_all: torch.Tensor, idx: np.ndarray
+) -> float:
     if len(idx) == 0:
         return float("nan")
     correct = 0

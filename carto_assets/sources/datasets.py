@@ -62,10 +62,9 @@ class ImageSource(abc.ABC):
     def load(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 (image_size, image_size, 3). Raises :class:`ImageLoadError`."""
 
-    def load_many(
-        self, indices: Sequence[int], workers: int = 1
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def load_many(self, indices: Sequence[int], workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Load a batch; returns (images (n_ok, H, W, 3), ok mask over ``indices``)."""
+
         def one(i: int) -> np.ndarray | None:
             try:
                 return self.load(int(i))
@@ -141,9 +140,7 @@ class DigitsSource(ImageSource):
         return [str(d) for d in range(10)]
 
     def records(self) -> list[ImageRecord]:
-        return [
-            ImageRecord(f"digits:{i}", int(t), str(int(t))) for i, t in enumerate(self.targets)
-        ]
+        return [ImageRecord(f"digits:{i}", int(t), str(int(t))) for i, t in enumerate(self.targets)]
 
     def load(self, index: int) -> np.ndarray:
         img = Image.fromarray(self._raw[index], mode="L").resize(
@@ -171,7 +168,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and crop the centre square (torchvision's eval recipe)."""
+    """Resize the shorter side to ``size`` and crop the centre square (torchvision's recipe)."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -227,13 +224,18 @@ class ImageFolderSource(ImageSource):
             listed = "; ".join(f"{s.path}: {s.reason}" for s in self._skipped[:5])
             raise ValueError(
                 f"no readable image in {self.root} (expected root/<class>/<image> files in a "
-                f"format PIL reads; {len(self._skipped)} file(s) skipped{': ' + listed if listed else ''})"
+                f"format PIL reads; {len(self._skipped)} file(s) skipped"
+                f"{': ' + listed if listed else ''})"
             )
 
     @classmethod
     def from_manifest(
-        cls, root: str | Path, sources: Sequence[str], labels: Sequence[int],
-        class_names: Sequence[str], image_size: int,
+        cls,
+        root: str | Path,
+        sources: Sequence[str],
+        labels: Sequence[int],
+        class_names: Sequence[str],
+        image_size: int,
     ) -> ImageFolderSource:
         """Rebuild from a stored manifest without rescanning the folder (shards, patches)."""
         self = cls.__new__(cls)

@@ -34,8 +34,12 @@ def stream(values: np.ndarray, k: int, batch_sizes, id_order=None) -> StreamingT
         b = int(rng.choice(batch_sizes))
         sel = ids[lo : lo + b]
         v = torch.from_numpy(values[sel])
-        topk.update(v, torch.from_numpy(sel), torch.zeros_like(v, dtype=torch.long),
-                    torch.zeros_like(v, dtype=torch.long))
+        topk.update(
+            v,
+            torch.from_numpy(sel),
+            torch.zeros_like(v, dtype=torch.long),
+            torch.zeros_like(v, dtype=torch.long),
+        )
         lo += b
     return topk
 

@@ -1,0 +1,157 @@
+"""Activation stage vs a bare forward pass, and peak memory vs dataset size.
+
+Measured side by side in one run, on the same model, images and batch size:
+
+1. time: the bare forward pass over the images vs the activation stage (hooks, spatial
+   max/argmax, streaming top-k merge, per-class statistics), interleaved repeats, median;
+2. memory: peak resident memory of the activation stage over N and 10N images, each in a fresh
+   subprocess, with images generated batch by batch so the dataset itself is never in memory.
+
+    python benchmarks/activations.py                         # built-in CNN, 64 px
+    python benchmarks/activations.py --model torchvision:resnet50 --size 224 --images 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from carto_assets.core.activations import Batch, activation_pass
+from carto_assets.core.models import (
+    BuiltinCNN,
+    probe_layers,
+    resolve_layers,
+    torchvision_model,
+)
+
+
+def build(model_spec: str, size: int):
+    if model_spec == "builtin":
+        model, key = BuiltinCNN(num_classes=8), "builtin"
+    else:
+        key = model_spec.split(":", 1)[1]
+        model = torchvision_model(key, "none")
+    model.eval()
+    layers = resolve_layers(probe_layers(model, size), "auto", key)
+    return model, layers
+
+
+def batches(n_images: int, batch_size: int, size: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    for lo in range(0, n_images, batch_size):
+        b = min(batch_size, n_images - lo)
+        yield Batch(
+            image_ids=torch.arange(lo, lo + b),
+            images=torch.randn(b, 3, size, size, generator=gen),
+            labels=torch.randint(0, 8, (b,), generator=gen),
+        )
+
+
+def time_pair(model, layers, n_images, batch_size, size, k, repeats):
+    data = list(batches(n_images, batch_size, size))
+    bare, stage = [], []
+
+    def run_bare():
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for b in data:
+                model(b.images)
+        return time.perf_counter() - t
+
+    def run_stage():
+        t = time.perf_counter()
+        activation_pass(model, layers, iter(data), k=k, n_classes=8, mass_fraction=0.03)
+        return time.perf_counter() - t
+
+    run_bare(), run_stage()  # warm-up (allocator, oneDNN primitives)
+    for _ in range(repeats):
+        bare.append(run_bare())
+        stage.append(run_stage())
+    return statistics.median(bare), statistics.median(stage)
+
+
+def memory_child(args) -> None:
+    model, layers = build(args.model, args.size)
+    activation_pass(
+        model,
+        layers,
+        batches(args.n, args.batch_size, args.size),
+        k=args.k,
+        n_classes=8,
+        mass_fraction=0.03,
+    )
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": peak_kib / 1024}))
+
+
+def peak_memory(args, n: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child-memory",
+            "--n",
+            str(n),
+            "--model",
+            args.model,
+            "--size",
+            str(args.size),
+            "--batch-size",
+            str(args.batch_size),
+            "--k",
+            str(args.k),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--images", type=int, default=2048, help="images for the timing comparison")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-images", type=int, default=1000, help="N; memory also runs 10N")
+    p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child_memory:
+        memory_child(args)
+        return
+    torch.manual_seed(0)
+    model, layers = build(args.model, args.size)
+    n_neurons = sum(i.channels or 0 for i in layers)
+    print(
+        f"model {args.model} at {args.size}px, {len(layers)} layers, {n_neurons} neurons, "
+        f"batch {args.batch_size}, k={args.k}, torch threads {torch.get_num_threads()}"
+    )
+    bare, stage = time_pair(
+        model, layers, args.images, args.batch_size, args.size, args.k, args.repeats
+    )
+    print(f"bare forward     : {bare:8.2f} s  ({args.images / bare:7.0f} images/s)")
+    print(f"activation stage : {stage:8.2f} s  ({args.images / stage:7.0f} images/s)")
+    print(f"ratio stage/bare : {stage / bare:8.3f}   (target <= 1.15)")
+    n = args.memory_images
+    m1, m10 = peak_memory(args, n), peak_memory(args, 10 * n)
+    print(f"peak RSS {n:>7} images: {m1:8.1f} MiB")
+    print(f"peak RSS {10 * n:>7} images: {m10:8.1f} MiB")
+    print(f"memory growth for 10x images: {100 * (m10 / m1 - 1):+.1f}%   (target < 10%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny offline studies in temporary folders."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def write_study(folder: Path, **fields) -> Path:
+    """Write a study YAML into ``folder`` (database inside it) and return its path."""
+    raw = {
+        "name": "tiny",
+        "dataset": {"kind": "shapes", "size": 240, "image_size": 32},
+        "shards": 2,
+        "top_k": 8,
+        "batch_size": 50,
+        "training": {"epochs": 1, "batch_size": 64},
+        "database": "tiny.duckdb",
+        "seed": 3,
+    }
+    raw.update(fields)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def tiny_study(tmp_path) -> Path:
+    return write_study(tmp_path)

@@ -1,0 +1,157 @@
+"""The whole asset graph on a tiny study, into a temporary database and Dagster instance."""
+
+import dagster as dg
+import numpy as np
+import pytest
+import torch
+
+from carto_assets import pipeline
+from carto_assets.run import RunFailed, materialize_all
+from carto_assets.sources.datasets import open_source
+from carto_assets.storage import CartoStore
+from carto_assets.study import load_study
+from tests.conftest import write_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    study_file = write_study(folder)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_all(str(study_file), instance, say=lambda m: None)
+    return load_study(study_file), instance, study_file
+
+
+def test_tables_hold_what_the_contract_says(materialized):
+    study, _, _ = materialized
+    store = CartoStore(study.database_path)
+    images = store.query("SELECT * FROM images ORDER BY image_id")
+    assert len(images) == 240 and images["image_id"].to_list() == list(range(240))
+    assert sorted(images["shard"].unique().to_list()) == [0, 1]
+    assert set(store.query("SELECT DISTINCT concept FROM image_concepts")["concept"]) >= {
+        "shape",
+        "colour",
+        "size",
+    }
+    neurons = store.query("SELECT * FROM neurons ORDER BY neuron_id")
+    assert neurons["neuron_id"].to_list() == list(range(len(neurons)))
+    assert neurons["layer"].unique(maintain_order=True).to_list() == [
+        "block1",
+        "block2",
+        "block3",
+        "block4",
+    ]
+    per = store.query(
+        "SELECT neuron_id, count(*) AS n, min(rank) AS lo, max(rank) AS hi, "
+        "count(DISTINCT image_id) AS distinct_images FROM top_images GROUP BY neuron_id"
+    )
+    assert len(per) == len(neurons)
+    assert set(per["n"]) == {8} and set(per["lo"]) == {1} and set(per["hi"]) == {8}
+    assert set(per["distinct_images"]) == {8}
+    ranges = store.query(
+        "SELECT min(image_id) AS lo, max(image_id) AS hi, min(y) AS ymin, "
+        "bool_and(y < map_height AND x < map_width) AS inside "
+        "FROM top_images JOIN neurons USING (neuron_id)"
+    )
+    assert ranges["lo"][0] >= 0 and ranges["hi"][0] < 240 and ranges["inside"][0]
+
+
+def test_top_images_match_a_direct_full_pass(materialized):
+    """Recompute some neurons' activations over every image and fully sort them."""
+    study, _, _ = materialized
+    bundle, layers, _ = pipeline.load_model(study)
+    source = open_source(study)
+    pixels, ok = source.load_many(list(range(240)))
+    assert ok.all()
+    from carto_assets.core.activations import LayerRecorder
+
+    with LayerRecorder(bundle.module, layers) as rec, torch.no_grad():
+        bundle.module(bundle.normalize(torch.from_numpy(pixels)))
+        values, _, _ = rec.collect()
+    store = CartoStore(study.database_path)
+    for neuron in (0, 17, values.shape[1] - 1):
+        col = values[:, neuron].numpy()
+        expected = sorted(range(240), key=lambda i: (-col[i], i))[:8]
+        got = store.query(
+            f"SELECT image_id, activation FROM top_images WHERE neuron_id = {neuron} ORDER BY rank"
+        )
+        assert got["image_id"].to_list() == expected
+        np.testing.assert_allclose(got["activation"].to_numpy(), col[expected], rtol=1e-5)
+
+
+def test_rerun_replaces_rows_and_reuses_the_checkpoint(materialized):
+    study, instance, study_file = materialized
+    store = CartoStore(study.database_path)
+    before = store.query("SELECT count(*) AS n FROM top_images")["n"][0]
+    materialize_all(str(study_file), instance, say=lambda m: None)
+    assert store.query("SELECT count(*) AS n FROM top_images")["n"][0] == before
+    assert store.query("SELECT count(*) AS n FROM images")["n"][0] == 240
+    mats = instance.fetch_materializations(dg.AssetKey("model"), limit=5).records
+    assert mats[0].asset_materialization.metadata["reused_cached_checkpoint"].value is True
+    acc = mats[0].asset_materialization.metadata["holdout_accuracy"].value
+    assert 0.0 <= acc <= 1.0
+
+
+def test_every_shard_partition_was_materialized(materialized):
+    _, instance, _ = materialized
+    status = instance.get_materialized_partitions(dg.AssetKey("activations"))
+    assert status == {"shard-0000", "shard-0001"}
+
+
+def test_unknown_layer_fails_before_the_forward_pass(tmp_path):
+    study_file = write_study(tmp_path, layers=["block1", "nope"])
+    with pytest.raises(RunFailed, match=r"unknown layer 'nope'.*valid layers: .*block1"):
+        materialize_all(str(study_file), dg.DagsterInstance.ephemeral(), say=lambda m: None)
+    assert not (load_study(study_file).files_dir / "activations").exists()
+
+
+def test_top_k_larger_than_an_image_folder_fails_clearly(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    study_file = write_study(
+        tmp_path,
+        model="torchvision:resnet18",
+        dataset={"kind": "imagefolder", "path": "imgs", "image_size": 32},
+        top_k=10,
+        shards=1,
+    )
+    with pytest.raises(RunFailed, match=r"top_k=10 is larger than the dataset \(6 readable"):
+        materialize_all(str(study_file), dg.DagsterInstance.ephemeral(), say=lambda m: None)
+
+
+def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.jpg")
+    (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"")
+    study_file = write_study(
+        tmp_path,
+        model="torchvision:resnet18",
+        dataset={"kind": "imagefolder", "path": "imgs", "image_size": 64},
+        top_k=4,
+        shards=2,
+        layers=["layer2", "layer1"],
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_all(str(study_file), instance, say=lambda m: None)
+    study = load_study(study_file)
+    store = CartoStore(study.database_path)
+    assert store.query("SELECT count(*) AS n FROM images")["n"][0] == 12
+    layers = store.query(
+        "SELECT layer, count(*) AS n FROM neurons GROUP BY layer, layer_index ORDER BY layer_index"
+    )
+    assert layers["layer"].to_list() == ["layer1", "layer2"]  # forward order, not listed order
+    assert layers["n"].to_list() == [64, 128]
+    mat = instance.fetch_materializations(dg.AssetKey("images"), limit=1).records[0]
+    assert mat.asset_materialization.metadata["n_skipped_files"].value == 1

@@ -1,0 +1,61 @@
+"""The code location loads, for the demo study and a study file; bad studies fail at load."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from carto_assets.definitions import build_definitions
+from carto_assets.study import StudyError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_hold_every_asset_and_job():
+    defs = build_definitions("")
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"images", "model", "activations", "top_images"} <= keys
+    for job in ("prepare_study", "activation_pass", "summaries"):
+        assert defs.resolve_job_def(job) is not None
+
+
+def test_invalid_study_fails_when_definitions_load(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("top_k: -3\n")
+    with pytest.raises(StudyError, match="top_k"):
+        build_definitions(str(bad))
+
+
+def test_dagster_definitions_validate_cli():
+    env = {**os.environ, "DAGSTER_HOME": str(ROOT / ".dagster-test")}
+    env.pop("CARTO_STUDY", None)
+    (ROOT / ".dagster-test").mkdir(exist_ok=True)
+    exe = Path(sys.executable).parent / "dagster"
+    out = subprocess.run(
+        [str(exe), "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dg_check_defs():
+    exe = Path(sys.executable).parent / "dg"
+    if not exe.exists():
+        pytest.skip("dagster-dg-cli not installed")
+    out = subprocess.run(
+        [str(exe), "check", "defs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DAGSTER_HOME": str(ROOT / ".dagster-test")},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert dg is not None
