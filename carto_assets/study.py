@@ -49,7 +49,7 @@ class DatasetConfig:
 class TrainingConfig:
     """How the built-in CNN is trained (ignored for torchvision models)."""
 
-    epochs: int = 6
+    epochs: int = 5
     learning_rate: float = 0.003
     batch_size: int = 64
     holdout_fraction: float = 0.2

@@ -17,7 +17,7 @@ def test_builtin_auto_layers_are_the_four_blocks():
     infos = probe_layers(BuiltinCNN(5), 64)
     assert default_layers("builtin", infos) == ["block1", "block2", "block3", "block4"]
     layers = resolve_layers(infos, "auto", "builtin")
-    assert [i.channels for i in layers] == [16, 32, 64, 64]
+    assert [i.channels for i in layers] == [32, 48, 64, 96]
     assert layers[0].map_size == (32, 32)
 
 
