@@ -27,3 +27,9 @@ def write_study(folder: Path, **fields) -> Path:
 @pytest.fixture
 def tiny_study(tmp_path) -> Path:
     return write_study(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def make_study():
+    """``make_study(folder, **fields)`` writes a tiny study YAML and returns its path."""
+    return write_study

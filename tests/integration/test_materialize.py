@@ -10,15 +10,14 @@ from carto_assets.run import RunFailed, materialize_all
 from carto_assets.sources.datasets import open_source
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
-from tests.conftest import write_study
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
+def materialized(tmp_path_factory, make_study):
     folder = tmp_path_factory.mktemp("study")
-    study_file = write_study(folder)
+    study_file = make_study(folder)
     instance = dg.DagsterInstance.ephemeral()
     materialize_all(str(study_file), instance, say=lambda m: None)
     return load_study(study_file), instance, study_file
@@ -100,21 +99,21 @@ def test_every_shard_partition_was_materialized(materialized):
     assert status == {"shard-0000", "shard-0001"}
 
 
-def test_unknown_layer_fails_before_the_forward_pass(tmp_path):
-    study_file = write_study(tmp_path, layers=["block1", "nope"])
+def test_unknown_layer_fails_before_the_forward_pass(tmp_path, make_study):
+    study_file = make_study(tmp_path, layers=["block1", "nope"])
     with pytest.raises(RunFailed, match=r"unknown layer 'nope'.*valid layers: .*block1"):
         materialize_all(str(study_file), dg.DagsterInstance.ephemeral(), say=lambda m: None)
     assert not (load_study(study_file).files_dir / "activations").exists()
 
 
-def test_top_k_larger_than_an_image_folder_fails_clearly(tmp_path):
+def test_top_k_larger_than_an_image_folder_fails_clearly(tmp_path, make_study):
     from PIL import Image
 
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    study_file = write_study(
+    study_file = make_study(
         tmp_path,
         model="torchvision:resnet18",
         dataset={"kind": "imagefolder", "path": "imgs", "image_size": 32},
@@ -125,7 +124,7 @@ def test_top_k_larger_than_an_image_folder_fails_clearly(tmp_path):
         materialize_all(str(study_file), dg.DagsterInstance.ephemeral(), say=lambda m: None)
 
 
-def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path):
+def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path, make_study):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -135,7 +134,7 @@ def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path):
             arr = rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.jpg")
     (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"")
-    study_file = write_study(
+    study_file = make_study(
         tmp_path,
         model="torchvision:resnet18",
         dataset={"kind": "imagefolder", "path": "imgs", "image_size": 64},
