@@ -154,3 +154,28 @@ def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path, make_s
     assert layers["n"].to_list() == [64, 128]
     mat = instance.fetch_materializations(dg.AssetKey("images"), limit=1).records[0]
     assert mat.asset_materialization.metadata["n_skipped_files"].value == 1
+
+
+def test_class_importance_matches_a_direct_count(materialized):
+    """Summit's rule recomputed from scratch for a few neurons and classes."""
+    from carto_assets.core.activations import LayerRecorder, top_mass_mask
+
+    study, _, _ = materialized
+    bundle, layers, _ = pipeline.load_model(study)
+    pixels, _ = open_source(study).load_many(list(range(240)))
+    store = CartoStore(study.database_path)
+    labels = store.query("SELECT label FROM images ORDER BY image_id")["label"].to_numpy()
+    with LayerRecorder(bundle.module, layers) as rec, torch.no_grad():
+        bundle.module(bundle.normalize(torch.from_numpy(pixels)))
+        values, _, _ = rec.collect()
+    first_layer = values[:, : layers[0].channels]
+    mask = top_mass_mask(first_layer, study.mass_fraction).numpy()
+    got = store.query("SELECT label, neuron_id, score, mean_activation FROM class_importance")
+    assert len(got) == len(set(labels.tolist())) * values.shape[1]
+    for label in sorted(set(labels.tolist()))[:3]:
+        for neuron in (0, 5):
+            row = got.filter((got["label"] == label) & (got["neuron_id"] == neuron))
+            sel = labels == label
+            assert row["score"][0] == pytest.approx(mask[sel, neuron].mean())
+            assert row["mean_activation"][0] == pytest.approx(
+                float(values[sel, neuron].mean()), rel=1e-4)
