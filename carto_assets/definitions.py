@@ -13,13 +13,23 @@ import dagster as dg
 
 from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
+from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
 
-ALL_ASSETS = [images, model, activations, top_images, class_importance]
+ALL_ASSETS = [
+    images,
+    model,
+    activations,
+    top_images,
+    class_importance,
+    minhash_signatures,
+    neuron_clusters,
+    cluster_quality,
+]
 
 PREPARE_JOB = "prepare_study"
 ACTIVATIONS_JOB = "activation_pass"

@@ -23,6 +23,10 @@ STUDY_ENV_VAR = "CARTO_STUDY"
 DATASET_KINDS = ("shapes", "digits", "imagefolder")
 DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS_KEYWORDS = ("none", "DEFAULT")
+#: The built-in CNN's stage widths and design revision; part of the checkpoint cache key, so a
+#: change to the architecture never loads an old checkpoint.
+BUILTIN_WIDTHS = (32, 48, 64, 96)
+BUILTIN_REVISION = "stride2-first-block"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -56,6 +60,41 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class ClusteringConfig:
+    """Neuron clustering (MinHash + LSH over top-image sets, or exact)."""
+
+    #: ``lsh`` (MinHash + LSH, linear in neurons) or ``exact`` (inverted index image -> neurons).
+    method: str = "lsh"
+    #: Jaccard similarity of two neurons' top-k image sets at which they count as similar; a
+    #: cluster's average pairwise Jaccard stays at or above it (average linkage, no chaining).
+    threshold: float = 0.3
+    num_perm: int = 128
+    #: LSH banding; both or neither (derived from the threshold, favouring recall).
+    bands: int | None = None
+    rows: int | None = None
+    #: MinHash seed (datasketch's scheme).
+    seed: int = 1
+    #: ``average`` or ``complete`` linkage for grouping confirmed pairs.
+    linkage: str = "average"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Neuron embedding (skip-gram with negative sampling) and its 2-D projection."""
+
+    dim: int = 30
+    epochs: int = 30
+    learning_rate: float = 0.025
+    negatives: int = 5
+    batch_size: int = 4096
+    #: UMAP neighbourhood size (clamped for small studies) and minimum distance.
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    #: Nearest neighbours per neuron stored in neuron_neighbors (cosine, embedding space).
+    neighbors: int = 10
+
+
+@dataclass(frozen=True)
 class Study:
     """One validated study. Build it with :func:`load_study` or :func:`study_from_dict`."""
 
@@ -78,6 +117,8 @@ class Study:
     mass_fraction: float = 0.03
     seed: int = 0
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     #: DuckDB database file. Relative paths resolve against the study file's folder (or the
     #: current directory for the built-in study).
     database: str = "data/carto.duckdb"
@@ -119,6 +160,7 @@ class Study:
             "dataset": asdict(self.dataset),
             "training": asdict(self.training) if self.is_builtin_model else None,
             "seed": self.seed if self.is_builtin_model else None,
+            "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if self.is_builtin_model else None,
         }
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -233,6 +275,84 @@ def _training_from_dict(raw: Any) -> TrainingConfig:
     )
 
 
+def _clustering_from_dict(raw: Any) -> ClusteringConfig:
+    if raw is None:
+        return ClusteringConfig()
+    if not isinstance(raw, dict):
+        raise _fail("clustering", raw, "expected a mapping (method, threshold, num_perm, ...)")
+    _check_keys("clustering", raw, ClusteringConfig)
+    d = ClusteringConfig()
+    method = raw.get("method", d.method)
+    if method not in ("lsh", "exact"):
+        raise _fail("clustering.method", method, "allowed: lsh, exact")
+    linkage = raw.get("linkage", d.linkage)
+    if linkage not in ("average", "complete"):
+        raise _fail("clustering.linkage", linkage, "allowed: average, complete")
+    num_perm = _check_int(
+        "clustering.num_perm", raw.get("num_perm", d.num_perm), minimum=2, maximum=4096
+    )
+    bands, rows = raw.get("bands"), raw.get("rows")
+    if (bands is None) != (rows is None):
+        raise _fail("clustering.bands", bands, "give both bands and rows, or neither")
+    if bands is not None:
+        bands = _check_int("clustering.bands", bands, minimum=1)
+        rows = _check_int("clustering.rows", rows, minimum=1)
+        if bands * rows > num_perm:
+            raise _fail(
+                "clustering.bands",
+                bands,
+                f"bands x rows = {bands * rows} must not exceed num_perm = {num_perm}",
+            )
+    return ClusteringConfig(
+        method=method,
+        threshold=_check_float(
+            "clustering.threshold",
+            raw.get("threshold", d.threshold),
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        ),
+        num_perm=num_perm,
+        bands=bands,
+        rows=rows,
+        seed=_check_int("clustering.seed", raw.get("seed", d.seed), minimum=0),
+        linkage=linkage,
+    )
+
+
+def _embedding_from_dict(raw: Any) -> EmbeddingConfig:
+    if raw is None:
+        return EmbeddingConfig()
+    if not isinstance(raw, dict):
+        raise _fail("embedding", raw, "expected a mapping (dim, epochs, learning_rate, ...)")
+    _check_keys("embedding", raw, EmbeddingConfig)
+    d = EmbeddingConfig()
+
+    def get_int(name: str, minimum: int, maximum: int | None = None) -> int:
+        return _check_int(
+            f"embedding.{name}", raw.get(name, getattr(d, name)), minimum=minimum, maximum=maximum
+        )
+
+    return EmbeddingConfig(
+        dim=get_int("dim", 2, 4096),
+        epochs=get_int("epochs", 1),
+        learning_rate=_check_float(
+            "embedding.learning_rate",
+            raw.get("learning_rate", d.learning_rate),
+            low=0.0,
+            high=10.0,
+            low_open=True,
+        ),
+        negatives=get_int("negatives", 1, 100),
+        batch_size=get_int("batch_size", 1),
+        n_neighbors=get_int("n_neighbors", 2, 500),
+        min_dist=_check_float(
+            "embedding.min_dist", raw.get("min_dist", d.min_dist), low=0.0, high=1.0, low_open=False
+        ),
+        neighbors=get_int("neighbors", 1, 1000),
+    )
+
+
 def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     """Validate a study mapping (as parsed from YAML) and return a :class:`Study`.
 
@@ -310,6 +430,8 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     )
     seed = _check_int("seed", raw.get("seed", d.seed), minimum=0)
     training = _training_from_dict(raw.get("training"))
+    clustering = _clustering_from_dict(raw.get("clustering"))
+    embedding = _embedding_from_dict(raw.get("embedding"))
 
     database = raw.get("database", d.database)
     if not isinstance(database, str) or not database.endswith(".duckdb"):
@@ -336,6 +458,8 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         mass_fraction=mass_fraction,
         seed=seed,
         training=training,
+        clustering=clustering,
+        embedding=embedding,
         database=database,
         data_dir=data_dir,
         base_dir=str(base),

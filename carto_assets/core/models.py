@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carto_assets.study import BUILTIN_WIDTHS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,7 +53,7 @@ class BuiltinCNN(nn.Module):
     middle, shapes in block4.
     """
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 48, 64, 96)) -> None:
+    def __init__(self, num_classes: int, widths: Sequence[int] = BUILTIN_WIDTHS) -> None:
         super().__init__()
         chans = [3, *widths]
         for i in range(len(widths)):

@@ -442,3 +442,20 @@ def test_grouping_and_quality_bad_input():
         random_baseline_purity(two_layers, np.array([0, 0]), build_annotations([1], ["c"], ["v"]))
     with pytest.raises(ValueError, match="must be 1-D of equal length, got 2, 1, 1"):
         build_annotations([1, 2], ["c"], ["v"])
+
+
+def test_lsh_pairs_accepts_precomputed_signatures_and_matches():
+    from carto_assets.core import clustering as C
+    from carto_assets.core.minhash import minhash_signatures
+
+    rng = np.random.default_rng(11)
+    base = [rng.choice(500, 40, replace=False) for _ in range(6)]
+    sets_list = [np.union1d(b[:36], rng.choice(500, 4)) for b in base for _ in range(3)]
+    sets = C.neuron_sets_from_lists(sets_list, layers=[0] * len(sets_list))
+    sigs = minhash_signatures(sets.indptr, sets.indices, num_perm=128, seed=1)
+    a = C.lsh_pairs(sets, threshold=0.5, signatures=sigs).pairs
+    b = C.lsh_pairs(sets, threshold=0.5).pairs
+    assert a.n_pairs == b.n_pairs > 0
+    assert np.array_equal(a.i, b.i) and np.array_equal(a.j, b.j)
+    with pytest.raises(ValueError, match="signatures have shape"):
+        C.lsh_pairs(sets, threshold=0.5, signatures=sigs[:3])

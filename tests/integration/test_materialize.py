@@ -178,4 +178,33 @@ def test_class_importance_matches_a_direct_count(materialized):
             sel = labels == label
             assert row["score"][0] == pytest.approx(mask[sel, neuron].mean())
             assert row["mean_activation"][0] == pytest.approx(
-                float(values[sel, neuron].mean()), rel=1e-4)
+                float(values[sel, neuron].mean()), rel=1e-4
+            )
+
+
+def test_clustering_tables_are_consistent(materialized):
+    study, instance, _ = materialized
+    store = CartoStore(study.database_path)
+    n_neurons = store.query("SELECT count(*) AS n FROM neurons")["n"][0]
+    sig = store.query("SELECT neuron_id, len(signature) AS n FROM minhash_signatures")
+    assert len(sig) == n_neurons and set(sig["n"]) == {study.clustering.num_perm}
+    nc = store.query(
+        "SELECT nc.neuron_id, nc.cluster_id, nc.layer, n.layer AS neuron_layer, c.layer AS "
+        "cluster_layer FROM neuron_clusters nc JOIN neurons n USING (neuron_id) "
+        "JOIN clusters c USING (cluster_id)"
+    )
+    assert len(nc) == n_neurons and nc["neuron_id"].n_unique() == n_neurons
+    assert (nc["layer"] == nc["neuron_layer"]).all() and (nc["layer"] == nc["cluster_layer"]).all()
+    sizes = store.query(
+        "SELECT c.cluster_id, c.size, count(*) AS members, c.label FROM clusters c "
+        "JOIN neuron_clusters USING (cluster_id) GROUP BY ALL"
+    )
+    assert (sizes["size"] == sizes["members"]).all()
+    assert sizes["label"].null_count() == 0
+    pairs = store.query("SELECT * FROM neuron_pairs")
+    assert (pairs["neuron_a"] < pairs["neuron_b"]).all()
+    assert (pairs["jaccard"] >= study.clustering.threshold).all()
+    mat = instance.fetch_materializations(dg.AssetKey("cluster_quality"), limit=1).records[0]
+    meta = mat.asset_materialization.metadata
+    assert 0.0 <= meta["pair_recall"].value <= 1.0
+    assert "adjusted_rand_index" in meta

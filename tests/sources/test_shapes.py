@@ -217,10 +217,24 @@ def test_object_colour_is_the_named_colour(scenes: list[ShapeScene]) -> None:
 
 
 def test_background_is_the_named_tint(scenes: list[ShapeScene]) -> None:
-    for scene in scenes[:150]:
+    # Textures pull the mean towards mid-grey (a textured "light" can average close to
+    # "sand"), so the tint itself is checked on the untextured pixels: the texture's
+    # off-phase, which for every texture is the brightest (dark tints: darkest) mode.
+    checked = 0
+    for scene in scenes[:300]:
         image = render(scene).astype(float)
         outside = object_coverage(scene) == 0.0
-        assert _nearest(image[outside].mean(axis=0), BACKGROUND_RGB) == scene.background, scene
+        if scene.texture == "plain":
+            colour = image[outside].mean(axis=0)
+        else:
+            pixels = image[outside]
+            lum = pixels.mean(axis=1)
+            dark = np.mean(BACKGROUND_RGB[scene.background]) < 128
+            pick = lum <= np.quantile(lum, 0.1) if dark else lum >= np.quantile(lum, 0.9)
+            colour = pixels[pick].mean(axis=0)
+        assert _nearest(colour, BACKGROUND_RGB) == scene.background, scene
+        checked += 1
+    assert checked == 300
 
 
 def test_size_orders_object_area(scenes: list[ShapeScene]) -> None:

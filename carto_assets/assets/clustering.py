@@ -1,0 +1,133 @@
+"""Clustering assets: MinHash signatures, neuron clusters and their concept quality."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.core import clustering as C
+from carto_assets.resources import StudyResource
+from carto_assets.stages import clustering as stage
+
+
+@dg.asset(
+    group_name="clustering",
+    kinds={"duckdb", "numpy"},
+    deps=["top_images"],
+    check_specs=[dg.AssetCheckSpec("signatures_match_datasketch", asset="minhash_signatures")],
+)
+def minhash_signatures(study: StudyResource) -> dg.MaterializeResult:
+    """Each neuron's MinHash signature of its top-k image set (datasketch's scheme, vectorized)."""
+    cfg = study.load()
+    store = study.store()
+    sets = stage.load_neuron_sets(store)
+    frame = stage.signatures_frame(sets, cfg.clustering)
+    store.replace_tables({"minhash_signatures": frame})
+    sigs = np.stack(frame["signature"].to_numpy())
+    same = stage.datasketch_agreement(sets, sigs, cfg.clustering)
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(store, "minhash_signatures", preview_rows=3),
+            "num_perm": cfg.clustering.num_perm,
+            "seed": cfg.clustering.seed,
+            "scheme": "datasketch affine32, image ids as 8-byte little-endian int64",
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="signatures_match_datasketch",
+                passed=bool(same),
+                metadata={"neurons_compared": min(5, sets.n_neurons)},
+            )
+        ],
+    )
+
+
+@dg.asset(group_name="clustering", kinds={"duckdb"}, deps=["minhash_signatures"])
+def neuron_clusters(
+    context: dg.AssetExecutionContext, study: StudyResource
+) -> dg.MaterializeResult:
+    """Neurons of a layer grouped by Jaccard similarity of their top-k images (LSH or exact)."""
+    cfg = study.load()
+    store = study.store()
+    sets = stage.load_neuron_sets(store)
+    signatures = stage.load_signatures(store, sets) if cfg.clustering.method == "lsh" else None
+    result = stage.find_clusters(sets, cfg.clustering, signatures=signatures)
+    layers = store.query("SELECT neuron_id, layer FROM neurons")
+    frames = stage.tables(result, store, layers)
+    store.replace_tables(frames)
+    sizes = C.cluster_size_distribution(result.clustering.labels)
+    dist = pl.DataFrame({"size": list(sizes), "clusters": list(sizes.values())})
+    multi = frames["clusters"].filter(pl.col("size") >= 2).sort("size", descending=True)
+    context.log.info(
+        f"{len(frames['clusters'])} clusters, {len(multi)} with 2+ neurons; "
+        f"{result.pairs.n_pairs} similar pairs"
+    )
+    meta = {
+        **table_metadata(store, "neuron_clusters"),
+        "n_clusters": len(frames["clusters"]),
+        "n_multi_neuron_clusters": len(multi),
+        "largest_cluster": int(frames["clusters"]["size"].max()),
+        "cluster_size_distribution": dg.MetadataValue.md(frame_to_markdown(dist)),
+        "largest_clusters": dg.MetadataValue.md(
+            frame_to_markdown(
+                multi.select("cluster_id", "layer", "size", "label", "mean_jaccard").head(20)
+            )
+        ),
+        "n_similar_pairs": result.pairs.n_pairs,
+        "method": cfg.clustering.method,
+        "threshold": cfg.clustering.threshold,
+    }
+    if result.lsh is not None:
+        meta.update(
+            lsh_bands=result.lsh.bands,
+            lsh_rows=result.lsh.rows,
+            lsh_candidates=result.lsh.n_candidates,
+            lsh_largest_bucket=result.lsh.largest_bucket,
+        )
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    group_name="clustering",
+    kinds={"duckdb"},
+    deps=["neuron_clusters"],
+    check_specs=[
+        dg.AssetCheckSpec("lsh_pair_recall_at_least_0_95", asset="cluster_quality"),
+        dg.AssetCheckSpec("clusters_purer_than_random_groups", asset="cluster_quality"),
+    ],
+)
+def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
+    """Purity of every multi-neuron cluster vs random groups, and LSH-vs-exact agreement."""
+    cfg = study.load()
+    store = study.store()
+    sets = stage.load_neuron_sets(store)
+    labels_df = store.query("SELECT neuron_id, cluster_id FROM neuron_clusters ORDER BY neuron_id")
+    result = stage.find_clusters(
+        sets,
+        cfg.clustering,
+        signatures=stage.load_signatures(store, sets) if cfg.clustering.method == "lsh" else None,
+    )
+    if not np.array_equal(result.clustering.labels, labels_df["cluster_id"].to_numpy()):
+        raise RuntimeError("neuron_clusters is out of date with the study; re-materialize it")
+    table, summary = stage.quality(sets, result, store, cfg.clustering, seed=cfg.seed)
+    store.replace_tables({"cluster_quality": table} if len(table) else {})
+    kind = "concept" if "concept_mean_purity" in summary else "class"
+    ratio = summary.get(f"{kind}_purity_ratio", float("nan"))
+    checks = [
+        dg.AssetCheckResult(
+            check_name="lsh_pair_recall_at_least_0_95",
+            passed=bool(summary["pair_recall"] >= 0.95),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"pair_recall": summary["pair_recall"]},
+        ),
+        dg.AssetCheckResult(
+            check_name="clusters_purer_than_random_groups",
+            passed=bool(ratio >= 2.0),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"purity_ratio": ratio, "basis": kind},
+        ),
+    ]
+    meta = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
+    if len(table):
+        meta.update(table_metadata(store, "cluster_quality"))
+    return dg.MaterializeResult(metadata=meta, check_results=checks)

@@ -1,0 +1,621 @@
+"""MinHash signatures of neuron top-k image sets and LSH banding.
+
+Signatures are bit-identical to ``datasketch.MinHash(num_perm=num_perm, seed=seed,
+scheme=scheme)`` (datasketch 2.0.0) updated with ``encode_image_id(image_id, encoding)``
+for every image id of the set, but computed with vectorized numpy over all neurons at
+once: each distinct image id is SHA1-hashed exactly once, and the permutation/min step
+runs over chunks of rows so that working memory stays bounded.
+
+Element encoding (what datasketch's ``update`` receives for one image id):
+
+* ``"int64le"`` (default): the 8-byte little-endian two's-complement int64,
+  i.e. ``struct.pack("<q", image_id)`` == ``np.int64(image_id).tobytes()`` on
+  little-endian machines. Fixed width and independent of number formatting.
+* ``"decimal"``: the ASCII decimal string, i.e. ``str(image_id).encode()``.
+
+Permutation schemes (datasketch 2.0.0, see ``datasketch/minhash.py``):
+
+* ``"affine32"`` (datasketch's default): ``h = fmix32(sha1_hash32(x))``,
+  ``phv = a * h + b  mod 2**32`` with odd ``a``; uint32 signatures.
+* ``"affine64"``: the same over 64 bits with ``sha1_hash64``; uint64 signatures.
+* ``"legacy"`` (datasketch < 2.0): ``phv = ((a * h + b) mod (2**61 - 1)) & (2**32 - 1)``
+  with ``h = sha1_hash32(x)``; the product wraps modulo 2**64 exactly as in datasketch;
+  uint64 signatures.
+
+The signature of an empty set is all ``max_hash(scheme)``, which is what an
+un-updated ``datasketch.MinHash`` holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from operator import methodcaller
+from typing import Literal
+
+import numpy as np
+from scipy.integrate import quad
+
+Scheme = Literal["affine32", "affine64", "legacy"]
+Encoding = Literal["int64le", "decimal"]
+
+SCHEMES: tuple[str, ...] = ("affine32", "affine64", "legacy")
+ENCODINGS: tuple[str, ...] = ("int64le", "decimal")
+
+_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+_MAX_HASH = {
+    "legacy": np.uint64((1 << 32) - 1),
+    "affine32": np.uint32((1 << 32) - 1),
+    "affine64": np.uint64((1 << 64) - 1),
+}
+_DTYPES = {"legacy": np.uint64, "affine32": np.uint32, "affine64": np.uint64}
+_FMIX = {
+    32: (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16)),
+    64: (
+        np.uint64(33),
+        np.uint64(0xFF51AFD7ED558CCD),
+        np.uint64(33),
+        np.uint64(0xC4CEB9FE1A85EC53),
+        np.uint64(33),
+    ),
+}
+_HASH_CHUNK = 1 << 16
+_DEFAULT_CHUNK_BYTES = 8 << 20
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_positive_int(name: str, value: object, upper: int | None = None) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name`` if it is not in
+    ``[1, upper]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper}, got {value!r}")
+    return int(value)
+
+
+def _check_seed(seed: object) -> int:
+    # numpy.random.RandomState, which datasketch uses, only accepts seeds in [0, 2**32).
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def check_threshold(threshold: object) -> float:
+    """Validate a Jaccard threshold and return it as a float.
+
+    Raises
+    ------
+    ValueError
+        If ``threshold`` is not a real number in ``(0, 1]``.
+    """
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not 0.0 < float(threshold) <= 1.0
+    ):
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def check_bands_rows(bands: object, rows: object, num_perm: int) -> tuple[int, int]:
+    """Validate LSH banding parameters.
+
+    Parameters
+    ----------
+    bands, rows
+        Number of bands and rows (signature values) per band.
+    num_perm
+        Signature length; ``bands * rows`` must not exceed it.
+
+    Returns
+    -------
+    tuple of int
+        ``(bands, rows)`` as Python ints.
+
+    Raises
+    ------
+    ValueError
+        If either is not a positive integer or ``bands * rows > num_perm``.
+    """
+    bands = check_positive_int("bands", bands)
+    rows = check_positive_int("rows", rows)
+    if bands * rows > num_perm:
+        raise ValueError(
+            f"bands * rows must be <= num_perm ({num_perm}), got bands={bands} * rows={rows} "
+            f"= {bands * rows}"
+        )
+    return bands, rows
+
+
+def max_hash(scheme: Scheme = "affine32") -> np.unsignedinteger:
+    """Return the value an empty signature holds in every position for ``scheme``."""
+    _check_choice("scheme", scheme, SCHEMES)
+    return _MAX_HASH[scheme]
+
+
+def encode_image_id(image_id: int, encoding: Encoding = "int64le") -> bytes:
+    """Return the bytes that represent one image id in datasketch's ``MinHash.update``.
+
+    Parameters
+    ----------
+    image_id
+        Non-negative image id.
+    encoding
+        ``"int64le"`` (8-byte little-endian int64) or ``"decimal"`` (ASCII digits).
+
+    Returns
+    -------
+    bytes
+        The encoded element.
+    """
+    _check_choice("encoding", encoding, ENCODINGS)
+    if encoding == "int64le":
+        return int(image_id).to_bytes(8, "little", signed=True)
+    return b"%d" % int(image_id)
+
+
+def minhash_permutations(
+    num_perm: int = 128, seed: int = 1, scheme: Scheme = "affine32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return datasketch's permutation parameters ``(a, b)`` for ``num_perm`` and ``seed``.
+
+    Parameters
+    ----------
+    num_perm
+        Number of permutations (signature length).
+    seed
+        Seed of ``numpy.random.RandomState`` as used by datasketch, in ``[0, 2**32)``.
+    scheme
+        One of ``SCHEMES``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``a`` and ``b``, each of shape ``(num_perm,)`` and the scheme's dtype.
+    """
+    num_perm = check_positive_int("num_perm", num_perm, upper=1 << 32)
+    seed = _check_seed(seed)
+    _check_choice("scheme", scheme, SCHEMES)
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        # datasketch draws a and b interleaved, one permutation at a time.
+        ab = np.array(
+            [
+                (
+                    gen.randint(1, _MERSENNE_PRIME, dtype=np.uint64),
+                    gen.randint(0, _MERSENNE_PRIME, dtype=np.uint64),
+                )
+                for _ in range(num_perm)
+            ],
+            dtype=np.uint64,
+        ).T
+        return ab[0].copy(), ab[1].copy()
+    dtype = _DTYPES[scheme]
+    width = 32 if scheme == "affine32" else 64
+    a = gen.randint(0, 1 << (width - 1), num_perm, dtype=dtype) * dtype(2) + dtype(1)
+    b = gen.randint(0, 1 << width, num_perm, dtype=dtype)
+    return a, b
+
+
+def fmix(hv: np.ndarray, width: int) -> np.ndarray:
+    """MurmurHash3 finalizer on uint32 (``width=32``) or uint64 (``width=64``) arrays.
+
+    A bijective avalanche mix; datasketch's affine schemes pre-mix hash values with it.
+    """
+    s1, m1, s2, m2, s3 = _FMIX[width]
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    return hv ^ (hv >> s3)
+
+
+def as_id_array(name: str, values: object) -> np.ndarray:
+    """Return ``values`` as a 1-D int64 array, or raise ValueError naming ``name`` if it is
+    not 1-D, not integer, or has a negative entry."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be non-negative, got minimum {int(arr.min())}")
+    return arr
+
+
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``np.unique(values, return_inverse=True)`` for non-negative int64 values.
+
+    When the largest value is small compared with the input (dataset image indices usually
+    are), a presence table replaces the sort.
+
+    Parameters
+    ----------
+    values
+        1-D non-negative int64 array.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(distinct, inverse)`` with ``distinct[inverse] == values``; ``inverse`` is int64.
+    """
+    if values.size == 0:
+        return values.copy(), np.zeros(0, dtype=np.int64)
+    top = int(values.max())
+    if top < max(1 << 24, 4 * values.size):
+        present = np.zeros(top + 1, dtype=bool)
+        present[values] = True
+        distinct = np.flatnonzero(present)
+        code = np.cumsum(present, dtype=np.int64) - 1
+        return distinct.astype(values.dtype), code[values]
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return distinct, inverse.reshape(-1).astype(np.int64)
+
+
+def _code_lookup(values: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Distinct values and a function mapping values to their index among them.
+
+    Unlike ``unique_inverse`` this never materialises the full inverse, so callers can map
+    one chunk at a time.
+    """
+    top = int(values.max())
+    if top < max(1 << 24, 4 * values.size):
+        present = np.zeros(top + 1, dtype=bool)
+        present[values] = True
+        distinct = np.flatnonzero(present).astype(values.dtype)
+        table = np.cumsum(present, dtype=np.int64) - 1
+        return distinct, table.__getitem__
+    distinct = np.unique(values)
+    return distinct, lambda chunk: np.searchsorted(distinct, chunk)
+
+
+def hash_image_ids(
+    image_ids: np.ndarray, *, scheme: Scheme = "affine32", encoding: Encoding = "int64le"
+) -> np.ndarray:
+    """Apply datasketch's default hash function to encoded image ids.
+
+    Parameters
+    ----------
+    image_ids
+        Non-negative image ids, shape ``(m,)``. Pass distinct ids: every entry is hashed.
+    scheme
+        ``"affine64"`` uses ``sha1_hash64`` (first 8 digest bytes, little-endian), the
+        other schemes ``sha1_hash32`` (first 4 bytes).
+    encoding
+        Element encoding, see the module docstring.
+
+    Returns
+    -------
+    numpy.ndarray
+        Raw hash values (before the scheme's pre-mix), uint32 or uint64, shape ``(m,)``.
+    """
+    _check_choice("scheme", scheme, SCHEMES)
+    _check_choice("encoding", encoding, ENCODINGS)
+    ids = as_id_array("image_ids", image_ids)
+    nbytes, dtype = (8, "<u8") if scheme == "affine64" else (4, "<u4")
+    out = np.empty(ids.size, dtype=np.uint64 if nbytes == 8 else np.uint32)
+    sha1 = hashlib.sha1
+    digest = methodcaller("digest")
+    for start in range(0, ids.size, _HASH_CHUNK):
+        chunk = ids[start : start + _HASH_CHUNK]
+        # One SHA1 per id is unavoidable in Python; map() keeps the per-id overhead minimal.
+        if encoding == "int64le":
+            raw = chunk.astype("<i8").tobytes()
+            elements = [raw[o : o + 8] for o in range(0, len(raw), 8)]
+        else:
+            elements = list(map(b"%d".__mod__, chunk.tolist()))
+        digests = b"".join(map(digest, map(sha1, elements)))
+        raw = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 20)[:, :nbytes]
+        out[start : start + chunk.size] = np.ascontiguousarray(raw).view(dtype).ravel()
+    return out
+
+
+def minhash_signatures(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    *,
+    num_perm: int = 128,
+    seed: int = 1,
+    scheme: Scheme = "affine32",
+    encoding: Encoding = "int64le",
+    columns: int | None = None,
+    chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+) -> np.ndarray:
+    """Compute one MinHash signature per row of a CSR set collection.
+
+    Row ``r`` is the set ``indices[indptr[r]:indptr[r + 1]]`` (duplicates are harmless).
+    ``out[r]`` equals ``datasketch.MinHash(num_perm, seed, scheme=scheme).hashvalues``
+    after ``update(encode_image_id(x, encoding))`` for every ``x`` of the row.
+
+    Parameters
+    ----------
+    indptr
+        Row pointers, shape ``(n + 1,)``, non-decreasing, ``indptr[0] == 0``.
+    indices
+        Non-negative image ids, shape ``(indptr[-1],)``.
+    num_perm
+        Signature length.
+    seed
+        datasketch seed in ``[0, 2**32)``.
+    scheme
+        One of ``SCHEMES``; ``"affine32"`` is datasketch 2.0.0's default.
+    encoding
+        Element encoding, see the module docstring.
+    columns
+        Compute only the first ``columns`` values of each signature (identical to the
+        first values of the full signature), e.g. the ``bands * rows`` that LSH uses.
+        Default: all ``num_perm``.
+    chunk_bytes
+        Bound on the reused ``(num_perm, elements)`` work buffer; a single row larger than
+        that is processed at once. Other memory is O(nnz) for per-element hashes plus the
+        ``(n, num_perm)`` output, never O(nnz * num_perm).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n, columns or num_perm)``, uint32 for ``"affine32"``, uint64 otherwise.
+        Empty rows hold ``max_hash(scheme)`` everywhere.
+    """
+    num_perm = check_positive_int("num_perm", num_perm, upper=1 << 32)
+    chunk_bytes = check_positive_int("chunk_bytes", chunk_bytes)
+    a, b = minhash_permutations(num_perm, seed, scheme)
+    if columns is not None:
+        columns = check_positive_int("columns", columns, upper=num_perm)
+        a, b = a[:columns], b[:columns]
+    _check_choice("encoding", encoding, ENCODINGS)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    indices = as_id_array("indices", indices)
+    if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError("indptr must be a non-decreasing 1-D array starting at 0")
+    if indptr[-1] != indices.size:
+        raise ValueError(f"indptr[-1] ({int(indptr[-1])}) must equal len(indices) ({indices.size})")
+
+    n = indptr.size - 1
+    num_perm = a.size
+    dtype = _DTYPES[scheme]
+    out = np.full((n, num_perm), _MAX_HASH[scheme], dtype=dtype)
+    if indices.size == 0:
+        return out
+
+    distinct, to_code = _code_lookup(indices)
+    hv = hash_image_ids(distinct, scheme=scheme, encoding=encoding)
+    if scheme == "legacy":
+        hv = hv.astype(np.uint64)
+    else:
+        hv = fmix(hv, 32 if scheme == "affine32" else 64)
+
+    budget = max(1, chunk_bytes // (num_perm * np.dtype(dtype).itemsize))
+    # One reused buffer: allocating a fresh large temporary per chunk costs page faults
+    # that dominated the run time.
+    buffer = np.empty((num_perm, budget), dtype=dtype)
+    nonempty = np.flatnonzero(np.diff(indptr) > 0)
+    pos = 0
+    while pos < nonempty.size:
+        first = indptr[nonempty[pos]]
+        # Largest run of non-empty rows whose elements fit the budget (at least one row).
+        end = int(np.searchsorted(indptr[nonempty + 1], first + budget, side="right"))
+        end = max(end, pos + 1)
+        rows = nonempty[pos:end]
+        width = int(indptr[rows[-1] + 1] - first)
+        # (num_perm, elements) layout: reduceat along the contiguous axis is ~10x faster.
+        phv = buffer[:, :width] if width <= budget else np.empty((num_perm, width), dtype=dtype)
+        elem_hash = hv[to_code(indices[first : first + width])]
+        np.multiply(a[:, None], elem_hash[None, :], out=phv)
+        phv += b[:, None]
+        if scheme == "legacy":
+            phv %= _MERSENNE_PRIME
+            phv &= _MAX_HASH["legacy"]
+        out[rows] = np.minimum.reduceat(phv, indptr[rows] - first, axis=1).T
+        pos = end
+    return out
+
+
+def _false_positive_probability(threshold: float, bands: int, rows: int) -> float:
+    return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
+
+
+def _false_negative_probability(threshold: float, bands: int, rows: int) -> float:
+    return quad(lambda s: 1 - (1 - (1 - s ** float(rows)) ** float(bands)), threshold, 1.0)[0]
+
+
+@lru_cache(maxsize=256)
+def _optimal_params_cached(
+    threshold: float, num_perm: int, fp_weight: float, fn_weight: float
+) -> tuple[int, int]:
+    best = (0, 0)
+    min_error = float("inf")
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            error = fp_weight * _false_positive_probability(
+                threshold, bands, rows
+            ) + fn_weight * _false_negative_probability(threshold, bands, rows)
+            if error < min_error:
+                min_error = error
+                best = (bands, rows)
+    return best
+
+
+def optimal_lsh_params(
+    threshold: float, num_perm: int = 128, weights: tuple[float, float] = (0.5, 0.5)
+) -> tuple[int, int]:
+    """Choose ``(bands, rows)`` like ``datasketch.lsh._optimal_param``.
+
+    Minimises ``fp_weight * P(false positive) + fn_weight * P(false negative)``
+    integrated over Jaccard similarity, by grid search over ``bands * rows <= num_perm``.
+
+    Parameters
+    ----------
+    threshold
+        Jaccard threshold in ``(0, 1]``.
+    num_perm
+        Signature length.
+    weights
+        ``(false_positive_weight, false_negative_weight)``, non-negative, summing to 1.
+
+    Returns
+    -------
+    tuple of int
+        ``(bands, rows)``.
+    """
+    threshold = check_threshold(threshold)
+    num_perm = check_positive_int("num_perm", num_perm)
+    fp, fn = (float(w) for w in weights)
+    if fp < 0 or fn < 0 or abs(fp + fn - 1.0) > 1e-9:
+        raise ValueError(f"weights must be two non-negative numbers summing to 1, got {weights!r}")
+    return _optimal_params_cached(threshold, num_perm, fp, fn)
+
+
+@dataclass(frozen=True, eq=False)
+class LshCandidates:
+    """Candidate pairs proposed by LSH banding.
+
+    Attributes
+    ----------
+    i, j
+        Row indices of candidate pairs, int64, ``i < j``, unique, sorted by ``(i, j)``.
+    bands, rows
+        Banding used.
+    largest_bucket
+        Size of the largest bucket seen (0 if no rows were hashed).
+    n_skipped_buckets
+        Buckets larger than ``max_bucket_size`` whose pairs were not emitted.
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    bands: int
+    rows: int
+    largest_bucket: int
+    n_skipped_buckets: int
+
+
+def pairs_within_runs(
+    members: np.ndarray, run_lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Enumerate all unordered pairs inside consecutive runs of ``members``.
+
+    Parameters
+    ----------
+    members
+        Item ids laid out run after run, shape ``(sum(run_lengths),)``.
+    run_lengths
+        Length of each run (zero allowed).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(i, j)`` int64 arrays with ``i < j`` for every pair of distinct positions in the
+        same run (not deduplicated across runs); ``sum(L * (L - 1) / 2)`` pairs.
+    """
+    members = np.asarray(members, dtype=np.int64)
+    run_lengths = np.asarray(run_lengths, dtype=np.int64)
+    run_end = np.repeat(np.cumsum(run_lengths), run_lengths)
+    position = np.arange(members.size, dtype=np.int64)
+    partners = run_end - position - 1
+    total = int(partners.sum())
+    if total == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy()
+    first_pos = np.repeat(position, partners)
+    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(partners) - partners, partners)
+    a = members[first_pos]
+    b = members[first_pos + 1 + offset]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def lsh_candidate_pairs(
+    signatures: np.ndarray,
+    groups: np.ndarray,
+    *,
+    bands: int,
+    rows: int,
+    active: np.ndarray | None = None,
+    max_bucket_size: int | None = None,
+) -> LshCandidates:
+    """Propose candidate pairs: rows of the same group that agree on a whole band.
+
+    Band ``t`` uses signature columns ``[t * rows, (t + 1) * rows)`` like datasketch's
+    ``MinHashLSH``. Each band is reduced to a 64-bit key; a key collision between
+    different band values only adds a candidate, which exact confirmation removes.
+
+    Parameters
+    ----------
+    signatures
+        Shape ``(n, num_perm)``.
+    groups
+        Shape ``(n,)`` integer group (layer) of each row; pairs never cross groups.
+    bands, rows
+        Banding; ``bands * rows <= num_perm``.
+    active
+        Optional boolean mask; inactive rows (e.g. empty sets, whose signatures are all
+        equal) are never paired.
+    max_bucket_size
+        If given, buckets with more rows are skipped (their pairs are not emitted) so the
+        output stays bounded; the count is reported. ``None`` emits every bucket.
+
+    Returns
+    -------
+    LshCandidates
+        Deduplicated candidate pairs.
+    """
+    signatures = np.asarray(signatures)
+    if signatures.ndim != 2:
+        raise ValueError(f"signatures must be 2-D (n, num_perm), got shape {signatures.shape}")
+    n, num_perm = signatures.shape
+    bands, rows = check_bands_rows(bands, rows, num_perm)
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
+        raise ValueError(f"groups must be an integer array of shape ({n},), got {groups.shape}")
+    if max_bucket_size is not None:
+        max_bucket_size = check_positive_int("max_bucket_size", max_bucket_size)
+    keep = np.arange(n, dtype=np.int64)
+    if active is not None:
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (n,):
+            raise ValueError(f"active must have shape ({n},), got {active.shape}")
+        keep = keep[active]
+    empty = np.empty(0, dtype=np.int64)
+    if keep.size < 2:
+        return LshCandidates(empty, empty.copy(), bands, rows, int(keep.size), 0)
+
+    sig = signatures[keep]
+    # The group is folded into the bucket key; a collision across groups is filtered below
+    # and any other key collision only adds a candidate.
+    salt = groups[keep].astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    largest = 0
+    n_skipped = 0
+    band_keys = []
+    # One band at a time: a similar pair recurs in many bands, so emitting all bands'
+    # pairs before deduplicating would multiply peak memory.
+    for band in range(bands):
+        key = np.full(keep.size, band, dtype=np.uint64)
+        for col in range(band * rows, (band + 1) * rows):
+            key = fmix(key ^ sig[:, col].astype(np.uint64), 64) * np.uint64(0x9E3779B97F4A7C15)
+        key = fmix(key ^ salt, 64)
+        order = np.argsort(key, kind="stable")
+        key, item = key[order], keep[order]
+        new_run = np.ones(item.size, dtype=bool)
+        new_run[1:] = key[1:] != key[:-1]
+        lengths = np.diff(np.append(np.flatnonzero(new_run), item.size))
+        largest = max(largest, int(lengths.max()))
+        if max_bucket_size is not None:
+            too_big = lengths > max_bucket_size
+            n_skipped += int(too_big.sum())
+            item = item[np.repeat(~too_big, lengths)]
+            lengths = np.where(too_big, 0, lengths)
+        pi, pj = pairs_within_runs(item, lengths)
+        valid = (pi != pj) & (groups[pi] == groups[pj])
+        band_keys.append(np.unique(pi[valid] * np.int64(n) + pj[valid]))
+    pair_key = np.unique(np.concatenate(band_keys))
+    if pair_key.size == 0:
+        return LshCandidates(empty, empty.copy(), bands, rows, largest, n_skipped)
+    return LshCandidates(pair_key // n, pair_key % n, bands, rows, largest, n_skipped)

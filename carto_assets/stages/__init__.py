@@ -1,0 +1,1 @@
+"""Stage functions for the assets after ``top_images`` (no dagster imports)."""

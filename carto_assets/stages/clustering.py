@@ -1,0 +1,344 @@
+"""Neuron clustering stage: signatures, similar pairs, clusters, labels and quality.
+
+Reads ``top_images``/``neurons`` (and ``image_concepts`` where present) from the study's
+database and returns DataFrames for the assets to store. No dagster imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carto_assets.core import clustering as C
+from carto_assets.core import minhash as M
+from carto_assets.storage import CartoStore
+from carto_assets.study import ClusteringConfig
+
+
+def load_neuron_sets(store: CartoStore) -> C.NeuronSets:
+    """Each neuron's top-k image set, grouped by layer (rows in neuron_id order)."""
+    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    neurons = store.query("SELECT neuron_id, layer_index FROM neurons ORDER BY neuron_id")
+    return C.build_neuron_sets(
+        top["neuron_id"].to_numpy(),
+        top["image_id"].to_numpy(),
+        neurons_neuron_id=neurons["neuron_id"].to_numpy(),
+        neurons_layer=neurons["layer_index"].to_numpy(),
+    )
+
+
+def signatures_frame(sets: C.NeuronSets, cfg: ClusteringConfig) -> pl.DataFrame:
+    """``minhash_signatures(neuron_id, signature)``; datasketch's scheme, bit for bit."""
+    sigs = M.minhash_signatures(sets.indptr, sets.indices, num_perm=cfg.num_perm, seed=cfg.seed)
+    return pl.DataFrame(
+        {
+            "neuron_id": sets.neuron_ids.astype(np.int64),
+            "signature": pl.Series(sigs.astype(np.uint32), dtype=pl.Array(pl.UInt32, cfg.num_perm)),
+        }
+    )
+
+
+def datasketch_agreement(
+    sets: C.NeuronSets, sigs: np.ndarray, cfg: ClusteringConfig, n: int = 5, seed: int = 0
+) -> bool:
+    """Recompute a few neurons' signatures with datasketch itself and compare bit for bit."""
+    from datasketch import MinHash
+
+    rows = np.random.default_rng(seed).choice(
+        sets.n_neurons, size=min(n, sets.n_neurons), replace=False
+    )
+    for r in rows:
+        mh = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+        for image_id in sets.indices[sets.indptr[r] : sets.indptr[r + 1]]:
+            mh.update(M.encode_image_id(int(image_id)))
+        if not np.array_equal(mh.hashvalues.astype(np.uint64), sigs[r].astype(np.uint64)):
+            return False
+    return True
+
+
+def load_signatures(store: CartoStore, sets: C.NeuronSets) -> np.ndarray:
+    df = store.query("SELECT neuron_id, signature FROM minhash_signatures ORDER BY neuron_id")
+    if not np.array_equal(df["neuron_id"].to_numpy(), sets.neuron_ids):
+        raise RuntimeError("minhash_signatures is out of date with top_images; re-materialize it")
+    return np.stack(df["signature"].to_numpy()).astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    sets: C.NeuronSets
+    pairs: C.SimilarPairs
+    clustering: C.Clustering
+    lsh: C.LshPairs | None
+
+
+def find_clusters(
+    sets: C.NeuronSets,
+    cfg: ClusteringConfig,
+    signatures: np.ndarray | None = None,
+    method: str | None = None,
+) -> ClusterResult:
+    """Similar pairs (LSH or exact inverted index), then average-linkage grouping."""
+    method = method or cfg.method
+    lsh = None
+    if method == "lsh":
+        lsh = C.lsh_pairs(
+            sets,
+            threshold=cfg.threshold,
+            num_perm=cfg.num_perm,
+            seed=cfg.seed,
+            bands=cfg.bands,
+            rows=cfg.rows,
+            signatures=signatures,
+        )
+        pairs = lsh.pairs
+    else:
+        pairs = C.exact_pairs_inverted_index(sets, threshold=cfg.threshold)
+    clustering = C.group_neurons(sets, pairs, threshold=cfg.threshold, linkage=cfg.linkage)
+    return ClusterResult(sets, pairs, clustering, lsh)
+
+
+def load_annotations(store: CartoStore) -> tuple[pl.DataFrame | None, pl.DataFrame]:
+    """(ground-truth concepts or None, class labels as concept 'class')."""
+    classes = store.query("SELECT image_id, 'class' AS concept, label_name AS value FROM images")
+    concepts = None
+    if store.table_exists("image_concepts"):
+        concepts = store.query("SELECT image_id, concept, value FROM image_concepts")
+    return concepts, classes
+
+
+def _cluster_images(sets: C.NeuronSets, labels: np.ndarray) -> pl.DataFrame:
+    """(cluster_id, layer_index, image_id): the union of each cluster's members' top images."""
+    counts = np.diff(sets.indptr)
+    return pl.DataFrame(
+        {
+            "cluster_id": np.repeat(labels, counts).astype(np.int64),
+            "layer_index": np.repeat(sets.layers, counts).astype(np.int64),
+            "image_id": sets.indices.astype(np.int64),
+        }
+    ).unique()
+
+
+def concept_shares(
+    sets: C.NeuronSets, labels: np.ndarray, annotations: pl.DataFrame
+) -> pl.DataFrame:
+    """Per cluster and concept value: the share of the cluster's top images with that value
+    (``fraction``) and the share among all top images of the cluster's layer (``base``)."""
+    cimg = _cluster_images(sets, labels)
+    sizes = cimg.group_by("cluster_id").agg(pl.len().alias("n_images"))
+    shares = (
+        cimg.join(annotations, on="image_id")
+        .group_by("cluster_id", "layer_index", "concept", "value")
+        .agg(pl.len().alias("hits"))
+        .join(sizes, on="cluster_id")
+        .with_columns(fraction=pl.col("hits") / pl.col("n_images"))
+    )
+    limg = cimg.select("layer_index", "image_id").unique()
+    lsizes = limg.group_by("layer_index").agg(pl.len().alias("layer_images"))
+    base = (
+        limg.join(annotations, on="image_id")
+        .group_by("layer_index", "concept", "value")
+        .agg(pl.len().alias("layer_hits"))
+        .join(lsizes, on="layer_index")
+        .select(
+            "layer_index", "concept", "value", base=pl.col("layer_hits") / pl.col("layer_images")
+        )
+    )
+    return shares.join(base, on=["layer_index", "concept", "value"], how="left")
+
+
+def label_clusters(
+    shares: pl.DataFrame, max_terms: int = 3, min_fraction: float = 0.4
+) -> pl.DataFrame:
+    """A label per cluster naming what its top images have in common, most distinctive first.
+
+    Terms are concept values held by at least ``min_fraction`` of the cluster's top images and
+    over-represented relative to the layer (fraction >= 1.25 x base), ordered by how far they
+    exceed the layer's base rate; a value every neuron of the layer prefers says little.
+    """
+    terms = (
+        shares.filter(
+            (pl.col("fraction") >= min_fraction) & (pl.col("fraction") >= 1.25 * pl.col("base"))
+        )
+        .with_columns(lift=pl.col("fraction") - pl.col("base"))
+        .sort(["cluster_id", "lift", "concept", "value"], descending=[False, True, False, False])
+        .group_by("cluster_id", maintain_order=True)
+        .head(max_terms)
+        .with_columns(
+            term=pl.format(
+                "{}={} ({})", "concept", "value", pl.col("fraction").round(2).cast(pl.Utf8)
+            )
+        )
+        .group_by("cluster_id", maintain_order=True)
+        .agg(pl.col("term").str.join(", "))
+    )
+    return terms.rename({"term": "label"})
+
+
+def purity_table(shares: pl.DataFrame) -> pl.DataFrame:
+    """Per cluster, the concept value held by the largest share of its top images."""
+    return (
+        shares.sort(
+            ["cluster_id", "fraction", "concept", "value"], descending=[False, True, False, False]
+        )
+        .group_by("cluster_id", maintain_order=True)
+        .first()
+        .select("cluster_id", "concept", "value", purity="fraction", layer_base="base")
+    )
+
+
+def random_group_fraction(
+    sets: C.NeuronSets,
+    labels: np.ndarray,
+    purity: pl.DataFrame,
+    annotations: pl.DataFrame,
+    n_draws: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """For each row of ``purity``: the share of a random same-size, same-layer group's top
+    images holding the cluster's dominant value (mean over seeded draws)."""
+    rng = np.random.default_rng(seed)
+    n_img = int(sets.indices.max(initial=0)) + 1
+    masks: dict[tuple[str, str], np.ndarray] = {}
+    sizes = np.bincount(labels)
+    out = np.zeros(len(purity))
+    for k, (cid, concept, value) in enumerate(
+        purity.select("cluster_id", "concept", "value").iter_rows()
+    ):
+        key = (concept, value)
+        if key not in masks:
+            ids = annotations.filter((pl.col("concept") == concept) & (pl.col("value") == value))
+            mask = np.zeros(n_img, dtype=bool)
+            sel = ids["image_id"].to_numpy()
+            mask[sel[sel < n_img]] = True
+            masks[key] = mask
+        layer = sets.layers[np.flatnonzero(labels == cid)[0]]
+        pool = np.flatnonzero(sets.layers == layer)
+        fr = []
+        for _ in range(n_draws):
+            rows = rng.choice(pool, size=min(int(sizes[cid]), pool.size), replace=False)
+            imgs = np.unique(
+                np.concatenate([sets.indices[sets.indptr[r] : sets.indptr[r + 1]] for r in rows])
+            )
+            fr.append(masks[key][imgs].mean() if imgs.size else 0.0)
+        out[k] = float(np.mean(fr))
+    return out
+
+
+def tables(
+    result: ClusterResult, store: CartoStore, neuron_layers: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """``neuron_clusters``, ``clusters`` and ``neuron_pairs`` DataFrames."""
+    sets, clustering = result.sets, result.clustering
+    labels = clustering.labels
+    neuron_clusters = (
+        pl.DataFrame(
+            {"neuron_id": sets.neuron_ids.astype(np.int64), "cluster_id": labels.astype(np.int64)}
+        )
+        .join(neuron_layers, on="neuron_id")
+        .select("neuron_id", "cluster_id", "layer")
+    )
+    concepts, classes = load_annotations(store)
+    annotations = classes if concepts is None else pl.concat([concepts, classes])
+    shares = concept_shares(sets, labels, annotations)
+    labels_df = label_clusters(shares)
+    class_top = purity_table(shares.filter(pl.col("concept") == "class")).select(
+        "cluster_id", top_class="value", top_class_fraction="purity"
+    )
+    pairs = result.pairs
+    i, j, jac = pairs.i, pairs.j, pairs.jaccard
+    same = labels[i] == labels[j]
+    mean_jac = (
+        pl.DataFrame({"cluster_id": labels[i][same].astype(np.int64), "j": jac[same]})
+        .group_by("cluster_id")
+        .agg(mean_jaccard=pl.col("j").mean())
+    )
+    clusters = (
+        neuron_clusters.group_by("cluster_id", "layer")
+        .agg(size=pl.len().cast(pl.Int32), members=pl.col("neuron_id").sort())
+        .join(labels_df, on="cluster_id", how="left")
+        .join(class_top, on="cluster_id", how="left")
+        .join(mean_jac, on="cluster_id", how="left")
+        .with_columns(
+            label=pl.col("label").fill_null(
+                pl.format(
+                    "class={} ({})",
+                    "top_class",
+                    pl.col("top_class_fraction").round(2).cast(pl.Utf8),
+                )
+            )
+        )
+        .with_columns(
+            mean_jaccard=pl.when(pl.col("size") == 1).then(1.0).otherwise(pl.col("mean_jaccard"))
+        )
+        .sort("cluster_id")
+        .select(
+            "cluster_id",
+            "layer",
+            "size",
+            "label",
+            "top_class",
+            "top_class_fraction",
+            "mean_jaccard",
+            "members",
+        )
+    )
+    ids = sets.neuron_ids
+    neuron_pairs = pl.DataFrame(
+        {
+            "neuron_a": ids[i].astype(np.int64),
+            "neuron_b": ids[j].astype(np.int64),
+            "jaccard": jac.astype(np.float64),
+        }
+    ).sort("neuron_a", "neuron_b")
+    return {"neuron_clusters": neuron_clusters, "clusters": clusters, "neuron_pairs": neuron_pairs}
+
+
+def quality(
+    sets: C.NeuronSets,
+    result: ClusterResult,
+    store: CartoStore,
+    cfg: ClusteringConfig,
+    seed: int = 0,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Per-cluster purity vs random groups, and LSH-vs-exact agreement."""
+    labels = result.clustering.labels
+    concepts, classes = load_annotations(store)
+    rows = []
+    summary: dict[str, Any] = {}
+    for kind, ann in (("concept", concepts), ("class", classes)):
+        if ann is None:
+            continue
+        shares = concept_shares(sets, labels, ann)
+        pur = purity_table(shares)
+        multi = np.flatnonzero(np.bincount(labels) >= 2)
+        pur = pur.filter(pl.col("cluster_id").is_in(multi.tolist()))
+        if len(pur) == 0:
+            continue
+        base = random_group_fraction(sets, labels, pur, ann, seed=seed)
+        pur = pur.with_columns(random_group=pl.Series(base), kind=pl.lit(kind))
+        rows.append(pur)
+        summary[f"{kind}_mean_purity"] = float(pur["purity"].mean())
+        summary[f"{kind}_random_baseline"] = float(np.mean(base))
+        summary[f"{kind}_purity_ratio"] = float(pur["purity"].mean() / max(np.mean(base), 1e-12))
+    exact = find_clusters(sets, cfg, method="exact")
+    agreement = C.pair_agreement(exact.pairs, result.pairs)
+    summary.update(
+        pair_recall=agreement.recall,
+        pair_precision=agreement.precision,
+        n_exact_pairs=agreement.n_reference,
+        n_method_pairs=agreement.n_candidate,
+        adjusted_rand_index=float(C.clustering_agreement(exact.clustering.labels, labels)),
+        n_multi_neuron_clusters=int((np.bincount(labels) >= 2).sum()),
+    )
+    table = pl.concat(rows) if rows else pl.DataFrame()
+    if len(table):
+        sizes = np.bincount(labels)
+        table = table.with_columns(
+            size=pl.col("cluster_id").map_elements(lambda c: int(sizes[c]), return_dtype=pl.Int32)
+        ).select(
+            "cluster_id", "kind", "size", "concept", "value", "purity", "random_group", "layer_base"
+        )
+    return table, summary
