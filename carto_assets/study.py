@@ -27,6 +27,8 @@ WEIGHTS_KEYWORDS = ("none", "DEFAULT")
 #: change to the architecture never loads an old checkpoint.
 BUILTIN_WIDTHS = (32, 48, 64, 96)
 BUILTIN_REVISION = "stride2-first-block"
+#: Bump when the shapes renderer changes what it draws, so cached checkpoints are retrained.
+SHAPES_REVISION = "filled-only-1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -161,6 +163,7 @@ class Study:
             "training": asdict(self.training) if self.is_builtin_model else None,
             "seed": self.seed if self.is_builtin_model else None,
             "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if self.is_builtin_model else None,
+            "shapes": SHAPES_REVISION if self.dataset.kind == "shapes" else None,
         }
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
