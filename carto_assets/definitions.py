@@ -14,6 +14,7 @@ import dagster as dg
 from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
+from carto_assets.assets.graph import concept_graph, example_patches
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
@@ -29,6 +30,8 @@ ALL_ASSETS = [
     minhash_signatures,
     neuron_clusters,
     cluster_quality,
+    example_patches,
+    concept_graph,
 ]
 
 PREPARE_JOB = "prepare_study"

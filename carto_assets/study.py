@@ -97,6 +97,23 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class GraphConfig:
+    """Example patches and the per-class concept graph."""
+
+    #: Example patches per neuron (its top images, cropped around the argmax) and their size.
+    patches_per_neuron: int = 9
+    patch_size: int = 64
+    #: Per class and layer: the share of the layer's neurons that count as the class's most
+    #: important (Summit/the paper: 10%), and at most this many cluster nodes.
+    top_neuron_fraction: float = 0.1
+    nodes_per_layer: int = 5
+    #: Images of the class sampled (seeded) to measure influence edges by attribution.
+    images_per_class: int = 16
+    #: Edges whose source cluster is ablated for the faithfulness check (0 = skip the check).
+    faithfulness_edges: int = 40
+
+
+@dataclass(frozen=True)
 class Study:
     """One validated study. Build it with :func:`load_study` or :func:`study_from_dict`."""
 
@@ -121,6 +138,7 @@ class Study:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     #: DuckDB database file. Relative paths resolve against the study file's folder (or the
     #: current directory for the built-in study).
     database: str = "data/carto.duckdb"
@@ -356,6 +374,32 @@ def _embedding_from_dict(raw: Any) -> EmbeddingConfig:
     )
 
 
+def _graph_from_dict(raw: Any) -> GraphConfig:
+    if raw is None:
+        return GraphConfig()
+    if not isinstance(raw, dict):
+        raise _fail("graph", raw, "expected a mapping (patches_per_neuron, nodes_per_layer, ...)")
+    _check_keys("graph", raw, GraphConfig)
+    d = GraphConfig()
+
+    def get_int(name: str, minimum: int, maximum: int | None = None) -> int:
+        return _check_int(
+            f"graph.{name}", raw.get(name, getattr(d, name)), minimum=minimum, maximum=maximum
+        )
+
+    return GraphConfig(
+        patches_per_neuron=get_int("patches_per_neuron", 1, 1000),
+        patch_size=get_int("patch_size", 8, 512),
+        top_neuron_fraction=_check_float(
+            "graph.top_neuron_fraction", raw.get("top_neuron_fraction", d.top_neuron_fraction),
+            low=0.0, high=1.0, low_open=True,
+        ),
+        nodes_per_layer=get_int("nodes_per_layer", 1, 1000),
+        images_per_class=get_int("images_per_class", 1, 100_000),
+        faithfulness_edges=get_int("faithfulness_edges", 0, 100_000),
+    )
+
+
 def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     """Validate a study mapping (as parsed from YAML) and return a :class:`Study`.
 
@@ -435,6 +479,7 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     training = _training_from_dict(raw.get("training"))
     clustering = _clustering_from_dict(raw.get("clustering"))
     embedding = _embedding_from_dict(raw.get("embedding"))
+    graph = _graph_from_dict(raw.get("graph"))
 
     database = raw.get("database", d.database)
     if not isinstance(database, str) or not database.endswith(".duckdb"):
@@ -463,6 +508,7 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         training=training,
         clustering=clustering,
         embedding=embedding,
+        graph=graph,
         database=database,
         data_dir=data_dir,
         base_dir=str(base),

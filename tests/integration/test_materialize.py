@@ -208,3 +208,45 @@ def test_clustering_tables_are_consistent(materialized):
     meta = mat.asset_materialization.metadata
     assert 0.0 <= meta["pair_recall"].value <= 1.0
     assert "adjusted_rand_index" in meta
+
+
+def test_patches_and_concept_graph(materialized):
+    from carto_assets.core.patches import decode_png
+
+    study, instance, _ = materialized
+    store = CartoStore(study.database_path)
+    n_neurons = store.query("SELECT count(*) AS n FROM neurons")["n"][0]
+    per = store.query("SELECT neuron_id, count(*) AS n, max(rank) AS hi FROM example_patches "
+                      "GROUP BY neuron_id")
+    m = min(study.graph.patches_per_neuron, study.top_k)
+    assert len(per) == n_neurons and set(per["n"]) == {m} and set(per["hi"]) == {m}
+    png = store.query("SELECT png FROM example_patches LIMIT 1")["png"][0]
+    assert decode_png(png).shape == (study.graph.patch_size, study.graph.patch_size, 3)
+    # Patches are cut from the image the top_images row names, around its argmax.
+    joined = store.query("SELECT count(*) AS n FROM example_patches p JOIN top_images t "
+                         "USING (neuron_id, rank) WHERE p.image_id <> t.image_id")
+    assert joined["n"][0] == 0
+
+    nodes = store.query("SELECT * FROM concept_graph_nodes")
+    assert len(nodes) > 0
+    per_layer = nodes.group_by("label", "layer").len()
+    assert per_layer["len"].max() <= study.graph.nodes_per_layer
+    clusters = store.query("SELECT cluster_id, layer FROM clusters")
+    assert len(nodes.join(clusters, on=["cluster_id", "layer"])) == len(nodes)
+    edges = store.query(
+        "SELECT e.*, ls.layer_index AS s_idx, lt.layer_index AS t_idx FROM concept_graph_edges e "
+        "JOIN (SELECT DISTINCT layer, layer_index FROM neurons) ls ON ls.layer = e.source_layer "
+        "LEFT JOIN (SELECT DISTINCT layer, layer_index FROM neurons) lt "
+        "ON lt.layer = e.target_layer"
+    )
+    assert len(edges) > 0 and (edges["weight"] > 0).all()
+    inner = edges.filter(edges["target_layer"] != "prediction")
+    assert (inner["t_idx"] - inner["s_idx"] == 1).all()  # consecutive mapped layers only
+    last = nodes["layer_index"].max()
+    pred = edges.filter(edges["target_layer"] == "prediction")
+    assert len(pred) > 0 and (pred["s_idx"] == last).all()
+    cascades = store.query("SELECT * FROM concept_cascades")
+    assert set(cascades["direction"]) <= {"up", "down"} and (cascades["depth"] >= 1).all()
+    mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]
+    rho = mat.asset_materialization.metadata["faithfulness_spearman_rho"].value
+    assert -1.0 <= rho <= 1.0

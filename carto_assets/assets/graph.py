@@ -1,0 +1,81 @@
+"""Graph assets: example patches per neuron and the per-class concept graph."""
+
+import base64
+
+import dagster as dg
+import polars as pl
+
+from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.resources import StudyResource
+from carto_assets.stages import graph as stage
+
+
+@dg.asset(group_name="graph", kinds={"duckdb", "pytorch"}, deps=["top_images"])
+def example_patches(context: dg.AssetExecutionContext, study: StudyResource
+                    ) -> dg.MaterializeResult:
+    """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
+    cfg = study.load()
+    store = study.store()
+    table, info = stage.example_patches(cfg, store, progress=context.log.info)
+    store.replace_tables({"example_patches": table})
+    # A strip of the first neurons' strongest patches, shown inline in the UI.
+    first = table.filter(pl.col("rank") == 1).head(8)
+    strip = " ".join(
+        f"![n{n}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        for n, png in zip(first["neuron_id"], first["png"])
+    )
+    rf = pl.DataFrame([{"layer": k, **v} for k, v in info["receptive_fields"].items()])
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(store, "example_patches", preview_rows=0),
+            "receptive_fields": dg.MetadataValue.md(frame_to_markdown(rf)),
+            "patches_per_neuron": cfg.graph.patches_per_neuron,
+            "patch_size_px": cfg.graph.patch_size,
+            "first_neurons_top_patch": dg.MetadataValue.md(strip),
+        }
+    )
+
+
+@dg.asset(
+    group_name="graph",
+    kinds={"duckdb", "pytorch"},
+    deps=["class_importance", "neuron_clusters"],
+    check_specs=[dg.AssetCheckSpec("edge_weights_track_ablation", asset="concept_graph")],
+)
+def concept_graph(context: dg.AssetExecutionContext, study: StudyResource
+                  ) -> dg.MaterializeResult:
+    """Per class: important clusters per layer, influence edges up to the prediction, cascades."""
+    cfg = study.load()
+    store = study.store()
+    g = stage.concept_graph(cfg, store, progress=context.log.info)
+    tables = {
+        "concept_graph_nodes": g["nodes"],
+        "concept_graph_edges": g["edges"],
+        "concept_cascades": g["cascades"],
+    }
+    if len(g["faithfulness"]):
+        tables["concept_graph_faithfulness"] = g["faithfulness"]
+    store.replace_tables(tables)
+    rho = g["spearman_rho"]
+    no_dep = [f"{a} -> {b}" for a, b in g["no_dependency"]]
+    return dg.MaterializeResult(
+        metadata={
+            "nodes": len(g["nodes"]),
+            "edges": len(g["edges"]),
+            "cascade_rows": len(g["cascades"]),
+            "seconds": round(g["seconds"], 2),
+            "prediction_edges": g["prediction_edges"],
+            "faithfulness_spearman_rho": rho,
+            "faithfulness_edges_ablated": len(g["faithfulness"]),
+            "layer_pairs_without_dependency": dg.MetadataValue.json(no_dep),
+            "nodes_preview": dg.MetadataValue.md(frame_to_markdown(g["nodes"].head(15))),
+            "edges_preview": dg.MetadataValue.md(frame_to_markdown(g["edges"].head(15))),
+            "database": dg.MetadataValue.path(str(store.database_path)),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="edge_weights_track_ablation",
+            passed=bool(rho == rho and rho > 0),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"spearman_rho": rho},
+        )],
+    )

@@ -1,0 +1,216 @@
+"""Example patches and the per-class concept graph (nodes, influence edges, cascades).
+
+No dagster imports. The model and images come through the same loading code as the
+activation pass, so patches are cut from exactly the pixels the model saw.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from scipy.stats import spearmanr
+
+from carto_assets import pipeline
+from carto_assets.core import influence as I
+from carto_assets.core import patches as P
+from carto_assets.storage import CartoStore
+from carto_assets.study import Study
+
+
+# ---- example patches ------------------------------------------------------------------------
+def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.DataFrame, dict]:
+    """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
+    around the argmax cell, with a window as large as the layer's receptive field."""
+    say = progress or (lambda m: None)
+    images, class_names = pipeline.load_manifest(study)
+    bundle, layers, _ = pipeline.load_model(study)
+    source = pipeline.source_for_manifest(study, images, class_names)
+    m = study.graph.patches_per_neuron
+    top = store.query(
+        "SELECT t.neuron_id, t.rank, t.image_id, t.y, t.x, n.layer, n.map_height, n.map_width "
+        f"FROM top_images t JOIN neurons n USING (neuron_id) WHERE t.rank <= {int(m)} "
+        "ORDER BY t.neuron_id, t.rank"
+    )
+    fields: dict[str, Any] = {}
+    for info in layers:
+        rf = P.receptive_field(bundle.module, info.name, bundle.input_size)
+        fields[info.name] = rf
+    wanted = np.unique(top["image_id"].to_numpy())
+    say(f"loading {len(wanted)} images for {len(top)} patches")
+    pixels: dict[int, np.ndarray] = {}
+    for lo in range(0, len(wanted), 256):
+        ids = wanted[lo : lo + 256]
+        batch, ok = source.load_many(ids.tolist(), workers=4)
+        for image_id, img in zip(ids[ok], batch):
+            pixels[int(image_id)] = img
+    parts = []
+    for layer, group in top.group_by("layer", maintain_order=True):
+        name = layer[0]
+        rf = fields[name]
+        group = group.filter(pl.col("image_id").is_in(list(pixels)))
+        boxes = P.patch_boxes(
+            group["y"].to_numpy(), group["x"].to_numpy(), int(group["map_height"][0]),
+            int(group["map_width"][0]), bundle.input_size, rf.size_px,
+            min_fraction=0.25, offset_px=rf.offset_px,
+        )
+        pngs = P.crop_patches(pixels, group["image_id"].to_numpy(), boxes,
+                              out_size=study.graph.patch_size)
+        parts.append(group.select("neuron_id", "rank", "image_id").with_columns(
+            top=pl.Series(boxes[:, 0], dtype=pl.Int32), left=pl.Series(boxes[:, 1], dtype=pl.Int32),
+            bottom=pl.Series(boxes[:, 2], dtype=pl.Int32), right=pl.Series(boxes[:, 3], dtype=pl.Int32),
+            png=pl.Series(pngs, dtype=pl.Binary)))
+    table = pl.concat(parts).sort("neuron_id", "rank")
+    rf_table = {n: {"receptive_field_px": f.size_px, "truncated": f.truncated}
+                for n, f in fields.items()}
+    return table, {"receptive_fields": rf_table, "n_images_loaded": len(pixels)}
+
+
+# ---- concept graph --------------------------------------------------------------------------
+def graph_nodes(study: Study, store: CartoStore) -> pl.DataFrame:
+    """``concept_graph_nodes(label, cluster_id, layer, importance, ...)``.
+
+    Per class and layer, the class's most important neurons (the top ``top_neuron_fraction`` of
+    the layer by class_importance score) are mapped to their clusters; a cluster's importance is
+    the sum of those members' scores; the ``nodes_per_layer`` most important clusters are kept.
+    """
+    g = study.graph
+    return store.query(f"""
+        WITH ranked AS (
+            SELECT ci.label, ci.neuron_id, ci.score, n.layer, n.layer_index, nc.cluster_id,
+                   row_number() OVER (PARTITION BY ci.label, n.layer
+                                      ORDER BY ci.score DESC, ci.neuron_id) AS r,
+                   count(*) OVER (PARTITION BY ci.label, n.layer) AS layer_size
+            FROM class_importance ci
+            JOIN neurons n USING (neuron_id)
+            JOIN neuron_clusters nc USING (neuron_id)
+        ), top AS (
+            SELECT * FROM ranked
+            WHERE r <= greatest(1, ceil(layer_size * {float(g.top_neuron_fraction)})) AND score > 0
+        ), nodes AS (
+            SELECT label, cluster_id, layer, any_value(layer_index) AS layer_index,
+                   sum(score) AS importance, count(*) AS important_members
+            FROM top GROUP BY label, cluster_id, layer
+        )
+        SELECT label::INTEGER AS label, cluster_id::BIGINT AS cluster_id, layer,
+               layer_index::INTEGER AS layer_index, importance::DOUBLE AS importance,
+               important_members::INTEGER AS important_members
+        FROM nodes
+        QUALIFY row_number() OVER (PARTITION BY label, layer
+                                   ORDER BY importance DESC, cluster_id) <= {int(g.nodes_per_layer)}
+        ORDER BY label, layer_index, importance DESC, cluster_id
+    """)
+
+
+def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle) -> torch.Tensor:
+    """Up to ``images_per_class`` images of the class (seeded sample), normalized."""
+    ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
+    rng = np.random.default_rng([study.seed, label])
+    pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class),
+                              replace=False))
+    pixels, _ = source.load_many(pick.tolist(), workers=4)
+    return bundle.normalize(torch.from_numpy(pixels))
+
+
+def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, Any]:
+    """Nodes, influence edges, cascades and the ablation faithfulness check, for every class."""
+    say = progress or (lambda m: None)
+    start = time.perf_counter()
+    images, class_names = pipeline.load_manifest(study)
+    bundle, layers, _ = pipeline.load_model(study)
+    model = bundle.module.eval()
+    source = pipeline.source_for_manifest(study, images, class_names)
+    layer_names = [i.name for i in layers]
+    nc = store.query(
+        "SELECT n.layer, n.channel, nc.cluster_id FROM neuron_clusters nc "
+        "JOIN neurons n USING (neuron_id) ORDER BY n.layer_index, n.channel"
+    )
+    cluster_of = {name: nc.filter(pl.col("layer") == name)["cluster_id"].to_numpy()
+                  for name in layer_names}
+    nodes = graph_nodes(study, store)
+    # Prediction edges need the model's outputs to be the study's classes: true for the
+    # built-in model trained on them; for other models only when the head has that many classes.
+    n_out = _n_outputs(model, bundle.input_size)
+    predict = study.is_builtin_model or n_out == len(class_names)
+    edge_parts, cascade_parts, effects = [], [], []
+    no_dependency: set[tuple[str, str]] = set()
+    labels = sorted(set(images["label"].to_list()))
+    rng = np.random.default_rng(study.seed)
+    faith_budget = study.graph.faithfulness_edges
+    for k, label in enumerate(labels):
+        class_nodes = nodes.filter(pl.col("label") == label)
+        if len(class_nodes) == 0:
+            continue
+        x = class_images(study, label, images, source, bundle)
+        if len(x) == 0:
+            continue
+        upper = {name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
+                 for name in layer_names[1:]}
+        result = I.influence_edges(model, layer_names, cluster_of, x, class_index=label,
+                                   upper_clusters=upper, include_prediction=predict)
+        no_dependency.update(tuple(p) for p in result.no_dependency)
+        edges = pl.DataFrame({k2: np.asarray(v) for k2, v in result.edges.items()})
+        node_keys = set(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list()))
+        if len(edges):
+            keep = [(sl, sc) in node_keys for sl, sc in
+                    zip(edges["source_layer"].to_list(), edges["source_cluster"].to_list())]
+            edges = edges.filter(pl.Series(keep))
+        if len(edges):
+            edge_parts.append(edges.with_columns(label=pl.lit(label, dtype=pl.Int32)))
+            casc = I.concept_cascades(
+                list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
+                {c: edges[c].to_numpy() for c in edges.columns})
+            cdf = pl.DataFrame({c: np.asarray(v) for c, v in casc.items()})
+            if len(cdf):
+                cascade_parts.append(cdf.with_columns(label=pl.lit(label, dtype=pl.Int32)))
+            if faith_budget > 0:
+                share = max(1, faith_budget // len(labels))
+                sample = I.sample_edges({c: edges[c].to_numpy() for c in edges.columns}, share,
+                                        seed=int(rng.integers(2**31)))
+                _, eff = I.ablation_faithfulness(model, layer_names, cluster_of, x, sample,
+                                                 class_index=label if predict else None)
+                effects.append(pl.DataFrame({c: np.asarray(v) for c, v in eff.items()}))
+        say(f"class {class_names[label]} ({k + 1}/{len(labels)}): "
+            f"{len(class_nodes)} nodes, {len(edges)} edges")
+    edge_table = _edge_table(edge_parts)
+    cascades = _cascade_table(cascade_parts)
+    faith = pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame()
+    rho = float("nan")
+    if len(faith) >= 3:
+        rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
+    return {
+        "nodes": nodes, "edges": edge_table, "cascades": cascades, "faithfulness": faith,
+        "spearman_rho": rho, "no_dependency": sorted(no_dependency),
+        "prediction_edges": predict, "seconds": time.perf_counter() - start,
+    }
+
+
+def _n_outputs(model: torch.nn.Module, size: int) -> int:
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size))
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) else -1
+
+
+def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    schema = {"label": pl.Int32, "source_layer": pl.Utf8, "source_cluster": pl.Int64,
+              "target_layer": pl.Utf8, "target_cluster": pl.Int64, "weight": pl.Float64,
+              "signed_weight": pl.Float64, "share": pl.Float64}
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    df = pl.concat(parts, how="diagonal_relaxed")
+    return df.select([pl.col(c).cast(t) for c, t in schema.items()]).sort(
+        "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True])
+
+
+def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    schema = {"label": pl.Int32, "root_layer": pl.Utf8, "root_cluster": pl.Int64,
+              "member_layer": pl.Utf8, "member_cluster": pl.Int64, "depth": pl.Int32,
+              "direction": pl.Utf8, "weight": pl.Float64}
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    df = pl.concat(parts, how="diagonal_relaxed")
+    return df.select([pl.col(c).cast(t) for c, t in schema.items()]).sort(
+        "label", "root_cluster", "direction", "depth")
