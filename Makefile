@@ -32,14 +32,14 @@ $(VENV)/.chromium:
 	touch $@
 
 demo: install
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/carto run
 
 test: install
 	$(VENV)/bin/python -m pytest -q
 
 ui: install
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 lint: install

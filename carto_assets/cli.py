@@ -14,6 +14,8 @@ def _instance(home: str | None):
 
     home = home or os.environ.get("DAGSTER_HOME") or str(Path.cwd() / ".dagster")
     Path(home).mkdir(parents=True, exist_ok=True)
+    # An empty dagster.yaml means "defaults, stored here" and silences Dagster's notice.
+    (Path(home) / "dagster.yaml").touch()
     os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
     return dg.DagsterInstance.get()
 

@@ -11,8 +11,9 @@ from carto_assets.stages import graph as stage
 
 
 @dg.asset(group_name="graph", kinds={"duckdb", "pytorch"}, deps=["top_images"])
-def example_patches(context: dg.AssetExecutionContext, study: StudyResource
-                    ) -> dg.MaterializeResult:
+def example_patches(
+    context: dg.AssetExecutionContext, study: StudyResource
+) -> dg.MaterializeResult:
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
     cfg = study.load()
     store = study.store()
@@ -42,8 +43,7 @@ def example_patches(context: dg.AssetExecutionContext, study: StudyResource
     deps=["class_importance", "neuron_clusters"],
     check_specs=[dg.AssetCheckSpec("edge_weights_track_ablation", asset="concept_graph")],
 )
-def concept_graph(context: dg.AssetExecutionContext, study: StudyResource
-                  ) -> dg.MaterializeResult:
+def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per class: important clusters per layer, influence edges up to the prediction, cascades."""
     cfg = study.load()
     store = study.store()
@@ -72,10 +72,12 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource
             "edges_preview": dg.MetadataValue.md(frame_to_markdown(g["edges"].head(15))),
             "database": dg.MetadataValue.path(str(store.database_path)),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name="edge_weights_track_ablation",
-            passed=bool(rho == rho and rho > 0),
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"spearman_rho": rho},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="edge_weights_track_ablation",
+                passed=bool(rho == rho and rho > 0),
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"spearman_rho": rho},
+            )
+        ],
     )

@@ -158,6 +158,19 @@ def label_clusters(
     over-represented relative to the layer (fraction >= 1.25 x base), ordered by how far they
     exceed the layer's base rate; a value every neuron of the layer prefers says little.
     """
+    # Where the class is itself a ground-truth concept (shapes: class = shape), the class term
+    # repeats a concept term word for word; keep the concept's.
+    concept_terms = shares.filter(pl.col("concept") != "class").select(
+        "cluster_id", "value", "fraction"
+    )
+    shares = pl.concat(
+        [
+            shares.filter(pl.col("concept") != "class"),
+            shares.filter(pl.col("concept") == "class").join(
+                concept_terms, on=["cluster_id", "value", "fraction"], how="anti"
+            ),
+        ]
+    )
     terms = (
         shares.filter(
             (pl.col("fraction") >= min_fraction) & (pl.col("fraction") >= 1.25 * pl.col("base"))

@@ -53,19 +53,31 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
         rf = fields[name]
         group = group.filter(pl.col("image_id").is_in(list(pixels)))
         boxes = P.patch_boxes(
-            group["y"].to_numpy(), group["x"].to_numpy(), int(group["map_height"][0]),
-            int(group["map_width"][0]), bundle.input_size, rf.size_px,
-            min_fraction=0.25, offset_px=rf.offset_px,
+            group["y"].to_numpy(),
+            group["x"].to_numpy(),
+            int(group["map_height"][0]),
+            int(group["map_width"][0]),
+            bundle.input_size,
+            rf.size_px,
+            min_fraction=0.25,
+            offset_px=rf.offset_px,
         )
-        pngs = P.crop_patches(pixels, group["image_id"].to_numpy(), boxes,
-                              out_size=study.graph.patch_size)
-        parts.append(group.select("neuron_id", "rank", "image_id").with_columns(
-            top=pl.Series(boxes[:, 0], dtype=pl.Int32), left=pl.Series(boxes[:, 1], dtype=pl.Int32),
-            bottom=pl.Series(boxes[:, 2], dtype=pl.Int32), right=pl.Series(boxes[:, 3], dtype=pl.Int32),
-            png=pl.Series(pngs, dtype=pl.Binary)))
+        pngs = P.crop_patches(
+            pixels, group["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
+        )
+        parts.append(
+            group.select("neuron_id", "rank", "image_id").with_columns(
+                top=pl.Series(boxes[:, 0], dtype=pl.Int32),
+                left=pl.Series(boxes[:, 1], dtype=pl.Int32),
+                bottom=pl.Series(boxes[:, 2], dtype=pl.Int32),
+                right=pl.Series(boxes[:, 3], dtype=pl.Int32),
+                png=pl.Series(pngs, dtype=pl.Binary),
+            )
+        )
     table = pl.concat(parts).sort("neuron_id", "rank")
-    rf_table = {n: {"receptive_field_px": f.size_px, "truncated": f.truncated}
-                for n, f in fields.items()}
+    rf_table = {
+        n: {"receptive_field_px": f.size_px, "truncated": f.truncated} for n, f in fields.items()
+    }
     return table, {"receptive_fields": rf_table, "n_images_loaded": len(pixels)}
 
 
@@ -109,8 +121,7 @@ def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle)
     """Up to ``images_per_class`` images of the class (seeded sample), normalized."""
     ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
     rng = np.random.default_rng([study.seed, label])
-    pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class),
-                              replace=False))
+    pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class), replace=False))
     pixels, _ = source.load_many(pick.tolist(), workers=4)
     return bundle.normalize(torch.from_numpy(pixels))
 
@@ -128,8 +139,9 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
         "SELECT n.layer, n.channel, nc.cluster_id FROM neuron_clusters nc "
         "JOIN neurons n USING (neuron_id) ORDER BY n.layer_index, n.channel"
     )
-    cluster_of = {name: nc.filter(pl.col("layer") == name)["cluster_id"].to_numpy()
-                  for name in layer_names}
+    cluster_of = {
+        name: nc.filter(pl.col("layer") == name)["cluster_id"].to_numpy() for name in layer_names
+    }
     nodes = graph_nodes(study, store)
     # Prediction edges need the model's outputs to be the study's classes: true for the
     # built-in model trained on them; for other models only when the head has that many classes.
@@ -147,34 +159,59 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
         x = class_images(study, label, images, source, bundle)
         if len(x) == 0:
             continue
-        upper = {name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
-                 for name in layer_names[1:]}
-        result = I.influence_edges(model, layer_names, cluster_of, x, class_index=label,
-                                   upper_clusters=upper, include_prediction=predict)
+        upper = {
+            name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
+            for name in layer_names[1:]
+        }
+        result = I.influence_edges(
+            model,
+            layer_names,
+            cluster_of,
+            x,
+            class_index=label,
+            upper_clusters=upper,
+            include_prediction=predict,
+        )
         no_dependency.update(tuple(p) for p in result.no_dependency)
         edges = pl.DataFrame({k2: np.asarray(v) for k2, v in result.edges.items()})
         node_keys = set(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list()))
         if len(edges):
-            keep = [(sl, sc) in node_keys for sl, sc in
-                    zip(edges["source_layer"].to_list(), edges["source_cluster"].to_list())]
+            keep = [
+                (sl, sc) in node_keys
+                for sl, sc in zip(
+                    edges["source_layer"].to_list(), edges["source_cluster"].to_list()
+                )
+            ]
             edges = edges.filter(pl.Series(keep))
         if len(edges):
             edge_parts.append(edges.with_columns(label=pl.lit(label, dtype=pl.Int32)))
             casc = I.concept_cascades(
                 list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
-                {c: edges[c].to_numpy() for c in edges.columns})
+                {c: edges[c].to_numpy() for c in edges.columns},
+            )
             cdf = pl.DataFrame({c: np.asarray(v) for c, v in casc.items()})
             if len(cdf):
                 cascade_parts.append(cdf.with_columns(label=pl.lit(label, dtype=pl.Int32)))
             if faith_budget > 0:
                 share = max(1, faith_budget // len(labels))
-                sample = I.sample_edges({c: edges[c].to_numpy() for c in edges.columns}, share,
-                                        seed=int(rng.integers(2**31)))
-                _, eff = I.ablation_faithfulness(model, layer_names, cluster_of, x, sample,
-                                                 class_index=label if predict else None)
+                sample = I.sample_edges(
+                    {c: edges[c].to_numpy() for c in edges.columns},
+                    share,
+                    seed=int(rng.integers(2**31)),
+                )
+                _, eff = I.ablation_faithfulness(
+                    model,
+                    layer_names,
+                    cluster_of,
+                    x,
+                    sample,
+                    class_index=label if predict else None,
+                )
                 effects.append(pl.DataFrame({c: np.asarray(v) for c, v in eff.items()}))
-        say(f"class {class_names[label]} ({k + 1}/{len(labels)}): "
-            f"{len(class_nodes)} nodes, {len(edges)} edges")
+        say(
+            f"class {class_names[label]} ({k + 1}/{len(labels)}): "
+            f"{len(class_nodes)} nodes, {len(edges)} edges"
+        )
     edge_table = _edge_table(edge_parts)
     cascades = _cascade_table(cascade_parts)
     faith = pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame()
@@ -182,9 +219,14 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
     if len(faith) >= 3:
         rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
     return {
-        "nodes": nodes, "edges": edge_table, "cascades": cascades, "faithfulness": faith,
-        "spearman_rho": rho, "no_dependency": sorted(no_dependency),
-        "prediction_edges": predict, "seconds": time.perf_counter() - start,
+        "nodes": nodes,
+        "edges": edge_table,
+        "cascades": cascades,
+        "faithfulness": faith,
+        "spearman_rho": rho,
+        "no_dependency": sorted(no_dependency),
+        "prediction_edges": predict,
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -195,22 +237,38 @@ def _n_outputs(model: torch.nn.Module, size: int) -> int:
 
 
 def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    schema = {"label": pl.Int32, "source_layer": pl.Utf8, "source_cluster": pl.Int64,
-              "target_layer": pl.Utf8, "target_cluster": pl.Int64, "weight": pl.Float64,
-              "signed_weight": pl.Float64, "share": pl.Float64}
+    schema = {
+        "label": pl.Int32,
+        "source_layer": pl.Utf8,
+        "source_cluster": pl.Int64,
+        "target_layer": pl.Utf8,
+        "target_cluster": pl.Int64,
+        "weight": pl.Float64,
+        "signed_weight": pl.Float64,
+        "share": pl.Float64,
+    }
     if not parts:
         return pl.DataFrame(schema=schema)
     df = pl.concat(parts, how="diagonal_relaxed")
     return df.select([pl.col(c).cast(t) for c, t in schema.items()]).sort(
-        "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True])
+        "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True]
+    )
 
 
 def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    schema = {"label": pl.Int32, "root_layer": pl.Utf8, "root_cluster": pl.Int64,
-              "member_layer": pl.Utf8, "member_cluster": pl.Int64, "depth": pl.Int32,
-              "direction": pl.Utf8, "weight": pl.Float64}
+    schema = {
+        "label": pl.Int32,
+        "root_layer": pl.Utf8,
+        "root_cluster": pl.Int64,
+        "member_layer": pl.Utf8,
+        "member_cluster": pl.Int64,
+        "depth": pl.Int32,
+        "direction": pl.Utf8,
+        "weight": pl.Float64,
+    }
     if not parts:
         return pl.DataFrame(schema=schema)
     df = pl.concat(parts, how="diagonal_relaxed")
     return df.select([pl.col(c).cast(t) for c, t in schema.items()]).sort(
-        "label", "root_cluster", "direction", "depth")
+        "label", "root_cluster", "direction", "depth"
+    )
