@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
 
     args = parser.parse_args(argv)
+    # umap-learn compiles with numba on first use (about a minute on a small CPU); keep the
+    # compiled code in one project-local folder so later runs reuse it. Must be set before
+    # numba is imported.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".numba_cache"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Dagster's SQLite storage logs its schema migrations at INFO on every run; not news.
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ import dagster as dg
 from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
+from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
 from carto_assets.assets.graph import concept_graph, example_patches
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
@@ -32,6 +33,9 @@ ALL_ASSETS = [
     cluster_quality,
     example_patches,
     concept_graph,
+    cooccurrence,
+    neuron_embedding,
+    neuron_projection,
 ]
 
 PREPARE_JOB = "prepare_study"

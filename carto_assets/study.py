@@ -391,8 +391,11 @@ def _graph_from_dict(raw: Any) -> GraphConfig:
         patches_per_neuron=get_int("patches_per_neuron", 1, 1000),
         patch_size=get_int("patch_size", 8, 512),
         top_neuron_fraction=_check_float(
-            "graph.top_neuron_fraction", raw.get("top_neuron_fraction", d.top_neuron_fraction),
-            low=0.0, high=1.0, low_open=True,
+            "graph.top_neuron_fraction",
+            raw.get("top_neuron_fraction", d.top_neuron_fraction),
+            low=0.0,
+            high=1.0,
+            low_open=True,
         ),
         nodes_per_layer=get_int("nodes_per_layer", 1, 1000),
         images_per_class=get_int("images_per_class", 1, 100_000),

@@ -1513,9 +1513,7 @@ def matched_random_baseline(
     labels = _check_labels(sets, labels)
     n_draws = check_positive_int("n_draws", n_draws)
     rng = np.random.default_rng(seed)
-    code_of = {
-        (c, v): k for k, (c, v) in enumerate(zip(annotations.concepts, annotations.values))
-    }
+    code_of = {(c, v): k for k, (c, v) in enumerate(zip(annotations.concepts, annotations.values))}
     max_image = int(max(sets.indices.max(initial=0), annotations.image_ids.max(initial=0))) + 1
     has_code_cache: dict[int, np.ndarray] = {}
 

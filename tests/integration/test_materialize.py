@@ -216,15 +216,18 @@ def test_patches_and_concept_graph(materialized):
     study, instance, _ = materialized
     store = CartoStore(study.database_path)
     n_neurons = store.query("SELECT count(*) AS n FROM neurons")["n"][0]
-    per = store.query("SELECT neuron_id, count(*) AS n, max(rank) AS hi FROM example_patches "
-                      "GROUP BY neuron_id")
+    per = store.query(
+        "SELECT neuron_id, count(*) AS n, max(rank) AS hi FROM example_patches GROUP BY neuron_id"
+    )
     m = min(study.graph.patches_per_neuron, study.top_k)
     assert len(per) == n_neurons and set(per["n"]) == {m} and set(per["hi"]) == {m}
     png = store.query("SELECT png FROM example_patches LIMIT 1")["png"][0]
     assert decode_png(png).shape == (study.graph.patch_size, study.graph.patch_size, 3)
     # Patches are cut from the image the top_images row names, around its argmax.
-    joined = store.query("SELECT count(*) AS n FROM example_patches p JOIN top_images t "
-                         "USING (neuron_id, rank) WHERE p.image_id <> t.image_id")
+    joined = store.query(
+        "SELECT count(*) AS n FROM example_patches p JOIN top_images t "
+        "USING (neuron_id, rank) WHERE p.image_id <> t.image_id"
+    )
     assert joined["n"][0] == 0
 
     nodes = store.query("SELECT * FROM concept_graph_nodes")
@@ -250,3 +253,30 @@ def test_patches_and_concept_graph(materialized):
     mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]
     rho = mat.asset_materialization.metadata["faithfulness_spearman_rho"].value
     assert -1.0 <= rho <= 1.0
+
+
+def test_embedding_projection_and_neighbours_cover_every_neuron(materialized):
+    study, instance, _ = materialized
+    store = CartoStore(study.database_path)
+    n = store.query("SELECT count(*) AS n FROM neurons")["n"][0]
+    co = store.query("SELECT * FROM cooccurrence")
+    assert (co["neuron_a"] < co["neuron_b"]).all() and (co["count"] >= 1).all()
+    # Counts equal a direct SQL self-join on top_images.
+    direct = store.query(
+        "SELECT a.neuron_id AS neuron_a, b.neuron_id AS neuron_b, count(*) AS count "
+        "FROM top_images a JOIN top_images b ON a.image_id = b.image_id "
+        "AND a.neuron_id < b.neuron_id GROUP BY ALL ORDER BY ALL"
+    )
+    assert co.sort("neuron_a", "neuron_b").equals(direct.cast(co.schema))
+    emb = store.query("SELECT neuron_id, len(vector) AS d FROM neuron_embedding")
+    assert len(emb) == n and set(emb["d"]) == {study.embedding.dim}
+    proj = store.query("SELECT * FROM neuron_projection")
+    assert len(proj) == n and proj["x"].is_finite().all() and proj["y"].is_finite().all()
+    nb = store.query(
+        "SELECT neuron_id, count(*) AS k, bool_and(neighbor_id <> neuron_id) AS ok "
+        "FROM neuron_neighbors GROUP BY neuron_id"
+    )
+    assert len(nb) == n and set(nb["k"]) == {study.embedding.neighbors} and nb["ok"].all()
+    meta = instance.fetch_materializations(dg.AssetKey("neuron_embedding"), limit=1).records[0]
+    losses = meta.asset_materialization.metadata["epoch_losses"].value
+    assert len(losses) == study.embedding.epochs and all(np.isfinite(losses))

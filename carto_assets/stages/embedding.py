@@ -1,0 +1,195 @@
+"""Neuron embedding stage: co-occurrence, skip-gram training, 2-D projection, neighbours.
+
+No dagster imports. Charts for the asset metadata are drawn with Altair and rendered to PNG
+with vl-convert (both offline).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carto_assets.core import cooccurrence as CO
+from carto_assets.core import embedding as E
+from carto_assets.storage import CartoStore
+from carto_assets.study import EmbeddingConfig
+
+
+def cooccurrence_frame(store: CartoStore) -> pl.DataFrame:
+    """``cooccurrence(neuron_a, neuron_b, count)``: neurons sharing top images, a < b."""
+    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    a, b, c = CO.cooccurrence_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy())
+    return pl.DataFrame(
+        {
+            "neuron_a": a.astype(np.int64),
+            "neuron_b": b.astype(np.int64),
+            "count": c.astype(np.int64),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    table: pl.DataFrame
+    vectors: np.ndarray
+    epoch_losses: list[float]
+    n_isolated: int
+    seconds: float
+
+
+def train_embedding(
+    store: CartoStore, cfg: EmbeddingConfig, seed: int, progress=None
+) -> EmbeddingResult:
+    """Skip-gram with negative sampling on the ``cooccurrence`` table."""
+    n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
+    co = store.query("SELECT neuron_a, neuron_b, count FROM cooccurrence")
+    result = E.train_skipgram(
+        co["neuron_a"].to_numpy(),
+        co["neuron_b"].to_numpy(),
+        co["count"].to_numpy(),
+        n,
+        dim=cfg.dim,
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        negatives=cfg.negatives,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        progress=(
+            (
+                lambda e, loss: (
+                    progress(f"epoch {e}/{cfg.epochs}: loss {loss:.4f}")
+                    if e == 1 or e % 5 == 0 or e == cfg.epochs
+                    else None
+                )
+            )
+            if progress
+            else None
+        ),
+    )
+    vectors = np.asarray(result.vectors, dtype=np.float32)
+    table = pl.DataFrame(
+        {
+            "neuron_id": np.arange(n, dtype=np.int64),
+            "vector": pl.Series(vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])),
+            "isolated": np.asarray(result.isolated, dtype=bool),
+        }
+    )
+    return EmbeddingResult(
+        table,
+        vectors,
+        list(result.epoch_losses),
+        int(np.sum(result.isolated)),
+        float(getattr(result, "seconds", 0.0)),
+    )
+
+
+def load_vectors(store: CartoStore) -> np.ndarray:
+    df = store.query("SELECT neuron_id, vector FROM neuron_embedding ORDER BY neuron_id")
+    return np.stack(df["vector"].to_numpy()).astype(np.float32)
+
+
+def projection_frames(
+    vectors: np.ndarray, cfg: EmbeddingConfig, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``neuron_projection(neuron_id, x, y)`` and ``neuron_neighbors(neuron_id, rank,
+    neighbor_id, similarity)`` (cosine, in embedding space)."""
+    xy = E.project_2d(vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=seed)
+    n = len(vectors)
+    projection = pl.DataFrame(
+        {
+            "neuron_id": np.arange(n, dtype=np.int64),
+            "x": xy[:, 0].astype(np.float64),
+            "y": xy[:, 1].astype(np.float64),
+        }
+    )
+    idx, sim = E.nearest_neighbors(vectors, k=min(cfg.neighbors, max(n - 1, 1)))
+    k = idx.shape[1]
+    neighbors = pl.DataFrame(
+        {
+            "neuron_id": np.repeat(np.arange(n, dtype=np.int64), k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+            "neighbor_id": idx.reshape(-1).astype(np.int64),
+            "similarity": sim.reshape(-1).astype(np.float64),
+        }
+    ).filter(pl.col("neighbor_id") >= 0)
+    return projection, neighbors
+
+
+def cluster_closeness(
+    store: CartoStore, vectors: np.ndarray, seed: int = 0, n_random: int = 20000
+) -> dict[str, float]:
+    """Mean cosine distance between neurons of one cluster vs random pairs of the same layers.
+
+    A ratio below 1 means the embedding puts neurons that share top images close together.
+    """
+    nc = store.query("SELECT neuron_id, cluster_id, layer FROM neuron_clusters ORDER BY neuron_id")
+    if len(nc) != len(vectors):
+        return {}
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    cid = nc["cluster_id"].to_numpy()
+    layer = nc["layer"].to_numpy()
+    same_a, same_b = [], []
+    for c in np.unique(cid):
+        members = np.flatnonzero(cid == c)
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                same_a.append(members[i])
+                same_b.append(members[j])
+    if not same_a:
+        return {}
+    same_a, same_b = np.array(same_a), np.array(same_b)
+    rng = np.random.default_rng(seed)
+    # Random pairs drawn with the same layer mix as the within-cluster pairs.
+    ra = rng.choice(same_a, size=n_random)
+    rb = np.empty_like(ra)
+    for i, a in enumerate(ra):
+        pool = np.flatnonzero((layer == layer[a]) & (np.arange(len(layer)) != a))
+        rb[i] = rng.choice(pool)
+    d_same = float(np.mean(1 - np.sum(unit[same_a] * unit[same_b], axis=1)))
+    d_rand = float(np.mean(1 - np.sum(unit[ra] * unit[rb], axis=1)))
+    return {
+        "within_cluster_cosine_distance": d_same,
+        "random_same_layer_cosine_distance": d_rand,
+        "closeness_ratio": d_same / max(d_rand, 1e-12),
+        "within_cluster_pairs": len(same_a),
+    }
+
+
+def png_markdown(chart: Any, alt_text: str) -> str:
+    """An Altair chart as an inline PNG in Markdown (for the Dagster UI)."""
+    import vl_convert as vlc
+
+    png = vlc.vegalite_to_png(chart.to_dict(), scale=1)
+    return f"![{alt_text}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def loss_chart(losses: list[float]) -> Any:
+    import altair as alt
+
+    df = pl.DataFrame({"epoch": np.arange(1, len(losses) + 1), "loss": losses})
+    return (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(x="epoch:Q", y="loss:Q")
+        .properties(width=360, height=180, title="skip-gram loss per epoch")
+    )
+
+
+def projection_chart(projection: pl.DataFrame, neurons: pl.DataFrame) -> Any:
+    import altair as alt
+
+    df = projection.join(neurons.select("neuron_id", "layer", "layer_index"), on="neuron_id")
+    return (
+        alt.Chart(df)
+        .mark_circle(size=18, opacity=0.8)
+        .encode(
+            x=alt.X("x:Q", axis=None),
+            y=alt.Y("y:Q", axis=None),
+            color=alt.Color("layer:N", sort=alt.SortField("layer_index")),
+        )
+        .properties(width=420, height=360, title="neuron projection (UMAP), coloured by layer")
+    )
