@@ -50,6 +50,7 @@ def neuron_embedding(
             stage.png_markdown(stage.loss_chart(result.epoch_losses), "loss per epoch")
         ),
         "isolated_neurons": result.n_isolated,
+        "training_seconds": round(result.seconds, 2),
     }
     closeness = (
         stage.cluster_closeness(store, result.vectors, seed=cfg.seed)

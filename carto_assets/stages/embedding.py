@@ -7,6 +7,7 @@ with vl-convert (both offline).
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,10 @@ def train_embedding(
     """Skip-gram with negative sampling on the ``cooccurrence`` table."""
     n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
     co = store.query("SELECT neuron_a, neuron_b, count FROM cooccurrence")
+    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    # word2vec's negative weighting: how often a neuron shares a top image with another one.
+    shared = CO.shared_image_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy(), n)
+    start = time.perf_counter()
     result = E.train_skipgram(
         co["neuron_a"].to_numpy(),
         co["neuron_b"].to_numpy(),
@@ -57,6 +62,7 @@ def train_embedding(
         learning_rate=cfg.learning_rate,
         negatives=cfg.negatives,
         batch_size=cfg.batch_size,
+        negative_counts=shared,
         seed=seed,
         progress=(
             (
@@ -83,7 +89,7 @@ def train_embedding(
         vectors,
         list(result.epoch_losses),
         int(np.sum(result.isolated)),
-        float(getattr(result, "seconds", 0.0)),
+        time.perf_counter() - start,
     )
 
 
