@@ -29,7 +29,8 @@ def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
 @dg.asset(
     group_name="embedding",
     kinds={"duckdb", "pytorch"},
-    deps=["cooccurrence"],
+    # Clusters are only read for the metadata's closeness figure (same-cluster vs random pairs).
+    deps=["cooccurrence", "neuron_clusters"],
     check_specs=[dg.AssetCheckSpec("vectors_finite", asset="neuron_embedding")],
 )
 def neuron_embedding(
@@ -52,11 +53,7 @@ def neuron_embedding(
         "isolated_neurons": result.n_isolated,
         "training_seconds": round(result.seconds, 2),
     }
-    closeness = (
-        stage.cluster_closeness(store, result.vectors, seed=cfg.seed)
-        if store.table_exists("neuron_clusters")
-        else {}
-    )
+    closeness = stage.cluster_closeness(store, result.vectors, seed=cfg.seed)
     meta.update({k: round(v, 4) if isinstance(v, float) else v for k, v in closeness.items()})
     return dg.MaterializeResult(
         metadata=meta,
