@@ -19,8 +19,17 @@ from carto_assets.study import ClusteringConfig
 
 
 def load_neuron_sets(store: CartoStore) -> C.NeuronSets:
-    """Each neuron's top-k image set, grouped by layer (rows in neuron_id order)."""
-    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    """Each neuron's top-k image set, grouped by layer (rows in neuron_id order).
+
+    Neurons with constant top-k activations get an empty set (see below)."""
+    # A neuron whose top-k activations are all equal (e.g. a dead ReLU: all zeros) has a
+    # "top-k" made by the image-id tie-break alone; such sets say nothing about a concept, so
+    # they are left empty: the neuron stays a singleton instead of joining the other dead ones.
+    top = store.query(
+        "SELECT t.neuron_id, t.image_id FROM top_images t JOIN ("
+        "  SELECT neuron_id FROM top_images GROUP BY neuron_id"
+        "  HAVING max(activation) > min(activation)) USING (neuron_id)"
+    )
     neurons = store.query("SELECT neuron_id, layer_index FROM neurons ORDER BY neuron_id")
     return C.build_neuron_sets(
         top["neuron_id"].to_numpy(),
@@ -283,6 +292,8 @@ def tables(
                 )
             )
         )
+        # Only neurons with constant top-k activations have no top images to describe.
+        .with_columns(label=pl.col("label").fill_null(pl.lit("constant activation (dead neuron)")))
         .with_columns(
             mean_jaccard=pl.when(pl.col("size") == 1).then(1.0).otherwise(pl.col("mean_jaccard"))
         )

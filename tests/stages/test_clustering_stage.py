@@ -1,0 +1,56 @@
+"""The clustering stage on a hand-made database: dead neurons, labels, purity vs random."""
+
+import numpy as np
+import polars as pl
+
+from carto_assets.stages import clustering as S
+from carto_assets.storage import CartoStore
+from carto_assets.study import ClusteringConfig
+
+
+def make_store(tmp_path) -> CartoStore:
+    """Layer 0: neurons 0-1 dead (constant activations, identical tie-break sets), neurons 2-4
+    share images 0-9 (all 'red'), neurons 5-7 share images 20-29 (all 'blue')."""
+    rows = []
+    for n in (0, 1):
+        rows += [(n, r + 1, r, 0.0) for r in range(10)]
+    for n in (2, 3, 4):
+        rows += [(n, r + 1, r, 10.0 - r) for r in range(10)]
+    for n in (5, 6, 7):
+        rows += [(n, r + 1, 20 + r, 10.0 - r) for r in range(10)]
+    top = pl.DataFrame(rows, schema=["neuron_id", "rank", "image_id", "activation"], orient="row")
+    neurons = pl.DataFrame({"neuron_id": range(8), "layer": ["l0"] * 8, "layer_index": [0] * 8})
+    images = pl.DataFrame({"image_id": range(40), "label_name": ["a"] * 20 + ["b"] * 20})
+    concepts = pl.DataFrame(
+        {"image_id": range(40), "concept": ["colour"] * 40, "value": ["red"] * 20 + ["blue"] * 20}
+    )
+    store = CartoStore(tmp_path / "t.duckdb")
+    store.replace_tables(
+        {"top_images": top, "neurons": neurons, "images": images, "image_concepts": concepts}
+    )
+    return store
+
+
+def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
+    store = make_store(tmp_path)
+    sets = S.load_neuron_sets(store)
+    assert np.diff(sets.indptr)[:2].tolist() == [0, 0]  # dead neurons: empty sets
+    cfg = ClusteringConfig(threshold=0.5, method="exact")
+    result = S.find_clusters(sets, cfg)
+    labels = result.clustering.labels
+    assert labels[0] != labels[1]
+    assert (
+        len({labels[2], labels[3], labels[4]}) == 1 and len({labels[5], labels[6], labels[7]}) == 1
+    )
+    frames = S.tables(result, store, store.query("SELECT neuron_id, layer FROM neurons"))
+    clusters = frames["clusters"]
+    text = dict(zip(clusters["cluster_id"].to_list(), clusters["label"].to_list()))
+    assert text[labels[0]] == "constant activation (dead neuron)"
+    assert "colour=red (1.0)" in text[labels[2]]
+    assert "colour=blue (1.0)" in text[labels[5]]
+    table, summary = S.quality(sets, result, store, cfg)
+    concept_rows = table.filter(pl.col("kind") == "concept")
+    assert concept_rows["purity"].to_list() == [1.0, 1.0]
+    # Random groups of 3 from this layer rarely hold only red (or only blue) images.
+    assert summary["concept_random_baseline"] < 1.0
+    assert summary["pair_recall"] == 1.0
