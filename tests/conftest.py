@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 
@@ -33,3 +34,12 @@ def tiny_study(tmp_path) -> Path:
 def make_study():
     """``make_study(folder, **fields)`` writes a tiny study YAML and returns its path."""
     return write_study
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads per test oversubscribe."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,14 +15,7 @@ from carto_assets.core.influence import (
 )
 from carto_assets.core.models import torchvision_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per test oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # upper channel <- lower channel weights of the 1x1 "upper" conv. Lower channel 3 feeds nothing.
