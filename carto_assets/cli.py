@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"summaries {timings['summaries']:.0f} s)."
     )
     print(f"Database: {study.database_path}")
-    views = study.files_dir / "views" / "index.html"
+    views = study.views_path / "index.html"
     if views.exists():
         print(f"Views:    {views}")
     print(f"Runs are recorded in {os.environ['DAGSTER_HOME']}; `make ui` shows them.")

@@ -144,9 +144,11 @@ class Study:
     #: DuckDB database file. Relative paths resolve against the study file's folder (or the
     #: current directory for the built-in study).
     database: str = "data/carto.duckdb"
-    #: Folder for per-shard Parquet, checkpoints and views; default: ``<database stem>_files``
-    #: next to the database.
+    #: Folder for per-shard Parquet and checkpoints; default: ``<database stem>_files`` next to
+    #: the database.
     data_dir: str | None = None
+    #: Folder for the exported views (index.html); default: ``views`` next to the database.
+    views_dir: str | None = None
     #: Folder that relative paths resolve against (set by :func:`load_study`).
     base_dir: str = "."
 
@@ -165,6 +167,12 @@ class Study:
             return self.resolve(self.data_dir)
         db = self.database_path
         return db.parent / f"{db.stem}_files"
+
+    @property
+    def views_path(self) -> Path:
+        if self.views_dir is not None:
+            return self.resolve(self.views_dir)
+        return self.database_path.parent / "views"
 
     @property
     def is_builtin_model(self) -> bool:
@@ -492,6 +500,9 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     data_dir = raw.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise _fail("data_dir", data_dir, "expected a folder path")
+    views_dir = raw.get("views_dir")
+    if views_dir is not None and not isinstance(views_dir, str):
+        raise _fail("views_dir", views_dir, "expected a folder path")
 
     if dataset.kind == "shapes" and dataset.size is not None and top_k > dataset.size:
         raise _fail("top_k", top_k, f"must not exceed the dataset size ({dataset.size} images)")
@@ -516,6 +527,7 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         graph=graph,
         database=database,
         data_dir=data_dir,
+        views_dir=views_dir,
         base_dir=str(base),
     )
 
