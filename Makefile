@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-$(VENV)/.chromium:
+$(VENV)/.chromium: $(VENV)/.installed
+	@$(PY) -c "import playwright" 2>/dev/null || $(PIP) install --quiet playwright
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed; browser tests will be skipped"
 	touch $@
 
@@ -35,7 +36,7 @@ demo: install
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/carto run
 
-test: install
+test: install $(VENV)/.chromium
 	$(VENV)/bin/python -m pytest -q
 
 ui: install

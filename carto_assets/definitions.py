@@ -19,6 +19,7 @@ from carto_assets.assets.graph import concept_graph, example_patches
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
+from carto_assets.assets.views import views
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
 
@@ -36,6 +37,7 @@ ALL_ASSETS = [
     cooccurrence,
     neuron_embedding,
     neuron_projection,
+    views,
 ]
 
 PREPARE_JOB = "prepare_study"

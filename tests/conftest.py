@@ -43,3 +43,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def materialized(tmp_path_factory):
+    """The whole asset graph materialized once on a tiny shapes study.
+
+    Returns (study, instance, study_file).
+    """
+    import dagster as dg
+
+    from carto_assets.run import materialize_all
+    from carto_assets.study import load_study
+
+    folder = tmp_path_factory.mktemp("study")
+    study_file = write_study(folder)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_all(str(study_file), instance, say=lambda m: None)
+    return load_study(study_file), instance, study_file

@@ -14,15 +14,6 @@ from carto_assets.study import load_study
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def materialized(tmp_path_factory, make_study):
-    folder = tmp_path_factory.mktemp("study")
-    study_file = make_study(folder)
-    instance = dg.DagsterInstance.ephemeral()
-    materialize_all(str(study_file), instance, say=lambda m: None)
-    return load_study(study_file), instance, study_file
-
-
 def test_tables_hold_what_the_contract_says(materialized):
     study, _, _ = materialized
     store = CartoStore(study.database_path)

@@ -1,0 +1,240 @@
+"""A small synthetic study database with every table the views read (for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+from PIL import Image
+
+
+def _png(rng: np.random.Generator, size: int) -> bytes:
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    image = Image.new("RGB", (size, size), colour)
+    corner = tuple(int(v) for v in rng.integers(0, 256, 3))
+    image.paste(corner, (0, 0, size // 2, size // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_database(
+    path: str | Path,
+    *,
+    n_neurons: int = 45,
+    layers: Sequence[str] = ("conv1", "conv2", "conv3"),
+    class_names: Sequence[str] = ("cat", "dog", "bird"),
+    cluster_labels: Sequence[str] | None = None,
+    patches_per_neuron: int = 3,
+    patch_size: int = 16,
+    neighbors: int = 4,
+    nodes_per_layer: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic study database with the tables :mod:`carto_viz` needs.
+
+    Neurons are split evenly over ``layers``; clusters hold 1-3 neurons; each class's graph
+    takes the ``nodes_per_layer`` most important clusters of every layer. ``cluster_labels``
+    are cycled over the clusters (default ``"cluster <id>"``).
+    """
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    n_layers = len(layers)
+    layer_of = np.arange(n_neurons) * n_layers // n_neurons
+    neurons = pl.DataFrame(
+        {
+            "neuron_id": np.arange(n_neurons, dtype=np.int64),
+            "layer": [layers[i] for i in layer_of],
+            "layer_index": layer_of.astype(np.int32),
+            "channel": np.arange(n_neurons, dtype=np.int32),
+            "map_height": np.full(n_neurons, 4, np.int32),
+            "map_width": np.full(n_neurons, 4, np.int32),
+        }
+    )
+    cluster_of = np.zeros(n_neurons, np.int64)
+    cluster = -1
+    i = 0
+    while i < n_neurons:
+        cluster += 1
+        take = int(rng.integers(1, 4))
+        end = min(i + take, n_neurons)
+        end = min(end, int(np.searchsorted(layer_of, layer_of[i], side="right")))
+        cluster_of[i:end] = cluster
+        i = end
+    n_clusters = cluster + 1
+    clusters_layer = [layers[layer_of[np.argmax(cluster_of == c)]] for c in range(n_clusters)]
+    labels = [
+        cluster_labels[c % len(cluster_labels)] if cluster_labels else f"cluster {c}"
+        for c in range(n_clusters)
+    ]
+    members = [np.flatnonzero(cluster_of == c).tolist() for c in range(n_clusters)]
+    clusters = pl.DataFrame(
+        {
+            "cluster_id": np.arange(n_clusters, dtype=np.int64),
+            "layer": clusters_layer,
+            "size": np.array([len(m) for m in members], np.int32),
+            "label": labels,
+            "top_class": [class_names[c % len(class_names)] for c in range(n_clusters)],
+            "top_class_fraction": np.full(n_clusters, 0.5),
+            "mean_jaccard": np.ones(n_clusters),
+            "members": members,
+        }
+    )
+    neuron_clusters = pl.DataFrame(
+        {"neuron_id": neurons["neuron_id"], "cluster_id": cluster_of, "layer": neurons["layer"]}
+    )
+    n_classes = len(class_names)
+    images = pl.DataFrame(
+        {
+            "image_id": np.arange(n_classes * 2, dtype=np.int64),
+            "shard": np.zeros(n_classes * 2, np.int32),
+            "source": [f"synthetic:{i}" for i in range(n_classes * 2)],
+            "label": np.repeat(np.arange(n_classes, dtype=np.int32), 2),
+            "label_name": [class_names[i // 2] for i in range(n_classes * 2)],
+        }
+    )
+    score = rng.random((n_classes, n_neurons)) * (rng.random((n_classes, n_neurons)) < 0.4)
+    importance = pl.DataFrame(
+        {
+            "label": np.repeat(np.arange(n_classes, dtype=np.int32), n_neurons),
+            "neuron_id": np.tile(np.arange(n_neurons, dtype=np.int64), n_classes),
+            "score": score.ravel(),
+            "top_mass_count": (score.ravel() * 10).astype(np.int64),
+            "n_images": np.full(n_classes * n_neurons, 10, np.int64),
+            "mean_activation": score.ravel(),
+        }
+    )
+    node_rows, edge_rows, cascade_rows = [], [], []
+    for label in range(n_classes):
+        per_layer: list[list[int]] = []
+        for li, layer in enumerate(layers):
+            cands = [c for c in range(n_clusters) if clusters_layer[c] == layer]
+            imp = {c: float(score[label, members[c]].sum()) for c in cands}
+            chosen = sorted(cands, key=lambda c: (-imp[c], c))[:nodes_per_layer]
+            chosen = [c for c in chosen if imp[c] > 0] or chosen[:1]
+            per_layer.append(chosen)
+            for c in chosen:
+                node_rows.append((label, c, layer, li, max(imp[c], 1e-3), len(members[c])))
+        for li in range(n_layers):
+            targets = per_layer[li + 1] if li + 1 < n_layers else [-1]
+            for s in per_layer[li]:
+                for t in targets:
+                    w = float(rng.random())
+                    tl = layers[li + 1] if li + 1 < n_layers else "prediction"
+                    edge_rows.append((label, layers[li], s, tl, t, w, w, 0.5))
+        for li in range(n_layers):
+            for root in per_layer[li]:
+                chain = [root]
+                for depth, up in enumerate(range(li + 1, n_layers + 1), start=1):
+                    nxt = per_layer[up][0] if up < n_layers else -1
+                    name = layers[up] if up < n_layers else "prediction"
+                    cascade_rows.append((label, layers[li], root, name, nxt, depth, "up", 0.5))
+                    chain.append(nxt)
+                for depth, down in enumerate(range(li - 1, -1, -1), start=1):
+                    nxt = per_layer[down][0]
+                    cascade_rows.append(
+                        (label, layers[li], root, layers[down], nxt, depth, "down", 0.5)
+                    )
+    graph_nodes = pl.DataFrame(
+        node_rows,
+        schema={
+            "label": pl.Int32,
+            "cluster_id": pl.Int64,
+            "layer": pl.Utf8,
+            "layer_index": pl.Int32,
+            "importance": pl.Float64,
+            "important_members": pl.Int32,
+        },
+        orient="row",
+    )
+    graph_edges = pl.DataFrame(
+        edge_rows,
+        schema={
+            "label": pl.Int32,
+            "source_layer": pl.Utf8,
+            "source_cluster": pl.Int64,
+            "target_layer": pl.Utf8,
+            "target_cluster": pl.Int64,
+            "weight": pl.Float64,
+            "signed_weight": pl.Float64,
+            "share": pl.Float64,
+        },
+        orient="row",
+    )
+    cascades = pl.DataFrame(
+        cascade_rows,
+        schema={
+            "label": pl.Int32,
+            "root_layer": pl.Utf8,
+            "root_cluster": pl.Int64,
+            "member_layer": pl.Utf8,
+            "member_cluster": pl.Int64,
+            "depth": pl.Int32,
+            "direction": pl.Utf8,
+            "weight": pl.Float64,
+        },
+        orient="row",
+    )
+    pngs = [_png(rng, patch_size) for _ in range(min(64, n_neurons * patches_per_neuron))]
+    n_patches = n_neurons * patches_per_neuron
+    patches = pl.DataFrame(
+        {
+            "neuron_id": np.repeat(np.arange(n_neurons, dtype=np.int64), patches_per_neuron),
+            "rank": np.tile(np.arange(1, patches_per_neuron + 1, dtype=np.int32), n_neurons),
+            "image_id": np.zeros(n_patches, np.int64),
+            "top": np.zeros(n_patches, np.int32),
+            "left": np.zeros(n_patches, np.int32),
+            "bottom": np.full(n_patches, patch_size, np.int32),
+            "right": np.full(n_patches, patch_size, np.int32),
+            "png": [pngs[i % len(pngs)] for i in range(n_patches)],
+        }
+    )
+    centre = rng.normal(size=(n_clusters, 2)) * 5
+    xy = centre[cluster_of] + rng.normal(size=(n_neurons, 2)) * 0.5
+    projection = pl.DataFrame({"neuron_id": neurons["neuron_id"], "x": xy[:, 0], "y": xy[:, 1]})
+    k = min(neighbors, n_neurons - 1)
+    nb_rows = []
+    for n in range(n_neurons):
+        d = np.linalg.norm(xy - xy[n], axis=1)
+        d[n] = np.inf
+        order = np.argpartition(d, k)[:k]
+        order = order[np.argsort(d[order])]
+        for r, m in enumerate(order, start=1):
+            nb_rows.append((n, r, int(m), float(1 / (1 + d[m]))))
+    neighbor_table = pl.DataFrame(
+        nb_rows,
+        schema={
+            "neuron_id": pl.Int64,
+            "rank": pl.Int32,
+            "neighbor_id": pl.Int64,
+            "similarity": pl.Float64,
+        },
+        orient="row",
+    )
+    tables = {
+        "images": images,
+        "neurons": neurons,
+        "neuron_clusters": neuron_clusters,
+        "clusters": clusters,
+        "class_importance": importance,
+        "example_patches": patches,
+        "concept_graph_nodes": graph_nodes,
+        "concept_graph_edges": graph_edges,
+        "concept_cascades": cascades,
+        "neuron_projection": projection,
+        "neuron_neighbors": neighbor_table,
+    }
+    path.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        for name, frame in tables.items():
+            con.register("frame", frame)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame')
+            con.unregister("frame")
+    finally:
+        con.close()
+    return path
