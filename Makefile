@@ -44,12 +44,12 @@ ui: install
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 lint: install
-	$(VENV)/bin/ruff check carto_assets tests benchmarks
-	$(VENV)/bin/ruff format --check carto_assets tests benchmarks
+	$(VENV)/bin/ruff check carto_assets carto_viz tests benchmarks
+	$(VENV)/bin/ruff format --check carto_assets carto_viz tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format carto_assets tests benchmarks
-	$(VENV)/bin/ruff check --fix carto_assets tests benchmarks
+	$(VENV)/bin/ruff format carto_assets carto_viz tests benchmarks
+	$(VENV)/bin/ruff check --fix carto_assets carto_viz tests benchmarks
 
 clean-data:
 	rm -rf data/carto.duckdb data/carto.duckdb.wal data/carto_files $(DAGSTER_HOME)
