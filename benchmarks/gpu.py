@@ -1,0 +1,130 @@
+"""GPU throughput of the activation stage: googlenet at 224 px on synthetic tensors.
+
+One short script for a machine with a GPU. For fp32 and bf16 (and channels_last), it times
+in one run:
+
+- the bare forward pass of torchvision googlenet (weights=None: speed does not depend on the
+  weights) over synthetic batches already on the device, and
+- the activation stage: the same forward pass with all nine inception blocks captured (5,488
+  neurons), spatial max/argmax in the hooks, the streaming top-k merge and the per-class
+  statistics on the device, and one device-to-host copy at the end,
+
+and prints images/s, the ratio stage/bare (target >= 0.8 of the bare throughput on one H100) and
+the projected time for ImageNet's 1,281,167 training images (excluding JPEG decoding, which
+real runs do in DataLoader workers).
+
+    python benchmarks/gpu.py                        # cuda, 2,048 images per measurement
+    python benchmarks/gpu.py --device cpu --images 64 --batch-size 16   # smoke test anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from carto_assets.core.activations import PRECISIONS, Batch, activation_pass
+from carto_assets.core.models import (
+    probe_layers,
+    resolve_layers,
+    torchvision_model,
+)
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args: argparse.Namespace, precision: str, channels_last: bool) -> tuple[float, float]:
+    device = torch.device(args.device)
+    model = torchvision_model("googlenet", "none").to(device).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    layers = resolve_layers(probe_layers(model, 224, device=str(device)), "auto", "googlenet")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n_batches = max(1, args.images // args.batch_size)
+    # A few distinct batches on the device, cycled: no host-to-device copies in either path.
+    pool = [
+        torch.randn(args.batch_size, 3, 224, 224, generator=gen).to(device)
+        for _ in range(min(4, n_batches))
+    ]
+    labels = torch.randint(0, 1000, (args.batch_size,), generator=gen)
+    dtype = PRECISIONS[precision]
+
+    def bare() -> float:
+        sync(device)
+        start = time.perf_counter()
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.inference_mode()
+        with torch.inference_mode(), ctx:
+            for i in range(n_batches):
+                x = pool[i % len(pool)]
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                model(x)
+        sync(device)
+        return time.perf_counter() - start
+
+    def stage() -> float:
+        batches = (
+            Batch(
+                torch.arange(i * args.batch_size, (i + 1) * args.batch_size),
+                pool[i % len(pool)],
+                labels,
+            )
+            for i in range(n_batches)
+        )
+        sync(device)
+        start = time.perf_counter()
+        activation_pass(
+            model,
+            layers,
+            batches,
+            k=100,
+            n_classes=1000,
+            mass_fraction=0.03,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+        )
+        sync(device)
+        return time.perf_counter() - start
+
+    bare(), stage()  # warm-up: cuDNN autotuning, allocator
+    images = n_batches * args.batch_size
+    b = min(bare() for _ in range(args.repeats))
+    s = min(stage() for _ in range(args.repeats))
+    return images / b, images / s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--images", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; run with --device cpu for a smoke test")
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"googlenet 224px, 9 inception blocks, batch {args.batch_size}, device {name}")
+    print(
+        f"{'precision':<18} {'bare img/s':>11} {'stage img/s':>12} {'stage/bare':>11} "
+        f"{'1.28M images':>13}"
+    )
+    for precision, cl in (("fp32", False), ("bf16", False), ("bf16", True)):
+        bare, stage = run(args, precision, cl)
+        label = precision + (" channels_last" if cl else "")
+        minutes = IMAGENET_TRAIN / stage / 60
+        print(f"{label:<18} {bare:11.0f} {stage:12.0f} {stage / bare:11.3f} {minutes:10.1f} min")
+
+
+if __name__ == "__main__":
+    main()
