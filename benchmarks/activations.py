@@ -59,8 +59,18 @@ def batches(n_images: int, batch_size: int, size: int, seed: int = 0):
         )
 
 
-def time_pair(model, layers, n_images, batch_size, size, k, repeats):
-    data = list(batches(n_images, batch_size, size))
+def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu"):
+    device = torch.device(device)
+    model.to(device)
+    data = [
+        Batch(b.image_ids, b.images.to(device), b.labels)
+        for b in batches(n_images, batch_size, size)
+    ]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     bare, stage = [], []
 
     def run_bare():
@@ -68,11 +78,15 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats):
         with torch.inference_mode():
             for b in data:
                 model(b.images)
+            sync()
         return time.perf_counter() - t
 
     def run_stage():
         t = time.perf_counter()
-        activation_pass(model, layers, iter(data), k=k, n_classes=8, mass_fraction=0.03)
+        activation_pass(
+            model, layers, iter(data), k=k, n_classes=8, mass_fraction=0.03, device=device
+        )
+        sync()
         return time.perf_counter() - t
 
     run_bare(), run_stage()  # warm-up (allocator, oneDNN primitives)
@@ -84,6 +98,7 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats):
 
 def memory_child(args) -> None:
     model, layers = build(args.model, args.size)
+    start = time.perf_counter()
     activation_pass(
         model,
         layers,
@@ -93,10 +108,11 @@ def memory_child(args) -> None:
         mass_fraction=0.03,
     )
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": peak_kib / 1024}))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"peak_mib": peak_kib / 1024, "seconds": seconds}))
 
 
-def peak_memory(args, n: int) -> float:
+def peak_memory(args, n: int) -> tuple[float, float]:
     out = subprocess.run(
         [
             sys.executable,
@@ -117,12 +133,14 @@ def peak_memory(args, n: int) -> float:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["peak_mib"], result["seconds"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="builtin")
+    p.add_argument("--model", default="builtin", help="builtin or torchvision:<name>")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timing; memory runs on cpu)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--images", type=int, default=2048, help="images for the timing comparison")
     p.add_argument("--batch-size", type=int, default=128)
@@ -143,7 +161,7 @@ def main() -> None:
         f"batch {args.batch_size}, k={args.k}, torch threads {torch.get_num_threads()}"
     )
     bare, stage, bare_med, stage_med = time_pair(
-        model, layers, args.images, args.batch_size, args.size, args.k, args.repeats
+        model, layers, args.images, args.batch_size, args.size, args.k, args.repeats, args.device
     )
     print(
         f"bare forward     : {bare:8.2f} s  ({args.images / bare:7.0f} images/s), "
@@ -158,10 +176,11 @@ def main() -> None:
         f"{stage_med / bare_med:.3f})"
     )
     n = args.memory_images
-    m1, m10 = peak_memory(args, n), peak_memory(args, 10 * n)
-    print(f"peak RSS {n:>7} images: {m1:8.1f} MiB")
-    print(f"peak RSS {10 * n:>7} images: {m10:8.1f} MiB")
+    (m1, t1), (m10, t10) = peak_memory(args, n), peak_memory(args, 10 * n)
+    print(f"peak RSS {n:>7} images: {m1:8.1f} MiB   ({t1:.2f} s)")
+    print(f"peak RSS {10 * n:>7} images: {m10:8.1f} MiB   ({t10:.2f} s)")
     print(f"memory growth for 10x images: {100 * (m10 / m1 - 1):+.1f}%   (target < 10%)")
+    print(f"time for 10x images: {t10 / t1:.2f}x   (linear: 10x)")
 
 
 if __name__ == "__main__":
