@@ -30,22 +30,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StudyError as exc:
         print(f"carto: invalid study: {exc}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"carto: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     instance = _instance(args.dagster_home)
     try:
-        timings = materialize_all(study_file, instance, say=lambda m: print(m, flush=True))
+        timings = materialize_all(
+            study_file,
+            instance,
+            say=lambda m: print(m, flush=True),
+            jobs=args.jobs,
+            force=args.force,
+        )
     except (RunFailed, StudyError) as exc:
         print(f"carto: {exc}", file=sys.stderr)
         return 1
     print(
         f"\nDone in {timings['total']:.0f} s "
         f"(prepare {timings['prepare']:.0f} s, activations {timings['activations']:.0f} s, "
-        f"summaries {timings['summaries']:.0f} s)."
+        f"summaries {timings['summaries']:.0f} s); "
+        f"{timings['shards_computed']:.0f} shard(s) computed, "
+        f"{timings['shards_reused']:.0f} up to date."
     )
     print(f"Database: {study.database_path}")
     views = study.views_path / "index.html"
     if views.exists():
         print(f"Views:    {views}")
     print(f"Runs are recorded in {os.environ['DAGSTER_HOME']}; `make ui` shows them.")
+    return 0
+
+
+def cmd_run_partition(args: argparse.Namespace) -> int:
+    """One activation partition in this process (a worker of ``carto run --jobs N``)."""
+    from carto_assets.run import RunFailed, execute_partition
+    from carto_assets.study import StudyError
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    instance = _instance(args.dagster_home)
+    try:
+        execute_partition(args.study or "", args.partition, instance)
+    except (RunFailed, StudyError) as exc:
+        print(f"carto: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.partition}: done")
     return 0
 
 
@@ -109,12 +139,31 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carto", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,layers,check}")
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
     run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default: ./.dagster)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="activation partitions run at once, each in its own process (default 1)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every shard, even those whose stored summary is up to date",
+    )
     run.set_defaults(func=cmd_run)
+
+    # Hidden: what each worker process of `carto run --jobs N` runs.
+    part = sub.add_parser("run-partition")
+    part.add_argument("--study", default="", help="study YAML ('' = the demo study)")
+    part.add_argument("--partition", required=True, help="shard partition key, e.g. shard-0003")
+    part.add_argument("--dagster-home", help="Dagster instance folder shared with `carto run`")
+    part.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    part.set_defaults(func=cmd_run_partition)
 
     layers = sub.add_parser("layers", help="list a model's layers with channel counts")
     layers.add_argument("model", help="builtin or torchvision:<name>, e.g. torchvision:googlenet")

@@ -45,7 +45,9 @@ from carto_assets.sources.datasets import (
     ImageSource,
     SkippedFile,
     open_source,
+    shard_fingerprint,
     shard_key,
+    shard_model_identity,
     shard_of,
     study_image_size,
 )
@@ -80,10 +82,17 @@ def build_manifest(study: Study) -> Manifest:
     if study.shards > n:
         raise ValueError(f"shards={study.shards} is larger than the dataset ({n} images)")
     ids = np.arange(n, dtype=np.int64)
+    shard = shard_of(ids, n, study.shards, study.shard_size).astype(np.int32)
+    if study.shard_size is not None and int(shard.max()) + 1 != study.shards:
+        raise ValueError(
+            f"shard_size={study.shard_size}: the dataset has {n} readable images "
+            f"({int(shard.max()) + 1} shards) but dataset.size={study.dataset.size} promised "
+            f"{study.shards} shards; set dataset.size to {n}"
+        )
     images = pl.DataFrame(
         {
             "image_id": ids,
-            "shard": shard_of(ids, n, study.shards).astype(np.int32),
+            "shard": shard,
             "source": [r.source for r in records],
             "label": np.array([r.label for r in records], dtype=np.int32),
             "label_name": [r.label_name for r in records],
@@ -150,10 +159,23 @@ def model_dir(study: Study) -> Path:
 
 
 def _bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
+    """The model in eval mode with the normalization its weights were trained with.
+
+    Torchvision weights (``DEFAULT`` or an enum name) bring their own preprocessing: mean/std
+    come from ``get_model_weights(name)[weights].transforms()`` (metadata, no download). Those
+    transforms also resize (e.g. 256) and centre-crop (e.g. 224; 384 for ViT SWAG E2E weights);
+    the image sources already resize and centre-crop to ``dataset.image_size``, so that is the
+    size to set. Random init and checkpoints keep ImageNet's statistics.
+    """
+    from carto_assets.core.models import weights_normalization
+
     size = study_image_size(study)
     if study.is_builtin_model:
         return ModelBundle(module.eval(), "builtin", size, BUILTIN_MEAN, BUILTIN_STD)
-    return ModelBundle(module.eval(), study.model, size, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = weights_normalization(
+        study.torchvision_name or "", study.weights, fallback=(IMAGENET_MEAN, IMAGENET_STD)
+    )
+    return ModelBundle(module.eval(), study.model, size, mean, std)
 
 
 def layer_table(layers: list[LayerInfo]) -> list[dict[str, Any]]:
@@ -303,27 +325,49 @@ def shard_dir(study: Study, shard: int) -> Path:
     return study.files_dir / "activations" / shard_key(shard)
 
 
-def _batches(
-    source: ImageSource,
-    bundle: ModelBundle,
-    image_ids: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    failures: list[tuple[int, str]],
-) -> Iterator[Batch]:
-    workers = 4 if isinstance(source, ImageFolderSource) else 1
-    for lo in range(0, len(image_ids), batch_size):
-        ids = image_ids[lo : lo + batch_size]
-        pixels, ok = source.load_many(ids.tolist(), workers=workers)
-        for i in ids[~ok]:
-            failures.append((int(i), "could not be decoded"))
-        if not ok.any():
-            continue
-        yield Batch(
-            image_ids=torch.from_numpy(ids[ok].copy()),
-            images=bundle.normalize(torch.from_numpy(pixels)),
-            labels=torch.from_numpy(labels[lo : lo + batch_size][ok].astype(np.int64)),
+class ShardBatches(torch.utils.data.Dataset):
+    """One shard as a dataset of batches (uint8 pixels), for a DataLoader with workers.
+
+    Each item is (image_ids, pixels (b, H, W, 3) uint8, labels, failed_ids); images that fail to
+    decode are dropped from the batch and reported in ``failed_ids``.
+    """
+
+    def __init__(
+        self, source: ImageSource, image_ids: np.ndarray, labels: np.ndarray, batch_size: int
+    ) -> None:
+        self.source = source
+        self.image_ids = image_ids
+        self.labels = labels
+        self.batch_size = batch_size
+        # Without DataLoader workers, decode image folders with a few threads (PIL releases
+        # the GIL while decoding); workers already run in parallel.
+        self.threads = 4 if isinstance(source, ImageFolderSource) else 1
+
+    def __len__(self) -> int:
+        return -(-len(self.image_ids) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        lo = index * self.batch_size
+        ids = self.image_ids[lo : lo + self.batch_size]
+        pixels, ok = self.source.load_many(ids.tolist(), workers=self.threads)
+        return (
+            torch.from_numpy(ids[ok].copy()),
+            torch.from_numpy(pixels),
+            torch.from_numpy(self.labels[lo : lo + self.batch_size][ok].astype(np.int64)),
+            torch.from_numpy(ids[~ok].copy()),
         )
+
+
+def _batches(
+    dataset: ShardBatches, workers: int, pin_memory: bool, failures: list[tuple[int, str]]
+) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory
+    )
+    for ids, pixels, labels, failed in loader:
+        failures.extend((int(i), "could not be decoded") for i in failed)
+        if len(ids):
+            yield Batch(image_ids=ids, images=pixels, labels=labels)
 
 
 def run_shard(
@@ -354,13 +398,16 @@ def run_shard(
         bundle.module,
         layers,
         _batches(
-            source,
-            bundle,
-            part["image_id"].to_numpy(),
-            part["label"].to_numpy(),
-            study.batch_size,
-            failures,
+            ShardBatches(
+                source, part["image_id"].to_numpy(), part["label"].to_numpy(), study.batch_size
+            ),
+            workers=study.loader_workers,
+            pin_memory=device.type == "cuda",
+            failures=failures,
         ),
+        preprocess=bundle.normalize,
+        precision=study.precision,
+        channels_last=study.channels_last,
         k=study.top_k,
         n_classes=len(class_names),
         mass_fraction=study.mass_fraction,
@@ -383,6 +430,14 @@ def run_shard(
         "top_k": study.top_k,
         "model_fingerprint": study.model_fingerprint(),
         "manifest_fingerprint": manifest_fingerprint(images),
+        "shard_size": study.shard_size,
+        "shard_fingerprint": shard_fingerprint(
+            part["image_id"].to_list(),
+            part["source"].to_list(),
+            part["label"].to_list(),
+            class_names,
+            shard_model_identity(study),
+        ),
         "device": str(device),
     }
     tmp = out / ".summary.json.tmp"
@@ -394,9 +449,8 @@ def run_shard(
 # ---- top images -----------------------------------------------------------------------------
 def shard_summaries(study: Study) -> list[dict[str, Any]]:
     """Summaries of every shard of the current manifest; raises if any is missing or stale."""
-    images, _ = load_manifest(study)
-    fp_manifest = manifest_fingerprint(images)
-    fp_model = study.model_fingerprint()
+    images, class_names = load_manifest(study)
+    identity = shard_model_identity(study)
     summaries, missing, stale = [], [], []
     for s in range(study.shards):
         path = shard_dir(study, s) / "summary.json"
@@ -404,11 +458,17 @@ def shard_summaries(study: Study) -> list[dict[str, Any]]:
             missing.append(shard_key(s))
             continue
         summary = json.loads(path.read_text())
-        if (
-            summary["manifest_fingerprint"] != fp_manifest
-            or summary["model_fingerprint"] != fp_model
-            or summary["top_k"] != study.top_k
-        ):
+        # Per-shard staleness: only this shard's images (and the model/settings) count, so
+        # adding images in new shards leaves the computed shards valid.
+        part = images.filter(pl.col("shard") == s).sort("image_id")
+        expected = shard_fingerprint(
+            part["image_id"].to_list(),
+            part["source"].to_list(),
+            part["label"].to_list(),
+            class_names,
+            identity,
+        )
+        if summary.get("shard_fingerprint") != expected:
             stale.append(shard_key(s))
         summaries.append(summary)
     if missing or stale:

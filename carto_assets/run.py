@@ -7,12 +7,21 @@ shows every materialization afterwards.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import polars as pl
 
+from carto_assets import pipeline
 from carto_assets.definitions import (
     ACTIVATIONS_JOB,
     PREPARE_JOB,
@@ -20,21 +29,164 @@ from carto_assets.definitions import (
     build_definitions,
 )
 from carto_assets.partitions import SHARDS
-from carto_assets.sources.datasets import shard_key
+from carto_assets.sources.datasets import shard_fingerprint, shard_key, shard_model_identity
+from carto_assets.study import Study
 
 log = logging.getLogger("carto")
 
+ACTIVATIONS_KEY = dg.AssetKey("activations")
+
 
 class RunFailed(RuntimeError):
-    pass
+    """A job or an activation partition failed; the message names it and holds the error."""
+
+
+def up_to_date_shards(study: Study) -> set[int]:
+    """Shards whose stored summary matches their current inputs (images, model, settings).
+
+    A shard is up to date when its ``summary.json`` holds the fingerprint of the shard's images
+    (ids, sources, labels), the class list and the model/settings identity, and its Parquet
+    files exist. Reads the manifest written by the ``images`` asset.
+    """
+    images, class_names = pipeline.load_manifest(study)
+    identity = shard_model_identity(study)
+    fresh: set[int] = set()
+    for s in range(study.shards):
+        folder = pipeline.shard_dir(study, s)
+        path = folder / "summary.json"
+        if not (
+            path.is_file()
+            and (folder / "top_k.parquet").is_file()
+            and (folder / "class_stats.parquet").is_file()
+        ):
+            continue
+        try:
+            stored = json.loads(path.read_text()).get("shard_fingerprint")
+        except (OSError, ValueError):
+            continue
+        part = images.filter(pl.col("shard") == s).sort("image_id")
+        expected = shard_fingerprint(
+            part["image_id"].to_list(),
+            part["source"].to_list(),
+            part["label"].to_list(),
+            class_names,
+            identity,
+        )
+        if stored == expected:
+            fresh.add(s)
+    return fresh
+
+
+def _failure_detail(result: dg.ExecuteInProcessResult) -> str:
+    failures = [
+        ev.event_specific_data.error.to_string()  # type: ignore[union-attr]
+        for ev in result.all_events
+        if ev.is_step_failure and ev.event_specific_data is not None
+    ]
+    return failures[0] if failures else "see the run's logs in the Dagster UI"
+
+
+def execute_partition(study_file: str, partition_key: str, instance: dg.DagsterInstance) -> None:
+    """One activation run for ``partition_key`` in ``instance``; raises :class:`RunFailed`.
+
+    What ``carto run-partition`` runs in each worker process of ``carto run --jobs N``.
+    """
+    defs = build_definitions(study_file)
+    result = defs.resolve_job_def(ACTIVATIONS_JOB).execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=False
+    )
+    if not result.success:
+        raise RunFailed(f"{ACTIVATIONS_JOB} {partition_key} failed:\n{_failure_detail(result)}")
+
+
+def _run_partitions_in_processes(
+    study_file: str,
+    keys: list[str],
+    instance: dg.DagsterInstance,
+    jobs: int,
+    say: Callable[[str], None],
+) -> None:
+    """Run one ``carto run-partition`` process per key, at most ``jobs`` at a time.
+
+    Every process records its run in the same (persistent) Dagster instance. Waits for all of
+    them, then raises :class:`RunFailed` naming every failed partition with its error output.
+    """
+    if instance.is_ephemeral:
+        raise RunFailed(
+            f"--jobs {jobs} runs shards in separate processes, which need a persistent Dagster "
+            "instance they can share: set DAGSTER_HOME (or --dagster-home), or use --jobs 1"
+        )
+    home = instance.root_directory
+    env = dict(os.environ, DAGSTER_HOME=str(home))
+    # N processes on one machine: split the CPU threads between them instead of oversubscribing.
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    pending = list(keys)
+    running: dict[str, tuple[subprocess.Popen[str], Any]] = {}
+    failed: dict[str, str] = {}
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="carto-shards-") as logs:
+        while pending or running:
+            while pending and len(running) < jobs:
+                key = pending.pop(0)
+                log_file = open(Path(logs) / f"{key}.log", "w+")
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "carto_assets.cli",
+                    "run-partition",
+                    "--study",
+                    study_file,
+                    "--partition",
+                    key,
+                    "--dagster-home",
+                    str(home),
+                    "--threads",
+                    str(threads),
+                ]
+                proc = subprocess.Popen(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, text=True
+                )
+                running[key] = (proc, log_file)
+                say(f"[2/3] activations {key} started (pid {proc.pid}, {len(running)} running)")
+            time.sleep(0.2)
+            for key, (proc, log_file) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[key]
+                done += 1
+                log_file.seek(0)
+                output = log_file.read()
+                log_file.close()
+                if proc.returncode != 0:
+                    tail = "\n".join(output.strip().splitlines()[-30:])
+                    failed[key] = tail or f"exit status {proc.returncode}"
+                    say(f"[2/3] activations {key} FAILED ({done}/{len(keys)})")
+                else:
+                    say(f"[2/3] activations {key} done ({done}/{len(keys)})")
+    if failed:
+        detail = "\n".join(f"--- {k} ---\n{v}" for k, v in sorted(failed.items()))
+        raise RunFailed(
+            f"{ACTIVATIONS_JOB} failed for partition(s) {', '.join(sorted(failed))}:\n{detail}"
+        )
 
 
 def materialize_all(
     study_file: str,
     instance: dg.DagsterInstance,
     say: Callable[[str], None] = log.info,
+    jobs: int = 1,
+    force: bool = False,
 ) -> dict[str, float]:
-    """Run every job of the study in order; returns seconds per stage. Raises on failure."""
+    """Run every job of the study in order; returns seconds per stage. Raises on failure.
+
+    ``jobs``: activation partitions run at once; 1 runs them one after another in this process,
+    N > 1 runs them in up to N worker processes (``carto run-partition``) recording into the
+    same persistent Dagster instance. Shards whose stored summary is up to date (see
+    :func:`up_to_date_shards`) are not recomputed unless ``force``; the summaries always are.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     defs = build_definitions(study_file)
     study = defs.resources["study"].load()  # type: ignore[union-attr]
     timings: dict[str, float] = {}
@@ -45,14 +197,9 @@ def materialize_all(
             instance=instance, partition_key=partition_key, raise_on_error=False
         )
         if not result.success:
-            failures = [
-                ev.event_specific_data.error.to_string()  # type: ignore[union-attr]
-                for ev in result.all_events
-                if ev.is_step_failure and ev.event_specific_data is not None
-            ]
-            detail = failures[0] if failures else "see the run's logs in the Dagster UI"
             raise RunFailed(
-                f"{job_name}{' ' + partition_key if partition_key else ''} failed:\n{detail}"
+                f"{job_name}{' ' + partition_key if partition_key else ''} failed:\n"
+                f"{_failure_detail(result)}"
             )
         for check in result.get_asset_check_evaluations():
             if not check.passed:
@@ -72,9 +219,29 @@ def materialize_all(
     missing = [k for k in keys if k not in registered]
     if missing:
         raise RunFailed(f"shard partitions not registered: {missing}")
-    for i, key in enumerate(keys, 1):
-        say(f"[2/3] activations {key} ({i}/{len(keys)})")
-        execute(ACTIVATIONS_JOB, partition_key=key)
+    fresh = set() if force else {shard_key(s) for s in up_to_date_shards(study)}
+    todo = [k for k in keys if k not in fresh]
+    if fresh:
+        say(f"[2/3] {len(fresh)} of {len(keys)} shards up to date, not recomputed (--force does)")
+        materialized = instance.get_materialized_partitions(ACTIVATIONS_KEY)
+        for key in sorted(fresh - materialized):
+            # Up-to-date files this instance has no record of (e.g. a new DAGSTER_HOME).
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    ACTIVATIONS_KEY,
+                    partition=key,
+                    metadata={"reused": True, "shard_dir": str(study.files_dir / "activations")},
+                )
+            )
+    timings["shards_computed"] = float(len(todo))
+    timings["shards_reused"] = float(len(fresh))
+    if jobs == 1 or len(todo) <= 1:
+        for i, key in enumerate(todo, 1):
+            say(f"[2/3] activations {key} ({i}/{len(todo)})")
+            execute(ACTIVATIONS_JOB, partition_key=key)
+    else:
+        say(f"[2/3] activations: {len(todo)} shards in up to {jobs} processes")
+        _run_partitions_in_processes(study_file, todo, instance, jobs, say)
     timings["activations"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -129,9 +129,21 @@ class Study:
     #: ``auto`` or a list of module names from ``model.named_modules()``.
     layers: tuple[str, ...] | str = "auto"
     device: str = "auto"
+    #: Forward-pass precision: ``fp32``, or ``bf16``/``fp16`` under torch.autocast (GPUs;
+    #: top-k then holds values rounded to that precision, so near-ties may order differently).
+    precision: str = "fp32"
+    #: Run the model in channels_last memory format (faster convolutions on recent GPUs).
+    channels_last: bool = False
+    #: DataLoader worker processes that decode images for the activation pass (0 = the main
+    #: process, right for the built-in sources; image folders on a GPU want several).
+    loader_workers: int = 0
     batch_size: int = 128
     #: Number of activation partitions; images are split into contiguous shards.
     shards: int = 4
+    #: Images per activation shard; when set it wins over ``shards``: image ``i`` goes to shard
+    #: ``i // shard_size``, so images appended to a study land in new shards and the shards
+    #: computed before stay valid. ``shards`` is then derived (ceil(dataset.size/shard_size)).
+    shard_size: int | None = None
     top_k: int = 50
     #: Channels whose normalized activation mass adds up to this fraction of an image's layer
     #: total count as "carrying" the image (Summit's rule; the paper used 3%).
@@ -483,7 +495,30 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         raise _fail("device", device, f"allowed: {', '.join(DEVICES)} or cuda:<index>")
 
     batch_size = _check_int("batch_size", raw.get("batch_size", d.batch_size), minimum=1)
+    precision = raw.get("precision", d.precision)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise _fail("precision", precision, "allowed: fp32, bf16, fp16")
+    channels_last = raw.get("channels_last", d.channels_last)
+    if not isinstance(channels_last, bool):
+        raise _fail("channels_last", channels_last, "expected true or false")
+    loader_workers = _check_int(
+        "loader_workers", raw.get("loader_workers", d.loader_workers), minimum=0, maximum=256
+    )
     shards = _check_int("shards", raw.get("shards", d.shards), minimum=1, maximum=100_000)
+    shard_size = raw.get("shard_size")
+    if shard_size is not None:
+        shard_size = _check_int("shard_size", shard_size, minimum=1)
+        # shapes renders `size` images (default 4000); digits has 1,797; folders need `size`.
+        n_known = {"shapes": dataset.size or 4000, "digits": min(dataset.size or 1797, 1797)}.get(
+            dataset.kind, dataset.size
+        )
+        if n_known is None:
+            raise _fail(
+                "shard_size",
+                shard_size,
+                "needs a known image count: set dataset.size (the number of images to map)",
+            )
+        shards = _check_int("shards", -(-n_known // shard_size), minimum=1, maximum=100_000)
     top_k = _check_int("top_k", raw.get("top_k", d.top_k), minimum=1, maximum=100_000)
     mass_fraction = _check_float(
         "mass_fraction", raw.get("mass_fraction", d.mass_fraction), low=0.0, high=1.0, low_open=True
@@ -516,8 +551,12 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         dataset=dataset,
         layers=layers,
         device=device,
+        precision=precision,
+        channels_last=channels_last,
+        loader_workers=loader_workers,
         batch_size=batch_size,
         shards=shards,
+        shard_size=shard_size,
         top_k=top_k,
         mass_fraction=mass_fraction,
         seed=seed,

@@ -10,6 +10,8 @@ This module never imports dagster.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,40 @@ KNOWN_DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
         "inception5a",
         "inception5b",
     ),
+    # The end of each convolutional stage, before the next downsampling: VGG16's last ReLU of
+    # each conv stage (the one before each max pool); 64, 128, 256, 512, 512 channels.
+    "vgg16": ("features.3", "features.8", "features.15", "features.22", "features.29"),
+    # The last inverted-residual block at each resolution (16, 24, 40, 112, 160 channels) and the
+    # final 1x1 conv the classifier reads (960).
+    "mobilenet_v3_large": (
+        "features.1",
+        "features.3",
+        "features.6",
+        "features.12",
+        "features.15",
+        "features.16",
+    ),
+    # Stage outputs (96, 192, 384, 768 channels); features.0/2/4/6 are the stem and the
+    # downsampling layers. Deeper modules include channels-last (H, W, C) LayerNorms whose shape
+    # would be misread as (C, H, W), so the generic rule must not be used here.
+    "convnext_tiny": ("features.1", "features.3", "features.5", "features.7"),
+    # The seven MBConv stages (16, 24, 40, 80, 112, 192, 320 channels) and the final 1x1 conv
+    # (1280): the paper's stages 2-9.
+    "efficientnet_b0": tuple(f"features.{i}" for i in range(1, 9)),
+    # Token outputs (197 x 768) of four evenly spaced encoder blocks; see _vit_blocks.
+    "vit_b_16": tuple(f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)),
 }
+# Every torchvision ResNet (and its wide / ResNeXt variants) names its four stages layer1..4.
+for _resnet in (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+):
+    KNOWN_DEFAULT_LAYERS[_resnet] = ("layer1", "layer2", "layer3", "layer4")
 
 
 class LayerError(ValueError):
@@ -124,7 +159,7 @@ def torchvision_model(
             kwargs["num_classes"] = num_classes
         return torchvision.models.get_model(name, weights=None, **kwargs)
     path = Path(weights)
-    if path.suffix in (".pt", ".pth") or path.is_file():
+    if _is_checkpoint(weights):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -167,6 +202,74 @@ def _classes_in_state(state: dict) -> int | None:
     return None
 
 
+def _is_checkpoint(weights: str) -> bool:
+    path = Path(weights)
+    return path.suffix in (".pt", ".pth") or path.is_file()
+
+
+def weights_normalization(
+    name: str,
+    weights: str | None,
+    fallback: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The (mean, std) the weights ``weights`` of ``torchvision.models.<name>`` were trained with.
+
+    Read from ``get_model_weights(name)[weights].transforms()``: the weights enum carries its
+    preprocessing as metadata, so nothing is downloaded. Those transforms also resize (e.g. to
+    256) and centre-crop (e.g. to 224, or 384 for ViT SWAG weights) — ``.crop_size`` and
+    ``.resize_size`` on the same object; image sources already resize and centre-crop to the
+    study's ``dataset.image_size``, which should be set to that crop size.
+
+    Parameters
+    ----------
+    name
+        A torchvision model name, e.g. ``"resnet50"``.
+    weights
+        ``none`` (random init) or a checkpoint path: these carry no preprocessing, ``fallback``
+        is returned. Otherwise a weights enum member name such as ``DEFAULT``.
+    fallback
+        (mean, std) for random init and checkpoints, and for weights whose transforms have no
+        normalization; ImageNet's statistics by default.
+
+    Returns
+    -------
+    mean, std
+        Three floats each, RGB order.
+
+    Raises
+    ------
+    ValueError
+        An unknown model or weights name.
+    """
+    import torchvision
+
+    mean, std = fallback
+    if weights in ("none", "None", None) or _is_checkpoint(weights):
+        return _rgb(mean), _rgb(std)
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"unknown torchvision model {name!r}: {exc}") from None
+    try:
+        member = enum[weights]
+    except KeyError:
+        valid = ", ".join(["none", *enum.__members__])
+        raise ValueError(
+            f"unknown weights {weights!r} for {name}; valid: {valid} or a path"
+        ) from None
+    transforms = member.transforms()
+    # Not every transforms object normalizes (e.g. other tasks' presets); keep the fallback then.
+    mean = getattr(transforms, "mean", None) or mean
+    std = getattr(transforms, "std", None) or std
+    return _rgb(mean), _rgb(std)
+
+
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise ValueError(f"expected 3 channel statistics, got {list(values)}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """What one forward pass revealed about a module."""
@@ -187,8 +290,37 @@ class LayerInfo:
         return self.output_shape[0]
 
     @property
+    def is_tokens(self) -> bool:
+        """True for a (T, C) token output (a transformer block)."""
+        return self.output_shape is not None and len(self.output_shape) == 2
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """For a token layer, the (rows, cols) grid of its patch tokens, else ``None``.
+
+        ViT-style outputs hold ``T = 1 + g * g`` tokens with the class token first; token ``t``
+        (``t >= 1``) covers patch ``divmod(t - 1, g)`` of the input. ``None`` when ``T`` has no
+        such square layout (or for a map layer).
+        """
+        if not self.is_tokens:
+            return None
+        assert self.output_shape is not None
+        for extra in (1, 0):  # class token first (ViT), or patch tokens only
+            g = math.isqrt(self.output_shape[0] - extra)
+            if g > 0 and g * g == self.output_shape[0] - extra:
+                return g, g
+        return None
+
+    @property
     def map_size(self) -> tuple[int, int]:
-        """(height, width) of the map a neuron's argmax lives in."""
+        """(height, width) of the map a neuron's argmax lives in.
+
+        For a (T, C) token layer this is ``(T, 1)``: the argmax ``y`` is a token index and ``x``
+        is 0 (see ``activations.spatial_max``), so it is not a pixel grid. Every token of a
+        transformer block attends to every patch, so the receptive field of a token layer is the
+        whole image: example patches for token layers use the whole image (use
+        :attr:`token_grid` to place a token on the input when a location is wanted).
+        """
         s = self.output_shape or ()
         if len(s) == 3:
             return s[1], s[2]
@@ -260,11 +392,16 @@ def default_layers(model_key: str, infos: Sequence[LayerInfo]) -> list[str]:
 
     Known architectures use their published blocks; otherwise, for every run of modules sharing
     one spatial resolution, the shallowest module that finishes last at that resolution (the
-    stage's output), skipping pooling layers and 1x1 maps.
+    stage's output), skipping pooling layers and 1x1 maps. Vision transformers (torchvision's
+    ``encoder.layers.encoder_layer_<n>`` blocks) get the token outputs of four evenly spaced
+    blocks ending with the last one.
     """
     valid = {i.name for i in infos}
     if model_key in KNOWN_DEFAULT_LAYERS and set(KNOWN_DEFAULT_LAYERS[model_key]) <= valid:
         return list(KNOWN_DEFAULT_LAYERS[model_key])
+    vit = _vit_blocks(infos)
+    if vit:
+        return vit
     usable = [
         i
         for i in infos
@@ -296,6 +433,27 @@ def default_layers(model_key: str, infos: Sequence[LayerInfo]) -> list[str]:
         ]
         chosen = [i.name for i in token]
     return chosen
+
+
+_VIT_BLOCK = re.compile(r"^encoder\.layers\.encoder_layer_(\d+)$")
+
+
+def _vit_blocks(infos: Sequence[LayerInfo]) -> list[str]:
+    """Four evenly spaced ViT encoder blocks (2, 5, 8, 11 of 12), or [] if not a ViT.
+
+    The patch embedding (``conv_proj``) is a single linear map of 16x16 pixels, not a stage, and
+    every block has the same token shape, so the resolution rule cannot find stages here.
+    """
+    blocks = sorted(
+        (int(m.group(1)), i.name)
+        for i in infos
+        if (m := _VIT_BLOCK.match(i.name)) and i.is_tokens and i.calls == 1
+    )
+    if not blocks:
+        return []
+    n = len(blocks)
+    picks = sorted({max(0, (n * q) // 4 - 1) for q in (1, 2, 3, 4)})
+    return [blocks[p][1] for p in picks]
 
 
 def resolve_layers(

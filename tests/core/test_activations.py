@@ -167,3 +167,70 @@ def test_class_stats_counts_per_class():
     assert res["top_mass_count"][row(0, 0)] == 1
     assert res["activation_sum"][row(2, 1)] == pytest.approx(6.0)
     assert res["n_images"][row(2, 2)] == 2
+
+
+def _small_pass(**kwargs):
+    from carto_assets.core.activations import Batch, activation_pass
+    from carto_assets.core.models import BuiltinCNN
+
+    torch.manual_seed(0)
+    model = BuiltinCNN(4).eval()
+    layers = resolve_layers(probe_layers(model, 32), "auto", "builtin")
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (48, 32, 32, 3), dtype=torch.uint8, generator=gen)
+
+    def preprocess(x):
+        return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+
+    batches = [
+        Batch(torch.arange(lo, lo + 16), raw[lo : lo + 16], torch.arange(lo, lo + 16) % 4)
+        for lo in range(0, 48, 16)
+    ]
+    return activation_pass(
+        model,
+        layers,
+        batches,
+        k=5,
+        n_classes=4,
+        mass_fraction=0.03,
+        preprocess=preprocess,
+        **kwargs,
+    )
+
+
+def test_channels_last_and_bf16_match_fp32():
+    ref = _small_pass()
+    cl = _small_pass(channels_last=True)
+    np.testing.assert_allclose(
+        cl.top_k["activation"], ref.top_k["activation"], rtol=1e-4, atol=1e-5
+    )
+    assert (cl.top_k["image_id"] == ref.top_k["image_id"]).mean() > 0.99
+    bf = _small_pass(precision="bf16")
+    # bf16 keeps 8 bits of mantissa: values agree to ~1%, rankings up to near-ties.
+    np.testing.assert_allclose(
+        bf.top_k["activation"], ref.top_k["activation"], rtol=0.05, atol=0.05
+    )
+    assert (bf.top_k["image_id"] == ref.top_k["image_id"]).mean() > 0.6
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _small_pass(precision="fp8")
+
+
+def test_non_finite_activations_are_refused_with_the_layer_named():
+    from carto_assets.core.activations import Batch, activation_pass
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x) / 0.0
+
+    model = Bad()
+    layers = resolve_layers(probe_layers(model, 8), ["conv"], "x")
+    # Division happens after the hooked conv; make the conv itself produce inf.
+    with torch.no_grad():
+        model.conv.weight.fill_(float("inf"))
+    batch = Batch(torch.arange(2), torch.ones(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(FloatingPointError, match=r"layer\(s\) \['conv'\]"):
+        activation_pass(model, layers, [batch], k=1, n_classes=1, mass_fraction=0.03)

@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 
+import polars as pl
 import pytest
 
 from carto_assets import pipeline
@@ -57,3 +58,16 @@ def test_stale_or_missing_shards_are_named(tmp_path, make_study):
     pipeline.run_shard(study, 0, progress=lambda m: None)
     with pytest.raises(RuntimeError, match=r"shard-0001, shard-0002 \(missing: 2"):
         pipeline.merge_top_images(study, store)
+
+
+def test_dataloader_workers_give_the_same_shard(tmp_path, make_study):
+    _, study, _ = _prepare(tmp_path, make_study)
+    pipeline.prepare_model(study, progress=lambda m: None)
+    pipeline.run_shard(study, 0, progress=lambda m: None)
+    main = pl.read_parquet(pipeline.shard_dir(study, 0) / "top_k.parquet")
+    import dataclasses
+
+    with_workers = dataclasses.replace(study, loader_workers=2)
+    pipeline.run_shard(with_workers, 0, progress=lambda m: None)
+    workers = pl.read_parquet(pipeline.shard_dir(study, 0) / "top_k.parquet")
+    assert main.equals(workers)
