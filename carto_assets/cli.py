@@ -111,7 +111,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     auto = set(default_layers(key, infos))
     print(f"{'layer':<40} {'type':<22} {'channels':>8}  {'output':<16} auto")
     for i in infos:
-        if not args.all and i.depth > args.depth:
+        if not args.all and i.depth > args.depth and i.name not in auto:
             continue
         shape = "x".join(map(str, i.output_shape)) if i.output_shape else "-"
         note = "*" if i.name in auto else ""

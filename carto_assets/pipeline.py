@@ -250,6 +250,9 @@ def prepare_model(
             n_classes=len(class_names),
         )
     else:
+        # Random init (weights: none) is seeded and saved below, so every shard, process and
+        # later stage sees the same network.
+        torch.manual_seed(study.seed)
         module = torchvision_model(study.torchvision_name or "", study.weights)
         meta.update(n_classes=None, holdout_accuracy=None)
     infos = probe_layers(module.eval(), size)
@@ -260,12 +263,17 @@ def prepare_model(
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if study.is_builtin_model:
+    if _saves_state(study):
         torch.save(module.state_dict(), tmp / "model.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return meta
+
+
+def _saves_state(study: Study) -> bool:
+    """Whether the model's weights live in the cache: trained, or randomly initialised."""
+    return study.is_builtin_model or study.weights == "none"
 
 
 def _model_key(study: Study) -> str:
@@ -286,6 +294,9 @@ def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], dict[str, An
         module.load_state_dict(state)
     else:
         module = torchvision_model(study.torchvision_name or "", study.weights)
+        if _saves_state(study):
+            state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
     bundle = _bundle_for(study, module)
     infos = probe_layers(bundle.module, bundle.input_size)
     layers = resolve_layers(infos, [row["layer"] for row in meta["layers"]], _model_key(study))

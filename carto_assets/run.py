@@ -92,6 +92,14 @@ def execute_partition(study_file: str, partition_key: str, instance: dg.DagsterI
     What ``carto run-partition`` runs in each worker process of ``carto run --jobs N``.
     """
     defs = build_definitions(study_file)
+    known = instance.get_dynamic_partitions(SHARDS.name)
+    if partition_key not in known:
+        shown = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "")
+        raise RunFailed(
+            f"{ACTIVATIONS_JOB}: unknown partition {partition_key!r}; the instance has "
+            f"{len(known)} shard partitions ({shown}); materialize `images` "
+            "(the prepare_study job) first"
+        )
     result = defs.resolve_job_def(ACTIVATIONS_JOB).execute_in_process(
         instance=instance, partition_key=partition_key, raise_on_error=False
     )

@@ -201,7 +201,7 @@ class Study:
             "weights": self.weights,
             "dataset": asdict(self.dataset),
             "training": asdict(self.training) if self.is_builtin_model else None,
-            "seed": self.seed if self.is_builtin_model else None,
+            "seed": self.seed if self.is_builtin_model or self.weights == "none" else None,
             "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if self.is_builtin_model else None,
             "shapes": SHAPES_REVISION if self.dataset.kind == "shapes" else None,
         }

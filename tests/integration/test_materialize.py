@@ -271,3 +271,27 @@ def test_embedding_projection_and_neighbours_cover_every_neuron(materialized):
     meta = instance.fetch_materializations(dg.AssetKey("neuron_embedding"), limit=1).records[0]
     losses = meta.asset_materialization.metadata["epoch_losses"].value
     assert len(losses) == study.embedding.epochs and all(np.isfinite(losses))
+
+
+def test_random_init_torchvision_model_is_the_same_in_every_load(tmp_path, make_study):
+    """weights: none is seeded and cached, so shards and later stages see one network."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (i * 60, 20, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    study_file = make_study(
+        tmp_path,
+        model="torchvision:resnet18",
+        dataset={"kind": "imagefolder", "path": "imgs", "image_size": 32},
+        top_k=2,
+        shards=1,
+    )
+    study = load_study(study_file)
+    pipeline.save_manifest(study, pipeline.build_manifest(study))
+    pipeline.prepare_model(study, progress=lambda m: None)
+    a, _, _ = pipeline.load_model(study)
+    torch.manual_seed(12345)  # whatever the global RNG state, the loaded weights are the same
+    b, _, _ = pipeline.load_model(study)
+    assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
