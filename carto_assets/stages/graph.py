@@ -36,9 +36,10 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
         "ORDER BY t.neuron_id, t.rank"
     )
     fields: dict[str, Any] = {}
+    infos = {info.name: info for info in layers}
     for info in layers:
-        rf = P.receptive_field(bundle.module, info.name, bundle.input_size)
-        fields[info.name] = rf
+        if info.output_shape is not None and len(info.output_shape) == 3:
+            fields[info.name] = P.receptive_field(bundle.module, info.name, bundle.input_size)
     wanted = np.unique(top["image_id"].to_numpy())
     say(f"loading {len(wanted)} images for {len(top)} patches")
     pixels: dict[int, np.ndarray] = {}
@@ -50,18 +51,8 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
     parts = []
     for layer, group in top.group_by("layer", maintain_order=True):
         name = layer[0]
-        rf = fields[name]
         group = group.filter(pl.col("image_id").is_in(list(pixels)))
-        boxes = P.patch_boxes(
-            group["y"].to_numpy(),
-            group["x"].to_numpy(),
-            int(group["map_height"][0]),
-            int(group["map_width"][0]),
-            bundle.input_size,
-            rf.size_px,
-            min_fraction=0.25,
-            offset_px=rf.offset_px,
-        )
+        boxes = _layer_boxes(infos[name], fields.get(name), group, bundle.input_size)
         pngs = P.crop_patches(
             pixels, group["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
         )
@@ -78,7 +69,43 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
     rf_table = {
         n: {"receptive_field_px": f.size_px, "truncated": f.truncated} for n, f in fields.items()
     }
+    for n in infos.keys() - fields.keys():
+        rf_table[n] = {"receptive_field_px": bundle.input_size, "truncated": True}
     return table, {"receptive_fields": rf_table, "n_images_loaded": len(pixels)}
+
+
+def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:
+    """Crops for one layer's rows: around the argmax cell, sized by the receptive field.
+
+    Token layers (ViT) see the whole image; their argmax token still says where the neuron
+    responded, so a patch token is cropped around its patch (a quarter of the image) and the
+    class token, like a vector output, gets the whole image.
+    """
+    ys, xs = group["y"].to_numpy(), group["x"].to_numpy()
+    if rf is not None:
+        return P.patch_boxes(
+            ys,
+            xs,
+            int(group["map_height"][0]),
+            int(group["map_width"][0]),
+            input_size,
+            rf.size_px,
+            min_fraction=0.25,
+            offset_px=rf.offset_px,
+        )
+    whole = np.tile(np.array([0, 0, input_size, input_size], dtype=np.int64), (len(ys), 1))
+    grid = info.token_grid
+    if grid is None:
+        return whole
+    extra = info.output_shape[0] - grid[0] * grid[1]  # 1 with a class token first
+    patch = ys - extra
+    on_grid = patch >= 0
+    if on_grid.any():
+        rows, cols = np.divmod(patch[on_grid], grid[1])
+        whole[on_grid] = P.patch_boxes(
+            rows, cols, grid[0], grid[1], input_size, 0, min_fraction=0.25
+        )
+    return whole
 
 
 # ---- concept graph --------------------------------------------------------------------------
