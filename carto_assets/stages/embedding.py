@@ -167,9 +167,14 @@ def cluster_closeness(
 
 def png_markdown(chart: Any, alt_text: str) -> str:
     """An Altair chart as an inline PNG in Markdown (for the Dagster UI)."""
+    import altair as alt
     import vl_convert as vlc
 
-    png = vlc.vegalite_to_png(chart.to_dict(), scale=1)
+    # Altair refuses inline data over 5,000 rows by default; a preview of every neuron of a
+    # large model (googlenet: 5,488) is still a small picture.
+    with alt.data_transformers.disable_max_rows():
+        spec = chart.to_dict()
+    png = vlc.vegalite_to_png(spec, scale=1)
     return f"![{alt_text}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
