@@ -147,12 +147,6 @@ def source_for_manifest(study: Study, images: pl.DataFrame, class_names: list[st
     return open_source(study)
 
 
-def manifest_fingerprint(images: pl.DataFrame) -> str:
-    """Cheap identity of a manifest (ids, shards and sources), to detect stale shards."""
-    h = images.select(pl.col("image_id"), pl.col("shard"), pl.col("source")).hash_rows(seed=7)
-    return f"{len(images)}-{int(h.sum()) & 0xFFFFFFFFFFFF:x}"
-
-
 # ---- model ----------------------------------------------------------------------------------
 def model_dir(study: Study) -> Path:
     return study.files_dir / "model" / study.model_fingerprint()
@@ -440,14 +434,9 @@ def run_shard(
         "n_neurons": int(meta["n_neurons"]),
         "top_k": study.top_k,
         "model_fingerprint": study.model_fingerprint(),
-        "manifest_fingerprint": manifest_fingerprint(images),
         "shard_size": study.shard_size,
-        "shard_fingerprint": shard_fingerprint(
-            part["image_id"].to_list(),
-            part["source"].to_list(),
-            part["label"].to_list(),
-            class_names,
-            shard_model_identity(study),
+        "shard_fingerprint": _expected_fingerprint(
+            images, class_names, shard, shard_model_identity(study)
         ),
         "device": str(device),
     }
@@ -458,39 +447,63 @@ def run_shard(
 
 
 # ---- top images -----------------------------------------------------------------------------
-def shard_summaries(study: Study) -> list[dict[str, Any]]:
-    """Summaries of every shard of the current manifest; raises if any is missing or stale."""
+def _expected_fingerprint(
+    images: pl.DataFrame, class_names: list[str], shard: int, identity: str
+) -> str:
+    """The fingerprint a shard's summary must hold to be up to date: only this shard's images
+    (and the model/settings) count, so images added in new shards leave the others valid."""
+    part = images.filter(pl.col("shard") == shard).sort("image_id")
+    return shard_fingerprint(
+        part["image_id"].to_list(),
+        part["source"].to_list(),
+        part["label"].to_list(),
+        class_names,
+        identity,
+    )
+
+
+def shard_states(study: Study) -> tuple[dict[int, dict[str, Any]], list[int], list[int]]:
+    """(summaries of the up-to-date shards, missing shards, stale shards) of the manifest.
+
+    A shard is missing when its summary or Parquet files are absent, stale when its stored
+    fingerprint differs from what its current images, model and settings give.
+    """
     images, class_names = load_manifest(study)
     identity = shard_model_identity(study)
-    summaries, missing, stale = [], [], []
+    fresh: dict[int, dict[str, Any]] = {}
+    missing: list[int] = []
+    stale: list[int] = []
     for s in range(study.shards):
-        path = shard_dir(study, s) / "summary.json"
-        if not path.is_file():
-            missing.append(shard_key(s))
+        folder = shard_dir(study, s)
+        files = ("summary.json", "top_k.parquet", "class_stats.parquet")
+        if not all((folder / name).is_file() for name in files):
+            missing.append(s)
             continue
-        summary = json.loads(path.read_text())
-        # Per-shard staleness: only this shard's images (and the model/settings) count, so
-        # adding images in new shards leaves the computed shards valid.
-        part = images.filter(pl.col("shard") == s).sort("image_id")
-        expected = shard_fingerprint(
-            part["image_id"].to_list(),
-            part["source"].to_list(),
-            part["label"].to_list(),
-            class_names,
-            identity,
-        )
-        if summary.get("shard_fingerprint") != expected:
-            stale.append(shard_key(s))
-        summaries.append(summary)
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            stale.append(s)
+            continue
+        if summary.get("shard_fingerprint") == _expected_fingerprint(
+            images, class_names, s, identity
+        ):
+            fresh[s] = summary
+        else:
+            stale.append(s)
+    return fresh, missing, stale
+
+
+def shard_summaries(study: Study) -> list[dict[str, Any]]:
+    """Summaries of every shard of the current manifest; raises if any is missing or stale."""
+    fresh, missing, stale = shard_states(study)
     if missing or stale:
+        names = ", ".join(shard_key(s) for s in missing + stale)
         raise RuntimeError(
-            "activations are not up to date for partitions "
-            f"{', '.join(missing + stale)} (missing: {len(missing)}, computed for other "
-            "images/model/top_k: {}); materialize those `activations` partitions first".format(
-                len(stale)
-            )
+            f"activations are not up to date for partitions {names} (missing: {len(missing)}, "
+            f"computed for other images/model/top_k: {len(stale)}); materialize those "
+            "`activations` partitions first"
         )
-    return summaries
+    return [fresh[s] for s in sorted(fresh)]
 
 
 def merge_top_images(study: Study, store: CartoStore) -> dict[str, Any]:

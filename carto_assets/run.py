@@ -7,7 +7,6 @@ shows every materialization afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
 from carto_assets import pipeline
 from carto_assets.definitions import (
@@ -29,7 +27,7 @@ from carto_assets.definitions import (
     build_definitions,
 )
 from carto_assets.partitions import SHARDS
-from carto_assets.sources.datasets import shard_fingerprint, shard_key, shard_model_identity
+from carto_assets.sources.datasets import shard_key
 from carto_assets.study import Study
 
 log = logging.getLogger("carto")
@@ -42,39 +40,10 @@ class RunFailed(RuntimeError):
 
 
 def up_to_date_shards(study: Study) -> set[int]:
-    """Shards whose stored summary matches their current inputs (images, model, settings).
-
-    A shard is up to date when its ``summary.json`` holds the fingerprint of the shard's images
-    (ids, sources, labels), the class list and the model/settings identity, and its Parquet
-    files exist. Reads the manifest written by the ``images`` asset.
-    """
-    images, class_names = pipeline.load_manifest(study)
-    identity = shard_model_identity(study)
-    fresh: set[int] = set()
-    for s in range(study.shards):
-        folder = pipeline.shard_dir(study, s)
-        path = folder / "summary.json"
-        if not (
-            path.is_file()
-            and (folder / "top_k.parquet").is_file()
-            and (folder / "class_stats.parquet").is_file()
-        ):
-            continue
-        try:
-            stored = json.loads(path.read_text()).get("shard_fingerprint")
-        except (OSError, ValueError):
-            continue
-        part = images.filter(pl.col("shard") == s).sort("image_id")
-        expected = shard_fingerprint(
-            part["image_id"].to_list(),
-            part["source"].to_list(),
-            part["label"].to_list(),
-            class_names,
-            identity,
-        )
-        if stored == expected:
-            fresh.add(s)
-    return fresh
+    """Shards whose stored summary matches their current inputs (images, model, settings)
+    and whose Parquet files exist (see :func:`pipeline.shard_states`)."""
+    fresh, _, _ = pipeline.shard_states(study)
+    return set(fresh)
 
 
 def _failure_detail(result: dg.ExecuteInProcessResult) -> str:

@@ -101,15 +101,10 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     cfg = study.load()
     store = study.store()
     sets = stage.load_neuron_sets(store)
-    labels_df = store.query("SELECT neuron_id, cluster_id FROM neuron_clusters ORDER BY neuron_id")
-    result = stage.find_clusters(
-        sets,
-        cfg.clustering,
-        signatures=stage.load_signatures(store, sets) if cfg.clustering.method == "lsh" else None,
-    )
-    if not np.array_equal(result.clustering.labels, labels_df["cluster_id"].to_numpy()):
-        raise RuntimeError("neuron_clusters is out of date with the study; re-materialize it")
-    table, summary = stage.quality(sets, result, store, cfg.clustering, seed=cfg.seed)
+    # The clusters and pairs neuron_clusters stored are scored as they are; only the exact
+    # reference is computed here.
+    labels, pairs = stage.stored_clustering(store, sets)
+    table, summary = stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
     store.replace_tables({"cluster_quality": table} if len(table) else {})
     kind = "concept" if "concept_mean_purity" in summary else "class"
     ratio = summary.get(f"{kind}_purity_ratio", float("nan"))

@@ -320,15 +320,33 @@ def tables(
     return {"neuron_clusters": neuron_clusters, "clusters": clusters, "neuron_pairs": neuron_pairs}
 
 
+def stored_clustering(store: CartoStore, sets: C.NeuronSets) -> tuple[np.ndarray, C.SimilarPairs]:
+    """The clusters and confirmed pairs ``neuron_clusters`` stored, as rows of ``sets``."""
+    nc = store.query("SELECT neuron_id, cluster_id FROM neuron_clusters ORDER BY neuron_id")
+    if not np.array_equal(nc["neuron_id"].to_numpy(), sets.neuron_ids):
+        raise RuntimeError("neuron_clusters is out of date with top_images; re-materialize it")
+    pairs = store.query("SELECT neuron_a, neuron_b, jaccard FROM neuron_pairs ORDER BY ALL")
+    rows = np.searchsorted(sets.neuron_ids, pairs["neuron_a"].to_numpy())
+    cols = np.searchsorted(sets.neuron_ids, pairs["neuron_b"].to_numpy())
+    similar = C.SimilarPairs(
+        i=rows.astype(np.int64),
+        j=cols.astype(np.int64),
+        jaccard=pairs["jaccard"].to_numpy().astype(np.float64),
+        n_neurons=sets.n_neurons,
+    )
+    return nc["cluster_id"].to_numpy().astype(np.int64), similar
+
+
 def quality(
     sets: C.NeuronSets,
-    result: ClusterResult,
+    labels: np.ndarray,
+    pairs: C.SimilarPairs,
     store: CartoStore,
     cfg: ClusteringConfig,
     seed: int = 0,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Per-cluster purity vs random groups, and LSH-vs-exact agreement."""
-    labels = result.clustering.labels
+    """Per-cluster purity vs random groups, and agreement of ``pairs``/``labels`` (the study's
+    method) with the exact inverted-index pairs and their clustering."""
     concepts, classes = load_annotations(store)
     rows = []
     summary: dict[str, Any] = {}
@@ -348,7 +366,7 @@ def quality(
         summary[f"{kind}_random_baseline"] = float(np.mean(base))
         summary[f"{kind}_purity_ratio"] = float(pur["purity"].mean() / max(np.mean(base), 1e-12))
     exact = find_clusters(sets, cfg, method="exact")
-    agreement = C.pair_agreement(exact.pairs, result.pairs)
+    agreement = C.pair_agreement(exact.pairs, pairs)
     summary.update(
         pair_recall=agreement.recall,
         pair_precision=agreement.precision,

@@ -152,9 +152,13 @@ def cluster_closeness(
     # Random pairs drawn with the same layer mix as the within-cluster pairs.
     ra = rng.choice(same_a, size=n_random)
     rb = np.empty_like(ra)
-    for i, a in enumerate(ra):
-        pool = np.flatnonzero((layer == layer[a]) & (np.arange(len(layer)) != a))
-        rb[i] = rng.choice(pool)
+    for value in np.unique(layer[ra]):
+        pool = np.flatnonzero(layer == value)
+        picks = np.flatnonzero(layer[ra] == value)
+        # A uniform partner other than itself: draw among the pool's other members.
+        offset = rng.integers(1, len(pool), size=len(picks)) if len(pool) > 1 else 0
+        pos = np.searchsorted(pool, ra[picks])
+        rb[picks] = pool[(pos + offset) % len(pool)]
     d_same = float(np.mean(1 - np.sum(unit[same_a] * unit[same_b], axis=1)))
     d_rand = float(np.mean(1 - np.sum(unit[ra] * unit[rb], axis=1)))
     return {

@@ -48,7 +48,12 @@ def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
     assert text[labels[0]] == "constant activation (dead neuron)"
     assert "colour=red (1.0)" in text[labels[2]]
     assert "colour=blue (1.0)" in text[labels[5]]
-    table, summary = S.quality(sets, result, store, cfg)
+    store.replace_tables(frames)
+    stored_labels, stored_pairs = S.stored_clustering(store, sets)
+    assert np.array_equal(stored_labels, labels)
+    assert np.array_equal(stored_pairs.i, result.pairs.i)
+    assert np.array_equal(stored_pairs.j, result.pairs.j)
+    table, summary = S.quality(sets, stored_labels, stored_pairs, store, cfg)
     concept_rows = table.filter(pl.col("kind") == "concept")
     assert concept_rows["purity"].to_list() == [1.0, 1.0]
     # Random groups of 3 from this layer rarely hold only red (or only blue) images.
