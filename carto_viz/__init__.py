@@ -3,7 +3,7 @@
 Never imports Dagster: everything takes a DuckDB path or polars DataFrames.
 """
 
-from carto_viz.charts import views_chart, views_spec
+from carto_viz.charts import graph_spec, projection_spec, views_spec
 from carto_viz.data import REQUIRED_TABLES, load_tables, view_data
 from carto_viz.export import ExportResult, export_views, render_page, script_json
 
@@ -11,10 +11,11 @@ __all__ = [
     "REQUIRED_TABLES",
     "ExportResult",
     "export_views",
+    "graph_spec",
     "load_tables",
+    "projection_spec",
     "render_page",
     "script_json",
     "view_data",
-    "views_chart",
     "views_spec",
 ]

@@ -1,15 +1,21 @@
-"""Altair builders for the three linked views, concatenated into one Vega-Lite spec.
+"""Altair builders for the two linked views of the page.
 
-Every view reads named datasets (``neurons``, ``patches``, ``graph_nodes``, ``graph_edges``,
-``graph_rows``) that the page stores once under the spec's top-level ``datasets``; images are
-looked up by key from ``patches``. Linking is done with Vega-Lite params:
+- **Projection view** (:func:`projection_spec`): the Neuron Projection View (zoom and pan) above
+  the detail panel (the selection's patches, its cluster and its nearest neighbours).
+- **Graph view** (:func:`graph_spec`): the concept graph of one class, every node drawn as its
+  concept's best patch, layers as rows from the input (bottom) to the prediction (top).
 
-``node_pick``     click on a graph node (field ``cluster_id``)
-``pick_neuron``   click on a neuron in the projection (field ``neuron_id``)
-``pick_cluster``  the same click, projected on ``cluster_id`` (highlights the cluster)
-``graph_class``   class of the graph (dropdown); ``min_strength`` slider; ``cascade`` checkbox
-``layer_filter``, ``class_filter``, ``only_node``  the projection's filters
+Each is a Vega-Lite spec of its own so that the graph scrolls on its own and a class switch
+re-renders only the graph. The page's script (``export.py``) links them through signals:
 
+``pick``          click on a neuron (fields ``neuron_id``, ``cluster_id``, ``neighbors``)
+``graph_node``    the cluster of the node clicked in the graph (-2: none), set by the page
+``class_neurons`` the neurons of the chosen class as ``|id|id|``, set by the page
+``node_pick``     click on a graph node (field ``cluster_id``), forwarded as ``graph_node``
+``neuron_cluster`` the cluster of the neuron picked in the projection, set by the page
+
+Images are named ``patch:<neuron>:<rank>`` (or ``thumb:<neuron>:1``, the small copy of a
+neuron's first patch that graph nodes show); the page's loader cuts them out of sprite sheets.
 No user text is ever spliced into an expression: expressions only reference fields and params.
 """
 
@@ -19,278 +25,350 @@ import altair as alt
 
 from carto_viz.data import ViewData
 
-#: marks of the projection, by role (stroke colour), read by the tests.
+#: colours by role, read by the tests.
 MEMBER_STROKE = "black"
 CLUSTER_STROKE = "#d62728"
 NEIGHBOR_STROKE = "#ff7f0e"
+NEURON_CLUSTER_STROKE = "#1f77b4"
+#: patches shown per neuron (hover cards and detail panel), as in the original.
+PATCHES_PER_NEURON = 9
 
-_NEIGHBOR_TEST = (
-    "isValid(pick_neuron.neuron_id) && "
-    "indexof('' + datum.neighbor_of, '|' + pick_neuron.neuron_id[0] + '|') >= 0"
-)
+_PICKED = "isValid(pick.neuron_id)"
+_NEIGHBOR_TEST = f"{_PICKED} && indexof('' + pick.neighbors[0], '|' + datum.neuron_id + '|') >= 0"
+_CLUSTER_TEST = f"{_PICKED} && datum.cluster_id == pick.cluster_id[0]"
+_NODE_TEST = "graph_node >= 0 && datum.cluster_id == graph_node"
 _CASCADE_TEST = (
     "cascade && isValid(node_pick.cluster_id) && "
     "indexof('' + datum.cascade, '|' + node_pick.cluster_id[0] + '|') >= 0"
 )
-_NOTHING_PICKED = "!length(data('node_pick_store')) && !length(data('pick_cluster_store'))"
+_NOTHING_PICKED = f"!({_PICKED}) && graph_node < 0"
+
+#: Graph View geometry (pixels).
+ROW_HEIGHT = 92
+COLUMN_WIDTH = 104
+GUTTER = 112
+NODE_IMAGE = 46
+NODE_FRAME = 52
 
 
 def _named(name: str) -> alt.Data:
     return alt.Data(name=name)
 
 
-def global_params(data: ViewData) -> dict[str, alt.Parameter]:
-    """The widgets (bound params) shared by the views."""
-    labels = [c["label"] for c in data.classes]
-    names = [c["name"] for c in data.classes]
-    graph_labels = sorted({n["label"] for n in data.graph_nodes}) or labels
-    first = graph_labels[0] if graph_labels else 0
-    return {
-        "graph_class": alt.param(
-            name="graph_class",
-            value=first,
-            bind=alt.binding_select(options=labels, labels=names, name="Graph class "),
-        ),
-        "min_strength": alt.param(
-            name="min_strength",
-            value=0,
-            bind=alt.binding_range(min=0, max=1, step=0.05, name="Hide weaker than "),
-        ),
-        "cascade": alt.param(
-            name="cascade", value=False, bind=alt.binding_checkbox(name="Cascade mode ")
-        ),
-        "layer_filter": alt.param(
-            name="layer_filter",
-            value="",
-            bind=alt.binding_select(
-                options=["", *data.layers], labels=["all layers", *data.layers], name="Layer "
-            ),
-        ),
-        "class_filter": alt.param(
-            name="class_filter",
-            value=-1,
-            bind=alt.binding_select(
-                options=[-1, *labels], labels=["all classes", *names], name="Class "
-            ),
-        ),
-        "only_node": alt.param(
-            name="only_node",
-            value=False,
-            bind=alt.binding_checkbox(name="Only the selected graph node "),
-        ),
-    }
+def _patch_url(neuron_field: str, rank: str = "1", atlas: str = "patch") -> str:
+    """Expression for the image key of a patch (``patch``) or of a neuron's thumbnail
+    (``thumb``, its first patch, small), resolved by the page's loader."""
+    return f"isValid({neuron_field}) ? '{atlas}:' + {neuron_field} + ':' + {rank} : null"
 
 
+# ---- projection view -------------------------------------------------------------------------
 def projection_chart(n_neurons: int, layers: list[str]) -> alt.Chart:
-    """Neuron Projection View: one circle per neuron at its UMAP position, coloured by layer."""
-    pick_neuron = alt.selection_point(name="pick_neuron", fields=["neuron_id"], on="click")
-    pick_cluster = alt.selection_point(name="pick_cluster", fields=["cluster_id"], on="click")
-    size = 60 if n_neurons <= 2000 else 18
+    """Neuron Projection View: one circle per neuron at its UMAP position, coloured by depth."""
+    pick = alt.selection_point(
+        name="pick", fields=["neuron_id", "cluster_id", "neighbors"], on="click", clear="dblclick"
+    )
+    zoom = alt.selection_interval(name="zoom", bind="scales")
+    size = 60 if n_neurons <= 2000 else 20
     return (
-        alt.Chart(_named("neurons"), title="Neuron projection", width=460, height=420)
-        .mark_circle(size=size, cursor="pointer", strokeWidth=1.5)
+        alt.Chart(_named("neurons"), title="Neuron projection", width=480, height=440)
+        .mark_circle(size=size, cursor="pointer", strokeWidth=1.6)
         .transform_filter("layer_filter == '' || datum.layer == layer_filter")
         .transform_filter(
-            "toNumber(class_filter) < 0 || "
-            "indexof('' + datum.classes, '|' + toNumber(class_filter) + '|') >= 0"
-        )
-        .transform_filter({"or": [{"not": {"param": "only_node"}}, {"param": "node_pick"}]})
-        .transform_lookup(
-            lookup="patch",
-            from_=alt.LookupData(data=_named("patches"), key="key", fields=["url"]),
-            as_=["image"],
+            "proj_filter == 'all' || (proj_filter == 'class' && "
+            "indexof(class_neurons, '|' + datum.neuron_id + '|') >= 0) || "
+            "(proj_filter == 'concept' && datum.cluster_id == graph_node)"
         )
         .encode(
             x=alt.X("x:Q", axis=None, scale=alt.Scale(zero=False)),
             y=alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False)),
-            color=alt.Color("layer:N", sort=layers, title="layer"),
+            color=alt.Color(
+                "layer:O",
+                sort=layers,
+                scale=alt.Scale(scheme="viridis"),
+                legend=alt.Legend(title="layer (input → output)", symbolLimit=0, labelLimit=110),
+            ),
             stroke={
                 "condition": [
-                    {"param": "node_pick", "empty": False, "value": MEMBER_STROKE},
-                    {"param": "pick_cluster", "empty": False, "value": CLUSTER_STROKE},
+                    {"test": _NODE_TEST, "value": MEMBER_STROKE},
+                    {"test": _CLUSTER_TEST, "value": CLUSTER_STROKE},
                     {"test": _NEIGHBOR_TEST, "value": NEIGHBOR_STROKE},
                 ],
                 "value": None,
             },
             opacity={
                 "condition": [
-                    {"param": "node_pick", "empty": False, "value": 1},
-                    {"param": "pick_cluster", "empty": False, "value": 1},
+                    {"test": _NODE_TEST, "value": 1},
+                    {"test": _CLUSTER_TEST, "value": 1},
                     {"test": _NEIGHBOR_TEST, "value": 1},
-                    {"test": _NOTHING_PICKED, "value": 0.85},
+                    {"test": _NOTHING_PICKED, "value": 0.8},
                 ],
-                "value": 0.12,
+                "value": 0.15,
             },
             tooltip=[
                 alt.Tooltip("neuron_id:Q", title="neuron"),
                 alt.Tooltip("layer:N"),
                 alt.Tooltip("cluster_id:Q", title="cluster"),
-                alt.Tooltip("cluster_label:N", title="label"),
-                alt.Tooltip("image:N", title="image"),
+                alt.Tooltip("cluster_label:N", title="concept"),
             ],
         )
-        .add_params(pick_neuron, pick_cluster)
+        .add_params(pick, zoom)
     )
 
 
-def graph_chart() -> alt.LayerChart:
-    """Graph View: layers as rows (input at the bottom), nodes sized by importance."""
+#: detail panel rows by role: (order, text colour, heading, most rows).
+_ROLES = {
+    "selected": (0, "black", "selected", 1),
+    "cluster": (1, CLUSTER_STROKE, "same cluster", 8),
+    "neighbour": (2, NEIGHBOR_STROKE, "nearest", 10),
+    "concept": (3, MEMBER_STROKE, "graph concept", 12),
+}
+_DETAIL_STEP = 36
+_DETAIL_PATCH = 32
+_DETAIL_TEXT = 250
+
+
+def detail_chart() -> alt.LayerChart:
+    """Detail panel: the picked neuron's patches, its cluster's members and its 10 nearest
+    neighbours (the paper's "most related neurons"), or the members of the picked graph node;
+    one row per neuron, its text on the left and up to 9 patches on the right."""
+    role = (
+        f"{_PICKED} && datum.neuron_id == pick.neuron_id[0] ? 'selected' : "
+        f"({_NEIGHBOR_TEST}) ? 'neighbour' : "
+        f"({_CLUSTER_TEST}) ? 'cluster' : "
+        f"({_NODE_TEST}) ? 'concept' : ''"
+    )
+    order = " : ".join(f"datum.role == '{r}' ? {o}" for r, (o, _, _, _) in _ROLES.items())
+    heading = " : ".join(f"datum.role == '{r}' ? '{h}'" for r, (_, _, h, _) in _ROLES.items())
+    limit = " : ".join(f"datum.role == '{r}' ? {n}" for r, (_, _, _, n) in _ROLES.items())
+    rows = (
+        alt.Chart(_named("neurons"))
+        .transform_calculate(role=role)
+        .transform_filter("datum.role != ''")
+        .transform_calculate(
+            role_order=f"{order} : 9",
+            # neighbours in rank order (their position in the picked neuron's list)
+            within=(
+                "datum.role == 'neighbour' ? "
+                "indexof('' + pick.neighbors[0], '|' + datum.neuron_id + '|') : datum.neuron_id"
+            ),
+        )
+        .transform_window(in_role="row_number()", groupby=["role"], sort=[alt.SortField("within")])
+        .transform_filter(f"datum.in_role <= ({limit} : 0)")
+        .transform_window(
+            line="row_number()",
+            sort=[alt.SortField("role_order"), alt.SortField("within")],
+        )
+        .transform_calculate(
+            text=(
+                f"({heading} : '') + '  #' + datum.neuron_id + '  ' + datum.layer"
+                " + '  ' + datum.cluster_short"
+            )
+        )
+    )
+    y = alt.Y("line:O", axis=None)
+    colour = alt.Color(
+        "role:N",
+        scale=alt.Scale(domain=list(_ROLES), range=[colour for _, colour, _, _ in _ROLES.values()]),
+        legend=None,
+    )
+    text = rows.mark_text(
+        align="left", baseline="middle", fontSize=11, limit=_DETAIL_TEXT - 8
+    ).encode(x=alt.value(0), y=y, text="text:N", color=colour)
+    images = (
+        rows.transform_calculate(
+            rank=f"sequence(1, min(datum.n_patches, {PATCHES_PER_NEURON}) + 1)"
+        )
+        .transform_flatten(["rank"])
+        .transform_calculate(
+            px=f"{_DETAIL_TEXT + _DETAIL_PATCH // 2} + (datum.rank - 1) * {_DETAIL_PATCH + 2}",
+            url=_patch_url("datum.neuron_id", "datum.rank"),
+        )
+        .mark_image(width=_DETAIL_PATCH, height=_DETAIL_PATCH)
+        .encode(x=alt.X("px:Q", scale=None, axis=None), y=y, url="url:N")
+    )
+    return alt.layer(text, images).properties(
+        width=_DETAIL_TEXT + PATCHES_PER_NEURON * (_DETAIL_PATCH + 2),
+        height=alt.Step(_DETAIL_STEP),
+    )
+
+
+def hint_chart() -> alt.Chart:
+    """What to do, shown while nothing is selected (instead of an empty panel)."""
+    lines = [
+        "Click a neuron in the map, or a concept in the graph, to see its image patches,",
+        "its cluster and its nearest neighbours here. Hover anything for a preview.",
+        "Map: wheel to zoom, drag to pan, double-click to reset.",
+    ]
+    return (
+        alt.Chart(alt.Data(values=[{"i": i, "t": t} for i, t in enumerate(lines)]))
+        .transform_filter(_NOTHING_PICKED)
+        .mark_text(align="left", baseline="top", fontSize=12, color="#555")
+        .encode(x=alt.value(0), y=alt.Y("i:O", axis=None), text="t:N")
+        .properties(width=480, height=alt.Step(18))
+    )
+
+
+def projection_params(data: ViewData) -> list[alt.Parameter]:
+    """Widgets and page-set signals of the projection view."""
+    return [
+        alt.param(
+            name="proj_filter",
+            value="all",
+            bind=alt.binding_radio(
+                options=["all", "class", "concept"],
+                labels=["all neurons", "neurons of the class", "neurons of the graph concept"],
+                name="Show ",
+            ),
+        ),
+        alt.param(
+            name="layer_filter",
+            value="",
+            bind=alt.binding_select(
+                options=["", *data.layers], labels=["all layers", *data.layers], name="Layer "
+            ),
+        ),
+        alt.param(name="graph_node", value=-2),
+        alt.param(name="class_neurons", value="|"),
+    ]
+
+
+def projection_spec(data: ViewData) -> dict:
+    """The projection view's Vega-Lite spec, with the neurons stored once under ``datasets``."""
+    chart = (
+        alt.vconcat(projection_chart(len(data.neurons), data.layers), hint_chart(), detail_chart())
+        .add_params(*projection_params(data))
+        .resolve_scale(color="independent")
+        .configure_view(stroke=None)
+    )
+    spec = chart.to_dict()
+    spec["datasets"] = {"neurons": data.neurons}
+    return spec
+
+
+# ---- graph view ------------------------------------------------------------------------------
+def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
+    """Graph View: a row per layer (input at the bottom), each node its concept's best patch
+    framed by its importance, its short label under it; edges behind the nodes."""
     node_pick = alt.selection_point(name="node_pick", fields=["cluster_id"], on="click")
-    class_test = "datum.label == toNumber(graph_class)"
-    base_x = alt.X("col:Q", axis=None, scale=alt.Scale(padding=20))
-    base_y = alt.Y("row:Q", axis=None, scale=alt.Scale(padding=20))
+    half = (max(max_columns, 1) - 1) / 2 + 0.5
+    width = GUTTER + max(max_columns, 1) * COLUMN_WIDTH
+    height = max(n_rows, 1) * ROW_HEIGHT
+    x = alt.X("col:Q", axis=None, scale=alt.Scale(domain=[-half, half], range=[GUTTER, width]))
+    y = alt.Y("row:Q", axis=None, scale=alt.Scale(domain=[-0.5, n_rows - 0.5], range=[height, 0]))
+    visible = "datum.strength >= min_strength"
     edges = (
         alt.Chart(_named("graph_edges"))
         .mark_rule()
-        .transform_filter(class_test)
         .transform_filter("datum.weight_rel >= min_strength && datum.min_strength >= min_strength")
         .encode(
-            x=base_x,
-            y=base_y,
+            x=x,
+            y=y,
             x2="col2:Q",
             y2="row2:Q",
-            strokeWidth=alt.StrokeWidth("weight:Q", scale=alt.Scale(range=[0.5, 6]), legend=None),
+            strokeWidth=alt.StrokeWidth(
+                "weight_rel:Q", scale=alt.Scale(domain=[0, 1], range=[0.4, 6]), legend=None
+            ),
             color={
                 "condition": {"test": _CASCADE_TEST, "value": CLUSTER_STROKE},
-                "value": "#9a9a9a",
+                "value": "#a0a0a0",
             },
-            opacity={"condition": {"test": _CASCADE_TEST, "value": 1}, "value": 0.55},
+            opacity={"condition": {"test": _CASCADE_TEST, "value": 1}, "value": 0.5},
             tooltip=[
-                alt.Tooltip("source_cluster:Q", title="from"),
-                alt.Tooltip("target_cluster:Q", title="to"),
+                alt.Tooltip("source_cluster:Q", title="from cluster"),
+                alt.Tooltip("target_cluster:Q", title="to cluster"),
                 alt.Tooltip("weight:Q", format=".3f"),
             ],
         )
     )
     rows = (
         alt.Chart(_named("graph_rows"))
-        .mark_text(align="left", dy=-14, color="#555", fontSize=11)
-        .encode(x=alt.value(2), y=base_y, text="name:N")
+        .mark_text(align="left", baseline="middle", color="#555", fontSize=11, limit=GUTTER - 10)
+        .encode(x=alt.value(4), y=y, text="name:N")
     )
-    nodes = (
+    node_tooltip = [
+        alt.Tooltip("cluster_label:N", title="concept"),
+        alt.Tooltip("cluster_id:Q", title="cluster"),
+        alt.Tooltip("layer:N"),
+        alt.Tooltip("importance:Q", format=".3f"),
+        alt.Tooltip("size:Q", title="neurons"),
+    ]
+    frames = (
         alt.Chart(_named("graph_nodes"))
-        .mark_circle(cursor="pointer", stroke="white", strokeWidth=1)
-        .transform_filter(class_test)
-        .transform_filter("datum.strength >= min_strength")
-        .transform_lookup(
-            lookup="patch",
-            from_=alt.LookupData(data=_named("patches"), key="key", fields=["url"]),
-            as_=["image"],
-        )
+        .transform_filter(visible)
+        .mark_point(shape="square", filled=True, size=NODE_FRAME**2, cursor="pointer")
         .encode(
-            x=base_x,
-            y=base_y,
-            size=alt.Size("strength:Q", scale=alt.Scale(range=[40, 700]), legend=None),
-            color={
+            x=x,
+            y=y,
+            fill=alt.value("#f4f4f4"),
+            strokeWidth=alt.StrokeWidth(
+                "strength:Q", scale=alt.Scale(domain=[0, 1], range=[1, 6]), legend=None
+            ),
+            stroke={
                 "condition": [
                     {"param": "node_pick", "empty": False, "value": CLUSTER_STROKE},
                     {"test": _CASCADE_TEST, "value": NEIGHBOR_STROKE},
+                    {
+                        "test": "datum.cluster_id >= 0 && datum.cluster_id == neuron_cluster",
+                        "value": NEURON_CLUSTER_STROKE,
+                    },
                 ],
-                "value": "#4c78a8",
+                "value": "#777",
             },
-            tooltip=[
-                alt.Tooltip("cluster_id:Q", title="cluster"),
-                alt.Tooltip("layer:N"),
-                alt.Tooltip("cluster_label:N", title="label"),
-                alt.Tooltip("importance:Q", format=".3f"),
-                alt.Tooltip("size:Q", title="neurons"),
-                alt.Tooltip("image:N", title="image"),
-            ],
+            tooltip=node_tooltip,
         )
         .add_params(node_pick)
     )
-    return alt.layer(edges, rows, nodes, title="Concept graph", width=460, height=420)
-
-
-def patch_grid_chart() -> alt.Chart:
-    """Detail: the selected neuron's patches, or the first three of each member of the node."""
-    return (
-        alt.Chart(_named("patches"), title="Patches")
-        .transform_lookup(
-            lookup="neuron_id",
-            from_=alt.LookupData(data=_named("neurons"), key="neuron_id", fields=["cluster_id"]),
+    images = (
+        alt.Chart(_named("graph_nodes"))
+        .transform_filter(visible)
+        .transform_calculate(url=_patch_url("datum.patch", atlas="thumb"))
+        .mark_image(width=NODE_IMAGE, height=NODE_IMAGE, cursor="pointer")
+        .encode(x=x, y=y, url="url:N", tooltip=node_tooltip)
+    )
+    labels = (
+        alt.Chart(_named("graph_nodes"))
+        .transform_filter(visible)
+        .mark_text(
+            baseline="top",
+            dy=NODE_FRAME / 2 + 3,
+            fontSize=10,
+            color="#222",
+            limit=COLUMN_WIDTH - 6,
         )
-        .transform_filter(
-            {
-                "or": [
-                    {"param": "pick_neuron", "empty": False},
-                    {"and": [{"param": "node_pick", "empty": False}, "datum.rank <= 3"]},
-                ]
-            }
-        )
-        .mark_image(width=40, height=40)
-        .encode(
-            x=alt.X("rank:O", title="rank"),
-            y=alt.Y("neuron_id:O", title="neuron"),
-            url="url:N",
-        )
-        .properties(width={"step": 46}, height={"step": 46})
+        .encode(x=x, y=y, text="short:N")
+    )
+    return alt.layer(edges, rows, frames, images, labels, width=width, height=height).resolve_scale(
+        strokeWidth="independent"
     )
 
 
-def info_chart() -> alt.Chart:
-    """Detail: the selected neuron, its cluster's members and its nearest neighbours as text."""
-    role = (
-        "isValid(pick_neuron.neuron_id) && datum.neuron_id == pick_neuron.neuron_id[0]"
-        " ? 'selected' : (" + _NEIGHBOR_TEST + " ? 'neighbour' : 'member')"
-    )
-    return (
-        alt.Chart(_named("neurons"), title="Selection", width=520)
-        .transform_filter(
-            {
-                "or": [
-                    {"param": "pick_cluster", "empty": False},
-                    {"param": "node_pick", "empty": False},
-                    _NEIGHBOR_TEST,
-                ]
-            }
-        )
-        .transform_calculate(role=role)
-        .transform_calculate(
-            line="datum.role + '  #' + datum.neuron_id + '  ' + datum.layer + '  cluster '"
-            " + datum.cluster_id + ': ' + datum.cluster_label"
-        )
-        .transform_window(order="row_number()")
-        .transform_filter("datum.order <= 40")
-        .mark_text(align="left", x=0, fontSize=11)
-        .encode(
-            y=alt.Y("order:O", axis=None),
-            text="line:N",
-            color=alt.Color(
-                "role:N",
-                scale=alt.Scale(
-                    domain=["selected", "member", "neighbour"],
-                    range=["black", CLUSTER_STROKE, NEIGHBOR_STROKE],
-                ),
-                legend=None,
-            ),
-        )
-        .properties(height={"step": 15})
-    )
+def graph_params() -> list[alt.Parameter]:
+    """Widgets and page-set signals of the graph view."""
+    return [
+        alt.param(
+            name="min_strength",
+            value=0,
+            bind=alt.binding_range(min=0, max=1, step=0.05, name="Hide weaker than "),
+        ),
+        alt.param(name="cascade", value=False, bind=alt.binding_checkbox(name="Cascade mode ")),
+        alt.param(name="graph_class", value=-1),
+        alt.param(name="neuron_cluster", value=-2),
+    ]
 
 
-def views_chart(data: ViewData) -> alt.VConcatChart:
-    """The linked views as one concatenated chart (datasets are attached by the exporter)."""
-    params = global_params(data)
-    top = alt.hconcat(projection_chart(len(data.neurons), data.layers), graph_chart())
-    bottom = alt.hconcat(patch_grid_chart(), info_chart())
-    return (
-        alt.vconcat(top, bottom)
-        .add_params(*params.values())
-        .resolve_scale(color="independent", size="independent")
+def graph_spec(data: ViewData) -> dict:
+    """The graph view's spec; its datasets start empty and the page fills them per class."""
+    n_rows = len(data.graph_rows)
+    chart = (
+        graph_chart(n_rows, data.max_columns)
+        .add_params(*graph_params())
         .configure_view(stroke=None)
     )
-
-
-def views_spec(data: ViewData, patches: list[dict]) -> dict:
-    """The complete Vega-Lite spec, with every dataset stored once under ``datasets``."""
-    spec = views_chart(data).to_dict()
-    spec["datasets"] = {
-        "neurons": data.neurons,
-        "patches": patches,
-        "graph_nodes": data.graph_nodes,
-        "graph_edges": data.graph_edges,
-        "graph_rows": data.graph_rows,
-    }
-    spec["usermeta"] = {"carto": {"n_neurons": len(data.neurons)}}
+    spec = chart.to_dict()
+    spec["datasets"] = {"graph_nodes": [], "graph_edges": [], "graph_rows": data.graph_rows}
     return spec
+
+
+def views_spec(data: ViewData) -> dict[str, dict]:
+    """Both views' specs by name (``projection``, ``graph``)."""
+    return {"projection": projection_spec(data), "graph": graph_spec(data)}

@@ -5,8 +5,7 @@ Everything here is pure data work (DuckDB + polars); no charting and no Dagster.
 
 from __future__ import annotations
 
-import base64
-import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ REQUIRED_TABLES: dict[str, str] = {
 }
 
 _QUERIES: dict[str, str] = {
-    "images": "SELECT DISTINCT label, label_name FROM images ORDER BY label",
+    "images": "SELECT label, any_value(label_name) AS label_name FROM images "
+    "GROUP BY label ORDER BY label",
     "neurons": "SELECT neuron_id, layer, layer_index FROM neurons ORDER BY neuron_id",
     "neuron_clusters": "SELECT neuron_id, cluster_id FROM neuron_clusters",
     "clusters": "SELECT cluster_id, layer, size, label FROM clusters",
@@ -44,6 +44,13 @@ _QUERIES: dict[str, str] = {
     "FROM concept_cascades",
     "neuron_projection": "SELECT neuron_id, x, y FROM neuron_projection",
     "neuron_neighbors": "SELECT neuron_id, rank, neighbor_id FROM neuron_neighbors",
+    "image_count": "SELECT count(*) AS n FROM images",
+}
+
+#: tables the header reads when they exist (quality figures).
+OPTIONAL_QUERIES: dict[str, str] = {
+    "cluster_quality": "SELECT kind, purity, random_group FROM cluster_quality",
+    "concept_graph_faithfulness": "SELECT weight, drop FROM concept_graph_faithfulness",
 }
 
 #: cluster id of the single "prediction" node at the top of the graph.
@@ -80,7 +87,11 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
             ).fetchall()
         }
         check_tables(present)
-        return {name: con.sql(query).pl() for name, query in _QUERIES.items()}
+        tables = {name: con.sql(query).pl() for name, query in _QUERIES.items()}
+        for name, query in OPTIONAL_QUERIES.items():
+            if name in present:
+                tables[name] = con.sql(query).pl()
+        return tables
     finally:
         con.close()
 
@@ -96,60 +107,15 @@ def check_tables(present: set[str] | Mapping[str, object]) -> None:
         )
 
 
-def patch_key(neuron_id: int, rank: int) -> str:
-    """Key of one patch image in the ``patches`` dataset."""
-    return f"{neuron_id}:{rank}"
+def short_label(label: str | None) -> str:
+    """The leading term of a cluster label: ``"colour=red (0.97), size=large" -> "colour=red"``."""
+    if not label:
+        return ""
+    first = label.split(", ")[0]
+    return re.sub(r"\s*\([0-9.]+\)$", "", first)
 
 
-def patch_bytes(patches: pl.DataFrame) -> int:
-    """Total PNG bytes of the patches (what inlining them would cost before base64)."""
-    if patches.height == 0:
-        return 0
-    return int(patches.select(pl.col("png").bin.size().sum()).item())
-
-
-def png_data_url(png: bytes) -> str:
-    """A ``data:image/png;base64,...`` URL for PNG bytes."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def patch_records(
-    patches: pl.DataFrame, sidecar_dir: Path | None, relative_dir: str = "patches"
-) -> list[dict]:
-    """One record ``{key, neuron_id, rank, url}`` per patch, each image stored once.
-
-    Parameters
-    ----------
-    patches
-        ``example_patches`` rows (neuron_id, rank, png).
-    sidecar_dir
-        When given, PNGs are written there as ``<neuron>_<rank>.png`` and the URLs are
-        relative (``patches/<neuron>_<rank>.png``); otherwise they are ``data:`` URLs.
-    relative_dir
-        The sidecar folder's path relative to the page.
-    """
-    records = []
-    if sidecar_dir is not None:
-        sidecar_dir.mkdir(parents=True, exist_ok=True)
-    for neuron_id, rank, png in patches.select("neuron_id", "rank", "png").iter_rows():
-        if sidecar_dir is not None:
-            name = f"{int(neuron_id)}_{int(rank)}.png"
-            (sidecar_dir / name).write_bytes(png)
-            url = f"{relative_dir}/{name}"
-        else:
-            url = png_data_url(png)
-        records.append(
-            {
-                "key": patch_key(neuron_id, rank),
-                "neuron_id": int(neuron_id),
-                "rank": int(rank),
-                "url": url,
-            }
-        )
-    return records
-
-
-def _bar_list(values: list) -> str:
+def bar_list(values: list) -> str:
     """``[3, 7] -> "|3|7|"``: a membership string tested with ``indexof`` in Vega.
 
     An empty list gives ``"|"`` (never ``""``, which Vega-Lite may parse as null).
@@ -157,245 +123,424 @@ def _bar_list(values: list) -> str:
     return "|" + "".join(f"{int(v)}|" for v in values)
 
 
+def columns(records: list[dict]) -> dict[str, list]:
+    """Records as a dict of columns: the compact form the page stores and re-zips."""
+    if not records:
+        return {}
+    return {key: [r[key] for r in records] for key in records[0]}
+
+
 @dataclass(frozen=True)
 class ViewData:
-    """The datasets of the page (records ready for JSON), and a few facts about them."""
+    """The datasets of the page (records ready for JSON), and a few facts about them.
+
+    ``graphs`` maps a class label to that class's graph (``nodes`` and ``edges`` as columns,
+    ``neurons``: the class's neurons as a :func:`bar_list`); the page loads them per class.
+    """
 
     neurons: list[dict]
-    graph_nodes: list[dict]
-    graph_edges: list[dict]
+    graphs: dict[int, dict]
     graph_rows: list[dict]
     classes: list[dict]
     layers: list[str]
+    max_columns: int
+    summary: dict
 
 
 def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
-    """One record per neuron: position, layer, cluster and its label, memberships.
+    """One record per neuron: position, layer, cluster and its label, neighbours, patches.
 
-    ``classes`` lists the classes the neuron matters to (``class_importance.score > 0`` or in
-    one of the class's graph nodes); ``neighbor_of`` lists the neurons that have it among their
-    nearest neighbours; ``patch`` is the key of its rank-1 patch (or null).
+    ``neighbors`` lists the neuron's nearest neighbours in rank order (a :func:`bar_list`);
+    ``n_patches`` how many example patches it has.
     """
     neurons = (
         tables["neurons"]
         .join(tables["neuron_projection"], on="neuron_id", how="inner")
         .join(tables["neuron_clusters"].select("neuron_id", "cluster_id"), on="neuron_id")
         .join(
-            tables["clusters"].select("cluster_id", pl.col("label").alias("cluster_label")),
+            tables["clusters"].select(
+                "cluster_id", pl.col("label").alias("cluster_label"), pl.col("size")
+            ),
             on="cluster_id",
             how="left",
         )
     )
-    by_score = tables["class_importance"].select("neuron_id", "label")
-    by_node = (
-        tables["concept_graph_nodes"]
-        .select("label", "cluster_id")
-        .join(tables["neuron_clusters"].select("neuron_id", "cluster_id"), on="cluster_id")
-        .select("neuron_id", "label")
-    )
-    classes = (
-        pl.concat([by_score, by_node.cast(by_score.schema)])
-        .unique()
-        .sort("label")
-        .group_by("neuron_id")
-        .agg(pl.col("label").alias("classes"))
-    )
-    neighbor_of = (
+    neighbors = (
         tables["neuron_neighbors"]
-        .sort("neuron_id")
-        .group_by("neighbor_id")
-        .agg(pl.col("neuron_id").alias("neighbor_of"))
-        .rename({"neighbor_id": "neuron_id"})
+        .sort("neuron_id", "rank")
+        .group_by("neuron_id", maintain_order=True)
+        .agg(pl.col("neighbor_id").alias("neighbors"))
     )
-    has_patch = (
-        tables["example_patches"]
-        .filter(pl.col("rank") == pl.col("rank").min().over("neuron_id"))
-        .select("neuron_id", pl.col("rank").alias("patch_rank"))
-    )
+    n_patches = tables["example_patches"].group_by("neuron_id").agg(pl.len().alias("n_patches"))
     neurons = (
-        neurons.join(classes, on="neuron_id", how="left")
-        .join(neighbor_of, on="neuron_id", how="left")
-        .join(has_patch, on="neuron_id", how="left")
+        neurons.join(neighbors, on="neuron_id", how="left")
+        .join(n_patches, on="neuron_id", how="left")
         .sort("neuron_id")
     )
     records = []
     for row in neurons.iter_rows(named=True):
+        label = row["cluster_label"] or ""
         records.append(
             {
                 "neuron_id": int(row["neuron_id"]),
                 "layer": row["layer"],
                 "layer_index": int(row["layer_index"]),
                 "cluster_id": int(row["cluster_id"]),
-                "cluster_label": row["cluster_label"] or "",
-                "x": float(row["x"]),
-                "y": float(row["y"]),
-                "classes": _bar_list(row["classes"] or []),
-                "neighbor_of": _bar_list(row["neighbor_of"] or []),
-                "patch": (
-                    patch_key(row["neuron_id"], row["patch_rank"])
-                    if row["patch_rank"] is not None
-                    else None
-                ),
+                "cluster_label": label,
+                "cluster_short": short_label(label),
+                "cluster_size": int(row["size"] or 1),
+                "x": round(float(row["x"]), 4),
+                "y": round(float(row["y"]), 4),
+                "neighbors": bar_list(row["neighbors"] or []),
+                "n_patches": int(row["n_patches"] or 0),
             }
         )
     return records
 
 
-def _cascade_sets(
-    cascades: pl.DataFrame,
-) -> tuple[dict[tuple[int, int], set[int]], dict[tuple[int, int, int], set[int]]]:
+def _bar_strings(frame: pl.DataFrame, keys: list[str], value: str, name: str) -> pl.DataFrame:
+    """Group ``frame`` by ``keys`` and join the sorted unique ``value`` as a :func:`bar_list`."""
+    return frame.group_by(keys).agg(
+        pl.format("|{}|", pl.col(value).unique().sort().cast(pl.Utf8).str.join("|")).alias(name)
+    )
+
+
+def _cascade_sets(cascades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Which roots' cascades light up each node and each edge, per class.
 
-    Returns ``(node_roots, edge_roots)`` keyed by ``(label, cluster)`` and
-    ``(label, source, target)``; every node is in its own cascade.
+    Returns ``(node_roots, edge_roots)``: ``(label, cluster_id, cascade)`` and
+    ``(label, source_cluster, target_cluster, cascade)``, ``cascade`` the roots as a bar list.
+    A chain is the root followed by its members in depth order; each consecutive pair is an
+    edge (lower, upper) — reversed for chains that go down toward the input.
     """
-    node_roots: dict[tuple[int, int], set[int]] = {}
-    edge_roots: dict[tuple[int, int, int], set[int]] = {}
-    chains = cascades.sort("label", "root_cluster", "direction", "depth").group_by(
-        ["label", "root_cluster", "direction"], maintain_order=True
+    keys = ["label", "root_cluster", "direction"]
+    chains = cascades.select(*keys, "depth", "member_cluster")
+    roots = (
+        chains.select(*keys)
+        .unique()
+        .with_columns(
+            depth=pl.lit(0, chains.schema["depth"]), member_cluster=pl.col("root_cluster")
+        )
     )
-    for (label, root, direction), chain in chains:
-        path = [int(root), *(int(c) for c in chain["member_cluster"])]
-        for member in path:
-            node_roots.setdefault((int(label), member), set()).add(int(root))
-        for lower, upper in itertools.pairwise(path):
-            if direction == "down":
-                lower, upper = upper, lower
-            edge_roots.setdefault((int(label), lower, upper), set()).add(int(root))
+    path = (
+        pl.concat([roots.select(chains.columns), chains])
+        .sort(*keys, "depth")
+        .with_columns(previous=pl.col("member_cluster").shift(1).over(keys))
+    )
+    node_roots = _bar_strings(
+        path.rename({"member_cluster": "cluster_id"}),
+        ["label", "cluster_id"],
+        "root_cluster",
+        "cascade",
+    )
+    down = pl.col("direction") == "down"
+    steps = path.filter(pl.col("previous").is_not_null()).with_columns(
+        source_cluster=pl.when(down).then("member_cluster").otherwise("previous"),
+        target_cluster=pl.when(down).then("previous").otherwise("member_cluster"),
+    )
+    edge_roots = _bar_strings(
+        steps, ["label", "source_cluster", "target_cluster"], "root_cluster", "cascade"
+    )
     return node_roots, edge_roots
 
 
+def _class_neurons(tables: Mapping[str, pl.DataFrame], fraction: float) -> pl.DataFrame:
+    """Per class, the neurons the projection's class filter shows: the members of the class's
+    graph nodes and the top ``fraction`` of all neurons by ``class_importance.score`` (> 0).
+    Returns ``(label, neurons)`` with ``neurons`` a bar list."""
+    scores = tables["class_importance"].filter(pl.col("score") > 0)
+    n_top = max(1, round(fraction * tables["neurons"].height))
+    top = (
+        scores.sort("score", "neuron_id", descending=[True, False])
+        .group_by("label", maintain_order=True)
+        .head(n_top)
+        .select("label", "neuron_id")
+    )
+    members = (
+        tables["concept_graph_nodes"]
+        .select("label", "cluster_id")
+        .join(tables["neuron_clusters"].select("neuron_id", "cluster_id"), on="cluster_id")
+        .select("label", "neuron_id")
+    )
+    both = pl.concat([top, members.cast(top.schema)])
+    return _bar_strings(both, ["label"], "neuron_id", "neurons")
+
+
+def _by_label(frame: pl.DataFrame) -> dict[int, dict[str, list]]:
+    """Split a frame by ``label`` into per-class column dicts (without the label column)."""
+    if frame.height == 0:
+        return {}
+    return {
+        int(key[0]): part.drop("label").to_dict(as_series=False)
+        for key, part in frame.partition_by("label", as_dict=True, maintain_order=True).items()
+    }
+
+
 def graph_records(
-    tables: Mapping[str, pl.DataFrame],
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """Nodes, edges and row labels of the concept graph, laid out per class.
+    tables: Mapping[str, pl.DataFrame], class_fraction: float = 0.1
+) -> tuple[dict[int, dict], list[dict], int]:
+    """Every class's concept graph laid out for the Graph View, and the row labels.
 
     Rows are layers (``row`` = layer_index, the prediction node one row above the last layer);
-    within a row nodes are ordered by importance, the strongest in the middle-left, centred on
-    0. ``strength`` (node) and ``weight_rel`` (edge) are relative to the class's maximum, so a
-    single slider filters both.
+    within a row nodes are ordered by importance, strongest first, centred on 0 (``col``).
+    ``strength`` (node) and ``weight_rel`` (edge) are relative to the class's maximum, so a
+    single slider filters both. ``patch`` is the neuron whose rank-1 patch pictures the node:
+    the member most important for the class.
+
+    Returns
+    -------
+    graphs
+        class label -> ``{"nodes": columns, "edges": columns, "neurons": bar list}``.
+    rows
+        ``{row, name}`` per layer, plus ``prediction``.
+    max_columns
+        The most nodes in one row of any class (the graph's width).
     """
     nodes = tables["concept_graph_nodes"]
-    edges = tables["concept_graph_edges"]
     node_roots, edge_roots = _cascade_sets(tables["concept_cascades"])
-    sizes = dict(tables["clusters"].select("cluster_id", "size").iter_rows())
-    labels = dict(tables["clusters"].select("cluster_id", "label").iter_rows())
-    members = tables["neuron_clusters"].join(tables["class_importance"], on="neuron_id", how="left")
-    top_member = {
-        (int(lab), int(cid)): int(nid)
-        for cid, lab, nid in members.filter(pl.col("label").is_not_null())
-        .sort("score", "neuron_id", descending=[True, False])
-        .group_by("cluster_id", "label", maintain_order=True)
-        .agg(pl.col("neuron_id").first())
-        .iter_rows()
-    }
-    first_member = {
-        int(cid): int(nid)
-        for cid, nid in tables["neuron_clusters"]
+    clusters = tables["clusters"].select(
+        "cluster_id", "size", pl.col("label").alias("cluster_label")
+    )
+    shorts = {label: short_label(label) for label in clusters["cluster_label"].unique().to_list()}
+    clusters = clusters.with_columns(
+        pl.col("cluster_label").fill_null(""),
+        short=pl.col("cluster_label").replace_strict(shorts, default="", return_dtype=pl.Utf8),
+    )
+    scored = tables["neuron_clusters"].join(tables["class_importance"], on="neuron_id")
+    top_member = (
+        scored.sort("score", "neuron_id", descending=[True, False])
+        .group_by("label", "cluster_id", maintain_order=True)
+        .agg(pl.col("neuron_id").first().alias("top_member"))
+    )
+    first_member = (
+        tables["neuron_clusters"]
         .group_by("cluster_id")
-        .agg(pl.col("neuron_id").min())
-        .iter_rows()
-    }
-    patched = set(tables["example_patches"].filter(pl.col("rank") == 1)["neuron_id"].to_list())
+        .agg(pl.col("neuron_id").min().alias("first_member"))
+    )
+    patched = tables["example_patches"].filter(pl.col("rank") == 1)["neuron_id"].unique()
     top_row = int(tables["neurons"]["layer_index"].max() or 0) + 1
+    int_type = nodes.schema["cluster_id"]
 
-    node_rows: list[dict] = []
-    position: dict[tuple[int, int], tuple[float, int]] = {}
-    ordered = nodes.sort("label", "layer_index", "importance", "cluster_id").reverse()
-    for (label, layer_index), group in ordered.group_by(
-        ["label", "layer_index"], maintain_order=True
-    ):
-        group = group.sort("importance", "cluster_id", descending=[True, False])
-        n = group.height
-        max_imp = float(nodes.filter(pl.col("label") == label)["importance"].max() or 1.0)
-        for i, row in enumerate(group.iter_rows(named=True)):
-            key = (int(label), int(row["cluster_id"]))
-            col = i - (n - 1) / 2
-            position[key] = (col, int(layer_index))
-            member = top_member.get(key, first_member.get(int(row["cluster_id"])))
-            node_rows.append(
+    laid_out = (
+        nodes.with_columns(
+            order=pl.struct((-pl.col("importance")).alias("i"), pl.col("cluster_id").alias("c"))
+            .rank("ordinal")
+            .over("label", "layer_index"),
+            n=pl.len().over("label", "layer_index"),
+            max_importance=pl.col("importance").max().over("label"),
+        )
+        .with_columns(col=(pl.col("order") - 1 - (pl.col("n") - 1) / 2).cast(pl.Float64))
+        .join(clusters, on="cluster_id", how="left")
+        .join(
+            top_member.cast({"label": nodes.schema["label"]}),
+            on=["label", "cluster_id"],
+            how="left",
+        )
+        .join(first_member, on="cluster_id", how="left")
+        .with_columns(patch=pl.coalesce("top_member", "first_member"))
+        .with_columns(patch=pl.when(pl.col("patch").is_in(patched)).then("patch"))
+        .select(
+            "label",
+            "cluster_id",
+            "layer",
+            pl.col("layer_index").cast(pl.Int64).alias("row"),
+            "col",
+            pl.col("importance").round(6),
+            pl.when(pl.col("max_importance") > 0)
+            .then(pl.col("importance") / pl.col("max_importance"))
+            .otherwise(1.0)
+            .round(4)
+            .alias("strength"),
+            pl.col("size").fill_null(0).cast(pl.Int64),
+            "cluster_label",
+            "short",
+            "patch",
+        )
+    )
+    max_columns = int(nodes.group_by("label", "layer_index").len()["len"].max() or 1)
+    names = tables["images"].select(
+        pl.col("label").cast(nodes.schema["label"]), pl.col("label_name").cast(pl.Utf8)
+    )
+    prediction = (
+        nodes.select("label")
+        .unique()
+        .join(names, on="label", how="left")
+        .select(
+            "label",
+            pl.lit(PREDICTION_CLUSTER, int_type).alias("cluster_id"),
+            pl.lit("prediction").alias("layer"),
+            pl.lit(top_row, pl.Int64).alias("row"),
+            pl.lit(0.0).alias("col"),
+            pl.lit(None, pl.Float64).alias("importance"),
+            pl.lit(1.0).alias("strength"),
+            pl.lit(0, pl.Int64).alias("size"),
+            pl.format("prediction: {}", pl.col("label_name").fill_null("")).alias("cluster_label"),
+            pl.col("label_name").fill_null("").alias("short"),
+            pl.lit(None, first_member.schema["first_member"]).alias("patch"),
+        )
+    )
+    all_nodes = (
+        pl.concat([laid_out, prediction.cast(laid_out.schema)])
+        .join(
+            node_roots.cast({"label": nodes.schema["label"], "cluster_id": int_type}),
+            on=["label", "cluster_id"],
+            how="left",
+        )
+        .with_columns(
+            cascade=pl.coalesce("cascade", pl.format("|{}|", pl.col("cluster_id").cast(pl.Utf8)))
+        )
+        .sort("label", "row", "col")
+    )
+    edges = tables["concept_graph_edges"].with_columns(
+        target_cluster=pl.when(pl.col("target_layer") == "prediction")
+        .then(pl.lit(PREDICTION_CLUSTER, int_type))
+        .otherwise(pl.col("target_cluster").cast(int_type))
+    )
+    ends = all_nodes.select("label", "cluster_id", "col", "row", "strength")
+    edge_rows = (
+        edges.join(
+            ends.rename({"cluster_id": "source_cluster", "strength": "s1"}),
+            on=["label", "source_cluster"],
+        )
+        .join(
+            ends.rename(
+                {"cluster_id": "target_cluster", "col": "col2", "row": "row2", "strength": "s2"}
+            ),
+            on=["label", "target_cluster"],
+        )
+        .join(
+            edge_roots.cast(
                 {
-                    "label": int(label),
-                    "cluster_id": int(row["cluster_id"]),
-                    "layer": row["layer"],
-                    "row": int(layer_index),
-                    "col": col,
-                    "importance": float(row["importance"]),
-                    "strength": float(row["importance"]) / max_imp if max_imp > 0 else 1.0,
-                    "size": int(sizes.get(row["cluster_id"], 0)),
-                    "cluster_label": labels.get(row["cluster_id"]) or "",
-                    "cascade": _bar_list(sorted(node_roots.get(key, set()) | {key[1]})),
-                    "patch": patch_key(member, 1) if member in patched else None,
+                    "label": nodes.schema["label"],
+                    "source_cluster": int_type,
+                    "target_cluster": int_type,
                 }
-            )
-    for label in sorted(nodes["label"].unique().to_list()):
-        key = (int(label), PREDICTION_CLUSTER)
-        position[key] = (0.0, top_row)
-        node_rows.append(
-            {
-                "label": int(label),
-                "cluster_id": PREDICTION_CLUSTER,
-                "layer": "prediction",
-                "row": top_row,
-                "col": 0.0,
-                "importance": None,
-                "strength": 1.0,
-                "size": 0,
-                "cluster_label": "prediction",
-                "cascade": _bar_list(sorted(node_roots.get(key, set()) | {PREDICTION_CLUSTER})),
-                "patch": None,
-            }
+            ),
+            on=["label", "source_cluster", "target_cluster"],
+            how="left",
         )
-    strength = {(r["label"], r["cluster_id"]): r["strength"] for r in node_rows}
-
-    edge_rows: list[dict] = []
-    max_w = dict(edges.group_by("label").agg(pl.col("weight").max()).iter_rows())
-    for row in edges.iter_rows(named=True):
-        label = int(row["label"])
-        source = (label, int(row["source_cluster"]))
-        target_cluster = (
-            PREDICTION_CLUSTER
-            if row["target_layer"] == "prediction"
-            else int(row["target_cluster"])
+        .with_columns(top=pl.col("weight").max().over("label"))
+        .select(
+            "label",
+            "source_cluster",
+            "target_cluster",
+            "col",
+            "row",
+            "col2",
+            "row2",
+            pl.col("weight").round(6),
+            pl.when(pl.col("top") > 0)
+            .then(pl.col("weight") / pl.col("top"))
+            .otherwise(0.0)
+            .round(4)
+            .alias("weight_rel"),
+            pl.min_horizontal("s1", "s2").alias("min_strength"),
+            pl.col("cascade").fill_null("|"),
         )
-        target = (label, target_cluster)
-        if source not in position or target not in position:
-            continue
-        top = max_w.get(row["label"]) or 1.0
-        edge_rows.append(
-            {
-                "label": label,
-                "source_cluster": source[1],
-                "target_cluster": target[1],
-                "col": position[source][0],
-                "row": position[source][1],
-                "col2": position[target][0],
-                "row2": position[target][1],
-                "weight": float(row["weight"]),
-                "weight_rel": float(row["weight"]) / top if top > 0 else 0.0,
-                "min_strength": min(strength[source], strength[target]),
-                "cascade": _bar_list(sorted(edge_roots.get((label, source[1], target[1]), ()))),
-            }
-        )
+        .sort("label", "row", "col", "col2")
+    )
+    node_columns = _by_label(all_nodes)
+    edge_columns = _by_label(edge_rows)
+    class_neurons = dict(_class_neurons(tables, class_fraction).iter_rows())
+    graphs = {
+        label: {
+            "nodes": node_columns.get(label, {}),
+            "edges": edge_columns.get(label, {}),
+            "neurons": class_neurons.get(label, "|"),
+        }
+        for label in sorted(set(node_columns) | set(class_neurons))
+    }
     layer_rows = (
         tables["neurons"].select("layer", "layer_index").unique().sort("layer_index").iter_rows()
     )
     rows = [{"row": int(i), "name": name} for name, i in layer_rows]
     rows.append({"row": top_row, "name": "prediction"})
-    return node_rows, edge_rows, rows
+    return graphs, rows, max_columns
 
 
-def view_data(tables: Mapping[str, pl.DataFrame]) -> ViewData:
-    """All datasets of the page except the patches (see :func:`patch_records`)."""
+def _spearman(a: pl.Series, b: pl.Series) -> float:
+    frame = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+    if frame.height < 3:
+        return float("nan")
+    value = frame.select(pl.corr("a", "b", method="spearman")).item()
+    return float(value) if value is not None else float("nan")
+
+
+def study_summary(
+    tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
+) -> dict:
+    """The page header: what was mapped and how good the result is.
+
+    Counts come from the tables; ``study_info`` adds what only the study knows (``name``,
+    ``model``, ``weights``, ``dataset``) and extra ``quality`` entries measured by other assets
+    (``{"figure", "value", "asset"}``). Quality figures read from tables: mean cluster purity
+    vs random same-size groups (``cluster_quality``) and the Spearman correlation of edge
+    weight with ablation drop (``concept_graph_faithfulness``, asset ``concept_graph``).
+    Every value is plain text; the page shows it with ``textContent``.
+    """
+    info = dict(study_info or {})
+    images = tables.get("image_count")
+    n_images = int(images["n"][0]) if images is not None else None
+    clusters = tables["clusters"]
+    layers = tables["neurons"].select("layer", "layer_index").unique().sort("layer_index")
+    n_multi = clusters.filter(pl.col("size") >= 2).height
+    facts = [
+        ["model", " · ".join(str(info[k]) for k in ("model", "weights") if info.get(k))],
+        ["dataset", str(info.get("dataset") or "")],
+        ["images", f"{n_images:,}" if n_images is not None else ""],
+        ["classes", f"{tables['images'].height:,}"],
+        [
+            "layers",
+            f"{layers.height} ({', '.join(layers['layer'].head(4).to_list())}"
+            + (", …)" if layers.height > 4 else ")"),
+        ],
+        ["neurons", f"{tables['neurons'].height:,}"],
+        ["clusters", f"{clusters.height:,} ({n_multi:,} with 2+ neurons)"],
+    ]
+    quality: list[dict] = []
+    cq = tables.get("cluster_quality")
+    if cq is not None and cq.height:
+        for kind in ("concept", "class"):
+            part = cq.filter(pl.col("kind") == kind)
+            if part.height:
+                purity, base = float(part["purity"].mean()), float(part["random_group"].mean())
+                quality.append(
+                    {
+                        "figure": f"cluster purity ({kind})",
+                        "value": f"{purity:.2f} vs {base:.2f} for random same-size groups",
+                        "asset": "cluster_quality",
+                    }
+                )
+    faith = tables.get("concept_graph_faithfulness")
+    if faith is not None and faith.height:
+        rho = _spearman(faith["weight"], faith["drop"])
+        if rho == rho:
+            quality.append(
+                {
+                    "figure": "edge faithfulness",
+                    "value": f"Spearman ρ {rho:.2f} between edge weight and ablation drop "
+                    f"({faith.height} edges)",
+                    "asset": "concept_graph",
+                }
+            )
+    for extra in info.get("quality") or ():
+        quality.append({k: str(extra[k]) for k in ("figure", "value", "asset")})
+    return {
+        "title": str(info.get("name") or "Cartography study"),
+        "facts": [[k, v] for k, v in facts if v],
+        "quality": quality,
+    }
+
+
+def view_data(
+    tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
+) -> ViewData:
+    """All datasets of the page except the patches (see :mod:`carto_viz.sprites`)."""
     check_tables(tables)
-    nodes, edges, rows = graph_records(tables)
+    graphs, rows, max_columns = graph_records(tables)
     classes = [
-        {"label": int(label), "name": str(name)}
-        for label, name in tables["images"]
-        .select("label", "label_name")
-        .unique()
-        .sort("label")
-        .iter_rows()
+        {"label": int(label), "name": str(name), "graph": int(label) in graphs}
+        for label, name in tables["images"].select("label", "label_name").sort("label").iter_rows()
     ]
     layers = [
         str(name)
@@ -407,9 +552,10 @@ def view_data(tables: Mapping[str, pl.DataFrame]) -> ViewData:
     ]
     return ViewData(
         neurons=neuron_records(tables),
-        graph_nodes=nodes,
-        graph_edges=edges,
+        graphs=graphs,
         graph_rows=rows,
         classes=classes,
         layers=layers,
+        max_columns=max_columns,
+        summary=study_summary(tables, study_info),
     )

@@ -1,17 +1,35 @@
-"""Export the linked views as one self-contained offline HTML page (+ specs, PNG)."""
+"""Export the linked views as one offline HTML page (+ specs, PNG).
+
+Layout of an export::
+
+    index.html             header, class search, both Vega views, everything needed to start
+    index_files/*.js       only for large studies: sprite sheets and per-class graph chunks,
+                           loaded lazily by <script> (works from file://, no server, no fetch)
+    specs/projection.vl.json, specs/graph.vl.json   the two Vega-Lite specs
+
+What loads lazily (a class's graph, a sheet of patches) is a *chunk*. Small studies keep their
+chunks inline in ``index.html`` (one file to share); above ``max_inline_bytes`` they go to
+``index_files/``. Either way the page reads them the same way and only when needed, so the page
+is ready as soon as the projection and the first class's graph are drawn.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import vl_convert
 
 from carto_viz.charts import views_spec
-from carto_viz.data import load_tables, patch_bytes, patch_records, view_data
+from carto_viz.data import ViewData, load_tables, view_data
+from carto_viz.sprites import SpriteAtlas, pack_patches
 
 #: characters escaped in JSON embedded in a <script> element (keeps "</script", "<!--",
 #: "]]>" and the JS line separators from ever being read as markup or breaking the script).
@@ -22,6 +40,10 @@ _SCRIPT_ESCAPES = {
     "\u2028": "\\u2028",
     "\u2029": "\\u2029",
 }
+#: folder of lazily loaded chunks beside index.html.
+DATA_DIR = "index_files"
+#: target size of one class-graph chunk (JSON bytes).
+GRAPH_CHUNK_BYTES = 1_500_000
 
 
 @dataclass(frozen=True)
@@ -33,7 +55,13 @@ class ExportResult:
     png_bytes: bytes
     n_neurons: int
     page_bytes: int
+    #: ``index_files/`` when chunks were written beside the page, else None (all inline).
     sidecar_dir: Path | None
+    n_files: int
+    #: bytes of the sprite sheets (patches and thumbnails), patches they hold, sheets.
+    patch_bytes: int
+    n_patches: int
+    n_sheets: int
 
 
 def script_json(value: object) -> str:
@@ -54,90 +82,121 @@ def javascript_bundle() -> str:
     return bundle
 
 
+def _asset(name: str) -> str:
+    return resources.files("carto_viz").joinpath("page", name).read_text(encoding="utf-8")
+
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>Cartography views</title>
-<style>
-body {{ font-family: sans-serif; margin: 12px; }}
-.vega-bind {{ display: inline-block; margin-right: 14px; font-size: 12px; }}
-</style>
+<style>{css}</style>
 </head>
 <body>
-<div id="vis"></div>
-<script type="application/json" id="carto-spec">{spec}</script>
+<header>
+<h1 id="study-title"></h1>
+<p class="facts" id="study-facts"></p>
+<ul class="quality" id="study-quality"></ul>
+</header>
+<div class="controls">
+<div class="search">
+<label for="class-search">Class</label><input id="class-search" type="search" autocomplete="off"
+ spellcheck="false" placeholder="type a class name or id" role="combobox" aria-expanded="false"
+ aria-controls="class-options"><ul id="class-options" role="listbox" hidden></ul>
+</div>
+<span id="class-note"></span>
+</div>
+<main>
+<section id="left"><div id="projection"></div></section>
+<section id="right"><h2>Concept graph of the class</h2><div id="graph"></div></section>
+</main>
+<div id="carto-card" role="tooltip" hidden></div>
+<script type="application/json" id="carto-page">{page}</script>
+<script type="application/json" id="carto-spec-projection">{projection}</script>
+<script type="application/json" id="carto-spec-graph">{graph}</script>
+{chunks}
 <script>{bundle}</script>
-<script>
-(function () {{
-  "use strict";
-  // Tooltip text is escaped completely (vega-tooltip's default only escapes & and <).
-  function escapeText(value) {{
-    return String(value).replace(/[&<>"'`]/g, function (c) {{
-      return "&#" + c.charCodeAt(0) + ";";
-    }});
-  }}
-  // All data is inline: the loader loads nothing and only lets through patch images
-  // (data:image/png or the relative patches/ sidecar), without crossOrigin so that the
-  // sidecar PNGs load from file:// pages.
-  function refuse() {{ return Promise.reject(new Error("Cartography pages load no data")); }}
-  var loader = {{
-    options: {{}},
-    load: refuse, file: refuse, http: refuse,
-    sanitize: function (uri, options) {{
-      var href = String(uri);
-      var ok = href.indexOf("data:image/png;base64,") === 0 ||
-        /^patches\\/[0-9]+_[0-9]+\\.png$/.test(href);
-      if (!ok || !options || options.context !== "image") {{
-        return Promise.reject(new Error("refused URL"));
-      }}
-      return Promise.resolve({{ href: href, crossOrigin: null }});
-    }}
-  }};
-  var spec = JSON.parse(document.getElementById("carto-spec").textContent);
-  window.cartoStart = performance.now();
-  vegaEmbed("#vis", spec, {{
-    renderer: "canvas",
-    actions: false,
-    loader: loader,
-    tooltip: {{ sanitize: escapeText, maxDepth: 1 }}
-  }}).then(function (result) {{
-    window.cartoView = result.view;
-    return result.view.runAsync();
-  }}).then(function () {{
-    window.cartoReady = performance.now();
-    document.body.setAttribute("data-ready", "1");
-  }}).catch(function (error) {{
-    console.error(error);
-  }});
-}})();
-</script>
+<script>{script}</script>
 </body>
 </html>
 """
 
 
-def render_page(spec: dict) -> str:
-    """The HTML page: spec as escaped JSON, the JS bundle and a tiny embed script.
+def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, object]) -> str:
+    """The HTML page: specs, page data and inline chunks as escaped JSON, then the scripts.
 
-    Data never reaches the DOM as markup: the spec is parsed with ``JSON.parse`` from a
-    ``<script type="application/json">`` element and Vega draws text on a canvas.
+    Data never reaches the DOM as markup: every JSON block sits in a
+    ``<script type="application/json">`` element read with ``JSON.parse``, the page's script
+    writes text with ``textContent`` and Vega draws text on a canvas.
     """
-    return _PAGE.format(spec=script_json(spec), bundle=javascript_bundle())
+    chunk_tags = "\n".join(
+        f'<script type="application/json" id="carto-chunk-{name}">{script_json(payload)}</script>'
+        for name, payload in inline_chunks.items()
+    )
+    return _PAGE.format(
+        css=_asset("page.css"),
+        page=script_json(page),
+        projection=script_json(specs["projection"]),
+        graph=script_json(specs["graph"]),
+        chunks=chunk_tags,
+        bundle=javascript_bundle(),
+        script=_asset("page.js"),
+    )
+
+
+def _graph_chunks(data: ViewData) -> tuple[dict[str, dict], dict[int, int]]:
+    """Group the classes' graphs into chunks of about :data:`GRAPH_CHUNK_BYTES`."""
+    chunks: dict[str, dict] = {}
+    chunk_of: dict[int, int] = {}
+    current: dict[str, dict] = {}
+    size = 0
+    for label in sorted(data.graphs):
+        graph = data.graphs[label]
+        current[str(label)] = graph
+        chunk_of[label] = len(chunks)
+        size += len(json.dumps(graph, separators=(",", ":")))
+        if size >= GRAPH_CHUNK_BYTES:
+            chunks[f"graph-{len(chunks):04d}"] = current
+            current, size = {}, 0
+    if current:
+        chunks[f"graph-{len(chunks):04d}"] = current
+    return chunks, chunk_of
+
+
+def _page_data(
+    data: ViewData, atlas: SpriteAtlas, thumbs: SpriteAtlas, graph_names: list[str], chunk_of
+) -> dict:
+    return {
+        "summary": data.summary,
+        "classes": [{**c, "chunk": chunk_of.get(c["label"], -1)} for c in data.classes],
+        "graph_chunks": graph_names,
+        "patches": atlas.manifest(),
+        "thumbs": thumbs.manifest(),
+        "data_dir": DATA_DIR,
+        "n_layers": len(data.layers),
+    }
 
 
 def _png(spec: dict) -> bytes:
-    """A PNG of the views in their initial state (no selection, so no image is loaded)."""
-    still = dict(spec)
-    still["datasets"] = {**spec["datasets"], "patches": []}
-    return vl_convert.vegalite_to_png(still, scale=1)
+    """A PNG of the projection in its initial state (no selection, so no image is loaded)."""
+    return vl_convert.vegalite_to_png(spec, scale=1)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
 
 
 def export_views(
     database_path: str | Path,
     out_dir: str | Path,
     *,
-    max_inline_patch_bytes: int = 8_000_000,
+    study_info: dict | None = None,
+    max_inline_bytes: int = 8_000_000,
+    patch_format: str = "webp",
 ) -> ExportResult:
     """Write the linked views of a study as an offline page.
 
@@ -146,11 +205,15 @@ def export_views(
     database_path
         The study's DuckDB database.
     out_dir
-        Folder for ``index.html``, ``specs/views.vl.json`` and, when the patches' PNG bytes
-        exceed ``max_inline_patch_bytes``, ``patches/<neuron>_<rank>.png`` loaded by relative
-        URL (works from ``file://``).
-    max_inline_patch_bytes
-        Largest total PNG size embedded as ``data:`` URLs.
+        Folder for ``index.html``, ``specs/`` and, for large studies, ``index_files/``.
+    study_info
+        What the header shows beyond the tables: ``name``, ``model``, ``weights``,
+        ``dataset`` and extra ``quality`` figures (see :func:`carto_viz.data.study_summary`).
+    max_inline_bytes
+        Largest total size of the lazily loaded chunks (patch sheets + class graphs) kept
+        inline in ``index.html``; above it they are written to ``index_files/``.
+    patch_format
+        Sprite sheet encoding: ``webp`` (default), ``jpeg`` or ``png``.
 
     Returns
     -------
@@ -159,34 +222,67 @@ def export_views(
     Raises
     ------
     ValueError
-        If a table is missing (the message names the asset to materialize) or
-        ``max_inline_patch_bytes`` is negative.
+        If a table is missing (the message names the asset to materialize),
+        ``max_inline_bytes`` is negative or ``patch_format`` unknown.
     """
-    if max_inline_patch_bytes < 0:
-        raise ValueError(f"max_inline_patch_bytes must be >= 0, got {max_inline_patch_bytes}")
+    if max_inline_bytes < 0:
+        raise ValueError(f"max_inline_bytes must be >= 0, got {max_inline_bytes}")
     tables = load_tables(database_path)
+    data = view_data(tables, study_info)
+    atlas, thumbs = pack_patches(tables["example_patches"], fmt=patch_format)
+    graph_chunks, chunk_of = _graph_chunks(data)
+    chunks: dict[str, object] = {
+        sheet.name: "data:" + sheet.mime + ";base64," + base64.b64encode(sheet.data).decode("ascii")
+        for sheet in (*atlas.sheets, *thumbs.sheets)
+    }
+    chunks.update(graph_chunks)
+    specs = views_spec(data)
+    page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of)
+    encoded = {name: script_json(payload) for name, payload in chunks.items()}
+    sidecar = sum(len(text) for text in encoded.values()) > max_inline_bytes
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sidecar = out / "patches"
-    if sidecar.exists():
-        shutil.rmtree(sidecar)
-    use_sidecar = patch_bytes(tables["example_patches"]) > max_inline_patch_bytes
-    patches = patch_records(tables["example_patches"], sidecar if use_sidecar else None)
-    data = view_data(tables)
-    spec = views_spec(data, patches)
-
-    specs = out / "specs"
-    specs.mkdir(exist_ok=True)
-    spec_path = specs / "views.vl.json"
-    spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-    html = render_page(spec).encode("utf-8")
-    html_path = out / "index.html"
-    html_path.write_bytes(html)
+    # Build the chunk folder beside the old one and swap it in just before the page, so a
+    # killed export leaves the previous views whole.
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".index_files."))
+    try:
+        if sidecar:
+            for name, text in encoded.items():
+                (staging / f"{name}.js").write_text(
+                    f'cartoChunk("{name}",{text});\n', encoding="utf-8"
+                )
+        html = render_page(specs, page, {} if sidecar else chunks).encode("utf-8")
+        spec_dir = out / "specs"
+        spec_dir.mkdir(exist_ok=True)
+        spec_paths = []
+        for name, spec in specs.items():
+            path = spec_dir / f"{name}.vl.json"
+            _write_atomic(path, json.dumps(spec, ensure_ascii=False).encode("utf-8"))
+            spec_paths.append(path)
+        (spec_dir / "views.vl.json").unlink(missing_ok=True)  # the single spec of earlier exports
+        target = out / DATA_DIR
+        old = out / f".{DATA_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        if sidecar:
+            staging.rename(target)
+        _write_atomic(out / "index.html", html)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(out / "patches", ignore_errors=True)  # per-PNG folder of earlier exports
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    n_files = 1 + len(spec_paths) + (len(encoded) if sidecar else 0)
     return ExportResult(
-        html_path=html_path,
-        spec_paths=(spec_path,),
-        png_bytes=_png(spec),
+        html_path=out / "index.html",
+        spec_paths=tuple(spec_paths),
+        png_bytes=_png(specs["projection"]),
         n_neurons=len(data.neurons),
         page_bytes=len(html),
-        sidecar_dir=sidecar if use_sidecar else None,
+        sidecar_dir=out / DATA_DIR if sidecar else None,
+        n_files=n_files,
+        patch_bytes=atlas.n_bytes + thumbs.n_bytes,
+        n_patches=atlas.n_patches,
+        n_sheets=len(atlas.sheets) + len(thumbs.sheets),
     )

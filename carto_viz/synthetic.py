@@ -11,15 +11,43 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+#: class names that must stay text everywhere (quotes, markup, ampersands, non-ASCII).
+HOSTILE_NAMES = (
+    "<script>window.__xss=1</script>",
+    '<img src=x onerror="window.__xss=1">',
+    'it\'s "quoted" & <b>bold</b>',
+    "Zürich café — 東京 🐕",
+)
 
-def _png(rng: np.random.Generator, size: int) -> bytes:
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-    image = Image.new("RGB", (size, size), colour)
-    corner = tuple(int(v) for v in rng.integers(0, 256, 3))
-    image.paste(corner, (0, 0, size // 2, size // 2))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+
+def _photo_pyramid() -> list[np.ndarray]:
+    """Real photographs (scikit-learn's two sample images) at three scales."""
+    from sklearn.datasets import load_sample_images
+
+    levels = []
+    for photo in load_sample_images().images:
+        height, width = photo.shape[:2]
+        for scale in (1.0, 0.6, 0.35):
+            size = (int(width * scale), int(height * scale))
+            levels.append(np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR)))
+    return levels
+
+
+def photo_patches(rng: np.random.Generator, n: int, size: int) -> list[bytes]:
+    """``n`` distinct PNG patches: random crops of real photographs, so that compression is
+    measured on natural-image detail rather than on flat colours."""
+    levels = _photo_pyramid()
+    out = []
+    for i in range(n):
+        level = levels[i % len(levels)]
+        y = int(rng.integers(0, level.shape[0] - size))
+        x = int(rng.integers(0, level.shape[1] - size))
+        buffer = io.BytesIO()
+        Image.fromarray(level[y : y + size, x : x + size]).save(
+            buffer, format="PNG", compress_level=1
+        )
+        out.append(buffer.getvalue())
+    return out
 
 
 def make_database(
@@ -33,13 +61,17 @@ def make_database(
     patch_size: int = 16,
     neighbors: int = 4,
     nodes_per_layer: int = 3,
+    distinct_patches: int | None = 64,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic study database with the tables :mod:`carto_viz` needs.
 
     Neurons are split evenly over ``layers``; clusters hold 1-3 neurons; each class's graph
     takes the ``nodes_per_layer`` most important clusters of every layer. ``cluster_labels``
-    are cycled over the clusters (default ``"cluster <id>"``).
+    are cycled over the clusters (default ``"cluster <id>"``). Patches are crops of real
+    photographs; ``distinct_patches`` of them are cycled over all patches (``None``: every
+    patch distinct, as a real study, slower to generate). The quality tables
+    (``cluster_quality``, ``concept_graph_faithfulness``) are filled with plausible figures.
     """
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -179,8 +211,8 @@ def make_database(
         },
         orient="row",
     )
-    pngs = [_png(rng, patch_size) for _ in range(min(64, n_neurons * patches_per_neuron))]
     n_patches = n_neurons * patches_per_neuron
+    pngs = photo_patches(rng, min(distinct_patches or n_patches, n_patches), patch_size)
     patches = pl.DataFrame(
         {
             "neuron_id": np.repeat(np.arange(n_neurons, dtype=np.int64), patches_per_neuron),
@@ -198,13 +230,14 @@ def make_database(
     projection = pl.DataFrame({"neuron_id": neurons["neuron_id"], "x": xy[:, 0], "y": xy[:, 1]})
     k = min(neighbors, n_neurons - 1)
     nb_rows = []
-    for n in range(n_neurons):
-        d = np.linalg.norm(xy - xy[n], axis=1)
-        d[n] = np.inf
-        order = np.argpartition(d, k)[:k]
-        order = order[np.argsort(d[order])]
-        for r, m in enumerate(order, start=1):
-            nb_rows.append((n, r, int(m), float(1 / (1 + d[m]))))
+    for lo in range(0, n_neurons, 512):
+        d = np.linalg.norm(xy[lo : lo + 512, None, :] - xy[None, :, :], axis=2)
+        d[np.arange(d.shape[0]), np.arange(lo, lo + d.shape[0])] = np.inf
+        order = np.argpartition(d, k, axis=1)[:, :k]
+        for i, row in enumerate(order):
+            n = lo + i
+            row = row[np.argsort(d[i, row])]
+            nb_rows.extend((n, r, int(m), float(1 / (1 + d[i, m]))) for r, m in enumerate(row, 1))
     neighbor_table = pl.DataFrame(
         nb_rows,
         schema={
@@ -215,8 +248,38 @@ def make_database(
         },
         orient="row",
     )
+    multi = [c for c in range(n_clusters) if len(members[c]) >= 2]
+    quality = pl.DataFrame(
+        {
+            "cluster_id": np.array(multi, np.int64),
+            "kind": ["class"] * len(multi),
+            "size": np.array([len(members[c]) for c in multi], np.int32),
+            "concept": ["class"] * len(multi),
+            "value": [class_names[c % n_classes] for c in multi],
+            "purity": rng.uniform(0.5, 1.0, len(multi)),
+            "random_group": rng.uniform(0.1, 0.4, len(multi)),
+            "layer_base": rng.uniform(0.05, 0.2, len(multi)),
+        }
+    )
+    sample = edge_rows[:: max(1, len(edge_rows) // 40)][:40]
+    faithfulness = pl.DataFrame(
+        {
+            "label": [e[0] for e in sample],
+            "source_cluster": [e[2] for e in sample],
+            "target_cluster": [e[4] for e in sample],
+            "weight": [e[5] for e in sample],
+            "drop": [e[5] * 0.8 + 0.05 * float(rng.random()) for e in sample],
+        },
+        schema_overrides={
+            "label": pl.Int32,
+            "source_cluster": pl.Int64,
+            "target_cluster": pl.Int64,
+        },
+    )
     tables = {
         "images": images,
+        "cluster_quality": quality,
+        "concept_graph_faithfulness": faithfulness,
         "neurons": neurons,
         "neuron_clusters": neuron_clusters,
         "clusters": clusters,

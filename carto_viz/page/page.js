@@ -1,0 +1,335 @@
+// Cartography page: the thin layer around the two Vega views (carto_viz/page/page.js).
+// - a loader that cuts "patch:<neuron>:<rank>" images out of sprite sheets, loaded lazily;
+// - class search (type-ahead) that loads the class's graph and swaps it into the Graph View;
+// - the header, hover cards with patches, and the links between the two views.
+// Text from data only ever reaches the DOM through textContent, never as markup.
+(function () {
+  "use strict";
+  var page = JSON.parse(document.getElementById("carto-page").textContent);
+  var specs = {
+    projection: JSON.parse(document.getElementById("carto-spec-projection").textContent),
+    graph: JSON.parse(document.getElementById("carto-spec-graph").textContent)
+  };
+  var CHUNK_NAME = /^[a-z]+-[0-9]{4}$/;
+  var PATCH_KEY = /^(patch|thumb):([0-9]+):([0-9]+)$/;
+  var MAX_PATCHES = 9;
+
+  // ---- chunks: inline <script type="application/json"> or sidecar scripts ----------------
+  var chunks = new Map();
+  var waiting = new Map();
+  window.cartoChunk = function (name, payload) {
+    var w = waiting.get(name);
+    if (w) { waiting.delete(name); w(payload); }
+  };
+  function loadChunk(name) {
+    if (!CHUNK_NAME.test(name)) return Promise.reject(new Error("bad chunk name"));
+    if (!chunks.has(name)) {
+      var inline = document.getElementById("carto-chunk-" + name);
+      var promise = inline ? Promise.resolve(JSON.parse(inline.textContent))
+        : new Promise(function (resolve, reject) {
+          waiting.set(name, resolve);
+          var script = document.createElement("script");
+          script.src = page.data_dir + "/" + name + ".js";
+          script.onerror = function () { reject(new Error("missing " + script.src)); };
+          document.head.appendChild(script);
+        });
+      chunks.set(name, promise);
+    }
+    return chunks.get(name);
+  }
+
+  // ---- patches: cut out of sprite sheets, each sheet decoded once ----------------------
+  function Atlas(manifest) {
+    this.manifest = manifest;
+    this.images = new Map();
+    this.urls = new Map();
+  }
+  Atlas.prototype.count = function (neuron) {
+    var slot = this.manifest.slots[neuron];
+    return slot ? slot[2] : 0;
+  };
+  Atlas.prototype.sheet = function (index) {
+    if (!this.images.has(index)) {
+      this.images.set(index, loadChunk(this.manifest.sheets[index].name).then(function (url) {
+        return new Promise(function (resolve, reject) {
+          var img = new Image();
+          img.onload = function () { resolve(img); };
+          img.onerror = function () { reject(new Error("undecodable sprite sheet")); };
+          img.src = url;
+        });
+      }));
+    }
+    return this.images.get(index);
+  };
+  Atlas.prototype.url = function (neuron, rank) {
+    var key = neuron + ":" + rank;
+    if (!this.urls.has(key)) {
+      var slot = this.manifest.slots[neuron];
+      if (!slot || rank < 1 || rank > slot[2]) return Promise.reject(new Error("no patch " + key));
+      var sheet = this.manifest.sheets[slot[0]];
+      this.urls.set(key, this.sheet(slot[0]).then(function (img) {
+        var tile = sheet.tile, t = slot[1] + rank - 1;
+        var canvas = document.createElement("canvas");
+        canvas.width = tile; canvas.height = tile;
+        canvas.getContext("2d").drawImage(img, (t % sheet.columns) * tile,
+          Math.floor(t / sheet.columns) * tile, tile, tile, 0, 0, tile, tile);
+        return canvas.toDataURL("image/png");
+      }));
+    }
+    return this.urls.get(key);
+  };
+  var atlases = { patch: new Atlas(page.patches), thumb: new Atlas(page.thumbs) };
+  function patchCount(neuron) { return atlases.patch.count(neuron); }
+  function patchUrl(neuron, rank) { return atlases.patch.url(neuron, rank); }
+  window.cartoPatchUrl = patchUrl;
+
+  // Vega loads nothing: all data is inline; images are only our patch keys.
+  function refuse() { return Promise.reject(new Error("Cartography pages load no data")); }
+  var loader = {
+    options: {}, load: refuse, file: refuse, http: refuse,
+    sanitize: function (uri, options) {
+      var m = PATCH_KEY.exec(String(uri));
+      if (!m || !options || options.context !== "image") {
+        return Promise.reject(new Error("refused URL"));
+      }
+      return atlases[m[1]].url(+m[2], +m[3]).then(function (href) {
+        return { href: href, crossOrigin: null };
+      });
+    }
+  };
+
+  // ---- header ----------------------------------------------------------------------------
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+  (function header() {
+    var s = page.summary;
+    document.getElementById("study-title").textContent = s.title;
+    document.title = s.title + " — Cartography";
+    var facts = document.getElementById("study-facts");
+    s.facts.forEach(function (f) {
+      var span = el("span");
+      span.appendChild(el("b", null, f[0]));
+      span.appendChild(document.createTextNode(f[1]));
+      facts.appendChild(span);
+    });
+    var quality = document.getElementById("study-quality");
+    s.quality.forEach(function (q) {
+      var li = el("li");
+      li.appendChild(el("b", null, q.figure + ": "));
+      li.appendChild(document.createTextNode(q.value + " "));
+      li.appendChild(el("span", "asset", "(" + q.asset + ")"));
+      quality.appendChild(li);
+    });
+    if (!s.quality.length) quality.appendChild(el("li", null, "no quality figures measured yet"));
+  })();
+
+  // ---- neurons by cluster (for hover cards) ------------------------------------------------
+  var neurons = specs.projection.datasets.neurons;
+  var byNeuron = new Map(), byCluster = new Map();
+  neurons.forEach(function (n) {
+    byNeuron.set(n.neuron_id, n);
+    if (!byCluster.has(n.cluster_id)) byCluster.set(n.cluster_id, []);
+    byCluster.get(n.cluster_id).push(n.neuron_id);
+  });
+
+  // ---- hover cards -----------------------------------------------------------------------
+  var card = document.getElementById("carto-card");
+  var hoverToken = 0;
+  function patchRow(neuron, label) {
+    var row = el("div", "row");
+    row.appendChild(el("span", "who", label));
+    var n = Math.min(patchCount(neuron), MAX_PATCHES), pending = [];
+    for (var r = 1; r <= n; r++) {
+      var img = el("img");
+      img.alt = "";
+      row.appendChild(img);
+      pending.push(patchUrl(neuron, r).then((function (im) {
+        return function (url) { im.src = url; return im.decode ? im.decode().catch(function () {}) : null; };
+      })(img)));
+    }
+    return { row: row, pending: pending };
+  }
+  function tooltip(handler, event, item, value) {
+    var token = ++hoverToken;
+    var started = performance.now();
+    if (value === null || value === undefined || value === "") {
+      card.hidden = true;
+      return;
+    }
+    card.textContent = "";
+    var entries = typeof value === "object" ? Object.keys(value).map(function (k) {
+      return [k, value[k]];
+    }) : [["", value]];
+    entries.forEach(function (kv) {
+      var line = el("div", "line");
+      if (kv[0]) line.appendChild(el("b", null, kv[0]));
+      line.appendChild(document.createTextNode(kv[1] === null ? "" : String(kv[1])));
+      card.appendChild(line);
+    });
+    var datum = (item && item.datum) || {};
+    var pending = [];
+    if (datum.n_patches !== undefined && datum.neuron_id !== undefined) {
+      var one = patchRow(datum.neuron_id, "#" + datum.neuron_id);
+      card.appendChild(one.row);
+      pending = one.pending;
+    } else if (datum.strength !== undefined && datum.cluster_id >= 0) {
+      var members = byCluster.get(datum.cluster_id) || [];
+      members.slice(0, 6).forEach(function (m) {
+        var r = patchRow(m, "#" + m);
+        card.appendChild(r.row);
+        pending = pending.concat(r.pending);
+      });
+      if (members.length > 6) card.appendChild(el("div", "more", "+" + (members.length - 6) + " more neurons: click the node"));
+    }
+    card.hidden = false;
+    var x = event.clientX + 16, y = event.clientY + 12;
+    var w = card.offsetWidth, h = card.offsetHeight;
+    if (x + w > window.innerWidth - 4) x = Math.max(4, event.clientX - w - 16);
+    if (y + h > window.innerHeight - 4) y = Math.max(4, window.innerHeight - h - 4);
+    card.style.left = x + "px";
+    card.style.top = y + "px";
+    Promise.all(pending).then(function () {
+      if (token === hoverToken) {
+        window.cartoHover = { ms: performance.now() - started, images: pending.length };
+      }
+    }, function () {});
+  }
+
+  // ---- class search ----------------------------------------------------------------------
+  var classes = page.classes;
+  var byLabel = new Map(classes.map(function (c) { return [c.label, c]; }));
+  var input = document.getElementById("class-search");
+  var list = document.getElementById("class-options");
+  var note = document.getElementById("class-note");
+  var active = -1, shown = [];
+  function matches(query) {
+    var q = query.trim().toLowerCase();
+    if (!q) return classes.slice(0, 50);
+    var prefix = [], inner = [];
+    for (var i = 0; i < classes.length; i++) {
+      var c = classes[i], name = c.name.toLowerCase(), id = String(c.label);
+      if (name.indexOf(q) === 0 || id === q || id.indexOf(q) === 0) prefix.push(c);
+      else if (name.indexOf(q) > 0) inner.push(c);
+      if (prefix.length >= 50) break;
+    }
+    return prefix.concat(inner).slice(0, 50);
+  }
+  function renderOptions() {
+    list.textContent = "";
+    shown.forEach(function (c, i) {
+      var li = el("li");
+      li.setAttribute("role", "option");
+      li.setAttribute("aria-selected", i === active ? "true" : "false");
+      li.appendChild(document.createTextNode(c.name));
+      li.appendChild(el("span", "id", "#" + c.label + (c.graph ? "" : " (no graph)")));
+      li.addEventListener("mousedown", function (e) { e.preventDefault(); choose(c.label); });
+      list.appendChild(li);
+    });
+    list.hidden = shown.length === 0;
+    input.setAttribute("aria-expanded", list.hidden ? "false" : "true");
+  }
+  input.addEventListener("input", function () {
+    shown = matches(input.value); active = shown.length ? 0 : -1; renderOptions();
+  });
+  input.addEventListener("focus", function () {
+    input.select(); shown = matches(""); active = -1; renderOptions();
+  });
+  input.addEventListener("blur", function () { list.hidden = true; });
+  input.addEventListener("keydown", function (e) {
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      if (!shown.length) return;
+      active = (active + (e.key === "ArrowDown" ? 1 : shown.length - 1)) % shown.length;
+      renderOptions();
+    } else if (e.key === "Enter") {
+      e.preventDefault();
+      if (active >= 0 && shown[active]) choose(shown[active].label);
+    } else if (e.key === "Escape") {
+      list.hidden = true;
+    }
+  });
+  function choose(label) {
+    list.hidden = true;
+    input.blur();
+    return setClass(label);
+  }
+
+  // ---- views and their links ---------------------------------------------------------------
+  var views = {};
+  function zip(columns) {
+    var keys = Object.keys(columns || {});
+    if (!keys.length) return [];
+    var n = columns[keys[0]].length, out = new Array(n);
+    for (var i = 0; i < n; i++) {
+      var rec = {};
+      for (var k = 0; k < keys.length; k++) rec[keys[k]] = columns[keys[k]][i];
+      out[i] = rec;
+    }
+    return out;
+  }
+  function classGraph(label) {
+    var c = byLabel.get(label);
+    if (!c || c.chunk < 0) return Promise.resolve({ nodes: {}, edges: {}, neurons: "|" });
+    return loadChunk(page.graph_chunks[c.chunk]).then(function (chunk) {
+      return chunk[String(label)] || { nodes: {}, edges: {}, neurons: "|" };
+    });
+  }
+  var classToken = 0;
+  function setClass(label) {
+    var started = performance.now(), token = ++classToken;
+    var c = byLabel.get(label);
+    if (!c) return Promise.resolve();
+    input.value = c.name;
+    return classGraph(label).then(function (graph) {
+      if (token !== classToken) return null;
+      var g = views.graph;
+      var nodes = zip(graph.nodes), edges = zip(graph.edges);
+      g.data("node_pick_store", []);
+      g.data("graph_nodes", nodes).data("graph_edges", edges).signal("graph_class", label);
+      views.projection.signal("class_neurons", graph.neurons).signal("graph_node", -2);
+      var concepts = nodes.filter(function (n) { return n.cluster_id >= 0; }).length;
+      note.textContent = concepts ? concepts + " concepts in " + page.n_layers +
+        " layers" : "no concept graph for this class (no important clusters were found)";
+      document.body.setAttribute("data-class", String(label));
+      return Promise.all([g.runAsync(), views.projection.runAsync()]);
+    }).then(function () {
+      if (token === classToken) window.cartoClassSwitch = { label: label, ms: performance.now() - started };
+    });
+  }
+  window.cartoSetClass = setClass;
+
+  function link() {
+    var p = views.projection, g = views.graph;
+    g.addSignalListener("node_pick", function (name, value) {
+      var id = value && value.cluster_id ? value.cluster_id[0] : -2;
+      p.signal("graph_node", id).runAsync();
+    });
+    p.addSignalListener("pick", function (name, value) {
+      var id = value && value.cluster_id ? value.cluster_id[0] : -2;
+      g.signal("neuron_cluster", id).runAsync();
+    });
+  }
+
+  var options = { renderer: "canvas", actions: false, loader: loader, tooltip: tooltip };
+  window.cartoStart = performance.now();
+  Promise.all([
+    vegaEmbed("#projection", specs.projection, options),
+    vegaEmbed("#graph", specs.graph, options)
+  ]).then(function (results) {
+    views.projection = results[0].view;
+    views.graph = results[1].view;
+    window.cartoViews = views;
+    link();
+    var first = classes.filter(function (c) { return c.graph; })[0] || classes[0];
+    return first ? setClass(first.label) : null;
+  }).then(function () {
+    window.cartoReady = performance.now();
+    document.body.setAttribute("data-ready", "1");
+  }).catch(function (error) {
+    console.error(error);
+  });
+})();

@@ -1,0 +1,209 @@
+"""Pack example patches into a few compressed sprite sheets.
+
+At the paper's scale (6,860 neurons x 9 patches) one PNG per patch is 61,740 files and about
+400 MB; WebP sheets of a few dozen neurons each are about 50 MB in about 120 files. The page
+decodes a sheet only when one of its patches is first shown and cuts patches out of it in the
+browser (see ``export.py``), so nothing has to be sliced or re-encoded per patch on disk.
+
+Measured on natural-image patches (``carto_viz.synthetic``, random crops of real photographs,
+64 px): WebP quality 85 (method 2) takes 839 bytes per patch at 33.3 dB PSNR against the PNG,
+JPEG quality 85 takes 971 bytes at 32.4 dB, PNG 6,580 bytes. ``benchmarks/views.py`` prints
+these figures for the current code.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+#: encoder settings per format (Pillow ``save`` keywords).
+FORMATS: dict[str, tuple[str, str, dict]] = {
+    "webp": ("WEBP", "image/webp", {"quality": 85, "method": 2}),
+    "jpeg": ("JPEG", "image/jpeg", {"quality": 85}),
+    "png": ("PNG", "image/png", {"compress_level": 6}),
+}
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """One encoded sprite sheet: ``columns`` tiles of ``tile`` px per row."""
+
+    name: str
+    columns: int
+    tile: int
+    data: bytes
+    mime: str
+    n_patches: int
+
+
+@dataclass(frozen=True)
+class SpriteAtlas:
+    """Where every patch is: ``slots[neuron_id] = (sheet index, first tile, patch count)``.
+
+    Patch ``rank`` (1-based) of a neuron is tile ``first + rank - 1`` of its sheet, and tile
+    ``t`` sits at column ``t % columns``, row ``t // columns``.
+    """
+
+    sheets: tuple[Sheet, ...]
+    slots: dict[int, tuple[int, int, int]]
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(len(s.data) for s in self.sheets)
+
+    @property
+    def n_patches(self) -> int:
+        return sum(s.n_patches for s in self.sheets)
+
+    def manifest(self) -> dict:
+        """The JSON the page needs to find a patch (no image bytes)."""
+        return {
+            "sheets": [{"name": s.name, "columns": s.columns, "tile": s.tile} for s in self.sheets],
+            "slots": {str(n): list(slot) for n, slot in self.slots.items()},
+        }
+
+
+def neurons_per_sheet(n_neurons: int, patches_per_neuron: int, max_sheets: int = 120) -> int:
+    """Neurons per sheet: sheets of about 512 patches, but never more than ``max_sheets``."""
+    base = max(1, 512 // max(1, patches_per_neuron))
+    return max(base, math.ceil(n_neurons / max_sheets))
+
+
+def _tile_size(patches: pl.DataFrame) -> int:
+    """The side of the first patch (patches of another size are resized to it)."""
+    with Image.open(io.BytesIO(patches["png"][0])) as image:
+        return int(max(image.size))
+
+
+def _decode(png: bytes, tile: int) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        image = image.convert("RGB")
+        if image.size != (tile, tile):
+            image = image.resize((tile, tile), Image.BILINEAR)
+        return np.asarray(image)
+
+
+def _encode(tiles: list[np.ndarray], tile: int, fmt: str) -> tuple[bytes, int]:
+    """Lay ``tiles`` out row by row on a near-square sheet and encode it."""
+    columns = max(1, math.ceil(math.sqrt(len(tiles))))
+    rows = max(1, math.ceil(len(tiles) / columns))
+    canvas = np.full((rows * tile, columns * tile, 3), 255, np.uint8)
+    for i, pixels in enumerate(tiles):
+        r, c = divmod(i, columns)
+        canvas[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = pixels
+    pil_format, _, options = FORMATS[fmt]
+    out = io.BytesIO()
+    Image.fromarray(canvas).save(out, format=pil_format, **options)
+    return out.getvalue(), columns
+
+
+def _sheet_job(pngs: list[bytes], firsts: list[int], tile: int, thumb: int, fmt: str):
+    """Decode one sheet's patches, encode the sheet; return the first patches as thumbnails."""
+    tiles = [_decode(png, tile) for png in pngs]
+    data, columns = _encode(tiles, tile, fmt)
+    thumbs = [
+        np.asarray(Image.fromarray(tiles[i]).resize((thumb, thumb), Image.BILINEAR)) for i in firsts
+    ]
+    return data, columns, thumbs
+
+
+def pack_patches(
+    patches: pl.DataFrame,
+    *,
+    fmt: str = "webp",
+    per_sheet: int | None = None,
+    thumb_size: int = 48,
+    workers: int = 4,
+) -> tuple[SpriteAtlas, SpriteAtlas]:
+    """Pack ``example_patches`` rows (neuron_id, rank, png) into sprite sheets.
+
+    Parameters
+    ----------
+    patches
+        One row per patch; a neuron's patches are kept in rank order (numbered 1..n).
+    fmt
+        ``webp`` (default), ``jpeg`` or ``png``.
+    per_sheet
+        Neurons per sheet; default :func:`neurons_per_sheet`.
+    thumb_size
+        Side of the thumbnails: every neuron's first patch again, small, on a few sheets of
+        their own, so that drawing a class's graph (one picture per node, from any neuron)
+        decodes a few small sheets rather than one large sheet per node.
+    workers
+        Threads encoding sheets.
+
+    Returns
+    -------
+    (patches, thumbnails)
+        Two :class:`SpriteAtlas`; in the second every neuron has one tile.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``fmt``, ``per_sheet < 1`` or ``thumb_size < 1``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown patch format {fmt!r}; choose one of {sorted(FORMATS)}")
+    if per_sheet is not None and per_sheet < 1:
+        raise ValueError(f"per_sheet must be >= 1, got {per_sheet}")
+    if thumb_size < 1:
+        raise ValueError(f"thumb_size must be >= 1, got {thumb_size}")
+    empty = SpriteAtlas(sheets=(), slots={})
+    if patches.height == 0:
+        return empty, empty
+    ordered = patches.select("neuron_id", "rank", "png").sort("neuron_id", "rank")
+    per_neuron = ordered.group_by("neuron_id", maintain_order=True).agg(pl.col("png"))
+    max_patches = int(per_neuron["png"].list.len().max())
+    per_sheet = per_sheet or neurons_per_sheet(per_neuron.height, max_patches)
+    tile = _tile_size(ordered)
+    jobs = []
+    slots: dict[int, tuple[int, int, int]] = {}
+    neuron_ids = per_neuron["neuron_id"].to_list()
+    pngs = per_neuron["png"].to_list()
+    for sheet_index, lo in enumerate(range(0, len(neuron_ids), per_sheet)):
+        tiles: list[bytes] = []
+        firsts: list[int] = []
+        for neuron_id, neuron_pngs in zip(
+            neuron_ids[lo : lo + per_sheet], pngs[lo : lo + per_sheet]
+        ):
+            slots[int(neuron_id)] = (sheet_index, len(tiles), len(neuron_pngs))
+            firsts.append(len(tiles))
+            tiles.extend(neuron_pngs)
+        jobs.append((tiles, firsts))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        done = list(pool.map(lambda job: _sheet_job(job[0], job[1], tile, thumb_size, fmt), jobs))
+    mime = FORMATS[fmt][1]
+    sheets = tuple(
+        Sheet(f"sheet-{i:04d}", columns, tile, data, mime, len(job[0]))
+        for i, ((data, columns, _), job) in enumerate(zip(done, jobs))
+    )
+    thumbs = [t for _, _, sheet_thumbs in done for t in sheet_thumbs]
+    per_thumb_sheet = max(1, math.ceil(len(thumbs) / max(1, math.ceil(len(thumbs) / 2048))))
+    thumb_sheets = []
+    thumb_slots: dict[int, tuple[int, int, int]] = {}
+    for i, lo in enumerate(range(0, len(thumbs), per_thumb_sheet)):
+        part = thumbs[lo : lo + per_thumb_sheet]
+        data, columns = _encode(part, thumb_size, fmt)
+        thumb_sheets.append(Sheet(f"thumb-{i:04d}", columns, thumb_size, data, mime, len(part)))
+        for j, neuron_id in enumerate(neuron_ids[lo : lo + per_thumb_sheet]):
+            thumb_slots[int(neuron_id)] = (i, j, 1)
+    return SpriteAtlas(sheets, slots), SpriteAtlas(tuple(thumb_sheets), thumb_slots)
+
+
+def cut_patch(atlas: SpriteAtlas, neuron_id: int, rank: int) -> np.ndarray:
+    """Decode one patch back out of its sheet (RGB array): what the page does, for tests."""
+    sheet_index, first, count = atlas.slots[int(neuron_id)]
+    if not 1 <= rank <= count:
+        raise ValueError(f"neuron {neuron_id} has patches 1..{count}, not rank {rank}")
+    sheet = atlas.sheets[sheet_index]
+    row, col = divmod(first + rank - 1, sheet.columns)
+    with Image.open(io.BytesIO(sheet.data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    t = sheet.tile
+    return pixels[row * t : (row + 1) * t, col * t : (col + 1) * t]
