@@ -162,6 +162,7 @@ def detail_chart() -> alt.LayerChart:
             text=(
                 f"({heading} : '') + '  #' + datum.neuron_id + '  ' + datum.layer"
                 " + '  ' + datum.cluster_short"
+                f" + (datum.role == 'neighbour' && ({_CLUSTER_TEST}) ? '  (same cluster)' : '')"
             )
         )
     )
@@ -241,6 +242,8 @@ def projection_spec(data: ViewData) -> dict:
         .configure_view(stroke=None)
     )
     spec = chart.to_dict()
+    # The detail panel grows and shrinks with the selection: re-layout on every update.
+    spec["autosize"] = {"type": "pad", "resize": True}
     spec["datasets"] = {"neurons": data.neurons}
     return spec
 
@@ -320,7 +323,7 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
     )
     images = (
         alt.Chart(_named("graph_nodes"))
-        .transform_filter(visible)
+        .transform_filter(f"{visible} && isValid(datum.patch)")
         .transform_calculate(url=_patch_url("datum.patch", atlas="thumb"))
         .mark_image(width=NODE_IMAGE, height=NODE_IMAGE, cursor="pointer")
         .encode(x=x, y=y, url="url:N", tooltip=node_tooltip)

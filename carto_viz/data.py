@@ -208,8 +208,9 @@ def _bar_strings(frame: pl.DataFrame, keys: list[str], value: str, name: str) ->
 def _cascade_sets(cascades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Which roots' cascades light up each node and each edge, per class.
 
-    Returns ``(node_roots, edge_roots)``: ``(label, cluster_id, cascade)`` and
-    ``(label, source_cluster, target_cluster, cascade)``, ``cascade`` the roots as a bar list.
+    Returns ``(node_roots, edge_roots)``: ``(label, cluster_id, root_cluster)``, one row per
+    root whose cascade holds the node, and ``(label, source_cluster, target_cluster, cascade)``
+    with ``cascade`` the roots as a bar list.
     A chain is the root followed by its members in depth order; each consecutive pair is an
     edge (lower, upper) — reversed for chains that go down toward the input.
     """
@@ -227,12 +228,7 @@ def _cascade_sets(cascades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .sort(*keys, "depth")
         .with_columns(previous=pl.col("member_cluster").shift(1).over(keys))
     )
-    node_roots = _bar_strings(
-        path.rename({"member_cluster": "cluster_id"}),
-        ["label", "cluster_id"],
-        "root_cluster",
-        "cascade",
-    )
+    node_roots = path.select("label", pl.col("member_cluster").alias("cluster_id"), "root_cluster")
     down = pl.col("direction") == "down"
     steps = path.filter(pl.col("previous").is_not_null()).with_columns(
         source_cluster=pl.when(down).then("member_cluster").otherwise("previous"),
@@ -338,7 +334,7 @@ def graph_records(
         )
         .join(first_member, on="cluster_id", how="left")
         .with_columns(patch=pl.coalesce("top_member", "first_member"))
-        .with_columns(patch=pl.when(pl.col("patch").is_in(patched)).then("patch"))
+        .with_columns(patch=pl.when(pl.col("patch").is_in(patched.to_list())).then("patch"))
         .select(
             "label",
             "cluster_id",
@@ -379,17 +375,17 @@ def graph_records(
             pl.lit(None, first_member.schema["first_member"]).alias("patch"),
         )
     )
-    all_nodes = (
-        pl.concat([laid_out, prediction.cast(laid_out.schema)])
-        .join(
-            node_roots.cast({"label": nodes.schema["label"], "cluster_id": int_type}),
-            on=["label", "cluster_id"],
-            how="left",
-        )
-        .with_columns(
-            cascade=pl.coalesce("cascade", pl.format("|{}|", pl.col("cluster_id").cast(pl.Utf8)))
-        )
-        .sort("label", "row", "col")
+    all_nodes = pl.concat([laid_out, prediction.cast(laid_out.schema)])
+    # Every node is in its own cascade (the prediction node is nobody's root).
+    own = all_nodes.select("label", "cluster_id", root_cluster=pl.col("cluster_id"))
+    cascade = _bar_strings(
+        pl.concat([own, node_roots.cast(own.schema)]),
+        ["label", "cluster_id"],
+        "root_cluster",
+        "cascade",
+    )
+    all_nodes = all_nodes.join(cascade, on=["label", "cluster_id"], how="left").sort(
+        "label", "row", "col"
     )
     edges = tables["concept_graph_edges"].with_columns(
         target_cluster=pl.when(pl.col("target_layer") == "prediction")

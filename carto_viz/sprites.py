@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import math
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,13 +115,22 @@ def _sheet_job(pngs: list[bytes], firsts: list[int], tile: int, thumb: int, fmt:
     return data, columns, thumbs
 
 
+def _pool(workers: int | None, n_jobs: int) -> Executor:
+    """Worker processes where ``fork`` exists (the workers only touch numpy and Pillow, so
+    forking a process that runs polars or DuckDB threads is safe), else one thread."""
+    n = min(workers or min(os.cpu_count() or 1, 8), n_jobs)
+    if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=1)
+
+
 def pack_patches(
     patches: pl.DataFrame,
     *,
     fmt: str = "webp",
     per_sheet: int | None = None,
     thumb_size: int = 48,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> tuple[SpriteAtlas, SpriteAtlas]:
     """Pack ``example_patches`` rows (neuron_id, rank, png) into sprite sheets.
 
@@ -136,7 +147,9 @@ def pack_patches(
         their own, so that drawing a class's graph (one picture per node, from any neuron)
         decodes a few small sheets rather than one large sheet per node.
     workers
-        Threads encoding sheets.
+        Processes decoding patches and encoding sheets (default: the CPU count, at most 8;
+        1 works in this process). Decoding thousands of small PNGs is bound by the
+        interpreter, so threads would not help.
 
     Returns
     -------
@@ -176,8 +189,17 @@ def pack_patches(
             firsts.append(len(tiles))
             tiles.extend(neuron_pngs)
         jobs.append((tiles, firsts))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        done = list(pool.map(lambda job: _sheet_job(job[0], job[1], tile, thumb_size, fmt), jobs))
+    with _pool(workers, len(jobs)) as pool:
+        done = list(
+            pool.map(
+                _sheet_job,
+                [tiles for tiles, _ in jobs],
+                [firsts for _, firsts in jobs],
+                [tile] * len(jobs),
+                [thumb_size] * len(jobs),
+                [fmt] * len(jobs),
+            )
+        )
     mime = FORMATS[fmt][1]
     sheets = tuple(
         Sheet(f"sheet-{i:04d}", columns, tile, data, mime, len(job[0]))

@@ -5,19 +5,56 @@ import base64
 import dagster as dg
 
 from carto_assets.resources import StudyResource
+from carto_assets.study import Study
+
+#: figures the page header shows that live only in asset metadata: (asset, key, name, format).
+_METADATA_FIGURES = (
+    ("cluster_quality", "pair_recall", "LSH pair recall vs exact all-pairs", "{:.3f}"),
+    ("cluster_quality", "adjusted_rand_index", "LSH vs exact clustering (ARI)", "{:.3f}"),
+)
+
+
+def study_info(cfg: Study, instance: dg.DagsterInstance | None) -> dict:
+    """What the page header says about the study beyond its tables."""
+    dataset = cfg.dataset.kind
+    if cfg.dataset.kind == "imagefolder" and cfg.dataset.path:
+        dataset = f"imagefolder {cfg.dataset.path}"
+    weights = cfg.weights if cfg.model.startswith("torchvision:") else "trained on the dataset"
+    quality = []
+    for asset, key, name, fmt in _METADATA_FIGURES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset)) if instance else None
+        materialization = event.asset_materialization if event else None
+        value = materialization.metadata.get(key) if materialization else None
+        if value is not None:
+            quality.append({"figure": name, "value": fmt.format(value.value), "asset": asset})
+    return {
+        "name": cfg.name,
+        "model": cfg.model,
+        "weights": weights,
+        "dataset": dataset,
+        "quality": quality,
+    }
 
 
 @dg.asset(
     group_name="views",
     kinds={"html", "altair"},
-    deps=["neuron_projection", "neuron_clusters", "example_patches", "concept_graph"],
+    deps=[
+        "neuron_projection",
+        "neuron_clusters",
+        "cluster_quality",
+        "example_patches",
+        "concept_graph",
+    ],
 )
-def views(study: StudyResource) -> dg.MaterializeResult:
+def views(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Neuron Projection View, Graph View and detail panel, linked, as one offline index.html."""
     import carto_viz
 
     cfg = study.load()
-    result = carto_viz.export_views(cfg.database_path, cfg.views_path)
+    result = carto_viz.export_views(
+        cfg.database_path, cfg.views_path, study_info=study_info(cfg, context.instance)
+    )
     picture = base64.b64encode(result.png_bytes).decode()
     return dg.MaterializeResult(
         metadata={
@@ -25,7 +62,10 @@ def views(study: StudyResource) -> dg.MaterializeResult:
             "page_bytes": result.page_bytes,
             "page_mib": round(result.page_bytes / 2**20, 2),
             "n_neurons": result.n_neurons,
-            "patches_sidecar": str(result.sidecar_dir) if result.sidecar_dir else "inline",
+            "files": result.n_files,
+            "patch_sheets": result.n_sheets,
+            "patch_mib": round(result.patch_bytes / 2**20, 2),
+            "chunks": str(result.sidecar_dir) if result.sidecar_dir else "inline",
             "specs": dg.MetadataValue.json([str(p) for p in result.spec_paths]),
             "picture": dg.MetadataValue.md(f"![views](data:image/png;base64,{picture})"),
         }

@@ -1,75 +1,223 @@
-"""Unit tests of carto_viz without a browser: spec structure, sidecar switch, escaping."""
+"""Unit tests of carto_viz without a browser: specs, layout vs a reference, sprites, export."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import duckdb
+import numpy as np
+import polars as pl
 import pytest
+from PIL import Image
+from viz_reference import graph_nodes_and_edges
 
 from carto_viz import export_views, load_tables, script_json, view_data, views_spec
-from carto_viz.export import render_page
-from carto_viz.synthetic import make_database
+from carto_viz.data import short_label, study_summary
+from carto_viz.export import DATA_DIR, render_page
+from carto_viz.sprites import FORMATS, cut_patch, pack_patches
+from carto_viz.synthetic import HOSTILE_NAMES, make_database
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    return make_database(tmp_path_factory.mktemp("unit") / "s.duckdb", n_neurons=36)
+    return make_database(
+        tmp_path_factory.mktemp("unit") / "s.duckdb",
+        n_neurons=60,
+        layers=("conv1", "conv2", "conv3", "conv4"),
+        class_names=("cat", "dog", *HOSTILE_NAMES),
+    )
 
 
-def test_spec_structure(db):
-    data = view_data(load_tables(db))
-    spec = views_spec(data, [])
-    assert set(spec["datasets"]) == {
-        "neurons",
-        "patches",
-        "graph_nodes",
-        "graph_edges",
-        "graph_rows",
-    }
-    assert len(spec["datasets"]["neurons"]) == 36
-    names = {p["name"] for p in spec["params"]}
-    assert {"node_pick", "pick_neuron", "pick_cluster", "graph_class", "min_strength"} <= names
-    assert {"cascade", "layer_filter", "class_filter", "only_node"} <= names
-    # One prediction node per class at the top row; every edge ends on a node of its class.
-    nodes = spec["datasets"]["graph_nodes"]
-    top = max(n["row"] for n in nodes)
-    assert {n["label"] for n in nodes if n["cluster_id"] == -1 and n["row"] == top} == {0, 1, 2}
-    keys = {(n["label"], n["col"], n["row"]) for n in nodes}
-    for edge in spec["datasets"]["graph_edges"]:
-        assert (edge["label"], edge["col"], edge["row"]) in keys
-        assert (edge["label"], edge["col2"], edge["row2"]) in keys
+@pytest.fixture(scope="module")
+def tables(db):
+    return load_tables(db)
 
 
-def test_images_stored_once(db, tmp_path):
+def test_specs_and_params(tables):
+    data = view_data(tables)
+    specs = views_spec(data)
+    assert set(specs) == {"projection", "graph"}
+    assert len(specs["projection"]["datasets"]["neurons"]) == 60
+    params = {p["name"] for s in specs.values() for p in s.get("params", [])}
+    assert {"pick", "zoom", "proj_filter", "layer_filter", "graph_node", "class_neurons"} <= params
+    assert {"node_pick", "min_strength", "cascade", "graph_class", "neuron_cluster"} <= params
+    zoom = next(p for p in specs["projection"]["params"] if p["name"] == "zoom")
+    assert zoom["bind"] == "scales"
+    # The graph's data is swapped in per class by the page: the spec holds only the rows.
+    assert specs["graph"]["datasets"]["graph_nodes"] == []
+    assert [r["name"] for r in specs["graph"]["datasets"]["graph_rows"]] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "conv4",
+        "prediction",
+    ]
+    # Row height grows with the number of layers.
+    assert specs["graph"]["height"] >= 5 * 80
+
+
+def test_graph_layout_matches_reference(tables):
+    data = view_data(tables)
+    nodes, edges = graph_nodes_and_edges(tables)
+    assert set(data.graphs) >= set(nodes)
+    for label, expected in nodes.items():
+        cols = data.graphs[label]["nodes"]
+        got = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        key = lambda r: (r["row"], r["col"])  # noqa: E731
+        for want, have in zip(sorted(expected, key=key), sorted(got, key=key), strict=True):
+            for field, value in want.items():
+                if isinstance(value, float):
+                    assert have[field] == pytest.approx(value, abs=1e-4), (label, field)
+                else:
+                    assert have[field] == value, (label, field, have)
+    for label, expected in edges.items():
+        cols = data.graphs[label]["edges"]
+        got = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        key = lambda r: (r["source_cluster"], r["target_cluster"])  # noqa: E731
+        assert len(got) == len(expected)
+        for want, have in zip(sorted(expected, key=key), sorted(got, key=key), strict=True):
+            for field, value in want.items():
+                if isinstance(value, float):
+                    assert have[field] == pytest.approx(value, abs=1e-4), (label, field)
+                else:
+                    assert have[field] == value, (label, field)
+
+
+def test_class_neurons_hold_the_graph_members(tables):
+    data = view_data(tables)
+    members = dict(
+        tables["neuron_clusters"].group_by("cluster_id").agg(pl.col("neuron_id")).iter_rows()
+    )
+    for _label, graph in data.graphs.items():
+        listed = {int(x) for x in graph["neurons"].strip("|").split("|") if x}
+        for cid in graph["nodes"].get("cluster_id", []):
+            if cid >= 0:
+                assert set(members[cid]) <= listed
+
+
+def test_short_label():
+    assert short_label("colour=red (0.97), size=large (0.5)") == "colour=red"
+    assert short_label("shape=heart (1.0)") == "shape=heart"
+    assert short_label("cluster 7") == "cluster 7"
+    assert short_label(None) == ""
+
+
+def test_summary_names_the_assets(tables):
+    summary = study_summary(
+        tables,
+        {
+            "name": "pets",
+            "model": "torchvision:resnet50",
+            "weights": "DEFAULT",
+            "dataset": "imagefolder",
+            "quality": [{"figure": "LSH pair recall", "value": "0.99", "asset": "cluster_quality"}],
+        },
+    )
+    facts = dict(summary["facts"])
+    assert summary["title"] == "pets"
+    assert facts["model"] == "torchvision:resnet50 · DEFAULT"
+    assert facts["neurons"] == "60"
+    assert facts["classes"] == str(2 + len(HOSTILE_NAMES))
+    assets = [q["asset"] for q in summary["quality"]]
+    assert assets == ["cluster_quality", "concept_graph", "cluster_quality"]
+    purity = tables["cluster_quality"]
+    assert (
+        f"{purity['purity'].mean():.2f} vs {purity['random_group'].mean():.2f}"
+        in (summary["quality"][0]["value"])
+    )
+
+
+def _pngs(n: int, size: int = 32, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BOX))
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_sprites_round_trip():
+    pngs = _pngs(7 * 3)
+    frame = pl.DataFrame(
+        {
+            "neuron_id": np.repeat(np.arange(7), 3),
+            "rank": np.tile([3, 1, 2], 7),  # out of order on purpose
+            "png": pngs,
+        }
+    )
+    atlas, thumbs = pack_patches(frame, fmt="png", per_sheet=3, thumb_size=16)
+    assert len(atlas.sheets) == 3 and atlas.n_patches == 21
+    for neuron in range(7):
+        for rank in (1, 2, 3):
+            row = frame.filter((pl.col("neuron_id") == neuron) & (pl.col("rank") == rank))
+            want = np.asarray(Image.open(io.BytesIO(row["png"][0])).convert("RGB"))
+            np.testing.assert_array_equal(cut_patch(atlas, neuron, rank), want)
+    assert set(thumbs.slots) == set(range(7))
+    assert cut_patch(thumbs, 4, 1).shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="rank 4"):
+        cut_patch(atlas, 0, 4)
+    with pytest.raises(ValueError, match="unknown patch format 'gif'"):
+        pack_patches(frame, fmt="gif")
+    with pytest.raises(ValueError, match="per_sheet"):
+        pack_patches(frame, per_sheet=0)
+
+
+def test_lossy_sheets_stay_close(db):
+    patches = (
+        duckdb.connect(str(db), read_only=True)
+        .sql("SELECT neuron_id, rank, png FROM example_patches WHERE neuron_id < 20")
+        .pl()
+    )
+    for fmt in ("webp", "jpeg"):
+        atlas, _ = pack_patches(patches, fmt=fmt)
+        assert atlas.sheets[0].mime == FORMATS[fmt][1]
+        errors = []
+        for neuron, rank, png in patches.iter_rows():
+            want = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+            got = cut_patch(atlas, neuron, rank).astype(float)
+            errors.append(((want - got) ** 2).mean())
+        psnr = 10 * np.log10(255**2 / np.mean(errors))
+        assert psnr > 28, (fmt, psnr)
+
+
+def test_export_inline_then_sidecar(db, tmp_path):
     result = export_views(db, tmp_path / "out")
-    spec = json.loads(result.spec_paths[0].read_text())
-    urls = [p["url"] for p in spec["datasets"]["patches"]]
-    assert len(urls) == 36 * 3 and all(u.startswith("data:image/png;base64,") for u in urls)
-    others = json.dumps({k: v for k, v in spec["datasets"].items() if k != "patches"})
-    assert "data:image" not in others
-    assert result.sidecar_dir is None and result.png_bytes.startswith(b"\x89PNG")
+    assert result.sidecar_dir is None and result.n_files == 3
+    html = result.html_path.read_text(encoding="utf-8")
+    assert 'id="carto-chunk-sheet-0000"' in html and 'id="carto-chunk-graph-0000"' in html
+    assert result.png_bytes.startswith(b"\x89PNG")
     assert result.page_bytes == result.html_path.stat().st_size
-
-
-def test_sidecar_switch(db, tmp_path):
-    result = export_views(db, tmp_path / "out", max_inline_patch_bytes=100)
-    assert result.sidecar_dir == tmp_path / "out" / "patches"
-    assert len(list(result.sidecar_dir.glob("*.png"))) == 36 * 3
-    spec = json.loads(result.spec_paths[0].read_text())
-    assert all(p["url"].startswith("patches/") for p in spec["datasets"]["patches"])
-    assert "data:image/png;base64,iVBOR" not in result.html_path.read_text()
-    # Going back under the limit removes the sidecar.
+    assert result.n_patches == 60 * 3
+    # Above the inline limit the chunks move beside the page.
+    side = export_views(db, tmp_path / "out", max_inline_bytes=100)
+    files = sorted(p.name for p in (tmp_path / "out" / DATA_DIR).iterdir())
+    assert side.sidecar_dir == tmp_path / "out" / DATA_DIR
+    assert "sheet-0000.js" in files and "thumb-0000.js" in files and "graph-0000.js" in files
+    assert side.n_files == 3 + len(files)
+    assert 'id="carto-chunk-' not in side.html_path.read_text(encoding="utf-8")
+    text = (tmp_path / "out" / DATA_DIR / "graph-0000.js").read_text(encoding="utf-8")
+    assert text.startswith('cartoChunk("graph-0000",') and "<" not in text
+    # Back under the limit: the folder is gone again.
     again = export_views(db, tmp_path / "out")
-    assert again.sidecar_dir is None and not (tmp_path / "out" / "patches").exists()
+    assert again.sidecar_dir is None and not (tmp_path / "out" / DATA_DIR).exists()
+    specs = {p.name for p in (tmp_path / "out" / "specs").iterdir()}
+    assert specs == {"projection.vl.json", "graph.vl.json"}
 
 
 def test_script_json_escaping():
     text = script_json({"a": "</script><!-- & \u2028 -->"})
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
     assert json.loads(text) == {"a": "</script><!-- & \u2028 -->"}
-    page = render_page({"datasets": {"x": [{"name": "</SCRIPT><script>alert(1)</script>"}]}})
-    assert page.lower().count("</script") == 3  # spec, bundle and embed script only
+    hostile = "</SCRIPT><script>alert(1)</script>"
+    specs = {"projection": {"datasets": {"x": [{"name": hostile}]}}, "graph": {}}
+    page = render_page(specs, {"summary": {"title": hostile}}, {"graph-0000": {"0": hostile}})
+    # Only the page's own script elements close: 3 JSON blocks, 1 chunk, bundle, script.
+    assert page.lower().count("</script") == 6
+    assert hostile not in page
 
 
 def test_missing_table_names_the_asset(db, tmp_path):
@@ -77,13 +225,14 @@ def test_missing_table_names_the_asset(db, tmp_path):
     copy.write_bytes(db.read_bytes())
     con = duckdb.connect(str(copy))
     con.execute("DROP TABLE neuron_projection")
+    con.execute("DROP TABLE cluster_quality")  # optional: the header just has less to say
     con.close()
     with pytest.raises(ValueError, match=r"neuron_projection.*materialize.*neuron_projection"):
         export_views(copy, tmp_path / "out")
     with pytest.raises(ValueError, match="does not exist"):
         export_views(tmp_path / "nope.duckdb", tmp_path / "out")
-    with pytest.raises(ValueError, match="max_inline_patch_bytes"):
-        export_views(db, tmp_path / "out", max_inline_patch_bytes=-1)
+    with pytest.raises(ValueError, match="max_inline_bytes"):
+        export_views(db, tmp_path / "out", max_inline_bytes=-1)
 
 
 def test_no_dagster_import():

@@ -1,0 +1,126 @@
+"""Reference implementation of the Graph View layout: plain Python loops over rows.
+
+:func:`carto_viz.data.graph_records` computes the same with polars joins; the tests compare
+the two on synthetic studies.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import polars as pl
+
+from carto_viz.data import PREDICTION_CLUSTER, bar_list, short_label
+
+
+def cascade_sets(cascades: pl.DataFrame):
+    node_roots: dict[tuple[int, int], set[int]] = {}
+    edge_roots: dict[tuple[int, int, int], set[int]] = {}
+    chains = cascades.sort("label", "root_cluster", "direction", "depth").group_by(
+        ["label", "root_cluster", "direction"], maintain_order=True
+    )
+    for (label, root, direction), chain in chains:
+        path = [int(root), *(int(c) for c in chain["member_cluster"])]
+        for member in path:
+            node_roots.setdefault((int(label), member), set()).add(int(root))
+        for lower, upper in itertools.pairwise(path):
+            if direction == "down":
+                lower, upper = upper, lower
+            edge_roots.setdefault((int(label), lower, upper), set()).add(int(root))
+    return node_roots, edge_roots
+
+
+def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list[dict]]]:
+    """Per class: node records and edge records, as the Graph View draws them."""
+    nodes = tables["concept_graph_nodes"]
+    edges = tables["concept_graph_edges"]
+    node_roots, edge_roots = cascade_sets(tables["concept_cascades"])
+    sizes = dict(tables["clusters"].select("cluster_id", "size").iter_rows())
+    labels = dict(tables["clusters"].select("cluster_id", "label").iter_rows())
+    names = dict(tables["images"].select("label", "label_name").iter_rows())
+    importance = {
+        (int(lab), int(nid)): float(score)
+        for lab, nid, score in tables["class_importance"]
+        .select("label", "neuron_id", "score")
+        .iter_rows()
+    }
+    members: dict[int, list[int]] = {}
+    for nid, cid in tables["neuron_clusters"].select("neuron_id", "cluster_id").iter_rows():
+        members.setdefault(int(cid), []).append(int(nid))
+    patched = set(tables["example_patches"].filter(pl.col("rank") == 1)["neuron_id"].to_list())
+    top_row = int(tables["neurons"]["layer_index"].max()) + 1
+
+    out_nodes: dict[int, list[dict]] = {}
+    position: dict[tuple[int, int], tuple[float, int]] = {}
+    strength: dict[tuple[int, int], float] = {}
+    for label in sorted(nodes["label"].unique().to_list()):
+        mine = nodes.filter(pl.col("label") == label)
+        max_imp = float(mine["importance"].max())
+        for layer_index in sorted(mine["layer_index"].unique().to_list()):
+            row_nodes = sorted(
+                mine.filter(pl.col("layer_index") == layer_index).iter_rows(named=True),
+                key=lambda r: (-r["importance"], r["cluster_id"]),
+            )
+            for i, row in enumerate(row_nodes):
+                cid = int(row["cluster_id"])
+                scored = [
+                    (importance[(label, n)], n) for n in members[cid] if (label, n) in importance
+                ]
+                best = min(scored, key=lambda t: (-t[0], t[1]))[1] if scored else min(members[cid])
+                col = i - (len(row_nodes) - 1) / 2
+                position[(label, cid)] = (col, int(layer_index))
+                strength[(label, cid)] = row["importance"] / max_imp if max_imp > 0 else 1.0
+                out_nodes.setdefault(label, []).append(
+                    {
+                        "cluster_id": cid,
+                        "row": int(layer_index),
+                        "col": col,
+                        "strength": strength[(label, cid)],
+                        "size": int(sizes[cid]),
+                        "short": short_label(labels[cid]),
+                        "cascade": bar_list(sorted(node_roots.get((label, cid), set()) | {cid})),
+                        "patch": best if best in patched else None,
+                    }
+                )
+        key = (label, PREDICTION_CLUSTER)
+        position[key] = (0.0, top_row)
+        strength[key] = 1.0
+        out_nodes[label].append(
+            {
+                "cluster_id": PREDICTION_CLUSTER,
+                "row": top_row,
+                "col": 0.0,
+                "strength": 1.0,
+                "size": 0,
+                "short": str(names[label]),
+                "cascade": bar_list(sorted(node_roots.get(key, set()) | {PREDICTION_CLUSTER})),
+                "patch": None,
+            }
+        )
+    out_edges: dict[int, list[dict]] = {}
+    for row in edges.iter_rows(named=True):
+        label = int(row["label"])
+        source = (label, int(row["source_cluster"]))
+        target = (
+            label,
+            PREDICTION_CLUSTER
+            if row["target_layer"] == "prediction"
+            else int(row["target_cluster"]),
+        )
+        if source not in position or target not in position:
+            continue
+        top = float(edges.filter(pl.col("label") == label)["weight"].max())
+        out_edges.setdefault(label, []).append(
+            {
+                "source_cluster": source[1],
+                "target_cluster": target[1],
+                "col": position[source][0],
+                "row": position[source][1],
+                "col2": position[target][0],
+                "row2": position[target][1],
+                "weight_rel": row["weight"] / top if top > 0 else 0.0,
+                "min_strength": min(strength[source], strength[target]),
+                "cascade": bar_list(sorted(edge_roots.get((label, source[1], target[1]), ()))),
+            }
+        )
+    return out_nodes, out_edges
