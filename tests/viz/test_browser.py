@@ -314,6 +314,17 @@ def test_neuron_click_hover_and_neighbours(browser, synthetic):
         assert len(images) == 3 * len(rows) and all(i["loaded"] for i in images)
         # The graph frames the node holding the picked neuron's cluster, if shown.
         assert page.page.evaluate("window.cartoViews.graph.signal('neuron_cluster')") == cluster
+        # Wheel zooms the projection in around the pointer, double-click resets it.
+        xs = [n["x"] for n in page.page.evaluate("window.cartoViews.projection.data('neurons')")]
+        assert not page.page.evaluate("window.cartoViews.projection.signal('zoom').x")
+        page.page.mouse.move(neuron["px"], neuron["py"])
+        page.page.mouse.wheel(0, -600)
+        page.settle()
+        zoomed = page.page.evaluate("window.cartoViews.projection.signal('zoom')")
+        assert zoomed["x"][1] - zoomed["x"][0] < 0.9 * (max(xs) - min(xs))
+        page.page.mouse.dblclick(neuron["px"], neuron["py"])
+        page.settle()
+        assert not page.page.evaluate("window.cartoViews.projection.signal('zoom').x")
         # Hovering a graph node lists its members with their patches.
         frame = next(f for f in page.items("graph", "frame") if f["cluster_id"] >= 0)
         card = page.hover(frame)
