@@ -11,7 +11,8 @@ re-renders only the graph. The page's script (``export.py``) links them through 
 ``pick``          click on a neuron (fields ``neuron_id``, ``cluster_id``, ``neighbors``)
 ``graph_node``    the cluster of the node clicked in the graph (-2: none), set by the page
 ``class_neurons`` the neurons of the chosen class as ``|id|id|``, set by the page
-``node_pick``     click on a graph node (field ``cluster_id``), forwarded as ``graph_node``
+``node_pick``     click on a graph node (``cluster_id`` and its cascade), forwarded as
+                  ``graph_node``
 ``neuron_cluster`` the cluster of the neuron picked in the projection, set by the page
 
 Images are named ``patch:<neuron>:<rank>`` (or ``thumb:<neuron>:1``, the small copy of a
@@ -37,9 +38,13 @@ _PICKED = "isValid(pick.neuron_id)"
 _NEIGHBOR_TEST = f"{_PICKED} && indexof('' + pick.neighbors[0], '|' + datum.neuron_id + '|') >= 0"
 _CLUSTER_TEST = f"{_PICKED} && datum.cluster_id == pick.cluster_id[0]"
 _NODE_TEST = "graph_node >= 0 && datum.cluster_id == graph_node"
-_CASCADE_TEST = (
+_CASCADE_NODE = (
     "cascade && isValid(node_pick.cluster_id) && "
-    "indexof('' + datum.cascade, '|' + node_pick.cluster_id[0] + '|') >= 0"
+    "indexof('' + node_pick.cascade[0], '|' + datum.cluster_id + '|') >= 0"
+)
+_CASCADE_EDGE = (
+    "cascade && isValid(node_pick.cluster_id) && indexof('' + node_pick.cascade_edges[0], "
+    "'|' + datum.source_cluster + '-' + datum.target_cluster + '|') >= 0"
 )
 _NOTHING_PICKED = f"!({_PICKED}) && graph_node < 0"
 
@@ -252,7 +257,9 @@ def projection_spec(data: ViewData) -> dict:
 def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
     """Graph View: a row per layer (input at the bottom), each node its concept's best patch
     framed by its importance, its short label under it; edges behind the nodes."""
-    node_pick = alt.selection_point(name="node_pick", fields=["cluster_id"], on="click")
+    node_pick = alt.selection_point(
+        name="node_pick", fields=["cluster_id", "cascade", "cascade_edges"], on="click"
+    )
     half = (max(max_columns, 1) - 1) / 2 + 0.5
     width = GUTTER + max(max_columns, 1) * COLUMN_WIDTH
     height = max(n_rows, 1) * ROW_HEIGHT
@@ -272,10 +279,10 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
                 "weight_rel:Q", scale=alt.Scale(domain=[0, 1], range=[0.4, 6]), legend=None
             ),
             color={
-                "condition": {"test": _CASCADE_TEST, "value": CLUSTER_STROKE},
+                "condition": {"test": _CASCADE_EDGE, "value": CLUSTER_STROKE},
                 "value": "#a0a0a0",
             },
-            opacity={"condition": {"test": _CASCADE_TEST, "value": 1}, "value": 0.5},
+            opacity={"condition": {"test": _CASCADE_EDGE, "value": 1}, "value": 0.5},
             tooltip=[
                 alt.Tooltip("source_cluster:Q", title="from cluster"),
                 alt.Tooltip("target_cluster:Q", title="to cluster"),
@@ -309,7 +316,7 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
             stroke={
                 "condition": [
                     {"param": "node_pick", "empty": False, "value": CLUSTER_STROKE},
-                    {"test": _CASCADE_TEST, "value": NEIGHBOR_STROKE},
+                    {"test": _CASCADE_NODE, "value": NEIGHBOR_STROKE},
                     {
                         "test": "datum.cluster_id >= 0 && datum.cluster_id == neuron_cluster",
                         "value": NEURON_CLUSTER_STROKE,

@@ -205,14 +205,13 @@ def _bar_strings(frame: pl.DataFrame, keys: list[str], value: str, name: str) ->
     )
 
 
-def _cascade_sets(cascades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Which roots' cascades light up each node and each edge, per class.
+def _cascades(cascades: pl.DataFrame) -> pl.DataFrame:
+    """Each node's concept cascade as the Graph View tests it.
 
-    Returns ``(node_roots, edge_roots)``: ``(label, cluster_id, root_cluster)``, one row per
-    root whose cascade holds the node, and ``(label, source_cluster, target_cluster, cascade)``
-    with ``cascade`` the roots as a bar list.
-    A chain is the root followed by its members in depth order; each consecutive pair is an
-    edge (lower, upper) — reversed for chains that go down toward the input.
+    Returns ``(label, cluster_id, cascade, cascade_edges)`` per root: ``cascade`` the chain's
+    clusters as a :func:`bar_list` (the root included), ``cascade_edges`` its edges as
+    ``|source-target|...``. A chain is the root followed by its members in depth order; each
+    consecutive pair is an edge (lower, upper), reversed for chains that go toward the input.
     """
     keys = ["label", "root_cluster", "direction"]
     chains = cascades.select(*keys, "depth", "member_cluster")
@@ -228,16 +227,27 @@ def _cascade_sets(cascades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .sort(*keys, "depth")
         .with_columns(previous=pl.col("member_cluster").shift(1).over(keys))
     )
-    node_roots = path.select("label", pl.col("member_cluster").alias("cluster_id"), "root_cluster")
     down = pl.col("direction") == "down"
-    steps = path.filter(pl.col("previous").is_not_null()).with_columns(
-        source_cluster=pl.when(down).then("member_cluster").otherwise("previous"),
-        target_cluster=pl.when(down).then("previous").otherwise("member_cluster"),
+    step = pl.when(pl.col("previous").is_not_null()).then(
+        pl.format(
+            "{}-{}",
+            pl.when(down).then("member_cluster").otherwise("previous"),
+            pl.when(down).then("previous").otherwise("member_cluster"),
+        )
     )
-    edge_roots = _bar_strings(
-        steps, ["label", "source_cluster", "target_cluster"], "root_cluster", "cascade"
+    return (
+        path.with_columns(step=step)
+        .group_by("label", "root_cluster")
+        .agg(
+            pl.format(
+                "|{}|", pl.col("member_cluster").unique().sort().cast(pl.Utf8).str.join("|")
+            ).alias("cascade"),
+            pl.format("|{}|", pl.col("step").drop_nulls().unique().sort().str.join("|")).alias(
+                "cascade_edges"
+            ),
+        )
+        .rename({"root_cluster": "cluster_id"})
     )
-    return node_roots, edge_roots
 
 
 def _class_neurons(tables: Mapping[str, pl.DataFrame], fraction: float) -> pl.DataFrame:
@@ -247,10 +257,9 @@ def _class_neurons(tables: Mapping[str, pl.DataFrame], fraction: float) -> pl.Da
     scores = tables["class_importance"].filter(pl.col("score") > 0)
     n_top = max(1, round(fraction * tables["neurons"].height))
     top = (
-        scores.sort("score", "neuron_id", descending=[True, False])
-        .group_by("label", maintain_order=True)
-        .head(n_top)
-        .select("label", "neuron_id")
+        scores.group_by("label")
+        .agg(pl.col("neuron_id").top_k_by(["score", "neuron_id"], n_top, reverse=[False, True]))
+        .explode("neuron_id")
     )
     members = (
         tables["concept_graph_nodes"]
@@ -266,10 +275,9 @@ def _by_label(frame: pl.DataFrame) -> dict[int, dict[str, list]]:
     """Split a frame by ``label`` into per-class column dicts (without the label column)."""
     if frame.height == 0:
         return {}
-    return {
-        int(key[0]): part.drop("label").to_dict(as_series=False)
-        for key, part in frame.partition_by("label", as_dict=True, maintain_order=True).items()
-    }
+    grouped = frame.group_by("label", maintain_order=True).agg(pl.all())
+    names = [c for c in grouped.columns if c != "label"]
+    return {int(row[0]): dict(zip(names, row[1:], strict=True)) for row in grouped.iter_rows()}
 
 
 def graph_records(
@@ -293,7 +301,7 @@ def graph_records(
         The most nodes in one row of any class (the graph's width).
     """
     nodes = tables["concept_graph_nodes"]
-    node_roots, edge_roots = _cascade_sets(tables["concept_cascades"])
+    cascades = _cascades(tables["concept_cascades"])
     clusters = tables["clusters"].select(
         "cluster_id", "size", pl.col("label").alias("cluster_label")
     )
@@ -375,17 +383,19 @@ def graph_records(
             pl.lit(None, first_member.schema["first_member"]).alias("patch"),
         )
     )
-    all_nodes = pl.concat([laid_out, prediction.cast(laid_out.schema)])
-    # Every node is in its own cascade (the prediction node is nobody's root).
-    own = all_nodes.select("label", "cluster_id", root_cluster=pl.col("cluster_id"))
-    cascade = _bar_strings(
-        pl.concat([own, node_roots.cast(own.schema)]),
-        ["label", "cluster_id"],
-        "root_cluster",
-        "cascade",
-    )
-    all_nodes = all_nodes.join(cascade, on=["label", "cluster_id"], how="left").sort(
-        "label", "row", "col"
+    # A node that roots no cascade (the prediction node) lights up only itself.
+    all_nodes = (
+        pl.concat([laid_out, prediction.cast(laid_out.schema)])
+        .join(
+            cascades.cast({"label": nodes.schema["label"], "cluster_id": int_type}),
+            on=["label", "cluster_id"],
+            how="left",
+        )
+        .with_columns(
+            cascade=pl.coalesce("cascade", pl.format("|{}|", pl.col("cluster_id"))),
+            cascade_edges=pl.col("cascade_edges").fill_null("|"),
+        )
+        .sort("label", "row", "col")
     )
     edges = tables["concept_graph_edges"].with_columns(
         target_cluster=pl.when(pl.col("target_layer") == "prediction")
@@ -404,17 +414,6 @@ def graph_records(
             ),
             on=["label", "target_cluster"],
         )
-        .join(
-            edge_roots.cast(
-                {
-                    "label": nodes.schema["label"],
-                    "source_cluster": int_type,
-                    "target_cluster": int_type,
-                }
-            ),
-            on=["label", "source_cluster", "target_cluster"],
-            how="left",
-        )
         .with_columns(top=pl.col("weight").max().over("label"))
         .select(
             "label",
@@ -431,7 +430,6 @@ def graph_records(
             .round(4)
             .alias("weight_rel"),
             pl.min_horizontal("s1", "s2").alias("min_strength"),
-            pl.col("cascade").fill_null("|"),
         )
         .sort("label", "row", "col", "col2")
     )

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -123,16 +124,17 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
-def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, object]) -> str:
-    """The HTML page: specs, page data and inline chunks as escaped JSON, then the scripts.
+def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str]) -> str:
+    """The HTML page: specs, page data and inline chunks (already :func:`script_json` text)
+    as escaped JSON, then the scripts.
 
     Data never reaches the DOM as markup: every JSON block sits in a
     ``<script type="application/json">`` element read with ``JSON.parse``, the page's script
     writes text with ``textContent`` and Vega draws text on a canvas.
     """
     chunk_tags = "\n".join(
-        f'<script type="application/json" id="carto-chunk-{name}">{script_json(payload)}</script>'
-        for name, payload in inline_chunks.items()
+        f'<script type="application/json" id="carto-chunk-{name}">{text}</script>'
+        for name, text in inline_chunks.items()
     )
     return _PAGE.format(
         css=_asset("page.css"),
@@ -145,22 +147,27 @@ def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, obj
     )
 
 
-def _graph_chunks(data: ViewData) -> tuple[dict[str, dict], dict[int, int]]:
-    """Group the classes' graphs into chunks of about :data:`GRAPH_CHUNK_BYTES`."""
-    chunks: dict[str, dict] = {}
+def _graph_chunks(data: ViewData) -> tuple[dict[str, str], dict[int, int]]:
+    """The classes' graphs as chunks of about :data:`GRAPH_CHUNK_BYTES`, already encoded
+    (:func:`script_json` of ``{label: graph}``), and each class's chunk index."""
+    chunks: dict[str, str] = {}
     chunk_of: dict[int, int] = {}
-    current: dict[str, dict] = {}
+    parts: list[str] = []
     size = 0
+
+    def close() -> None:
+        chunks[f"graph-{len(chunks):04d}"] = "{" + ",".join(parts) + "}"
+
     for label in sorted(data.graphs):
-        graph = data.graphs[label]
-        current[str(label)] = graph
+        text = f'"{label}":{script_json(data.graphs[label])}'
+        parts.append(text)
         chunk_of[label] = len(chunks)
-        size += len(json.dumps(graph, separators=(",", ":")))
+        size += len(text)
         if size >= GRAPH_CHUNK_BYTES:
-            chunks[f"graph-{len(chunks):04d}"] = current
-            current, size = {}, 0
-    if current:
-        chunks[f"graph-{len(chunks):04d}"] = current
+            close()
+            parts, size = [], 0
+    if parts:
+        close()
     return chunks, chunk_of
 
 
@@ -187,6 +194,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+    # mkstemp makes the file private (0600); give it the permissions of a plain new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -228,17 +239,22 @@ def export_views(
     if max_inline_bytes < 0:
         raise ValueError(f"max_inline_bytes must be >= 0, got {max_inline_bytes}")
     tables = load_tables(database_path)
-    data = view_data(tables, study_info)
-    atlas, thumbs = pack_patches(tables["example_patches"], fmt=patch_format)
+    # Packing the patches runs in worker processes: lay out the rest meanwhile.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        packing = background.submit(pack_patches, tables["example_patches"], fmt=patch_format)
+        data = view_data(tables, study_info)
+        atlas, thumbs = packing.result()
     graph_chunks, chunk_of = _graph_chunks(data)
-    chunks: dict[str, object] = {
-        sheet.name: "data:" + sheet.mime + ";base64," + base64.b64encode(sheet.data).decode("ascii")
+    # Every chunk as the JSON text the page parses: sheets as data: URL strings.
+    encoded: dict[str, str] = {
+        sheet.name: script_json(
+            "data:" + sheet.mime + ";base64," + base64.b64encode(sheet.data).decode("ascii")
+        )
         for sheet in (*atlas.sheets, *thumbs.sheets)
     }
-    chunks.update(graph_chunks)
+    encoded.update(graph_chunks)
     specs = views_spec(data)
     page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of)
-    encoded = {name: script_json(payload) for name, payload in chunks.items()}
     sidecar = sum(len(text) for text in encoded.values()) > max_inline_bytes
 
     out = Path(out_dir)
@@ -246,13 +262,16 @@ def export_views(
     # Build the chunk folder beside the old one and swap it in just before the page, so a
     # killed export leaves the previous views whole.
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".index_files."))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private
     try:
         if sidecar:
             for name, text in encoded.items():
                 (staging / f"{name}.js").write_text(
                     f'cartoChunk("{name}",{text});\n', encoding="utf-8"
                 )
-        html = render_page(specs, page, {} if sidecar else chunks).encode("utf-8")
+        html = render_page(specs, page, {} if sidecar else encoded).encode("utf-8")
         spec_dir = out / "specs"
         spec_dir.mkdir(exist_ok=True)
         spec_paths = []

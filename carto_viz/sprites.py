@@ -6,9 +6,10 @@ decodes a sheet only when one of its patches is first shown and cuts patches out
 browser (see ``export.py``), so nothing has to be sliced or re-encoded per patch on disk.
 
 Measured on natural-image patches (``carto_viz.synthetic``, random crops of real photographs,
-64 px): WebP quality 85 (method 2) takes 839 bytes per patch at 33.3 dB PSNR against the PNG,
-JPEG quality 85 takes 971 bytes at 32.4 dB, PNG 6,580 bytes. ``benchmarks/views.py`` prints
-these figures for the current code.
+64 px): WebP quality 85 takes 946 bytes per patch at 33.5 dB PSNR against the PNG with the
+fastest method 0 (839 bytes, 33.3 dB with method 2, which encodes 1.5x slower), JPEG quality 85
+971 bytes at 32.4 dB, PNG 6,580 bytes. ``benchmarks/views.py`` prints these figures for the
+current code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 
 #: encoder settings per format (Pillow ``save`` keywords).
 FORMATS: dict[str, tuple[str, str, dict]] = {
-    "webp": ("WEBP", "image/webp", {"quality": 85, "method": 2}),
+    "webp": ("WEBP", "image/webp", {"quality": 85, "method": 0}),
     "jpeg": ("JPEG", "image/jpeg", {"quality": 85}),
     "png": ("PNG", "image/png", {"compress_level": 6}),
 }

@@ -214,7 +214,8 @@ def test_script_json_escaping():
     assert json.loads(text) == {"a": "</script><!-- & \u2028 -->"}
     hostile = "</SCRIPT><script>alert(1)</script>"
     specs = {"projection": {"datasets": {"x": [{"name": hostile}]}}, "graph": {}}
-    page = render_page(specs, {"summary": {"title": hostile}}, {"graph-0000": {"0": hostile}})
+    chunk = {"graph-0000": script_json({"0": hostile})}
+    page = render_page(specs, {"summary": {"title": hostile}}, chunk)
     # Only the page's own script elements close: 3 JSON blocks, 1 chunk, bundle, script.
     assert page.lower().count("</script") == 6
     assert hostile not in page

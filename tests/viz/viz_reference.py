@@ -13,28 +13,36 @@ import polars as pl
 from carto_viz.data import PREDICTION_CLUSTER, bar_list, short_label
 
 
-def cascade_sets(cascades: pl.DataFrame):
-    node_roots: dict[tuple[int, int], set[int]] = {}
-    edge_roots: dict[tuple[int, int, int], set[int]] = {}
-    chains = cascades.sort("label", "root_cluster", "direction", "depth").group_by(
+def cascades(table: pl.DataFrame) -> dict[tuple[int, int], tuple[set[int], set[str]]]:
+    """Per (class, root): the clusters of its cascade and its edges ``"lower-upper"``."""
+    out: dict[tuple[int, int], tuple[set[int], set[str]]] = {}
+    chains = table.sort("label", "root_cluster", "direction", "depth").group_by(
         ["label", "root_cluster", "direction"], maintain_order=True
     )
     for (label, root, direction), chain in chains:
         path = [int(root), *(int(c) for c in chain["member_cluster"])]
-        for member in path:
-            node_roots.setdefault((int(label), member), set()).add(int(root))
+        members, edges = out.setdefault((int(label), int(root)), (set(), set()))
+        members.update(path)
         for lower, upper in itertools.pairwise(path):
             if direction == "down":
                 lower, upper = upper, lower
-            edge_roots.setdefault((int(label), lower, upper), set()).add(int(root))
-    return node_roots, edge_roots
+            edges.add(f"{lower}-{upper}")
+    return out
+
+
+def _cascade_fields(chains, label: int, cluster: int) -> dict[str, str]:
+    members, edges = chains.get((label, cluster), ({cluster}, set()))
+    return {
+        "cascade": bar_list(sorted(members)),
+        "cascade_edges": "|" + "".join(f"{e}|" for e in sorted(edges)),
+    }
 
 
 def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list[dict]]]:
     """Per class: node records and edge records, as the Graph View draws them."""
     nodes = tables["concept_graph_nodes"]
     edges = tables["concept_graph_edges"]
-    node_roots, edge_roots = cascade_sets(tables["concept_cascades"])
+    chains = cascades(tables["concept_cascades"])
     sizes = dict(tables["clusters"].select("cluster_id", "size").iter_rows())
     labels = dict(tables["clusters"].select("cluster_id", "label").iter_rows())
     names = dict(tables["images"].select("label", "label_name").iter_rows())
@@ -78,7 +86,7 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                         "strength": strength[(label, cid)],
                         "size": int(sizes[cid]),
                         "short": short_label(labels[cid]),
-                        "cascade": bar_list(sorted(node_roots.get((label, cid), set()) | {cid})),
+                        **_cascade_fields(chains, label, cid),
                         "patch": best if best in patched else None,
                     }
                 )
@@ -93,7 +101,7 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                 "strength": 1.0,
                 "size": 0,
                 "short": str(names[label]),
-                "cascade": bar_list(sorted(node_roots.get(key, set()) | {PREDICTION_CLUSTER})),
+                **_cascade_fields(chains, label, PREDICTION_CLUSTER),
                 "patch": None,
             }
         )
@@ -120,7 +128,6 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                 "row2": position[target][1],
                 "weight_rel": row["weight"] / top if top > 0 else 0.0,
                 "min_strength": min(strength[source], strength[target]),
-                "cascade": bar_list(sorted(edge_roots.get((label, source[1], target[1]), ()))),
             }
         )
     return out_nodes, out_edges
