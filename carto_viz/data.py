@@ -271,6 +271,11 @@ def _class_neurons(tables: Mapping[str, pl.DataFrame], fraction: float) -> pl.Da
     return _bar_strings(both, ["label"], "neuron_id", "neurons")
 
 
+def _relative(value: str, top: str, default: float) -> pl.Expr:
+    """``value / top`` rounded for the page, ``default`` where ``top`` is not positive."""
+    return pl.when(pl.col(top) > 0).then(pl.col(value) / pl.col(top)).otherwise(default).round(4)
+
+
 def _by_label(frame: pl.DataFrame) -> dict[int, dict[str, list]]:
     """Split a frame by ``label`` into per-class column dicts (without the label column)."""
     if frame.height == 0:
@@ -350,11 +355,7 @@ def graph_records(
             pl.col("layer_index").cast(pl.Int64).alias("row"),
             "col",
             pl.col("importance").round(6),
-            pl.when(pl.col("max_importance") > 0)
-            .then(pl.col("importance") / pl.col("max_importance"))
-            .otherwise(1.0)
-            .round(4)
-            .alias("strength"),
+            _relative("importance", "max_importance", 1.0).alias("strength"),
             pl.col("size").fill_null(0).cast(pl.Int64),
             "cluster_label",
             "short",
@@ -424,11 +425,7 @@ def graph_records(
             "col2",
             "row2",
             pl.col("weight").round(6),
-            pl.when(pl.col("top") > 0)
-            .then(pl.col("weight") / pl.col("top"))
-            .otherwise(0.0)
-            .round(4)
-            .alias("weight_rel"),
+            _relative("weight", "top", 0.0).alias("weight_rel"),
             pl.min_horizontal("s1", "s2").alias("min_strength"),
         )
         .sort("label", "row", "col", "col2")
