@@ -49,7 +49,7 @@ _QUERIES: dict[str, str] = {
 
 #: tables the header reads when they exist (quality figures).
 OPTIONAL_QUERIES: dict[str, str] = {
-    "cluster_quality": "SELECT kind, purity, random_group FROM cluster_quality",
+    "cluster_quality": "SELECT kind, gain, random_gain FROM cluster_quality",
     "concept_graph_faithfulness": "SELECT weight, drop FROM concept_graph_faithfulness",
 }
 
@@ -467,6 +467,7 @@ def study_summary(
     (``{"figure", "value", "asset"}``). Quality figures read from tables: mean cluster purity
     vs random same-size groups (``cluster_quality``) and the Spearman correlation of edge
     weight with ablation drop (``concept_graph_faithfulness``, asset ``concept_graph``).
+    Cluster gain vs random groups: the mean ``gain`` and ``random_gain`` of ``cluster_quality``.
     Every value is plain text; the page shows it with ``textContent``.
     """
     info = dict(study_info or {})
@@ -494,11 +495,11 @@ def study_summary(
         for kind in ("concept", "class"):
             part = cq.filter(pl.col("kind") == kind)
             if part.height:
-                purity, base = float(part["purity"].mean()), float(part["random_group"].mean())
+                gain, chance = float(part["gain"].mean()), float(part["random_gain"].mean())
                 quality.append(
                     {
-                        "figure": f"cluster purity ({kind})",
-                        "value": f"{purity:.2f} vs {base:.2f} for random same-size groups",
+                        "figure": f"cluster gain ({kind})",
+                        "value": f"{gain:.2f} vs {chance:.2f} for random same-size groups",
                         "asset": "cluster_quality",
                     }
                 )

@@ -257,8 +257,9 @@ def make_database(
             "concept": ["class"] * len(multi),
             "value": [class_names[c % n_classes] for c in multi],
             "purity": rng.uniform(0.5, 1.0, len(multi)),
-            "random_group": rng.uniform(0.1, 0.4, len(multi)),
-            "layer_base": rng.uniform(0.05, 0.2, len(multi)),
+            "layer_share": rng.uniform(0.05, 0.2, len(multi)),
+            "gain": rng.uniform(0.4, 1.0, len(multi)),
+            "random_gain": rng.uniform(0.0, 0.2, len(multi)),
         }
     )
     sample = edge_rows[:: max(1, len(edge_rows) // 40)][:40]

@@ -9,6 +9,9 @@ from carto_assets.study import Study
 
 #: figures the page header shows that live only in asset metadata: (asset, key, name, format).
 _METADATA_FIGURES = (
+    ("cluster_quality", "concept_single_unit_gain", "single-unit gain (concept)", "{:.2f}"),
+    ("cluster_quality", "class_single_unit_gain", "single-unit gain (class)", "{:.2f}"),
+    ("cluster_quality", "coverage", "units in multi-unit clusters", "{:.0%}"),
     ("cluster_quality", "pair_recall", "LSH pair recall vs exact all-pairs", "{:.3f}"),
     ("cluster_quality", "adjusted_rand_index", "LSH vs exact clustering (ARI)", "{:.3f}"),
 )

@@ -211,41 +211,116 @@ def purity_table(shares: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def random_group_fraction(
-    sets: C.NeuronSets,
-    labels: np.ndarray,
-    purity: pl.DataFrame,
-    annotations: pl.DataFrame,
-    n_draws: int = 20,
-    seed: int = 0,
-) -> np.ndarray:
-    """For each row of ``purity``: the share of a random same-size, same-layer group's top
-    images holding the cluster's dominant value (mean over seeded draws)."""
+# ---- quality: the same statistic for clusters, random groups and single units ----------
+def group_images(sets: C.NeuronSets, group_ids: np.ndarray, units: np.ndarray) -> pl.DataFrame:
+    """``(group_id, layer_index, image_id)``: the union of each group's units' top images.
+
+    ``units`` are rows of ``sets``; row ``r`` of the arrays puts unit ``units[r]`` in group
+    ``group_ids[r]``. A group's units all come from one layer.
+    """
+    starts = sets.indptr[units]
+    lengths = sets.indptr[units + 1] - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    return pl.DataFrame(
+        {
+            "group_id": np.repeat(group_ids, lengths).astype(np.int64),
+            "layer_index": np.repeat(sets.layers[units], lengths).astype(np.int64),
+            "image_id": sets.indices[offsets].astype(np.int64),
+        }
+    ).unique()
+
+
+def layer_shares(sets: C.NeuronSets, annotations: pl.DataFrame) -> pl.DataFrame:
+    """``(layer_index, concept, value, layer_share)``: each value's share among all top images
+    of the layer (the union over its units)."""
+    rows = np.arange(sets.n_neurons)
+    images = group_images(sets, sets.layers[rows].astype(np.int64), rows)
+    sizes = images.group_by("layer_index").agg(pl.len().alias("n"))
+    return (
+        images.join(annotations, on="image_id")
+        .group_by("layer_index", "concept", "value")
+        .agg(pl.len().alias("hits"))
+        .join(sizes, on="layer_index")
+        .select("layer_index", "concept", "value", layer_share=pl.col("hits") / pl.col("n"))
+    )
+
+
+def group_gains(
+    images: pl.DataFrame, annotations: pl.DataFrame, shares: pl.DataFrame
+) -> pl.DataFrame:
+    """Each group's best concept value by gain over its layer.
+
+    ``gain = (share - layer_share) / (1 - layer_share)``, maximized over every (concept, value):
+    the fraction of the way from the layer's base rate to "all of the group's top images hold
+    the value". A value the whole layer holds (``layer_share == 1``) says nothing and is
+    skipped, so a binary concept cannot lift a random group to 0.5 the way raw purity does.
+
+    Parameters
+    ----------
+    images
+        ``(group_id, layer_index, image_id)`` from :func:`group_images`.
+    annotations
+        ``(image_id, concept, value)``.
+    shares
+        :func:`layer_shares` of the same annotations.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``(group_id, concept, value, purity, layer_share, gain)``: ``purity`` is the value's
+        share of the group's top images; ties go to the first concept and value by name.
+        Groups without annotated top images are absent.
+    """
+    sizes = images.group_by("group_id").agg(pl.len().alias("n_images"))
+    return (
+        images.join(annotations, on="image_id")
+        .group_by("group_id", "layer_index", "concept", "value")
+        .agg(pl.len().alias("hits"))
+        .join(sizes, on="group_id")
+        .join(shares, on=["layer_index", "concept", "value"])
+        .filter(pl.col("layer_share") < 1.0)
+        .with_columns(purity=pl.col("hits") / pl.col("n_images"))
+        .with_columns(
+            gain=(pl.col("purity") - pl.col("layer_share")) / (1.0 - pl.col("layer_share"))
+        )
+        .sort(["group_id", "gain", "concept", "value"], descending=[False, True, False, False])
+        .group_by("group_id", maintain_order=True)
+        .first()
+        .select("group_id", "concept", "value", "purity", "layer_share", "gain")
+    )
+
+
+def random_groups(
+    sets: C.NeuronSets, labels: np.ndarray, clusters: np.ndarray, n_draws: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n_draws`` random groups per cluster: as many units as the cluster, drawn without
+    replacement from the cluster's layer. Returns ``(group_ids, units, cluster_of_group)``;
+    group ``g`` stands for cluster ``cluster_of_group[g]``."""
     rng = np.random.default_rng(seed)
-    n_img = int(sets.indices.max(initial=0)) + 1
-    masks: dict[tuple[str, str], np.ndarray] = {}
     sizes = np.bincount(labels)
-    out = np.zeros(len(purity))
-    for k, (cid, concept, value) in enumerate(
-        purity.select("cluster_id", "concept", "value").iter_rows()
-    ):
-        key = (concept, value)
-        if key not in masks:
-            ids = annotations.filter((pl.col("concept") == concept) & (pl.col("value") == value))
-            mask = np.zeros(n_img, dtype=bool)
-            sel = ids["image_id"].to_numpy()
-            mask[sel[sel < n_img]] = True
-            masks[key] = mask
-        layer = sets.layers[np.flatnonzero(labels == cid)[0]]
-        pool = np.flatnonzero(sets.layers == layer)
-        fr = []
+    group_ids, units, cluster_of = [], [], []
+    for cid in clusters:
+        pool = np.flatnonzero(sets.layers == sets.layers[np.flatnonzero(labels == cid)[0]])
+        take = min(int(sizes[cid]), pool.size)
         for _ in range(n_draws):
-            rows = rng.choice(pool, size=min(int(sizes[cid]), pool.size), replace=False)
-            imgs = np.unique(
-                np.concatenate([sets.indices[sets.indptr[r] : sets.indptr[r + 1]] for r in rows])
-            )
-            fr.append(masks[key][imgs].mean() if imgs.size else 0.0)
-        out[k] = float(np.mean(fr))
+            g = len(cluster_of)
+            units.append(rng.choice(pool, size=take, replace=False))
+            group_ids.append(np.full(take, g))
+            cluster_of.append(cid)
+    if not cluster_of:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    return (
+        np.concatenate(group_ids).astype(np.int64),
+        np.concatenate(units).astype(np.int64),
+        np.asarray(cluster_of, np.int64),
+    )
+
+
+def _gains_of(gains: pl.DataFrame, n_groups: int) -> np.ndarray:
+    """Gain per group id 0..n-1; a group without annotated images counts as 0."""
+    out = np.zeros(n_groups)
+    out[gains["group_id"].to_numpy()] = gains["gain"].to_numpy()
     return out
 
 
@@ -344,27 +419,86 @@ def quality(
     store: CartoStore,
     cfg: ClusteringConfig,
     seed: int = 0,
+    n_draws: int = 20,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Per-cluster purity vs random groups, and agreement of ``pairs``/``labels`` (the study's
-    method) with the exact inverted-index pairs and their clustering."""
+    """How much more a cluster's top images share a concept than chance, and agreement of
+    ``pairs``/``labels`` (the study's method) with the exact inverted-index pairs.
+
+    One statistic, :func:`group_gains`, scores every multi-unit cluster, ``n_draws`` random
+    groups of the same size and layer per cluster, and every single unit, per annotation kind
+    (``concept`` on studies with ground truth, ``class`` on every study).
+
+    Returns
+    -------
+    table
+        One row per multi-unit cluster and kind: its best value, ``purity`` (that value's share),
+        ``layer_share``, ``gain`` and ``random_gain`` (mean gain of its random groups).
+    summary
+        ``{kind}_cluster_gain``, ``{kind}_random_gain``, ``{kind}_single_unit_gain`` (means),
+        per layer ``{kind}_single_unit_gain_by_layer`` and ``{kind}_units_gain_0_8_by_layer``
+        (share of units with gain >= 0.8), ``coverage`` (share of units in multi-unit
+        clusters) and the LSH-vs-exact figures.
+    """
     concepts, classes = load_annotations(store)
+    sizes = np.bincount(labels)
+    multi = np.flatnonzero(sizes >= 2)
+    n_units = sets.n_neurons
+    summary: dict[str, Any] = {
+        "coverage": float(np.isin(labels, multi).mean()) if n_units else 0.0,
+        "n_multi_neuron_clusters": int(multi.size),
+    }
+    # Group ids: clusters keep their ids; random groups and single units get their own frames.
+    in_multi = np.flatnonzero(np.isin(labels, multi))
+    cluster_images = group_images(sets, labels[in_multi].astype(np.int64), in_multi)
+    rand_ids, rand_units, rand_cluster = random_groups(sets, labels, multi, n_draws, seed)
+    random_images = group_images(sets, rand_ids, rand_units)
+    singles = np.arange(n_units, dtype=np.int64)
+    single_images = group_images(sets, singles, singles)
+    layer_names = dict(store.query("SELECT DISTINCT layer_index, layer FROM neurons").iter_rows())
     rows = []
-    summary: dict[str, Any] = {}
     for kind, ann in (("concept", concepts), ("class", classes)):
         if ann is None:
             continue
-        shares = concept_shares(sets, labels, ann)
-        pur = purity_table(shares)
-        multi = np.flatnonzero(np.bincount(labels) >= 2)
-        pur = pur.filter(pl.col("cluster_id").is_in(multi.tolist()))
-        if len(pur) == 0:
-            continue
-        base = random_group_fraction(sets, labels, pur, ann, seed=seed)
-        pur = pur.with_columns(random_group=pl.Series(base), kind=pl.lit(kind))
-        rows.append(pur)
-        summary[f"{kind}_mean_purity"] = float(pur["purity"].mean())
-        summary[f"{kind}_random_baseline"] = float(np.mean(base))
-        summary[f"{kind}_purity_ratio"] = float(pur["purity"].mean() / max(np.mean(base), 1e-12))
+        shares = layer_shares(sets, ann)
+        clusters = group_gains(cluster_images, ann, shares).rename({"group_id": "cluster_id"})
+        random_gain = _gains_of(group_gains(random_images, ann, shares), len(rand_cluster))
+        per_cluster = pl.DataFrame({"cluster_id": rand_cluster, "random_gain": random_gain})
+        per_cluster = per_cluster.group_by("cluster_id").agg(pl.col("random_gain").mean())
+        unit_gain = _gains_of(group_gains(single_images, ann, shares), n_units)
+        # Units with no top images (dead neurons) have nothing to score.
+        alive = np.diff(sets.indptr) > 0
+        by_layer = (
+            pl.DataFrame(
+                {"layer_index": sets.layers[alive].astype(np.int64), "gain": unit_gain[alive]}
+            )
+            .group_by("layer_index")
+            .agg(mean=pl.col("gain").mean(), high=(pl.col("gain") >= 0.8).mean())
+            .sort("layer_index")
+        )
+        names = [
+            str(layer_names.get(int(sets.layer_values[code]), code))
+            for code in by_layer["layer_index"].to_list()
+        ]
+        summary[f"{kind}_cluster_gain"] = (
+            float(clusters["gain"].mean()) if len(clusters) else float("nan")
+        )
+        summary[f"{kind}_random_gain"] = float(random_gain.mean()) if random_gain.size else 0.0
+        summary[f"{kind}_single_unit_gain"] = float(unit_gain[alive].mean()) if alive.any() else 0.0
+        summary[f"{kind}_single_unit_gain_by_layer"] = dict(
+            zip(names, [round(v, 4) for v in by_layer["mean"].to_list()])
+        )
+        summary[f"{kind}_units_gain_0_8_by_layer"] = dict(
+            zip(names, [round(v, 4) for v in by_layer["high"].to_list()])
+        )
+        if len(clusters):
+            rows.append(
+                clusters.join(per_cluster, on="cluster_id", how="left").with_columns(
+                    kind=pl.lit(kind),
+                    size=pl.col("cluster_id").map_elements(
+                        lambda c: int(sizes[c]), return_dtype=pl.Int32
+                    ),
+                )
+            )
     exact = find_clusters(sets, cfg, method="exact")
     agreement = C.pair_agreement(exact.pairs, pairs)
     summary.update(
@@ -373,14 +507,18 @@ def quality(
         n_exact_pairs=agreement.n_reference,
         n_method_pairs=agreement.n_candidate,
         adjusted_rand_index=float(C.clustering_agreement(exact.clustering.labels, labels)),
-        n_multi_neuron_clusters=int((np.bincount(labels) >= 2).sum()),
     )
     table = pl.concat(rows) if rows else pl.DataFrame()
     if len(table):
-        sizes = np.bincount(labels)
-        table = table.with_columns(
-            size=pl.col("cluster_id").map_elements(lambda c: int(sizes[c]), return_dtype=pl.Int32)
-        ).select(
-            "cluster_id", "kind", "size", "concept", "value", "purity", "random_group", "layer_base"
-        )
+        table = table.select(
+            "cluster_id",
+            "kind",
+            "size",
+            "concept",
+            "value",
+            "purity",
+            "layer_share",
+            "gain",
+            "random_gain",
+        ).sort("kind", "cluster_id")
     return table, summary

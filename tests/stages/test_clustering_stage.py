@@ -1,7 +1,8 @@
-"""The clustering stage on a hand-made database: dead neurons, labels, purity vs random."""
+"""The clustering stage on a hand-made database: dead neurons, labels, gain vs random groups."""
 
 import numpy as np
 import polars as pl
+import pytest
 
 from carto_assets.stages import clustering as S
 from carto_assets.storage import CartoStore
@@ -56,6 +57,11 @@ def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
     table, summary = S.quality(sets, stored_labels, stored_pairs, store, cfg)
     concept_rows = table.filter(pl.col("kind") == "concept")
     assert concept_rows["purity"].to_list() == [1.0, 1.0]
+    assert concept_rows["gain"].to_list() == [1.0, 1.0]
     # Random groups of 3 from this layer rarely hold only red (or only blue) images.
-    assert summary["concept_random_baseline"] < 1.0
+    assert summary["concept_random_gain"] < 1.0
+    assert summary["concept_cluster_gain"] == 1.0
+    assert summary["coverage"] == pytest.approx(
+        6 / store.query("SELECT count(*) n FROM neurons")["n"][0]
+    )
     assert summary["pair_recall"] == 1.0

@@ -121,9 +121,9 @@ def test_summary_names_the_assets(tables):
     assert facts["classes"] == str(2 + len(HOSTILE_NAMES))
     assets = [q["asset"] for q in summary["quality"]]
     assert assets == ["cluster_quality", "concept_graph", "cluster_quality"]
-    purity = tables["cluster_quality"]
+    gains = tables["cluster_quality"]
     assert (
-        f"{purity['purity'].mean():.2f} vs {purity['random_group'].mean():.2f}"
+        f"{gains['gain'].mean():.2f} vs {gains['random_gain'].mean():.2f}"
         in (summary["quality"][0]["value"])
     )
 
