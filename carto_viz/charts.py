@@ -1,15 +1,18 @@
 """Altair builders for the two linked views of the page.
 
-- **Projection view** (:func:`projection_spec`): the Neuron Projection View (zoom and pan) above
-  the detail panel (the selection's patches, its cluster and its nearest neighbours).
+- **Projection view** (:func:`projection_spec`): the Neuron Projection View (zoom and pan).
+- **Detail view** (:func:`detail_spec`): under it, the selection's patches, its cluster and its
+  nearest neighbours.
 - **Graph view** (:func:`graph_spec`): the concept graph of one class, every node drawn as its
   concept's best patch, layers as rows from the input (bottom) to the prediction (top).
 
-Each is a Vega-Lite spec of its own so that the graph scrolls on its own and a class switch
-re-renders only the graph. The page's script (``export.py``) links them through signals:
+Each is a Vega-Lite spec of its own so that the graph scrolls on its own and a class switch or
+a patch loading re-renders only the view concerned. The page's script links them through
+signals:
 
 ``pick``          click on a neuron (fields ``neuron_id``, ``cluster_id``, ``neighbors``)
 ``graph_node``    the cluster of the node clicked in the graph (-2: none), set by the page
+``picked_*``      the projection's pick (neuron, cluster, neighbours), set in the detail view
 ``class_neurons`` the neurons of the chosen class as ``|id|id|``, set by the page
 ``node_pick``     click on a graph node (``cluster_id`` and its cascade), forwarded as
                   ``graph_node``
@@ -47,6 +50,11 @@ _CASCADE_EDGE = (
     "'|' + datum.source_cluster + '-' + datum.target_cluster + '|') >= 0"
 )
 _NOTHING_PICKED = f"!({_PICKED}) && graph_node < 0"
+# The detail view gets the projection's pick as plain signals (set by the page).
+_D_PICKED = "picked_neuron >= 0"
+_D_NEIGHBOR = f"{_D_PICKED} && indexof(picked_neighbors, '|' + datum.neuron_id + '|') >= 0"
+_D_CLUSTER = f"{_D_PICKED} && datum.cluster_id == picked_cluster"
+_D_NOTHING = f"!({_D_PICKED}) && graph_node < 0"
 
 #: Graph View geometry (pixels).
 ROW_HEIGHT = 92
@@ -137,9 +145,9 @@ def detail_chart() -> alt.LayerChart:
     neighbours (the paper's "most related neurons"), or the members of the picked graph node;
     one row per neuron, its text on the left and up to 9 patches on the right."""
     role = (
-        f"{_PICKED} && datum.neuron_id == pick.neuron_id[0] ? 'selected' : "
-        f"({_NEIGHBOR_TEST}) ? 'neighbour' : "
-        f"({_CLUSTER_TEST}) ? 'cluster' : "
+        f"{_D_PICKED} && datum.neuron_id == picked_neuron ? 'selected' : "
+        f"({_D_NEIGHBOR}) ? 'neighbour' : "
+        f"({_D_CLUSTER}) ? 'cluster' : "
         f"({_NODE_TEST}) ? 'concept' : ''"
     )
     order = " : ".join(f"datum.role == '{r}' ? {o}" for r, (o, _, _, _) in _ROLES.items())
@@ -154,7 +162,7 @@ def detail_chart() -> alt.LayerChart:
             # neighbours in rank order (their position in the picked neuron's list)
             within=(
                 "datum.role == 'neighbour' ? "
-                "indexof('' + pick.neighbors[0], '|' + datum.neuron_id + '|') : datum.neuron_id"
+                "indexof(picked_neighbors, '|' + datum.neuron_id + '|') : datum.neuron_id"
             ),
         )
         .transform_window(in_role="row_number()", groupby=["role"], sort=[alt.SortField("within")])
@@ -167,7 +175,7 @@ def detail_chart() -> alt.LayerChart:
             text=(
                 f"({heading} : '') + '  #' + datum.neuron_id + '  ' + datum.layer"
                 " + '  ' + datum.cluster_short"
-                f" + (datum.role == 'neighbour' && ({_CLUSTER_TEST}) ? '  (same cluster)' : '')"
+                f" + (datum.role == 'neighbour' && ({_D_CLUSTER}) ? '  (same cluster)' : '')"
             )
         )
     )
@@ -207,7 +215,7 @@ def hint_chart() -> alt.Chart:
     ]
     return (
         alt.Chart(alt.Data(values=[{"i": i, "t": t} for i, t in enumerate(lines)]))
-        .transform_filter(_NOTHING_PICKED)
+        .transform_filter(_D_NOTHING)
         .mark_text(align="left", baseline="top", fontSize=12, color="#555")
         .encode(x=alt.value(0), y=alt.Y("i:O", axis=None), text="t:N")
         .properties(width=480, height=alt.Step(18))
@@ -241,15 +249,33 @@ def projection_params(data: ViewData) -> list[alt.Parameter]:
 def projection_spec(data: ViewData) -> dict:
     """The projection view's Vega-Lite spec, with the neurons stored once under ``datasets``."""
     chart = (
-        alt.vconcat(projection_chart(len(data.neurons), data.layers), hint_chart(), detail_chart())
+        projection_chart(len(data.neurons), data.layers)
         .add_params(*projection_params(data))
-        .resolve_scale(color="independent")
         .configure_view(stroke=None)
     )
     spec = chart.to_dict()
-    # The detail panel grows and shrinks with the selection: re-layout on every update.
-    spec["autosize"] = {"type": "pad", "resize": True}
     spec["datasets"] = {"neurons": data.neurons}
+    return spec
+
+
+def detail_spec() -> dict:
+    """The detail panel's spec: a view of its own, so that its patches loading never redraw
+    the thousands of points of the projection. Its ``neurons`` come from the projection's
+    dataset and its signals from the projection's pick, both set by the page."""
+    chart = (
+        alt.vconcat(hint_chart(), detail_chart())
+        .add_params(
+            alt.param(name="picked_neuron", value=-1),
+            alt.param(name="picked_cluster", value=-2),
+            alt.param(name="picked_neighbors", value="|"),
+            alt.param(name="graph_node", value=-2),
+        )
+        .configure_view(stroke=None)
+    )
+    spec = chart.to_dict()
+    # The panel grows and shrinks with the selection: re-layout on every update.
+    spec["autosize"] = {"type": "pad", "resize": True}
+    spec["datasets"] = {"neurons": []}
     return spec
 
 
@@ -380,5 +406,5 @@ def graph_spec(data: ViewData) -> dict:
 
 
 def views_spec(data: ViewData) -> dict[str, dict]:
-    """Both views' specs by name (``projection``, ``graph``)."""
-    return {"projection": projection_spec(data), "graph": graph_spec(data)}
+    """The views' specs by name (``projection``, ``detail``, ``graph``)."""
+    return {"projection": projection_spec(data), "detail": detail_spec(), "graph": graph_spec(data)}

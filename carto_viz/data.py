@@ -47,10 +47,10 @@ _QUERIES: dict[str, str] = {
     "image_count": "SELECT count(*) AS n FROM images",
 }
 
-#: tables the header reads when they exist (quality figures).
-OPTIONAL_QUERIES: dict[str, str] = {
-    "cluster_quality": "SELECT kind, gain, random_gain FROM cluster_quality",
-    "concept_graph_faithfulness": "SELECT weight, drop FROM concept_graph_faithfulness",
+#: tables the header reads when they exist (quality figures): table -> columns.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "cluster_quality": ("kind", "gain", "random_gain"),
+    "concept_graph_faithfulness": ("weight", "drop"),
 }
 
 #: cluster id of the single "prediction" node at the top of the graph.
@@ -88,9 +88,17 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
         }
         check_tables(present)
         tables = {name: con.sql(query).pl() for name, query in _QUERIES.items()}
-        for name, query in OPTIONAL_QUERIES.items():
-            if name in present:
-                tables[name] = con.sql(query).pl()
+        for name, wanted in OPTIONAL_COLUMNS.items():
+            found = {
+                row[0]
+                for row in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                    [name],
+                ).fetchall()
+            }
+            # A table written by an older version lacks columns: the header just says less.
+            if set(wanted) <= found:
+                tables[name] = con.sql(f"SELECT {', '.join(wanted)} FROM {name}").pl()
         return tables
     finally:
         con.close()

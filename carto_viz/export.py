@@ -2,10 +2,10 @@
 
 Layout of an export::
 
-    index.html             header, class search, both Vega views, everything needed to start
+    index.html             header, class search, the Vega views, everything needed to start
     index_files/*.js       only for large studies: sprite sheets and per-class graph chunks,
                            loaded lazily by <script> (works from file://, no server, no fetch)
-    specs/projection.vl.json, specs/graph.vl.json   the two Vega-Lite specs
+    specs/{projection,detail,graph}.vl.json   the Vega-Lite specs
 
 What loads lazily (a class's graph, a sheet of patches) is a *chunk*. Small studies keep their
 chunks inline in ``index.html`` (one file to share); above ``max_inline_bytes`` they go to
@@ -109,12 +109,13 @@ _PAGE = """<!DOCTYPE html>
 <span id="class-note"></span>
 </div>
 <main>
-<section id="left"><div id="projection"></div></section>
+<section id="left"><div id="projection"></div><div id="detail"></div></section>
 <section id="right"><h2>Concept graph of the class</h2><div id="graph"></div></section>
 </main>
 <div id="carto-card" role="tooltip" hidden></div>
 <script type="application/json" id="carto-page">{page}</script>
 <script type="application/json" id="carto-spec-projection">{projection}</script>
+<script type="application/json" id="carto-spec-detail">{detail}</script>
 <script type="application/json" id="carto-spec-graph">{graph}</script>
 {chunks}
 <script>{bundle}</script>
@@ -140,6 +141,7 @@ def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str
         css=_asset("page.css"),
         page=script_json(page),
         projection=script_json(specs["projection"]),
+        detail=script_json(specs["detail"]),
         graph=script_json(specs["graph"]),
         chunks=chunk_tags,
         bundle=javascript_bundle(),

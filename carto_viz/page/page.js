@@ -8,6 +8,7 @@
   var page = JSON.parse(document.getElementById("carto-page").textContent);
   var specs = {
     projection: JSON.parse(document.getElementById("carto-spec-projection").textContent),
+    detail: JSON.parse(document.getElementById("carto-spec-detail").textContent),
     graph: JSON.parse(document.getElementById("carto-spec-graph").textContent)
   };
   var CHUNK_NAME = /^[a-z]+-[0-9]{4}$/;
@@ -291,11 +292,12 @@
       g.data("node_pick_store", []);
       g.data("graph_nodes", nodes).data("graph_edges", edges).signal("graph_class", label);
       views.projection.signal("class_neurons", graph.neurons).signal("graph_node", -2);
+      views.detail.signal("graph_node", -2);
       var concepts = nodes.filter(function (n) { return n.cluster_id >= 0; }).length;
       note.textContent = concepts ? concepts + " concepts in " + page.n_layers +
         " layers" : "no concept graph for this class (no important clusters were found)";
       document.body.setAttribute("data-class", String(label));
-      return Promise.all([g.runAsync(), views.projection.runAsync()]);
+      return Promise.all([g.runAsync(), views.projection.runAsync(), views.detail.runAsync()]);
     }).then(function () {
       if (token === classToken) window.cartoClassSwitch = { label: label, ms: performance.now() - started };
     });
@@ -303,14 +305,20 @@
   window.cartoSetClass = setClass;
 
   function link() {
-    var p = views.projection, g = views.graph;
+    var p = views.projection, g = views.graph, d = views.detail;
+    d.data("neurons", neurons);
     g.addSignalListener("node_pick", function (name, value) {
       var id = value && value.cluster_id ? value.cluster_id[0] : -2;
       p.signal("graph_node", id).runAsync();
+      d.signal("graph_node", id).runAsync();
     });
     p.addSignalListener("pick", function (name, value) {
-      var id = value && value.cluster_id ? value.cluster_id[0] : -2;
-      g.signal("neuron_cluster", id).runAsync();
+      var picked = value && value.neuron_id;
+      g.signal("neuron_cluster", picked ? value.cluster_id[0] : -2).runAsync();
+      d.signal("picked_neuron", picked ? value.neuron_id[0] : -1)
+        .signal("picked_cluster", picked ? value.cluster_id[0] : -2)
+        .signal("picked_neighbors", picked ? String(value.neighbors[0]) : "|")
+        .runAsync();
     });
   }
 
@@ -318,10 +326,12 @@
   window.cartoStart = performance.now();
   Promise.all([
     vegaEmbed("#projection", specs.projection, options),
+    vegaEmbed("#detail", specs.detail, options),
     vegaEmbed("#graph", specs.graph, options)
   ]).then(function (results) {
     views.projection = results[0].view;
-    views.graph = results[1].view;
+    views.detail = results[1].view;
+    views.graph = results[2].view;
     window.cartoViews = views;
     link();
     var first = classes.filter(function (c) { return c.graph; })[0] || classes[0];

@@ -190,7 +190,7 @@ def _check_node_click(page: Page, db: Path) -> float:
         i["neuron_id"] for i in page.items("projection", "neuron") if i["stroke"] == MEMBER_STROKE
     }
     assert highlighted == members
-    listed = {i["text"].split("#")[1].split()[0] for i in page.items("projection", "detail-text")}
+    listed = {i["text"].split("#")[1].split()[0] for i in page.items("detail", "detail-text")}
     assert listed == {str(m) for m in members}
     return elapsed
 
@@ -233,11 +233,12 @@ def test_page_before_a_selection(browser, synthetic):
         assert "concept_graph" in page.page.inner_text("#study-quality")
         assert sorted(i["neuron_id"] for i in page.items("projection", "neuron")) == list(range(48))
         # The detail panel says what to do, and draws no axis and no patch yet.
-        texts = [t["text"] for t in page.items("projection", "text")]
+        texts = [t["text"] for t in page.items("detail", "text")]
         assert any("Click a neuron" in str(t) for t in texts)
-        assert page.items("projection", "detail-text") == []
-        assert page.items("projection", "detail-image") == []
-        assert [i for i in page.items("projection") if i["role"] == "axis"] == []
+        assert page.items("detail", "detail-text") == []
+        assert page.items("detail", "detail-image") == []
+        for view in ("projection", "detail"):
+            assert [i for i in page.items(view) if i["role"] == "axis"] == []
         _check_page_shows_concepts(page)
         assert page.items("graph", "node-label")[0]["text"] in {"colour=red", "shape=heart"}
     finally:
@@ -305,12 +306,12 @@ def test_neuron_click_hover_and_neighbours(browser, synthetic):
         assert {n for n, s in strokes.items() if s == CLUSTER_STROKE} == members
         assert {n for n, s in strokes.items() if s == NEIGHBOR_STROKE} == set(neighbours) - members
         # Detail panel: the neuron, its cluster, its neighbours in rank order, with patches.
-        lines = sorted(page.items("projection", "detail-text"), key=lambda t: t["py"])
+        lines = sorted(page.items("detail", "detail-text"), key=lambda t: t["py"])
         rows = [t["text"] for t in lines]
         assert rows[0].startswith("selected  #7")
         nearest = [int(r.split("#")[1].split()[0]) for r in rows if r.startswith("nearest")]
         assert nearest == neighbours
-        images = page.wait_images("projection", "detail-image")
+        images = page.wait_images("detail", "detail-image")
         assert len(images) == 3 * len(rows) and all(i["loaded"] for i in images)
         # The graph frames the node holding the picked neuron's cluster, if shown.
         assert page.page.evaluate("window.cartoViews.graph.signal('neuron_cluster')") == cluster

@@ -37,10 +37,11 @@ def tables(db):
 def test_specs_and_params(tables):
     data = view_data(tables)
     specs = views_spec(data)
-    assert set(specs) == {"projection", "graph"}
+    assert set(specs) == {"projection", "detail", "graph"}
     assert len(specs["projection"]["datasets"]["neurons"]) == 60
     params = {p["name"] for s in specs.values() for p in s.get("params", [])}
     assert {"pick", "zoom", "proj_filter", "layer_filter", "graph_node", "class_neurons"} <= params
+    assert {"picked_neuron", "picked_cluster", "picked_neighbors"} <= params
     assert {"node_pick", "min_strength", "cascade", "graph_class", "neuron_cluster"} <= params
     zoom = next(p for p in specs["projection"]["params"] if p["name"] == "zoom")
     assert zoom["bind"] == "scales"
@@ -186,7 +187,7 @@ def test_lossy_sheets_stay_close(db):
 
 def test_export_inline_then_sidecar(db, tmp_path):
     result = export_views(db, tmp_path / "out")
-    assert result.sidecar_dir is None and result.n_files == 3
+    assert result.sidecar_dir is None and result.n_files == 4
     html = result.html_path.read_text(encoding="utf-8")
     assert 'id="carto-chunk-sheet-0000"' in html and 'id="carto-chunk-graph-0000"' in html
     assert result.png_bytes.startswith(b"\x89PNG")
@@ -197,7 +198,7 @@ def test_export_inline_then_sidecar(db, tmp_path):
     files = sorted(p.name for p in (tmp_path / "out" / DATA_DIR).iterdir())
     assert side.sidecar_dir == tmp_path / "out" / DATA_DIR
     assert "sheet-0000.js" in files and "thumb-0000.js" in files and "graph-0000.js" in files
-    assert side.n_files == 3 + len(files)
+    assert side.n_files == 4 + len(files)
     assert 'id="carto-chunk-' not in side.html_path.read_text(encoding="utf-8")
     text = (tmp_path / "out" / DATA_DIR / "graph-0000.js").read_text(encoding="utf-8")
     assert text.startswith('cartoChunk("graph-0000",') and "<" not in text
@@ -205,7 +206,7 @@ def test_export_inline_then_sidecar(db, tmp_path):
     again = export_views(db, tmp_path / "out")
     assert again.sidecar_dir is None and not (tmp_path / "out" / DATA_DIR).exists()
     specs = {p.name for p in (tmp_path / "out" / "specs").iterdir()}
-    assert specs == {"projection.vl.json", "graph.vl.json"}
+    assert specs == {"projection.vl.json", "detail.vl.json", "graph.vl.json"}
 
 
 def test_script_json_escaping():
@@ -213,12 +214,23 @@ def test_script_json_escaping():
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
     assert json.loads(text) == {"a": "</script><!-- & \u2028 -->"}
     hostile = "</SCRIPT><script>alert(1)</script>"
-    specs = {"projection": {"datasets": {"x": [{"name": hostile}]}}, "graph": {}}
+    specs = {"projection": {"datasets": {"x": [{"name": hostile}]}}, "detail": {}, "graph": {}}
     chunk = {"graph-0000": script_json({"0": hostile})}
     page = render_page(specs, {"summary": {"title": hostile}}, chunk)
-    # Only the page's own script elements close: 3 JSON blocks, 1 chunk, bundle, script.
-    assert page.lower().count("</script") == 6
+    # Only the page's own script elements close: 4 JSON blocks, 1 chunk, bundle, script.
+    assert page.lower().count("</script") == 7
     assert hostile not in page
+
+
+def test_older_quality_table_is_left_out(db, tmp_path):
+    copy = tmp_path / "old.duckdb"
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute("DROP TABLE cluster_quality")
+    con.execute("CREATE TABLE cluster_quality AS SELECT 1 AS cluster_id, 0.5 AS purity")
+    con.close()
+    summary = study_summary(load_tables(copy))
+    assert [q["asset"] for q in summary["quality"]] == ["concept_graph"]
 
 
 def test_missing_table_names_the_asset(db, tmp_path):
