@@ -78,12 +78,17 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
     path = Path(database_path)
     if not path.is_file():
         raise ValueError(f"database {str(path)!r} does not exist; materialize the assets first")
-    con = duckdb.connect(str(path), read_only=True)
+    # ATTACH from a fresh in-memory connection: never a DuckDB instance this process cached
+    # for the path earlier (the file may have been replaced by a newer snapshot since).
+    con = duckdb.connect()
     try:
+        con.execute("ATTACH ? AS study (READ_ONLY)", [str(path)])
+        con.execute("USE study")
         present = {
             row[0]
             for row in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = 'study' AND table_schema = 'main'"
             ).fetchall()
         }
         check_tables(present)
@@ -92,7 +97,8 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
             found = {
                 row[0]
                 for row in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_catalog = 'study' AND table_name = ?",
                     [name],
                 ).fetchall()
             }
