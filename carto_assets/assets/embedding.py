@@ -29,14 +29,15 @@ def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
 @dg.asset(
     group_name="embedding",
     kinds={"duckdb", "pytorch"},
-    # Clusters are only read for the metadata's closeness figure (same-cluster vs random pairs).
-    deps=["cooccurrence", "neuron_clusters"],
+    # Trained on top_images' sentences (linear in top-k entries), not on the quadratic
+    # cooccurrence table; clusters are only read for the metadata's closeness figure.
+    deps=["top_images", "neuron_clusters"],
     check_specs=[dg.AssetCheckSpec("vectors_finite", asset="neuron_embedding")],
 )
 def neuron_embedding(
     context: dg.AssetExecutionContext, study: StudyResource
 ) -> dg.MaterializeResult:
-    """Skip-gram with negative sampling on co-occurrences: one vector per neuron."""
+    """Skip-gram with negative sampling over each top image's neurons: one vector per neuron."""
     cfg = study.load()
     store = study.store()
     result = stage.train_embedding(store, cfg.embedding, cfg.seed, progress=context.log.info)
@@ -46,6 +47,7 @@ def neuron_embedding(
         **table_metadata(store, "neuron_embedding", preview_rows=3),
         "dim": cfg.embedding.dim,
         "epochs": cfg.embedding.epochs,
+        "window": cfg.embedding.window,
         "epoch_losses": dg.MetadataValue.json([round(x, 5) for x in result.epoch_losses]),
         "loss_plot": dg.MetadataValue.md(
             stage.png_markdown(stage.loss_chart(result.epoch_losses), "loss per epoch")

@@ -45,24 +45,24 @@ class EmbeddingResult:
 def train_embedding(
     store: CartoStore, cfg: EmbeddingConfig, seed: int, progress=None
 ) -> EmbeddingResult:
-    """Skip-gram with negative sampling on the ``cooccurrence`` table."""
+    """Skip-gram with negative sampling on one sentence of neurons per top image.
+
+    Trained on ``top_images`` directly (word2vec's dynamic window over each image's shuffled
+    neuron list), not on the ``cooccurrence`` table: the work is linear in the top-k entries.
+    """
     n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
-    co = store.query("SELECT neuron_a, neuron_b, count FROM cooccurrence")
     top = store.query("SELECT neuron_id, image_id FROM top_images")
-    # word2vec's negative weighting: how often a neuron shares a top image with another one.
-    shared = CO.shared_image_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy(), n)
     start = time.perf_counter()
-    result = E.train_skipgram(
-        co["neuron_a"].to_numpy(),
-        co["neuron_b"].to_numpy(),
-        co["count"].to_numpy(),
+    result = E.train_skipgram_sentences(
+        top["neuron_id"].to_numpy(),
+        top["image_id"].to_numpy(),
         n,
+        window=cfg.window,
         dim=cfg.dim,
         epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         negatives=cfg.negatives,
         batch_size=cfg.batch_size,
-        negative_counts=shared,
         seed=seed,
         progress=(
             (
@@ -76,6 +76,7 @@ def train_embedding(
             else None
         ),
     )
+    del top
     vectors = np.asarray(result.vectors, dtype=np.float32)
     table = pl.DataFrame(
         {
