@@ -118,6 +118,9 @@ class GraphConfig:
     images_per_class: int = 16
     #: Edges whose source cluster is ablated for the faithfulness check (0 = skip the check).
     faithfulness_edges: int = 40
+    #: Classes per partition of the concept graph (``concept_graph_chunk``): chunks run in
+    #: parallel processes (``carto run --jobs N``, a backfill, a cluster executor).
+    classes_per_chunk: int = 16
 
 
 @dataclass(frozen=True)
@@ -428,6 +431,7 @@ def _graph_from_dict(raw: Any) -> GraphConfig:
         nodes_per_layer=get_int("nodes_per_layer", 1, 1000),
         images_per_class=get_int("images_per_class", 1, 100_000),
         faithfulness_edges=get_int("faithfulness_edges", 0, 100_000),
+        classes_per_chunk=get_int("classes_per_chunk", 1, 100_000),
     )
 
 
