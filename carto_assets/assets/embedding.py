@@ -13,15 +13,18 @@ from carto_assets.stages import embedding as stage
 def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
     """For every pair of neurons (any layers) sharing top images, how many they share."""
     store = study.store()
-    frame = stage.cooccurrence_frame(store)
-    store.replace_tables({"cooccurrence": frame})
-    n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
-    touched = len(np.union1d(frame["neuron_a"].to_numpy(), frame["neuron_b"].to_numpy()))
+    store.replace_tables({"cooccurrence": stage.COOCCURRENCE_SELECT})
+    summary = store.query(
+        "SELECT (SELECT count(*) FROM neurons) AS n, max(count) AS max_count, "
+        "(SELECT count(*) FROM (SELECT neuron_a FROM cooccurrence UNION "
+        "SELECT neuron_b FROM cooccurrence)) AS touched FROM cooccurrence"
+    )
+    n, touched = int(summary["n"][0]), int(summary["touched"][0])
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "cooccurrence"),
             "neurons_with_no_cooccurrence": n - touched,
-            "max_count": int(frame["count"].max() or 0),
+            "max_count": int(summary["max_count"][0] or 0),
         }
     )
 

@@ -19,10 +19,15 @@ def example_patches(
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
     cfg = study.load()
     store = study.store()
-    table, info = stage.example_patches(cfg, store, progress=context.log.info)
-    store.replace_tables({"example_patches": table})
+    parts, info = stage.example_patches(cfg, store, progress=context.log.info)
+    # Loaded from the part files in SQL: the PNGs never sit in this process all at once.
+    store.replace_tables({"example_patches": stage.patches_select(parts)})
+    for part in parts:
+        part.unlink()
     # A strip of the first neurons' strongest patches, shown inline in the UI.
-    first = table.filter(pl.col("rank") == 1).head(8)
+    first = store.query(
+        "SELECT neuron_id, png FROM example_patches WHERE rank = 1 ORDER BY neuron_id LIMIT 8"
+    )
     strip = " ".join(
         f"![n{n}](data:image/png;base64,{base64.b64encode(png).decode()})"
         for n, png in zip(first["neuron_id"], first["png"])

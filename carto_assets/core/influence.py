@@ -25,7 +25,8 @@ Cost: one forward pass per chunk of images, with the graph retained, then one ba
 per (consecutive layer pair, upper cluster) plus one for the prediction; each backward only
 walks the part of the graph between the two layers and covers all images of the chunk at once
 (images are independent in eval mode). So the work is O(#upper clusters x #images) segment
-backward passes, and memory is one chunk's forward graph.
+backward passes, and memory is one chunk's forward graph. On accelerators the backward passes
+of one layer pair's upper clusters run as one batched pass (``is_grads_batched``).
 
 This module never imports dagster.
 """
@@ -327,7 +328,7 @@ def influence_edges(
     include_prediction: bool = True,
     keep_nonpositive: bool = False,
     batch_size: int = 32,
-    batched_backward: bool = True,
+    batched_backward: bool | None = None,
 ) -> InfluenceResult:
     """Gradient x activation influence between clusters of consecutive captured layers.
 
@@ -358,7 +359,10 @@ def influence_edges(
         Take the gradients of all of a layer pair's upper clusters in one vectorized
         backward pass (``torch.autograd.grad(..., is_grads_batched=True)``) instead of one
         pass per cluster; falls back to the loop where an operation has no batching rule.
-        Same gradients either way (tested).
+        Same gradients either way (tested). None (default): batched on accelerators, where
+        it saves kernel launches and Python round trips, the loop on CPU, where it measured
+        about 20% slower (googlenet, 16 images, 5 clusters per layer, one thread: 4.3-4.7 s
+        of CPU time batched vs 3.4-4.1 s looped).
 
     Returns
     -------
@@ -400,6 +404,8 @@ def influence_edges(
     nonzero: set[tuple[str, str]] = set()
     n_images = 0
     device = _device(model)
+    if batched_backward is None:
+        batched_backward = device.type != "cpu"
     was_training = model.training
     model.eval()
     try:

@@ -33,6 +33,18 @@ def cooccurrence_frame(store: CartoStore) -> pl.DataFrame:
     )
 
 
+#: The ``cooccurrence`` table computed inside DuckDB: the same rows as
+#: :func:`cooccurrence_frame`, but the pairs (up to neurons^2 / 2, 15M for googlenet's 5,488)
+#: never pass through Python, whose intermediate copies were the stage's memory peak.
+COOCCURRENCE_SELECT = """
+    SELECT a.neuron_id::BIGINT AS neuron_a, b.neuron_id::BIGINT AS neuron_b,
+           count(DISTINCT a.image_id)::BIGINT AS count
+    FROM top_images a JOIN top_images b
+      ON a.image_id = b.image_id AND a.neuron_id < b.neuron_id
+    GROUP BY ALL ORDER BY neuron_a, neuron_b
+"""
+
+
 @dataclass(frozen=True)
 class EmbeddingResult:
     table: pl.DataFrame

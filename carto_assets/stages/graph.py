@@ -7,6 +7,7 @@ activation pass, so patches are cut from exactly the pixels the model saw.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,21 @@ from scipy.stats import spearmanr
 from carto_assets import pipeline
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
-from carto_assets.storage import CartoStore, write_parquet_atomic
+from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
 from carto_assets.study import Study
 
 
 # ---- example patches ------------------------------------------------------------------------
-def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.DataFrame, dict]:
+def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[list[Path], dict]:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
-    around the argmax cell, with a window as large as the layer's receptive field."""
+    around the argmax cell, with a window as large as the layer's receptive field.
+
+    Returns the Parquet part files holding the rows (one per chunk of images, under
+    ``example_patches/`` of the study's files) and information for the metadata. The PNGs are
+    written a chunk at a time and never held together in memory (googlenet's 49k patches of
+    a noisy image set are ~0.6 GB, and each in-memory copy on the way to DuckDB added that
+    much); :func:`patches_select` loads the parts into the table in SQL.
+    """
     say = progress or (lambda m: None)
     images, class_names = pipeline.load_manifest(study)
     bundle, layers, _ = pipeline.load_model(study)
@@ -58,7 +66,9 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
     rows = pl.concat(boxed)
     wanted = np.unique(rows["image_id"].to_numpy())
     say(f"loading {len(wanted)} images for {len(rows)} patches")
-    parts = []
+    parts: list[Path] = []
+    out = study.files_dir / "example_patches"
+    shutil.rmtree(out, ignore_errors=True)
     n_loaded = 0
     for lo in range(0, len(wanted), 256):
         ids = wanted[lo : lo + 256]
@@ -70,14 +80,28 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
         pngs = P.crop_patches(
             pixels, chunk["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
         )
-        parts.append(chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary)))
-    table = pl.concat(parts).sort("neuron_id", "rank")
+        part = chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
+        parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
+        del pixels, chunk, pngs, part
+    if not parts:  # no rows: one empty part keeps the table's columns
+        empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))
+        parts.append(write_parquet_atomic(empty, out / "part-00000.parquet"))
     rf_table = {
         n: {"receptive_field_px": f.size_px, "truncated": f.truncated} for n, f in fields.items()
     }
     for n in infos.keys() - fields.keys():
         rf_table[n] = {"receptive_field_px": bundle.input_size, "truncated": True}
-    return table, {"receptive_fields": rf_table, "n_images_loaded": n_loaded}
+    return parts, {"receptive_fields": rf_table, "n_images_loaded": n_loaded}
+
+
+def patches_select(parts: list[Path]) -> str:
+    """The SELECT that loads :func:`example_patches`' part files as the table, ordered."""
+    return (
+        "SELECT neuron_id::BIGINT AS neuron_id, rank::INTEGER AS rank, "
+        'image_id::BIGINT AS image_id, top::INTEGER AS top, "left"::INTEGER AS "left", '
+        'bottom::INTEGER AS bottom, "right"::INTEGER AS "right", png::BLOB AS png '
+        f"FROM read_parquet({sql_path_list(parts)}) ORDER BY neuron_id, rank"
+    )
 
 
 def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:

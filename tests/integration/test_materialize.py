@@ -246,6 +246,15 @@ def test_patches_and_concept_graph(materialized):
     assert -1.0 <= rho <= 1.0
 
 
+def test_cooccurrence_in_sql_matches_the_sparse_product(materialized):
+    from carto_assets.stages import embedding as embedding_stage
+
+    study, _, _ = materialized
+    store = CartoStore(study.database_path)
+    table = store.query("SELECT * FROM cooccurrence")
+    assert len(table) > 0 and table.equals(embedding_stage.cooccurrence_frame(store))
+
+
 def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
     """The tables the partitioned assets published equal one in-process run with one class per
     chunk and one with every class in a single chunk."""
