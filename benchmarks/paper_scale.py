@@ -141,8 +141,9 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     return len(x_all) / fwd_s, best
 
 
-def run_assets(study_file: str, say) -> list[dict]:
-    """Materialize every asset in dependency order, one asset/partition at a time."""
+def run_assets(study_file: str, say, only: list[str] | None = None) -> list[dict]:
+    """Materialize every asset (or those in ``only``) in dependency order, one
+    asset/partition at a time."""
     import dagster as dg
 
     from carto_assets.definitions import ALL_ASSETS, build_definitions
@@ -155,7 +156,7 @@ def run_assets(study_file: str, say) -> list[dict]:
     rows = []
     instance = dg.DagsterInstance.get()
     for key in order:
-        if key not in assets_by_key:
+        if key not in assets_by_key or (only and key.to_user_string() not in only):
             continue
         node = graph.get(key)
         partitions = node.partitions_def
@@ -207,6 +208,11 @@ def main() -> None:
     parser.add_argument("--images-dir", type=Path, help="reuse a generated image folder")
     parser.add_argument("--keep", type=Path, help="keep the study, database and images here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument(
+        "--only",
+        help="comma-separated assets to (re)materialize in a --keep folder that already holds "
+        "the rest, e.g. --only neuron_embedding",
+    )
     args = parser.parse_args()
     if args.paper:
         args.model, args.classes, args.top_k = PAPER["model"], PAPER["classes"], PAPER["top_k"]
@@ -227,7 +233,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         flush=True,
     )
-    if args.images_dir is None:
+    if args.images_dir is None and not (images_dir / f"class_{args.classes - 1:04d}").is_dir():
         start = time.perf_counter()
         generate_images(images_dir, args.classes, args.per_class, args.size)
         print(f"generated {n_images} images in {time.perf_counter() - start:.1f} s", flush=True)
@@ -239,7 +245,8 @@ def main() -> None:
 
     study = load_study(study_file)
     start_all = time.perf_counter()
-    rows = run_assets(str(study_file), lambda m: print(m, flush=True))
+    only = args.only.split(",") if args.only else None
+    rows = run_assets(str(study_file), lambda m: print(m, flush=True), only)
     total = time.perf_counter() - start_all
 
     import duckdb
@@ -249,9 +256,12 @@ def main() -> None:
     per_image = con.execute(
         "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)"
     ).fetchone()[0]
-    n_classes_graph = con.execute(
-        "SELECT count(DISTINCT label) FROM concept_graph_nodes"
-    ).fetchone()[0]
+    try:
+        n_classes_graph = con.execute(
+            "SELECT count(DISTINCT label) FROM concept_graph_nodes"
+        ).fetchone()[0]
+    except duckdb.CatalogException:  # --only without the concept graph
+        n_classes_graph = 0
     con.close()
 
     forward_ips, fwd_bwd_s = bare_forward(study, min(n_images, 4 * args.batch_size))
