@@ -45,7 +45,14 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from carto_assets.core.cooccurrence import cooccurrence_counts, shared_image_counts
-from carto_assets.core.embedding import nearest_neighbors, train_skipgram
+from carto_assets.core.embedding import (
+    image_sentences as sentence_lists,
+)
+from carto_assets.core.embedding import (
+    nearest_neighbors,
+    train_skipgram,
+    train_skipgram_sentences,
+)
 
 # The product defaults are what is benchmarked.
 _DEFAULTS = {k: v.default for k, v in inspect.signature(train_skipgram).parameters.items()}
@@ -53,6 +60,7 @@ DIM = _DEFAULTS["dim"]
 EPOCHS = _DEFAULTS["epochs"]
 LEARNING_RATE = _DEFAULTS["learning_rate"]
 NEGATIVES = _DEFAULTS["negatives"]
+WINDOW = inspect.signature(train_skipgram_sentences).parameters["window"].default
 GENSIM_WORKERS = 2
 
 
@@ -196,17 +204,39 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
     ours("ours, negative_group_size=1", negative_counts=sentence_counts, negative_group_size=1)
     ours("ours, negative_counts=None")
 
+    def windowed(label: str, window: int) -> None:
+        seconds, result = best_time(
+            lambda: train_skipgram_sentences(
+                neuron_ids, image_ids, n, window=window, dim=DIM, epochs=EPOCHS,
+                learning_rate=LEARNING_RATE, negatives=NEGATIVES, seed=0,
+            ),
+            repeats,
+        )  # fmt: skip
+        keep = (group >= 0) & ~result.isolated
+        rows.append(
+            {
+                "method": label,
+                "train_s": seconds,
+                "extra": "",
+                "precision": precision_at_10(result.vectors[keep], group[keep]),
+            }
+        )
+        print(f"  {label}: {seconds:.2f}s", flush=True)
+
+    windowed(f"ours, window={WINDOW} (product)", WINDOW)
+
     sentences = image_sentences(neuron_ids, image_ids)
     window = max(len(s) for s in sentences)
-    for alpha, label in [
-        (LEARNING_RATE, f"gensim alpha={LEARNING_RATE}"),
-        (0.025, "gensim alpha=0.025 (its default)"),
+    for alpha, label, win, shrink in [
+        (LEARNING_RATE, f"gensim alpha={LEARNING_RATE}", window, False),
+        (0.025, "gensim alpha=0.025 (its default)", window, False),
+        (LEARNING_RATE, f"gensim window={WINDOW}", WINDOW, True),
     ]:
 
-        def gensim_run(alpha=alpha):
+        def gensim_run(alpha=alpha, win=win, shrink=shrink):
             model = Word2Vec(
-                vector_size=DIM, window=window, min_count=1, sg=1, hs=0, negative=NEGATIVES,
-                sample=0, shrink_windows=False, alpha=alpha, min_alpha=alpha * 1e-4,
+                vector_size=DIM, window=win, min_count=1, sg=1, hs=0, negative=NEGATIVES,
+                sample=0, shrink_windows=shrink, alpha=alpha, min_alpha=alpha * 1e-4,
                 workers=GENSIM_WORKERS, seed=0, epochs=EPOCHS,
             )  # fmt: skip
             start = time.perf_counter()
@@ -241,7 +271,7 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
 
 def print_table(rows: list[dict]) -> None:
     header = (
-        f"{'dataset':<10} {'method':<33} {'train s':>8} {'':<13} {'prec@10':>8} "
+        f"{'dataset':<10} {'method':<34} {'train s':>8} {'':<13} {'prec@10':>8} "
         f"{'gensim s / ours s':>18} {'prec - gensim':>14}"
     )
     print("\n" + header)
@@ -253,13 +283,96 @@ def print_table(rows: list[dict]) -> None:
             speedup = reference["train_s"] / r["train_s"]
             delta = r["precision"] - reference["precision"]
             print(
-                f"{dataset:<10} {r['method']:<33} {r['train_s']:>8.2f} {r['extra']:<13} "
+                f"{dataset:<10} {r['method']:<34} {r['train_s']:>8.2f} {r['extra']:<13} "
                 f"{r['precision']:>8.3f} {speedup:>17.2f}x {delta:>+14.3f}"
             )
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        subset = {r["method"]: r for r in rows if r["dataset"] == dataset}
+        win = subset[f"ours, window={WINDOW} (product)"]
+        print(
+            f"{dataset}: window={WINDOW} vs all-pairs: precision "
+            f"{win['precision'] - subset['ours']['precision']:+.3f} (target within 0.02); "
+            f"speed vs gensim at window={WINDOW}: "
+            f"{subset[f'gensim window={WINDOW}']['train_s'] / win['train_s']:.2f}x (target >= 1)"
+        )
     print(
         f"\nAll runs: dim={DIM}, epochs={EPOCHS}, negatives={NEGATIVES}; "
         f"reference row per dataset: gensim alpha={LEARNING_RATE}, workers={GENSIM_WORKERS}. "
         f"Ratios > 1x mean ours is faster."
+    )
+
+
+def rehearsal_shape(database: str | None, repeats: int) -> None:
+    """Time per epoch at the shape of issue 12's rehearsal: all pairs vs the dynamic window.
+
+    Top-k sets of 5,488 neurons (googlenet's 9 auto layers) with k = 50 over 2,000 images
+    (~137 neurons per image), then over 1,000 images (neurons per image doubled). The all-pairs
+    trainer runs one epoch (its epochs cost the same); the windowed trainer and gensim at the
+    same window run the full default training. ``--database`` uses a study's real
+    ``top_images`` instead of the generated sets (first row only).
+    """
+    from gensim.models import Word2Vec
+
+    n, k = 5488, 50
+    rng = np.random.default_rng(0)
+    cases = []
+    if database:
+        import duckdb
+
+        con = duckdb.connect(database, read_only=True)
+        top = con.execute("SELECT neuron_id, image_id FROM top_images").fetchnumpy()
+        n = int(con.execute("SELECT count(*) FROM neurons").fetchone()[0])
+        con.close()
+        cases.append((f"{database}", top["neuron_id"], top["image_id"]))
+    for n_images in (2000, 1000):
+        neuron_ids = np.repeat(np.arange(n), k)
+        image_ids = np.concatenate([rng.choice(n_images, k, replace=False) for _ in range(n)])
+        cases.append((f"generated, {n_images} images", neuron_ids, image_ids))
+    print(
+        f"\n[rehearsal shape] {n} neurons, top-{k}; {EPOCHS} epochs, window={WINDOW}; "
+        "all-pairs timed on 1 epoch"
+    )
+    header = (
+        f"{'case':<34} {'nrn/img':>7} {'all-pairs ex/ep':>15} {'all-pairs s/ep':>14} "
+        f"{'window ex/ep':>12} {'window s':>9} {'s/ep':>6} {'gensim s':>9} {'all-pairs/window':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    per_epoch = {}
+    for label, neuron_ids, image_ids in cases:
+        sentences = sentence_lists(neuron_ids, image_ids)
+        lengths = sentences.lengths
+        a, b, count = cooccurrence_counts(neuron_ids, image_ids)
+        pairs_s, _ = best_time(
+            lambda a=a, b=b, count=count: train_skipgram(a, b, count, n, epochs=1, seed=0), 1
+        )
+        win_s, _ = best_time(
+            lambda ni=neuron_ids, ii=image_ids: train_skipgram_sentences(ni, ii, n, seed=0),
+            repeats,
+        )
+        sentences_txt = image_sentences(neuron_ids, image_ids)
+        model = Word2Vec(
+            vector_size=DIM, window=WINDOW, min_count=1, sg=1, hs=0, negative=NEGATIVES,
+            sample=0, alpha=LEARNING_RATE, min_alpha=LEARNING_RATE * 1e-4,
+            workers=GENSIM_WORKERS, seed=0, epochs=EPOCHS,
+        )  # fmt: skip
+        model.build_vocab(sentences_txt)
+        start = time.perf_counter()
+        model.train(sentences_txt, total_examples=len(sentences_txt), epochs=EPOCHS)
+        gensim_s = time.perf_counter() - start
+        from carto_assets.core.embedding import window_examples
+
+        window_ex = window_examples(sentences, WINDOW, np.random.default_rng(0))[0].size
+        per_epoch[label] = win_s / EPOCHS
+        print(
+            f"{label[-34:]:<34} {lengths.mean():>7.0f} {2 * int(count.sum()):>15,} "
+            f"{pairs_s:>14.1f} {window_ex:>12,} {win_s:>9.1f} {win_s / EPOCHS:>6.2f} "
+            f"{gensim_s:>9.1f} {pairs_s / (win_s / EPOCHS):>15.1f}x"
+        )
+    base, doubled = per_epoch["generated, 2000 images"], per_epoch["generated, 1000 images"]
+    print(
+        f"neurons per image doubled (2,000 -> 1,000 images): windowed time x{doubled / base:.2f} "
+        "(target <= 2: at most linear); 'all-pairs/window' compares one epoch of each."
     )
 
 
@@ -270,6 +383,10 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads", action="store_true", help="add a row with torch's own thread count"
     )
+    parser.add_argument(
+        "--rehearsal", action="store_true", help="only the rehearsal-shape timing (issue 12)"
+    )
+    parser.add_argument("--database", help="a study database whose top_images to time too")
     args = parser.parse_args()
     import gensim
     import torch
@@ -278,11 +395,13 @@ def main() -> None:
         f"gensim {gensim.__version__}, torch {torch.__version__} "
         f"(process threads {torch.get_num_threads()}), {os.cpu_count()} CPUs"
     )
-    names = ["noisy-10k"] if args.quick else list(SPECS)
-    rows = []
-    for name in names:
-        rows += run_dataset(SPECS[name], args.repeats, args.torch_threads)
-    print_table(rows)
+    if not args.rehearsal:
+        names = ["noisy-10k"] if args.quick else list(SPECS)
+        rows = []
+        for name in names:
+            rows += run_dataset(SPECS[name], args.repeats, args.torch_threads)
+        print_table(rows)
+    rehearsal_shape(args.database, 1 if args.quick else args.repeats)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run_partition(args: argparse.Namespace) -> int:
-    """One activation partition in this process (a worker of ``carto run --jobs N``)."""
+    """One activation shard or class chunk in this process (a worker of ``carto run --jobs N``)."""
     from carto_assets.run import RunFailed, execute_partition
     from carto_assets.study import StudyError
 
@@ -71,7 +71,7 @@ def cmd_run_partition(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     instance = _instance(args.dagster_home)
     try:
-        execute_partition(args.study or "", args.partition, instance)
+        execute_partition(args.study or "", args.partition, instance, args.job)
     except (RunFailed, StudyError) as exc:
         print(f"carto: {exc}", file=sys.stderr)
         return 1
@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--partition", required=True, help="shard partition key, e.g. shard-0003")
     part.add_argument("--dagster-home", help="Dagster instance folder shared with `carto run`")
     part.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    part.add_argument(
+        "--job",
+        default="activation_pass",
+        choices=["activation_pass", "concept_graph_chunks"],
+        help="the partitioned job: activation shards or concept-graph class chunks",
+    )
     part.set_defaults(func=cmd_run_partition)
 
     layers = sub.add_parser("layers", help="list a model's layers with channel counts")

@@ -15,7 +15,7 @@ from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
 from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
-from carto_assets.assets.graph import concept_graph, example_patches
+from carto_assets.assets.graph import concept_graph, concept_graph_chunk, example_patches
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
@@ -33,6 +33,7 @@ ALL_ASSETS = [
     neuron_clusters,
     cluster_quality,
     example_patches,
+    concept_graph_chunk,
     concept_graph,
     cooccurrence,
     neuron_embedding,
@@ -43,6 +44,8 @@ ALL_ASSETS = [
 PREPARE_JOB = "prepare_study"
 ACTIVATIONS_JOB = "activation_pass"
 SUMMARIES_JOB = "summaries"
+GRAPH_CHUNKS_JOB = "concept_graph_chunks"
+PUBLISH_JOB = "graph_and_views"
 
 
 def build_definitions(study_file: str = "") -> dg.Definitions:
@@ -65,8 +68,21 @@ def build_definitions(study_file: str = "") -> dg.Definitions:
             dg.define_asset_job(
                 SUMMARIES_JOB,
                 selection=dg.AssetSelection.assets(activations).downstream()
-                - dg.AssetSelection.assets(activations),
-                description="Everything computed from the per-shard summaries.",
+                - dg.AssetSelection.assets(activations)
+                - dg.AssetSelection.assets(concept_graph_chunk).downstream(),
+                description="Everything computed from the per-shard summaries, up to the "
+                "concept graph's class chunks.",
+            ),
+            dg.define_asset_job(
+                GRAPH_CHUNKS_JOB,
+                selection=dg.AssetSelection.assets(concept_graph_chunk),
+                description="The concept graph for one chunk of classes (one run per partition).",
+            ),
+            dg.define_asset_job(
+                PUBLISH_JOB,
+                selection=dg.AssetSelection.assets(concept_graph_chunk).downstream()
+                - dg.AssetSelection.assets(concept_graph_chunk),
+                description="Merge the class chunks into the concept graph tables; the views.",
             ),
         ],
         resources={"study": resource},

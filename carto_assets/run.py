@@ -22,11 +22,13 @@ import dagster as dg
 from carto_assets import pipeline
 from carto_assets.definitions import (
     ACTIVATIONS_JOB,
+    GRAPH_CHUNKS_JOB,
     PREPARE_JOB,
+    PUBLISH_JOB,
     SUMMARIES_JOB,
     build_definitions,
 )
-from carto_assets.partitions import SHARDS
+from carto_assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.sources.datasets import shard_key
 from carto_assets.study import Study
 
@@ -55,25 +57,35 @@ def _failure_detail(result: dg.ExecuteInProcessResult) -> str:
     return failures[0] if failures else "see the run's logs in the Dagster UI"
 
 
-def execute_partition(study_file: str, partition_key: str, instance: dg.DagsterInstance) -> None:
-    """One activation run for ``partition_key`` in ``instance``; raises :class:`RunFailed`.
+#: The partitioned jobs and their partitions.
+PARTITIONED_JOBS = {ACTIVATIONS_JOB: SHARDS.name, GRAPH_CHUNKS_JOB: CLASS_CHUNKS.name}
+
+
+def execute_partition(
+    study_file: str,
+    partition_key: str,
+    instance: dg.DagsterInstance,
+    job_name: str = ACTIVATIONS_JOB,
+) -> None:
+    """One run of a partitioned job (activation shard or class chunk) for ``partition_key``
+    in ``instance``; raises :class:`RunFailed`.
 
     What ``carto run-partition`` runs in each worker process of ``carto run --jobs N``.
     """
     defs = build_definitions(study_file)
-    known = instance.get_dynamic_partitions(SHARDS.name)
+    known = instance.get_dynamic_partitions(PARTITIONED_JOBS[job_name])
     if partition_key not in known:
         shown = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "")
         raise RunFailed(
-            f"{ACTIVATIONS_JOB}: unknown partition {partition_key!r}; the instance has "
-            f"{len(known)} shard partitions ({shown}); materialize `images` "
-            "(the prepare_study job) first"
+            f"{job_name}: unknown partition {partition_key!r}; the instance has "
+            f"{len(known)} {PARTITIONED_JOBS[job_name]} partitions ({shown}); materialize "
+            "`images` (the prepare_study job) first"
         )
-    result = defs.resolve_job_def(ACTIVATIONS_JOB).execute_in_process(
+    result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, partition_key=partition_key, raise_on_error=False
     )
     if not result.success:
-        raise RunFailed(f"{ACTIVATIONS_JOB} {partition_key} failed:\n{_failure_detail(result)}")
+        raise RunFailed(f"{job_name} {partition_key} failed:\n{_failure_detail(result)}")
 
 
 def _run_partitions_in_processes(
@@ -82,6 +94,8 @@ def _run_partitions_in_processes(
     instance: dg.DagsterInstance,
     jobs: int,
     say: Callable[[str], None],
+    job_name: str = ACTIVATIONS_JOB,
+    step: str = "[2/3] activations",
 ) -> None:
     """Run one ``carto run-partition`` process per key, at most ``jobs`` at a time.
 
@@ -120,12 +134,14 @@ def _run_partitions_in_processes(
                     str(home),
                     "--threads",
                     str(threads),
+                    "--job",
+                    job_name,
                 ]
                 proc = subprocess.Popen(
                     cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, text=True
                 )
                 running[key] = (proc, log_file)
-                say(f"[2/3] activations {key} started (pid {proc.pid}, {len(running)} running)")
+                say(f"{step} {key} started (pid {proc.pid}, {len(running)} running)")
             time.sleep(0.2)
             for key, (proc, log_file) in list(running.items()):
                 if proc.poll() is None:
@@ -138,13 +154,13 @@ def _run_partitions_in_processes(
                 if proc.returncode != 0:
                     tail = "\n".join(output.strip().splitlines()[-30:])
                     failed[key] = tail or f"exit status {proc.returncode}"
-                    say(f"[2/3] activations {key} FAILED ({done}/{len(keys)})")
+                    say(f"{step} {key} FAILED ({done}/{len(keys)})")
                 else:
-                    say(f"[2/3] activations {key} done ({done}/{len(keys)})")
+                    say(f"{step} {key} done ({done}/{len(keys)})")
     if failed:
         detail = "\n".join(f"--- {k} ---\n{v}" for k, v in sorted(failed.items()))
         raise RunFailed(
-            f"{ACTIVATIONS_JOB} failed for partition(s) {', '.join(sorted(failed))}:\n{detail}"
+            f"{job_name} failed for partition(s) {', '.join(sorted(failed))}:\n{detail}"
         )
 
 
@@ -157,7 +173,8 @@ def materialize_all(
 ) -> dict[str, float]:
     """Run every job of the study in order; returns seconds per stage. Raises on failure.
 
-    ``jobs``: activation partitions run at once; 1 runs them one after another in this process,
+    ``jobs``: activation shards (and concept-graph class chunks) run at once; 1 runs them one
+    after another in this process,
     N > 1 runs them in up to N worker processes (``carto run-partition``) recording into the
     same persistent Dagster instance. Shards whose stored summary is up to date (see
     :func:`up_to_date_shards`) are not recomputed unless ``force``; the summaries always are.
@@ -224,6 +241,21 @@ def materialize_all(
     t2 = time.perf_counter()
     say("[3/3] summaries (top images and everything after)")
     execute(SUMMARIES_JOB)
+    # The concept graph's class chunks: partitions like the shards, then one merge.
+    chunk_keys = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
+    step = "[3/3] concept graph"
+    t3 = time.perf_counter()
+    if jobs == 1 or len(chunk_keys) <= 1:
+        for i, key in enumerate(chunk_keys, 1):
+            say(f"{step} {key} ({i}/{len(chunk_keys)})")
+            execute(GRAPH_CHUNKS_JOB, partition_key=key)
+    else:
+        say(f"{step}: {len(chunk_keys)} class chunks in up to {jobs} processes")
+        _run_partitions_in_processes(
+            study_file, chunk_keys, instance, jobs, say, job_name=GRAPH_CHUNKS_JOB, step=step
+        )
+    timings["graph_chunks"] = time.perf_counter() - t3
+    execute(PUBLISH_JOB)
     timings["summaries"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     return timings

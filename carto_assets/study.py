@@ -91,6 +91,11 @@ class EmbeddingConfig:
     learning_rate: float = 0.07
     negatives: int = 5
     batch_size: int = 16384
+    #: word2vec's dynamic window over each image's shuffled list of neurons: the work per epoch
+    #: is ~ (window + 1) examples per top-k entry, linear in neurons x k (all pairs of an
+    #: image's list would be quadratic in the neurons per image). 5 is word2vec's default and
+    #: kept the all-pairs trainer's neighbour precision in benchmarks/embedding.py.
+    window: int = 5
     #: UMAP neighbourhood size (clamped for small studies) and minimum distance.
     n_neighbors: int = 15
     min_dist: float = 0.1
@@ -113,6 +118,9 @@ class GraphConfig:
     images_per_class: int = 16
     #: Edges whose source cluster is ablated for the faithfulness check (0 = skip the check).
     faithfulness_edges: int = 40
+    #: Classes per partition of the concept graph (``concept_graph_chunk``): chunks run in
+    #: parallel processes (``carto run --jobs N``, a backfill, a cluster executor).
+    classes_per_chunk: int = 16
 
 
 @dataclass(frozen=True)
@@ -388,6 +396,7 @@ def _embedding_from_dict(raw: Any) -> EmbeddingConfig:
         ),
         negatives=get_int("negatives", 1, 100),
         batch_size=get_int("batch_size", 1),
+        window=get_int("window", 1, 1000),
         n_neighbors=get_int("n_neighbors", 2, 500),
         min_dist=_check_float(
             "embedding.min_dist", raw.get("min_dist", d.min_dist), low=0.0, high=1.0, low_open=False
@@ -422,6 +431,7 @@ def _graph_from_dict(raw: Any) -> GraphConfig:
         nodes_per_layer=get_int("nodes_per_layer", 1, 1000),
         images_per_class=get_int("images_per_class", 1, 100_000),
         faithfulness_edges=get_int("faithfulness_edges", 0, 100_000),
+        classes_per_chunk=get_int("classes_per_chunk", 1, 100_000),
     )
 
 

@@ -13,15 +13,18 @@ from carto_assets.stages import embedding as stage
 def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
     """For every pair of neurons (any layers) sharing top images, how many they share."""
     store = study.store()
-    frame = stage.cooccurrence_frame(store)
-    store.replace_tables({"cooccurrence": frame})
-    n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
-    touched = len(np.union1d(frame["neuron_a"].to_numpy(), frame["neuron_b"].to_numpy()))
+    store.replace_tables({"cooccurrence": stage.COOCCURRENCE_SELECT})
+    summary = store.query(
+        "SELECT (SELECT count(*) FROM neurons) AS n, max(count) AS max_count, "
+        "(SELECT count(*) FROM (SELECT neuron_a FROM cooccurrence UNION "
+        "SELECT neuron_b FROM cooccurrence)) AS touched FROM cooccurrence"
+    )
+    n, touched = int(summary["n"][0]), int(summary["touched"][0])
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "cooccurrence"),
             "neurons_with_no_cooccurrence": n - touched,
-            "max_count": int(frame["count"].max() or 0),
+            "max_count": int(summary["max_count"][0] or 0),
         }
     )
 
@@ -29,14 +32,15 @@ def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
 @dg.asset(
     group_name="embedding",
     kinds={"duckdb", "pytorch"},
-    # Clusters are only read for the metadata's closeness figure (same-cluster vs random pairs).
-    deps=["cooccurrence", "neuron_clusters"],
+    # Trained on top_images' sentences (linear in top-k entries), not on the quadratic
+    # cooccurrence table; clusters are only read for the metadata's closeness figure.
+    deps=["top_images", "neuron_clusters"],
     check_specs=[dg.AssetCheckSpec("vectors_finite", asset="neuron_embedding")],
 )
 def neuron_embedding(
     context: dg.AssetExecutionContext, study: StudyResource
 ) -> dg.MaterializeResult:
-    """Skip-gram with negative sampling on co-occurrences: one vector per neuron."""
+    """Skip-gram with negative sampling over each top image's neurons: one vector per neuron."""
     cfg = study.load()
     store = study.store()
     result = stage.train_embedding(store, cfg.embedding, cfg.seed, progress=context.log.info)
@@ -46,6 +50,7 @@ def neuron_embedding(
         **table_metadata(store, "neuron_embedding", preview_rows=3),
         "dim": cfg.embedding.dim,
         "epochs": cfg.embedding.epochs,
+        "window": cfg.embedding.window,
         "epoch_losses": dg.MetadataValue.json([round(x, 5) for x in result.epoch_losses]),
         "loss_plot": dg.MetadataValue.md(
             stage.png_markdown(stage.loss_chart(result.epoch_losses), "loss per epoch")

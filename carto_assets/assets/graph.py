@@ -5,7 +5,9 @@ import base64
 import dagster as dg
 import polars as pl
 
+from carto_assets import pipeline
 from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.partitions import CLASS_CHUNKS
 from carto_assets.resources import StudyResource
 from carto_assets.stages import graph as stage
 
@@ -17,10 +19,15 @@ def example_patches(
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
     cfg = study.load()
     store = study.store()
-    table, info = stage.example_patches(cfg, store, progress=context.log.info)
-    store.replace_tables({"example_patches": table})
+    parts, info = stage.example_patches(cfg, store, progress=context.log.info)
+    # Loaded from the part files in SQL: the PNGs never sit in this process all at once.
+    store.replace_tables({"example_patches": stage.patches_select(parts)})
+    for part in parts:
+        part.unlink()
     # A strip of the first neurons' strongest patches, shown inline in the UI.
-    first = table.filter(pl.col("rank") == 1).head(8)
+    first = store.query(
+        "SELECT neuron_id, png FROM example_patches WHERE rank = 1 ORDER BY neuron_id LIMIT 8"
+    )
     strip = " ".join(
         f"![n{n}](data:image/png;base64,{base64.b64encode(png).decode()})"
         for n, png in zip(first["neuron_id"], first["png"])
@@ -39,15 +46,48 @@ def example_patches(
 
 @dg.asset(
     group_name="graph",
-    kinds={"duckdb", "pytorch"},
+    kinds={"pytorch", "parquet"},
+    partitions_def=CLASS_CHUNKS,
     deps=["class_importance", "neuron_clusters"],
+)
+def concept_graph_chunk(
+    context: dg.AssetExecutionContext, study: StudyResource
+) -> dg.MaterializeResult:
+    """Influence edges, cascades and ablation effects for one chunk of classes, as Parquet."""
+    cfg = study.load()
+    store = study.store()
+    index = stage.chunk_index(context.partition_key)
+    n_classes = len(pipeline.load_manifest(cfg)[1])
+    labels = stage.chunk_labels(index, n_classes, cfg.graph.classes_per_chunk)
+    # Reads the database, writes only Parquet: chunks run in parallel processes.
+    chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
+    out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
+    computed = chunk["n_classes_computed"]
+    return dg.MaterializeResult(
+        metadata={
+            "classes": dg.MetadataValue.json([labels[0], labels[-1]] if labels else []),
+            "classes_computed": computed,
+            "edges": len(chunk["edges"]),
+            "seconds": round(chunk["seconds"], 2),
+            "seconds_per_class": round(chunk["seconds"] / max(1, computed), 3),
+            "chunk_dir": dg.MetadataValue.path(str(out)),
+        }
+    )
+
+
+@dg.asset(
+    group_name="graph",
+    kinds={"duckdb"},
+    deps=["concept_graph_chunk"],
     check_specs=[dg.AssetCheckSpec("edge_weights_track_ablation", asset="concept_graph")],
 )
 def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per class: important clusters per layer, influence edges up to the prediction, cascades."""
     cfg = study.load()
     store = study.store()
-    g = stage.concept_graph(cfg, store, progress=context.log.info)
+    keys = context.instance.get_dynamic_partitions(CLASS_CHUNKS.name)
+    chunks = [stage.read_graph_chunk(cfg, key) for key in sorted(keys)]
+    g = stage.merge_graph_chunks(cfg, store, chunks)
     tables = {
         "concept_graph_nodes": g["nodes"],
         "concept_graph_edges": g["edges"],
@@ -64,6 +104,8 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
             "edges": len(g["edges"]),
             "cascade_rows": len(g["cascades"]),
             "seconds": round(g["seconds"], 2),
+            "class_chunks": g["chunks"],
+            "seconds_per_class": round(g["seconds_per_class"], 3),
             "prediction_edges": g["prediction_edges"],
             "faithfulness_spearman_rho": rho,
             "faithfulness_edges_ablated": len(g["faithfulness"]),

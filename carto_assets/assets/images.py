@@ -7,9 +7,10 @@ import polars as pl
 
 from carto_assets import pipeline
 from carto_assets.assets._metadata import frame_to_markdown, table_metadata
-from carto_assets.partitions import SHARDS
+from carto_assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.resources import StudyResource
 from carto_assets.sources.datasets import shard_key
+from carto_assets.stages.graph import chunk_key, n_class_chunks
 
 
 @dg.asset(
@@ -29,11 +30,15 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
     counts = pipeline.write_images_tables(cfg, manifest, store)
 
     # Keep the shard partitions in step with the study: add new keys, drop stale ones.
-    wanted = [shard_key(s) for s in range(cfg.shards)]
-    existing = set(context.instance.get_dynamic_partitions(SHARDS.name))
-    context.instance.add_dynamic_partitions(SHARDS.name, [k for k in wanted if k not in existing])
-    for key in sorted(existing - set(wanted)):
-        context.instance.delete_dynamic_partition(SHARDS.name, key)
+    _sync_partitions(context.instance, SHARDS.name, [shard_key(s) for s in range(cfg.shards)])
+    _sync_partitions(
+        context.instance,
+        CLASS_CHUNKS.name,
+        [
+            chunk_key(i)
+            for i in range(n_class_chunks(len(manifest.class_names), cfg.graph.classes_per_chunk))
+        ],
+    )
     for stale in pipeline.stale_shard_dirs(cfg):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -75,3 +80,11 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
     ]
     context.log.info(f"{len(imgs)} images in {cfg.shards} shards; {len(skipped)} files skipped")
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _sync_partitions(instance: dg.DagsterInstance, name: str, wanted: list[str]) -> None:
+    """Add the study's partition keys and drop stale ones (from an earlier, larger study)."""
+    existing = set(instance.get_dynamic_partitions(name))
+    instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
+    for key in sorted(existing - set(wanted)):
+        instance.delete_dynamic_partition(name, key)

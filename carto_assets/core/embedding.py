@@ -22,11 +22,16 @@ import torch.nn.functional as F
 
 __all__ = [
     "BatchGradients",
+    "Sentences",
     "SkipGramResult",
+    "expected_window_weight",
+    "image_sentences",
     "nearest_neighbors",
     "project_2d",
     "skipgram_batch_gradients",
     "train_skipgram",
+    "train_skipgram_sentences",
+    "window_examples",
 ]
 
 # word2vec's exponent for the negative-sampling distribution.
@@ -155,6 +160,31 @@ def _check_int(name: str, value: object, minimum: int, *, allow_none: bool = Fal
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         allowed = f"an integer >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_hyperparameters(
+    dim: int,
+    epochs: int,
+    learning_rate: float,
+    negatives: int,
+    batch_size: int,
+    negative_group_size: int,
+    num_threads: int | None,
+) -> None:
+    _check_int("dim", dim, 1)
+    _check_int("epochs", epochs, 1)
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float, np.integer, np.floating))
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    _check_int("negatives", negatives, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("negative_group_size", negative_group_size, 1)
+    if num_threads is not None:
+        _check_int("num_threads", num_threads, 1, allow_none=True)
 
 
 def _validate_pairs(
@@ -366,20 +396,9 @@ def train_skipgram(
     randomness comes from a local ``torch.Generator`` and CPU ``scatter_add_``
     is deterministic.
     """
-    _check_int("dim", dim, 1)
-    _check_int("epochs", epochs, 1)
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float, np.integer, np.floating))
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    _check_int("negatives", negatives, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("negative_group_size", negative_group_size, 1)
-    if num_threads is not None:
-        _check_int("num_threads", num_threads, 1, allow_none=True)
+    _check_hyperparameters(
+        dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
+    )
     a_np, b_np, c_np = _validate_pairs(neuron_a, neuron_b, count, n_neurons)
 
     gen = torch.Generator().manual_seed(int(seed))
@@ -401,20 +420,55 @@ def train_skipgram(
     centres_all = torch.from_numpy(np.concatenate([a_rep, b_rep]))
     contexts_all = torch.from_numpy(np.concatenate([b_rep, a_rep]))
     del a_rep, b_rep
-    n_examples = centres_all.numel()
+
+    def every_pair(_epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.randperm(centres_all.numel(), generator=gen)
+        return centres_all[order], contexts_all[order]
+
+    losses = _sgd_epochs(
+        w_in,
+        w_out,
+        every_pair,
+        frequency,
+        isolated,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        negatives=negatives,
+        batch_size=batch_size,
+        negative_group_size=negative_group_size,
+        num_threads=num_threads,
+        gen=gen,
+        progress=progress,
+    )
+    return _finish(w_in, losses, isolated, learning_rate, batch_size)
+
+
+def _sgd_epochs(
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    epoch_examples: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    frequency: np.ndarray,
+    isolated: np.ndarray,
+    *,
+    epochs: int,
+    learning_rate: float,
+    negatives: int,
+    batch_size: int,
+    negative_group_size: int,
+    num_threads: int | None,
+    gen: torch.Generator,
+    progress: Callable[[int, float], None] | None,
+) -> list[float]:
+    """The SGD loop shared by both trainers; ``epoch_examples(e)`` gives the (shuffled)
+    centre and context ids of epoch ``e``. Returns the mean loss per example per epoch."""
+    dim = w_in.shape[1]
     alias_prob, alias_idx = (
         torch.from_numpy(arr) for arr in _alias_table(frequency.astype(np.float64) ** UNIGRAM_POWER)
     )
-
     batch_size = int(min(batch_size, 2 * np.count_nonzero(~isolated)))
-    batches_per_epoch = math.ceil(n_examples / batch_size)
-    total_steps = epochs * batches_per_epoch
-    step = 0
     epoch_losses: list[float] = []
 
-    def sgd_step(example: torch.Tensor, n_groups: int, lr: float) -> float:
-        centres = centres_all.index_select(0, example).long()
-        contexts = contexts_all.index_select(0, example).long()
+    def sgd_step(centres: torch.Tensor, contexts: torch.Tensor, n_groups: int, lr: float) -> float:
         negative_ids = _sample_alias(alias_prob, alias_idx, (n_groups, negatives), gen)
         grads = skipgram_batch_gradients(w_in, w_out, centres, contexts, negative_ids)
         # scatter_add_ with an expanded index is deterministic on CPU and much
@@ -430,34 +484,292 @@ def train_skipgram(
         torch.set_num_threads(int(num_threads))
     try:
         with torch.no_grad():
+            total_steps = 0
+            step = 0
             for epoch in range(epochs):
-                order = torch.randperm(n_examples, generator=gen)
+                centres_all, contexts_all = epoch_examples(epoch)
+                n_examples = centres_all.numel()
+                if epoch == 0:
+                    # The learning rate decays over the expected number of steps; sampled
+                    # epochs differ in size only by chance, and the floor covers overruns.
+                    total_steps = max(1, epochs * math.ceil(n_examples / batch_size))
                 loss_sum = 0.0
                 for start in range(0, n_examples, batch_size):
                     lr = learning_rate * max(MIN_LR_FRACTION, 1.0 - step / total_steps)
-                    example = order[start : start + batch_size]
+                    centres = centres_all[start : start + batch_size].long()
+                    contexts = contexts_all[start : start + batch_size].long()
                     # A final batch that is not a multiple of negative_group_size
                     # ends with one smaller group.
-                    whole = example.numel() - example.numel() % negative_group_size
+                    size = centres.numel()
+                    whole = size - size % negative_group_size
                     if whole:
-                        loss_sum += sgd_step(example[:whole], whole // negative_group_size, lr)
-                    if whole < example.numel():
-                        loss_sum += sgd_step(example[whole:], 1, lr)
+                        loss_sum += sgd_step(
+                            centres[:whole], contexts[:whole], whole // negative_group_size, lr
+                        )
+                    if whole < size:
+                        loss_sum += sgd_step(centres[whole:], contexts[whole:], 1, lr)
                     step += 1
-                mean_loss = loss_sum / n_examples
+                mean_loss = loss_sum / max(n_examples, 1)
                 epoch_losses.append(mean_loss)
                 if progress is not None:
                     progress(epoch + 1, mean_loss)
     finally:
         torch.set_num_threads(previous_threads)
+    return epoch_losses
 
+
+def _finish(
+    w_in: torch.Tensor,
+    losses: list[float],
+    isolated: np.ndarray,
+    learning_rate: float,
+    batch_size: int,
+) -> SkipGramResult:
     vectors = w_in.numpy()
     if not np.isfinite(vectors).all():
         raise FloatingPointError(
             f"skip-gram training diverged (non-finite vectors) with learning_rate={learning_rate} "
             f"and batch_size={batch_size}; lower the learning rate"
         )
-    return SkipGramResult(vectors, epoch_losses, isolated)
+    return SkipGramResult(vectors, losses, isolated)
+
+
+# ---- sentences and word2vec's dynamic window -------------------------------------------------
+@dataclass(frozen=True)
+class Sentences:
+    """One "sentence" per image shared by >= 2 neurons: the neurons having it in their top-k.
+
+    Attributes
+    ----------
+    neurons : np.ndarray
+        int64 (T,): the tokens, grouped by sentence (in image id order, neuron ids
+        ascending inside a sentence; the trainer shuffles them every epoch).
+    sentence : np.ndarray
+        int64 (T,): the sentence index of each token, non-decreasing.
+    lengths : np.ndarray
+        int64 (S,): tokens per sentence, all >= 2.
+    """
+
+    neurons: np.ndarray
+    sentence: np.ndarray
+    lengths: np.ndarray
+
+
+def image_sentences(neuron_ids: np.ndarray, image_ids: np.ndarray) -> Sentences:
+    """Group top-k rows ``(neuron_ids[i], image_ids[i])`` into one sentence per image.
+
+    Images held by a single neuron form no pair and are dropped; repeated rows count once.
+    """
+    neuron_ids = np.asarray(neuron_ids, dtype=np.int64).ravel()
+    image_ids = np.asarray(image_ids, dtype=np.int64).ravel()
+    if neuron_ids.shape != image_ids.shape:
+        raise ValueError(
+            f"neuron_ids and image_ids must have equal lengths, got {neuron_ids.size} and "
+            f"{image_ids.size}"
+        )
+    if neuron_ids.size == 0:
+        empty = np.empty(0, np.int64)
+        return Sentences(empty, empty, empty)
+    if neuron_ids.min() < 0 or image_ids.min() < 0:
+        raise ValueError("neuron_ids and image_ids must be non-negative")
+    pairs = np.unique(np.stack([image_ids, neuron_ids], axis=1), axis=0)
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    image_index = np.cumsum(first) - 1
+    sizes = np.bincount(image_index)
+    keep = sizes[image_index] > 1
+    _, sentence = np.unique(image_index[keep], return_inverse=True)
+    sentence = sentence.astype(np.int64)
+    return Sentences(pairs[keep, 1].copy(), sentence, np.bincount(sentence).astype(np.int64))
+
+
+def window_examples(
+    sentences: Sentences, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of word2vec's skip-gram examples with a dynamic window.
+
+    Every sentence is shuffled; each token draws a reduced window ``b`` uniform in
+    ``1..window`` and is the centre of one example per token at most ``b``
+    positions away in its sentence (word2vec, ``shrink_windows=True``). The work is
+    O(tokens x window), linear in the top-k entries, whatever the sentence lengths.
+
+    Parameters
+    ----------
+    sentences : Sentences
+        From :func:`image_sentences`.
+    window : int
+        Largest distance between centre and context, >= 1.
+    rng : np.random.Generator
+        Source of the shuffles and reduced windows.
+
+    Returns
+    -------
+    centres, contexts : np.ndarray
+        int64 arrays of equal length, in sentence order (not shuffled across sentences).
+
+    Notes
+    -----
+    In a sentence of length ``L`` the ordered pair (centre ``a``, context ``b``) is
+    trained :func:`expected_window_weight` ``(L, window)`` times per epoch on average.
+    """
+    _check_int("window", window, 1)
+    n_tokens = sentences.neurons.size
+    if n_tokens == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    # Shuffle inside sentences: sort by (sentence, random key).
+    order = np.lexsort((rng.random(n_tokens), sentences.sentence))
+    tokens = sentences.neurons[order]
+    sentence = sentences.sentence  # unchanged by the in-sentence shuffle
+    starts = np.concatenate([[0], np.cumsum(sentences.lengths)[:-1]])
+    position = np.arange(n_tokens) - starts[sentence]
+    remaining = sentences.lengths[sentence] - 1 - position  # tokens after this one
+    reduced = rng.integers(1, window + 1, n_tokens)
+    centres, contexts = [], []
+    for distance in range(1, window + 1):
+        left = np.flatnonzero(remaining >= distance)  # pairs (left, left + distance)
+        if left.size == 0:
+            break
+        right = left + distance
+        forward = reduced[left] >= distance
+        backward = reduced[right] >= distance
+        centres += [tokens[left[forward]], tokens[right[backward]]]
+        contexts += [tokens[right[forward]], tokens[left[backward]]]
+    return np.concatenate(centres), np.concatenate(contexts)
+
+
+def expected_window_weight(length: int | np.ndarray, window: int) -> np.ndarray:
+    """Expected examples per epoch of one ordered pair (centre a, context b) of a sentence.
+
+    With the sentence shuffled, ``a`` and ``b`` are ``d`` apart with probability
+    ``2 (L - d) / (L (L - 1))``, and ``a``'s reduced window reaches ``d`` with
+    probability ``(window - d + 1) / window``, so the weight is
+    ``sum_{d=1}^{min(window, L-1)} 2 (L - d) (window - d + 1) / (L (L - 1) window)``.
+    For ``L >> window`` it tends to ``(window + 1) / L``: a pair's weight per shared
+    image falls with the number of neurons sharing the image, and every token is the
+    centre of about ``window + 1`` examples per epoch. In a sentence of 2 the
+    weight is 1, exactly as in the all-pairs trainer.
+
+    Parameters
+    ----------
+    length : int or np.ndarray
+        Sentence length(s) ``L``, >= 2.
+    window : int
+        The window, >= 1.
+
+    Returns
+    -------
+    np.ndarray
+        float64, the same shape as ``length``.
+    """
+    _check_int("window", window, 1)
+    length = np.asarray(length, dtype=np.float64)
+    if (length < 2).any():
+        raise ValueError("sentence lengths must be >= 2")
+    d = np.arange(1, window + 1, dtype=np.float64)
+    terms = 2.0 * (length[..., None] - d) * (window - d + 1) / window
+    terms = np.where(d <= length[..., None] - 1, terms, 0.0)
+    return terms.sum(-1) / (length * (length - 1))
+
+
+def train_skipgram_sentences(
+    neuron_ids: np.ndarray,
+    image_ids: np.ndarray,
+    n_neurons: int,
+    *,
+    window: int = 5,
+    dim: int = 30,
+    epochs: int = 10,
+    learning_rate: float = 0.07,
+    negatives: int = 5,
+    batch_size: int = 16384,
+    negative_group_size: int = 16,
+    num_threads: int | None = 1,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> SkipGramResult:
+    """Skip-gram with negative sampling on one sentence per image, word2vec's dynamic window.
+
+    The work per epoch is linear in the top-k entries: each token (a neuron in an
+    image's list) is the centre of about ``window + 1`` examples
+    (:func:`window_examples`), however many neurons share the image, where
+    :func:`train_skipgram` trains all ``L (L - 1)`` ordered pairs of a sentence of
+    ``L`` neurons (quadratic: googlenet's 5,488 neurons with k=50 on 2,000 images
+    give sentences of ~140 neurons and 19x more examples at ``window=5``).
+
+    Parameters
+    ----------
+    neuron_ids, image_ids : np.ndarray
+        The ``top_images`` rows: image ``image_ids[i]`` is among the top images of
+        neuron ``neuron_ids[i]``; ids non-negative, neuron ids ``< n_neurons``.
+    n_neurons : int
+        Number of neurons; every id in ``[0, n_neurons)`` gets a vector.
+    window : int
+        Largest centre-context distance in a shuffled sentence, >= 1. The default 5
+        is word2vec's: in ``benchmarks/embedding.py`` it matches the all-pairs
+        trainer's neighbour precision (sentences up to 6 long are trained on all
+        their pairs, on average) at a fraction of its cost on long sentences; the
+        cost grows linearly with it. See :func:`expected_window_weight` for the
+        expected weight of each pair.
+    dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads,
+    seed, progress
+        As for :func:`train_skipgram`. Negatives follow word2vec: unigram^0.75 of
+        each neuron's sentence count (:func:`carto_assets.core.cooccurrence.shared_image_counts`).
+
+    Returns
+    -------
+    SkipGramResult
+        ``isolated`` marks neurons in no sentence (sharing no top image).
+
+    Notes
+    -----
+    Gradients are exact (:func:`skipgram_batch_gradients`). Each epoch draws new
+    shuffles and windows, then shuffles all its examples before cutting batches,
+    as :func:`train_skipgram` does. Memory is O(n_neurons x dim + tokens x window).
+    """
+    _check_hyperparameters(
+        dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
+    )
+    _check_int("window", window, 1)
+    _check_int("n_neurons", n_neurons, 0)
+    sentences = image_sentences(neuron_ids, image_ids)
+    if sentences.neurons.size and sentences.neurons.max() >= n_neurons:
+        raise ValueError(
+            f"neuron_ids must be < n_neurons={n_neurons}, got {int(sentences.neurons.max())}"
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    w_in = (torch.rand(n_neurons, dim, generator=gen) * 2.0 - 1.0) / dim
+    w_out = torch.zeros(n_neurons, dim)
+    frequency = np.bincount(sentences.neurons, minlength=n_neurons)
+    isolated = frequency == 0
+    if sentences.neurons.size == 0:
+        return SkipGramResult(w_in.numpy(), [], isolated)
+    rng = np.random.default_rng([int(seed), 1])
+    id_dtype = np.int32 if n_neurons <= np.iinfo(np.int32).max else np.int64
+
+    def windowed(_epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        centres, contexts = window_examples(sentences, window, rng)
+        order = rng.permutation(centres.size)
+        return (
+            torch.from_numpy(centres[order].astype(id_dtype)),
+            torch.from_numpy(contexts[order].astype(id_dtype)),
+        )
+
+    losses = _sgd_epochs(
+        w_in,
+        w_out,
+        windowed,
+        frequency,
+        isolated,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        negatives=negatives,
+        batch_size=batch_size,
+        negative_group_size=negative_group_size,
+        num_threads=num_threads,
+        gen=gen,
+        progress=progress,
+    )
+    return _finish(w_in, losses, isolated, learning_rate, batch_size)
 
 
 def _validate_vectors(vectors: np.ndarray) -> np.ndarray:

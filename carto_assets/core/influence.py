@@ -25,7 +25,8 @@ Cost: one forward pass per chunk of images, with the graph retained, then one ba
 per (consecutive layer pair, upper cluster) plus one for the prediction; each backward only
 walks the part of the graph between the two layers and covers all images of the chunk at once
 (images are independent in eval mode). So the work is O(#upper clusters x #images) segment
-backward passes, and memory is one chunk's forward graph.
+backward passes, and memory is one chunk's forward graph. On accelerators the backward passes
+of one layer pair's upper clusters run as one batched pass (``is_grads_batched``).
 
 This module never imports dagster.
 """
@@ -279,6 +280,43 @@ def _device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _objective_grads(
+    objectives: Mapping[int, torch.Tensor], low: torch.Tensor, *, batched: bool
+) -> list[torch.Tensor] | None:
+    """d(objective.sum()) / d(low) for every objective; None when ``low`` is not upstream.
+
+    The batched path runs one backward pass for all objectives (a vmap over the
+    vector-Jacobian product with the identity's rows), cutting the per-pass Python and
+    dispatch overhead; the loop is the reference.
+    """
+    totals = [objective.sum() for objective in objectives.values()]
+    if batched and len(totals) > 1:
+        try:
+            with warnings.catch_warnings():
+                # vmap warns when an op falls back to a slow per-row loop; still correct.
+                warnings.simplefilter("ignore", UserWarning)
+                (grads,) = torch.autograd.grad(
+                    torch.stack(totals),
+                    low,
+                    grad_outputs=torch.eye(len(totals), dtype=low.dtype, device=low.device),
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+        except RuntimeError:
+            grads = None
+            batched = False
+        else:
+            return None if grads is None else list(grads.unbind(0))
+    out = []
+    for total in totals:
+        (grad,) = torch.autograd.grad(total, low, retain_graph=True, allow_unused=True)
+        if grad is None:
+            return None
+        out.append(grad)
+    return out
+
+
 def influence_edges(
     model: nn.Module,
     layers: Sequence[str],
@@ -290,6 +328,7 @@ def influence_edges(
     include_prediction: bool = True,
     keep_nonpositive: bool = False,
     batch_size: int = 32,
+    batched_backward: bool | None = None,
 ) -> InfluenceResult:
     """Gradient x activation influence between clusters of consecutive captured layers.
 
@@ -316,6 +355,14 @@ def influence_edges(
         them.
     batch_size
         Images per forward pass (bounds the retained graph's memory).
+    batched_backward
+        Take the gradients of all of a layer pair's upper clusters in one vectorized
+        backward pass (``torch.autograd.grad(..., is_grads_batched=True)``) instead of one
+        pass per cluster; falls back to the loop where an operation has no batching rule.
+        Same gradients either way (tested). None (default): batched on accelerators, where
+        it saves kernel launches and Python round trips, the loop on CPU, where it measured
+        about 20% slower (googlenet, 16 images, 5 clusters per layer, one thread: 4.3-4.7 s
+        of CPU time batched vs 3.4-4.1 s looped).
 
     Returns
     -------
@@ -357,6 +404,8 @@ def influence_edges(
     nonzero: set[tuple[str, str]] = set()
     n_images = 0
     device = _device(model)
+    if batched_backward is None:
+        batched_backward = device.type != "cpu"
     was_training = model.training
     model.eval()
     try:
@@ -379,13 +428,11 @@ def influence_edges(
                         else {b: maxes[upper][:, m].sum(dim=1) for b, m in targets[upper].items()}
                     )
                     low = outputs[lower]
-                    for b, objective in objectives.items():
-                        (grad,) = torch.autograd.grad(
-                            objective.sum(), low, retain_graph=True, allow_unused=True
-                        )
-                        if grad is None:
-                            independent.add(pair)
-                            break
+                    grads = _objective_grads(objectives, low, batched=batched_backward)
+                    if grads is None:
+                        independent.add(pair)
+                        continue
+                    for b, grad in zip(objectives, grads):
                         contrib = _channel_sum(grad * low.detach()).double().sum(dim=0)
                         if bool((contrib != 0).any()):
                             nonzero.add(pair)

@@ -6,7 +6,10 @@ activation pass, so patches are cut from exactly the pixels the model saw.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,14 +20,21 @@ from scipy.stats import spearmanr
 from carto_assets import pipeline
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
-from carto_assets.storage import CartoStore
+from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
 from carto_assets.study import Study
 
 
 # ---- example patches ------------------------------------------------------------------------
-def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.DataFrame, dict]:
+def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[list[Path], dict]:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
-    around the argmax cell, with a window as large as the layer's receptive field."""
+    around the argmax cell, with a window as large as the layer's receptive field.
+
+    Returns the Parquet part files holding the rows (one per chunk of images, under
+    ``example_patches/`` of the study's files) and information for the metadata. The PNGs are
+    written a chunk at a time and never held together in memory (googlenet's 49k patches of
+    a noisy image set are ~0.6 GB, and each in-memory copy on the way to DuckDB added that
+    much); :func:`patches_select` loads the parts into the table in SQL.
+    """
     say = progress or (lambda m: None)
     images, class_names = pipeline.load_manifest(study)
     bundle, layers, _ = pipeline.load_model(study)
@@ -56,7 +66,9 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
     rows = pl.concat(boxed)
     wanted = np.unique(rows["image_id"].to_numpy())
     say(f"loading {len(wanted)} images for {len(rows)} patches")
-    parts = []
+    parts: list[Path] = []
+    out = study.files_dir / "example_patches"
+    shutil.rmtree(out, ignore_errors=True)
     n_loaded = 0
     for lo in range(0, len(wanted), 256):
         ids = wanted[lo : lo + 256]
@@ -68,14 +80,28 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[pl.
         pngs = P.crop_patches(
             pixels, chunk["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
         )
-        parts.append(chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary)))
-    table = pl.concat(parts).sort("neuron_id", "rank")
+        part = chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
+        parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
+        del pixels, chunk, pngs, part
+    if not parts:  # no rows: one empty part keeps the table's columns
+        empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))
+        parts.append(write_parquet_atomic(empty, out / "part-00000.parquet"))
     rf_table = {
         n: {"receptive_field_px": f.size_px, "truncated": f.truncated} for n, f in fields.items()
     }
     for n in infos.keys() - fields.keys():
         rf_table[n] = {"receptive_field_px": bundle.input_size, "truncated": True}
-    return table, {"receptive_fields": rf_table, "n_images_loaded": n_loaded}
+    return parts, {"receptive_fields": rf_table, "n_images_loaded": n_loaded}
+
+
+def patches_select(parts: list[Path]) -> str:
+    """The SELECT that loads :func:`example_patches`' part files as the table, ordered."""
+    return (
+        "SELECT neuron_id::BIGINT AS neuron_id, rank::INTEGER AS rank, "
+        'image_id::BIGINT AS image_id, top::INTEGER AS top, "left"::INTEGER AS "left", '
+        'bottom::INTEGER AS bottom, "right"::INTEGER AS "right", png::BLOB AS png '
+        f"FROM read_parquet({sql_path_list(parts)}) ORDER BY neuron_id, rank"
+    )
 
 
 def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:
@@ -157,8 +183,45 @@ def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle)
     return bundle.normalize(torch.from_numpy(pixels))
 
 
-def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, Any]:
-    """Nodes, influence edges, cascades and the ablation faithfulness check, for every class."""
+# ---- class chunks: the per-class work, partitioned --------------------------------------------
+#: Partition keys of the ``concept_graph_chunk`` asset: ``classes-0000``, ``classes-0001``, ...
+CHUNK_PREFIX = "classes-"
+
+
+def chunk_key(index: int) -> str:
+    return f"{CHUNK_PREFIX}{index:04d}"
+
+
+def chunk_index(key: str) -> int:
+    if not key.startswith(CHUNK_PREFIX) or not key[len(CHUNK_PREFIX) :].isdigit():
+        raise ValueError(f"not a class-chunk key: {key!r} (expected e.g. {chunk_key(0)!r})")
+    return int(key[len(CHUNK_PREFIX) :])
+
+
+def n_class_chunks(n_classes: int, classes_per_chunk: int) -> int:
+    """How many chunks of ``classes_per_chunk`` consecutive class labels cover the classes."""
+    return max(1, -(-n_classes // classes_per_chunk))
+
+
+def chunk_labels(index: int, n_classes: int, classes_per_chunk: int) -> list[int]:
+    """The class labels of chunk ``index``: ``[index * per, (index + 1) * per)``."""
+    lo = index * classes_per_chunk
+    return list(range(lo, min(n_classes, lo + classes_per_chunk)))
+
+
+def graph_chunk_dir(study: Study, key: str) -> Path:
+    return study.files_dir / "concept_graph" / key
+
+
+def concept_graph_chunk(
+    study: Study, store: CartoStore, labels: list[int], progress=None
+) -> dict[str, Any]:
+    """Influence edges, cascades and ablation effects for the classes ``labels``.
+
+    Reads the database only (``neuron_clusters``, ``class_importance``), so chunks run in
+    parallel processes. Every class's work depends on the class alone (its own seeded image
+    sample and faithfulness sample), so any split into chunks gives the same tables.
+    """
     say = progress or (lambda m: None)
     start = time.perf_counter()
     images, class_names = pipeline.load_manifest(study)
@@ -180,10 +243,11 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
     predict = study.is_builtin_model or n_out == len(class_names)
     edge_parts, cascade_parts, effects = [], [], []
     no_dependency: set[tuple[str, str]] = set()
-    labels = sorted(set(images["label"].to_list()))
-    rng = np.random.default_rng(study.seed)
+    present = sorted(set(images["label"].to_list()))
+    todo = [label for label in labels if label in set(present)]
     faith_budget = study.graph.faithfulness_edges
-    for k, label in enumerate(labels):
+    share = max(1, faith_budget // max(1, len(present)))
+    for k, label in enumerate(todo):
         class_nodes = nodes.filter(pl.col("label") == label)
         if len(class_nodes) == 0:
             continue
@@ -224,11 +288,11 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
             if len(cdf):
                 cascade_parts.append(cdf.with_columns(label=pl.lit(label, dtype=pl.Int32)))
             if faith_budget > 0:
-                share = max(1, faith_budget // len(labels))
+                # Seeded per class, so the sample does not depend on the chunking.
                 sample = I.sample_edges(
                     {c: edges[c].to_numpy() for c in edges.columns},
                     share,
-                    seed=int(rng.integers(2**31)),
+                    seed=int(np.random.default_rng([study.seed, label]).integers(2**31)),
                 )
                 _, eff = I.ablation_faithfulness(
                     model,
@@ -238,27 +302,117 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
                     sample,
                     class_index=label if predict else None,
                 )
-                effects.append(pl.DataFrame({c: np.asarray(v) for c, v in eff.items()}))
+                effects.append(
+                    pl.DataFrame({c: np.asarray(v) for c, v in eff.items()}).with_columns(
+                        label=pl.lit(label, dtype=pl.Int32)
+                    )
+                )
         say(
-            f"class {class_names[label]} ({k + 1}/{len(labels)}): "
+            f"class {class_names[label]} ({k + 1}/{len(todo)}): "
             f"{len(class_nodes)} nodes, {len(edges)} edges"
         )
-    edge_table = _edge_table(edge_parts)
-    cascades = _cascade_table(cascade_parts)
-    faith = pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame()
+    return {
+        "labels": list(labels),
+        "edges": _edge_table(edge_parts),
+        "cascades": _cascade_table(cascade_parts),
+        "faithfulness": pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame(),
+        "no_dependency": sorted(no_dependency),
+        "prediction_edges": predict,
+        "n_classes_computed": len(todo),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+_CHUNK_TABLES = ("edges", "cascades", "faithfulness")
+
+
+def write_graph_chunk(study: Study, key: str, chunk: dict[str, Any]) -> Path:
+    """One chunk's tables as Parquet under ``concept_graph/<key>/``, ``summary.json`` last
+    (the activation shards' convention: a chunk with a summary is complete)."""
+    out = graph_chunk_dir(study, key)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)
+    for name in _CHUNK_TABLES:
+        write_parquet_atomic(chunk[name], out / f"{name}.parquet")
+    summary = {
+        "key": key,
+        "labels": chunk["labels"],
+        "no_dependency": [list(p) for p in chunk["no_dependency"]],
+        "prediction_edges": chunk["prediction_edges"],
+        "n_classes_computed": chunk["n_classes_computed"],
+        "seconds": chunk["seconds"],
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary))
+    tmp.replace(out / "summary.json")
+    return out
+
+
+def read_graph_chunk(study: Study, key: str) -> dict[str, Any]:
+    out = graph_chunk_dir(study, key)
+    if not (out / "summary.json").is_file():
+        raise FileNotFoundError(
+            f"class chunk {key} has no results under {out}; materialize the "
+            f"concept_graph_chunk partition {key} first"
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    chunk = {name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES}
+    chunk.update(summary)
+    chunk["no_dependency"] = [tuple(p) for p in summary["no_dependency"]]
+    return chunk
+
+
+def merge_graph_chunks(
+    study: Study, store: CartoStore, chunks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The concept graph's tables from every chunk: nodes, edges, cascades, faithfulness."""
+    n_classes = len(pipeline.load_manifest(study)[1])
+    covered = sorted(label for c in chunks for label in c["labels"])
+    if covered != list(range(n_classes)):
+        missing = sorted(set(range(n_classes)) - set(covered))
+        raise ValueError(
+            f"the class chunks do not cover the study's {n_classes} classes exactly "
+            f"(missing {missing[:10]}, {len(covered)} labels in {len(chunks)} chunks); "
+            "re-materialize every concept_graph_chunk partition"
+        )
+    edges = _edge_table([c["edges"] for c in chunks if len(c["edges"])])
+    cascades = _cascade_table([c["cascades"] for c in chunks if len(c["cascades"])])
+    faith_parts = [c["faithfulness"] for c in chunks if len(c["faithfulness"])]
+    faith = pl.DataFrame()
+    if faith_parts:
+        faith = pl.concat(faith_parts, how="diagonal_relaxed")
+        faith = faith.sort("label", maintain_order=True).drop("label")
     rho = float("nan")
     if len(faith) >= 3:
         rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
+    seconds = [c["seconds"] for c in chunks]
+    computed = sum(c["n_classes_computed"] for c in chunks)
     return {
-        "nodes": nodes,
-        "edges": edge_table,
+        "nodes": graph_nodes(study, store),
+        "edges": edges,
         "cascades": cascades,
         "faithfulness": faith,
         "spearman_rho": rho,
-        "no_dependency": sorted(no_dependency),
-        "prediction_edges": predict,
-        "seconds": time.perf_counter() - start,
+        "no_dependency": sorted({p for c in chunks for p in c["no_dependency"]}),
+        "prediction_edges": any(c["prediction_edges"] for c in chunks),
+        "seconds": float(sum(seconds)),
+        "chunks": len(chunks),
+        "seconds_per_class": float(sum(seconds)) / max(1, computed),
     }
+
+
+def concept_graph(
+    study: Study, store: CartoStore, progress=None, classes_per_chunk: int | None = None
+) -> dict[str, Any]:
+    """Nodes, influence edges, cascades and the ablation faithfulness check, for every class,
+    all chunks in this process (what the partitioned assets compute across processes)."""
+    n_classes = len(pipeline.load_manifest(study)[1])
+    per = classes_per_chunk or study.graph.classes_per_chunk
+    chunks = [
+        concept_graph_chunk(study, store, chunk_labels(i, n_classes, per), progress)
+        for i in range(n_class_chunks(n_classes, per))
+    ]
+    return merge_graph_chunks(study, store, chunks)
 
 
 def _n_outputs(model: torch.nn.Module, size: int) -> int:

@@ -327,3 +327,28 @@ def test_resnet18_layer1_to_layer2(resnet18):
         resnet18, ["layer1", "layer2"], clusters, x, sample, class_index=7
     )
     assert np.all(np.isfinite(effects["drop"])) and (np.isnan(rho) or -1 <= rho <= 1)
+
+
+def test_batched_backward_equals_one_pass_per_cluster():
+    """One vectorized backward per layer pair gives the loop's edges, on googlenet's
+    inception blocks (branches, concatenation, max pooling) and on the wired network."""
+    torch.manual_seed(0)
+    model = torchvision_model("googlenet", "none").eval()
+    layers = ["inception3a", "inception3b", "inception4a"]
+    rng = np.random.default_rng(0)
+    clusters = {"inception3a": rng.integers(0, 12, 256), "inception3b": rng.integers(0, 20, 480)}
+    clusters["inception4a"] = rng.integers(0, 20, 512)
+    x = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    upper = {"inception3b": [0, 4, 7, 19], "inception4a": [1, 2, 3]}
+    loop = influence_edges(model, layers, clusters, x, 5, upper, batched_backward=False)
+    batched = influence_edges(model, layers, clusters, x, 5, upper, batched_backward=True)
+    assert len(loop.edges["weight"]) > 20
+    for column in ("source_layer", "source_cluster", "target_layer", "target_cluster"):
+        assert np.array_equal(loop.edges[column], batched.edges[column])
+    np.testing.assert_allclose(batched.edges["signed_weight"], loop.edges["signed_weight"],
+                               rtol=1e-4, atol=1e-7)  # fmt: skip
+    wired = influence_edges(Wired(), ["lower", "upper"], IDENTITY, positive_images(), 0)
+    wired_loop = influence_edges(
+        Wired(), ["lower", "upper"], IDENTITY, positive_images(), 0, batched_backward=False
+    )
+    assert edge_dict(wired) == pytest.approx(edge_dict(wired_loop))

@@ -246,6 +246,32 @@ def test_patches_and_concept_graph(materialized):
     assert -1.0 <= rho <= 1.0
 
 
+def test_cooccurrence_in_sql_matches_the_sparse_product(materialized):
+    from carto_assets.stages import embedding as embedding_stage
+
+    study, _, _ = materialized
+    store = CartoStore(study.database_path)
+    table = store.query("SELECT * FROM cooccurrence")
+    assert len(table) > 0 and table.equals(embedding_stage.cooccurrence_frame(store))
+
+
+def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
+    """The tables the partitioned assets published equal one in-process run with one class per
+    chunk and one with every class in a single chunk."""
+    from carto_assets.stages import graph as graph_stage
+
+    study, _, _ = materialized
+    store = CartoStore(study.database_path)
+    published = store.query("SELECT * FROM concept_graph_edges")
+    faith = store.query("SELECT * FROM concept_graph_faithfulness")
+    n_classes = len(pipeline.load_manifest(study)[1])
+    for per in (1, n_classes):
+        g = graph_stage.concept_graph(study, store, classes_per_chunk=per)
+        assert g["chunks"] == -(-n_classes // per)
+        assert g["edges"].select(published.columns).equals(published)
+        assert g["faithfulness"].select(faith.columns).equals(faith)
+
+
 def test_embedding_projection_and_neighbours_cover_every_neuron(materialized):
     study, instance, _ = materialized
     store = CartoStore(study.database_path)

@@ -43,7 +43,8 @@ def _persistent_instance(home: Path) -> dg.DagsterInstance:
 def test_jobs_2_matches_jobs_1_and_records_every_partition(tmp_path, make_study):
     (tmp_path / "par").mkdir()
     (tmp_path / "seq").mkdir()
-    par_file = make_study(tmp_path / "par", shards=3)
+    # The parallel study also splits the concept graph into class chunks of 3 classes.
+    par_file = make_study(tmp_path / "par", shards=3, graph={"classes_per_chunk": 3})
     seq_file = make_study(tmp_path / "seq", shards=3)
 
     instance = _persistent_instance(tmp_path / "dagster_home")
@@ -56,8 +57,23 @@ def test_jobs_2_matches_jobs_1_and_records_every_partition(tmp_path, make_study)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(keys)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
+    chunk_runs = instance.get_runs(filters=dg.RunsFilter(job_name="concept_graph_chunks"))
+    chunk_keys = instance.get_materialized_partitions(dg.AssetKey("concept_graph_chunk"))
+    assert len(chunk_keys) >= 2 and len(chunk_runs) == len(chunk_keys)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in chunk_runs)
+
     materialize_all(str(seq_file), dg.DagsterInstance.ephemeral(), say=lambda m: None, jobs=1)
     _assert_same_top_images(_top_images(par_file), _top_images(seq_file))
+    # Class chunks in two worker processes give the single chunk's concept graph.
+    edges = [
+        CartoStore(load_study(f).database_path).query(
+            "SELECT * FROM concept_graph_edges ORDER BY ALL"
+        )
+        for f in (par_file, seq_file)
+    ]
+    keys = ["label", "source_layer", "source_cluster", "target_layer", "target_cluster"]
+    assert len(edges[0]) > 0 and edges[0].select(keys).equals(edges[1].select(keys))
+    assert (edges[0]["weight"] - edges[1]["weight"]).abs().max() < 1e-4 * edges[1]["weight"].max()
 
 
 def test_parallel_jobs_need_a_persistent_instance(tmp_path, make_study):
