@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from carto_assets import progress as progress_of
 from carto_assets.core import cooccurrence as CO
 from carto_assets.core import embedding as E
 from carto_assets.storage import CartoStore
@@ -52,6 +53,7 @@ def train_embedding(
     # word2vec's negative weighting: how often a neuron shares a top image with another one.
     shared = CO.shared_image_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy(), n)
     start = time.perf_counter()
+    progress_of.advance("embedding", 0, cfg.epochs, "epochs")
     result = E.train_skipgram(
         co["neuron_a"].to_numpy(),
         co["neuron_b"].to_numpy(),
@@ -64,16 +66,11 @@ def train_embedding(
         batch_size=cfg.batch_size,
         negative_counts=shared,
         seed=seed,
-        progress=(
-            (
-                lambda e, loss: (
-                    progress(f"epoch {e}/{cfg.epochs}: loss {loss:.4f}")
-                    if e == 1 or e % 5 == 0 or e == cfg.epochs
-                    else None
-                )
-            )
-            if progress
-            else None
+        progress=lambda e, loss: (
+            progress_of.advance("embedding", e, cfg.epochs, "epochs"),
+            progress(f"epoch {e}/{cfg.epochs}: loss {loss:.4f}")
+            if progress and (e == 1 or e % 5 == 0 or e == cfg.epochs)
+            else None,
         ),
     )
     vectors = np.asarray(result.vectors, dtype=np.float32)

@@ -15,6 +15,7 @@ import torch
 from scipy.stats import spearmanr
 
 from carto_assets import pipeline
+from carto_assets import progress as progress_of
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
 from carto_assets.storage import CartoStore
@@ -184,6 +185,7 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
     rng = np.random.default_rng(study.seed)
     faith_budget = study.graph.faithfulness_edges
     for k, label in enumerate(labels):
+        progress_of.advance("concept graph", k, len(labels), "classes")
         class_nodes = nodes.filter(pl.col("label") == label)
         if len(class_nodes) == 0:
             continue
@@ -243,6 +245,7 @@ def concept_graph(study: Study, store: CartoStore, progress=None) -> dict[str, A
             f"class {class_names[label]} ({k + 1}/{len(labels)}): "
             f"{len(class_nodes)} nodes, {len(edges)} edges"
         )
+    progress_of.advance("concept graph", len(labels), len(labels), "classes")
     edge_table = _edge_table(edge_parts)
     cascades = _cascade_table(cascade_parts)
     faith = pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame()
