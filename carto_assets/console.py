@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+#: The Python logger that receives Dagster's event log in ``carto run`` (see events.py).
+EVENTS_LOGGER = "carto.events"
 #: Stages drawn as bars, in the order they run; other progress reports are ignored.
 STAGES = ("model training", "activations", "summaries", "embedding", "concept graph")
 
@@ -81,8 +83,6 @@ def log_to_file(path: Path, verbose: bool) -> list[logging.Handler]:
     With ``verbose`` they also go to the terminal (stderr), as Dagster prints them by default.
     Returns the handlers installed.
     """
-    from carto_assets.events import EVENTS_LOGGER
-
     path.parent.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(path)]
     if verbose:

@@ -13,7 +13,8 @@ import logging
 
 import dagster as dg
 
-EVENTS_LOGGER = "carto.events"
+from carto_assets.console import EVENTS_LOGGER
+
 #: The run config that routes a run's event log to :data:`EVENTS_LOGGER`.
 QUIET_RUN_CONFIG = {"loggers": {"carto_events": {}}}
 

@@ -160,8 +160,7 @@ def preflight(study: Study) -> list[Problem]:
             problems.append(
                 Problem(
                     "top_k",
-                    f"{study.top_k} exceeds the {n_images} images of the dataset; "
-                    f"set top_k to at most {n_images}",
+                    f"{study.top_k} exceeds the {n_images} images; set top_k to at most {n_images}",
                 )
             )
         if study.shards > n_images:
