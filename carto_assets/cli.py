@@ -122,7 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"({timings['shards_computed']:.0f} shard(s) computed, "
         f"{timings['shards_reused']:.0f} up to date"
         + (f", {rate:.0f} images/s" if timings["shards_computed"] else "")
-        + f"), summaries {timings['summaries']:.0f} s."
+        + f"), summaries {timings['summaries']:.0f} s "
+        f"(of which {timings['publish']:.2f} s publishing {timings['publish_writes']:.0f} "
+        "database snapshots)."
     )
     summary = _summary(study)
     if summary:

@@ -59,6 +59,21 @@ def describe_writer(label: str | None = None) -> str:
 
 
 @dataclass
+class PublishStats:
+    """What publishing snapshots cost this process: the price of never writing in place."""
+
+    writes: int = 0
+    #: Seconds spent copying the published file, syncing the copy and renaming it into place.
+    seconds: float = 0.0
+    #: Bytes copied.
+    bytes_copied: int = 0
+
+
+#: Totals for this process (see :class:`PublishStats`); ``carto run`` reports them.
+PUBLISH_STATS = PublishStats()
+
+
+@dataclass
 class _Held:
     fd: int
     owner: str
@@ -227,10 +242,13 @@ class CartoStore:
                 stale.unlink(missing_ok=True)
             tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
             wal = db.with_name(db.name + ".wal")
+            start = time.perf_counter()
             if db.exists():
                 shutil.copyfile(db, tmp)
+                PUBLISH_STATS.bytes_copied += tmp.stat().st_size
                 if wal.exists():  # left by a writer of an older version: replay it into the copy
                     shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
+            copied = time.perf_counter() - start
             con = duckdb.connect(str(tmp))
             try:
                 yield con
@@ -241,10 +259,13 @@ class CartoStore:
                     p.unlink(missing_ok=True)
                 raise
             con.close()
+            start = time.perf_counter()
             _fsync(tmp)
             wal.unlink(missing_ok=True)
             os.replace(tmp, db)
             _fsync(db.parent)
+            PUBLISH_STATS.writes += 1
+            PUBLISH_STATS.seconds += copied + time.perf_counter() - start
 
     def replace_tables(
         self,
