@@ -115,6 +115,7 @@ def _run_partitions_in_processes(
     done = 0
     with contextlib.ExitStack() as stack:
         logs = log_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="carto-shards-"))
+        Path(logs).mkdir(parents=True, exist_ok=True)
         while pending or running:
             while pending and len(running) < jobs:
                 key = pending.pop(0)

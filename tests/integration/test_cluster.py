@@ -185,6 +185,9 @@ def test_celery_cluster_matches_carto_run_and_recovers_a_killed_worker(
         for key, value in extra.items():
             monkeypatch.setenv(key, value)
         env = dict(os.environ)
+        # The schema first (as the docs say): two workers creating it at once collide.
+        migrate = [str(Path(sys.executable).parent / "dagster"), "instance", "migrate"]
+        subprocess.run(migrate, env=env, check=True, capture_output=True, timeout=300)
         for name in ("w1", "w2"):
             cluster.start_worker(name, DEPLOY / "run_config.yaml", env, location)
         wait_for_workers(cluster, extra["CARTO_CELERY_BROKER"], 2)
