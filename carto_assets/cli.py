@@ -45,8 +45,18 @@ def _preflight_problems(study) -> list[str]:
 def _report(lines: list[str], log_file: Path | None) -> None:
     for line in lines:
         print(f"carto: {line}", file=sys.stderr)
-    if log_file is not None:
+    if log_file is not None and log_file.exists():
         print(f"carto: details in {log_file}", file=sys.stderr)
+
+
+def _one_line(exc: Exception) -> str:
+    """``"<what failed>: <the error's own message>"``; the full error is in the log file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _summary(study) -> str:
@@ -111,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunFailed, StudyError, DatabaseBusyError) as exc:
         bars.close()
         logging.getLogger("carto").error("run failed", exc_info=True)
-        _report(str(exc).splitlines()[:1] or ["run failed"], log_file)
+        _report([_one_line(exc)], log_file)
         return 1
     finally:
         stop()

@@ -84,7 +84,8 @@ def log_to_file(path: Path, verbose: bool) -> list[logging.Handler]:
     Returns the handlers installed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    # Created on the first record: a check that logs nothing leaves no empty file behind.
+    handlers: list[logging.Handler] = [logging.FileHandler(path, delay=True)]
     if verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
     formatter = _EventFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

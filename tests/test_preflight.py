@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,8 +70,16 @@ def test_check_prints_one_line_per_problem_and_exits_2(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("carto: study field 'model': unknown torchvision model 'notamodel'")
     assert err[1].startswith("carto: study field 'top_k': 60 exceeds the 50 images")
-    assert err[2].startswith("carto: details in ") and err[2].endswith(".log")
-    assert len(err) == 3
+    assert len(err) == 2  # no traceback was logged, so no log file is named
+
+    (tmp_path / "imgs").mkdir()
+    study.write_text("model: torchvision:resnet18\ndataset: {kind: imagefolder, path: imgs}\n")
+    assert main(["check", "--study", str(study)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("carto: study field 'dataset.path': no readable image in ")
+    assert err[1].startswith("carto: details in ") and err[1].endswith(".log")
+    log_file = Path(err[1].removeprefix("carto: details in "))
+    assert "Traceback" in log_file.read_text()
 
 
 def test_check_imports_no_dagster():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -85,6 +86,10 @@ def test_a_reader_held_open_never_blocks_a_run_and_keeps_its_snapshot(
         out, _ = run.communicate(timeout=900)
         assert run.returncode == 0, out[-3000:]
         assert "Mapped:" in out and "Conflicting lock" not in out
+        # A calm terminal: no Dagster event lines, no telemetry banner; they are in the log.
+        assert "DEBUG" not in out and " - dagster - " not in out and "Telemetry" not in out
+        log_file = Path(out.split("Log:", 1)[1].split()[0])
+        assert "STEP_SUCCESS" in log_file.read_text()
 
         # The open session still sees its whole snapshot; a new connection sees the new run.
         assert ask() == before
