@@ -10,12 +10,15 @@ export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 # torch and torchvision must be a matched pair; this pair is the one this project is tested on.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test ui lint format install clean-data help
+# The project-local instance: defaults stored in DAGSTER_HOME, telemetry off (no banner).
+INSTANCE_YAML := $(DAGSTER_HOME)/dagster.yaml
+
+.PHONY: demo test ui lint format install instance clean-data help
 
 help:
 	@echo "make demo   - install and materialize every asset on the built-in shapes study"
 	@echo "make test   - install test dependencies and run the tests"
-	@echo "make ui     - open the Dagster UI (dagster dev) on the same instance"
+	@echo "make ui     - open the Dagster UI (dg dev) on the same instance"
 	@echo "make lint   - ruff check + format check"
 
 $(VENV)/.installed: pyproject.toml
@@ -32,16 +35,28 @@ $(VENV)/.chromium: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed; browser tests will be skipped"
 	touch $@
 
-demo: install
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+# The cluster test (tests/integration/test_cluster.py) starts Debian's Redis and Postgres itself.
+$(VENV)/.servers: $(VENV)/.installed
+# The packages' own server (a main cluster, a redis service) is neither created nor needed.
+	@command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ( \
+	  mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server postgresql >/dev/null) \
+	  || echo "redis-server/postgresql not installed; the cluster test will be skipped"
+	touch $@
+
+instance:
+	@mkdir -p $(DAGSTER_HOME)
+	@grep -qs '^telemetry:' $(INSTANCE_YAML) || printf 'telemetry:\n  enabled: false\n' >> $(INSTANCE_YAML)
+
+demo: install instance
 	$(VENV)/bin/carto run
 
-test: install $(VENV)/.chromium
+test: install $(VENV)/.chromium $(VENV)/.servers
 	$(VENV)/bin/python -m pytest -q
 
-ui: install
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml
+# `dg dev` (what Dagster 1.13 recommends over `dagster dev`) in the activated environment.
+ui: install instance
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg dev
 
 lint: install
 	$(VENV)/bin/ruff check carto_assets carto_viz tests benchmarks

@@ -6,34 +6,109 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+
+#: The project-local instance's settings: defaults stored in DAGSTER_HOME, no telemetry
+#: (and so no telemetry banner in the output).
+INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+
+def _dagster_home(home: str | None) -> Path:
+    return Path(home or os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").resolve()
 
 
 def _instance(home: str | None):
     import dagster as dg
 
-    home = home or os.environ.get("DAGSTER_HOME") or str(Path.cwd() / ".dagster")
-    Path(home).mkdir(parents=True, exist_ok=True)
-    # An empty dagster.yaml means "defaults, stored here" and silences Dagster's notice.
-    (Path(home) / "dagster.yaml").touch()
-    os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
+    path = _dagster_home(home)
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists() or not config.read_text().strip():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(path)
     return dg.DagsterInstance.get()
 
 
+def _log_file(home: str | None, command: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return _dagster_home(home) / "logs" / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+def _preflight_problems(study) -> list[str]:
+    """Every user error knowable before the forward pass, one line each (tracebacks logged)."""
+    from carto_assets.preflight import preflight
+
+    return [p.line() for p in preflight(study)]
+
+
+def _report(lines: list[str], log_file: Path | None) -> None:
+    for line in lines:
+        print(f"carto: {line}", file=sys.stderr)
+    if log_file is not None and log_file.exists():
+        print(f"carto: details in {log_file}", file=sys.stderr)
+
+
+def _one_line(exc: Exception) -> str:
+    """``"<what failed>: <the error's own message>"``; the full error is in the log file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
+def _summary(study) -> str:
+    """A few numbers from the published database, for the final summary."""
+    from carto_assets.storage import CartoStore
+
+    store = CartoStore(study.database_path)
+    try:
+        row = store.query(
+            "SELECT (SELECT count(*) FROM neurons) AS neurons, "
+            "(SELECT count(DISTINCT layer) FROM neurons) AS layers, "
+            "(SELECT count(*) FROM clusters WHERE size > 1) AS clusters, "
+            "(SELECT count(*) FROM images) AS images, "
+            "(SELECT count(DISTINCT label) FROM concept_graph_nodes) AS classes"
+        ).row(0, named=True)
+    except Exception:  # a summary is a courtesy; the run itself succeeded
+        logging.getLogger("carto").info("summary query failed", exc_info=True)
+        return ""
+    return (
+        f"{row['images']} images, {row['neurons']} neurons in {row['layers']} layers, "
+        f"{row['clusters']} multi-neuron clusters, concept graphs for {row['classes']} classes"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from carto_assets.run import RunFailed, materialize_all
+    from carto_assets.console import StageBars, log_to_file
     from carto_assets.study import StudyError, load_study
 
     study_file = args.study or os.environ.get("CARTO_STUDY", "")
+    log_file = _log_file(args.dagster_home, "run")
+    log_to_file(log_file, verbose=args.verbose)
     try:
         study = load_study(study_file or None)
     except StudyError as exc:
-        print(f"carto: invalid study: {exc}", file=sys.stderr)
+        _report([f"invalid study: {exc}"], None)
         return 2
     if args.jobs < 1:
-        print(f"carto: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        _report([f"--jobs must be >= 1, got {args.jobs}"], None)
         return 2
+    problems = _preflight_problems(study)
+    if problems:
+        _report(problems, log_file)
+        return 2
+    print(f"Log: {log_file}", flush=True)
+
+    from carto_assets import progress
+    from carto_assets.run import RunFailed, materialize_all
+    from carto_assets.storage import DatabaseBusyError
+
     instance = _instance(args.dagster_home)
+    bars = StageBars()
+    stop = progress.listen(bars)
     try:
         timings = materialize_all(
             study_file,
@@ -41,21 +116,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             say=lambda m: print(m, flush=True),
             jobs=args.jobs,
             force=args.force,
+            log_dir=log_file.with_suffix(""),
         )
-    except (RunFailed, StudyError) as exc:
-        print(f"carto: {exc}", file=sys.stderr)
+    except (RunFailed, StudyError, DatabaseBusyError) as exc:
+        bars.close()
+        logging.getLogger("carto").error("run failed", exc_info=True)
+        _report([_one_line(exc)], log_file)
         return 1
+    finally:
+        stop()
+    rate = timings["images"] / timings["activations"] if timings["activations"] else 0.0
     print(
-        f"\nDone in {timings['total']:.0f} s "
-        f"(prepare {timings['prepare']:.0f} s, activations {timings['activations']:.0f} s, "
-        f"summaries {timings['summaries']:.0f} s); "
-        f"{timings['shards_computed']:.0f} shard(s) computed, "
-        f"{timings['shards_reused']:.0f} up to date."
+        f"\nDone in {timings['total']:.0f} s: prepare {timings['prepare']:.0f} s, "
+        f"activations {timings['activations']:.0f} s "
+        f"({timings['shards_computed']:.0f} shard(s) computed, "
+        f"{timings['shards_reused']:.0f} up to date"
+        + (f", {rate:.0f} images/s" if timings["shards_computed"] else "")
+        + f"), summaries {timings['summaries']:.0f} s "
+        f"(of which {timings['publish']:.2f} s publishing {timings['publish_writes']:.0f} "
+        "database snapshots)."
     )
+    summary = _summary(study)
+    if summary:
+        print(f"Mapped:   {summary}")
     print(f"Database: {study.database_path}")
     views = study.views_path / "index.html"
     if views.exists():
         print(f"Views:    {views}")
+    print(f"Log:      {log_file}")
     print(f"Runs are recorded in {os.environ['DAGSTER_HOME']}; `make ui` shows them.")
     return 0
 
@@ -69,6 +157,13 @@ def cmd_run_partition(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from carto_assets.events import EVENTS_LOGGER
+
+    # The parent (`carto run --jobs N`) keeps this process's output as the shard's log.
+    events = logging.getLogger(EVENTS_LOGGER)
+    events.setLevel(logging.DEBUG)
+    events.propagate = False
+    events.addHandler(logging.StreamHandler(sys.stderr))
     instance = _instance(args.dagster_home)
     try:
         execute_partition(args.study or "", args.partition, instance, args.job)
@@ -123,12 +218,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from carto_assets.console import log_to_file
     from carto_assets.study import StudyError, load_study
 
     try:
         study = load_study(args.study or None)
     except StudyError as exc:
-        print(f"carto: invalid study: {exc}", file=sys.stderr)
+        _report([f"invalid study: {exc}"], None)
+        return 2
+    log_file = _log_file(None, "check")
+    log_to_file(log_file, verbose=False)
+    problems = _preflight_problems(study)
+    if problems:
+        _report(problems, log_file)
         return 2
     print(
         f"study '{study.name}' is valid: model {study.model}, dataset {study.dataset.kind}, "
@@ -149,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="activation partitions run at once, each in its own process (default 1)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print Dagster's full event log (always written to the log file)",
     )
     run.add_argument(
         "--force",
@@ -188,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     # compiled code in one project-local folder so later runs reuse it. Must be set before
     # numba is imported.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".numba_cache"))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command in ("run-partition", "layers"):
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Dagster's SQLite storage logs its schema migrations at INFO on every run; not news.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return int(args.func(args))

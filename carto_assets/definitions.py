@@ -20,6 +20,7 @@ from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
 from carto_assets.assets.views import views
+from carto_assets.events import carto_events
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
 
@@ -86,6 +87,8 @@ def build_definitions(study_file: str = "") -> dg.Definitions:
             ),
         ],
         resources={"study": resource},
+        # Only runs whose config selects it use it (carto run); others keep Dagster's console.
+        loggers={"carto_events": carto_events},
     )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from carto_assets import progress as progress_of
 from carto_assets.core.activations import Batch, PassResult, activation_pass
 from carto_assets.core.models import (
     IMAGENET_MEAN,
@@ -220,6 +221,7 @@ def prepare_model(
         pixels, ok = source.load_many(images["image_id"].to_list(), workers=4)
         labels = images["label"].to_numpy()[ok]
         t = study.training
+        progress_of.advance("model training", 0, t.epochs, "epochs")
         result = train_builtin(
             pixels,
             labels,
@@ -231,7 +233,10 @@ def prepare_model(
             seed=study.seed,
             mean=BUILTIN_MEAN,
             std=BUILTIN_STD,
-            progress=lambda e, loss, s: say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
+            progress=lambda e, loss, s: (
+                progress_of.advance("model training", e, t.epochs, "epochs"),
+                say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
+            ),
         )
         module = result.bundle.module
         meta.update(
@@ -392,6 +397,7 @@ def run_shard(
     last = [0.0]
 
     def report(done: int, seconds: float) -> None:
+        progress_of.advance(shard_key(shard), done, len(part), "images")
         if seconds - last[0] >= 5.0 or done == len(part):
             last[0] = seconds
             say(
@@ -553,11 +559,9 @@ def write_images_tables(study: Study, manifest: Manifest, store: CartoStore) -> 
     tables: dict[str, pl.DataFrame | str] = {"images": manifest.images}
     if manifest.concepts is not None:
         tables["image_concepts"] = manifest.concepts
-    counts = store.replace_tables(tables)
-    if manifest.concepts is None and store.table_exists("image_concepts"):
-        with store.connect() as con:
-            con.execute("DROP TABLE image_concepts").fetchall()
-    return counts
+    # A source without ground truth drops the table an earlier study may have left.
+    drop = ["image_concepts"] if manifest.concepts is None else []
+    return store.replace_tables(tables, drop=drop)
 
 
 def stale_shard_dirs(study: Study) -> list[Path]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from carto_assets.storage import CartoStore
+from carto_assets.storage import CartoStore, describe_writer
 from carto_assets.study import DEMO_STUDY, Study, load_study, study_from_dict
 
 
@@ -17,6 +17,12 @@ class StudyResource(dg.ConfigurableResource):
         description="Path of the study YAML; empty runs the built-in shapes demo study.",
     )
 
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Writers name their Dagster run in the database's lock, so a blocked run can say who.
+        self._run_id = context.run.run_id if context.run else None
+
     def load(self) -> Study:
         """The validated study (raises StudyError naming the bad field)."""
         if self.study_file:
@@ -24,4 +30,6 @@ class StudyResource(dg.ConfigurableResource):
         return study_from_dict(DEMO_STUDY)
 
     def store(self) -> CartoStore:
-        return CartoStore(self.load().database_path)
+        """The study database; writes publish a new snapshot (see :mod:`carto_assets.storage`)."""
+        label = f"Dagster run {self._run_id}" if self._run_id else None
+        return CartoStore(self.load().database_path, owner=describe_writer(label))

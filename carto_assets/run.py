@@ -7,6 +7,7 @@ shows every materialization afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import dagster as dg
 
 from carto_assets import pipeline
+from carto_assets import progress as progress_of
 from carto_assets.definitions import (
     ACTIVATIONS_JOB,
     GRAPH_CHUNKS_JOB,
@@ -28,8 +30,10 @@ from carto_assets.definitions import (
     SUMMARIES_JOB,
     build_definitions,
 )
+from carto_assets.events import EVENTS_LOGGER, QUIET_RUN_CONFIG, step_event
 from carto_assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.sources.datasets import shard_key
+from carto_assets.storage import PUBLISH_STATS, describe_writer, exclusive_writer
 from carto_assets.study import Study
 
 log = logging.getLogger("carto")
@@ -82,7 +86,10 @@ def execute_partition(
             "`images` (the prepare_study job) first"
         )
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+        run_config=QUIET_RUN_CONFIG,
     )
     if not result.success:
         raise RunFailed(f"{job_name} {partition_key} failed:\n{_failure_detail(result)}")
@@ -94,13 +101,17 @@ def _run_partitions_in_processes(
     instance: dg.DagsterInstance,
     jobs: int,
     say: Callable[[str], None],
+    on_done: Callable[[str], None] = lambda key: None,
+    log_dir: Path | None = None,
     job_name: str = ACTIVATIONS_JOB,
-    step: str = "[2/3] activations",
+    step: str = "activations",
 ) -> None:
     """Run one ``carto run-partition`` process per key, at most ``jobs`` at a time.
 
     Every process records its run in the same (persistent) Dagster instance. Waits for all of
     them, then raises :class:`RunFailed` naming every failed partition with its error output.
+    Each process's output goes to ``<log_dir>/<key>.log`` (default: a temporary folder);
+    ``on_done(key)`` is called as each one succeeds.
     """
     if instance.is_ephemeral:
         raise RunFailed(
@@ -116,7 +127,9 @@ def _run_partitions_in_processes(
     running: dict[str, tuple[subprocess.Popen[str], Any]] = {}
     failed: dict[str, str] = {}
     done = 0
-    with tempfile.TemporaryDirectory(prefix="carto-shards-") as logs:
+    with contextlib.ExitStack() as stack:
+        logs = log_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="carto-shards-"))
+        Path(logs).mkdir(parents=True, exist_ok=True)
         while pending or running:
             while pending and len(running) < jobs:
                 key = pending.pop(0)
@@ -141,7 +154,7 @@ def _run_partitions_in_processes(
                     cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, text=True
                 )
                 running[key] = (proc, log_file)
-                say(f"{step} {key} started (pid {proc.pid}, {len(running)} running)")
+                log.info(f"{step} {key} started (pid {proc.pid}, {len(running)} running)")
             time.sleep(0.2)
             for key, (proc, log_file) in list(running.items()):
                 if proc.poll() is None:
@@ -156,12 +169,38 @@ def _run_partitions_in_processes(
                     failed[key] = tail or f"exit status {proc.returncode}"
                     say(f"{step} {key} FAILED ({done}/{len(keys)})")
                 else:
-                    say(f"{step} {key} done ({done}/{len(keys)})")
+                    log.info(f"{step} {key} done ({done}/{len(keys)})")
+                    on_done(key)
     if failed:
         detail = "\n".join(f"--- {k} ---\n{v}" for k, v in sorted(failed.items()))
         raise RunFailed(
             f"{job_name} failed for partition(s) {', '.join(sorted(failed))}:\n{detail}"
         )
+
+
+class _StepCounter(logging.Handler):
+    """Counts finished steps of a job from its event log and reports them as progress."""
+
+    def __init__(self, stage: str, total: int) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.stage, self.total, self.done = stage, total, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = step_event(record)
+        if event and event[1] in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            self.done += 1
+            progress_of.advance(self.stage, self.done, self.total, "assets")
+
+
+@contextlib.contextmanager
+def _count_steps(stage: str, total: int):
+    counter = _StepCounter(stage, total)
+    events = logging.getLogger(EVENTS_LOGGER)
+    events.addHandler(counter)
+    try:
+        yield
+    finally:
+        events.removeHandler(counter)
 
 
 def materialize_all(
@@ -170,6 +209,7 @@ def materialize_all(
     say: Callable[[str], None] = log.info,
     jobs: int = 1,
     force: bool = False,
+    log_dir: Path | None = None,
 ) -> dict[str, float]:
     """Run every job of the study in order; returns seconds per stage. Raises on failure.
 
@@ -178,17 +218,41 @@ def materialize_all(
     N > 1 runs them in up to N worker processes (``carto run-partition``) recording into the
     same persistent Dagster instance. Shards whose stored summary is up to date (see
     :func:`up_to_date_shards`) are not recomputed unless ``force``; the summaries always are.
+
+    The runs' event logs go to the instance and to the ``carto.events`` Python logger (see
+    :mod:`carto_assets.events`), not to the terminal; stage progress is reported through
+    :mod:`carto_assets.progress` (stages ``activations`` in images, ``summaries`` in assets).
+    The study's writer lock is held for the whole call: a second run on the same study fails
+    at once with :class:`~carto_assets.storage.DatabaseBusyError` naming this one.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     defs = build_definitions(study_file)
     study = defs.resources["study"].load()  # type: ignore[union-attr]
+    owner = describe_writer(f"`carto run` of study '{study.name}'")
+    with exclusive_writer(study.database_path, owner, wait_s=0.0):
+        return _materialize_all(study_file, defs, study, instance, say, jobs, force, log_dir)
+
+
+def _materialize_all(
+    study_file: str,
+    defs: dg.Definitions,
+    study: Study,
+    instance: dg.DagsterInstance,
+    say: Callable[[str], None],
+    jobs: int,
+    force: bool,
+    log_dir: Path | None,
+) -> dict[str, float]:
     timings: dict[str, float] = {}
 
     def execute(job_name: str, partition_key: str | None = None) -> None:
         job = defs.resolve_job_def(job_name)
         result = job.execute_in_process(
-            instance=instance, partition_key=partition_key, raise_on_error=False
+            instance=instance,
+            partition_key=partition_key,
+            raise_on_error=False,
+            run_config=QUIET_RUN_CONFIG,
         )
         if not result.success:
             raise RunFailed(
@@ -229,33 +293,81 @@ def materialize_all(
             )
     timings["shards_computed"] = float(len(todo))
     timings["shards_reused"] = float(len(fresh))
-    if jobs == 1 or len(todo) <= 1:
-        for i, key in enumerate(todo, 1):
-            say(f"[2/3] activations {key} ({i}/{len(todo)})")
-            execute(ACTIVATIONS_JOB, partition_key=key)
-    else:
-        say(f"[2/3] activations: {len(todo)} shards in up to {jobs} processes")
-        _run_partitions_in_processes(study_file, todo, instance, jobs, say)
+    images, _ = pipeline.load_manifest(study)
+    counts = images.group_by("shard").len()
+    per_shard = dict(zip(counts["shard"].to_list(), counts["len"].to_list()))
+    sizes = {k: int(per_shard.get(i, 0)) for i, k in enumerate(keys) if k in todo}
+    total, finished = sum(sizes.values()), [0]
+
+    def shard_progress(stage: str, done: int, _total: int, _unit: str) -> None:
+        if stage in sizes:  # a shard in this process: images done so far, over all shards
+            progress_of.advance("activations", finished[0] + done, total, "images")
+            if done == sizes[stage]:
+                finished[0] += done
+
+    def shard_done(key: str) -> None:  # a shard in a worker process
+        finished[0] += sizes[key]
+        progress_of.advance("activations", finished[0], total, "images")
+
+    say(f"[2/3] activations: {len(todo)} shard(s), {total} images")
+    stop = progress_of.listen(shard_progress)
+    progress_of.advance("activations", 0, total, "images")
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for key in todo:
+                execute(ACTIVATIONS_JOB, partition_key=key)
+        else:
+            say(f"      in up to {jobs} processes")
+            _run_partitions_in_processes(
+                study_file, todo, instance, jobs, say, on_done=shard_done, log_dir=log_dir
+            )
+    finally:
+        stop()
     timings["activations"] = time.perf_counter() - t1
+    timings["images"] = float(total)
 
     t2 = time.perf_counter()
     say("[3/3] summaries (top images and everything after)")
-    execute(SUMMARIES_JOB)
-    # The concept graph's class chunks: partitions like the shards, then one merge.
-    chunk_keys = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
-    step = "[3/3] concept graph"
-    t3 = time.perf_counter()
-    if jobs == 1 or len(chunk_keys) <= 1:
-        for i, key in enumerate(chunk_keys, 1):
-            say(f"{step} {key} ({i}/{len(chunk_keys)})")
-            execute(GRAPH_CHUNKS_JOB, partition_key=key)
-    else:
-        say(f"{step}: {len(chunk_keys)} class chunks in up to {jobs} processes")
-        _run_partitions_in_processes(
-            study_file, chunk_keys, instance, jobs, say, job_name=GRAPH_CHUNKS_JOB, step=step
-        )
-    timings["graph_chunks"] = time.perf_counter() - t3
-    execute(PUBLISH_JOB)
+    n_steps = len(defs.resolve_job_def(SUMMARIES_JOB).asset_layer.executable_asset_keys)
+    progress_of.advance("summaries", 0, n_steps, "assets")
+    published = (PUBLISH_STATS.seconds, PUBLISH_STATS.writes, PUBLISH_STATS.bytes_copied)
+    with _count_steps("summaries", n_steps):
+        execute(SUMMARIES_JOB)
+        # The concept graph's class chunks: partitions like the shards, then one merge.
+        chunk_keys = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
+        t3 = time.perf_counter()
+        progress_of.advance("concept graph", 0, len(chunk_keys), "class chunks")
+        if jobs == 1 or len(chunk_keys) <= 1:
+            for i, key in enumerate(chunk_keys, 1):
+                execute(GRAPH_CHUNKS_JOB, partition_key=key)
+                progress_of.advance("concept graph", i, len(chunk_keys), "class chunks")
+        else:
+            say(f"      concept graph: {len(chunk_keys)} class chunks in up to {jobs} processes")
+            finished_chunks = [0]
+
+            def chunk_done(key: str) -> None:
+                finished_chunks[0] += 1
+                progress_of.advance(
+                    "concept graph", finished_chunks[0], len(chunk_keys), "class chunks"
+                )
+
+            _run_partitions_in_processes(
+                study_file,
+                chunk_keys,
+                instance,
+                jobs,
+                say,
+                on_done=chunk_done,
+                log_dir=log_dir,
+                job_name=GRAPH_CHUNKS_JOB,
+                step="concept graph",
+            )
+        timings["graph_chunks"] = time.perf_counter() - t3
+        execute(PUBLISH_JOB)
     timings["summaries"] = time.perf_counter() - t2
+    # What publishing whole snapshots (copy + sync + rename per write) cost the summaries.
+    timings["publish"] = PUBLISH_STATS.seconds - published[0]
+    timings["publish_writes"] = float(PUBLISH_STATS.writes - published[1])
+    timings["publish_bytes"] = float(PUBLISH_STATS.bytes_copied - published[2])
     timings["total"] = time.perf_counter() - t0
     return timings

@@ -162,7 +162,15 @@ def torchvision_model(
     if _is_checkpoint(weights):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            # torch's message recommends weights_only=False (arbitrary code execution from the
+            # file); never pass that on.
+            raise ValueError(
+                f"checkpoint {path} is not a state dict of tensors ({type(exc).__name__}); "
+                "save one with torch.save(model.state_dict(), path)"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         elif isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

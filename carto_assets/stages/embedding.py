@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from carto_assets import progress as progress_of
 from carto_assets.core import cooccurrence as CO
 from carto_assets.core import embedding as E
 from carto_assets.storage import CartoStore
@@ -68,6 +69,7 @@ def train_embedding(
     n = int(store.query("SELECT count(*) AS n FROM neurons")["n"][0])
     top = store.query("SELECT neuron_id, image_id FROM top_images")
     start = time.perf_counter()
+    progress_of.advance("embedding", 0, cfg.epochs, "epochs")
     result = E.train_skipgram_sentences(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
@@ -79,16 +81,11 @@ def train_embedding(
         negatives=cfg.negatives,
         batch_size=cfg.batch_size,
         seed=seed,
-        progress=(
-            (
-                lambda e, loss: (
-                    progress(f"epoch {e}/{cfg.epochs}: loss {loss:.4f}")
-                    if e == 1 or e % 5 == 0 or e == cfg.epochs
-                    else None
-                )
-            )
-            if progress
-            else None
+        progress=lambda e, loss: (
+            progress_of.advance("embedding", e, cfg.epochs, "epochs"),
+            progress(f"epoch {e}/{cfg.epochs}: loss {loss:.4f}")
+            if progress and (e == 1 or e % 5 == 0 or e == cfg.epochs)
+            else None,
         ),
     )
     del top

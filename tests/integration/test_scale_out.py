@@ -164,6 +164,8 @@ def test_adding_images_recomputes_only_the_new_shard(tmp_path, make_study):
 def test_deploy_dagster_yaml_is_valid_instance_config(monkeypatch):
     for var in ("CARTO_PG_HOST", "CARTO_PG_USER", "CARTO_PG_PASSWORD", "CARTO_PG_DB"):
         monkeypatch.setenv(var, "carto")
+    monkeypatch.setenv("CARTO_PG_PORT", "5432")
+    monkeypatch.setenv("CARTO_COMPUTE_LOGS", "/mnt/carto/dagster/compute_logs")
     from dagster._core.instance.config import dagster_instance_config
 
     config, custom_class = dagster_instance_config(str(DEPLOY), "dagster.yaml")
@@ -188,6 +190,7 @@ def test_deploy_run_config_validates_against_the_documented_celery_code_location
     pytest.importorskip("dagster_celery")
     monkeypatch.setenv("CARTO_CELERY_BROKER", "pyamqp://guest@rabbitmq:5672//")
     monkeypatch.setenv("CARTO_CELERY_BACKEND", "rpc://")
+    monkeypatch.setenv("CARTO_STUDY", "/mnt/carto/studies/pets.yaml")
     doc = (DEPLOY / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", doc, re.S)
     assert code, "docs/deploy/README.md lost its code-location snippet"

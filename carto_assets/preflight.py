@@ -1,0 +1,178 @@
+"""Everything about a study that can be known before the forward pass, checked at once.
+
+:func:`load_study` validates the file itself (fields, types, ranges). This goes further and
+touches what the fields point at, without running the model over the data: that a torchvision
+model of that name exists, that the weights are a known weights name or a checkpoint holding
+a state dict that fits the model, that every listed layer is a module of the model, that the
+image folder holds readable images, and that ``top_k`` and ``shards`` fit the number of
+images. Every problem is one line naming the field and the fix; tracebacks go to the log.
+
+This module never imports dagster (``carto check`` must stay light).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from carto_assets.study import Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One user error: the study field and what to do about it."""
+
+    field: str
+    message: str
+
+    def line(self) -> str:
+        return f"study field '{self.field}': {self.message}"
+
+
+def _checkpoint_state(path: Path) -> tuple[dict | None, str | None]:
+    """The state dict in a checkpoint, or a one-line reason it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # torch's own message recommends weights_only=False, which would run arbitrary code
+        # from the file: never repeat it. Only the exception type goes to the log.
+        log.info("torch.load(%s, weights_only=True) raised %s", path, type(exc).__name__)
+        return None, (
+            f"{path} is not a checkpoint holding a state dict (it cannot be read as tensors "
+            "only); save one with torch.save(model.state_dict(), path)"
+        )
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None, (
+            f"{path} holds a {type(state).__name__}, not a state dict of tensors; "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    return state, None
+
+
+def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
+    """Module names of the study's model (built without downloading weights), or None."""
+    from carto_assets.core import models as M
+
+    if study.is_builtin_model:
+        return [n for n, _ in M.BuiltinCNN(num_classes=10).named_modules() if n]
+    import torchvision
+
+    name = study.torchvision_name or ""
+    available = sorted(torchvision.models.list_models())
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        problems.append(
+            Problem(
+                "model",
+                f"unknown torchvision model {name!r}; {hint}torchvision {torchvision.__version__} "
+                f"has {len(available)} models (torchvision.models.list_models())",
+            )
+        )
+        return None
+    weights = study.weights
+    if weights not in ("none", "DEFAULT") and Path(weights).is_file():
+        _, reason = _checkpoint_state(Path(weights))
+        if reason is not None:
+            problems.append(Problem("weights", reason))
+            return None
+        try:
+            model = M.torchvision_model(name, weights)
+        except (ValueError, RuntimeError) as exc:
+            log.info("checkpoint does not fit the model", exc_info=True)
+            first = str(exc).splitlines()[0]
+            problems.append(
+                Problem(
+                    "weights",
+                    f"{first}; use a checkpoint saved from torchvision's {name} "
+                    "(torch.save(model.state_dict(), path))",
+                )
+            )
+            return None
+    else:
+        if weights != "none":
+            members = list(torchvision.models.get_model_weights(name).__members__)
+            if weights not in members:
+                problems.append(
+                    Problem(
+                        "weights",
+                        f"{weights!r} is not a weights name of {name} nor an existing file; "
+                        f"valid: none, {', '.join(members)} or a checkpoint path",
+                    )
+                )
+        model = M.torchvision_model(name, "none")
+    return [n for n, _ in model.named_modules() if n]
+
+
+def _image_count(study: Study, problems: list[Problem]) -> int | None:
+    ds = study.dataset
+    if ds.kind == "shapes":
+        return ds.size or 4000
+    if ds.kind == "digits":
+        return min(ds.size or 1797, 1797)
+    from carto_assets.sources.datasets import open_source
+
+    try:
+        return len(open_source(study))
+    except (ValueError, OSError) as exc:
+        log.info("image folder scan failed", exc_info=True)
+        problems.append(
+            Problem(
+                "dataset.path",
+                f"{exc}; put images in {ds.path}/<class name>/<image file>",
+            )
+        )
+        return None
+
+
+def preflight(study: Study) -> list[Problem]:
+    """Every problem knowable without the forward pass (empty when the study can run)."""
+    problems: list[Problem] = []
+    modules = _model_modules(study, problems)
+    if modules is not None and study.layers != "auto":
+        known = set(modules)
+        for layer in study.layers:
+            if layer not in known:
+                close = difflib.get_close_matches(layer, modules, n=5, cutoff=0.6)
+                shown = close or modules[:8]
+                problems.append(
+                    Problem(
+                        "layers",
+                        f"{study.model} has no layer {layer!r}; "
+                        f"{'did you mean' if close else 'valid names include'} "
+                        f"{', '.join(shown)} (`carto layers {study.model}` lists all "
+                        f"{len(modules)} with channel counts)",
+                    )
+                )
+    n_images = _image_count(study, problems)
+    if n_images is not None:
+        if study.top_k > n_images:
+            problems.append(
+                Problem(
+                    "top_k",
+                    f"{study.top_k} exceeds the {n_images} images; set top_k to at most {n_images}",
+                )
+            )
+        if study.shards > n_images:
+            problems.append(
+                Problem(
+                    "shards",
+                    f"{study.shards} shards for {n_images} images; set shards to at most "
+                    f"{n_images}",
+                )
+            )
+    if study.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(
+            Problem("device", f"{study.device!r} but CUDA is not available here; use auto or cpu")
+        )
+    return problems
