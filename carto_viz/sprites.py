@@ -118,9 +118,11 @@ def _sheet_job(pngs: list[bytes], firsts: list[int], tile: int, thumb: int, fmt:
 
 def _pool(workers: int | None, n_jobs: int) -> Executor:
     """Worker processes where ``fork`` exists (the workers only touch numpy and Pillow, so
-    forking a process that runs polars or DuckDB threads is safe), else one thread."""
+    forking a process that runs polars or DuckDB threads is safe), else one thread. A daemonic
+    process (a Celery worker's) may not have children: it packs in one thread."""
     n = min(workers or min(os.cpu_count() or 1, 8), n_jobs)
-    if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+    daemon = multiprocessing.current_process().daemon
+    if n > 1 and not daemon and "fork" in multiprocessing.get_all_start_methods():
         return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(max_workers=1)
 

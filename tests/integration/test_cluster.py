@@ -3,8 +3,9 @@
 Starts Redis and Postgres, a Dagster instance from ``docs/deploy/dagster.yaml`` verbatim, the
 code location from ``docs/deploy/README.md`` verbatim and two ``dagster-celery`` workers with
 ``docs/deploy/run_config.yaml``; runs ``prepare_study``, the ``activation_pass`` partitions (at
-the same time, on both workers) and ``summaries`` with ``dagster job execute``, as the README's
-"Try it on one machine" section does; then checks every table equals a plain ``carto run``.
+the same time, on both workers), ``summaries``, the ``concept_graph_chunks`` partitions and
+``graph_and_views`` with ``dagster job execute``, as the README's "Try it on one machine"
+section does; then checks every table equals a plain ``carto run``.
 Then it kills the worker process executing a shard: the run fails naming that partition, and a
 re-run completes it with nothing duplicated.
 """
@@ -27,6 +28,7 @@ import polars as pl
 import pytest
 from local_cluster import LocalCluster, missing_servers
 
+from carto_assets.partitions import CLASS_CHUNKS
 from carto_assets.run import materialize_all
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
@@ -134,6 +136,16 @@ def assert_same_tables(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFram
                 assert a.equals(b), f"{name}.{col}"
 
 
+def run_graph(instance: dg.DagsterInstance, location: Path, env: dict[str, str]) -> None:
+    """``summaries``, every class chunk of the concept graph at once, then ``graph_and_views``."""
+    run_ok(dagster_job("summaries", location, env))
+    chunks = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
+    assert chunks, "prepare_study registered no class chunk"
+    for proc_log in [dagster_job("concept_graph_chunks", location, env, c) for c in chunks]:
+        run_ok(proc_log)
+    run_ok(dagster_job("graph_and_views", location, env))
+
+
 def step_start_pid(instance: dg.DagsterInstance, partition: str, after: float) -> tuple[str, int]:
     """The run for ``partition`` launched after ``after`` and the pid executing its step."""
     deadline = time.monotonic() + 180
@@ -199,7 +211,7 @@ def test_celery_cluster_matches_carto_run_and_recovers_a_killed_worker(
         for proc_log in launched:
             run_ok(proc_log)
         assert instance.get_materialized_partitions(dg.AssetKey("activations")) == set(keys)
-        run_ok(dagster_job("summaries", location, env))
+        run_graph(instance, location, env)
         assert_same_tables(tables(study_file), expected)
 
         # Kill the worker process that executes shard-0001, once its step has started.
@@ -218,7 +230,7 @@ def test_celery_cluster_matches_carto_run_and_recovers_a_killed_worker(
 
         # The re-run completes the partition; the summaries give the same tables, no duplicates.
         run_ok(dagster_job("activation_pass", location, env, "shard-0001"))
-        run_ok(dagster_job("summaries", location, env))
+        run_graph(instance, location, env)
         assert_same_tables(tables(study_file), expected)
         shard = load_study(study_file).files_dir / "activations" / "shard-0001"
         assert sorted(p.name for p in shard.iterdir()) == [

@@ -255,3 +255,18 @@ def test_no_dagster_import():
     code = "import sys, carto_viz; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_packing_in_a_daemonic_process(monkeypatch):
+    """A Celery worker is daemonic and may not have children: it packs in a thread."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from carto_viz import sprites
+
+    with sprites._pool(2, 5) as pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+    daemon = type("Daemon", (), {"daemon": True})()
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: daemon)
+    with sprites._pool(2, 5) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
