@@ -68,9 +68,9 @@ def storage(db: Path, formats: list[str]) -> None:
             f"  {name:<28}{total / 1e6:>8.1f}{len(atlas.sheets) + len(thumbs.sheets):>8}"
             f"{atlas.n_bytes / patches.height:>9.0f}{_psnr(db, atlas):>9.1f}{seconds:>8.1f}"
         )
-        if fmt == "webp":
+        if fmt == "jpeg":
             print(
-                f"  ratio PNG files / webp sheets: {png_bytes / total:.1f}x bytes, "
+                f"  ratio PNG files / jpeg sheets: {png_bytes / total:.1f}x bytes, "
                 f"{patches.height / (len(atlas.sheets) + len(thumbs.sheets)):.0f}x files"
             )
 
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--patches", type=int, default=9, help="patches per neuron")
     parser.add_argument("--patch-size", type=int, default=64)
-    parser.add_argument("--formats", nargs="+", default=["webp", "jpeg"], choices=list(FORMATS))
+    parser.add_argument("--formats", nargs="+", default=["jpeg", "webp"], choices=list(FORMATS))
     parser.add_argument("--browser", action="store_true", help="also time the page in Chromium")
     parser.add_argument("--out", type=Path, default=None, help="keep the export here")
     args = parser.parse_args()

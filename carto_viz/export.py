@@ -209,7 +209,7 @@ def export_views(
     *,
     study_info: dict | None = None,
     max_inline_bytes: int = 8_000_000,
-    patch_format: str = "webp",
+    patch_format: str = "jpeg",
 ) -> ExportResult:
     """Write the linked views of a study as an offline page.
 
@@ -226,7 +226,7 @@ def export_views(
         Largest total size of the lazily loaded chunks (patch sheets + class graphs) kept
         inline in ``index.html``; above it they are written to ``index_files/``.
     patch_format
-        Sprite sheet encoding: ``webp`` (default), ``jpeg`` or ``png``.
+        Sprite sheet encoding: ``jpeg`` (default), ``webp`` or ``png``.
 
     Returns
     -------
@@ -241,12 +241,15 @@ def export_views(
     if max_inline_bytes < 0:
         raise ValueError(f"max_inline_bytes must be >= 0, got {max_inline_bytes}")
     tables = load_tables(database_path)
-    # Packing the patches runs in worker processes: lay out the rest meanwhile.
+    # Packing the patches runs in worker processes: do everything else meanwhile.
     with ThreadPoolExecutor(max_workers=1) as background:
         packing = background.submit(pack_patches, tables["example_patches"], fmt=patch_format)
         data = view_data(tables, study_info)
+        graph_chunks, chunk_of = _graph_chunks(data)
+        specs = views_spec(data)
+        picture = _png(specs["projection"])
+        javascript_bundle()  # cached for render_page
         atlas, thumbs = packing.result()
-    graph_chunks, chunk_of = _graph_chunks(data)
     # Every chunk as the JSON text the page parses: sheets as data: URL strings.
     encoded: dict[str, str] = {
         sheet.name: script_json(
@@ -255,7 +258,6 @@ def export_views(
         for sheet in (*atlas.sheets, *thumbs.sheets)
     }
     encoded.update(graph_chunks)
-    specs = views_spec(data)
     page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of)
     sidecar = sum(len(text) for text in encoded.values()) > max_inline_bytes
 
@@ -298,7 +300,7 @@ def export_views(
     return ExportResult(
         html_path=out / "index.html",
         spec_paths=tuple(spec_paths),
-        png_bytes=_png(specs["projection"]),
+        png_bytes=picture,
         n_neurons=len(data.neurons),
         page_bytes=len(html),
         sidecar_dir=out / DATA_DIR if sidecar else None,

@@ -1,15 +1,16 @@
 """Pack example patches into a few compressed sprite sheets.
 
 At the paper's scale (6,860 neurons x 9 patches) one PNG per patch is 61,740 files and about
-400 MB; WebP sheets of a few dozen neurons each are about 50 MB in about 120 files. The page
+400 MB; JPEG sheets of a few dozen neurons each are about 70 MB in about 120 files. The page
 decodes a sheet only when one of its patches is first shown and cuts patches out of it in the
 browser (see ``export.py``), so nothing has to be sliced or re-encoded per patch on disk.
 
 Measured on natural-image patches (``carto_viz.synthetic``, random crops of real photographs,
-64 px): WebP quality 85 takes 946 bytes per patch at 33.5 dB PSNR against the PNG with the
-fastest method 0 (839 bytes, 33.3 dB with method 2, which encodes 1.5x slower), JPEG quality 85
-971 bytes at 32.4 dB, PNG 6,580 bytes. ``benchmarks/views.py`` prints these figures for the
-current code.
+64 px), per patch against the PNG: JPEG quality 80 without chroma subsampling (the default)
+1,128 bytes at 34.0 dB PSNR, encoded in 14 ms per sheet of 522 patches; JPEG quality 85 with
+4:2:0 subsampling 1,005 bytes at 32.2 dB; WebP quality 85 (method 0) 1,002 bytes at 33.5 dB
+but 132 ms per sheet, 8 s of CPU at the paper's scale; PNG 6,580 bytes.
+``benchmarks/views.py`` prints these figures for the current code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from PIL import Image
 #: encoder settings per format (Pillow ``save`` keywords).
 FORMATS: dict[str, tuple[str, str, dict]] = {
     "webp": ("WEBP", "image/webp", {"quality": 85, "method": 0}),
-    "jpeg": ("JPEG", "image/jpeg", {"quality": 85}),
+    # 4:4:4 (no chroma subsampling): colour edges stay crisp at 64 px.
+    "jpeg": ("JPEG", "image/jpeg", {"quality": 80, "subsampling": 0}),
     "png": ("PNG", "image/png", {"compress_level": 6}),
 }
 
@@ -130,7 +132,7 @@ def _pool(workers: int | None, n_jobs: int) -> Executor:
 def pack_patches(
     patches: pl.DataFrame,
     *,
-    fmt: str = "webp",
+    fmt: str = "jpeg",
     per_sheet: int | None = None,
     thumb_size: int = 48,
     workers: int | None = None,
@@ -142,7 +144,7 @@ def pack_patches(
     patches
         One row per patch; a neuron's patches are kept in rank order (numbered 1..n).
     fmt
-        ``webp`` (default), ``jpeg`` or ``png``.
+        ``jpeg`` (default), ``webp`` or ``png``.
     per_sheet
         Neurons per sheet; default :func:`neurons_per_sheet`.
     thumb_size
