@@ -333,36 +333,39 @@ def _materialize_all(
     published = (PUBLISH_STATS.seconds, PUBLISH_STATS.writes, PUBLISH_STATS.bytes_copied)
     with _count_steps("summaries", n_steps):
         execute(SUMMARIES_JOB)
-        # The concept graph's class chunks: partitions like the shards, then one merge.
-        chunk_keys = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
-        t3 = time.perf_counter()
-        progress_of.advance("concept graph", 0, len(chunk_keys), "class chunks")
-        if jobs == 1 or len(chunk_keys) <= 1:
-            for i, key in enumerate(chunk_keys, 1):
-                execute(GRAPH_CHUNKS_JOB, partition_key=key)
-                progress_of.advance("concept graph", i, len(chunk_keys), "class chunks")
-        else:
-            say(f"      concept graph: {len(chunk_keys)} class chunks in up to {jobs} processes")
-            finished_chunks = [0]
+    # The concept graph's class chunks: partitions like the shards, then one merge.
+    chunk_keys = sorted(instance.get_dynamic_partitions(CLASS_CHUNKS.name))
+    t3 = time.perf_counter()
+    progress_of.advance("concept graph", 0, len(chunk_keys), "class chunks")
+    if jobs == 1 or len(chunk_keys) <= 1:
+        for i, key in enumerate(chunk_keys, 1):
+            execute(GRAPH_CHUNKS_JOB, partition_key=key)
+            progress_of.advance("concept graph", i, len(chunk_keys), "class chunks")
+    else:
+        say(f"      concept graph: {len(chunk_keys)} class chunks in up to {jobs} processes")
+        finished_chunks = [0]
 
-            def chunk_done(key: str) -> None:
-                finished_chunks[0] += 1
-                progress_of.advance(
-                    "concept graph", finished_chunks[0], len(chunk_keys), "class chunks"
-                )
-
-            _run_partitions_in_processes(
-                study_file,
-                chunk_keys,
-                instance,
-                jobs,
-                say,
-                on_done=chunk_done,
-                log_dir=log_dir,
-                job_name=GRAPH_CHUNKS_JOB,
-                step="concept graph",
+        def chunk_done(key: str) -> None:
+            finished_chunks[0] += 1
+            progress_of.advance(
+                "concept graph", finished_chunks[0], len(chunk_keys), "class chunks"
             )
-        timings["graph_chunks"] = time.perf_counter() - t3
+
+        _run_partitions_in_processes(
+            study_file,
+            chunk_keys,
+            instance,
+            jobs,
+            say,
+            on_done=chunk_done,
+            log_dir=log_dir,
+            job_name=GRAPH_CHUNKS_JOB,
+            step="concept graph",
+        )
+    timings["graph_chunks"] = time.perf_counter() - t3
+    n_publish = len(defs.resolve_job_def(PUBLISH_JOB).asset_layer.executable_asset_keys)
+    progress_of.advance("graph and views", 0, n_publish, "assets")
+    with _count_steps("graph and views", n_publish):
         execute(PUBLISH_JOB)
     timings["summaries"] = time.perf_counter() - t2
     # What publishing whole snapshots (copy + sync + rename per write) cost the summaries.
