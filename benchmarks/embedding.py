@@ -172,14 +172,7 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
     )
     rows = []
 
-    def ours(label: str, **kwargs) -> None:
-        seconds, result = best_time(
-            lambda: train_skipgram(
-                a, b, count, n, dim=DIM, epochs=EPOCHS, learning_rate=LEARNING_RATE,
-                negatives=NEGATIVES, seed=0, **kwargs,
-            ),
-            repeats,
-        )  # fmt: skip
+    def record(label: str, seconds: float, result) -> None:
         keep = (group >= 0) & ~result.isolated
         rows.append(
             {
@@ -190,6 +183,16 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
             }
         )
         print(f"  {label}: {seconds:.2f}s", flush=True)
+
+    def ours(label: str, **kwargs) -> None:
+        seconds, result = best_time(
+            lambda: train_skipgram(
+                a, b, count, n, dim=DIM, epochs=EPOCHS, learning_rate=LEARNING_RATE,
+                negatives=NEGATIVES, seed=0, **kwargs,
+            ),
+            repeats,
+        )  # fmt: skip
+        record(label, seconds, result)
 
     sentence_counts = shared_image_counts(neuron_ids, image_ids, n)
     ours("ours", negative_counts=sentence_counts)
@@ -212,16 +215,7 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
             ),
             repeats,
         )  # fmt: skip
-        keep = (group >= 0) & ~result.isolated
-        rows.append(
-            {
-                "method": label,
-                "train_s": seconds,
-                "extra": "",
-                "precision": precision_at_10(result.vectors[keep], group[keep]),
-            }
-        )
-        print(f"  {label}: {seconds:.2f}s", flush=True)
+        record(label, seconds, result)
 
     windowed(f"ours, window={WINDOW} (product)", WINDOW)
 

@@ -137,13 +137,6 @@ def bar_list(values: list) -> str:
     return "|" + "".join(f"{int(v)}|" for v in values)
 
 
-def columns(records: list[dict]) -> dict[str, list]:
-    """Records as a dict of columns: the compact form the page stores and re-zips."""
-    if not records:
-        return {}
-    return {key: [r[key] for r in records] for key in records[0]}
-
-
 @dataclass(frozen=True)
 class ViewData:
     """The datasets of the page (records ready for JSON), and a few facts about them.
