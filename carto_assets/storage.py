@@ -40,6 +40,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from carto_assets import schema
+
 
 class DatabaseBusyError(RuntimeError):
     """Another run (process) is writing the study database; the message names it."""
@@ -276,7 +278,9 @@ class CartoStore:
         """Replace tables (DataFrames or SELECT statements) and views, published at once.
 
         ``drop`` names tables to remove if they exist. Returns the row count of every table
-        written.
+        written. A table or view declared in :mod:`carto_assets.schema` must come out with
+        exactly its declared columns and types, or nothing is published
+        (:class:`~carto_assets.schema.SchemaError`).
         """
         counts: dict[str, int] = {}
         with self.write() as con:
@@ -288,9 +292,11 @@ class CartoStore:
                     con.unregister("_carto_incoming")
                 else:
                     run(f'CREATE OR REPLACE TABLE "{name}" AS {data}')
+                _check_declared(con, name)
                 counts[name] = run(f'SELECT count(*) FROM "{name}"')[0][0]
             for name, select in (views or {}).items():
                 run(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
+                _check_declared(con, name)
             for name in drop:
                 run(f'DROP TABLE IF EXISTS "{name}"')
         return counts
@@ -320,6 +326,16 @@ class CartoStore:
                 [name],
             ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+
+def _check_declared(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    if name in schema.TABLES:
+        columns = con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position",
+            [name],
+        ).fetchall()
+        schema.check_columns(name, columns)
 
 
 def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:

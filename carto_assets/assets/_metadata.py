@@ -1,73 +1,53 @@
-"""Metadata a person looks at in the Dagster UI: row counts, column schemas, previews."""
+"""Metadata a person looks at in the Dagster UI: row counts, column schemas, previews.
+
+Column descriptions come from :mod:`carto_assets.schema`; previews are Dagster table metadata
+(the UI renders and escapes them), never hand-built Markdown.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 import polars as pl
 
+from carto_assets import schema
 from carto_assets.storage import CartoStore
 
-#: One-line descriptions of every column, shared with docs/schema.md.
-COLUMN_DOCS: dict[str, dict[str, str]] = {
-    "images": {
-        "image_id": "dense id, 0..N-1 in manifest order",
-        "shard": "activation partition the image belongs to",
-        "source": "where it came from: shapes:<i>, digits:<i> or a path relative to the folder",
-        "label": "class index",
-        "label_name": "class name",
-    },
-    "image_concepts": {
-        "image_id": "image",
-        "concept": "ground-truth concept (shape, colour, ...)",
-        "value": "the concept's value in that image",
-    },
-    "neurons": {
-        "neuron_id": "dense id over all mapped layers, in forward order",
-        "layer": "module name",
-        "layer_index": "position of the layer in forward order",
-        "channel": "channel index within the layer",
-        "map_height": "height of the layer's map",
-        "map_width": "width of the layer's map",
-    },
-    "top_images": {
-        "neuron_id": "neuron",
-        "rank": "1 = strongest",
-        "image_id": "image",
-        "activation": "max of the channel's map over space",
-        "y": "argmax row in the map",
-        "x": "argmax column in the map",
-    },
-}
+#: Longest cell text shown in a preview; longer values (lists, blobs) are cut with an ellipsis.
+MAX_CELL_CHARS = 60
 
 
 def table_metadata(store: CartoStore, table: str, preview_rows: int = 10) -> dict[str, object]:
-    """Row count, column schema (with descriptions) and a Markdown preview of a table."""
-    cols = store.column_schema(table)
-    docs = COLUMN_DOCS.get(table, {})
-    schema = dg.TableSchema(
-        columns=[dg.TableColumn(name=c, type=t, description=docs.get(c)) for c, t in cols]
+    """Row count, column schema (types from the database, descriptions from the schema module)
+    and a preview of a table."""
+    docs = {c.name: c.description for c in schema.table(table).columns}
+    column_schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=c, type=t, description=docs.get(c))
+            for c, t in store.column_schema(table)
+        ]
     )
     count = int(store.query(f'SELECT count(*) AS n FROM "{table}"')["n"][0])
-    preview = store.query(f'SELECT * FROM "{table}" LIMIT {preview_rows}')
-    return {
+    meta: dict[str, object] = {
         "dagster/row_count": count,
-        "dagster/column_schema": schema,
-        "preview": dg.MetadataValue.md(frame_to_markdown(preview)),
+        "dagster/column_schema": column_schema,
         "database": dg.MetadataValue.path(str(store.database_path)),
     }
+    if preview_rows > 0:
+        meta["preview"] = frame_table(store.query(f'SELECT * FROM "{table}" LIMIT {preview_rows}'))
+    return meta
 
 
-def frame_to_markdown(df: pl.DataFrame, max_chars: int = 60) -> str:
-    """A Markdown table; cell text is escaped so data never becomes markup."""
+def _cell(value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value)
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
-    def cell(v: object) -> str:
-        s = str(v)
-        s = s if len(s) <= max_chars else s[: max_chars - 1] + "…"
-        for ch, rep in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("\n", " ")):
-            s = s.replace(ch, rep)
-        return s
 
-    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
-    sep = "|" + "---|" * len(df.columns)
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
-    return "\n".join([head, sep, *rows])
+def frame_table(df: pl.DataFrame) -> dg.TableMetadataValue:
+    """A small frame as Dagster table metadata (shown as a table in the UI)."""
+    columns = [dg.TableColumn(name=c, type=str(t)) for c, t in df.schema.items()]
+    records = [
+        dg.TableRecord({c: _cell(v) for c, v in row.items()}) for row in df.iter_rows(named=True)
+    ]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.resources import StudyResource
 
 # Summit's activation-matrix score: the share of a class's images for which the neuron is among
@@ -34,6 +34,6 @@ def class_importance(study: StudyResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "class_importance"),
-            "most_important_neuron_per_class": dg.MetadataValue.md(frame_to_markdown(top.head(50))),
+            "most_important_neuron_per_class": frame_table(top.head(50)),
         }
     )

@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.core import clustering as C
 from carto_assets.resources import StudyResource
 from carto_assets.stages import clustering as stage
@@ -67,11 +67,9 @@ def neuron_clusters(
         "n_clusters": len(frames["clusters"]),
         "n_multi_neuron_clusters": len(multi),
         "largest_cluster": int(frames["clusters"]["size"].max()),
-        "cluster_size_distribution": dg.MetadataValue.md(frame_to_markdown(dist)),
-        "largest_clusters": dg.MetadataValue.md(
-            frame_to_markdown(
-                multi.select("cluster_id", "layer", "size", "label", "mean_jaccard").head(20)
-            )
+        "cluster_size_distribution": frame_table(dist),
+        "largest_clusters": frame_table(
+            multi.select("cluster_id", "layer", "size", "label", "mean_jaccard").head(20)
         ),
         "n_similar_pairs": result.pairs.n_pairs,
         "method": cfg.clustering.method,

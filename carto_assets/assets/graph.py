@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from carto_assets import pipeline
-from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.partitions import CLASS_CHUNKS
 from carto_assets.resources import StudyResource
 from carto_assets.stages import graph as stage
@@ -36,7 +36,7 @@ def example_patches(
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "example_patches", preview_rows=0),
-            "receptive_fields": dg.MetadataValue.md(frame_to_markdown(rf)),
+            "receptive_fields": frame_table(rf),
             "patches_per_neuron": cfg.graph.patches_per_neuron,
             "patch_size_px": cfg.graph.patch_size,
             "first_neurons_top_patch": dg.MetadataValue.md(strip),
@@ -110,8 +110,8 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
             "faithfulness_spearman_rho": rho,
             "faithfulness_edges_ablated": len(g["faithfulness"]),
             "layer_pairs_without_dependency": dg.MetadataValue.json(no_dep),
-            "nodes_preview": dg.MetadataValue.md(frame_to_markdown(g["nodes"].head(15))),
-            "edges_preview": dg.MetadataValue.md(frame_to_markdown(g["edges"].head(15))),
+            "nodes_preview": frame_table(g["nodes"].head(15)),
+            "edges_preview": frame_table(g["edges"].head(15)),
             "database": dg.MetadataValue.path(str(store.database_path)),
         },
         check_results=[

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from carto_assets import pipeline
-from carto_assets.assets._metadata import frame_to_markdown, table_metadata
+from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.resources import StudyResource
 from carto_assets.sources.datasets import shard_key
@@ -57,11 +57,9 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
         **table_metadata(store, "images"),
         "n_classes": len(manifest.class_names),
         "n_shards": cfg.shards,
-        "images_per_class": dg.MetadataValue.md(frame_to_markdown(per_class.head(50))),
+        "images_per_class": frame_table(per_class.head(50)),
         "n_skipped_files": len(manifest.skipped),
-        "skipped_files": dg.MetadataValue.md(frame_to_markdown(skipped.head(200)))
-        if len(skipped)
-        else "none",
+        "skipped_files": frame_table(skipped.head(200)) if len(skipped) else "none",
         "image_concepts_rows": counts.get("image_concepts", 0),
         "study": dg.MetadataValue.json(cfg.to_dict()),
     }

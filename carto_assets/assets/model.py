@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from carto_assets import pipeline
-from carto_assets.assets._metadata import frame_to_markdown
+from carto_assets.assets._metadata import frame_table
 from carto_assets.resources import StudyResource
 
 
@@ -20,7 +20,7 @@ def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
         "input_size": meta["input_size"],
         "n_parameters": meta["n_parameters"],
         "n_neurons": meta["n_neurons"],
-        "layers": dg.MetadataValue.md(frame_to_markdown(layers)),
+        "layers": frame_table(layers),
         "reused_cached_checkpoint": bool(meta["cached"]),
         "checkpoint_dir": dg.MetadataValue.path(str(pipeline.model_dir(cfg))),
     }

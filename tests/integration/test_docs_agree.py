@@ -1,26 +1,23 @@
-"""docs/schema.md documents every table and column the pipeline writes."""
-
-from pathlib import Path
+"""The database a study writes holds exactly the tables and columns carto_assets/schema.py
+declares (and docs/schema.md documents, see tests/test_schema.py)."""
 
 import pytest
 
+from carto_assets import schema
 from carto_assets.storage import CartoStore
 
 pytestmark = pytest.mark.slow
 
-SCHEMA_DOC = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
 
-
-def test_every_table_and_column_is_documented(materialized):
+def test_every_table_written_is_declared_with_its_columns_and_types(materialized):
     study, _, _ = materialized
-    doc = SCHEMA_DOC.read_text()
     store = CartoStore(study.database_path)
     columns = store.query(
-        "SELECT table_name, column_name FROM information_schema.columns ORDER BY ALL"
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "ORDER BY table_name, ordinal_position"
     )
-    undocumented = [
-        f"{t}.{c}"
-        for t, c in columns.iter_rows()
-        if (f"`{t}`" not in doc and f"{t}(" not in doc) or c not in doc
-    ]
-    assert undocumented == []
+    written = sorted(set(columns["table_name"].to_list()))
+    assert written == sorted(schema.TABLES)
+    for name in written:
+        rows = columns.filter(table_name=name).select("column_name", "data_type").rows()
+        schema.check_columns(name, rows)
