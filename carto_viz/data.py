@@ -13,20 +13,23 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-#: table -> the Dagster asset that writes it (named in error messages).
-REQUIRED_TABLES: dict[str, str] = {
-    "images": "images",
-    "neurons": "top_images",
-    "neuron_clusters": "neuron_clusters",
-    "clusters": "neuron_clusters",
-    "class_importance": "class_importance",
-    "example_patches": "example_patches",
-    "concept_graph_nodes": "concept_graph",
-    "concept_graph_edges": "concept_graph",
-    "concept_cascades": "concept_graph",
-    "neuron_projection": "neuron_projection",
-    "neuron_neighbors": "neuron_projection",
-}
+from carto_assets import schema
+from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
+
+#: tables the views need (the assets that write them come from carto_assets.schema).
+REQUIRED_TABLES = (
+    "images",
+    "neurons",
+    "neuron_clusters",
+    "clusters",
+    "class_importance",
+    "example_patches",
+    "concept_graph_nodes",
+    "concept_graph_edges",
+    "concept_cascades",
+    "neuron_projection",
+    "neuron_neighbors",
+)
 
 _QUERIES: dict[str, str] = {
     "images": "SELECT label, any_value(label_name) AS label_name FROM images "
@@ -52,10 +55,6 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "cluster_quality": ("kind", "gain", "random_gain"),
     "concept_graph_faithfulness": ("weight", "drop"),
 }
-
-#: cluster id of the single "prediction" node at the top of the graph.
-PREDICTION_CLUSTER = -1
-
 
 def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
     """Read every table the views need from a study database (read-only).
@@ -112,9 +111,9 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
 
 def check_tables(present: set[str] | Mapping[str, object]) -> None:
     """Raise ``ValueError`` naming the assets to materialize when tables are missing."""
-    missing = [table for table in REQUIRED_TABLES if table not in present]
+    missing = [name for name in REQUIRED_TABLES if name not in present]
     if missing:
-        assets = sorted({REQUIRED_TABLES[table] for table in missing})
+        assets = sorted({schema.table(name).asset for name in missing})
         raise ValueError(
             f"missing table(s) {', '.join(missing)}: materialize the asset(s) "
             f"{', '.join(assets)} first"
@@ -380,7 +379,7 @@ def graph_records(
         .select(
             "label",
             pl.lit(PREDICTION_CLUSTER, int_type).alias("cluster_id"),
-            pl.lit("prediction").alias("layer"),
+            pl.lit(PREDICTION).alias("layer"),
             pl.lit(top_row, pl.Int64).alias("row"),
             pl.lit(0.0).alias("col"),
             pl.lit(None, pl.Float64).alias("importance"),
@@ -406,7 +405,7 @@ def graph_records(
         .sort("label", "row", "col")
     )
     edges = tables["concept_graph_edges"].with_columns(
-        target_cluster=pl.when(pl.col("target_layer") == "prediction")
+        target_cluster=pl.when(pl.col("target_layer") == PREDICTION)
         .then(pl.lit(PREDICTION_CLUSTER, int_type))
         .otherwise(pl.col("target_cluster").cast(int_type))
     )
@@ -452,7 +451,7 @@ def graph_records(
         tables["neurons"].select("layer", "layer_index").unique().sort("layer_index").iter_rows()
     )
     rows = [{"row": int(i), "name": name} for name, i in layer_rows]
-    rows.append({"row": top_row, "name": "prediction"})
+    rows.append({"row": top_row, "name": PREDICTION})
     return graphs, rows, max_columns
 
 

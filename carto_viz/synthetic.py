@@ -11,6 +11,9 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from carto_assets import schema
+from carto_assets.schema import PREDICTION
+
 #: class names that must stay text everywhere (quotes, markup, ampersands, non-ASCII).
 HOSTILE_NAMES = (
     "<script>window.__xss=1</script>",
@@ -50,6 +53,12 @@ def photo_patches(rng: np.random.Generator, n: int, size: int) -> list[bytes]:
     return out
 
 
+def _from_rows(table: str, rows: list[tuple]) -> pl.DataFrame:
+    """A declared table from row tuples in its column order."""
+    names = schema.column_names(table)
+    return schema.frame(table, {name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
 def make_database(
     path: str | Path,
     *,
@@ -77,7 +86,8 @@ def make_database(
     path = Path(path)
     n_layers = len(layers)
     layer_of = np.arange(n_neurons) * n_layers // n_neurons
-    neurons = pl.DataFrame(
+    neurons = schema.frame(
+        "neurons",
         {
             "neuron_id": np.arange(n_neurons, dtype=np.int64),
             "layer": [layers[i] for i in layer_of],
@@ -85,7 +95,7 @@ def make_database(
             "channel": np.arange(n_neurons, dtype=np.int32),
             "map_height": np.full(n_neurons, 4, np.int32),
             "map_width": np.full(n_neurons, 4, np.int32),
-        }
+        },
     )
     cluster_of = np.zeros(n_neurons, np.int64)
     cluster = -1
@@ -104,7 +114,8 @@ def make_database(
         for c in range(n_clusters)
     ]
     members = [np.flatnonzero(cluster_of == c).tolist() for c in range(n_clusters)]
-    clusters = pl.DataFrame(
+    clusters = schema.frame(
+        "clusters",
         {
             "cluster_id": np.arange(n_clusters, dtype=np.int64),
             "layer": clusters_layer,
@@ -114,23 +125,26 @@ def make_database(
             "top_class_fraction": np.full(n_clusters, 0.5),
             "mean_jaccard": np.ones(n_clusters),
             "members": members,
-        }
+        },
     )
-    neuron_clusters = pl.DataFrame(
-        {"neuron_id": neurons["neuron_id"], "cluster_id": cluster_of, "layer": neurons["layer"]}
+    neuron_clusters = schema.frame(
+        "neuron_clusters",
+        {"neuron_id": neurons["neuron_id"], "cluster_id": cluster_of, "layer": neurons["layer"]},
     )
     n_classes = len(class_names)
-    images = pl.DataFrame(
+    images = schema.frame(
+        "images",
         {
             "image_id": np.arange(n_classes * 2, dtype=np.int64),
             "shard": np.zeros(n_classes * 2, np.int32),
             "source": [f"synthetic:{i}" for i in range(n_classes * 2)],
             "label": np.repeat(np.arange(n_classes, dtype=np.int32), 2),
             "label_name": [class_names[i // 2] for i in range(n_classes * 2)],
-        }
+        },
     )
     score = rng.random((n_classes, n_neurons)) * (rng.random((n_classes, n_neurons)) < 0.4)
-    importance = pl.DataFrame(
+    importance = schema.frame(
+        "class_importance",
         {
             "label": np.repeat(np.arange(n_classes, dtype=np.int32), n_neurons),
             "neuron_id": np.tile(np.arange(n_neurons, dtype=np.int64), n_classes),
@@ -138,7 +152,7 @@ def make_database(
             "top_mass_count": (score.ravel() * 10).astype(np.int64),
             "n_images": np.full(n_classes * n_neurons, 10, np.int64),
             "mean_activation": score.ravel(),
-        }
+        },
     )
     node_rows, edge_rows, cascade_rows = [], [], []
     for label in range(n_classes):
@@ -156,14 +170,14 @@ def make_database(
             for s in per_layer[li]:
                 for t in targets:
                     w = float(rng.random())
-                    tl = layers[li + 1] if li + 1 < n_layers else "prediction"
+                    tl = layers[li + 1] if li + 1 < n_layers else PREDICTION
                     edge_rows.append((label, layers[li], s, tl, t, w, w, 0.5))
         for li in range(n_layers):
             for root in per_layer[li]:
                 chain = [root]
                 for depth, up in enumerate(range(li + 1, n_layers + 1), start=1):
                     nxt = per_layer[up][0] if up < n_layers else -1
-                    name = layers[up] if up < n_layers else "prediction"
+                    name = layers[up] if up < n_layers else PREDICTION
                     cascade_rows.append((label, layers[li], root, name, nxt, depth, "up", 0.5))
                     chain.append(nxt)
                 for depth, down in enumerate(range(li - 1, -1, -1), start=1):
@@ -171,49 +185,13 @@ def make_database(
                     cascade_rows.append(
                         (label, layers[li], root, layers[down], nxt, depth, "down", 0.5)
                     )
-    graph_nodes = pl.DataFrame(
-        node_rows,
-        schema={
-            "label": pl.Int32,
-            "cluster_id": pl.Int64,
-            "layer": pl.Utf8,
-            "layer_index": pl.Int32,
-            "importance": pl.Float64,
-            "important_members": pl.Int32,
-        },
-        orient="row",
-    )
-    graph_edges = pl.DataFrame(
-        edge_rows,
-        schema={
-            "label": pl.Int32,
-            "source_layer": pl.Utf8,
-            "source_cluster": pl.Int64,
-            "target_layer": pl.Utf8,
-            "target_cluster": pl.Int64,
-            "weight": pl.Float64,
-            "signed_weight": pl.Float64,
-            "share": pl.Float64,
-        },
-        orient="row",
-    )
-    cascades = pl.DataFrame(
-        cascade_rows,
-        schema={
-            "label": pl.Int32,
-            "root_layer": pl.Utf8,
-            "root_cluster": pl.Int64,
-            "member_layer": pl.Utf8,
-            "member_cluster": pl.Int64,
-            "depth": pl.Int32,
-            "direction": pl.Utf8,
-            "weight": pl.Float64,
-        },
-        orient="row",
-    )
+    graph_nodes = _from_rows("concept_graph_nodes", node_rows)
+    graph_edges = _from_rows("concept_graph_edges", edge_rows)
+    cascades = _from_rows("concept_cascades", cascade_rows)
     n_patches = n_neurons * patches_per_neuron
     pngs = photo_patches(rng, min(distinct_patches or n_patches, n_patches), patch_size)
-    patches = pl.DataFrame(
+    patches = schema.frame(
+        "example_patches",
         {
             "neuron_id": np.repeat(np.arange(n_neurons, dtype=np.int64), patches_per_neuron),
             "rank": np.tile(np.arange(1, patches_per_neuron + 1, dtype=np.int32), n_neurons),
@@ -223,11 +201,13 @@ def make_database(
             "bottom": np.full(n_patches, patch_size, np.int32),
             "right": np.full(n_patches, patch_size, np.int32),
             "png": [pngs[i % len(pngs)] for i in range(n_patches)],
-        }
+        },
     )
     centre = rng.normal(size=(n_clusters, 2)) * 5
     xy = centre[cluster_of] + rng.normal(size=(n_neurons, 2)) * 0.5
-    projection = pl.DataFrame({"neuron_id": neurons["neuron_id"], "x": xy[:, 0], "y": xy[:, 1]})
+    projection = schema.frame(
+        "neuron_projection", {"neuron_id": neurons["neuron_id"], "x": xy[:, 0], "y": xy[:, 1]}
+    )
     k = min(neighbors, n_neurons - 1)
     nb_rows = []
     for lo in range(0, n_neurons, 512):
@@ -238,18 +218,10 @@ def make_database(
             n = lo + i
             row = row[np.argsort(d[i, row])]
             nb_rows.extend((n, r, int(m), float(1 / (1 + d[i, m]))) for r, m in enumerate(row, 1))
-    neighbor_table = pl.DataFrame(
-        nb_rows,
-        schema={
-            "neuron_id": pl.Int64,
-            "rank": pl.Int32,
-            "neighbor_id": pl.Int64,
-            "similarity": pl.Float64,
-        },
-        orient="row",
-    )
+    neighbor_table = _from_rows("neuron_neighbors", nb_rows)
     multi = [c for c in range(n_clusters) if len(members[c]) >= 2]
-    quality = pl.DataFrame(
+    quality = schema.frame(
+        "cluster_quality",
         {
             "cluster_id": np.array(multi, np.int64),
             "kind": ["class"] * len(multi),
@@ -260,21 +232,24 @@ def make_database(
             "layer_share": rng.uniform(0.05, 0.2, len(multi)),
             "gain": rng.uniform(0.4, 1.0, len(multi)),
             "random_gain": rng.uniform(0.0, 0.2, len(multi)),
-        }
+        },
     )
     sample = edge_rows[:: max(1, len(edge_rows) // 40)][:40]
-    faithfulness = pl.DataFrame(
+    weight = np.array([e[5] for e in sample])
+    baseline = np.full(len(sample), 2.0)
+    drop = weight * 0.8 + 0.05 * rng.random(len(sample))
+    faithfulness = schema.frame(
+        "concept_graph_faithfulness",
         {
-            "label": [e[0] for e in sample],
+            "source_layer": [e[1] for e in sample],
             "source_cluster": [e[2] for e in sample],
+            "target_layer": [e[3] for e in sample],
             "target_cluster": [e[4] for e in sample],
-            "weight": [e[5] for e in sample],
-            "drop": [e[5] * 0.8 + 0.05 * float(rng.random()) for e in sample],
-        },
-        schema_overrides={
-            "label": pl.Int32,
-            "source_cluster": pl.Int64,
-            "target_cluster": pl.Int64,
+            "weight": weight,
+            "baseline": baseline,
+            "ablated": baseline - drop,
+            "drop": drop,
+            "relative_drop": drop / baseline,
         },
     )
     tables = {
@@ -295,10 +270,10 @@ def make_database(
     path.unlink(missing_ok=True)
     con = duckdb.connect(str(path))
     try:
-        for name, frame in tables.items():
-            con.register("frame", frame)
-            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame')
-            con.unregister("frame")
+        for name, table in tables.items():
+            con.register("incoming", table)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
+            con.unregister("incoming")
     finally:
         con.close()
     return path

@@ -70,3 +70,20 @@ def test_the_store_refuses_a_declared_table_with_other_columns(tmp_path: Path) -
     # Nothing of the refused writes was published; undeclared tables are not checked.
     assert store.query("SELECT * FROM neuron_projection")["y"].to_list() == [1.0]
     store.replace_tables({"scratch": "SELECT 1 AS anything"})
+
+
+def test_the_synthetic_view_database_holds_declared_tables(tmp_path: Path) -> None:
+    from carto_viz.synthetic import make_database
+
+    con = duckdb.connect(str(make_database(tmp_path / "synthetic.duckdb")), read_only=True)
+    names = [
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    ]
+    assert set(names) <= set(schema.TABLES)
+    for name in names:
+        actual = con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            [name],
+        ).fetchall()
+        schema.check_columns(name, actual)

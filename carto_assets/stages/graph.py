@@ -17,7 +17,7 @@ import polars as pl
 import torch
 from scipy.stats import spearmanr
 
-from carto_assets import pipeline
+from carto_assets import pipeline, schema
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
@@ -421,41 +421,22 @@ def _n_outputs(model: torch.nn.Module, size: int) -> int:
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) else -1
 
 
-EDGE_SCHEMA = {
-    "label": pl.Int32,
-    "source_layer": pl.Utf8,
-    "source_cluster": pl.Int64,
-    "target_layer": pl.Utf8,
-    "target_cluster": pl.Int64,
-    "weight": pl.Float64,
-    "signed_weight": pl.Float64,
-    "share": pl.Float64,
-}
-CASCADE_SCHEMA = {
-    "label": pl.Int32,
-    "root_layer": pl.Utf8,
-    "root_cluster": pl.Int64,
-    "member_layer": pl.Utf8,
-    "member_cluster": pl.Int64,
-    "depth": pl.Int32,
-    "direction": pl.Utf8,
-    "weight": pl.Float64,
-}
-
-
-def _typed_concat(parts: list[pl.DataFrame], schema: dict[str, Any]) -> pl.DataFrame:
-    """Per-class frames stacked with a fixed schema (an empty table keeps its columns)."""
+def _typed_concat(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
+    """Per-class frames stacked as the declared table (an empty table keeps its columns)."""
+    columns = schema.polars_schema(table)
     if not parts:
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema=columns)
     df = pl.concat(parts, how="diagonal_relaxed")
-    return df.select([pl.col(c).cast(t) for c, t in schema.items()])
+    return df.select([pl.col(c).cast(t) for c, t in columns.items()])
 
 
 def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed_concat(parts, EDGE_SCHEMA).sort(
+    return _typed_concat(parts, "concept_graph_edges").sort(
         "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True]
     )
 
 
 def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed_concat(parts, CASCADE_SCHEMA).sort("label", "root_cluster", "direction", "depth")
+    return _typed_concat(parts, "concept_cascades").sort(
+        "label", "root_cluster", "direction", "depth"
+    )
