@@ -114,12 +114,13 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     """(images/s of the bare forward pass, seconds of one forward+backward of a class batch)."""
     import torch
 
-    from carto_assets import pipeline
+    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.stages.model import load_model
 
-    images, class_names = pipeline.load_manifest(study)
-    bundle, _, _ = pipeline.load_model(study)
+    images, class_names = load_manifest(study)
+    bundle, _, _ = load_model(study)
     model = bundle.module.eval()
-    source = pipeline.source_for_manifest(study, images, class_names)
+    source = source_for_manifest(study, images, class_names)
     ids = images["image_id"].to_list()[:n_images]
     pixels, _ = source.load_many(ids, workers=4)
     x_all = bundle.normalize(torch.from_numpy(pixels))

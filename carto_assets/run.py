@@ -20,8 +20,8 @@ from typing import Any
 
 import dagster as dg
 
-from carto_assets import pipeline
 from carto_assets import progress as progress_of
+from carto_assets.assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.definitions import (
     ACTIVATIONS_JOB,
     GRAPH_CHUNKS_JOB,
@@ -31,8 +31,9 @@ from carto_assets.definitions import (
     build_definitions,
 )
 from carto_assets.events import EVENTS_LOGGER, QUIET_RUN_CONFIG, step_event
-from carto_assets.partitions import CLASS_CHUNKS, SHARDS
-from carto_assets.sources.datasets import shard_key
+from carto_assets.partitions import shard_key
+from carto_assets.stages.activations import shard_states
+from carto_assets.stages.manifest import load_manifest
 from carto_assets.storage import PUBLISH_STATS, describe_writer, exclusive_writer
 from carto_assets.study import Study
 
@@ -47,8 +48,8 @@ class RunFailed(RuntimeError):
 
 def up_to_date_shards(study: Study) -> set[int]:
     """Shards whose stored summary matches their current inputs (images, model, settings)
-    and whose Parquet files exist (see :func:`pipeline.shard_states`)."""
-    fresh, _, _ = pipeline.shard_states(study)
+    and whose Parquet files exist (see :func:`carto_assets.stages.activations.shard_states`)."""
+    fresh, _, _ = shard_states(study)
     return set(fresh)
 
 
@@ -293,7 +294,7 @@ def _materialize_all(
             )
     timings["shards_computed"] = float(len(todo))
     timings["shards_reused"] = float(len(fresh))
-    images, _ = pipeline.load_manifest(study)
+    images, _ = load_manifest(study)
     counts = images.group_by("shard").len()
     per_shard = dict(zip(counts["shard"].to_list(), counts["len"].to_list()))
     sizes = {k: int(per_shard.get(i, 0)) for i, k in enumerate(keys) if k in todo}

@@ -56,6 +56,7 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "concept_graph_faithfulness": ("weight", "drop"),
 }
 
+
 def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
     """Read every table the views need from a study database (read-only).
 

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from carto_assets import pipeline
-from carto_assets.partitions import SHARDS
+from carto_assets.assets.partitions import SHARDS
+from carto_assets.partitions import shard_index
 from carto_assets.resources import StudyResource
-from carto_assets.sources.datasets import shard_index
+from carto_assets.stages.activations import run_shard, shard_dir
 
 
 @dg.asset(
@@ -19,17 +19,17 @@ def activations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.M
     cfg = study.load()
     shard = shard_index(context.partition_key)
     # Writes only Parquet (never the database), so shards can run in parallel processes.
-    summary = pipeline.run_shard(cfg, shard, progress=context.log.info)
+    summary = run_shard(cfg, shard, progress=context.log.info)
     return dg.MaterializeResult(
         metadata={
-            "n_images": summary["n_images"],
-            "n_processed": summary["n_processed"],
-            "n_failed_to_decode": summary["n_failed"],
-            "failed": dg.MetadataValue.json(summary["failed"][:50]),
-            "images_per_second": round(summary["images_per_second"], 1),
-            "seconds": round(summary["seconds"], 2),
-            "device": summary["device"],
-            "n_neurons": summary["n_neurons"],
-            "shard_dir": dg.MetadataValue.path(str(pipeline.shard_dir(cfg, shard))),
+            "n_images": summary.n_images,
+            "n_processed": summary.n_processed,
+            "n_failed_to_decode": summary.n_failed,
+            "failed": dg.MetadataValue.json(summary.failed[:50]),
+            "images_per_second": round(summary.images_per_second, 1),
+            "seconds": round(summary.seconds, 2),
+            "device": summary.device,
+            "n_neurons": summary.n_neurons,
+            "shard_dir": dg.MetadataValue.path(str(shard_dir(cfg, shard))),
         }
     )

@@ -5,11 +5,12 @@ import base64
 import dagster as dg
 import polars as pl
 
-from carto_assets import pipeline
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.partitions import CLASS_CHUNKS
+from carto_assets.assets.partitions import CLASS_CHUNKS
+from carto_assets.partitions import chunk_index, chunk_labels
 from carto_assets.resources import StudyResource
 from carto_assets.stages import graph as stage
+from carto_assets.stages.manifest import load_manifest
 
 
 @dg.asset(group_name="graph", kinds={"duckdb", "pytorch"}, deps=["top_images"])
@@ -56,20 +57,20 @@ def concept_graph_chunk(
     """Influence edges, cascades and ablation effects for one chunk of classes, as Parquet."""
     cfg = study.load()
     store = study.store()
-    index = stage.chunk_index(context.partition_key)
-    n_classes = len(pipeline.load_manifest(cfg)[1])
-    labels = stage.chunk_labels(index, n_classes, cfg.graph.classes_per_chunk)
+    index = chunk_index(context.partition_key)
+    n_classes = len(load_manifest(cfg)[1])
+    labels = chunk_labels(index, n_classes, cfg.graph.classes_per_chunk)
     # Reads the database, writes only Parquet: chunks run in parallel processes.
     chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
     out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
-    computed = chunk["n_classes_computed"]
+    computed = chunk.n_classes_computed
     return dg.MaterializeResult(
         metadata={
             "classes": dg.MetadataValue.json([labels[0], labels[-1]] if labels else []),
             "classes_computed": computed,
-            "edges": len(chunk["edges"]),
-            "seconds": round(chunk["seconds"], 2),
-            "seconds_per_class": round(chunk["seconds"] / max(1, computed), 3),
+            "edges": len(chunk.edges),
+            "seconds": round(chunk.seconds, 2),
+            "seconds_per_class": round(chunk.seconds / max(1, computed), 3),
             "chunk_dir": dg.MetadataValue.path(str(out)),
         }
     )
@@ -89,29 +90,29 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
     chunks = [stage.read_graph_chunk(cfg, key) for key in sorted(keys)]
     g = stage.merge_graph_chunks(cfg, store, chunks)
     tables = {
-        "concept_graph_nodes": g["nodes"],
-        "concept_graph_edges": g["edges"],
-        "concept_cascades": g["cascades"],
+        "concept_graph_nodes": g.nodes,
+        "concept_graph_edges": g.edges,
+        "concept_cascades": g.cascades,
     }
-    if len(g["faithfulness"]):
-        tables["concept_graph_faithfulness"] = g["faithfulness"]
+    if len(g.faithfulness):
+        tables["concept_graph_faithfulness"] = g.faithfulness
     store.replace_tables(tables)
-    rho = g["spearman_rho"]
-    no_dep = [f"{a} -> {b}" for a, b in g["no_dependency"]]
+    rho = g.spearman_rho
+    no_dep = [f"{a} -> {b}" for a, b in g.no_dependency]
     return dg.MaterializeResult(
         metadata={
-            "nodes": len(g["nodes"]),
-            "edges": len(g["edges"]),
-            "cascade_rows": len(g["cascades"]),
-            "seconds": round(g["seconds"], 2),
-            "class_chunks": g["chunks"],
-            "seconds_per_class": round(g["seconds_per_class"], 3),
-            "prediction_edges": g["prediction_edges"],
+            "nodes": len(g.nodes),
+            "edges": len(g.edges),
+            "cascade_rows": len(g.cascades),
+            "seconds": round(g.seconds, 2),
+            "class_chunks": g.chunks,
+            "seconds_per_class": round(g.seconds_per_class, 3),
+            "prediction_edges": g.prediction_edges,
             "faithfulness_spearman_rho": rho,
-            "faithfulness_edges_ablated": len(g["faithfulness"]),
+            "faithfulness_edges_ablated": len(g.faithfulness),
             "layer_pairs_without_dependency": dg.MetadataValue.json(no_dep),
-            "nodes_preview": frame_table(g["nodes"].head(15)),
-            "edges_preview": frame_table(g["edges"].head(15)),
+            "nodes_preview": frame_table(g.nodes.head(15)),
+            "edges_preview": frame_table(g.edges.head(15)),
             "database": dg.MetadataValue.path(str(store.database_path)),
         },
         check_results=[

@@ -5,12 +5,12 @@ import shutil
 import dagster as dg
 import polars as pl
 
-from carto_assets import pipeline
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.partitions import CLASS_CHUNKS, SHARDS
+from carto_assets.assets.partitions import CLASS_CHUNKS, SHARDS
+from carto_assets.partitions import chunk_key, n_class_chunks, shard_key
 from carto_assets.resources import StudyResource
-from carto_assets.sources.datasets import shard_key
-from carto_assets.stages.graph import chunk_key, n_class_chunks
+from carto_assets.stages.activations import stale_shard_dirs
+from carto_assets.stages.manifest import build_manifest, save_manifest, write_images_tables
 
 
 @dg.asset(
@@ -24,10 +24,10 @@ from carto_assets.stages.graph import chunk_key, n_class_chunks
 def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """The image manifest images(image_id, shard, source, label, label_name)."""
     cfg = study.load()
-    manifest = pipeline.build_manifest(cfg)
-    pipeline.save_manifest(cfg, manifest)
+    manifest = build_manifest(cfg)
+    save_manifest(cfg, manifest)
     store = study.store()
-    counts = pipeline.write_images_tables(cfg, manifest, store)
+    counts = write_images_tables(cfg, manifest, store)
 
     # Keep the shard partitions in step with the study: add new keys, drop stale ones.
     _sync_partitions(context.instance, SHARDS.name, [shard_key(s) for s in range(cfg.shards)])
@@ -39,7 +39,7 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
             for i in range(n_class_chunks(len(manifest.class_names), cfg.graph.classes_per_chunk))
         ],
     )
-    for stale in pipeline.stale_shard_dirs(cfg):
+    for stale in stale_shard_dirs(cfg):
         shutil.rmtree(stale, ignore_errors=True)
 
     imgs = manifest.images

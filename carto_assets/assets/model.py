@@ -3,32 +3,32 @@
 import dagster as dg
 import polars as pl
 
-from carto_assets import pipeline
 from carto_assets.assets._metadata import frame_table
 from carto_assets.resources import StudyResource
+from carto_assets.stages.model import model_dir, prepare_model
 
 
 @dg.asset(group_name="model", kinds={"pytorch"}, deps=["images"])
 def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """The network to map, with its layers resolved; the built-in CNN is trained and cached."""
     cfg = study.load()
-    meta = pipeline.prepare_model(cfg, progress=context.log.info)
-    layers = pl.DataFrame(meta["layers"])
+    info = prepare_model(cfg, progress=context.log.info)
+    layers = pl.DataFrame(info.layers)
     metadata: dict[str, object] = {
         "model": cfg.model,
         "weights": cfg.weights,
-        "input_size": meta["input_size"],
-        "n_parameters": meta["n_parameters"],
-        "n_neurons": meta["n_neurons"],
+        "input_size": info.input_size,
+        "n_parameters": info.n_parameters,
+        "n_neurons": info.n_neurons,
         "layers": frame_table(layers),
-        "reused_cached_checkpoint": bool(meta["cached"]),
-        "checkpoint_dir": dg.MetadataValue.path(str(pipeline.model_dir(cfg))),
+        "reused_cached_checkpoint": info.cached,
+        "checkpoint_dir": dg.MetadataValue.path(str(model_dir(cfg))),
     }
-    if meta.get("holdout_accuracy") is not None:
-        metadata["holdout_accuracy"] = float(meta["holdout_accuracy"])
-        metadata["train_accuracy"] = float(meta["train_accuracy"])
+    if info.holdout_accuracy is not None:
+        metadata["holdout_accuracy"] = float(info.holdout_accuracy)
+        metadata["train_accuracy"] = float(info.train_accuracy or 0.0)
         metadata["epoch_losses"] = dg.MetadataValue.json(
-            [round(x, 5) for x in meta["epoch_losses"]]
+            [round(x, 5) for x in info.epoch_losses or []]
         )
-        metadata["n_holdout_images"] = int(meta["n_holdout"])
+        metadata["n_holdout_images"] = int(info.n_holdout or 0)
     return dg.MaterializeResult(metadata=metadata)

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from carto_assets import pipeline
 from carto_assets.assets._metadata import table_metadata
 from carto_assets.resources import StudyResource
+from carto_assets.stages.merge import merge_top_images
 
 
 @dg.asset(
@@ -20,8 +20,8 @@ def top_images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Ma
     """Each neuron's global top-k images (top_images) and the neuron list (neurons)."""
     cfg = study.load()
     store = study.store()
-    merged = pipeline.merge_top_images(cfg, store)
-    n_images = merged["n_images_processed"]
+    merged = merge_top_images(cfg, store)
+    n_images = merged.n_images_processed
     expected = min(cfg.top_k, n_images)
     per_neuron = store.query(
         "SELECT n.neuron_id, count(t.rank) AS n, coalesce(max(t.rank), 0) AS max_rank "
@@ -44,18 +44,18 @@ def top_images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Ma
         ),
     ]
     context.log.info(
-        f"merged {len(merged['layers'])} layers, {merged['counts']['neurons']} neurons, "
-        f"{n_images} images ({merged['n_failed']} failed to decode)"
+        f"merged {len(merged.layers)} layers, {merged.counts['neurons']} neurons, "
+        f"{n_images} images ({merged.n_failed} failed to decode)"
     )
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "top_images"),
-            "neurons": merged["counts"]["neurons"],
+            "neurons": merged.counts["neurons"],
             "top_k": cfg.top_k,
             "n_images_processed": n_images,
-            "n_images_failed_to_decode": merged["n_failed"],
-            "failed_images": dg.MetadataValue.json(merged["failed"]),
-            "activation_pass_seconds": round(merged["activation_seconds"], 2),
+            "n_images_failed_to_decode": merged.n_failed,
+            "failed_images": dg.MetadataValue.json(merged.failed),
+            "activation_pass_seconds": round(merged.activation_seconds, 2),
         },
         check_results=checks,
     )

@@ -11,8 +11,6 @@ This module never imports dagster or torch.
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -312,74 +310,3 @@ def open_source(study: Study) -> ImageSource:
         assert ds.path is not None
         return ImageFolderSource(ds.path, image_size=size, limit=ds.size)
     raise ValueError(f"unknown dataset kind {ds.kind!r}")
-
-
-def shard_of(
-    image_ids: np.ndarray, n_images: int, n_shards: int, shard_size: int | None = None
-) -> np.ndarray:
-    """Shard of each image id.
-
-    With ``shard_size`` (fixed-size shards): ``image_id // shard_size``, so appending images only
-    adds shards and never moves an image. Without it (compatibility): contiguous, balanced
-    shards, shard s holds ids [s*N/S, (s+1)*N/S) (growing N moves every image).
-    """
-    ids = np.asarray(image_ids, dtype=np.int64)
-    if shard_size is not None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        return ids // shard_size
-    return (ids * n_shards) // max(n_images, 1)
-
-
-def shard_model_identity(study: Study) -> str:
-    """What a shard's activations depend on besides its images: model, weights, preprocessing,
-    layers and the activation-pass settings.
-
-    The built-in model is trained on the study's dataset, so its full fingerprint (dataset
-    included) counts: growing the dataset retrains it and every shard is recomputed. A
-    torchvision model does not depend on the dataset's size, so adding images keeps it.
-    """
-    model = (
-        study.model_fingerprint()
-        if study.is_builtin_model
-        else {"model": study.model, "weights": study.weights, "kind": study.dataset.kind}
-    )
-    relevant = {
-        "model": model,
-        "image_size": study_image_size(study),
-        "layers": list(study.layers) if isinstance(study.layers, tuple) else study.layers,
-        "top_k": study.top_k,
-        "mass_fraction": study.mass_fraction,
-        # Settings other parts of the project may add; absent ones hash as None.
-        "precision": getattr(study, "precision", None),
-        "channels_last": getattr(study, "channels_last", None),
-    }
-    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def shard_fingerprint(
-    image_ids: Sequence[int],
-    sources: Sequence[str],
-    labels: Sequence[int],
-    class_names: Sequence[str],
-    model_identity: str,
-) -> str:
-    """Identity of one shard's inputs: its images (ids, sources, labels), the class list and
-    :func:`shard_model_identity`. A shard whose stored fingerprint matches is up to date."""
-    h = hashlib.sha256()
-    h.update(model_identity.encode())
-    h.update(json.dumps(list(class_names)).encode())
-    for i, src, lbl in zip(image_ids, sources, labels, strict=True):
-        h.update(f"{int(i)}\x1f{src}\x1f{int(lbl)}\x1e".encode())
-    return h.hexdigest()[:24]
-
-
-def shard_key(shard: int) -> str:
-    return f"shard-{shard:04d}"
-
-
-def shard_index(key: str) -> int:
-    if not key.startswith("shard-"):
-        raise ValueError(f"not a shard partition key: {key!r} (expected shard-NNNN)")
-    return int(key.split("-", 1)[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,12 @@ import polars as pl
 import torch
 from scipy.stats import spearmanr
 
-from carto_assets import pipeline, schema
+from carto_assets import schema
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
+from carto_assets.partitions import chunk_labels, n_class_chunks
+from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
 from carto_assets.study import Study
 
@@ -36,9 +40,9 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[lis
     much); :func:`patches_select` loads the parts into the table in SQL.
     """
     say = progress or (lambda m: None)
-    images, class_names = pipeline.load_manifest(study)
-    bundle, layers, _ = pipeline.load_model(study)
-    source = pipeline.source_for_manifest(study, images, class_names)
+    images, class_names = load_manifest(study)
+    bundle, layers, _ = load_model(study)
+    source = source_for_manifest(study, images, class_names)
     m = study.graph.patches_per_neuron
     top = store.query(
         "SELECT t.neuron_id, t.rank, t.image_id, t.y, t.x, n.layer, n.map_height, n.map_width "
@@ -183,39 +187,49 @@ def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle)
     return bundle.normalize(torch.from_numpy(pixels))
 
 
+@dataclass(frozen=True)
+class GraphChunk:
+    """The concept graph's per-class work for one chunk of classes."""
+
+    labels: list[int]
+    #: ``concept_graph_edges`` rows of these classes
+    edges: pl.DataFrame
+    #: ``concept_cascades`` rows of these classes
+    cascades: pl.DataFrame
+    #: ablation effects of the sampled edges, with their ``label``
+    faithfulness: pl.DataFrame
+    #: (lower, upper) layer pairs where the upper layer does not depend on the lower one
+    no_dependency: list[tuple[str, str]]
+    prediction_edges: bool
+    n_classes_computed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ConceptGraph:
+    """The concept graph's tables for every class, merged from the chunks."""
+
+    nodes: pl.DataFrame
+    edges: pl.DataFrame
+    cascades: pl.DataFrame
+    faithfulness: pl.DataFrame
+    #: Spearman rank correlation of edge weight with ablation drop (NaN under 3 edges)
+    spearman_rho: float
+    no_dependency: list[tuple[str, str]]
+    prediction_edges: bool
+    seconds: float
+    chunks: int
+    seconds_per_class: float
+
+
 # ---- class chunks: the per-class work, partitioned --------------------------------------------
-#: Partition keys of the ``concept_graph_chunk`` asset: ``classes-0000``, ``classes-0001``, ...
-CHUNK_PREFIX = "classes-"
-
-
-def chunk_key(index: int) -> str:
-    return f"{CHUNK_PREFIX}{index:04d}"
-
-
-def chunk_index(key: str) -> int:
-    if not key.startswith(CHUNK_PREFIX) or not key[len(CHUNK_PREFIX) :].isdigit():
-        raise ValueError(f"not a class-chunk key: {key!r} (expected e.g. {chunk_key(0)!r})")
-    return int(key[len(CHUNK_PREFIX) :])
-
-
-def n_class_chunks(n_classes: int, classes_per_chunk: int) -> int:
-    """How many chunks of ``classes_per_chunk`` consecutive class labels cover the classes."""
-    return max(1, -(-n_classes // classes_per_chunk))
-
-
-def chunk_labels(index: int, n_classes: int, classes_per_chunk: int) -> list[int]:
-    """The class labels of chunk ``index``: ``[index * per, (index + 1) * per)``."""
-    lo = index * classes_per_chunk
-    return list(range(lo, min(n_classes, lo + classes_per_chunk)))
-
-
 def graph_chunk_dir(study: Study, key: str) -> Path:
     return study.files_dir / "concept_graph" / key
 
 
 def concept_graph_chunk(
     study: Study, store: CartoStore, labels: list[int], progress=None
-) -> dict[str, Any]:
+) -> GraphChunk:
     """Influence edges, cascades and ablation effects for the classes ``labels``.
 
     Reads the database only (``neuron_clusters``, ``class_importance``), so chunks run in
@@ -224,10 +238,10 @@ def concept_graph_chunk(
     """
     say = progress or (lambda m: None)
     start = time.perf_counter()
-    images, class_names = pipeline.load_manifest(study)
-    bundle, layers, _ = pipeline.load_model(study)
+    images, class_names = load_manifest(study)
+    bundle, layers, _ = load_model(study)
     model = bundle.module.eval()
-    source = pipeline.source_for_manifest(study, images, class_names)
+    source = source_for_manifest(study, images, class_names)
     layer_names = [i.name for i in layers]
     nc = store.query(
         "SELECT n.layer, n.channel, nc.cluster_id FROM neuron_clusters nc "
@@ -311,36 +325,36 @@ def concept_graph_chunk(
             f"class {class_names[label]} ({k + 1}/{len(todo)}): "
             f"{len(class_nodes)} nodes, {len(edges)} edges"
         )
-    return {
-        "labels": list(labels),
-        "edges": _edge_table(edge_parts),
-        "cascades": _cascade_table(cascade_parts),
-        "faithfulness": pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame(),
-        "no_dependency": sorted(no_dependency),
-        "prediction_edges": predict,
-        "n_classes_computed": len(todo),
-        "seconds": time.perf_counter() - start,
-    }
+    return GraphChunk(
+        labels=list(labels),
+        edges=_edge_table(edge_parts),
+        cascades=_cascade_table(cascade_parts),
+        faithfulness=pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame(),
+        no_dependency=sorted(no_dependency),
+        prediction_edges=predict,
+        n_classes_computed=len(todo),
+        seconds=time.perf_counter() - start,
+    )
 
 
 _CHUNK_TABLES = ("edges", "cascades", "faithfulness")
 
 
-def write_graph_chunk(study: Study, key: str, chunk: dict[str, Any]) -> Path:
+def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     """One chunk's tables as Parquet under ``concept_graph/<key>/``, ``summary.json`` last
     (the activation shards' convention: a chunk with a summary is complete)."""
     out = graph_chunk_dir(study, key)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)
     for name in _CHUNK_TABLES:
-        write_parquet_atomic(chunk[name], out / f"{name}.parquet")
+        write_parquet_atomic(getattr(chunk, name), out / f"{name}.parquet")
     summary = {
         "key": key,
-        "labels": chunk["labels"],
-        "no_dependency": [list(p) for p in chunk["no_dependency"]],
-        "prediction_edges": chunk["prediction_edges"],
-        "n_classes_computed": chunk["n_classes_computed"],
-        "seconds": chunk["seconds"],
+        "labels": chunk.labels,
+        "no_dependency": [list(p) for p in chunk.no_dependency],
+        "prediction_edges": chunk.prediction_edges,
+        "n_classes_computed": chunk.n_classes_computed,
+        "seconds": chunk.seconds,
     }
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary))
@@ -348,7 +362,7 @@ def write_graph_chunk(study: Study, key: str, chunk: dict[str, Any]) -> Path:
     return out
 
 
-def read_graph_chunk(study: Study, key: str) -> dict[str, Any]:
+def read_graph_chunk(study: Study, key: str) -> GraphChunk:
     out = graph_chunk_dir(study, key)
     if not (out / "summary.json").is_file():
         raise FileNotFoundError(
@@ -356,18 +370,20 @@ def read_graph_chunk(study: Study, key: str) -> dict[str, Any]:
             f"concept_graph_chunk partition {key} first"
         )
     summary = json.loads((out / "summary.json").read_text())
-    chunk = {name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES}
-    chunk.update(summary)
-    chunk["no_dependency"] = [tuple(p) for p in summary["no_dependency"]]
-    return chunk
+    return GraphChunk(
+        labels=summary["labels"],
+        **{name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES},
+        no_dependency=[tuple(p) for p in summary["no_dependency"]],
+        prediction_edges=summary["prediction_edges"],
+        n_classes_computed=summary["n_classes_computed"],
+        seconds=summary["seconds"],
+    )
 
 
-def merge_graph_chunks(
-    study: Study, store: CartoStore, chunks: list[dict[str, Any]]
-) -> dict[str, Any]:
+def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]) -> ConceptGraph:
     """The concept graph's tables from every chunk: nodes, edges, cascades, faithfulness."""
-    n_classes = len(pipeline.load_manifest(study)[1])
-    covered = sorted(label for c in chunks for label in c["labels"])
+    n_classes = len(load_manifest(study)[1])
+    covered = sorted(label for c in chunks for label in c.labels)
     if covered != list(range(n_classes)):
         missing = sorted(set(range(n_classes)) - set(covered))
         raise ValueError(
@@ -375,9 +391,9 @@ def merge_graph_chunks(
             f"(missing {missing[:10]}, {len(covered)} labels in {len(chunks)} chunks); "
             "re-materialize every concept_graph_chunk partition"
         )
-    edges = _edge_table([c["edges"] for c in chunks if len(c["edges"])])
-    cascades = _cascade_table([c["cascades"] for c in chunks if len(c["cascades"])])
-    faith_parts = [c["faithfulness"] for c in chunks if len(c["faithfulness"])]
+    edges = _edge_table([c.edges for c in chunks if len(c.edges)])
+    cascades = _cascade_table([c.cascades for c in chunks if len(c.cascades)])
+    faith_parts = [c.faithfulness for c in chunks if len(c.faithfulness)]
     faith = pl.DataFrame()
     if faith_parts:
         faith = pl.concat(faith_parts, how="diagonal_relaxed")
@@ -385,28 +401,28 @@ def merge_graph_chunks(
     rho = float("nan")
     if len(faith) >= 3:
         rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
-    seconds = [c["seconds"] for c in chunks]
-    computed = sum(c["n_classes_computed"] for c in chunks)
-    return {
-        "nodes": graph_nodes(study, store),
-        "edges": edges,
-        "cascades": cascades,
-        "faithfulness": faith,
-        "spearman_rho": rho,
-        "no_dependency": sorted({p for c in chunks for p in c["no_dependency"]}),
-        "prediction_edges": any(c["prediction_edges"] for c in chunks),
-        "seconds": float(sum(seconds)),
-        "chunks": len(chunks),
-        "seconds_per_class": float(sum(seconds)) / max(1, computed),
-    }
+    seconds = float(sum(c.seconds for c in chunks))
+    computed = sum(c.n_classes_computed for c in chunks)
+    return ConceptGraph(
+        nodes=graph_nodes(study, store),
+        edges=edges,
+        cascades=cascades,
+        faithfulness=faith,
+        spearman_rho=rho,
+        no_dependency=sorted({p for c in chunks for p in c.no_dependency}),
+        prediction_edges=any(c.prediction_edges for c in chunks),
+        seconds=seconds,
+        chunks=len(chunks),
+        seconds_per_class=seconds / max(1, computed),
+    )
 
 
 def concept_graph(
     study: Study, store: CartoStore, progress=None, classes_per_chunk: int | None = None
-) -> dict[str, Any]:
+) -> ConceptGraph:
     """Nodes, influence edges, cascades and the ablation faithfulness check, for every class,
     all chunks in this process (what the partitioned assets compute across processes)."""
-    n_classes = len(pipeline.load_manifest(study)[1])
+    n_classes = len(load_manifest(study)[1])
     per = classes_per_chunk or study.graph.classes_per_chunk
     chunks = [
         concept_graph_chunk(study, store, chunk_labels(i, n_classes, per), progress)

@@ -187,7 +187,7 @@ def test_weights_normalization_follows_non_imagenet_statistics(monkeypatch) -> N
 def test_bundle_uses_the_weights_normalization(monkeypatch) -> None:
     import torchvision
 
-    from carto_assets.pipeline import _bundle_for
+    from carto_assets.stages.model import bundle_for
     from carto_assets.study import study_from_dict
 
     transforms = SimpleNamespace(mean=[0.5, 0.5, 0.5], std=[0.25, 0.5, 1.0])
@@ -198,9 +198,9 @@ def test_bundle_uses_the_weights_normalization(monkeypatch) -> None:
     study = study_from_dict(
         {"model": "torchvision:resnet18", "weights": "DEFAULT", "dataset": dataset}
     )
-    bundle = _bundle_for(study, model)
+    bundle = bundle_for(study, model)
     assert (bundle.mean, bundle.std) == ((0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     assert not bundle.module.training
     random_init = study_from_dict({"model": "torchvision:resnet18", "dataset": dataset})
-    bundle = _bundle_for(random_init, model)
+    bundle = bundle_for(random_init, model)
     assert (bundle.mean, bundle.std) == (IMAGENET_MEAN, IMAGENET_STD)

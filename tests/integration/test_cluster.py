@@ -28,7 +28,7 @@ import polars as pl
 import pytest
 from local_cluster import LocalCluster, missing_servers
 
-from carto_assets.partitions import CLASS_CHUNKS
+from carto_assets.assets.partitions import CLASS_CHUNKS
 from carto_assets.run import materialize_all
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from carto_assets import pipeline
 from carto_assets.run import RunFailed, materialize_all
 from carto_assets.sources.datasets import open_source
+from carto_assets.stages.manifest import build_manifest, load_manifest, save_manifest
+from carto_assets.stages.model import load_model, prepare_model
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
 
@@ -51,7 +52,7 @@ def test_tables_hold_what_the_contract_says(materialized):
 def test_top_images_match_a_direct_full_pass(materialized):
     """Recompute some neurons' activations over every image and fully sort them."""
     study, _, _ = materialized
-    bundle, layers, _ = pipeline.load_model(study)
+    bundle, layers, _ = load_model(study)
     source = open_source(study)
     pixels, ok = source.load_many(list(range(240)))
     assert ok.all()
@@ -152,7 +153,7 @@ def test_class_importance_matches_a_direct_count(materialized):
     from carto_assets.core.activations import LayerRecorder, top_mass_mask
 
     study, _, _ = materialized
-    bundle, layers, _ = pipeline.load_model(study)
+    bundle, layers, _ = load_model(study)
     pixels, _ = open_source(study).load_many(list(range(240)))
     store = CartoStore(study.database_path)
     labels = store.query("SELECT label FROM images ORDER BY image_id")["label"].to_numpy()
@@ -264,12 +265,12 @@ def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
     store = CartoStore(study.database_path)
     published = store.query("SELECT * FROM concept_graph_edges")
     faith = store.query("SELECT * FROM concept_graph_faithfulness")
-    n_classes = len(pipeline.load_manifest(study)[1])
+    n_classes = len(load_manifest(study)[1])
     for per in (1, n_classes):
         g = graph_stage.concept_graph(study, store, classes_per_chunk=per)
-        assert g["chunks"] == -(-n_classes // per)
-        assert g["edges"].select(published.columns).equals(published)
-        assert g["faithfulness"].select(faith.columns).equals(faith)
+        assert g.chunks == -(-n_classes // per)
+        assert g.edges.select(published.columns).equals(published)
+        assert g.faithfulness.select(faith.columns).equals(faith)
 
 
 def test_embedding_projection_and_neighbours_cover_every_neuron(materialized):
@@ -315,9 +316,9 @@ def test_random_init_torchvision_model_is_the_same_in_every_load(tmp_path, make_
         shards=1,
     )
     study = load_study(study_file)
-    pipeline.save_manifest(study, pipeline.build_manifest(study))
-    pipeline.prepare_model(study, progress=lambda m: None)
-    a, _, _ = pipeline.load_model(study)
+    save_manifest(study, build_manifest(study))
+    prepare_model(study, progress=lambda m: None)
+    a, _, _ = load_model(study)
     torch.manual_seed(12345)  # whatever the global RNG state, the loaded weights are the same
-    b, _, _ = pipeline.load_model(study)
+    b, _, _ = load_model(study)
     assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)

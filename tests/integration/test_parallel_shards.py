@@ -5,7 +5,10 @@ import multiprocessing as mp
 import polars as pl
 import pytest
 
-from carto_assets import pipeline
+from carto_assets.stages.activations import run_shard, shard_dir
+from carto_assets.stages.manifest import build_manifest, save_manifest, write_images_tables
+from carto_assets.stages.merge import merge_top_images
+from carto_assets.stages.model import prepare_model
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
 
@@ -14,35 +17,35 @@ pytestmark = pytest.mark.slow
 
 def _run_shard(args: tuple[str, int]) -> int:
     study_file, shard = args
-    pipeline.run_shard(load_study(study_file), shard, progress=lambda m: None)
+    run_shard(load_study(study_file), shard, progress=lambda m: None)
     return shard
 
 
 def _prepare(folder, make_study):
     study_file = make_study(folder, shards=3)
     study = load_study(study_file)
-    manifest = pipeline.build_manifest(study)
-    pipeline.save_manifest(study, manifest)
+    manifest = build_manifest(study)
+    save_manifest(study, manifest)
     store = CartoStore(study.database_path)
-    pipeline.write_images_tables(study, manifest, store)
+    write_images_tables(study, manifest, store)
     return study_file, study, store
 
 
 def test_parallel_shards_merge_to_the_single_process_result(tmp_path, make_study):
     study_file, study, store = _prepare(tmp_path, make_study)
-    pipeline.prepare_model(study, progress=lambda m: None)
+    prepare_model(study, progress=lambda m: None)
     # Hold a read connection open the whole time: shards never need the database.
     with store.connect(read_only=True):
         ctx = mp.get_context("spawn")
         with ctx.Pool(2) as pool:
             done = pool.map(_run_shard, [(str(study_file), s) for s in range(3)])
     assert sorted(done) == [0, 1, 2]
-    pipeline.merge_top_images(study, store)
+    merge_top_images(study, store)
     parallel = store.query("SELECT * FROM top_images ORDER BY neuron_id, rank")
 
     for s in range(3):  # the same shards again, one after another in this process
-        pipeline.run_shard(study, s, progress=lambda m: None)
-    pipeline.merge_top_images(study, store)
+        run_shard(study, s, progress=lambda m: None)
+    merge_top_images(study, store)
     sequential = store.query("SELECT * FROM top_images ORDER BY neuron_id, rank")
     assert len(parallel) == len(sequential) > 0
     assert parallel.select("neuron_id", "rank", "image_id").equals(
@@ -54,20 +57,20 @@ def test_parallel_shards_merge_to_the_single_process_result(tmp_path, make_study
 
 def test_stale_or_missing_shards_are_named(tmp_path, make_study):
     _, study, store = _prepare(tmp_path, make_study)
-    pipeline.prepare_model(study, progress=lambda m: None)
-    pipeline.run_shard(study, 0, progress=lambda m: None)
+    prepare_model(study, progress=lambda m: None)
+    run_shard(study, 0, progress=lambda m: None)
     with pytest.raises(RuntimeError, match=r"shard-0001, shard-0002 \(missing: 2"):
-        pipeline.merge_top_images(study, store)
+        merge_top_images(study, store)
 
 
 def test_dataloader_workers_give_the_same_shard(tmp_path, make_study):
     _, study, _ = _prepare(tmp_path, make_study)
-    pipeline.prepare_model(study, progress=lambda m: None)
-    pipeline.run_shard(study, 0, progress=lambda m: None)
-    main = pl.read_parquet(pipeline.shard_dir(study, 0) / "top_k.parquet")
+    prepare_model(study, progress=lambda m: None)
+    run_shard(study, 0, progress=lambda m: None)
+    main = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
     import dataclasses
 
     with_workers = dataclasses.replace(study, loader_workers=2)
-    pipeline.run_shard(with_workers, 0, progress=lambda m: None)
-    workers = pl.read_parquet(pipeline.shard_dir(study, 0) / "top_k.parquet")
+    run_shard(with_workers, 0, progress=lambda m: None)
+    workers = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
     assert main.equals(workers)

@@ -1,0 +1,245 @@
+"""The activation pass over one shard of images, and which shards are up to date.
+
+Files under ``study.files_dir``::
+
+    activations/<shard>/top_k.parquet, class_stats.parquet, summary.json
+
+Each shard writes Parquet only (never the database), so shards run in parallel processes or on
+other machines; :mod:`carto_assets.stages.merge` combines them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from carto_assets import progress as progress_of
+from carto_assets.core.activations import Batch, PassResult, activation_pass
+from carto_assets.core.models import resolve_device
+from carto_assets.fingerprints import expected_shard_fingerprint, shard_model_identity
+from carto_assets.partitions import shard_key
+from carto_assets.sources.datasets import ImageFolderSource, ImageSource
+from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.model import load_model
+from carto_assets.storage import write_parquet_atomic
+from carto_assets.study import Study
+
+log = logging.getLogger("carto")
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """One shard's activation pass: what ``activations/<shard>/summary.json`` holds."""
+
+    shard: int
+    n_images: int
+    #: images that went through the model (the others failed to decode)
+    n_processed: int
+    n_failed: int
+    #: up to 1,000 failures: ``{"image_id", "source", "reason"}``
+    failed: list[dict[str, Any]]
+    seconds: float
+    images_per_second: float
+    n_neurons: int
+    top_k: int
+    model_fingerprint: str
+    shard_size: int | None
+    #: the inputs' fingerprint (:func:`carto_assets.fingerprints.expected_shard_fingerprint`)
+    shard_fingerprint: str
+    device: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardSummary:
+        """Raises ``ValueError`` on a summary that is not valid JSON or lacks a field."""
+        data = json.loads(text)
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"shard summary lacks {missing}")
+        return cls(**{n: data[n] for n in names})
+
+
+def shard_dir(study: Study, shard: int) -> Path:
+    return study.files_dir / "activations" / shard_key(shard)
+
+
+class ShardBatches(torch.utils.data.Dataset):
+    """One shard as a dataset of batches (uint8 pixels), for a DataLoader with workers.
+
+    Each item is (image_ids, pixels (b, H, W, 3) uint8, labels, failed_ids); images that fail to
+    decode are dropped from the batch and reported in ``failed_ids``.
+    """
+
+    def __init__(
+        self, source: ImageSource, image_ids: np.ndarray, labels: np.ndarray, batch_size: int
+    ) -> None:
+        self.source = source
+        self.image_ids = image_ids
+        self.labels = labels
+        self.batch_size = batch_size
+        # Without DataLoader workers, decode image folders with a few threads (PIL releases
+        # the GIL while decoding); workers already run in parallel.
+        self.threads = 4 if isinstance(source, ImageFolderSource) else 1
+
+    def __len__(self) -> int:
+        return -(-len(self.image_ids) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        lo = index * self.batch_size
+        ids = self.image_ids[lo : lo + self.batch_size]
+        pixels, ok = self.source.load_many(ids.tolist(), workers=self.threads)
+        return (
+            torch.from_numpy(ids[ok].copy()),
+            torch.from_numpy(pixels),
+            torch.from_numpy(self.labels[lo : lo + self.batch_size][ok].astype(np.int64)),
+            torch.from_numpy(ids[~ok].copy()),
+        )
+
+
+def _batches(
+    dataset: ShardBatches, workers: int, pin_memory: bool, failures: list[tuple[int, str]]
+) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory
+    )
+    for ids, pixels, labels, failed in loader:
+        failures.extend((int(i), "could not be decoded") for i in failed)
+        if len(ids):
+            yield Batch(image_ids=ids, images=pixels, labels=labels)
+
+
+def run_shard(
+    study: Study, shard: int, progress: Callable[[str], None] | None = None
+) -> ShardSummary:
+    """The activation pass over one shard; writes its Parquet files and returns a summary."""
+    say = progress or log.info
+    images, class_names = load_manifest(study)
+    if not 0 <= shard < study.shards:
+        raise ValueError(f"shard {shard} out of range: the study has shards 0..{study.shards - 1}")
+    part = images.filter(pl.col("shard") == shard).sort("image_id")
+    bundle, layers, info = load_model(study)
+    device = resolve_device(study.device)
+    bundle.module.to(device)
+    source = source_for_manifest(study, images, class_names)
+    failures: list[tuple[int, str]] = []
+    last = [0.0]
+
+    def report(done: int, seconds: float) -> None:
+        progress_of.advance(shard_key(shard), done, len(part), "images")
+        if seconds - last[0] >= 5.0 or done == len(part):
+            last[0] = seconds
+            say(
+                f"{shard_key(shard)}: {done}/{len(part)} images, "
+                f"{done / max(seconds, 1e-9):.0f} images/s"
+            )
+
+    result: PassResult = activation_pass(
+        bundle.module,
+        layers,
+        _batches(
+            ShardBatches(
+                source, part["image_id"].to_numpy(), part["label"].to_numpy(), study.batch_size
+            ),
+            workers=study.loader_workers,
+            pin_memory=device.type == "cuda",
+            failures=failures,
+        ),
+        preprocess=bundle.normalize,
+        precision=study.precision,
+        channels_last=study.channels_last,
+        k=study.top_k,
+        n_classes=len(class_names),
+        mass_fraction=study.mass_fraction,
+        device=device,
+        progress=report,
+    )
+    out = shard_dir(study, shard)
+    write_parquet_atomic(pl.DataFrame(result.top_k), out / "top_k.parquet")
+    write_parquet_atomic(pl.DataFrame(result.class_stats), out / "class_stats.parquet")
+    paths = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
+    summary = ShardSummary(
+        shard=shard,
+        n_images=len(part),
+        n_processed=result.n_images,
+        n_failed=len(failures),
+        failed=[{"image_id": i, "source": paths[i], "reason": r} for i, r in failures[:1000]],
+        seconds=result.seconds,
+        images_per_second=result.n_images / max(result.seconds, 1e-9),
+        n_neurons=info.n_neurons,
+        top_k=study.top_k,
+        model_fingerprint=study.model_fingerprint(),
+        shard_size=study.shard_size,
+        shard_fingerprint=expected_shard_fingerprint(
+            images, class_names, shard, shard_model_identity(study)
+        ),
+        device=str(device),
+    )
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(summary.to_json())
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list[int]]:
+    """(summaries of the up-to-date shards, missing shards, stale shards) of the manifest.
+
+    A shard is missing when its summary or Parquet files are absent, stale when its stored
+    fingerprint differs from what its current images, model and settings give.
+    """
+    images, class_names = load_manifest(study)
+    identity = shard_model_identity(study)
+    fresh: dict[int, ShardSummary] = {}
+    missing: list[int] = []
+    stale: list[int] = []
+    for s in range(study.shards):
+        folder = shard_dir(study, s)
+        files = ("summary.json", "top_k.parquet", "class_stats.parquet")
+        if not all((folder / name).is_file() for name in files):
+            missing.append(s)
+            continue
+        try:
+            summary = ShardSummary.from_json((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            stale.append(s)
+            continue
+        if summary.shard_fingerprint == expected_shard_fingerprint(
+            images, class_names, s, identity
+        ):
+            fresh[s] = summary
+        else:
+            stale.append(s)
+    return fresh, missing, stale
+
+
+def shard_summaries(study: Study) -> list[ShardSummary]:
+    """Summaries of every shard of the current manifest; raises if any is missing or stale."""
+    fresh, missing, stale = shard_states(study)
+    if missing or stale:
+        names = ", ".join(shard_key(s) for s in missing + stale)
+        raise RuntimeError(
+            f"activations are not up to date for partitions {names} (missing: {len(missing)}, "
+            f"computed for other images/model/top_k: {len(stale)}); materialize those "
+            "`activations` partitions first"
+        )
+    return [fresh[s] for s in sorted(fresh)]
+
+
+def stale_shard_dirs(study: Study) -> list[Path]:
+    """Shard folders beyond the study's shard count (left by an earlier, larger study)."""
+    root = study.files_dir / "activations"
+    if not root.is_dir():
+        return []
+    keep = {shard_key(s) for s in range(study.shards)}
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in keep)

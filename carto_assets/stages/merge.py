@@ -1,0 +1,91 @@
+"""The global top-k per neuron from the shards' candidates, and the ``neurons`` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carto_assets import schema
+from carto_assets.core.models import LayerInfo
+from carto_assets.stages.activations import shard_dir, shard_summaries
+from carto_assets.stages.model import load_model
+from carto_assets.storage import CartoStore, sql_path_list
+from carto_assets.study import Study
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What merging the shards wrote."""
+
+    #: rows written per table (``neurons``, ``top_images``)
+    counts: dict[str, int]
+    n_images_processed: int
+    n_failed: int
+    #: up to 100 images that failed to decode: ``{"image_id", "source", "reason"}``
+    failed: list[dict[str, Any]]
+    #: the model's layer rows (see :class:`carto_assets.stages.model.ModelInfo`)
+    layers: list[dict[str, Any]]
+    #: seconds of the activation pass, summed over shards
+    activation_seconds: float
+
+
+def neurons_frame(layers: list[LayerInfo]) -> pl.DataFrame:
+    """The ``neurons`` table: one row per channel of every mapped layer, in forward order."""
+    channels = [int(info.channels or 0) for info in layers]
+    layer_index = np.repeat(np.arange(len(layers)), channels)
+    return schema.frame(
+        "neurons",
+        {
+            "neuron_id": np.arange(sum(channels)),
+            "layer": [layers[i].name for i in layer_index],
+            "layer_index": layer_index,
+            "channel": np.concatenate([np.arange(n) for n in channels] or [np.zeros(0, int)]),
+            "map_height": [layers[i].map_size[0] for i in layer_index],
+            "map_width": [layers[i].map_size[1] for i in layer_index],
+        },
+    )
+
+
+def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
+    """Global top-k per neuron from the shards, and the ``neurons`` table, in one transaction.
+
+    Also (re)creates the views ``activation_shard_top_k`` and ``activation_class_stats`` over
+    the per-shard Parquet files.
+    """
+    summaries = shard_summaries(study)
+    _, layers, info = load_model(study)
+    topk_files = [shard_dir(study, s.shard) / "top_k.parquet" for s in summaries]
+    stats_files = [shard_dir(study, s.shard) / "class_stats.parquet" for s in summaries]
+    topk_src = f"read_parquet({sql_path_list(topk_files)})"
+    stats_src = f"read_parquet({sql_path_list(stats_files)})"
+    # The shard files carry their own shard-local `rank`; re-rank globally under another name.
+    top_images_sql = f"""
+        SELECT neuron_id, global_rank::INTEGER AS rank, image_id, activation, y, x
+        FROM (
+            SELECT neuron_id::BIGINT AS neuron_id, image_id::BIGINT AS image_id,
+                   activation::FLOAT AS activation, y::INTEGER AS y, x::INTEGER AS x,
+                   row_number() OVER (PARTITION BY neuron_id ORDER BY activation DESC, image_id)
+                       AS global_rank
+            FROM {topk_src}
+        )
+        WHERE global_rank <= {int(study.top_k)}
+        ORDER BY neuron_id, rank
+    """
+    counts = store.replace_tables(
+        {"neurons": neurons_frame(layers), "top_images": top_images_sql},
+        views={
+            "activation_shard_top_k": f"SELECT * FROM {topk_src}",
+            "activation_class_stats": f"SELECT * FROM {stats_src}",
+        },
+    )
+    return MergeResult(
+        counts=counts,
+        n_images_processed=sum(s.n_processed for s in summaries),
+        n_failed=sum(s.n_failed for s in summaries),
+        failed=[f for s in summaries for f in s.failed][:100],
+        layers=info.layers,
+        activation_seconds=sum(s.seconds for s in summaries),
+    )

@@ -1,0 +1,223 @@
+"""The study's network: trained (built-in CNN) or loaded (torchvision), its layers resolved and
+cached under ``model/<fingerprint>/`` (``model.pt``, ``meta.json``) in the study's files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from carto_assets import progress as progress_of
+from carto_assets.core.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BuiltinCNN,
+    LayerInfo,
+    ModelBundle,
+    probe_layers,
+    resolve_layers,
+    torchvision_model,
+)
+from carto_assets.sources.datasets import study_image_size
+from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.study import Study
+
+log = logging.getLogger("carto")
+
+BUILTIN_MEAN = (0.5, 0.5, 0.5)
+BUILTIN_STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The prepared model: what ``model/<fingerprint>/meta.json`` holds."""
+
+    model: str
+    weights: str
+    input_size: int
+    #: the study's model fingerprint (the cache key)
+    fingerprint: str
+    #: one row per mapped layer: layer, type, channels, map_height, map_width, order
+    layers: list[dict[str, Any]]
+    n_neurons: int
+    n_parameters: int
+    #: the built-in CNN's classes; None for torchvision models
+    n_classes: int | None = None
+    #: the built-in CNN's training figures; None for torchvision models
+    holdout_accuracy: float | None = None
+    train_accuracy: float | None = None
+    epoch_losses: list[float] | None = None
+    n_train: int | None = None
+    n_holdout: int | None = None
+    training_seconds: float | None = None
+    #: whether this call reused a cached checkpoint (not stored)
+    cached: bool = False
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        del data["cached"]
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, cached: bool) -> ModelInfo:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)} - {"cached"}
+        return cls(**{k: v for k, v in data.items() if k in known}, cached=cached)
+
+
+def model_dir(study: Study) -> Path:
+    return study.files_dir / "model" / study.model_fingerprint()
+
+
+def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
+    """The model in eval mode with the normalization its weights were trained with.
+
+    Torchvision weights (``DEFAULT`` or an enum name) bring their own preprocessing: mean/std
+    come from ``get_model_weights(name)[weights].transforms()`` (metadata, no download). Those
+    transforms also resize (e.g. 256) and centre-crop (e.g. 224; 384 for ViT SWAG E2E weights);
+    the image sources already resize and centre-crop to ``dataset.image_size``, so that is the
+    size to set. Random init and checkpoints keep ImageNet's statistics.
+    """
+    from carto_assets.core.models import weights_normalization
+
+    size = study_image_size(study)
+    if study.is_builtin_model:
+        return ModelBundle(module.eval(), "builtin", size, BUILTIN_MEAN, BUILTIN_STD)
+    mean, std = weights_normalization(
+        study.torchvision_name or "", study.weights, fallback=(IMAGENET_MEAN, IMAGENET_STD)
+    )
+    return ModelBundle(module.eval(), study.model, size, mean, std)
+
+
+def layer_table(layers: list[LayerInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "layer": i.name,
+            "type": i.type,
+            "channels": i.channels,
+            "map_height": i.map_size[0],
+            "map_width": i.map_size[1],
+            "order": i.order,
+        }
+        for i in layers
+    ]
+
+
+def prepare_model(
+    study: Study,
+    progress: Callable[[str], None] | None = None,
+) -> ModelInfo:
+    """Train (built-in) or load (torchvision) the study's model, resolve its layers, cache it.
+
+    A cached checkpoint is reused while the study's model and dataset settings are unchanged
+    (they make up the cache key).
+    """
+    say = progress or log.info
+    images, class_names = load_manifest(study)
+    out = model_dir(study)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        say(f"reusing cached model {out}")
+        return ModelInfo.from_json(meta_path.read_text(), cached=True)
+    size = study_image_size(study)
+    training: dict[str, Any] = {}
+    if study.is_builtin_model:
+        from carto_assets.core.training import train_builtin
+
+        source = source_for_manifest(study, images, class_names)
+        say(f"rendering/loading {len(images)} images for training")
+        pixels, ok = source.load_many(images["image_id"].to_list(), workers=4)
+        labels = images["label"].to_numpy()[ok]
+        t = study.training
+        progress_of.advance("model training", 0, t.epochs, "epochs")
+        result = train_builtin(
+            pixels,
+            labels,
+            len(class_names),
+            epochs=t.epochs,
+            learning_rate=t.learning_rate,
+            batch_size=t.batch_size,
+            holdout_fraction=t.holdout_fraction,
+            seed=study.seed,
+            mean=BUILTIN_MEAN,
+            std=BUILTIN_STD,
+            progress=lambda e, loss, s: (
+                progress_of.advance("model training", e, t.epochs, "epochs"),
+                say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
+            ),
+        )
+        module = result.bundle.module
+        training = {
+            "n_classes": len(class_names),
+            "holdout_accuracy": result.holdout_accuracy,
+            "train_accuracy": result.train_accuracy,
+            "epoch_losses": result.epoch_losses,
+            "n_train": result.n_train,
+            "n_holdout": result.n_holdout,
+            "training_seconds": result.seconds,
+        }
+    else:
+        # Random init (weights: none) is seeded and saved below, so every shard, process and
+        # later stage sees the same network.
+        torch.manual_seed(study.seed)
+        module = torchvision_model(study.torchvision_name or "", study.weights)
+    infos = probe_layers(module.eval(), size)
+    layers = resolve_layers(infos, study.layers, _model_key(study))
+    info = ModelInfo(
+        model=study.model,
+        weights=study.weights,
+        input_size=size,
+        fingerprint=study.model_fingerprint(),
+        layers=layer_table(layers),
+        n_neurons=sum(int(i.channels or 0) for i in layers),
+        n_parameters=sum(p.numel() for p in module.parameters()),
+        **training,
+    )
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if _saves_state(study):
+        torch.save(module.state_dict(), tmp / "model.pt")
+    (tmp / "meta.json").write_text(info.to_json())
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return info
+
+
+def _saves_state(study: Study) -> bool:
+    """Whether the model's weights live in the cache: trained, or randomly initialised."""
+    return study.is_builtin_model or study.weights == "none"
+
+
+def _model_key(study: Study) -> str:
+    return "builtin" if study.is_builtin_model else (study.torchvision_name or "")
+
+
+def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
+    """The prepared model in eval mode and its resolved layers (from the ``model`` asset)."""
+    meta_path = model_dir(study) / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"no prepared model for this study at {meta_path.parent}; materialize `model` first"
+        )
+    info = ModelInfo.from_json(meta_path.read_text(), cached=True)
+    if study.is_builtin_model:
+        module: torch.nn.Module = BuiltinCNN(int(info.n_classes or 0))
+        state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    else:
+        module = torchvision_model(study.torchvision_name or "", study.weights)
+        if _saves_state(study):
+            state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+    bundle = bundle_for(study, module)
+    infos = probe_layers(bundle.module, bundle.input_size)
+    layers = resolve_layers(infos, [row["layer"] for row in info.layers], _model_key(study))
+    return bundle, layers, info
