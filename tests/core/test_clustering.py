@@ -318,8 +318,17 @@ def test_pair_and_clustering_agreement():
 # -------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("threshold", [0, -0.5, 1.01, float("nan"), None])
-def test_bad_threshold_is_refused_everywhere(threshold):
+@pytest.mark.parametrize(
+    ("threshold", "error"),
+    [
+        (0, ValueError),
+        (-0.5, ValueError),
+        (1.01, ValueError),
+        (float("nan"), ValueError),
+        (None, TypeError),
+    ],
+)
+def test_bad_threshold_is_refused_everywhere(threshold, error):
     sets = _chain_sets()
     calls = [
         lambda: lsh_pairs(sets, threshold=threshold),
@@ -330,7 +339,7 @@ def test_bad_threshold_is_refused_everywhere(threshold):
         lambda: cluster_neurons(sets, threshold=threshold, method="inverted_index"),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\], got"):
+        with pytest.raises(error, match=r"threshold must be a number in \(0, 1\], got"):
             call()
 
 
@@ -338,8 +347,8 @@ def test_bad_threshold_is_refused_everywhere(threshold):
     ("kwargs", "message"),
     [
         ({"bands": 40, "rows": 4}, r"bands \* rows must be <= num_perm \(128\), got bands=40"),
-        ({"bands": 0, "rows": 4}, "bands must be a positive integer, got 0"),
-        ({"bands": 4, "rows": -2}, "rows must be a positive integer, got -2"),
+        ({"bands": 0, "rows": 4}, "bands must be an integer >= 1, got 0"),
+        ({"bands": 4, "rows": -2}, "rows must be an integer >= 1, got -2"),
         ({"bands": 4}, "give both bands and rows or neither, got bands=4, rows=None"),
         ({"num_perm": 0}, "num_perm must be an integer >= 1, got 0"),
         ({"seed": -5}, "seed must be an integer"),
