@@ -36,7 +36,7 @@ from operator import methodcaller
 from typing import Literal
 
 import numpy as np
-from scipy.integrate import quad
+from datasketch.lsh import _optimal_param
 
 from carto_assets.validate import check_choice, check_float, check_int, check_seed
 
@@ -389,38 +389,23 @@ def minhash_signatures(
     return out
 
 
-def _false_positive_probability(threshold: float, bands: int, rows: int) -> float:
-    return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
-
-
-def _false_negative_probability(threshold: float, bands: int, rows: int) -> float:
-    return quad(lambda s: 1 - (1 - (1 - s ** float(rows)) ** float(bands)), threshold, 1.0)[0]
-
-
 @lru_cache(maxsize=256)
-def _optimal_params_cached(
+def _datasketch_banding(
     threshold: float, num_perm: int, fp_weight: float, fn_weight: float
 ) -> tuple[int, int]:
-    best = (0, 0)
-    min_error = float("inf")
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            error = fp_weight * _false_positive_probability(
-                threshold, bands, rows
-            ) + fn_weight * _false_negative_probability(threshold, bands, rows)
-            if error < min_error:
-                min_error = error
-                best = (bands, rows)
-    return best
+    # MinHashLSH(threshold, num_perm, weights) runs this same search for its .b and .r, but its
+    # constructor refuses fewer than 2 bands, which is the best banding at threshold 1.0
+    # (and for num_perm < 2), so the search is called directly.
+    return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
 def optimal_lsh_params(
     threshold: float, num_perm: int = 128, weights: tuple[float, float] = (0.5, 0.5)
 ) -> tuple[int, int]:
-    """Choose ``(bands, rows)`` like ``datasketch.lsh._optimal_param``.
+    """Choose ``(bands, rows)`` as ``datasketch.MinHashLSH`` does.
 
-    Minimises ``fp_weight * P(false positive) + fn_weight * P(false negative)``
-    integrated over Jaccard similarity, by grid search over ``bands * rows <= num_perm``.
+    Minimises ``fp_weight * P(false positive) + fn_weight * P(false negative)`` integrated
+    over Jaccard similarity, by datasketch's grid search over ``bands * rows <= num_perm``.
 
     Parameters
     ----------
@@ -441,7 +426,7 @@ def optimal_lsh_params(
     fp, fn = (float(w) for w in weights)
     if fp < 0 or fn < 0 or abs(fp + fn - 1.0) > 1e-9:
         raise ValueError(f"weights must be two non-negative numbers summing to 1, got {weights!r}")
-    return _optimal_params_cached(threshold, num_perm, fp, fn)
+    return _datasketch_banding(threshold, num_perm, fp, fn)
 
 
 @dataclass(frozen=True, eq=False)
