@@ -43,17 +43,22 @@ from pathlib import Path
 
 import numpy as np
 
-# Allow ``python benchmarks/clustering.py`` from a checkout without installing the package.
+# Allow ``python benchmarks/clustering.py`` from a checkout without installing the package, and
+# reach the test oracles (tests/reference), which are not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from carto_assets.core.clustering import (
-    NeuronSets,
-    SimilarPairs,
+from reference.clustering import exact_pairs_dense
+
+from carto_assets.core.grouping import (
     cluster_size_distribution,
     clustering_agreement,
-    exact_pairs_dense,
-    exact_pairs_inverted_index,
     group_neurons,
+)
+from carto_assets.core.neuron_sets import NeuronSets
+from carto_assets.core.pairs import (
+    SimilarPairs,
+    exact_pairs_inverted_index,
     lsh_pairs,
     pair_agreement,
 )

@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.core import clustering as C
+from carto_assets.core.grouping import cluster_size_distribution
 from carto_assets.resources import StudyResource
 from carto_assets.stages import clustering as stage
 
@@ -55,7 +55,7 @@ def neuron_clusters(
     layers = store.query("SELECT neuron_id, layer FROM neurons")
     frames = stage.tables(result, store, layers)
     store.replace_tables(frames)
-    sizes = C.cluster_size_distribution(result.clustering.labels)
+    sizes = cluster_size_distribution(result.clustering.labels)
     dist = pl.DataFrame({"size": list(sizes), "clusters": list(sizes.values())})
     multi = frames["clusters"].filter(pl.col("size") >= 2).sort("size", descending=True)
     context.log.info(

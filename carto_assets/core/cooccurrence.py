@@ -9,12 +9,10 @@ Pure numpy/scipy; no orchestration imports.
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["cooccurrence_counts", "cooccurrence_counts_bruteforce", "shared_image_counts"]
+__all__ = ["cooccurrence_counts", "shared_image_counts"]
 
 
 def _validate_ids(neuron_ids: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,27 +135,3 @@ def shared_image_counts(
     image_index = np.cumsum(image_start) - 1
     holders = np.bincount(image_index)[image_index]
     return np.bincount(pairs[holders > 1, 1], minlength=n_neurons).astype(np.int64)
-
-
-def cooccurrence_counts_bruteforce(
-    neuron_ids: np.ndarray, image_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference implementation of :func:`cooccurrence_counts` for tests.
-
-    Compares the image sets of every pair of neurons with Python sets, which is
-    quadratic in the number of neurons. Same inputs, outputs and errors as
-    :func:`cooccurrence_counts`.
-    """
-    neuron_ids, image_ids = _validate_ids(neuron_ids, image_ids)
-    images_of: dict[int, set[int]] = {}
-    for neuron, image in zip(neuron_ids.tolist(), image_ids.tolist(), strict=True):
-        images_of.setdefault(neuron, set()).add(image)
-    rows = []
-    for a, b in combinations(sorted(images_of), 2):
-        shared = len(images_of[a] & images_of[b])
-        if shared:
-            rows.append((a, b, shared))
-    if not rows:
-        return _empty()
-    table = np.asarray(rows, dtype=np.int64)
-    return table[:, 0], table[:, 1], table[:, 2]

@@ -29,7 +29,6 @@ un-updated ``datasketch.MinHash`` holds.
 from __future__ import annotations
 
 import hashlib
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,7 +36,9 @@ from operator import methodcaller
 from typing import Literal
 
 import numpy as np
-from scipy.integrate import quad
+from datasketch.lsh import _optimal_param
+
+from carto_assets.validate import check_choice, check_float, check_int, check_seed
 
 Scheme = Literal["affine32", "affine64", "legacy"]
 Encoding = Literal["int64le", "decimal"]
@@ -66,43 +67,9 @@ _HASH_CHUNK = 1 << 16
 _DEFAULT_CHUNK_BYTES = 8 << 20
 
 
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def check_positive_int(name: str, value: object, upper: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ValueError naming ``name`` if it is not in
-    ``[1, upper]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if upper is not None and value > upper:
-        raise ValueError(f"{name} must be at most {upper}, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: object) -> int:
-    # numpy.random.RandomState, which datasketch uses, only accepts seeds in [0, 2**32).
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
-
-
 def check_threshold(threshold: object) -> float:
-    """Validate a Jaccard threshold and return it as a float.
-
-    Raises
-    ------
-    ValueError
-        If ``threshold`` is not a real number in ``(0, 1]``.
-    """
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, numbers.Real)
-        or not 0.0 < float(threshold) <= 1.0
-    ):
-        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
-    return float(threshold)
+    """Validate a Jaccard threshold, a number in ``(0, 1]``, and return it as a float."""
+    return check_float("threshold", threshold, low=0, high=1, low_open=True)
 
 
 def check_bands_rows(bands: object, rows: object, num_perm: int) -> tuple[int, int]:
@@ -122,11 +89,13 @@ def check_bands_rows(bands: object, rows: object, num_perm: int) -> tuple[int, i
 
     Raises
     ------
+    TypeError
+        If either is not an integer.
     ValueError
-        If either is not a positive integer or ``bands * rows > num_perm``.
+        If either is below 1 or ``bands * rows > num_perm``.
     """
-    bands = check_positive_int("bands", bands)
-    rows = check_positive_int("rows", rows)
+    bands = check_int("bands", bands, minimum=1)
+    rows = check_int("rows", rows, minimum=1)
     if bands * rows > num_perm:
         raise ValueError(
             f"bands * rows must be <= num_perm ({num_perm}), got bands={bands} * rows={rows} "
@@ -137,7 +106,7 @@ def check_bands_rows(bands: object, rows: object, num_perm: int) -> tuple[int, i
 
 def max_hash(scheme: Scheme = "affine32") -> np.unsignedinteger:
     """Return the value an empty signature holds in every position for ``scheme``."""
-    _check_choice("scheme", scheme, SCHEMES)
+    check_choice("scheme", scheme, SCHEMES)
     return _MAX_HASH[scheme]
 
 
@@ -156,7 +125,7 @@ def encode_image_id(image_id: int, encoding: Encoding = "int64le") -> bytes:
     bytes
         The encoded element.
     """
-    _check_choice("encoding", encoding, ENCODINGS)
+    check_choice("encoding", encoding, ENCODINGS)
     if encoding == "int64le":
         return int(image_id).to_bytes(8, "little", signed=True)
     return b"%d" % int(image_id)
@@ -181,9 +150,10 @@ def minhash_permutations(
     tuple of numpy.ndarray
         ``a`` and ``b``, each of shape ``(num_perm,)`` and the scheme's dtype.
     """
-    num_perm = check_positive_int("num_perm", num_perm, upper=1 << 32)
-    seed = _check_seed(seed)
-    _check_choice("scheme", scheme, SCHEMES)
+    num_perm = check_int("num_perm", num_perm, minimum=1, maximum=1 << 32)
+    # numpy.random.RandomState, which datasketch uses, only accepts seeds in [0, 2**32).
+    seed = check_seed("seed", seed)
+    check_choice("scheme", scheme, SCHEMES)
     gen = np.random.RandomState(seed)
     if scheme == "legacy":
         # datasketch draws a and b interleaved, one permutation at a time.
@@ -298,8 +268,8 @@ def hash_image_ids(
     numpy.ndarray
         Raw hash values (before the scheme's pre-mix), uint32 or uint64, shape ``(m,)``.
     """
-    _check_choice("scheme", scheme, SCHEMES)
-    _check_choice("encoding", encoding, ENCODINGS)
+    check_choice("scheme", scheme, SCHEMES)
+    check_choice("encoding", encoding, ENCODINGS)
     ids = as_id_array("image_ids", image_ids)
     nbytes, dtype = (8, "<u8") if scheme == "affine64" else (4, "<u4")
     out = np.empty(ids.size, dtype=np.uint64 if nbytes == 8 else np.uint32)
@@ -365,13 +335,13 @@ def minhash_signatures(
         Shape ``(n, columns or num_perm)``, uint32 for ``"affine32"``, uint64 otherwise.
         Empty rows hold ``max_hash(scheme)`` everywhere.
     """
-    num_perm = check_positive_int("num_perm", num_perm, upper=1 << 32)
-    chunk_bytes = check_positive_int("chunk_bytes", chunk_bytes)
+    num_perm = check_int("num_perm", num_perm, minimum=1, maximum=1 << 32)
+    chunk_bytes = check_int("chunk_bytes", chunk_bytes, minimum=1)
     a, b = minhash_permutations(num_perm, seed, scheme)
     if columns is not None:
-        columns = check_positive_int("columns", columns, upper=num_perm)
+        columns = check_int("columns", columns, minimum=1, maximum=num_perm)
         a, b = a[:columns], b[:columns]
-    _check_choice("encoding", encoding, ENCODINGS)
+    check_choice("encoding", encoding, ENCODINGS)
     indptr = np.asarray(indptr, dtype=np.int64)
     indices = as_id_array("indices", indices)
     if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
@@ -419,38 +389,23 @@ def minhash_signatures(
     return out
 
 
-def _false_positive_probability(threshold: float, bands: int, rows: int) -> float:
-    return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
-
-
-def _false_negative_probability(threshold: float, bands: int, rows: int) -> float:
-    return quad(lambda s: 1 - (1 - (1 - s ** float(rows)) ** float(bands)), threshold, 1.0)[0]
-
-
 @lru_cache(maxsize=256)
-def _optimal_params_cached(
+def _datasketch_banding(
     threshold: float, num_perm: int, fp_weight: float, fn_weight: float
 ) -> tuple[int, int]:
-    best = (0, 0)
-    min_error = float("inf")
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            error = fp_weight * _false_positive_probability(
-                threshold, bands, rows
-            ) + fn_weight * _false_negative_probability(threshold, bands, rows)
-            if error < min_error:
-                min_error = error
-                best = (bands, rows)
-    return best
+    # MinHashLSH(threshold, num_perm, weights) runs this same search for its .b and .r, but its
+    # constructor refuses fewer than 2 bands, which is the best banding at threshold 1.0
+    # (and for num_perm < 2), so the search is called directly.
+    return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
 def optimal_lsh_params(
     threshold: float, num_perm: int = 128, weights: tuple[float, float] = (0.5, 0.5)
 ) -> tuple[int, int]:
-    """Choose ``(bands, rows)`` like ``datasketch.lsh._optimal_param``.
+    """Choose ``(bands, rows)`` as ``datasketch.MinHashLSH`` does.
 
-    Minimises ``fp_weight * P(false positive) + fn_weight * P(false negative)``
-    integrated over Jaccard similarity, by grid search over ``bands * rows <= num_perm``.
+    Minimises ``fp_weight * P(false positive) + fn_weight * P(false negative)`` integrated
+    over Jaccard similarity, by datasketch's grid search over ``bands * rows <= num_perm``.
 
     Parameters
     ----------
@@ -467,11 +422,11 @@ def optimal_lsh_params(
         ``(bands, rows)``.
     """
     threshold = check_threshold(threshold)
-    num_perm = check_positive_int("num_perm", num_perm)
+    num_perm = check_int("num_perm", num_perm, minimum=1)
     fp, fn = (float(w) for w in weights)
     if fp < 0 or fn < 0 or abs(fp + fn - 1.0) > 1e-9:
         raise ValueError(f"weights must be two non-negative numbers summing to 1, got {weights!r}")
-    return _optimal_params_cached(threshold, num_perm, fp, fn)
+    return _datasketch_banding(threshold, num_perm, fp, fn)
 
 
 @dataclass(frozen=True, eq=False)
@@ -576,7 +531,7 @@ def lsh_candidate_pairs(
     if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
         raise ValueError(f"groups must be an integer array of shape ({n},), got {groups.shape}")
     if max_bucket_size is not None:
-        max_bucket_size = check_positive_int("max_bucket_size", max_bucket_size)
+        max_bucket_size = check_int("max_bucket_size", max_bucket_size, minimum=1)
     keep = np.arange(n, dtype=np.int64)
     if active is not None:
         active = np.asarray(active, dtype=bool)

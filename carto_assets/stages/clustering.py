@@ -1,7 +1,9 @@
 """Neuron clustering stage: signatures, similar pairs, clusters, labels and quality.
 
 Reads ``top_images``/``neurons`` (and ``image_concepts`` where present) from the study's
-database and returns DataFrames for the assets to store. No dagster imports.
+database and returns DataFrames for the assets to store. No dagster imports. Sets, pairs and
+grouping are computed in ``carto_assets.core``; cluster labels, purity and the gain over random
+same-layer groups are computed here, on polars tables, and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carto_assets.core import clustering as C
-from carto_assets.core import minhash as M
+from carto_assets.core.grouping import Clustering, clustering_agreement, group_neurons
+from carto_assets.core.minhash import encode_image_id, minhash_signatures
+from carto_assets.core.neuron_sets import NeuronSets, build_neuron_sets
+from carto_assets.core.pairs import (
+    LshPairs,
+    SimilarPairs,
+    exact_pairs_inverted_index,
+    lsh_pairs,
+    pair_agreement,
+)
 from carto_assets.storage import CartoStore
 from carto_assets.study import ClusteringConfig
 
 
-def load_neuron_sets(store: CartoStore) -> C.NeuronSets:
+def load_neuron_sets(store: CartoStore) -> NeuronSets:
     """Each neuron's top-k image set, grouped by layer (rows in neuron_id order).
 
     Neurons with constant top-k activations get an empty set (see below)."""
@@ -31,7 +41,7 @@ def load_neuron_sets(store: CartoStore) -> C.NeuronSets:
         "  HAVING max(activation) > min(activation)) USING (neuron_id)"
     )
     neurons = store.query("SELECT neuron_id, layer_index FROM neurons ORDER BY neuron_id")
-    return C.build_neuron_sets(
+    return build_neuron_sets(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
         neurons_neuron_id=neurons["neuron_id"].to_numpy(),
@@ -39,9 +49,9 @@ def load_neuron_sets(store: CartoStore) -> C.NeuronSets:
     )
 
 
-def signatures_frame(sets: C.NeuronSets, cfg: ClusteringConfig) -> pl.DataFrame:
+def signatures_frame(sets: NeuronSets, cfg: ClusteringConfig) -> pl.DataFrame:
     """``minhash_signatures(neuron_id, signature)``; datasketch's scheme, bit for bit."""
-    sigs = M.minhash_signatures(sets.indptr, sets.indices, num_perm=cfg.num_perm, seed=cfg.seed)
+    sigs = minhash_signatures(sets.indptr, sets.indices, num_perm=cfg.num_perm, seed=cfg.seed)
     return pl.DataFrame(
         {
             "neuron_id": sets.neuron_ids.astype(np.int64),
@@ -51,7 +61,7 @@ def signatures_frame(sets: C.NeuronSets, cfg: ClusteringConfig) -> pl.DataFrame:
 
 
 def datasketch_agreement(
-    sets: C.NeuronSets, sigs: np.ndarray, cfg: ClusteringConfig, n: int = 5, seed: int = 0
+    sets: NeuronSets, sigs: np.ndarray, cfg: ClusteringConfig, n: int = 5, seed: int = 0
 ) -> bool:
     """Recompute a few neurons' signatures with datasketch itself and compare bit for bit."""
     from datasketch import MinHash
@@ -62,13 +72,13 @@ def datasketch_agreement(
     for r in rows:
         mh = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
         for image_id in sets.indices[sets.indptr[r] : sets.indptr[r + 1]]:
-            mh.update(M.encode_image_id(int(image_id)))
+            mh.update(encode_image_id(int(image_id)))
         if not np.array_equal(mh.hashvalues.astype(np.uint64), sigs[r].astype(np.uint64)):
             return False
     return True
 
 
-def load_signatures(store: CartoStore, sets: C.NeuronSets) -> np.ndarray:
+def load_signatures(store: CartoStore, sets: NeuronSets) -> np.ndarray:
     df = store.query("SELECT neuron_id, signature FROM minhash_signatures ORDER BY neuron_id")
     if not np.array_equal(df["neuron_id"].to_numpy(), sets.neuron_ids):
         raise RuntimeError("minhash_signatures is out of date with top_images; re-materialize it")
@@ -77,14 +87,14 @@ def load_signatures(store: CartoStore, sets: C.NeuronSets) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClusterResult:
-    sets: C.NeuronSets
-    pairs: C.SimilarPairs
-    clustering: C.Clustering
-    lsh: C.LshPairs | None
+    sets: NeuronSets
+    pairs: SimilarPairs
+    clustering: Clustering
+    lsh: LshPairs | None
 
 
 def find_clusters(
-    sets: C.NeuronSets,
+    sets: NeuronSets,
     cfg: ClusteringConfig,
     signatures: np.ndarray | None = None,
     method: str | None = None,
@@ -93,7 +103,7 @@ def find_clusters(
     method = method or cfg.method
     lsh = None
     if method == "lsh":
-        lsh = C.lsh_pairs(
+        lsh = lsh_pairs(
             sets,
             threshold=cfg.threshold,
             num_perm=cfg.num_perm,
@@ -104,8 +114,8 @@ def find_clusters(
         )
         pairs = lsh.pairs
     else:
-        pairs = C.exact_pairs_inverted_index(sets, threshold=cfg.threshold)
-    clustering = C.group_neurons(sets, pairs, threshold=cfg.threshold, linkage=cfg.linkage)
+        pairs = exact_pairs_inverted_index(sets, threshold=cfg.threshold)
+    clustering = group_neurons(sets, pairs, threshold=cfg.threshold, linkage=cfg.linkage)
     return ClusterResult(sets, pairs, clustering, lsh)
 
 
@@ -118,7 +128,7 @@ def load_annotations(store: CartoStore) -> tuple[pl.DataFrame | None, pl.DataFra
     return concepts, classes
 
 
-def _cluster_images(sets: C.NeuronSets, labels: np.ndarray) -> pl.DataFrame:
+def _cluster_images(sets: NeuronSets, labels: np.ndarray) -> pl.DataFrame:
     """(cluster_id, layer_index, image_id): the union of each cluster's members' top images."""
     counts = np.diff(sets.indptr)
     return pl.DataFrame(
@@ -130,9 +140,7 @@ def _cluster_images(sets: C.NeuronSets, labels: np.ndarray) -> pl.DataFrame:
     ).unique()
 
 
-def concept_shares(
-    sets: C.NeuronSets, labels: np.ndarray, annotations: pl.DataFrame
-) -> pl.DataFrame:
+def concept_shares(sets: NeuronSets, labels: np.ndarray, annotations: pl.DataFrame) -> pl.DataFrame:
     """Per cluster and concept value: the share of the cluster's top images with that value
     (``fraction``) and the share among all top images of the cluster's layer (``base``)."""
     cimg = _cluster_images(sets, labels)
@@ -212,7 +220,7 @@ def purity_table(shares: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---- quality: the same statistic for clusters, random groups and single units ----------
-def group_images(sets: C.NeuronSets, group_ids: np.ndarray, units: np.ndarray) -> pl.DataFrame:
+def group_images(sets: NeuronSets, group_ids: np.ndarray, units: np.ndarray) -> pl.DataFrame:
     """``(group_id, layer_index, image_id)``: the union of each group's units' top images.
 
     ``units`` are rows of ``sets``; row ``r`` of the arrays puts unit ``units[r]`` in group
@@ -230,7 +238,7 @@ def group_images(sets: C.NeuronSets, group_ids: np.ndarray, units: np.ndarray) -
     ).unique()
 
 
-def layer_shares(sets: C.NeuronSets, annotations: pl.DataFrame) -> pl.DataFrame:
+def layer_shares(sets: NeuronSets, annotations: pl.DataFrame) -> pl.DataFrame:
     """``(layer_index, concept, value, layer_share)``: each value's share among all top images
     of the layer (the union over its units)."""
     rows = np.arange(sets.n_neurons)
@@ -291,7 +299,7 @@ def group_gains(
 
 
 def random_groups(
-    sets: C.NeuronSets, labels: np.ndarray, clusters: np.ndarray, n_draws: int, seed: int
+    sets: NeuronSets, labels: np.ndarray, clusters: np.ndarray, n_draws: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n_draws`` random groups per cluster: as many units as the cluster, drawn without
     replacement from the cluster's layer. Returns ``(group_ids, units, cluster_of_group)``;
@@ -395,7 +403,7 @@ def tables(
     return {"neuron_clusters": neuron_clusters, "clusters": clusters, "neuron_pairs": neuron_pairs}
 
 
-def stored_clustering(store: CartoStore, sets: C.NeuronSets) -> tuple[np.ndarray, C.SimilarPairs]:
+def stored_clustering(store: CartoStore, sets: NeuronSets) -> tuple[np.ndarray, SimilarPairs]:
     """The clusters and confirmed pairs ``neuron_clusters`` stored, as rows of ``sets``."""
     nc = store.query("SELECT neuron_id, cluster_id FROM neuron_clusters ORDER BY neuron_id")
     if not np.array_equal(nc["neuron_id"].to_numpy(), sets.neuron_ids):
@@ -403,7 +411,7 @@ def stored_clustering(store: CartoStore, sets: C.NeuronSets) -> tuple[np.ndarray
     pairs = store.query("SELECT neuron_a, neuron_b, jaccard FROM neuron_pairs ORDER BY ALL")
     rows = np.searchsorted(sets.neuron_ids, pairs["neuron_a"].to_numpy())
     cols = np.searchsorted(sets.neuron_ids, pairs["neuron_b"].to_numpy())
-    similar = C.SimilarPairs(
+    similar = SimilarPairs(
         i=rows.astype(np.int64),
         j=cols.astype(np.int64),
         jaccard=pairs["jaccard"].to_numpy().astype(np.float64),
@@ -413,9 +421,9 @@ def stored_clustering(store: CartoStore, sets: C.NeuronSets) -> tuple[np.ndarray
 
 
 def quality(
-    sets: C.NeuronSets,
+    sets: NeuronSets,
     labels: np.ndarray,
-    pairs: C.SimilarPairs,
+    pairs: SimilarPairs,
     store: CartoStore,
     cfg: ClusteringConfig,
     seed: int = 0,
@@ -500,13 +508,13 @@ def quality(
                 )
             )
     exact = find_clusters(sets, cfg, method="exact")
-    agreement = C.pair_agreement(exact.pairs, pairs)
+    agreement = pair_agreement(exact.pairs, pairs)
     summary.update(
         pair_recall=agreement.recall,
         pair_precision=agreement.precision,
         n_exact_pairs=agreement.n_reference,
         n_method_pairs=agreement.n_candidate,
-        adjusted_rand_index=float(C.clustering_agreement(exact.clustering.labels, labels)),
+        adjusted_rand_index=float(clustering_agreement(exact.clustering.labels, labels)),
     )
     table = pl.concat(rows) if rows else pl.DataFrame()
     if len(table):

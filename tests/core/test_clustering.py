@@ -2,26 +2,24 @@ import itertools
 
 import numpy as np
 import pytest
+from reference.clustering import exact_pairs_dense, neuron_sets_from_lists
 
-from carto_assets.core.clustering import (
-    SimilarPairs,
+from carto_assets.core.grouping import (
     agglomerate,
-    build_annotations,
-    build_neuron_sets,
     cluster_neurons,
-    cluster_purity,
     cluster_size_distribution,
     clustering_agreement,
-    confirm_pairs,
-    describe_clusters,
-    exact_pairs_dense,
-    exact_pairs_inverted_index,
     group_neurons,
+)
+from carto_assets.core.minhash import minhash_signatures
+from carto_assets.core.neuron_sets import build_neuron_sets
+from carto_assets.core.pairs import (
+    SimilarPairs,
+    confirm_pairs,
+    exact_pairs_inverted_index,
     identical_set_groups,
     lsh_pairs,
-    neuron_sets_from_lists,
     pair_agreement,
-    random_baseline_purity,
     similar_pairs,
 )
 
@@ -188,9 +186,10 @@ def test_identical_sets_do_not_make_giant_buckets():
 
 def test_tiny_empty_and_single_neuron_layers():
     ns = neuron_sets_from_lists([[1], [1], [2], [], [], [9]], layers=[0, 0, 0, 0, 0, 1])
-    for method in ("lsh", "inverted_index", "dense"):
+    for method in ("lsh", "inverted_index"):
         pairs = similar_pairs(ns, threshold=1.0, method=method)
         assert _as_list(pairs) == [(0, 1, 1.0)], method
+    assert _as_list(exact_pairs_dense(ns, threshold=1.0)) == [(0, 1, 1.0)]
     clustering = cluster_neurons(ns, threshold=1.0)
     assert clustering.labels.tolist() == [0, 0, 1, 2, 3, 4]
     empty = neuron_sets_from_lists([[], []])
@@ -203,9 +202,11 @@ def test_tiny_empty_and_single_neuron_layers():
 
 def test_planted_clusters_recovered():
     sets, truth = _planted(4)
-    for method in ("lsh", "inverted_index", "dense"):
+    for method in ("lsh", "inverted_index"):
         clustering = cluster_neurons(sets, threshold=THRESHOLD, method=method)
         assert clustering_agreement(truth, clustering.labels) == 1.0, method
+    dense = group_neurons(sets, exact_pairs_dense(sets, threshold=THRESHOLD), threshold=THRESHOLD)
+    assert clustering_agreement(truth, dense.labels) == 1.0
 
 
 def _chain_sets():
@@ -302,76 +303,7 @@ def test_deterministic_and_independent_of_row_order():
     )
 
 
-# ------------------------------------------------------------------ labels and quality
-
-
-def _annotated_example():
-    sets = neuron_sets_from_lists(
-        [[1, 2, 3], [2, 3, 4], [10, 11], [12], [20, 21], [21, 22]],
-        layers=[0, 0, 0, 0, 1, 1],
-    )
-    labels = np.array([0, 0, 1, 2, 3, 3])
-    rows = [
-        (1, "colour", "red"),
-        (2, "colour", "red"),
-        (3, "colour", "red"),
-        (4, "colour", "blue"),
-        (1, "shape", "star"),
-        (2, "shape", "star"),
-        (3, "shape", "circle"),
-        (4, "shape", "circle"),
-        (1, "class", "cat"),
-        (2, "class", "dog"),
-        (3, "class", "cat"),
-        (4, "class", "dog"),
-        (4, "class", "dog"),  # duplicate row
-        (10, "colour", "red"),
-        (21, "colour", "green"),
-        (22, "colour", "green"),
-    ]
-    image, concept, value = zip(*rows)
-    return sets, labels, build_annotations(np.array(image), concept, value)
-
-
-def test_purity_on_hand_made_example():
-    sets, labels, annotations = _annotated_example()
-    report = cluster_purity(sets, labels, annotations)
-    assert report.cluster_ids.tolist() == [0, 3]
-    assert report.sizes.tolist() == [2, 2]
-    # Union of top images: {1, 2, 3, 4} (a multiset would give red 5/6) and {20, 21, 22}.
-    assert report.n_images.tolist() == [4, 3]
-    np.testing.assert_allclose(report.purity, [3 / 4, 2 / 3])
-    assert report.concepts == ("colour", "colour")
-    assert report.values == ("red", "green")
-    assert report.mean_purity == pytest.approx((3 / 4 + 2 / 3) / 2)
-
-
-def test_random_baseline_on_hand_made_example():
-    sets, labels, annotations = _annotated_example()
-    baseline = random_baseline_purity(sets, labels, annotations, n_draws=3000, seed=0)
-    assert baseline.cluster_ids.tolist() == [0, 3]
-    # Layer 1 has exactly the two neurons of cluster 3, so every random group equals it.
-    assert baseline.purity[1] == pytest.approx(2 / 3)
-    # Layer 0: a uniformly random pair of its four neurons.
-    expected = []
-    for a, b in itertools.combinations(range(4), 2):
-        pair_labels = np.arange(6)
-        pair_labels[b] = a
-        expected.append(cluster_purity(sets, pair_labels, annotations).purity[0])
-    assert baseline.purity[0] == pytest.approx(np.mean(expected), abs=0.02)
-    again = random_baseline_purity(sets, labels, annotations, n_draws=3000, seed=0)
-    np.testing.assert_array_equal(baseline.purity, again.purity)
-
-
-def test_describe_clusters_on_hand_made_example():
-    sets, labels, annotations = _annotated_example()
-    described = describe_clusters(sets, labels, annotations, values_per_concept=1)
-    assert [d.cluster_id for d in described] == [0, 3]
-    assert described[0].text == "colour=red (0.75), class=cat (0.50), shape=circle (0.50)"
-    assert described[1].text == "colour=green (0.67)"
-    two = describe_clusters(sets, labels, annotations, values_per_concept=2, max_terms=2)
-    assert two[0].text == "colour=red (0.75), class=cat (0.50)"
-    assert describe_clusters(sets, labels, annotations, min_fraction=0.7)[1].text == ""
+# ----------------------------------------------------------------------- agreement
 
 
 def test_pair_and_clustering_agreement():
@@ -386,8 +318,17 @@ def test_pair_and_clustering_agreement():
 # -------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("threshold", [0, -0.5, 1.01, float("nan"), None])
-def test_bad_threshold_is_refused_everywhere(threshold):
+@pytest.mark.parametrize(
+    ("threshold", "error"),
+    [
+        (0, ValueError),
+        (-0.5, ValueError),
+        (1.01, ValueError),
+        (float("nan"), ValueError),
+        (None, TypeError),
+    ],
+)
+def test_bad_threshold_is_refused_everywhere(threshold, error):
     sets = _chain_sets()
     calls = [
         lambda: lsh_pairs(sets, threshold=threshold),
@@ -398,7 +339,7 @@ def test_bad_threshold_is_refused_everywhere(threshold):
         lambda: cluster_neurons(sets, threshold=threshold, method="inverted_index"),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\], got"):
+        with pytest.raises(error, match=r"threshold must be a number in \(0, 1\], got"):
             call()
 
 
@@ -406,10 +347,10 @@ def test_bad_threshold_is_refused_everywhere(threshold):
     ("kwargs", "message"),
     [
         ({"bands": 40, "rows": 4}, r"bands \* rows must be <= num_perm \(128\), got bands=40"),
-        ({"bands": 0, "rows": 4}, "bands must be a positive integer, got 0"),
-        ({"bands": 4, "rows": -2}, "rows must be a positive integer, got -2"),
+        ({"bands": 0, "rows": 4}, "bands must be an integer >= 1, got 0"),
+        ({"bands": 4, "rows": -2}, "rows must be an integer >= 1, got -2"),
         ({"bands": 4}, "give both bands and rows or neither, got bands=4, rows=None"),
-        ({"num_perm": 0}, "num_perm must be a positive integer, got 0"),
+        ({"num_perm": 0}, "num_perm must be an integer >= 1, got 0"),
         ({"seed": -5}, "seed must be an integer"),
     ],
 )
@@ -418,7 +359,7 @@ def test_lsh_pairs_bad_parameters(kwargs, message):
         lsh_pairs(_chain_sets(), threshold=0.5, **kwargs)
 
 
-def test_grouping_and_quality_bad_input():
+def test_grouping_bad_input():
     sets = _chain_sets()
     with pytest.raises(ValueError, match="linkage must be one of"):
         agglomerate(3, [0], [1], [1.0], threshold=0.5, linkage="ward")
@@ -436,26 +377,17 @@ def test_grouping_and_quality_bad_input():
         group_neurons(sets, cross, threshold=0.5)
     with pytest.raises(ValueError, match="method must be one of"):
         similar_pairs(sets, threshold=0.5, method="bruteforce")
-    with pytest.raises(ValueError, match=r"labels must be an integer array of shape \(5,\)"):
-        cluster_purity(sets, np.zeros(3, dtype=int), build_annotations([1], ["c"], ["v"]))
-    with pytest.raises(ValueError, match="cluster 0 spans several layers"):
-        random_baseline_purity(two_layers, np.array([0, 0]), build_annotations([1], ["c"], ["v"]))
-    with pytest.raises(ValueError, match="must be 1-D of equal length, got 2, 1, 1"):
-        build_annotations([1, 2], ["c"], ["v"])
 
 
 def test_lsh_pairs_accepts_precomputed_signatures_and_matches():
-    from carto_assets.core import clustering as C
-    from carto_assets.core.minhash import minhash_signatures
-
     rng = np.random.default_rng(11)
     base = [rng.choice(500, 40, replace=False) for _ in range(6)]
     sets_list = [np.union1d(b[:36], rng.choice(500, 4)) for b in base for _ in range(3)]
-    sets = C.neuron_sets_from_lists(sets_list, layers=[0] * len(sets_list))
+    sets = neuron_sets_from_lists(sets_list, layers=[0] * len(sets_list))
     sigs = minhash_signatures(sets.indptr, sets.indices, num_perm=128, seed=1)
-    a = C.lsh_pairs(sets, threshold=0.5, signatures=sigs).pairs
-    b = C.lsh_pairs(sets, threshold=0.5).pairs
+    a = lsh_pairs(sets, threshold=0.5, signatures=sigs).pairs
+    b = lsh_pairs(sets, threshold=0.5).pairs
     assert a.n_pairs == b.n_pairs > 0
     assert np.array_equal(a.i, b.i) and np.array_equal(a.j, b.j)
     with pytest.raises(ValueError, match="signatures have shape"):
-        C.lsh_pairs(sets, threshold=0.5, signatures=sigs[:3])
+        lsh_pairs(sets, threshold=0.5, signatures=sigs[:3])

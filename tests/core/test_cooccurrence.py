@@ -2,12 +2,9 @@
 
 import numpy as np
 import pytest
+from reference.cooccurrence import cooccurrence_counts_bruteforce
 
-from carto_assets.core.cooccurrence import (
-    cooccurrence_counts,
-    cooccurrence_counts_bruteforce,
-    shared_image_counts,
-)
+from carto_assets.core.cooccurrence import cooccurrence_counts, shared_image_counts
 
 
 def random_top_images(seed: int, n_neurons: int, n_images: int, top_k: int):

@@ -159,21 +159,25 @@ def test_lsh_max_bucket_size_skips_giant_buckets():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"num_perm": 0}, "num_perm must be a positive integer, got 0"),
-        ({"num_perm": 2.5}, "num_perm must be a positive integer"),
-        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
-        ({"seed": 2**32}, "seed must be an integer"),
-        ({"scheme": "affine16"}, "scheme must be one of"),
-        ({"encoding": "utf8"}, "encoding must be one of"),
-        ({"columns": 200}, "columns must be at most 128, got 200"),
-        ({"chunk_bytes": 0}, "chunk_bytes must be a positive integer"),
+        ({"num_perm": 0}, ValueError, r"num_perm must be an integer in \[1, 4294967296\], got 0"),
+        (
+            {"num_perm": 2.5},
+            TypeError,
+            r"num_perm must be an integer in \[1, 4294967296\], got 2.5",
+        ),
+        ({"seed": -1}, ValueError, r"seed must be an integer in \[0, 4294967295\], got -1"),
+        ({"seed": 2**32}, ValueError, "seed must be an integer"),
+        ({"scheme": "affine16"}, ValueError, "scheme must be one of"),
+        ({"encoding": "utf8"}, ValueError, "encoding must be one of"),
+        ({"columns": 200}, ValueError, r"columns must be an integer in \[1, 128\], got 200"),
+        ({"chunk_bytes": 0}, ValueError, "chunk_bytes must be an integer >= 1, got 0"),
     ],
 )
-def test_signature_bad_arguments(kwargs, message):
+def test_signature_bad_arguments(kwargs, error, message):
     indptr, indices = _csr([[1, 2]])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         minhash_signatures(indptr, indices, **kwargs)
 
 
@@ -189,8 +193,8 @@ def test_signature_bad_sets():
 @pytest.mark.parametrize(
     ("bands", "rows", "message"),
     [
-        (0, 4, "bands must be a positive integer, got 0"),
-        (4, -1, "rows must be a positive integer, got -1"),
+        (0, 4, "bands must be an integer >= 1, got 0"),
+        (4, -1, "rows must be an integer >= 1, got -1"),
         (5, 4, r"bands \* rows must be <= num_perm \(16\), got bands=5 \* rows=4 = 20"),
     ],
 )
@@ -200,9 +204,19 @@ def test_lsh_bad_banding(bands, rows, message):
         lsh_candidate_pairs(sig, np.zeros(3, dtype=np.int64), bands=bands, rows=rows)
 
 
-@pytest.mark.parametrize("threshold", [0, -0.1, 1.5, math.nan, True, "0.5"])
-def test_optimal_params_bad_threshold(threshold):
-    with pytest.raises(ValueError, match="threshold must be a number in \\(0, 1\\]"):
+@pytest.mark.parametrize(
+    ("threshold", "error"),
+    [
+        (0, ValueError),
+        (-0.1, ValueError),
+        (1.5, ValueError),
+        (math.nan, ValueError),
+        (True, TypeError),
+        ("0.5", TypeError),
+    ],
+)
+def test_optimal_params_bad_threshold(threshold, error):
+    with pytest.raises(error, match="threshold must be a number in \\(0, 1\\]"):
         optimal_lsh_params(threshold, 128)
 
 
@@ -213,7 +227,7 @@ def test_optimal_params_bad_weights():
 
 def test_lsh_bad_bucket_cap_and_groups():
     sig = np.zeros((3, 4), dtype=np.uint32)
-    with pytest.raises(ValueError, match="max_bucket_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="max_bucket_size must be an integer >= 1, got 0"):
         lsh_candidate_pairs(sig, np.zeros(3, int), bands=2, rows=2, max_bucket_size=0)
     with pytest.raises(ValueError, match=r"groups must be an integer array of shape \(3,\)"):
         lsh_candidate_pairs(sig, np.zeros(2, int), bands=2, rows=2)

@@ -4,7 +4,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from carto_assets.stages import clustering as S
+from carto_assets.stages.clustering import (
+    find_clusters,
+    load_neuron_sets,
+    quality,
+    stored_clustering,
+    tables,
+)
 from carto_assets.storage import CartoStore
 from carto_assets.study import ClusteringConfig
 
@@ -34,27 +40,27 @@ def make_store(tmp_path) -> CartoStore:
 
 def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
     store = make_store(tmp_path)
-    sets = S.load_neuron_sets(store)
+    sets = load_neuron_sets(store)
     assert np.diff(sets.indptr)[:2].tolist() == [0, 0]  # dead neurons: empty sets
     cfg = ClusteringConfig(threshold=0.5, method="exact")
-    result = S.find_clusters(sets, cfg)
+    result = find_clusters(sets, cfg)
     labels = result.clustering.labels
     assert labels[0] != labels[1]
     assert (
         len({labels[2], labels[3], labels[4]}) == 1 and len({labels[5], labels[6], labels[7]}) == 1
     )
-    frames = S.tables(result, store, store.query("SELECT neuron_id, layer FROM neurons"))
+    frames = tables(result, store, store.query("SELECT neuron_id, layer FROM neurons"))
     clusters = frames["clusters"]
     text = dict(zip(clusters["cluster_id"].to_list(), clusters["label"].to_list()))
     assert text[labels[0]] == "constant activation (dead neuron)"
     assert "colour=red (1.0)" in text[labels[2]]
     assert "colour=blue (1.0)" in text[labels[5]]
     store.replace_tables(frames)
-    stored_labels, stored_pairs = S.stored_clustering(store, sets)
+    stored_labels, stored_pairs = stored_clustering(store, sets)
     assert np.array_equal(stored_labels, labels)
     assert np.array_equal(stored_pairs.i, result.pairs.i)
     assert np.array_equal(stored_pairs.j, result.pairs.j)
-    table, summary = S.quality(sets, stored_labels, stored_pairs, store, cfg)
+    table, summary = quality(sets, stored_labels, stored_pairs, store, cfg)
     concept_rows = table.filter(pl.col("kind") == "concept")
     assert concept_rows["purity"].to_list() == [1.0, 1.0]
     assert concept_rows["gain"].to_list() == [1.0, 1.0]

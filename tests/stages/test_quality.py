@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from carto_assets.core.clustering import build_neuron_sets
-from carto_assets.stages import clustering as S
+from carto_assets.core.neuron_sets import build_neuron_sets
+from carto_assets.stages.clustering import group_gains, group_images, layer_shares, random_groups
 
 
 def reference_gain(
@@ -64,8 +64,8 @@ def test_group_gains_match_the_reference():
     groups = [[0, 1, 2], [3, 4], [5], [12, 13, 14, 15], [20], [0]]
     group_ids = np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)])
     units = np.concatenate(groups)
-    got = S.group_gains(
-        S.group_images(sets, group_ids, units), annotations, S.layer_shares(sets, annotations)
+    got = group_gains(
+        group_images(sets, group_ids, units), annotations, layer_shares(sets, annotations)
     ).sort("group_id")
     assert got["group_id"].to_list() == list(range(len(groups)))
     for k, group in enumerate(groups):
@@ -87,8 +87,8 @@ def test_binary_concepts_do_not_flatter():
     binary = annotations.filter(pl.col("concept") == "background")
     labels = np.arange(24)
     labels[[3, 4]] = 3  # one two-unit cluster of non-detectors
-    ids, units, _ = S.random_groups(sets, labels, np.array([3]), n_draws=200, seed=0)
-    gains = S.group_gains(S.group_images(sets, ids, units), binary, S.layer_shares(sets, binary))
+    ids, units, _ = random_groups(sets, labels, np.array([3]), n_draws=200, seed=0)
+    gains = group_gains(group_images(sets, ids, units), binary, layer_shares(sets, binary))
     raw = np.maximum(gains["purity"].to_numpy(), 1 - gains["purity"].to_numpy())
     assert raw.mean() > 0.55  # what raw purity credits chance with
     assert abs(float(gains["gain"].mean())) < 0.25
@@ -98,11 +98,11 @@ def test_random_groups_match_size_and_layer():
     sets, _, _, _ = _world()
     labels = np.arange(24)
     labels[[13, 14, 15]] = 13
-    ids, units, cluster_of = S.random_groups(sets, labels, np.array([13]), n_draws=30, seed=4)
+    ids, units, cluster_of = random_groups(sets, labels, np.array([13]), n_draws=30, seed=4)
     assert cluster_of.tolist() == [13] * 30
     for g in range(30):
         members = units[ids == g]
         assert len(members) == 3 and len(set(members.tolist())) == 3
         assert set(sets.layers[members].tolist()) == {1}
-    again = S.random_groups(sets, labels, np.array([13]), n_draws=30, seed=4)
+    again = random_groups(sets, labels, np.array([13]), n_draws=30, seed=4)
     assert np.array_equal(again[1], units)
