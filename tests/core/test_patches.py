@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carto_assets.core.hooks import capture
 from carto_assets.core.models import torchvision_model
 from carto_assets.core.patches import (
     crop_patch,
@@ -134,7 +135,7 @@ def test_receptive_field_grows_the_canvas_and_flags_global_layers():
 
 
 def test_receptive_field_rejects_unknown_layer():
-    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['nope'\]"):
         receptive_field(nn.Sequential(nn.Conv2d(3, 3, 1)), "nope", 8)
 
 
@@ -214,14 +215,9 @@ def _spot_image(size: int, sy: int, sx: int) -> np.ndarray:
 
 
 def _argmax_cell(net: nn.Module, layer: str, img: np.ndarray) -> tuple[int, int, int, int]:
-    maps = {}
-    handle = dict(net.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out: maps.setdefault("out", out)
-    )
-    with torch.no_grad():
+    with capture(net, [layer]) as maps, torch.no_grad():
         net(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
-    handle.remove()
-    out = maps["out"][0, 0]
+    out = maps[layer][0, 0]
     h, w = out.shape
     flat = int(out.argmax())
     return flat // w, flat % w, h, w
