@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from carto_assets import pipeline
 from carto_assets.core import influence as I
 from carto_assets.core import patches as P
+from carto_assets.core.cascades import concept_cascades
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
 from carto_assets.study import Study
 
@@ -280,7 +281,7 @@ def concept_graph_chunk(
             edges = edges.filter(pl.Series(keep))
         if len(edges):
             edge_parts.append(edges.with_columns(label=pl.lit(label, dtype=pl.Int32)))
-            casc = I.concept_cascades(
+            casc = concept_cascades(
                 list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
                 {c: edges[c].to_numpy() for c in edges.columns},
             )
