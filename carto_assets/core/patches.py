@@ -48,7 +48,7 @@ class RFInfo:
     map_size
         (height, width) of the layer's map at ``input_size``.
     offset_px
-        (dy, dx) from the cell centre as :func:`patch_box` places it, ``(y + 0.5) * stride``,
+        (dy, dx) from the cell centre as :func:`patch_boxes` places it, ``(y + 0.5) * stride``,
         to the measured field's centre; a fraction of the stride for usual padding. Measured
         on ``canvas_px``, so only approximate for ``input_size`` when the canvas grew (padding
         and ceil-mode pooling shift it by a pixel or two with the input size).
@@ -296,59 +296,6 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def patch_box(
-    y: int,
-    x: int,
-    map_h: int,
-    map_w: int,
-    input_size: int | tuple[int, int],
-    window_px: int,
-    *,
-    min_fraction: float = MIN_WINDOW_FRACTION,
-    offset_px: tuple[float, float] = (0.0, 0.0),
-) -> tuple[int, int, int, int]:
-    """The square input window around a map cell.
-
-    The cell's centre maps to ``((y + 0.5) * H / map_h, (x + 0.5) * W / map_w)``. The window
-    side is ``window_px`` (usually :attr:`RFInfo.size_px`) clipped to at least
-    ``min_fraction`` of the shorter image side and at most that side; a window that would
-    cross the border is shifted inside rather than cropped, so every patch has the same scale.
-
-    Parameters
-    ----------
-    y, x
-        Argmax cell of the neuron's map.
-    map_h, map_w
-        Size of the layer's map.
-    input_size
-        Image side, or (height, width), in the pixels the box refers to.
-    window_px
-        Desired window side in those pixels.
-    min_fraction
-        Smallest window as a fraction of the shorter image side.
-    offset_px
-        (dy, dx) added to the cell centre, e.g. :attr:`RFInfo.offset_px` to centre the window
-        on the measured field rather than on the cell's share of the image.
-
-    Returns
-    -------
-    (top, left, bottom, right)
-        Pixel bounds, bottom/right exclusive (``image[top:bottom, left:right]``).
-    """
-    boxes = patch_boxes(
-        np.array([y]),
-        np.array([x]),
-        map_h,
-        map_w,
-        input_size,
-        window_px,
-        min_fraction=min_fraction,
-        offset_px=offset_px,
-    )
-    top, left, bottom, right = (int(v) for v in boxes[0])
-    return top, left, bottom, right
-
-
 def patch_boxes(
     ys: np.ndarray,
     xs: np.ndarray,
@@ -360,7 +307,36 @@ def patch_boxes(
     min_fraction: float = MIN_WINDOW_FRACTION,
     offset_px: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """Vectorised :func:`patch_box`: (N,) cells -> (N, 4) int64 boxes (top, left, bottom, right)."""
+    """The square input windows around map cells: (N,) cells -> (N, 4) boxes.
+
+    A cell's centre maps to ``((y + 0.5) * H / map_h, (x + 0.5) * W / map_w)``. The window
+    side is ``window_px`` (usually :attr:`RFInfo.size_px`) clipped to at least
+    ``min_fraction`` of the shorter image side and at most that side; a window that would
+    cross the border is shifted inside rather than cropped, so every patch has the same scale.
+    ``tests/reference/patches.py`` computes one box the same way, cell by cell.
+
+    Parameters
+    ----------
+    ys, xs
+        (N,) argmax cells of the neurons' maps.
+    map_h, map_w
+        Size of the layer's map.
+    input_size
+        Image side, or (height, width), in the pixels the boxes refer to.
+    window_px
+        Desired window side in those pixels.
+    min_fraction
+        Smallest window as a fraction of the shorter image side.
+    offset_px
+        (dy, dx) added to the cell centre, e.g. :attr:`RFInfo.offset_px` to centre the window
+        on the measured field rather than on the cell's share of the image.
+
+    Returns
+    -------
+    np.ndarray
+        (N, 4) int64 pixel bounds (top, left, bottom, right), bottom/right exclusive
+        (``image[top:bottom, left:right]``).
+    """
     img_h, img_w = _hw(input_size)
     if map_h < 1 or map_w < 1 or img_h < 1 or img_w < 1:
         raise ValueError(
