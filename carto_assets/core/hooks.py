@@ -109,7 +109,7 @@ def capture(
         raise ValueError(f"stop_after={stop_after!r} is not one of the hooked names {list(names)}")
     captured = Captured()
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             value = output if keep is None else keep(name, output)
             captured.calls[name] = captured.calls.get(name, 0) + 1
