@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from carto_assets.core.hooks import capture
 from carto_assets.core.models import LayerInfo
+from carto_assets.validate import check_choice, check_int
 
 
 def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,27 +57,16 @@ class LayerRecorder:
 
     Reducing inside the hook copies what is needed before anything downstream runs, which is
     what cloning would buy us: later in-place ops (``ReLU(inplace=True)``) cannot overwrite it,
-    and full feature maps never pile up in memory.
+    and full feature maps never pile up in memory. The hooks are in place from construction
+    until :meth:`close` (or the end of the ``with`` block).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerInfo]) -> None:
         self.layers = list(layers)
-        self.captured: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        modules = dict(model.named_modules())
-        self._handles = [
-            modules[info.name].register_forward_hook(self._hook(info.name)) for info in self.layers
-        ]
-
-    def _hook(self, name: str):
-        def hook(_mod, _inp, out):
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"layer {name!r} returned {type(out).__name__}, not a tensor; "
-                    "choose a module whose output is a tensor"
-                )
-            self.captured[name] = spatial_max(out.detach())
-
-        return hook
+        self._hooks = contextlib.ExitStack()
+        self.captured = self._hooks.enter_context(
+            capture(model, [info.name for info in self.layers], keep=_reduce)
+        )
 
     def collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Concatenate the captured layers in neuron order: three (B, N) tensors."""
@@ -83,7 +74,7 @@ class LayerRecorder:
         if missing:
             raise RuntimeError(f"layers did not run in the forward pass: {missing}")
         parts = [self.captured[i.name] for i in self.layers]
-        self.captured = {}
+        self.captured.clear()
         return (
             torch.cat([p[0].float() for p in parts], dim=1),
             torch.cat([p[1] for p in parts], dim=1),
@@ -91,15 +82,23 @@ class LayerRecorder:
         )
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.close()
 
     def __enter__(self) -> LayerRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A captured layer's (values, y, x), each (B, C): see :func:`spatial_max`."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+            "choose a module whose output is a tensor"
+        )
+    return spatial_max(output.detach())
 
 
 class StreamingTopK:
@@ -110,9 +109,7 @@ class StreamingTopK:
     """
 
     def __init__(self, n_neurons: int, k: int, device: torch.device | str = "cpu") -> None:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
+        self.k = check_int("k", k, minimum=1)
         self.values = torch.full((n_neurons, 0), float("-inf"), device=device)
         self.image_ids = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
         self.ys = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
@@ -287,8 +284,7 @@ def activation_pass(
     class statistics run there, and the non-finite check is accumulated there, so a GPU run
     copies results to the host once per shard, not once per batch.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     dev = torch.device(device)
     n_neurons = sum(int(i.channels or 0) for i in layers)
     topk = StreamingTopK(n_neurons, k, device=dev)

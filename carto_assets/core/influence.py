@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ from scipy import stats
 from torch import nn
 
 from carto_assets.core.activations import spatial_max
+from carto_assets.core.hooks import capture, find_modules
+from carto_assets.validate import check_int
 
 #: ``target_layer`` of edges into the class prediction.
 PREDICTION = "prediction"
@@ -123,18 +125,12 @@ def _as_clusters(
     return out
 
 
-def _check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+def _check_layers(model: nn.Module, layers: Sequence[str]) -> None:
     if isinstance(layers, str) or len(layers) == 0:
         raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers contain duplicates: {list(layers)}")
-    modules = {n: m for n, m in model.named_modules() if n}
-    unknown = [name for name in layers if name not in modules]
-    if unknown:
-        raise ValueError(
-            f"unknown layer(s) {unknown}; valid layers include: {', '.join(list(modules)[:30])}"
-        )
-    return modules
+    find_modules(model, layers)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -177,93 +173,70 @@ def _logits(output: Any) -> torch.Tensor:
     return logits
 
 
-class _Hooks:
-    """Forward hooks on the captured layers: keep each output, optionally zero some channels.
+def _checked_output(name: str, output: object) -> torch.Tensor:
+    """A captured layer's output, kept as it is (in the graph) once its shape is checked."""
+    if not isinstance(output, torch.Tensor) or output.ndim not in (2, 3, 4):
+        kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(
+            f"layer {name!r} outputs {kind}; expected a (B, C, H, W), (B, T, C) or (B, C) tensor"
+        )
+    return output
 
-    The hook hands the rest of the network a copy, so in-place ops downstream (ReLU(inplace))
-    cannot alter the kept tensor, and the gradient still reaches it through the copy.
+
+def _handed_on(
+    ablate: tuple[str, np.ndarray] | None,
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """The output the rest of the network gets: a copy, with ``ablate``'s channels zeroed.
+
+    The copy means in-place ops downstream (ReLU(inplace)) cannot alter the kept tensor, and
+    the gradient still reaches the kept tensor through it.
     """
 
-    def __init__(
-        self,
-        modules: Mapping[str, nn.Module],
-        layers: Sequence[str],
-        ablate: tuple[str, np.ndarray] | None = None,
-    ) -> None:
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.order: list[str] = []
-        self.calls: dict[str, int] = {}
-        self._ablate = ablate
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in layers]
+    def edit(name: str, output: torch.Tensor) -> torch.Tensor:
+        copy = output.clone()
+        if ablate is not None and ablate[0] == name:
+            idx = torch.as_tensor(ablate[1], dtype=torch.long, device=output.device)
+            if output.ndim == 3:
+                copy[:, :, idx] = 0
+            else:
+                copy[:, idx] = 0
+        return copy
 
-    def _hook(self, name: str):
-        def hook(_mod, _inp, out):
-            if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3, 4):
-                kind = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(
-                    f"layer {name!r} outputs {kind}; expected a (B, C, H, W), (B, T, C) or "
-                    "(B, C) tensor"
-                )
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if name not in self.outputs:
-                self.order.append(name)
-            self.outputs[name] = out
-            copy = out.clone()
-            if self._ablate is not None and self._ablate[0] == name:
-                idx = torch.as_tensor(self._ablate[1], dtype=torch.long, device=out.device)
-                if out.ndim == 3:
-                    copy[:, :, idx] = 0
-                else:
-                    copy[:, idx] = 0
-            return copy
-
-        return hook
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self) -> _Hooks:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    return edit
 
 
 def _run(
     model: nn.Module,
-    modules: Mapping[str, nn.Module],
     layers: Sequence[str],
     clusters: Mapping[str, np.ndarray],
     x: torch.Tensor,
     ablate: tuple[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass: the captured outputs and the logits, validated."""
-    with _Hooks(modules, layers, ablate) as hooks:
+    with capture(model, layers, keep=_checked_output, edit=_handed_on(ablate)) as outputs:
         logits = _logits(model(x))
-    missing = [n for n in layers if n not in hooks.outputs]
+    missing = [n for n in layers if n not in outputs]
     if missing:
         raise ValueError(f"layer(s) {missing} did not run in the forward pass")
-    shared = [n for n in layers if hooks.calls[n] != 1]
+    shared = [n for n in layers if outputs.calls[n] != 1]
     if shared:
         raise ValueError(
             f"layer(s) {shared} run more than once per forward pass (shared modules); "
             "pick modules that run once"
         )
-    if hooks.order != list(layers):
+    if list(outputs) != list(layers):
         raise ValueError(
             f"layers must be given in forward order; the forward pass completes them as "
-            f"{hooks.order}"
+            f"{list(outputs)}"
         )
     for name in layers:
-        c = _channels(hooks.outputs[name])
+        c = _channels(outputs[name])
         if len(clusters[name]) != c:
             raise ValueError(
                 f"cluster_of[{name!r}] has {len(clusters[name])} entries but the layer has "
                 f"{c} channels"
             )
-    return hooks.outputs, logits
+    return outputs, logits
 
 
 def _members(ids: np.ndarray) -> dict[int, np.ndarray]:
@@ -370,11 +343,10 @@ def influence_edges(
         Edges ordered by target layer, target cluster, then source cluster.
     """
     start = time.perf_counter()
-    modules = _check_layers(model, layers)
+    _check_layers(model, layers)
     clusters = _as_clusters(layers, cluster_of)
     _check_images(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     targets: dict[str, dict[int, np.ndarray]] = {}
     for upper in layers[1:]:
         members = _members(clusters[upper])
@@ -412,7 +384,7 @@ def influence_edges(
         for chunk in _chunks(images, batch_size):
             x = chunk.to(device).detach().requires_grad_(True)  # a graph even if params frozen
             with torch.enable_grad():
-                outputs, logits = _run(model, modules, layers, clusters, x)
+                outputs, logits = _run(model, layers, clusters, x)
                 if include_prediction and not 0 <= class_index < logits.shape[1]:
                     raise ValueError(
                         f"class_index {class_index} is outside the model's {logits.shape[1]} logits"
@@ -489,7 +461,12 @@ def _edge_arrays(cols: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
     }
 
 
-def _edge_columns(edges: InfluenceResult | Mapping[str, Any]) -> dict[str, np.ndarray]:
+def read_edges(edges: InfluenceResult | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The edge columns of an :class:`InfluenceResult` or a table of them, typed and checked.
+
+    ``source_layer``/``target_layer`` (object), ``source_cluster``/``target_cluster`` (int64)
+    and ``weight`` (float64), all of one length; other columns are dropped.
+    """
     table = edges.edges if isinstance(edges, InfluenceResult) else edges
     need = ("source_layer", "source_cluster", "target_layer", "target_cluster", "weight")
     missing = [c for c in need if c not in table]
@@ -511,108 +488,12 @@ def sample_edges(
     edges: InfluenceResult | Mapping[str, Any], n: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Up to ``n`` edges drawn uniformly without replacement (seeded), in their original order."""
-    table = _edge_columns(edges)
+    table = read_edges(edges)
     total = len(table["weight"])
     if n >= total:
         return table
     rows = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
     return {k: v[rows] for k, v in table.items()}
-
-
-def concept_cascades(
-    nodes: Iterable[tuple[str, int]] | Mapping[str, Sequence[Any]],
-    edges: InfluenceResult | Mapping[str, Any],
-) -> dict[str, np.ndarray]:
-    """From every node, the chain of strongest links toward the input and toward the prediction.
-
-    Downward, each step moves to the source of the strongest positive edge into the current
-    node; upward, to the target of the strongest positive edge out of it (the prediction ends
-    an upward chain). It is a single chain per direction (one argmax per step), not a tree:
-    the view highlights one path, and a tree of top-m links grows exponentially with depth.
-    Only edges between given nodes (and into the prediction) are followed. Ties go to the
-    smaller (layer name, cluster id); a node is never visited twice.
-
-    Parameters
-    ----------
-    nodes
-        (layer, cluster) pairs, or a mapping with ``layer`` and ``cluster`` columns.
-    edges
-        An :class:`InfluenceResult` or a mapping with its edge columns.
-
-    Returns
-    -------
-    dict of arrays
-        ``root_layer``, ``root_cluster``, ``member_layer``, ``member_cluster``, ``depth``
-        (1 for the root's direct neighbour; the root itself is not listed), ``direction``
-        (``"down"`` or ``"up"``) and ``weight`` (of the link that reached the member), ordered
-        by root (as given), direction (down first) and depth.
-    """
-    if isinstance(nodes, Mapping):
-        if "layer" not in nodes or "cluster" not in nodes:
-            raise ValueError("nodes mapping needs 'layer' and 'cluster' columns")
-        node_list = [(str(a), int(b)) for a, b in zip(nodes["layer"], nodes["cluster"])]
-    else:
-        node_list = [(str(a), int(b)) for a, b in nodes]
-    allowed = set(node_list) | {(PREDICTION, PREDICTION_CLUSTER)}
-    table = _edge_columns(edges)
-    incoming: dict[tuple[str, int], list[tuple[float, str, int]]] = {}
-    outgoing: dict[tuple[str, int], list[tuple[float, str, int]]] = {}
-    for sl, sc, tl, tc, w in zip(
-        table["source_layer"],
-        table["source_cluster"],
-        table["target_layer"],
-        table["target_cluster"],
-        table["weight"],
-    ):
-        s, t = (str(sl), int(sc)), (str(tl), int(tc))
-        if not w > 0 or s not in allowed or t not in allowed:
-            continue
-        incoming.setdefault(t, []).append((-float(w), *s))
-        outgoing.setdefault(s, []).append((-float(w), *t))
-    for links in (incoming, outgoing):
-        for key in links:
-            links[key].sort()
-
-    cols: dict[str, list] = {
-        k: []
-        for k in (
-            "root_layer",
-            "root_cluster",
-            "member_layer",
-            "member_cluster",
-            "depth",
-            "direction",
-            "weight",
-        )
-    }
-    for root in node_list:
-        for direction, links in (("down", incoming), ("up", outgoing)):
-            seen = {root}
-            current = root
-            depth = 0
-            while True:
-                step = next((c for c in links.get(current, ()) if (c[1], c[2]) not in seen), None)
-                if step is None:
-                    break
-                current = (step[1], step[2])
-                seen.add(current)
-                depth += 1
-                cols["root_layer"].append(root[0])
-                cols["root_cluster"].append(root[1])
-                cols["member_layer"].append(current[0])
-                cols["member_cluster"].append(current[1])
-                cols["depth"].append(depth)
-                cols["direction"].append(direction)
-                cols["weight"].append(-step[0])
-    return {
-        "root_layer": np.asarray(cols["root_layer"], dtype=object),
-        "root_cluster": np.asarray(cols["root_cluster"], dtype=np.int64),
-        "member_layer": np.asarray(cols["member_layer"], dtype=object),
-        "member_cluster": np.asarray(cols["member_cluster"], dtype=np.int64),
-        "depth": np.asarray(cols["depth"], dtype=np.int64),
-        "direction": np.asarray(cols["direction"], dtype=object),
-        "weight": np.asarray(cols["weight"], dtype=np.float64),
-    }
 
 
 def ablation_faithfulness(
@@ -651,10 +532,10 @@ def ablation_faithfulness(
         edges or constant values), and the sample's edge columns plus ``baseline``, ``ablated``,
         ``drop`` (baseline - ablated) and ``relative_drop`` (drop / |baseline|, NaN at 0).
     """
-    modules = _check_layers(model, layers)
+    _check_layers(model, layers)
     clusters = _as_clusters(layers, cluster_of)
     _check_images(images)
-    table = _edge_columns(edges_sample)
+    table = read_edges(edges_sample)
     known = set(layers)
     for col, extra in (("source_layer", set()), ("target_layer", {PREDICTION})):
         bad = sorted({str(v) for v in table[col]} - known - extra)
@@ -679,7 +560,7 @@ def ablation_faithfulness(
         """Mean objective of every target in the sample."""
         totals: dict[tuple[str, int], float] = {}
         for chunk in _chunks(images, batch_size):
-            outputs, logits = _run(model, modules, layers, clusters, chunk.to(device), ablate)
+            outputs, logits = _run(model, layers, clusters, chunk.to(device), ablate)
             maxes = {name: _channel_max(outputs[name]) for name in target_layers}
             for layer, c in targets:
                 if layer == PREDICTION:

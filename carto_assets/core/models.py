@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carto_assets.core.hooks import capture
 from carto_assets.study import BUILTIN_WIDTHS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -342,27 +343,11 @@ def probe_layers(model: nn.Module, input_size: int, device: str = "cpu") -> list
 
     Raises a ``ValueError`` naming the input size when the model cannot run on it.
     """
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    calls: dict[str, int] = {}
-    finished: list[str] = []
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_mod, _inp, out):
-            calls[name] = calls.get(name, 0) + 1
-            shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-            if name not in finished:
-                finished.append(name)
-
-        return hook
-
     named = [(n, m) for n, m in model.named_modules() if n]
-    for name, mod in named:
-        handles.append(mod.register_forward_hook(make_hook(name)))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with capture(model, [n for n, _ in named], keep=_output_shape) as shapes, torch.no_grad():
             model(torch.zeros(1, 3, input_size, input_size, device=device))
     except Exception as exc:
         raise ValueError(
@@ -370,26 +355,29 @@ def probe_layers(model: nn.Module, input_size: int, device: str = "cpu") -> list
             f"(set dataset.image_size to a size it accepts): {type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    order = {n: i for i, n in enumerate(finished)}
+    order = {n: i for i, n in enumerate(shapes)}  # shapes are kept in order of completion
     infos = []
     for name, mod in named:
-        if name not in calls:
+        if name not in shapes:
             continue  # never ran (e.g. aux heads in eval mode)
         infos.append(
             LayerInfo(
                 name=name,
                 type=type(mod).__name__,
                 output_shape=shapes[name],
-                calls=calls[name],
+                calls=shapes.calls[name],
                 order=order[name],
                 depth=name.count(".") + 1,
             )
         )
     infos.sort(key=lambda i: i.order)
     return infos
+
+
+def _output_shape(_name: str, output: object) -> tuple[int, ...] | None:
+    """Without the batch dimension; None for an output that is not a tensor."""
+    return tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
 
 
 _POOLING = ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "Dropout", "Identity")

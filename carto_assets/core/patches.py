@@ -26,6 +26,9 @@ from PIL import Image
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from carto_assets.core.hooks import capture, find_modules
+from carto_assets.validate import check_int
+
 #: Smallest patch window, as a fraction of the image side: a 3 px RF crop says nothing.
 MIN_WINDOW_FRACTION = 0.125
 
@@ -45,7 +48,7 @@ class RFInfo:
     map_size
         (height, width) of the layer's map at ``input_size``.
     offset_px
-        (dy, dx) from the cell centre as :func:`patch_box` places it, ``(y + 0.5) * stride``,
+        (dy, dx) from the cell centre as :func:`patch_boxes` places it, ``(y + 0.5) * stride``,
         to the measured field's centre; a fraction of the stride for usual padding. Measured
         on ``canvas_px``, so only approximate for ``input_size`` when the canvas grew (padding
         and ceil-mode pooling shift it by a pixel or two with the input size).
@@ -66,10 +69,6 @@ class RFInfo:
     offset_px: tuple[float, float]
     canvas_px: int
     truncated: bool
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end the forward pass once the layer of interest has run."""
 
 
 _MAX_POOLS = {
@@ -168,25 +167,13 @@ def _positive_surrogate(model: nn.Module) -> nn.Module:
     return surrogate
 
 
-def _map_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on ``x`` until ``module`` has run and return that module's output."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod, _inp, out):
-        captured.append(out)
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with _MaxToAvgPool():
-            model(x)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
+def _map_of(model: nn.Module, layer_name: str, x: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``x`` until ``layer_name`` has run and return its (B, C, H, W) output."""
+    with capture(model, [layer_name], stop_after=layer_name) as captured, _MaxToAvgPool():
+        model(x)
+    if layer_name not in captured:
         raise ValueError("the layer did not run in the forward pass")
-    out = captured[0]
+    out = captured[layer_name]
     if not isinstance(out, torch.Tensor) or out.ndim != 4:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the layer's output is {shape}, not a (B, C, H, W) map")
@@ -194,7 +181,7 @@ def _map_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tenso
 
 
 def _measure(
-    model: nn.Module, module: nn.Module, canvas: int, seed: int
+    model: nn.Module, layer_name: str, canvas: int, seed: int
 ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     gen = torch.Generator().manual_seed(seed)
     # Positive and slightly uneven: no pre-activation is zero and no centring op sees a
@@ -203,7 +190,7 @@ def _measure(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = x.to(device).requires_grad_(True)
     with torch.enable_grad():
-        out = _map_of(model, module, x)
+        out = _map_of(model, layer_name, x)
         h, w = out.shape[2], out.shape[3]
         cy, cx = h // 2, w // 2
         (grad,) = torch.autograd.grad(out[0, :, cy, cx].sum(), x)
@@ -261,23 +248,18 @@ def receptive_field(
     -------
     RFInfo
     """
-    if input_size < 1:
-        raise ValueError(f"input_size must be >= 1, got {input_size}")
-    modules = dict(model.named_modules())
-    if layer_name not in modules or not layer_name:
-        names = [n for n in modules if n][:20]
-        raise ValueError(f"unknown layer {layer_name!r}; e.g. {', '.join(names)}")
+    check_int("input_size", input_size, minimum=1)
+    find_modules(model, [layer_name])
     surrogate = _positive_surrogate(model)
-    module = dict(surrogate.named_modules())[layer_name]
     limit = max(input_size, max_canvas_px if max_canvas_px is not None else 2 * input_size)
 
-    box, map_hw = _measure(surrogate, module, input_size, seed)
+    box, map_hw = _measure(surrogate, layer_name, input_size, seed)
     base_map = map_hw
     canvas = input_size
     while _touches(box, canvas) and canvas < limit:
         bigger = min(limit, canvas * 2)
         try:
-            box, map_hw = _measure(surrogate, module, bigger, seed)
+            box, map_hw = _measure(surrogate, layer_name, bigger, seed)
         except (RuntimeError, ValueError):
             break  # the model accepts no other input size
         canvas = bigger
@@ -314,59 +296,6 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def patch_box(
-    y: int,
-    x: int,
-    map_h: int,
-    map_w: int,
-    input_size: int | tuple[int, int],
-    window_px: int,
-    *,
-    min_fraction: float = MIN_WINDOW_FRACTION,
-    offset_px: tuple[float, float] = (0.0, 0.0),
-) -> tuple[int, int, int, int]:
-    """The square input window around a map cell.
-
-    The cell's centre maps to ``((y + 0.5) * H / map_h, (x + 0.5) * W / map_w)``. The window
-    side is ``window_px`` (usually :attr:`RFInfo.size_px`) clipped to at least
-    ``min_fraction`` of the shorter image side and at most that side; a window that would
-    cross the border is shifted inside rather than cropped, so every patch has the same scale.
-
-    Parameters
-    ----------
-    y, x
-        Argmax cell of the neuron's map.
-    map_h, map_w
-        Size of the layer's map.
-    input_size
-        Image side, or (height, width), in the pixels the box refers to.
-    window_px
-        Desired window side in those pixels.
-    min_fraction
-        Smallest window as a fraction of the shorter image side.
-    offset_px
-        (dy, dx) added to the cell centre, e.g. :attr:`RFInfo.offset_px` to centre the window
-        on the measured field rather than on the cell's share of the image.
-
-    Returns
-    -------
-    (top, left, bottom, right)
-        Pixel bounds, bottom/right exclusive (``image[top:bottom, left:right]``).
-    """
-    boxes = patch_boxes(
-        np.array([y]),
-        np.array([x]),
-        map_h,
-        map_w,
-        input_size,
-        window_px,
-        min_fraction=min_fraction,
-        offset_px=offset_px,
-    )
-    top, left, bottom, right = (int(v) for v in boxes[0])
-    return top, left, bottom, right
-
-
 def patch_boxes(
     ys: np.ndarray,
     xs: np.ndarray,
@@ -378,7 +307,36 @@ def patch_boxes(
     min_fraction: float = MIN_WINDOW_FRACTION,
     offset_px: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """Vectorised :func:`patch_box`: (N,) cells -> (N, 4) int64 boxes (top, left, bottom, right)."""
+    """The square input windows around map cells: (N,) cells -> (N, 4) boxes.
+
+    A cell's centre maps to ``((y + 0.5) * H / map_h, (x + 0.5) * W / map_w)``. The window
+    side is ``window_px`` (usually :attr:`RFInfo.size_px`) clipped to at least
+    ``min_fraction`` of the shorter image side and at most that side; a window that would
+    cross the border is shifted inside rather than cropped, so every patch has the same scale.
+    ``tests/reference/patches.py`` computes one box the same way, cell by cell.
+
+    Parameters
+    ----------
+    ys, xs
+        (N,) argmax cells of the neurons' maps.
+    map_h, map_w
+        Size of the layer's map.
+    input_size
+        Image side, or (height, width), in the pixels the boxes refer to.
+    window_px
+        Desired window side in those pixels.
+    min_fraction
+        Smallest window as a fraction of the shorter image side.
+    offset_px
+        (dy, dx) added to the cell centre, e.g. :attr:`RFInfo.offset_px` to centre the window
+        on the measured field rather than on the cell's share of the image.
+
+    Returns
+    -------
+    np.ndarray
+        (N, 4) int64 pixel bounds (top, left, bottom, right), bottom/right exclusive
+        (``image[top:bottom, left:right]``).
+    """
     img_h, img_w = _hw(input_size)
     if map_h < 1 or map_w < 1 or img_h < 1 or img_w < 1:
         raise ValueError(

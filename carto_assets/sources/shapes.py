@@ -45,6 +45,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
+from carto_assets.validate import check_int
+
 __all__ = [
     "BACKGROUND_RGB",
     "CLASS_NAMES",
@@ -214,23 +216,8 @@ class ShapeScene:
         return {name: getattr(self, name) for name in CONCEPTS}
 
 
-def _check_non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}={value} must be >= 0")
-    return int(value)
-
-
 def _check_image_size(image_size: object) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
-    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(
-            f"image_size={image_size} is out of range; "
-            f"allowed range is {MIN_IMAGE_SIZE} <= image_size <= {MAX_IMAGE_SIZE}"
-        )
-    return int(image_size)
+    return check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE)
 
 
 def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
@@ -251,8 +238,8 @@ def sample_scene(seed: int, index: int) -> ShapeScene:
     ShapeScene
         Concept values drawn independently and uniformly, plus continuous jitter.
     """
-    seed = _check_non_negative_int("seed", seed)
-    index = _check_non_negative_int("index", index)
+    seed = check_int("seed", seed, minimum=0)
+    index = check_int("index", index, minimum=0)
     rng = np.random.default_rng([seed, index])
 
     # Concepts are drawn first and independently, so their joint distribution is a product of
@@ -650,13 +637,9 @@ class ShapesWorld:
     """
 
     def __init__(self, n_images: int, image_size: int = 64, seed: int = 0) -> None:
-        if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)):
-            raise TypeError(f"n_images must be an int, got {type(n_images).__name__}")
-        if n_images < 1:
-            raise ValueError(f"n_images={n_images} is out of range; allowed range is n_images >= 1")
-        self.n_images = int(n_images)
+        self.n_images = check_int("n_images", n_images, minimum=1)
         self.image_size = _check_image_size(image_size)
-        self.seed = _check_non_negative_int("seed", seed)
+        self.seed = check_int("seed", seed, minimum=0)
 
     def __len__(self) -> int:
         return self.n_images
@@ -667,14 +650,13 @@ class ShapesWorld:
         )
 
     def _check_index(self, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(index).__name__} {index!r}")
+        index = check_int("index", index)
         if not 0 <= index < self.n_images:
             raise IndexError(
                 f"index={index} is out of range for a world of {self.n_images} images "
                 f"(allowed 0 <= index < {self.n_images})"
             )
-        return int(index)
+        return index
 
     def scene(self, index: int) -> ShapeScene:
         """Scene of image ``index``; raises ``IndexError`` outside ``[0, len(self))``."""

@@ -16,7 +16,9 @@ import polars as pl
 
 from carto_assets import progress as progress_of
 from carto_assets.core import cooccurrence as CO
-from carto_assets.core import embedding as E
+from carto_assets.core.neighbors import nearest_neighbors
+from carto_assets.core.projection import project_2d
+from carto_assets.core.skipgram import train_skipgram_sentences
 from carto_assets.storage import CartoStore
 from carto_assets.study import EmbeddingConfig
 
@@ -70,7 +72,7 @@ def train_embedding(
     top = store.query("SELECT neuron_id, image_id FROM top_images")
     start = time.perf_counter()
     progress_of.advance("embedding", 0, cfg.epochs, "epochs")
-    result = E.train_skipgram_sentences(
+    result = train_skipgram_sentences(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
         n,
@@ -116,7 +118,7 @@ def projection_frames(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``neuron_projection(neuron_id, x, y)`` and ``neuron_neighbors(neuron_id, rank,
     neighbor_id, similarity)`` (cosine, in embedding space)."""
-    xy = E.project_2d(vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=seed)
+    xy = project_2d(vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=seed)
     n = len(vectors)
     projection = pl.DataFrame(
         {
@@ -125,7 +127,7 @@ def projection_frames(
             "y": xy[:, 1].astype(np.float64),
         }
     )
-    idx, sim = E.nearest_neighbors(vectors, k=min(cfg.neighbors, max(n - 1, 1)))
+    idx, sim = nearest_neighbors(vectors, k=min(cfg.neighbors, max(n - 1, 1)))
     k = idx.shape[1]
     neighbors = pl.DataFrame(
         {

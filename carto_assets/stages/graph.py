@@ -19,8 +19,9 @@ import torch
 from scipy.stats import spearmanr
 
 from carto_assets import schema
-from carto_assets.core import influence as I
-from carto_assets.core import patches as P
+from carto_assets.core.cascades import concept_cascades
+from carto_assets.core.influence import ablation_faithfulness, influence_edges, sample_edges
+from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.partitions import chunk_labels, n_class_chunks
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
@@ -53,7 +54,7 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[lis
     infos = {info.name: info for info in layers}
     for info in layers:
         if info.output_shape is not None and len(info.output_shape) == 3:
-            fields[info.name] = P.receptive_field(bundle.module, info.name, bundle.input_size)
+            fields[info.name] = receptive_field(bundle.module, info.name, bundle.input_size)
     # Boxes first (they need no pixels), then images a chunk at a time: memory stays
     # O(chunk), not O(images with patches) (62k ImageNet images for googlenet's 9 per neuron).
     boxed = []
@@ -81,7 +82,7 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[lis
         n_loaded += len(pixels)
         chunk = rows.filter(pl.col("image_id").is_in(list(pixels)))
         boxes = chunk.select("top", "left", "bottom", "right").to_numpy()
-        pngs = P.crop_patches(
+        pngs = crop_patches(
             pixels, chunk["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
         )
         part = chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
@@ -117,7 +118,7 @@ def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:
     """
     ys, xs = group["y"].to_numpy(), group["x"].to_numpy()
     if rf is not None:
-        return P.patch_boxes(
+        return patch_boxes(
             ys,
             xs,
             int(group["map_height"][0]),
@@ -136,9 +137,7 @@ def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:
     on_grid = patch >= 0
     if on_grid.any():
         rows, cols = np.divmod(patch[on_grid], grid[1])
-        whole[on_grid] = P.patch_boxes(
-            rows, cols, grid[0], grid[1], input_size, 0, min_fraction=0.25
-        )
+        whole[on_grid] = patch_boxes(rows, cols, grid[0], grid[1], input_size, 0, min_fraction=0.25)
     return whole
 
 
@@ -272,7 +271,7 @@ def concept_graph_chunk(
             name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
             for name in layer_names[1:]
         }
-        result = I.influence_edges(
+        result = influence_edges(
             model,
             layer_names,
             cluster_of,
@@ -294,7 +293,7 @@ def concept_graph_chunk(
             edges = edges.filter(pl.Series(keep))
         if len(edges):
             edge_parts.append(edges.with_columns(label=pl.lit(label, dtype=pl.Int32)))
-            casc = I.concept_cascades(
+            casc = concept_cascades(
                 list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
                 {c: edges[c].to_numpy() for c in edges.columns},
             )
@@ -303,12 +302,12 @@ def concept_graph_chunk(
                 cascade_parts.append(cdf.with_columns(label=pl.lit(label, dtype=pl.Int32)))
             if faith_budget > 0:
                 # Seeded per class, so the sample does not depend on the chunking.
-                sample = I.sample_edges(
+                sample = sample_edges(
                     {c: edges[c].to_numpy() for c in edges.columns},
                     share,
                     seed=int(np.random.default_rng([study.seed, label]).integers(2**31)),
                 )
-                _, eff = I.ablation_faithfulness(
+                _, eff = ablation_faithfulness(
                     model,
                     layer_names,
                     cluster_of,

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from carto_assets.core.cooccurrence import cooccurrence_counts
-from carto_assets.core.embedding import (
+from carto_assets.core.neighbors import nearest_neighbors
+from carto_assets.core.projection import project_2d
+from carto_assets.core.skipgram import (
     _alias_table,
     _sample_alias,
-    nearest_neighbors,
-    project_2d,
     skipgram_batch_gradients,
     train_skipgram,
 )
@@ -184,7 +184,7 @@ def test_no_pairs_at_all_and_progress_callback():
         ({"negatives": 0}, "negatives must be an integer >= 1"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"negative_group_size": 0}, "negative_group_size must be an integer >= 1"),
-        ({"num_threads": 0}, "num_threads must be an integer >= 1 or None"),
+        ({"num_threads": 0}, "num_threads must be an integer >= 1, got 0"),
         ({"neuron_b": np.array([1])}, "equal lengths"),
         ({"neuron_a": np.array([-1, 0])}, "neuron_a must be non-negative, got -1"),
         ({"neuron_b": np.array([1, 3])}, "neuron_b must be < n_neurons=3, got 3"),

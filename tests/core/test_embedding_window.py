@@ -6,14 +6,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from carto_assets.core.embedding import (
+from carto_assets.core.neighbors import nearest_neighbors
+from carto_assets.core.sentences import (
     Sentences,
     expected_window_weight,
     image_sentences,
-    nearest_neighbors,
-    train_skipgram_sentences,
     window_examples,
 )
+from carto_assets.core.skipgram import train_skipgram_sentences
 
 
 def word2vec_reference(sentence: list[int], reduced: list[int]) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Concept-graph influence on hand-wired networks, cascades on a hand-made graph, ablation."""
+"""Concept-graph influence on hand-wired networks, edge sampling and ablation."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,6 @@ from carto_assets.core.influence import (
     PREDICTION,
     PREDICTION_CLUSTER,
     ablation_faithfulness,
-    concept_cascades,
     influence_edges,
     sample_edges,
 )
@@ -248,46 +247,6 @@ def test_ablation_agrees_with_edge_weights():
     )
     with pytest.raises(ValueError, match="pass class_index"):
         ablation_faithfulness(net, ["lower", "upper"], IDENTITY, x, result)
-
-
-def test_cascades_follow_the_strongest_links():
-    edges = {
-        "source_layer": ["A", "A", "A", "A", "B", "B", "C", "B", "A"],
-        "source_cluster": [0, 1, 1, 0, 0, 1, 0, 1, 2],
-        "target_layer": ["B", "B", "B", "B", "C", "C", PREDICTION, PREDICTION, "B"],
-        "target_cluster": [0, 0, 1, 1, 0, 0, -1, -1, 1],
-        "weight": [3.0, 3.0, 5.0, 1.0, 2.0, 4.0, 1.0, 0.0, 9.0],
-    }
-    # A2 is not a node: its strong edge into B1 is not followed.
-    nodes = [("C", 0), ("A", 0), ("A", 1), ("B", 0), ("B", 1)]
-    out = concept_cascades(nodes, edges)
-    chains: dict[tuple, list] = {}
-    for rl, rc, ml, mc, d, direction in zip(
-        out["root_layer"],
-        out["root_cluster"],
-        out["member_layer"],
-        out["member_cluster"],
-        out["depth"],
-        out["direction"],
-    ):
-        chains.setdefault((rl, int(rc), direction), []).append((int(d), ml, int(mc)))
-    assert chains[("C", 0, "down")] == [(1, "B", 1), (2, "A", 1)]
-    assert chains[("C", 0, "up")] == [(1, PREDICTION, -1)]
-    assert chains[("A", 0, "up")] == [(1, "B", 0), (2, "C", 0), (3, PREDICTION, -1)]
-    assert ("A", 0, "down") not in chains
-    # Tie (A0 and A1 both 3.0 into B0): the smaller cluster id wins.
-    assert chains[("B", 0, "down")] == [(1, "A", 0)]
-    # B1 -> prediction has weight 0: not a link; B1 goes up through C0.
-    assert chains[("B", 1, "up")] == [(1, "C", 0), (2, PREDICTION, -1)]
-    # Without A1 among the nodes, B1's best remaining source is A0.
-    fewer = concept_cascades([("B", 1), ("A", 0)], edges)
-    assert list(fewer["member_cluster"][fewer["direction"] == "down"]) == [0]
-    # Row order of the edges does not matter.
-    perm = np.random.default_rng(0).permutation(len(edges["weight"]))
-    shuffled = {k: [v[i] for i in perm] for k, v in edges.items()}
-    again = concept_cascades(nodes, shuffled)
-    for k in out:
-        assert np.array_equal(out[k], again[k])
 
 
 def test_sample_edges_is_seeded():

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference.patches import patch_box
 from torch import nn
 
+from carto_assets.core.hooks import capture
 from carto_assets.core.models import torchvision_model
 from carto_assets.core.patches import (
     crop_patch,
     crop_patches,
     decode_png,
-    patch_box,
     patch_boxes,
     receptive_field,
 )
@@ -134,7 +135,7 @@ def test_receptive_field_grows_the_canvas_and_flags_global_layers():
 
 
 def test_receptive_field_rejects_unknown_layer():
-    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['nope'\]"):
         receptive_field(nn.Sequential(nn.Conv2d(3, 3, 1)), "nope", 8)
 
 
@@ -185,7 +186,32 @@ def test_patch_box_window_bounds_and_shift():
     vec = patch_boxes(np.array([3, 0]), np.array([3, 7]), 8, 8, 64, 16)
     assert vec.shape == (2, 4) and tuple(vec[0]) == (20, 20, 36, 36)
     with pytest.raises(ValueError, match="outside the 8x8 map"):
-        patch_box(8, 0, 8, 8, 64, 16)
+        patch_boxes(np.array([8]), np.array([0]), 8, 8, 64, 16)
+
+
+def _one_box(y, x, map_h, map_w, size, window_px, offset_px):
+    """``patch_boxes`` for a single cell, as a tuple."""
+    box = patch_boxes(
+        np.array([y]), np.array([x]), map_h, map_w, size, window_px, offset_px=offset_px
+    )
+    return tuple(int(v) for v in box[0])
+
+
+@pytest.mark.parametrize("size", [64, 60, (32, 48), (50, 37)])
+def test_patch_boxes_match_the_scalar_reference(size):
+    rng = np.random.default_rng(0)
+    for map_h, map_w in ((1, 1), (7, 7), (8, 8), (13, 5)):
+        ys = rng.integers(0, map_h, 40)
+        xs = rng.integers(0, map_w, 40)
+        for window_px in (1, 8, 13, 24, 500):
+            for offset in ((0.0, 0.0), (0.5, -0.5), (-3.25, 1.75)):
+                got = patch_boxes(ys, xs, map_h, map_w, size, window_px, offset_px=offset)
+                want = [
+                    patch_box(int(y), int(x), map_h, map_w, size, window_px, offset_px=offset)
+                    for y, x in zip(ys, xs)
+                ]
+                assert got.dtype == np.int64
+                assert [tuple(row) for row in got.tolist()] == want
 
 
 class _Blur(nn.Module):
@@ -214,14 +240,9 @@ def _spot_image(size: int, sy: int, sx: int) -> np.ndarray:
 
 
 def _argmax_cell(net: nn.Module, layer: str, img: np.ndarray) -> tuple[int, int, int, int]:
-    maps = {}
-    handle = dict(net.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out: maps.setdefault("out", out)
-    )
-    with torch.no_grad():
+    with capture(net, [layer]) as maps, torch.no_grad():
         net(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
-    handle.remove()
-    out = maps["out"][0, 0]
+    out = maps[layer][0, 0]
     h, w = out.shape
     flat = int(out.argmax())
     return flat // w, flat % w, h, w
@@ -236,7 +257,7 @@ def test_patch_box_centres_on_the_spot(size, layer):
     for sy, sx in rng.integers(6, size - 6, size=(6, 2)):
         img = _spot_image(size, int(sy), int(sx))
         y, x, h, w = _argmax_cell(net, layer, img)
-        top, left, bottom, right = patch_box(y, x, h, w, size, rf.size_px, offset_px=rf.offset_px)
+        top, left, bottom, right = _one_box(y, x, h, w, size, rf.size_px, rf.offset_px)
         assert top <= sy < bottom and left <= sx < right
         # The argmax cell is the one whose field centre is nearest the spot: at most half a
         # cell away, plus one pixel for rounding the box.
@@ -262,7 +283,7 @@ def test_patch_box_exact_for_spots_on_cell_centres(layer):
         img = _spot_image(size, s, s)
         y, x, h, w = _argmax_cell(net, layer, img)
         assert (y, x) == (cell, cell)
-        top, left, bottom, right = patch_box(y, x, h, w, size, rf.size_px, offset_px=rf.offset_px)
+        top, left, bottom, right = _one_box(y, x, h, w, size, rf.size_px, rf.offset_px)
         assert abs((top + bottom) / 2 - (s + 0.5)) <= 1
         assert abs((left + right) / 2 - (s + 0.5)) <= 1
 

@@ -1,17 +1,18 @@
-"""Skip-gram concept embedding of neurons, nearest neighbours and 2-D projection.
+"""Skip-gram with negative sampling on neuron co-occurrences: the concept embedding's trainer.
 
-Neurons that share top-activating images co-occur like words in a sentence
-(NeuroCartography, IEEE TVCG 2022). A skip-gram model with negative sampling,
-trained on the co-occurrence pairs, places neurons that detect related concepts
-close together; UMAP then lays the embedding out in 2-D.
+Neurons that share top-activating images co-occur like words in a sentence (NeuroCartography,
+IEEE TVCG 2022). A skip-gram model with negative sampling, trained on the co-occurrences,
+places neurons that detect related concepts close together. Two trainers share one SGD loop:
+:func:`train_skipgram` on every co-occurring pair, and :func:`train_skipgram_sentences` on one
+sentence per image with word2vec's dynamic window (:mod:`carto_assets.core.sentences`).
+Neighbours are :mod:`carto_assets.core.neighbors`, the 2-D map :mod:`carto_assets.core.projection`.
 
-Pure numpy/torch (umap-learn imported lazily); no orchestration imports.
+Pure numpy/torch; no orchestration imports.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,29 +21,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from carto_assets.core.sentences import image_sentences, window_examples
+from carto_assets.validate import check_float, check_int
+
 __all__ = [
     "BatchGradients",
-    "Sentences",
     "SkipGramResult",
-    "expected_window_weight",
-    "image_sentences",
-    "nearest_neighbors",
-    "project_2d",
     "skipgram_batch_gradients",
     "train_skipgram",
     "train_skipgram_sentences",
-    "window_examples",
 ]
 
 # word2vec's exponent for the negative-sampling distribution.
 UNIGRAM_POWER = 0.75
 # word2vec decays the learning rate linearly to this fraction of its start value.
 MIN_LR_FRACTION = 1e-4
-# Above this many points project_2d lets UMAP find approximate neighbours itself,
-# because the exact O(n^2) search would dominate the run time.
-EXACT_KNN_MAX_POINTS = 50_000
-# Target number of similarity entries held at once by nearest_neighbors (64 MiB of float64).
-_NN_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -156,12 +149,6 @@ def skipgram_batch_gradients(
     return BatchGradients(loss, grad_centres, grad_contexts, grad_negatives)
 
 
-def _check_int(name: str, value: object, minimum: int, *, allow_none: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
 def _check_hyperparameters(
     dim: int,
     epochs: int,
@@ -171,26 +158,20 @@ def _check_hyperparameters(
     negative_group_size: int,
     num_threads: int | None,
 ) -> None:
-    _check_int("dim", dim, 1)
-    _check_int("epochs", epochs, 1)
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float, np.integer, np.floating))
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    _check_int("negatives", negatives, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("negative_group_size", negative_group_size, 1)
+    check_int("dim", dim, minimum=1)
+    check_int("epochs", epochs, minimum=1)
+    check_float("learning_rate", learning_rate, low=0, low_open=True)
+    check_int("negatives", negatives, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("negative_group_size", negative_group_size, minimum=1)
     if num_threads is not None:
-        _check_int("num_threads", num_threads, 1, allow_none=True)
+        check_int("num_threads", num_threads, minimum=1)
 
 
 def _validate_pairs(
     neuron_a: np.ndarray, neuron_b: np.ndarray, count: np.ndarray, n_neurons: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    _check_int("n_neurons", n_neurons, 0)
+    check_int("n_neurons", n_neurons, minimum=0)
     arrays = {
         "neuron_a": np.asarray(neuron_a),
         "neuron_b": np.asarray(neuron_b),
@@ -534,143 +515,6 @@ def _finish(
     return SkipGramResult(vectors, losses, isolated)
 
 
-# ---- sentences and word2vec's dynamic window -------------------------------------------------
-@dataclass(frozen=True)
-class Sentences:
-    """One "sentence" per image shared by >= 2 neurons: the neurons having it in their top-k.
-
-    Attributes
-    ----------
-    neurons : np.ndarray
-        int64 (T,): the tokens, grouped by sentence (in image id order, neuron ids
-        ascending inside a sentence; the trainer shuffles them every epoch).
-    sentence : np.ndarray
-        int64 (T,): the sentence index of each token, non-decreasing.
-    lengths : np.ndarray
-        int64 (S,): tokens per sentence, all >= 2.
-    """
-
-    neurons: np.ndarray
-    sentence: np.ndarray
-    lengths: np.ndarray
-
-
-def image_sentences(neuron_ids: np.ndarray, image_ids: np.ndarray) -> Sentences:
-    """Group top-k rows ``(neuron_ids[i], image_ids[i])`` into one sentence per image.
-
-    Images held by a single neuron form no pair and are dropped; repeated rows count once.
-    """
-    neuron_ids = np.asarray(neuron_ids, dtype=np.int64).ravel()
-    image_ids = np.asarray(image_ids, dtype=np.int64).ravel()
-    if neuron_ids.shape != image_ids.shape:
-        raise ValueError(
-            f"neuron_ids and image_ids must have equal lengths, got {neuron_ids.size} and "
-            f"{image_ids.size}"
-        )
-    if neuron_ids.size == 0:
-        empty = np.empty(0, np.int64)
-        return Sentences(empty, empty, empty)
-    if neuron_ids.min() < 0 or image_ids.min() < 0:
-        raise ValueError("neuron_ids and image_ids must be non-negative")
-    pairs = np.unique(np.stack([image_ids, neuron_ids], axis=1), axis=0)
-    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
-    image_index = np.cumsum(first) - 1
-    sizes = np.bincount(image_index)
-    keep = sizes[image_index] > 1
-    _, sentence = np.unique(image_index[keep], return_inverse=True)
-    sentence = sentence.astype(np.int64)
-    return Sentences(pairs[keep, 1].copy(), sentence, np.bincount(sentence).astype(np.int64))
-
-
-def window_examples(
-    sentences: Sentences, window: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of word2vec's skip-gram examples with a dynamic window.
-
-    Every sentence is shuffled; each token draws a reduced window ``b`` uniform in
-    ``1..window`` and is the centre of one example per token at most ``b``
-    positions away in its sentence (word2vec, ``shrink_windows=True``). The work is
-    O(tokens x window), linear in the top-k entries, whatever the sentence lengths.
-
-    Parameters
-    ----------
-    sentences : Sentences
-        From :func:`image_sentences`.
-    window : int
-        Largest distance between centre and context, >= 1.
-    rng : np.random.Generator
-        Source of the shuffles and reduced windows.
-
-    Returns
-    -------
-    centres, contexts : np.ndarray
-        int64 arrays of equal length, in sentence order (not shuffled across sentences).
-
-    Notes
-    -----
-    In a sentence of length ``L`` the ordered pair (centre ``a``, context ``b``) is
-    trained :func:`expected_window_weight` ``(L, window)`` times per epoch on average.
-    """
-    _check_int("window", window, 1)
-    n_tokens = sentences.neurons.size
-    if n_tokens == 0:
-        empty = np.empty(0, np.int64)
-        return empty, empty
-    # Shuffle inside sentences: sort by (sentence, random key).
-    order = np.lexsort((rng.random(n_tokens), sentences.sentence))
-    tokens = sentences.neurons[order]
-    sentence = sentences.sentence  # unchanged by the in-sentence shuffle
-    starts = np.concatenate([[0], np.cumsum(sentences.lengths)[:-1]])
-    position = np.arange(n_tokens) - starts[sentence]
-    remaining = sentences.lengths[sentence] - 1 - position  # tokens after this one
-    reduced = rng.integers(1, window + 1, n_tokens)
-    centres, contexts = [], []
-    for distance in range(1, window + 1):
-        left = np.flatnonzero(remaining >= distance)  # pairs (left, left + distance)
-        if left.size == 0:
-            break
-        right = left + distance
-        forward = reduced[left] >= distance
-        backward = reduced[right] >= distance
-        centres += [tokens[left[forward]], tokens[right[backward]]]
-        contexts += [tokens[right[forward]], tokens[left[backward]]]
-    return np.concatenate(centres), np.concatenate(contexts)
-
-
-def expected_window_weight(length: int | np.ndarray, window: int) -> np.ndarray:
-    """Expected examples per epoch of one ordered pair (centre a, context b) of a sentence.
-
-    With the sentence shuffled, ``a`` and ``b`` are ``d`` apart with probability
-    ``2 (L - d) / (L (L - 1))``, and ``a``'s reduced window reaches ``d`` with
-    probability ``(window - d + 1) / window``, so the weight is
-    ``sum_{d=1}^{min(window, L-1)} 2 (L - d) (window - d + 1) / (L (L - 1) window)``.
-    For ``L >> window`` it tends to ``(window + 1) / L``: a pair's weight per shared
-    image falls with the number of neurons sharing the image, and every token is the
-    centre of about ``window + 1`` examples per epoch. In a sentence of 2 the
-    weight is 1, exactly as in the all-pairs trainer.
-
-    Parameters
-    ----------
-    length : int or np.ndarray
-        Sentence length(s) ``L``, >= 2.
-    window : int
-        The window, >= 1.
-
-    Returns
-    -------
-    np.ndarray
-        float64, the same shape as ``length``.
-    """
-    _check_int("window", window, 1)
-    length = np.asarray(length, dtype=np.float64)
-    if (length < 2).any():
-        raise ValueError("sentence lengths must be >= 2")
-    d = np.arange(1, window + 1, dtype=np.float64)
-    terms = 2.0 * (length[..., None] - d) * (window - d + 1) / window
-    terms = np.where(d <= length[..., None] - 1, terms, 0.0)
-    return terms.sum(-1) / (length * (length - 1))
-
-
 def train_skipgram_sentences(
     neuron_ids: np.ndarray,
     image_ids: np.ndarray,
@@ -708,7 +552,8 @@ def train_skipgram_sentences(
         is word2vec's: in ``benchmarks/embedding.py`` it matches the all-pairs
         trainer's neighbour precision (sentences up to 6 long are trained on all
         their pairs, on average) at a fraction of its cost on long sentences; the
-        cost grows linearly with it. See :func:`expected_window_weight` for the
+        cost grows linearly with it. See
+        :func:`carto_assets.core.sentences.expected_window_weight` for the
         expected weight of each pair.
     dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads,
     seed, progress
@@ -729,8 +574,8 @@ def train_skipgram_sentences(
     _check_hyperparameters(
         dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
     )
-    _check_int("window", window, 1)
-    _check_int("n_neurons", n_neurons, 0)
+    check_int("window", window, minimum=1)
+    check_int("n_neurons", n_neurons, minimum=0)
     sentences = image_sentences(neuron_ids, image_ids)
     if sentences.neurons.size and sentences.neurons.max() >= n_neurons:
         raise ValueError(
@@ -770,200 +615,3 @@ def train_skipgram_sentences(
         progress=progress,
     )
     return _finish(w_in, losses, isolated, learning_rate, batch_size)
-
-
-def _validate_vectors(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 2:
-        raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
-    if not np.issubdtype(vectors.dtype, np.number) or np.iscomplexobj(vectors):
-        raise ValueError(f"vectors must be real numbers, got dtype {vectors.dtype}")
-    if not np.isfinite(vectors).all():
-        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-        raise ValueError(
-            f"vectors must be finite; {bad.size} row(s) contain NaN or inf, first row {bad[0]}"
-        )
-    return vectors
-
-
-def nearest_neighbors(
-    vectors: np.ndarray, k: int = 10, *, chunk_size: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine nearest neighbours of every row, excluding the row itself.
-
-    Parameters
-    ----------
-    vectors : np.ndarray
-        (n, dim) finite real array. All-zero rows have similarity 0 to everything.
-    k : int
-        Neighbours per row, >= 1. When ``n <= k`` only ``n - 1`` exist, so the
-        result has ``min(k, n - 1)`` columns (no padding).
-    chunk_size : int, optional
-        Rows compared at once; memory is O(n * chunk_size). Default: as many
-        rows as fit in about 8 million similarity entries.
-
-    Returns
-    -------
-    neighbor_idx : np.ndarray
-        int64 (n, min(k, n - 1)), most similar first.
-    similarity : np.ndarray
-        float32 (n, min(k, n - 1)), the matching cosine similarities.
-
-    Notes
-    -----
-    Similarities are computed in float64 and ranked after rounding to float32.
-    Ties (equal float32 similarity, e.g. duplicate or parallel vectors) are broken
-    by the smaller neighbour index, including ties at the k-th place, so the
-    result does not depend on the chunking or on partial-sort internals.
-    """
-    vectors = _validate_vectors(vectors)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-    ):
-        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
-    n = vectors.shape[0]
-    k_eff = min(int(k), max(n - 1, 0))
-    neighbor_idx = np.empty((n, k_eff), dtype=np.int64)
-    similarity = np.empty((n, k_eff), dtype=np.float32)
-    if k_eff == 0:
-        return neighbor_idx, similarity
-
-    unit = vectors.astype(np.float64)
-    norms = np.linalg.norm(unit, axis=1, keepdims=True)
-    np.divide(unit, norms, out=unit, where=norms > 0)
-    unit[norms[:, 0] == 0] = 0.0
-    if chunk_size is None:
-        chunk_size = max(1, _NN_CHUNK_ELEMENTS // n)
-    kth_column = n - k_eff
-    offsets = np.arange(k_eff)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        rows_in_chunk = stop - start
-        # Rounding to float32 (the returned precision) makes equal similarities
-        # compare equal whatever BLAS kernel the chunk shape selects.
-        sims = (unit[start:stop] @ unit.T).astype(np.float32)
-        sims[np.arange(rows_in_chunk), np.arange(start, stop)] = -np.inf
-        kth_value = np.partition(sims, kth_column, axis=1)[:, kth_column]
-        # Every entry tied with the k-th value is a candidate; sorting candidates
-        # by (-similarity, index) makes the tie-break explicit.
-        rows, cols = np.nonzero(sims >= kth_value[:, None])
-        values = sims[rows, cols]
-        order = np.lexsort((cols, -values, rows))
-        first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_in_chunk))[:-1]])
-        take = order[first[:, None] + offsets]
-        neighbor_idx[start:stop] = cols[take]
-        similarity[start:stop] = values[take]
-    return neighbor_idx, similarity
-
-
-def _linear_layout(vectors: np.ndarray) -> np.ndarray:
-    """Deterministic 2-D PCA layout for inputs too small for UMAP."""
-    n = vectors.shape[0]
-    layout = np.zeros((n, 2), dtype=np.float64)
-    if n < 2:
-        return layout.astype(np.float32)
-    centred = vectors.astype(np.float64) - vectors.astype(np.float64).mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    n_comp = min(2, s.size)
-    layout[:, :n_comp] = u[:, :n_comp] * s[:n_comp]
-    # SVD signs are arbitrary; fix them so the layout is reproducible.
-    for j in range(n_comp):
-        col = layout[:, j]
-        if col[np.argmax(np.abs(col))] < 0:
-            layout[:, j] = -col
-    scale = np.abs(layout).max()
-    if scale > 0:
-        layout /= scale
-    return layout.astype(np.float32)
-
-
-def project_2d(
-    vectors: np.ndarray,
-    *,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    seed: int = 0,
-) -> np.ndarray:
-    """Lay the embedding out in 2-D with UMAP (cosine metric).
-
-    Parameters
-    ----------
-    vectors : np.ndarray
-        (n, dim) finite real array, e.g. :attr:`SkipGramResult.vectors`.
-    n_neighbors : int
-        UMAP neighbourhood size, >= 2; clamped to ``n - 1`` for small inputs.
-    min_dist : float
-        UMAP ``min_dist``, in ``[0, 1]`` (UMAP's spread is 1).
-    seed : int
-        UMAP ``random_state``; with it UMAP runs single-threaded and is reproducible.
-
-    Returns
-    -------
-    np.ndarray
-        float32 (n, 2), finite, one row per input row.
-
-    Raises
-    ------
-    ValueError
-        If ``vectors`` is not a finite 2-D real array or a parameter is out of range.
-
-    Notes
-    -----
-    * ``n < 4``: UMAP needs at least 3 neighbours, so the layout is the first two
-      principal components, scaled into ``[-1, 1]`` (zeros for ``n <= 1``).
-    * ``4 <= n <= EXACT_KNN_MAX_POINTS``: the exact cosine neighbours from
-      :func:`nearest_neighbors` are handed to UMAP as ``precomputed_knn``. That
-      is deterministic and skips pynndescent, whose JIT-compiled NN-descent is
-      not cached on disk by numba and costs ~20 s in every new process.
-    * Larger ``n``: UMAP's own approximate neighbour search.
-    * If UMAP ever returns non-finite coordinates, the PCA layout is returned.
-    """
-    vectors = _validate_vectors(vectors)
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
-        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}")
-    if n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}")
-    if not (isinstance(min_dist, (int, float)) and 0.0 <= min_dist <= 1.0):
-        raise ValueError(f"min_dist must be a number in [0, 1], got {min_dist!r}")
-    n = vectors.shape[0]
-    if n < 4:
-        return _linear_layout(vectors)
-
-    with warnings.catch_warnings():
-        # umap warns at import that the optional TensorFlow (ParametricUMAP) is missing.
-        warnings.simplefilter("ignore")
-        import umap  # deferred: importing umap triggers numba compilation
-
-    k = min(int(n_neighbors), n - 1)
-    precomputed_knn = (None, None, None)
-    if n <= EXACT_KNN_MAX_POINTS:
-        idx, sim = nearest_neighbors(vectors, k - 1)
-        # UMAP expects each point to be its own first neighbour at distance 0.
-        knn_idx = np.concatenate([np.arange(n, dtype=np.int64)[:, None], idx], axis=1)
-        knn_dist = np.concatenate(
-            [np.zeros((n, 1), np.float32), np.clip(1.0 - sim, 0.0, 2.0).astype(np.float32)],
-            axis=1,
-        )
-        precomputed_knn = (knn_idx, knn_dist)
-    reducer = umap.UMAP(
-        n_neighbors=k,
-        min_dist=float(min_dist),
-        n_components=2,
-        metric="cosine",
-        random_state=int(seed),
-        precomputed_knn=precomputed_knn,
-    )
-    with warnings.catch_warnings():
-        # Expected and harmless here: no search index for transform(), and
-        # "n_jobs overridden by random_state" (determinism is the point).
-        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
-        layout = reducer.fit_transform(vectors.astype(np.float32))
-    layout = np.asarray(layout, dtype=np.float32)
-    if layout.shape != (n, 2) or not np.isfinite(layout).all():
-        return _linear_layout(vectors)
-    return layout
