@@ -76,3 +76,18 @@ def test_model_fingerprint_tracks_model_and_dataset_settings():
     c = study_from_dict({**DEMO_STUDY, "dataset": {"kind": "shapes", "size": 999}})
     assert a.model_fingerprint() == b.model_fingerprint()
     assert a.model_fingerprint() != c.model_fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fingerprint"),
+    [
+        # Checkpoint cache keys computed before the study models moved to pydantic: a change
+        # here retrains (or reloads) every cached model, so it must be deliberate.
+        (DEMO_STUDY, "282ca857659a78ae"),
+        ({}, "7412844891ede40a"),
+        ({"model": "torchvision:resnet18", "dataset": {"kind": "digits"}}, "3e05821db47f2d61"),
+        ({**DEMO_STUDY, "training": {"epochs": 2, "learning_rate": 1}}, "e2e7e442ba4731ce"),
+    ],
+)
+def test_model_fingerprint_is_pinned(raw, fingerprint):
+    assert study_from_dict(raw).model_fingerprint() == fingerprint
