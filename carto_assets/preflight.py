@@ -116,10 +116,8 @@ def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
 
 def _image_count(study: Study, problems: list[Problem]) -> int | None:
     ds = study.dataset
-    if ds.kind == "shapes":
-        return ds.size or 4000
-    if ds.kind == "digits":
-        return min(ds.size or 1797, 1797)
+    if ds.kind != "imagefolder":
+        return ds.image_count
     from carto_assets.sources.datasets import open_source
 
     try:

@@ -68,9 +68,7 @@ def test_dataloader_workers_give_the_same_shard(tmp_path, make_study):
     prepare_model(study, progress=lambda m: None)
     run_shard(study, 0, progress=lambda m: None)
     main = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
-    import dataclasses
-
-    with_workers = dataclasses.replace(study, loader_workers=2)
+    with_workers = study.model_copy(update={"loader_workers": 2})
     run_shard(with_workers, 0, progress=lambda m: None)
     workers = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
     assert main.equals(workers)

@@ -1,0 +1,101 @@
+"""pydantic's validation errors in the study's words: the field's dotted path, what it must be,
+the value it got (``study field 'dataset.size' must be an integer >= 1, got 0``).
+
+Numbers and choices are worded by :mod:`carto_assets.validate` from the field's constraints,
+other fields by their :class:`~carto_assets.study.models.Allowed` text, rules across fields by
+the :class:`~carto_assets.study.models.InvalidField` their validator raised.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from carto_assets.study.models import LOADER_FIELDS, Allowed, InvalidField, Study
+from carto_assets.validate import check_choice, check_float, check_int
+
+
+class StudyError(ValueError):
+    """A study file is invalid; the message names the field and what is allowed."""
+
+
+def unknown_field(path: str, model: type[BaseModel] = Study) -> StudyError:
+    allowed = sorted(set(model.model_fields) - set(LOADER_FIELDS))
+    return StudyError(f"unknown study field '{path}'; allowed fields: {', '.join(allowed)}")
+
+
+def study_error(exc: ValidationError) -> StudyError:
+    """The first of ``exc``'s errors as a :class:`StudyError`."""
+    errors = exc.errors()
+    # Name an unknown field first: a misspelt key usually explains the other complaints.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    path, model, info = _field_at(first["loc"])
+    if first["type"] == "extra_forbidden":
+        return unknown_field(path, model)
+    return StudyError(_message(first, path, info))
+
+
+def _section(info: FieldInfo) -> type[BaseModel] | None:
+    annotation = info.annotation
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def _field_at(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel], FieldInfo | None]:
+    """The dotted path of ``loc``, the model holding its last part, and that part's field."""
+    model: type[BaseModel] = Study
+    parts: list[str] = []
+    info: FieldInfo | None = None
+    for i, part in enumerate(loc):
+        if not isinstance(part, str) or part not in model.model_fields:
+            parts.append(str(part))  # an unknown key, or a position inside a list
+            info = None
+            break
+        parts.append(part)
+        info = model.model_fields[part]
+        section = _section(info)
+        if section is not None and i < len(loc) - 1:
+            model = section
+    return ".".join(parts), model, info
+
+
+def _bound(info: FieldInfo, name: str) -> float | None:
+    """The field's ``ge``, ``gt`` or ``le`` constraint (``Field(ge=1)``), or None."""
+    return next((getattr(m, name) for m in info.metadata if hasattr(m, name)), None)
+
+
+def _message(error: ErrorDetails, path: str, info: FieldInfo | None) -> str:
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidField):  # its field is relative to the model that raised it
+        if cause.field:
+            path, _, _ = _field_at((*error["loc"], *cause.field.split(".")))
+        return f"study field '{path}' must be {cause.must_be}, got {cause.value!r}"
+    if isinstance(cause, ValueError):  # a carto_assets.validate check: already worded
+        return str(cause)
+    name, value = f"study field '{path}'", error["input"]
+    if info is not None:
+        allowed = next((m.text for m in info.metadata if isinstance(m, Allowed)), None)
+        if allowed is not None:
+            return f"{name} must be {allowed}, got {value!r}"
+        section = _section(info)
+        if section is not None:
+            fields = ", ".join(list(section.model_fields)[:3])
+            return f"{name} must be a mapping ({fields}, ...), got {value!r}"
+        try:
+            if error["type"] == "literal_error":
+                check_choice(name, value, get_args(info.annotation))
+            elif info.annotation in (int, int | None):
+                check_int(name, value, minimum=_bound(info, "ge"), maximum=_bound(info, "le"))
+            elif info.annotation is float:
+                greater = _bound(info, "gt")
+                low = _bound(info, "ge") if greater is None else greater
+                check_float(
+                    name, value, low=low, high=_bound(info, "le"), low_open=greater is not None
+                )
+        except (TypeError, ValueError) as exc:
+            return str(exc)
+    return f"{name}: {error['msg']}, got {value!r}"  # a rule no field describes; should not occur

@@ -1,0 +1,516 @@
+"""The study's fields: one typed, frozen model per block, the one description of every field.
+
+Each field carries its type, default, allowed range (``Field(ge=1)``, ``Literal``, a pattern)
+and meaning (``description``); validators hold the rules that span fields. A field whose rule
+is not a number or a choice says what it accepts with :class:`Allowed`, which
+:mod:`carto_assets.study.messages` uses to word the error.
+
+Nothing here imports dagster or torch, so a study can be checked anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from carto_assets.validate import check_int
+
+DatasetKind = Literal["shapes", "digits", "imagefolder"]
+DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
+DEVICES = ("auto", "cpu", "cuda")
+WEIGHTS_KEYWORDS = ("none", "DEFAULT")
+#: The built-in CNN's stage widths and design revision; part of the checkpoint cache key, so a
+#: change to the architecture never loads an old checkpoint.
+BUILTIN_WIDTHS = (32, 48, 64, 96)
+BUILTIN_REVISION = "stride2-first-block"
+#: Bump when the shapes renderer changes what it draws, so cached checkpoints are retrained.
+SHAPES_REVISION = "filled-only-1"
+#: A study file may not set these: the loader does.
+LOADER_FIELDS = ("base_dir",)
+#: Images the shapes source renders unless ``dataset.size`` says otherwise.
+SHAPES_DEFAULT_SIZE = 4000
+#: scikit-learn's handwritten digits hold this many images.
+DIGITS_COUNT = 1797
+MAX_SHARDS = 100_000
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Field metadata: what the field accepts, in words (the error's "must be ...").
+
+    Numbers and choices need none: their message is worded from the field's constraints.
+    """
+
+    text: str
+
+
+class InvalidField(ValueError):
+    """A broken rule that a constraint cannot express, raised by the validators below.
+
+    ``field`` is the dotted path relative to the model being validated (``None``: the field
+    that a field validator checks); the error message adds the path of that model.
+    """
+
+    def __init__(self, field: str | None, must_be: str, value: Any) -> None:
+        super().__init__(f"{field or 'value'} must be {must_be}, got {value!r}")
+        self.field, self.must_be, self.value = field, must_be, value
+
+
+class _Section(BaseModel):
+    """A nested block of a study: frozen, no unknown keys, no coercion ('4' is not 4)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DatasetConfig(_Section):
+    """Where the images come from."""
+
+    kind: DatasetKind = Field(
+        "shapes",
+        description="shapes (a rendered world with known concepts), digits (scikit-learn's "
+        "handwritten digits) or imagefolder (your images).",
+    )
+    size: int | None = Field(
+        SHAPES_DEFAULT_SIZE,
+        ge=1,
+        description="shapes: number of images to render (default 4000). digits: optional cap "
+        "on the 1,797 images. imagefolder: optional cap on the images mapped.",
+    )
+    image_size: int | None = Field(
+        None,
+        ge=16,
+        le=1024,
+        description="Side of the square model input in pixels (shapes renders at this size; "
+        "digits and folders are resized to it). None means the source's natural size "
+        "(shapes: 64, digits: 32, imagefolder: 224).",
+    )
+    path: Annotated[str | None, Allowed("a folder path (imagefolder only)")] = Field(
+        None,
+        description="imagefolder only: root folder in torchvision ImageFolder layout (one "
+        "subfolder per class).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_shorthand_and_size_default(cls, data: Any) -> Any:
+        if isinstance(data, str):  # `dataset: digits`
+            data = {"kind": data}
+        if isinstance(data, dict) and "size" not in data:
+            # Only shapes has a size of its own; the others map all their images by default.
+            size = SHAPES_DEFAULT_SIZE if data.get("kind", "shapes") == "shapes" else None
+            data = {**data, "size": size}
+        return data
+
+    @model_validator(mode="after")
+    def _path_only_for_folders(self) -> DatasetConfig:
+        if self.kind == "imagefolder" and not self.path:
+            raise InvalidField(
+                "path", "the path of an image folder for kind 'imagefolder'", self.path
+            )
+        if self.kind != "imagefolder" and self.path is not None:
+            raise InvalidField(
+                "path", f"unset for kind {self.kind!r} (only 'imagefolder' takes a path)", self.path
+            )
+        return self
+
+    @property
+    def image_count(self) -> int | None:
+        """Images the study maps when the study alone says (None: count the image folder)."""
+        if self.kind == "shapes":
+            return self.size or SHAPES_DEFAULT_SIZE
+        if self.kind == "digits":
+            return min(self.size or DIGITS_COUNT, DIGITS_COUNT)
+        return self.size
+
+
+class TrainingConfig(_Section):
+    """How the built-in CNN is trained (ignored for torchvision models)."""
+
+    epochs: int = Field(5, ge=1, description="Training epochs.")
+    learning_rate: float = Field(
+        0.003, gt=0.0, le=10.0, description="Adam's peak learning rate (one-cycle schedule)."
+    )
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    holdout_fraction: float = Field(
+        0.2, ge=0.0, le=0.9, description="Share of the images held out to measure accuracy."
+    )
+
+
+class ClusteringConfig(_Section):
+    """Neuron clustering (MinHash + LSH over top-image sets, or exact)."""
+
+    method: Literal["lsh", "exact"] = Field(
+        "lsh",
+        description="lsh (MinHash + LSH, linear in neurons) or exact (inverted index "
+        "image -> neurons).",
+    )
+    threshold: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity of two neurons' top-k image sets at which they count "
+        "as similar; a cluster's average pairwise Jaccard stays at or above it (average "
+        "linkage, no chaining).",
+    )
+    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations.")
+    bands: int | None = Field(
+        None,
+        ge=1,
+        description="LSH bands; give bands and rows both or neither (neither: derived from "
+        "the threshold, favouring recall).",
+    )
+    rows: int | None = Field(None, ge=1, description="LSH rows per band; see bands.")
+    seed: int = Field(1, ge=0, description="MinHash seed (datasketch's scheme).")
+    linkage: Literal["average", "complete"] = Field(
+        "average", description="average or complete linkage for grouping confirmed pairs."
+    )
+
+    @model_validator(mode="after")
+    def _banding_fits(self) -> ClusteringConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise InvalidField("bands", "given together with rows (both or neither)", self.bands)
+        if self.bands is not None and self.rows is not None:
+            product = self.bands * self.rows
+            if product > self.num_perm:
+                raise InvalidField(
+                    "bands",
+                    f"such that bands x rows <= num_perm ({self.bands} x {self.rows} = "
+                    f"{product} > {self.num_perm})",
+                    self.bands,
+                )
+        return self
+
+
+class EmbeddingConfig(_Section):
+    """Neuron embedding (skip-gram with negative sampling) and its 2-D projection."""
+
+    dim: int = Field(30, ge=2, le=4096, description="Embedding dimensions.")
+    epochs: int = Field(
+        10,
+        ge=1,
+        description="Top-k data gives each neuron few examples per epoch; 10 epochs at 0.07 "
+        "was the best setting against gensim in benchmarks/embedding.py (word2vec's 5 at "
+        "0.025 under-trains).",
+    )
+    learning_rate: float = Field(
+        0.07, gt=0.0, le=10.0, description="Initial SGD step, decaying linearly; see epochs."
+    )
+    negatives: int = Field(5, ge=1, le=100, description="Negative samples per example.")
+    batch_size: int = Field(16384, ge=1, description="Training batch size.")
+    window: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="word2vec's dynamic window over each image's shuffled list of neurons: "
+        "the work per epoch is ~ (window + 1) examples per top-k entry, linear in neurons x k "
+        "(all pairs of an image's list would be quadratic in the neurons per image). 5 is "
+        "word2vec's default and kept the all-pairs trainer's neighbour precision in "
+        "benchmarks/embedding.py.",
+    )
+    n_neighbors: int = Field(
+        15, ge=2, le=500, description="UMAP neighbourhood size (clamped for small studies)."
+    )
+    min_dist: float = Field(0.1, ge=0.0, le=1.0, description="UMAP minimum distance.")
+    neighbors: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Nearest neighbours per neuron stored in neuron_neighbors (cosine, "
+        "embedding space).",
+    )
+
+
+class GraphConfig(_Section):
+    """Example patches and the per-class concept graph."""
+
+    patches_per_neuron: int = Field(
+        9,
+        ge=1,
+        le=1000,
+        description="Example patches per neuron (its top images, cropped around the argmax).",
+    )
+    patch_size: int = Field(64, ge=8, le=512, description="Side of an example patch in pixels.")
+    top_neuron_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Per class and layer: the share of the layer's neurons that count as the "
+        "class's most important (Summit/the paper: 10%).",
+    )
+    nodes_per_layer: int = Field(
+        5, ge=1, le=1000, description="Per class and layer: at most this many cluster nodes."
+    )
+    images_per_class: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="Images of the class sampled (seeded) to measure influence edges by "
+        "attribution.",
+    )
+    faithfulness_edges: int = Field(
+        40,
+        ge=0,
+        le=100_000,
+        description="Edges whose source cluster is ablated for the faithfulness check "
+        "(0 = skip the check).",
+    )
+    classes_per_chunk: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="Classes per partition of the concept graph (concept_graph_chunk): chunks "
+        "run in parallel processes (carto run --jobs N, a backfill, a cluster executor).",
+    )
+
+
+class Study(BaseModel):
+    """One validated study. Build it with :func:`load_study` or :func:`study_from_dict`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: Annotated[str, Allowed("letters, digits, '_', '-' or '.' (no spaces)")] = Field(
+        "shapes-demo",
+        pattern=NAME_PATTERN,
+        description="Names the study in the views and in messages.",
+    )
+    model: Annotated[
+        str, Allowed("'builtin' or 'torchvision:<name>', e.g. torchvision:resnet18")
+    ] = Field(
+        "builtin",
+        pattern=r"^(builtin|torchvision:[A-Za-z0-9_]+)$",
+        description="builtin (a small CNN trained on the dataset) or torchvision:<name>.",
+    )
+    weights: Annotated[str, Allowed("none, DEFAULT, a weights enum name or a checkpoint path")] = (
+        Field(
+            "none",
+            min_length=1,
+            description="torchvision only: none, DEFAULT (or any weights enum member name), or a "
+            "path to a local checkpoint (a state dict, loaded with weights_only=True).",
+        )
+    )
+    dataset: Annotated[
+        DatasetConfig,
+        Allowed("a dataset kind or a mapping with 'kind' (and size/image_size/path)"),
+    ] = Field(default_factory=DatasetConfig, description=DatasetConfig.__doc__)
+    layers: tuple[str, ...] | str = Field(
+        "auto", description="auto or a list of module names from model.named_modules()."
+    )
+    device: Annotated[str, Allowed("auto, cpu, cuda or cuda:<index>")] = Field(
+        "auto", pattern=rf"^({'|'.join(DEVICES)}|cuda:\d+)$", description="Where the model runs."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Forward-pass precision: fp32, or bf16/fp16 under torch.autocast (GPUs; "
+        "top-k then holds values rounded to that precision, so near-ties may order "
+        "differently).",
+    )
+    channels_last: Annotated[bool, Allowed("true or false")] = Field(
+        False,
+        description="Run the model in channels_last memory format (faster convolutions on "
+        "recent GPUs).",
+    )
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="DataLoader worker processes that decode images for the activation pass "
+        "(0 = the main process, right for the built-in sources; image folders on a GPU want "
+        "several).",
+    )
+    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    shards: int = Field(
+        4,
+        ge=1,
+        le=MAX_SHARDS,
+        description="Number of activation partitions; images are split into contiguous shards.",
+    )
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per activation shard; when set it wins over shards: image i goes "
+        "to shard i // shard_size, so images appended to a study land in new shards and the "
+        "shards computed before stay valid. shards is then derived "
+        "(ceil(dataset.size / shard_size)).",
+    )
+    top_k: int = Field(50, ge=1, le=100_000, description="Top images kept per neuron.")
+    mass_fraction: float = Field(
+        0.03,
+        gt=0.0,
+        le=1.0,
+        description="Channels whose normalized activation mass adds up to this fraction of an "
+        "image's layer total count as carrying the image (Summit's rule; the paper used 3%).",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seeds the rendered images, the training and the sampling."
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description=TrainingConfig.__doc__
+    )
+    clustering: ClusteringConfig = Field(
+        default_factory=ClusteringConfig, description=ClusteringConfig.__doc__
+    )
+    embedding: EmbeddingConfig = Field(
+        default_factory=EmbeddingConfig, description=EmbeddingConfig.__doc__
+    )
+    graph: GraphConfig = Field(default_factory=GraphConfig, description=GraphConfig.__doc__)
+    database: Annotated[str, Allowed("a path ending in .duckdb")] = Field(
+        "data/carto.duckdb",
+        pattern=r"\.duckdb$",
+        description="DuckDB database file. Relative paths resolve against the study file's "
+        "folder (or the current directory for the built-in study).",
+    )
+    data_dir: Annotated[str | None, Allowed("a folder path")] = Field(
+        None,
+        description="Folder for per-shard Parquet and checkpoints; default: "
+        "<database stem>_files next to the database.",
+    )
+    views_dir: Annotated[str | None, Allowed("a folder path")] = Field(
+        None,
+        description="Folder for the exported views (index.html); default: views next to the "
+        "database.",
+    )
+    base_dir: str = Field(
+        ".",
+        description="Folder that relative paths resolve against (set by load_study; not a "
+        "study file field).",
+    )
+
+    @field_validator("training", "clustering", "embedding", "graph", mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, value: Any) -> Any:
+        # `training:` with nothing under it parses as None in YAML.
+        return {} if value is None else value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_null_is_none(cls, value: Any) -> Any:
+        return "none" if value is None else value
+
+    @field_validator("weights")
+    @classmethod
+    def _builtin_takes_no_weights(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("model") == "builtin" and value != "none":
+            raise InvalidField(None, "none: the builtin model is trained by the study", value)
+        return value
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_auto_or_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value if value == "auto" else (value,)
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(x, str) and x for x in value)
+        ):
+            raise InvalidField(None, "'auto' or a non-empty list of module names", value)
+        if len(set(value)) != len(value):
+            raise InvalidField(None, "a list of unique module names", value)
+        return tuple(value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Study:
+        """Resolve what depends on several fields: file paths, the derived shard count."""
+        base = Path(self.base_dir)
+        # The study is frozen; validation finishes it once, in place, before anyone sees it.
+        set_once = object.__setattr__
+        weights = self.weights
+        if weights not in WEIGHTS_KEYWORDS and (
+            "/" in weights or weights.endswith((".pt", ".pth"))
+        ):
+            ckpt = Path(weights).expanduser()
+            ckpt = ckpt if ckpt.is_absolute() else base / ckpt
+            if not ckpt.is_file():
+                raise InvalidField(
+                    "weights", f"an existing checkpoint file (not at {ckpt})", weights
+                )
+            set_once(self, "weights", str(ckpt))
+        dataset = self.dataset
+        if dataset.kind == "imagefolder":
+            folder = Path(dataset.path).expanduser()  # type: ignore[arg-type]
+            folder = folder if folder.is_absolute() else base / folder
+            if not folder.is_dir():
+                raise InvalidField(
+                    "dataset.path", f"an existing folder (no such folder: {folder})", dataset.path
+                )
+            set_once(self, "dataset", dataset.model_copy(update={"path": str(folder)}))
+        if self.shard_size is not None:
+            n_images = dataset.image_count
+            if n_images is None:
+                raise InvalidField(
+                    "shard_size",
+                    "unset unless dataset.size gives the number of images to map",
+                    self.shard_size,
+                )
+            shards = -(-n_images // self.shard_size)
+            check_int(
+                "study field 'shards' (derived from shard_size)",
+                shards,
+                minimum=1,
+                maximum=MAX_SHARDS,
+            )
+            set_once(self, "shards", shards)
+        if dataset.kind == "shapes" and dataset.size is not None and self.top_k > dataset.size:
+            raise InvalidField(
+                "top_k", f"at most the dataset size ({dataset.size} images)", self.top_k
+            )
+        if dataset.size is not None and self.shards > dataset.size:
+            raise InvalidField(
+                "shards", f"at most the dataset size ({dataset.size} images)", self.shards
+            )
+        return self
+
+    # ---- derived paths -------------------------------------------------------------------
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.database)
+
+    @property
+    def files_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.resolve(self.data_dir)
+        db = self.database_path
+        return db.parent / f"{db.stem}_files"
+
+    @property
+    def views_path(self) -> Path:
+        if self.views_dir is not None:
+            return self.resolve(self.views_dir)
+        return self.database_path.parent / "views"
+
+    @property
+    def is_builtin_model(self) -> bool:
+        return self.model == "builtin"
+
+    @property
+    def torchvision_name(self) -> str | None:
+        return self.model.split(":", 1)[1] if self.model.startswith("torchvision:") else None
+
+    def model_fingerprint(self) -> str:
+        """Hash of every setting the trained/loaded model depends on (cache key)."""
+        relevant = {
+            "model": self.model,
+            "weights": self.weights,
+            "dataset": self.dataset.model_dump(),
+            "training": self.training.model_dump() if self.is_builtin_model else None,
+            "seed": self.seed if self.is_builtin_model or self.weights == "none" else None,
+            "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if self.is_builtin_model else None,
+            "shapes": SHAPES_REVISION if self.dataset.kind == "shapes" else None,
+        }
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump()
+        d["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
+        return d
