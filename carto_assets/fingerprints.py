@@ -6,7 +6,8 @@
   the class list and the identity above); a shard whose stored fingerprint matches is up to
   date.
 
-The model checkpoint's cache key is :meth:`carto_assets.study.Study.model_fingerprint`.
+- :func:`model_fingerprint`: every setting the trained or loaded model depends on, the key
+  of its checkpoint cache.
 """
 
 from __future__ import annotations
@@ -18,12 +19,32 @@ from collections.abc import Sequence
 import polars as pl
 
 from carto_assets.sources.datasets import study_image_size
-from carto_assets.study import Study
+from carto_assets.study import (
+    BUILTIN_REVISION,
+    BUILTIN_WIDTHS,
+    SHAPES_REVISION,
+    Study,
+)
 
 
 def _hash(relevant: object, length: int) -> str:
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def model_fingerprint(study: Study) -> str:
+    """Hash of every setting the trained/loaded model depends on (its checkpoint's cache key)."""
+    builtin = study.is_builtin_model
+    relevant = {
+        "model": study.model,
+        "weights": study.weights,
+        "dataset": study.dataset.model_dump(),
+        "training": study.training.model_dump() if builtin else None,
+        "seed": study.seed if builtin or study.weights == "none" else None,
+        "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if builtin else None,
+        "shapes": SHAPES_REVISION if study.dataset.kind == "shapes" else None,
+    }
+    return _hash(relevant, 16)
 
 
 def shard_model_identity(study: Study) -> str:
@@ -35,7 +56,7 @@ def shard_model_identity(study: Study) -> str:
     torchvision model does not depend on the dataset's size, so adding images keeps it.
     """
     model = (
-        study.model_fingerprint()
+        model_fingerprint(study)
         if study.is_builtin_model
         else {"model": study.model, "weights": study.weights, "kind": study.dataset.kind}
     )

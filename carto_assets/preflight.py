@@ -61,10 +61,10 @@ def _checkpoint_state(path: Path) -> tuple[dict | None, str | None]:
 
 def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
     """Module names of the study's model (built without downloading weights), or None."""
-    from carto_assets.core import models as M
+    from carto_assets.core.models import BuiltinCNN, torchvision_model
 
     if study.is_builtin_model:
-        return [n for n, _ in M.BuiltinCNN(num_classes=10).named_modules() if n]
+        return [n for n, _ in BuiltinCNN(num_classes=10).named_modules() if n]
     import torchvision
 
     name = study.torchvision_name or ""
@@ -87,7 +87,7 @@ def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
             problems.append(Problem("weights", reason))
             return None
         try:
-            model = M.torchvision_model(name, weights)
+            model = torchvision_model(name, weights)
         except (ValueError, RuntimeError) as exc:
             log.info("checkpoint does not fit the model", exc_info=True)
             first = str(exc).splitlines()[0]
@@ -110,7 +110,7 @@ def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
                         f"valid: none, {', '.join(members)} or a checkpoint path",
                     )
                 )
-        model = M.torchvision_model(name, "none")
+        model = torchvision_model(name, "none")
     return [n for n, _ in model.named_modules() if n]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from carto_assets.fingerprints import model_fingerprint
 from carto_assets.study import (
     DEMO_STUDY,
     ClusteringConfig,
@@ -96,8 +97,8 @@ def test_model_fingerprint_tracks_model_and_dataset_settings():
     a = study_from_dict(DEMO_STUDY)
     b = study_from_dict({**DEMO_STUDY, "top_k": 10})
     c = study_from_dict({**DEMO_STUDY, "dataset": {"kind": "shapes", "size": 999}})
-    assert a.model_fingerprint() == b.model_fingerprint()
-    assert a.model_fingerprint() != c.model_fingerprint()
+    assert model_fingerprint(a) == model_fingerprint(b)
+    assert model_fingerprint(a) != model_fingerprint(c)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +113,7 @@ def test_model_fingerprint_tracks_model_and_dataset_settings():
     ],
 )
 def test_model_fingerprint_is_pinned(raw, fingerprint):
-    assert study_from_dict(raw).model_fingerprint() == fingerprint
+    assert model_fingerprint(study_from_dict(raw)) == fingerprint
 
 
 @pytest.mark.parametrize(

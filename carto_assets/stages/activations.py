@@ -25,7 +25,11 @@ import torch
 from carto_assets import progress as progress_of
 from carto_assets.core.activations import Batch, PassResult, activation_pass
 from carto_assets.core.models import resolve_device
-from carto_assets.fingerprints import expected_shard_fingerprint, shard_model_identity
+from carto_assets.fingerprints import (
+    expected_shard_fingerprint,
+    model_fingerprint,
+    shard_model_identity,
+)
 from carto_assets.partitions import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
@@ -179,7 +183,7 @@ def run_shard(
         images_per_second=result.n_images / max(result.seconds, 1e-9),
         n_neurons=info.n_neurons,
         top_k=study.top_k,
-        model_fingerprint=study.model_fingerprint(),
+        model_fingerprint=model_fingerprint(study),
         shard_size=study.shard_size,
         shard_fingerprint=expected_shard_fingerprint(
             images, class_names, shard, shard_model_identity(study)

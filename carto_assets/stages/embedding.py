@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets import progress as progress_of
-from carto_assets.core import cooccurrence as CO
+from carto_assets.core.cooccurrence import cooccurrence_counts
 from carto_assets.core.neighbors import nearest_neighbors
 from carto_assets.core.projection import project_2d
 from carto_assets.core.skipgram import train_skipgram_sentences
@@ -26,7 +26,7 @@ from carto_assets.study import EmbeddingConfig
 def cooccurrence_frame(store: CartoStore) -> pl.DataFrame:
     """``cooccurrence(neuron_a, neuron_b, count)``: neurons sharing top images, a < b."""
     top = store.query("SELECT neuron_id, image_id FROM top_images")
-    a, b, c = CO.cooccurrence_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy())
+    a, b, c = cooccurrence_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy())
     return pl.DataFrame(
         {
             "neuron_a": a.astype(np.int64),

@@ -25,6 +25,7 @@ from carto_assets.core.models import (
     resolve_layers,
     torchvision_model,
 )
+from carto_assets.fingerprints import model_fingerprint
 from carto_assets.sources.datasets import study_image_size
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.study import Study
@@ -73,7 +74,7 @@ class ModelInfo:
 
 
 def model_dir(study: Study) -> Path:
-    return study.files_dir / "model" / study.model_fingerprint()
+    return study.files_dir / "model" / model_fingerprint(study)
 
 
 def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
@@ -174,7 +175,7 @@ def prepare_model(
         model=study.model,
         weights=study.weights,
         input_size=size,
-        fingerprint=study.model_fingerprint(),
+        fingerprint=model_fingerprint(study),
         layers=layer_table(layers),
         n_neurons=sum(int(i.channels or 0) for i in layers),
         n_parameters=sum(p.numel() for p in module.parameters()),

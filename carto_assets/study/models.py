@@ -10,8 +10,6 @@ Nothing here imports dagster or torch, so a study can be checked anywhere.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -495,20 +493,6 @@ class Study(BaseModel):
     @property
     def torchvision_name(self) -> str | None:
         return self.model.split(":", 1)[1] if self.model.startswith("torchvision:") else None
-
-    def model_fingerprint(self) -> str:
-        """Hash of every setting the trained/loaded model depends on (cache key)."""
-        relevant = {
-            "model": self.model,
-            "weights": self.weights,
-            "dataset": self.dataset.model_dump(),
-            "training": self.training.model_dump() if self.is_builtin_model else None,
-            "seed": self.seed if self.is_builtin_model or self.weights == "none" else None,
-            "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if self.is_builtin_model else None,
-            "shapes": SHAPES_REVISION if self.dataset.kind == "shapes" else None,
-        }
-        blob = json.dumps(relevant, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump()
