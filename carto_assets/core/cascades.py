@@ -14,12 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from carto_assets.core.influence import (
-    PREDICTION,
-    PREDICTION_CLUSTER,
-    InfluenceResult,
-    read_edges,
-)
+from carto_assets.core.influence import InfluenceResult, read_edges
+from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 
 
 def concept_cascades(

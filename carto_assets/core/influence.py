@@ -47,22 +47,11 @@ from torch import nn
 
 from carto_assets.core.activations import spatial_max
 from carto_assets.core.hooks import capture, find_modules
+from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER, column_names
 from carto_assets.validate import check_int
 
-#: ``target_layer`` of edges into the class prediction.
-PREDICTION = "prediction"
-#: ``target_cluster`` of edges into the class prediction.
-PREDICTION_CLUSTER = -1
-
-EDGE_COLUMNS = (
-    "source_layer",
-    "source_cluster",
-    "target_layer",
-    "target_cluster",
-    "weight",
-    "signed_weight",
-    "share",
-)
+#: One class's edges: the ``concept_graph_edges`` table without its ``label``.
+EDGE_COLUMNS = tuple(c for c in column_names("concept_graph_edges") if c != "label")
 
 
 @dataclass(frozen=True)

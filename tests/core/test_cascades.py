@@ -3,7 +3,7 @@
 import numpy as np
 
 from carto_assets.core.cascades import concept_cascades
-from carto_assets.core.influence import PREDICTION
+from carto_assets.schema import PREDICTION
 
 
 def test_cascades_follow_the_strongest_links():

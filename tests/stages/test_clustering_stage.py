@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from carto_assets import schema
 from carto_assets.stages.clustering import (
     find_clusters,
     load_neuron_sets,
@@ -25,11 +26,32 @@ def make_store(tmp_path) -> CartoStore:
         rows += [(n, r + 1, r, 10.0 - r) for r in range(10)]
     for n in (5, 6, 7):
         rows += [(n, r + 1, 20 + r, 10.0 - r) for r in range(10)]
-    top = pl.DataFrame(rows, schema=["neuron_id", "rank", "image_id", "activation"], orient="row")
-    neurons = pl.DataFrame({"neuron_id": range(8), "layer": ["l0"] * 8, "layer_index": [0] * 8})
-    images = pl.DataFrame({"image_id": range(40), "label_name": ["a"] * 20 + ["b"] * 20})
-    concepts = pl.DataFrame(
-        {"image_id": range(40), "concept": ["colour"] * 40, "value": ["red"] * 20 + ["blue"] * 20}
+    columns = dict(zip(("neuron_id", "rank", "image_id", "activation"), zip(*rows)))
+    top = schema.frame("top_images", {**columns, "y": [0] * len(rows), "x": [0] * len(rows)})
+    neurons = schema.frame(
+        "neurons",
+        {
+            "neuron_id": range(8),
+            "layer": ["l0"] * 8,
+            "layer_index": [0] * 8,
+            "channel": range(8),
+            "map_height": [1] * 8,
+            "map_width": [1] * 8,
+        },
+    )
+    images = schema.frame(
+        "images",
+        {
+            "image_id": range(40),
+            "shard": [0] * 40,
+            "source": [f"shapes:{i}" for i in range(40)],
+            "label": [0] * 20 + [1] * 20,
+            "label_name": ["a"] * 20 + ["b"] * 20,
+        },
+    )
+    concepts = schema.frame(
+        "image_concepts",
+        {"image_id": range(40), "concept": ["colour"] * 40, "value": ["red"] * 20 + ["blue"] * 20},
     )
     store = CartoStore(tmp_path / "t.duckdb")
     store.replace_tables(
