@@ -102,17 +102,18 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     # The clusters and pairs neuron_clusters stored are scored as they are; only the exact
     # reference is computed here.
     labels, pairs = stage.stored_clustering(store, sets)
-    table, summary = stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
+    report = stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
+    table = report.table
     store.replace_tables({"cluster_quality": table} if len(table) else {})
-    kind = "concept" if "concept_cluster_gain" in summary else "class"
-    cluster_gain = summary.get(f"{kind}_cluster_gain", float("nan"))
-    random_gain = summary.get(f"{kind}_random_gain", float("nan"))
+    kind = "concept" if "concept" in report.gains else "class"
+    cluster_gain = report.gains[kind].cluster_gain if kind in report.gains else float("nan")
+    random_gain = report.gains[kind].random_gain if kind in report.gains else float("nan")
     checks = [
         dg.AssetCheckResult(
             check_name="lsh_pair_recall_at_least_0_95",
-            passed=bool(summary["pair_recall"] >= 0.95),
+            passed=bool(report.pair_recall >= 0.95),
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"pair_recall": summary["pair_recall"]},
+            metadata={"pair_recall": report.pair_recall},
         ),
         dg.AssetCheckResult(
             check_name="clusters_beat_random_groups",
@@ -123,7 +124,7 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
         ),
     ]
     meta: dict = {}
-    for key, value in summary.items():
+    for key, value in report.metadata().items():
         if isinstance(value, dict):
             meta[key] = dg.MetadataValue.json(value)
         else:

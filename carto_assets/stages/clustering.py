@@ -8,7 +8,7 @@ same-layer groups are computed here, on polars tables, and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -420,6 +420,57 @@ def stored_clustering(store: CartoStore, sets: NeuronSets) -> tuple[np.ndarray, 
     return nc["cluster_id"].to_numpy().astype(np.int64), similar
 
 
+@dataclass(frozen=True)
+class KindGains:
+    """Gains of one annotation kind (``concept`` or ``class``), all with :func:`group_gains`."""
+
+    #: mean gain of the multi-unit clusters (NaN without any)
+    cluster_gain: float
+    #: mean gain of random groups of the same sizes and layers
+    random_gain: float
+    #: mean gain of single units (units with top images)
+    single_unit_gain: float
+    #: layer name -> mean single-unit gain
+    single_unit_gain_by_layer: dict[str, float]
+    #: layer name -> share of units with gain >= 0.8
+    units_gain_0_8_by_layer: dict[str, float]
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What ``cluster_quality`` measures: the table, gains per kind, LSH-vs-exact agreement."""
+
+    #: one row per multi-unit cluster and kind (the ``cluster_quality`` table; may be empty)
+    table: pl.DataFrame
+    #: share of units in multi-unit clusters
+    coverage: float
+    n_multi_neuron_clusters: int
+    #: ``concept`` (studies with ground truth) and ``class`` -> their gains
+    gains: dict[str, KindGains]
+    pair_recall: float
+    pair_precision: float
+    n_exact_pairs: int
+    n_method_pairs: int
+    adjusted_rand_index: float
+
+    def metadata(self) -> dict[str, Any]:
+        """Flat figures: ``coverage``, ``{kind}_cluster_gain``, ``{kind}_random_gain``, ... ."""
+        flat: dict[str, Any] = {
+            "coverage": self.coverage,
+            "n_multi_neuron_clusters": self.n_multi_neuron_clusters,
+        }
+        for kind, gains in self.gains.items():
+            flat.update({f"{kind}_{name}": value for name, value in asdict(gains).items()})
+        flat.update(
+            pair_recall=self.pair_recall,
+            pair_precision=self.pair_precision,
+            n_exact_pairs=self.n_exact_pairs,
+            n_method_pairs=self.n_method_pairs,
+            adjusted_rand_index=self.adjusted_rand_index,
+        )
+        return flat
+
+
 def quality(
     sets: NeuronSets,
     labels: np.ndarray,
@@ -428,7 +479,7 @@ def quality(
     cfg: ClusteringConfig,
     seed: int = 0,
     n_draws: int = 20,
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+) -> QualityReport:
     """How much more a cluster's top images share a concept than chance, and agreement of
     ``pairs``/``labels`` (the study's method) with the exact inverted-index pairs.
 
@@ -436,25 +487,15 @@ def quality(
     groups of the same size and layer per cluster, and every single unit, per annotation kind
     (``concept`` on studies with ground truth, ``class`` on every study).
 
-    Returns
-    -------
-    table
-        One row per multi-unit cluster and kind: its best value, ``purity`` (that value's share),
-        ``layer_share``, ``gain`` and ``random_gain`` (mean gain of its random groups).
-    summary
-        ``{kind}_cluster_gain``, ``{kind}_random_gain``, ``{kind}_single_unit_gain`` (means),
-        per layer ``{kind}_single_unit_gain_by_layer`` and ``{kind}_units_gain_0_8_by_layer``
-        (share of units with gain >= 0.8), ``coverage`` (share of units in multi-unit
-        clusters) and the LSH-vs-exact figures.
+    The report's table has one row per multi-unit cluster and kind: its best value,
+    ``purity`` (that value's share), ``layer_share``, ``gain`` and ``random_gain`` (mean gain
+    of its random groups).
     """
     concepts, classes = load_annotations(store)
     sizes = np.bincount(labels)
     multi = np.flatnonzero(sizes >= 2)
     n_units = sets.n_neurons
-    summary: dict[str, Any] = {
-        "coverage": float(np.isin(labels, multi).mean()) if n_units else 0.0,
-        "n_multi_neuron_clusters": int(multi.size),
-    }
+    gains: dict[str, KindGains] = {}
     # Group ids: clusters keep their ids; random groups and single units get their own frames.
     in_multi = np.flatnonzero(np.isin(labels, multi))
     cluster_images = group_images(sets, labels[in_multi].astype(np.int64), in_multi)
@@ -487,16 +528,16 @@ def quality(
             str(layer_names.get(int(sets.layer_values[code]), code))
             for code in by_layer["layer_index"].to_list()
         ]
-        summary[f"{kind}_cluster_gain"] = (
-            float(clusters["gain"].mean()) if len(clusters) else float("nan")
-        )
-        summary[f"{kind}_random_gain"] = float(random_gain.mean()) if random_gain.size else 0.0
-        summary[f"{kind}_single_unit_gain"] = float(unit_gain[alive].mean()) if alive.any() else 0.0
-        summary[f"{kind}_single_unit_gain_by_layer"] = dict(
-            zip(names, [round(v, 4) for v in by_layer["mean"].to_list()])
-        )
-        summary[f"{kind}_units_gain_0_8_by_layer"] = dict(
-            zip(names, [round(v, 4) for v in by_layer["high"].to_list()])
+        gains[kind] = KindGains(
+            cluster_gain=float(clusters["gain"].mean()) if len(clusters) else float("nan"),
+            random_gain=float(random_gain.mean()) if random_gain.size else 0.0,
+            single_unit_gain=float(unit_gain[alive].mean()) if alive.any() else 0.0,
+            single_unit_gain_by_layer=dict(
+                zip(names, [round(v, 4) for v in by_layer["mean"].to_list()])
+            ),
+            units_gain_0_8_by_layer=dict(
+                zip(names, [round(v, 4) for v in by_layer["high"].to_list()])
+            ),
         )
         if len(clusters):
             rows.append(
@@ -509,13 +550,6 @@ def quality(
             )
     exact = find_clusters(sets, cfg, method="exact")
     agreement = pair_agreement(exact.pairs, pairs)
-    summary.update(
-        pair_recall=agreement.recall,
-        pair_precision=agreement.precision,
-        n_exact_pairs=agreement.n_reference,
-        n_method_pairs=agreement.n_candidate,
-        adjusted_rand_index=float(clustering_agreement(exact.clustering.labels, labels)),
-    )
     table = pl.concat(rows) if rows else pl.DataFrame()
     if len(table):
         table = table.select(
@@ -529,4 +563,14 @@ def quality(
             "gain",
             "random_gain",
         ).sort("kind", "cluster_id")
-    return table, summary
+    return QualityReport(
+        table=table,
+        coverage=float(np.isin(labels, multi).mean()) if n_units else 0.0,
+        n_multi_neuron_clusters=int(multi.size),
+        gains=gains,
+        pair_recall=agreement.recall,
+        pair_precision=agreement.precision,
+        n_exact_pairs=agreement.n_reference,
+        n_method_pairs=agreement.n_candidate,
+        adjusted_rand_index=float(clustering_agreement(exact.clustering.labels, labels)),
+    )

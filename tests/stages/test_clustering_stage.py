@@ -82,8 +82,9 @@ def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
     assert np.array_equal(stored_labels, labels)
     assert np.array_equal(stored_pairs.i, result.pairs.i)
     assert np.array_equal(stored_pairs.j, result.pairs.j)
-    table, summary = quality(sets, stored_labels, stored_pairs, store, cfg)
-    concept_rows = table.filter(pl.col("kind") == "concept")
+    report = quality(sets, stored_labels, stored_pairs, store, cfg)
+    summary = report.metadata()
+    concept_rows = report.table.filter(pl.col("kind") == "concept")
     assert concept_rows["purity"].to_list() == [1.0, 1.0]
     assert concept_rows["gain"].to_list() == [1.0, 1.0]
     # Random groups of 3 from this layer rarely hold only red (or only blue) images.
