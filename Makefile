@@ -13,11 +13,12 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The project-local instance: defaults stored in DAGSTER_HOME, telemetry off (no banner).
 INSTANCE_YAML := $(DAGSTER_HOME)/dagster.yaml
 
-.PHONY: demo test ui lint format install instance clean-data help
+.PHONY: demo test test-fast ui lint format install instance clean-data help
 
 help:
 	@echo "make demo   - install and materialize every asset on the built-in shapes study"
 	@echo "make test   - install test dependencies and run the tests"
+	@echo "make test-fast - the unit tier only: no Chromium, no whole-graph materialization"
 	@echo "make ui     - open the Dagster UI (dg dev) on the same instance"
 	@echo "make lint   - ruff check + format check"
 
@@ -53,6 +54,11 @@ demo: install instance
 
 test: install $(VENV)/.chromium $(VENV)/.servers
 	$(VENV)/bin/python -m pytest -q
+
+# The unit tier, for the edit-test loop: everything but the `slow` (whole-graph, cluster, CLI
+# end-to-end) and `browser` tests. `make test` still runs everything.
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow and not browser"
 
 # `dg dev` (what Dagster 1.13 recommends over `dagster dev`) in the activated environment.
 ui: install instance

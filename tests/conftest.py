@@ -61,3 +61,11 @@ def materialized(tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     materialize_all(str(study_file), instance, say=lambda m: None)
     return load_study(study_file), instance, study_file
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whatever materializes the whole asset graph is slow, marked or not, so that
+    ``make test-fast`` (``-m "not slow and not browser"``) never runs it."""
+    for item in items:
+        if "materialized" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

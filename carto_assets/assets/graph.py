@@ -20,10 +20,10 @@ def example_patches(
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
     cfg = study.load()
     store = study.store()
-    parts, info = stage.example_patches(cfg, store, progress=context.log.info)
+    written = stage.example_patches(cfg, store, progress=context.log.info)
     # Loaded from the part files in SQL: the PNGs never sit in this process all at once.
-    store.replace_tables({"example_patches": stage.patches_select(parts)})
-    for part in parts:
+    store.replace_tables({"example_patches": stage.patches_select(written.parts)})
+    for part in written.parts:
         part.unlink()
     # A strip of the first neurons' strongest patches, shown inline in the UI.
     first = store.query(
@@ -33,7 +33,7 @@ def example_patches(
         f"![n{n}](data:image/png;base64,{base64.b64encode(png).decode()})"
         for n, png in zip(first["neuron_id"], first["png"])
     )
-    rf = pl.DataFrame([{"layer": k, **v} for k, v in info["receptive_fields"].items()])
+    rf = pl.DataFrame([{"layer": k, **v} for k, v in written.receptive_fields.items()])
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, "example_patches", preview_rows=0),

@@ -30,7 +30,18 @@ from carto_assets.study import Study
 
 
 # ---- example patches ------------------------------------------------------------------------
-def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[list[Path], dict]:
+@dataclass(frozen=True)
+class PatchParts:
+    """Where :func:`example_patches` wrote its rows, and what the metadata shows."""
+
+    #: Parquet part files holding the ``example_patches`` rows
+    parts: list[Path]
+    #: layer -> ``{"receptive_field_px", "truncated"}``
+    receptive_fields: dict[str, dict[str, Any]]
+    n_images_loaded: int
+
+
+def example_patches(study: Study, store: CartoStore, progress=None) -> PatchParts:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
     around the argmax cell, with a window as large as the layer's receptive field.
 
@@ -96,7 +107,7 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> tuple[lis
     }
     for n in infos.keys() - fields.keys():
         rf_table[n] = {"receptive_field_px": bundle.input_size, "truncated": True}
-    return parts, {"receptive_fields": rf_table, "n_images_loaded": n_loaded}
+    return PatchParts(parts, rf_table, n_loaded)
 
 
 def patches_select(parts: list[Path]) -> str:

@@ -31,9 +31,12 @@ ARGS = [
 if os.environ.get("CI") and not CHROMIUM.exists():
     # `make test` installs Debian's chromium; in CI a missing browser is a failed set-up.
     raise RuntimeError("/usr/bin/chromium is missing in CI: the Makefile's test set-up failed")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"
+    ),
+]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 # Scenegraph walk of one view: every leaf item with its page position and what it shows.
