@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 #: ``target_layer`` of edges into the class prediction (the class's logit).
@@ -465,6 +466,15 @@ def type_matches(declared: str, actual: str) -> bool:
     pattern = re.escape(declared).replace(r"\[", "[").replace(r"\]", "]")
     pattern = re.sub(r"\[(\w+)\]", r"\\[\\d+\\]", pattern).replace("[]", r"\[\]")
     return re.fullmatch(pattern, actual) is not None
+
+
+def describe(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, str]]:
+    """(column, DuckDB type) pairs of table or view ``name`` as ``con`` sees it, in order."""
+    return con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? ORDER BY ordinal_position",
+        [name],
+    ).fetchall()
 
 
 def check_columns(name: str, actual: list[tuple[str, str]]) -> None:

@@ -330,12 +330,7 @@ class CartoStore:
 
 def _check_declared(con: duckdb.DuckDBPyConnection, name: str) -> None:
     if name in schema.TABLES:
-        columns = con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? ORDER BY ordinal_position",
-            [name],
-        ).fetchall()
-        schema.check_columns(name, columns)
+        schema.check_columns(name, schema.describe(con, name))
 
 
 def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:

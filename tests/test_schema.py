@@ -31,12 +31,7 @@ def test_every_declared_type_maps_to_polars_and_back_to_duckdb(tmp_path: Path) -
         con.register("incoming", empty)
         con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
         con.unregister("incoming")
-        actual = con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-            "ORDER BY ordinal_position",
-            [name],
-        ).fetchall()
-        schema.check_columns(name, actual)
+        schema.check_columns(name, schema.describe(con, name))
 
 
 def test_type_matching_treats_array_sizes_as_settings() -> None:
@@ -81,9 +76,4 @@ def test_the_synthetic_view_database_holds_declared_tables(tmp_path: Path) -> No
     ]
     assert set(names) <= set(schema.TABLES)
     for name in names:
-        actual = con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-            "ORDER BY ordinal_position",
-            [name],
-        ).fetchall()
-        schema.check_columns(name, actual)
+        schema.check_columns(name, schema.describe(con, name))
