@@ -143,6 +143,12 @@ TABLES: dict[str, Table] = {
                 "height of the layer's output map (tokens: number of tokens)",
             ),
             ("map_width", "INTEGER", "width of the layer's output map (tokens: 1)"),
+            (
+                "kind",
+                "VARCHAR",
+                "`channel` (a channel of the layer's output) or `feature` (a unit of the "
+                "layer's sparse-autoencoder dictionary, see the `dictionary` asset)",
+            ),
         ),
         _table("top_images", "top_images", *_TOP_K_COLUMNS),
         _table(

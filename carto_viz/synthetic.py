@@ -95,6 +95,7 @@ def make_database(
             "channel": np.arange(n_neurons, dtype=np.int32),
             "map_height": np.full(n_neurons, 4, np.int32),
             "map_width": np.full(n_neurons, 4, np.int32),
+            "kind": ["channel"] * n_neurons,
         },
     )
     cluster_of = np.zeros(n_neurons, np.int64)

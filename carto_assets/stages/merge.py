@@ -45,6 +45,7 @@ def neurons_frame(layers: list[LayerInfo]) -> pl.DataFrame:
             "channel": np.concatenate([np.arange(n) for n in channels] or [np.zeros(0, int)]),
             "map_height": [layers[i].map_size[0] for i in layer_index],
             "map_width": [layers[i].map_size[1] for i in layer_index],
+            "kind": ["channel"] * len(layer_index),
         },
     )
 

@@ -37,6 +37,7 @@ def make_store(tmp_path) -> CartoStore:
             "channel": range(8),
             "map_height": [1] * 8,
             "map_width": [1] * 8,
+            "kind": ["channel"] * 8,
         },
     )
     images = schema.frame(
