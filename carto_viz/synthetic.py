@@ -14,6 +14,9 @@ from PIL import Image
 from carto_assets import schema
 from carto_assets.schema import PREDICTION
 
+#: name of a layer's feature pseudo-layer: ``block3`` -> ``block3:features``.
+FEATURE_LAYER_SUFFIX = ":features"
+
 #: class names that must stay text everywhere (quotes, markup, ampersands, non-ASCII).
 HOSTILE_NAMES = (
     "<script>window.__xss=1</script>",
@@ -71,45 +74,84 @@ def make_database(
     neighbors: int = 4,
     nodes_per_layer: int = 3,
     distinct_patches: int | None = 64,
+    feature_layers: Sequence[str] = (),
+    features_per_layer: int = 16,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic study database with the tables :mod:`carto_viz` needs.
 
-    Neurons are split evenly over ``layers``; clusters hold 1-3 neurons; each class's graph
-    takes the ``nodes_per_layer`` most important clusters of every layer. ``cluster_labels``
-    are cycled over the clusters (default ``"cluster <id>"``). Patches are crops of real
-    photographs; ``distinct_patches`` of them are cycled over all patches (``None``: every
-    patch distinct, as a real study, slower to generate). The quality tables
+    ``n_neurons`` channels are split evenly over ``layers``; clusters hold 1-3 units; each
+    class's graph takes the ``nodes_per_layer`` most important clusters of every layer.
+    ``cluster_labels`` are cycled over the clusters (default ``"cluster <id>"``). Patches are
+    crops of real photographs; ``distinct_patches`` of them are cycled over all patches
+    (``None``: every patch distinct, as a real study, slower to generate). The quality tables
     (``cluster_quality``, ``concept_graph_faithfulness``) are filled with plausible figures.
+
+    Each layer named in ``feature_layers`` also gets a dictionary of ``features_per_layer``
+    feature units (``kind = 'feature'``), in a pseudo-layer ``<layer>:features`` placed right
+    after it, with ids after all channels. Graph edges run from every layer to the next
+    channel layer (or the prediction) and from a channel layer to its feature layer, so either
+    kind alone still draws a connected graph where it can.
     """
+    unknown = [name for name in feature_layers if name not in layers]
+    if unknown:
+        raise ValueError(f"feature_layers {unknown} are not among the layers {list(layers)}")
     rng = np.random.default_rng(seed)
     path = Path(path)
-    n_layers = len(layers)
-    layer_of = np.arange(n_neurons) * n_layers // n_neurons
+    # Graph rows in forward order: each layer, then its feature pseudo-layer if it has one.
+    all_layers: list[str] = []
+    is_feature: list[bool] = []
+    for name in layers:
+        all_layers.append(name)
+        is_feature.append(False)
+        if name in feature_layers:
+            all_layers.append(name + FEATURE_LAYER_SUFFIX)
+            is_feature.append(True)
+    n_layers = len(all_layers)
+    channel_rows = [r for r in range(n_layers) if not is_feature[r]]
+    feature_rows = [r for r in range(n_layers) if is_feature[r]]
+    layer_of = np.arange(n_neurons) * len(layers) // n_neurons
+    n_features = features_per_layer * len(feature_rows)
+    n_units = n_neurons + n_features
+    # Each unit's graph row (its layer_index): channels first, then the features.
+    unit_row = np.concatenate(
+        [
+            np.asarray(channel_rows, np.int64)[layer_of],
+            np.repeat(np.asarray(feature_rows, np.int64), features_per_layer),
+        ]
+    )
+    channel = np.concatenate(
+        [
+            np.arange(n_neurons) - np.searchsorted(layer_of, layer_of),
+            np.tile(np.arange(features_per_layer), len(feature_rows)),
+        ]
+    )
     neurons = schema.frame(
         "neurons",
         {
-            "neuron_id": np.arange(n_neurons, dtype=np.int64),
-            "layer": [layers[i] for i in layer_of],
-            "layer_index": layer_of.astype(np.int32),
-            "channel": np.arange(n_neurons, dtype=np.int32),
-            "map_height": np.full(n_neurons, 4, np.int32),
-            "map_width": np.full(n_neurons, 4, np.int32),
-            "kind": ["channel"] * n_neurons,
+            "neuron_id": np.arange(n_units, dtype=np.int64),
+            "layer": [all_layers[r] for r in unit_row],
+            "layer_index": unit_row.astype(np.int32),
+            "channel": channel.astype(np.int32),
+            "map_height": np.full(n_units, 4, np.int32),
+            "map_width": np.full(n_units, 4, np.int32),
+            "kind": ["feature" if is_feature[r] else "channel" for r in unit_row],
         },
     )
-    cluster_of = np.zeros(n_neurons, np.int64)
+    # Clusters: runs of 1-3 consecutive ids, never across a layer.
+    run_end = np.append(np.flatnonzero(np.diff(unit_row)) + 1, n_units)
+    cluster_of = np.zeros(n_units, np.int64)
     cluster = -1
     i = 0
-    while i < n_neurons:
+    while i < n_units:
         cluster += 1
         take = int(rng.integers(1, 4))
-        end = min(i + take, n_neurons)
-        end = min(end, int(np.searchsorted(layer_of, layer_of[i], side="right")))
+        end = min(i + take, int(run_end[np.searchsorted(run_end, i, side="right")]))
         cluster_of[i:end] = cluster
         i = end
     n_clusters = cluster + 1
-    clusters_layer = [layers[layer_of[np.argmax(cluster_of == c)]] for c in range(n_clusters)]
+    first_unit = np.unique(cluster_of, return_index=True)[1]
+    clusters_layer = [all_layers[unit_row[u]] for u in first_unit]
     labels = [
         cluster_labels[c % len(cluster_labels)] if cluster_labels else f"cluster {c}"
         for c in range(n_clusters)
@@ -143,59 +185,82 @@ def make_database(
             "label_name": [class_names[i // 2] for i in range(n_classes * 2)],
         },
     )
-    score = rng.random((n_classes, n_neurons)) * (rng.random((n_classes, n_neurons)) < 0.4)
+    score = rng.random((n_classes, n_units)) * (rng.random((n_classes, n_units)) < 0.4)
     importance = schema.frame(
         "class_importance",
         {
-            "label": np.repeat(np.arange(n_classes, dtype=np.int32), n_neurons),
-            "neuron_id": np.tile(np.arange(n_neurons, dtype=np.int64), n_classes),
+            "label": np.repeat(np.arange(n_classes, dtype=np.int32), n_units),
+            "neuron_id": np.tile(np.arange(n_units, dtype=np.int64), n_classes),
             "score": score.ravel(),
             "top_mass_count": (score.ravel() * 10).astype(np.int64),
-            "n_images": np.full(n_classes * n_neurons, 10, np.int64),
+            "n_images": np.full(n_classes * n_units, 10, np.int64),
             "mean_activation": score.ravel(),
         },
     )
+
+    def next_channel_row(row: int) -> int | None:
+        return next((r for r in channel_rows if r > row), None)
+
+    def up_chain(row: int) -> list[int | None]:
+        """The channel rows a cascade climbs through from ``row``, then the prediction."""
+        chain: list[int | None] = []
+        while (row := next_channel_row(row)) is not None:
+            chain.append(row)
+        return [*chain, None]
+
+    candidates = [
+        [c for c in range(n_clusters) if clusters_layer[c] == layer] for layer in all_layers
+    ]
     node_rows, edge_rows, cascade_rows = [], [], []
     for label in range(n_classes):
         per_layer: list[list[int]] = []
-        for li, layer in enumerate(layers):
-            cands = [c for c in range(n_clusters) if clusters_layer[c] == layer]
-            imp = {c: float(score[label, members[c]].sum()) for c in cands}
-            chosen = sorted(cands, key=lambda c: (-imp[c], c))[:nodes_per_layer]
+        for li, layer in enumerate(all_layers):
+            imp = {c: float(score[label, members[c]].sum()) for c in candidates[li]}
+            chosen = sorted(candidates[li], key=lambda c: (-imp[c], c))[:nodes_per_layer]
             chosen = [c for c in chosen if imp[c] > 0] or chosen[:1]
             per_layer.append(chosen)
             for c in chosen:
                 node_rows.append((label, c, layer, li, max(imp[c], 1e-3), len(members[c])))
         for li in range(n_layers):
-            targets = per_layer[li + 1] if li + 1 < n_layers else [-1]
+            up = next_channel_row(li)
+            ends = [(all_layers[up], t) for t in per_layer[up]] if up is not None else []
+            ends = ends or [(PREDICTION, -1)]
+            if li + 1 < n_layers and is_feature[li + 1] and not is_feature[li]:
+                ends += [(all_layers[li + 1], t) for t in per_layer[li + 1]]
             for s in per_layer[li]:
-                for t in targets:
+                for tl, t in ends:
                     w = float(rng.random())
-                    tl = layers[li + 1] if li + 1 < n_layers else PREDICTION
-                    edge_rows.append((label, layers[li], s, tl, t, w, w, 0.5))
+                    edge_rows.append((label, all_layers[li], s, tl, t, w, w, 0.5))
         for li in range(n_layers):
+            below = [r for r in reversed(channel_rows) if r < li]
             for root in per_layer[li]:
-                chain = [root]
-                for depth, up in enumerate(range(li + 1, n_layers + 1), start=1):
-                    nxt = per_layer[up][0] if up < n_layers else -1
-                    name = layers[up] if up < n_layers else PREDICTION
-                    cascade_rows.append((label, layers[li], root, name, nxt, depth, "up", 0.5))
-                    chain.append(nxt)
-                for depth, down in enumerate(range(li - 1, -1, -1), start=1):
-                    nxt = per_layer[down][0]
+                for depth, row in enumerate(up_chain(li), start=1):
+                    nxt = per_layer[row][0] if row is not None else -1
+                    name = all_layers[row] if row is not None else PREDICTION
+                    cascade_rows.append((label, all_layers[li], root, name, nxt, depth, "up", 0.5))
+                for depth, row in enumerate(below, start=1):
                     cascade_rows.append(
-                        (label, layers[li], root, layers[down], nxt, depth, "down", 0.5)
+                        (
+                            label,
+                            all_layers[li],
+                            root,
+                            all_layers[row],
+                            per_layer[row][0],
+                            depth,
+                            "down",
+                            0.5,
+                        )
                     )
     graph_nodes = _from_rows("concept_graph_nodes", node_rows)
     graph_edges = _from_rows("concept_graph_edges", edge_rows)
     cascades = _from_rows("concept_cascades", cascade_rows)
-    n_patches = n_neurons * patches_per_neuron
+    n_patches = n_units * patches_per_neuron
     pngs = photo_patches(rng, min(distinct_patches or n_patches, n_patches), patch_size)
     patches = schema.frame(
         "example_patches",
         {
-            "neuron_id": np.repeat(np.arange(n_neurons, dtype=np.int64), patches_per_neuron),
-            "rank": np.tile(np.arange(1, patches_per_neuron + 1, dtype=np.int32), n_neurons),
+            "neuron_id": np.repeat(np.arange(n_units, dtype=np.int64), patches_per_neuron),
+            "rank": np.tile(np.arange(1, patches_per_neuron + 1, dtype=np.int32), n_units),
             "image_id": np.zeros(n_patches, np.int64),
             "top": np.zeros(n_patches, np.int32),
             "left": np.zeros(n_patches, np.int32),
@@ -205,13 +270,13 @@ def make_database(
         },
     )
     centre = rng.normal(size=(n_clusters, 2)) * 5
-    xy = centre[cluster_of] + rng.normal(size=(n_neurons, 2)) * 0.5
+    xy = centre[cluster_of] + rng.normal(size=(n_units, 2)) * 0.5
     projection = schema.frame(
         "neuron_projection", {"neuron_id": neurons["neuron_id"], "x": xy[:, 0], "y": xy[:, 1]}
     )
-    k = min(neighbors, n_neurons - 1)
+    k = min(neighbors, n_units - 1)
     nb_rows = []
-    for lo in range(0, n_neurons, 512):
+    for lo in range(0, n_units, 512):
         d = np.linalg.norm(xy[lo : lo + 512, None, :] - xy[None, :, :], axis=2)
         d[np.arange(d.shape[0]), np.arange(lo, lo + d.shape[0])] = np.inf
         order = np.argpartition(d, k, axis=1)[:, :k]
