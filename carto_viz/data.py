@@ -34,7 +34,8 @@ REQUIRED_TABLES = (
 _QUERIES: dict[str, str] = {
     "images": "SELECT label, any_value(label_name) AS label_name FROM images "
     "GROUP BY label ORDER BY label",
-    "neurons": "SELECT neuron_id, layer, layer_index FROM neurons ORDER BY neuron_id",
+    "neurons": "SELECT neuron_id, layer, layer_index, channel, {kind} AS kind FROM neurons "
+    "ORDER BY neuron_id",
     "neuron_clusters": "SELECT neuron_id, cluster_id FROM neuron_clusters",
     "clusters": "SELECT cluster_id, layer, size, label FROM clusters",
     "class_importance": "SELECT label, neuron_id, score FROM class_importance WHERE score > 0",
@@ -49,6 +50,11 @@ _QUERIES: dict[str, str] = {
     "neuron_neighbors": "SELECT neuron_id, rank, neighbor_id FROM neuron_neighbors",
     "image_count": "SELECT count(*) AS n FROM images",
 }
+
+#: ``neurons.kind``: a channel of a layer's output, or a feature of its sparse-autoencoder
+#: dictionary (in the pseudo-layer ``<layer>:features``). Databases older than the column hold
+#: channels only.
+KINDS = ("channel", "feature")
 
 #: tables the header reads when they exist (quality figures): table -> columns.
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -92,9 +98,9 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
             ).fetchall()
         }
         check_tables(present)
-        tables = {name: con.sql(query).pl() for name, query in _QUERIES.items()}
-        for name, wanted in OPTIONAL_COLUMNS.items():
-            found = {
+
+        def columns(name: str) -> set[str]:
+            return {
                 row[0]
                 for row in con.execute(
                     "SELECT column_name FROM information_schema.columns "
@@ -102,8 +108,14 @@ def load_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
                     [name],
                 ).fetchall()
             }
+
+        # Before neurons.kind every unit was a channel.
+        kind = "coalesce(kind, 'channel')" if "kind" in columns("neurons") else "'channel'"
+        queries = {**_QUERIES, "neurons": _QUERIES["neurons"].format(kind=kind)}
+        tables = {name: con.sql(query).pl() for name, query in queries.items()}
+        for name, wanted in OPTIONAL_COLUMNS.items():
             # A table written by an older version lacks columns: the header just says less.
-            if set(wanted) <= found:
+            if set(wanted) <= columns(name):
                 tables[name] = con.sql(f"SELECT {', '.join(wanted)} FROM {name}").pl()
         return tables
     finally:
@@ -119,6 +131,53 @@ def check_tables(present: set[str] | Mapping[str, object]) -> None:
             f"missing table(s) {', '.join(missing)}: materialize the asset(s) "
             f"{', '.join(assets)} first"
         )
+
+
+def layer_kinds(neurons: pl.DataFrame) -> dict[str, str]:
+    """Each layer's kind of unit (``channel`` or ``feature``), from ``neurons``.
+
+    A table without ``kind`` (older databases) holds channels only.
+
+    Raises
+    ------
+    ValueError
+        If a kind is not one of :data:`KINDS`, or a layer mixes kinds (feature units live in
+        their own pseudo-layer ``<layer>:features``).
+    """
+    if "kind" not in neurons.columns:
+        return dict.fromkeys(neurons["layer"].unique().to_list(), "channel")
+    unknown = sorted(set(neurons["kind"].unique().to_list()) - set(KINDS))
+    if unknown:
+        raise ValueError(f"neurons.kind holds {unknown}; valid kinds are {list(KINDS)}")
+    per_layer = neurons.group_by("layer").agg(pl.col("kind").unique().sort())
+    mixed = [
+        f"{layer!r} ({', '.join(kinds)})"
+        for layer, kinds in per_layer.iter_rows()
+        if len(kinds) > 1
+    ]
+    if mixed:
+        raise ValueError(
+            f"layer(s) {', '.join(sorted(mixed))} mix kinds of unit; feature units belong in "
+            "their own pseudo-layer '<layer>:features'"
+        )
+    return {layer: kinds[0] for layer, kinds in per_layer.iter_rows()}
+
+
+def _neurons(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """``neurons`` with ``kind`` and ``channel`` (all channels, no index, where absent)."""
+    neurons = tables["neurons"]
+    if "kind" not in neurons.columns:
+        neurons = neurons.with_columns(kind=pl.lit("channel"))
+    if "channel" not in neurons.columns:
+        neurons = neurons.with_columns(channel=pl.lit(None, pl.Int32))
+    return neurons
+
+
+def unit_label(kind: str, channel: int | None, layer: str) -> str:
+    """How a unit is named everywhere on the page: ``"channel 5 · block3"``,
+    ``"feature 17 · block3:features"`` (``channel`` is the feature's index in its dictionary)."""
+    index = "" if channel is None else f" {int(channel)}"
+    return f"{kind}{index} · {layer}"
 
 
 def short_label(label: str | None) -> str:
@@ -143,6 +202,7 @@ class ViewData:
 
     ``graphs`` maps a class label to that class's graph (``nodes`` and ``edges`` as columns,
     ``neurons``: the class's neurons as a :func:`bar_list`); the page loads them per class.
+    ``kinds`` are the kinds of unit the study holds, in :data:`KINDS` order.
     """
 
     neurons: list[dict]
@@ -152,16 +212,23 @@ class ViewData:
     layers: list[str]
     max_columns: int
     summary: dict
+    kinds: tuple[str, ...] = ("channel",)
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the page offers the channels / features / both toggle."""
+        return len(self.kinds) > 1
 
 
 def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
-    """One record per neuron: position, layer, cluster and its label, neighbours, patches.
+    """One record per neuron: position, layer, kind, cluster and its label, neighbours, patches.
 
-    ``neighbors`` lists the neuron's nearest neighbours in rank order (a :func:`bar_list`);
-    ``n_patches`` how many example patches it has.
+    ``unit`` names the unit with its kind (:func:`unit_label`); ``neighbors`` lists the
+    neuron's nearest neighbours in rank order (a :func:`bar_list`); ``n_patches`` how many
+    example patches it has.
     """
     neurons = (
-        tables["neurons"]
+        _neurons(tables)
         .join(tables["neuron_projection"], on="neuron_id", how="inner")
         .join(tables["neuron_clusters"].select("neuron_id", "cluster_id"), on="neuron_id")
         .join(
@@ -192,6 +259,8 @@ def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
                 "neuron_id": int(row["neuron_id"]),
                 "layer": row["layer"],
                 "layer_index": int(row["layer_index"]),
+                "kind": row["kind"],
+                "unit": unit_label(row["kind"], row["channel"], row["layer"]),
                 "cluster_id": int(row["cluster_id"]),
                 "cluster_label": label,
                 "cluster_short": short_label(label),
@@ -297,22 +366,25 @@ def graph_records(
 ) -> tuple[dict[int, dict], list[dict], int]:
     """Every class's concept graph laid out for the Graph View, and the row labels.
 
-    Rows are layers (``row`` = layer_index, the prediction node one row above the last layer);
+    Rows are layers (``row`` = layer_index, the prediction node one row above the last layer;
+    feature pseudo-layers are rows like any other);
     within a row nodes are ordered by importance, strongest first, centred on 0 (``col``).
     ``strength`` (node) and ``weight_rel`` (edge) are relative to the class's maximum, so a
     single slider filters both. ``patch`` is the neuron whose rank-1 patch pictures the node:
-    the member most important for the class.
+    the member most important for the class. ``kind`` is the node's layer's kind of unit
+    (:func:`layer_kinds`), ``prediction`` for the prediction node.
 
     Returns
     -------
     graphs
         class label -> ``{"nodes": columns, "edges": columns, "neurons": bar list}``.
     rows
-        ``{row, name}`` per layer, plus ``prediction``.
+        ``{row, name, kind}`` per layer, plus ``prediction`` (kind ``prediction``).
     max_columns
         The most nodes in one row of any class (the graph's width).
     """
     nodes = tables["concept_graph_nodes"]
+    kinds = layer_kinds(_neurons(tables))
     cascades = _cascades(tables["concept_cascades"])
     clusters = tables["clusters"].select(
         "cluster_id", "size", pl.col("label").alias("cluster_label")
@@ -359,6 +431,9 @@ def graph_records(
             "label",
             "cluster_id",
             "layer",
+            pl.col("layer")
+            .replace_strict(kinds, default="channel", return_dtype=pl.Utf8)
+            .alias("kind"),
             pl.col("layer_index").cast(pl.Int64).alias("row"),
             "col",
             pl.col("importance").round(6),
@@ -381,6 +456,7 @@ def graph_records(
             "label",
             pl.lit(PREDICTION_CLUSTER, int_type).alias("cluster_id"),
             pl.lit(PREDICTION).alias("layer"),
+            pl.lit(PREDICTION).alias("kind"),
             pl.lit(top_row, pl.Int64).alias("row"),
             pl.lit(0.0).alias("col"),
             pl.lit(None, pl.Float64).alias("importance"),
@@ -451,8 +527,8 @@ def graph_records(
     layer_rows = (
         tables["neurons"].select("layer", "layer_index").unique().sort("layer_index").iter_rows()
     )
-    rows = [{"row": int(i), "name": name} for name, i in layer_rows]
-    rows.append({"row": top_row, "name": PREDICTION})
+    rows = [{"row": int(i), "name": name, "kind": kinds[name]} for name, i in layer_rows]
+    rows.append({"row": top_row, "name": PREDICTION, "kind": PREDICTION})
     return graphs, rows, max_columns
 
 
@@ -475,13 +551,22 @@ def study_summary(
     vs random same-size groups (``cluster_quality``) and the Spearman correlation of edge
     weight with ablation drop (``concept_graph_faithfulness``, asset ``concept_graph``).
     Cluster gain vs random groups: the mean ``gain`` and ``random_gain`` of ``cluster_quality``.
+    A study with dictionary features counts its units by kind ("240 channels + 1,024
+    features") and its layers without the feature pseudo-layers.
     Every value is plain text; the page shows it with ``textContent``.
     """
     info = dict(study_info or {})
     images = tables.get("image_count")
     n_images = int(images["n"][0]) if images is not None else None
     clusters = tables["clusters"]
-    layers = tables["neurons"].select("layer", "layer_index").unique().sort("layer_index")
+    neurons = _neurons(tables)
+    counts = dict(neurons.group_by("kind").len().iter_rows())
+    units = f"{neurons.height:,}"
+    if counts.get("feature"):
+        units = f"{counts.get('channel', 0):,} channels + {counts['feature']:,} features"
+    # Feature pseudo-layers are not layers of the model.
+    model_layers = neurons.filter(pl.col("kind") == "channel") if counts.get("channel") else neurons
+    layers = model_layers.select("layer", "layer_index").unique().sort("layer_index")
     n_multi = clusters.filter(pl.col("size") >= 2).height
     facts = [
         ["model", " · ".join(str(info[k]) for k in ("model", "weights") if info.get(k))],
@@ -493,7 +578,7 @@ def study_summary(
             f"{layers.height} ({', '.join(layers['layer'].head(4).to_list())}"
             + (", …)" if layers.height > 4 else ")"),
         ],
-        ["neurons", f"{tables['neurons'].height:,}"],
+        ["neurons", units],
         ["clusters", f"{clusters.height:,} ({n_multi:,} with 2+ neurons)"],
     ]
     quality: list[dict] = []
@@ -536,6 +621,7 @@ def view_data(
 ) -> ViewData:
     """All datasets of the page except the patches (see :mod:`carto_viz.sprites`)."""
     check_tables(tables)
+    present = set(layer_kinds(_neurons(tables)).values())
     graphs, rows, max_columns = graph_records(tables)
     classes = [
         {"label": int(label), "name": str(name), "graph": int(label) in graphs}
@@ -557,4 +643,5 @@ def view_data(
         layers=layers,
         max_columns=max_columns,
         summary=study_summary(tables, study_info),
+        kinds=tuple(kind for kind in KINDS if kind in present),
     )

@@ -57,6 +57,10 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
         members.setdefault(int(cid), []).append(int(nid))
     patched = set(tables["example_patches"].filter(pl.col("rank") == 1)["neuron_id"].to_list())
     top_row = int(tables["neurons"]["layer_index"].max()) + 1
+    kind_of = {
+        layer: kind
+        for layer, kind in tables["neurons"].select("layer", "kind").unique().iter_rows()
+    }
 
     out_nodes: dict[int, list[dict]] = {}
     position: dict[tuple[int, int], tuple[float, int]] = {}
@@ -81,6 +85,7 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                 out_nodes.setdefault(label, []).append(
                     {
                         "cluster_id": cid,
+                        "kind": kind_of[row["layer"]],
                         "row": int(layer_index),
                         "col": col,
                         "strength": strength[(label, cid)],
@@ -96,6 +101,7 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
         out_nodes[label].append(
             {
                 "cluster_id": PREDICTION_CLUSTER,
+                "kind": "prediction",
                 "row": top_row,
                 "col": 0.0,
                 "strength": 1.0,
