@@ -17,6 +17,9 @@ signals:
 ``node_pick``     click on a graph node (``cluster_id`` and its cascade), forwarded as
                   ``graph_node``
 ``neuron_cluster`` the cluster of the neuron picked in the projection, set by the page
+``unit_kind``     which units the three views show: ``both``, ``channel`` or ``feature``
+                  (dictionary features), set by the page's toggle; the graph derives from it
+                  ``row_pos`` (each row's position, -1 when hidden) and ``rows_shown``
 
 Images are named ``patch:<neuron>:<rank>`` (or ``thumb:<neuron>:1``, the small copy of a
 neuron's first patch that graph nodes show); the page's loader cuts them out of sprite sheets.
@@ -25,9 +28,11 @@ No user text is ever spliced into an expression: expressions only reference fiel
 
 from __future__ import annotations
 
+import json
+
 import altair as alt
 
-from carto_viz.data import ViewData
+from carto_viz.data import PREDICTION_CLUSTER, ViewData
 
 #: colours by role, read by the tests.
 MEMBER_STROKE = "black"
@@ -55,6 +60,13 @@ _D_PICKED = "picked_neuron >= 0"
 _D_NEIGHBOR = f"{_D_PICKED} && indexof(picked_neighbors, '|' + datum.neuron_id + '|') >= 0"
 _D_CLUSTER = f"{_D_PICKED} && datum.cluster_id == picked_cluster"
 _D_NOTHING = f"!({_D_PICKED}) && graph_node < 0"
+#: a unit (projection point, detail row) of the kind the toggle shows.
+_KIND_SHOWN = "unit_kind == 'both' || datum.kind == unit_kind"
+#: the toggle's choices and the kind each one hides the other of.
+UNIT_CHOICES = ("both", "channel", "feature")
+#: feature units and nodes: a diamond point, a dashed frame, a purple row label.
+FEATURE_SHAPE = "diamond"
+FEATURE_COLOUR = "#7b4fa0"
 
 #: Graph View geometry (pixels).
 ROW_HEIGHT = 92
@@ -75,16 +87,27 @@ def _patch_url(neuron_field: str, rank: str = "1", atlas: str = "patch") -> str:
 
 
 # ---- projection view -------------------------------------------------------------------------
-def projection_chart(n_neurons: int, layers: list[str]) -> alt.Chart:
-    """Neuron Projection View: one circle per neuron at its UMAP position, coloured by depth."""
+def projection_chart(n_neurons: int, layers: list[str], has_features: bool = False) -> alt.Chart:
+    """Neuron Projection View: one circle per neuron at its UMAP position, coloured by depth;
+    with dictionary features, channels are circles and features diamonds."""
     pick = alt.selection_point(
         name="pick", fields=["neuron_id", "cluster_id", "neighbors"], on="click", clear="dblclick"
     )
     zoom = alt.selection_interval(name="zoom", bind="scales")
     size = 60 if n_neurons <= 2000 else 20
+    chart = alt.Chart(_named("neurons"), title="Neuron projection", width=480, height=440)
+    if has_features:
+        chart = chart.mark_point(filled=True, size=size, cursor="pointer", strokeWidth=1.6).encode(
+            shape=alt.Shape(
+                "kind:N",
+                scale=alt.Scale(domain=["channel", "feature"], range=["circle", FEATURE_SHAPE]),
+                legend=alt.Legend(title="unit", orient="right"),
+            )
+        )
+    else:
+        chart = chart.mark_circle(size=size, cursor="pointer", strokeWidth=1.6)
     return (
-        alt.Chart(_named("neurons"), title="Neuron projection", width=480, height=440)
-        .mark_circle(size=size, cursor="pointer", strokeWidth=1.6)
+        chart.transform_filter(_KIND_SHOWN)
         .transform_filter("layer_filter == '' || datum.layer == layer_filter")
         .transform_filter(
             "proj_filter == 'all' || (proj_filter == 'class' && "
@@ -97,7 +120,8 @@ def projection_chart(n_neurons: int, layers: list[str]) -> alt.Chart:
             color=alt.Color(
                 "layer:O",
                 sort=layers,
-                scale=alt.Scale(scheme="viridis"),
+                # Every layer keeps its colour whatever the filters leave.
+                scale=alt.Scale(scheme="viridis", domain=layers),
                 legend=alt.Legend(title="layer (input → output)", symbolLimit=0, labelLimit=110),
             ),
             stroke={
@@ -118,6 +142,7 @@ def projection_chart(n_neurons: int, layers: list[str]) -> alt.Chart:
                 "value": 0.15,
             },
             tooltip=[
+                alt.Tooltip("unit:N"),
                 alt.Tooltip("neuron_id:Q", title="neuron"),
                 alt.Tooltip("layer:N"),
                 alt.Tooltip("cluster_id:Q", title="cluster"),
@@ -143,7 +168,8 @@ _DETAIL_TEXT = 250
 def detail_chart() -> alt.LayerChart:
     """Detail panel: the picked neuron's patches, its cluster's members and its 10 nearest
     neighbours (the paper's "most related neurons"), or the members of the picked graph node;
-    one row per neuron, its text on the left and up to 9 patches on the right."""
+    one row per neuron (of the kinds shown), its text on the left ("#id  kind index · layer
+    concept") and up to 9 patches on the right."""
     role = (
         f"{_D_PICKED} && datum.neuron_id == picked_neuron ? 'selected' : "
         f"({_D_NEIGHBOR}) ? 'neighbour' : "
@@ -155,6 +181,7 @@ def detail_chart() -> alt.LayerChart:
     limit = " : ".join(f"datum.role == '{r}' ? {n}" for r, (_, _, _, n) in _ROLES.items())
     rows = (
         alt.Chart(_named("neurons"))
+        .transform_filter(_KIND_SHOWN)
         .transform_calculate(role=role)
         .transform_filter("datum.role != ''")
         .transform_calculate(
@@ -173,7 +200,7 @@ def detail_chart() -> alt.LayerChart:
         )
         .transform_calculate(
             text=(
-                f"({heading} : '') + '  #' + datum.neuron_id + '  ' + datum.layer"
+                f"({heading} : '') + '  #' + datum.neuron_id + '  ' + datum.unit"
                 " + '  ' + datum.cluster_short"
                 f" + (datum.role == 'neighbour' && ({_D_CLUSTER}) ? '  (same cluster)' : '')"
             )
@@ -243,13 +270,14 @@ def projection_params(data: ViewData) -> list[alt.Parameter]:
         ),
         alt.param(name="graph_node", value=-2),
         alt.param(name="class_neurons", value="|"),
+        alt.param(name="unit_kind", value="both"),
     ]
 
 
 def projection_spec(data: ViewData) -> dict:
     """The projection view's Vega-Lite spec, with the neurons stored once under ``datasets``."""
     chart = (
-        projection_chart(len(data.neurons), data.layers)
+        projection_chart(len(data.neurons), data.layers, data.has_features)
         .add_params(*projection_params(data))
         .configure_view(stroke=None)
     )
@@ -269,6 +297,7 @@ def detail_spec() -> dict:
             alt.param(name="picked_cluster", value=-2),
             alt.param(name="picked_neighbors", value="|"),
             alt.param(name="graph_node", value=-2),
+            alt.param(name="unit_kind", value="both"),
         )
         .configure_view(stroke=None)
     )
@@ -280,27 +309,87 @@ def detail_spec() -> dict:
 
 
 # ---- graph view ------------------------------------------------------------------------------
-def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
+def row_positions(rows: list[dict], shown: str) -> list[int]:
+    """Where each graph row is drawn when the toggle shows ``shown`` units.
+
+    ``rows`` are the graph's ``{row, name, kind}`` (:func:`carto_viz.data.graph_records`);
+    returns a list indexed by ``row``: the row's position from the bottom, counting only the
+    rows shown (the prediction row always is), or -1 for a row hidden (or absent).
+    """
+    if shown not in UNIT_CHOICES:
+        raise ValueError(f"unknown unit choice {shown!r}; valid: {list(UNIT_CHOICES)}")
+    positions = [-1] * (max((r["row"] for r in rows), default=-1) + 1)
+    at = 0
+    for r in sorted(rows, key=lambda r: r["row"]):
+        if shown == "both" or r["kind"] in (shown, "prediction"):
+            positions[r["row"]] = at
+            at += 1
+    return positions
+
+
+def graph_heights(rows: list[dict]) -> dict[str, int]:
+    """The Graph View's plot height (pixels) for each toggle choice: the rows shown."""
+    return {
+        choice: max(1, sum(p >= 0 for p in row_positions(rows, choice))) * ROW_HEIGHT
+        for choice in UNIT_CHOICES
+    }
+
+
+def _by_choice(values: dict[str, object]) -> str:
+    """A Vega expression picking ``values[unit_kind]`` (literals only, never user text)."""
+    both = json.dumps(values["both"])
+    return (
+        f"unit_kind == 'channel' ? {json.dumps(values['channel'])} : "
+        f"unit_kind == 'feature' ? {json.dumps(values['feature'])} : {both}"
+    )
+
+
+def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) -> alt.LayerChart:
     """Graph View: a row per layer (input at the bottom), each node its concept's best patch
-    framed by its importance, its short label under it; edges behind the nodes."""
+    framed by its importance, its short label under it; edges behind the nodes.
+
+    Rows are drawn at ``row_pos[row]``: the toggle hides the other kind's rows (and their
+    nodes and edges) and the rows left close up. With dictionary features, a feature node's
+    frame is dashed and its caption starts with its kind ("feature · colour=red").
+    """
     node_pick = alt.selection_point(
         name="node_pick", fields=["cluster_id", "cascade", "cascade_edges"], on="click"
     )
+    n_rows = len(rows)
     half = (max(max_columns, 1) - 1) / 2 + 0.5
     width = GUTTER + max(max_columns, 1) * COLUMN_WIDTH
     height = max(n_rows, 1) * ROW_HEIGHT
     x = alt.X("col:Q", axis=None, scale=alt.Scale(domain=[-half, half], range=[GUTTER, width]))
-    y = alt.Y("row:Q", axis=None, scale=alt.Scale(domain=[-0.5, n_rows - 0.5], range=[height, 0]))
-    visible = "datum.strength >= min_strength"
+    # Domain and range follow the rows shown: the rows left keep their height, packed at the top.
+    y = alt.Y(
+        "pos:Q",
+        axis=None,
+        scale=alt.Scale(
+            domain=[-0.5, alt.ExprRef("rows_shown - 0.5")],
+            range=[alt.ExprRef(f"rows_shown * {ROW_HEIGHT}"), 0],
+        ),
+    )
+    visible = "datum.pos >= 0 && datum.strength >= min_strength"
     edges = (
         alt.Chart(_named("graph_edges"))
         .mark_rule()
-        .transform_filter("datum.weight_rel >= min_strength && datum.min_strength >= min_strength")
+        .transform_calculate(pos="row_pos[datum.row]", pos2="row_pos[datum.row2]")
+        .transform_filter(
+            "datum.pos >= 0 && datum.pos2 >= 0 && "
+            "datum.weight_rel >= min_strength && datum.min_strength >= min_strength"
+        )
+        .transform_calculate(
+            source="row_kinds[datum.row] + ' cluster ' + datum.source_cluster",
+            target=(
+                f"datum.target_cluster == {PREDICTION_CLUSTER} ? 'prediction' : "
+                "row_kinds[datum.row2] + ' cluster ' + datum.target_cluster"
+            ),
+        )
         .encode(
             x=x,
             y=y,
             x2="col2:Q",
-            y2="row2:Q",
+            y2="pos2:Q",
             strokeWidth=alt.StrokeWidth(
                 "weight_rel:Q", scale=alt.Scale(domain=[0, 1], range=[0.4, 6]), legend=None
             ),
@@ -310,28 +399,47 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
             },
             opacity={"condition": {"test": _CASCADE_EDGE, "value": 1}, "value": 0.5},
             tooltip=[
-                alt.Tooltip("source_cluster:Q", title="from cluster"),
-                alt.Tooltip("target_cluster:Q", title="to cluster"),
+                alt.Tooltip("source:N", title="from"),
+                alt.Tooltip("target:N", title="to"),
                 alt.Tooltip("weight:Q", format=".3f"),
             ],
         )
     )
-    rows = (
+    row_labels = (
         alt.Chart(_named("graph_rows"))
-        .mark_text(align="left", baseline="middle", color="#555", fontSize=11, limit=GUTTER - 10)
-        .encode(x=alt.value(4), y=y, text="name:N")
+        .transform_calculate(pos="row_pos[datum.row]")
+        .transform_filter("datum.pos >= 0")
+        .mark_text(align="left", baseline="middle", fontSize=11, limit=GUTTER - 10)
+        .encode(
+            x=alt.value(4),
+            y=y,
+            text="name:N",
+            color={
+                "condition": {"test": "datum.kind == 'feature'", "value": FEATURE_COLOUR},
+                "value": "#555",
+            },
+        )
     )
     node_tooltip = [
         alt.Tooltip("cluster_label:N", title="concept"),
         alt.Tooltip("cluster_id:Q", title="cluster"),
         alt.Tooltip("layer:N"),
         alt.Tooltip("importance:Q", format=".3f"),
-        alt.Tooltip("size:Q", title="neurons"),
+        alt.Tooltip("members:N", title="units"),
     ]
-    frames = (
+    nodes = (
         alt.Chart(_named("graph_nodes"))
+        .transform_calculate(pos="row_pos[datum.row]")
         .transform_filter(visible)
-        .mark_point(shape="square", filled=True, size=NODE_FRAME**2, cursor="pointer")
+        .transform_calculate(
+            members=(
+                "datum.kind == 'prediction' ? null : "
+                "datum.size + ' ' + datum.kind + (datum.size == 1 ? '' : 's')"
+            ),
+        )
+    )
+    frames = (
+        nodes.mark_point(shape="square", filled=True, size=NODE_FRAME**2, cursor="pointer")
         .encode(
             x=x,
             y=y,
@@ -354,16 +462,26 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
         )
         .add_params(node_pick)
     )
+    if has_features:
+        frames = frames.encode(
+            strokeDash={
+                "condition": {"test": "datum.kind == 'feature'", "value": [5, 3]},
+                "value": [1, 0],
+            }
+        )
     images = (
-        alt.Chart(_named("graph_nodes"))
-        .transform_filter(f"{visible} && isValid(datum.patch)")
+        nodes.transform_filter("isValid(datum.patch)")
         .transform_calculate(url=_patch_url("datum.patch", atlas="thumb"))
         .mark_image(width=NODE_IMAGE, height=NODE_IMAGE, cursor="pointer")
         .encode(x=x, y=y, url="url:N", tooltip=node_tooltip)
     )
+    caption = (
+        "datum.kind == 'prediction' ? datum.short : datum.kind + ' · ' + datum.short"
+        if has_features
+        else "datum.short"
+    )
     labels = (
-        alt.Chart(_named("graph_nodes"))
-        .transform_filter(visible)
+        nodes.transform_calculate(caption=caption)
         .mark_text(
             baseline="top",
             dy=NODE_FRAME / 2 + 3,
@@ -371,15 +489,21 @@ def graph_chart(n_rows: int, max_columns: int) -> alt.LayerChart:
             color="#222",
             limit=COLUMN_WIDTH - 6,
         )
-        .encode(x=x, y=y, text="short:N")
+        .encode(x=x, y=y, text="caption:N")
     )
-    return alt.layer(edges, rows, frames, images, labels, width=width, height=height).resolve_scale(
-        strokeWidth="independent"
-    )
+    return alt.layer(
+        edges, row_labels, frames, images, labels, width=width, height=height
+    ).resolve_scale(strokeWidth="independent")
 
 
-def graph_params() -> list[alt.Parameter]:
-    """Widgets and page-set signals of the graph view."""
+def graph_params(rows: list[dict]) -> list[alt.Parameter]:
+    """Widgets and page-set signals of the graph view; ``row_pos``, ``rows_shown`` and
+    ``row_kinds`` (each row's kind, by ``row``) are derived from ``unit_kind`` and the rows."""
+    positions = {choice: row_positions(rows, choice) for choice in UNIT_CHOICES}
+    shown = {choice: sum(p >= 0 for p in positions[choice]) for choice in UNIT_CHOICES}
+    kinds = [""] * len(positions["both"])
+    for r in rows:
+        kinds[r["row"]] = r["kind"]
     return [
         alt.param(
             name="min_strength",
@@ -389,15 +513,18 @@ def graph_params() -> list[alt.Parameter]:
         alt.param(name="cascade", value=False, bind=alt.binding_checkbox(name="Cascade mode ")),
         alt.param(name="graph_class", value=-1),
         alt.param(name="neuron_cluster", value=-2),
+        alt.param(name="unit_kind", value="both"),
+        alt.param(name="row_pos", expr=_by_choice(positions)),
+        alt.param(name="rows_shown", expr=_by_choice(shown)),
+        alt.param(name="row_kinds", value=kinds),
     ]
 
 
 def graph_spec(data: ViewData) -> dict:
     """The graph view's spec; its datasets start empty and the page fills them per class."""
-    n_rows = len(data.graph_rows)
     chart = (
-        graph_chart(n_rows, data.max_columns)
-        .add_params(*graph_params())
+        graph_chart(data.graph_rows, data.max_columns, data.has_features)
+        .add_params(*graph_params(data.graph_rows))
         .configure_view(stroke=None)
     )
     spec = chart.to_dict()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import vl_convert
 
-from carto_viz.charts import views_spec
+from carto_viz.charts import graph_heights, views_spec
 from carto_viz.data import ViewData, load_tables, view_data
 from carto_viz.sprites import SpriteAtlas, pack_patches
 
@@ -107,6 +107,12 @@ _PAGE = """<!DOCTYPE html>
  aria-controls="class-options"><ul id="class-options" role="listbox" hidden></ul>
 </div>
 <span id="class-note"></span>
+<div id="unit-kind" class="units" role="radiogroup" aria-labelledby="unit-kind-label" hidden>
+<span id="unit-kind-label">Units</span>
+<label><input type="radio" name="unit-kind" value="channel"><span>channels</span></label>
+<label><input type="radio" name="unit-kind" value="feature"><span>features</span></label>
+<label><input type="radio" name="unit-kind" value="both" checked><span>both</span></label>
+</div>
 </div>
 <main>
 <section id="left"><div id="projection"></div><div id="detail"></div></section>
@@ -183,7 +189,9 @@ def _page_data(
         "patches": atlas.manifest(),
         "thumbs": thumbs.manifest(),
         "data_dir": DATA_DIR,
-        "n_layers": len(data.layers),
+        # The toggle shows when the study has features; the graph's height per choice.
+        "unit_kinds": list(data.kinds),
+        "graph_heights": graph_heights(data.graph_rows),
     }
 
 

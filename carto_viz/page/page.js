@@ -1,7 +1,9 @@
 // Cartography page: the thin layer around the two Vega views (carto_viz/page/page.js).
 // - a loader that cuts "patch:<neuron>:<rank>" images out of sprite sheets, loaded lazily;
 // - class search (type-ahead) that loads the class's graph and swaps it into the Graph View;
-// - the header, hover cards with patches, and the links between the two views.
+// - the header, hover cards with patches, and the links between the two views;
+// - the units toggle (channels / features / both) for studies with dictionary features: it
+//   sets the views' `unit_kind` signal, which filters points, detail rows and graph rows.
 // Text from data only ever reaches the DOM through textContent, never as markup.
 (function () {
   "use strict";
@@ -280,6 +282,19 @@
     });
   }
   var classToken = 0;
+  var nodeKinds = new Map();  // cluster -> kind of the current class's graph nodes
+  var unitKind = "both";
+  var graphRows = specs.graph.datasets.graph_rows;
+  function showsKind(kind) { return unitKind === "both" || kind === unitKind; }
+  function describeGraph() {
+    var all = 0, concepts = 0, layers = 0;
+    nodeKinds.forEach(function (kind, cluster) {
+      if (cluster >= 0) { all++; if (showsKind(kind)) concepts++; }
+    });
+    graphRows.forEach(function (r) { if (r.kind !== "prediction" && showsKind(r.kind)) layers++; });
+    note.textContent = all ? concepts + " concepts in " + layers + " layers"
+      : "no concept graph for this class (no important clusters were found)";
+  }
   function setClass(label) {
     var started = performance.now(), token = ++classToken;
     var c = byLabel.get(label);
@@ -289,13 +304,12 @@
       if (token !== classToken) return null;
       var g = views.graph;
       var nodes = zip(graph.nodes), edges = zip(graph.edges);
+      nodeKinds = new Map(nodes.map(function (n) { return [n.cluster_id, n.kind]; }));
       g.data("node_pick_store", []);
       g.data("graph_nodes", nodes).data("graph_edges", edges).signal("graph_class", label);
       views.projection.signal("class_neurons", graph.neurons).signal("graph_node", -2);
       views.detail.signal("graph_node", -2);
-      var concepts = nodes.filter(function (n) { return n.cluster_id >= 0; }).length;
-      note.textContent = concepts ? concepts + " concepts in " + page.n_layers +
-        " layers" : "no concept graph for this class (no important clusters were found)";
+      describeGraph();
       document.body.setAttribute("data-class", String(label));
       return Promise.all([g.runAsync(), views.projection.runAsync(), views.detail.runAsync()]);
     }).then(function () {
@@ -303,6 +317,41 @@
     });
   }
   window.cartoSetClass = setClass;
+
+  // ---- units: channels, features or both ----------------------------------------------------
+  var units = document.getElementById("unit-kind");
+  var UNIT_CHOICES = ["both", "channel", "feature"];
+  function hidden(kind, shown) { return shown !== "both" && kind !== shown; }
+  function setUnits(kind) {
+    if (UNIT_CHOICES.indexOf(kind) < 0) return Promise.resolve();
+    var started = performance.now();
+    var p = views.projection, g = views.graph, d = views.detail;
+    // A selection of the kind now hidden goes (its listeners clear the linked signals).
+    var pick = p.signal("pick");
+    var picked = pick && pick.neuron_id ? byNeuron.get(pick.neuron_id[0]) : null;
+    if (picked && hidden(picked.kind, kind)) p.data("pick_store", []);
+    var nodePick = g.signal("node_pick");
+    var node = nodePick && nodePick.cluster_id ? nodePick.cluster_id[0] : null;
+    if (node !== null && hidden(nodeKinds.get(node), kind)) g.data("node_pick_store", []);
+    p.signal("unit_kind", kind);
+    d.signal("unit_kind", kind);
+    g.signal("unit_kind", kind).height(page.graph_heights[kind]);
+    var radio = units.querySelector("input[value=" + kind + "]");
+    if (radio && !radio.checked) radio.checked = true;
+    document.body.setAttribute("data-units", kind);
+    unitKind = kind;
+    describeGraph();
+    return Promise.all([p.runAsync(), d.runAsync(), g.runAsync()]).then(function () {
+      window.cartoUnits = { kind: kind, ms: performance.now() - started };
+    });
+  }
+  window.cartoSetUnits = setUnits;
+  if (page.unit_kinds.length > 1) {
+    units.hidden = false;
+    units.addEventListener("change", function (e) {
+      if (e.target && e.target.name === "unit-kind") setUnits(e.target.value);
+    });
+  }
 
   function link() {
     var p = views.projection, g = views.graph, d = views.detail;

@@ -64,6 +64,8 @@ ITEMS_JS = """(name) => {
           : mark.marktype === 'text' ? 'text' : mark.role === 'axis' ? 'axis' : 'other',
         role: mark.role || null,
         neuron_id: d.neuron_id, cluster_id: d.cluster_id, text: item.text,
+        unit_kind: d.kind, source: d.source_cluster, target: d.target_cluster,
+        shape: item.shape || null, dash: item.strokeDash || null,
         url: item.url || null,
         loaded: !!(item.image && item.image.complete && item.image.naturalWidth > 0),
         stroke: item.stroke || null,
@@ -245,6 +247,8 @@ def test_page_before_a_selection(browser, synthetic):
             assert [i for i in page.items(view) if i["role"] == "axis"] == []
         _check_page_shows_concepts(page)
         assert page.items("graph", "node-label")[0]["text"] in {"colour=red", "shape=heart"}
+        # A study without dictionary features offers no units toggle.
+        assert page.page.is_hidden("#unit-kind")
     finally:
         page.close()
 
@@ -381,6 +385,127 @@ def test_hostile_text_stays_text(browser, tmp_path):
         page.click(neuron)
         assert page.page.evaluate("window.__xss") is None
         assert page.dialogs == [] and page.errors == [] and page.offline() == []
+    finally:
+        page.close()
+
+
+def _unit_kinds(db: Path) -> tuple[dict[int, str], dict[str, str]]:
+    """Each neuron's kind and each layer's kind, from the database."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT neuron_id, layer, kind FROM neurons").fetchall()
+    finally:
+        con.close()
+    return {int(n): k for n, _, k in rows}, {layer: k for _, layer, k in rows}
+
+
+def _set_units(page: Page, kind: str, *, key: str | None = None) -> float:
+    """Choose ``kind`` with the toggle (a click on its label, or ``key`` pressed in the radio
+    group); returns the switch time in ms as the page measured it."""
+    page.page.evaluate("window.cartoUnits = undefined")
+    if key:
+        page.page.keyboard.press(key)
+    else:
+        page.page.click(f"#unit-kind input[value={kind}] + span")
+    page.page.wait_for_function(
+        f"window.cartoUnits && window.cartoUnits.kind === '{kind}'", timeout=20_000
+    )
+    page.settle()
+    return page.page.evaluate("window.cartoUnits.ms")
+
+
+def _check_units_shown(page: Page, kinds: dict[int, str], layers: dict[str, str], shown: str):
+    """Only units, graph rows, nodes and edges of the kind ``shown`` are drawn (both: all)."""
+    wanted = {n for n, k in kinds.items() if shown in ("both", k)}
+    points = page.items("projection", "neuron")
+    assert {p["neuron_id"] for p in points} == wanted
+    rows = [t["text"] for t in page.items("graph", "text") if t["text"]]
+    assert "prediction" in rows
+    assert {r for r in rows if r != "prediction"} == {
+        layer for layer, k in layers.items() if shown in ("both", k)
+    }
+    frames = [f for f in page.items("graph", "frame") if f["cluster_id"] >= 0]
+    assert frames and all(shown in ("both", f["unit_kind"]) for f in frames)
+    ends = {f["cluster_id"] for f in frames} | {-1}
+    edges = page.items("graph", "edge")
+    assert all(e["source"] in ends and e["target"] in ends for e in edges)
+    # The rows shown close up: the graph is as tall as its rows.
+    heights = page.page.evaluate("JSON.parse(document.getElementById('carto-page').textContent)")
+    assert (
+        page.page.evaluate("window.cartoViews.graph.height()") == (heights["graph_heights"][shown])
+    )
+    return points, frames, edges
+
+
+@pytest.fixture(scope="module")
+def with_features(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("kinds")
+    db = make_database(
+        folder / "k.duckdb",
+        n_neurons=36,
+        class_names=("cat", "dog", HOSTILE_NAMES[1]),
+        feature_layers=("conv2", "conv3"),
+        features_per_layer=10,
+    )
+    export_views(db, folder / "out", study_info={"name": "features"})
+    return db, folder / "out" / "index.html"
+
+
+def test_units_toggle(browser, with_features, tmp_path, capsys):
+    db, html = with_features
+    kinds, layers = _unit_kinds(db)
+    features = {n for n, k in kinds.items() if k == "feature"}
+    page = Page(browser, html)
+    try:
+        assert page.errors == [] and page.offline() == []
+        assert "36 channels + 20 features" in page.page.inner_text("#study-facts")
+        # The toggle shows, "both" chosen: everything drawn, features as diamonds.
+        assert page.page.is_visible("#unit-kind")
+        assert page.page.is_checked("#unit-kind input[value=both]")
+        points, frames, _ = _check_units_shown(page, kinds, layers, "both")
+        assert {p["shape"] for p in points if p["neuron_id"] in features} == {"diamond"}
+        assert {p["shape"] for p in points if p["neuron_id"] not in features} == {"circle"}
+        _check_page_shows_concepts(page)
+        # Captions and frames carry the kind; the prediction node keeps the class's name.
+        captions = {t["cluster_id"]: t["text"] for t in page.items("graph", "node-label")}
+        for frame in frames:
+            assert captions[frame["cluster_id"]].startswith(frame["unit_kind"] + " · ")
+            assert (frame["dash"] == [5, 3]) == (frame["unit_kind"] == "feature")
+        assert captions[-1] == "cat"
+        # Hover a feature: its card names it by kind, index and pseudo-layer.
+        feature = next(p for p in points if p["neuron_id"] == min(features))
+        page.hover(feature)
+        assert "feature 0 · conv2:features" in page.page.inner_text("#carto-card")
+        # Pick a feature, then show features only: its detail rows stay, all features.
+        page.click(feature)
+        switch_ms = [_set_units(page, "feature")]
+        _check_units_shown(page, kinds, layers, "feature")
+        n_concepts = len([f for f in page.items("graph", "frame") if f["cluster_id"] >= 0])
+        assert page.page.inner_text("#class-note") == f"{n_concepts} concepts in 2 layers"
+        detail = [t["text"] for t in page.items("detail", "detail-text")]
+        assert detail[0].startswith(f"selected  #{feature['neuron_id']}  feature 0 · ")
+        assert all(" feature " in t and " channel " not in t for t in detail)
+        assert {int(t.split("#")[1].split()[0]) for t in detail} <= features
+        _check_page_shows_concepts(page)
+        # Keyboard: the radio group moves to "channels"; the picked feature is let go.
+        page.page.focus("#unit-kind input[value=feature]")
+        switch_ms.append(_set_units(page, "channel", key="ArrowLeft"))
+        assert page.page.is_checked("#unit-kind input[value=channel]")
+        _check_units_shown(page, kinds, layers, "channel")
+        assert page.items("detail", "detail-text") == []
+        assert page.page.evaluate("window.cartoViews.detail.signal('picked_neuron')") == -1
+        _check_node_click(page, db)
+        page.page.screenshot(path=str(tmp_path / "channels.png"), full_page=True)
+        # Back to both.
+        switch_ms.append(_set_units(page, "both"))
+        _check_units_shown(page, kinds, layers, "both")
+        assert page.errors == [] and page.offline() == [] and page.dialogs == []
+        with capsys.disabled():
+            print(
+                f"\n[units toggle] {len(kinds)} units: switch "
+                + "/".join(f"{ms:.0f}" for ms in switch_ms)
+                + " ms (features/channels/both)"
+            )
     finally:
         page.close()
 

@@ -13,6 +13,7 @@ from PIL import Image
 from viz_reference import graph_nodes_and_edges
 
 from carto_viz import export_views, load_tables, script_json, view_data, views_spec
+from carto_viz.charts import ROW_HEIGHT, graph_heights, row_positions
 from carto_viz.data import short_label, study_summary
 from carto_viz.export import DATA_DIR, render_page
 from carto_viz.sprites import FORMATS, cut_patch, pack_patches
@@ -34,6 +35,23 @@ def tables(db):
     return load_tables(db)
 
 
+@pytest.fixture(scope="module")
+def feature_db(tmp_path_factory):
+    """Channels in three layers, and a 12-feature dictionary of conv2 (conv2:features)."""
+    return make_database(
+        tmp_path_factory.mktemp("features") / "f.duckdb",
+        n_neurons=40,
+        class_names=("cat", "dog"),
+        feature_layers=("conv2",),
+        features_per_layer=12,
+    )
+
+
+@pytest.fixture(scope="module")
+def feature_tables(feature_db):
+    return load_tables(feature_db)
+
+
 def test_specs_and_params(tables):
     data = view_data(tables)
     specs = views_spec(data)
@@ -43,6 +61,8 @@ def test_specs_and_params(tables):
     assert {"pick", "zoom", "proj_filter", "layer_filter", "graph_node", "class_neurons"} <= params
     assert {"picked_neuron", "picked_cluster", "picked_neighbors"} <= params
     assert {"node_pick", "min_strength", "cascade", "graph_class", "neuron_cluster"} <= params
+    for spec in specs.values():  # the page's units toggle drives all three views
+        assert "unit_kind" in {p["name"] for p in spec["params"]}
     zoom = next(p for p in specs["projection"]["params"] if p["name"] == "zoom")
     assert zoom["bind"] == "scales"
     # The graph's data is swapped in per class by the page: the spec holds only the rows.
@@ -58,7 +78,9 @@ def test_specs_and_params(tables):
     assert specs["graph"]["height"] >= 5 * 80
 
 
-def test_graph_layout_matches_reference(tables):
+@pytest.mark.parametrize("study", ["tables", "feature_tables"])
+def test_graph_layout_matches_reference(study, request):
+    tables = request.getfixturevalue(study)
     data = view_data(tables)
     nodes, edges = graph_nodes_and_edges(tables)
     assert set(data.graphs) >= set(nodes)
@@ -95,6 +117,74 @@ def test_class_neurons_hold_the_graph_members(tables):
         for cid in graph["nodes"].get("cluster_id", []):
             if cid >= 0:
                 assert set(members[cid]) <= listed
+
+
+def test_units_carry_their_kind(feature_tables):
+    data = view_data(feature_tables)
+    assert data.kinds == ("channel", "feature") and data.has_features
+    units = {n["neuron_id"]: n for n in data.neurons}
+    features = [n for n in data.neurons if n["kind"] == "feature"]
+    assert len(features) == 12 and len(units) == 52
+    assert {n["layer"] for n in features} == {"conv2:features"}
+    assert sorted(n["unit"] for n in features)[:2] == [
+        "feature 0 · conv2:features",
+        "feature 1 · conv2:features",
+    ]
+    table = feature_tables["neurons"].select("neuron_id", "layer", "channel", "kind")
+    assert {n: u["unit"] for n, u in units.items()} == {
+        n: f"{kind} {channel} · {layer}" for n, layer, channel, kind in table.iter_rows()
+    }
+    # Graph rows and nodes: a node's kind is its layer's; the feature row sits after conv2.
+    assert [(r["name"], r["kind"]) for r in data.graph_rows] == [
+        ("conv1", "channel"),
+        ("conv2", "channel"),
+        ("conv2:features", "feature"),
+        ("conv3", "channel"),
+        ("prediction", "prediction"),
+    ]
+    kind_of = {
+        **dict(table.select("layer", "kind").unique().iter_rows()),
+        "prediction": "prediction",
+    }
+    for graph in data.graphs.values():
+        nodes = graph["nodes"]
+        assert nodes["kind"] == [kind_of[layer] for layer in nodes["layer"]]
+        assert "feature" in nodes["kind"]
+    facts = dict(data.summary["facts"])
+    assert facts["neurons"] == "40 channels + 12 features"
+    assert facts["layers"] == "3 (conv1, conv2, conv3)"
+
+
+def test_row_positions_close_up_the_rows_shown(feature_tables):
+    rows = view_data(feature_tables).graph_rows
+    assert row_positions(rows, "both") == [0, 1, 2, 3, 4]
+    assert row_positions(rows, "channel") == [0, 1, -1, 2, 3]
+    assert row_positions(rows, "feature") == [-1, -1, 0, -1, 1]
+    assert graph_heights(rows) == {
+        "both": 5 * ROW_HEIGHT,
+        "channel": 4 * ROW_HEIGHT,
+        "feature": 2 * ROW_HEIGHT,
+    }
+    with pytest.raises(ValueError, match="unknown unit choice 'features'"):
+        row_positions(rows, "features")
+    specs = views_spec(view_data(feature_tables))
+    params = {p["name"]: p for p in specs["graph"]["params"]}
+    assert params["row_pos"]["expr"].endswith("[0, 1, 2, 3, 4]")
+    assert params["row_kinds"]["value"][2] == "feature"
+    shape = specs["projection"]["encoding"]["shape"]
+    assert shape["field"] == "kind" and shape["scale"]["range"] == ["circle", "diamond"]
+
+
+def test_bad_kinds_are_refused(feature_tables):
+    neurons = feature_tables["neurons"]
+    odd = {**feature_tables, "neurons": neurons.with_columns(kind=pl.lit("latent"))}
+    with pytest.raises(ValueError, match=r"neurons.kind holds \['latent'\]"):
+        view_data(odd)
+    mixed = neurons.with_columns(
+        kind=pl.when(pl.col("neuron_id") == 0).then(pl.lit("feature")).otherwise("kind")
+    )
+    with pytest.raises(ValueError, match=r"layer\(s\) 'conv1' \(channel, feature\) mix"):
+        view_data({**feature_tables, "neurons": mixed})
 
 
 def test_short_label():
@@ -231,6 +321,27 @@ def test_older_quality_table_is_left_out(db, tmp_path):
     con.close()
     summary = study_summary(load_tables(copy))
     assert [q["asset"] for q in summary["quality"]] == ["concept_graph"]
+
+
+def test_database_without_kind_holds_channels(db, tmp_path):
+    """Databases written before neurons.kind still export: every unit is a channel."""
+    copy = tmp_path / "old.duckdb"
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute("ALTER TABLE neurons DROP COLUMN kind")
+    con.close()
+    tables = load_tables(copy)
+    assert set(tables["neurons"]["kind"]) == {"channel"}
+    data = view_data(tables)
+    assert data.kinds == ("channel",) and not data.has_features
+    assert {n["unit"].split()[0] for n in data.neurons} == {"channel"}
+    result = export_views(copy, tmp_path / "out")
+    html = result.html_path.read_text(encoding="utf-8")
+    start = html.index('id="carto-page">') + len('id="carto-page">')
+    page = json.loads(html[start : html.index("</script>", start)])
+    assert page["unit_kinds"] == ["channel"]
+    assert '<div id="unit-kind" class="units" role="radiogroup"' in html
+    assert 'aria-labelledby="unit-kind-label" hidden>' in html
 
 
 def test_missing_table_names_the_asset(db, tmp_path):
