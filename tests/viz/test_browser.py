@@ -364,6 +364,8 @@ def test_hostile_text_stays_text(browser, tmp_path):
         class_names=HOSTILE_NAMES,
         cluster_labels=HOSTILE_NAMES,
         layers=("l<1>", 'l"2', "l</script>3"),
+        feature_layers=("l</script>3",),
+        features_per_layer=6,
     )
     result = export_views(db, tmp_path / "out", study_info={"name": HOSTILE_NAMES[0]})
     page = Page(browser, result.html_path)
@@ -383,6 +385,16 @@ def test_hostile_text_stays_text(browser, tmp_path):
         assert any(name in page.page.inner_text("#carto-card") for name in HOSTILE_NAMES)
         neuron = page.items("projection", "neuron")[0]
         page.click(neuron)
+        # A feature's label names its hostile pseudo-layer as text, in the card and the toggle.
+        feature = max(page.items("projection", "neuron"), key=lambda n: n["neuron_id"])
+        page.hover(feature)
+        assert "feature 5 · l</script>3:features" in page.page.inner_text("#carto-card")
+        assert page.page.query_selector("#carto-card script") is None
+        _set_units(page, "feature")
+        assert [t["text"] for t in page.items("graph", "text") if t["text"]] == [
+            "l</script>3:features",
+            "prediction",
+        ]
         assert page.page.evaluate("window.__xss") is None
         assert page.dialogs == [] and page.errors == [] and page.offline() == []
     finally:
