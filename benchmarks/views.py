@@ -8,7 +8,9 @@ patch a distinct crop of a real photograph), exports it, and prints, side by sid
   each format, with bytes, files and PSNR against the PNGs;
 - the export: seconds, index.html and spec sizes, files beside the page;
 - with ``--browser`` (Debian's chromium + playwright): page ready, class switch, node click
-  and hover times, measured as the tests do.
+  and hover times, measured as the tests do, and with ``--feature-layers`` the units toggle's
+  switch times (``--feature-layers 4`` gives four evenly spaced layers a dictionary of
+  ``--features`` units each).
 
     .venv/bin/python benchmarks/views.py                 # about 2-3 minutes here
     .venv/bin/python benchmarks/views.py --browser --neurons 6860 --classes 1000
@@ -75,10 +77,12 @@ def storage(db: Path, formats: list[str]) -> None:
             )
 
 
-def browser(html: Path, n_neurons: int, last_class: str, last_label: int) -> None:
+def browser(
+    html: Path, n_neurons: int, last_class: str, last_label: int, features: bool = False
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viz"))
     from playwright.sync_api import sync_playwright
-    from test_browser import ARGS, CHROMIUM, Page
+    from test_browser import ARGS, CHROMIUM, Page, _set_units
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -95,11 +99,15 @@ def browser(html: Path, n_neurons: int, last_class: str, last_label: int) -> Non
             cold = page.hover(neurons[n_neurons // 2])
             warm = page.hover(neurons[n_neurons // 2])
             node = page.hover(frames[0])
+            units = ""
+            if features:
+                times = [_set_units(page, kind) for kind in ("feature", "channel", "both")]
+                units = "units switch " + "/".join(f"{ms:.0f}" for ms in times) + " ms, "
             print(
                 f"\npage in headless Chromium: ready {page.ready_ms:.0f} ms, class switch "
                 f"{first:.0f} / {switch:.0f} ms, node click {min(clicks):.0f}-{max(clicks):.0f} "
                 f"ms, hover neuron {cold['ms']:.0f} ms cold / {warm['ms']:.0f} ms warm, "
-                f"hover node {node['ms']:.0f} ms; console errors {len(page.errors)}, "
+                f"hover node {node['ms']:.0f} ms; {units}console errors {len(page.errors)}, "
                 f"non-file requests {len(page.offline())}"
             )
         finally:
@@ -114,6 +122,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--patches", type=int, default=9, help="patches per neuron")
     parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument(
+        "--feature-layers", type=int, default=0, help="layers with a dictionary of features"
+    )
+    parser.add_argument("--features", type=int, default=256, help="features per dictionary")
     parser.add_argument("--formats", nargs="+", default=["jpeg", "webp"], choices=list(FORMATS))
     parser.add_argument("--browser", action="store_true", help="also time the page in Chromium")
     parser.add_argument("--out", type=Path, default=None, help="keep the export here")
@@ -122,11 +134,16 @@ def main() -> None:
     folder = args.out or Path(tempfile.mkdtemp(prefix="carto-views-"))
     folder.mkdir(parents=True, exist_ok=True)
     classes = (*HOSTILE_NAMES, *(f"class {i:03d}" for i in range(args.classes - 4)))
+    layers = tuple(f"block{i:02d}" for i in range(args.layers))
+    every = max(1, args.layers // max(1, args.feature_layers))
+    with_features = layers[every - 1 :: every][: args.feature_layers]
     start = time.perf_counter()
     db = make_database(
         folder / "paper.duckdb",
         n_neurons=args.neurons,
-        layers=tuple(f"block{i:02d}" for i in range(args.layers)),
+        layers=layers,
+        feature_layers=with_features,
+        features_per_layer=args.features,
         class_names=classes[: args.classes],
         patches_per_neuron=args.patches,
         patch_size=args.patch_size,
@@ -135,7 +152,9 @@ def main() -> None:
         distinct_patches=None,
     )
     print(
-        f"synthetic study: {args.neurons:,} neurons, {args.layers} layers, {args.classes:,} "
+        f"synthetic study: {args.neurons:,} neurons, {args.layers} layers "
+        f"({len(with_features) * args.features:,} features in {len(with_features)} "
+        f"dictionaries), {args.classes:,} "
         f"classes, {args.patches} patches of {args.patch_size} px "
         f"(built in {time.perf_counter() - start:.0f} s) in {folder}"
     )
@@ -152,7 +171,7 @@ def main() -> None:
     )
     if args.browser:
         names = classes[: args.classes]
-        browser(result.html_path, args.neurons, names[-1], len(names) - 1)
+        browser(result.html_path, args.neurons, names[-1], len(names) - 1, bool(with_features))
 
 
 if __name__ == "__main__":
