@@ -321,7 +321,9 @@
   // ---- units: channels, features or both ----------------------------------------------------
   var units = document.getElementById("unit-kind");
   var UNIT_CHOICES = ["both", "channel", "feature"];
-  function hidden(kind, shown) { return shown !== "both" && kind !== shown; }
+  function hidden(kind, shown) {
+    return shown !== "both" && kind !== shown && kind !== "prediction";
+  }
   function setUnits(kind) {
     if (UNIT_CHOICES.indexOf(kind) < 0) return Promise.resolve();
     var started = performance.now();
@@ -346,7 +348,8 @@
     });
   }
   window.cartoSetUnits = setUnits;
-  if (page.unit_kinds.length > 1) {
+  function offerUnits() {  // once the views exist, and only with both kinds of unit
+    if (page.unit_kinds.length < 2) return;
     units.hidden = false;
     units.addEventListener("change", function (e) {
       if (e.target && e.target.name === "unit-kind") setUnits(e.target.value);
@@ -383,6 +386,7 @@
     views.graph = results[2].view;
     window.cartoViews = views;
     link();
+    offerUnits();
     var first = classes.filter(function (c) { return c.graph; })[0] || classes[0];
     return first ? setClass(first.label) : null;
   }).then(function () {

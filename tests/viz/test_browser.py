@@ -508,9 +508,11 @@ def test_units_toggle(browser, with_features, tmp_path, capsys):
         assert page.page.evaluate("window.cartoViews.detail.signal('picked_neuron')") == -1
         _check_node_click(page, db)
         page.page.screenshot(path=str(tmp_path / "channels.png"), full_page=True)
-        # Back to both.
+        # Back to both: the picked channel node stays picked.
+        node = page.page.evaluate("window.cartoViews.projection.signal('graph_node')")
         switch_ms.append(_set_units(page, "both"))
         _check_units_shown(page, kinds, layers, "both")
+        assert page.page.evaluate("window.cartoViews.projection.signal('graph_node')") == node
         assert page.errors == [] and page.offline() == [] and page.dialogs == []
         with capsys.disabled():
             print(
@@ -550,8 +552,10 @@ def test_pipeline_output(browser, materialized, capsys):
         page.close()
 
 
-#: The paper's scale: googlenet's 25 blocks (6,860 neurons), ImageNet's 1,000 classes.
+#: The paper's scale: googlenet's 25 blocks (6,860 neurons), ImageNet's 1,000 classes; and
+#: two blocks with a dictionary of 128 features each (the units toggle's timing).
 PAPER_LAYERS = tuple(f"block{i:02d}" for i in range(25))
+PAPER_FEATURES = ("block12", "block24")
 PAPER_CLASSES = (*HOSTILE_NAMES, *(f"class {i:03d}" for i in range(1000 - len(HOSTILE_NAMES))))
 
 
@@ -567,19 +571,22 @@ def test_paper_scale(browser, tmp_path, capsys):
         neighbors=10,
         nodes_per_layer=5,
         distinct_patches=4096,
+        feature_layers=PAPER_FEATURES,
+        features_per_layer=128,
     )
+    n_units = 6860 + 2 * 128
     start = time.perf_counter()
     result = export_views(db, tmp_path / "out")
     export_s = time.perf_counter() - start
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     spec_mb = max(p.stat().st_size for p in result.spec_paths) / 1e6
     assert result.page_bytes <= 30e6 and spec_mb <= 30
-    assert result.patch_bytes <= 80e6 and result.n_patches == 6860 * 9
+    assert result.patch_bytes <= 80e6 and result.n_patches == n_units * 9
     assert len(files) == result.n_files <= 200
     page = Page(browser, result.html_path)
     try:
         assert page.errors == [] and page.offline() == []
-        assert len(page.items("projection", "neuron")) == 6860
+        assert len(page.items("projection", "neuron")) == n_units
         _check_page_shows_concepts(page)
         rows = [t["text"] for t in page.items("graph", "text") if t["text"]]
         assert rows[:2] == ["block00", "block01"] and "prediction" in rows
@@ -599,17 +606,24 @@ def test_paper_scale(browser, tmp_path, capsys):
         )
         node_card = page.hover(frame)
         assert node_card["images"] >= 9
+        kinds, layers = _unit_kinds(db)
+        units_ms = []
+        for kind in ("feature", "channel", "both"):
+            units_ms.append(_set_units(page, kind))
+            _check_units_shown(page, kinds, layers, kind)
         assert page.page.evaluate("window.__xss") is None
         assert page.errors == [] and page.offline() == []
         with capsys.disabled():
             print(
-                f"\n[paper scale] neurons=6860 layers=25 classes=1000 export={export_s:.1f}s "
+                f"\n[paper scale] neurons=6860+256 features layers=25+2 classes=1000 "
+                f"export={export_s:.1f}s "
                 f"index.html={result.page_bytes / 1e6:.2f} MB spec={spec_mb:.2f} MB "
                 f"patches={result.patch_bytes / 1e6:.1f} MB in {result.n_sheets} sheets, "
                 f"files={len(files)} ready={page.ready_ms:.0f}ms "
                 f"class switch={first_switch:.0f}/{switch_ms:.0f}ms click={click_ms:.0f}ms "
                 f"hover neuron cold={cold['ms']:.0f}ms warm={warm['ms']:.0f}ms "
-                f"hover node={node_card['ms']:.0f}ms"
+                f"hover node={node_card['ms']:.0f}ms "
+                f"units switch={'/'.join(f'{ms:.0f}' for ms in units_ms)}ms"
             )
     finally:
         page.close()
