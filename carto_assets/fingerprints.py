@@ -8,6 +8,8 @@
 
 - :func:`model_fingerprint`: every setting the trained or loaded model depends on, the key
   of its checkpoint cache.
+- :func:`dictionary_fingerprint`: what the trained dictionaries (``features``) depend on, the
+  key of their cache; a study with features folds it into every shard's identity.
 """
 
 from __future__ import annotations
@@ -47,21 +49,55 @@ def model_fingerprint(study: Study) -> str:
     return _hash(relevant, 16)
 
 
-def shard_model_identity(study: Study) -> str:
+#: Bumped when the dictionary training code changes what the same settings produce.
+DICTIONARY_REVISION = 1
+
+
+def _network_identity(study: Study) -> object:
+    """The network as the activation pass sees it (the built-in one depends on its dataset)."""
+    if study.is_builtin_model:
+        return model_fingerprint(study)
+    return {"model": study.model, "weights": study.weights, "kind": study.dataset.kind}
+
+
+def dictionary_fingerprint(
+    study: Study, sample_ids: Sequence[int], sample_sources: Sequence[str]
+) -> str:
+    """Hash of what the study's dictionaries depend on: the network, the input size, the
+    ``features`` settings, the seed and the images sampled to train them (ids and sources).
+
+    The model fingerprint itself never includes the features: changing them retrains the
+    dictionaries and recomputes the shards, never the model.
+    """
+    if study.features is None:
+        raise ValueError("the study maps no features (study field 'features' is unset)")
+    images = hashlib.sha256()
+    for i, src in zip(sample_ids, sample_sources, strict=True):
+        images.update(f"{int(i)}\x1f{src}\x1e".encode())
+    relevant = {
+        "network": _network_identity(study),
+        "image_size": study_image_size(study),
+        "features": study.features.model_dump(),
+        "seed": study.seed,
+        "images": images.hexdigest(),
+        "revision": DICTIONARY_REVISION,
+    }
+    return _hash(relevant, 16)
+
+
+def shard_model_identity(study: Study, dictionary: str | None = None) -> str:
     """What a shard's activations depend on besides its images: model, weights, preprocessing,
     layers and the activation-pass settings.
 
     The built-in model is trained on the study's dataset, so its full fingerprint (dataset
     included) counts: growing the dataset retrains it and every shard is recomputed. A
     torchvision model does not depend on the dataset's size, so adding images keeps it.
+
+    With ``features``, their settings and ``dictionary`` (the trained dictionaries'
+    :func:`dictionary_fingerprint`) count too; a study without them hashes as before.
     """
-    model = (
-        model_fingerprint(study)
-        if study.is_builtin_model
-        else {"model": study.model, "weights": study.weights, "kind": study.dataset.kind}
-    )
-    relevant = {
-        "model": model,
+    relevant: dict[str, object] = {
+        "model": _network_identity(study),
         "image_size": study_image_size(study),
         "layers": list(study.layers) if isinstance(study.layers, tuple) else study.layers,
         "top_k": study.top_k,
@@ -70,6 +106,9 @@ def shard_model_identity(study: Study) -> str:
         "precision": getattr(study, "precision", None),
         "channels_last": getattr(study, "channels_last", None),
     }
+    if study.features is not None:
+        relevant["features"] = study.features.model_dump()
+        relevant["dictionary"] = dictionary
     return _hash(relevant, 16)
 
 

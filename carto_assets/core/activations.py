@@ -4,7 +4,8 @@ A neuron is one channel of one layer. An image's activation for a neuron is the 
 channel's map over space (over tokens for token-shaped outputs), with the argmax position. Only
 each neuron's top-k candidates are kept while streaming (:class:`StreamingTopK`), so memory is
 O(neurons x k), never O(images). Per-class statistics for the concept graph are accumulated on
-the way (:class:`ClassStats`).
+the way (:class:`ClassStats`). Units derived from a layer's output (a dictionary's features,
+:class:`DerivedUnits`) are reduced in the same hook and flow through the same code as channels.
 
 This module never imports dagster.
 """
@@ -52,29 +53,97 @@ def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     raise ValueError(f"cannot reduce an output of shape {tuple(output.shape)}")
 
 
+@dataclass(frozen=True)
+class DerivedUnits:
+    """Units computed from a captured layer's output in the same forward pass, e.g. the
+    features of a dictionary trained on that layer (a pseudo-layer of ``width`` units).
+
+    ``reduce(output) -> (values, y, x)``, each ``(B, width)``, is called inside the source
+    layer's hook on the detached output, like the channels' :func:`spatial_max`.
+    """
+
+    name: str
+    source: str
+    width: int
+    reduce: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+    @property
+    def channels(self) -> int:
+        """The units' count, under the name :class:`LayerInfo` gives a layer's (see
+        :func:`unit_blocks`)."""
+        return self.width
+
+
+def unit_blocks(
+    layers: Sequence[LayerInfo], derived: Sequence[DerivedUnits] = ()
+) -> list[LayerInfo | DerivedUnits]:
+    """The blocks of units in neuron order: each layer, then the units derived from it.
+
+    Raises ``ValueError`` for derived units whose source is not among ``layers``.
+    """
+    names = {info.name for info in layers}
+    orphans = [d.name for d in derived if d.source not in names]
+    if orphans:
+        raise ValueError(
+            f"derived units {orphans} come from layers that are not recorded; "
+            f"recorded layers: {sorted(names)}"
+        )
+    blocks: list[LayerInfo | DerivedUnits] = []
+    for info in layers:
+        blocks.append(info)
+        blocks.extend(d for d in derived if d.source == info.name)
+    return blocks
+
+
 class LayerRecorder:
     """Forward hooks that reduce each selected layer's output to (values, y, x) on the fly.
 
     Reducing inside the hook copies what is needed before anything downstream runs, which is
     what cloning would buy us: later in-place ops (``ReLU(inplace=True)``) cannot overwrite it,
-    and full feature maps never pile up in memory. The hooks are in place from construction
-    until :meth:`close` (or the end of the ``with`` block).
+    and full feature maps never pile up in memory. ``derived`` units (:class:`DerivedUnits`)
+    are reduced from their source layer's output in the same hook. The hooks are in place from
+    construction until :meth:`close` (or the end of the ``with`` block).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerInfo]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerInfo],
+        derived: Sequence[DerivedUnits] = (),
+    ) -> None:
         self.layers = list(layers)
+        self.blocks = unit_blocks(self.layers, derived)
+        self._derived_of: dict[str, list[DerivedUnits]] = {}
+        for d in derived:
+            self._derived_of.setdefault(d.source, []).append(d)
+        self._derived_values: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._hooks = contextlib.ExitStack()
         self.captured = self._hooks.enter_context(
-            capture(model, [info.name for info in self.layers], keep=_reduce)
+            capture(model, [info.name for info in self.layers], keep=self._keep)
         )
 
+    def _keep(self, name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reduced = _reduce(name, output)
+        for d in self._derived_of.get(name, ()):
+            values, ys, xs = d.reduce(output.detach())  # type: ignore[union-attr]
+            if values.shape[1] != d.width:
+                raise ValueError(
+                    f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.width}"
+                )
+            self._derived_values[d.name] = (values, ys, xs)
+        return reduced
+
     def collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Concatenate the captured layers in neuron order: three (B, N) tensors."""
+        """Concatenate the captured blocks in neuron order: three (B, N) tensors."""
         missing = [i.name for i in self.layers if i.name not in self.captured]
         if missing:
             raise RuntimeError(f"layers did not run in the forward pass: {missing}")
-        parts = [self.captured[i.name] for i in self.layers]
+        parts = [
+            self.captured[b.name] if isinstance(b, LayerInfo) else self._derived_values[b.name]
+            for b in self.blocks
+        ]
         self.captured.clear()
+        self._derived_values.clear()
         return (
             torch.cat([p[0].float() for p in parts], dim=1),
             torch.cat([p[1] for p in parts], dim=1),
@@ -180,11 +249,15 @@ def top_mass_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 class ClassStats:
-    """Per-class, per-neuron sums accumulated over the stream (O(classes x neurons) memory)."""
+    """Per-class, per-neuron sums accumulated over the stream (O(classes x neurons) memory).
+
+    ``layers`` are the blocks of units (:func:`unit_blocks`): the top-mass rule runs within
+    each block, so a dictionary's features compete among themselves, not with channels.
+    """
 
     def __init__(
         self,
-        layers: Sequence[LayerInfo],
+        layers: Sequence[LayerInfo | DerivedUnits],
         n_classes: int,
         fraction: float,
         device: torch.device | str = "cpu",
@@ -261,6 +334,7 @@ def activation_pass(
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    derived: Sequence[DerivedUnits] = (),
 ) -> PassResult:
     """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics.
 
@@ -277,6 +351,9 @@ def activation_pass(
         float32 after the spatial max.
     channels_last
         Run the model and inputs in channels_last memory format.
+    derived
+        Units computed from a layer's output in the same pass (dictionary features); they
+        follow their source layer's channels in neuron order (:func:`unit_blocks`).
 
     Notes
     -----
@@ -286,9 +363,10 @@ def activation_pass(
     """
     check_choice("precision", precision, PRECISIONS)
     dev = torch.device(device)
-    n_neurons = sum(int(i.channels or 0) for i in layers)
+    blocks = unit_blocks(layers, derived)
+    n_neurons = sum(int(b.channels or 0) for b in blocks)
     topk = StreamingTopK(n_neurons, k, device=dev)
-    stats = ClassStats(layers, n_classes, mass_fraction, device=dev)
+    stats = ClassStats(blocks, n_classes, mass_fraction, device=dev)
     non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
     done = 0
     start = time.perf_counter()
@@ -301,7 +379,7 @@ def activation_pass(
         if dtype is not None
         else contextlib.nullcontext()
     )
-    with LayerRecorder(model, layers) as recorder, torch.inference_mode(), autocast:
+    with LayerRecorder(model, layers, derived) as recorder, torch.inference_mode(), autocast:
         for batch in batches:
             x = batch.images.to(dev, non_blocking=True)
             if preprocess is not None:
@@ -318,7 +396,7 @@ def activation_pass(
             if progress is not None:
                 progress(done, time.perf_counter() - start)
     if bool(non_finite.any()):
-        bad = sorted({layers[j].name for j in _layer_of_bad(non_finite, layers)})
+        bad = sorted({blocks[j].name for j in _layer_of_bad(non_finite, blocks)})
         raise FloatingPointError(
             f"the model produced NaN or infinite activations in layer(s) {bad}; "
             "check the weights and the input normalization (or use precision: fp32)"
@@ -326,7 +404,9 @@ def activation_pass(
     return PassResult(topk.result(), stats.result(), done, time.perf_counter() - start)
 
 
-def _layer_of_bad(non_finite: torch.Tensor, layers: Sequence[LayerInfo]) -> list[int]:
+def _layer_of_bad(
+    non_finite: torch.Tensor, layers: Sequence[LayerInfo | DerivedUnits]
+) -> list[int]:
     bounds = np.cumsum([0, *[int(i.channels or 0) for i in layers]])
     bad_cols = torch.nonzero(non_finite).flatten().cpu().numpy()
     return [int(np.searchsorted(bounds, c, side="right") - 1) for c in bad_cols]

@@ -18,13 +18,20 @@ Three steps, each with fixed memory:
 3. :func:`feature_maxima` (one batch of layer outputs, encoded in chunks) and
    :func:`feature_pass` (each feature's top-k images over a stream of batches).
 
+In a study (``features`` block), :func:`prepare_dictionaries` runs steps 1-2 for the
+``dictionary`` asset and caches the weights under ``dictionary/<fingerprint>/``;
+:func:`feature_layers` loads them as :class:`FeatureLayer` s, the pseudo-layers
+``<layer>:features`` whose units (``neurons.kind = 'feature'``) follow their source layer's
+channels in neuron order; :func:`derived_units` hands them to the activation pass, which
+records their maxima in the same forward pass as the channels.
+
 No dagster imports.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -37,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carto_assets.core.activations import Batch, StreamingTopK, spatial_max
+from carto_assets.core.activations import Batch, DerivedUnits, StreamingTopK, spatial_max
 from carto_assets.core.dictionary import (
     ReservoirSampler,
     SaeReport,
@@ -45,11 +52,17 @@ from carto_assets.core.dictionary import (
     encode,
     train_sae,
 )
-from carto_assets.core.models import LayerInfo
+from carto_assets.core.hooks import capture
+from carto_assets.core.models import LayerInfo, resolve_device
+from carto_assets.fingerprints import DICTIONARY_REVISION, dictionary_fingerprint
+from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.model import load_model
+from carto_assets.study import Study
 from carto_assets.validate import check_float, check_int, check_seed
 
-#: Bumped when the training code changes what the same settings produce.
-DICTIONARY_REVISION = 1
+log = logging.getLogger("carto")
+
+FEATURE_SUFFIX = ":features"
 WEIGHTS_FILE = "dictionaries.pt"
 META_FILE = "meta.json"
 _WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -60,7 +73,8 @@ _WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 class DictionarySettings:
     """Everything the trained dictionaries depend on besides the model and the images.
 
-    The defaults are the ones benchmarks/features.py tuned on the shapes demo.
+    The defaults are the ones benchmarks/features.py tuned on the shapes demo; a study's
+    ``features`` block gives them (:func:`settings_of`).
     """
 
     layers: tuple[str, ...]
@@ -113,16 +127,6 @@ class DictionarySettings:
                 )
         return chosen
 
-    def fingerprint(self, model_identity: str) -> str:
-        """Hash of the settings, the model they were trained on and the code revision."""
-        relevant = {
-            "settings": asdict(self),
-            "model": model_identity,
-            "revision": DICTIONARY_REVISION,
-        }
-        blob = json.dumps(relevant, sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
 
 def sample_image_ids(image_ids: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """``n`` of ``image_ids`` (all when ``n`` is None or larger), from a seeded shuffle,
@@ -147,50 +151,6 @@ def position_rows(output: torch.Tensor) -> torch.Tensor:
     if output.ndim == 2:
         return output
     raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
-
-
-class _LayerTap:
-    """Forward hooks that hand each selected layer's output (float32, detached) to a callback.
-
-    The callback runs inside the hook, before any later in-place op can overwrite the tensor.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        names: Sequence[str],
-        callback: Callable[[str, torch.Tensor], None],
-    ) -> None:
-        modules = dict(model.named_modules())
-        unknown = [n for n in names if n not in modules]
-        if unknown:
-            raise ValueError(f"layers {unknown} are not modules of the model")
-        self.seen: set[str] = set()
-
-        def hook_for(name: str):
-            def hook(_module, _inputs, output):
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(
-                        f"layer {name!r} returned {type(output).__name__}, not a tensor; "
-                        "choose a module whose output is a tensor"
-                    )
-                self.seen.add(name)
-                callback(name, output.detach().float())
-
-            return hook
-
-        self._handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> _LayerTap:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _model_inputs(
@@ -261,8 +221,13 @@ def sample_activations(
         for i, info in enumerate(layers)
     }
 
-    def offer(name: str, output: torch.Tensor) -> None:
-        rows = position_rows(output)
+    def offer(name: str, output: object) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+                "choose a module whose output is a tensor"
+            )
+        rows = position_rows(output.detach().float())
         if rows.shape[1] != samplers[name].dim:
             raise ValueError(
                 f"layer {name!r} has {rows.shape[1]} channels, expected {samplers[name].dim}"
@@ -272,13 +237,15 @@ def sample_activations(
     model.eval()
     done = 0
     start = time.perf_counter()
-    with _LayerTap(model, list(samplers), offer) as tap, torch.inference_mode():
+    # The last sampled layer to run ends each forward pass: nothing after it is computed.
+    last = max(layers, key=lambda info: info.order).name
+    with torch.inference_mode():
         for _, x in _model_inputs(batches, dev, preprocess):
-            model(x)
-            missing = set(samplers) - tap.seen
+            with capture(model, list(samplers), keep=offer, stop_after=last) as seen:
+                model(x)
+            missing = set(samplers) - set(seen)
             if missing:
                 raise RuntimeError(f"layers did not run in the forward pass: {sorted(missing)}")
-            tap.seen.clear()
             done += x.shape[0]
             if progress is not None:
                 progress(done, time.perf_counter() - start)
@@ -361,10 +328,14 @@ def train_dictionaries(
 
 
 def save_dictionaries(
-    folder: str | Path, dictionaries: Mapping[str, LayerDictionary], fingerprint: str
+    folder: str | Path,
+    dictionaries: Mapping[str, LayerDictionary],
+    fingerprint: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the weights (plain tensors, ``torch.save``) and a ``meta.json`` into ``folder``.
 
+    ``extra`` (JSON-able, e.g. what the sampling pass cost) is stored under ``meta["extra"]``.
     The folder is replaced atomically: readers see the old dictionaries or the new ones.
     """
     folder = Path(folder)
@@ -382,6 +353,7 @@ def save_dictionaries(
     meta = {
         "fingerprint": fingerprint,
         "revision": DICTIONARY_REVISION,
+        "extra": dict(extra or {}),
         "layers": [
             {
                 "layer": name,
@@ -438,7 +410,8 @@ def feature_maxima(
     Parameters
     ----------
     sae
-        The layer's dictionary (``d`` inputs, ``m`` features).
+        The layer's dictionary (``d`` inputs, ``m`` features); :func:`sae_on` puts its weights
+        on the output's device once, instead of once per call.
     layer_output
         ``(B, d, H, W)`` maps, ``(B, T, d)`` tokens or ``(B, d)`` vectors.
     max_elements
@@ -508,15 +481,17 @@ def feature_pass(
     offsets = dict(zip(names, np.cumsum([0] + [d.n_features for d in dictionaries.values()])))
     total = int(sum(d.n_features for d in dictionaries.values()))
     topk = StreamingTopK(total, k, device=dev)
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    saes = {name: sae_on(d.sae, dev) for name, d in dictionaries.items()}
 
-    def reduce(name: str, output: torch.Tensor) -> None:
-        captured[name] = feature_maxima(dictionaries[name].sae, output)
+    def reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+        return feature_maxima(saes[name], output)
 
     model.eval()
     done = 0
     start = time.perf_counter()
-    with _LayerTap(model, names, reduce), torch.inference_mode():
+    with capture(model, names, keep=reduce) as captured, torch.inference_mode():
         for batch, x in _model_inputs(batches, dev, preprocess):
             model(x)
             missing = [n for n in names if n not in captured]
@@ -555,3 +530,262 @@ def describe(dictionaries: Mapping[str, LayerDictionary]) -> list[dict[str, Any]
         }
         for name, d in dictionaries.items()
     ]
+
+
+def sae_on(sae: SparseAutoencoder, device: torch.device | str) -> SparseAutoencoder:
+    """The same dictionary with its weights as float32 tensors on ``device``, so encoding a
+    batch there copies nothing (:func:`~carto_assets.core.dictionary.encode` takes either)."""
+    dev = torch.device(device)
+    weights = {
+        name: torch.as_tensor(np.asarray(getattr(sae, name)), dtype=torch.float32).to(dev)
+        if not isinstance(getattr(sae, name), torch.Tensor)
+        else getattr(sae, name).to(dev, torch.float32)
+        for name in _WEIGHT_NAMES
+    }
+    return SparseAutoencoder(**weights, k=sae.k)  # type: ignore[arg-type]
+
+
+# ---- in a study: the `dictionary` asset, the pseudo-layers ---------------------------------------
+@dataclass(frozen=True)
+class FeatureLayer:
+    """A dictionary's features as a pseudo-layer of units beside its source layer's channels."""
+
+    #: the pseudo-layer's name, ``<source>:features`` (``neurons.layer``)
+    name: str
+    #: the mapped layer whose output the dictionary encodes
+    source: str
+    sae: SparseAutoencoder
+
+    @property
+    def n_features(self) -> int:
+        return self.sae.n_features
+
+
+def feature_layer_name(source: str) -> str:
+    """``block3`` -> ``block3:features``."""
+    return f"{source}{FEATURE_SUFFIX}"
+
+
+def source_layer(name: str) -> str:
+    """The mapped layer a (pseudo-)layer's units come from: ``block3:features`` -> ``block3``;
+    a real layer is its own source."""
+    return name.removesuffix(FEATURE_SUFFIX)
+
+
+def settings_of(study: Study) -> DictionarySettings:
+    """The study's ``features`` block as :class:`DictionarySettings` (seeded by the study)."""
+    f = study.features
+    if f is None:
+        raise ValueError("the study maps no features (study field 'features' is unset)")
+    return DictionarySettings(
+        layers=tuple(f.layers),
+        expansion=f.expansion,
+        k=f.k,
+        samples=f.samples,
+        sample_images=f.sample_images,
+        epochs=f.epochs,
+        batch_size=f.batch_size,
+        learning_rate=f.learning_rate,
+        seed=study.seed,
+    )
+
+
+def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
+    """The seeded subset of the manifest's images the dictionaries are trained on."""
+    settings = settings_of(study)
+    ids = sample_image_ids(images["image_id"].to_numpy(), settings.sample_images, settings.seed)
+    sources = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
+    return ids, [sources[int(i)] for i in ids]
+
+
+def study_dictionary_fingerprint(study: Study, images=None) -> str:
+    """The fingerprint the study's dictionaries must have now (settings, network, sample)."""
+    if images is None:
+        images, _ = load_manifest(study)
+    ids, sources = _sample(study, images)
+    return dictionary_fingerprint(study, ids.tolist(), sources)
+
+
+def dictionary_dir(study: Study, fingerprint: str) -> Path:
+    return study.files_dir / "dictionary" / fingerprint
+
+
+@dataclass(frozen=True)
+class DictionaryInfo:
+    """What the ``dictionary`` asset shows: one row per layer and what sampling cost."""
+
+    fingerprint: str
+    folder: Path
+    #: :func:`describe` rows, plus ``dead_share``
+    layers: list[dict[str, Any]]
+    #: images the sampling pass read, its seconds and the reservoirs' bytes
+    sample_images: int
+    sample_seconds: float
+    sample_bytes: int
+    #: whether this call reused stored dictionaries
+    cached: bool
+
+
+def _info(
+    folder: Path, dictionaries: Mapping[str, LayerDictionary], cached: bool
+) -> DictionaryInfo:
+    meta = json.loads((folder / META_FILE).read_text())
+    extra = meta.get("extra", {})
+    rows = describe(dictionaries)
+    for row in rows:
+        row["dead_share"] = round(row["dead"] / max(1, row["n_features"]), 4)
+    return DictionaryInfo(
+        fingerprint=meta["fingerprint"],
+        folder=folder,
+        layers=rows,
+        sample_images=int(extra.get("sample_images", 0)),
+        sample_seconds=float(extra.get("sample_seconds", 0.0)),
+        sample_bytes=int(extra.get("sample_bytes", 0)),
+        cached=cached,
+    )
+
+
+def prepare_dictionaries(
+    study: Study, progress: Callable[[str], None] | None = None
+) -> DictionaryInfo | None:
+    """Sample, train and store one dictionary per ``features`` layer (None without features).
+
+    Stored dictionaries are reused while the fingerprint (settings, network, sampled images)
+    matches, as the model's checkpoint is. Raises ``ValueError`` naming ``features.layers``
+    when a layer is not among the study's mapped layers.
+    """
+    if study.features is None:
+        return None
+    say = progress or log.info
+    images, class_names = load_manifest(study)
+    fingerprint = study_dictionary_fingerprint(study, images)
+    folder = dictionary_dir(study, fingerprint)
+    settings = settings_of(study)
+    bundle, layers, _ = load_model(study)
+    chosen = settings.check_layers(layers)
+    if (folder / META_FILE).is_file():
+        say(f"reusing trained dictionaries {folder}")
+        return _info(folder, load_dictionaries(folder, fingerprint), cached=True)
+    device = resolve_device(study.device)
+    model = bundle.module.to(device)
+    source = source_for_manifest(study, images, class_names)
+    ids, _ = _sample(study, images)
+
+    def batches():
+        for lo in range(0, len(ids), study.batch_size):
+            pixels, ok = source.load_many(ids[lo : lo + study.batch_size].tolist(), workers=4)
+            if ok.any():
+                yield torch.from_numpy(pixels)
+
+    say(f"sampling {settings.samples} activation vectors per layer from {len(ids)} images")
+    sample = sample_activations(
+        model,
+        chosen,
+        batches(),
+        settings.samples,
+        settings.seed,
+        preprocess=bundle.normalize,
+        device=device,
+    )
+    dictionaries = train_dictionaries(
+        sample.samples,
+        expansion=settings.expansion,
+        k=settings.k,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        device=device,
+        progress=lambda layer, epoch, loss: say(
+            f"{layer}: epoch {epoch}/{settings.epochs}, loss {loss:.4f}"
+        ),
+    )
+    extra = {
+        "sample_images": sample.n_images,
+        "sample_seconds": sample.seconds,
+        "sample_bytes": sample.sample_bytes,
+        "positions_seen": sample.positions_seen,
+    }
+    save_dictionaries(folder, dictionaries, fingerprint, extra)
+    return _info(folder, dictionaries, cached=False)
+
+
+def feature_layers(study: Study) -> list[FeatureLayer]:
+    """The study's dictionaries as pseudo-layers, in the order of their source layers.
+
+    ``[]`` when the study has no ``features``. Raises ``FileNotFoundError`` naming the
+    ``dictionary`` asset when the dictionaries for the current settings, model and images are
+    not stored (never trained, or trained for something that changed since).
+    """
+    if study.features is None:
+        return []
+    fingerprint = study_dictionary_fingerprint(study)
+    folder = dictionary_dir(study, fingerprint)
+    if not (folder / META_FILE).is_file():
+        others = sorted(p.name for p in folder.parent.glob("*") if p.is_dir())
+        why = (
+            f"the stored ones ({', '.join(others[:3])}) were trained for other features "
+            "settings, another model or other images"
+            if others
+            else "none were trained yet"
+        )
+        raise FileNotFoundError(
+            f"no dictionaries for this study's features at {folder} ({why}); "
+            "materialize `dictionary` first"
+        )
+    stored = load_dictionaries(folder, fingerprint)
+    _, layers, _ = load_model(study)
+    order = {info.name: info.order for info in layers}
+    missing = [name for name in study.features.layers if name not in stored]
+    if missing or any(name not in order for name in stored):
+        raise ValueError(
+            f"the dictionaries under {folder} do not match the study's layers "
+            f"(missing {missing}); re-materialize `dictionary`"
+        )
+    return [
+        FeatureLayer(feature_layer_name(name), name, stored[name].sae)
+        for name in sorted(stored, key=order.__getitem__)
+    ]
+
+
+def derived_units(
+    features: Sequence[FeatureLayer], device: torch.device | str = "cpu"
+) -> list[DerivedUnits]:
+    """The pseudo-layers as units the activation pass derives from their source's output."""
+    out = []
+    for layer in features:
+        sae = sae_on(layer.sae, device)
+        out.append(
+            DerivedUnits(
+                layer.name,
+                layer.source,
+                layer.n_features,
+                lambda output, sae=sae: feature_maxima(sae, output),
+            )
+        )
+    return out
+
+
+def features_vs_channels(
+    mean_gain: Mapping[str, float], high_share: Mapping[str, float]
+) -> dict[str, dict[str, float]]:
+    """Per feature pseudo-layer, its single-unit gain beside its source layer's channels.
+
+    ``mean_gain`` and ``high_share`` map layer names (pseudo-layers included) to the mean
+    single-unit gain and the share of units with gain >= 0.8. Returns
+    ``{source: {channels, features, delta, channels_share_0_8, features_share_0_8}}``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, features in mean_gain.items():
+        source = source_layer(name)
+        if source == name or source not in mean_gain:
+            continue
+        channels = mean_gain[source]
+        out[source] = {
+            "channels": round(channels, 4),
+            "features": round(features, 4),
+            "delta": round(features - channels, 4),
+            "channels_share_0_8": round(high_share.get(source, float("nan")), 4),
+            "features_share_0_8": round(high_share.get(name, float("nan")), 4),
+        }
+    return out

@@ -33,6 +33,7 @@ from carto_assets.study.models import (
     ClusteringConfig,
     DatasetConfig,
     EmbeddingConfig,
+    FeaturesConfig,
     GraphConfig,
     Study,
     TrainingConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "ClusteringConfig",
     "DatasetConfig",
     "EmbeddingConfig",
+    "FeaturesConfig",
     "GraphConfig",
     "Study",
     "StudyError",
@@ -73,6 +75,8 @@ DEMO_STUDY: dict[str, Any] = {
     "top_k": 50,
     "seed": 0,
     "database": "data/carto.duckdb",
+    # Dictionary features of the two deepest layers, mapped beside their channels.
+    "features": {"layers": ["block3", "block4"]},
 }
 
 

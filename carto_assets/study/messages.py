@@ -39,10 +39,11 @@ def study_error(exc: ValidationError) -> StudyError:
 
 
 def _section(info: FieldInfo) -> type[BaseModel] | None:
-    annotation = info.annotation
-    return (
-        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    )
+    """The block's model of a nested field (``FeaturesConfig | None`` included), or None."""
+    for annotation in (info.annotation, *get_args(info.annotation)):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+    return None
 
 
 def _field_at(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel], FieldInfo | None]:
@@ -77,6 +78,8 @@ def _message(error: ErrorDetails, path: str, info: FieldInfo | None) -> str:
     if isinstance(cause, ValueError):  # a carto_assets.validate check: already worded
         return str(cause)
     name, value = f"study field '{path}'", error["input"]
+    if error["type"] == "missing":
+        return f"{name} is required (a block without it: {value!r})"
     if info is not None:
         allowed = next((m.text for m in info.metadata if isinstance(m, Allowed)), None)
         if allowed is not None:

@@ -267,6 +267,56 @@ class GraphConfig(_Section):
     )
 
 
+class FeaturesConfig(_Section):
+    """Dictionary features: a top-k sparse autoencoder per chosen layer, its features mapped as
+    a second kind of unit (pseudo-layer ``<layer>:features``) beside the layer's channels."""
+
+    layers: tuple[str, ...] = Field(
+        description="Layers whose activation vectors get a dictionary; each must be one of the "
+        "study's mapped layers.",
+    )
+    expansion: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Features per channel: a layer with C channels gets expansion x C features.",
+    )
+    k: int = Field(
+        8,
+        ge=1,
+        description="Active features per position (top-k SAE); at most expansion x channels.",
+    )
+    samples: int = Field(
+        200_000,
+        ge=1,
+        description="Activation vectors (one per position) sampled per layer to train on; a "
+        "reservoir keeps memory at samples x channels x 4 bytes whatever the images.",
+    )
+    sample_images: int | None = Field(
+        2000,
+        ge=1,
+        description="Images the sampling pass reads (a seeded subset); None reads them all.",
+    )
+    epochs: int = Field(20, ge=1, description="Training epochs of each dictionary.")
+    batch_size: int = Field(1024, ge=1, description="Activation vectors per training step.")
+    learning_rate: float = Field(0.002, gt=0.0, le=10.0, description="Adam's learning rate.")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if (
+            not isinstance(value, list | tuple)
+            or not value
+            or not all(isinstance(x, str) and x for x in value)
+        ):
+            raise InvalidField(None, "a non-empty list of mapped layer names", value)
+        if len(set(value)) != len(value):
+            raise InvalidField(None, "a list of unique layer names", value)
+        return tuple(value)
+
+
 class Study(BaseModel):
     """One validated study. Build it with :func:`load_study` or :func:`study_from_dict`."""
 
@@ -357,6 +407,11 @@ class Study(BaseModel):
         default_factory=EmbeddingConfig, description=EmbeddingConfig.__doc__
     )
     graph: GraphConfig = Field(default_factory=GraphConfig, description=GraphConfig.__doc__)
+    features: FeaturesConfig | None = Field(
+        None,
+        description="Dictionary features (layers, expansion, k, samples, sample_images, "
+        "epochs, batch_size, learning_rate); unset: channels only.",
+    )
     database: Annotated[str, Allowed("a path ending in .duckdb")] = Field(
         "data/carto.duckdb",
         pattern=r"\.duckdb$",
@@ -458,6 +513,16 @@ class Study(BaseModel):
             raise InvalidField(
                 "top_k", f"at most the dataset size ({dataset.size} images)", self.top_k
             )
+        if (
+            self.features is not None
+            and isinstance(self.layers, tuple)
+            and (unknown := [n for n in self.features.layers if n not in self.layers])
+        ):
+            raise InvalidField(
+                "features.layers",
+                f"among the study's layers {list(self.layers)} (not {unknown})",
+                list(self.features.layers),
+            )
         if dataset.size is not None and self.shards > dataset.size:
             raise InvalidField(
                 "shards", f"at most the dataset size ({dataset.size} images)", self.shards
@@ -497,4 +562,6 @@ class Study(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump()
         d["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
+        if self.features is not None:
+            d["features"]["layers"] = list(self.features.layers)
         return d
