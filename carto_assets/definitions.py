@@ -14,6 +14,7 @@ import dagster as dg
 from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
+from carto_assets.assets.dictionary import dictionary
 from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
 from carto_assets.assets.graph import concept_graph, concept_graph_chunk, example_patches
 from carto_assets.assets.images import images
@@ -27,6 +28,7 @@ from carto_assets.study import STUDY_ENV_VAR
 ALL_ASSETS = [
     images,
     model,
+    dictionary,
     activations,
     top_images,
     class_importance,
@@ -58,8 +60,9 @@ def build_definitions(study_file: str = "") -> dg.Definitions:
         jobs=[
             dg.define_asset_job(
                 PREPARE_JOB,
-                selection=dg.AssetSelection.assets(images, model),
-                description="Build the image manifest and train or load the model.",
+                selection=dg.AssetSelection.assets(images, model, dictionary),
+                description="Build the image manifest, train or load the model and train the "
+                "features' dictionaries.",
             ),
             dg.define_asset_job(
                 ACTIVATIONS_JOB,

@@ -268,7 +268,7 @@ def _materialize_all(
                 )
 
     t0 = time.perf_counter()
-    say(f"[1/3] images + model for study '{study.name}'")
+    say(f"[1/3] images + model + dictionary for study '{study.name}'")
     execute(PREPARE_JOB)
     timings["prepare"] = time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ from carto_assets.stages.activations import run_shard, shard_dir
     group_name="activations",
     kinds={"pytorch", "parquet"},
     partitions_def=SHARDS,
-    deps=["images", "model"],
+    deps=["images", "model", "dictionary"],
 )
 def activations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per-shard top-k candidates per neuron and per-class neuron statistics, as Parquet."""

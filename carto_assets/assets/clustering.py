@@ -8,6 +8,7 @@ from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.core.grouping import cluster_size_distribution
 from carto_assets.resources import StudyResource
 from carto_assets.stages import clustering as stage
+from carto_assets.stages.features import features_vs_channels
 
 
 @dg.asset(
@@ -129,6 +130,15 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
             meta[key] = dg.MetadataValue.json(value)
         else:
             meta[key] = round(value, 4) if isinstance(value, float) else value
+    if kind in report.gains:
+        # Features and channels of one layer side by side (pseudo-layer gains are per layer).
+        versus = features_vs_channels(
+            report.gains[kind].single_unit_gain_by_layer,
+            report.gains[kind].units_gain_0_8_by_layer,
+        )
+        if versus:
+            meta["feature_vs_channel_single_unit_gain"] = dg.MetadataValue.json(versus)
+            meta["feature_vs_channel_basis"] = kind
     if len(table):
         meta.update(table_metadata(store, "cluster_quality"))
     return dg.MaterializeResult(metadata=meta, check_results=checks)

@@ -32,6 +32,7 @@ from carto_assets.fingerprints import (
 )
 from carto_assets.partitions import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
+from carto_assets.stages.features import derived_units, feature_layers, study_dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
 from carto_assets.storage import write_parquet_atomic
@@ -77,6 +78,13 @@ class ShardSummary:
 
 def shard_dir(study: Study, shard: int) -> Path:
     return study.files_dir / "activations" / shard_key(shard)
+
+
+def shard_identity(study: Study, images: pl.DataFrame) -> str:
+    """:func:`~carto_assets.fingerprints.shard_model_identity` with, for a study with
+    features, the fingerprint of the dictionaries its shards are encoded with."""
+    dictionary = study_dictionary_fingerprint(study, images) if study.features else None
+    return shard_model_identity(study, dictionary=dictionary)
 
 
 class ShardBatches(torch.utils.data.Dataset):
@@ -134,6 +142,7 @@ def run_shard(
         raise ValueError(f"shard {shard} out of range: the study has shards 0..{study.shards - 1}")
     part = images.filter(pl.col("shard") == shard).sort("image_id")
     bundle, layers, info = load_model(study)
+    features = feature_layers(study)  # [] without features; raises if `dictionary` is stale
     device = resolve_device(study.device)
     bundle.module.to(device)
     source = source_for_manifest(study, images, class_names)
@@ -168,6 +177,8 @@ def run_shard(
         mass_fraction=study.mass_fraction,
         device=device,
         progress=report,
+        # Each feature's spatial max and argmax, from its source layer's output in this pass.
+        derived=derived_units(features, device),
     )
     out = shard_dir(study, shard)
     write_parquet_atomic(pl.DataFrame(result.top_k), out / "top_k.parquet")
@@ -181,12 +192,12 @@ def run_shard(
         failed=[{"image_id": i, "source": paths[i], "reason": r} for i, r in failures[:1000]],
         seconds=result.seconds,
         images_per_second=result.n_images / max(result.seconds, 1e-9),
-        n_neurons=info.n_neurons,
+        n_neurons=info.n_neurons + sum(f.n_features for f in features),
         top_k=study.top_k,
         model_fingerprint=model_fingerprint(study),
         shard_size=study.shard_size,
         shard_fingerprint=expected_shard_fingerprint(
-            images, class_names, shard, shard_model_identity(study)
+            images, class_names, shard, shard_identity(study, images)
         ),
         device=str(device),
     )
@@ -203,7 +214,7 @@ def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list
     fingerprint differs from what its current images, model and settings give.
     """
     images, class_names = load_manifest(study)
-    identity = shard_model_identity(study)
+    identity = shard_identity(study, images)
     fresh: dict[int, ShardSummary] = {}
     missing: list[int] = []
     stale: list[int] = []

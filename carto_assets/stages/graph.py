@@ -23,6 +23,7 @@ from carto_assets.core.cascades import concept_cascades
 from carto_assets.core.influence import ablation_faithfulness, influence_edges, sample_edges
 from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.partitions import chunk_labels, n_class_chunks
+from carto_assets.stages.features import source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
@@ -70,7 +71,8 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
     # O(chunk), not O(images with patches) (62k ImageNet images for googlenet's 9 per neuron).
     boxed = []
     for layer, group in top.group_by("layer", maintain_order=True):
-        boxes = _layer_boxes(infos[layer[0]], fields.get(layer[0]), group, bundle.input_size)
+        source = source_layer(layer[0])  # features are cropped with their source layer's field
+        boxes = _layer_boxes(infos[source], fields.get(source), group, bundle.input_size)
         boxed.append(
             group.select("neuron_id", "rank", "image_id").with_columns(
                 top=pl.Series(boxes[:, 0], dtype=pl.Int32),

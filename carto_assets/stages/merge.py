@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import polars as pl
 from carto_assets import schema
 from carto_assets.core.models import LayerInfo
 from carto_assets.stages.activations import shard_dir, shard_summaries
+from carto_assets.stages.features import FeatureLayer, feature_layers
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list
 from carto_assets.study import Study
@@ -32,20 +34,38 @@ class MergeResult:
     activation_seconds: float
 
 
-def neurons_frame(layers: list[LayerInfo]) -> pl.DataFrame:
-    """The ``neurons`` table: one row per channel of every mapped layer, in forward order."""
-    channels = [int(info.channels or 0) for info in layers]
-    layer_index = np.repeat(np.arange(len(layers)), channels)
+def neurons_frame(
+    layers: Sequence[LayerInfo], features: Sequence[FeatureLayer] = ()
+) -> pl.DataFrame:
+    """The ``neurons`` table: one row per unit, in the activation pass's neuron order.
+
+    Every mapped layer's channels (``kind = 'channel'``) in forward order, each layer followed
+    by its dictionary's features if it has one (pseudo-layer ``<layer>:features``,
+    ``kind = 'feature'``, ``channel`` = the feature's index, its source layer's map size), so
+    ``layer_index`` counts pseudo-layers too.
+    """
+    by_source = {f.source: f for f in features}
+    rows: list[tuple[str, int, str, tuple[int, int]]] = []  # (layer, units, kind, map size)
+    for info in layers:
+        rows.append((info.name, int(info.channels or 0), "channel", info.map_size))
+        if info.name in by_source:
+            f = by_source[info.name]
+            rows.append((f.name, f.n_features, "feature", info.map_size))
+    unknown = sorted(set(by_source) - {info.name for info in layers})
+    if unknown:
+        raise ValueError(f"features of layers {unknown} that are not mapped layers")
+    widths = [n for _, n, _, _ in rows]
+    block = np.repeat(np.arange(len(rows)), widths)
     return schema.frame(
         "neurons",
         {
-            "neuron_id": np.arange(sum(channels)),
-            "layer": [layers[i].name for i in layer_index],
-            "layer_index": layer_index,
-            "channel": np.concatenate([np.arange(n) for n in channels] or [np.zeros(0, int)]),
-            "map_height": [layers[i].map_size[0] for i in layer_index],
-            "map_width": [layers[i].map_size[1] for i in layer_index],
-            "kind": ["channel"] * len(layer_index),
+            "neuron_id": np.arange(sum(widths)),
+            "layer": [rows[i][0] for i in block],
+            "layer_index": block,
+            "channel": np.concatenate([np.arange(n) for n in widths] or [np.zeros(0, int)]),
+            "map_height": [rows[i][3][0] for i in block],
+            "map_width": [rows[i][3][1] for i in block],
+            "kind": [rows[i][2] for i in block],
         },
     )
 
@@ -58,6 +78,7 @@ def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
     """
     summaries = shard_summaries(study)
     _, layers, info = load_model(study)
+    features = feature_layers(study)
     topk_files = [shard_dir(study, s.shard) / "top_k.parquet" for s in summaries]
     stats_files = [shard_dir(study, s.shard) / "class_stats.parquet" for s in summaries]
     topk_src = f"read_parquet({sql_path_list(topk_files)})"
@@ -76,7 +97,7 @@ def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
         ORDER BY neuron_id, rank
     """
     counts = store.replace_tables(
-        {"neurons": neurons_frame(layers), "top_images": top_images_sql},
+        {"neurons": neurons_frame(layers, features), "top_images": top_images_sql},
         views={
             "activation_shard_top_k": f"SELECT * FROM {topk_src}",
             "activation_class_stats": f"SELECT * FROM {stats_src}",
