@@ -171,12 +171,13 @@ def train_sae(
     generator = torch.Generator().manual_seed(seed)
     n, d = x.shape
     data = torch.from_numpy(x).to(device)
-    scale = float(data.std()) or 1.0
     w_dec = torch.randn(d, n_features, generator=generator).to(device)
     w_dec /= w_dec.norm(dim=0, keepdim=True)
     params = {
-        # The encoder starts as the decoder's transpose (Gao et al.): fewer dead features.
-        "W_enc": torch.nn.Parameter(w_dec.T.clone() / scale),
+        # The encoder starts as the decoder's transpose (Gao et al.): fewer dead features. Not
+        # divided by the data's spread: on small-valued layers that made the first
+        # reconstructions overshoot by its inverse (FVU ~50 after a few epochs).
+        "W_enc": torch.nn.Parameter(w_dec.T.clone()),
         "b_enc": torch.nn.Parameter(torch.zeros(n_features, device=device)),
         "W_dec": torch.nn.Parameter(w_dec),
         "b_dec": torch.nn.Parameter(data.mean(dim=0)),

@@ -71,8 +71,8 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
     # O(chunk), not O(images with patches) (62k ImageNet images for googlenet's 9 per neuron).
     boxed = []
     for layer, group in top.group_by("layer", maintain_order=True):
-        source = source_layer(layer[0])  # features are cropped with their source layer's field
-        boxes = _layer_boxes(infos[source], fields.get(source), group, bundle.input_size)
+        mapped = source_layer(layer[0])  # features are cropped with their source layer's field
+        boxes = _layer_boxes(infos[mapped], fields.get(mapped), group, bundle.input_size)
         boxed.append(
             group.select("neuron_id", "rank", "image_id").with_columns(
                 top=pl.Series(boxes[:, 0], dtype=pl.Int32),
