@@ -244,3 +244,58 @@ def test_every_field_is_described():
         if not field.description
     ]
     assert undescribed == []
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ({"layers": []}, "study field 'features.layers' must be a non-empty list of mapped layer"),
+        ({"layers": ["block3", "block3"]}, "study field 'features.layers' must be a list of uniq"),
+        ({"layers": ["block3"], "k": 0}, "study field 'features.k' must be an integer >= 1, got 0"),
+        (
+            {"layers": ["block3"], "learning_rate": 0},
+            "study field 'features.learning_rate' must be a number in (0.0, 10.0], got 0",
+        ),
+        (
+            {"layers": ["block3"], "sample_images": 0},
+            "study field 'features.sample_images' must be an integer >= 1, got 0",
+        ),
+        ({"k": 4}, "study field 'features.layers' is required"),
+        (
+            {"layers": ["block3"], "expanse": 2},
+            "unknown study field 'features.expanse'; allowed fields: batch_size, epochs, "
+            "expansion, k, layers, learning_rate, sample_images, samples",
+        ),
+        ("block3", "study field 'features' must be a mapping (layers, expansion, k, ...)"),
+    ],
+)
+def test_features_messages_name_the_field(features, message):
+    with pytest.raises(StudyError, match=re.escape(message)):
+        study_from_dict({**DEMO_STUDY, "features": features})
+
+
+def test_features_layers_must_be_mapped_layers():
+    with pytest.raises(StudyError, match=re.escape("'features.layers' must be among the study's")):
+        study_from_dict({"layers": ["block1", "block2"], "features": {"layers": ["block3"]}})
+    study = study_from_dict({"layers": ["block2", "block3"], "features": {"layers": "block3"}})
+    assert study.features is not None and study.features.layers == ("block3",)
+
+
+def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
+    from carto_assets.fingerprints import shard_model_identity
+
+    demo = study_from_dict(DEMO_STUDY)
+    assert demo.features is not None and demo.features.layers == ("block3", "block4")
+    assert (demo.features.expansion, demo.features.k, demo.features.epochs) == (4, 8, 20)
+    plain = study_from_dict({k: v for k, v in DEMO_STUDY.items() if k != "features"})
+    assert plain.features is None
+    other = study_from_dict({**DEMO_STUDY, "features": {"layers": ["block3"], "k": 4}})
+    assert model_fingerprint(demo) == model_fingerprint(plain) == model_fingerprint(other)
+    # The shards depend on the features: other settings or dictionaries recompute them.
+    identities = {
+        shard_model_identity(demo),
+        shard_model_identity(plain),
+        shard_model_identity(other),
+        shard_model_identity(demo, dictionary="abc"),
+    }
+    assert len(identities) == 4

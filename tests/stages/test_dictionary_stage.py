@@ -1,0 +1,70 @@
+"""The `dictionary` stage and asset on a tiny study: trained once, reused while the
+fingerprint matches, a clear error when stale, nothing to do without features."""
+
+import dagster as dg
+import pytest
+
+from carto_assets.stages.features import (
+    dictionary_dir,
+    feature_layers,
+    prepare_dictionaries,
+    study_dictionary_fingerprint,
+)
+from carto_assets.stages.manifest import build_manifest, save_manifest
+from carto_assets.stages.model import model_dir, prepare_model
+from carto_assets.study import load_study
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FEATURES = {"layers": ["block3"], "samples": 2000, "sample_images": 60, "epochs": 2}
+
+
+def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(tmp_path, make_study):
+    study = load_study(make_study(tmp_path, features=FEATURES))
+    save_manifest(study, build_manifest(study))
+    prepare_model(study, progress=lambda m: None)
+    with pytest.raises(FileNotFoundError, match=r"none were trained yet.*materialize `dictionary`"):
+        feature_layers(study)
+
+    first = prepare_dictionaries(study, progress=lambda m: None)
+    assert first is not None and not first.cached
+    assert first.folder == dictionary_dir(study, study_dictionary_fingerprint(study))
+    (row,) = first.layers
+    assert row["layer"] == "block3" and row["n_features"] == 4 * 64 and row["l0"] <= 8
+    assert 0.0 <= row["fvu"] < 1.0 and 0.0 <= row["dead_share"] <= 1.0
+    assert first.sample_images == 60 and first.sample_bytes == 2000 * 64 * 4
+    (layer,) = feature_layers(study)
+    assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 256)
+
+    again = prepare_dictionaries(study, progress=lambda m: None)
+    assert again is not None and again.cached and again.fingerprint == first.fingerprint
+    assert again.layers == first.layers
+
+    # Other features settings: another fingerprint, the same model checkpoint.
+    changed = load_study(make_study(tmp_path, features={**FEATURES, "epochs": 3}))
+    assert model_dir(changed) == model_dir(study)
+    assert study_dictionary_fingerprint(changed) != first.fingerprint
+    with pytest.raises(FileNotFoundError, match=r"trained for other features settings"):
+        feature_layers(changed)
+
+    unmapped = load_study(make_study(tmp_path, features={**FEATURES, "layers": ["block9"]}))
+    with pytest.raises(ValueError, match=r"features.layers must be layers of the study.*block9"):
+        prepare_dictionaries(unmapped, progress=lambda m: None)
+
+
+def test_the_asset_materializes_without_features_and_says_so(tmp_path, make_study):
+    from carto_assets.definitions import PREPARE_JOB, build_definitions
+
+    study_file = make_study(tmp_path)
+    study = load_study(study_file)
+    assert prepare_dictionaries(study) is None and feature_layers(study) == []
+    instance = dg.DagsterInstance.ephemeral()
+    result = (
+        build_definitions(str(study_file))
+        .resolve_job_def(PREPARE_JOB)
+        .execute_in_process(instance=instance)
+    )
+    assert result.success
+    record = instance.fetch_materializations(dg.AssetKey("dictionary"), limit=1).records[0]
+    assert "none" in record.asset_materialization.metadata["features"].value
+    assert all(check.passed for check in result.get_asset_check_evaluations())
