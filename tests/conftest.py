@@ -45,9 +45,21 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+#: Dictionary features of one layer in the whole-graph fixture: small enough to train in
+#: seconds, so every stage runs with a pseudo-layer between two mapped layers.
+TINY_FEATURES = {
+    "layers": ["block3"],
+    "samples": 5000,
+    "sample_images": 120,
+    "epochs": 5,
+    "batch_size": 256,
+}
+
+
 @pytest.fixture(scope="session")
 def materialized(tmp_path_factory):
-    """The whole asset graph materialized once on a tiny shapes study.
+    """The whole asset graph materialized once on a tiny shapes study, with dictionary
+    features of ``block3`` (pseudo-layer ``block3:features``).
 
     Returns (study, instance, study_file).
     """
@@ -57,7 +69,7 @@ def materialized(tmp_path_factory):
     from carto_assets.study import load_study
 
     folder = tmp_path_factory.mktemp("study")
-    study_file = write_study(folder)
+    study_file = write_study(folder, features=TINY_FEATURES)
     instance = dg.DagsterInstance.ephemeral()
     materialize_all(str(study_file), instance, say=lambda m: None)
     return load_study(study_file), instance, study_file

@@ -2,6 +2,7 @@
 
 import dagster as dg
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -28,12 +29,26 @@ def test_tables_hold_what_the_contract_says(materialized):
     }
     neurons = store.query("SELECT * FROM neurons ORDER BY neuron_id")
     assert neurons["neuron_id"].to_list() == list(range(len(neurons)))
-    assert neurons["layer"].unique(maintain_order=True).to_list() == [
+    channels = neurons.filter(neurons["kind"] == "channel")
+    assert channels["layer"].unique(maintain_order=True).to_list() == [
         "block1",
         "block2",
         "block3",
         "block4",
     ]
+    # block3's dictionary features sit right after block3's channels, as a pseudo-layer.
+    assert neurons["layer"].unique(maintain_order=True).to_list() == [
+        "block1",
+        "block2",
+        "block3",
+        "block3:features",
+        "block4",
+    ]
+    assert neurons["layer_index"].unique(maintain_order=True).to_list() == list(range(5))
+    features = neurons.filter(neurons["kind"] == "feature")
+    assert set(neurons["kind"]) == {"channel", "feature"}
+    assert set(features["layer"]) == {"block3:features"}
+    assert features["channel"].to_list() == list(range(4 * 64))
     per = store.query(
         "SELECT neuron_id, count(*) AS n, min(rank) AS lo, max(rank) AS hi, "
         "count(DISTINCT image_id) AS distinct_images FROM top_images GROUP BY neuron_id"
@@ -62,8 +77,13 @@ def test_top_images_match_a_direct_full_pass(materialized):
         bundle.module(bundle.normalize(torch.from_numpy(pixels)))
         values, _, _ = rec.collect()
     store = CartoStore(study.database_path)
-    for neuron in (0, 17, values.shape[1] - 1):
-        col = values[:, neuron].numpy()
+    # Column j of the channels' values is the j-th channel unit (features sit in between).
+    channel_ids = store.query(
+        "SELECT neuron_id FROM neurons WHERE kind = 'channel' ORDER BY neuron_id"
+    )["neuron_id"].to_list()
+    for column in (0, 17, values.shape[1] - 1):
+        col = values[:, column].numpy()
+        neuron = channel_ids[column]
         expected = sorted(range(240), key=lambda i: (-col[i], i))[:8]
         got = store.query(
             f"SELECT image_id, activation FROM top_images WHERE neuron_id = {neuron} ORDER BY rank"
@@ -81,6 +101,8 @@ def test_rerun_replaces_rows_and_reuses_the_checkpoint(materialized):
     assert store.query("SELECT count(*) AS n FROM images")["n"][0] == 240
     mats = instance.fetch_materializations(dg.AssetKey("model"), limit=5).records
     assert mats[0].asset_materialization.metadata["reused_cached_checkpoint"].value is True
+    dictionary = instance.fetch_materializations(dg.AssetKey("dictionary"), limit=1).records[0]
+    assert dictionary.asset_materialization.metadata["reused_cached_dictionaries"].value is True
     acc = mats[0].asset_materialization.metadata["holdout_accuracy"].value
     assert 0.0 <= acc <= 1.0
 
@@ -163,7 +185,8 @@ def test_class_importance_matches_a_direct_count(materialized):
     first_layer = values[:, : layers[0].channels]
     mask = top_mass_mask(first_layer, study.mass_fraction).numpy()
     got = store.query("SELECT label, neuron_id, score, mean_activation FROM class_importance")
-    assert len(got) == len(set(labels.tolist())) * values.shape[1]
+    n_units = store.query("SELECT count(*) AS n FROM neurons")["n"][0]  # channels + features
+    assert len(got) == len(set(labels.tolist())) * n_units
     for label in sorted(set(labels.tolist()))[:3]:
         for neuron in (0, 5):
             row = got.filter((got["label"] == label) & (got["neuron_id"] == neuron))
@@ -236,7 +259,17 @@ def test_patches_and_concept_graph(materialized):
     )
     assert len(edges) > 0 and (edges["weight"] > 0).all()
     inner = edges.filter(edges["target_layer"] != "prediction")
-    assert (inner["t_idx"] - inner["s_idx"] == 1).all()  # consecutive mapped layers only
+    # Consecutive mapped layers only; a feature pseudo-layer between two layers is skipped
+    # until feature edges land.
+    pseudo = store.query("SELECT DISTINCT layer_index FROM neurons WHERE kind = 'feature'")[
+        "layer_index"
+    ].to_list()
+    between = inner.select(
+        skipped=pl.struct("s_idx", "t_idx").map_elements(
+            lambda r: sum(r["s_idx"] < i < r["t_idx"] for i in pseudo), return_dtype=pl.Int64
+        )
+    )["skipped"]
+    assert (inner["t_idx"] - inner["s_idx"] - between == 1).all()
     last = nodes["layer_index"].max()
     pred = edges.filter(edges["target_layer"] == "prediction")
     assert len(pred) > 0 and (pred["s_idx"] == last).all()
@@ -322,3 +355,62 @@ def test_random_init_torchvision_model_is_the_same_in_every_load(tmp_path, make_
     torch.manual_seed(12345)  # whatever the global RNG state, the loaded weights are the same
     b, _, _ = load_model(study)
     assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
+
+
+def test_feature_units_run_through_every_stage(materialized):
+    """block3's dictionary features: top images equal to encoding every image, clusters of one
+    kind, patches and metadata for the features, the dictionary reused on a rerun."""
+    from carto_assets.core.activations import spatial_max
+    from carto_assets.core.dictionary import encode
+    from carto_assets.core.hooks import capture
+    from carto_assets.stages.features import feature_layers
+
+    study, instance, _ = materialized
+    store = CartoStore(study.database_path)
+    (layer,) = feature_layers(study)
+    units = store.query(
+        "SELECT n.kind, count(DISTINCT n.neuron_id) AS units, count(t.rank) AS rows "
+        "FROM neurons n LEFT JOIN top_images t USING (neuron_id) GROUP BY n.kind"
+    )
+    by_kind = dict(zip(units["kind"], units["units"]))
+    assert by_kind == {"channel": 32 + 48 + 64 + 96, "feature": layer.n_features}
+    assert (units["rows"] == units["units"] * study.top_k).all()  # every unit has its top-k
+
+    bundle, _, _ = load_model(study)
+    pixels, _ = open_source(study).load_many(list(range(240)))
+    with capture(bundle.module, ["block3"]) as out, torch.no_grad():
+        bundle.module(bundle.normalize(torch.from_numpy(pixels)))
+    maps = out["block3"]
+    z = encode(layer.sae, maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]))
+    values, _, _ = spatial_max(
+        z.reshape(maps.shape[0], maps.shape[2], maps.shape[3], -1).permute(0, 3, 1, 2)
+    )
+    first = store.query("SELECT min(neuron_id) AS n FROM neurons WHERE kind = 'feature'")["n"][0]
+    for feature in (0, 100, layer.n_features - 1):
+        col = values[:, feature].numpy()
+        got = store.query(
+            f"SELECT image_id, activation FROM top_images WHERE neuron_id = {first + feature} "
+            "ORDER BY rank"
+        )
+        expected = sorted(range(240), key=lambda i: (-col[i], i))[: study.top_k]
+        np.testing.assert_allclose(got["activation"].to_numpy(), col[expected], atol=1e-5)
+
+    mixed = store.query(
+        "SELECT nc.cluster_id FROM neuron_clusters nc JOIN neurons n USING (neuron_id) "
+        "GROUP BY nc.cluster_id HAVING count(DISTINCT n.kind) > 1"
+    )
+    assert len(mixed) == 0
+    patches = store.query(
+        "SELECT count(DISTINCT p.neuron_id) AS n FROM example_patches p "
+        "JOIN neurons n USING (neuron_id) WHERE n.kind = 'feature'"
+    )
+    assert patches["n"][0] == layer.n_features
+
+    quality = instance.fetch_materializations(dg.AssetKey("cluster_quality"), limit=1).records[0]
+    versus = quality.asset_materialization.metadata["feature_vs_channel_single_unit_gain"].value
+    assert set(versus) == {"block3"}
+    assert set(versus["block3"]) >= {"channels", "features", "delta", "features_share_0_8"}
+    dictionary = instance.fetch_materializations(dg.AssetKey("dictionary"), limit=1).records
+    by_layer = dictionary[0].asset_materialization.metadata["by_layer"].value
+    assert set(by_layer) == {"block3"} and by_layer["block3"]["n_features"] == 256
+    assert 0.0 <= by_layer["block3"]["fvu"] < 1.0
