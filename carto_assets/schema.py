@@ -129,14 +129,24 @@ TABLES: dict[str, Table] = {
         _table(
             "neurons",
             "top_images",
-            ("neuron_id", "BIGINT", "dense id over all mapped layers"),
-            ("layer", "VARCHAR", "module name from `model.named_modules()`"),
+            ("neuron_id", "BIGINT", "dense id over all mapped layers and feature pseudo-layers"),
+            (
+                "layer",
+                "VARCHAR",
+                "module name from `model.named_modules()`; `<layer>:features` for the "
+                "features of that layer's dictionary",
+            ),
             (
                 "layer_index",
                 "INTEGER",
-                "the layer's position in forward order (0 = closest to the input)",
+                "the layer's position in forward order (0 = closest to the input); a feature "
+                "pseudo-layer comes right after its layer and shifts later ones by one",
             ),
-            ("channel", "INTEGER", "channel within the layer"),
+            (
+                "channel",
+                "INTEGER",
+                "channel within the layer (features: the feature's index in its dictionary)",
+            ),
             (
                 "map_height",
                 "INTEGER",
