@@ -2,14 +2,16 @@
 
 The concept graph's edges come from :func:`carto_assets.core.influence.influence_edges`; a
 cascade follows, from one node, the strongest positive edge into it (toward the input) and out
-of it (toward the prediction), step by step. The view highlights these chains.
+of it (toward the prediction), step by step. The view highlights these chains. In a graph with
+dictionary features beside channels, a cascade stays in its root's chain of layers (channels or
+features), so the channels' cascades are those of the graph without features.
 
 This module never imports dagster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 def concept_cascades(
     nodes: Iterable[tuple[str, int]] | Mapping[str, Sequence[Any]],
     edges: InfluenceResult | Mapping[str, Any],
+    chains: Mapping[str, Hashable] | None = None,
 ) -> dict[str, np.ndarray]:
     """From every node, the chain of strongest links toward the input and toward the prediction.
 
@@ -31,12 +34,19 @@ def concept_cascades(
     Only edges between given nodes (and into the prediction) are followed. Ties go to the
     smaller (layer name, cluster id); a node is never visited twice.
 
+    With ``chains``, a cascade only follows links to layers of its root's chain (and to the
+    prediction, which ends every chain): in a graph whose channel layers and feature layers
+    form two chains with links between them, a channel's cascade stays among channels and a
+    feature's among features.
+
     Parameters
     ----------
     nodes
         (layer, cluster) pairs, or a mapping with ``layer`` and ``cluster`` columns.
     edges
         An :class:`InfluenceResult` or a mapping with its edge columns.
+    chains
+        Layer -> chain id, for every node's layer; None: all layers form one chain.
 
     Returns
     -------
@@ -53,6 +63,14 @@ def concept_cascades(
     else:
         node_list = [(str(a), int(b)) for a, b in nodes]
     allowed = set(node_list) | {(PREDICTION, PREDICTION_CLUSTER)}
+    if chains is not None:
+        unchained = sorted({layer for layer, _ in node_list} - set(chains))
+        if unchained:
+            raise ValueError(f"chains has no entry for the nodes' layer(s) {unchained}")
+
+    def chain(layer: str) -> Hashable:
+        return None if chains is None or layer == PREDICTION else chains[layer]
+
     table = read_edges(edges)
     incoming: dict[tuple[str, int], list[tuple[float, str, int]]] = {}
     outgoing: dict[tuple[str, int], list[tuple[float, str, int]]] = {}
@@ -85,12 +103,20 @@ def concept_cascades(
         )
     }
     for root in node_list:
+        own = chain(root[0])
         for direction, links in (("down", incoming), ("up", outgoing)):
             seen = {root}
             current = root
             depth = 0
             while True:
-                step = next((c for c in links.get(current, ()) if (c[1], c[2]) not in seen), None)
+                step = next(
+                    (
+                        c
+                        for c in links.get(current, ())
+                        if (c[1], c[2]) not in seen and chain(c[1]) in (own, None)
+                    ),
+                    None,
+                )
                 if step is None:
                     break
                 current = (step[1], step[2])

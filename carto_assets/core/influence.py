@@ -16,6 +16,15 @@ how much of B's activation is attributable to A, by gradient x activation:
 
 Prediction edges use the class logit as the objective, at the last captured layer.
 
+Units can also be the features of a sparse autoencoder read at a captured layer: *feature
+layers*, given as :class:`~carto_assets.core.feature_influence.FeatureSpec` (computed beside
+the network, never fed back). Edges into a feature cluster use its members' spatial maxima as
+the objective; edges out of one project the gradient at its source layer onto the features
+(``W_dec^T g``) and multiply by the features; ablating one subtracts its decoder contribution.
+:mod:`carto_assets.core.feature_influence` states the definitions. With features the layer
+pairs are given explicitly (:func:`~carto_assets.core.feature_influence.graph_pairs`); by
+default they are consecutive layers, as above.
+
 The gradient is taken between captured layers whatever lies between them (inception branches,
 residual sums, pooling), so branching models need nothing special. A pair whose upper layer
 does not depend on the lower one (parallel branches, or a zero gradient x activation for all
@@ -33,7 +42,6 @@ This module never imports dagster.
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +54,7 @@ from scipy import stats
 from torch import nn
 
 from carto_assets.core.activations import spatial_max
+from carto_assets.core.feature_influence import FeatureSpec, check_features, layer_pairs
 from carto_assets.core.hooks import capture, find_modules
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER, column_names
 from carto_assets.validate import check_int
@@ -114,12 +123,21 @@ def _as_clusters(
     return out
 
 
-def _check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+def _check_layers(
+    model: nn.Module, layers: Sequence[str], features: Mapping[str, FeatureSpec]
+) -> list[str]:
+    """The captured modules among ``layers`` (all but the feature layers), checked."""
     if isinstance(layers, str) or len(layers) == 0:
         raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers contain duplicates: {list(layers)}")
-    find_modules(model, layers)
+    stray = sorted(set(features) - set(layers))
+    if stray:
+        raise ValueError(f"features name layer(s) {stray} that are not in layers {list(layers)}")
+    modules = [name for name in layers if name not in features]
+    check_features(features, modules)
+    find_modules(model, modules)
+    return modules
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -174,11 +192,16 @@ def _checked_output(name: str, output: object) -> torch.Tensor:
 
 def _handed_on(
     ablate: tuple[str, np.ndarray] | None,
+    features: Mapping[str, FeatureSpec],
+    maps: dict[str, torch.Tensor],
 ) -> Callable[[str, torch.Tensor], torch.Tensor]:
-    """The output the rest of the network gets: a copy, with ``ablate``'s channels zeroed.
+    """The output the rest of the network gets: a copy, with ``ablate``'s channels zeroed (or,
+    when ``ablate`` names a feature layer, its features' decoder contribution subtracted).
 
     The copy means in-place ops downstream (ReLU(inplace)) cannot alter the kept tensor, and
-    the gradient still reaches the kept tensor through it.
+    the gradient still reaches the kept tensor through it. The feature maps of the layer are
+    stored in ``maps`` right away, before anything downstream runs: from the kept output (in
+    its graph), or in an ablation pass from the copy, i.e. what the network goes on with.
     """
 
     def edit(name: str, output: torch.Tensor) -> torch.Tensor:
@@ -189,6 +212,15 @@ def _handed_on(
                 copy[:, :, idx] = 0
             else:
                 copy[:, idx] = 0
+        elif ablate is not None and ablate[0] in features:
+            spec = features[ablate[0]]
+            if spec.source == name:
+                spec.check(ablate[0], output)
+                copy = copy - spec.decoded(spec.maps(output), ablate[1])
+        for feature, spec in features.items():
+            if spec.source == name:
+                spec.check(feature, output)
+                maps[feature] = spec.maps(output if ablate is None else copy)
         return copy
 
     return edit
@@ -200,32 +232,39 @@ def _run(
     clusters: Mapping[str, np.ndarray],
     x: torch.Tensor,
     ablate: tuple[str, np.ndarray] | None = None,
+    features: Mapping[str, FeatureSpec] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward pass: the captured outputs and the logits, validated."""
-    with capture(model, layers, keep=_checked_output, edit=_handed_on(ablate)) as outputs:
+    """One forward pass: the captured outputs, the feature maps and the logits, validated."""
+    features = features or {}
+    modules = [name for name in layers if name not in features]
+    maps: dict[str, torch.Tensor] = {}
+    edit = _handed_on(ablate, features, maps)
+    with capture(model, modules, keep=_checked_output, edit=edit) as outputs:
         logits = _logits(model(x))
-    missing = [n for n in layers if n not in outputs]
+    missing = [n for n in modules if n not in outputs]
     if missing:
         raise ValueError(f"layer(s) {missing} did not run in the forward pass")
-    shared = [n for n in layers if outputs.calls[n] != 1]
+    shared = [n for n in modules if outputs.calls[n] != 1]
     if shared:
         raise ValueError(
             f"layer(s) {shared} run more than once per forward pass (shared modules); "
             "pick modules that run once"
         )
-    if list(outputs) != list(layers):
+    if list(outputs) != modules:
         raise ValueError(
             f"layers must be given in forward order; the forward pass completes them as "
             f"{list(outputs)}"
         )
+    units = {**outputs, **maps}
     for name in layers:
-        c = _channels(outputs[name])
+        c = _channels(units[name])
         if len(clusters[name]) != c:
+            kind = "features" if name in features else "channels"
             raise ValueError(
                 f"cluster_of[{name!r}] has {len(clusters[name])} entries but the layer has "
-                f"{c} channels"
+                f"{c} {kind}"
             )
-    return outputs, logits
+    return units, logits
 
 
 def _members(ids: np.ndarray) -> dict[int, np.ndarray]:
@@ -287,22 +326,25 @@ def influence_edges(
     class_index: int,
     upper_clusters: Mapping[str, Sequence[int]] | None = None,
     *,
+    features: Mapping[str, FeatureSpec] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
     include_prediction: bool = True,
     keep_nonpositive: bool = False,
     batch_size: int = 32,
     batched_backward: bool | None = None,
 ) -> InfluenceResult:
-    """Gradient x activation influence between clusters of consecutive captured layers.
+    """Gradient x activation influence between clusters of captured (or feature) layers.
 
     Parameters
     ----------
     model
         The network; run in eval mode (its mode is restored afterwards), never modified.
     layers
-        Captured module names in forward order (the order their outputs complete).
+        Captured module names in forward order (the order their outputs complete), and the
+        names of the feature layers in ``features`` (anywhere in the list).
     cluster_of
         Per layer (a mapping by name, or a sequence aligned with ``layers``), a 1-D int array
-        channel -> cluster id; negative ids are unclustered channels and are ignored.
+        channel (or feature) -> cluster id; negative ids are unclustered units and are ignored.
     images
         (B, 3, H, W) normalized images of one class.
     class_index
@@ -310,8 +352,17 @@ def influence_edges(
     upper_clusters
         Per upper layer, the cluster ids to compute incoming edges for (the graph's nodes);
         a layer that is absent gets all its clusters. The cost scales with these.
+    features
+        Feature layer name -> :class:`~carto_assets.core.feature_influence.FeatureSpec`; each
+        reads one of the captured ``layers``. None: channels only.
+    pairs
+        The (lower, upper) layer pairs to compute, an upper layer possibly
+        :data:`PREDICTION`; each upper layer above its lower one (a feature layer counts as
+        just above its source). None: consecutive ``layers``, then the last one to the
+        prediction.
     include_prediction
-        Also compute edges from the last layer's clusters to the prediction.
+        Also compute edges into the prediction: the last layer's with the default pairs;
+        with explicit ``pairs``, False drops the pairs into :data:`PREDICTION`.
     keep_nonpositive
         Keep edges whose weight is 0 (no wire, or a net inhibitory one) instead of dropping
         them.
@@ -332,12 +383,15 @@ def influence_edges(
         Edges ordered by target layer, target cluster, then source cluster.
     """
     start = time.perf_counter()
-    _check_layers(model, layers)
+    features = dict(features or {})
+    modules = _check_layers(model, layers, features)
     clusters = _as_clusters(layers, cluster_of)
     _check_images(images)
     check_int("batch_size", batch_size, minimum=1)
+    pairs = layer_pairs(layers, modules, features, pairs, include_prediction)
+    uppers = list(dict.fromkeys(upper for _, upper in pairs if upper != PREDICTION))
     targets: dict[str, dict[int, np.ndarray]] = {}
-    for upper in layers[1:]:
+    for upper in uppers:
         members = _members(clusters[upper])
         wanted = None if upper_clusters is None else upper_clusters.get(upper)
         if wanted is not None:
@@ -350,16 +404,21 @@ def influence_edges(
             members = {int(c): members[int(c)] for c in sorted(set(int(c) for c in wanted))}
         targets[upper] = members
     if upper_clusters is not None:
-        stray = sorted(set(upper_clusters) - set(layers[1:]))
+        stray = sorted(set(upper_clusters) - set(uppers))
         if stray:
             raise ValueError(
-                f"upper_clusters names layer(s) {stray} that are not upper layers of {layers}"
+                f"upper_clusters names layer(s) {stray} that are not upper layers; the upper "
+                f"layers are {uppers}"
             )
 
-    pairs: list[tuple[str, str]] = list(itertools.pairwise(layers))
-    if include_prediction:
-        pairs.append((layers[-1], PREDICTION))
-    # (pair, target cluster) -> per-channel contribution summed over images.
+    predicting = any(upper == PREDICTION for _, upper in pairs)
+    # Pairs that differentiate the same objective at the same captured output (a channel
+    # layer and the features read from it, into one upper layer) share one backward pass.
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for lower, upper in pairs:
+        at = features[lower].source if lower in features else lower
+        groups.setdefault((at, upper), []).append((lower, upper))
+    # (pair, target cluster) -> per-unit contribution summed over images.
     sums: dict[tuple[str, str], dict[int, torch.Tensor]] = {p: {} for p in pairs}
     independent: set[tuple[str, str]] = set()
     nonzero: set[tuple[str, str]] = set()
@@ -373,32 +432,32 @@ def influence_edges(
         for chunk in _chunks(images, batch_size):
             x = chunk.to(device).detach().requires_grad_(True)  # a graph even if params frozen
             with torch.enable_grad():
-                outputs, logits = _run(model, layers, clusters, x)
-                if include_prediction and not 0 <= class_index < logits.shape[1]:
+                outputs, logits = _run(model, layers, clusters, x, features=features)
+                if predicting and not 0 <= class_index < logits.shape[1]:
                     raise ValueError(
                         f"class_index {class_index} is outside the model's {logits.shape[1]} logits"
                     )
-                maxes = {name: _channel_max(outputs[name]) for name in layers[1:]}
-                for pair in pairs:
-                    if pair in independent:
+                maxes = {name: _channel_max(outputs[name]) for name in uppers}
+                for (at, upper), group in groups.items():
+                    todo = [pair for pair in group if pair not in independent]
+                    if not todo:
                         continue
-                    lower, upper = pair
                     objectives = (
                         {PREDICTION_CLUSTER: logits[:, class_index]}
                         if upper == PREDICTION
                         else {b: maxes[upper][:, m].sum(dim=1) for b, m in targets[upper].items()}
                     )
-                    low = outputs[lower]
-                    grads = _objective_grads(objectives, low, batched=batched_backward)
+                    grads = _objective_grads(objectives, outputs[at], batched=batched_backward)
                     if grads is None:
-                        independent.add(pair)
+                        independent.update(todo)
                         continue
-                    for b, grad in zip(objectives, grads):
-                        contrib = _channel_sum(grad * low.detach()).double().sum(dim=0)
-                        if bool((contrib != 0).any()):
-                            nonzero.add(pair)
-                        acc = sums[pair].get(b)
-                        sums[pair][b] = contrib if acc is None else acc + contrib
+                    for pair in todo:
+                        for b, grad in zip(objectives, grads):
+                            contrib = _contribution(pair[0], grad, outputs, features)
+                            if bool((contrib != 0).any()):
+                                nonzero.add(pair)
+                            acc = sums[pair].get(b)
+                            sums[pair][b] = contrib if acc is None else acc + contrib
             n_images += chunk.shape[0]
             del outputs, logits, maxes
     finally:
@@ -436,6 +495,22 @@ def influence_edges(
         n_images=n_images,
         seconds=time.perf_counter() - start,
     )
+
+
+def _contribution(
+    lower: str,
+    grad: torch.Tensor,
+    outputs: Mapping[str, torch.Tensor],
+    features: Mapping[str, FeatureSpec],
+) -> torch.Tensor:
+    """Gradient x activation per unit of ``lower``, summed over space and images: (C,) float64.
+
+    ``grad`` is the objective's gradient at the captured output ``lower`` is read from; for a
+    feature layer it is projected onto the features (``W_dec^T grad``) first.
+    """
+    if lower in features:
+        grad = features[lower].project(grad)
+    return _channel_sum(grad * outputs[lower].detach()).double().sum(dim=0)
 
 
 def _edge_arrays(cols: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
@@ -492,6 +567,7 @@ def ablation_faithfulness(
     images: torch.Tensor,
     edges_sample: InfluenceResult | Mapping[str, Any],
     *,
+    features: Mapping[str, FeatureSpec] | None = None,
     class_index: int | None = None,
     batch_size: int = 32,
 ) -> tuple[float, dict[str, np.ndarray]]:
@@ -503,9 +579,14 @@ def ablation_faithfulness(
     exactly this drop, in the same units, so the absolute drop is what the weights are ranked
     against; the relative drop is reported too. One forward pass per distinct source cluster.
 
+    A feature cluster A of a feature layer reading layer S is ablated by subtracting its
+    members' decoder contribution ``W_dec[:, A] z_A`` from S's output at every position; a
+    feature target's activation is the sum of its members' spatial maxima of the features,
+    encoded from the output the network goes on with.
+
     Parameters
     ----------
-    model, layers, cluster_of, images
+    model, layers, cluster_of, images, features
         As for :func:`influence_edges`.
     edges_sample
         Edges to test (e.g. :func:`sample_edges` of an :class:`InfluenceResult`).
@@ -521,7 +602,8 @@ def ablation_faithfulness(
         edges or constant values), and the sample's edge columns plus ``baseline``, ``ablated``,
         ``drop`` (baseline - ablated) and ``relative_drop`` (drop / |baseline|, NaN at 0).
     """
-    _check_layers(model, layers)
+    features = dict(features or {})
+    _check_layers(model, layers, features)
     clusters = _as_clusters(layers, cluster_of)
     _check_images(images)
     table = read_edges(edges_sample)
@@ -549,7 +631,7 @@ def ablation_faithfulness(
         """Mean objective of every target in the sample."""
         totals: dict[tuple[str, int], float] = {}
         for chunk in _chunks(images, batch_size):
-            outputs, logits = _run(model, layers, clusters, chunk.to(device), ablate)
+            outputs, logits = _run(model, layers, clusters, chunk.to(device), ablate, features)
             maxes = {name: _channel_max(outputs[name]) for name in target_layers}
             for layer, c in targets:
                 if layer == PREDICTION:

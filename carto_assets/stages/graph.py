@@ -20,10 +20,11 @@ from scipy.stats import spearmanr
 
 from carto_assets import schema
 from carto_assets.core.cascades import concept_cascades
+from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
 from carto_assets.core.influence import ablation_faithfulness, influence_edges, sample_edges
 from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.partitions import chunk_labels, n_class_chunks
-from carto_assets.stages.features import source_layer
+from carto_assets.stages.features import feature_layers, source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
@@ -247,6 +248,12 @@ def concept_graph_chunk(
     Reads the database only (``neuron_clusters``, ``class_importance``), so chunks run in
     parallel processes. Every class's work depends on the class alone (its own seeded image
     sample and faithfulness sample), so any split into chunks gives the same tables.
+
+    With dictionary features (:func:`~carto_assets.stages.features.feature_layers`), their
+    pseudo-layers are units beside the channel layers: the channel layers keep their chain (the
+    graph of a study without features), the feature layers form a second one
+    (:func:`~carto_assets.core.feature_influence.graph_pairs`), and cascades stay in their
+    root's chain.
     """
     say = progress or (lambda m: None)
     start = time.perf_counter()
@@ -255,6 +262,9 @@ def concept_graph_chunk(
     model = bundle.module.eval()
     source = source_for_manifest(study, images, class_names)
     layer_names = [i.name for i in layers]
+    features = {f.name: FeatureSpec.from_sae(f.source, f.sae) for f in feature_layers(study)}
+    units = layer_names + list(features)
+    chains = {name: "features" if name in features else "channels" for name in units}
     nc = store.query(
         "SELECT n.layer, n.channel, nc.cluster_id FROM neuron_clusters nc "
         "JOIN neurons n USING (neuron_id) ORDER BY n.layer_index, n.channel"
@@ -262,11 +272,19 @@ def concept_graph_chunk(
     cluster_of = {
         name: nc.filter(pl.col("layer") == name)["cluster_id"].to_numpy() for name in layer_names
     }
+    for name, spec in features.items():
+        # One entry per feature; one the clustering left out (none should be) is unclustered.
+        rows = nc.filter(pl.col("layer") == name)
+        ids = np.full(spec.n_features, -1, dtype=np.int64)
+        ids[rows["channel"].to_numpy()] = rows["cluster_id"].to_numpy()
+        cluster_of[name] = ids
     nodes = graph_nodes(study, store)
     # Prediction edges need the model's outputs to be the study's classes: true for the
     # built-in model trained on them; for other models only when the head has that many classes.
     n_out = _n_outputs(model, bundle.input_size)
     predict = study.is_builtin_model or n_out == len(class_names)
+    pairs = graph_pairs(layer_names, features, prediction=predict)
+    uppers = list(dict.fromkeys(upper for _, upper in pairs if upper != schema.PREDICTION))
     edge_parts, cascade_parts, effects = [], [], []
     no_dependency: set[tuple[str, str]] = set()
     present = sorted(set(images["label"].to_list()))
@@ -274,7 +292,9 @@ def concept_graph_chunk(
     faith_budget = study.graph.faithfulness_edges
     share = max(1, faith_budget // max(1, len(present)))
     for k, label in enumerate(todo):
-        class_nodes = nodes.filter(pl.col("label") == label)
+        # Nodes of layers the graph does not cover (features of dictionaries the study no
+        # longer maps) are left out.
+        class_nodes = nodes.filter((pl.col("label") == label) & pl.col("layer").is_in(units))
         if len(class_nodes) == 0:
             continue
         x = class_images(study, label, images, source, bundle)
@@ -282,15 +302,17 @@ def concept_graph_chunk(
             continue
         upper = {
             name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
-            for name in layer_names[1:]
+            for name in uppers
         }
         result = influence_edges(
             model,
-            layer_names,
+            units,
             cluster_of,
             x,
             class_index=label,
             upper_clusters=upper,
+            features=features,
+            pairs=pairs,
             include_prediction=predict,
         )
         no_dependency.update(tuple(p) for p in result.no_dependency)
@@ -309,6 +331,7 @@ def concept_graph_chunk(
             casc = concept_cascades(
                 list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
                 {c: edges[c].to_numpy() for c in edges.columns},
+                chains,
             )
             cdf = pl.DataFrame({c: np.asarray(v) for c, v in casc.items()})
             if len(cdf):
@@ -322,10 +345,11 @@ def concept_graph_chunk(
                 )
                 _, eff = ablation_faithfulness(
                     model,
-                    layer_names,
+                    units,
                     cluster_of,
                     x,
                     sample,
+                    features=features,
                     class_index=label if predict else None,
                 )
                 effects.append(

@@ -258,21 +258,33 @@ def test_patches_and_concept_graph(materialized):
         "ON lt.layer = e.target_layer"
     )
     assert len(edges) > 0 and (edges["weight"] > 0).all()
-    inner = edges.filter(edges["target_layer"] != "prediction")
-    # Consecutive mapped layers only; a feature pseudo-layer between two layers is skipped
-    # until feature edges land.
-    pseudo = store.query("SELECT DISTINCT layer_index FROM neurons WHERE kind = 'feature'")[
-        "layer_index"
-    ].to_list()
-    between = inner.select(
-        skipped=pl.struct("s_idx", "t_idx").map_elements(
-            lambda r: sum(r["s_idx"] < i < r["t_idx"] for i in pseudo), return_dtype=pl.Int64
-        )
-    )["skipped"]
-    assert (inner["t_idx"] - inner["s_idx"] - between == 1).all()
-    last = nodes["layer_index"].max()
+    # Channel layers: consecutive mapped layers only, the last one into the prediction (the
+    # graph without features). A feature pseudo-layer gets edges from the channel layer just
+    # below its source and sends them to the prediction (block3:features is the only one).
+    kinds = store.query("SELECT DISTINCT layer, layer_index, kind FROM neurons ORDER BY 2")
+    channel_layers = kinds.filter(pl.col("kind") == "channel")["layer"].to_list()
+    rank = {name: i for i, name in enumerate(channel_layers)}
+    channel_edges = edges.filter(pl.col("source_layer").is_in(channel_layers))
+    inner = channel_edges.filter(pl.col("target_layer").is_in(channel_layers))
+    assert len(inner) > 0
+    assert all(rank[t] - rank[s] == 1 for s, t in zip(inner["source_layer"], inner["target_layer"]))
     pred = edges.filter(edges["target_layer"] == "prediction")
-    assert len(pred) > 0 and (pred["s_idx"] == last).all()
+    assert len(pred) > 0
+    assert set(pred.filter(pl.col("source_layer").is_in(channel_layers))["source_layer"]) == {
+        channel_layers[-1]
+    }
+    feature_pairs = set(
+        zip(
+            *edges.filter(
+                ~pl.col("source_layer").is_in(channel_layers)
+                | ~pl.col("target_layer").is_in([*channel_layers, "prediction"])
+            )
+            .select("source_layer", "target_layer")
+            .to_dict(as_series=False)
+            .values()
+        )
+    )
+    assert feature_pairs <= {("block2", "block3:features"), ("block3:features", "prediction")}
     cascades = store.query("SELECT * FROM concept_cascades")
     assert set(cascades["direction"]) <= {"up", "down"} and (cascades["depth"] >= 1).all()
     mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]

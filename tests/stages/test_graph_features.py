@@ -1,0 +1,172 @@
+"""The concept graph stage with a feature layer, on a hand-made database and a tiny network."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from torch import nn
+
+from carto_assets import schema
+from carto_assets.core.dictionary import SparseAutoencoder
+from carto_assets.core.models import ModelBundle
+from carto_assets.schema import PREDICTION
+from carto_assets.stages import graph
+from carto_assets.stages.features import FEATURE_SUFFIX, FeatureLayer
+from carto_assets.storage import CartoStore
+from carto_assets.study import load_study
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CHANNELS = {"lower": 4, "mid": 5, "upper": 4}
+MID_F = "mid" + FEATURE_SUFFIX
+N_FEATURES = 8
+N_IMAGES, SIZE = 12, 8
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lower = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.ReLU())
+        self.upper = nn.Sequential(nn.Conv2d(5, 4, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.upper(self.mid(self.lower(x))))
+
+
+def sae() -> SparseAutoencoder:
+    rng = np.random.default_rng(0)
+    w_dec = rng.normal(size=(5, N_FEATURES)).astype(np.float32)
+    w_dec /= np.linalg.norm(w_dec, axis=0, keepdims=True)
+    return SparseAutoencoder(
+        W_enc=w_dec.T.copy(),
+        b_enc=np.full(N_FEATURES, 0.05, np.float32),
+        W_dec=w_dec,
+        b_dec=np.zeros(5, np.float32),
+        k=3,
+    )
+
+
+class Pixels:
+    def load_many(self, ids, workers=1):
+        rng = np.random.default_rng(list(ids))
+        pixels = rng.integers(0, 256, size=(len(ids), SIZE, SIZE, 3), dtype=np.uint8)
+        return pixels, np.ones(len(ids), bool)
+
+
+def make_store(path) -> CartoStore:
+    """Every unit its own neuron; clusters of two consecutive units; random positive scores."""
+    layers = [*CHANNELS.items(), (MID_F, N_FEATURES)]
+    rows = [(name, i, c) for i, (name, n) in enumerate(layers) for c in range(n)]
+    layer, layer_index, channel = (list(col) for col in zip(*rows))
+    ids = list(range(len(rows)))
+    neurons = schema.frame(
+        "neurons",
+        {
+            "neuron_id": ids,
+            "layer": layer,
+            "layer_index": layer_index,
+            "channel": channel,
+            "map_height": [SIZE] * len(ids),
+            "map_width": [SIZE] * len(ids),
+            "kind": ["feature" if name.endswith(":features") else "channel" for name in layer],
+        },
+    )
+    clusters = schema.frame(
+        "neuron_clusters",
+        {
+            "neuron_id": ids,
+            "cluster_id": [100 * i + c // 2 for i, c in zip(layer_index, channel)],
+            "layer": layer,
+        },
+    )
+    rng = np.random.default_rng(1)
+    importance = schema.frame(
+        "class_importance",
+        {
+            "label": [0] * len(ids) + [1] * len(ids),
+            "neuron_id": ids * 2,
+            "score": rng.uniform(0.1, 1.0, 2 * len(ids)),
+            "top_mass_count": [1] * (2 * len(ids)),
+            "n_images": [N_IMAGES // 2] * (2 * len(ids)),
+            "mean_activation": [1.0] * (2 * len(ids)),
+        },
+    )
+    store = CartoStore(path)
+    store.replace_tables(
+        {"neurons": neurons, "neuron_clusters": clusters, "class_importance": importance}
+    )
+    return store
+
+
+@pytest.fixture
+def setup(tmp_path, make_study, monkeypatch):
+    study = load_study(
+        make_study(
+            tmp_path,
+            graph={
+                "images_per_class": 6,
+                "faithfulness_edges": 60,
+                "nodes_per_layer": 4,
+                "top_neuron_fraction": 1.0,
+            },
+        )
+    )
+    images = pl.DataFrame({"image_id": range(N_IMAGES), "label": [0, 1] * (N_IMAGES // 2)})
+    bundle = ModelBundle(Net().eval(), "net", SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    infos = [SimpleNamespace(name=name) for name in CHANNELS]
+    monkeypatch.setattr(graph, "load_manifest", lambda s: (images, ["a", "b"]))
+    monkeypatch.setattr(graph, "load_model", lambda s: (bundle, infos, None))
+    monkeypatch.setattr(graph, "source_for_manifest", lambda *a: Pixels())
+    return study, make_store(tmp_path / "g.duckdb")
+
+
+def with_features(monkeypatch, on: bool) -> None:
+    layers = [FeatureLayer(MID_F, "mid", sae())] if on else []
+    monkeypatch.setattr(graph, "feature_layers", lambda s: layers)
+
+
+def layer_pairs(edges: pl.DataFrame) -> set[tuple[str, str]]:
+    return set(edges.select("source_layer", "target_layer").unique().iter_rows())
+
+
+def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(setup, monkeypatch):
+    study, store = setup
+    with_features(monkeypatch, False)
+    plain = graph.concept_graph_chunk(study, store, [0, 1])
+    with_features(monkeypatch, True)
+    mixed = graph.concept_graph_chunk(study, store, [0, 1])
+
+    channel_pairs = {("lower", "mid"), ("mid", "upper"), ("upper", PREDICTION)}
+    assert layer_pairs(plain.edges) == channel_pairs
+    # mid's features: entered from the channel layer below mid, out to the prediction.
+    assert layer_pairs(mixed.edges) == channel_pairs | {("lower", MID_F), (MID_F, PREDICTION)}
+    is_channel = ~pl.col("source_layer").eq(MID_F) & ~pl.col("target_layer").eq(MID_F)
+    assert mixed.edges.filter(is_channel).equals(plain.edges)
+    assert mixed.no_dependency == plain.no_dependency == []
+
+    # Cascades stay in their root's chain: channel cascades are unchanged, feature ones only
+    # reach the prediction.
+    by_root = pl.col("root_layer").eq(MID_F)
+    assert mixed.cascades.filter(~by_root).equals(plain.cascades)
+    feature_cascades = mixed.cascades.filter(by_root)
+    assert len(feature_cascades) > 0
+    assert set(feature_cascades["member_layer"]) == {PREDICTION}
+
+    # Ablation of feature clusters and of channels into features: finite, measured drops.
+    faith = mixed.faithfulness
+    touched = faith.filter(pl.col("source_layer").eq(MID_F) | pl.col("target_layer").eq(MID_F))
+    assert len(touched) > 0 and touched["drop"].is_finite().all()
+    assert set(touched["source_layer"]) == {"lower", MID_F}
+
+    # Chunk files and the merge carry the pseudo-layer through.
+    graph.write_graph_chunk(study, "0", mixed)
+    again = graph.read_graph_chunk(study, "0")
+    assert again.edges.equals(mixed.edges) and again.cascades.equals(mixed.cascades)
+    merged = graph.merge_graph_chunks(study, store, [again])
+    assert MID_F in set(merged.nodes["layer"]) and MID_F in set(merged.edges["target_layer"])
+    assert merged.edges.columns == schema.column_names("concept_graph_edges")
