@@ -33,10 +33,11 @@ This module never imports dagster.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,38 @@ def _checked_output(name: str, output: object) -> torch.Tensor:
     return output
 
 
+def _graph_start(name: str, output: object) -> torch.Tensor:
+    """:func:`_checked_output`, and where the output is not yet in a graph, the start of one.
+
+    With the parameters frozen and the images not requiring grad, nothing below the first
+    captured layer is recorded: its output becomes a leaf and the graph starts there. A later
+    layer that does not depend on an earlier captured one (a parallel branch) starts its own.
+    Gradients with respect to the captured outputs are the same as through a graph from the
+    images; only the stem's saved tensors, which no edge needs, are never kept.
+    """
+    output = _checked_output(name, output)
+    if not output.requires_grad and output.is_floating_point():
+        output.requires_grad_(True)
+    return output
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters not requiring grad while the block runs (restored after).
+
+    Edges need gradients with respect to layer outputs only; a parameter requiring grad makes
+    every operation keep its inputs for a weight gradient no one takes.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _handed_on(
     ablate: tuple[str, np.ndarray] | None,
 ) -> Callable[[str, torch.Tensor], torch.Tensor]:
@@ -200,9 +233,10 @@ def _run(
     clusters: Mapping[str, np.ndarray],
     x: torch.Tensor,
     ablate: tuple[str, np.ndarray] | None = None,
+    keep: Callable[[str, object], torch.Tensor] = _checked_output,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass: the captured outputs and the logits, validated."""
-    with capture(model, layers, keep=_checked_output, edit=_handed_on(ablate)) as outputs:
+    with capture(model, layers, keep=keep, edit=_handed_on(ablate)) as outputs:
         logits = _logits(model(x))
     missing = [n for n in layers if n not in outputs]
     if missing:
@@ -252,6 +286,8 @@ def _objective_grads(
     dispatch overhead; the loop is the reference.
     """
     totals = [objective.sum() for objective in objectives.values()]
+    if not low.requires_grad or not all(total.requires_grad for total in totals):
+        return None  # no graph joins them (e.g. the objective is computed before ``low``)
     if batched and len(totals) > 1:
         try:
             with warnings.catch_warnings():
@@ -371,9 +407,10 @@ def influence_edges(
     model.eval()
     try:
         for chunk in _chunks(images, batch_size):
-            x = chunk.to(device).detach().requires_grad_(True)  # a graph even if params frozen
-            with torch.enable_grad():
-                outputs, logits = _run(model, layers, clusters, x)
+            # The graph starts at the captured layers (see _graph_start): the memory is one
+            # chunk's graph above the first captured layer, without weight-gradient inputs.
+            with torch.enable_grad(), _frozen(model):
+                outputs, logits = _run(model, layers, clusters, chunk.to(device), keep=_graph_start)
                 if include_prediction and not 0 <= class_index < logits.shape[1]:
                     raise ValueError(
                         f"class_index {class_index} is outside the model's {logits.shape[1]} logits"
