@@ -340,6 +340,9 @@ def concept_graph_chunk(
             f"class {class_names[label]} ({k + 1}/{len(todo)}): "
             f"{len(class_nodes)} nodes, {len(edges)} edges"
         )
+        # The class's autograd graph was freed into malloc's heap (tensors under its mmap
+        # threshold); return it, or the next classes' allocations fragment on top of it.
+        release_memory()
     return GraphChunk(
         labels=list(labels),
         edges=_edge_table(edge_parts),
