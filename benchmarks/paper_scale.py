@@ -3,26 +3,34 @@
 Generates an image folder of C classes x N images at 224 px (procedural: each class has its
 own colour, stripe frequency and orientation, each image its own noise, phase and blob; no
 download), writes a study file for a torchvision model (``weights: none``) and materializes
-every asset of the graph, one asset (or partition) at a time in this process, recording:
+every asset of the graph, one asset at a time (a partitioned asset: all its partitions one
+after another, as ``carto run`` does), recording:
 
-* seconds per asset (partitioned assets: summed over their partitions, and the count);
-* peak resident memory of each asset: the process's high-water mark (``VmHWM``) is reset
-  before each asset through ``/proc/self/clear_refs`` (Linux), so each figure is that asset's
-  own peak, including what the process held before it started;
+* seconds per asset (partitioned assets: summed over their partitions, and the count), the
+  images per second that makes, and the ratio to the bare forward pass over the same images;
+* peak resident memory of each asset (Linux ``VmHWM``). By default each asset runs in a fresh
+  process, so each figure is that asset's own peak on top of the fixed cost of a process that
+  imported torch, Dagster and the definitions (printed apart as ``baseline``). With
+  ``--in-process`` every asset runs in this process, as ``carto run --jobs 1`` runs a study:
+  the high-water mark is reset before each asset (``/proc/self/clear_refs``), so each figure
+  is that asset's peak including whatever the process still holds from the assets before;
 * the bare forward pass over the same images (batch as in the study) in images/s, and the
   activation stage's ratio to it; for ``concept_graph``, seconds per class and their ratio to
   one forward + backward of ``graph.images_per_class`` images.
 
-    python benchmarks/paper_scale.py                       # googlenet, 100 classes x 20, k=50
-    python benchmarks/paper_scale.py --classes 20 --per-class 10   # a quick look
+    python benchmarks/paper_scale.py               # googlenet, 10 classes x 20, k=50 (< 20 min)
+    python benchmarks/paper_scale.py --rehearsal   # issue 12's study: 100 classes x 20 = 2,000
+    python benchmarks/paper_scale.py --rehearsal --per-class 40   # memory vs images
     # the paper's numbers, on a GPU machine (ImageNet-sized folder: ~1,300 per class):
     python benchmarks/paper_scale.py --paper --per-class 100 --device cuda --precision bf16 \
         --loader-workers 8 --shards 16 --batch-size 256
 
-``--paper`` sets googlenet, 1,000 classes and k = 100 (the paper's study). The default
-(googlenet, 100 classes x 20 images = 2,000, k = 50, 4 shards) is the "rehearsal" of issue 12
-and finishes in well under 20 minutes on a 2-core CPU. ``--keep DIR`` keeps the folder, study
-and database for inspection; ``--images-dir`` reuses an existing generated folder.
+The default (googlenet's 9 auto blocks, 5,488 neurons, 10 classes x 20 images, k = 50, 4
+shards) finishes in about 10-15 minutes on a 2-core CPU: every neuron-sized stage (patches,
+co-occurrence, embedding, projection, views) runs at full size, and the per-class ones for
+10 classes. ``--rehearsal`` is the "rehearsal" of issue 12 (100 classes x 20); ``--paper``
+sets googlenet, 1,000 classes and k = 100 (the paper's study). ``--keep DIR`` keeps the
+folder, study and database for inspection; ``--images-dir`` reuses a generated folder.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAPER = {"model": "googlenet", "classes": 1000, "top_k": 100}
+REHEARSAL = {"model": "googlenet", "classes": 100, "top_k": 50}
 
 
 def generate_images(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> None:
@@ -142,61 +151,121 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     return len(x_all) / fwd_s, best
 
 
-def run_assets(study_file: str, say, only: list[str] | None = None) -> list[dict]:
-    """Materialize every asset (or those in ``only``) in dependency order, one
-    asset/partition at a time."""
+def asset_order(study_file: str) -> list[tuple[str, bool]]:
+    """Every asset in dependency order, with whether it is partitioned."""
+    from carto_assets.definitions import ALL_ASSETS, build_definitions
+
+    graph = build_definitions(study_file).resolve_asset_graph()
+    known = {k for a in ALL_ASSETS for k in a.keys}
+    return [
+        (key.to_user_string(), graph.get(key).partitions_def is not None)
+        for level in graph.toposorted_asset_keys_by_level
+        for key in level
+        if key in known
+    ]
+
+
+def materialize_asset(study_file: str, name: str) -> int:
+    """Materialize one asset in this process, every partition of it one after another (as
+    ``carto run --jobs 1`` does); returns the number of partitions (0: unpartitioned)."""
     import dagster as dg
 
     from carto_assets.definitions import ALL_ASSETS, build_definitions
 
     defs = build_definitions(study_file)
-    resources = dict(defs.resources)
-    graph = defs.resolve_asset_graph()
-    order = [k for level in graph.toposorted_asset_keys_by_level for k in level]
-    assets_by_key = {k: a for a in ALL_ASSETS for k in a.keys}
-    rows = []
+    key = dg.AssetKey(name)
+    partitions = defs.resolve_asset_graph().get(key).partitions_def
     instance = dg.DagsterInstance.get()
-    for key in order:
-        if key not in assets_by_key or (only and key.to_user_string() not in only):
-            continue
-        node = graph.get(key)
-        partitions = node.partitions_def
-        keys = (
-            [None]
-            if partitions is None
-            else list(partitions.get_partition_keys(dynamic_partitions_store=instance))
+    keys = (
+        [None]
+        if partitions is None
+        else list(partitions.get_partition_keys(dynamic_partitions_store=instance))
+    )
+    for pkey in keys:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=[key],
+            resources=dict(defs.resources),
+            instance=instance,
+            partition_key=pkey,
+            raise_on_error=True,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        reset_peak_rss()
-        start = time.perf_counter()
-        for pkey in keys:
-            result = dg.materialize(
-                ALL_ASSETS,
-                selection=[key],
-                resources=resources,
-                instance=instance,
-                partition_key=pkey,
-                raise_on_error=True,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        assert result.success
+    return 0 if partitions is None else len(keys)
+
+
+def worker(study_file: str, name: str) -> None:
+    """``--worker``: one asset in this fresh process; prints a JSON line with its figures.
+
+    ``baseline_rss_gb`` is the process after importing torch, Dagster and the definitions
+    (what every process pays before any work); ``peak_rss_gb`` the high-water mark of the
+    whole process, the baseline included.
+    """
+    from carto_assets.definitions import build_definitions
+
+    build_definitions(study_file)
+    baseline = _status_kib("VmRSS") / 2**20
+    start = time.perf_counter()
+    n_partitions = materialize_asset(study_file, name)
+    row = {
+        "asset": name,
+        "seconds": time.perf_counter() - start,
+        "partitions": n_partitions,
+        "peak_rss_gb": peak_rss_gb(),
+        "baseline_rss_gb": baseline,
+    }
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def run_assets(
+    study_file: str, say, only: list[str] | None = None, isolate: bool = True
+) -> list[dict]:
+    """Materialize every asset (or those in ``only``) in dependency order.
+
+    ``isolate``: each asset in a fresh process (``--worker``), so each figure is that asset's
+    own peak plus the fixed cost of a process that imported torch and Dagster (shown apart).
+    Otherwise all in this process, as ``carto run --jobs 1`` runs a study: the high-water mark
+    is reset before each asset, so each figure is that asset's peak including whatever the
+    process still holds from the assets before it.
+    """
+    import subprocess
+
+    rows = []
+    for name, _ in asset_order(study_file):
+        if only and name not in only:
+            continue
+        if isolate:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", name, "--study-file", study_file],
+                capture_output=True,
+                text=True,
             )
-            assert result.success
-        seconds = time.perf_counter() - start
-        rows.append(
-            {
-                "asset": key.to_user_string(),
-                "seconds": seconds,
-                "partitions": len(keys) if partitions is not None else 0,
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                say(proc.stdout[-3000:] + proc.stderr[-3000:])
+                raise SystemExit(f"{name} failed in its worker process")
+            row = json.loads(lines[-1][len("RESULT ") :])
+        else:
+            reset_peak_rss()
+            start = time.perf_counter()
+            n_partitions = materialize_asset(study_file, name)
+            row = {
+                "asset": name,
+                "seconds": time.perf_counter() - start,
+                "partitions": n_partitions,
                 "peak_rss_gb": peak_rss_gb(),
             }
-        )
-        extra = f"   ({len(keys)} partitions)" if partitions is not None else ""
-        say(f"  {rows[-1]['asset']:<22} {seconds:8.1f} s   peak RSS {peak_rss_gb():.2f} GB{extra}")
+        rows.append(row)
+        extra = f"   ({row['partitions']} partitions)" if row["partitions"] else ""
+        say(f"  {name:<22} {row['seconds']:8.1f} s   peak RSS {row['peak_rss_gb']:.2f} GB{extra}")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="googlenet")
-    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--top-k", type=int, default=50)
@@ -206,6 +275,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--loader-workers", type=int, default=0)
     parser.add_argument("--paper", action="store_true", help="googlenet, 1,000 classes, k=100")
+    parser.add_argument(
+        "--rehearsal", action="store_true", help="issue 12's study: googlenet, 100 classes, k=50"
+    )
     parser.add_argument("--images-dir", type=Path, help="reuse a generated image folder")
     parser.add_argument("--keep", type=Path, help="keep the study, database and images here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -214,9 +286,25 @@ def main() -> None:
         help="comma-separated assets to (re)materialize in a --keep folder that already holds "
         "the rest, e.g. --only neuron_embedding",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every asset in this one process, as `carto run --jobs 1` does (default: each "
+        "asset in a fresh process)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--study-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.paper:
-        args.model, args.classes, args.top_k = PAPER["model"], PAPER["classes"], PAPER["top_k"]
+    if args.worker:
+        worker(args.study_file, args.worker)
+        return
+    for flag, preset in (("paper", PAPER), ("rehearsal", REHEARSAL)):
+        if getattr(args, flag):
+            args.model, args.classes, args.top_k = (
+                preset["model"],
+                preset["classes"],
+                preset["top_k"],
+            )
 
     import torch
 
@@ -224,7 +312,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(work / "dagster_home")
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").touch()
+    (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     images_dir = args.images_dir or work / "images"
     n_images = args.classes * args.per_class
     print(
@@ -247,22 +335,25 @@ def main() -> None:
     study = load_study(study_file)
     start_all = time.perf_counter()
     only = args.only.split(",") if args.only else None
-    rows = run_assets(str(study_file), lambda m: print(m, flush=True), only)
+    rows = run_assets(
+        str(study_file), lambda m: print(m, flush=True), only, isolate=not args.in_process
+    )
     total = time.perf_counter() - start_all
 
     import duckdb
 
+    def scalar(sql: str, default):
+        try:
+            return con.execute(sql).fetchone()[0]
+        except duckdb.CatalogException:  # --only: the table is not there (yet)
+            return default
+
     con = duckdb.connect(str(study.database_path), read_only=True)
-    n_neurons = con.execute("SELECT count(*) FROM neurons").fetchone()[0]
-    per_image = con.execute(
-        "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)"
-    ).fetchone()[0]
-    try:
-        n_classes_graph = con.execute(
-            "SELECT count(DISTINCT label) FROM concept_graph_nodes"
-        ).fetchone()[0]
-    except duckdb.CatalogException:  # --only without the concept graph
-        n_classes_graph = 0
+    n_neurons = scalar("SELECT count(*) FROM neurons", 0)
+    per_image = scalar(
+        "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)", 0.0
+    )
+    n_classes_graph = scalar("SELECT count(DISTINCT label) FROM concept_graph_nodes", 0)
     con.close()
 
     forward_ips, fwd_bwd_s = bare_forward(study, min(n_images, 4 * args.batch_size))
@@ -275,14 +366,40 @@ def main() -> None:
         f"(images in some top-k); bare forward {forward_ips:.1f} images/s; one forward+backward "
         f"of {study.graph.images_per_class} images {fwd_bwd_s:.2f} s"
     )
-    print(f"\n{'asset':<28} {'seconds':>9} {'peak RSS GB':>12}")
+    forward_s = n_images / forward_ips  # the bare forward pass over every image
+    isolated = any("baseline_rss_gb" in r for r in rows)
+    how = (
+        "each asset in a fresh process; peak = the process's high-water mark"
+        if isolated
+        else "all assets in one process; peak = high-water mark since the asset started"
+    )
+    print(f"\n({how})")
+    header = f"{'asset':<28} {'seconds':>9} {'images/s':>9} {'x forward':>9} {'peak RSS GB':>12}"
+    print(header + (f" {'baseline GB':>12}" if isolated else ""))
     for r in rows:
         extra = f"  ({r['partitions']} partitions)" if r["partitions"] else ""
-        print(f"{r['asset']:<28} {r['seconds']:>9.1f} {r['peak_rss_gb']:>12.2f}{extra}")
-    print(f"{'total':<28} {total:>9.1f}")
+        base = f" {r['baseline_rss_gb']:>12.2f}" if isolated else ""
+        print(
+            f"{r['asset']:<28} {r['seconds']:>9.1f} {n_images / max(r['seconds'], 1e-9):>9.1f} "
+            f"{r['seconds'] / forward_s:>9.2f} {r['peak_rss_gb']:>12.2f}{base}{extra}"
+        )
+    print(f"{'total':<28} {total:>9.1f} {n_images / total:>9.1f} {total / forward_s:>9.2f}")
     summary_s = sum(r["seconds"] for r in summaries)
     summary_peak = max((r["peak_rss_gb"] for r in summaries), default=0.0)
-    print(f"{'summaries (after activations)':<28} {summary_s:>9.1f} {summary_peak:>12.2f}")
+    print(
+        f"{'summaries (after activations)':<28} {summary_s:>9.1f} "
+        f"{n_images / max(summary_s, 1e-9):>9.1f} {summary_s / forward_s:>9.2f} "
+        f"{summary_peak:>12.2f}"
+    )
+    if isolated:
+        print(
+            "baseline: the worker process after importing torch, Dagster and the definitions, "
+            "before any work (in every peak)"
+        )
+    print(
+        "x forward: the asset's seconds over the bare forward pass's over the same "
+        f"{n_images} images ({forward_s:.1f} s)"
+    )
     if act:
         act_ips = n_images / act["seconds"]
         print(

@@ -22,10 +22,22 @@ from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
 from carto_assets.assets.views import views
 from carto_assets.events import carto_events
+from carto_assets.memory import release_memory
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
 
-ALL_ASSETS = [
+
+@dg.success_hook(name="release_memory")
+def release_memory_after(_context: dg.HookContext) -> None:
+    """After each asset step: give the memory it freed back to the OS (see carto_assets.memory).
+
+    ``carto run`` runs every step of a job in one process; without this, the resident size a
+    step leaves behind is its peak, and the next step's peak comes on top of it.
+    """
+    release_memory()
+
+
+_ASSETS = [
     images,
     model,
     dictionary,
@@ -43,6 +55,9 @@ ALL_ASSETS = [
     neuron_projection,
     views,
 ]
+#: Every asset, each followed by :func:`release_memory_after` wherever it runs (jobs, the UI,
+#: ``dg.materialize``).
+ALL_ASSETS = [asset.with_hooks({release_memory_after}) for asset in _ASSETS]
 
 PREPARE_JOB = "prepare_study"
 ACTIVATIONS_JOB = "activation_pass"

@@ -32,4 +32,9 @@ class StudyResource(dg.ConfigurableResource):
     def store(self) -> CartoStore:
         """The study database; writes publish a new snapshot (see :mod:`carto_assets.storage`)."""
         label = f"Dagster run {self._run_id}" if self._run_id else None
-        return CartoStore(self.load().database_path, owner=describe_writer(label))
+        study = self.load()
+        return CartoStore(
+            study.database_path,
+            owner=describe_writer(label),
+            memory_limit=study.database_memory_limit,
+        )

@@ -74,6 +74,19 @@ class PublishStats:
 #: Totals for this process (see :class:`PublishStats`); ``carto run`` reports them.
 PUBLISH_STATS = PublishStats()
 
+#: DuckDB's memory limit for a store's connections (the study's ``database_memory_limit``).
+#: DuckDB's own default is 80% of the machine's memory, which its sorts, joins and aggregates
+#: then use: the ``cooccurrence`` join took 1.0 GB and sorting ``example_patches``' PNGs 0.95
+#: GB on googlenet's 5,488 neurons; under this limit they spill to disk beside the database
+#: and took 0.5 GB each at the same speed (issue 12's rehearsal). 256MB was too little for
+#: that sort (DuckDB's out-of-memory error).
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
+def duckdb_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
+    """Connection settings: the memory limit, and where larger intermediates spill."""
+    return {"memory_limit": memory_limit, "temp_directory": str(spill_dir)}
+
 
 @dataclass
 class _Held:
@@ -178,6 +191,24 @@ def exclusive_writer(
         os.close(fd)
 
 
+def _remove_stale_spills(db: Path) -> None:
+    """Spill folders of processes that no longer exist (DuckDB removes its own on close)."""
+    for folder in db.parent.glob(f".{db.name}.*.spill"):
+        pid = folder.name[len(db.name) + 2 : -len(".spill")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -198,14 +229,26 @@ class CartoStore:
         publish before failing with :class:`DatabaseBusyError` naming it.
     owner
         How this writer names itself to others (default: the command line and pid).
+    memory_limit
+        DuckDB's memory limit for every connection (e.g. ``"512MB"``, ``"2GB"``); sorts,
+        joins and aggregates beyond it spill to a temporary folder beside the database.
     """
 
     def __init__(
-        self, database_path: str | Path, lock_timeout_s: float = 60.0, owner: str | None = None
+        self,
+        database_path: str | Path,
+        lock_timeout_s: float = 60.0,
+        owner: str | None = None,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         self.database_path = Path(database_path)
         self.lock_timeout_s = lock_timeout_s
         self.owner = owner
+        self.memory_limit = memory_limit
+
+    def _config(self) -> dict[str, str]:
+        db = self.database_path.resolve()
+        return duckdb_config(self.memory_limit, db.with_name(f".{db.name}.{os.getpid()}.spill"))
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -220,7 +263,7 @@ class CartoStore:
             raise FileNotFoundError(
                 f"database {self.database_path} does not exist yet; materialize the assets first"
             )
-        con = duckdb.connect(":memory:")
+        con = duckdb.connect(":memory:", config=self._config())
         try:
             path = str(self.database_path.resolve()).replace("'", "''")
             con.execute(f"ATTACH '{path}' AS carto (READ_ONLY)").fetchall()
@@ -242,6 +285,7 @@ class CartoStore:
             # Only the lock holder writes copies: any left over are from a killed writer.
             for stale in db.parent.glob(f".{db.name}.*.tmp*"):
                 stale.unlink(missing_ok=True)
+            _remove_stale_spills(db)
             tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
             wal = db.with_name(db.name + ".wal")
             start = time.perf_counter()
@@ -251,7 +295,7 @@ class CartoStore:
                 if wal.exists():  # left by a writer of an older version: replay it into the copy
                     shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
             copied = time.perf_counter() - start
-            con = duckdb.connect(str(tmp))
+            con = duckdb.connect(str(tmp), config=self._config())
             try:
                 yield con
                 con.execute("CHECKPOINT").fetchall()

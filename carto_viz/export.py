@@ -28,8 +28,9 @@ from pathlib import Path
 
 import vl_convert
 
+from carto_assets.storage import DEFAULT_MEMORY_LIMIT
 from carto_viz.charts import graph_heights, views_spec
-from carto_viz.data import ViewData, load_tables, view_data
+from carto_viz.data import ViewData, load_tables, patch_pngs, view_data
 from carto_viz.sprites import SpriteAtlas, pack_patches
 
 #: characters escaped in JSON embedded in a <script> element (keeps "</script", "<!--",
@@ -218,6 +219,7 @@ def export_views(
     study_info: dict | None = None,
     max_inline_bytes: int = 8_000_000,
     patch_format: str = "jpeg",
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
 ) -> ExportResult:
     """Write the linked views of a study as an offline page.
 
@@ -235,6 +237,9 @@ def export_views(
         inline in ``index.html``; above it they are written to ``index_files/``.
     patch_format
         Sprite sheet encoding: ``jpeg`` (default), ``webp`` or ``png``.
+    memory_limit
+        DuckDB's memory limit for reading the tables (the study's ``database_memory_limit``);
+        the patches are read a sheet at a time (:func:`carto_viz.data.patch_pngs`).
 
     Returns
     -------
@@ -248,10 +253,15 @@ def export_views(
     """
     if max_inline_bytes < 0:
         raise ValueError(f"max_inline_bytes must be >= 0, got {max_inline_bytes}")
-    tables = load_tables(database_path)
+    tables = load_tables(database_path, memory_limit)
+
+    def pack() -> tuple[SpriteAtlas, SpriteAtlas]:
+        with patch_pngs(database_path) as load_pngs:
+            return pack_patches(tables["example_patches"], fmt=patch_format, load_pngs=load_pngs)
+
     # Packing the patches runs in worker processes: do everything else meanwhile.
     with ThreadPoolExecutor(max_workers=1) as background:
-        packing = background.submit(pack_patches, tables["example_patches"], fmt=patch_format)
+        packing = background.submit(pack)
         data = view_data(tables, study_info)
         graph_chunks, chunk_of = _graph_chunks(data)
         specs = views_spec(data)

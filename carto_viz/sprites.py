@@ -19,6 +19,8 @@ import io
 import math
 import multiprocessing
 import os
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -118,15 +120,25 @@ def _sheet_job(pngs: list[bytes], firsts: list[int], tile: int, thumb: int, fmt:
     return data, columns, thumbs
 
 
+def _n_workers(workers: int | None, n_jobs: int) -> int:
+    """Processes :func:`_pool` starts: 1 where it packs in a thread."""
+    n = min(workers or min(os.cpu_count() or 1, 8), n_jobs)
+    daemon = multiprocessing.current_process().daemon
+    return n if n > 1 and not daemon and "fork" in multiprocessing.get_all_start_methods() else 1
+
+
 def _pool(workers: int | None, n_jobs: int) -> Executor:
     """Worker processes where ``fork`` exists (the workers only touch numpy and Pillow, so
     forking a process that runs polars or DuckDB threads is safe), else one thread. A daemonic
     process (a Celery worker's) may not have children: it packs in one thread."""
-    n = min(workers or min(os.cpu_count() or 1, 8), n_jobs)
-    daemon = multiprocessing.current_process().daemon
-    if n > 1 and not daemon and "fork" in multiprocessing.get_all_start_methods():
+    n = _n_workers(workers, n_jobs)
+    if n > 1:
         return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(max_workers=1)
+
+
+#: ``load_pngs(neuron_ids)``: those neurons' patches as rows ``(neuron_id, rank, png)``.
+PngLoader = Callable[[list[int]], pl.DataFrame]
 
 
 def pack_patches(
@@ -136,13 +148,15 @@ def pack_patches(
     per_sheet: int | None = None,
     thumb_size: int = 48,
     workers: int | None = None,
+    load_pngs: PngLoader | None = None,
 ) -> tuple[SpriteAtlas, SpriteAtlas]:
     """Pack ``example_patches`` rows (neuron_id, rank, png) into sprite sheets.
 
     Parameters
     ----------
     patches
-        One row per patch; a neuron's patches are kept in rank order (numbered 1..n).
+        One row per patch; a neuron's patches are kept in rank order (numbered 1..n). Without
+        a ``png`` column, ``load_pngs`` supplies the images.
     fmt
         ``jpeg`` (default), ``webp`` or ``png``.
     per_sheet
@@ -155,6 +169,10 @@ def pack_patches(
         Processes decoding patches and encoding sheets (default: the CPU count, at most 8;
         1 works in this process). Decoding thousands of small PNGs is bound by the
         interpreter, so threads would not help.
+    load_pngs
+        Called with one sheet's neuron ids at a time, returns their ``(neuron_id, rank, png)``
+        rows: only the sheets being encoded are in memory, never every PNG (googlenet's
+        61,740 patches of real photographs are 440 MB of PNG).
 
     Returns
     -------
@@ -164,7 +182,8 @@ def pack_patches(
     Raises
     ------
     ValueError
-        For an unknown ``fmt``, ``per_sheet < 1`` or ``thumb_size < 1``.
+        For an unknown ``fmt``, ``per_sheet < 1``, ``thumb_size < 1``, or patches without a
+        ``png`` column and no ``load_pngs``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown patch format {fmt!r}; choose one of {sorted(FORMATS)}")
@@ -172,43 +191,59 @@ def pack_patches(
         raise ValueError(f"per_sheet must be >= 1, got {per_sheet}")
     if thumb_size < 1:
         raise ValueError(f"thumb_size must be >= 1, got {thumb_size}")
+    if "png" not in patches.columns and load_pngs is None:
+        raise ValueError("patches have no png column: pass load_pngs to read them")
     empty = SpriteAtlas(sheets=(), slots={})
     if patches.height == 0:
         return empty, empty
-    ordered = patches.select("neuron_id", "rank", "png").sort("neuron_id", "rank")
-    per_neuron = ordered.group_by("neuron_id", maintain_order=True).agg(pl.col("png"))
-    max_patches = int(per_neuron["png"].list.len().max())
-    per_sheet = per_sheet or neurons_per_sheet(per_neuron.height, max_patches)
-    tile = _tile_size(ordered)
-    jobs = []
+    if "png" in patches.columns:
+        frame = patches
+        load_pngs = lambda ids: frame.filter(pl.col("neuron_id").is_in(ids))  # noqa: E731
+    counts = patches.group_by("neuron_id").agg(n=pl.len()).sort("neuron_id")
+    neuron_ids = counts["neuron_id"].to_list()
+    max_patches = int(counts["n"].max())
+    per_sheet = per_sheet or neurons_per_sheet(len(neuron_ids), max_patches)
+    groups = [neuron_ids[lo : lo + per_sheet] for lo in range(0, len(neuron_ids), per_sheet)]
+    tile = _tile_size(load_pngs(neuron_ids[:1]).sort("rank"))
     slots: dict[int, tuple[int, int, int]] = {}
-    neuron_ids = per_neuron["neuron_id"].to_list()
-    pngs = per_neuron["png"].to_list()
-    for sheet_index, lo in enumerate(range(0, len(neuron_ids), per_sheet)):
+    thumb_ids: list[int] = []
+
+    def sheet_tiles(sheet_index: int) -> tuple[list[bytes], list[int]]:
+        """One sheet's PNGs in (neuron, rank) order, and where each neuron's first one is."""
+        per_neuron = (
+            load_pngs(groups[sheet_index])
+            .select("neuron_id", "rank", "png")
+            .sort("neuron_id", "rank")
+            .group_by("neuron_id", maintain_order=True)
+            .agg(pl.col("png"))
+        )
         tiles: list[bytes] = []
         firsts: list[int] = []
-        for neuron_id, neuron_pngs in zip(
-            neuron_ids[lo : lo + per_sheet], pngs[lo : lo + per_sheet]
-        ):
+        for neuron_id, neuron_pngs in per_neuron.iter_rows():
             slots[int(neuron_id)] = (sheet_index, len(tiles), len(neuron_pngs))
+            thumb_ids.append(int(neuron_id))
             firsts.append(len(tiles))
             tiles.extend(neuron_pngs)
-        jobs.append((tiles, firsts))
-    with _pool(workers, len(jobs)) as pool:
-        done = list(
-            pool.map(
-                _sheet_job,
-                [tiles for tiles, _ in jobs],
-                [firsts for _, firsts in jobs],
-                [tile] * len(jobs),
-                [thumb_size] * len(jobs),
-                [fmt] * len(jobs),
-            )
-        )
+        return tiles, firsts
+
+    done: list[tuple[bytes, int, list[np.ndarray]]] = []
+    n_patches: list[int] = []
+    n_workers = _n_workers(workers, len(groups))
+    with _pool(workers, len(groups)) as pool:
+        # Two sheets per worker in flight, not all of them: memory is O(workers), not O(PNGs).
+        pending: deque = deque()
+        for sheet_index in range(len(groups)):
+            tiles, firsts = sheet_tiles(sheet_index)
+            n_patches.append(len(tiles))
+            pending.append(pool.submit(_sheet_job, tiles, firsts, tile, thumb_size, fmt))
+            while len(pending) >= 2 * n_workers:
+                done.append(pending.popleft().result())
+        while pending:
+            done.append(pending.popleft().result())
     mime = FORMATS[fmt][1]
     sheets = tuple(
-        Sheet(f"sheet-{i:04d}", columns, tile, data, mime, len(job[0]))
-        for i, ((data, columns, _), job) in enumerate(zip(done, jobs))
+        Sheet(f"sheet-{i:04d}", columns, tile, data, mime, n)
+        for i, ((data, columns, _), n) in enumerate(zip(done, n_patches))
     )
     thumbs = [t for _, _, sheet_thumbs in done for t in sheet_thumbs]
     per_thumb_sheet = max(1, math.ceil(len(thumbs) / max(1, math.ceil(len(thumbs) / 2048))))
@@ -218,8 +253,8 @@ def pack_patches(
         part = thumbs[lo : lo + per_thumb_sheet]
         data, columns = _encode(part, thumb_size, fmt)
         thumb_sheets.append(Sheet(f"thumb-{i:04d}", columns, thumb_size, data, mime, len(part)))
-        for j, neuron_id in enumerate(neuron_ids[lo : lo + per_thumb_sheet]):
-            thumb_slots[int(neuron_id)] = (i, j, 1)
+        for j, neuron_id in enumerate(thumb_ids[lo : lo + per_thumb_sheet]):
+            thumb_slots[neuron_id] = (i, j, 1)
     return SpriteAtlas(sheets, slots), SpriteAtlas(tuple(thumb_sheets), thumb_slots)
 
 

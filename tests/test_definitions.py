@@ -59,3 +59,10 @@ def test_dg_check_defs():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert dg is not None
+
+
+def test_every_asset_gives_its_freed_memory_back():
+    from carto_assets.definitions import ALL_ASSETS
+
+    for asset in ALL_ASSETS:
+        assert "release_memory" in {h.name for h in asset.hook_defs}, asset.key

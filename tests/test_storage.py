@@ -1,5 +1,7 @@
 """Atomic replacement: no duplicates on re-run; a failed write leaves the previous table."""
 
+import os
+
 import polars as pl
 import pytest
 
@@ -163,3 +165,31 @@ with exclusive_writer({str(db)!r}, "`carto run` of study 'w' (pid 4242)"):
     with exclusive_writer(db, "me"), exclusive_writer(db, "me again"):  # re-entrant in a process
         CartoStore(db).replace_tables({"t": pl.DataFrame({"a": [1]})})
     assert CartoStore(db).query("SELECT a FROM t")["a"].to_list() == [1]
+
+
+# ---- DuckDB's memory is bounded: larger work spills beside the database ----------------------
+def test_connections_take_the_memory_limit_and_spill_beside_the_database(tmp_path):
+    db = tmp_path / "m.duckdb"
+    store = CartoStore(db, memory_limit="64MB")
+    # A sort of ~300 MB of rows under a 64 MB limit: it spills, finishes, and cleans up.
+    counts = store.replace_tables(
+        {"t": "SELECT range AS a, md5(range::VARCHAR) AS b FROM range(3000000) ORDER BY b"}
+    )
+    assert counts == {"t": 3_000_000}
+    with store.connect() as con:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert limit == "61.0 MiB"  # 64 MB in DuckDB's units
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.duckdb", "m.duckdb.lock"]
+
+
+def test_a_killed_process_spill_folder_is_removed_by_the_next_write(tmp_path):
+    db = tmp_path / "s.duckdb"
+    store = CartoStore(db)
+    store.replace_tables({"t": pl.DataFrame({"a": [1]})})
+    dead = tmp_path / ".s.duckdb.999999999.spill"  # no such pid
+    dead.mkdir()
+    (dead / "duckdb_temp_block").write_bytes(b"x")
+    live = tmp_path / f".s.duckdb.{os.getpid()}.spill"  # a live process's: left alone
+    live.mkdir()
+    store.replace_tables({"t": pl.DataFrame({"a": [2]})})
+    assert not dead.exists() and live.exists()

@@ -56,7 +56,10 @@ def views(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
 
     cfg = study.load()
     result = carto_viz.export_views(
-        cfg.database_path, cfg.views_path, study_info=study_info(cfg, context.instance)
+        cfg.database_path,
+        cfg.views_path,
+        study_info=study_info(cfg, context.instance),
+        memory_limit=cfg.database_memory_limit,
     )
     picture = base64.b64encode(result.png_bytes).decode()
     return dg.MaterializeResult(

@@ -42,9 +42,10 @@ This module never imports dagster.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +191,38 @@ def _checked_output(name: str, output: object) -> torch.Tensor:
     return output
 
 
+def _graph_start(name: str, output: object) -> torch.Tensor:
+    """:func:`_checked_output`, and where the output is not yet in a graph, the start of one.
+
+    With the parameters frozen and the images not requiring grad, nothing below the first
+    captured layer is recorded: its output becomes a leaf and the graph starts there. A later
+    layer that does not depend on an earlier captured one (a parallel branch) starts its own.
+    Gradients with respect to the captured outputs are the same as through a graph from the
+    images; only the stem's saved tensors, which no edge needs, are never kept.
+    """
+    output = _checked_output(name, output)
+    if not output.requires_grad and output.is_floating_point():
+        output.requires_grad_(True)
+    return output
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters not requiring grad while the block runs (restored after).
+
+    Edges need gradients with respect to layer outputs only; a parameter requiring grad makes
+    every operation keep its inputs for a weight gradient no one takes.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _handed_on(
     ablate: tuple[str, np.ndarray] | None,
     features: Mapping[str, FeatureSpec],
@@ -233,13 +266,14 @@ def _run(
     x: torch.Tensor,
     ablate: tuple[str, np.ndarray] | None = None,
     features: Mapping[str, FeatureSpec] | None = None,
+    keep: Callable[[str, object], torch.Tensor] = _checked_output,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass: the captured outputs, the feature maps and the logits, validated."""
     features = features or {}
     modules = [name for name in layers if name not in features]
     maps: dict[str, torch.Tensor] = {}
     edit = _handed_on(ablate, features, maps)
-    with capture(model, modules, keep=_checked_output, edit=edit) as outputs:
+    with capture(model, modules, keep=keep, edit=edit) as outputs:
         logits = _logits(model(x))
     missing = [n for n in modules if n not in outputs]
     if missing:
@@ -291,6 +325,8 @@ def _objective_grads(
     dispatch overhead; the loop is the reference.
     """
     totals = [objective.sum() for objective in objectives.values()]
+    if not low.requires_grad or not all(total.requires_grad for total in totals):
+        return None  # no graph joins them (e.g. the objective is computed before ``low``)
     if batched and len(totals) > 1:
         try:
             with warnings.catch_warnings():
@@ -430,9 +466,12 @@ def influence_edges(
     model.eval()
     try:
         for chunk in _chunks(images, batch_size):
-            x = chunk.to(device).detach().requires_grad_(True)  # a graph even if params frozen
-            with torch.enable_grad():
-                outputs, logits = _run(model, layers, clusters, x, features=features)
+            # The graph starts at the captured layers (see _graph_start): the memory is one
+            # chunk's graph above the first captured layer, without weight-gradient inputs.
+            with torch.enable_grad(), _frozen(model):
+                outputs, logits = _run(
+                    model, layers, clusters, chunk.to(device), features=features, keep=_graph_start
+                )
                 if predicting and not 0 <= class_index < logits.shape[1]:
                     raise ValueError(
                         f"class_index {class_index} is outside the model's {logits.shape[1]} logits"

@@ -23,6 +23,7 @@ from carto_assets.core.cascades import concept_cascades
 from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
 from carto_assets.core.influence import ablation_faithfulness, influence_edges, sample_edges
 from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.memory import release_memory
 from carto_assets.partitions import chunk_labels, n_class_chunks
 from carto_assets.stages.features import feature_layers, source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
@@ -68,6 +69,9 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
     for info in layers:
         if info.output_shape is not None and len(info.output_shape) == 3:
             fields[info.name] = receptive_field(bundle.module, info.name, bundle.input_size)
+    # Measuring a deep layer's field backpropagates through a float64 copy of the model on a
+    # canvas up to twice the input size (googlenet: +0.4 GB); give that back before the crops.
+    release_memory()
     # Boxes first (they need no pixels), then images a chunk at a time: memory stays
     # O(chunk), not O(images with patches) (62k ImageNet images for googlenet's 9 per neuron).
     boxed = []
@@ -101,7 +105,8 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
         )
         part = chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
         parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
-        del pixels, chunk, pngs, part
+        del batch, pixels, chunk, pngs, part
+        release_memory()  # the images were decoded in loader threads, each with its own heap
     if not parts:  # no rows: one empty part keeps the table's columns
         empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))
         parts.append(write_parquet_atomic(empty, out / "part-00000.parquet"))
@@ -361,6 +366,9 @@ def concept_graph_chunk(
             f"class {class_names[label]} ({k + 1}/{len(todo)}): "
             f"{len(class_nodes)} nodes, {len(edges)} edges"
         )
+        # The class's autograd graph was freed into malloc's heap (tensors under its mmap
+        # threshold); return it, or the next classes' allocations fragment on top of it.
+        release_memory()
     return GraphChunk(
         labels=list(labels),
         edges=_edge_table(edge_parts),

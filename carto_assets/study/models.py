@@ -418,6 +418,12 @@ class Study(BaseModel):
         description="DuckDB database file. Relative paths resolve against the study file's "
         "folder (or the current directory for the built-in study).",
     )
+    database_memory_limit: Annotated[str, Allowed("a size such as 512MB or 2GB")] = Field(
+        "512MB",
+        pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B)$",
+        description="DuckDB's memory limit for the summaries' queries (sorts, joins and "
+        "aggregates beyond it spill to a temporary folder beside the database).",
+    )
     data_dir: Annotated[str | None, Allowed("a folder path")] = Field(
         None,
         description="Folder for per-shard Parquet and checkpoints; default: "

@@ -14,7 +14,7 @@ from viz_reference import graph_nodes_and_edges
 
 from carto_viz import export_views, load_tables, script_json, view_data, views_spec
 from carto_viz.charts import ROW_HEIGHT, graph_heights, row_positions
-from carto_viz.data import short_label, study_summary
+from carto_viz.data import patch_pngs, short_label, study_summary
 from carto_viz.export import DATA_DIR, render_page
 from carto_viz.sprites import FORMATS, cut_patch, pack_patches
 from carto_viz.synthetic import HOSTILE_NAMES, make_database
@@ -255,6 +255,30 @@ def test_sprites_round_trip():
         pack_patches(frame, fmt="gif")
     with pytest.raises(ValueError, match="per_sheet"):
         pack_patches(frame, per_sheet=0)
+
+
+def test_sprites_read_from_the_database_a_sheet_at_a_time(db):
+    """What export_views does: the PNGs come from the database one sheet's neurons at a time,
+    and the sheets are the same as from the whole table in memory."""
+    whole = (
+        duckdb.connect(str(db), read_only=True)
+        .sql("SELECT neuron_id, rank, png FROM example_patches")
+        .pl()
+    )
+    asked: list[list[int]] = []
+    with patch_pngs(db) as load_pngs:
+
+        def spy(neuron_ids: list[int]) -> pl.DataFrame:
+            asked.append(list(neuron_ids))
+            return load_pngs(neuron_ids)
+
+        streamed = pack_patches(
+            whole.select("neuron_id", "rank"), fmt="png", per_sheet=7, load_pngs=spy
+        )
+    assert streamed == pack_patches(whole, fmt="png", per_sheet=7)
+    assert len(streamed[0].sheets) == 9 and max(len(ids) for ids in asked) == 7
+    with pytest.raises(ValueError, match="no png column: pass load_pngs"):
+        pack_patches(whole.select("neuron_id", "rank"))
 
 
 def test_lossy_sheets_stay_close(db):
