@@ -17,6 +17,7 @@ import polars as pl
 from carto_assets import schema
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 from carto_assets.storage import DEFAULT_MEMORY_LIMIT
+from carto_viz.summary import neurons_with_kind, study_summary
 
 #: tables the views need (the assets that write them come from carto_assets.schema).
 REQUIRED_TABLES = (
@@ -207,16 +208,6 @@ def layer_kinds(neurons: pl.DataFrame) -> dict[str, str]:
     return {layer: kinds[0] for layer, kinds in per_layer.iter_rows()}
 
 
-def _neurons(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    """``neurons`` with ``kind`` and ``channel`` (all channels, no index, where absent)."""
-    neurons = tables["neurons"]
-    if "kind" not in neurons.columns:
-        neurons = neurons.with_columns(kind=pl.lit("channel"))
-    if "channel" not in neurons.columns:
-        neurons = neurons.with_columns(channel=pl.lit(None, pl.Int32))
-    return neurons
-
-
 def unit_label(kind: str, channel: int | None, layer: str) -> str:
     """How a unit is named everywhere on the page: ``"channel 5 · block3"``,
     ``"feature 17 · block3:features"`` (``channel`` is the feature's index in its dictionary)."""
@@ -272,7 +263,7 @@ def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
     example patches it has.
     """
     neurons = (
-        _neurons(tables)
+        neurons_with_kind(tables)
         .join(tables["neuron_projection"], on="neuron_id", how="inner")
         .join(tables["neuron_clusters"].select("neuron_id", "cluster_id"), on="neuron_id")
         .join(
@@ -475,7 +466,7 @@ def graph_records(
         The most nodes in one row of any class (the graph's width).
     """
     nodes = tables["concept_graph_nodes"]
-    kinds = layer_kinds(_neurons(tables))
+    kinds = layer_kinds(neurons_with_kind(tables))
     cascades = _cascades(tables["concept_cascades"])
     clusters = tables["clusters"].select(
         "cluster_id", "size", pl.col("label").alias("cluster_label")
@@ -616,96 +607,12 @@ def graph_records(
     return graphs, rows, max_columns
 
 
-def _spearman(a: pl.Series, b: pl.Series) -> float:
-    frame = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-    if frame.height < 3:
-        return float("nan")
-    value = frame.select(pl.corr("a", "b", method="spearman")).item()
-    return float(value) if value is not None else float("nan")
-
-
-def study_summary(
-    tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
-) -> dict:
-    """The page header: what was mapped and how good the result is.
-
-    Counts come from the tables; ``study_info`` adds what only the study knows (``name``,
-    ``model``, ``weights``, ``dataset``) and extra ``quality`` entries measured by other assets
-    (``{"figure", "value", "asset"}``). Quality figures read from tables: mean cluster purity
-    vs random same-size groups (``cluster_quality``) and the Spearman correlation of edge
-    weight with ablation drop (``concept_graph_faithfulness``, asset ``concept_graph``).
-    Cluster gain vs random groups: the mean ``gain`` and ``random_gain`` of ``cluster_quality``.
-    A study with dictionary features counts its units by kind ("240 channels + 1,024
-    features") and its layers without the feature pseudo-layers.
-    Every value is plain text; the page shows it with ``textContent``.
-    """
-    info = dict(study_info or {})
-    images = tables.get("image_count")
-    n_images = int(images["n"][0]) if images is not None else None
-    clusters = tables["clusters"]
-    neurons = _neurons(tables)
-    counts = dict(neurons.group_by("kind").len().iter_rows())
-    units = f"{neurons.height:,}"
-    if counts.get("feature"):
-        units = f"{counts.get('channel', 0):,} channels + {counts['feature']:,} features"
-    # Feature pseudo-layers are not layers of the model.
-    model_layers = neurons.filter(pl.col("kind") == "channel") if counts.get("channel") else neurons
-    layers = model_layers.select("layer", "layer_index").unique().sort("layer_index")
-    n_multi = clusters.filter(pl.col("size") >= 2).height
-    facts = [
-        ["model", " · ".join(str(info[k]) for k in ("model", "weights") if info.get(k))],
-        ["dataset", str(info.get("dataset") or "")],
-        ["images", f"{n_images:,}" if n_images is not None else ""],
-        ["classes", f"{tables['images'].height:,}"],
-        [
-            "layers",
-            f"{layers.height} ({', '.join(layers['layer'].head(4).to_list())}"
-            + (", …)" if layers.height > 4 else ")"),
-        ],
-        ["neurons", units],
-        ["clusters", f"{clusters.height:,} ({n_multi:,} with 2+ neurons)"],
-    ]
-    quality: list[dict] = []
-    cq = tables.get("cluster_quality")
-    if cq is not None and cq.height:
-        for kind in ("concept", "class"):
-            part = cq.filter(pl.col("kind") == kind)
-            if part.height:
-                gain, chance = float(part["gain"].mean()), float(part["random_gain"].mean())
-                quality.append(
-                    {
-                        "figure": f"cluster gain ({kind})",
-                        "value": f"{gain:.2f} vs {chance:.2f} for random same-size groups",
-                        "asset": "cluster_quality",
-                    }
-                )
-    faith = tables.get("concept_graph_faithfulness")
-    if faith is not None and faith.height:
-        rho = _spearman(faith["weight"], faith["drop"])
-        if rho == rho:
-            quality.append(
-                {
-                    "figure": "edge faithfulness",
-                    "value": f"Spearman ρ {rho:.2f} between edge weight and ablation drop "
-                    f"({faith.height} edges)",
-                    "asset": "concept_graph",
-                }
-            )
-    for extra in info.get("quality") or ():
-        quality.append({k: str(extra[k]) for k in ("figure", "value", "asset")})
-    return {
-        "title": str(info.get("name") or "Cartography study"),
-        "facts": [[k, v] for k, v in facts if v],
-        "quality": quality,
-    }
-
-
 def view_data(
     tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
 ) -> ViewData:
     """All datasets of the page except the patches (see :mod:`carto_viz.sprites`)."""
     check_tables(tables)
-    present = set(layer_kinds(_neurons(tables)).values())
+    present = set(layer_kinds(neurons_with_kind(tables)).values())
     graphs, rows, max_columns = graph_records(tables)
     classes = [
         {"label": int(label), "name": str(name), "graph": int(label) in graphs}

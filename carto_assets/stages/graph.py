@@ -19,9 +19,10 @@ import torch
 from scipy.stats import spearmanr
 
 from carto_assets import schema
+from carto_assets.core.ablation import ablation_faithfulness, sample_edges
 from carto_assets.core.cascades import concept_cascades
 from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
-from carto_assets.core.influence import ablation_faithfulness, influence_edges, sample_edges
+from carto_assets.core.influence import influence_edges
 from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.memory import release_memory
 from carto_assets.partitions import chunk_labels, n_class_chunks

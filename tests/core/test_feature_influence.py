@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from carto_assets.core.ablation import ablation_faithfulness
 from carto_assets.core.dictionary import SparseAutoencoder, encode
 from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
-from carto_assets.core.influence import ablation_faithfulness, influence_edges
+from carto_assets.core.influence import influence_edges
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

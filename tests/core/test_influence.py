@@ -5,14 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from carto_assets.core.influence import (
-    PREDICTION,
-    PREDICTION_CLUSTER,
-    ablation_faithfulness,
-    influence_edges,
-    sample_edges,
-)
+from carto_assets.core.ablation import ablation_faithfulness, sample_edges
+from carto_assets.core.influence import influence_edges
 from carto_assets.core.models import torchvision_model
+from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

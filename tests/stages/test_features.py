@@ -7,14 +7,13 @@ import torch
 
 from carto_assets.core.activations import Batch, DerivedUnits, activation_pass, spatial_max
 from carto_assets.core.dictionary import SparseAutoencoder, encode
+from carto_assets.core.features import feature_maxima, sample_activations
 from carto_assets.core.models import BuiltinCNN, probe_layers, resolve_layers
 from carto_assets.stages.features import (
     FEATURE_SUFFIX,
     FeatureLayer,
     derived_units,
-    feature_maxima,
     features_vs_channels,
-    sample_activations,
     source_layer,
 )
 from carto_assets.stages.merge import neurons_frame
