@@ -81,7 +81,8 @@ _EDGE_COLUMNS = (
     (
         "target_layer",
         "VARCHAR",
-        "layer of the upper cluster, the next mapped layer; `prediction` for edges into the "
+        "layer of the upper cluster: the next mapped layer of its chain (channels, or feature "
+        "pseudo-layers, see the concept graph's topology below); `prediction` for edges into the "
         "class's logit",
     ),
     ("target_cluster", "BIGINT", "the upper cluster; -1 for edges into the class's logit"),
@@ -358,7 +359,8 @@ TABLES: dict[str, Table] = {
             (
                 "ablated",
                 "DOUBLE",
-                "the same with the source cluster's channels zeroed",
+                "the same with the source cluster's channels zeroed (a feature cluster: its "
+                "decoder contribution subtracted)",
             ),
             ("drop", "DOUBLE", "`baseline - ablated`"),
             ("relative_drop", "DOUBLE", "`drop / |baseline|`"),
