@@ -50,7 +50,7 @@ def model_fingerprint(study: Study) -> str:
 
 
 #: Bumped when the dictionary training code changes what the same settings produce.
-DICTIONARY_REVISION = 2
+DICTIONARY_REVISION = 3
 
 
 def _network_identity(study: Study) -> object:

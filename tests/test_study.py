@@ -264,7 +264,8 @@ def test_every_field_is_described():
         (
             {"layers": ["block3"], "expanse": 2},
             "unknown study field 'features.expanse'; allowed fields: batch_size, epochs, "
-            "expansion, k, layers, learning_rate, sample_images, samples",
+            "expansion, k, layers, learning_rate, random_per_image, sample_images, samples, "
+            "strongest_per_image",
         ),
         ("block3", "study field 'features' must be a mapping (layers, expansion, k, ...)"),
     ],
@@ -286,7 +287,8 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
 
     demo = study_from_dict(DEMO_STUDY)
     assert demo.features is not None and demo.features.layers == ("block3", "block4")
-    assert (demo.features.expansion, demo.features.k, demo.features.epochs) == (4, 8, 20)
+    assert (demo.features.expansion, demo.features.k, demo.features.epochs) == (2, 8, 240)
+    assert (demo.features.strongest_per_image, demo.features.random_per_image) == (4, 2)
     plain = study_from_dict({k: v for k, v in DEMO_STUDY.items() if k != "features"})
     assert plain.features is None
     other = study_from_dict({**DEMO_STUDY, "features": {"layers": ["block3"], "k": 4}})

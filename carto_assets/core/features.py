@@ -10,9 +10,11 @@ features go through the same streaming top-k, clustering and gain code as channe
 
 Three steps, each with fixed memory:
 
-1. :func:`sample_activations`: one forward pass over a subset of images; every position's
-   channel vector is offered to a :class:`~carto_assets.core.dictionary.ReservoirSampler` per
-   layer, so memory is ``capacity x channels`` per layer whatever the number of images;
+1. :func:`sample_activations`: one forward pass over a subset of images; each image's
+   strongest position vectors (largest norm: the positions that decide an image's spatial
+   maximum) and a few of its other positions drawn uniformly (:func:`pick_positions`) are
+   offered to a :class:`~carto_assets.core.dictionary.ReservoirSampler` per layer, so memory
+   is ``capacity x channels`` per layer whatever the number of images;
 2. :func:`train_dictionaries`: one SAE per layer on its sample (:func:`save_dictionaries` /
    :func:`load_dictionaries` keep the weights with a fingerprint of the settings);
 3. :func:`feature_maxima` (one batch of layer outputs, encoded in chunks) and
@@ -66,16 +68,21 @@ class DictionarySettings:
 
     layers: tuple[str, ...]
     #: Features per channel: a layer with C channels gets ``expansion x C`` features.
-    expansion: int = 4
+    expansion: int = 2
     #: Active features per position (top-k SAE).
     k: int = 8
-    #: Activation vectors sampled per layer (reservoir capacity).
-    samples: int = 200_000
-    #: Images the sampling pass reads (the first ones of a seeded shuffle); None: all.
-    sample_images: int | None = 2000
-    epochs: int = 20
+    #: Activation vectors sampled per layer (reservoir capacity; memory samples x C x 4 bytes).
+    samples: int = 50_000
+    #: Images the sampling pass reads (a seeded subset); None: all of them.
+    sample_images: int | None = 10_000
+    #: Each image's strongest positions (largest L2 norm) offered to the sample; None: all.
+    strongest_per_image: int | None = 4
+    #: And this many of its other positions, drawn uniformly (so the dictionary also
+    #: reconstructs the weak positions, background included, that it encodes later).
+    random_per_image: int = 2
+    epochs: int = 240
     batch_size: int = 1024
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +93,9 @@ class DictionarySettings:
         check_int("samples", self.samples, minimum=1)
         if self.sample_images is not None:
             check_int("sample_images", self.sample_images, minimum=1)
+        if self.strongest_per_image is not None:
+            check_int("strongest_per_image", self.strongest_per_image, minimum=1)
+        check_int("random_per_image", self.random_per_image, minimum=0)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
@@ -140,6 +150,42 @@ def position_rows(output: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
 
 
+def pick_positions(
+    output: torch.Tensor,
+    strongest: int | None,
+    others: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per image, its ``strongest`` position vectors (largest L2 norm), then ``others`` drawn
+    uniformly without replacement from its remaining positions: ``(rows, C)``.
+
+    Within an image both parts are in position order; images follow each other. Every
+    position (:func:`position_rows`) when ``strongest`` is None; a part is cut to the
+    positions there are. ``(B, C)`` outputs have one position per image.
+    """
+    if output.ndim == 2:
+        return output
+    if output.ndim == 4:
+        per_image = output.flatten(2).transpose(1, 2)  # (B, H x W, C), rows as position_rows
+    elif output.ndim == 3:
+        per_image = output
+    else:
+        raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
+    b, p, c = per_image.shape
+    if strongest is None or strongest >= p:
+        return per_image.reshape(b * p, c)
+    top = per_image.norm(dim=2).topk(strongest, dim=1).indices
+    parts = [top.sort(dim=1).values]  # (B, strongest)
+    if others > 0:
+        # Uniform keys, the strongest positions' pushed below any other: the ``others`` largest
+        # keys are a uniform draw without replacement from the rest.
+        keys = torch.rand((b, p), generator=generator).to(per_image.device)
+        keys.scatter_(1, top, -1.0)
+        parts.append(keys.topk(min(others, p - strongest), dim=1).indices.sort(dim=1).values)
+    keep = torch.cat(parts, dim=1)
+    return per_image.gather(1, keep.unsqueeze(2).expand(-1, -1, c)).reshape(-1, c)
+
+
 def _model_inputs(
     batches: Iterable[Batch | torch.Tensor],
     device: torch.device,
@@ -172,6 +218,8 @@ def sample_activations(
     capacity: int,
     seed: int,
     *,
+    strongest_per_image: int | None = None,
+    random_per_image: int = 0,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, float], None] | None = None,
@@ -188,9 +236,16 @@ def sample_activations(
         :class:`Batch` es or bare image tensors: model inputs, or raw images ``preprocess``
         turns into model inputs on ``device``. Pass the subset of images to sample from.
     capacity
-        Rows kept per layer: the sample is uniform over every position of every image seen.
+        Rows kept per layer: the sample is uniform over the positions offered.
     seed
-        Layer ``i``'s sampler is seeded with ``seed + i``.
+        Layer ``i``'s sampler and position draws are seeded with ``seed + i``.
+    strongest_per_image, random_per_image
+        Offer only each image's ``strongest_per_image`` strongest positions (largest L2 norm)
+        and ``random_per_image`` of its other positions drawn uniformly (:func:`pick_positions`);
+        ``None``: every position. An image's activation for a unit is its maximum over space,
+        so the strong positions are the ones that decide top images: a dictionary trained on
+        them spends its features there rather than on background, and the uniform part keeps
+        the weak positions reconstructed.
     progress
         ``progress(images_done, seconds)`` after every batch.
 
@@ -200,6 +255,9 @@ def sample_activations(
     """
     check_int("capacity", capacity, minimum=1)
     check_seed("seed", seed)
+    if strongest_per_image is not None:
+        check_int("strongest_per_image", strongest_per_image, minimum=1)
+    check_int("random_per_image", random_per_image, minimum=0)
     if not layers:
         raise ValueError("layers must name at least one layer, got none")
     dev = torch.device(device)
@@ -207,6 +265,7 @@ def sample_activations(
         info.name: ReservoirSampler(int(info.channels or 0), capacity, seed=seed + i)
         for i, info in enumerate(layers)
     }
+    draws = {info.name: torch.Generator().manual_seed(seed + i) for i, info in enumerate(layers)}
 
     def offer(name: str, output: object) -> None:
         if not isinstance(output, torch.Tensor):
@@ -214,7 +273,9 @@ def sample_activations(
                 f"layer {name!r} returned {type(output).__name__}, not a tensor; "
                 "choose a module whose output is a tensor"
             )
-        rows = position_rows(output.detach().float())
+        rows = pick_positions(
+            output.detach().float(), strongest_per_image, random_per_image, draws[name]
+        )
         if rows.shape[1] != samplers[name].dim:
             raise ValueError(
                 f"layer {name!r} has {rows.shape[1]} channels, expected {samplers[name].dim}"
@@ -268,7 +329,7 @@ def train_dictionaries(
     k: int,
     epochs: int,
     batch_size: int = 1024,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 4e-3,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable[[str, int, float], None] | None = None,
@@ -423,17 +484,19 @@ def feature_maxima(
     )
     step = max(1, max_elements // max(1, positions * sae.n_features))
     parts = []
-    for lo in range(0, out.shape[0], step):
-        chunk = out[lo : lo + step]
-        z = encode(sae, position_rows(chunk))  # (chunk x positions, m)
-        if chunk.ndim == 4:
-            b, _, h, w = chunk.shape
-            maps = z.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (b, m, H, W)
-        elif chunk.ndim == 3:
-            maps = z.reshape(chunk.shape[0], chunk.shape[1], -1)  # (b, T, m)
-        else:
-            maps = z
-        parts.append(spatial_max(maps))
+    # float32 even inside the activation pass's autocast (bf16 would reorder near-ties).
+    with torch.autocast(out.device.type, enabled=False):
+        for lo in range(0, out.shape[0], step):
+            chunk = out[lo : lo + step]
+            z = encode(sae, position_rows(chunk))  # (chunk x positions, m)
+            if chunk.ndim == 4:
+                b, _, h, w = chunk.shape
+                maps = z.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (b, m, H, W)
+            elif chunk.ndim == 3:
+                maps = z.reshape(chunk.shape[0], chunk.shape[1], -1)  # (b, T, m)
+            else:
+                maps = z
+            parts.append(spatial_max(maps))
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 

@@ -97,6 +97,8 @@ def settings_of(study: Study) -> DictionarySettings:
         k=f.k,
         samples=f.samples,
         sample_images=f.sample_images,
+        strongest_per_image=f.strongest_per_image,
+        random_per_image=f.random_per_image,
         epochs=f.epochs,
         batch_size=f.batch_size,
         learning_rate=f.learning_rate,
@@ -198,6 +200,8 @@ def prepare_dictionaries(
         batches(),
         settings.samples,
         settings.seed,
+        strongest_per_image=settings.strongest_per_image,
+        random_per_image=settings.random_per_image,
         preprocess=bundle.normalize,
         device=device,
     )

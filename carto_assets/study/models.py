@@ -276,7 +276,7 @@ class FeaturesConfig(_Section):
         "study's mapped layers.",
     )
     expansion: int = Field(
-        4,
+        2,
         ge=1,
         le=256,
         description="Features per channel: a layer with C channels gets expansion x C features.",
@@ -287,19 +287,31 @@ class FeaturesConfig(_Section):
         description="Active features per position (top-k SAE); at most expansion x channels.",
     )
     samples: int = Field(
-        200_000,
+        50_000,
         ge=1,
         description="Activation vectors (one per position) sampled per layer to train on; a "
         "reservoir keeps memory at samples x channels x 4 bytes whatever the images.",
     )
     sample_images: int | None = Field(
-        2000,
+        10_000,
         ge=1,
         description="Images the sampling pass reads (a seeded subset); None reads them all.",
     )
-    epochs: int = Field(20, ge=1, description="Training epochs of each dictionary.")
+    strongest_per_image: int | None = Field(
+        4,
+        ge=1,
+        description="Each sampled image offers its strongest positions (largest activation "
+        "norm: those that decide its spatial maxima) to the sample; None offers every position.",
+    )
+    random_per_image: int = Field(
+        2,
+        ge=0,
+        description="And this many of its other positions, drawn uniformly, so the dictionary "
+        "also reconstructs the weak positions (background) it encodes later.",
+    )
+    epochs: int = Field(240, ge=1, description="Training epochs of each dictionary.")
     batch_size: int = Field(1024, ge=1, description="Activation vectors per training step.")
-    learning_rate: float = Field(0.002, gt=0.0, le=10.0, description="Adam's learning rate.")
+    learning_rate: float = Field(0.004, gt=0.0, le=10.0, description="Adam's learning rate.")
 
     @field_validator("layers", mode="before")
     @classmethod

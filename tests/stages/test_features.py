@@ -7,7 +7,13 @@ import torch
 
 from carto_assets.core.activations import Batch, DerivedUnits, activation_pass, spatial_max
 from carto_assets.core.dictionary import SparseAutoencoder, encode
-from carto_assets.core.features import feature_maxima, sample_activations
+from carto_assets.core.features import (
+    DictionarySettings,
+    feature_maxima,
+    pick_positions,
+    position_rows,
+    sample_activations,
+)
 from carto_assets.core.models import BuiltinCNN, probe_layers, resolve_layers
 from carto_assets.stages.features import (
     FEATURE_SUFFIX,
@@ -147,6 +153,93 @@ def test_sampling_reads_each_layer_through_the_hook_helper(tiny_net):
         assert got.shape == rows.shape  # capacity above the positions: every row kept
         np.testing.assert_allclose(np.sort(got, axis=0), np.sort(rows, axis=0), rtol=1e-5)
     assert sample.n_images == 20
+
+
+def reference_strongest(output: torch.Tensor, n: int) -> np.ndarray:
+    """Per image, the ``n`` rows of ``position_rows`` with the largest norm, in row order."""
+    channels = output.shape[-1] if output.ndim == 3 else output.shape[1]
+    per_image = position_rows(output).numpy().reshape(output.shape[0], -1, channels)
+    rows = []
+    for vectors in per_image:
+        top = np.sort(np.argsort(-np.linalg.norm(vectors, axis=1), kind="stable")[:n])
+        rows.append(vectors[top])
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("n", [1, 3, 20, None])
+def test_pick_positions_strongest_match_a_per_image_sort(n):
+    output = torch.randn(5, 4, 3, 4, generator=torch.Generator().manual_seed(8))
+    got = pick_positions(output, n).numpy()
+    want = reference_strongest(output, 12 if n is None else n)
+    np.testing.assert_array_equal(got, want)
+    tokens = output.flatten(2).transpose(1, 2)  # (B, T, C) holds the same positions
+    np.testing.assert_array_equal(pick_positions(tokens, n).numpy(), want)
+
+
+def test_pick_positions_draws_the_others_uniformly_from_the_rest():
+    b, p, strongest, others, runs = 4, 12, 3, 2, 600
+    # Channel 0 names the position; channel 1 sets the norms (random order per image).
+    ids = torch.arange(p, dtype=torch.float32).expand(b, p)
+    loud = 10 * torch.rand(b, p, generator=torch.Generator().manual_seed(9))
+    tokens = torch.stack([ids, loud], dim=2)  # (B, T, 2)
+    strong = reference_strongest(tokens, strongest)[:, 0].reshape(b, strongest).astype(int)
+    counts = np.zeros((b, p))
+    for seed in range(runs):
+        rows = pick_positions(tokens, strongest, others, torch.Generator().manual_seed(seed))
+        picked = rows[:, 0].numpy().astype(int).reshape(b, strongest + others)
+        np.testing.assert_array_equal(picked[:, :strongest], strong)
+        for i, drawn in enumerate(picked[:, strongest:]):
+            assert list(drawn) == sorted(set(drawn)) and not set(drawn) & set(strong[i])
+            counts[i, drawn] += 1
+    assert (counts[np.arange(b)[:, None], strong] == 0).all()
+    expected = runs * others / (p - strongest)
+    rest = counts[counts > 0]
+    assert rest.size == b * (p - strongest)
+    assert np.abs(rest - expected).max() < 5 * np.sqrt(expected)
+
+
+def test_sampling_offers_each_images_strongest_and_random_positions(tiny_net):
+    model, layers, images = tiny_net
+    chosen = [layers[1], layers[2]]
+    names = [i.name for i in chosen]
+    batches = [images[:10], images[10:20]]
+    strongest = sample_activations(model, chosen, batches, 10_000, 0, strongest_per_image=3)
+    assert strongest.positions_seen == {name: 20 * 3 for name in names}
+    dense = _dense_outputs(model, images[:20], names)
+    for name in names:
+        np.testing.assert_allclose(
+            strongest.samples[name], reference_strongest(dense[name], 3), rtol=1e-5, atol=1e-6
+        )
+    mixed = sample_activations(
+        model, chosen, batches, 10_000, 0, strongest_per_image=3, random_per_image=2
+    )
+    assert mixed.positions_seen == {name: 20 * 5 for name in names}
+    channels = mixed.samples[names[1]].shape[1]
+    per_image = mixed.samples[names[1]].reshape(20, 5, channels)
+    np.testing.assert_array_equal(
+        per_image[:, :3].reshape(-1, channels), strongest.samples[names[1]]
+    )
+
+
+def test_sampling_rejects_bad_position_counts(tiny_net):
+    model, layers, _ = tiny_net
+    with pytest.raises(ValueError, match="strongest_per_image must be an integer >= 1, got 0"):
+        sample_activations(model, layers[:1], [], 5, 0, strongest_per_image=0)
+    with pytest.raises(ValueError, match="random_per_image must be an integer >= 0, got -1"):
+        sample_activations(model, layers[:1], [], 5, 0, random_per_image=-1)
+    with pytest.raises(ValueError, match="strongest_per_image must be an integer >= 1, got 0"):
+        DictionarySettings(layers=("block3",), strongest_per_image=0)
+
+
+def test_feature_maxima_stay_float32_under_autocast():
+    sae = random_sae(4, m=12, k=3, seed=10)
+    output = torch.randn(6, 4, 5, 3, generator=torch.Generator().manual_seed(10))
+    plain = feature_maxima(sae, output)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = feature_maxima(sae, output)
+    for a, b in zip(plain, cast, strict=True):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_neurons_frame_inserts_pseudo_layers_after_their_source(tiny_net):
