@@ -45,6 +45,10 @@ class PatchParts:
     n_images_loaded: int
 
 
+#: Patches encoded and written per Parquet part (64 px PNGs: about 12 kB each, ~50 MB a part).
+PATCH_ROWS = 4096
+
+
 def example_patches(study: Study, store: CartoStore, progress=None) -> PatchParts:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
     around the argmax cell, with a window as large as the layer's receptive field.
@@ -100,13 +104,18 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
         pixels = {int(i): img for i, img in zip(ids[ok], batch)}
         n_loaded += len(pixels)
         chunk = rows.filter(pl.col("image_id").is_in(list(pixels)))
-        boxes = chunk.select("top", "left", "bottom", "right").to_numpy()
-        pngs = crop_patches(
-            pixels, chunk["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
-        )
-        part = chunk.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
-        parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
-        del batch, pixels, chunk, pngs, part
+        # A few images can hold most patches (200 images, 49k patches of 5,488 neurons): the
+        # PNGs are encoded and written PATCH_ROWS at a time, so memory is bounded either way.
+        for start in range(0, len(chunk), PATCH_ROWS):
+            piece = chunk.slice(start, PATCH_ROWS)
+            boxes = piece.select("top", "left", "bottom", "right").to_numpy()
+            pngs = crop_patches(
+                pixels, piece["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
+            )
+            part = piece.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
+            parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
+            del pngs, part
+        del batch, pixels, chunk
         release_memory()  # the images were decoded in loader threads, each with its own heap
     if not parts:  # no rows: one empty part keeps the table's columns
         empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))

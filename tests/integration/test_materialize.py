@@ -426,3 +426,23 @@ def test_feature_units_run_through_every_stage(materialized):
     by_layer = dictionary[0].asset_materialization.metadata["by_layer"].value
     assert set(by_layer) == {"block3"} and by_layer["block3"]["n_features"] == 256
     assert 0.0 <= by_layer["block3"]["fvu"] < 1.0
+
+
+def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monkeypatch):
+    """However few images hold the patches, they are encoded PATCH_ROWS at a time; the parts
+    load as exactly the published table."""
+    import duckdb
+
+    from carto_assets.stages import graph as graph_stage
+
+    study, _, _ = materialized
+    store = CartoStore(study.database_path)
+    published = store.query(
+        'SELECT neuron_id, rank, image_id, top, "left", bottom, "right", png '
+        "FROM example_patches ORDER BY neuron_id, rank"
+    )
+    monkeypatch.setattr(graph_stage, "PATCH_ROWS", 7)
+    parts = graph_stage.example_patches(study, store)
+    assert len(parts.parts) >= len(published) // 7
+    rebuilt = duckdb.connect().sql(graph_stage.patches_select(parts.parts)).pl()
+    assert rebuilt.equals(published)
