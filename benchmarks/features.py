@@ -55,6 +55,7 @@ def main() -> None:
     args = ap.parse_args()
 
     folder = Path(args.folder or tempfile.mkdtemp(prefix="carto-features-"))
+    folder.mkdir(parents=True, exist_ok=True)
     study_file = Path(args.study) if args.study else demo_study_file(folder, args.size)
     study = load_study(study_file)
     if study.features is None:
