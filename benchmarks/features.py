@@ -15,6 +15,15 @@ their fingerprints match), then prints, per feature layer:
     python benchmarks/features.py                         # the demo study (block3, block4)
     python benchmarks/features.py --study my_study.yaml   # a study file with `features`
     python benchmarks/features.py --size 1000             # a smaller demo, in a temp folder
+
+Measured on the demo (2026-12-01, defaults, seed 0): block4's features 0.868 vs its channels'
+0.748 (share >= 0.8: 73% vs 49%, FVU 0.054); block3's features 0.612 vs 0.656 (15% vs 20%, FVU
+0.043). A sweep on block3 alone (the f-features branch's per-layer script: strongest positions
+4/8/16/all, random positions 0/2, expansion 1/2/4/8, k 1/2/4/8/16, 480 epochs, lr 1e-3) stayed
+within 0.55-0.63 (best: k = 4, 0.622 over seeds 0-2): block3's channels are mostly colour
+detectors whose purity a dictionary does not improve, and its features mostly respond to shape
+parts (corners, edges) that several shapes share at 8 x 8 positions; shape becomes a single-unit
+concept at block4, where features win.
 """
 
 from __future__ import annotations
