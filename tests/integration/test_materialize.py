@@ -48,7 +48,7 @@ def test_tables_hold_what_the_contract_says(materialized):
     features = neurons.filter(neurons["kind"] == "feature")
     assert set(neurons["kind"]) == {"channel", "feature"}
     assert set(features["layer"]) == {"block3:features"}
-    assert features["channel"].to_list() == list(range(4 * 64))
+    assert features["channel"].to_list() == list(range(2 * 64))
     per = store.query(
         "SELECT neuron_id, count(*) AS n, min(rank) AS lo, max(rank) AS hi, "
         "count(DISTINCT image_id) AS distinct_images FROM top_images GROUP BY neuron_id"
@@ -424,7 +424,7 @@ def test_feature_units_run_through_every_stage(materialized):
     assert set(versus["block3"]) >= {"channels", "features", "delta", "features_share_0_8"}
     dictionary = instance.fetch_materializations(dg.AssetKey("dictionary"), limit=1).records
     by_layer = dictionary[0].asset_materialization.metadata["by_layer"].value
-    assert set(by_layer) == {"block3"} and by_layer["block3"]["n_features"] == 256
+    assert set(by_layer) == {"block3"} and by_layer["block3"]["n_features"] == 128
     assert 0.0 <= by_layer["block3"]["fvu"] < 1.0
 
 

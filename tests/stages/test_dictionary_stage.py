@@ -30,11 +30,11 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(tmp_p
     assert first is not None and not first.cached
     assert first.folder == dictionary_dir(study, study_dictionary_fingerprint(study))
     (row,) = first.layers
-    assert row["layer"] == "block3" and row["n_features"] == 4 * 64 and row["l0"] <= 8
+    assert row["layer"] == "block3" and row["n_features"] == 2 * 64 and row["l0"] <= 8
     assert 0.0 <= row["fvu"] < 1.0 and 0.0 <= row["dead_share"] <= 1.0
     assert first.sample_images == 60 and first.sample_bytes == 2000 * 64 * 4
     (layer,) = feature_layers(study)
-    assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 256)
+    assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 128)
 
     again = prepare_dictionaries(study, progress=lambda m: None)
     assert again is not None and again.cached and again.fingerprint == first.fingerprint
