@@ -1,7 +1,7 @@
 """Benchmark the torch skip-gram trainer against gensim's Word2Vec on planted data.
 
 Run: ``.venv/bin/python benchmarks/embedding.py`` (needs ``pip install gensim``; about
-2.5 minutes on 2 cores). ``--quick`` runs the small data set only; ``--torch-threads``
+5 minutes on an idle 2-core machine). ``--quick`` runs the small data set only; ``--torch-threads``
 adds a row for our trainer on torch's process-wide thread setting instead of its
 single-thread default.
 
