@@ -301,3 +301,21 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
         shard_model_identity(demo, dictionary="abc"),
     }
     assert len(identities) == 4
+
+
+def test_features_block_and_dictionary_settings_share_fields_and_defaults():
+    """The study's ``features`` block (no torch) and core's DictionarySettings (no study) keep
+    one set of fields and defaults: settings_of passes the block through whole."""
+    import dataclasses
+
+    from carto_assets.core.features import DictionarySettings
+    from carto_assets.stages.features import settings_of
+    from carto_assets.study.models import FeaturesConfig
+
+    fields = {f.name: f for f in dataclasses.fields(DictionarySettings)}
+    assert set(fields) - {"seed"} == set(FeaturesConfig.model_fields)
+    for name, field in FeaturesConfig.model_fields.items():
+        if name != "layers":
+            assert field.default == fields[name].default, name
+    study = study_from_dict({"seed": 7, "features": {"layers": ["block3"], "k": 4}})
+    assert settings_of(study) == DictionarySettings(layers=("block3",), k=4, seed=7)

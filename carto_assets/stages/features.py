@@ -91,19 +91,8 @@ def settings_of(study: Study) -> DictionarySettings:
     f = study.features
     if f is None:
         raise ValueError("the study maps no features (study field 'features' is unset)")
-    return DictionarySettings(
-        layers=tuple(f.layers),
-        expansion=f.expansion,
-        k=f.k,
-        samples=f.samples,
-        sample_images=f.sample_images,
-        strongest_per_image=f.strongest_per_image,
-        random_per_image=f.random_per_image,
-        epochs=f.epochs,
-        batch_size=f.batch_size,
-        learning_rate=f.learning_rate,
-        seed=study.seed,
-    )
+    # The study block holds the same fields as the settings (a test keeps their defaults equal).
+    return DictionarySettings(**{**f.model_dump(), "layers": tuple(f.layers)}, seed=study.seed)
 
 
 def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
