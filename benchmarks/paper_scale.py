@@ -212,16 +212,20 @@ def worker(study_file: str, name: str) -> None:
 
     build_definitions(study_file)
     baseline = _status_kib("VmRSS") / 2**20
+    row = {**timed_materialize(study_file, name), "baseline_rss_gb": baseline}
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def timed_materialize(study_file: str, name: str) -> dict:
+    """Materialize one asset here: its seconds, partition count and the process's peak."""
     start = time.perf_counter()
     n_partitions = materialize_asset(study_file, name)
-    row = {
+    return {
         "asset": name,
         "seconds": time.perf_counter() - start,
         "partitions": n_partitions,
         "peak_rss_gb": peak_rss_gb(),
-        "baseline_rss_gb": baseline,
     }
-    print("RESULT " + json.dumps(row), flush=True)
 
 
 def run_assets(
@@ -254,14 +258,7 @@ def run_assets(
             row = json.loads(lines[-1][len("RESULT ") :])
         else:
             reset_peak_rss()
-            start = time.perf_counter()
-            n_partitions = materialize_asset(study_file, name)
-            row = {
-                "asset": name,
-                "seconds": time.perf_counter() - start,
-                "partitions": n_partitions,
-                "peak_rss_gb": peak_rss_gb(),
-            }
+            row = timed_materialize(study_file, name)
         rows.append(row)
         extra = f"   ({row['partitions']} partitions)" if row["partitions"] else ""
         say(f"  {name:<22} {row['seconds']:8.1f} s   peak RSS {row['peak_rss_gb']:.2f} GB{extra}")
