@@ -248,6 +248,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     log_file = _log_file(args.dagster_home, "compare")
     log_to_file(log_file, verbose=args.verbose)
     try:
+        from carto_assets.compare.config import load_comparison
+        from carto_assets.compare.studies import check_studies
+
+        # Refuse at once (missing results, other images) before anything heavy is imported.
+        check_studies(load_comparison(args.comparison))
         from carto_assets.compare.run import run_comparison
         from carto_assets.compare.stage import summary_lines
 

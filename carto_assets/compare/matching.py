@@ -15,7 +15,8 @@ cross-model pair with Jaccard >= threshold in time linear in the units:
 :func:`best_matches` then gives each unit its best match in every other model: the highest
 Jaccard, ties broken by the rank footrule over the shared images (the sum of
 ``|rank_a - rank_b|``: units with the same set but another order are told apart), then by
-the smaller unit id; a match is *mutual* when each is the other's best.
+the smaller unit id (units with identical top-k lists are paired in id order, so identical
+groups match one to one); a match is *mutual* when each is the other's best.
 
 Pure numpy; no dagster.
 """
@@ -91,6 +92,27 @@ class UnitSets:
             self.images[positions],
             self.ranks[positions],
             self.n_studies,
+        )
+
+    def duplicate_index(self) -> np.ndarray:
+        """``(n,)``: each unit's position (0, 1, ...) among the units of its model with the same
+        top images in the same order, by unit id; 0 for a unit whose list is its own."""
+        lengths = np.diff(self.indptr)
+        rows = pl.DataFrame(
+            {
+                "unit": np.repeat(np.arange(self.n_units, dtype=np.int64), lengths),
+                "image": self.images,
+                "rank": self.ranks,
+            }
+        ).sort("unit", "rank")
+        lists = rows.group_by("unit", maintain_order=True).agg("image")
+        units = pl.DataFrame({"unit": np.arange(self.n_units, dtype=np.int64), "study": self.study})
+        return (
+            units.join(lists, on="unit", how="left")
+            .with_columns(index=pl.int_range(pl.len()).over("study", "image"))
+            .sort("unit")["index"]
+            .to_numpy()
+            .astype(np.int64)
         )
 
     def relabel_images(self, study: int, mapping: np.ndarray) -> UnitSets:
@@ -307,7 +329,14 @@ def best_matches(units: UnitSets, pairs: CrossPairs) -> BestMatches:
     tied = at_best & (ties[group] > 1)
     footrule = np.zeros(u.size, dtype=np.int64)
     footrule[tied] = rank_footrule(units, u[tied], v[tied])
-    order = np.lexsort((v, footrule, -jac, group))
+    # Units with the same top images in the same order (e.g. dead units) cannot be told
+    # apart: the k-th of such a group is paired with the k-th of its counterpart's group, so
+    # that identical groups match one to one (and mutually) rather than all to the first.
+    position = np.zeros(u.size, dtype=np.int64)
+    if tied.any():
+        duplicate = units.duplicate_index()
+        position[tied] = np.abs(duplicate[u[tied]] - duplicate[v[tied]])
+    order = np.lexsort((v, position, footrule, -jac, group))
     first = np.ones(order.size, dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]
     chosen = order[first]

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from carto_assets.compare import stage
 from carto_assets.compare.config import Comparison, ComparisonError, load_comparison
 from carto_assets.compare.definitions import COMPARE_JOB, build_comparison_definitions
+from carto_assets.compare.studies import check_studies
 from carto_assets.events import QUIET_RUN_CONFIG
 from carto_assets.storage import describe_writer, exclusive_writer
 
@@ -34,7 +34,7 @@ def run_comparison(
     """Materialize every asset of the comparison; raises :class:`ComparisonError` (studies
     missing, images differ, a step failed) with a one-line message."""
     comparison = load_comparison(comparison_file)
-    studies, _, images = stage.check_studies(comparison)
+    studies, _, images = check_studies(comparison)
     say(
         f"comparing {len(studies)} studies over {len(images[0])} images: "
         + ", ".join(f"'{s.name}'" for s in studies)

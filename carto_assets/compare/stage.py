@@ -30,20 +30,11 @@ from carto_assets.compare.embedding import (
     match_closeness,
     project_2d,
 )
-from carto_assets.compare.images import check_same_images
 from carto_assets.compare.layers import layer_shares, shuffled_null
 from carto_assets.compare.matching import UnitSets, match_units, unit_sets
+from carto_assets.compare.studies import check_studies
 from carto_assets.storage import CartoStore
 from carto_assets.study import Study
-
-#: What a study must have materialized to be compared (table -> the asset that writes it).
-REQUIRED = {
-    "images": "images",
-    "neurons": "top_images",
-    "top_images": "top_images",
-    "neuron_clusters": "neuron_clusters",
-    "clusters": "neuron_clusters",
-}
 
 
 @dataclass
@@ -52,32 +43,6 @@ class Result:
 
     tables: dict[str, pl.DataFrame]
     figures: dict[str, Any] = field(default_factory=dict)
-
-
-def _study_store(study: Study, entry: str) -> CartoStore:
-    store = CartoStore(study.database_path, memory_limit=study.database_memory_limit)
-    if not study.database_path.exists():
-        raise ComparisonError(
-            f"study {entry!r} has no results at {study.database_path}; run it first "
-            f"(`carto run{' --study ' + entry if entry != 'demo' else ''}`)"
-        )
-    for table, asset in REQUIRED.items():
-        if not store.table_exists(table):
-            raise ComparisonError(
-                f"study {entry!r} ({study.database_path}) has no table {table!r}; materialize "
-                f"`{asset}` (e.g. `carto run`) first"
-            )
-    return store
-
-
-def check_studies(comparison: Comparison) -> tuple[list[Study], list[CartoStore], list]:
-    """The studies, their stores and ``images`` tables, once every study has results and all
-    map the same images; raises :class:`ComparisonError` naming the first problem."""
-    studies = comparison.load_studies()
-    stores = [_study_store(s, e) for s, e in zip(studies, comparison.studies, strict=True)]
-    images = [s.query("SELECT image_id, source FROM images ORDER BY image_id") for s in stores]
-    check_same_images(studies, images)
-    return studies, stores, images
 
 
 def collect(comparison: Comparison) -> Result:
@@ -443,9 +408,7 @@ def embedding(
             "isolated": np.asarray(result.isolated, dtype=bool),
         }
     )
-    mutual = store.query(
-        "SELECT unit_id, match_id FROM unit_matches WHERE mutual AND unit_id < match_id"
-    )
+    mutual = store.query("SELECT unit_id, match_id FROM unit_matches WHERE mutual")
     figures = {
         "epoch_losses": [round(x, 5) for x in result.epoch_losses],
         "isolated_units": int(np.sum(result.isolated)),

@@ -45,6 +45,12 @@ def test_lsh_best_matches_equal_exact_all_pairs(seed):
     sets.append(np.array([], dtype=np.int64))  # a unit of model 1 with no top images
     study = np.array([0] * n + [1] * (n + 1))
     unit, image, rank = _as_rows(sets, rng)
+    # Three units of model 0 and two of model 1 with the same images in the same order (dead
+    # units look like this): ties the footrule cannot break either.
+    same = rank[unit == 11]
+    for u in (12, 13, n + 20, n + 21):
+        image[unit == u] = image[unit == 11]
+        rank[unit == u] = same
     units = unit_sets(unit, image, rank, study)
     pairs, best = match_units(units, threshold=0.3, seed=seed)
     ranks = [
@@ -55,12 +61,12 @@ def test_lsh_best_matches_equal_exact_all_pairs(seed):
     # Every exact pair >= threshold is also an LSH pair (recall 1 at these similarities).
     n_exact_pairs = sum(
         1
-        for u in range(len(sets))
-        for v in range(u + 1, len(sets))
+        for u in range(len(ranks))
+        for v in range(u + 1, len(ranks))
         if study[u] != study[v]
-        and sets[u].size
-        and sets[v].size
-        and len(set(sets[u]) & set(sets[v])) / len(set(sets[u]) | set(sets[v])) >= 0.3
+        and ranks[u]
+        and ranks[v]
+        and len(ranks[u].keys() & ranks[v].keys()) / len(ranks[u].keys() | ranks[v].keys()) >= 0.3
     )
     assert pairs.a.size == n_exact_pairs
     found = {
@@ -75,6 +81,9 @@ def test_lsh_best_matches_equal_exact_all_pairs(seed):
         assert found[key][0] == match, key
         assert found[key][1] == pytest.approx(jaccard)
         assert found[key][2] == mutual, key
+    # Identical lists pair one to one: 11 <-> the first copy, 12 <-> the second.
+    paired = {u: found[(u, 1)][0] for u in (11, 12)}
+    assert paired == {11: n + 20, 12: n + 21} and found[(n + 20, 0)] == (11, 1.0, True)
     # Units with nothing above the threshold have no match, and say so.
     none = best.match < 0
     assert np.all(best.jaccard[none] == 0) and not best.mutual[none].any()

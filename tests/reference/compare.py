@@ -1,7 +1,8 @@
 """Oracles for :mod:`carto_assets.compare`: obviously right, slow.
 
 - :func:`exact_best_matches`: every cross-model pair's Jaccard from Python sets, each unit's
-  best match with the same tie rules (Jaccard, then rank footrule, then unit id);
+  best match with the same tie rules (Jaccard, then rank footrule, then the same position among
+  identical lists, then unit id);
 - :func:`linear_cka`: Kornblith et al.'s feature-space formula;
 - :func:`permute_builtin_channels`: a built-in CNN's state dict with the channels of every
   block permuted (the network computes the same function; its units are renumbered).
@@ -23,7 +24,14 @@ def exact_best_matches(
     ``sets[u]`` maps each of unit ``u``'s top images to its rank.
     """
     n = len(sets)
-    best: dict[tuple[int, int], tuple[float, int, int]] = {}
+    # Units of one model with the same images in the same order: their position among them.
+    seen: dict[tuple, int] = {}
+    duplicate = []
+    for u in range(n):
+        key = (study[u], tuple(sorted(sets[u], key=sets[u].get)))
+        duplicate.append(seen.get(key, 0))
+        seen[key] = seen.get(key, 0) + 1
+    best: dict[tuple[int, int], tuple[float, int, int, int]] = {}
     for u in range(n):
         for v in range(n):
             if study[u] == study[v] or not sets[u] or not sets[v]:
@@ -33,13 +41,13 @@ def exact_best_matches(
             if jaccard < threshold:
                 continue
             footrule = sum(abs(sets[u][x] - sets[v][x]) for x in a & b)
-            key = (-jaccard, footrule, v)
+            key = (-jaccard, footrule, abs(duplicate[u] - duplicate[v]), v)
             if (u, study[v]) not in best or key < best[(u, study[v])]:
                 best[(u, study[v])] = key
     out = {}
-    for (u, other), (neg_j, _, v) in best.items():
+    for (u, other), (neg_j, _, _, v) in best.items():
         back = best.get((v, study[u]))
-        out[(u, other)] = (v, -neg_j, back is not None and back[2] == u)
+        out[(u, other)] = (v, -neg_j, back is not None and back[3] == u)
     return out
 
 
