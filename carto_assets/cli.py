@@ -175,12 +175,8 @@ def cmd_run_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from carto_assets.core.models import (
-        BuiltinCNN,
-        default_layers,
-        probe_layers,
-        torchvision_model,
-    )
+    from carto_assets.core.network.layers import default_layers, probe_layers
+    from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 
     spec = args.model
     if spec == "builtin":

@@ -61,7 +61,7 @@ def _checkpoint_state(path: Path) -> tuple[dict | None, str | None]:
 
 def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
     """Module names of the study's model (built without downloading weights), or None."""
-    from carto_assets.core.models import BuiltinCNN, torchvision_model
+    from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 
     if study.is_builtin_model:
         return [n for n, _ in BuiltinCNN(num_classes=10).named_modules() if n]

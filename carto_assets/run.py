@@ -31,7 +31,7 @@ from carto_assets.definitions import (
     build_definitions,
 )
 from carto_assets.events import EVENTS_LOGGER, QUIET_RUN_CONFIG, step_event
-from carto_assets.partitions import shard_key
+from carto_assets.sharding import shard_key
 from carto_assets.stages.activations import shard_states
 from carto_assets.stages.manifest import load_manifest
 from carto_assets.storage import PUBLISH_STATS, describe_writer, exclusive_writer

@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.core.grouping import cluster_size_distribution
+from carto_assets.core.similarity.linkage import cluster_size_distribution
 from carto_assets.resources import StudyResource
 from carto_assets.stages import clustering as stage
 from carto_assets.stages.features import features_vs_channels

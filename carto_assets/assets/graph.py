@@ -7,8 +7,8 @@ import polars as pl
 
 from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.assets.partitions import CLASS_CHUNKS
-from carto_assets.partitions import chunk_index, chunk_labels
 from carto_assets.resources import StudyResource
+from carto_assets.sharding import chunk_index, chunk_labels
 from carto_assets.stages import graph as stage
 from carto_assets.stages.manifest import load_manifest
 

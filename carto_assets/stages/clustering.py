@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carto_assets.core.grouping import Clustering, clustering_agreement, group_neurons
-from carto_assets.core.minhash import encode_image_id, minhash_signatures
-from carto_assets.core.neuron_sets import NeuronSets, build_neuron_sets
-from carto_assets.core.pairs import (
+from carto_assets.core.similarity.linkage import Clustering, clustering_agreement, group_neurons
+from carto_assets.core.similarity.minhash import encode_image_id, minhash_signatures
+from carto_assets.core.similarity.pairs import (
     LshPairs,
     SimilarPairs,
     exact_pairs_inverted_index,
     lsh_pairs,
     pair_agreement,
 )
+from carto_assets.core.similarity.sets import NeuronSets, build_neuron_sets
 from carto_assets.storage import CartoStore
 from carto_assets.study import ClusteringConfig
 

@@ -16,9 +16,9 @@ import polars as pl
 
 from carto_assets import progress as progress_of
 from carto_assets.core.cooccurrence import cooccurrence_counts
-from carto_assets.core.neighbors import nearest_neighbors
-from carto_assets.core.projection import project_2d
-from carto_assets.core.skipgram import train_skipgram_sentences
+from carto_assets.core.projection.neighbors import nearest_neighbors
+from carto_assets.core.projection.umap2d import project_2d
+from carto_assets.core.skipgram.trainer import train_skipgram_sentences
 from carto_assets.storage import CartoStore
 from carto_assets.study import EmbeddingConfig
 

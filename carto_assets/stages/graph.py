@@ -19,13 +19,13 @@ import torch
 from scipy.stats import spearmanr
 
 from carto_assets import schema
-from carto_assets.core.ablation import ablation_faithfulness, sample_edges
-from carto_assets.core.cascades import concept_cascades
-from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
-from carto_assets.core.influence import influence_edges
-from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.core.attribution.ablation import ablation_faithfulness, sample_edges
+from carto_assets.core.attribution.cascades import concept_cascades
+from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
+from carto_assets.core.attribution.influence import influence_edges
+from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.memory import release_memory
-from carto_assets.partitions import chunk_labels, n_class_chunks
+from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.features import feature_layers, source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
@@ -267,7 +267,7 @@ def concept_graph_chunk(
     With dictionary features (:func:`~carto_assets.stages.features.feature_layers`), their
     pseudo-layers are units beside the channel layers: the channel layers keep their chain (the
     graph of a study without features), the feature layers form a second one
-    (:func:`~carto_assets.core.feature_influence.graph_pairs`), and cascades stay in their
+    (:func:`~carto_assets.core.attribution.features.graph_pairs`), and cascades stay in their
     root's chain.
     """
     say = progress or (lambda m: None)

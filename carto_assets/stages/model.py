@@ -15,14 +15,12 @@ from typing import Any
 import torch
 
 from carto_assets import progress as progress_of
-from carto_assets.core.models import (
+from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
+from carto_assets.core.network.zoo import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BuiltinCNN,
-    LayerInfo,
     ModelBundle,
-    probe_layers,
-    resolve_layers,
     torchvision_model,
 )
 from carto_assets.fingerprints import model_fingerprint
@@ -86,7 +84,7 @@ def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
     the image sources already resize and centre-crop to ``dataset.image_size``, so that is the
     size to set. Random init and checkpoints keep ImageNet's statistics.
     """
-    from carto_assets.core.models import weights_normalization
+    from carto_assets.core.network.zoo import weights_normalization
 
     size = study_image_size(study)
     if study.is_builtin_model:
@@ -130,7 +128,7 @@ def prepare_model(
     size = study_image_size(study)
     training: dict[str, Any] = {}
     if study.is_builtin_model:
-        from carto_assets.core.training import train_builtin
+        from carto_assets.core.network.training import train_builtin
 
         source = source_for_manifest(study, images, class_names)
         say(f"rendering/loading {len(images)} images for training")
