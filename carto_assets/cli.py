@@ -59,26 +59,40 @@ def _one_line(exc: Exception) -> str:
     return lines[0]
 
 
-def _summary(study) -> str:
-    """A few numbers from the published database, for the final summary."""
+def _summary(study) -> list[str]:
+    """What was mapped and the headline quality figures, from the published database, in the
+    page header's words (feature pseudo-layers are not layers of the model)."""
+    from carto_assets import quality
     from carto_assets.storage import CartoStore
 
     store = CartoStore(study.database_path)
     try:
         row = store.query(
-            "SELECT (SELECT count(*) FROM neurons) AS neurons, "
-            "(SELECT count(DISTINCT layer) FROM neurons) AS layers, "
+            "SELECT (SELECT count(*) FROM neurons WHERE coalesce(kind, 'channel') = 'channel') "
+            "AS channels, "
+            "(SELECT count(*) FROM neurons WHERE kind = 'feature') AS features, "
+            "(SELECT count(DISTINCT layer) FROM neurons "
+            " WHERE coalesce(kind, 'channel') = 'channel') AS layers, "
             "(SELECT count(*) FROM clusters WHERE size > 1) AS clusters, "
             "(SELECT count(*) FROM images) AS images, "
             "(SELECT count(DISTINCT label) FROM concept_graph_nodes) AS classes"
         ).row(0, named=True)
+        figures = quality.headline(store.figures())
     except Exception:  # a summary is a courtesy; the run itself succeeded
         logging.getLogger("carto").info("summary query failed", exc_info=True)
-        return ""
-    return (
-        f"{row['images']} images, {row['neurons']} neurons in {row['layers']} layers, "
-        f"{row['clusters']} multi-neuron clusters, concept graphs for {row['classes']} classes"
-    )
+        return []
+    units = f"{row['channels']:,} channels"
+    if row["features"]:
+        units += f" + {row['features']:,} features"
+    lines = [
+        f"Mapped:   {row['images']:,} images, {units} in {row['layers']} layers, "
+        f"{row['clusters']:,} multi-unit clusters, concept graphs for {row['classes']:,} classes"
+    ]
+    for i, fig in enumerate(figures):
+        lines.append(
+            f"{'Quality:' if i == 0 else '':<10}{fig['figure']}: {fig['value']} ({fig['asset']})"
+        )
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -136,9 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"(of which {timings['publish']:.2f} s publishing {timings['publish_writes']:.0f} "
         "database snapshots)."
     )
-    summary = _summary(study)
-    if summary:
-        print(f"Mapped:   {summary}")
+    for line in _summary(study):
+        print(line)
     print(f"Database: {study.database_path}")
     views = study.views_path / "index.html"
     if views.exists():

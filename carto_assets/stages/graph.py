@@ -25,6 +25,7 @@ from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
 from carto_assets.core.attribution.influence import influence_edges
 from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.memory import release_memory
+from carto_assets.quality import Figure
 from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.features import feature_layers, source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
@@ -469,6 +470,23 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
         chunks=len(chunks),
         seconds_per_class=seconds / max(1, computed),
     )
+
+
+def graph_figures(graph: ConceptGraph) -> list[Figure]:
+    """The concept graph's figures for ``study_quality``: edge faithfulness."""
+    rho, n = graph.spearman_rho, len(graph.faithfulness)
+    return [
+        Figure(
+            "faithfulness_spearman_rho",
+            rho,
+            "Spearman rank correlation between the sampled edges' weights and the drop of their "
+            "target when their source cluster is ablated",
+            # Under 3 ablated edges there is no correlation to show.
+            name="edge faithfulness" if rho == rho else "",
+            shown=f"Spearman ρ {rho:.2f} between edge weight and ablation drop ({n} edges)",
+        ),
+        Figure("faithfulness_edges_ablated", n, "edges whose source cluster was ablated"),
+    ]
 
 
 def concept_graph(
