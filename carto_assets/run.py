@@ -60,9 +60,9 @@ def up_to_date_shards(study: Study) -> set[int]:
 
 
 def _root_error(error: Any) -> Any:
-    """The innermost cause of a Dagster error record: the user code's own exception (Dagster
-    wraps it in a step execution error)."""
-    while getattr(error, "cause", None) is not None:
+    """The error the step's own code raised: the first one in the cause chain of a Dagster
+    error record that is not Dagster's (Dagster wraps it in a step execution error)."""
+    while getattr(error, "cause", None) is not None and error.cls_name.startswith("Dagster"):
         error = error.cause
     return error
 
