@@ -28,13 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carto_assets.core.activations import Batch, activation_pass
-from carto_assets.core.models import (
-    BuiltinCNN,
-    probe_layers,
-    resolve_layers,
-    torchvision_model,
-)
+from carto_assets.core.network.layers import probe_layers, resolve_layers
+from carto_assets.core.network.recorder import Batch, activation_pass
+from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 
 
 def build(model_spec: str, size: int):

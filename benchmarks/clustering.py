@@ -50,18 +50,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference.clustering import exact_pairs_dense
 
-from carto_assets.core.grouping import (
+from carto_assets.core.similarity.linkage import (
     cluster_size_distribution,
     clustering_agreement,
     group_neurons,
 )
-from carto_assets.core.neuron_sets import NeuronSets
-from carto_assets.core.pairs import (
+from carto_assets.core.similarity.pairs import (
     SimilarPairs,
     exact_pairs_inverted_index,
     lsh_pairs,
     pair_agreement,
 )
+from carto_assets.core.similarity.sets import NeuronSets
 
 METHODS = ("lsh", "dense", "inverted_index")
 

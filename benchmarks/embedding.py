@@ -45,9 +45,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from carto_assets.core.cooccurrence import cooccurrence_counts, shared_image_counts
-from carto_assets.core.neighbors import nearest_neighbors
-from carto_assets.core.sentences import image_sentences as sentence_lists
-from carto_assets.core.skipgram import train_skipgram, train_skipgram_sentences
+from carto_assets.core.projection.neighbors import nearest_neighbors
+from carto_assets.core.skipgram.sentences import image_sentences as sentence_lists
+from carto_assets.core.skipgram.trainer import train_skipgram, train_skipgram_sentences
 
 # The product defaults are what is benchmarked.
 _DEFAULTS = {k: v.default for k, v in inspect.signature(train_skipgram).parameters.items()}
@@ -349,7 +349,7 @@ def rehearsal_shape(database: str | None, repeats: int) -> None:
         start = time.perf_counter()
         model.train(sentences_txt, total_examples=len(sentences_txt), epochs=EPOCHS)
         gensim_s = time.perf_counter() - start
-        from carto_assets.core.sentences import window_examples
+        from carto_assets.core.skipgram.sentences import window_examples
 
         window_ex = window_examples(sentences, WINDOW, np.random.default_rng(0))[0].size
         per_epoch[label] = win_s / EPOCHS

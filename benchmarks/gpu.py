@@ -28,12 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carto_assets.core.activations import PRECISIONS, Batch, activation_pass
-from carto_assets.core.models import (
-    probe_layers,
-    resolve_layers,
-    torchvision_model,
-)
+from carto_assets.core.network.layers import probe_layers, resolve_layers
+from carto_assets.core.network.recorder import PRECISIONS, Batch, activation_pass
+from carto_assets.core.network.zoo import torchvision_model
 
 IMAGENET_TRAIN = 1_281_167
 

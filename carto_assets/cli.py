@@ -59,26 +59,60 @@ def _one_line(exc: Exception) -> str:
     return lines[0]
 
 
-def _summary(study) -> str:
-    """A few numbers from the published database, for the final summary."""
+def _summary(study) -> list[str]:
+    """What was mapped and the headline quality figures, from the published database, in the
+    page header's words (feature pseudo-layers are not layers of the model)."""
+    from carto_assets import quality
     from carto_assets.storage import CartoStore
 
     store = CartoStore(study.database_path)
     try:
         row = store.query(
-            "SELECT (SELECT count(*) FROM neurons) AS neurons, "
-            "(SELECT count(DISTINCT layer) FROM neurons) AS layers, "
+            "SELECT (SELECT count(*) FROM neurons WHERE coalesce(kind, 'channel') = 'channel') "
+            "AS channels, "
+            "(SELECT count(*) FROM neurons WHERE kind = 'feature') AS features, "
+            "(SELECT count(DISTINCT layer) FROM neurons "
+            " WHERE coalesce(kind, 'channel') = 'channel') AS layers, "
             "(SELECT count(*) FROM clusters WHERE size > 1) AS clusters, "
             "(SELECT count(*) FROM images) AS images, "
             "(SELECT count(DISTINCT label) FROM concept_graph_nodes) AS classes"
         ).row(0, named=True)
+        figures = quality.headline(store.figures())
     except Exception:  # a summary is a courtesy; the run itself succeeded
         logging.getLogger("carto").info("summary query failed", exc_info=True)
-        return ""
-    return (
-        f"{row['images']} images, {row['neurons']} neurons in {row['layers']} layers, "
-        f"{row['clusters']} multi-neuron clusters, concept graphs for {row['classes']} classes"
-    )
+        return []
+    units = f"{row['channels']:,} channels"
+    if row["features"]:
+        units += f" + {row['features']:,} features"
+    lines = [
+        f"Mapped:   {row['images']:,} images, {units} in {row['layers']} layers, "
+        f"{row['clusters']:,} multi-unit clusters, concept graphs for {row['classes']:,} classes"
+    ]
+    for i, fig in enumerate(figures):
+        lines.append(
+            f"{'Quality:' if i == 0 else '':<10}{fig['figure']}: {fig['value']} ({fig['asset']})"
+        )
+    return lines
+
+
+def _skipped(instance) -> str:
+    """Image-folder files the run skipped and images that failed to decode, as the ``images``
+    and ``top_images`` assets counted them ('' when none)."""
+    import dagster as dg
+
+    def latest(asset: str, key: str) -> int:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        value = event.asset_materialization.metadata.get(key) if event else None
+        return int(value.value) if value is not None else 0
+
+    files = latest("images", "n_skipped_files")
+    failed = latest("top_images", "n_images_failed_to_decode")
+    parts = []
+    if files:
+        parts.append(f"{files:,} file(s) that are not readable images (`images` metadata)")
+    if failed:
+        parts.append(f"{failed:,} image(s) that failed to decode (`top_images` metadata)")
+    return ", ".join(parts)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunFailed, StudyError, DatabaseBusyError) as exc:
         bars.close()
         logging.getLogger("carto").error("run failed", exc_info=True)
-        _report([_one_line(exc)], log_file)
+        _report(exc.short if isinstance(exc, RunFailed) else [_one_line(exc)], log_file)
         return 1
     finally:
         stop()
@@ -136,9 +170,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"(of which {timings['publish']:.2f} s publishing {timings['publish_writes']:.0f} "
         "database snapshots)."
     )
-    summary = _summary(study)
-    if summary:
-        print(f"Mapped:   {summary}")
+    for line in _summary(study):
+        print(line)
+    skipped = _skipped(instance)
+    if skipped:
+        print(f"Skipped:  {skipped}")
     print(f"Database: {study.database_path}")
     views = study.views_path / "index.html"
     if views.exists():
@@ -169,18 +205,16 @@ def cmd_run_partition(args: argparse.Namespace) -> int:
         execute_partition(args.study or "", args.partition, instance, args.job)
     except (RunFailed, StudyError) as exc:
         print(f"carto: {exc}", file=sys.stderr)
+        if isinstance(exc, RunFailed):  # the root error last: the parent shows that line
+            print(f"carto: {exc.short[-1]}", file=sys.stderr)
         return 1
     print(f"{args.partition}: done")
     return 0
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from carto_assets.core.models import (
-        BuiltinCNN,
-        default_layers,
-        probe_layers,
-        torchvision_model,
-    )
+    from carto_assets.core.network.layers import default_layers, probe_layers
+    from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 
     spec = args.model
     if spec == "builtin":

@@ -604,6 +604,29 @@ TABLES: dict[str, Table] = {
             ("neighbor_id", "BIGINT", "another neuron (never the neuron itself), any layer"),
             ("similarity", "DOUBLE", "cosine similarity in embedding space (not in 2-D)"),
         ),
+        _table(
+            "study_quality",
+            "(each measuring asset)",
+            (
+                "asset",
+                "VARCHAR",
+                "the asset that measured the figure and wrote the row (`model`, `dictionary`, "
+                "`cluster_quality`, `neuron_embedding`, `concept_graph`); re-materializing it "
+                "replaces its rows, in the same snapshot as its tables",
+            ),
+            ("figure", "VARCHAR", "the figure's key, e.g. `pair_recall`, `concept_cluster_gain`"),
+            ("layer", "VARCHAR", "the layer a per-layer figure is about; NULL for the study"),
+            ("value", "DOUBLE", "the measured value (NaN where there was nothing to measure)"),
+            (
+                "name",
+                "VARCHAR",
+                "the page header's label; empty for figures that are only stored (the header "
+                "and `carto run` show the rows with a name)",
+            ),
+            ("shown", "VARCHAR", "the value as the header and `carto run` show it"),
+            ("definition", "VARCHAR", "what the figure measures, in one sentence"),
+            ("position", "INTEGER", "order of the figure within its asset's rows"),
+        ),
         # ---- a comparison's database (carto compare; carto_assets/compare) ------------------
         *COMPARISON_TABLES,
     )

@@ -32,7 +32,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from carto_assets import schema
+from carto_assets import quality, schema
 
 
 class DatabaseBusyError(RuntimeError):
@@ -289,24 +289,28 @@ class CartoStore:
             tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
             wal = db.with_name(db.name + ".wal")
             start = time.perf_counter()
-            if db.exists():
-                shutil.copyfile(db, tmp)
-                PUBLISH_STATS.bytes_copied += tmp.stat().st_size
-                if wal.exists():  # left by a writer of an older version: replay it into the copy
-                    shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
-            copied = time.perf_counter() - start
-            con = duckdb.connect(str(tmp), config=self._config())
+            con = None
             try:
+                if db.exists():
+                    shutil.copyfile(db, tmp)
+                    PUBLISH_STATS.bytes_copied += tmp.stat().st_size
+                    if wal.exists():  # left by a writer of an older version: replay it
+                        shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
+                copied = time.perf_counter() - start
+                con = duckdb.connect(str(tmp), config=self._config())
                 yield con
                 con.execute("CHECKPOINT").fetchall()
-            except BaseException:
                 con.close()
+                start = time.perf_counter()
+                _fsync(tmp)
+            except BaseException:
+                # A full disk can fail the copy, the writes or the checkpoint: the published
+                # file is untouched either way, and the partial copy goes.
+                if con is not None:
+                    con.close()
                 for p in (tmp, tmp.with_name(tmp.name + ".wal")):
                     p.unlink(missing_ok=True)
                 raise
-            con.close()
-            start = time.perf_counter()
-            _fsync(tmp)
             wal.unlink(missing_ok=True)
             os.replace(tmp, db)
             _fsync(db.parent)
@@ -318,12 +322,15 @@ class CartoStore:
         tables: Mapping[str, pl.DataFrame | str],
         views: Mapping[str, str] | None = None,
         drop: Iterable[str] = (),
+        figures: tuple[str, Sequence[quality.Figure]] | None = None,
     ) -> dict[str, int]:
         """Replace tables (DataFrames or SELECT statements) and views, published at once.
 
-        ``drop`` names tables to remove if they exist. Returns the row count of every table
-        written. A table or view declared in :mod:`carto_assets.schema` must come out with
-        exactly its declared columns and types, or nothing is published
+        ``drop`` names tables to remove if they exist. ``figures`` is ``(asset, figures)``:
+        the quality figures ``asset`` measured replace its rows of ``study_quality`` (see
+        :mod:`carto_assets.quality`) in the same snapshot. Returns the row count of every
+        table written. A table or view declared in :mod:`carto_assets.schema` must come out
+        with exactly its declared columns and types, or nothing is published
         (:class:`~carto_assets.schema.SchemaError`).
         """
         counts: dict[str, int] = {}
@@ -343,7 +350,24 @@ class CartoStore:
                 _check_declared(con, name)
             for name in drop:
                 run(f'DROP TABLE IF EXISTS "{name}"')
+            if figures is not None:
+                asset, rows = figures
+                con.register("_carto_incoming", quality.figure_frame(asset, rows))
+                run(
+                    f'CREATE TABLE IF NOT EXISTS "{quality.TABLE}" AS '
+                    "SELECT * FROM _carto_incoming LIMIT 0"
+                )
+                con.execute(f'DELETE FROM "{quality.TABLE}" WHERE asset = ?', [asset]).fetchall()
+                run(f'INSERT INTO "{quality.TABLE}" SELECT * FROM _carto_incoming')
+                con.unregister("_carto_incoming")
+                _check_declared(con, quality.TABLE)
         return counts
+
+    def figures(self) -> pl.DataFrame:
+        """Every ``study_quality`` row (an empty frame before any asset wrote one)."""
+        if not self.table_exists(quality.TABLE):
+            return schema.empty_frame(quality.TABLE)
+        return self.query(f'SELECT * FROM "{quality.TABLE}"')
 
     def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
         """Run a read query and return a polars DataFrame."""

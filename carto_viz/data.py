@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from carto_assets import schema
+from carto_assets import quality, schema
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
-from carto_assets.storage import DEFAULT_MEMORY_LIMIT
+from carto_assets.storage import DEFAULT_MEMORY_LIMIT, CartoStore
 from carto_viz.summary import neurons_with_kind, study_summary
 
 #: tables the views need (the assets that write them come from carto_assets.schema).
@@ -60,11 +60,9 @@ _QUERIES: dict[str, str] = {
 #: channels only.
 KINDS = ("channel", "feature")
 
-#: tables the header reads when they exist (quality figures): table -> columns.
-OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "cluster_quality": ("kind", "gain", "random_gain"),
-    "concept_graph_faithfulness": ("weight", "drop"),
-}
+#: The header's quality figures, written by the assets that measured them (absent from
+#: databases older than the table: the header then shows none).
+QUALITY_TABLE = quality.TABLE
 
 
 def load_tables(
@@ -95,7 +93,7 @@ def load_tables(
             row[0]
             for row in con.execute(
                 "SELECT table_name FROM information_schema.tables "
-                "WHERE table_catalog = 'study' AND table_schema = 'main'"
+                "WHERE table_catalog = 'carto' AND table_schema = 'main'"
             ).fetchall()
         }
         check_tables(present)
@@ -105,7 +103,7 @@ def load_tables(
                 row[0]
                 for row in con.execute(
                     "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_catalog = 'study' AND table_name = ?",
+                    "WHERE table_catalog = 'carto' AND table_name = ?",
                     [name],
                 ).fetchall()
             }
@@ -114,10 +112,8 @@ def load_tables(
         kind = "coalesce(kind, 'channel')" if "kind" in columns("neurons") else "'channel'"
         queries = {**_QUERIES, "neurons": _QUERIES["neurons"].format(kind=kind)}
         tables = {name: con.sql(query).pl() for name, query in queries.items()}
-        for name, wanted in OPTIONAL_COLUMNS.items():
-            # A table written by an older version lacks columns: the header just says less.
-            if set(wanted) <= columns(name):
-                tables[name] = con.sql(f"SELECT {', '.join(wanted)} FROM {name}").pl()
+        if QUALITY_TABLE in present:
+            tables[QUALITY_TABLE] = con.sql(f"SELECT * FROM {QUALITY_TABLE}").pl()
         return tables
 
 
@@ -129,21 +125,12 @@ PATCH_READER_MEMORY_LIMIT = "64MB"
 
 @contextlib.contextmanager
 def _attached(database_path: str | Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the study database.
-
-    ATTACH from a fresh in-memory connection: never a DuckDB instance this process cached for
-    the path earlier (the file may have been replaced by a newer snapshot since).
-    """
+    """A read-only connection to the published study database (the store's own reader)."""
     path = Path(database_path)
     if not path.is_file():
         raise ValueError(f"database {str(path)!r} does not exist; materialize the assets first")
-    con = duckdb.connect(config={"memory_limit": memory_limit})
-    try:
-        con.execute("ATTACH ? AS study (READ_ONLY)", [str(path)])
-        con.execute("USE study")
+    with CartoStore(path, memory_limit=memory_limit).connect() as con:
         yield con
-    finally:
-        con.close()
 
 
 @contextlib.contextmanager

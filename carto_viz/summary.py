@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import polars as pl
 
+from carto_assets import quality
+
 
 def neurons_with_kind(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """``neurons`` with ``kind`` and ``channel`` (all channels, no index, where absent)."""
@@ -17,25 +19,14 @@ def neurons_with_kind(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return neurons
 
 
-def _spearman(a: pl.Series, b: pl.Series) -> float:
-    frame = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-    if frame.height < 3:
-        return float("nan")
-    value = frame.select(pl.corr("a", "b", method="spearman")).item()
-    return float(value) if value is not None else float("nan")
-
-
 def study_summary(
     tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
 ) -> dict:
     """The page header: what was mapped and how good the result is.
 
     Counts come from the tables; ``study_info`` adds what only the study knows (``name``,
-    ``model``, ``weights``, ``dataset``) and extra ``quality`` entries measured by other assets
-    (``{"figure", "value", "asset"}``). Quality figures read from tables: mean cluster purity
-    vs random same-size groups (``cluster_quality``) and the Spearman correlation of edge
-    weight with ablation drop (``concept_graph_faithfulness``, asset ``concept_graph``).
-    Cluster gain vs random groups: the mean ``gain`` and ``random_gain`` of ``cluster_quality``.
+    ``model``, ``weights``, ``dataset``). The quality figures are the headline rows of
+    ``study_quality``, each written by the asset that measured it (:mod:`carto_assets.quality`).
     A study with dictionary features counts its units by kind ("240 channels + 1,024
     features") and its layers without the feature pseudo-layers.
     Every value is plain text; the page shows it with ``textContent``.
@@ -66,36 +57,9 @@ def study_summary(
         ["neurons", units],
         ["clusters", f"{clusters.height:,} ({n_multi:,} with 2+ neurons)"],
     ]
-    quality: list[dict] = []
-    cq = tables.get("cluster_quality")
-    if cq is not None and cq.height:
-        for kind in ("concept", "class"):
-            part = cq.filter(pl.col("kind") == kind)
-            if part.height:
-                gain, chance = float(part["gain"].mean()), float(part["random_gain"].mean())
-                quality.append(
-                    {
-                        "figure": f"cluster gain ({kind})",
-                        "value": f"{gain:.2f} vs {chance:.2f} for random same-size groups",
-                        "asset": "cluster_quality",
-                    }
-                )
-    faith = tables.get("concept_graph_faithfulness")
-    if faith is not None and faith.height:
-        rho = _spearman(faith["weight"], faith["drop"])
-        if rho == rho:
-            quality.append(
-                {
-                    "figure": "edge faithfulness",
-                    "value": f"Spearman ρ {rho:.2f} between edge weight and ablation drop "
-                    f"({faith.height} edges)",
-                    "asset": "concept_graph",
-                }
-            )
-    for extra in info.get("quality") or ():
-        quality.append({k: str(extra[k]) for k in ("figure", "value", "asset")})
+    figures = quality.headline(tables.get(quality.TABLE))
     return {
         "title": str(info.get("name") or "Cartography study"),
         "facts": [[k, v] for k, v in facts if v],
-        "quality": quality,
+        "quality": figures,
     }

@@ -11,7 +11,9 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from carto_assets import quality as study_quality
 from carto_assets import schema
+from carto_assets.quality import Figure
 from carto_assets.schema import PREDICTION
 
 #: name of a layer's feature pseudo-layer: ``block3`` -> ``block3:features``.
@@ -318,8 +320,51 @@ def make_database(
             "relative_drop": drop / baseline,
         },
     )
+    # The figures the pipeline's assets would measure from these tables (the header's rows).
+    gain, chance = float(quality["gain"].mean()), float(quality["random_gain"].mean())
+    rho = float(
+        pl.DataFrame({"w": weight, "d": drop}).select(pl.corr("w", "d", method="spearman")).item()
+    )
+    figures = pl.concat(
+        [
+            study_quality.figure_frame(
+                "cluster_quality",
+                [
+                    Figure(
+                        "class_cluster_gain",
+                        gain,
+                        "mean gain of the multi-unit clusters",
+                        name="cluster gain (class)",
+                        shown=f"{gain:.2f} vs {chance:.2f} for random same-size groups",
+                    ),
+                    Figure("class_random_gain", chance, "mean gain of random groups"),
+                    Figure(
+                        "pair_recall",
+                        0.99,
+                        "share of the exact pairs found",
+                        name="LSH pair recall vs exact all-pairs",
+                        shown="0.990",
+                    ),
+                ],
+            ),
+            study_quality.figure_frame(
+                "concept_graph",
+                [
+                    Figure(
+                        "faithfulness_spearman_rho",
+                        rho,
+                        "Spearman rank correlation of edge weight and ablation drop",
+                        name="edge faithfulness",
+                        shown=f"Spearman ρ {rho:.2f} between edge weight and ablation drop "
+                        f"({len(sample)} edges)",
+                    )
+                ],
+            ),
+        ]
+    )
     tables = {
         "images": images,
+        "study_quality": figures,
         "cluster_quality": quality,
         "concept_graph_faithfulness": faithfulness,
         "neurons": neurons,

@@ -308,9 +308,9 @@ def test_features_block_and_dictionary_settings_share_fields_and_defaults():
     one set of fields and defaults: settings_of passes the block through whole."""
     import dataclasses
 
-    from carto_assets.core.features import DictionarySettings
+    from carto_assets.core.sae.dictionaries import DictionarySettings
     from carto_assets.stages.features import settings_of
-    from carto_assets.study.models import FeaturesConfig
+    from carto_assets.study.fields import FeaturesConfig
 
     fields = {f.name: f for f in dataclasses.fields(DictionarySettings)}
     assert set(fields) - {"seed"} == set(FeaturesConfig.model_fields)

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from carto_assets.assets.partitions import SHARDS
-from carto_assets.partitions import shard_index
 from carto_assets.resources import StudyResource
+from carto_assets.sharding import shard_index
 from carto_assets.stages.activations import run_shard, shard_dir
 
 

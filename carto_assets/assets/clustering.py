@@ -4,8 +4,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from carto_assets import quality
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.core.grouping import cluster_size_distribution
+from carto_assets.core.similarity.linkage import cluster_size_distribution
 from carto_assets.resources import StudyResource
 from carto_assets.stages import clustering as stage
 from carto_assets.stages.features import features_vs_channels
@@ -105,16 +106,22 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     labels, pairs = stage.stored_clustering(store, sets)
     report = stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
     table = report.table
-    store.replace_tables({"cluster_quality": table} if len(table) else {})
-    kind = "concept" if "concept" in report.gains else "class"
-    cluster_gain = report.gains[kind].cluster_gain if kind in report.gains else float("nan")
-    random_gain = report.gains[kind].random_gain if kind in report.gains else float("nan")
+    store.replace_tables(
+        {"cluster_quality": table} if len(table) else {},
+        figures=("cluster_quality", report.figures()),
+    )
+    # Everything below reads the figures as stored: the header and `carto run` read the same.
+    stored = quality.figures_of(store.figures(), "cluster_quality")
+    kind = "concept" if ("concept_cluster_gain", None) in stored else "class"
+    cluster_gain = stored.get((f"{kind}_cluster_gain", None), float("nan"))
+    random_gain = stored.get((f"{kind}_random_gain", None), float("nan"))
+    pair_recall = stored[("pair_recall", None)]
     checks = [
         dg.AssetCheckResult(
             check_name="lsh_pair_recall_at_least_0_95",
-            passed=bool(report.pair_recall >= 0.95),
+            passed=bool(pair_recall >= 0.95),
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"pair_recall": report.pair_recall},
+            metadata={"pair_recall": pair_recall},
         ),
         dg.AssetCheckResult(
             check_name="clusters_beat_random_groups",
@@ -125,17 +132,12 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
         ),
     ]
     meta: dict = {}
-    for key, value in report.metadata().items():
-        if isinstance(value, dict):
-            meta[key] = dg.MetadataValue.json(value)
-        else:
-            meta[key] = round(value, 4) if isinstance(value, float) else value
-    if kind in report.gains:
+    for key, value in quality.metadata(store.figures(), "cluster_quality").items():
+        meta[key] = dg.MetadataValue.json(value) if isinstance(value, dict) else value
+    by_layer = meta.get(f"{kind}_single_unit_gain_by_layer")
+    if by_layer is not None:
         # Features and channels of one layer side by side (pseudo-layer gains are per layer).
-        versus = features_vs_channels(
-            report.gains[kind].single_unit_gain_by_layer,
-            report.gains[kind].units_gain_0_8_by_layer,
-        )
+        versus = features_vs_channels(by_layer.value, meta[f"{kind}_units_gain_0_8_by_layer"].value)
         if versus:
             meta["feature_vs_channel_single_unit_gain"] = dg.MetadataValue.json(versus)
             meta["feature_vs_channel_basis"] = kind

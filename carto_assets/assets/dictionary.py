@@ -4,13 +4,34 @@ import dagster as dg
 import polars as pl
 
 from carto_assets.assets._metadata import frame_table
+from carto_assets.quality import Figure
 from carto_assets.resources import StudyResource
-from carto_assets.stages.features import prepare_dictionaries
+from carto_assets.stages.features import FEATURE_SUFFIX, prepare_dictionaries
 
 #: A dictionary that leaves more of its layer's variance unexplained reconstructs it poorly.
 MAX_FVU = 0.2
 #: Beyond this share of never-firing features, the dictionary is much smaller than it looks.
 MAX_DEAD_SHARE = 0.1
+
+
+def dictionary_figures(layers: list[dict]) -> list[Figure]:
+    """Per feature pseudo-layer: FVU, L0 and the share of dead features."""
+    out = []
+    for row in layers:
+        layer = row["layer"] + FEATURE_SUFFIX
+        out += [
+            Figure(
+                "fvu",
+                row["fvu"],
+                "fraction of the layer's activation variance the dictionary leaves unexplained",
+                layer=layer,
+            ),
+            Figure("l0", row["l0"], "mean number of active features per position", layer=layer),
+            Figure(
+                "dead_share", row["dead_share"], "share of features that never fire", layer=layer
+            ),
+        ]
+    return out
 
 
 @dg.asset(
@@ -26,6 +47,9 @@ def dictionary(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Ma
     """Sparse-autoencoder dictionaries of the `features` layers; their features become units."""
     cfg = study.load()
     info = prepare_dictionaries(cfg, progress=context.log.info)
+    figures = [] if info is None else dictionary_figures(info.layers)
+    # No features: no figures, which clears those of an earlier study's dictionaries.
+    study.store().replace_tables({}, figures=("dictionary", figures))
     if info is None:
         # Without features there is nothing to train; the checks have nothing to fail on.
         return dg.MaterializeResult(

@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from carto_assets import quality
 from carto_assets.assets._metadata import table_metadata
 from carto_assets.resources import StudyResource
 from carto_assets.stages import embedding as stage
@@ -44,7 +45,11 @@ def neuron_embedding(
     cfg = study.load()
     store = study.store()
     result = stage.train_embedding(store, cfg.embedding, cfg.seed, progress=context.log.info)
-    store.replace_tables({"neuron_embedding": result.table})
+    closeness = stage.cluster_closeness(store, result.vectors, seed=cfg.seed)
+    store.replace_tables(
+        {"neuron_embedding": result.table},
+        figures=("neuron_embedding", stage.closeness_figures(closeness)),
+    )
     finite = bool(np.isfinite(result.vectors).all())
     meta = {
         **table_metadata(store, "neuron_embedding", preview_rows=3),
@@ -58,8 +63,7 @@ def neuron_embedding(
         "isolated_neurons": result.n_isolated,
         "training_seconds": round(result.seconds, 2),
     }
-    closeness = stage.cluster_closeness(store, result.vectors, seed=cfg.seed)
-    meta.update({k: round(v, 4) if isinstance(v, float) else v for k, v in closeness.items()})
+    meta.update(quality.metadata(store.figures(), "neuron_embedding"))
     return dg.MaterializeResult(
         metadata=meta,
         check_results=[dg.AssetCheckResult(check_name="vectors_finite", passed=finite)],

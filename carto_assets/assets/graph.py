@@ -5,10 +5,11 @@ import base64
 import dagster as dg
 import polars as pl
 
+from carto_assets import quality
 from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.assets.partitions import CLASS_CHUNKS
-from carto_assets.partitions import chunk_index, chunk_labels
 from carto_assets.resources import StudyResource
+from carto_assets.sharding import chunk_index, chunk_labels
 from carto_assets.stages import graph as stage
 from carto_assets.stages.manifest import load_manifest
 
@@ -96,8 +97,9 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
     }
     if len(g.faithfulness):
         tables["concept_graph_faithfulness"] = g.faithfulness
-    store.replace_tables(tables)
-    rho = g.spearman_rho
+    store.replace_tables(tables, figures=("concept_graph", stage.graph_figures(g)))
+    figures = quality.metadata(store.figures(), "concept_graph")
+    rho = figures["faithfulness_spearman_rho"]
     no_dep = [f"{a} -> {b}" for a, b in g.no_dependency]
     return dg.MaterializeResult(
         metadata={
@@ -108,8 +110,7 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
             "class_chunks": g.chunks,
             "seconds_per_class": round(g.seconds_per_class, 3),
             "prediction_edges": g.prediction_edges,
-            "faithfulness_spearman_rho": rho,
-            "faithfulness_edges_ablated": len(g.faithfulness),
+            **figures,
             "layer_pairs_without_dependency": dg.MetadataValue.json(no_dep),
             "nodes_preview": frame_table(g.nodes.head(15)),
             "edges_preview": frame_table(g.edges.head(15)),

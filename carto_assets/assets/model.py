@@ -3,7 +3,9 @@
 import dagster as dg
 import polars as pl
 
+from carto_assets import quality
 from carto_assets.assets._metadata import frame_table
+from carto_assets.quality import Figure
 from carto_assets.resources import StudyResource
 from carto_assets.stages.model import model_dir, prepare_model
 
@@ -24,9 +26,25 @@ def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
         "reused_cached_checkpoint": info.cached,
         "checkpoint_dir": dg.MetadataValue.path(str(model_dir(cfg))),
     }
+    figures = []
     if info.holdout_accuracy is not None:
-        metadata["holdout_accuracy"] = float(info.holdout_accuracy)
-        metadata["train_accuracy"] = float(info.train_accuracy or 0.0)
+        figures = [
+            Figure(
+                "holdout_accuracy",
+                float(info.holdout_accuracy),
+                f"the trained model's accuracy on the {info.n_holdout} held-out images",
+            ),
+            Figure(
+                "train_accuracy",
+                float(info.train_accuracy or 0.0),
+                "the trained model's accuracy on its training images",
+            ),
+        ]
+    # Torchvision models measure nothing here: writing no figures clears an earlier model's.
+    store = study.store()
+    store.replace_tables({}, figures=("model", figures))
+    metadata.update(quality.metadata(store.figures(), "model"))
+    if info.holdout_accuracy is not None:
         metadata["epoch_losses"] = dg.MetadataValue.json(
             [round(x, 5) for x in info.epoch_losses or []]
         )

@@ -7,36 +7,15 @@ import dagster as dg
 from carto_assets.resources import StudyResource
 from carto_assets.study import Study
 
-#: figures the page header shows that live only in asset metadata: (asset, key, name, format).
-_METADATA_FIGURES = (
-    ("cluster_quality", "concept_single_unit_gain", "single-unit gain (concept)", "{:.2f}"),
-    ("cluster_quality", "class_single_unit_gain", "single-unit gain (class)", "{:.2f}"),
-    ("cluster_quality", "coverage", "units in multi-unit clusters", "{:.0%}"),
-    ("cluster_quality", "pair_recall", "LSH pair recall vs exact all-pairs", "{:.3f}"),
-    ("cluster_quality", "adjusted_rand_index", "LSH vs exact clustering (ARI)", "{:.3f}"),
-)
 
-
-def study_info(cfg: Study, instance: dg.DagsterInstance | None) -> dict:
-    """What the page header says about the study beyond its tables."""
+def study_info(cfg: Study) -> dict:
+    """What the page header says about the study beyond its tables (its quality figures are in
+    the ``study_quality`` table)."""
     dataset = cfg.dataset.kind
     if cfg.dataset.kind == "imagefolder" and cfg.dataset.path:
         dataset = f"imagefolder {cfg.dataset.path}"
     weights = cfg.weights if cfg.model.startswith("torchvision:") else "trained on the dataset"
-    quality = []
-    for asset, key, name, fmt in _METADATA_FIGURES:
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset)) if instance else None
-        materialization = event.asset_materialization if event else None
-        value = materialization.metadata.get(key) if materialization else None
-        if value is not None:
-            quality.append({"figure": name, "value": fmt.format(value.value), "asset": asset})
-    return {
-        "name": cfg.name,
-        "model": cfg.model,
-        "weights": weights,
-        "dataset": dataset,
-        "quality": quality,
-    }
+    return {"name": cfg.name, "model": cfg.model, "weights": weights, "dataset": dataset}
 
 
 @dg.asset(
@@ -50,7 +29,7 @@ def study_info(cfg: Study, instance: dg.DagsterInstance | None) -> dict:
         "concept_graph",
     ],
 )
-def views(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
+def views(study: StudyResource) -> dg.MaterializeResult:
     """Neuron Projection View, Graph View and detail panel, linked, as one offline index.html."""
     import carto_viz
 
@@ -58,7 +37,7 @@ def views(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
     result = carto_viz.export_views(
         cfg.database_path,
         cfg.views_path,
-        study_info=study_info(cfg, context.instance),
+        study_info=study_info(cfg),
         memory_limit=cfg.database_memory_limit,
     )
     picture = base64.b64encode(result.png_bytes).decode()

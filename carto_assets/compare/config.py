@@ -27,7 +27,7 @@ from carto_assets.study import (
     load_study,
     study_from_dict,
 )
-from carto_assets.study.models import NAME_PATTERN, Allowed
+from carto_assets.study.fields import NAME_PATTERN, Allowed
 
 #: The study entry that names the built-in demo study (its paths resolve against the
 #: current directory, as ``carto run`` without ``--study`` does).

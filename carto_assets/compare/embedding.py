@@ -2,7 +2,7 @@
 
 The studies see the same images, so each image's list of units (those having it among their
 top-k) holds units of every model, and one skip-gram over those lists
-(:func:`carto_assets.core.skipgram.train_skipgram_sentences`, as a study's embedding) places
+(:func:`carto_assets.core.skipgram.trainer.train_skipgram_sentences`, as a study's embedding) places
 units of different models that respond to the same images close together. ConceptEvo (Park et
 al.) aligns other models to a base model's space through image embeddings; here the shared
 images make one joint training enough.
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from carto_assets.core.neighbors import check_vectors
-from carto_assets.core.projection import project_2d
-from carto_assets.core.skipgram import SkipGramResult, train_skipgram_sentences
+from carto_assets.core.projection.neighbors import check_vectors
+from carto_assets.core.projection.umap2d import project_2d
+from carto_assets.core.skipgram.trainer import SkipGramResult, train_skipgram_sentences
 from carto_assets.study import EmbeddingConfig
 
 __all__ = ["cross_neighbors", "joint_embedding", "match_closeness", "project_2d"]

@@ -8,8 +8,8 @@ cross-model pair with Jaccard >= threshold in time linear in the units:
 1. identical non-empty sets (across all models) are collapsed, so e.g. a permuted copy's units
    and their originals share one signature;
 2. every distinct set gets a MinHash signature with the same permutations (datasketch's
-   scheme, :mod:`carto_assets.core.minhash`), one LSH index holds them all, and only candidate
-   pairs whose sets belong to units of different models are kept;
+   scheme, :mod:`carto_assets.core.similarity.minhash`), one LSH index holds them all, and
+   only candidate pairs whose sets belong to units of different models are kept;
 3. each candidate is confirmed by its exact Jaccard similarity.
 
 :func:`best_matches` then gives each unit its best match in every other model: the highest
@@ -28,18 +28,18 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from carto_assets.core.minhash import (
+from carto_assets.core.similarity.minhash import (
     lsh_candidate_pairs,
     minhash_signatures,
     optimal_lsh_params,
     pairs_within_runs,
 )
-from carto_assets.core.neuron_sets import NeuronSets, pair_jaccard, sub_positions
-from carto_assets.core.pairs import identical_set_groups
+from carto_assets.core.similarity.pairs import identical_set_groups
+from carto_assets.core.similarity.sets import NeuronSets, pair_jaccard, sub_positions
 from carto_assets.validate import check_float, check_int
 
 #: LSH banding weights (false positive, false negative): a false positive costs one exact
-#: Jaccard, a false negative loses a match (see ``carto_assets.core.pairs.lsh_pairs``).
+#: Jaccard, a false negative loses a match (see ``carto_assets.core.similarity.pairs.lsh_pairs``).
 RECALL_WEIGHTS = (0.05, 0.95)
 
 

@@ -258,8 +258,8 @@ def layer_activations(
     the study's prepared network, in neuron order, and each unit's layer."""
     import torch
 
-    from carto_assets.core.activations import LayerRecorder
-    from carto_assets.core.models import resolve_device
+    from carto_assets.core.network.recorder import LayerRecorder
+    from carto_assets.core.network.zoo import resolve_device
     from carto_assets.stages.features import derived_units, feature_layers
     from carto_assets.stages.manifest import load_manifest, source_for_manifest
     from carto_assets.stages.model import load_model

@@ -2,7 +2,7 @@
 
 Two neurons co-occur once for every image that is in the top-k of both. The
 counts are the positive "sentences" of the skip-gram embedding in
-:mod:`carto_assets.core.skipgram`.
+:mod:`carto_assets.core.skipgram.trainer`.
 
 Pure numpy/scipy; no orchestration imports.
 """
@@ -103,7 +103,7 @@ def shared_image_counts(
     With one "sentence" per image listing the neurons that have it in their
     top-k, this is how many sentences of length >= 2 a neuron occurs in: the word
     frequency word2vec builds its negative-sampling distribution from. Pass it
-    as ``negative_counts`` to :func:`carto_assets.core.skipgram.train_skipgram`.
+    as ``negative_counts`` to :func:`carto_assets.core.skipgram.trainer.train_skipgram`.
 
     Parameters
     ----------

@@ -81,6 +81,10 @@ class ImageSource(abc.ABC):
         empty = np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
         return (np.stack(kept) if kept else empty), ok
 
+    def __len__(self) -> int:
+        """Images in the manifest."""
+        return len(self.records())
+
     def concept_rows(self) -> list[tuple[int, str, str]] | None:
         """Ground-truth (image_id, concept, value) rows, or None when the source has none."""
         return None

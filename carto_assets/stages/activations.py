@@ -23,14 +23,14 @@ import polars as pl
 import torch
 
 from carto_assets import progress as progress_of
-from carto_assets.core.activations import Batch, PassResult, activation_pass
-from carto_assets.core.models import resolve_device
+from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
+from carto_assets.core.network.zoo import resolve_device
 from carto_assets.fingerprints import (
     expected_shard_fingerprint,
     model_fingerprint,
     shard_model_identity,
 )
-from carto_assets.partitions import shard_key
+from carto_assets.sharding import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
 from carto_assets.stages.features import derived_units, feature_layers, study_dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, source_for_manifest

@@ -8,22 +8,22 @@ same-layer groups are computed here, on polars tables, and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from carto_assets.core.grouping import Clustering, clustering_agreement, group_neurons
-from carto_assets.core.minhash import encode_image_id, minhash_signatures
-from carto_assets.core.neuron_sets import NeuronSets, build_neuron_sets
-from carto_assets.core.pairs import (
+from carto_assets.core.similarity.linkage import Clustering, clustering_agreement, group_neurons
+from carto_assets.core.similarity.minhash import encode_image_id, minhash_signatures
+from carto_assets.core.similarity.pairs import (
     LshPairs,
     SimilarPairs,
     exact_pairs_inverted_index,
     lsh_pairs,
     pair_agreement,
 )
+from carto_assets.core.similarity.sets import NeuronSets, build_neuron_sets
+from carto_assets.quality import Figure, per_layer
 from carto_assets.storage import CartoStore
 from carto_assets.study import ClusteringConfig
 
@@ -453,22 +453,86 @@ class QualityReport:
     n_method_pairs: int
     adjusted_rand_index: float
 
-    def metadata(self) -> dict[str, Any]:
-        """Flat figures: ``coverage``, ``{kind}_cluster_gain``, ``{kind}_random_gain``, ... ."""
-        flat: dict[str, Any] = {
-            "coverage": self.coverage,
-            "n_multi_neuron_clusters": self.n_multi_neuron_clusters,
-        }
-        for kind, gains in self.gains.items():
-            flat.update({f"{kind}_{name}": value for name, value in asdict(gains).items()})
-        flat.update(
-            pair_recall=self.pair_recall,
-            pair_precision=self.pair_precision,
-            n_exact_pairs=self.n_exact_pairs,
-            n_method_pairs=self.n_method_pairs,
-            adjusted_rand_index=self.adjusted_rand_index,
-        )
-        return flat
+    def figures(self) -> list[Figure]:
+        """The study-level figures ``cluster_quality`` writes to ``study_quality``.
+
+        The headline ones (with a name) are what the page header and ``carto run`` show:
+        cluster gain vs random groups and single-unit gain per annotation kind, coverage, LSH
+        pair recall and ARI against the exact clustering.
+        """
+        out = [
+            Figure(
+                "coverage",
+                self.coverage,
+                "share of units in multi-unit clusters",
+                name="units in multi-unit clusters",
+                shown=f"{self.coverage:.0%}",
+            ),
+            Figure(
+                "n_multi_neuron_clusters",
+                self.n_multi_neuron_clusters,
+                "clusters with two or more units",
+            ),
+        ]
+        for kind, g in self.gains.items():
+            basis = f"the best {kind} value of the group's top images"
+            out += [
+                Figure(
+                    f"{kind}_cluster_gain",
+                    g.cluster_gain,
+                    f"mean gain of the multi-unit clusters over their layer ({basis})",
+                    # No multi-unit cluster: nothing to show.
+                    name=f"cluster gain ({kind})" if g.cluster_gain == g.cluster_gain else "",
+                    shown=f"{g.cluster_gain:.2f} vs {g.random_gain:.2f} for random same-size "
+                    "groups",
+                ),
+                Figure(
+                    f"{kind}_random_gain",
+                    g.random_gain,
+                    f"mean gain of random groups of the clusters' sizes and layers ({basis})",
+                ),
+                Figure(
+                    f"{kind}_single_unit_gain",
+                    g.single_unit_gain,
+                    f"mean gain of single units with top images ({basis})",
+                    name=f"single-unit gain ({kind})",
+                    shown=f"{g.single_unit_gain:.2f}",
+                ),
+                *per_layer(
+                    f"{kind}_single_unit_gain_by_layer",
+                    g.single_unit_gain_by_layer,
+                    f"mean single-unit gain of the layer's units ({basis})",
+                ),
+                *per_layer(
+                    f"{kind}_units_gain_0_8_by_layer",
+                    g.units_gain_0_8_by_layer,
+                    f"share of the layer's units with single-unit gain >= 0.8 ({basis})",
+                ),
+            ]
+        out += [
+            Figure(
+                "pair_recall",
+                self.pair_recall,
+                "share of the exact all-pairs similar pairs that the study's method found",
+                name="LSH pair recall vs exact all-pairs",
+                shown=f"{self.pair_recall:.3f}",
+            ),
+            Figure(
+                "pair_precision",
+                self.pair_precision,
+                "share of the method's pairs that the exact all-pairs search also finds",
+            ),
+            Figure("n_exact_pairs", self.n_exact_pairs, "similar pairs found by exact all-pairs"),
+            Figure("n_method_pairs", self.n_method_pairs, "similar pairs the study's method found"),
+            Figure(
+                "adjusted_rand_index",
+                self.adjusted_rand_index,
+                "adjusted Rand index of the study's clustering against the exact clustering",
+                name="LSH vs exact clustering (ARI)",
+                shown=f"{self.adjusted_rand_index:.3f}",
+            ),
+        ]
+        return out
 
 
 def quality(

@@ -16,9 +16,10 @@ import polars as pl
 
 from carto_assets import progress as progress_of
 from carto_assets.core.cooccurrence import cooccurrence_counts
-from carto_assets.core.neighbors import nearest_neighbors
-from carto_assets.core.projection import project_2d
-from carto_assets.core.skipgram import train_skipgram_sentences
+from carto_assets.core.projection.neighbors import nearest_neighbors
+from carto_assets.core.projection.umap2d import project_2d
+from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+from carto_assets.quality import Figure
 from carto_assets.storage import CartoStore
 from carto_assets.study import EmbeddingConfig
 
@@ -182,6 +183,23 @@ def cluster_closeness(
         "closeness_ratio": d_same / max(d_rand, 1e-12),
         "within_cluster_pairs": len(same_a),
     }
+
+
+#: What each of :func:`cluster_closeness`'s figures measures.
+CLOSENESS_DEFINITIONS = {
+    "within_cluster_cosine_distance": "mean cosine distance (embedding space) between neurons "
+    "of one cluster",
+    "random_same_layer_cosine_distance": "mean cosine distance between random pairs of neurons "
+    "with the same layer mix",
+    "closeness_ratio": "within-cluster over random-pair distance; below 1, the embedding puts "
+    "neurons that share top images close together",
+    "within_cluster_pairs": "pairs of neurons in one cluster that the closeness is measured on",
+}
+
+
+def closeness_figures(closeness: dict[str, float]) -> list[Figure]:
+    """:func:`cluster_closeness`'s figures for ``study_quality`` (none without clusters)."""
+    return [Figure(k, float(v), CLOSENESS_DEFINITIONS[k]) for k, v in closeness.items()]
 
 
 def png_markdown(chart: Any, alt_text: str) -> str:

@@ -5,10 +5,11 @@ A channel is one coordinate of a layer's activation vector ``x`` (one vector per
 position, or per token). A *feature* is one latent of the layer's SAE,
 ``z = TopK(ReLU(W_enc (x - b_dec) + b_enc))``, computed at every position. An image's
 activation for a feature is then exactly what it is for a channel: the maximum of the feature's
-map over space, with its position (:func:`carto_assets.core.activations.spatial_max`), so
+map over space, with its position (:func:`carto_assets.core.network.recorder.spatial_max`), so
 features go through the same streaming top-k, clustering and gain code as channels.
 
-The sampling, training, storage and per-image maxima are in :mod:`carto_assets.core.features`.
+The sampling, training, storage and per-image maxima are in
+:mod:`carto_assets.core.sae.dictionaries`.
 In a study (``features`` block), :func:`prepare_dictionaries` runs steps 1-2 for the
 ``dictionary`` asset and caches the weights under ``dictionary/<fingerprint>/``;
 :func:`feature_layers` loads them as :class:`FeatureLayer` s, the pseudo-layers
@@ -31,11 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from carto_assets.core.activations import DerivedUnits
-from carto_assets.core.dictionary import (
+from carto_assets.core.network.recorder import DerivedUnits
+from carto_assets.core.network.zoo import resolve_device
+from carto_assets.core.sae.autoencoder import (
     SparseAutoencoder,
 )
-from carto_assets.core.features import (
+from carto_assets.core.sae.dictionaries import (
     META_FILE,
     DictionarySettings,
     LayerDictionary,
@@ -48,7 +50,6 @@ from carto_assets.core.features import (
     save_dictionaries,
     train_dictionaries,
 )
-from carto_assets.core.models import resolve_device
 from carto_assets.fingerprints import dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model

@@ -19,13 +19,14 @@ import torch
 from scipy.stats import spearmanr
 
 from carto_assets import schema
-from carto_assets.core.ablation import ablation_faithfulness, sample_edges
-from carto_assets.core.cascades import concept_cascades
-from carto_assets.core.feature_influence import FeatureSpec, graph_pairs
-from carto_assets.core.influence import influence_edges
-from carto_assets.core.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.core.attribution.ablation import ablation_faithfulness, sample_edges
+from carto_assets.core.attribution.cascades import concept_cascades
+from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
+from carto_assets.core.attribution.influence import influence_edges
+from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.memory import release_memory
-from carto_assets.partitions import chunk_labels, n_class_chunks
+from carto_assets.quality import Figure
+from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.features import feature_layers, source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
@@ -267,7 +268,7 @@ def concept_graph_chunk(
     With dictionary features (:func:`~carto_assets.stages.features.feature_layers`), their
     pseudo-layers are units beside the channel layers: the channel layers keep their chain (the
     graph of a study without features), the feature layers form a second one
-    (:func:`~carto_assets.core.feature_influence.graph_pairs`), and cascades stay in their
+    (:func:`~carto_assets.core.attribution.features.graph_pairs`), and cascades stay in their
     root's chain.
     """
     say = progress or (lambda m: None)
@@ -469,6 +470,23 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
         chunks=len(chunks),
         seconds_per_class=seconds / max(1, computed),
     )
+
+
+def graph_figures(graph: ConceptGraph) -> list[Figure]:
+    """The concept graph's figures for ``study_quality``: edge faithfulness."""
+    rho, n = graph.spearman_rho, len(graph.faithfulness)
+    return [
+        Figure(
+            "faithfulness_spearman_rho",
+            rho,
+            "Spearman rank correlation between the sampled edges' weights and the drop of their "
+            "target when their source cluster is ablated",
+            # Under 3 ablated edges there is no correlation to show.
+            name="edge faithfulness" if rho == rho else "",
+            shown=f"Spearman ρ {rho:.2f} between edge weight and ablation drop ({n} edges)",
+        ),
+        Figure("faithfulness_edges_ablated", n, "edges whose source cluster was ablated"),
+    ]
 
 
 def concept_graph(

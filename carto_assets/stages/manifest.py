@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from carto_assets.partitions import shard_of
+from carto_assets.sharding import shard_of
 from carto_assets.sources.datasets import (
     ImageFolderSource,
     ImageSource,

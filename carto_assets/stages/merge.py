@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets import schema
-from carto_assets.core.models import LayerInfo
+from carto_assets.core.network.layers import LayerInfo
 from carto_assets.stages.activations import shard_dir, shard_summaries
 from carto_assets.stages.features import FeatureLayer, feature_layers
 from carto_assets.stages.model import load_model

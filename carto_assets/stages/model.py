@@ -21,14 +21,12 @@ from typing import Any
 import torch
 
 from carto_assets import progress as progress_of
-from carto_assets.core.models import (
+from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
+from carto_assets.core.network.zoo import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BuiltinCNN,
-    LayerInfo,
     ModelBundle,
-    probe_layers,
-    resolve_layers,
     torchvision_model,
 )
 from carto_assets.fingerprints import model_fingerprint
@@ -120,7 +118,7 @@ def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
     the image sources already resize and centre-crop to ``dataset.image_size``, so that is the
     size to set. Random init and checkpoints keep ImageNet's statistics.
     """
-    from carto_assets.core.models import weights_normalization
+    from carto_assets.core.network.zoo import weights_normalization
 
     size = study_image_size(study)
     if study.is_builtin_model:
@@ -206,7 +204,7 @@ def _builtin_network(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The built-in CNN the study maps (trained, or copied from a kept checkpoint) and its
     training figures; the training's checkpoints are kept under ``folder``."""
-    from carto_assets.core.training import accuracy, split_holdout, train_builtin
+    from carto_assets.core.network.training import accuracy, split_holdout, train_builtin
 
     source = source_for_manifest(study, images, class_names)
     say(f"rendering/loading {len(images)} images for training")

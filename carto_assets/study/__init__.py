@@ -2,7 +2,7 @@
 
 A study is a YAML file chosen with the environment variable ``CARTO_STUDY``; without it the
 built-in demo study (:data:`DEMO_STUDY`) runs. Its fields are the typed, frozen models in
-:mod:`carto_assets.study.models` (type, default, range and description of every field, in one
+:mod:`carto_assets.study.fields` (type, default, range and description of every field, in one
 place). Everything is validated there, before any work, and an invalid study raises
 :class:`StudyError` naming the field, what it must be and the value it got
 (:mod:`carto_assets.study.messages`).
@@ -19,8 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from carto_assets.study.messages import StudyError, study_error, unknown_field
-from carto_assets.study.models import (
+from carto_assets.study.fields import (
     BUILTIN_REVISION,
     BUILTIN_WIDTHS,
     DATASET_KINDS,
@@ -38,6 +37,7 @@ from carto_assets.study.models import (
     Study,
     TrainingConfig,
 )
+from carto_assets.study.messages import StudyError, study_error, unknown_field
 
 __all__ = [
     "BUILTIN_REVISION",

@@ -2,8 +2,8 @@
 the value it got (``study field 'dataset.size' must be an integer >= 1, got 0``).
 
 Numbers and choices are worded by :mod:`carto_assets.validate` from the field's constraints,
-other fields by their :class:`~carto_assets.study.models.Allowed` text, rules across fields by
-the :class:`~carto_assets.study.models.InvalidField` their validator raised.
+other fields by their :class:`~carto_assets.study.fields.Allowed` text, rules across fields by
+the :class:`~carto_assets.study.fields.InvalidField` their validator raised.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from carto_assets.study.models import LOADER_FIELDS, Allowed, InvalidField, Study
+from carto_assets.study.fields import LOADER_FIELDS, Allowed, InvalidField, Study
 from carto_assets.validate import check_choice, check_float, check_int
 
 

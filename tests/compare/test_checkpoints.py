@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from carto_assets.core.training import train_builtin
+from carto_assets.core.network.training import train_builtin
 from carto_assets.fingerprints import model_fingerprint
 from carto_assets.stages.manifest import build_manifest, save_manifest
 from carto_assets.stages.model import checkpoint_path, load_model, model_dir, prepare_model

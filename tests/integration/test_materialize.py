@@ -71,7 +71,7 @@ def test_top_images_match_a_direct_full_pass(materialized):
     source = open_source(study)
     pixels, ok = source.load_many(list(range(240)))
     assert ok.all()
-    from carto_assets.core.activations import LayerRecorder
+    from carto_assets.core.network.recorder import LayerRecorder
 
     with LayerRecorder(bundle.module, layers) as rec, torch.no_grad():
         bundle.module(bundle.normalize(torch.from_numpy(pixels)))
@@ -172,7 +172,7 @@ def test_image_folder_study_with_a_torchvision_model_end_to_end(tmp_path, make_s
 
 def test_class_importance_matches_a_direct_count(materialized):
     """Summit's rule recomputed from scratch for a few neurons and classes."""
-    from carto_assets.core.activations import LayerRecorder, top_mass_mask
+    from carto_assets.core.network.recorder import LayerRecorder, top_mass_mask
 
     study, _, _ = materialized
     bundle, layers, _ = load_model(study)
@@ -226,7 +226,7 @@ def test_clustering_tables_are_consistent(materialized):
 
 
 def test_patches_and_concept_graph(materialized):
-    from carto_assets.core.patches import decode_png
+    from carto_assets.core.network.patches import decode_png
 
     study, instance, _ = materialized
     store = CartoStore(study.database_path)
@@ -372,9 +372,9 @@ def test_random_init_torchvision_model_is_the_same_in_every_load(tmp_path, make_
 def test_feature_units_run_through_every_stage(materialized):
     """block3's dictionary features: top images equal to encoding every image, clusters of one
     kind, patches and metadata for the features, the dictionary reused on a rerun."""
-    from carto_assets.core.activations import spatial_max
-    from carto_assets.core.dictionary import encode
-    from carto_assets.core.hooks import capture
+    from carto_assets.core.network.hooks import capture
+    from carto_assets.core.network.recorder import spatial_max
+    from carto_assets.core.sae.autoencoder import encode
     from carto_assets.stages.features import feature_layers
 
     study, instance, _ = materialized

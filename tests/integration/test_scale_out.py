@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 import yaml
 
-from carto_assets.partitions import shard_of
 from carto_assets.run import RunFailed, materialize_all
+from carto_assets.sharding import shard_of
 from carto_assets.storage import CartoStore
 from carto_assets.study import StudyError, load_study, study_from_dict
 

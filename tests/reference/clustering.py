@@ -1,4 +1,5 @@
-"""Oracles for :mod:`carto_assets.core.neuron_sets` and :mod:`carto_assets.core.pairs`.
+"""Oracles for :mod:`carto_assets.core.similarity.sets` and
+:mod:`carto_assets.core.similarity.pairs`.
 
 ``exact_pairs_dense`` evaluates every pair of a layer (quadratic, in row blocks that bound
 memory): the tests check the fast pair finders against it and ``benchmarks/clustering.py``
@@ -12,15 +13,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from carto_assets.core.minhash import check_threshold
-from carto_assets.core.neuron_sets import (
+from carto_assets.core.similarity.minhash import check_threshold
+from carto_assets.core.similarity.pairs import SimilarPairs
+from carto_assets.core.similarity.sets import (
     NeuronSets,
     build_neuron_sets,
     image_codes,
     incidence_matrix,
     layer_rows,
 )
-from carto_assets.core.pairs import SimilarPairs
 from carto_assets.validate import check_int
 
 

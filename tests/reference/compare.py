@@ -62,7 +62,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 def permute_builtin_channels(
     state: dict[str, torch.Tensor], permutations: dict[str, np.ndarray]
 ) -> dict[str, torch.Tensor]:
-    """A :class:`~carto_assets.core.models.BuiltinCNN` state dict whose block ``name`` has its
+    """A :class:`~carto_assets.core.network.zoo.BuiltinCNN` state dict whose block ``name`` has its
     output channel ``c`` moved to ``permutations[name][c]``.
 
     Each block is conv (no bias) -> batch norm -> ReLU (-> max pool), so new channel

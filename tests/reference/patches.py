@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from carto_assets.core.patches import MIN_WINDOW_FRACTION
+from carto_assets.core.network.patches import MIN_WINDOW_FRACTION
 
 
 def patch_box(

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from carto_assets import schema
+from carto_assets.quality import figure_frame, figures_of
 from carto_assets.stages.clustering import (
     find_clusters,
     load_neuron_sets,
@@ -84,7 +85,11 @@ def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
     assert np.array_equal(stored_pairs.i, result.pairs.i)
     assert np.array_equal(stored_pairs.j, result.pairs.j)
     report = quality(sets, stored_labels, stored_pairs, store, cfg)
-    summary = report.metadata()
+    summary = {
+        k: v
+        for (k, layer), v in figures_of(figure_frame("cluster_quality", report.figures())).items()
+        if layer is None
+    }
     concept_rows = report.table.filter(pl.col("kind") == "concept")
     assert concept_rows["purity"].to_list() == [1.0, 1.0]
     assert concept_rows["gain"].to_list() == [1.0, 1.0]

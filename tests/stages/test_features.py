@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from carto_assets.core.activations import Batch, DerivedUnits, activation_pass, spatial_max
-from carto_assets.core.dictionary import SparseAutoencoder, encode
-from carto_assets.core.features import (
+from carto_assets.core.network.layers import probe_layers, resolve_layers
+from carto_assets.core.network.recorder import Batch, DerivedUnits, activation_pass, spatial_max
+from carto_assets.core.network.zoo import BuiltinCNN
+from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
+from carto_assets.core.sae.dictionaries import (
     DictionarySettings,
     feature_maxima,
     pick_positions,
     position_rows,
     sample_activations,
 )
-from carto_assets.core.models import BuiltinCNN, probe_layers, resolve_layers
 from carto_assets.stages.features import (
     FEATURE_SUFFIX,
     FeatureLayer,
@@ -62,7 +63,7 @@ def _batches(images):
 
 
 def _dense_outputs(model, images, names):
-    from carto_assets.core.hooks import capture
+    from carto_assets.core.network.hooks import capture
 
     with capture(model, names, keep=lambda _n, out: out.detach().clone()) as outs:
         with torch.no_grad():
@@ -113,7 +114,7 @@ def test_feature_top_k_equals_encoding_everything_and_sorting(tiny_net):
     assert len(stats["neuron_id"]) == 3 * n_units
     mask_counts = stats["top_mass_count"].reshape(3, n_units)[:, before : before + m]
     vals = torch.from_numpy(values)
-    from carto_assets.core.activations import top_mass_mask
+    from carto_assets.core.network.recorder import top_mass_mask
 
     mask = top_mass_mask(vals, 0.03).numpy()
     labels = np.arange(N_IMAGES) % 3

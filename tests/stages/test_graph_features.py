@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from carto_assets import schema
-from carto_assets.core.dictionary import SparseAutoencoder
-from carto_assets.core.models import ModelBundle
+from carto_assets.core.network.zoo import ModelBundle
+from carto_assets.core.sae.autoencoder import SparseAutoencoder
 from carto_assets.schema import PREDICTION
 from carto_assets.stages import graph
 from carto_assets.stages.features import FEATURE_SUFFIX, FeatureLayer

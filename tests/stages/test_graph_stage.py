@@ -3,7 +3,7 @@
 import numpy as np
 import polars as pl
 
-from carto_assets.core.models import LayerInfo
+from carto_assets.core.network.layers import LayerInfo
 from carto_assets.stages.graph import _layer_boxes
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from carto_assets.core.neuron_sets import build_neuron_sets
+from carto_assets.core.similarity.sets import build_neuron_sets
 from carto_assets.stages.clustering import group_gains, group_images, layer_shares, random_groups
 
 

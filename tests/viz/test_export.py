@@ -195,7 +195,7 @@ def test_short_label():
     assert short_label(None) == ""
 
 
-def test_summary_names_the_assets(tables):
+def test_summary_names_the_assets(tables, db):
     summary = study_summary(
         tables,
         {
@@ -203,7 +203,6 @@ def test_summary_names_the_assets(tables):
             "model": "torchvision:resnet50",
             "weights": "DEFAULT",
             "dataset": "imagefolder",
-            "quality": [{"figure": "LSH pair recall", "value": "0.99", "asset": "cluster_quality"}],
         },
     )
     facts = dict(summary["facts"])
@@ -211,9 +210,10 @@ def test_summary_names_the_assets(tables):
     assert facts["model"] == "torchvision:resnet50 · DEFAULT"
     assert facts["neurons"] == "60"
     assert facts["classes"] == str(2 + len(HOSTILE_NAMES))
+    # The headline rows of study_quality, in pipeline order, each with its asset.
     assets = [q["asset"] for q in summary["quality"]]
-    assert assets == ["cluster_quality", "concept_graph", "cluster_quality"]
-    gains = tables["cluster_quality"]
+    assert assets == ["cluster_quality", "cluster_quality", "concept_graph"]
+    gains = duckdb.connect(str(db), read_only=True).sql("FROM cluster_quality").pl()
     assert (
         f"{gains['gain'].mean():.2f} vs {gains['random_gain'].mean():.2f}"
         in (summary["quality"][0]["value"])
@@ -337,15 +337,21 @@ def test_script_json_escaping():
     assert hostile not in page
 
 
-def test_older_quality_table_is_left_out(db, tmp_path):
+def test_a_database_without_figures_shows_none(db, tmp_path):
     copy = tmp_path / "old.duckdb"
     copy.write_bytes(db.read_bytes())
     con = duckdb.connect(str(copy))
-    con.execute("DROP TABLE cluster_quality")
-    con.execute("CREATE TABLE cluster_quality AS SELECT 1 AS cluster_id, 0.5 AS purity")
+    con.execute("DROP TABLE study_quality")
     con.close()
-    summary = study_summary(load_tables(copy))
-    assert [q["asset"] for q in summary["quality"]] == ["concept_graph"]
+    assert study_summary(load_tables(copy))["quality"] == []
+    # The header shows what the measuring assets wrote; nothing is recomputed from tables.
+    bare = tmp_path / "bare.duckdb"
+    bare.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(bare))
+    con.execute("DROP TABLE cluster_quality")
+    con.execute("DROP TABLE concept_graph_faithfulness")
+    con.close()
+    assert study_summary(load_tables(bare)) == study_summary(load_tables(db))
 
 
 def test_database_without_kind_holds_channels(db, tmp_path):

@@ -1,0 +1,412 @@
+"""The activation pass: one forward pass per batch, every selected layer captured at once.
+
+A neuron is one channel of one layer. An image's activation for a neuron is the maximum of the
+channel's map over space (over tokens for token-shaped outputs), with the argmax position. Only
+each neuron's top-k candidates are kept while streaming (:class:`StreamingTopK`), so memory is
+O(neurons x k), never O(images). Per-class statistics for the concept graph are accumulated on
+the way (:class:`ClassStats`). Units derived from a layer's output (a dictionary's features,
+:class:`DerivedUnits`) are reduced in the same hook and flow through the same code as channels.
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from carto_assets.core.network.hooks import capture
+from carto_assets.core.network.layers import LayerInfo
+from carto_assets.validate import check_choice, check_int
+
+
+def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel maximum over space and its position.
+
+    Parameters
+    ----------
+    output
+        (B, C, H, W) maps, (B, T, C) tokens or (B, C) vectors.
+
+    Returns
+    -------
+    values, y, x
+        Each (B, C). For tokens, y is the token index and x is 0; for vectors both are 0.
+        Among equal maxima the position is the one torch reports (the first on CPU).
+    """
+    if output.ndim == 4:
+        b, c, h, w = output.shape
+        values, flat = output.reshape(b, c, h * w).max(dim=2)
+        return values, flat // w, flat % w
+    if output.ndim == 3:
+        values, token = output.max(dim=1)
+        return values, token, torch.zeros_like(token)
+    if output.ndim == 2:
+        zeros = torch.zeros(output.shape, dtype=torch.long, device=output.device)
+        return output, zeros, zeros
+    raise ValueError(f"cannot reduce an output of shape {tuple(output.shape)}")
+
+
+@dataclass(frozen=True)
+class DerivedUnits:
+    """Units computed from a captured layer's output in the same forward pass, e.g. the
+    features of a dictionary trained on that layer (a pseudo-layer of ``width`` units).
+
+    ``reduce(output) -> (values, y, x)``, each ``(B, width)``, is called inside the source
+    layer's hook on the detached output, like the channels' :func:`spatial_max`.
+    """
+
+    name: str
+    source: str
+    width: int
+    reduce: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+    @property
+    def channels(self) -> int:
+        """The units' count, under the name :class:`LayerInfo` gives a layer's (see
+        :func:`unit_blocks`)."""
+        return self.width
+
+
+def unit_blocks(
+    layers: Sequence[LayerInfo], derived: Sequence[DerivedUnits] = ()
+) -> list[LayerInfo | DerivedUnits]:
+    """The blocks of units in neuron order: each layer, then the units derived from it.
+
+    Raises ``ValueError`` for derived units whose source is not among ``layers``.
+    """
+    names = {info.name for info in layers}
+    orphans = [d.name for d in derived if d.source not in names]
+    if orphans:
+        raise ValueError(
+            f"derived units {orphans} come from layers that are not recorded; "
+            f"recorded layers: {sorted(names)}"
+        )
+    blocks: list[LayerInfo | DerivedUnits] = []
+    for info in layers:
+        blocks.append(info)
+        blocks.extend(d for d in derived if d.source == info.name)
+    return blocks
+
+
+class LayerRecorder:
+    """Forward hooks that reduce each selected layer's output to (values, y, x) on the fly.
+
+    Reducing inside the hook copies what is needed before anything downstream runs, which is
+    what cloning would buy us: later in-place ops (``ReLU(inplace=True)``) cannot overwrite it,
+    and full feature maps never pile up in memory. ``derived`` units (:class:`DerivedUnits`)
+    are reduced from their source layer's output in the same hook. The hooks are in place from
+    construction until :meth:`close` (or the end of the ``with`` block).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerInfo],
+        derived: Sequence[DerivedUnits] = (),
+    ) -> None:
+        self.layers = list(layers)
+        self.blocks = unit_blocks(self.layers, derived)
+        self._derived_of: dict[str, list[DerivedUnits]] = {}
+        for d in derived:
+            self._derived_of.setdefault(d.source, []).append(d)
+        self._derived_values: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._hooks = contextlib.ExitStack()
+        self.captured = self._hooks.enter_context(
+            capture(model, [info.name for info in self.layers], keep=self._keep)
+        )
+
+    def _keep(self, name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reduced = _reduce(name, output)
+        for d in self._derived_of.get(name, ()):
+            values, ys, xs = d.reduce(output.detach())  # type: ignore[union-attr]
+            if values.shape[1] != d.width:
+                raise ValueError(
+                    f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.width}"
+                )
+            self._derived_values[d.name] = (values, ys, xs)
+        return reduced
+
+    def collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concatenate the captured blocks in neuron order: three (B, N) tensors."""
+        missing = [i.name for i in self.layers if i.name not in self.captured]
+        if missing:
+            raise RuntimeError(f"layers did not run in the forward pass: {missing}")
+        parts = [
+            self.captured[b.name] if isinstance(b, LayerInfo) else self._derived_values[b.name]
+            for b in self.blocks
+        ]
+        self.captured.clear()
+        self._derived_values.clear()
+        return (
+            torch.cat([p[0].float() for p in parts], dim=1),
+            torch.cat([p[1] for p in parts], dim=1),
+            torch.cat([p[2] for p in parts], dim=1),
+        )
+
+    def close(self) -> None:
+        self._hooks.close()
+
+    def __enter__(self) -> LayerRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A captured layer's (values, y, x), each (B, C): see :func:`spatial_max`."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+            "choose a module whose output is a tensor"
+        )
+    return spatial_max(output.detach())
+
+
+class StreamingTopK:
+    """Each neuron's k largest activations over a stream of batches.
+
+    Order is by activation descending, then image id ascending, so the result equals a full
+    sort with that key (ties included) whatever the batch boundaries.
+    """
+
+    def __init__(self, n_neurons: int, k: int, device: torch.device | str = "cpu") -> None:
+        self.k = check_int("k", k, minimum=1)
+        self.values = torch.full((n_neurons, 0), float("-inf"), device=device)
+        self.image_ids = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self.ys = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self.xs = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
+        self._max_id = -1
+
+    def update(
+        self, values: torch.Tensor, image_ids: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+    ) -> None:
+        """Merge a batch: values/ys/xs are (B, N), image_ids is (B,)."""
+        if values.shape[0] == 0:
+            return
+        n = values.shape[1]
+        batch_ids = image_ids.to(self.values.device).view(1, -1).expand(n, -1)
+        vals = torch.cat([self.values, values.T.to(self.values.device)], dim=1)
+        ids = torch.cat([self.image_ids, batch_ids], dim=1)
+        yy = torch.cat([self.ys, ys.T.to(self.values.device)], dim=1)
+        xx = torch.cat([self.xs, xs.T.to(self.values.device)], dim=1)
+        ascending = (
+            bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        )
+        if not ascending:
+            # Ties must resolve by image id; put ids in ascending order first, then a stable
+            # sort by value keeps that order among equal values.
+            order = torch.argsort(ids, dim=1, stable=True)
+            vals, ids, yy, xx = (t.gather(1, order) for t in (vals, ids, yy, xx))
+        # Fast path: kept candidates are already (value desc, id asc) and every new id is larger,
+        # so one stable sort by value yields the (value desc, id asc) order.
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.values, self.image_ids, self.ys, self.xs = (
+            t.gather(1, order) for t in (vals, ids, yy, xx)
+        )
+        self._max_id = max(self._max_id, int(image_ids.max()))
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Long-format arrays: neuron_id, rank (1-based), image_id, activation, y, x."""
+        n, kk = self.values.shape
+        valid = torch.isfinite(self.values)
+        neuron = torch.arange(n, device=self.values.device).view(-1, 1).expand(n, kk)
+        rank = torch.arange(1, kk + 1, device=self.values.device).view(1, -1).expand(n, kk)
+        pick = lambda t: t[valid].cpu().numpy()  # noqa: E731 - one device-to-host copy each
+        return {
+            "neuron_id": pick(neuron).astype(np.int64),
+            "rank": pick(rank).astype(np.int32),
+            "image_id": pick(self.image_ids).astype(np.int64),
+            "activation": pick(self.values).astype(np.float32),
+            "y": pick(self.ys).astype(np.int32),
+            "x": pick(self.xs).astype(np.int32),
+        }
+
+
+def top_mass_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Channels carrying the top ``fraction`` of each image's normalized activation mass.
+
+    Summit's rule: normalize an image's positive channel maxima in a layer to sum to 1, take
+    channels in descending order until the running total reaches ``fraction`` (the channel that
+    crosses it included). ``values`` is (B, C); returns a bool (B, C) mask.
+    """
+    pos = values.clamp(min=0)
+    total = pos.sum(dim=1, keepdim=True)
+    share = torch.where(total > 0, pos / total.clamp(min=1e-30), torch.zeros_like(pos))
+    sorted_share, order = torch.sort(share, dim=1, descending=True, stable=True)
+    before = torch.cumsum(sorted_share, dim=1) - sorted_share
+    take_sorted = (before < fraction) & (sorted_share > 0)
+    mask = torch.zeros_like(take_sorted)
+    mask.scatter_(1, order, take_sorted)
+    return mask
+
+
+class ClassStats:
+    """Per-class, per-neuron sums accumulated over the stream (O(classes x neurons) memory).
+
+    ``layers`` are the blocks of units (:func:`unit_blocks`): the top-mass rule runs within
+    each block, so a dictionary's features compete among themselves, not with channels.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo | DerivedUnits],
+        n_classes: int,
+        fraction: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.fraction = fraction
+        widths = [int(i.channels or 0) for i in layers]
+        self.bounds = np.cumsum([0, *widths])
+        n = int(self.bounds[-1])
+        self.images = torch.zeros(n_classes, dtype=torch.float64, device=device)
+        self.top_mass = torch.zeros(n_classes, n, dtype=torch.float64, device=device)
+        self.activation_sum = torch.zeros(n_classes, n, dtype=torch.float64, device=device)
+
+    def update(self, values: torch.Tensor, labels: torch.Tensor) -> None:
+        device = self.top_mass.device
+        values = values.to(device)
+        mask = torch.empty(values.shape, dtype=torch.float32, device=device)
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
+            mask[:, lo:hi] = top_mass_mask(values[:, lo:hi], self.fraction)
+        # One (classes x B) @ (B x N) product per statistic instead of scattered index_adds;
+        # per-batch sums are exact in float32 (counts < 2^24), totals accumulate in float64.
+        onehot = torch.zeros(self.images.shape[0], values.shape[0], device=device)
+        onehot[labels.to(device), torch.arange(values.shape[0], device=device)] = 1.0
+        self.images += onehot.sum(dim=1).double()
+        self.top_mass += (onehot @ mask).double()
+        self.activation_sum += (onehot @ values.float()).double()
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Long format over classes that have images: label, neuron_id, n_images, sums."""
+        present = torch.nonzero(self.images > 0).flatten()
+        n = self.top_mass.shape[1]
+        label = present.view(-1, 1).expand(-1, n).reshape(-1)
+        neuron = torch.arange(n, device=present.device).repeat(len(present))
+        return {
+            "label": label.cpu().numpy().astype(np.int32),
+            "neuron_id": neuron.cpu().numpy().astype(np.int64),
+            "n_images": self.images[label].cpu().numpy().astype(np.int64),
+            "top_mass_count": self.top_mass[present].reshape(-1).cpu().numpy().astype(np.int64),
+            "activation_sum": self.activation_sum[present].reshape(-1).cpu().numpy(),
+        }
+
+
+@dataclass
+class Batch:
+    image_ids: torch.Tensor  # (B,) int64 on the host, ascending within a shard
+    images: torch.Tensor  # (B, 3, H, W) model input, or raw images for `preprocess`
+    labels: torch.Tensor  # (B,) int64
+
+
+@dataclass
+class PassResult:
+    top_k: dict[str, np.ndarray]
+    class_stats: dict[str, np.ndarray]
+    n_images: int
+    seconds: float
+
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def activation_pass(
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    batches: Iterable[Batch],
+    *,
+    k: int,
+    n_classes: int,
+    mass_fraction: float,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    derived: Sequence[DerivedUnits] = (),
+) -> PassResult:
+    """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics.
+
+    Parameters
+    ----------
+    batches
+        Batches in ascending image-id order within the stream (any order is correct, ascending
+        is fastest). ``Batch.images`` are model inputs, or raw images that ``preprocess`` turns
+        into model inputs on ``device`` (e.g. uint8 (B, H, W, 3): a quarter of the bytes to copy).
+    progress
+        ``progress(images_done, seconds)`` after every batch.
+    precision
+        ``fp32``, or ``bf16``/``fp16`` under :func:`torch.autocast`; activations are kept as
+        float32 after the spatial max.
+    channels_last
+        Run the model and inputs in channels_last memory format.
+    derived
+        Units computed from a layer's output in the same pass (dictionary features); they
+        follow their source layer's channels in neuron order (:func:`unit_blocks`).
+
+    Notes
+    -----
+    Everything per batch stays on ``device``: hooks reduce the maps there, the top-k merge and
+    class statistics run there, and the non-finite check is accumulated there, so a GPU run
+    copies results to the host once per shard, not once per batch.
+    """
+    check_choice("precision", precision, PRECISIONS)
+    dev = torch.device(device)
+    blocks = unit_blocks(layers, derived)
+    n_neurons = sum(int(b.channels or 0) for b in blocks)
+    topk = StreamingTopK(n_neurons, k, device=dev)
+    stats = ClassStats(blocks, n_classes, mass_fraction, device=dev)
+    non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
+    done = 0
+    start = time.perf_counter()
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    dtype = PRECISIONS[precision]
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=dtype)
+        if dtype is not None
+        else contextlib.nullcontext()
+    )
+    with LayerRecorder(model, layers, derived) as recorder, torch.inference_mode(), autocast:
+        for batch in batches:
+            x = batch.images.to(dev, non_blocking=True)
+            if preprocess is not None:
+                x = preprocess(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x)
+            values, ys, xs = recorder.collect()
+            non_finite |= ~torch.isfinite(values).all(dim=0)
+            # Image ids stay on the host for the order check (no device sync per batch).
+            topk.update(values, batch.image_ids, ys, xs)
+            stats.update(values, batch.labels.to(dev, non_blocking=True))
+            done += len(batch.image_ids)
+            if progress is not None:
+                progress(done, time.perf_counter() - start)
+    if bool(non_finite.any()):
+        bad = sorted({blocks[j].name for j in _layer_of_bad(non_finite, blocks)})
+        raise FloatingPointError(
+            f"the model produced NaN or infinite activations in layer(s) {bad}; "
+            "check the weights and the input normalization (or use precision: fp32)"
+        )
+    return PassResult(topk.result(), stats.result(), done, time.perf_counter() - start)
+
+
+def _layer_of_bad(
+    non_finite: torch.Tensor, layers: Sequence[LayerInfo | DerivedUnits]
+) -> list[int]:
+    bounds = np.cumsum([0, *[int(i.channels or 0) for i in layers]])
+    bad_cols = torch.nonzero(non_finite).flatten().cpu().numpy()
+    return [int(np.searchsorted(bounds, c, side="right") - 1) for c in bad_cols]

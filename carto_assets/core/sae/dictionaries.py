@@ -1,0 +1,595 @@
+"""Dictionary features, the pure pieces: sample a layer's activation vectors, train a top-k
+sparse autoencoder per layer, store it, and reduce each image to its features' spatial maxima.
+
+A channel is one coordinate of a layer's activation vector ``x`` (one vector per spatial
+position, or per token). A *feature* is one latent of the layer's SAE,
+``z = TopK(ReLU(W_enc (x - b_dec) + b_enc))``, computed at every position. An image's
+activation for a feature is then exactly what it is for a channel: the maximum of the feature's
+map over space, with its position (:func:`carto_assets.core.network.recorder.spatial_max`), so
+features go through the same streaming top-k, clustering and gain code as channels.
+
+Three steps, each with fixed memory:
+
+1. :func:`sample_activations`: one forward pass over a subset of images; each image's
+   strongest position vectors (largest norm: the positions that decide an image's spatial
+   maximum) and a few of its other positions drawn uniformly (:func:`pick_positions`) are
+   offered to a :class:`~carto_assets.core.sae.autoencoder.ReservoirSampler` per layer, so memory
+   is ``capacity x channels`` per layer whatever the number of images;
+2. :func:`train_dictionaries`: one SAE per layer on its sample (:func:`save_dictionaries` /
+   :func:`load_dictionaries` keep the weights with a fingerprint of the settings);
+3. :func:`feature_maxima` (one batch of layer outputs, encoded in chunks) and
+   :func:`feature_pass` (each feature's top-k images over a stream of batches).
+
+The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
+:mod:`carto_assets.stages.features`. No study, no dagster here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from carto_assets.core.network.hooks import capture
+from carto_assets.core.network.layers import LayerInfo
+from carto_assets.core.network.recorder import Batch, StreamingTopK, spatial_max
+from carto_assets.core.sae.autoencoder import (
+    ReservoirSampler,
+    SaeReport,
+    SparseAutoencoder,
+    encode,
+    train_sae,
+)
+from carto_assets.fingerprints import DICTIONARY_REVISION
+from carto_assets.validate import check_float, check_int, check_seed
+
+WEIGHTS_FILE = "dictionaries.pt"
+META_FILE = "meta.json"
+_WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+# ---- settings -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DictionarySettings:
+    """Everything the trained dictionaries depend on besides the model and the images.
+
+    The defaults are the ones benchmarks/features.py tuned on the shapes demo; a study's
+    ``features`` block gives them (:func:`settings_of`).
+    """
+
+    layers: tuple[str, ...]
+    #: Features per channel: a layer with C channels gets ``expansion x C`` features.
+    expansion: int = 2
+    #: Active features per position (top-k SAE).
+    k: int = 8
+    #: Activation vectors sampled per layer (reservoir capacity; memory samples x C x 4 bytes).
+    samples: int = 50_000
+    #: Images the sampling pass reads (a seeded subset); None: all of them.
+    sample_images: int | None = 10_000
+    #: Each image's strongest positions (largest L2 norm) offered to the sample; None: all.
+    strongest_per_image: int | None = 4
+    #: And this many of its other positions, drawn uniformly (so the dictionary also
+    #: reconstructs the weak positions, background included, that it encodes later).
+    random_per_image: int = 2
+    epochs: int = 240
+    batch_size: int = 1024
+    learning_rate: float = 4e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str) or not self.layers:
+            raise ValueError(f"layers must be a non-empty list of layer names, got {self.layers!r}")
+        check_int("expansion", self.expansion, minimum=1)
+        check_int("k", self.k, minimum=1)
+        check_int("samples", self.samples, minimum=1)
+        if self.sample_images is not None:
+            check_int("sample_images", self.sample_images, minimum=1)
+        if self.strongest_per_image is not None:
+            check_int("strongest_per_image", self.strongest_per_image, minimum=1)
+        check_int("random_per_image", self.random_per_image, minimum=0)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_seed("seed", self.seed)
+
+    def check_layers(self, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
+        """The :class:`LayerInfo` of each setting layer, in the given (network) order.
+
+        Raises ``ValueError`` for a layer that is not among ``layers`` and for ``k`` larger
+        than a layer's feature count.
+        """
+        by_name = {info.name: info for info in layers}
+        unknown = [name for name in self.layers if name not in by_name]
+        if unknown:
+            raise ValueError(
+                f"features.layers must be layers of the study, got {unknown}; "
+                f"valid: {sorted(by_name)}"
+            )
+        chosen = [info for info in layers if info.name in set(self.layers)]
+        for info in chosen:
+            n_features = self.expansion * int(info.channels or 0)
+            if self.k > n_features:
+                raise ValueError(
+                    f"features.k must be <= expansion x channels = {n_features} for layer "
+                    f"{info.name!r}, got {self.k}"
+                )
+        return chosen
+
+
+def sample_image_ids(image_ids: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """``n`` of ``image_ids`` (all when ``n`` is None or larger), from a seeded shuffle,
+    returned in ascending order so the pass reads shards in order."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    if n is None or n >= ids.size:
+        return np.sort(ids)
+    return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
+
+# ---- 1. sampling ----------------------------------------------------------------------------
+def position_rows(output: torch.Tensor) -> torch.Tensor:
+    """A layer output as one channel vector per position: ``(rows, C)``.
+
+    ``(B, C, H, W)`` gives ``B x H x W`` rows, ``(B, T, C)`` gives ``B x T`` rows and ``(B, C)``
+    gives ``B`` rows, matching the positions :func:`spatial_max` reduces over.
+    """
+    if output.ndim == 4:
+        return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
+    if output.ndim == 3:
+        return output.reshape(-1, output.shape[2])
+    if output.ndim == 2:
+        return output
+    raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
+
+
+def pick_positions(
+    output: torch.Tensor,
+    strongest: int | None,
+    others: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per image, its ``strongest`` position vectors (largest L2 norm), then ``others`` drawn
+    uniformly without replacement from its remaining positions: ``(rows, C)``.
+
+    Within an image both parts are in position order; images follow each other. Every
+    position (:func:`position_rows`) when ``strongest`` is None; a part is cut to the
+    positions there are. ``(B, C)`` outputs have one position per image.
+    """
+    if output.ndim == 2:
+        return output
+    if output.ndim == 4:
+        per_image = output.flatten(2).transpose(1, 2)  # (B, H x W, C), rows as position_rows
+    elif output.ndim == 3:
+        per_image = output
+    else:
+        raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
+    b, p, c = per_image.shape
+    if strongest is None or strongest >= p:
+        return per_image.reshape(b * p, c)
+    top = per_image.norm(dim=2).topk(strongest, dim=1).indices
+    parts = [top.sort(dim=1).values]  # (B, strongest)
+    if others > 0:
+        # Uniform keys, the strongest positions' pushed below any other: the ``others`` largest
+        # keys are a uniform draw without replacement from the rest.
+        keys = torch.rand((b, p), generator=generator).to(per_image.device)
+        keys.scatter_(1, top, -1.0)
+        parts.append(keys.topk(min(others, p - strongest), dim=1).indices.sort(dim=1).values)
+    keep = torch.cat(parts, dim=1)
+    return per_image.gather(1, keep.unsqueeze(2).expand(-1, -1, c)).reshape(-1, c)
+
+
+def _model_inputs(
+    batches: Iterable[Batch | torch.Tensor],
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+):
+    for batch in batches:
+        images = batch.images if isinstance(batch, Batch) else batch
+        x = images.to(device)
+        yield batch, (preprocess(x) if preprocess is not None else x)
+
+
+@dataclass(frozen=True)
+class ActivationSample:
+    """Per layer, a uniform sample of its position vectors, and what the pass cost."""
+
+    samples: dict[str, np.ndarray]
+    """Layer name -> ``(n, C)`` float32 rows."""
+    positions_seen: dict[str, int]
+    """Layer name -> positions offered to the sampler."""
+    n_images: int
+    seconds: float
+    sample_bytes: int
+    """Bytes the samplers hold (fixed: sum of capacity x C x 4)."""
+
+
+def sample_activations(
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    batches: Iterable[Batch | torch.Tensor],
+    capacity: int,
+    seed: int,
+    *,
+    strongest_per_image: int | None = None,
+    random_per_image: int = 0,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+) -> ActivationSample:
+    """One pass over ``batches``; each layer's position vectors go to its own reservoir.
+
+    Parameters
+    ----------
+    model
+        The network (put in eval mode here).
+    layers
+        Layers to sample, with known channel counts.
+    batches
+        :class:`Batch` es or bare image tensors: model inputs, or raw images ``preprocess``
+        turns into model inputs on ``device``. Pass the subset of images to sample from.
+    capacity
+        Rows kept per layer: the sample is uniform over the positions offered.
+    seed
+        Layer ``i``'s sampler and position draws are seeded with ``seed + i``.
+    strongest_per_image, random_per_image
+        Offer only each image's ``strongest_per_image`` strongest positions (largest L2 norm)
+        and ``random_per_image`` of its other positions drawn uniformly (:func:`pick_positions`);
+        ``None``: every position. An image's activation for a unit is its maximum over space,
+        so the strong positions are the ones that decide top images: a dictionary trained on
+        them spends its features there rather than on background, and the uniform part keeps
+        the weak positions reconstructed.
+    progress
+        ``progress(images_done, seconds)`` after every batch.
+
+    Returns
+    -------
+    ActivationSample
+    """
+    check_int("capacity", capacity, minimum=1)
+    check_seed("seed", seed)
+    if strongest_per_image is not None:
+        check_int("strongest_per_image", strongest_per_image, minimum=1)
+    check_int("random_per_image", random_per_image, minimum=0)
+    if not layers:
+        raise ValueError("layers must name at least one layer, got none")
+    dev = torch.device(device)
+    samplers = {
+        info.name: ReservoirSampler(int(info.channels or 0), capacity, seed=seed + i)
+        for i, info in enumerate(layers)
+    }
+    draws = {info.name: torch.Generator().manual_seed(seed + i) for i, info in enumerate(layers)}
+
+    def offer(name: str, output: object) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+                "choose a module whose output is a tensor"
+            )
+        rows = pick_positions(
+            output.detach().float(), strongest_per_image, random_per_image, draws[name]
+        )
+        if rows.shape[1] != samplers[name].dim:
+            raise ValueError(
+                f"layer {name!r} has {rows.shape[1]} channels, expected {samplers[name].dim}"
+            )
+        samplers[name].offer(rows.cpu().numpy())
+
+    model.eval()
+    done = 0
+    start = time.perf_counter()
+    # The last sampled layer to run ends each forward pass: nothing after it is computed.
+    last = max(layers, key=lambda info: info.order).name
+    with torch.inference_mode():
+        for _, x in _model_inputs(batches, dev, preprocess):
+            with capture(model, list(samplers), keep=offer, stop_after=last) as seen:
+                model(x)
+            missing = set(samplers) - set(seen)
+            if missing:
+                raise RuntimeError(f"layers did not run in the forward pass: {sorted(missing)}")
+            done += x.shape[0]
+            if progress is not None:
+                progress(done, time.perf_counter() - start)
+    return ActivationSample(
+        samples={name: s.sample() for name, s in samplers.items()},
+        positions_seen={name: s.seen for name, s in samplers.items()},
+        n_images=done,
+        seconds=time.perf_counter() - start,
+        sample_bytes=sum(s.nbytes for s in samplers.values()),
+    )
+
+
+# ---- 2. training, storage ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerDictionary:
+    """One layer's SAE and how well it fits its sample."""
+
+    layer: str
+    sae: SparseAutoencoder
+    report: SaeReport
+    n_samples: int
+    seconds: float
+
+    @property
+    def n_features(self) -> int:
+        return self.sae.n_features
+
+
+def train_dictionaries(
+    samples: Mapping[str, np.ndarray],
+    *,
+    expansion: int,
+    k: int,
+    epochs: int,
+    batch_size: int = 1024,
+    learning_rate: float = 4e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str, int, float], None] | None = None,
+) -> dict[str, LayerDictionary]:
+    """Train one top-k SAE per layer of ``samples`` (layer name -> ``(n, C)`` rows).
+
+    Layer ``i`` gets ``expansion x C`` features and is trained with seed ``seed + i``.
+    ``progress(layer, epoch, loss)`` is called after each epoch. Raises ``ValueError`` for
+    bad settings, naming the layer where it depends on one (``k`` larger than its features).
+    """
+    check_int("expansion", expansion, minimum=1)
+    check_int("k", k, minimum=1)
+    check_int("epochs", epochs, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_float("learning_rate", learning_rate, low=0.0, low_open=True)
+    check_seed("seed", seed)
+    if not samples:
+        raise ValueError("samples must hold at least one layer, got none")
+    for name, rows in samples.items():
+        shape = np.shape(rows)
+        if len(shape) != 2 or shape[0] == 0:
+            raise ValueError(f"samples[{name!r}] must be a non-empty (n, C) array, got {shape}")
+        if k > expansion * shape[1]:
+            raise ValueError(
+                f"k must be <= expansion x channels = {expansion * shape[1]} for layer "
+                f"{name!r}, got {k}"
+            )
+    out: dict[str, LayerDictionary] = {}
+    for i, (name, rows) in enumerate(samples.items()):
+        start = time.perf_counter()
+        sae, report = train_sae(
+            rows,
+            n_features=expansion * rows.shape[1],
+            k=k,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed + i,
+            device=device,
+            progress=(lambda e, loss, n=name: progress(n, e, loss)) if progress else None,
+        )
+        out[name] = LayerDictionary(name, sae, report, len(rows), time.perf_counter() - start)
+    return out
+
+
+def save_dictionaries(
+    folder: str | Path,
+    dictionaries: Mapping[str, LayerDictionary],
+    fingerprint: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the weights (plain tensors, ``torch.save``) and a ``meta.json`` into ``folder``.
+
+    ``extra`` (JSON-able, e.g. what the sampling pass cost) is stored under ``meta["extra"]``.
+    The folder is replaced atomically: readers see the old dictionaries or the new ones.
+    """
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {
+        name: {
+            **{w: torch.from_numpy(np.ascontiguousarray(getattr(d.sae, w))) for w in _WEIGHT_NAMES},
+            "k": torch.tensor(d.sae.k),
+        }
+        for name, d in dictionaries.items()
+    }
+    torch.save(weights, tmp / WEIGHTS_FILE)
+    meta = {
+        "fingerprint": fingerprint,
+        "revision": DICTIONARY_REVISION,
+        "extra": dict(extra or {}),
+        "layers": [
+            {
+                "layer": name,
+                "n_features": d.n_features,
+                "k": d.sae.k,
+                "n_samples": d.n_samples,
+                "seconds": d.seconds,
+                "report": {**asdict(d.report), "losses": list(d.report.losses)},
+            }
+            for name, d in dictionaries.items()
+        ],
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_dictionaries(
+    folder: str | Path, fingerprint: str | None = None
+) -> dict[str, LayerDictionary]:
+    """The dictionaries :func:`save_dictionaries` wrote, in the saved layer order.
+
+    Raises ``FileNotFoundError`` when the folder holds none, and ``ValueError`` when
+    ``fingerprint`` is given and differs from the stored one (settings or model changed).
+    """
+    folder = Path(folder)
+    if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"no trained dictionaries under {folder}")
+    meta = json.loads((folder / META_FILE).read_text())
+    if fingerprint is not None and meta["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"the dictionaries under {folder} were trained with other settings or another "
+            f"model (fingerprint {meta['fingerprint']}, expected {fingerprint}); retrain them"
+        )
+    weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    out: dict[str, LayerDictionary] = {}
+    for row in meta["layers"]:
+        w = weights[row["layer"]]
+        sae = SparseAutoencoder(**{n: w[n].numpy() for n in _WEIGHT_NAMES}, k=int(w["k"]))
+        report = SaeReport(**{**row["report"], "losses": tuple(row["report"]["losses"])})
+        out[row["layer"]] = LayerDictionary(
+            row["layer"], sae, report, int(row["n_samples"]), float(row["seconds"])
+        )
+    return out
+
+
+# ---- 3. per-image feature maxima, top-k -------------------------------------------------------
+def feature_maxima(
+    sae: SparseAutoencoder, layer_output: torch.Tensor, *, max_elements: int = 1 << 24
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each image's feature activations reduced over space, as channels are.
+
+    Parameters
+    ----------
+    sae
+        The layer's dictionary (``d`` inputs, ``m`` features); :func:`sae_on` puts its weights
+        on the output's device once, instead of once per call.
+    layer_output
+        ``(B, d, H, W)`` maps, ``(B, T, d)`` tokens or ``(B, d)`` vectors.
+    max_elements
+        Most feature activations (positions x ``m``) encoded at once; images are encoded in
+        chunks below it (at least one image at a time), so memory does not grow with ``B``.
+
+    Returns
+    -------
+    values, y, x
+        Each ``(B, m)``, exactly :func:`spatial_max` of the feature maps: ``y, x`` is the
+        argmax position (``y = flat // W``, ``x = flat % W``; tokens: ``y`` = token, ``x`` = 0).
+    """
+    out = layer_output.detach().float()
+    dim = out.shape[1] if out.ndim in (2, 4) else out.shape[-1]
+    if out.ndim not in (2, 3, 4) or dim != sae.W_enc.shape[1]:
+        raise ValueError(
+            f"layer_output must be (B, {sae.W_enc.shape[1]}, H, W), (B, T, "
+            f"{sae.W_enc.shape[1]}) or (B, {sae.W_enc.shape[1]}), got {tuple(out.shape)}"
+        )
+    positions = (
+        int(np.prod(out.shape[2:])) if out.ndim == 4 else (out.shape[1] if out.ndim == 3 else 1)
+    )
+    step = max(1, max_elements // max(1, positions * sae.n_features))
+    parts = []
+    # float32 even inside the activation pass's autocast (bf16 would reorder near-ties).
+    with torch.autocast(out.device.type, enabled=False):
+        for lo in range(0, out.shape[0], step):
+            chunk = out[lo : lo + step]
+            z = encode(sae, position_rows(chunk))  # (chunk x positions, m)
+            if chunk.ndim == 4:
+                b, _, h, w = chunk.shape
+                maps = z.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (b, m, H, W)
+            elif chunk.ndim == 3:
+                maps = z.reshape(chunk.shape[0], chunk.shape[1], -1)  # (b, T, m)
+            else:
+                maps = z
+            parts.append(spatial_max(maps))
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FeaturePassResult:
+    top_k: dict[str, np.ndarray]
+    """Long format as the activation pass writes it: ``feature_id`` numbers the features of
+    the layers in order (layer ``i``'s feature ``j`` is ``offsets[i] + j``)."""
+    offsets: dict[str, int]
+    n_images: int
+    seconds: float
+
+
+def feature_pass(
+    model: nn.Module,
+    dictionaries: Mapping[str, LayerDictionary],
+    batches: Iterable[Batch],
+    *,
+    k: int,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+) -> FeaturePassResult:
+    """Each feature's top-``k`` images over a stream of batches (streaming, O(features x k)).
+
+    The order and ties are the activation pass's (:class:`StreamingTopK`): activation
+    descending, then image id ascending. Layers are taken in the order of ``dictionaries``.
+    """
+    check_int("k", k, minimum=1)
+    dev = torch.device(device)
+    names = list(dictionaries)
+    offsets = dict(zip(names, np.cumsum([0] + [d.n_features for d in dictionaries.values()])))
+    total = int(sum(d.n_features for d in dictionaries.values()))
+    topk = StreamingTopK(total, k, device=dev)
+    saes = {name: sae_on(d.sae, dev) for name, d in dictionaries.items()}
+
+    def reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+        return feature_maxima(saes[name], output)
+
+    model.eval()
+    done = 0
+    start = time.perf_counter()
+    with capture(model, names, keep=reduce) as captured, torch.inference_mode():
+        for batch, x in _model_inputs(batches, dev, preprocess):
+            model(x)
+            missing = [n for n in names if n not in captured]
+            if missing:
+                raise RuntimeError(f"layers did not run in the forward pass: {missing}")
+            values, ys, xs = (torch.cat([captured[n][i] for n in names], dim=1) for i in range(3))
+            captured.clear()
+            topk.update(values, batch.image_ids, ys, xs)
+            done += len(batch.image_ids)
+            if progress is not None:
+                progress(done, time.perf_counter() - start)
+    result = topk.result()
+    result["feature_id"] = result.pop("neuron_id")
+    return FeaturePassResult(
+        result, {n: int(o) for n, o in offsets.items()}, done, time.perf_counter() - start
+    )
+
+
+def sampler_bytes(layers: Sequence[LayerInfo], capacity: int) -> int:
+    """Memory the sampling step's reservoirs hold: ``capacity x C x 4`` bytes per layer."""
+    return sum(capacity * int(info.channels or 0) * 4 for info in layers)
+
+
+def describe(dictionaries: Mapping[str, LayerDictionary]) -> list[dict[str, Any]]:
+    """One row per layer for logs and metadata: features, FVU, L0, dead, seconds."""
+    return [
+        {
+            "layer": name,
+            "n_features": d.n_features,
+            "k": d.sae.k,
+            "fvu": round(d.report.fvu, 4),
+            "l0": round(d.report.l0, 2),
+            "dead": d.report.dead,
+            "n_samples": d.n_samples,
+            "seconds": round(d.seconds, 2),
+        }
+        for name, d in dictionaries.items()
+    ]
+
+
+def sae_on(sae: SparseAutoencoder, device: torch.device | str) -> SparseAutoencoder:
+    """The same dictionary with its weights as float32 tensors on ``device``, so encoding a
+    batch there copies nothing (:func:`~carto_assets.core.sae.autoencoder.encode` takes either)."""
+    dev = torch.device(device)
+    weights = {
+        name: torch.as_tensor(np.asarray(getattr(sae, name)), dtype=torch.float32).to(dev)
+        if not isinstance(getattr(sae, name), torch.Tensor)
+        else getattr(sae, name).to(dev, torch.float32)
+        for name in _WEIGHT_NAMES
+    }
+    return SparseAutoencoder(**weights, k=sae.k)  # type: ignore[arg-type]
