@@ -15,6 +15,7 @@
   };
   var LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
   var views = {};
+  window.compareViews = views;  // for tests and the console
   var units = new Map();
   data.units.forEach(function (u) {
     units.set(u[0], { id: u[0], study: u[1], layer: u[2], channel: u[3], kind: u[4],
@@ -84,11 +85,12 @@
     return function () {
       showUnit(unitId);
       var view = views.projection;
-      if (view) {
-        var store = [{ unit: ["pick"], fields: [{ field: "unit_id", type: "E" }],
-          values: [unitId] }];
-        view.signal("pick_store", store).runAsync();
-      }
+      if (!view) return;
+      // Move the map's selection too: replace the tuple in its store (Vega-Lite's "pick_store").
+      var old = view.data("pick_store");
+      var tuple = { unit: old.length ? old[0].unit : "", fields: old.length ? old[0].fields :
+        [{ field: "unit_id", type: "E" }], values: [unitId] };
+      view.data("pick_store", [tuple]).runAsync();
     };
   }
   function unitBlock(unitId, heading) {

@@ -119,3 +119,27 @@ def test_the_demo_comparison_is_the_demo_study_after_its_first_epoch():
     comparison = load_comparison(ROOT / "examples/compare/demo.yaml")
     assert comparison.studies == ("demo-epoch1.yaml", "demo")
     assert comparison.database_path.parent == (ROOT / "data/compare").resolve()
+
+
+def test_the_comparison_code_location_loads_the_demo_comparison():
+    from carto_assets.compare.definitions import (
+        COMPARE_JOB,
+        DEMO_COMPARISON,
+        build_comparison_definitions,
+    )
+
+    defs = build_comparison_definitions(DEMO_COMPARISON)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {
+        "compare_units",
+        "unit_matches",
+        "layer_matches",
+        "concept_matches",
+        "compare_embedding",
+        "compare_projection",
+        "compare_views",
+    }
+    job = defs.resolve_job_def(COMPARE_JOB)
+    assert len(job.asset_layer.executable_asset_keys) == len(keys)
+    with pytest.raises(ComparisonError, match="comparison file not found"):
+        build_comparison_definitions("no-such-comparison.yaml")

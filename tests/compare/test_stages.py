@@ -6,88 +6,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-import yaml
+from compare.known import HOSTILE, N_UNITS
 from reference.compare import linear_cka
 
-from carto_assets import schema
 from carto_assets.compare import stage
 from carto_assets.compare.cka import centered_gram, cka_matrix
 from carto_assets.compare.concepts import label_terms, labels_differ
-from carto_assets.compare.config import load_comparison
 from carto_assets.compare.layers import layer_shares
-from carto_assets.storage import CartoStore
 from carto_viz.compare import export_compare
-
-HOSTILE = "<script>window.__xss=1</script>"
-N_UNITS = 28
-
-
-def _permuted_pair(folder, write_study):
-    """Study 'orig' and 'copy': within each layer, unit u of orig is unit perm[u] of copy."""
-    rng = np.random.default_rng(0)
-    layers = ["conv1"] * 12 + ["conv2"] * 16
-    sets = [list(rng.choice(200, 10, replace=False)) for _ in layers]
-    clusters = [i // 2 for i in range(N_UNITS)]
-    labels = {0: HOSTILE + " (0.9)", 7: "colour=red (0.8), size=large (0.5)"}
-    write_study(folder, "orig", sets, layers, clusters, n_images=200, cluster_labels=labels)
-    perm = np.concatenate([rng.permutation(12), 12 + rng.permutation(16)])
-    copy_sets, copy_clusters = [None] * N_UNITS, [None] * N_UNITS
-    for u in range(N_UNITS):
-        copy_sets[perm[u]], copy_clusters[perm[u]] = sets[u], clusters[u]
-    write_study(
-        folder, "copy", copy_sets, layers, copy_clusters, n_images=200, cluster_labels=labels
-    )
-    path = folder / "cmp.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "cmp",
-                "studies": ["orig.yaml", "copy.yaml"],
-                "cka_images": 0,
-                "null_draws": 3,
-                "embedding": {"epochs": 60, "batch_size": 64},
-            }
-        )
-    )
-    return load_comparison(path), perm
-
-
-def compare_in_process(comparison, with_map: bool = True) -> CartoStore:
-    """The comparison's assets' work without Dagster (the projection replaced by a fixed
-    layout: UMAP is tested with the studies)."""
-    store = CartoStore(comparison.database_path)
-    store.replace_tables(stage.collect(comparison).tables)
-    for step in (stage.matches, stage.layers, stage.concepts):
-        store.replace_tables(step(comparison, store).tables)
-    if with_map:
-        store.replace_tables(stage.embedding(comparison, store, progress=lambda m: None).tables)
-        n = 2 * N_UNITS
-        angle = np.arange(n) * 2 * np.pi / n
-        store.replace_tables(
-            {
-                "compare_projection": schema.frame(
-                    "compare_projection",
-                    {"unit_id": np.arange(n), "x": np.cos(angle), "y": np.sin(angle)},
-                ),
-                "compare_neighbors": schema.frame(
-                    "compare_neighbors",
-                    {
-                        "unit_id": np.arange(n),
-                        "rank": [1] * n,
-                        "neighbor_id": (np.arange(n) + N_UNITS) % n,
-                        "similarity": [0.5] * n,
-                    },
-                ),
-            }
-        )
-    return store
-
-
-@pytest.fixture(scope="module")
-def permuted(tmp_path_factory, write_study):
-    folder = tmp_path_factory.mktemp("permuted")
-    comparison, perm = _permuted_pair(folder, write_study)
-    return comparison, perm, compare_in_process(comparison)
 
 
 def test_a_permuted_copy_is_matched_unit_for_unit(permuted):
