@@ -149,12 +149,13 @@ def report_pair(store: CartoStore, a: str, b: str) -> pl.DataFrame:
 
 def shape_of(shares: list[float]) -> str:
     """Li et al.'s and SVCCA's questions, answered from the per-layer shares."""
-    ends, middle = (shares[0] + shares[-1]) / 2, float(np.mean(shares[1:-1]))
-    monotone = all(x >= y for x, y in itertools.pairwise(shares))
+    first, last, middle = shares[0], shares[-1], float(np.mean(shares[1:-1]))
+    u_shape = first > middle and last > middle
+    decreasing = all(x >= y for x, y in itertools.pairwise(shares))
     return (
-        f"first/last layers {ends:.3f} vs middle {middle:.3f} "
-        f"({'ends share more' if ends > middle else 'ends do not share more'}); "
-        f"{'decreasing with depth (bottom-up)' if monotone else 'not monotone in depth'}"
+        f"first {first:.3f}, middle mean {middle:.3f}, last {last:.3f}: "
+        f"{'both ends above the middle (U-shape)' if u_shape else 'no U-shape'}; "
+        f"{'non-increasing with depth (settled bottom-up)' if decreasing else 'not monotone'}"
     )
 
 
@@ -303,7 +304,7 @@ def scaling(k: int = 100) -> None:
         rows, images, ranks = synthetic_models(n, k, rng)
         start = time.perf_counter()
         units = unit_sets(rows, images, ranks, np.repeat([0, 1], n))
-        _, best = match_units(units, threshold=0.3)
+        pairs, best = match_units(units, threshold=0.3)
         seconds[scale] = time.perf_counter() - start
         matched = np.mean(best.match[best.unit < n] >= 0)
         per_unit = 1e6 * seconds[scale] / (2 * n)
@@ -313,7 +314,8 @@ def scaling(k: int = 100) -> None:
         lsh = best.match[best.unit < n]
         agree = np.mean(lsh[exact >= 0] == exact[exact >= 0])
         print(
-            f"  {n:>7} {seconds[scale]:>8.2f} {per_unit:>8.1f} {matched:>8.1%}   exact all "
+            f"  {n:>7} {seconds[scale]:>8.2f} {per_unit:>8.1f} {matched:>8.1%} "
+            f"{pairs.n_candidates:>10}   exact all "
             f"pairs {exact_s:.2f} s; LSH's best match = exact's for {agree:.2%} of the "
             f"{int((exact >= 0).sum())} units with one; none where exact has none: "
             f"{bool(np.all(lsh[exact < 0] < 0))}"

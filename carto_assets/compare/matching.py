@@ -94,26 +94,34 @@ class UnitSets:
             self.n_studies,
         )
 
-    def duplicate_index(self) -> np.ndarray:
+    def duplicate_index(self, units: np.ndarray | None = None) -> np.ndarray:
         """``(n,)``: each unit's position (0, 1, ...) among the units of its model with the same
-        top images in the same order, by unit id; 0 for a unit whose list is its own."""
-        lengths = np.diff(self.indptr)
+        top images in the same order, by unit id; 0 for a unit whose list is its own.
+
+        ``units`` limits the search to those units (e.g. the ones whose set repeats in their
+        model); the others get 0.
+        """
+        chosen = np.arange(self.n_units) if units is None else np.unique(units)
+        out = np.zeros(self.n_units, dtype=np.int64)
+        if chosen.size < 2:
+            return out
+        indptr, positions = sub_positions(self.indptr, chosen)
         rows = pl.DataFrame(
             {
-                "unit": np.repeat(np.arange(self.n_units, dtype=np.int64), lengths),
-                "image": self.images,
-                "rank": self.ranks,
+                "unit": np.repeat(chosen, np.diff(indptr)),
+                "image": self.images[positions],
+                "rank": self.ranks[positions],
             }
         ).sort("unit", "rank")
         lists = rows.group_by("unit", maintain_order=True).agg("image")
-        units = pl.DataFrame({"unit": np.arange(self.n_units, dtype=np.int64), "study": self.study})
-        return (
-            units.join(lists, on="unit", how="left")
+        frame = pl.DataFrame({"unit": chosen, "study": self.study[chosen]})
+        index = (
+            frame.join(lists, on="unit", how="left")
+            .sort("unit")
             .with_columns(index=pl.int_range(pl.len()).over("study", "image"))
-            .sort("unit")["index"]
-            .to_numpy()
-            .astype(np.int64)
         )
+        out[index["unit"].to_numpy()] = index["index"].to_numpy()
+        return out
 
     def relabel_images(self, study: int, mapping: np.ndarray) -> UnitSets:
         """The same units with ``study``'s image ids replaced by ``mapping[image_id]`` (rows
@@ -146,11 +154,20 @@ def unit_sets(
         raise ValueError(f"unit ids must be in [0, {n}), got values outside")
     if image_id.size and image_id.min() < 0:
         raise ValueError("image ids must be non-negative")
-    order = np.lexsort((rank, image_id, unit_id))
+    # One int64 key (unit, image) sorts 22M rows in a few seconds where a three-key lexsort
+    # took 20 (benchmarks/compare.py at 16x).
+    span = int(image_id.max()) + 1 if image_id.size else 1
+    if n * span < 2**62:
+        order = np.argsort(unit_id * span + image_id)
+    else:
+        order = np.lexsort((image_id, unit_id))
     unit_id, image_id, rank = unit_id[order], image_id[order], rank[order]
-    keep = np.ones(unit_id.size, dtype=bool)
-    keep[1:] = (unit_id[1:] != unit_id[:-1]) | (image_id[1:] != image_id[:-1])
-    unit_id, image_id, rank = unit_id[keep], image_id[keep], rank[keep]
+    first = np.ones(unit_id.size, dtype=bool)
+    first[1:] = (unit_id[1:] != unit_id[:-1]) | (image_id[1:] != image_id[:-1])
+    if not first.all():  # a repeated (unit, image) keeps its best rank
+        starts = np.flatnonzero(first)
+        rank = np.minimum.reduceat(rank, starts)
+        unit_id, image_id = unit_id[starts], image_id[starts]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(unit_id, minlength=n), out=indptr[1:])
     n_studies = int(study.max()) + 1 if n else 0
@@ -173,6 +190,8 @@ class CrossPairs:
     rows: int
     n_distinct_sets: int
     n_candidates: int
+    #: units whose top-k set equals another unit's of the same model (e.g. dead units)
+    repeated: np.ndarray
 
 
 def banding(
@@ -225,7 +244,10 @@ def cross_model_pairs(
     similarity = pair_jaccard(sets, ci, cj)
     keep = similarity >= threshold
     a, b, jaccard = _expand(units.study, rep, members, ci[keep], cj[keep], similarity[keep])
-    return CrossPairs(a, b, jaccard, bands, rows, int(reps.size), int(ci.size))
+    key = rep[members] * np.int64(units.n_studies) + units.study[members]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    repeated = members[counts[inverse.reshape(-1)] > 1]
+    return CrossPairs(a, b, jaccard, bands, rows, int(reps.size), int(ci.size), repeated)
 
 
 def _expand(
@@ -293,12 +315,13 @@ def rank_footrule(units: UnitSets, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``sum |rank_a(x) - rank_b(x)|`` over the images ``x`` both units hold, per pair."""
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
-    lengths = np.diff(units.indptr)
+    involved = np.unique(np.concatenate([a, b]))
+    indptr, positions = sub_positions(units.indptr, involved)
     rows = pl.DataFrame(
         {
-            "unit": np.repeat(np.arange(units.n_units, dtype=np.int64), lengths),
-            "image": units.images,
-            "rank": units.ranks,
+            "unit": np.repeat(involved, np.diff(indptr)),
+            "image": units.images[positions],
+            "rank": units.ranks[positions],
         }
     )
     pairs = pl.DataFrame({"pair": np.arange(a.size), "a": a, "b": b})
@@ -333,8 +356,8 @@ def best_matches(units: UnitSets, pairs: CrossPairs) -> BestMatches:
     # apart: the k-th of such a group is paired with the k-th of its counterpart's group, so
     # that identical groups match one to one (and mutually) rather than all to the first.
     position = np.zeros(u.size, dtype=np.int64)
-    if tied.any():
-        duplicate = units.duplicate_index()
+    if tied.any() and pairs.repeated.size:
+        duplicate = units.duplicate_index(pairs.repeated)
         position[tied] = np.abs(duplicate[u[tied]] - duplicate[v[tied]])
     order = np.lexsort((v, position, footrule, -jac, group))
     first = np.ones(order.size, dtype=bool)
