@@ -159,11 +159,12 @@ def shape_of(shares: list[float]) -> str:
     )
 
 
-def report_concepts(store: CartoStore, a: str, b: str, limit: int = 8) -> None:
+def report_concepts(store: CartoStore, a: str, b: str, limit: int = 6) -> None:
     for s, o in ((a, b), (b, a)):
         rows = store.query(
-            "SELECT layer, size, label FROM concept_matches WHERE study = ? AND other_study = ? "
-            "AND status = 'only' ORDER BY size DESC, layer, cluster_id",
+            "SELECT layer, size, label, same_label_elsewhere FROM concept_matches "
+            "WHERE study = ? AND other_study = ? AND status = 'only' "
+            "ORDER BY size DESC, layer, cluster_id",
             [f"bench-{s}", f"bench-{o}"],
         )
         counts = store.query(
@@ -172,16 +173,20 @@ def report_concepts(store: CartoStore, a: str, b: str, limit: int = 8) -> None:
             "WHERE study = ? AND other_study = ?",
             [f"bench-{s}", f"bench-{o}"],
         ).row(0, named=True)
-        multi = rows.filter(pl.col("size") > 1)
+        new = rows.filter(~pl.col("same_label_elsewhere"))
         print(
             f"  concepts of {s}: {counts['n']}; {counts['shared']} shared with {o} "
-            f"({counts['changed']} with another leading label), {len(rows)} only in {s} "
-            f"({len(multi)} of them multi-unit)"
+            f"({counts['changed']} with another leading label); {len(rows)} only in {s}, of "
+            f"which {len(rows) - len(new)} have a namesake in {o} (other images) and {len(new)} "
+            f"lead with a term no concept of {o} leads with"
         )
         by_layer = rows.group_by("layer").len().sort("layer")
         print("    only-in by layer: " + ", ".join(f"{r[0]} {r[1]}" for r in by_layer.rows()))
-        for r in rows.head(limit).iter_rows(named=True):
-            print(f"    {r['layer']:<8} size {r['size']}: {r['label']}")
+        for r in rows.filter(pl.col("size") > 1).head(limit).iter_rows(named=True):
+            seen = "namesake in " + o if r["same_label_elsewhere"] else "no namesake"
+            print(f"    {r['layer']:<8} size {r['size']}: {r['label']} [{seen}]")
+        for r in new.head(limit).iter_rows(named=True):
+            print(f"    no namesake in {o}: {r['layer']} size {r['size']}: {r['label']}")
 
 
 # ---- permuted copy -------------------------------------------------------------------------

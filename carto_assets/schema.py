@@ -270,6 +270,14 @@ COMPARISON_TABLES = (
             "distinctive for) is among the other label's terms (`colour=red` against "
             "`shape=heart`); NULL otherwise",
         ),
+        (
+            "same_label_elsewhere",
+            "BOOLEAN",
+            "for concepts only in `study`: `other_study` has a concept (any layer) whose label "
+            "leads with the same term, on other images (matching is by images: two networks' "
+            "detectors of one concept that prefer different images of it do not match); NULL "
+            "for shared concepts",
+        ),
     ),
     _compared(
         "compare_embedding",

@@ -372,6 +372,7 @@ def compare_page_data(tables: dict[str, pl.DataFrame], name: str) -> tuple[dict,
             r["layer"],
             r["size"],
             r["label"] or "",
+            "yes" if r["same_label_elsewhere"] else "no",
         ]
         for r in concepts.iter_rows(named=True)
     ]

@@ -7,7 +7,10 @@ another model when its best match there reaches the concept threshold, and *only
 own model otherwise. For shared concepts, ``label_changed`` says whether the two labels name
 different things: neither label's leading term (what its cluster is most distinctive for) is
 among the other label's terms (``colour=red, size=large`` against ``size=large, colour=red``
-is no change; ``colour=red`` against ``shape=heart`` is).
+is no change; ``colour=red`` against ``shape=heart`` is). For concepts only in their model,
+``same_label_elsewhere`` says whether the other model has a concept leading with the same term
+(a ``shape=heart`` detector of its own, on other heart images) or none: matching is by images,
+so two networks' detectors of one concept that prefer different images of it do not match.
 
 Pure numpy and polars; no dagster.
 """
@@ -82,6 +85,14 @@ def concept_frame(
     other = concepts.select(
         match="row", match_cluster_id="cluster_id", match_layer="layer", match_label="label"
     )
+    leads = (
+        concepts.select(
+            "study", lead=pl.col("label").map_elements(leading_term, return_dtype=pl.Utf8)
+        )
+        .unique()
+        .rename({"study": "other_study"})
+        .with_columns(same_label_elsewhere=pl.lit(True))
+    )
     matched = pl.col("match") >= 0
     differ = pl.struct("label", "match_label").map_elements(
         lambda r: labels_differ(r["label"], r["match_label"]), return_dtype=pl.Boolean
@@ -98,6 +109,13 @@ def concept_frame(
             jaccard=pl.when(matched).then(pl.col("jaccard")),
             status=pl.when(matched).then(pl.lit("shared")).otherwise(pl.lit("only")),
             label_changed=pl.when(matched).then(differ),
+            lead=pl.col("label").map_elements(leading_term, return_dtype=pl.Utf8),
+        )
+        .join(leads, on=["other_study", "lead"], how="left")
+        .with_columns(
+            same_label_elsewhere=pl.when(~matched).then(
+                pl.col("same_label_elsewhere").fill_null(False)
+            )
         )
         .sort("row", "other_study")
         .select(
@@ -114,5 +132,6 @@ def concept_frame(
             "mutual",
             "status",
             "label_changed",
+            "same_label_elsewhere",
         )
     )

@@ -160,8 +160,8 @@
       only.appendChild(el("div", "only in " + studyName(p[0]) + " (" + rows.length + ")", "who"));
       if (!rows.length) { only.appendChild(el("div", "none", "empty")); return; }
       only.appendChild(table(rows.slice(0, 40).map(function (r) {
-        return [r[3], r[4], r[5]];
-      }), ["layer", "units", "label"]));
+        return [r[3], r[4], r[5], r[6]];
+      }), ["layer", "units", "label", "same label in " + LETTERS[p[1]]]));
       if (rows.length > 40) only.appendChild(el("div", (rows.length - 40) + " more", "empty"));
     });
     var changed = document.getElementById("changed");

@@ -112,3 +112,40 @@ def test_labels_change_when_neither_leads_with_a_term_of_the_other():
     )
     assert labels_differ("colour=red (0.9)", "shape=heart (0.7), colour=blue (0.5)")
     assert not labels_differ("colour=red (0.9)", "shape=heart (0.7), colour=red (0.5)")
+
+
+def test_concepts_only_in_one_model_say_whether_the_other_names_them():
+    from carto_assets.compare.concepts import concept_frame
+    from carto_assets.compare.matching import BestMatches
+
+    concepts = pl.DataFrame(
+        {
+            "row": [0, 1, 2, 3],
+            "study": ["a", "a", "b", "b"],
+            "cluster_id": [0, 1, 0, 1],
+            "layer": ["x"] * 4,
+            "size": [2, 1, 1, 1],
+            "label": [
+                "shape=heart (0.9)",
+                "colour=red (0.8)",
+                "shape=heart (0.7), size=large (0.5)",
+                "colour=blue (0.6)",
+            ],
+        }
+    )
+    best = BestMatches(
+        unit=np.array([0, 1, 2, 3]),
+        other_study=np.array([1, 1, 0, 0]),
+        match=np.array([-1, 3, -1, 1]),
+        jaccard=np.array([0.0, 0.4, 0.0, 0.4]),
+        mutual=np.array([False, True, False, True]),
+        partners=np.array([0, 1, 0, 1]),
+    )
+    frame = concept_frame(concepts, best, ["a", "b"])
+    rows = frame.select("study", "cluster_id", "status", "label_changed", "same_label_elsewhere")
+    assert rows.rows() == [
+        ("a", 0, "only", None, True),  # b has a heart detector of its own, on other images
+        ("a", 1, "shared", True, None),  # red in a, blue in b
+        ("b", 0, "only", None, True),
+        ("b", 1, "shared", True, None),
+    ]
