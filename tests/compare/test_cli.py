@@ -143,3 +143,18 @@ def test_the_comparison_code_location_loads_the_demo_comparison():
     assert len(job.asset_layer.executable_asset_keys) == len(keys)
     with pytest.raises(ComparisonError, match="comparison file not found"):
         build_comparison_definitions("no-such-comparison.yaml")
+
+
+def test_the_readme_names_every_field_of_a_comparison_file_with_its_default():
+    from carto_assets.compare.config import Comparison
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Comparing models") : readme.index("## How it works")]
+    defaults = Comparison(name="x", studies=("a", "b"))
+    for name in Comparison.model_fields:
+        if name in ("base_dir", "name", "studies", "embedding"):
+            continue
+        assert f"`{name}`" in section, name
+        value = getattr(defaults, name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            assert f"`{name}` ({value}" in section, (name, value)
