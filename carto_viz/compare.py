@@ -419,7 +419,11 @@ def _figures(tables: dict[str, pl.DataFrame], names: list[str]) -> list[dict]:
         rows = layer.filter((pl.col("study") == names[a]) & (pl.col("other_study") == names[b]))
         units = rows.group_by("layer").agg(pl.col("units").first())["units"].sum()
         mutual = rows["mutual"].sum()
-        null = rows.select((pl.col("null_share") * pl.col("units")).sum()).item()
+        null = (
+            None
+            if rows["null_share"].is_null().all()
+            else rows.select((pl.col("null_share") * pl.col("units")).sum()).item()
+        )
         c = concepts.filter((pl.col("study") == names[a]) & (pl.col("other_study") == names[b]))
         out.append(
             {
