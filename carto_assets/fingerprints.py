@@ -20,13 +20,11 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from carto_assets.core.network.zoo import BUILTIN_REVISION, BUILTIN_WIDTHS
+from carto_assets.core.sae.dictionaries import DICTIONARY_REVISION
 from carto_assets.sources.datasets import study_image_size
-from carto_assets.study import (
-    BUILTIN_REVISION,
-    BUILTIN_WIDTHS,
-    SHAPES_REVISION,
-    Study,
-)
+from carto_assets.sources.shapes import SHAPES_REVISION
+from carto_assets.study import Study
 
 
 def _hash(relevant: object, length: int) -> str:
@@ -47,10 +45,6 @@ def model_fingerprint(study: Study) -> str:
         "shapes": SHAPES_REVISION if study.dataset.kind == "shapes" else None,
     }
     return _hash(relevant, 16)
-
-
-#: Bumped when the dictionary training code changes what the same settings produce.
-DICTIONARY_REVISION = 3
 
 
 def _network_identity(study: Study) -> object:

@@ -47,10 +47,6 @@ class DatabaseBusyError(RuntimeError):
     """Another run (process) is writing the study database; the message names it."""
 
 
-#: Former name, kept for callers that catch it.
-DatabaseLockedError = DatabaseBusyError
-
-
 def describe_writer(label: str | None = None) -> str:
     """Who this process is, for the lock record: a label, the pid, host and start time."""
     label = (

@@ -292,13 +292,16 @@ def test_patches_and_concept_graph(materialized):
     assert -1.0 <= rho <= 1.0
 
 
-def test_cooccurrence_in_sql_matches_the_sparse_product(materialized):
-    from carto_assets.stages import embedding as embedding_stage
+def test_cooccurrence_in_sql_matches_python_sets(materialized):
+    from reference.cooccurrence import cooccurrence_counts_bruteforce
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)
     table = store.query("SELECT * FROM cooccurrence")
-    assert len(table) > 0 and table.equals(embedding_stage.cooccurrence_frame(store))
+    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    a, b, count = cooccurrence_counts_bruteforce(top["neuron_id"], top["image_id"])
+    assert len(table) > 0
+    assert table.equals(pl.DataFrame({"neuron_a": a, "neuron_b": b, "count": count}))
 
 
 def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
