@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
@@ -25,6 +26,13 @@ from carto_assets.core.sae.dictionaries import DICTIONARY_REVISION
 from carto_assets.sources.datasets import study_image_size
 from carto_assets.sources.shapes import SHAPES_REVISION
 from carto_assets.study import Study
+
+
+def cache_folder(files_dir: Path, kind: str, fingerprint: str) -> Path:
+    """Where a cached result of ``kind`` (``model``, ``dictionary``) for ``fingerprint`` lives:
+    ``<files>/<kind>/<fingerprint>``. A changed input gives another fingerprint, hence another
+    folder; a folder is written whole (:func:`carto_assets.atomic.replacing`)."""
+    return files_dir / kind / fingerprint
 
 
 def _hash(relevant: object, length: int) -> str:

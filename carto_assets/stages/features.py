@@ -22,7 +22,6 @@ No dagster imports.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from carto_assets.core.sae.autoencoder import (
 )
 from carto_assets.core.sae.dictionaries import (
     META_FILE,
+    DictionariesRecord,
     LayerDictionary,
     describe,
     feature_maxima,
@@ -50,7 +50,7 @@ from carto_assets.core.sae.dictionaries import (
     save_dictionaries,
     train_dictionaries,
 )
-from carto_assets.fingerprints import dictionary_fingerprint
+from carto_assets.fingerprints import cache_folder, dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, manifest_identity, source_for_manifest
 from carto_assets.stages.model import load_model, model_info
 from carto_assets.study import FeaturesConfig, Study
@@ -143,7 +143,7 @@ def study_dictionary_fingerprint(study: Study) -> str:
 
 
 def dictionary_dir(study: Study, fingerprint: str) -> Path:
-    return study.files_dir / "dictionary" / fingerprint
+    return cache_folder(study.files_dir, "dictionary", fingerprint)
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,13 @@ class DictionaryInfo:
 def _info(
     folder: Path, dictionaries: Mapping[str, LayerDictionary], cached: bool
 ) -> DictionaryInfo:
-    meta = json.loads((folder / META_FILE).read_text())
-    extra = meta.get("extra", {})
+    record = DictionariesRecord.read(folder)
+    extra = record.extra
     rows = describe(dictionaries)
     for row in rows:
         row["dead_share"] = round(row["dead"] / max(1, row["n_features"]), 4)
     return DictionaryInfo(
-        fingerprint=meta["fingerprint"],
+        fingerprint=record.fingerprint,
         folder=folder,
         layers=rows,
         sample_images=int(extra.get("sample_images", 0)),

@@ -27,19 +27,18 @@ The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from carto_assets import atomic
 from carto_assets.core.network.hooks import capture
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.recorder import Batch, spatial_max
@@ -311,6 +310,29 @@ def train_dictionaries(
     return out
 
 
+class _LayerRecord(BaseModel):
+    layer: str
+    n_features: int
+    k: int
+    n_samples: int
+    seconds: float
+    report: SaeReport
+
+
+class DictionariesRecord(BaseModel):
+    """What a dictionaries folder's ``meta.json`` holds (validated on read)."""
+
+    fingerprint: str
+    revision: int
+    #: what the sampling pass cost (JSON-able), for the ``dictionary`` asset's metadata
+    extra: dict[str, Any] = {}
+    layers: list[_LayerRecord]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> DictionariesRecord:
+        return cls.model_validate_json((Path(folder) / META_FILE).read_text())
+
+
 def save_dictionaries(
     folder: str | Path,
     dictionaries: Mapping[str, LayerDictionary],
@@ -323,9 +345,6 @@ def save_dictionaries(
     The folder is replaced atomically: readers see the old dictionaries or the new ones.
     """
     folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {
         name: {
             **{w: torch.from_numpy(np.ascontiguousarray(getattr(d.sae, w))) for w in _WEIGHT_NAMES},
@@ -333,26 +352,26 @@ def save_dictionaries(
         }
         for name, d in dictionaries.items()
     }
-    torch.save(weights, tmp / WEIGHTS_FILE)
-    meta = {
-        "fingerprint": fingerprint,
-        "revision": DICTIONARY_REVISION,
-        "extra": dict(extra or {}),
-        "layers": [
-            {
-                "layer": name,
-                "n_features": d.n_features,
-                "k": d.sae.k,
-                "n_samples": d.n_samples,
-                "seconds": d.seconds,
-                "report": {**asdict(d.report), "losses": list(d.report.losses)},
-            }
+    record = DictionariesRecord(
+        fingerprint=fingerprint,
+        revision=DICTIONARY_REVISION,
+        extra=dict(extra or {}),
+        layers=[
+            _LayerRecord(
+                layer=name,
+                n_features=d.n_features,
+                k=d.sae.k,
+                n_samples=d.n_samples,
+                seconds=d.seconds,
+                report=d.report,
+            )
             for name, d in dictionaries.items()
         ],
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    )
+    with atomic.replacing(folder) as tmp:
+        tmp.mkdir()
+        torch.save(weights, tmp / WEIGHTS_FILE)
+        (tmp / META_FILE).write_text(record.model_dump_json(indent=2))
     return folder
 
 
@@ -367,21 +386,18 @@ def load_dictionaries(
     folder = Path(folder)
     if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no trained dictionaries under {folder}")
-    meta = json.loads((folder / META_FILE).read_text())
-    if fingerprint is not None and meta["fingerprint"] != fingerprint:
+    record = DictionariesRecord.read(folder)
+    if fingerprint is not None and record.fingerprint != fingerprint:
         raise ValueError(
             f"the dictionaries under {folder} were trained with other settings or another "
-            f"model (fingerprint {meta['fingerprint']}, expected {fingerprint}); retrain them"
+            f"model (fingerprint {record.fingerprint}, expected {fingerprint}); retrain them"
         )
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     out: dict[str, LayerDictionary] = {}
-    for row in meta["layers"]:
-        w = weights[row["layer"]]
+    for row in record.layers:
+        w = weights[row.layer]
         sae = SparseAutoencoder(**{n: w[n].numpy() for n in _WEIGHT_NAMES}, k=int(w["k"]))
-        report = SaeReport(**{**row["report"], "losses": tuple(row["report"]["losses"])})
-        out[row["layer"]] = LayerDictionary(
-            row["layer"], sae, report, int(row["n_samples"]), float(row["seconds"])
-        )
+        out[row.layer] = LayerDictionary(row.layer, sae, row.report, row.n_samples, row.seconds)
     return out
 
 
