@@ -289,7 +289,8 @@ def test_patches_and_concept_graph(materialized):
     assert set(cascades["direction"]) <= {"up", "down"} and (cascades["depth"] >= 1).all()
     mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]
     rho = mat.asset_materialization.metadata["faithfulness_spearman_rho"].value
-    assert -1.0 <= rho <= 1.0
+    # What the asset check wants: edge weights rank the ablation drops the same way.
+    assert rho > 0
 
 
 def test_cooccurrence_in_sql_matches_python_sets(materialized):
