@@ -9,17 +9,15 @@ runs the same seeded training up to that epoch.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from carto_assets import atomic
 from carto_assets import progress as progress_of
 from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
 from carto_assets.core.network.zoo import (
@@ -29,7 +27,7 @@ from carto_assets.core.network.zoo import (
     ModelBundle,
     torchvision_model,
 )
-from carto_assets.fingerprints import model_fingerprint
+from carto_assets.fingerprints import cache_folder, model_fingerprint
 from carto_assets.sources.datasets import study_image_size
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.study import Study
@@ -40,9 +38,10 @@ BUILTIN_MEAN = (0.5, 0.5, 0.5)
 BUILTIN_STD = (0.25, 0.25, 0.25)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """The prepared model: what ``model/<fingerprint>/meta.json`` holds."""
+class ModelInfo(BaseModel):
+    """The prepared model: what ``model/<fingerprint>/meta.json`` holds (validated on read)."""
+
+    model_config = ConfigDict(frozen=True)
 
     model: str
     weights: str
@@ -69,22 +68,22 @@ class ModelInfo:
     #: the kept checkpoint this network was copied from, instead of training (None: trained)
     copied_from: str | None = None
     #: whether this call reused a cached checkpoint (not stored)
-    cached: bool = False
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        del data["cached"]
-        return json.dumps(data, indent=2)
+    cached: bool = Field(False, exclude=True)
 
     @classmethod
-    def from_json(cls, text: str, cached: bool) -> ModelInfo:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)} - {"cached"}
-        return cls(**{k: v for k, v in data.items() if k in known}, cached=cached)
+    def read(cls, folder: Path) -> ModelInfo:
+        """The record stored in ``folder`` (a cached checkpoint's)."""
+        info = cls.model_validate_json((folder / META_FILE).read_text())
+        return info.model_copy(update={"cached": True})
+
+
+#: The record of a prepared model in its cache folder; written last, so its presence means the
+#: folder is complete.
+META_FILE = "meta.json"
 
 
 def model_dir(study: Study) -> Path:
-    return study.files_dir / "model" / model_fingerprint(study)
+    return cache_folder(study.files_dir, "model", model_fingerprint(study))
 
 
 #: Where a model folder keeps the built-in training's earlier epochs.
@@ -102,8 +101,8 @@ def kept_checkpoint(study: Study) -> Path | None:
     epoch = study.training.checkpoint_epoch
     if not study.is_builtin_model or epoch is None:
         return None
-    whole = study.files_dir / "model" / model_fingerprint(study, final=True)
-    if not (whole / "meta.json").is_file():
+    whole = cache_folder(study.files_dir, "model", model_fingerprint(study, final=True))
+    if not (whole / META_FILE).is_file():
         return None
     path = whole / "model.pt" if epoch == study.training.epochs else checkpoint_path(whole, epoch)
     return path if path.is_file() else None
@@ -155,26 +154,19 @@ def prepare_model(
     say = progress or log.info
     images, class_names = load_manifest(study)
     out = model_dir(study)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
+    if (out / META_FILE).is_file():
         say(f"reusing cached model {out}")
-        return ModelInfo.from_json(meta_path.read_text(), cached=True)
+        return ModelInfo.read(out)
     size = study_image_size(study)
     training: dict[str, Any] = {}
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        if study.is_builtin_model:
-            module, training = _builtin_network(study, images, class_names, tmp, say)
-        else:
-            # Random init (weights: none) is seeded and saved below, so every shard, process
-            # and later stage sees the same network.
-            torch.manual_seed(study.seed)
-            module = torchvision_model(study.torchvision_name or "", study.weights)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    if study.is_builtin_model:
+        module, training, kept = _builtin_network(study, images, class_names, say)
+    else:
+        # Random init (weights: none) is seeded and saved below, so every shard, process and
+        # later stage sees the same network.
+        torch.manual_seed(study.seed)
+        module = torchvision_model(study.torchvision_name or "", study.weights)
     infos = probe_layers(module.eval(), size)
     layers = resolve_layers(infos, study.layers, _model_key(study))
     info = ModelInfo(
@@ -187,23 +179,23 @@ def prepare_model(
         n_parameters=sum(p.numel() for p in module.parameters()),
         **training,
     )
-    if _saves_state(study):
-        torch.save(module.state_dict(), tmp / "model.pt")
-    (tmp / "meta.json").write_text(info.to_json())
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic.replacing(out) as tmp:
+        tmp.mkdir()
+        if _saves_state(study):
+            torch.save(module.state_dict(), tmp / "model.pt")
+        for epoch, state in kept.items():
+            path = checkpoint_path(tmp, epoch)
+            path.parent.mkdir(exist_ok=True)
+            torch.save(state, path)
+        (tmp / META_FILE).write_text(info.model_dump_json(indent=2))
     return info
 
 
 def _builtin_network(
-    study: Study,
-    images: Any,
-    class_names: list[str],
-    folder: Path,
-    say: Callable[[str], None],
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The built-in CNN the study maps (trained, or copied from a kept checkpoint) and its
-    training figures; the training's checkpoints are kept under ``folder``."""
+    study: Study, images: Any, class_names: list[str], say: Callable[[str], None]
+) -> tuple[torch.nn.Module, dict[str, Any], dict[int, dict[str, torch.Tensor]]]:
+    """The built-in CNN the study maps (trained, or copied from a kept checkpoint), its
+    training figures and the earlier epochs' weights the training keeps."""
     from carto_assets.core.network.training import accuracy, split_holdout, train_builtin
 
     source = source_for_manifest(study, images, class_names)
@@ -212,34 +204,34 @@ def _builtin_network(
     labels = images["label"].to_numpy()[ok]
     t = study.training
     n_classes = len(class_names)
-    kept = kept_checkpoint(study)
-    if kept is not None:
-        say(f"mapping epoch {t.checkpoint_epoch} of the training kept at {kept}")
+    copied = kept_checkpoint(study)
+    if copied is not None:
+        say(f"mapping epoch {t.checkpoint_epoch} of the training kept at {copied}")
         module = BuiltinCNN(n_classes)
-        module.load_state_dict(torch.load(kept, map_location="cpu", weights_only=True))
+        module.load_state_dict(torch.load(copied, map_location="cpu", weights_only=True))
         bundle = bundle_for(study, module)
         x_all = torch.from_numpy(pixels)
         y_all = torch.from_numpy(labels.astype("int64"))
         train_idx, hold_idx = split_holdout(len(pixels), t.holdout_fraction, study.training_seed)
-        return module, {
-            "n_classes": n_classes,
-            "holdout_accuracy": accuracy(bundle, x_all, y_all, hold_idx),
-            "train_accuracy": accuracy(bundle, x_all, y_all, train_idx[:2000]),
-            "n_train": len(train_idx),
-            "n_holdout": len(hold_idx),
-            "checkpoint_epoch": t.checkpoint_epoch,
-            "copied_from": str(kept),
-        }
+        return (
+            module,
+            {
+                "n_classes": n_classes,
+                "holdout_accuracy": accuracy(bundle, x_all, y_all, hold_idx),
+                "train_accuracy": accuracy(bundle, x_all, y_all, train_idx[:2000]),
+                "n_train": len(train_idx),
+                "n_holdout": len(hold_idx),
+                "checkpoint_epoch": t.checkpoint_epoch,
+                "copied_from": str(copied),
+            },
+            {},
+        )
     last = t.epochs if t.checkpoint_epoch is None else t.checkpoint_epoch
-    kept_epochs: list[int] = []
+    kept: dict[int, dict[str, torch.Tensor]] = {}
 
     def keep(epoch: int, model: torch.nn.Module) -> None:
-        # The last epoch is model.pt itself.
-        if epoch < last:
-            path = checkpoint_path(folder, epoch)
-            path.parent.mkdir(exist_ok=True)
-            torch.save(model.state_dict(), path)
-            kept_epochs.append(epoch)
+        if epoch < last:  # the last epoch is model.pt itself
+            kept[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     progress_of.advance("model training", 0, last, "epochs")
     result = train_builtin(
@@ -260,17 +252,21 @@ def _builtin_network(
         stop_after=t.checkpoint_epoch,
         on_epoch=keep,
     )
-    return result.bundle.module, {
-        "n_classes": n_classes,
-        "holdout_accuracy": result.holdout_accuracy,
-        "train_accuracy": result.train_accuracy,
-        "epoch_losses": result.epoch_losses,
-        "n_train": result.n_train,
-        "n_holdout": result.n_holdout,
-        "training_seconds": result.seconds,
-        "checkpoint_epoch": t.checkpoint_epoch,
-        "kept_checkpoints": kept_epochs,
-    }
+    return (
+        result.bundle.module,
+        {
+            "n_classes": n_classes,
+            "holdout_accuracy": result.holdout_accuracy,
+            "train_accuracy": result.train_accuracy,
+            "epoch_losses": result.epoch_losses,
+            "n_train": result.n_train,
+            "n_holdout": result.n_holdout,
+            "training_seconds": result.seconds,
+            "checkpoint_epoch": t.checkpoint_epoch,
+            "kept_checkpoints": sorted(kept),
+        },
+        kept,
+    )
 
 
 def _saves_state(study: Study) -> bool:
@@ -282,14 +278,19 @@ def _model_key(study: Study) -> str:
     return "builtin" if study.is_builtin_model else (study.torchvision_name or "")
 
 
+def model_info(study: Study) -> ModelInfo:
+    """The prepared model's record (layers, sizes, training figures), without building it."""
+    folder = model_dir(study)
+    if not (folder / META_FILE).is_file():
+        raise FileNotFoundError(
+            f"no prepared model for this study at {folder}; materialize `model` first"
+        )
+    return ModelInfo.read(folder)
+
+
 def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
     """The prepared model in eval mode and its resolved layers (from the ``model`` asset)."""
-    meta_path = model_dir(study) / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"no prepared model for this study at {meta_path.parent}; materialize `model` first"
-        )
-    info = ModelInfo.from_json(meta_path.read_text(), cached=True)
+    info = model_info(study)
     if study.is_builtin_model:
         module: torch.nn.Module = BuiltinCNN(int(info.n_classes or 0))
         state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)
