@@ -24,6 +24,13 @@ known, and how unit matching scales.
     python benchmarks/compare.py --only scaling       # or: permuted, studies
 
 Studies already in the folder are reused (``--fresh`` re-runs them).
+
+Measured (2026-12-04, defaults, a shared 2-core machine): the permuted copy 100% matched with
+Jaccard 1.0, mutual, permutation undone 240/240; same-layer shares block1..block4, epoch 1 vs
+final 0.56, 0.06, 0.02, 0.00 (CKA 0.84, 0.80, 0.30, 0.23), seed 1 vs seed 0 0.09, 0.08, 0.05,
+0.04 (CKA 0.83, 0.62, 0.87, 0.90), another seed's untrained weights vs final 0.03, 0.02, 0.00,
+0.00, shuffled null 0.000; matching 2 x 6,860 / 27,440 / 109,760 units 0.9 / 2.5 / 9.1 s
+(exact sparse product 0.17 / 3.0 / 87 s).
 """
 
 from __future__ import annotations
