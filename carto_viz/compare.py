@@ -29,9 +29,10 @@ import altair as alt
 import polars as pl
 import vl_convert
 
+from carto_assets import atomic
 from carto_assets.compare.concepts import leading_term
 from carto_assets.storage import CartoStore
-from carto_viz.export import _write_atomic, javascript_bundle, script_json
+from carto_viz.export import javascript_bundle, script_json
 from carto_viz.sprites import pack_patches
 
 #: neighbours from other studies listed per unit on the page.
@@ -508,13 +509,15 @@ def export_compare(
         graph=script_json(specs["graph"]),
         bundle=javascript_bundle(),
         script=_asset("compare.js"),
-    ).encode("utf-8")
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_dir = out / "specs"
     spec_dir.mkdir(exist_ok=True)
     for key, spec in specs.items():
-        _write_atomic(spec_dir / f"{key}.vl.json", json.dumps(spec).encode("utf-8"))
-    _write_atomic(out / "index.html", html)
+        with atomic.replacing(spec_dir / f"{key}.vl.json") as tmp:
+            tmp.write_bytes(json.dumps(spec).encode("utf-8"))
+    with atomic.replacing(out / "index.html") as tmp:
+        tmp.write_bytes(html.encode("utf-8"))
     png = vl_convert.vegalite_to_png(specs["projection"], scale=1)
-    return CompareExport(out / "index.html", png, len(html), len(data["units"]))
+    return CompareExport(out / "index.html", png, len(html.encode("utf-8")), len(data["units"]))
