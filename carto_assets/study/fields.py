@@ -427,7 +427,10 @@ class Study(BaseModel):
         "image's layer total count as carrying the image (Summit's rule; the paper used 3%).",
     )
     seed: int = Field(
-        0, ge=0, description="Seeds the rendered images, the training and the sampling."
+        0,
+        ge=0,
+        description="Seeds the rendered images, the training (unless training.seed is set) and the "
+        "sampling.",
     )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description=TrainingConfig.__doc__
