@@ -440,6 +440,17 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/views.py": "a benchmark at the paper's scale, minutes",
     ".venv/bin/python benchmarks/paper_scale.py": "a benchmark: googlenet on 200 images, minutes",
     ".venv/bin/python benchmarks/publish.py": "a benchmark: maps a study twice, minutes",
+    # Comparing models (issue 23); `carto compare` is typed in tests/compare/.
+    ".venv/bin/python benchmarks/compare.py": "a benchmark: maps five demo-size studies, minutes",
+    "make compare-demo": (
+        "maps the demo study twice (final, epoch 1), minutes; its commands are typed in "
+        "tests/compare/ (carto compare) and here (carto run), its files checked in "
+        "tests/compare/test_cli.py"
+    ),
+    ".venv/bin/carto compare my_comparison.yaml": (
+        "typed in tests/compare/test_integration.py (real studies, -v, --dagster-home) and "
+        "tests/compare/test_cli.py (the refusals)"
+    ),
 }
 
 
