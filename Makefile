@@ -60,8 +60,12 @@ compare-demo: install instance
 	$(VENV)/bin/carto run --study examples/compare/demo-epoch1.yaml
 	$(VENV)/bin/carto compare examples/compare/demo.yaml
 
+# Two worker processes: most tests use one core (one torch thread, subprocesses starting up),
+# so two at a time roughly halve the suite's wall time on a 2-core machine. Tests that share a
+# session study or run in order are grouped onto one worker (xdist_group, --dist loadgroup).
+TEST_WORKERS ?= 2
 test: install $(VENV)/.chromium $(VENV)/.servers
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tier, for the edit-test loop: everything but the `slow` (whole-graph, cluster, CLI
 # end-to-end) and `browser` tests. `make test` still runs everything.

@@ -77,7 +77,11 @@ def materialized(tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """Whatever materializes the whole asset graph is slow, marked or not, so that
-    ``make test-fast`` (``-m "not slow and not browser"``) never runs it."""
+    ``make test-fast`` (``-m "not slow and not browser"``) never runs it.
+
+    Under pytest-xdist (``make test`` runs two workers, ``--dist loadgroup``) the tests of one
+    shared session study run in one worker, which builds it once."""
     for item in items:
         if "materialized" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("materialized"))

@@ -35,7 +35,8 @@ from readme.walk import (
 
 from carto_assets.study import study_from_dict
 
-pytestmark = pytest.mark.slow
+# In order, in one worker under pytest-xdist: the tests share the session's first run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("readme")]
 
 README = (REPO / "README.md").read_text()
 
