@@ -92,7 +92,9 @@ _EDGE_COLUMNS = (
         "influence: gradient × activation of the target's activation (sum of its members' "
         "spatial maxima; the class logit for prediction edges) with respect to the source "
         "layer's output, summed over space and over the source's member channels, averaged "
-        "over `graph.images_per_class` sampled images of the class, clipped at 0",
+        "over the class's sampled images that measured the target (`graph.edge_images` of "
+        "them; all of them for prediction edges, whose weight is the source's relevance), "
+        "clipped at 0",
     ),
 )
 
@@ -322,10 +324,50 @@ TABLES: dict[str, Table] = {
             (
                 "importance",
                 "DOUBLE",
-                "sum of `class_importance.score` over the cluster's members that are among the top "
-                "`graph.top_neuron_fraction` of the layer's neurons for the class",
+                "sum of the class's unit scores by the study's rule (`graph.importance`: "
+                "`class_relevance.share`, or `class_importance.score` for `activation`) over the "
+                "cluster's members that are among the top `graph.top_neuron_fraction` of the "
+                "layer's units for the class (`concept_graph_units`)",
             ),
             ("important_members", "INTEGER", "how many such members"),
+        ),
+        _table(
+            "concept_graph_units",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            (
+                "neuron_id",
+                "BIGINT",
+                "a unit among the top `graph.top_neuron_fraction` of its "
+                "layer for the class by the study's rule, with a positive score: the units the "
+                "class's nodes are made of (the views' \"neurons of the class\")",
+            ),
+            ("cluster_id", "BIGINT", "its cluster"),
+            (
+                "score",
+                "DOUBLE",
+                "its score by the rule (`class_relevance.share` or `class_importance.score`)",
+            ),
+        ),
+        _table(
+            "class_relevance",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            ("neuron_id", "BIGINT", "unit (channel or feature)"),
+            (
+                "relevance",
+                "DOUBLE",
+                "gradient × activation of the class's logit (of each image's top logit when "
+                "the model's outputs are not the study's classes) with respect to the unit, "
+                "summed over space, averaged over the class's `graph.images_per_class` sampled "
+                "images: the first-order estimate of the logit's drop if the unit were zeroed",
+            ),
+            (
+                "share",
+                "DOUBLE",
+                "the same per image over its layer's total absolute relevance, averaged over "
+                "the images (each image counts the same): the `relevance` rule's score",
+            ),
         ),
         _table(
             "concept_graph_edges",
@@ -364,6 +406,33 @@ TABLES: dict[str, Table] = {
             ),
             ("drop", "DOUBLE", "`baseline - ablated`"),
             ("relative_drop", "DOUBLE", "`drop / |baseline|`"),
+        ),
+        _table(
+            "concept_graph_ablation",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            (
+                "layer",
+                "VARCHAR",
+                "layer whose units were zeroed (feature layers: decoder contributions subtracted)",
+            ),
+            (
+                "chosen_by",
+                "VARCHAR",
+                "which units: `relevance` or `activation` (a rule's nodes' members, most "
+                "important node first, then the layer's other units by the rule's score; the "
+                "study's rule gives exactly the graph's nodes) or `random` (drawn uniformly)",
+            ),
+            ("units", "INTEGER", "how many units: all members of the graph's nodes in the layer"),
+            ("images", "INTEGER", "the class's images measured (`graph.ablation_images`)"),
+            (
+                "baseline",
+                "DOUBLE",
+                "mean class logit over those images (each image's top "
+                "logit when the model's outputs are not the study's classes)",
+            ),
+            ("ablated", "DOUBLE", "the same with the units zeroed"),
+            ("drop", "DOUBLE", "`baseline - ablated`"),
         ),
         _table(
             "cooccurrence",

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.recorder import DerivedUnits
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.autoencoder import (
@@ -218,12 +219,14 @@ def prepare_dictionaries(
     return _info(folder, dictionaries, cached=False)
 
 
-def feature_layers(study: Study) -> list[FeatureLayer]:
+def feature_layers(study: Study, layers: Sequence[LayerInfo] | None = None) -> list[FeatureLayer]:
     """The study's dictionaries as pseudo-layers, in the order of their source layers.
 
-    ``[]`` when the study has no ``features``. Raises ``FileNotFoundError`` naming the
-    ``dictionary`` asset when the dictionaries for the current settings, model and images are
-    not stored (never trained, or trained for something that changed since).
+    ``[]`` when the study has no ``features``. ``layers``: the model's resolved layers, when
+    the caller has loaded the model already (else it is loaded here, for the layer order).
+    Raises ``FileNotFoundError`` naming the ``dictionary`` asset when the dictionaries for the
+    current settings, model and images are not stored (never trained, or trained for something
+    that changed since).
     """
     if study.features is None:
         return []
@@ -242,7 +245,8 @@ def feature_layers(study: Study) -> list[FeatureLayer]:
             "materialize `dictionary` first"
         )
     stored = load_dictionaries(folder, fingerprint)
-    _, layers, _ = load_model(study)
+    if layers is None:
+        _, layers, _ = load_model(study)
     order = {info.name: info.order for info in layers}
     missing = [name for name in study.features.layers if name not in stored]
     if missing or any(name not in order for name in stored):

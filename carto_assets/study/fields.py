@@ -265,6 +265,30 @@ class GraphConfig(_Section):
         description="Classes per partition of the concept graph (concept_graph_chunk): chunks "
         "run in parallel processes (carto run --jobs N, a backfill, a cluster executor).",
     )
+    # -- node rule and checks (issue 21) --
+    importance: Literal["relevance", "activation"] = Field(
+        "relevance",
+        description="How a class's units are scored for its nodes: relevance (each unit's "
+        "gradient x activation share of its layer for the class's logit: what the prediction "
+        "uses) or activation (Summit's rule: how often the unit carries the top of its layer's "
+        "activation mass on the class's images).",
+    )
+    edge_images: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Of the class's sampled images, how many each edge into a node is measured "
+        "on; null: images_per_class / nodes per layer (at least 1), so that the edges of a "
+        "class cost one backward pass; images_per_class measures every edge on every image.",
+    )
+    ablation_images: int = Field(
+        1,
+        ge=0,
+        le=100_000,
+        description="Images per class and layer on which the layer's graph nodes, as many "
+        "units chosen by the other rule and as many random units are zeroed (the node "
+        "ablation check); 0 skips the check.",
+    )
 
 
 class FeaturesConfig(_Section):

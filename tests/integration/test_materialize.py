@@ -433,7 +433,7 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
     load as exactly the published table."""
     import duckdb
 
-    from carto_assets.stages import graph as graph_stage
+    from carto_assets.stages import patches as patch_stage
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)
@@ -441,8 +441,8 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
         'SELECT neuron_id, rank, image_id, top, "left", bottom, "right", png '
         "FROM example_patches ORDER BY neuron_id, rank"
     )
-    monkeypatch.setattr(graph_stage, "PATCH_ROWS", 7)
-    parts = graph_stage.example_patches(study, store)
+    monkeypatch.setattr(patch_stage, "PATCH_ROWS", 7)
+    parts = patch_stage.example_patches(study, store)
     assert len(parts.parts) >= len(published) // 7
-    rebuilt = duckdb.connect().sql(graph_stage.patches_select(parts.parts)).pl()
+    rebuilt = duckdb.connect().sql(patch_stage.patches_select(parts.parts)).pl()
     assert rebuilt.equals(published)

@@ -96,9 +96,31 @@ def make_store(path) -> CartoStore:
             "mean_activation": [1.0] * (2 * len(ids)),
         },
     )
+    cluster_ids = sorted(set(clusters["cluster_id"].to_list()))
+    cluster_table = schema.frame(
+        "clusters",
+        {
+            "cluster_id": cluster_ids,
+            "layer": [layer[ids[clusters["cluster_id"].to_list().index(c)]] for c in cluster_ids],
+            "size": [clusters["cluster_id"].to_list().count(c) for c in cluster_ids],
+            "label": [f"cluster {c}" for c in cluster_ids],
+            "top_class": [["a", "b"][c % 2] for c in cluster_ids],
+            "top_class_fraction": [0.5] * len(cluster_ids),
+            "mean_jaccard": [1.0] * len(cluster_ids),
+            "members": [
+                [n for n, k in zip(ids, clusters["cluster_id"].to_list()) if k == c]
+                for c in cluster_ids
+            ],
+        },
+    )
     store = CartoStore(path)
     store.replace_tables(
-        {"neurons": neurons, "neuron_clusters": clusters, "class_importance": importance}
+        {
+            "neurons": neurons,
+            "neuron_clusters": clusters,
+            "clusters": cluster_table,
+            "class_importance": importance,
+        }
     )
     return store
 
@@ -126,8 +148,8 @@ def setup(tmp_path, make_study, monkeypatch):
 
 
 def with_features(monkeypatch, on: bool) -> None:
-    layers = [FeatureLayer(MID_F, "mid", sae())] if on else []
-    monkeypatch.setattr(graph, "feature_layers", lambda s: layers)
+    feature = [FeatureLayer(MID_F, "mid", sae())] if on else []
+    monkeypatch.setattr(graph, "feature_layers", lambda s, layers=None: feature)
 
 
 def layer_pairs(edges: pl.DataFrame) -> set[tuple[str, str]]:
