@@ -19,7 +19,7 @@ help:
 	@echo "make demo   - install and materialize every asset on the built-in shapes study"
 	@echo "make test   - install test dependencies and run the tests"
 	@echo "make test-fast - the unit tier only: no Chromium, no whole-graph materialization"
-	@echo "make ui     - open the Dagster UI (dg dev) on the same instance"
+	@echo "make ui     - open the Dagster UI (dg dev) on the same instance (UI_PORT=3000)"
 	@echo "make lint   - ruff check + format check"
 
 $(VENV)/.installed: pyproject.toml
@@ -61,8 +61,9 @@ test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow and not browser"
 
 # `dg dev` (what Dagster 1.13 recommends over `dagster dev`) in the activated environment.
+UI_PORT ?= 3000
 ui: install instance
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg dev
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg dev --port $(UI_PORT)
 
 lint: install
 	$(VENV)/bin/ruff check carto_assets carto_viz tests benchmarks

@@ -95,6 +95,26 @@ def _summary(study) -> list[str]:
     return lines
 
 
+def _skipped(instance) -> str:
+    """Image-folder files the run skipped and images that failed to decode, as the ``images``
+    and ``top_images`` assets counted them ('' when none)."""
+    import dagster as dg
+
+    def latest(asset: str, key: str) -> int:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        value = event.asset_materialization.metadata.get(key) if event else None
+        return int(value.value) if value is not None else 0
+
+    files = latest("images", "n_skipped_files")
+    failed = latest("top_images", "n_images_failed_to_decode")
+    parts = []
+    if files:
+        parts.append(f"{files:,} file(s) that are not readable images (`images` metadata)")
+    if failed:
+        parts.append(f"{failed:,} image(s) that failed to decode (`top_images` metadata)")
+    return ", ".join(parts)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from carto_assets.console import StageBars, log_to_file
     from carto_assets.study import StudyError, load_study
@@ -135,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunFailed, StudyError, DatabaseBusyError) as exc:
         bars.close()
         logging.getLogger("carto").error("run failed", exc_info=True)
-        _report([_one_line(exc)], log_file)
+        _report(exc.short if isinstance(exc, RunFailed) else [_one_line(exc)], log_file)
         return 1
     finally:
         stop()
@@ -152,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for line in _summary(study):
         print(line)
+    skipped = _skipped(instance)
+    if skipped:
+        print(f"Skipped:  {skipped}")
     print(f"Database: {study.database_path}")
     views = study.views_path / "index.html"
     if views.exists():
@@ -182,6 +205,8 @@ def cmd_run_partition(args: argparse.Namespace) -> int:
         execute_partition(args.study or "", args.partition, instance, args.job)
     except (RunFailed, StudyError) as exc:
         print(f"carto: {exc}", file=sys.stderr)
+        if isinstance(exc, RunFailed):  # the root error last: the parent shows that line
+            print(f"carto: {exc.short[-1]}", file=sys.stderr)
         return 1
     print(f"{args.partition}: done")
     return 0

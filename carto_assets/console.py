@@ -1,9 +1,9 @@
 """What ``carto run`` shows on the terminal: one progress bar per stage, nothing else.
 
 On a terminal each stage (``model training``, ``activations``, ``summaries``, ``embedding``,
-``concept graph``) gets a tqdm bar as its first progress report arrives; elsewhere (a pipe, a
-CI log) each stage prints one line when it finishes. Dagster's event log and Python logging go
-to the log file (see :func:`log_to_file`).
+``concept graph``, ``graph and views``) gets a tqdm bar as its first progress report arrives;
+elsewhere (a pipe, a CI log) each stage prints one line when it finishes. Dagster's event log
+and Python logging go to the log file (see :func:`log_to_file`).
 
 This module never imports dagster.
 """
@@ -19,7 +19,14 @@ from typing import TextIO
 #: The Python logger that receives Dagster's event log in ``carto run`` (see events.py).
 EVENTS_LOGGER = "carto.events"
 #: Stages drawn as bars, in the order they run; other progress reports are ignored.
-STAGES = ("model training", "activations", "summaries", "embedding", "concept graph")
+STAGES = (
+    "model training",
+    "activations",
+    "summaries",
+    "embedding",
+    "concept graph",
+    "graph and views",
+)
 
 
 class StageBars:

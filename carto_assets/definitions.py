@@ -7,6 +7,7 @@ before any work.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import dagster as dg
@@ -25,6 +26,11 @@ from carto_assets.events import carto_events
 from carto_assets.memory import release_memory
 from carto_assets.resources import StudyResource
 from carto_assets.study import STUDY_ENV_VAR
+
+# The ~600,000 objects of the libraries imported above (dagster, torch, polars, ...) live as long
+# as the process: freezing them keeps every garbage collection (release_memory, after each
+# asset step) from walking them again: 0.4 s per collection before, 1 ms after, on 2 cores.
+gc.freeze()
 
 
 @dg.success_hook(name="release_memory")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,12 @@ def _checkpoint_state(path: Path) -> tuple[dict | None, str | None]:
     return state, None
 
 
-def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
-    """Module names of the study's model (built without downloading weights), or None."""
+def _model(study: Study, problems: list[Problem]) -> torch.nn.Module | None:
+    """The study's model, built without downloading weights (None after a problem)."""
     from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 
     if study.is_builtin_model:
-        return [n for n, _ in BuiltinCNN(num_classes=10).named_modules() if n]
+        return BuiltinCNN(num_classes=10)
     import torchvision
 
     name = study.torchvision_name or ""
@@ -111,7 +112,7 @@ def _model_modules(study: Study, problems: list[Problem]) -> list[str] | None:
                     )
                 )
         model = torchvision_model(name, "none")
-    return [n for n, _ in model.named_modules() if n]
+    return model
 
 
 def _image_count(study: Study, problems: list[Problem]) -> int | None:
@@ -133,10 +134,70 @@ def _image_count(study: Study, problems: list[Problem]) -> int | None:
         return None
 
 
+def _auto_layers(study: Study, model: torch.nn.Module) -> list[str] | None:
+    """The ``layers: auto`` set of the study's model (one forward pass on a zero image), or
+    None when the model does not run at the study's input size (the activation pass says so)."""
+    from carto_assets.core.network.layers import default_layers, probe_layers
+    from carto_assets.sources.datasets import study_image_size
+
+    try:
+        infos = probe_layers(model, study_image_size(study))
+    except ValueError:
+        log.info("probing the model's layers failed", exc_info=True)
+        return None
+    return default_layers("builtin" if study.is_builtin_model else study.torchvision_name, infos)
+
+
+def _feature_layers(study: Study, model: torch.nn.Module | None) -> list[Problem]:
+    """``features.layers`` must be among the mapped layers, ``auto`` included."""
+    if study.features is None or model is None:
+        return []
+    mapped = list(study.layers) if study.layers != "auto" else _auto_layers(study, model)
+    if mapped is None:
+        return []
+    unknown = [n for n in study.features.layers if n not in mapped]
+    if not unknown:
+        return []
+    which = "the auto layer set" if study.layers == "auto" else "the study's layers"
+    return [
+        Problem(
+            "features.layers",
+            f"{', '.join(map(repr, unknown))} not among the mapped layers ({which}: "
+            f"{', '.join(mapped)}); list mapped layers, e.g. features: {{layers: [{mapped[-1]}]}}",
+        )
+    ]
+
+
+def _writable_folder(field: str, folder: Path) -> list[Problem]:
+    """A folder the run can create and write files in, checked without leaving anything behind:
+    a temporary file in its deepest existing ancestor."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = None
+    if not existing.is_dir():
+        why = f"{existing} is a file, not a folder"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".carto-check-"):
+                pass
+        except OSError as exc:
+            why = f"no file can be created in {existing} ({exc.strerror or type(exc).__name__})"
+    if why is None:
+        return []
+    return [Problem(field, f"cannot write {folder}: {why}; point {field} at a writable folder")]
+
+
 def preflight(study: Study) -> list[Problem]:
     """Every problem knowable without the forward pass (empty when the study can run)."""
     problems: list[Problem] = []
-    modules = _model_modules(study, problems)
+    problems += _writable_folder("database", study.database_path.parent)
+    if study.data_dir is not None:
+        problems += _writable_folder("data_dir", study.files_dir)
+    if study.views_dir is not None:
+        problems += _writable_folder("views_dir", study.views_path)
+    model = _model(study, problems)
+    modules = None if model is None else [n for n, _ in model.named_modules() if n]
     if modules is not None and study.layers != "auto":
         known = set(modules)
         for layer in study.layers:
@@ -152,6 +213,8 @@ def preflight(study: Study) -> list[Problem]:
                         f"{len(modules)} with channel counts)",
                     )
                 )
+    if not any(p.field == "layers" for p in problems):
+        problems += _feature_layers(study, model)
     n_images = _image_count(study, problems)
     if n_images is not None:
         if study.top_k > n_images:

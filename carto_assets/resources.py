@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from carto_assets.storage import CartoStore, describe_writer
-from carto_assets.study import DEMO_STUDY, Study, load_study, study_from_dict
+from carto_assets.study import Study, demo_study, load_study
 
 
 class StudyResource(dg.ConfigurableResource):
@@ -25,9 +25,7 @@ class StudyResource(dg.ConfigurableResource):
 
     def load(self) -> Study:
         """The validated study (raises StudyError naming the bad field)."""
-        if self.study_file:
-            return load_study(self.study_file)
-        return study_from_dict(DEMO_STUDY)
+        return load_study(self.study_file) if self.study_file else demo_study()
 
     def store(self) -> CartoStore:
         """The study database; writes publish a new snapshot (see :mod:`carto_assets.storage`)."""

@@ -43,7 +43,13 @@ ACTIVATIONS_KEY = dg.AssetKey("activations")
 
 
 class RunFailed(RuntimeError):
-    """A job or an activation partition failed; the message names it and holds the error."""
+    """A job or a partition failed. The message's first lines say which step failed and its
+    root error in one line (what ``carto run`` prints); the rest is the full error (the log)."""
+
+    def __init__(self, message: str, short: list[str] | None = None) -> None:
+        super().__init__(message)
+        #: The lines for the terminal: what failed and the root error, one line each.
+        self.short = short or [line for line in message.splitlines() if line.strip()][:2]
 
 
 def up_to_date_shards(study: Study) -> set[int]:
@@ -53,13 +59,31 @@ def up_to_date_shards(study: Study) -> set[int]:
     return set(fresh)
 
 
-def _failure_detail(result: dg.ExecuteInProcessResult) -> str:
+def _root_error(error: Any) -> Any:
+    """The error the step's own code raised: the first one in the cause chain of a Dagster
+    error record that is not Dagster's (Dagster wraps it in a step execution error)."""
+    while getattr(error, "cause", None) is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return error
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def run_failed(what: str, result: dg.ExecuteInProcessResult) -> RunFailed:
+    """:class:`RunFailed` for a failed in-process run: the step, its root error, the full error."""
     failures = [
-        ev.event_specific_data.error.to_string()  # type: ignore[union-attr]
+        (ev.step_key, ev.event_specific_data.error)  # type: ignore[union-attr]
         for ev in result.all_events
         if ev.is_step_failure and ev.event_specific_data is not None
     ]
-    return failures[0] if failures else "see the run's logs in the Dagster UI"
+    if not failures:
+        return RunFailed(f"{what} failed: see the run's logs in the Dagster UI")
+    step, error = failures[0]
+    root = _first_line(_root_error(error).message) or _root_error(error).cls_name
+    short = [f"{what} failed at step {step}", root]
+    return RunFailed("\n".join([*short, "", error.to_string()]), short=short)
 
 
 #: The partitioned jobs and their partitions.
@@ -93,7 +117,7 @@ def execute_partition(
         run_config=QUIET_RUN_CONFIG,
     )
     if not result.success:
-        raise RunFailed(f"{job_name} {partition_key} failed:\n{_failure_detail(result)}")
+        raise run_failed(f"{job_name} {partition_key}", result)
 
 
 def _run_partitions_in_processes(
@@ -174,9 +198,12 @@ def _run_partitions_in_processes(
                     on_done(key)
     if failed:
         detail = "\n".join(f"--- {k} ---\n{v}" for k, v in sorted(failed.items()))
-        raise RunFailed(
-            f"{job_name} failed for partition(s) {', '.join(sorted(failed))}:\n{detail}"
-        )
+        first = sorted(failed)[0]
+        # A worker's last line is its own one-line root error (`carto run-partition`).
+        lines = [line for line in failed[first].splitlines() if line.strip()]
+        root = lines[-1].removeprefix("carto: ") if lines else "no output"
+        short = [f"{job_name} failed for partition(s) {', '.join(sorted(failed))}", root]
+        raise RunFailed("\n".join([*short, "", detail]), short=short)
 
 
 class _StepCounter(logging.Handler):
@@ -256,10 +283,7 @@ def _materialize_all(
             run_config=QUIET_RUN_CONFIG,
         )
         if not result.success:
-            raise RunFailed(
-                f"{job_name}{' ' + partition_key if partition_key else ''} failed:\n"
-                f"{_failure_detail(result)}"
-            )
+            raise run_failed(f"{job_name}{' ' + partition_key if partition_key else ''}", result)
         for check in result.get_asset_check_evaluations():
             if not check.passed:
                 say(

@@ -289,24 +289,28 @@ class CartoStore:
             tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
             wal = db.with_name(db.name + ".wal")
             start = time.perf_counter()
-            if db.exists():
-                shutil.copyfile(db, tmp)
-                PUBLISH_STATS.bytes_copied += tmp.stat().st_size
-                if wal.exists():  # left by a writer of an older version: replay it into the copy
-                    shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
-            copied = time.perf_counter() - start
-            con = duckdb.connect(str(tmp), config=self._config())
+            con = None
             try:
+                if db.exists():
+                    shutil.copyfile(db, tmp)
+                    PUBLISH_STATS.bytes_copied += tmp.stat().st_size
+                    if wal.exists():  # left by a writer of an older version: replay it
+                        shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
+                copied = time.perf_counter() - start
+                con = duckdb.connect(str(tmp), config=self._config())
                 yield con
                 con.execute("CHECKPOINT").fetchall()
-            except BaseException:
                 con.close()
+                start = time.perf_counter()
+                _fsync(tmp)
+            except BaseException:
+                # A full disk can fail the copy, the writes or the checkpoint: the published
+                # file is untouched either way, and the partial copy goes.
+                if con is not None:
+                    con.close()
                 for p in (tmp, tmp.with_name(tmp.name + ".wal")):
                     p.unlink(missing_ok=True)
                 raise
-            con.close()
-            start = time.perf_counter()
-            _fsync(tmp)
             wal.unlink(missing_ok=True)
             os.replace(tmp, db)
             _fsync(db.parent)

@@ -64,3 +64,25 @@ def test_a_failed_run_is_one_line_naming_the_job_and_the_error():
     assert _one_line(exc) == (
         "summaries failed: RuntimeError: activations are not up to date for shard-0001"
     )
+
+
+def test_a_failed_step_is_named_with_its_root_error():
+    import dagster as dg
+
+    from carto_assets.run import run_failed
+
+    @dg.asset
+    def patches() -> None:
+        try:
+            raise KeyError("inner")
+        except KeyError as exc:
+            raise OSError(28, "No space left on device", "/data/x.parquet") from exc
+
+    result = dg.materialize([patches], raise_on_error=False)
+    exc = run_failed("summaries", result)
+    assert exc.short == [
+        "summaries failed at step patches",
+        "OSError: [Errno 28] No space left on device: '/data/x.parquet'",
+    ]
+    # The whole error, Dagster's wrapper and the traceback included, is kept for the log.
+    assert "DagsterExecutionStepExecutionError" in str(exc) and "Traceback" not in exc.short[1]

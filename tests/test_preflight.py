@@ -90,3 +90,34 @@ def test_check_imports_no_dagster():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_feature_layers_must_be_mapped_also_with_auto_layers():
+    found = problems({"dataset": SHAPES, "features": {"layers": ["nolayer"]}})
+    assert found["features.layers"] == (
+        "study field 'features.layers': 'nolayer' not among the mapped layers (the auto layer "
+        "set: block1, block2, block3, block4); list mapped layers, e.g. features: "
+        "{layers: [block4]}"
+    )
+    assert problems({"dataset": SHAPES, "features": {"layers": ["block3"]}}) == {}
+    found = problems(
+        {"model": "torchvision:resnet18", "dataset": SHAPES, "features": {"layers": ["fc"]}}
+    )
+    expected = "'fc' not among the mapped layers (the auto layer set: layer1"
+    assert expected in found["features.layers"]
+
+
+def test_a_database_folder_that_cannot_be_written_is_named(tmp_path):
+    found = problems({"dataset": SHAPES, "database": "/proc/carto/x.duckdb"})
+    assert found["database"].startswith("study field 'database': cannot write /proc/carto: ")
+    assert "point database at a writable folder" in found["database"]
+    (tmp_path / "afile").write_text("")
+    found = problems(
+        {"dataset": SHAPES, "database": "afile/sub/x.duckdb", "views_dir": "afile/views"},
+        base_dir=tmp_path,
+    )
+    assert "afile is a file, not a folder" in found["database"]
+    assert "views_dir" in found
+    # Checking leaves nothing behind, and a creatable folder is fine.
+    assert problems({"dataset": SHAPES, "database": "new/dir/x.duckdb"}, base_dir=tmp_path) == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -80,10 +80,10 @@ def shard_dir(study: Study, shard: int) -> Path:
     return study.files_dir / "activations" / shard_key(shard)
 
 
-def shard_identity(study: Study, images: pl.DataFrame) -> str:
+def shard_identity(study: Study) -> str:
     """:func:`~carto_assets.fingerprints.shard_model_identity` with, for a study with
     features, the fingerprint of the dictionaries its shards are encoded with."""
-    dictionary = study_dictionary_fingerprint(study, images) if study.features else None
+    dictionary = study_dictionary_fingerprint(study) if study.features else None
     return shard_model_identity(study, dictionary=dictionary)
 
 
@@ -197,7 +197,7 @@ def run_shard(
         model_fingerprint=model_fingerprint(study),
         shard_size=study.shard_size,
         shard_fingerprint=expected_shard_fingerprint(
-            images, class_names, shard, shard_identity(study, images)
+            images, class_names, shard, shard_identity(study)
         ),
         device=str(device),
     )
@@ -214,7 +214,7 @@ def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list
     fingerprint differs from what its current images, model and settings give.
     """
     images, class_names = load_manifest(study)
-    identity = shard_identity(study, images)
+    identity = shard_identity(study)
     fresh: dict[int, ShardSummary] = {}
     missing: list[int] = []
     stale: list[int] = []

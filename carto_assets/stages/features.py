@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.recorder import DerivedUnits
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.autoencoder import (
@@ -52,8 +51,8 @@ from carto_assets.core.sae.dictionaries import (
     train_dictionaries,
 )
 from carto_assets.fingerprints import dictionary_fingerprint
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model
+from carto_assets.stages.manifest import load_manifest, manifest_identity, source_for_manifest
+from carto_assets.stages.model import load_model, model_info
 from carto_assets.study import Study
 
 log = logging.getLogger("carto")
@@ -105,12 +104,20 @@ def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
     return ids, [sources[int(i)] for i in ids]
 
 
-def study_dictionary_fingerprint(study: Study, images=None) -> str:
+#: Fingerprints computed in this process, by study and manifest: the shard step, the
+#: up-to-date check and the merge all need it, and drawing the sample and hashing its images
+#: is the costly part.
+_FINGERPRINTS: dict[tuple[Study, tuple], str] = {}
+
+
+def study_dictionary_fingerprint(study: Study) -> str:
     """The fingerprint the study's dictionaries must have now (settings, network, sample)."""
-    if images is None:
+    key = (study, manifest_identity(study))
+    if key not in _FINGERPRINTS:
         images, _ = load_manifest(study)
-    ids, sources = _sample(study, images)
-    return dictionary_fingerprint(study, ids.tolist(), sources)
+        ids, sources = _sample(study, images)
+        _FINGERPRINTS[key] = dictionary_fingerprint(study, ids.tolist(), sources)
+    return _FINGERPRINTS[key]
 
 
 def dictionary_dir(study: Study, fingerprint: str) -> Path:
@@ -165,7 +172,7 @@ def prepare_dictionaries(
         return None
     say = progress or log.info
     images, class_names = load_manifest(study)
-    fingerprint = study_dictionary_fingerprint(study, images)
+    fingerprint = study_dictionary_fingerprint(study)
     folder = dictionary_dir(study, fingerprint)
     settings = settings_of(study)
     bundle, layers, _ = load_model(study)
@@ -219,14 +226,12 @@ def prepare_dictionaries(
     return _info(folder, dictionaries, cached=False)
 
 
-def feature_layers(study: Study, layers: Sequence[LayerInfo] | None = None) -> list[FeatureLayer]:
+def feature_layers(study: Study) -> list[FeatureLayer]:
     """The study's dictionaries as pseudo-layers, in the order of their source layers.
 
-    ``[]`` when the study has no ``features``. ``layers``: the model's resolved layers, when
-    the caller has loaded the model already (else it is loaded here, for the layer order).
-    Raises ``FileNotFoundError`` naming the ``dictionary`` asset when the dictionaries for the
-    current settings, model and images are not stored (never trained, or trained for something
-    that changed since).
+    ``[]`` when the study has no ``features``. Raises ``FileNotFoundError`` naming the
+    ``dictionary`` asset when the dictionaries for the current settings, model and images are
+    not stored (never trained, or trained for something that changed since).
     """
     if study.features is None:
         return []
@@ -245,9 +250,8 @@ def feature_layers(study: Study, layers: Sequence[LayerInfo] | None = None) -> l
             "materialize `dictionary` first"
         )
     stored = load_dictionaries(folder, fingerprint)
-    if layers is None:
-        _, layers, _ = load_model(study)
-    order = {info.name: info.order for info in layers}
+    # The layers' forward order is in the model's record: no need to build the model.
+    order = {row["layer"]: row["order"] for row in model_info(study).layers}
     missing = [name for name in study.features.layers if name not in stored]
     if missing or any(name not in order for name in stored):
         raise ValueError(

@@ -225,7 +225,7 @@ def concept_graph_chunk(
     bundle, layers, _ = model_once(study)
     source = source_for_manifest(study, images, class_names)
     channel_layers = [i.name for i in layers]
-    units = read_units(store, channel_layers, feature_layers(study, layers=layers))
+    units = read_units(store, channel_layers, feature_layers(study))
     present = set(images["label"].to_list())
     todo = [label for label in labels if label in present]
     activation = store.query(

@@ -199,14 +199,19 @@ def _model_key(study: Study) -> str:
     return "builtin" if study.is_builtin_model else (study.torchvision_name or "")
 
 
-def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
-    """The prepared model in eval mode and its resolved layers (from the ``model`` asset)."""
+def model_info(study: Study) -> ModelInfo:
+    """The prepared model's record (layers, sizes, training figures), without building it."""
     meta_path = model_dir(study) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
             f"no prepared model for this study at {meta_path.parent}; materialize `model` first"
         )
-    info = ModelInfo.from_json(meta_path.read_text(), cached=True)
+    return ModelInfo.from_json(meta_path.read_text(), cached=True)
+
+
+def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
+    """The prepared model in eval mode and its resolved layers (from the ``model`` asset)."""
+    info = model_info(study)
     if study.is_builtin_model:
         module: torch.nn.Module = BuiltinCNN(int(info.n_classes or 0))
         state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)

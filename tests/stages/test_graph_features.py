@@ -149,7 +149,7 @@ def setup(tmp_path, make_study, monkeypatch):
 
 def with_features(monkeypatch, on: bool) -> None:
     feature = [FeatureLayer(MID_F, "mid", sae())] if on else []
-    monkeypatch.setattr(graph, "feature_layers", lambda s, layers=None: feature)
+    monkeypatch.setattr(graph, "feature_layers", lambda s: feature)
 
 
 def layer_pairs(edges: pl.DataFrame) -> set[tuple[str, str]]:

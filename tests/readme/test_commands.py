@@ -1,0 +1,426 @@
+"""Every command the README shows, typed as a user types it (see conftest.py).
+
+The tests run in file order on one session's studies: the first ``carto run`` makes the
+database that the Dagster CLI, the disk-full failure and the forced re-run then use.
+:func:`test_every_readme_block_is_walked` keeps the README and this tier in step: every command
+line of the README is either run here (or in the test named) or listed with the reason it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+import torchvision
+import yaml
+from readme.walk import BIN, CARTO, CLASSES, REPO, run, shell_env, write_study
+
+from carto_assets.study import study_from_dict
+
+pytestmark = pytest.mark.slow
+
+README = (REPO / "README.md").read_text()
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block, in order (indented fences included)."""
+    blocks = []
+    for m in re.finditer(r"^( *)```(\w*)\n(.*?)^\1```", text, re.M | re.S):
+        indent = len(m.group(1))
+        body = "\n".join(line[indent:] for line in m.group(3).splitlines())
+        blocks.append((m.group(2), body))
+    return blocks
+
+
+def command_lines(body: str) -> list[str]:
+    """A bash block's commands, comments cut off."""
+    out = []
+    for line in body.splitlines():
+        command = re.sub(r"\s+#.*$", "", line).strip()
+        if command and not command.startswith("#"):
+            out.append(command)
+    return out
+
+
+# ---- carto check / carto run on the image folder ----------------------------------------------
+def test_check_and_run_on_an_image_folder(awkward_study, first_run):
+    folder, study, holds = awkward_study
+    check = run([CARTO, "check", "--study", study.name], cwd=folder).ok()
+    assert f"study '{study.stem}' is valid" in check.stdout
+    out = first_run.ok().stdout
+    # The summary a user reads, in the page header's words.
+    assert re.search(r"\[1/3\] images \+ model \+ dictionary for study 'builtin'", out)
+    assert "2 shard(s) computed, 0 up to date" in out
+    mapped = re.search(
+        r"^Mapped: +([\d,]+) images, (\d+) channels \+ (\d+) features in 4 layers", out, re.M
+    )
+    assert mapped, out
+    # The truncated JPEG is in the manifest (its header reads) and fails to decode later.
+    assert int(mapped.group(1)) == holds["images"] + holds["truncated"]
+    assert int(mapped.group(2)) == 32 + 48 + 64 + 96 and int(mapped.group(3)) == 2 * 96
+    quality = re.search(r"^Quality: +(.*)$", out, re.M)
+    assert quality and quality.group(1).endswith("(cluster_quality)"), out
+    assert re.search(r"LSH pair recall vs exact all-pairs: [\d.]+ \(cluster_quality\)", out)
+    skipped = re.search(
+        r"^Skipped: +(\d+) file\(s\) that are not readable images"
+        r".*?(\d+) image\(s\) that failed to decode",
+        out,
+        re.M,
+    )
+    assert skipped, out
+    assert (int(skipped.group(1)), int(skipped.group(2))) == (holds["not_images"], 1)
+    db = folder / "out" / "builtin.duckdb"
+    views = folder / "out" / "views" / "index.html"
+    assert f"Database: {db}" in out and f"Views:    {views}" in out
+    log = re.search(r"^Log: +(\S+)$", out, re.M)
+    assert log and Path(log.group(1)).is_file()
+    con = duckdb.connect(str(db), read_only=True)
+    names = con.execute("SELECT DISTINCT label_name FROM images").fetchall()
+    assert sorted(n for (n,) in names) == sorted(CLASSES)
+
+
+def test_the_page_opens_and_draws_class_names_as_text(awkward_study, first_run):
+    pages = pytest.importorskip("viz.pages")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not pages.CHROMIUM.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("/usr/bin/chromium is missing in CI: `make test` installs it")
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+    folder, _, _ = awkward_study
+    first_run.ok()
+    html = folder / "out" / "views" / "index.html"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(pages.CHROMIUM), args=pages.ARGS)
+        try:
+            page = pages.Page(browser, html)
+            assert page.errors == [] and page.dialogs == []
+            assert all(url.startswith(("file:", "data:", "blob:")) for url in page.requests)
+            assert page.page.inner_text("#study-title") == "builtin"
+            assert page.search("<img") == [CLASSES[1]]
+            assert page.search("zür") == [CLASSES[2]]
+            assert page.search("quoted") == [CLASSES[0]]
+            assert page.page.evaluate("window.__xss") is None
+        finally:
+            browser.close()
+
+
+# ---- the Dagster CLI on the same study and instance ------------------------------------------
+def test_dagster_asset_materialize_lines(awkward_study, first_run):
+    folder, study, _ = awkward_study
+    first_run.ok()
+    html = folder / "out" / "views" / "index.html"
+    before = html.stat().st_mtime_ns
+    env = {"CARTO_STUDY": study.name, "DAGSTER_HOME": str(folder / ".dagster")}
+    dagster = BIN / "dagster"
+    views = run(
+        [dagster, "asset", "materialize", "-m", "carto_assets.definitions", "--select", "views"],
+        cwd=folder,
+        **env,
+    ).ok()
+    assert "RUN_SUCCESS" in views.output
+    assert html.stat().st_mtime_ns > before
+    shard = run(
+        [
+            *(dagster, "asset", "materialize", "-m", "carto_assets.definitions"),
+            *("--select", "activations", "--partition", "shard-0001"),
+        ],
+        cwd=folder,
+        **env,
+    ).ok()
+    assert "RUN_SUCCESS" in shard.output
+
+
+# ---- a failure names its cause ------------------------------------------------------------------
+def _fill(mount: Path, leave: int) -> None:
+    stat = os.statvfs(mount)
+    free = stat.f_bavail * stat.f_frsize
+    with open(mount / "filler", "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, free - leave))
+
+
+def test_a_full_disk_is_named_and_the_previous_results_stay(awkward_study, first_run):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder, study, _ = awkward_study
+    first_run.ok()
+    db = folder / "out" / "builtin.duckdb"
+    mount = folder / "small-disk"
+    mount.mkdir()
+    size = db.stat().st_size
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size + 8 * 2**20}", "tmpfs", str(mount)], check=True
+    )
+    try:
+        shutil.copyfile(db, mount / "builtin.duckdb")
+        raw = yaml.safe_load(study.read_text())
+        small = write_study(
+            folder,
+            "small",
+            {
+                **{k: v for k, v in raw.items() if k != "name"},
+                "database": "small-disk/builtin.duckdb",
+                "data_dir": "out/builtin_files",  # the shards and the model stay reusable
+                "views_dir": "out/small-views",
+            },
+        )
+        con = duckdb.connect(str(mount / "builtin.duckdb"), read_only=True)
+        before = con.execute("SELECT count(*) FROM example_patches").fetchone()
+        con.close()
+        # Room for the copies of the small writes, not for the summaries' patches.
+        _fill(mount, leave=size + 2**20)
+        failed = run([CARTO, "run", "--study", small.name], cwd=folder)
+        assert failed.returncode == 1, failed.output
+        assert "2 of 2 shards up to date" in failed.stdout
+        last = failed.stderr.strip().splitlines()[-3:]
+        assert re.fullmatch(r"carto: \w+ failed at step \w+", last[0]), last
+        assert "No space left on device" in last[1], last
+        assert last[2].startswith("carto: details in ") and Path(last[2].split()[-1]).is_file()
+        assert "DagsterExecutionStepExecutionError" not in failed.stderr
+        # The published snapshot is whole and unchanged; no partial copy is left.
+        con = duckdb.connect(str(mount / "builtin.duckdb"), read_only=True)
+        assert con.execute("SELECT count(*) FROM example_patches").fetchone() == before
+        con.close()
+        assert [p.name for p in mount.iterdir() if ".tmp" in p.name] == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_forced_verbose_parallel_rerun_with_carto_study(awkward_study, first_run):
+    folder, study, _ = awkward_study
+    first_run.ok()
+    again = run([CARTO, "run", "--force", "-v", "--jobs", "2"], cwd=folder, CARTO_STUDY=study.name)
+    again.ok()
+    assert "2 shard(s) computed, 0 up to date" in again.stdout
+    assert "in up to 2 processes" in again.stdout
+    # -v: Dagster's event log on the terminal too.
+    assert "STEP_SUCCESS" in again.stderr
+    con = duckdb.connect(str(folder / "out" / "builtin.duckdb"), read_only=True)
+    per = con.execute("SELECT count(*), count(DISTINCT neuron_id) FROM top_images").fetchone()
+    assert per[0] == 3 * per[1]  # re-running replaced the rows: top_k each, no duplicates
+
+
+# ---- a torchvision model with a local checkpoint, through CARTO_STUDY and make demo ------------
+@pytest.fixture(scope="module")
+def torchvision_study(awkward_study) -> Path:
+    folder, _, _ = awkward_study
+    (folder / "weights").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
+    torch.save(model.state_dict(), folder / "weights" / "resnet18.pt")
+    return write_study(
+        folder,
+        "tv",
+        {
+            "model": "torchvision:resnet18",
+            "weights": "weights/resnet18.pt",
+            "dataset": {"kind": "imagefolder", "path": "images", "image_size": 64},
+            "layers": ["layer3", "layer4"],
+            "shards": 1,
+            "top_k": 3,
+            "database": "tv/tv.duckdb",
+            "embedding": {"epochs": 2},
+            "graph": {"images_per_class": 4, "faithfulness_edges": 4},
+        },
+    )
+
+
+def test_torchvision_checkpoint_study_with_carto_study_and_make_demo(torchvision_study):
+    folder = torchvision_study.parent
+    env = {"CARTO_STUDY": str(torchvision_study)}
+    check = run([CARTO, "check"], cwd=folder, **env).ok()
+    assert "study 'tv' is valid: model torchvision:resnet18" in check.stdout
+    demo = run(["make", "-C", REPO, "demo"], cwd=folder, **env).ok()
+    assert "Mapped:" in demo.stdout and "256 + 512" not in demo.stdout
+    assert re.search(r"^Mapped: +\d+ images, 768 channels in 2 layers", demo.stdout, re.M)
+    assert (folder / "tv" / "views" / "index.html").is_file()
+
+
+def test_carto_layers(awkward_study):
+    folder, _, _ = awkward_study
+    layers = run([CARTO, "layers", "torchvision:googlenet"], cwd=folder).ok().stdout
+    listed = {line.split()[0]: line for line in layers.splitlines()[1:] if line.strip()}
+    assert all(listed[f"inception{b}"].rstrip().endswith("*") for b in ("3a", "4e", "5b"))
+    assert "9 layers) at 224x224 input" in layers
+    builtin = run([CARTO, "layers", "builtin", "--input-size", "32"], cwd=folder).ok().stdout
+    assert re.search(r"^block4 +Sequential +96 +96x2x2 +\*", builtin, re.M), builtin
+    bad = run([CARTO, "layers", "torchvision:resnet181"], cwd=folder)
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("carto: ") and "Traceback" not in bad.stderr
+    )
+
+
+# ---- the Dagster UI -----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_ui_serves_the_asset_graph(awkward_study):
+    folder, study, _ = awkward_study
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["make", "-C", str(REPO), "ui", f"UI_PORT={port}"],
+        cwd=folder,
+        env=shell_env(CARTO_STUDY=str(study)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    query = b'{"query": "{ assetNodes { assetKey { path } } }"}'
+    try:
+        deadline, answer = time.time() + 240, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=query,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = yaml.safe_load(response.read())
+                if answer.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        assert answer and answer["data"]["assetNodes"], (proc.poll(), answer)
+        keys = {"/".join(n["assetKey"]["path"]) for n in answer["data"]["assetNodes"]}
+        assert {"images", "activations", "concept_graph", "views"} <= keys
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+# ---- the README's own text ----------------------------------------------------------------------
+def test_readme_sql_runs_on_a_demo_like_database(materialized):
+    study, _, _ = materialized
+    con = duckdb.connect(str(study.database_path), read_only=True)
+    statements = [
+        s.strip()
+        for lang, body in fenced_blocks(README)
+        if lang == "sql"
+        for s in body.split(";")
+        if re.sub(r"--.*", "", s).strip()
+    ]
+    assert len(statements) >= 3
+    for sql in statements:
+        rows = con.execute(sql).fetchall()
+        assert rows, f"no rows on the tiny shapes study:\n{sql}"
+
+
+def test_readme_study_example_is_a_valid_study(tmp_path):
+    (yaml_block,) = [body for lang, body in fenced_blocks(README) if lang == "yaml"]
+    raw = yaml.safe_load(yaml_block)
+    (tmp_path / raw["dataset"]["path"]).mkdir(parents=True)
+    study = study_from_dict(raw, base_dir=tmp_path)
+    assert study.features is not None and set(study.features.layers) <= set(study.layers)
+
+
+def test_readme_check_errors_are_what_carto_check_prints(tmp_path):
+    (sample,) = [b for lang, b in fenced_blocks(README) if lang == "text" and "broken.yaml" in b]
+    expected = [line for line in sample.splitlines() if line.startswith("carto: ")]
+    study = write_study(
+        tmp_path,
+        "broken",
+        {
+            "model": "torchvision:resnet18",
+            "layers": ["layer2", "layer9"],
+            "dataset": "digits",
+            "top_k": 2000,
+        },
+    )
+    out = run([CARTO, "check", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 2
+    printed = [line for line in out.stderr.splitlines() if not line.startswith("carto: details")]
+    assert printed == expected
+
+
+def test_readme_sample_output_names_what_carto_run_prints(first_run):
+    (sample,) = [b for lang, b in fenced_blocks(README) if lang == "text" and "Done in" in b]
+    out = first_run.ok().stdout
+    for line in sample.splitlines():
+        if not line or line.startswith(" "):
+            continue  # progress lines: timings and counts differ
+        prefix = re.split(r"[\d]", line, maxsplit=1)[0].rstrip()
+        prefix = prefix.split("/home/me", 1)[0].split(" for study", 1)[0]
+        assert prefix in out, f"README shows {line!r}; carto run prints no {prefix!r}"
+
+
+#: README command lines run by this tier (or elsewhere): line -> the test that runs it.
+WALKED = {
+    "make demo": "test_torchvision_checkpoint_study_with_carto_study_and_make_demo",
+    "make ui": "test_make_ui_serves_the_asset_graph",
+    "CARTO_STUDY=my_study.yaml .venv/bin/carto run": (
+        "test_forced_verbose_parallel_rerun_with_carto_study"
+    ),
+    "CARTO_STUDY=my_study.yaml make ui": "test_make_ui_serves_the_asset_graph",
+    ".venv/bin/carto check --study my_study.yaml": "test_check_and_run_on_an_image_folder",
+    ".venv/bin/carto layers torchvision:googlenet": "test_carto_layers",
+    ".venv/bin/carto run --study my_study.yaml --jobs 4": (
+        "test_forced_verbose_parallel_rerun_with_carto_study"
+    ),
+    "CARTO_STUDY=my_study.yaml DAGSTER_HOME=$PWD/.dagster .venv/bin/dagster asset materialize "
+    "-m carto_assets.definitions --select views": "test_dagster_asset_materialize_lines",
+    "CARTO_STUDY=my_study.yaml DAGSTER_HOME=$PWD/.dagster .venv/bin/dagster asset materialize "
+    "-m carto_assets.definitions --select activations --partition shard-0001": (
+        "test_dagster_asset_materialize_lines"
+    ),
+    "make lint": "test_make_lint",
+}
+#: README command lines not run by the tests, and why.
+NOT_RUN = {
+    "make test": "it is the command that runs these tests",
+    "make test-fast": "it runs a subset of the tests `make test` runs",
+    "python -m carto_assets.schema docs/schema.md": (
+        "it rewrites docs/schema.md; tests/test_schema.py checks the file is what it would write"
+    ),
+    ".venv/bin/python benchmarks/activations.py": "a benchmark: minutes, prints measurements",
+    ".venv/bin/python benchmarks/clustering.py": "a benchmark: minutes, prints measurements",
+    ".venv/bin/python benchmarks/embedding.py": "a benchmark that needs gensim (.[bench])",
+    ".venv/bin/python benchmarks/features.py": "a benchmark: maps the demo study, minutes",
+    ".venv/bin/python benchmarks/gpu.py": "a benchmark for a GPU machine",
+    ".venv/bin/python benchmarks/views.py": "a benchmark at the paper's scale, minutes",
+    ".venv/bin/python benchmarks/paper_scale.py": "a benchmark: googlenet on 200 images, minutes",
+    ".venv/bin/python benchmarks/publish.py": "a benchmark: maps a study twice, minutes",
+}
+
+
+def test_make_lint():
+    out = run(["make", "-C", REPO, "lint"], cwd=REPO).ok()
+    assert "All checks passed" in out.output
+
+
+def test_every_readme_block_is_walked():
+    lines = [
+        line
+        for lang, body in fenced_blocks(README)
+        if lang in ("bash", "sh", "shell")
+        for line in command_lines(body)
+    ]
+    assert lines, "the README shows no command"
+    unaccounted = [line for line in lines if line not in WALKED and line not in NOT_RUN]
+    assert unaccounted == [], "README commands neither run by a test nor listed in NOT_RUN"
+    gone = sorted((WALKED.keys() | NOT_RUN.keys()) - set(lines))
+    assert gone == [], "listed commands the README no longer shows"
+    missing = sorted({t for t in WALKED.values() if t not in globals()})
+    assert missing == [], "WALKED names tests that do not exist"
+    languages = {lang for lang, _ in fenced_blocks(README)}
+    # sql, yaml and the text samples have their own tests above; a new kind needs one too.
+    assert languages <= {"bash", "sql", "yaml", "text", "python", ""}, languages
