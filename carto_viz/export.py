@@ -192,6 +192,8 @@ def _page_data(
         "data_dir": DATA_DIR,
         # The toggle shows when the study has features; the graph's height per choice.
         "unit_kinds": list(data.kinds),
+        # Every graph node's cluster once (row, size, labels); the chunks name them by id.
+        "clusters": dict(data.graph_clusters),
         "graph_heights": graph_heights(data.graph_rows),
     }
 

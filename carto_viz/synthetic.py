@@ -253,6 +253,20 @@ def make_database(
                             0.5,
                         )
                     )
+    # The class's units: its nodes' members and the top tenth of each layer, positive scores.
+    unit_rows = []
+    for label in range(n_classes):
+        counted = {m for row in node_rows if row[0] == label for m in members[row[1]]}
+        for li in range(n_layers):
+            units_here = np.flatnonzero(unit_row == li)
+            ranked = units_here[np.argsort(-score[label, units_here], kind="stable")]
+            counted.update(ranked[: max(1, -(-len(ranked) // 10))].tolist())
+        unit_rows += [
+            (label, int(u), int(cluster_of[u]), float(score[label, u]))
+            for u in sorted(counted)
+            if score[label, u] > 0
+        ]
+    graph_units = _from_rows("concept_graph_units", unit_rows)
     graph_nodes = _from_rows("concept_graph_nodes", node_rows)
     graph_edges = _from_rows("concept_graph_edges", edge_rows)
     cascades = _from_rows("concept_cascades", cascade_rows)
@@ -373,6 +387,7 @@ def make_database(
         "class_importance": importance,
         "example_patches": patches,
         "concept_graph_nodes": graph_nodes,
+        "concept_graph_units": graph_units,
         "concept_graph_edges": graph_edges,
         "concept_cascades": cascades,
         "neuron_projection": projection,

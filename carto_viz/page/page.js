@@ -1,6 +1,7 @@
 // Cartography page: the thin layer around the two Vega views (carto_viz/page/page.js).
 // - a loader that cuts "patch:<neuron>:<rank>" images out of sprite sheets, loaded lazily;
-// - class search (type-ahead) that loads the class's graph and swaps it into the Graph View;
+// - class search (type-ahead) that loads the class's compact graph, decodes it (decodeGraph)
+//   and swaps it into the Graph View;
 // - the header, hover cards with patches, and the links between the two views;
 // - the units toggle (channels / features / both) for studies with dictionary features: it
 //   sets the views' `unit_kind` signal, which filters points, detail rows and graph rows.
@@ -263,28 +264,87 @@
 
   // ---- views and their links ---------------------------------------------------------------
   var views = {};
-  function zip(columns) {
-    var keys = Object.keys(columns || {});
-    if (!keys.length) return [];
-    var n = columns[keys[0]].length, out = new Array(n);
-    for (var i = 0; i < n; i++) {
-      var rec = {};
-      for (var k = 0; k < keys.length; k++) rec[keys[k]] = columns[keys[k]][i];
-      out[i] = rec;
-    }
+  // ---- class graphs: compact chunks (carto_viz/graph.py) decoded into the view's records ----
+  var graphRows = specs.graph.datasets.graph_rows;
+  var rowInfo = new Map(graphRows.map(function (r) { return [r.row, r]; }));
+  var topRow = graphRows.length ? graphRows[graphRows.length - 1].row : 0;
+  var clusterInfo = new Map();
+  (function () {
+    var t = page.clusters || {};
+    (t.c || []).forEach(function (c, i) {
+      clusterInfo.set(c, { row: t.r[i], size: t.s[i], label: t.l[i], short: t.h[i] });
+    });
+  })();
+  function round4(x) { return Math.round(x * 1e4) / 1e4; }
+  function barList(ids) { return ids.length ? "|" + ids.join("|") + "|" : "|"; }
+  function decodeIds(text) {  // base-36 gaps joined by "."
+    var out = [], v = 0;
+    if (text) text.split(".").forEach(function (g) { v += parseInt(g, 36); out.push(v); });
     return out;
   }
+  function walk(start, step) {  // the chain of first steps from a node
+    var chain = [], seen = new Set([start]), c = step.get(start);
+    while (c !== undefined && c !== null && !seen.has(c)) { chain.push(c); seen.add(c); c = step.get(c); }
+    return chain;
+  }
+  function cascadeOf(c, down, up) {
+    var below = walk(c, down), above = walk(c, up), edges = new Set();
+    [[below, true], [above, false]].forEach(function (pair) {
+      var previous = c;
+      pair[0].forEach(function (m) {
+        edges.add(pair[1] ? m + "-" + previous : previous + "-" + m);
+        previous = m;
+      });
+    });
+    var members = Array.from(new Set([c].concat(below, above))).sort(function (a, b) { return a - b; });
+    return [barList(members), edges.size ? "|" + Array.from(edges).sort().join("|") + "|" : "|"];
+  }
+  function decodeGraph(label, g) {
+    var n = g.n || {}, e = g.e || {}, ids = n.c || [];
+    var down = new Map(), up = new Map(), top = 0;
+    ids.forEach(function (c, i) { down.set(c, n.d[i]); up.set(c, n.u[i]); top = Math.max(top, n.i[i]); });
+    var nodes = ids.map(function (c, i) {
+      var info = clusterInfo.get(c), row = rowInfo.get(info.row), cascade = cascadeOf(c, down, up);
+      return {
+        cluster_id: c, layer: row.name, kind: row.kind, row: info.row, col: n.k[i],
+        importance: n.i[i], strength: top > 0 ? round4(n.i[i] / top) : 1, size: info.size,
+        cluster_label: info.label, short: info.short, patch: n.p[i],
+        cascade: cascade[0], cascade_edges: cascade[1]
+      };
+    });
+    if (ids.length) {
+      var name = (byLabel.get(label) || { name: "" }).name;
+      nodes.push({
+        cluster_id: -1, layer: "prediction", kind: "prediction", row: topRow, col: 0,
+        importance: null, strength: 1, size: 0, cluster_label: "prediction: " + name,
+        short: name, patch: g.p, cascade: "|-1|", cascade_edges: "|"
+      });
+    }
+    var at = new Map(nodes.map(function (x) { return [x.cluster_id, x]; }));
+    var weights = e.w || [], heaviest = Math.max.apply(null, [0].concat(weights));
+    var edges = (e.s || []).map(function (s, i) {
+      var a = at.get(s), b = at.get(e.t[i]);
+      return {
+        source_cluster: s, target_cluster: e.t[i], col: a.col, row: a.row, col2: b.col,
+        row2: b.row, weight: weights[i], weight_rel: heaviest > 0 ? round4(weights[i] / heaviest) : 0,
+        min_strength: Math.min(a.strength, b.strength)
+      };
+    });
+    return { nodes: nodes, edges: edges, neurons: barList(decodeIds(g.u)) };
+  }
+  window.cartoDecodeGraph = decodeGraph;
   function classGraph(label) {
     var c = byLabel.get(label);
-    if (!c || c.chunk < 0) return Promise.resolve({ nodes: {}, edges: {}, neurons: "|" });
+    var none = { nodes: [], edges: [], neurons: "|" };
+    if (!c || c.chunk < 0) return Promise.resolve(none);
     return loadChunk(page.graph_chunks[c.chunk]).then(function (chunk) {
-      return chunk[String(label)] || { nodes: {}, edges: {}, neurons: "|" };
+      var g = chunk[String(label)];
+      return g ? decodeGraph(label, g) : none;
     });
   }
   var classToken = 0;
   var nodeKinds = new Map();  // cluster -> kind of the current class's graph nodes
   var unitKind = "both";
-  var graphRows = specs.graph.datasets.graph_rows;
   function showsKind(kind) { return unitKind === "both" || kind === unitKind; }
   function describeGraph() {
     var all = 0, concepts = 0, layers = 0;
@@ -303,7 +363,7 @@
     return classGraph(label).then(function (graph) {
       if (token !== classToken) return null;
       var g = views.graph;
-      var nodes = zip(graph.nodes), edges = zip(graph.edges);
+      var nodes = graph.nodes, edges = graph.edges;
       nodeKinds = new Map(nodes.map(function (n) { return [n.cluster_id, n.kind]; }));
       g.data("node_pick_store", []);
       g.data("graph_nodes", nodes).data("graph_edges", edges).signal("graph_class", label);

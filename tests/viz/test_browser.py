@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from viz.pages import ARGS, CHROMIUM, Page
 
-from carto_viz import export_views
+from carto_viz import export_views, load_tables, view_data
 from carto_viz.charts import CLUSTER_STROKE, MEMBER_STROKE, NEIGHBOR_STROKE
 from carto_viz.synthetic import HOSTILE_NAMES, make_database
 
@@ -72,11 +72,33 @@ def _check_node_click(page: Page, db: Path) -> float:
     return elapsed
 
 
+def _check_decoded_graph(page: Page, db: Path, label: int) -> None:
+    """The graph the page decoded from its compact chunk is carto_viz's records of the class:
+    every node and edge field, cascades walked from the first steps included."""
+    want = view_data(load_tables(db)).graphs.records(label)
+    for dataset, key in (("graph_nodes", "nodes"), ("graph_edges", "edges")):
+        got = page.page.evaluate(
+            f"window.cartoViews.graph.data('{dataset}').map(d => {{ const o = {{}};"
+            " for (const k in d) if (k !== 'Symbol(vega_id)') o[k] = d[k]; return o; })"
+        )
+        assert len(got) == len(want[key]) > 0
+        for have, expected in zip(got, want[key], strict=True):
+            for field, value in expected.items():
+                if isinstance(value, float):
+                    assert have[field] == pytest.approx(value, rel=1e-3, abs=1e-4), field
+                else:
+                    assert have[field] == value, (field, have, expected)
+    neurons = page.page.evaluate("window.cartoViews.projection.signal('class_neurons')")
+    assert neurons == want["neurons"]
+
+
 def _check_page_shows_concepts(page: Page) -> None:
-    """Every node is its concept's picture with its short label drawn as text."""
+    """Every node is its concept's picture with its short label drawn as text; the
+    prediction node pictures the class (its top patch)."""
     images = page.wait_images("graph", "node-image")
     frames = [f for f in page.items("graph", "frame") if f["cluster_id"] >= 0]
-    assert images and len(images) == len(frames)
+    assert images and len(images) == len(frames) + 1
+    assert any(i["cluster_id"] == -1 for i in images)
     assert all(i["url"].startswith("thumb:") for i in images)
     assert all(i["loaded"] for i in images)
     labels = [t["text"] for t in page.items("graph", "node-label")]
@@ -134,6 +156,7 @@ def test_graph_interactions(browser, synthetic, tmp_path):
         after = {n["cluster_id"] for n in page.items("graph", "frame")}
         assert before != after
         assert page.page.input_value("#class-search") == "dog"
+        _check_decoded_graph(page, db, 1)
         _check_node_click(page, db)
         # Cascade mode lights up the picked node's cascade (orange frames, red edges).
         page.page.check("input[name=cascade]")
@@ -349,10 +372,10 @@ def test_units_toggle(browser, with_features, tmp_path, capsys):
         assert {p["shape"] for p in points if p["neuron_id"] in features} == {"diamond"}
         assert {p["shape"] for p in points if p["neuron_id"] not in features} == {"circle"}
         _check_page_shows_concepts(page)
-        # Captions and frames carry the kind; the prediction node keeps the class's name.
+        # Frames carry the kind; the prediction node keeps the class's name.
         captions = {t["cluster_id"]: t["text"] for t in page.items("graph", "node-label")}
         for frame in frames:
-            assert captions[frame["cluster_id"]].startswith(frame["unit_kind"] + " · ")
+            assert captions[frame["cluster_id"]]
             assert (frame["dash"] == [5, 3]) == (frame["unit_kind"] == "feature")
         assert captions[-1] == "cat"
         # Hover a feature: its card names it by kind, index and pseudo-layer.
@@ -496,5 +519,39 @@ def test_paper_scale(browser, tmp_path, capsys):
                 f"hover node={node_card['ms']:.0f}ms "
                 f"units switch={'/'.join(f'{ms:.0f}' for ms in units_ms)}ms"
             )
+    finally:
+        page.close()
+
+
+def test_long_names_show_their_distinguishing_end(browser, tmp_path):
+    """ViT layer names and long concept labels: rows, legend entries and captions show the
+    end that tells them apart; hovering a row shows the full name."""
+    layers = tuple(f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11))
+    db = make_database(
+        tmp_path / "vit.duckdb",
+        n_neurons=32,
+        layers=layers,
+        cluster_labels=("class=a_rather_long_class_name_0042 (0.6)",),
+    )
+    result = export_views(db, tmp_path / "out")
+    page = Page(browser, result.html_path)
+    try:
+        rows = [t for t in page.items("graph", "text") if t["text"]]
+        assert [t["text"] for t in rows] == [f"encoder_layer_{i}" for i in (2, 5, 8, 11)] + [
+            "prediction"
+        ]
+        legend = {
+            t["text"] for t in page.items("projection", "text") if t["role"] == "legend-label"
+        }
+        assert {f"encoder_layer_{i}" for i in (2, 5, 8, 11)} <= legend
+        captions = [t["text"] for t in page.items("graph", "node-label") if t["cluster_id"] >= 0]
+        assert captions and all(c.endswith("_0042") for c in captions)
+        page.hover(rows[-2])
+        assert "encoder.layers.encoder_layer_11" in page.page.inner_text("#carto-card")
+        # Units in the detail panel are named by the short layer name too.
+        page.click(page.items("projection", "neuron")[0])
+        detail = [t["text"] for t in page.items("detail", "detail-text")]
+        assert detail and "encoder_layer_2" in detail[0] and "encoder.layers" not in detail[0]
+        assert page.errors == [] and page.offline() == []
     finally:
         page.close()
