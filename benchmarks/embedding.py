@@ -10,7 +10,7 @@ drawn mostly from its group's image pool, the rest from a set of "popular" image
 that many unrelated neurons share (chance co-occurrences across groups) and from a
 large image set where collisions are rare; a few neurons have only private images
 and co-occur with nobody. Co-occurrences come from
-:func:`carto_assets.core.cooccurrence.cooccurrence_counts`, exactly as in the app.
+:func:`all_pairs.cooccurrence_counts` (the table `cooccurrence` holds the same counts).
 
 Fairness. Both trainers get the same dimension, epochs, negatives, initial learning
 rate (linear decay) and the same (centre, context) examples: gensim gets one sentence
@@ -44,10 +44,11 @@ import numpy as np
 # Same convention as the other benchmarks: run from a checkout without installing.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from carto_assets.core.cooccurrence import cooccurrence_counts, shared_image_counts
+from all_pairs import cooccurrence_counts, shared_image_counts, train_skipgram
+
 from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.skipgram.sentences import image_sentences as sentence_lists
-from carto_assets.core.skipgram.trainer import train_skipgram, train_skipgram_sentences
+from carto_assets.core.skipgram.trainer import train_skipgram_sentences
 
 # The product defaults are what is benchmarked.
 _DEFAULTS = {k: v.default for k, v in inspect.signature(train_skipgram).parameters.items()}

@@ -81,7 +81,8 @@ def storage(db: Path, formats: list[str]) -> None:
 def browser(
     html: Path, n_neurons: int, last_class: str, last_label: int, features: bool = False
 ) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viz"))
+    tests = Path(__file__).resolve().parents[1] / "tests"
+    sys.path[:0] = [str(tests), str(tests / "viz")]  # test_browser imports viz.pages
     from playwright.sync_api import sync_playwright
     from test_browser import ARGS, CHROMIUM, Page, _set_units
 

@@ -17,16 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
+from carto_assets.core.network.zoo import BUILTIN_REVISION, BUILTIN_WIDTHS
+from carto_assets.core.sae.dictionaries import DICTIONARY_REVISION
 from carto_assets.sources.datasets import study_image_size
-from carto_assets.study import (
-    BUILTIN_REVISION,
-    BUILTIN_WIDTHS,
-    SHAPES_REVISION,
-    Study,
-)
+from carto_assets.sources.shapes import SHAPES_REVISION
+from carto_assets.study import Study
+
+
+def cache_folder(files_dir: Path, kind: str, fingerprint: str) -> Path:
+    """Where a cached result of ``kind`` (``model``, ``dictionary``) for ``fingerprint`` lives:
+    ``<files>/<kind>/<fingerprint>``. A changed input gives another fingerprint, hence another
+    folder; a folder is written whole (:func:`carto_assets.atomic.replacing`)."""
+    return files_dir / kind / fingerprint
 
 
 def _hash(relevant: object, length: int) -> str:
@@ -47,10 +53,6 @@ def model_fingerprint(study: Study) -> str:
         "shapes": SHAPES_REVISION if study.dataset.kind == "shapes" else None,
     }
     return _hash(relevant, 16)
-
-
-#: Bumped when the dictionary training code changes what the same settings produce.
-DICTIONARY_REVISION = 3
 
 
 def _network_identity(study: Study) -> object:

@@ -40,15 +40,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from carto_assets import quality, schema
+from carto_assets import atomic, quality, schema
 
 
 class DatabaseBusyError(RuntimeError):
     """Another run (process) is writing the study database; the message names it."""
-
-
-#: Former name, kept for callers that catch it.
-DatabaseLockedError = DatabaseBusyError
 
 
 def describe_writer(label: str | None = None) -> str:
@@ -286,7 +282,7 @@ class CartoStore:
             for stale in db.parent.glob(f".{db.name}.*.tmp*"):
                 stale.unlink(missing_ok=True)
             _remove_stale_spills(db)
-            tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+            tmp = atomic.temporary(db)
             wal = db.with_name(db.name + ".wal")
             start = time.perf_counter()
             con = None
@@ -403,12 +399,9 @@ def _check_declared(con: duckdb.DuckDBPyConnection, name: str) -> None:
 
 def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
     """Write ``df`` via a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic.replacing(path) as tmp:
+        df.write_parquet(tmp)
+    return Path(path)
 
 
 def sql_path_list(paths: list[Path]) -> str:

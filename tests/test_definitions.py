@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from carto_assets.definitions import build_definitions
@@ -14,12 +13,40 @@ from carto_assets.study import StudyError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_definitions_hold_every_asset_and_job():
+#: Every asset, and what each job of `carto run` materializes, in the order it runs them.
+JOBS = {
+    "prepare_study": {"images", "model", "dictionary"},
+    "activation_pass": {"activations"},
+    "summaries": {
+        "top_images",
+        "class_importance",
+        "minhash_signatures",
+        "neuron_clusters",
+        "cluster_quality",
+        "cooccurrence",
+        "neuron_embedding",
+        "neuron_projection",
+        "example_patches",
+    },
+    "concept_graph_chunks": {"concept_graph_chunk"},
+    "graph_and_views": {"concept_graph", "views"},
+}
+
+
+def test_definitions_hold_every_asset_once_in_one_job():
     defs = build_definitions("")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"images", "model", "activations", "top_images"} <= keys
-    for job in ("prepare_study", "activation_pass", "summaries"):
-        assert defs.resolve_job_def(job) is not None
+    assert keys == set().union(*JOBS.values())
+    assert len(keys) == 16
+    for job, assets in JOBS.items():
+        selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
+        assert {k.to_user_string() for k in selected} == assets, job
+    partitioned = {
+        k.to_user_string()
+        for k in defs.resolve_asset_graph().get_all_asset_keys()
+        if defs.resolve_assets_def(k).partitions_def is not None
+    }
+    assert partitioned == {"activations", "concept_graph_chunk"}
 
 
 def test_invalid_study_fails_when_definitions_load(tmp_path):
@@ -58,7 +85,6 @@ def test_dg_check_defs():
         env={**os.environ, "DAGSTER_HOME": str(ROOT / ".dagster-test")},
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert dg is not None
 
 
 def test_every_asset_gives_its_freed_memory_back():

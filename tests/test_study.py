@@ -260,6 +260,10 @@ def test_every_field_is_described():
             {"layers": ["block3"], "sample_images": 0},
             "study field 'features.sample_images' must be an integer >= 1, got 0",
         ),
+        (
+            {"layers": ["block3"], "strongest_per_image": 0},
+            "study field 'features.strongest_per_image' must be an integer >= 1, got 0",
+        ),
         ({"k": 4}, "study field 'features.layers' is required"),
         (
             {"layers": ["block3"], "expanse": 2},
@@ -301,21 +305,3 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
         shard_model_identity(demo, dictionary="abc"),
     }
     assert len(identities) == 4
-
-
-def test_features_block_and_dictionary_settings_share_fields_and_defaults():
-    """The study's ``features`` block (no torch) and core's DictionarySettings (no study) keep
-    one set of fields and defaults: settings_of passes the block through whole."""
-    import dataclasses
-
-    from carto_assets.core.sae.dictionaries import DictionarySettings
-    from carto_assets.stages.features import settings_of
-    from carto_assets.study.fields import FeaturesConfig
-
-    fields = {f.name: f for f in dataclasses.fields(DictionarySettings)}
-    assert set(fields) - {"seed"} == set(FeaturesConfig.model_fields)
-    for name, field in FeaturesConfig.model_fields.items():
-        if name != "layers":
-            assert field.default == fields[name].default, name
-    study = study_from_dict({"seed": 7, "features": {"layers": ["block3"], "k": 4}})
-    assert settings_of(study) == DictionarySettings(layers=("block3",), k=4, seed=7)

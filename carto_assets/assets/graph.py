@@ -23,10 +23,7 @@ def example_patches(
     cfg = study.load()
     store = study.store()
     written = patches.example_patches(cfg, store, progress=context.log.info)
-    # Loaded from the part files in SQL: the PNGs never sit in this process all at once.
-    store.replace_tables({"example_patches": patches.patches_select(written.parts)})
-    for part in written.parts:
-        part.unlink()
+    patches.publish_patches(store, written)
     # A strip of the first neurons' strongest patches, shown inline in the UI.
     first = store.query(
         "SELECT neuron_id, png FROM example_patches WHERE rank = 1 ORDER BY neuron_id LIMIT 8"

@@ -114,6 +114,10 @@ extra inner edges made "outlined" the strongest driver of almost every neuron's 
 (80-88% of deep neurons' top images on the demo), so that one value drowned out every other
 concept. ``outlined`` stays available for hand-made scenes."""
 
+#: Bump when the renderer changes what it draws, so cached checkpoints are retrained
+#: (part of :func:`carto_assets.fingerprints.model_fingerprint`).
+SHAPES_REVISION = "filled-only-1"
+
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 512
 SUPERSAMPLE = 4

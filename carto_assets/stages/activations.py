@@ -10,18 +10,17 @@ other machines; :mod:`carto_assets.stages.merge` combines them.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
+from pydantic import BaseModel, ConfigDict
 
+from carto_assets import atomic
 from carto_assets import progress as progress_of
 from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
 from carto_assets.core.network.zoo import resolve_device
@@ -41,9 +40,11 @@ from carto_assets.study import Study
 log = logging.getLogger("carto")
 
 
-@dataclass(frozen=True)
-class ShardSummary:
-    """One shard's activation pass: what ``activations/<shard>/summary.json`` holds."""
+class ShardSummary(BaseModel):
+    """One shard's activation pass: what ``activations/<shard>/summary.json`` holds (written
+    last: a shard with a summary is complete; validated on read)."""
+
+    model_config = ConfigDict(frozen=True)
 
     shard: int
     n_images: int
@@ -61,19 +62,6 @@ class ShardSummary:
     #: the inputs' fingerprint (:func:`carto_assets.fingerprints.expected_shard_fingerprint`)
     shard_fingerprint: str
     device: str
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ShardSummary:
-        """Raises ``ValueError`` on a summary that is not valid JSON or lacks a field."""
-        data = json.loads(text)
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ValueError(f"shard summary lacks {missing}")
-        return cls(**{n: data[n] for n in names})
 
 
 def shard_dir(study: Study, shard: int) -> Path:
@@ -201,9 +189,7 @@ def run_shard(
         ),
         device=str(device),
     )
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(summary.to_json())
-    os.replace(tmp, out / "summary.json")
+    atomic.write_text(out / "summary.json", summary.model_dump_json(indent=2))
     return summary
 
 
@@ -225,7 +211,8 @@ def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list
             missing.append(s)
             continue
         try:
-            summary = ShardSummary.from_json((folder / "summary.json").read_text())
+            # A summary that is not valid JSON or lacks a field raises a ValueError.
+            summary = ShardSummary.model_validate_json((folder / "summary.json").read_text())
         except (OSError, ValueError):
             stale.append(s)
             continue

@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 
 from carto_assets import progress as progress_of
-from carto_assets.core.cooccurrence import cooccurrence_counts
 from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.projection.umap2d import project_2d
 from carto_assets.core.skipgram.trainer import train_skipgram_sentences
@@ -23,23 +22,9 @@ from carto_assets.quality import Figure
 from carto_assets.storage import CartoStore
 from carto_assets.study import EmbeddingConfig
 
-
-def cooccurrence_frame(store: CartoStore) -> pl.DataFrame:
-    """``cooccurrence(neuron_a, neuron_b, count)``: neurons sharing top images, a < b."""
-    top = store.query("SELECT neuron_id, image_id FROM top_images")
-    a, b, c = cooccurrence_counts(top["neuron_id"].to_numpy(), top["image_id"].to_numpy())
-    return pl.DataFrame(
-        {
-            "neuron_a": a.astype(np.int64),
-            "neuron_b": b.astype(np.int64),
-            "count": c.astype(np.int64),
-        }
-    )
-
-
-#: The ``cooccurrence`` table computed inside DuckDB: the same rows as
-#: :func:`cooccurrence_frame`, but the pairs (up to neurons^2 / 2, 15M for googlenet's 5,488)
-#: never pass through Python, whose intermediate copies were the stage's memory peak.
+#: The ``cooccurrence`` table computed inside DuckDB (``neuron_a < neuron_b``, how many top
+#: images they share): the pairs (up to neurons^2 / 2, 15M for googlenet's 5,488) never pass
+#: through Python, whose intermediate copies were the stage's memory peak.
 #: Deduplicating the (small) top-k rows first lets the aggregate be a plain count: a
 #: count(DISTINCT) keeps a set per pair (1.3 GB vs 0.75 GB peak, vs 1.0 GB for the scipy
 #: path, on googlenet's 5,488 neurons x k=50 over 2,000 images; 10.9M pairs).

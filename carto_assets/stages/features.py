@@ -22,7 +22,6 @@ No dagster imports.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.recorder import DerivedUnits
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.autoencoder import (
@@ -39,7 +39,7 @@ from carto_assets.core.sae.autoencoder import (
 )
 from carto_assets.core.sae.dictionaries import (
     META_FILE,
-    DictionarySettings,
+    DictionariesRecord,
     LayerDictionary,
     describe,
     feature_maxima,
@@ -50,10 +50,10 @@ from carto_assets.core.sae.dictionaries import (
     save_dictionaries,
     train_dictionaries,
 )
-from carto_assets.fingerprints import dictionary_fingerprint
+from carto_assets.fingerprints import cache_folder, dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, manifest_identity, source_for_manifest
 from carto_assets.stages.model import load_model, model_info
-from carto_assets.study import Study
+from carto_assets.study import FeaturesConfig, Study
 
 log = logging.getLogger("carto")
 
@@ -87,19 +87,41 @@ def source_layer(name: str) -> str:
     return name.removesuffix(FEATURE_SUFFIX)
 
 
-def settings_of(study: Study) -> DictionarySettings:
-    """The study's ``features`` block as :class:`DictionarySettings` (seeded by the study)."""
-    f = study.features
-    if f is None:
+def _features(study: Study) -> FeaturesConfig:
+    """The study's ``features`` block (the dictionaries' settings); raises without one."""
+    if study.features is None:
         raise ValueError("the study maps no features (study field 'features' is unset)")
-    # The study block holds the same fields as the settings (a test keeps their defaults equal).
-    return DictionarySettings(**{**f.model_dump(), "layers": tuple(f.layers)}, seed=study.seed)
+    return study.features
+
+
+def dictionary_layers(features: FeaturesConfig, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """The :class:`LayerInfo` of each ``features.layers`` entry, in the network's order.
+
+    Raises ``ValueError`` for a layer that is not among ``layers`` and for ``k`` larger than a
+    layer's feature count (``expansion x channels``).
+    """
+    by_name = {info.name: info for info in layers}
+    unknown = [name for name in features.layers if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"features.layers must be layers of the study, got {unknown}; valid: {sorted(by_name)}"
+        )
+    chosen = [info for info in layers if info.name in set(features.layers)]
+    for info in chosen:
+        n_features = features.expansion * int(info.channels or 0)
+        if features.k > n_features:
+            raise ValueError(
+                f"features.k must be <= expansion x channels = {n_features} for layer "
+                f"{info.name!r}, got {features.k}"
+            )
+    return chosen
 
 
 def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
     """The seeded subset of the manifest's images the dictionaries are trained on."""
-    settings = settings_of(study)
-    ids = sample_image_ids(images["image_id"].to_numpy(), settings.sample_images, settings.seed)
+    ids = sample_image_ids(
+        images["image_id"].to_numpy(), _features(study).sample_images, study.seed
+    )
     sources = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
     return ids, [sources[int(i)] for i in ids]
 
@@ -121,7 +143,7 @@ def study_dictionary_fingerprint(study: Study) -> str:
 
 
 def dictionary_dir(study: Study, fingerprint: str) -> Path:
-    return study.files_dir / "dictionary" / fingerprint
+    return cache_folder(study.files_dir, "dictionary", fingerprint)
 
 
 @dataclass(frozen=True)
@@ -143,13 +165,13 @@ class DictionaryInfo:
 def _info(
     folder: Path, dictionaries: Mapping[str, LayerDictionary], cached: bool
 ) -> DictionaryInfo:
-    meta = json.loads((folder / META_FILE).read_text())
-    extra = meta.get("extra", {})
+    record = DictionariesRecord.read(folder)
+    extra = record.extra
     rows = describe(dictionaries)
     for row in rows:
         row["dead_share"] = round(row["dead"] / max(1, row["n_features"]), 4)
     return DictionaryInfo(
-        fingerprint=meta["fingerprint"],
+        fingerprint=record.fingerprint,
         folder=folder,
         layers=rows,
         sample_images=int(extra.get("sample_images", 0)),
@@ -174,9 +196,9 @@ def prepare_dictionaries(
     images, class_names = load_manifest(study)
     fingerprint = study_dictionary_fingerprint(study)
     folder = dictionary_dir(study, fingerprint)
-    settings = settings_of(study)
+    settings = _features(study)
     bundle, layers, _ = load_model(study)
-    chosen = settings.check_layers(layers)
+    chosen = dictionary_layers(settings, layers)
     if (folder / META_FILE).is_file():
         say(f"reusing trained dictionaries {folder}")
         return _info(folder, load_dictionaries(folder, fingerprint), cached=True)
@@ -197,7 +219,7 @@ def prepare_dictionaries(
         chosen,
         batches(),
         settings.samples,
-        settings.seed,
+        study.seed,
         strongest_per_image=settings.strongest_per_image,
         random_per_image=settings.random_per_image,
         preprocess=bundle.normalize,
@@ -210,7 +232,7 @@ def prepare_dictionaries(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        seed=settings.seed,
+        seed=study.seed,
         device=device,
         progress=lambda layer, epoch, loss: say(
             f"{layer}: epoch {epoch}/{settings.epochs}, loss {loss:.4f}"

@@ -22,7 +22,6 @@ seeded images, edge images and samples), so any chunking gives the same tables.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import polars as pl
 import torch
 from scipy.stats import spearmanr
 
-from carto_assets import schema
+from carto_assets import atomic, schema
 from carto_assets.core.attribution.cascades import concept_cascades
 from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
 from carto_assets.core.attribution.forward import RetainedForward, members_of
@@ -451,9 +450,7 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
         "steps": chunk.steps,
         "restarted": chunk.restarted,
     }
-    tmp = out / f"summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary))
-    tmp.replace(out / "summary.json")
+    atomic.write_text(out / "summary.json", json.dumps(summary))
     return out
 
 

@@ -9,13 +9,13 @@ Files under ``study.files_dir``::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from carto_assets import atomic
 from carto_assets.sharding import shard_of
 from carto_assets.sources.datasets import (
     ImageFolderSource,
@@ -85,9 +85,7 @@ def manifest_dir(study: Study) -> Path:
 def save_manifest(study: Study, manifest: Manifest) -> None:
     d = manifest_dir(study)
     write_parquet_atomic(manifest.images, d / "images.parquet")
-    tmp = d / ".classes.json.tmp"
-    tmp.write_text(json.dumps({"class_names": manifest.class_names}))
-    os.replace(tmp, d / "classes.json")
+    atomic.write_text(d / "classes.json", json.dumps({"class_names": manifest.class_names}))
 
 
 #: Manifests read in this process, by their files' identity (path, inode, size, mtime): every

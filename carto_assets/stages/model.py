@@ -3,17 +3,15 @@ cached under ``model/<fingerprint>/`` (``model.pt``, ``meta.json``) in the study
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from carto_assets import atomic
 from carto_assets import progress as progress_of
 from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
 from carto_assets.core.network.zoo import (
@@ -23,7 +21,7 @@ from carto_assets.core.network.zoo import (
     ModelBundle,
     torchvision_model,
 )
-from carto_assets.fingerprints import model_fingerprint
+from carto_assets.fingerprints import cache_folder, model_fingerprint
 from carto_assets.sources.datasets import study_image_size
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.study import Study
@@ -34,9 +32,10 @@ BUILTIN_MEAN = (0.5, 0.5, 0.5)
 BUILTIN_STD = (0.25, 0.25, 0.25)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """The prepared model: what ``model/<fingerprint>/meta.json`` holds."""
+class ModelInfo(BaseModel):
+    """The prepared model: what ``model/<fingerprint>/meta.json`` holds (validated on read)."""
+
+    model_config = ConfigDict(frozen=True)
 
     model: str
     weights: str
@@ -57,22 +56,22 @@ class ModelInfo:
     n_holdout: int | None = None
     training_seconds: float | None = None
     #: whether this call reused a cached checkpoint (not stored)
-    cached: bool = False
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        del data["cached"]
-        return json.dumps(data, indent=2)
+    cached: bool = Field(False, exclude=True)
 
     @classmethod
-    def from_json(cls, text: str, cached: bool) -> ModelInfo:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)} - {"cached"}
-        return cls(**{k: v for k, v in data.items() if k in known}, cached=cached)
+    def read(cls, folder: Path) -> ModelInfo:
+        """The record stored in ``folder`` (a cached checkpoint's)."""
+        info = cls.model_validate_json((folder / META_FILE).read_text())
+        return info.model_copy(update={"cached": True})
+
+
+#: The record of a prepared model in its cache folder; written last, so its presence means the
+#: folder is complete.
+META_FILE = "meta.json"
 
 
 def model_dir(study: Study) -> Path:
-    return study.files_dir / "model" / model_fingerprint(study)
+    return cache_folder(study.files_dir, "model", model_fingerprint(study))
 
 
 def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
@@ -121,10 +120,9 @@ def prepare_model(
     say = progress or log.info
     images, class_names = load_manifest(study)
     out = model_dir(study)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
+    if (out / META_FILE).is_file():
         say(f"reusing cached model {out}")
-        return ModelInfo.from_json(meta_path.read_text(), cached=True)
+        return ModelInfo.read(out)
     size = study_image_size(study)
     training: dict[str, Any] = {}
     if study.is_builtin_model:
@@ -179,14 +177,11 @@ def prepare_model(
         n_parameters=sum(p.numel() for p in module.parameters()),
         **training,
     )
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if _saves_state(study):
-        torch.save(module.state_dict(), tmp / "model.pt")
-    (tmp / "meta.json").write_text(info.to_json())
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic.replacing(out) as tmp:
+        tmp.mkdir()
+        if _saves_state(study):
+            torch.save(module.state_dict(), tmp / "model.pt")
+        (tmp / META_FILE).write_text(info.model_dump_json(indent=2))
     return info
 
 
@@ -201,12 +196,12 @@ def _model_key(study: Study) -> str:
 
 def model_info(study: Study) -> ModelInfo:
     """The prepared model's record (layers, sizes, training figures), without building it."""
-    meta_path = model_dir(study) / "meta.json"
-    if not meta_path.is_file():
+    folder = model_dir(study)
+    if not (folder / META_FILE).is_file():
         raise FileNotFoundError(
-            f"no prepared model for this study at {meta_path.parent}; materialize `model` first"
+            f"no prepared model for this study at {folder}; materialize `model` first"
         )
-    return ModelInfo.from_json(meta_path.read_text(), cached=True)
+    return ModelInfo.read(folder)
 
 
 def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:

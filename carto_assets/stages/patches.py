@@ -117,6 +117,14 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
     return PatchParts(parts, rf_table, n_loaded)
 
 
+def publish_patches(store: CartoStore, written: PatchParts) -> None:
+    """Load :func:`example_patches`' part files into the ``example_patches`` table (in SQL: the
+    PNGs never sit in this process all at once), then remove them."""
+    store.replace_tables({"example_patches": patches_select(written.parts)})
+    for part in written.parts:
+        part.unlink()
+
+
 def patches_select(parts: list[Path]) -> str:
     """The SELECT that loads :func:`example_patches`' part files as the table, ordered."""
     return (

@@ -20,14 +20,11 @@ import yaml
 from pydantic import ValidationError
 
 from carto_assets.study.fields import (
-    BUILTIN_REVISION,
-    BUILTIN_WIDTHS,
     DATASET_KINDS,
     DEVICES,
     DIGITS_COUNT,
     LOADER_FIELDS,
     SHAPES_DEFAULT_SIZE,
-    SHAPES_REVISION,
     WEIGHTS_KEYWORDS,
     ClusteringConfig,
     DatasetConfig,
@@ -40,14 +37,11 @@ from carto_assets.study.fields import (
 from carto_assets.study.messages import StudyError, study_error, unknown_field
 
 __all__ = [
-    "BUILTIN_REVISION",
-    "BUILTIN_WIDTHS",
     "DATASET_KINDS",
     "DEMO_STUDY",
     "DEVICES",
     "DIGITS_COUNT",
     "SHAPES_DEFAULT_SIZE",
-    "SHAPES_REVISION",
     "STUDY_ENV_VAR",
     "WEIGHTS_KEYWORDS",
     "ClusteringConfig",

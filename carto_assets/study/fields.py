@@ -22,12 +22,6 @@ DatasetKind = Literal["shapes", "digits", "imagefolder"]
 DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
 DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS_KEYWORDS = ("none", "DEFAULT")
-#: The built-in CNN's stage widths and design revision; part of the checkpoint cache key, so a
-#: change to the architecture never loads an old checkpoint.
-BUILTIN_WIDTHS = (32, 48, 64, 96)
-BUILTIN_REVISION = "stride2-first-block"
-#: Bump when the shapes renderer changes what it draws, so cached checkpoints are retrained.
-SHAPES_REVISION = "filled-only-1"
 #: A study file may not set these: the loader does.
 LOADER_FIELDS = ("base_dir",)
 #: Images the shapes source renders unless ``dataset.size`` says otherwise.

@@ -289,16 +289,20 @@ def test_patches_and_concept_graph(materialized):
     assert set(cascades["direction"]) <= {"up", "down"} and (cascades["depth"] >= 1).all()
     mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]
     rho = mat.asset_materialization.metadata["faithfulness_spearman_rho"].value
-    assert -1.0 <= rho <= 1.0
+    # What the asset check wants: edge weights rank the ablation drops the same way.
+    assert rho > 0
 
 
-def test_cooccurrence_in_sql_matches_the_sparse_product(materialized):
-    from carto_assets.stages import embedding as embedding_stage
+def test_cooccurrence_in_sql_matches_python_sets(materialized):
+    from reference.cooccurrence import cooccurrence_counts_bruteforce
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)
     table = store.query("SELECT * FROM cooccurrence")
-    assert len(table) > 0 and table.equals(embedding_stage.cooccurrence_frame(store))
+    top = store.query("SELECT neuron_id, image_id FROM top_images")
+    a, b, count = cooccurrence_counts_bruteforce(top["neuron_id"], top["image_id"])
+    assert len(table) > 0
+    assert table.equals(pl.DataFrame({"neuron_a": a, "neuron_b": b, "count": count}))
 
 
 def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):

@@ -1,4 +1,5 @@
-"""Oracle for :mod:`carto_assets.core.cooccurrence`: co-occurrence counts with Python sets."""
+"""Oracle for the ``cooccurrence`` table (computed in SQL): co-occurrence counts with Python
+sets."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 def cooccurrence_counts_bruteforce(
     neuron_ids: np.ndarray, image_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference implementation of ``cooccurrence_counts`` for valid input.
+    """How many images every pair of neurons shares, for valid input.
 
     Compares the image sets of every pair of neurons with Python sets, which is quadratic in
-    the number of neurons. Same outputs as ``cooccurrence_counts``: int64 ``neuron_a < neuron_b``
-    and ``count >= 1``, sorted by ``(neuron_a, neuron_b)``.
+    the number of neurons: int64 ``neuron_a < neuron_b`` and ``count >= 1``, sorted by
+    ``(neuron_a, neuron_b)``, as the ``cooccurrence`` table holds them.
     """
     images_of: dict[int, set[int]] = {}
     for neuron, image in zip(

@@ -10,7 +10,6 @@ from carto_assets.core.network.recorder import Batch, DerivedUnits, activation_p
 from carto_assets.core.network.zoo import BuiltinCNN
 from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
 from carto_assets.core.sae.dictionaries import (
-    DictionarySettings,
     feature_maxima,
     pick_positions,
     position_rows,
@@ -228,8 +227,6 @@ def test_sampling_rejects_bad_position_counts(tiny_net):
         sample_activations(model, layers[:1], [], 5, 0, strongest_per_image=0)
     with pytest.raises(ValueError, match="random_per_image must be an integer >= 0, got -1"):
         sample_activations(model, layers[:1], [], 5, 0, random_per_image=-1)
-    with pytest.raises(ValueError, match="strongest_per_image must be an integer >= 1, got 0"):
-        DictionarySettings(layers=("block3",), strongest_per_image=0)
 
 
 def test_feature_maxima_stay_float32_under_autocast():

@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from carto_assets.study import BUILTIN_WIDTHS
+#: The built-in CNN's stage widths and design revision; part of the checkpoint cache key
+#: (:func:`carto_assets.fingerprints.model_fingerprint`), so a change to the architecture never
+#: loads an old checkpoint.
+BUILTIN_WIDTHS = (32, 48, 64, 96)
+BUILTIN_REVISION = "stride2-first-block"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

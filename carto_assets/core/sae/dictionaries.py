@@ -17,8 +17,9 @@ Three steps, each with fixed memory:
    is ``capacity x channels`` per layer whatever the number of images;
 2. :func:`train_dictionaries`: one SAE per layer on its sample (:func:`save_dictionaries` /
    :func:`load_dictionaries` keep the weights with a fingerprint of the settings);
-3. :func:`feature_maxima` (one batch of layer outputs, encoded in chunks) and
-   :func:`feature_pass` (each feature's top-k images over a stream of batches).
+3. :func:`feature_maxima`: one batch of layer outputs encoded in chunks and reduced to each
+   feature's spatial maximum, inside the activation pass's hook (so features get their top-k
+   images in the same pass as channels).
 
 The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
 :mod:`carto_assets.stages.features`. No study, no dagster here.
@@ -26,22 +27,21 @@ The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from carto_assets import atomic
 from carto_assets.core.network.hooks import capture
 from carto_assets.core.network.layers import LayerInfo
-from carto_assets.core.network.recorder import Batch, StreamingTopK, spatial_max
+from carto_assets.core.network.recorder import Batch, spatial_max
 from carto_assets.core.sae.autoencoder import (
     ReservoirSampler,
     SaeReport,
@@ -49,80 +49,15 @@ from carto_assets.core.sae.autoencoder import (
     encode,
     train_sae,
 )
-from carto_assets.fingerprints import DICTIONARY_REVISION
 from carto_assets.validate import check_float, check_int, check_seed
+
+#: Bumped when the dictionary training code changes what the same settings produce (stored
+#: dictionaries of another revision are retrained: part of their fingerprint).
+DICTIONARY_REVISION = 3
 
 WEIGHTS_FILE = "dictionaries.pt"
 META_FILE = "meta.json"
 _WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
-
-
-# ---- settings -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DictionarySettings:
-    """Everything the trained dictionaries depend on besides the model and the images.
-
-    The defaults are the ones benchmarks/features.py tuned on the shapes demo; a study's
-    ``features`` block gives them (:func:`settings_of`).
-    """
-
-    layers: tuple[str, ...]
-    #: Features per channel: a layer with C channels gets ``expansion x C`` features.
-    expansion: int = 2
-    #: Active features per position (top-k SAE).
-    k: int = 8
-    #: Activation vectors sampled per layer (reservoir capacity; memory samples x C x 4 bytes).
-    samples: int = 50_000
-    #: Images the sampling pass reads (a seeded subset); None: all of them.
-    sample_images: int | None = 10_000
-    #: Each image's strongest positions (largest L2 norm) offered to the sample; None: all.
-    strongest_per_image: int | None = 4
-    #: And this many of its other positions, drawn uniformly (so the dictionary also
-    #: reconstructs the weak positions, background included, that it encodes later).
-    random_per_image: int = 2
-    epochs: int = 240
-    batch_size: int = 1024
-    learning_rate: float = 4e-3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, str) or not self.layers:
-            raise ValueError(f"layers must be a non-empty list of layer names, got {self.layers!r}")
-        check_int("expansion", self.expansion, minimum=1)
-        check_int("k", self.k, minimum=1)
-        check_int("samples", self.samples, minimum=1)
-        if self.sample_images is not None:
-            check_int("sample_images", self.sample_images, minimum=1)
-        if self.strongest_per_image is not None:
-            check_int("strongest_per_image", self.strongest_per_image, minimum=1)
-        check_int("random_per_image", self.random_per_image, minimum=0)
-        check_int("epochs", self.epochs, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
-        check_seed("seed", self.seed)
-
-    def check_layers(self, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
-        """The :class:`LayerInfo` of each setting layer, in the given (network) order.
-
-        Raises ``ValueError`` for a layer that is not among ``layers`` and for ``k`` larger
-        than a layer's feature count.
-        """
-        by_name = {info.name: info for info in layers}
-        unknown = [name for name in self.layers if name not in by_name]
-        if unknown:
-            raise ValueError(
-                f"features.layers must be layers of the study, got {unknown}; "
-                f"valid: {sorted(by_name)}"
-            )
-        chosen = [info for info in layers if info.name in set(self.layers)]
-        for info in chosen:
-            n_features = self.expansion * int(info.channels or 0)
-            if self.k > n_features:
-                raise ValueError(
-                    f"features.k must be <= expansion x channels = {n_features} for layer "
-                    f"{info.name!r}, got {self.k}"
-                )
-        return chosen
 
 
 def sample_image_ids(image_ids: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -375,6 +310,29 @@ def train_dictionaries(
     return out
 
 
+class _LayerRecord(BaseModel):
+    layer: str
+    n_features: int
+    k: int
+    n_samples: int
+    seconds: float
+    report: SaeReport
+
+
+class DictionariesRecord(BaseModel):
+    """What a dictionaries folder's ``meta.json`` holds (validated on read)."""
+
+    fingerprint: str
+    revision: int
+    #: what the sampling pass cost (JSON-able), for the ``dictionary`` asset's metadata
+    extra: dict[str, Any] = {}
+    layers: list[_LayerRecord]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> DictionariesRecord:
+        return cls.model_validate_json((Path(folder) / META_FILE).read_text())
+
+
 def save_dictionaries(
     folder: str | Path,
     dictionaries: Mapping[str, LayerDictionary],
@@ -387,9 +345,6 @@ def save_dictionaries(
     The folder is replaced atomically: readers see the old dictionaries or the new ones.
     """
     folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {
         name: {
             **{w: torch.from_numpy(np.ascontiguousarray(getattr(d.sae, w))) for w in _WEIGHT_NAMES},
@@ -397,26 +352,26 @@ def save_dictionaries(
         }
         for name, d in dictionaries.items()
     }
-    torch.save(weights, tmp / WEIGHTS_FILE)
-    meta = {
-        "fingerprint": fingerprint,
-        "revision": DICTIONARY_REVISION,
-        "extra": dict(extra or {}),
-        "layers": [
-            {
-                "layer": name,
-                "n_features": d.n_features,
-                "k": d.sae.k,
-                "n_samples": d.n_samples,
-                "seconds": d.seconds,
-                "report": {**asdict(d.report), "losses": list(d.report.losses)},
-            }
+    record = DictionariesRecord(
+        fingerprint=fingerprint,
+        revision=DICTIONARY_REVISION,
+        extra=dict(extra or {}),
+        layers=[
+            _LayerRecord(
+                layer=name,
+                n_features=d.n_features,
+                k=d.sae.k,
+                n_samples=d.n_samples,
+                seconds=d.seconds,
+                report=d.report,
+            )
             for name, d in dictionaries.items()
         ],
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    )
+    with atomic.replacing(folder) as tmp:
+        tmp.mkdir()
+        torch.save(weights, tmp / WEIGHTS_FILE)
+        (tmp / META_FILE).write_text(record.model_dump_json(indent=2))
     return folder
 
 
@@ -431,21 +386,18 @@ def load_dictionaries(
     folder = Path(folder)
     if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no trained dictionaries under {folder}")
-    meta = json.loads((folder / META_FILE).read_text())
-    if fingerprint is not None and meta["fingerprint"] != fingerprint:
+    record = DictionariesRecord.read(folder)
+    if fingerprint is not None and record.fingerprint != fingerprint:
         raise ValueError(
             f"the dictionaries under {folder} were trained with other settings or another "
-            f"model (fingerprint {meta['fingerprint']}, expected {fingerprint}); retrain them"
+            f"model (fingerprint {record.fingerprint}, expected {fingerprint}); retrain them"
         )
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     out: dict[str, LayerDictionary] = {}
-    for row in meta["layers"]:
-        w = weights[row["layer"]]
+    for row in record.layers:
+        w = weights[row.layer]
         sae = SparseAutoencoder(**{n: w[n].numpy() for n in _WEIGHT_NAMES}, k=int(w["k"]))
-        report = SaeReport(**{**row["report"], "losses": tuple(row["report"]["losses"])})
-        out[row["layer"]] = LayerDictionary(
-            row["layer"], sae, report, int(row["n_samples"]), float(row["seconds"])
-        )
+        out[row.layer] = LayerDictionary(row.layer, sae, row.report, row.n_samples, row.seconds)
     return out
 
 
@@ -498,71 +450,6 @@ def feature_maxima(
                 maps = z
             parts.append(spatial_max(maps))
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class FeaturePassResult:
-    top_k: dict[str, np.ndarray]
-    """Long format as the activation pass writes it: ``feature_id`` numbers the features of
-    the layers in order (layer ``i``'s feature ``j`` is ``offsets[i] + j``)."""
-    offsets: dict[str, int]
-    n_images: int
-    seconds: float
-
-
-def feature_pass(
-    model: nn.Module,
-    dictionaries: Mapping[str, LayerDictionary],
-    batches: Iterable[Batch],
-    *,
-    k: int,
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int, float], None] | None = None,
-) -> FeaturePassResult:
-    """Each feature's top-``k`` images over a stream of batches (streaming, O(features x k)).
-
-    The order and ties are the activation pass's (:class:`StreamingTopK`): activation
-    descending, then image id ascending. Layers are taken in the order of ``dictionaries``.
-    """
-    check_int("k", k, minimum=1)
-    dev = torch.device(device)
-    names = list(dictionaries)
-    offsets = dict(zip(names, np.cumsum([0] + [d.n_features for d in dictionaries.values()])))
-    total = int(sum(d.n_features for d in dictionaries.values()))
-    topk = StreamingTopK(total, k, device=dev)
-    saes = {name: sae_on(d.sae, dev) for name, d in dictionaries.items()}
-
-    def reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
-        return feature_maxima(saes[name], output)
-
-    model.eval()
-    done = 0
-    start = time.perf_counter()
-    with capture(model, names, keep=reduce) as captured, torch.inference_mode():
-        for batch, x in _model_inputs(batches, dev, preprocess):
-            model(x)
-            missing = [n for n in names if n not in captured]
-            if missing:
-                raise RuntimeError(f"layers did not run in the forward pass: {missing}")
-            values, ys, xs = (torch.cat([captured[n][i] for n in names], dim=1) for i in range(3))
-            captured.clear()
-            topk.update(values, batch.image_ids, ys, xs)
-            done += len(batch.image_ids)
-            if progress is not None:
-                progress(done, time.perf_counter() - start)
-    result = topk.result()
-    result["feature_id"] = result.pop("neuron_id")
-    return FeaturePassResult(
-        result, {n: int(o) for n, o in offsets.items()}, done, time.perf_counter() - start
-    )
-
-
-def sampler_bytes(layers: Sequence[LayerInfo], capacity: int) -> int:
-    """Memory the sampling step's reservoirs hold: ``capacity x C x 4`` bytes per layer."""
-    return sum(capacity * int(info.channels or 0) * 4 for info in layers)
 
 
 def describe(dictionaries: Mapping[str, LayerDictionary]) -> list[dict[str, Any]]:

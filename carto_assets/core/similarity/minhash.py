@@ -36,7 +36,7 @@ from operator import methodcaller
 from typing import Literal
 
 import numpy as np
-from datasketch.lsh import _optimal_param
+from scipy.integrate import quad
 
 from carto_assets.validate import check_choice, check_float, check_int, check_seed
 
@@ -389,14 +389,31 @@ def minhash_signatures(
     return out
 
 
+def _false_positive_probability(threshold: float, bands: int, rows: int) -> float:
+    """Probability mass of pairs below ``threshold`` that share a band, integrated over s."""
+    return quad(lambda s: 1 - (1 - s ** float(rows)) ** float(bands), 0.0, threshold)[0]
+
+
+def _false_negative_probability(threshold: float, bands: int, rows: int) -> float:
+    """Probability mass of pairs above ``threshold`` that share no band, integrated over s."""
+    return quad(lambda s: 1 - (1 - (1 - s ** float(rows)) ** float(bands)), threshold, 1.0)[0]
+
+
 @lru_cache(maxsize=256)
-def _datasketch_banding(
+def _banding(
     threshold: float, num_perm: int, fp_weight: float, fn_weight: float
 ) -> tuple[int, int]:
-    # MinHashLSH(threshold, num_perm, weights) runs this same search for its .b and .r, but its
-    # constructor refuses fewer than 2 bands, which is the best banding at threshold 1.0
-    # (and for num_perm < 2), so the search is called directly.
-    return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
+    # datasketch's search (MinHashLSH's .b and .r), written out: its constructor refuses fewer
+    # than 2 bands, the best banding at threshold 1.0, and the search itself is private there.
+    best, choice = float("inf"), (0, 0)
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            error = fp_weight * _false_positive_probability(
+                threshold, bands, rows
+            ) + fn_weight * _false_negative_probability(threshold, bands, rows)
+            if error < best:
+                best, choice = error, (bands, rows)
+    return choice
 
 
 def optimal_lsh_params(
@@ -426,7 +443,7 @@ def optimal_lsh_params(
     fp, fn = (float(w) for w in weights)
     if fp < 0 or fn < 0 or abs(fp + fn - 1.0) > 1e-9:
         raise ValueError(f"weights must be two non-negative numbers summing to 1, got {weights!r}")
-    return _datasketch_banding(threshold, num_perm, fp, fn)
+    return _banding(threshold, num_perm, fp, fn)
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,9 +2,10 @@
 
 Neurons that share top-activating images co-occur like words in a sentence (NeuroCartography,
 IEEE TVCG 2022). A skip-gram model with negative sampling, trained on the co-occurrences,
-places neurons that detect related concepts close together. Two trainers share one SGD loop:
-:func:`train_skipgram` on every co-occurring pair, and :func:`train_skipgram_sentences` on one
-sentence per image with word2vec's dynamic window (:mod:`carto_assets.core.skipgram.sentences`).
+places neurons that detect related concepts close together. :func:`train_skipgram_sentences`
+trains on one sentence per image with word2vec's dynamic window
+(:mod:`carto_assets.core.skipgram.sentences`); its SGD loop (:func:`sgd_epochs`) also drives the
+all-pairs trainer that ``benchmarks/embedding.py`` compares it with.
 Neighbours are :mod:`carto_assets.core.projection.neighbors`, the 2-D map
 :mod:`carto_assets.core.projection.umap2d`.
 
@@ -28,8 +29,8 @@ from carto_assets.validate import check_float, check_int
 __all__ = [
     "BatchGradients",
     "SkipGramResult",
+    "sgd_epochs",
     "skipgram_batch_gradients",
-    "train_skipgram",
     "train_skipgram_sentences",
 ]
 
@@ -41,7 +42,7 @@ MIN_LR_FRACTION = 1e-4
 
 @dataclass(frozen=True)
 class SkipGramResult:
-    """Output of :func:`train_skipgram`.
+    """Output of :func:`train_skipgram_sentences`.
 
     Attributes
     ----------
@@ -150,7 +151,7 @@ def skipgram_batch_gradients(
     return BatchGradients(loss, grad_centres, grad_contexts, grad_negatives)
 
 
-def _check_hyperparameters(
+def check_hyperparameters(
     dim: int,
     epochs: int,
     learning_rate: float,
@@ -167,61 +168,6 @@ def _check_hyperparameters(
     check_int("negative_group_size", negative_group_size, minimum=1)
     if num_threads is not None:
         check_int("num_threads", num_threads, minimum=1)
-
-
-def _validate_pairs(
-    neuron_a: np.ndarray, neuron_b: np.ndarray, count: np.ndarray, n_neurons: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    check_int("n_neurons", n_neurons, minimum=0)
-    arrays = {
-        "neuron_a": np.asarray(neuron_a),
-        "neuron_b": np.asarray(neuron_b),
-        "count": np.asarray(count),
-    }
-    for name, arr in arrays.items():
-        if arr.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
-    lengths = {name: arr.shape[0] for name, arr in arrays.items()}
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"neuron_a, neuron_b and count must have equal lengths, got {lengths}")
-    a, b, c = (arr.astype(np.int64, copy=False) for arr in arrays.values())
-    if a.size:
-        for name, arr in (("neuron_a", a), ("neuron_b", b)):
-            if arr.min() < 0:
-                raise ValueError(f"{name} must be non-negative, got {int(arr.min())}")
-            if arr.max() >= n_neurons:
-                raise ValueError(f"{name} must be < n_neurons={n_neurons}, got {int(arr.max())}")
-        if c.min() < 1:
-            raise ValueError(f"count must be >= 1, got {int(c.min())}")
-        same = np.flatnonzero(a == b)
-        if same.size:
-            raise ValueError(
-                f"neuron_a must differ from neuron_b, got neuron {int(a[same[0]])} paired "
-                "with itself"
-            )
-    return a, b, c
-
-
-def _validate_negative_counts(
-    negative_counts: np.ndarray, n_neurons: int, isolated: np.ndarray
-) -> np.ndarray:
-    weights = np.asarray(negative_counts)
-    if weights.shape != (n_neurons,):
-        raise ValueError(
-            f"negative_counts must have shape (n_neurons,) = ({n_neurons},), got {weights.shape}"
-        )
-    if not np.issubdtype(weights.dtype, np.number) or np.iscomplexobj(weights):
-        raise ValueError(f"negative_counts must be real numbers, got dtype {weights.dtype}")
-    weights = weights.astype(np.float64)
-    if not np.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError("negative_counts must be finite and >= 0")
-    if not (~isolated).any():
-        return weights
-    if not (weights[~isolated] > 0).any():
-        raise ValueError("negative_counts must be positive for at least one co-occurring neuron")
-    return weights
 
 
 def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,174 +204,7 @@ def _sample_alias(
     return torch.where(accept, column, alias[column])
 
 
-def train_skipgram(
-    neuron_a: np.ndarray,
-    neuron_b: np.ndarray,
-    count: np.ndarray,
-    n_neurons: int,
-    *,
-    dim: int = 30,
-    epochs: int = 10,
-    learning_rate: float = 0.07,
-    negatives: int = 5,
-    batch_size: int = 16384,
-    negative_group_size: int = 16,
-    num_threads: int | None = 1,
-    negative_counts: np.ndarray | None = None,
-    seed: int = 0,
-    progress: Callable[[int, float], None] | None = None,
-) -> SkipGramResult:
-    """Train a skip-gram embedding with negative sampling on neuron co-occurrences.
-
-    Every co-occurrence is one training example in each direction: a pair with
-    ``count = c`` contributes ``c`` examples with ``a`` as centre and ``b`` as
-    context and ``c`` with the roles swapped. One epoch visits all
-    ``2 * count.sum()`` examples once, in a fresh random order; that is exactly
-    the set of (centre, context) pairs word2vec sees with one "sentence" per
-    image and a window spanning the sentence. Each example gets ``negatives``
-    negative contexts drawn from the unigram distribution raised to 0.75 (see
-    ``negative_counts``), sampled exactly with an alias table.
-
-    Parameters
-    ----------
-    neuron_a, neuron_b, count : np.ndarray
-        Co-occurring pairs as returned by
-        :func:`carto_assets.core.cooccurrence.cooccurrence_counts`: equal-length
-        1-D integer arrays, ids in ``[0, n_neurons)``, ``neuron_a != neuron_b``,
-        ``count >= 1``. The order of the two ids does not matter.
-    n_neurons : int
-        Number of neurons, >= 0; every id in ``[0, n_neurons)`` gets a vector.
-    dim : int
-        Embedding dimension, >= 1.
-    epochs : int
-        Passes over all examples, >= 1.
-    learning_rate : float
-        Initial SGD step, > 0; it decays linearly to ``1e-4`` of itself over
-        all steps, as in word2vec.
-    negatives : int
-        Negative samples per example, >= 1.
-    batch_size : int
-        Most examples per vectorised SGD step, >= 1. The step uses at most
-        ``2 * (number of co-occurring neurons)`` examples: a row that recurs many
-        times in one batch receives the sum of all its updates at once, one huge
-        step (16384 examples over 300 neurons destroyed the planted groups in the
-        tests, while 512 recovered them).
-    negative_group_size : int
-        Consecutive examples of a (shuffled) batch that share one draw of
-        ``negatives`` negatives, >= 1. Each example still has ``negatives``
-        unigram^0.75 negatives; sharing turns the per-example dot products into
-        small matrix products and cuts the rows to update. 1 reproduces word2vec's
-        independent draws (about 3x slower, same quality in the benchmark).
-    num_threads : int or None
-        torch intra-op threads while training (restored afterwards); None keeps
-        the process setting. The default 1 is deliberate: the per-batch tensors
-        are small, and with several threads OpenMP barrier stalls made training
-        up to 100x slower whenever other processes were busy on the same CPUs.
-    negative_counts : np.ndarray, optional
-        (n_neurons,) non-negative per-neuron frequencies for the negative
-        distribution, at least one positive among non-isolated neurons. word2vec
-        uses how many sentences a word occurs in; with one sentence per image
-        that is :func:`carto_assets.core.cooccurrence.shared_image_counts`, the
-        recommended input (it gave slightly better neighbour precision in the
-        benchmark). Default: each neuron's number of co-occurrences,
-        ``count`` summed over its pairs, which needs only the pairs. Neurons with
-        weight 0 are never drawn.
-    seed : int
-        Seeds the initialisation, shuffling and negative sampling.
-    progress : callable, optional
-        Called after each epoch as ``progress(epoch, mean_loss)``, epoch 1-based.
-
-    Returns
-    -------
-    SkipGramResult
-        Input vectors (the embedding), per-epoch mean loss and the ``isolated`` mask.
-
-    Raises
-    ------
-    ValueError
-        On a bad hyper-parameter or inconsistent pair arrays (see messages).
-    FloatingPointError
-        If training diverges to non-finite vectors (learning rate far too high).
-
-    Notes
-    -----
-    Separate input and output vectors as in word2vec: input vectors start
-    uniform in ``[-1/dim, 1/dim)`` (gensim's initialisation), output vectors at
-    zero, and the input vectors are returned. Gradients are analytic
-    (:func:`skipgram_batch_gradients`, checked against autograd in the tests)
-    and applied with ``scatter_add_``, so a row that occurs several times in a
-    batch receives the sum of its updates, computed from the batch's starting
-    parameters.
-
-    Defaults (10 epochs from a learning rate of 0.07) come from
-    ``benchmarks/embedding.py``. Top-k co-occurrences give each neuron few
-    examples (tens per epoch), and then word2vec's 5 epochs at 0.025 leave the
-    vectors at their initialisation (neighbour precision near chance), while
-    training much longer fits chance co-occurrences and lowers precision
-    gradually. Too little training is the worse failure, so the defaults sit a
-    little past the best setting of the benchmark's noisiest data. If most
-    neurons' neighbours look random, raise ``epochs``; if concepts blur, lower it.
-
-    Isolated neurons (in no pair) are never a centre or context, so their
-    vector stays its random initialisation: finite, non-zero, short compared to
-    trained vectors and uncorrelated with everything (with the default negative
-    weights or ``shared_image_counts`` they are not drawn as negatives either).
-    They are flagged in ``isolated`` so callers can grey them out or leave them
-    off the map; their neighbours and positions mean nothing.
-
-    Memory is O(n_neurons * dim + count.sum()). The same inputs and seed give
-    bit-identical vectors for a given torch build and thread count: all
-    randomness comes from a local ``torch.Generator`` and CPU ``scatter_add_``
-    is deterministic.
-    """
-    _check_hyperparameters(
-        dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
-    )
-    a_np, b_np, c_np = _validate_pairs(neuron_a, neuron_b, count, n_neurons)
-
-    gen = torch.Generator().manual_seed(int(seed))
-    w_in = (torch.rand(n_neurons, dim, generator=gen) * 2.0 - 1.0) / dim
-    w_out = torch.zeros(n_neurons, dim)
-
-    frequency = np.bincount(np.concatenate([a_np, b_np]), np.tile(c_np, 2), minlength=n_neurons)
-    isolated = frequency == 0
-    if negative_counts is not None:
-        frequency = _validate_negative_counts(negative_counts, n_neurons, isolated)
-    if a_np.size == 0:
-        return SkipGramResult(w_in.numpy(), [], isolated)
-
-    # Example i < T is (a -> b) of the pair owning co-occurrence i, i >= T the reverse.
-    # int32 halves the largest allocation; ids are widened per batch.
-    id_dtype = np.int32 if n_neurons <= np.iinfo(np.int32).max else np.int64
-    a_rep = np.repeat(a_np.astype(id_dtype), c_np)
-    b_rep = np.repeat(b_np.astype(id_dtype), c_np)
-    centres_all = torch.from_numpy(np.concatenate([a_rep, b_rep]))
-    contexts_all = torch.from_numpy(np.concatenate([b_rep, a_rep]))
-    del a_rep, b_rep
-
-    def every_pair(_epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        order = torch.randperm(centres_all.numel(), generator=gen)
-        return centres_all[order], contexts_all[order]
-
-    losses = _sgd_epochs(
-        w_in,
-        w_out,
-        every_pair,
-        frequency,
-        isolated,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        negatives=negatives,
-        batch_size=batch_size,
-        negative_group_size=negative_group_size,
-        num_threads=num_threads,
-        gen=gen,
-        progress=progress,
-    )
-    return _finish(w_in, losses, isolated, learning_rate, batch_size)
-
-
-def _sgd_epochs(
+def sgd_epochs(
     w_in: torch.Tensor,
     w_out: torch.Tensor,
     epoch_examples: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -441,7 +220,8 @@ def _sgd_epochs(
     gen: torch.Generator,
     progress: Callable[[int, float], None] | None,
 ) -> list[float]:
-    """The SGD loop shared by both trainers; ``epoch_examples(e)`` gives the (shuffled)
+    """The SGD loop of the trainers (the sentence trainer here, the all-pairs one in
+    ``benchmarks/all_pairs.py``); ``epoch_examples(e)`` gives the (shuffled)
     centre and context ids of epoch ``e``. Returns the mean loss per example per epoch."""
     dim = w_in.shape[1]
     alias_prob, alias_idx = (
@@ -500,7 +280,7 @@ def _sgd_epochs(
     return epoch_losses
 
 
-def _finish(
+def finish_training(
     w_in: torch.Tensor,
     losses: list[float],
     isolated: np.ndarray,
@@ -556,23 +336,86 @@ def train_skipgram_sentences(
         cost grows linearly with it. See
         :func:`carto_assets.core.skipgram.sentences.expected_window_weight` for the
         expected weight of each pair.
-    dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads,
-    seed, progress
-        As for :func:`train_skipgram`. Negatives follow word2vec: unigram^0.75 of
-        each neuron's sentence count (:func:`carto_assets.core.cooccurrence.shared_image_counts`).
+    dim : int
+        Embedding dimension, >= 1.
+    epochs : int
+        Passes over all examples, >= 1.
+    learning_rate : float
+        Initial SGD step, > 0; it decays linearly to ``1e-4`` of itself over
+        all steps, as in word2vec.
+    negatives : int
+        Negative samples per example, >= 1.
+    batch_size : int
+        Most examples per vectorised SGD step, >= 1. The step uses at most
+        ``2 * (number of co-occurring neurons)`` examples: a row that recurs many
+        times in one batch receives the sum of all its updates at once, one huge
+        step (16384 examples over 300 neurons destroyed the planted groups in the
+        tests, while 512 recovered them).
+    negative_group_size : int
+        Consecutive examples of a (shuffled) batch that share one draw of
+        ``negatives`` negatives, >= 1. Each example still has ``negatives``
+        unigram^0.75 negatives; sharing turns the per-example dot products into
+        small matrix products and cuts the rows to update. 1 reproduces word2vec's
+        independent draws (about 3x slower, same quality in the benchmark).
+    num_threads : int or None
+        torch intra-op threads while training (restored afterwards); None keeps
+        the process setting. The default 1 is deliberate: the per-batch tensors
+        are small, and with several threads OpenMP barrier stalls made training
+        up to 100x slower whenever other processes were busy on the same CPUs.
+    seed : int
+        Seeds the initialisation, shuffling, windows and negative sampling.
+    progress : callable, optional
+        Called after each epoch as ``progress(epoch, mean_loss)``, epoch 1-based.
+
+    Negatives follow word2vec: unigram^0.75 of how many sentences (images) each neuron is in.
 
     Returns
     -------
     SkipGramResult
         ``isolated`` marks neurons in no sentence (sharing no top image).
 
+    Raises
+    ------
+    ValueError
+        On a bad hyper-parameter or neuron id (see messages).
+    FloatingPointError
+        If training diverges to non-finite vectors (learning rate far too high).
+
     Notes
     -----
-    Gradients are exact (:func:`skipgram_batch_gradients`). Each epoch draws new
-    shuffles and windows, then shuffles all its examples before cutting batches,
-    as :func:`train_skipgram` does. Memory is O(n_neurons x dim + tokens x window).
+    Each epoch draws new shuffles and windows, then shuffles all its examples before
+    cutting batches. Memory is O(n_neurons x dim + tokens x window).
+
+    Separate input and output vectors as in word2vec: input vectors start
+    uniform in ``[-1/dim, 1/dim)`` (gensim's initialisation), output vectors at
+    zero, and the input vectors are returned. Gradients are analytic
+    (:func:`skipgram_batch_gradients`, checked against autograd in the tests)
+    and applied with ``scatter_add_``, so a row that occurs several times in a
+    batch receives the sum of its updates, computed from the batch's starting
+    parameters.
+
+    Defaults (10 epochs from a learning rate of 0.07) come from
+    ``benchmarks/embedding.py``. Top-k co-occurrences give each neuron few
+    examples (tens per epoch), and then word2vec's 5 epochs at 0.025 leave the
+    vectors at their initialisation (neighbour precision near chance), while
+    training much longer fits chance co-occurrences and lowers precision
+    gradually. Too little training is the worse failure, so the defaults sit a
+    little past the best setting of the benchmark's noisiest data. If most
+    neurons' neighbours look random, raise ``epochs``; if concepts blur, lower it.
+
+    Isolated neurons (in no sentence) are never a centre or context, so their
+    vector stays its random initialisation: finite, non-zero, short compared to
+    trained vectors and uncorrelated with everything (they are not drawn as
+    negatives either).
+    They are flagged in ``isolated`` so callers can grey them out or leave them
+    off the map; their neighbours and positions mean nothing.
+
+    The same inputs and seed give
+    bit-identical vectors for a given torch build and thread count: all
+    randomness comes from a local ``torch.Generator`` and CPU ``scatter_add_``
+    is deterministic.
     """
-    _check_hyperparameters(
+    check_hyperparameters(
         dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
     )
     check_int("window", window, minimum=1)
@@ -600,7 +443,7 @@ def train_skipgram_sentences(
             torch.from_numpy(contexts[order].astype(id_dtype)),
         )
 
-    losses = _sgd_epochs(
+    losses = sgd_epochs(
         w_in,
         w_out,
         windowed,
@@ -615,4 +458,4 @@ def train_skipgram_sentences(
         gen=gen,
         progress=progress,
     )
-    return _finish(w_in, losses, isolated, learning_rate, batch_size)
+    return finish_training(w_in, losses, isolated, learning_rate, batch_size)

@@ -2,9 +2,8 @@ import math
 
 import numpy as np
 import pytest
-from datasketch import MinHash
+from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32, sha1_hash64
-from datasketch.lsh import _optimal_param
 
 from carto_assets.core.similarity.minhash import (
     ENCODINGS,
@@ -114,10 +113,23 @@ def test_encode_image_id():
     assert encode_image_id(258, "decimal") == b"258"
 
 
-@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
-@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.2, 0.8)])
-def test_optimal_params_match_datasketch(threshold, weights):
-    assert optimal_lsh_params(threshold, 64, weights) == _optimal_param(threshold, 64, *weights)
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.8, 0.95])
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.2, 0.8), (0.9, 0.1)])
+@pytest.mark.parametrize("num_perm", [16, 64, 128])
+def test_optimal_params_match_datasketchs_lsh(threshold, weights, num_perm):
+    """Our search picks the banding datasketch's MinHashLSH picks (its public .b and .r)."""
+    bands, rows = optimal_lsh_params(threshold, num_perm, weights)
+    try:
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+    except ValueError as exc:  # its search found one band, which its constructor refuses
+        assert "b < 2" in str(exc) and bands == 1
+        return
+    assert (bands, rows) == (lsh.b, lsh.r)
+
+
+def test_threshold_one_gets_one_band_of_every_row():
+    # datasketch's constructor refuses the best banding here (fewer than 2 bands).
+    assert optimal_lsh_params(1.0, 32) == (1, 32)
 
 
 def test_unique_inverse_matches_numpy_on_both_paths():

@@ -5,58 +5,44 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carto_assets.core.cooccurrence import cooccurrence_counts
 from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.projection.umap2d import project_2d
 from carto_assets.core.skipgram.trainer import (
     _alias_table,
     _sample_alias,
     skipgram_batch_gradients,
-    train_skipgram,
+    train_skipgram_sentences,
 )
 
 
-def planted_pairs(n_groups=10, group_size=30, top_k=10, pool=40, p_noise=0.2, n_isolated=6, seed=0):
-    """Co-occurrences of neurons whose top images come mostly from their group's pool.
-
-    The last ``n_isolated`` neurons get private images only, so they co-occur with nobody.
-    """
+def planted_top_images(n_groups=10, group_size=30, top_k=10, pool=40, p_noise=0.2, seed=0):
     rng = np.random.default_rng(seed)
-    n_grouped = n_groups * group_size
-    group = np.concatenate([np.repeat(np.arange(n_groups), group_size), -np.ones(n_isolated, int)])
-    group = group[np.r_[rng.permutation(n_grouped), np.arange(n_grouped, group.size)]]
+    group = rng.permutation(np.repeat(np.arange(n_groups), group_size))
+    group = np.r_[group, -1, -1]  # two neurons with private images only
     neuron_ids, image_ids = [], []
-    noise_images = 10_000 + np.arange(200)
     for neuron, g in enumerate(group):
         if g < 0:
             images = 1_000_000 + neuron * top_k + np.arange(top_k)
         else:
             n_noise = rng.binomial(top_k, p_noise)
-            images = np.concatenate(
-                [
-                    g * pool + rng.choice(pool, top_k - n_noise, replace=False),
-                    rng.choice(noise_images, n_noise, replace=False),
-                ]
-            )
+            images = np.r_[
+                g * pool + rng.choice(pool, top_k - n_noise, replace=False),
+                10_000 + rng.choice(200, n_noise, replace=False),
+            ]
         neuron_ids.append(np.full(top_k, neuron))
         image_ids.append(images)
-    a, b, count = cooccurrence_counts(np.concatenate(neuron_ids), np.concatenate(image_ids))
-    return a, b, count, group
+    return np.concatenate(neuron_ids), np.concatenate(image_ids), group
 
 
 @pytest.fixture(scope="module")
 def planted():
-    a, b, count, group = planted_pairs()
-    return a, b, count, group, train_skipgram(a, b, count, group.size, seed=0)
-
-
-def test_planted_groups_with_word2vec_negative_counts():
-    a, b, count, group = planted_pairs(seed=1)
-    weights = np.bincount(np.r_[a, b], minlength=group.size) ** 0.5  # any frequencies
-    weights[-1] = 0.0  # isolated and weightless
-    result = train_skipgram(a, b, count, group.size, negative_counts=weights, seed=0)
-    grouped = group >= 0
-    assert neighbour_precision(result.vectors[grouped], group[grouped]) >= 0.9
+    neuron_ids, image_ids, group = planted_top_images()
+    return (
+        neuron_ids,
+        image_ids,
+        group,
+        train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=0),
+    )
 
 
 def neighbour_precision(vectors, group, k=10):
@@ -123,45 +109,44 @@ def test_alias_sampler_matches_weights_and_skips_zeros():
 # --- training ----------------------------------------------------------------------------
 
 
-def test_planted_groups_are_recovered(planted):
-    _, _, _, group, result = planted
-    grouped = group >= 0
+def test_planted_groups_are_recovered_and_isolated_flagged(planted):
+    _, _, group, result = planted
     assert result.vectors.shape == (group.size, 30) and result.vectors.dtype == np.float32
+    assert result.isolated.tolist() == (group < 0).tolist()
+    grouped = group >= 0
     assert neighbour_precision(result.vectors[grouped], group[grouped]) >= 0.9
     assert len(result.epoch_losses) == 10
     assert result.epoch_losses[-1] < result.epoch_losses[0]
 
 
 def test_same_seed_is_bit_identical_and_seed_matters(planted):
-    a, b, count, group, result = planted
-    again = train_skipgram(a, b, count, group.size, seed=0)
+    neuron_ids, image_ids, group, result = planted
+    again = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=0)
     np.testing.assert_array_equal(again.vectors, result.vectors)
     assert again.epoch_losses == result.epoch_losses
-    other = train_skipgram(a, b, count, group.size, seed=1, epochs=1)
+    other = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=1, epochs=1)
     assert not np.array_equal(other.vectors, result.vectors)
 
 
-def test_isolated_neurons_get_finite_flagged_vectors(planted):
-    _, _, _, group, result = planted
-    np.testing.assert_array_equal(result.isolated, group < 0)
+def test_isolated_neurons_get_finite_small_vectors(planted):
+    _, _, _, result = planted
     assert np.isfinite(result.vectors).all()
     norms = np.linalg.norm(result.vectors, axis=1)
     assert np.all(norms[result.isolated] > 0)
     assert norms[result.isolated].max() < np.median(norms[~result.isolated])
 
 
-def test_no_pairs_at_all_and_progress_callback():
-    empty = np.array([], dtype=np.int64)
-    result = train_skipgram(empty, empty, empty, 4, dim=3)
+def test_no_sentences_at_all_and_progress_callback():
+    # Every image is one neuron's alone: no sentence of two.
+    result = train_skipgram_sentences(np.array([0, 1]), np.array([0, 1]), 4, dim=3)
     assert result.vectors.shape == (4, 3) and np.isfinite(result.vectors).all()
     assert result.isolated.all() and result.epoch_losses == []
 
     calls = []
     before = torch.get_num_threads()
-    out = train_skipgram(
-        np.array([0, 1]),
-        np.array([1, 2]),
-        np.array([3, 1]),
+    out = train_skipgram_sentences(
+        np.array([0, 1, 1, 2, 0]),
+        np.array([7, 7, 8, 8, 8]),
         5,
         epochs=3,
         batch_size=3,
@@ -185,34 +170,16 @@ def test_no_pairs_at_all_and_progress_callback():
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"negative_group_size": 0}, "negative_group_size must be an integer >= 1"),
         ({"num_threads": 0}, "num_threads must be an integer >= 1, got 0"),
-        ({"neuron_b": np.array([1])}, "equal lengths"),
-        ({"neuron_a": np.array([-1, 0])}, "neuron_a must be non-negative, got -1"),
-        ({"neuron_b": np.array([1, 3])}, "neuron_b must be < n_neurons=3, got 3"),
-        ({"count": np.array([1, 0])}, "count must be >= 1, got 0"),
-        ({"neuron_b": np.array([0, 2])}, "neuron 0 paired with itself"),
-        ({"count": np.array([1.0, 2.0])}, "count must have an integer dtype"),
+        ({"window": 0}, "window must be an integer >= 1, got 0"),
         ({"n_neurons": -1}, "n_neurons must be an integer >= 0, got -1"),
-        (
-            {"negative_counts": np.ones(2)},
-            r"negative_counts must have shape \(n_neurons,\) = \(3,\)",
-        ),
-        (
-            {"negative_counts": np.array([1.0, -1.0, 1.0])},
-            "negative_counts must be finite and >= 0",
-        ),
-        ({"negative_counts": np.zeros(3)}, "positive for at least one co-occurring neuron"),
+        ({"n_neurons": 2}, "neuron_ids must be < n_neurons=2, got 2"),
     ],
 )
 def test_train_rejects_bad_arguments(kwargs, message):
-    args = {
-        "neuron_a": np.array([0, 1]),
-        "neuron_b": np.array([1, 2]),
-        "count": np.array([1, 2]),
-        "n_neurons": 3,
-    }
+    args = {"neuron_ids": np.array([0, 1, 2]), "image_ids": np.array([5, 5, 5]), "n_neurons": 3}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        train_skipgram(**args)
+        train_skipgram_sentences(**args)
 
 
 # --- nearest neighbours ---------------------------------------------------------------------
@@ -277,7 +244,7 @@ def test_projection_with_umap_covers_every_neuron(planted):
     # trained embedding whose isolated neurons must still get finite positions.
     tiny = project_2d(np.random.default_rng(0).normal(size=(5, 30)), seed=0)
     assert tiny.shape == (5, 2) and np.isfinite(tiny).all()
-    _, _, _, group, result = planted
+    _, _, group, result = planted
     layout = project_2d(result.vectors, n_neighbors=15, seed=0)
     assert layout.shape == (group.size, 2) and layout.dtype == np.float32
     assert np.isfinite(layout).all()

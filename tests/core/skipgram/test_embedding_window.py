@@ -6,7 +6,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.skipgram.sentences import (
     Sentences,
     expected_window_weight,
@@ -118,39 +117,6 @@ def test_image_sentences_drop_singletons_and_duplicates():
     assert s.lengths.tolist() == [2]
     with pytest.raises(ValueError, match="equal lengths"):
         image_sentences(np.array([1, 2]), np.array([1]))
-
-
-def planted_top_images(n_groups=10, group_size=30, top_k=10, pool=40, p_noise=0.2, seed=0):
-    rng = np.random.default_rng(seed)
-    group = rng.permutation(np.repeat(np.arange(n_groups), group_size))
-    group = np.r_[group, -1, -1]  # two neurons with private images only
-    neuron_ids, image_ids = [], []
-    for neuron, g in enumerate(group):
-        if g < 0:
-            images = 1_000_000 + neuron * top_k + np.arange(top_k)
-        else:
-            n_noise = rng.binomial(top_k, p_noise)
-            images = np.r_[
-                g * pool + rng.choice(pool, top_k - n_noise, replace=False),
-                10_000 + rng.choice(200, n_noise, replace=False),
-            ]
-        neuron_ids.append(np.full(top_k, neuron))
-        image_ids.append(images)
-    return np.concatenate(neuron_ids), np.concatenate(image_ids), group
-
-
-def test_planted_groups_are_recovered_and_isolated_flagged():
-    neuron_ids, image_ids, group = planted_top_images()
-    result = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=0)
-    assert result.isolated.tolist() == (group < 0).tolist()
-    grouped = group >= 0
-    idx, _ = nearest_neighbors(result.vectors[grouped], 10)
-    precision = float((group[grouped][idx] == group[grouped][:, None]).mean())
-    assert precision >= 0.9
-    assert len(result.epoch_losses) == 10
-    assert result.epoch_losses[-1] < result.epoch_losses[0]
-    again = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=0)
-    assert np.array_equal(result.vectors, again.vectors)
 
 
 def test_sentence_trainer_validates():
