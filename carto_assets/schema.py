@@ -130,6 +130,19 @@ TABLES: dict[str, Table] = {
             ("value", "VARCHAR", "the concept's value in that image, e.g. `colour = red`"),
         ),
         _table(
+            "image_masks",
+            "images",
+            ("image_id", "BIGINT", "image"),
+            ("height", "INTEGER", "mask rows (the image's side)"),
+            ("width", "INTEGER", "mask columns"),
+            (
+                "mask",
+                "BLOB",
+                "where the object is: one bit per pixel (covered by more than half), row-major, "
+                "packed 8 to a byte, most significant bit first (`numpy.packbits`)",
+            ),
+        ),
+        _table(
             "neurons",
             "top_images",
             ("neuron_id", "BIGINT", "dense id over all mapped layers and feature pseudo-layers"),
@@ -433,6 +446,122 @@ TABLES: dict[str, Table] = {
             ),
             ("ablated", "DOUBLE", "the same with the units zeroed"),
             ("drop", "DOUBLE", "`baseline - ablated`"),
+        ),
+        _table(
+            "explained_images",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            ("label", "INTEGER", "its class"),
+            (
+                "predicted",
+                "INTEGER",
+                "the model's prediction (its top logit: a class index where the model's outputs "
+                "are the study's classes, else the head's output index)",
+            ),
+            (
+                "why",
+                "VARCHAR",
+                "`sample` (the concept graph's sampled images of the class), `misclassified` or "
+                "`listed` (`explain.images`)",
+            ),
+            ("logit", "DOUBLE", "the predicted logit"),
+        ),
+        _table(
+            "explanation_concepts",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            (
+                "target",
+                "INTEGER",
+                "the logit explained: the predicted one, and the true class's where they differ",
+            ),
+            ("layer", "VARCHAR", "unit layer (channels or a feature pseudo-layer)"),
+            ("rank", "INTEGER", "1 = the concept with the largest share"),
+            ("cluster_id", "BIGINT", "the concept: a cluster of the layer's units"),
+            (
+                "relevance",
+                "DOUBLE",
+                "the sum over the cluster's members of gradient × activation of the target "
+                "logit, summed over space",
+            ),
+            ("share", "DOUBLE", "`relevance` over the layer's total absolute relevance"),
+            (
+                "map",
+                "BLOB",
+                "where in the image the concept carries relevance: the same sum per position "
+                "of the layer's output (`map_height` × `map_width` of `explanation_layers`; "
+                "tokens for a ViT), row-major int8 codes",
+            ),
+            ("map_scale", "DOUBLE", "the map's values are its codes times this"),
+        ),
+        _table(
+            "explanation_layers",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            ("target", "INTEGER", "the logit explained"),
+            ("layer", "VARCHAR", "unit layer"),
+            ("logit", "DOUBLE", "the target logit's value"),
+            ("total", "DOUBLE", "the relevance of all the layer's units (gradient · activation)"),
+            ("unclustered", "DOUBLE", "the part of `total` from units in no cluster"),
+            (
+                "other_concepts",
+                "DOUBLE",
+                "the part of `total` from concepts not stored (below the "
+                "`explain.concepts_per_layer` most relevant)",
+            ),
+            (
+                "gap",
+                "DOUBLE",
+                "the completeness gap, `logit - total`: what the layer's first-order "
+                "decomposition does not account for (biases, nonlinearity, a dictionary's "
+                "reconstruction error)",
+            ),
+            ("map_height", "INTEGER", "rows of the layer's maps (tokens for token outputs)"),
+            ("map_width", "INTEGER", "columns of the layer's maps (1 for tokens)"),
+            (
+                "map",
+                "BLOB",
+                "all the layer's relevance per position, int8 codes as in `explanation_concepts`",
+            ),
+            ("map_scale", "DOUBLE", "the map's values are its codes times this"),
+        ),
+        _table(
+            "explanation_checks",
+            "explanations",
+            ("image_id", "BIGINT", "image (its predicted logit)"),
+            ("layer", "VARCHAR", "the last channel layer, or the last feature pseudo-layer"),
+            (
+                "object_share",
+                "DOUBLE",
+                "the share of the layer's positive relevance inside the object's mask "
+                "(`image_masks`, reduced to the layer's cells by area); NULL without a mask",
+            ),
+            ("mask_share", "DOUBLE", "the mask's share of the image (what chance would give)"),
+            ("top_object_share", "DOUBLE", "`object_share` of the most relevant concept alone"),
+            (
+                "auc_relevance",
+                "DOUBLE",
+                "concept deletion: the image's concepts zeroed one by one, most relevant first "
+                "(`explain.deletion_steps`), the predicted logit relative to its clean value "
+                "averaged over the steps (clean included); lower: it fell faster",
+            ),
+            ("auc_activation", "DOUBLE", "the same, most active concepts first"),
+            ("auc_random", "DOUBLE", "the same in a seeded random order"),
+        ),
+        _table(
+            "relevance_exemplars",
+            "explanations",
+            ("cluster_id", "BIGINT", "a concept"),
+            ("layer", "VARCHAR", "its layer"),
+            ("rank", "INTEGER", "1 = the image where it had the largest share"),
+            ("image_id", "BIGINT", "an explained image"),
+            (
+                "share",
+                "DOUBLE",
+                "the concept's share of its layer's relevance for the image's own class "
+                "(CRP's relevance maximization; among each image's stored concepts)",
+            ),
+            ("relevance", "DOUBLE", "its relevance"),
         ),
         _table(
             "cooccurrence",

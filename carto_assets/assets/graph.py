@@ -44,17 +44,29 @@ def example_patches(
     )
 
 
-@dg.asset(
-    group_name="graph",
-    kinds={"pytorch", "parquet"},
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "concept_graph_chunk",
+            group_name="graph",
+            kinds={"pytorch", "parquet"},
+            deps=["class_importance", "neuron_clusters"],
+            description="Nodes, influence edges, cascades and ablation checks for one chunk of "
+            "classes, as Parquet.",
+        ),
+        dg.AssetSpec(
+            "explanation_chunk",
+            group_name="explanations",
+            kinds={"pytorch", "parquet"},
+            deps=["class_importance", "neuron_clusters"],
+            description="Per-image concept relevance, maps and checks for one chunk of classes "
+            "(sharing the graph's passes), as Parquet.",
+        ),
+    ],
     partitions_def=CLASS_CHUNKS,
-    deps=["class_importance", "neuron_clusters"],
 )
-def concept_graph_chunk(
-    context: dg.AssetExecutionContext, study: StudyResource
-) -> dg.MaterializeResult:
-    """Nodes, influence edges, cascades and ablation checks for one chunk of classes, as
-    Parquet."""
+def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource):
+    """One class chunk's concept graph and explanations, from the same passes."""
     cfg = study.load()
     store = study.store()
     index = chunk_index(context.partition_key)
@@ -64,7 +76,8 @@ def concept_graph_chunk(
     chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
     out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
     computed = max(1, chunk.n_classes_computed)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
+        asset_key="concept_graph_chunk",
         metadata={
             "classes": dg.MetadataValue.json([labels[0], labels[-1]] if labels else []),
             "classes_computed": chunk.n_classes_computed,
@@ -77,7 +90,18 @@ def concept_graph_chunk(
             ),
             "checks_restarted_at_their_layers": chunk.restarted,
             "chunk_dir": dg.MetadataValue.path(str(out)),
-        }
+        },
+    )
+    explained = chunk.explanations.get("explained_images")
+    yield dg.MaterializeResult(
+        asset_key="explanation_chunk",
+        metadata={
+            "enabled": cfg.explain.enabled,
+            "images": 0 if explained is None else len(explained),
+            "beyond_the_samples": chunk.other_images,
+            "seconds_per_class": round(chunk.steps.get("explanations", 0.0) / computed, 3),
+            "chunk_dir": dg.MetadataValue.path(str(out)),
+        },
     )
 
 

@@ -89,6 +89,11 @@ class ImageSource(abc.ABC):
         """Ground-truth (image_id, concept, value) rows, or None when the source has none."""
         return None
 
+    def object_mask(self, index: int) -> np.ndarray | None:
+        """Ground truth of where image ``index``'s object is: a bool (image_size, image_size)
+        mask, or None when the source does not know."""
+        return None
+
     @property
     def skipped(self) -> list[SkippedFile]:
         return []
@@ -122,6 +127,9 @@ class ShapesSource(ImageSource):
 
     def concept_rows(self) -> list[tuple[int, str, str]]:
         return self.world.concept_rows()
+
+    def object_mask(self, index: int) -> np.ndarray:
+        return self.world.object_mask(index)
 
 
 class DigitsSource(ImageSource):

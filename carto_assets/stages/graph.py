@@ -46,6 +46,8 @@ from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_check
 from carto_assets.core.attribution.relevance import relevance, shares
 from carto_assets.memory import release_memory
 from carto_assets.sharding import chunk_labels, n_class_chunks
+from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
+from carto_assets.stages.explain import Explainer
 from carto_assets.stages.features import feature_layers
 from carto_assets.stages.graph_checks import ablation_checks, seed_for
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
@@ -54,7 +56,7 @@ from carto_assets.storage import CartoStore, write_parquet_atomic
 from carto_assets.study import Study
 
 #: The steps of a class's work, in order, as the timing breakdown names them.
-STEPS = ("images", "forward", "relevance", "nodes", "edges", "cascades", "checks")
+STEPS = ("images", "forward", "relevance", "nodes", "edges", "cascades", "checks", "explanations")
 
 
 # ---- the model, once per process ------------------------------------------------------------
@@ -125,13 +127,16 @@ def read_units(store: CartoStore, channel_layers: list[str], features) -> Units:
     return Units(layers, specs, neuron_of, cluster_of, index)
 
 
-def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle) -> torch.Tensor:
-    """Up to ``images_per_class`` images of the class (seeded sample), normalized."""
+def class_images(
+    study: Study, label: int, images: pl.DataFrame, source, bundle
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Up to ``images_per_class`` images of the class (seeded sample): their ids (those that
+    loaded) and the normalized pixels."""
     ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
     rng = np.random.default_rng([study.seed, label])
     pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class), replace=False))
-    pixels, _ = source.load_many(pick.tolist(), workers=4)
-    return bundle.normalize(torch.from_numpy(pixels))
+    pixels, ok = source.load_many(pick.tolist(), workers=4)
+    return pick[ok], bundle.normalize(torch.from_numpy(pixels))
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -167,6 +172,10 @@ class GraphChunk:
     steps: dict[str, float] = field(default_factory=dict)
     #: whether the checks' rows restarted at their layers (False: whole forward passes)
     restarted: bool = True
+    #: the ``explanation_chunk``'s tables (empty without ``explain.enabled``)
+    explanations: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: images explained beyond the classes' samples (misclassified, listed)
+    other_images: int = 0
 
 
 _CHUNK_TABLES = (
@@ -199,6 +208,7 @@ class _Context:
     predict: bool | None = None
     pairs: list[tuple[str, str]] = field(default_factory=list)
     restarted: bool = True
+    explainer: Explainer | None = None
 
     def tick(self, step: str, since: float) -> float:
         now = time.perf_counter()
@@ -242,17 +252,27 @@ def concept_graph_chunk(
         members={name: members_of(units.cluster_of[name]) for name in units.layers},
         steps=dict.fromkeys(STEPS, 0.0),
     )
+    if study.explain.enabled:
+        ctx.explainer = Explainer.for_chunk(
+            study, store, ctx.model, units, images, source, bundle, todo
+        )
     share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
+    other_images = 0
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in _CHUNK_TABLES}
     no_dependency: set[tuple[str, str]] = set()
     computed = 0
     for k, label in enumerate(todo):
         t = time.perf_counter()
-        x = class_images(study, label, images, source, bundle)
+        ids, x = class_images(study, label, images, source, bundle)
         t = ctx.tick("images", t)
         if len(x) == 0:
             continue
-        result = _class_graph(ctx, label, x, share if study.graph.faithfulness_edges else 0, t)
+        n_faith = share if study.graph.faithfulness_edges else 0
+        result = _class_graph(ctx, label, ids, x, n_faith, t)
+        if ctx.explainer is not None:
+            t = time.perf_counter()
+            other_images += ctx.explainer.others(label, ids, bool(ctx.predict))
+            ctx.tick("explanations", t)
         computed += 1
         no_dependency.update(result.pop("no_dependency"))
         for name, frame in result.items():
@@ -284,10 +304,14 @@ def concept_graph_chunk(
         seconds=time.perf_counter() - start,
         steps=ctx.steps,
         restarted=ctx.restarted,
+        explanations=ctx.explainer.tables() if ctx.explainer else {},
+        other_images=other_images,
     )
 
 
-def _class_graph(ctx: _Context, label: int, x: torch.Tensor, n_faith: int, t: float) -> dict:
+def _class_graph(
+    ctx: _Context, label: int, ids: np.ndarray, x: torch.Tensor, n_faith: int, t: float
+) -> dict:
     """One class's tables (without ``label``), from one forward pass of its images ``x``."""
     study, units, g = ctx.study, ctx.units, ctx.study.graph
     fwd = RetainedForward.run(ctx.model, units.layers, units.cluster_of, x, units.features)
@@ -304,7 +328,8 @@ def _class_graph(ctx: _Context, label: int, x: torch.Tensor, n_faith: int, t: fl
     # Relevance for the class's logit; where the model's outputs are not the study's classes,
     # for what the model predicts on each image (its top logit).
     target = label if ctx.predict else fwd.logits.detach().argmax(dim=1).cpu().numpy()
-    rel = relevance(fwd, target)
+    # The explanations reuse the pass: its gradients give the concepts' maps.
+    rel = relevance(fwd, target, keep_grads=ctx.explainer is not None)
     t = ctx.tick("relevance", t)
 
     scores = {rule: _scores(ctx, label, rule, rel) for rule in RULES}
@@ -350,6 +375,9 @@ def _class_graph(ctx: _Context, label: int, x: torch.Tensor, n_faith: int, t: fl
     )
     t = ctx.tick("cascades", t)
 
+    if ctx.explainer is not None:
+        ctx.explainer.sample(label, ids, fwd, x, rel, bool(ctx.predict))
+        t = ctx.tick("explanations", t)
     fwd.release()
     ablation, faithfulness = ablation_checks(
         ctx, label, fwd, x, chosen, scores, edges, carry, n_faith
@@ -439,6 +467,10 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     (out / "summary.json").unlink(missing_ok=True)
     for name in _CHUNK_TABLES:
         write_parquet_atomic(getattr(chunk, name), out / f"{name}.parquet")
+    for name, frame in chunk.explanations.items():
+        write_parquet_atomic(frame, out / f"{name}.parquet")
+    for name in set(EXPLANATION_TABLES) - set(chunk.explanations):
+        (out / f"{name}.parquet").unlink(missing_ok=True)  # explanations turned off
     summary = {
         "key": key,
         "labels": chunk.labels,
@@ -449,6 +481,7 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
         "seconds": chunk.seconds,
         "steps": chunk.steps,
         "restarted": chunk.restarted,
+        "other_images": chunk.other_images,
     }
     atomic.write_text(out / "summary.json", json.dumps(summary))
     return out
@@ -478,6 +511,12 @@ def read_graph_chunk(study: Study, key: str) -> GraphChunk:
         seconds=summary["seconds"],
         steps=summary["steps"],
         restarted=summary["restarted"],
+        explanations={
+            name: pl.read_parquet(out / f"{name}.parquet")
+            for name in EXPLANATION_TABLES
+            if (out / f"{name}.parquet").is_file()
+        },
+        other_images=summary.get("other_images", 0),
     )
 
 

@@ -133,3 +133,17 @@ def graph_nodes_sql(scores: pl.DataFrame, fraction: float, nodes_per_layer: int)
                                    ORDER BY importance DESC, cluster_id) <= {int(nodes_per_layer)}
         ORDER BY label, layer_index, importance DESC, cluster_id
     """).pl()
+
+
+def relevance_maps(model: nn.Module, layers: list[str], x: torch.Tensor, targets) -> dict:
+    """Per layer, each image's gradient x activation per unit and position (the output's own
+    layout), one image at a time."""
+    model.eval()
+    out = {name: [] for name in layers}
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        kept, logits = _outputs(model, layers, xi)
+        grads = torch.autograd.grad(logits[0, int(targets[i])], [kept[n] for n in layers])
+        for name, grad in zip(layers, grads):
+            out[name].append((grad * kept[name]).detach().double()[0].numpy())
+    return {name: np.stack(rows) for name, rows in out.items()}
