@@ -265,9 +265,12 @@ def asset_order(study_file: str) -> list[tuple[str, bool]]:
         for key in level:
             if key not in known or key in done:
                 continue
-            # A multi-asset (the graph's chunks and the explanations' chunks) runs as one step.
-            done.update(defs.resolve_assets_def(key).keys)
-            order.append((key.to_user_string(), graph.get(key).partitions_def is not None))
+            # A multi-asset (the graph's chunks and the explanations' chunks) runs as one step,
+            # named by its first key in name order (concept_graph_chunk).
+            keys = defs.resolve_assets_def(key).keys
+            done.update(keys)
+            name = min(k.to_user_string() for k in keys)
+            order.append((name, graph.get(key).partitions_def is not None))
     return order
 
 

@@ -275,7 +275,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carto", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,layers,check}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,layers,check,explain}")
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
     run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a study file without running anything")
     check.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
     check.set_defaults(func=cmd_check)
+
+    from carto_assets.explain_command import add_parser as add_explain
+
+    add_explain(sub)
 
     args = parser.parse_args(argv)
     # umap-learn compiles with numba on first use (about a minute on a small CPU); keep the

@@ -138,8 +138,9 @@ TABLES: dict[str, Table] = {
             (
                 "mask",
                 "BLOB",
-                "where the object is: one bit per pixel (covered by more than half), row-major, "
-                "packed 8 to a byte, most significant bit first (`numpy.packbits`)",
+                "where the object is (shapes: the pixels the shape covers by more than half; "
+                "digits: the ink), one bit per pixel, row-major, packed 8 to a byte, most "
+                "significant bit first (`numpy.packbits`)",
             ),
         ),
         _table(

@@ -132,6 +132,12 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
+def explain_page(data_json: str) -> str:
+    """``carto explain --html``'s page around its data (already :func:`script_json` text): the
+    image, its concept atlas and legend, drawn with ``textContent`` and a canvas only."""
+    return _asset("explain.html").replace("{{DATA}}", data_json)
+
+
 def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str]) -> str:
     """The HTML page: specs, page data and inline chunks (already :func:`script_json` text)
     as escaped JSON, then the scripts.

@@ -160,6 +160,10 @@ class DigitsSource(ImageSource):
         )
         return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)
 
+    def object_mask(self, index: int) -> np.ndarray:
+        """The digit's ink: pixels at least a quarter of full intensity after upscaling."""
+        return self.load(index)[:, :, 0] >= 64
+
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB."""
