@@ -190,7 +190,7 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
     source = source_for_manifest(study, images, class_names)
     times: dict[str, list[float]] = {"params": [], "frozen": [], "images": []}
     for label in range(min(n_classes, len(class_names))):
-        x = graph_stage.class_images(study, label, images, source, bundle)
+        _, _, x = graph_stage.class_images(study, label, images, source, bundle)
         for mode in ("params", "frozen"):
             flags = [p.requires_grad for p in model.parameters()]
             for p in model.parameters():

@@ -466,6 +466,7 @@ TABLES: dict[str, Table] = {
                 "`listed` (`explain.images`)",
             ),
             ("logit", "DOUBLE", "the predicted logit"),
+            ("thumb", "BLOB", "the image as the model saw it, at most 64 px a side, PNG"),
         ),
         _table(
             "explanation_concepts",

@@ -33,6 +33,10 @@ TABLES = ("explained_images", "explanation_concepts", "explanation_layers", "exp
 ORDERS = ("relevance", "activation", "random")
 
 
+#: Side of the explained images' thumbnails (``explained_images.thumb``), at most.
+THUMB_SIZE = 64
+
+
 @dataclass(frozen=True)
 class Batch:
     """Images explained together: one forward pass."""
@@ -40,6 +44,22 @@ class Batch:
     image_ids: np.ndarray
     labels: np.ndarray
     why: list[str]
+    #: uint8 (B, H, W, 3): what the thumbnails are made from
+    pixels: np.ndarray
+
+
+def thumbnail(pixels: np.ndarray, size: int = THUMB_SIZE) -> bytes:
+    """One image as a PNG of at most ``size`` px a side (what the views show)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(pixels)
+    if max(img.size) > size:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def empty() -> dict[str, pl.DataFrame]:
@@ -94,6 +114,7 @@ def explain_batch(
             "predicted": predicted.astype(np.int32),
             "why": batch.why,
             "logit": logits[np.arange(len(predicted)), predicted],
+            "thumb": pl.Series([thumbnail(p) for p in batch.pixels], dtype=pl.Binary),
         }
     )
     ids = batch.image_ids.astype(np.int64)
@@ -296,9 +317,11 @@ class Explainer:
             if frame.height:
                 self.frames[name].append(frame)
 
-    def sample(self, label: int, ids: np.ndarray, fwd, x, rel: Relevance, class_logits: bool):
+    def sample(
+        self, label: int, ids: np.ndarray, pixels, fwd, x, rel: Relevance, class_logits: bool
+    ):
         """The class's sampled images, from the graph's own passes."""
-        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), ["sample"] * len(ids))
+        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), ["sample"] * len(ids), pixels)
         self._add(
             *explain_batch(
                 self.model,
@@ -334,7 +357,7 @@ class Explainer:
             return 0
         x = self.bundle.normalize(torch.from_numpy(pixels))
         why = ["listed" if i in set(listed.tolist()) else "misclassified" for i in ids.tolist()]
-        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), why)
+        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), why, pixels)
         units = self.units
         fwd = RetainedForward.run(self.model, units.layers, units.cluster_of, x, units.features)
         self._add(

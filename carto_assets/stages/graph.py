@@ -129,14 +129,14 @@ def read_units(store: CartoStore, channel_layers: list[str], features) -> Units:
 
 def class_images(
     study: Study, label: int, images: pl.DataFrame, source, bundle
-) -> tuple[np.ndarray, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Up to ``images_per_class`` images of the class (seeded sample): their ids (those that
-    loaded) and the normalized pixels."""
+    loaded), their pixels (uint8) and the model's input (normalized)."""
     ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
     rng = np.random.default_rng([study.seed, label])
     pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class), replace=False))
     pixels, ok = source.load_many(pick.tolist(), workers=4)
-    return pick[ok], bundle.normalize(torch.from_numpy(pixels))
+    return pick[ok], pixels, bundle.normalize(torch.from_numpy(pixels))
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -263,12 +263,12 @@ def concept_graph_chunk(
     computed = 0
     for k, label in enumerate(todo):
         t = time.perf_counter()
-        ids, x = class_images(study, label, images, source, bundle)
+        ids, pixels, x = class_images(study, label, images, source, bundle)
         t = ctx.tick("images", t)
         if len(x) == 0:
             continue
         n_faith = share if study.graph.faithfulness_edges else 0
-        result = _class_graph(ctx, label, ids, x, n_faith, t)
+        result = _class_graph(ctx, label, ids, pixels, x, n_faith, t)
         if ctx.explainer is not None:
             t = time.perf_counter()
             other_images += ctx.explainer.others(label, ids, bool(ctx.predict))
@@ -310,7 +310,13 @@ def concept_graph_chunk(
 
 
 def _class_graph(
-    ctx: _Context, label: int, ids: np.ndarray, x: torch.Tensor, n_faith: int, t: float
+    ctx: _Context,
+    label: int,
+    ids: np.ndarray,
+    pixels: np.ndarray,
+    x: torch.Tensor,
+    n_faith: int,
+    t: float,
 ) -> dict:
     """One class's tables (without ``label``), from one forward pass of its images ``x``."""
     study, units, g = ctx.study, ctx.units, ctx.study.graph
@@ -376,7 +382,7 @@ def _class_graph(
     t = ctx.tick("cascades", t)
 
     if ctx.explainer is not None:
-        ctx.explainer.sample(label, ids, fwd, x, rel, bool(ctx.predict))
+        ctx.explainer.sample(label, ids, pixels, fwd, x, rel, bool(ctx.predict))
         t = ctx.tick("explanations", t)
     fwd.release()
     ablation, faithfulness = ablation_checks(
