@@ -16,6 +16,8 @@ are chosen for every class; the graph uses ``graph.importance``):
     python benchmarks/graph.py                        # the demo study's database in ./data
     python benchmarks/graph.py --run --folder /tmp/g  # carto run the demo there first
     python benchmarks/graph.py --study my_study.yaml
+    # the cost per class, interleaved with one forward + backward of the same classes' images
+    python benchmarks/graph.py --study /tmp/reh/study.yaml --cost --classes 16
 """
 
 from __future__ import annotations
@@ -38,12 +40,72 @@ def figures(store) -> dict[tuple[str, str | None], float]:
     return quality.figures_of(store.figures(), "concept_graph")
 
 
+def cost(study_file: str, n_classes: int, per_round: int) -> None:
+    """The graph's cost per class against one forward + backward of the class's images, the
+    two interleaved in this process (rounds of ``per_round`` classes: their forward +
+    backward, the graph chunk of those classes, their forward + backward again), so both see
+    the same machine. Prints the per-step breakdown."""
+    import time
+
+    import numpy as np
+
+    from carto_assets.stages import graph as stage
+    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.storage import CartoStore
+    from carto_assets.study import load_study
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paper_scale import class_forward_backward_of
+
+    study = load_study(study_file)
+    store = CartoStore(study.database_path)
+    images, class_names = load_manifest(study)
+    bundle, _, _ = stage.model_once(study)
+    source = source_for_manifest(study, images, class_names)
+    labels = list(range(min(n_classes, len(class_names))))
+    fb = {"params": [], "frozen": []}
+    steps: dict[str, float] = {}
+    seconds = 0.0
+    for lo in range(0, len(labels), per_round):
+        part = labels[lo : lo + per_round]
+        before = class_forward_backward_of(study, part, images, source, bundle)
+        start = time.perf_counter()
+        chunk = stage.concept_graph_chunk(study, store, part)
+        seconds += time.perf_counter() - start
+        after = class_forward_backward_of(study, part, images, source, bundle)
+        for mode in fb:
+            fb[mode].append((before[mode] + after[mode]) / 2)
+        for k, v in chunk.steps.items():
+            steps[k] = steps.get(k, 0.0) + v
+    n = len(labels)
+    per = {k: v / n for k, v in steps.items()}
+    params, frozen = float(np.mean(fb["params"])), float(np.mean(fb["frozen"]))
+    explaining = per.pop("explanations", 0.0)
+    graph = seconds / n - explaining
+    print(
+        f"\n{study.name}: {n} classes in rounds of {per_round}, interleaved with one forward + "
+        f"backward of each class's images: {params:.3f} s (parameters requiring grad), "
+        f"{frozen:.3f} s (frozen)"
+    )
+    print(f"  {'step':<30}{'s/class':>9}{'x F+B':>8}{'x frozen':>10}")
+    rows = [*per.items(), ("other (load, read, setup)", graph - sum(per.values()))]
+    rows += [("= the graph, everything", graph), ("explanations (issue 22)", explaining)]
+    for name, value in rows:
+        print(f"  {name:<30}{value:>9.3f}{value / params:>8.2f}{value / frozen:>10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="", help="study YAML ('': the built-in demo)")
     parser.add_argument("--folder", type=Path, default=Path.cwd(), help="where the demo runs")
     parser.add_argument("--run", action="store_true", help="`carto run` the study first")
+    parser.add_argument("--cost", action="store_true", help="measure the cost per class")
+    parser.add_argument("--classes", type=int, default=16, help="classes --cost measures")
+    parser.add_argument("--per-round", type=int, default=4, help="classes per --cost round")
     args = parser.parse_args()
+    if args.cost:
+        cost(args.study, args.classes, args.per_round)
+        return
     args.folder.mkdir(parents=True, exist_ok=True)
     os.chdir(args.folder)
     if args.run:

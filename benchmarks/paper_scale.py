@@ -186,10 +186,18 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
 
     images, class_names = load_manifest(study)
     bundle, _, _ = graph_stage.model_once(study)
-    model = bundle.module.eval()
     source = source_for_manifest(study, images, class_names)
+    labels = list(range(min(n_classes, len(class_names))))
+    return class_forward_backward_of(study, labels, images, source, bundle)
+
+
+def class_forward_backward_of(study, labels, images, source, bundle) -> dict:
+    """:func:`class_forward_backward` for these classes, the images' loading not timed."""
+    from carto_assets.stages import graph as graph_stage
+
+    model = bundle.module.eval()
     times: dict[str, list[float]] = {"params": [], "frozen": [], "images": []}
-    for label in range(min(n_classes, len(class_names))):
+    for label in labels:
         _, _, x = graph_stage.class_images(study, label, images, source, bundle)
         for mode in ("params", "frozen"):
             flags = [p.requires_grad for p in model.parameters()]

@@ -17,6 +17,7 @@ import polars as pl
 
 from carto_assets import quality, schema
 from carto_assets.storage import DEFAULT_MEMORY_LIMIT, CartoStore
+from carto_viz import images
 from carto_viz.summary import neurons_with_kind, study_summary
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def load_tables(
         tables = {name: con.sql(query).pl() for name, query in queries.items()}
         if QUALITY_TABLE in present:
             tables[QUALITY_TABLE] = con.sql(f"SELECT * FROM {QUALITY_TABLE}").pl()
+        tables.update(images.load(con, present))  # the explanations, where the study has them
         return tables
 
 
@@ -135,6 +137,13 @@ def _attached(database_path: str | Path, memory_limit: str) -> Iterator[duckdb.D
         raise ValueError(f"database {str(path)!r} does not exist; materialize the assets first")
     with CartoStore(path, memory_limit=memory_limit).connect() as con:
         yield con
+
+
+def attached_store(
+    database_path: str | Path, memory_limit: str = DEFAULT_MEMORY_LIMIT
+) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the published study database, for a ``with`` block."""
+    return _attached(database_path, memory_limit)
 
 
 @contextlib.contextmanager
@@ -266,6 +275,8 @@ class ViewData:
     kinds: tuple[str, ...] = ("channel",)
     #: every graph node's cluster once (see :class:`carto_viz.graph.GraphData`)
     graph_clusters: Mapping[str, list] = field(default_factory=dict)
+    #: the explained images (:mod:`carto_viz.images`), None where the study has none
+    explained: images.Explained | None = None
 
     @property
     def has_features(self) -> bool:
@@ -361,4 +372,5 @@ def view_data(
         summary=study_summary(tables, study_info),
         kinds=tuple(kind for kind in KINDS if kind in set(kinds.values())),
         graph_clusters=graph.clusters,
+        explained=images.explained(tables, graph.rows),
     )

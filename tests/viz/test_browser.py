@@ -555,3 +555,66 @@ def test_long_names_show_their_distinguishing_end(browser, tmp_path):
         assert page.errors == [] and page.offline() == []
     finally:
         page.close()
+
+
+def test_images_panel_atlas_concepts_and_node_exemplars(browser, tmp_path):
+    """The class's explained images (misclassified ones marked); clicking one shows it with its
+    atlas and its top concepts per layer; a concept highlights its neurons and its node; a
+    clicked node lists the images where it mattered most. Names stay text."""
+    db = make_database(
+        tmp_path / "x.duckdb",
+        n_neurons=36,
+        class_names=("cat", HOSTILE_NAMES[1], "bird"),
+        explained_per_class=2,
+    )
+    result = export_views(db, tmp_path / "out")
+    page = Page(browser, result.html_path)
+    try:
+        assert page.page.is_visible("#images")
+        buttons = page.page.query_selector_all("#image-strip button.image")
+        assert len(buttons) == 2
+        wrong = [b for b in buttons if "wrong" in (b.get_attribute("class") or "")]
+        assert len(wrong) == 1 and "predicted " + HOSTILE_NAMES[1] in wrong[0].get_attribute(
+            "title"
+        )
+        page.page.wait_for_function(
+            "Array.from(document.querySelectorAll('#image-strip img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        wrong[0].click()
+        page.page.wait_for_function("document.body.getAttribute('data-image') !== null")
+        layers = page.page.query_selector_all("#image-card .layer")
+        assert len(layers) == 3  # conv1..conv3
+        concept = page.page.query_selector("#image-card .concept")
+        cluster = int(concept.get_attribute("data-cluster"))
+        concept.hover()
+        page.settle()
+        assert page.page.evaluate("window.cartoViews.projection.signal('graph_node')") == cluster
+        assert page.page.evaluate("window.cartoViews.graph.signal('neuron_cluster')") == cluster
+        highlighted = {
+            i["neuron_id"]
+            for i in page.items("projection", "neuron")
+            if i["stroke"] == MEMBER_STROKE
+        }
+        assert highlighted == _members(db, cluster)
+        # A node with exemplars lists them.
+        con = duckdb.connect(str(db), read_only=True)
+        with_exemplars = {
+            r[0] for r in con.execute("SELECT cluster_id FROM relevance_exemplars").fetchall()
+        }
+        con.close()
+        frame = next(
+            f
+            for f in page.items("graph", "frame")
+            if f["cluster_id"] in with_exemplars and 0 < f["py"] < 950
+        )
+        page.click(frame)
+        listed = page.page.query_selector_all("#node-images button.image")
+        assert listed and page.page.inner_text("#node-images").startswith(
+            f"Where cluster {frame['cluster_id']} mattered most"
+        )
+        assert page.page.query_selector("#images img[onerror], #images script") is None
+        assert page.page.evaluate("window.__xss") is None
+        assert page.errors == [] and page.offline() == []
+    finally:
+        page.close()

@@ -96,15 +96,18 @@ def concept_maps(
         grad = torch.zeros_like(fwd.outputs[source])
     if layer in fwd.features:
         grad = fwd.features[layer].project(grad)
-    per_unit = (grad * out).double()
+    per_unit = grad * out
     if per_unit.ndim == 3:  # (B, T, C) -> (B, C, T, 1)
         per_unit = per_unit.permute(0, 2, 1)[..., None]
     elif per_unit.ndim == 2:
         per_unit = per_unit[:, :, None, None]
-    maps = [per_unit[:, torch.as_tensor(m, dtype=torch.long)].sum(dim=1) for m in members]
-    if not maps:
-        return np.zeros((per_unit.shape[0], 0, *per_unit.shape[2:]), dtype=np.float32)
-    return torch.stack(maps, dim=1).cpu().numpy().astype(np.float32)
+    b, c, h, w = per_unit.shape
+    # One product with the (units x concepts) membership matrix sums every concept's members.
+    membership = torch.zeros(c, len(members), dtype=per_unit.dtype, device=per_unit.device)
+    for k, m in enumerate(members):
+        membership[torch.as_tensor(m, dtype=torch.long, device=per_unit.device), k] = 1.0
+    maps = torch.einsum("bcp,ck->bkp", per_unit.reshape(b, c, h * w), membership)
+    return maps.reshape(b, len(members), h, w).cpu().numpy().astype(np.float32)
 
 
 def quantize(maps: np.ndarray) -> tuple[list[bytes], np.ndarray]:
