@@ -267,6 +267,8 @@ def _restarted(
     modules = plan.fwd_modules
     check = 0  # the image whose clean copy rides along
     order: list[int] = []  # row index of each row of the running batch (-1: the clean copy)
+    # Without checking, the clean copy only keeps the batch from being empty until rows join.
+    carry = verify or not plan.at.get(modules[0])
 
     def edit(name: str, output: torch.Tensor) -> torch.Tensor:
         if name == modules[0]:
@@ -284,7 +286,7 @@ def _restarted(
             plan.record(name, incoming[here], [order[j] for j in here], measured)
         new = plan.at.get(name, [])
         pieces = [incoming]
-        if name == modules[0]:
+        if name == modules[0] and carry:
             pieces.append(clean[name][check : check + 1].to(output.device))
             order.append(-1)
         if new:
