@@ -475,6 +475,9 @@ def test_paper_scale(browser, tmp_path, capsys):
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     spec_mb = max(p.stat().st_size for p in result.spec_paths) / 1e6
     assert result.page_bytes <= 30e6 and spec_mb <= 30
+    # The classes' graphs, compact: at most 30 MB in all (88 MB as full records).
+    graph_bytes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("graph-*.js"))
+    assert 0 < graph_bytes <= 30e6
     assert result.patch_bytes <= 80e6 and result.n_patches == n_units * 9
     assert len(files) == result.n_files <= 200
     page = Page(browser, result.html_path)
