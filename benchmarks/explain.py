@@ -119,7 +119,7 @@ def report(folder: Path, study_file: str) -> None:
     classes = max(1, sum(c["n_classes_computed"] for c in chunks))
     steps = {
         k: sum(c["steps"].get(k, 0.0) for c in chunks) / classes
-        for k in ("images", "forward", "relevance", "explanations")
+        for k in ("images", "forward", "relevance", "explanations", "misclassified")
     }
     explained = store.query(
         "SELECT image_id FROM explained_images e JOIN images i USING (image_id) "
@@ -132,7 +132,9 @@ def report(folder: Path, study_file: str) -> None:
         f"cost per class ({per_class:.1f} images explained, class 0: {len(explained)}): shared "
         f"forward {steps['forward']:.3f} s + relevance {steps['relevance']:.3f} s + the "
         f"explanations' own {steps['explanations']:.3f} s = {cost:.3f} s against one "
-        f"forward + backward of class 0's explained images {fb:.3f} s: {cost / fb:.2f}x"
+        f"forward + backward of class 0's explained images {fb:.3f} s: {cost / fb:.2f}x; "
+        f"besides, finding the misclassified images {steps['misclassified']:.3f} s "
+        "(a forward pass over the class's images)"
     )
 
 

@@ -81,7 +81,8 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
     per = {k: v / n for k, v in steps.items()}
     ref = {k: float(np.mean(v)) for k, v in fb.items()}
     explaining = per.pop("explanations", 0.0)
-    graph = seconds / n - explaining
+    scan = per.pop("misclassified", 0.0)
+    graph = seconds / n - explaining - scan
     print(
         f"\n{study.name}: {n} classes in rounds of {per_round}, interleaved with one forward + "
         "backward of each class's images (F+B: parameters requiring grad, as a training step; "
@@ -92,6 +93,7 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
     print(f"  {'step':<30}{'s/class':>9}{'x F+B':>8}{'x best':>8}{'x frozen':>10}")
     rows = [*per.items(), ("other (load, read, setup)", graph - sum(per.values()))]
     rows += [("= the graph, everything", graph), ("explanations (issue 22)", explaining)]
+    rows += [("finding misclassified images", scan)]
     for name, value in rows:
         print(
             f"  {name:<30}{value:>9.3f}{value / ref['params_first']:>8.2f}"

@@ -15,6 +15,7 @@ curves (relevance order against activation order and random order), restarted at
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,8 +206,6 @@ def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
 
 def _checks(model, units, fwd, x, rel, batch: Batch, masks, settings, seed: int):
     """Pointing game and concept deletion at the last mapped layers, for the prediction."""
-    import time
-
     rows, plan = [], []
     rng = np.random.default_rng(seed)
     out = {k: [] for k in ("row", "layer", "object_share", "mask_share", "top_object_share")}
@@ -292,6 +291,8 @@ class Explainer:
     frames: dict[str, list[pl.DataFrame]]
     #: the chunk's deletion rows' seconds (the rest is timed by the caller)
     deletion_seconds: float = 0.0
+    #: the chunk's seconds finding misclassified images (a forward pass over each class)
+    scan_seconds: float = 0.0
 
     @classmethod
     def for_chunk(cls, study, store, model, units, images, source, bundle, labels) -> Explainer:
@@ -346,7 +347,9 @@ class Explainer:
         listed = mine.filter(pl.col("source").is_in(list(settings.images)))["image_id"].to_numpy()
         wrong = np.zeros(0, dtype=np.int64)
         if class_logits and settings.misclassified:
+            start = time.perf_counter()
             wrong = self._misclassified(label, mine["image_id"].to_numpy(), set(sampled.tolist()))
+            self.scan_seconds += time.perf_counter() - start
         ids = np.unique(np.concatenate([wrong, listed]))
         ids = ids[~np.isin(ids, sampled)]
         if len(ids) == 0:

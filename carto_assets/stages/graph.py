@@ -58,7 +58,17 @@ from carto_assets.study import Study
 #: Return freed memory to the OS after this many classes (and at the chunk's end).
 RELEASE_EVERY = 4
 #: The steps of a class's work, in order, as the timing breakdown names them.
-STEPS = ("images", "forward", "relevance", "nodes", "edges", "cascades", "checks", "explanations")
+STEPS = (
+    "images",
+    "forward",
+    "relevance",
+    "nodes",
+    "edges",
+    "cascades",
+    "checks",
+    "explanations",
+    "misclassified",
+)
 
 
 # ---- the model, once per process ------------------------------------------------------------
@@ -272,9 +282,12 @@ def concept_graph_chunk(
         n_faith = share if study.graph.faithfulness_edges else 0
         result = _class_graph(ctx, label, ids, pixels, x, n_faith, t)
         if ctx.explainer is not None:
-            t = time.perf_counter()
+            t, scanned = time.perf_counter(), ctx.explainer.scan_seconds
             other_images += ctx.explainer.others(label, ids, bool(ctx.predict))
-            ctx.tick("explanations", t)
+            # Finding the misclassified images is timed apart from explaining them.
+            scan = ctx.explainer.scan_seconds - scanned
+            ctx.tick("explanations", t + scan)
+            ctx.steps["misclassified"] += scan
         computed += 1
         no_dependency.update(result.pop("no_dependency"))
         for name, frame in result.items():
