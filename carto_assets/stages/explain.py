@@ -359,7 +359,8 @@ class Explainer:
         if len(ids) == 0:
             return 0
         x = self.bundle.normalize(torch.from_numpy(pixels))
-        why = ["listed" if i in set(listed.tolist()) else "misclassified" for i in ids.tolist()]
+        is_listed = set(listed.tolist())
+        why = ["listed" if i in is_listed else "misclassified" for i in ids.tolist()]
         batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), why, pixels)
         units = self.units
         fwd = RetainedForward.run(self.model, units.layers, units.cluster_of, x, units.features)
@@ -477,37 +478,45 @@ def explanation_figures(merged: Explanations) -> list:
         *[pl.col(f"auc_{o}").drop_nans().mean().alias(o) for o in ORDERS],
     )
     pointing, deletion = [], []
+
+    def shown(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.2f}"
+
+    def number(value) -> float:
+        return float("nan") if value is None else float(value)
+
     for r in per.iter_rows(named=True):
         layer = r["layer"]
         if r["object"] is not None:
             pointing.append(
-                f"{layer} {r['object']:.2f} (top concept {r['top']:.2f}) vs {r['mask']:.2f}"
+                f"{layer} {shown(r['object'])} (top concept {shown(r['top'])}) vs "
+                f"{shown(r['mask'])}"
             )
             figures += [
                 Figure(
                     "object_share",
-                    r["object"],
+                    number(r["object"]),
                     "mean share of the layer's positive relevance inside the object",
                     layer=layer,
                 ),
                 Figure(
                     "top_concept_object_share",
-                    r["top"],
+                    number(r["top"]),
                     "the same for the most relevant concept alone",
                     layer=layer,
                 ),
                 Figure(
                     "mask_share",
-                    r["mask"],
+                    number(r["mask"]),
                     "mean share of the image the object covers",
                     layer=layer,
                 ),
             ]
-        deletion.append(f"{layer} " + "/".join(f"{r[o]:.2f}" for o in ORDERS))
+        deletion.append(f"{layer} " + "/".join(shown(r[o]) for o in ORDERS))
         figures += [
             Figure(
                 f"deletion_auc_{o}",
-                r[o],
+                number(r[o]),
                 f"mean C-Deletion area, concepts deleted in {o} order",
                 layer=layer,
             )
@@ -517,7 +526,7 @@ def explanation_figures(merged: Explanations) -> list:
         figures.append(
             Figure(
                 "relevance_inside_object",
-                float(per["object"].drop_nulls().mean()),
+                number(per["object"].drop_nulls().mean()),
                 "mean share of the last layers' positive relevance inside the object "
                 "(pointing game)",
                 name="relevance inside the object",
@@ -528,7 +537,7 @@ def explanation_figures(merged: Explanations) -> list:
         figures.append(
             Figure(
                 "deletion_auc",
-                float(per["relevance"].drop_nulls().mean()),
+                number(per["relevance"].drop_nulls().mean()),
                 "mean C-Deletion area in relevance order at the last layers (lower: the logit "
                 "falls faster)",
                 name="concept deletion (C-Deletion area, lower is faster)",
@@ -541,7 +550,7 @@ def explanation_figures(merged: Explanations) -> list:
     figures += [
         Figure(
             "completeness_gap",
-            r["gap"],
+            number(r["gap"]),
             "median |logit - layer total relevance| / |logit|",
             layer=r["layer"],
         )
