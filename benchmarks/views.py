@@ -128,6 +128,9 @@ def main() -> None:
         "--feature-layers", type=int, default=0, help="layers with a dictionary of features"
     )
     parser.add_argument("--features", type=int, default=256, help="features per dictionary")
+    parser.add_argument(
+        "--explained", type=int, default=0, help="explained images per class (at most 2)"
+    )
     parser.add_argument("--formats", nargs="+", default=["jpeg", "webp"], choices=list(FORMATS))
     parser.add_argument("--browser", action="store_true", help="also time the page in Chromium")
     parser.add_argument("--out", type=Path, default=None, help="keep the export here")
@@ -152,6 +155,7 @@ def main() -> None:
         neighbors=10,
         nodes_per_layer=5,
         distinct_patches=None,
+        explained_per_class=args.explained,
     )
     print(
         f"synthetic study: {args.neurons:,} neurons, {args.layers} layers "
@@ -168,6 +172,10 @@ def main() -> None:
     spec = max(p.stat().st_size for p in result.spec_paths)
     # The class graphs' chunks: beside the page, or inline in it for small studies.
     graph_files = sorted((folder / "views" / "index_files").glob("graph-*.js"))
+    image_files = sorted((folder / "views" / "index_files").glob("image-*.js"))
+    if image_files:
+        size = sum(p.stat().st_size for p in image_files) / 1e6
+        print(f"\nexplained images' thumbnails: {size:.1f} MB in {len(image_files)} sheets")
     print(
         f"\nclass graphs: {sum(p.stat().st_size for p in graph_files) / 1e6:.1f} MB in "
         f"{len(graph_files)} chunks beside the page"

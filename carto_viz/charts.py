@@ -481,9 +481,14 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
                 "value": [1, 0],
             }
         )
+    # A node's picture: its patch's thumbnail; the prediction node's may be one of the class's
+    # explained images (``picture``, an ``image:<id>:1`` key set by the page).
     images = (
-        nodes.transform_filter("isValid(datum.patch)")
-        .transform_calculate(url=_patch_url("datum.patch", atlas="thumb"))
+        nodes.transform_filter("isValid(datum.patch) || isValid(datum.picture)")
+        .transform_calculate(
+            url="isValid(datum.picture) ? datum.picture : "
+            + _patch_url("datum.patch", atlas="thumb")
+        )
         .mark_image(width=NODE_IMAGE, height=NODE_IMAGE, cursor="pointer")
         .encode(x=x, y=y, url="url:N", tooltip=node_tooltip)
     )

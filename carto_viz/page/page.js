@@ -315,10 +315,14 @@
     });
     if (ids.length) {
       var name = (byLabel.get(label) || { name: "" }).name;
+      // The prediction node shows the class: one of its images the model gets right where
+      // the study explains images, else its top patch.
+      var own = atlases.image ? (g.x || []).filter(function (x) { return x.p === label; })[0] : null;
       nodes.push({
         cluster_id: -1, layer: "prediction", kind: "prediction", row: topRow, col: 0,
         importance: null, strength: 1, size: 0, cluster_label: "prediction: " + name,
-        short: name, patch: g.p, cascade: "|-1|", cascade_edges: "|"
+        short: name, patch: g.p, picture: own ? "image:" + own.i + ":1" : null,
+        cascade: "|-1|", cascade_edges: "|"
       });
     }
     var at = new Map(nodes.map(function (x) { return [x.cluster_id, x]; }));

@@ -99,7 +99,9 @@ def _check_page_shows_concepts(page: Page) -> None:
     frames = [f for f in page.items("graph", "frame") if f["cluster_id"] >= 0]
     assert images and len(images) == len(frames) + 1
     assert any(i["cluster_id"] == -1 for i in images)
-    assert all(i["url"].startswith("thumb:") for i in images)
+    assert all(i["url"].startswith("thumb:") for i in images if i["cluster_id"] != -1)
+    # The prediction node: the class's top patch, or one of its explained images.
+    assert all(i["url"].startswith(("thumb:", "image:")) for i in images if i["cluster_id"] == -1)
     assert all(i["loaded"] for i in images)
     labels = [t["text"] for t in page.items("graph", "node-label")]
     assert len(labels) == len(frames) + 1  # + the prediction node
@@ -574,6 +576,11 @@ def test_images_panel_atlas_concepts_and_node_exemplars(browser, tmp_path):
     page = Page(browser, result.html_path)
     try:
         assert page.page.is_visible("#images")
+        # The prediction node shows one of the class's images the model gets right.
+        prediction = next(
+            i for i in page.wait_images("graph", "node-image") if i["cluster_id"] == -1
+        )
+        assert prediction["url"].startswith("image:") and prediction["loaded"]
         buttons = page.page.query_selector_all("#image-strip button.image")
         assert len(buttons) == 2
         wrong = [b for b in buttons if "wrong" in (b.get_attribute("class") or "")]
