@@ -13,10 +13,11 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The project-local instance: defaults stored in DAGSTER_HOME, telemetry off (no banner).
 INSTANCE_YAML := $(DAGSTER_HOME)/dagster.yaml
 
-.PHONY: demo test test-fast ui lint format install instance clean-data help
+.PHONY: demo compare-demo test test-fast ui lint format install instance clean-data help
 
 help:
 	@echo "make demo   - install and materialize every asset on the built-in shapes study"
+	@echo "make compare-demo - the demo network after its first epoch against the final one"
 	@echo "make test   - install test dependencies and run the tests"
 	@echo "make test-fast - the unit tier only: no Chromium, no whole-graph materialization"
 	@echo "make ui     - open the Dagster UI (dg dev) on the same instance (UI_PORT=3000)"
@@ -52,6 +53,13 @@ instance:
 demo: install instance
 	$(VENV)/bin/carto run
 
+# The demo study (final network) and the same training after its first epoch, then the
+# comparison of the two: data/compare/shapes-demo-epoch1-vs-final_views/index.html.
+compare-demo: install instance
+	$(VENV)/bin/carto run
+	$(VENV)/bin/carto run --study examples/compare/demo-epoch1.yaml
+	$(VENV)/bin/carto compare examples/compare/demo.yaml
+
 test: install $(VENV)/.chromium $(VENV)/.servers
 	$(VENV)/bin/python -m pytest -q
 
@@ -75,3 +83,4 @@ format: install
 
 clean-data:
 	rm -rf data/carto.duckdb data/carto.duckdb.wal data/carto_files $(DAGSTER_HOME)
+	rm -rf data/shapes-demo-epoch1.duckdb data/shapes-demo-epoch1_files data/compare

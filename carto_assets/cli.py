@@ -273,9 +273,43 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two or more studies over the same images (a comparison file)."""
+    from carto_assets.compare.config import ComparisonError
+    from carto_assets.console import log_to_file
+    from carto_assets.storage import DatabaseBusyError
+
+    log_file = _log_file(args.dagster_home, "compare")
+    log_to_file(log_file, verbose=args.verbose)
+    try:
+        from carto_assets.compare.config import load_comparison
+        from carto_assets.compare.studies import check_studies
+
+        # Refuse at once (missing results, other images) before anything heavy is imported.
+        check_studies(load_comparison(args.comparison))
+        from carto_assets.compare.run import run_comparison
+        from carto_assets.compare.stage import summary_lines
+
+        comparison = run_comparison(
+            args.comparison, _instance(args.dagster_home), say=lambda m: print(m, flush=True)
+        )
+    except (ComparisonError, DatabaseBusyError) as exc:
+        logging.getLogger("carto").error("compare failed", exc_info=True)
+        _report([_one_line(exc)], log_file)
+        return 2
+    for line in summary_lines(comparison):
+        print(line)
+    print(f"Database: {comparison.database_path}")
+    print(f"Page:     {comparison.views_path / 'index.html'}")
+    print(f"Log:      {log_file}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carto", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,layers,check,explain}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,layers,check,compare,explain}"
+    )
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
     run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
@@ -324,6 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a study file without running anything")
     check.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
     check.set_defaults(func=cmd_check)
+
+    compare = sub.add_parser(
+        "compare", help="compare studies over the same images (matches, layers, concepts, page)"
+    )
+    compare.add_argument("comparison", help="comparison YAML naming two or more study files")
+    compare.add_argument("--dagster-home", help="Dagster instance folder (default: ./.dagster)")
+    compare.add_argument(
+        "-v", "--verbose", action="store_true", help="also print Dagster's event log"
+    )
+    compare.set_defaults(func=cmd_compare)
 
     from carto_assets.explain_command import add_parser as add_explain
 

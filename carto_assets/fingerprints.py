@@ -40,18 +40,30 @@ def _hash(relevant: object, length: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def model_fingerprint(study: Study) -> str:
-    """Hash of every setting the trained/loaded model depends on (its checkpoint's cache key)."""
+def model_fingerprint(study: Study, *, final: bool = False) -> str:
+    """Hash of every setting the trained/loaded model depends on (its checkpoint's cache key).
+
+    A built-in study that maps a checkpoint of its training (``training.checkpoint_epoch``)
+    adds the epoch; ``final=True`` leaves it out: the key of the whole training, whose folder
+    keeps every epoch's checkpoint. ``training.seed`` counts only where it differs from the
+    study's seed, so studies written before these fields keep their keys.
+    """
     builtin = study.is_builtin_model
-    relevant = {
+    relevant: dict[str, object] = {
         "model": study.model,
         "weights": study.weights,
         "dataset": study.dataset.model_dump(),
-        "training": study.training.model_dump() if builtin else None,
+        "training": study.training.model_dump(exclude={"seed", "checkpoint_epoch"})
+        if builtin
+        else None,
         "seed": study.seed if builtin or study.weights == "none" else None,
         "builtin": [list(BUILTIN_WIDTHS), BUILTIN_REVISION] if builtin else None,
         "shapes": SHAPES_REVISION if study.dataset.kind == "shapes" else None,
     }
+    if builtin and study.training_seed != study.seed:
+        relevant["training_seed"] = study.training_seed
+    if builtin and not final and study.training.checkpoint_epoch is not None:
+        relevant["checkpoint_epoch"] = study.training.checkpoint_epoch
     return _hash(relevant, 16)
 
 

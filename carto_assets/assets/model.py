@@ -49,4 +49,10 @@ def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
             [round(x, 5) for x in info.epoch_losses or []]
         )
         metadata["n_holdout_images"] = int(info.n_holdout or 0)
+    if info.checkpoint_epoch is not None:
+        metadata["checkpoint_epoch"] = int(info.checkpoint_epoch)
+    if info.kept_checkpoints:
+        metadata["kept_checkpoints"] = dg.MetadataValue.json(info.kept_checkpoints)
+    if info.copied_from:
+        metadata["copied_from_checkpoint"] = dg.MetadataValue.path(info.copied_from)
     return dg.MaterializeResult(metadata=metadata)

@@ -1,5 +1,11 @@
 """The study's network: trained (built-in CNN) or loaded (torchvision), its layers resolved and
-cached under ``model/<fingerprint>/`` (``model.pt``, ``meta.json``) in the study's files."""
+cached under ``model/<fingerprint>/`` (``model.pt``, ``meta.json``) in the study's files.
+
+The built-in training also keeps the network after every earlier epoch
+(``checkpoints/epoch-<e>.pt``, epoch 0 = the seeded initial weights), so a study that maps one
+of them (``training.checkpoint_epoch``) can reuse it from the same files folder; elsewhere it
+runs the same seeded training up to that epoch.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +61,12 @@ class ModelInfo(BaseModel):
     n_train: int | None = None
     n_holdout: int | None = None
     training_seconds: float | None = None
+    #: the built-in CNN: the epoch of its training this network is (None: the final one)
+    checkpoint_epoch: int | None = None
+    #: the built-in CNN: epochs whose checkpoints ``checkpoints/`` keeps beside ``model.pt``
+    kept_checkpoints: list[int] | None = None
+    #: the kept checkpoint this network was copied from, instead of training (None: trained)
+    copied_from: str | None = None
     #: whether this call reused a cached checkpoint (not stored)
     cached: bool = Field(False, exclude=True)
 
@@ -72,6 +84,28 @@ META_FILE = "meta.json"
 
 def model_dir(study: Study) -> Path:
     return cache_folder(study.files_dir, "model", model_fingerprint(study))
+
+
+#: Where a model folder keeps the built-in training's earlier epochs.
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    """The checkpoint of ``epoch`` kept in a model folder (epoch 0: the initial weights)."""
+    return folder / CHECKPOINTS / f"epoch-{epoch}.pt"
+
+
+def kept_checkpoint(study: Study) -> Path | None:
+    """The checkpoint ``training.checkpoint_epoch`` names, where the whole training (same
+    settings, same files folder) already kept it; else None."""
+    epoch = study.training.checkpoint_epoch
+    if not study.is_builtin_model or epoch is None:
+        return None
+    whole = cache_folder(study.files_dir, "model", model_fingerprint(study, final=True))
+    if not (whole / META_FILE).is_file():
+        return None
+    path = whole / "model.pt" if epoch == study.training.epochs else checkpoint_path(whole, epoch)
+    return path if path.is_file() else None
 
 
 def bundle_for(study: Study, module: torch.nn.Module) -> ModelBundle:
@@ -125,41 +159,9 @@ def prepare_model(
         return ModelInfo.read(out)
     size = study_image_size(study)
     training: dict[str, Any] = {}
+    kept: dict[int, dict[str, torch.Tensor]] = {}
     if study.is_builtin_model:
-        from carto_assets.core.network.training import train_builtin
-
-        source = source_for_manifest(study, images, class_names)
-        say(f"rendering/loading {len(images)} images for training")
-        pixels, ok = source.load_many(images["image_id"].to_list(), workers=4)
-        labels = images["label"].to_numpy()[ok]
-        t = study.training
-        progress_of.advance("model training", 0, t.epochs, "epochs")
-        result = train_builtin(
-            pixels,
-            labels,
-            len(class_names),
-            epochs=t.epochs,
-            learning_rate=t.learning_rate,
-            batch_size=t.batch_size,
-            holdout_fraction=t.holdout_fraction,
-            seed=study.seed,
-            mean=BUILTIN_MEAN,
-            std=BUILTIN_STD,
-            progress=lambda e, loss, s: (
-                progress_of.advance("model training", e, t.epochs, "epochs"),
-                say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
-            ),
-        )
-        module = result.bundle.module
-        training = {
-            "n_classes": len(class_names),
-            "holdout_accuracy": result.holdout_accuracy,
-            "train_accuracy": result.train_accuracy,
-            "epoch_losses": result.epoch_losses,
-            "n_train": result.n_train,
-            "n_holdout": result.n_holdout,
-            "training_seconds": result.seconds,
-        }
+        module, training, kept = _builtin_network(study, images, class_names, say)
     else:
         # Random init (weights: none) is seeded and saved below, so every shard, process and
         # later stage sees the same network.
@@ -181,8 +183,90 @@ def prepare_model(
         tmp.mkdir()
         if _saves_state(study):
             torch.save(module.state_dict(), tmp / "model.pt")
+        for epoch, state in kept.items():
+            path = checkpoint_path(tmp, epoch)
+            path.parent.mkdir(exist_ok=True)
+            torch.save(state, path)
         (tmp / META_FILE).write_text(info.model_dump_json(indent=2))
     return info
+
+
+def _builtin_network(
+    study: Study, images: Any, class_names: list[str], say: Callable[[str], None]
+) -> tuple[torch.nn.Module, dict[str, Any], dict[int, dict[str, torch.Tensor]]]:
+    """The built-in CNN the study maps (trained, or copied from a kept checkpoint), its
+    training figures and the earlier epochs' weights the training keeps."""
+    from carto_assets.core.network.training import accuracy, split_holdout, train_builtin
+
+    source = source_for_manifest(study, images, class_names)
+    say(f"rendering/loading {len(images)} images for training")
+    pixels, ok = source.load_many(images["image_id"].to_list(), workers=4)
+    labels = images["label"].to_numpy()[ok]
+    t = study.training
+    n_classes = len(class_names)
+    copied = kept_checkpoint(study)
+    if copied is not None:
+        say(f"mapping epoch {t.checkpoint_epoch} of the training kept at {copied}")
+        module = BuiltinCNN(n_classes)
+        module.load_state_dict(torch.load(copied, map_location="cpu", weights_only=True))
+        bundle = bundle_for(study, module)
+        x_all = torch.from_numpy(pixels)
+        y_all = torch.from_numpy(labels.astype("int64"))
+        train_idx, hold_idx = split_holdout(len(pixels), t.holdout_fraction, study.training_seed)
+        return (
+            module,
+            {
+                "n_classes": n_classes,
+                "holdout_accuracy": accuracy(bundle, x_all, y_all, hold_idx),
+                "train_accuracy": accuracy(bundle, x_all, y_all, train_idx[:2000]),
+                "n_train": len(train_idx),
+                "n_holdout": len(hold_idx),
+                "checkpoint_epoch": t.checkpoint_epoch,
+                "copied_from": str(copied),
+            },
+            {},
+        )
+    last = t.epochs if t.checkpoint_epoch is None else t.checkpoint_epoch
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(epoch: int, model: torch.nn.Module) -> None:
+        if epoch < last:  # the last epoch is model.pt itself
+            kept[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    progress_of.advance("model training", 0, last, "epochs")
+    result = train_builtin(
+        pixels,
+        labels,
+        n_classes,
+        epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        batch_size=t.batch_size,
+        holdout_fraction=t.holdout_fraction,
+        seed=study.training_seed,
+        mean=BUILTIN_MEAN,
+        std=BUILTIN_STD,
+        progress=lambda e, loss, s: (
+            progress_of.advance("model training", e, last, "epochs"),
+            say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
+        ),
+        stop_after=t.checkpoint_epoch,
+        on_epoch=keep,
+    )
+    return (
+        result.bundle.module,
+        {
+            "n_classes": n_classes,
+            "holdout_accuracy": result.holdout_accuracy,
+            "train_accuracy": result.train_accuracy,
+            "epoch_losses": result.epoch_losses,
+            "n_train": result.n_train,
+            "n_holdout": result.n_holdout,
+            "training_seconds": result.seconds,
+            "checkpoint_epoch": t.checkpoint_epoch,
+            "kept_checkpoints": sorted(kept),
+        },
+        kept,
+    )
 
 
 def _saves_state(study: Study) -> bool:

@@ -132,6 +132,32 @@ class TrainingConfig(_Section):
     holdout_fraction: float = Field(
         0.2, ge=0.0, le=0.9, description="Share of the images held out to measure accuracy."
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seeds the training alone (initial weights, batch order, flips); None: the "
+        "study's seed, which also renders the images. Two studies that differ only here are "
+        "two seeds of the network over the same images.",
+    )
+    checkpoint_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="Map the network as it was after this epoch of the training the other "
+        "fields describe (its one-cycle schedule over all epochs; 0: the seeded initial, "
+        "untrained weights) instead of the final one. The training keeps a checkpoint after "
+        "every epoch; a study that maps one runs the same seeded training up to that epoch, "
+        "so its network is that checkpoint. None: the final network.",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_within_training(self) -> TrainingConfig:
+        if self.checkpoint_epoch is not None and self.checkpoint_epoch > self.epochs:
+            raise InvalidField(
+                "checkpoint_epoch",
+                f"at most epochs ({self.epochs}): an epoch of the training",
+                self.checkpoint_epoch,
+            )
+        return self
 
 
 class ClusteringConfig(_Section):
@@ -473,7 +499,10 @@ class Study(BaseModel):
         "image's layer total count as carrying the image (Summit's rule; the paper used 3%).",
     )
     seed: int = Field(
-        0, ge=0, description="Seeds the rendered images, the training and the sampling."
+        0,
+        ge=0,
+        description="Seeds the rendered images, the training (unless training.seed is set) and the "
+        "sampling.",
     )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description=TrainingConfig.__doc__
@@ -594,6 +623,15 @@ class Study(BaseModel):
                 maximum=MAX_SHARDS,
             )
             set_once(self, "shards", shards)
+        if not self.is_builtin_model and (
+            self.training.checkpoint_epoch is not None or self.training.seed is not None
+        ):
+            raise InvalidField(
+                "training",
+                "free of seed and checkpoint_epoch for a torchvision model (only the built-in "
+                "model is trained by the study)",
+                self.training.model_dump(include={"seed", "checkpoint_epoch"}),
+            )
         if dataset.kind == "shapes" and dataset.size is not None and self.top_k > dataset.size:
             raise InvalidField(
                 "top_k", f"at most the dataset size ({dataset.size} images)", self.top_k
@@ -639,6 +677,11 @@ class Study(BaseModel):
     @property
     def is_builtin_model(self) -> bool:
         return self.model == "builtin"
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of the built-in model's training: ``training.seed``, else the study's."""
+        return self.seed if self.training.seed is None else self.training.seed
 
     @property
     def torchvision_name(self) -> str | None:

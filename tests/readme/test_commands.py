@@ -23,7 +23,16 @@ import torch
 import torchvision
 import yaml
 from PIL import Image
-from readme.walk import BIN, CARTO, CLASSES, REPO, run, shell_env, write_study
+from readme.walk import (
+    BIN,
+    CARTO,
+    CLASSES,
+    REPO,
+    run,
+    shell_env,
+    write_awkward_folder,
+    write_study,
+)
 
 from carto_assets.study import study_from_dict
 
@@ -89,29 +98,34 @@ def test_check_and_run_on_an_image_folder(awkward_study, first_run):
     assert sorted(n for (n,) in names) == sorted(CLASSES)
 
 
-def test_the_page_opens_and_draws_class_names_as_text(awkward_study, first_run):
+def assert_page_opens(html: Path, title: str) -> None:
+    """The exported page loads from file:// in Chromium, fetches nothing from a network, logs
+    no error, and draws the class names as text (the search box finds them; no markup ran)."""
     pages = pytest.importorskip("viz.pages")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not pages.CHROMIUM.exists():
         if os.environ.get("CI"):
             raise RuntimeError("/usr/bin/chromium is missing in CI: `make test` installs it")
         pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
-    folder, _, _ = awkward_study
-    first_run.ok()
-    html = folder / "out" / "views" / "index.html"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(pages.CHROMIUM), args=pages.ARGS)
         try:
             page = pages.Page(browser, html)
             assert page.errors == [] and page.dialogs == []
             assert all(url.startswith(("file:", "data:", "blob:")) for url in page.requests)
-            assert page.page.inner_text("#study-title") == "builtin"
+            assert page.page.inner_text("#study-title") == title
             assert page.search("<img") == [CLASSES[1]]
             assert page.search("zür") == [CLASSES[2]]
             assert page.search("quoted") == [CLASSES[0]]
             assert page.page.evaluate("window.__xss") is None
         finally:
             browser.close()
+
+
+def test_the_page_opens_and_draws_class_names_as_text(awkward_study, first_run):
+    folder, _, _ = awkward_study
+    first_run.ok()
+    assert_page_opens(folder / "out" / "views" / "index.html", "builtin")
 
 
 # ---- the Dagster CLI on the same study and instance ------------------------------------------
@@ -210,40 +224,67 @@ def test_forced_verbose_parallel_rerun_with_carto_study(awkward_study, first_run
     assert per[0] == 3 * per[1]  # re-running replaced the rows: top_k each, no duplicates
 
 
-# ---- a torchvision model with a local checkpoint, through CARTO_STUDY and make demo ------------
+# ---- the README's own study: a torchvision model, through CARTO_STUDY and make demo -------------
+#: What of the README's study cannot run here as written, and what runs instead.
+README_STUDY_CHANGES = {
+    # resnet50's 3,584 channels and 6,144 features on a handful of images took 273 s here
+    # (co-occurrence and clustering of ~10k units whose top images all overlap): resnet18 has
+    # the same layer names and a quarter of the units.
+    "model": "torchvision:resnet18",
+    # No download here: a local checkpoint of the same architecture (weights: a path).
+    "weights": "weights/resnet18.pt",
+    # 224 px, 100 top images and 240 SAE epochs are minutes on 2 CPU cores: the same stages
+    # on a smaller input and budget.
+    "dataset.image_size": 64,
+    "top_k": 3,
+    "shards": 2,
+    "batch_size": 8,
+    "loader_workers": 2,
+    "features.samples": 500,
+    "features.sample_images": 16,
+    "features.epochs": 2,
+    "features.batch_size": 256,
+    "embedding": {"epochs": 2},
+    "graph": {"images_per_class": 3, "faithfulness_edges": 4},
+}
+
+
 @pytest.fixture(scope="module")
-def torchvision_study(awkward_study) -> Path:
+def readme_study(awkward_study) -> Path:
+    """The README's ``my_study.yaml``, read from the README, on a generated folder at its
+    ``dataset.path``, with :data:`README_STUDY_CHANGES` (everything else as written: the layers
+    and features, bf16, channels_last, the database path)."""
     folder, _, _ = awkward_study
-    (folder / "weights").mkdir(exist_ok=True)
+    (yaml_block,) = [body for lang, body in fenced_blocks(README) if lang == "yaml"]
+    raw = yaml.safe_load(yaml_block)
+    home = folder / "readme-study"
+    write_awkward_folder(home / raw["dataset"]["path"])
+    for key, value in README_STUDY_CHANGES.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (home / "weights").mkdir()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
-    torch.save(model.state_dict(), folder / "weights" / "resnet18.pt")
-    return write_study(
-        folder,
-        "tv",
-        {
-            "model": "torchvision:resnet18",
-            "weights": "weights/resnet18.pt",
-            "dataset": {"kind": "imagefolder", "path": "images", "image_size": 64},
-            "layers": ["layer3", "layer4"],
-            "shards": 1,
-            "top_k": 3,
-            "database": "tv/tv.duckdb",
-            "embedding": {"epochs": 2},
-            "graph": {"images_per_class": 4, "faithfulness_edges": 4},
-        },
-    )
+    torch.save(model.state_dict(), home / "weights" / "resnet18.pt")
+    path = home / "my_study.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return path
 
 
-def test_torchvision_checkpoint_study_with_carto_study_and_make_demo(torchvision_study):
-    folder = torchvision_study.parent
-    env = {"CARTO_STUDY": str(torchvision_study)}
+def test_the_readme_study_with_carto_study_and_make_demo(readme_study):
+    folder = readme_study.parent
+    # make runs in the repository (as a user types `make demo` there): the study by full path.
+    env = {"CARTO_STUDY": str(readme_study)}
     check = run([CARTO, "check"], cwd=folder, **env).ok()
-    assert "study 'tv' is valid: model torchvision:resnet18" in check.stdout
+    assert "study 'pets' is valid: model torchvision:resnet18" in check.stdout
     demo = run(["make", "-C", REPO, "demo"], cwd=folder, **env).ok()
-    assert "Mapped:" in demo.stdout and "256 + 512" not in demo.stdout
-    assert re.search(r"^Mapped: +\d+ images, 768 channels in 2 layers", demo.stdout, re.M)
-    assert (folder / "tv" / "views" / "index.html").is_file()
+    mapped = r"^Mapped: +\d+ images, 896 channels \+ 1,536 features in 3 layers"
+    assert re.search(mapped, demo.stdout, re.M), demo.stdout
+    assert f"Database: {folder / 'out' / 'pets.duckdb'}" in demo.stdout
+    assert_page_opens(folder / "out" / "views" / "index.html", "pets")
 
 
 def test_carto_layers(awkward_study):
@@ -366,7 +407,7 @@ def test_readme_sample_output_names_what_carto_run_prints(first_run):
 
 #: README command lines run by this tier (or elsewhere): line -> the test that runs it.
 WALKED = {
-    "make demo": "test_torchvision_checkpoint_study_with_carto_study_and_make_demo",
+    "make demo": "test_the_readme_study_with_carto_study_and_make_demo",
     "make ui": "test_make_ui_serves_the_asset_graph",
     "CARTO_STUDY=my_study.yaml .venv/bin/carto run": (
         "test_forced_verbose_parallel_rerun_with_carto_study"
@@ -405,6 +446,17 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/explain.py": "a benchmark: maps the demo and digits, minutes",
     ".venv/bin/python benchmarks/paper_scale.py": "a benchmark: googlenet on 200 images, minutes",
     ".venv/bin/python benchmarks/publish.py": "a benchmark: maps a study twice, minutes",
+    # Comparing models (issue 23); `carto compare` is typed in tests/compare/.
+    ".venv/bin/python benchmarks/compare.py": "a benchmark: maps five demo-size studies, minutes",
+    "make compare-demo": (
+        "maps the demo study twice (final, epoch 1), minutes; its commands are typed in "
+        "tests/compare/ (carto compare) and here (carto run), its files checked in "
+        "tests/compare/test_cli.py"
+    ),
+    ".venv/bin/carto compare my_comparison.yaml": (
+        "typed in tests/compare/test_integration.py (real studies, -v, --dagster-home) and "
+        "tests/compare/test_cli.py (the refusals)"
+    ),
 }
 
 

@@ -49,13 +49,22 @@ def train_builtin(
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
     std: tuple[float, float, float] = (0.25, 0.25, 0.25),
     progress: Callable[[int, float, float], None] | None = None,
+    stop_after: int | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Train :class:`BuiltinCNN` with Adam on uint8 images (N, H, W, 3); returns it in eval mode.
 
-    ``progress(epoch, loss, seconds)`` is called after each epoch.
+    ``progress(epoch, loss, seconds)`` is called after each epoch. ``on_epoch(epoch, model)``
+    is called with the initial network (epoch 0) and after each epoch, e.g. to keep
+    checkpoints. ``stop_after`` ends the training after that epoch (0: before any step) while
+    the learning-rate schedule stays the one of all ``epochs``: with the same seed the network
+    returned is the one the full training had at that epoch.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    last = epochs if stop_after is None else stop_after
+    if not 0 <= last <= epochs:
+        raise ValueError(f"stop_after must be in [0, epochs={epochs}], got {stop_after}")
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -71,7 +80,9 @@ def train_builtin(
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     train_t = torch.from_numpy(train_idx)
-    for epoch in range(epochs):
+    if on_epoch is not None:
+        on_epoch(0, model)
+    for epoch in range(last):
         model.train()
         order = train_t[torch.randperm(len(train_t), generator=gen)]
         total, count = 0.0, 0
@@ -89,6 +100,8 @@ def train_builtin(
             total += loss.item() * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
         if progress is not None:
             progress(epoch + 1, losses[-1], time.perf_counter() - start)
     model.eval()

@@ -1,0 +1,44 @@
+"""The studies of a comparison, checked before any work: each has results, all map the same
+images. Light (no torch, no dagster), so ``carto compare`` refuses at once."""
+
+from __future__ import annotations
+
+from carto_assets.compare.config import Comparison, ComparisonError
+from carto_assets.compare.images import check_same_images
+from carto_assets.storage import CartoStore
+from carto_assets.study import Study
+
+#: What a study must have materialized to be compared (table -> the asset that writes it).
+REQUIRED = {
+    "images": "images",
+    "neurons": "top_images",
+    "top_images": "top_images",
+    "neuron_clusters": "neuron_clusters",
+    "clusters": "neuron_clusters",
+}
+
+
+def _study_store(study: Study, entry: str) -> CartoStore:
+    store = CartoStore(study.database_path, memory_limit=study.database_memory_limit)
+    if not study.database_path.exists():
+        raise ComparisonError(
+            f"study {entry!r} has no results at {study.database_path}; run it first "
+            f"(`carto run{' --study ' + entry if entry != 'demo' else ''}`)"
+        )
+    for table, asset in REQUIRED.items():
+        if not store.table_exists(table):
+            raise ComparisonError(
+                f"study {entry!r} ({study.database_path}) has no table {table!r}; materialize "
+                f"`{asset}` (e.g. `carto run`) first"
+            )
+    return store
+
+
+def check_studies(comparison: Comparison) -> tuple[list[Study], list[CartoStore], list]:
+    """The studies, their stores and ``images`` tables, once every study has results and all
+    map the same images; raises :class:`ComparisonError` naming the first problem."""
+    studies = comparison.load_studies()
+    stores = [_study_store(s, e) for s, e in zip(studies, comparison.studies, strict=True)]
+    images = [s.query("SELECT image_id, source FROM images ORDER BY image_id") for s in stores]
+    check_same_images(studies, images)
+    return studies, stores, images
