@@ -13,6 +13,11 @@ and prints images/s, the ratio stage/bare (target >= 0.8 of the bare throughput 
 the projected time for ImageNet's 1,281,167 training images (excluding JPEG decoding, which
 real runs do in DataLoader workers).
 
+It also times the concept graph's work for one class of 16 images (``--graph``, on by
+default): the retained forward pass, the relevance pass, one edge pass per layer pair (five
+nodes per layer, seeded random clusters), and the node check's 27 rows restarted at their
+layers, against one forward + backward of the same images (parameters requiring grad).
+
     python benchmarks/gpu.py                        # cuda, 2,048 images per measurement
     python benchmarks/gpu.py --device cpu --images 64 --batch-size 16   # smoke test anywhere
 """
@@ -20,6 +25,7 @@ real runs do in DataLoader workers).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -101,12 +107,74 @@ def run(args: argparse.Namespace, precision: str, channels_last: bool) -> tuple[
     return images / b, images / s
 
 
+def graph_class(device: torch.device, repeats: int) -> tuple[dict[str, float], float]:
+    """Seconds per step of one class's concept-graph work, and of one forward + backward."""
+    import numpy as np
+
+    from carto_assets.core.attribution.ablation import Row, ablate
+    from carto_assets.core.attribution.forward import RetainedForward
+    from carto_assets.core.attribution.influence import Carry, edge_sums
+    from carto_assets.core.attribution.relevance import relevance
+
+    torch.manual_seed(0)
+    model = torchvision_model("googlenet", "none").eval().to(device)
+    layers = [n for n, _ in model.named_children() if n.startswith("inception")]
+    x = torch.randn(16, 3, 224, 224, device=device)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        widths = {n: o.shape[1] for n, o in _outputs(model, layers, x[:1]).items()}
+    clusters = {n: rng.integers(0, widths[n] // 2, widths[n]) for n in layers}
+    targets = {u: {int(c): np.flatnonzero(clusters[u] == c) for c in range(5)} for u in layers[1:]}
+    pairs = list(itertools.pairwise(layers))
+    rows = [
+        Row(i % 16, layer, rng.choice(widths[layer], 20, replace=False))
+        for i, layer in enumerate(layers * 3)
+    ]
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        times = {}
+        sync(device)
+        t = time.perf_counter()
+        fwd = RetainedForward.run(model, layers, clusters, x)
+        sync(device)
+        times["forward"], t = time.perf_counter() - t, time.perf_counter()
+        relevance(fwd, 3)
+        sync(device)
+        times["relevance"], t = time.perf_counter() - t, time.perf_counter()
+        edge_sums(fwd, pairs, Carry.split(targets, 16, None, seed=0))
+        sync(device)
+        times["edges"], t = time.perf_counter() - t, time.perf_counter()
+        fwd.release()
+        ablate(model, fwd, x, rows)
+        sync(device)
+        times["checks"] = time.perf_counter() - t
+        best = {k: min(v, best.get(k, float("inf"))) for k, v in times.items()}
+    fb = float("inf")
+    for _ in range(repeats):
+        xx = x.clone().requires_grad_(True)
+        sync(device)
+        t = time.perf_counter()
+        model(xx).sum().backward()
+        sync(device)
+        fb = min(fb, time.perf_counter() - t)
+    return best, fb
+
+
+def _outputs(model, layers, x):
+    from carto_assets.core.network.hooks import capture
+
+    with capture(model, layers) as out:
+        model(x)
+    return dict(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-graph", action="store_true", help="skip the concept graph's timing")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu for a smoke test")
@@ -121,6 +189,14 @@ def main() -> None:
         label = precision + (" channels_last" if cl else "")
         minutes = IMAGENET_TRAIN / stage / 60
         print(f"{label:<18} {bare:11.0f} {stage:12.0f} {stage / bare:11.3f} {minutes:10.1f} min")
+    if not args.no_graph:
+        steps, fb = graph_class(torch.device(args.device), max(2, args.repeats))
+        total = sum(steps.values())
+        print(
+            f"\nconcept graph, one class of 16 images (fp32): {total * 1e3:.1f} ms = "
+            f"{total / fb:.2f}x one forward + backward ({fb * 1e3:.1f} ms); "
+            + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in steps.items())
+        )
 
 
 if __name__ == "__main__":

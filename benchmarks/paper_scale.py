@@ -21,6 +21,8 @@ after another, as ``carto run`` does), recording:
     python benchmarks/paper_scale.py               # googlenet, 10 classes x 20, k=50 (< 20 min)
     python benchmarks/paper_scale.py --rehearsal   # issue 12's study: 100 classes x 20 = 2,000
     python benchmarks/paper_scale.py --rehearsal --per-class 40   # memory vs images
+    # issue 21's ViT study: 6 classes x 8 images, a head that is not all zeros
+    python benchmarks/paper_scale.py --model vit_b_16 --classes 6 --per-class 8 --nonzero-head
     # the paper's numbers, on a GPU machine (ImageNet-sized folder: ~1,300 per class):
     python benchmarks/paper_scale.py --paper --per-class 100 --device cuda --precision bf16 \
         --loader-workers 8 --shards 16 --batch-size 256
@@ -90,7 +92,7 @@ def write_study(path: Path, images_dir: Path, args: argparse.Namespace, database
     study = {
         "name": "paper-scale",
         "model": f"torchvision:{args.model}",
-        "weights": "none",
+        "weights": args.weights,
         "dataset": {"kind": "imagefolder", "path": str(images_dir), "image_size": args.size},
         "layers": "auto",
         "device": args.device,
@@ -103,6 +105,22 @@ def write_study(path: Path, images_dir: Path, args: argparse.Namespace, database
         "database": str(database),
     }
     path.write_text(yaml.safe_dump(study, sort_keys=False))
+
+
+def nonzero_head_checkpoint(model: str, path: Path) -> Path:
+    """A random-init checkpoint whose classification head is drawn like a hidden linear layer
+    (normal, std 0.02) instead of torchvision's zeros (ViTs), so the logits depend on the
+    input and the concept graph's relevance is not zero everywhere."""
+    import torch
+
+    from carto_assets.core.network.zoo import torchvision_model
+
+    torch.manual_seed(0)
+    module = torchvision_model(model, "none")
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.normal_(head.weight, std=0.02)
+    torch.save(module.state_dict(), path)
+    return path
 
 
 def _status_kib(field: str) -> int:
@@ -157,18 +175,121 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     return len(x_all) / fwd_s, best
 
 
+def class_forward_backward(study, n_classes: int = 3) -> dict:
+    """One forward + backward of a class's sampled images (the graph's own sample), averaged
+    over the first ``n_classes`` classes, best of 3 each: with the parameters requiring grad
+    (a training step's backward) and with them frozen (gradients to the input only). Run in
+    the process that just computed the graph's chunks, so both share the machine's state."""
+
+    from carto_assets.stages import graph as graph_stage
+    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+
+    images, class_names = load_manifest(study)
+    bundle, _, _ = graph_stage.model_once(study)
+    source = source_for_manifest(study, images, class_names)
+    labels = list(range(min(n_classes, len(class_names))))
+    return class_forward_backward_of(study, labels, images, source, bundle)
+
+
+def class_forward_backward_of(study, labels, images, source, bundle) -> dict:
+    """:func:`class_forward_backward` for these classes, the images' loading not timed."""
+    from carto_assets.stages import graph as graph_stage
+
+    model = bundle.module.eval()
+    times: dict[str, list[float]] = {
+        "params": [],
+        "frozen": [],
+        "params_first": [],
+        "frozen_first": [],
+        "images": [],
+    }
+    for label in labels:
+        _, _, x = graph_stage.class_images(study, label, images, source, bundle)
+        for mode in ("params", "frozen"):
+            flags = [p.requires_grad for p in model.parameters()]
+            for p in model.parameters():
+                p.requires_grad_(mode == "params")
+            runs = []
+            for _ in range(3):
+                xx = x.clone().requires_grad_(True)
+                start = time.perf_counter()
+                out = model(xx)
+                out = out.logits if hasattr(out, "logits") else out
+                out.sum().backward()
+                runs.append(time.perf_counter() - start)
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+            model.zero_grad(set_to_none=True)
+            times[mode].append(min(runs))  # the best of 3
+            times[f"{mode}_first"].append(runs[0])  # a class's first, as the graph's work is
+        times["images"].append(len(x))
+    return {k: float(np.mean(v)) for k, v in times.items()}
+
+
+def graph_breakdown(study) -> dict:
+    """The graph chunks' own record: classes, stage seconds and seconds per step (summed)."""
+    out = {"classes": 0, "seconds": 0.0, "steps": {}, "restarted": True}
+    for summary in sorted((study.files_dir / "concept_graph").glob("*/summary.json")):
+        chunk = json.loads(summary.read_text())
+        out["classes"] += chunk["n_classes_computed"]
+        out["seconds"] += chunk["seconds"]
+        out["restarted"] = out["restarted"] and chunk.get("restarted", True)
+        for step, seconds in chunk.get("steps", {}).items():
+            out["steps"][step] = out["steps"].get(step, 0.0) + seconds
+    return out
+
+
+def print_graph_cost(row: dict, reference: dict, breakdown: dict) -> None:
+    """Per class: the chunk's steps, the rest of the stage and Dagster's share, each as a
+    ratio to one forward + backward of the class's images (both kinds)."""
+    n = max(1, breakdown["classes"])
+    per_step = {k: v / n for k, v in breakdown["steps"].items()}
+    stage = breakdown["seconds"] / n
+    asset = row["seconds"] / n
+    fb, frozen = reference["params"], reference["frozen"]
+    print(
+        f"\nconcept graph per class ({breakdown['classes']} classes, "
+        f"{reference['images']:.0f} images each), against one forward + backward of the class's "
+        f"images measured in the same process: {fb:.2f} s (parameters requiring grad), "
+        f"{frozen:.2f} s (frozen)"
+    )
+    print(f"  {'step':<32}{'seconds':>9}{'x F+B':>8}{'x frozen':>10}")
+    explaining = per_step.pop("explanations", 0.0)
+    scan = per_step.pop("misclassified", 0.0)
+    rows = [
+        *per_step.items(),
+        ("other (load, read, assemble)", stage - explaining - scan - sum(per_step.values())),
+    ]
+    rows += [("= the graph (stage)", stage - explaining - scan)]
+    rows += [("Dagster and writing", asset - stage)]
+    rows += [("= the graph's asset, everything", asset - explaining - scan)]
+    rows += [("explanations (issue 22, same step)", explaining)]
+    rows += [("finding misclassified images", scan)]
+    for name, seconds in rows:
+        print(f"  {name:<32}{seconds:>9.3f}{seconds / fb:>8.2f}{seconds / frozen:>10.2f}")
+    how = "restarted at their layers" if breakdown["restarted"] else "whole forward passes"
+    print(f"  (ablation checks: {how})")
+
+
 def asset_order(study_file: str) -> list[tuple[str, bool]]:
     """Every asset in dependency order, with whether it is partitioned."""
     from carto_assets.definitions import ALL_ASSETS, build_definitions
 
-    graph = build_definitions(study_file).resolve_asset_graph()
+    defs = build_definitions(study_file)
+    graph = defs.resolve_asset_graph()
     known = {k for a in ALL_ASSETS for k in a.keys}
-    return [
-        (key.to_user_string(), graph.get(key).partitions_def is not None)
-        for level in graph.toposorted_asset_keys_by_level
-        for key in level
-        if key in known
-    ]
+    order, done = [], set()
+    for level in graph.toposorted_asset_keys_by_level:
+        for key in level:
+            if key not in known or key in done:
+                continue
+            # A multi-asset (the graph's chunks and the explanations' chunks) runs as one step,
+            # named by its first key in name order (concept_graph_chunk).
+            keys = defs.resolve_assets_def(key).keys
+            done.update(keys)
+            name = min(k.to_user_string() for k in keys)
+            order.append((name, graph.get(key).partitions_def is not None))
+    return order
 
 
 def materialize_asset(study_file: str, name: str) -> int:
@@ -181,6 +302,7 @@ def materialize_asset(study_file: str, name: str) -> int:
     defs = build_definitions(study_file)
     key = dg.AssetKey(name)
     partitions = defs.resolve_asset_graph().get(key).partitions_def
+    selection = list(defs.resolve_assets_def(key).keys)  # all of a multi-asset's keys
     instance = dg.DagsterInstance.get()
     keys = (
         [None]
@@ -190,7 +312,7 @@ def materialize_asset(study_file: str, name: str) -> int:
     for pkey in keys:
         result = dg.materialize(
             ALL_ASSETS,
-            selection=[key],
+            selection=selection,
             resources=dict(defs.resources),
             instance=instance,
             partition_key=pkey,
@@ -213,6 +335,10 @@ def worker(study_file: str, name: str) -> None:
     build_definitions(study_file)
     baseline = _status_kib("VmRSS") / 2**20
     row = {**timed_materialize(study_file, name), "baseline_rss_gb": baseline}
+    if name == "concept_graph_chunk":
+        from carto_assets.study import load_study
+
+        row["forward_backward"] = class_forward_backward(load_study(study_file))
     print("RESULT " + json.dumps(row), flush=True)
 
 
@@ -259,6 +385,10 @@ def run_assets(
         else:
             reset_peak_rss()
             row = timed_materialize(study_file, name)
+            if name == "concept_graph_chunk":
+                from carto_assets.study import load_study
+
+                row["forward_backward"] = class_forward_backward(load_study(study_file))
         rows.append(row)
         extra = f"   ({row['partitions']} partitions)" if row["partitions"] else ""
         say(f"  {name:<22} {row['seconds']:8.1f} s   peak RSS {row['peak_rss_gb']:.2f} GB{extra}")
@@ -282,6 +412,12 @@ def main() -> None:
         "--rehearsal", action="store_true", help="issue 12's study: googlenet, 100 classes, k=50"
     )
     parser.add_argument("--images-dir", type=Path, help="reuse a generated image folder")
+    parser.add_argument(
+        "--nonzero-head",
+        action="store_true",
+        help="random weights with the head drawn like a hidden layer (ViTs start it at zero, "
+        "which makes every logit constant), saved as the study's checkpoint",
+    )
     parser.add_argument("--keep", type=Path, help="keep the study, database and images here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument(
@@ -330,6 +466,9 @@ def main() -> None:
         generate_images(images_dir, args.classes, args.per_class, args.size)
         print(f"generated {n_images} images in {time.perf_counter() - start:.1f} s", flush=True)
     study_file = work / "study.yaml"
+    args.weights = "none"
+    if args.nonzero_head:
+        args.weights = str(nonzero_head_checkpoint(args.model, work / "model_nonzero_head.pt"))
     write_study(study_file, images_dir, args, work / "carto.duckdb")
     os.environ["CARTO_STUDY"] = str(study_file)
 
@@ -409,7 +548,10 @@ def main() -> None:
             f"\nactivation stage {act_ips:.1f} images/s = {act_ips / forward_ips:.2f}x the bare "
             "forward pass's throughput"
         )
-    if n_classes_graph:
+    chunk_row = by_asset.get("concept_graph_chunk")
+    if n_classes_graph and chunk_row and "forward_backward" in chunk_row:
+        print_graph_cost(chunk_row, chunk_row["forward_backward"], graph_breakdown(study))
+    elif n_classes_graph:
         per_class = graph_s / n_classes_graph
         print(
             f"concept graph {per_class:.2f} s per class ({n_classes_graph} classes) = "

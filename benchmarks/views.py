@@ -6,7 +6,8 @@ patch a distinct crop of a real photograph), exports it, and prints, side by sid
 
 - patch storage: one PNG file per patch (what the page used before) vs the sprite sheets in
   each format, with bytes, files and PSNR against the PNGs;
-- the export: seconds, index.html and spec sizes, files beside the page;
+- the export: seconds, index.html and spec sizes, files beside the page, and the class graphs'
+  chunks (compact: 88 MB in 56 chunks before, see carto_viz/graph.py);
 - with ``--browser`` (Debian's chromium + playwright): page ready, class switch, node click
   and hover times, measured as the tests do, and with ``--feature-layers`` the units toggle's
   switch times (``--feature-layers 4`` gives four evenly spaced layers a dictionary of
@@ -80,7 +81,8 @@ def storage(db: Path, formats: list[str]) -> None:
 def browser(
     html: Path, n_neurons: int, last_class: str, last_label: int, features: bool = False
 ) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viz"))
+    tests = Path(__file__).resolve().parents[1] / "tests"
+    sys.path[:0] = [str(tests), str(tests / "viz")]  # test_browser imports viz.pages
     from playwright.sync_api import sync_playwright
     from test_browser import ARGS, CHROMIUM, Page, _set_units
 
@@ -126,6 +128,9 @@ def main() -> None:
         "--feature-layers", type=int, default=0, help="layers with a dictionary of features"
     )
     parser.add_argument("--features", type=int, default=256, help="features per dictionary")
+    parser.add_argument(
+        "--explained", type=int, default=0, help="explained images per class (at most 2)"
+    )
     parser.add_argument("--formats", nargs="+", default=["jpeg", "webp"], choices=list(FORMATS))
     parser.add_argument("--browser", action="store_true", help="also time the page in Chromium")
     parser.add_argument("--out", type=Path, default=None, help="keep the export here")
@@ -150,6 +155,7 @@ def main() -> None:
         neighbors=10,
         nodes_per_layer=5,
         distinct_patches=None,
+        explained_per_class=args.explained,
     )
     print(
         f"synthetic study: {args.neurons:,} neurons, {args.layers} layers "
@@ -164,8 +170,18 @@ def main() -> None:
     seconds = time.perf_counter() - start
     files = [p for p in (folder / "views").rglob("*") if p.is_file()]
     spec = max(p.stat().st_size for p in result.spec_paths)
+    # The class graphs' chunks: beside the page, or inline in it for small studies.
+    graph_files = sorted((folder / "views" / "index_files").glob("graph-*.js"))
+    image_files = sorted((folder / "views" / "index_files").glob("image-*.js"))
+    if image_files:
+        size = sum(p.stat().st_size for p in image_files) / 1e6
+        print(f"\nexplained images' thumbnails: {size:.1f} MB in {len(image_files)} sheets")
     print(
-        f"\nexport: {seconds:.1f} s; index.html {result.page_bytes / 1e6:.2f} MB, largest spec "
+        f"\nclass graphs: {sum(p.stat().st_size for p in graph_files) / 1e6:.1f} MB in "
+        f"{len(graph_files)} chunks beside the page"
+    )
+    print(
+        f"export: {seconds:.1f} s; index.html {result.page_bytes / 1e6:.2f} MB, largest spec "
         f"{spec / 1e6:.2f} MB, {len(files)} files ({sum(p.stat().st_size for p in files) / 1e6:.0f}"
         f" MB), patches {result.patch_bytes / 1e6:.1f} MB in {result.n_sheets} sheets"
     )

@@ -307,7 +307,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carto", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,layers,check,compare}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,layers,check,compare,explain}"
+    )
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
     run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
@@ -366,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "-v", "--verbose", action="store_true", help="also print Dagster's event log"
     )
     compare.set_defaults(func=cmd_compare)
+
+    from carto_assets.explain_command import add_parser as add_explain
+
+    add_explain(sub)
 
     args = parser.parse_args(argv)
     # umap-learn compiles with numba on first use (about a minute on a small CPU); keep the

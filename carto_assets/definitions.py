@@ -17,6 +17,7 @@ from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
 from carto_assets.assets.dictionary import dictionary
 from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
+from carto_assets.assets.explanations import explanations
 from carto_assets.assets.graph import concept_graph, concept_graph_chunk, example_patches
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
@@ -56,6 +57,7 @@ _ASSETS = [
     example_patches,
     concept_graph_chunk,
     concept_graph,
+    explanations,
     cooccurrence,
     neuron_embedding,
     neuron_projection,
@@ -101,13 +103,15 @@ def build_definitions(study_file: str = "") -> dg.Definitions:
             dg.define_asset_job(
                 GRAPH_CHUNKS_JOB,
                 selection=dg.AssetSelection.assets(concept_graph_chunk),
-                description="The concept graph for one chunk of classes (one run per partition).",
+                description="The concept graph and the explanations for one chunk of classes "
+                "(one run per partition).",
             ),
             dg.define_asset_job(
                 PUBLISH_JOB,
                 selection=dg.AssetSelection.assets(concept_graph_chunk).downstream()
                 - dg.AssetSelection.assets(concept_graph_chunk),
-                description="Merge the class chunks into the concept graph tables; the views.",
+                description="Merge the class chunks into the concept graph and explanation "
+                "tables; the views.",
             ),
         ],
         resources={"study": resource},

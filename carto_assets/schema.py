@@ -100,7 +100,9 @@ _EDGE_COLUMNS = (
         "influence: gradient × activation of the target's activation (sum of its members' "
         "spatial maxima; the class logit for prediction edges) with respect to the source "
         "layer's output, summed over space and over the source's member channels, averaged "
-        "over `graph.images_per_class` sampled images of the class, clipped at 0",
+        "over the class's sampled images that measured the target (`graph.edge_images` of "
+        "them; all of them for prediction edges, whose weight is the source's relevance), "
+        "clipped at 0",
     ),
 )
 
@@ -336,6 +338,20 @@ TABLES: dict[str, Table] = {
             ("value", "VARCHAR", "the concept's value in that image, e.g. `colour = red`"),
         ),
         _table(
+            "image_masks",
+            "images",
+            ("image_id", "BIGINT", "image"),
+            ("height", "INTEGER", "mask rows (the image's side)"),
+            ("width", "INTEGER", "mask columns"),
+            (
+                "mask",
+                "BLOB",
+                "where the object is (shapes: the pixels the shape covers by more than half; "
+                "digits: the ink), one bit per pixel, row-major, packed 8 to a byte, most "
+                "significant bit first (`numpy.packbits`)",
+            ),
+        ),
+        _table(
             "neurons",
             "top_images",
             ("neuron_id", "BIGINT", "dense id over all mapped layers and feature pseudo-layers"),
@@ -530,10 +546,50 @@ TABLES: dict[str, Table] = {
             (
                 "importance",
                 "DOUBLE",
-                "sum of `class_importance.score` over the cluster's members that are among the top "
-                "`graph.top_neuron_fraction` of the layer's neurons for the class",
+                "sum of the class's unit scores by the study's rule (`graph.importance`: "
+                "`class_relevance.share`, or `class_importance.score` for `activation`) over the "
+                "cluster's members that are among the top `graph.top_neuron_fraction` of the "
+                "layer's units for the class (`concept_graph_units`)",
             ),
             ("important_members", "INTEGER", "how many such members"),
+        ),
+        _table(
+            "concept_graph_units",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            (
+                "neuron_id",
+                "BIGINT",
+                "a unit among the top `graph.top_neuron_fraction` of its "
+                "layer for the class by the study's rule, with a positive score: the units the "
+                "class's nodes are made of (the views' \"neurons of the class\")",
+            ),
+            ("cluster_id", "BIGINT", "its cluster"),
+            (
+                "score",
+                "DOUBLE",
+                "its score by the rule (`class_relevance.share` or `class_importance.score`)",
+            ),
+        ),
+        _table(
+            "class_relevance",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            ("neuron_id", "BIGINT", "unit (channel or feature)"),
+            (
+                "relevance",
+                "DOUBLE",
+                "gradient × activation of the class's logit (of each image's top logit when "
+                "the model's outputs are not the study's classes) with respect to the unit, "
+                "summed over space, averaged over the class's `graph.images_per_class` sampled "
+                "images: the first-order estimate of the logit's drop if the unit were zeroed",
+            ),
+            (
+                "share",
+                "DOUBLE",
+                "the same per image over its layer's total absolute relevance, averaged over "
+                "the images (each image counts the same): the `relevance` rule's score",
+            ),
         ),
         _table(
             "concept_graph_edges",
@@ -572,6 +628,150 @@ TABLES: dict[str, Table] = {
             ),
             ("drop", "DOUBLE", "`baseline - ablated`"),
             ("relative_drop", "DOUBLE", "`drop / |baseline|`"),
+        ),
+        _table(
+            "concept_graph_ablation",
+            "concept_graph",
+            ("label", "INTEGER", "class"),
+            (
+                "layer",
+                "VARCHAR",
+                "layer whose units were zeroed (feature layers: decoder contributions subtracted)",
+            ),
+            (
+                "chosen_by",
+                "VARCHAR",
+                "which units: `relevance` or `activation` (a rule's nodes' members, most "
+                "important node first, then the layer's other units by the rule's score; the "
+                "study's rule gives exactly the graph's nodes) or `random` (drawn uniformly)",
+            ),
+            ("units", "INTEGER", "how many units: all members of the graph's nodes in the layer"),
+            ("images", "INTEGER", "the class's images measured (`graph.ablation_images`)"),
+            (
+                "baseline",
+                "DOUBLE",
+                "mean class logit over those images (each image's top "
+                "logit when the model's outputs are not the study's classes)",
+            ),
+            ("ablated", "DOUBLE", "the same with the units zeroed"),
+            ("drop", "DOUBLE", "`baseline - ablated`"),
+        ),
+        _table(
+            "explained_images",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            ("label", "INTEGER", "its class"),
+            (
+                "predicted",
+                "INTEGER",
+                "the model's prediction (its top logit: a class index where the model's outputs "
+                "are the study's classes, else the head's output index)",
+            ),
+            (
+                "why",
+                "VARCHAR",
+                "`sample` (the concept graph's sampled images of the class), `misclassified` or "
+                "`listed` (`explain.images`)",
+            ),
+            ("logit", "DOUBLE", "the predicted logit"),
+            ("thumb", "BLOB", "the image as the model saw it, at most 64 px a side, PNG"),
+        ),
+        _table(
+            "explanation_concepts",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            (
+                "target",
+                "INTEGER",
+                "the logit explained: the predicted one, and the true class's where they differ",
+            ),
+            ("layer", "VARCHAR", "unit layer (channels or a feature pseudo-layer)"),
+            ("rank", "INTEGER", "1 = the concept with the largest share"),
+            ("cluster_id", "BIGINT", "the concept: a cluster of the layer's units"),
+            (
+                "relevance",
+                "DOUBLE",
+                "the sum over the cluster's members of gradient × activation of the target "
+                "logit, summed over space",
+            ),
+            ("share", "DOUBLE", "`relevance` over the layer's total absolute relevance"),
+            (
+                "map",
+                "BLOB",
+                "where in the image the concept carries relevance: the same sum per position "
+                "of the layer's output (`map_height` × `map_width` of `explanation_layers`; "
+                "tokens for a ViT), row-major int8 codes",
+            ),
+            ("map_scale", "DOUBLE", "the map's values are its codes times this"),
+        ),
+        _table(
+            "explanation_layers",
+            "explanations",
+            ("image_id", "BIGINT", "image"),
+            ("target", "INTEGER", "the logit explained"),
+            ("layer", "VARCHAR", "unit layer"),
+            ("logit", "DOUBLE", "the target logit's value"),
+            ("total", "DOUBLE", "the relevance of all the layer's units (gradient · activation)"),
+            ("unclustered", "DOUBLE", "the part of `total` from units in no cluster"),
+            (
+                "other_concepts",
+                "DOUBLE",
+                "the part of `total` from concepts not stored (below the "
+                "`explain.concepts_per_layer` most relevant)",
+            ),
+            (
+                "gap",
+                "DOUBLE",
+                "the completeness gap, `logit - total`: what the layer's first-order "
+                "decomposition does not account for (biases, nonlinearity, a dictionary's "
+                "reconstruction error)",
+            ),
+            ("map_height", "INTEGER", "rows of the layer's maps (tokens for token outputs)"),
+            ("map_width", "INTEGER", "columns of the layer's maps (1 for tokens)"),
+            (
+                "map",
+                "BLOB",
+                "all the layer's relevance per position, int8 codes as in `explanation_concepts`",
+            ),
+            ("map_scale", "DOUBLE", "the map's values are its codes times this"),
+        ),
+        _table(
+            "explanation_checks",
+            "explanations",
+            ("image_id", "BIGINT", "image (its predicted logit)"),
+            ("layer", "VARCHAR", "the last channel layer, or the last feature pseudo-layer"),
+            (
+                "object_share",
+                "DOUBLE",
+                "the share of the layer's positive relevance inside the object's mask "
+                "(`image_masks`, reduced to the layer's cells by area); NULL without a mask",
+            ),
+            ("mask_share", "DOUBLE", "the mask's share of the image (what chance would give)"),
+            ("top_object_share", "DOUBLE", "`object_share` of the most relevant concept alone"),
+            (
+                "auc_relevance",
+                "DOUBLE",
+                "concept deletion: the image's concepts zeroed one by one, most relevant first "
+                "(`explain.deletion_steps`), the predicted logit relative to its clean value "
+                "averaged over the steps (clean included); lower: it fell faster",
+            ),
+            ("auc_activation", "DOUBLE", "the same, most active concepts first"),
+            ("auc_random", "DOUBLE", "the same in a seeded random order"),
+        ),
+        _table(
+            "relevance_exemplars",
+            "explanations",
+            ("cluster_id", "BIGINT", "a concept"),
+            ("layer", "VARCHAR", "its layer"),
+            ("rank", "INTEGER", "1 = the image where it had the largest share"),
+            ("image_id", "BIGINT", "an explained image"),
+            (
+                "share",
+                "DOUBLE",
+                "the concept's share of its layer's relevance for the image's own class "
+                "(CRP's relevance maximization; among each image's stored concepts)",
+            ),
+            ("relevance", "DOUBLE", "its relevance"),
         ),
         _table(
             "cooccurrence",

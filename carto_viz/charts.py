@@ -32,7 +32,8 @@ import json
 
 import altair as alt
 
-from carto_viz.data import PREDICTION_CLUSTER, ViewData
+from carto_assets.schema import PREDICTION_CLUSTER
+from carto_viz.data import ViewData, layer_short_names
 
 #: colours by role, read by the tests.
 MEMBER_STROKE = "black"
@@ -122,7 +123,13 @@ def projection_chart(n_neurons: int, layers: list[str], has_features: bool = Fal
                 sort=layers,
                 # Every layer keeps its colour whatever the filters leave.
                 scale=alt.Scale(scheme="viridis", domain=layers),
-                legend=alt.Legend(title="layer (input → output)", symbolLimit=0, labelLimit=110),
+                # Entries name layers by their distinguishing end (``layer_short``).
+                legend=alt.Legend(
+                    title="layer (input → output)",
+                    symbolLimit=0,
+                    labelLimit=110,
+                    labelExpr="layer_short[datum.label] || datum.label",
+                ),
             ),
             stroke={
                 "condition": [
@@ -271,6 +278,7 @@ def projection_params(data: ViewData) -> list[alt.Parameter]:
         alt.param(name="graph_node", value=-2),
         alt.param(name="class_neurons", value="|"),
         alt.param(name="unit_kind", value="both"),
+        alt.param(name="layer_short", value=layer_short_names(data.layers)),
     ]
 
 
@@ -350,7 +358,8 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
 
     Rows are drawn at ``row_pos[row]``: the toggle hides the other kind's rows (and their
     nodes and edges) and the rows left close up. With dictionary features, a feature node's
-    frame is dashed and its caption starts with its kind ("feature · colour=red").
+    frame is dashed. Long row labels and captions keep their end (what tells them apart) and
+    show the whole text on hover. The prediction node pictures the class (its top patch).
     """
     node_pick = alt.selection_point(
         name="node_pick", fields=["cluster_id", "cascade", "cascade_edges"], on="click"
@@ -405,15 +414,18 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
             ],
         )
     )
+    # A long layer name shows its distinguishing end (``short``), cut on the left if it must
+    # be; the full name is in the tooltip.
     row_labels = (
         alt.Chart(_named("graph_rows"))
         .transform_calculate(pos="row_pos[datum.row]")
         .transform_filter("datum.pos >= 0")
-        .mark_text(align="left", baseline="middle", fontSize=11, limit=GUTTER - 10)
+        .mark_text(align="left", baseline="middle", fontSize=11, limit=GUTTER - 10, dir="rtl")
         .encode(
             x=alt.value(4),
             y=y,
-            text="name:N",
+            text="short:N",
+            tooltip=[alt.Tooltip("name:N", title="layer")],
             color={
                 "condition": {"test": "datum.kind == 'feature'", "value": FEATURE_COLOUR},
                 "value": "#555",
@@ -469,25 +481,28 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
                 "value": [1, 0],
             }
         )
+    # A node's picture: its patch's thumbnail; the prediction node's may be one of the class's
+    # explained images (``picture``, an ``image:<id>:1`` key set by the page).
     images = (
-        nodes.transform_filter("isValid(datum.patch)")
-        .transform_calculate(url=_patch_url("datum.patch", atlas="thumb"))
+        nodes.transform_filter("isValid(datum.patch) || isValid(datum.picture)")
+        .transform_calculate(
+            url="isValid(datum.picture) ? datum.picture : "
+            + _patch_url("datum.patch", atlas="thumb")
+        )
         .mark_image(width=NODE_IMAGE, height=NODE_IMAGE, cursor="pointer")
         .encode(x=x, y=y, url="url:N", tooltip=node_tooltip)
     )
-    caption = (
-        "datum.kind == 'prediction' ? datum.short : datum.kind + ' · ' + datum.short"
-        if has_features
-        else "datum.short"
-    )
+    # The caption is the concept's leading term, cut on the left if it must be (its end tells
+    # concepts apart: "class=class_0042"); the kind shows in the frame and the tooltip.
     labels = (
-        nodes.transform_calculate(caption=caption)
+        nodes.transform_calculate(caption="datum.short")
         .mark_text(
             baseline="top",
             dy=NODE_FRAME / 2 + 3,
             fontSize=10,
             color="#222",
             limit=COLUMN_WIDTH - 6,
+            dir="rtl",
         )
         .encode(x=x, y=y, text="caption:N")
     )

@@ -31,6 +31,7 @@ import vl_convert
 from carto_assets.storage import DEFAULT_MEMORY_LIMIT
 from carto_viz.charts import graph_heights, views_spec
 from carto_viz.data import ViewData, load_tables, patch_pngs, view_data
+from carto_viz.images import thumbnails
 from carto_viz.sprites import SpriteAtlas, pack_patches
 
 #: characters escaped in JSON embedded in a <script> element (keeps "</script", "<!--",
@@ -117,7 +118,10 @@ _PAGE = """<!DOCTYPE html>
 </div>
 <main>
 <section id="left"><div id="projection"></div><div id="detail"></div></section>
-<section id="right"><h2>Concept graph of the class</h2><div id="graph"></div></section>
+<section id="right">
+<div id="images" hidden><h2>Explained images of the class</h2>
+<div id="image-strip"></div><div id="node-images"></div><div id="image-card"></div></div>
+<h2>Concept graph of the class</h2><div id="graph"></div></section>
 </main>
 <div id="carto-card" role="tooltip" hidden></div>
 <script type="application/json" id="carto-page">{page}</script>
@@ -130,6 +134,12 @@ _PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
+
+
+def explain_page(data_json: str) -> str:
+    """``carto explain --html``'s page around its data (already :func:`script_json` text): the
+    image, its concept atlas and legend, drawn with ``textContent`` and a canvas only."""
+    return _asset("explain.html").replace("{{DATA}}", data_json)
 
 
 def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str]) -> str:
@@ -167,8 +177,12 @@ def _graph_chunks(data: ViewData) -> tuple[dict[str, str], dict[int, int]]:
     def close() -> None:
         chunks[f"graph-{len(chunks):04d}"] = "{" + ",".join(parts) + "}"
 
-    for label in sorted(data.graphs):
-        text = f'"{label}":{script_json(data.graphs[label])}'
+    explained = data.explained.classes if data.explained else {}
+    for label in sorted(set(data.graphs) | set(explained)):
+        graph = dict(data.graphs[label]) if label in data.graphs else {}
+        if label in explained:
+            graph["x"] = explained[label]  # the class's explained images
+        text = f'"{label}":{script_json(graph)}'
         parts.append(text)
         chunk_of[label] = len(chunks)
         size += len(text)
@@ -181,8 +195,15 @@ def _graph_chunks(data: ViewData) -> tuple[dict[str, str], dict[int, int]]:
 
 
 def _page_data(
-    data: ViewData, atlas: SpriteAtlas, thumbs: SpriteAtlas, graph_names: list[str], chunk_of
+    data: ViewData,
+    atlas: SpriteAtlas,
+    thumbs: SpriteAtlas,
+    graph_names: list[str],
+    chunk_of,
+    images: SpriteAtlas | None = None,
 ) -> dict:
+    explained = data.explained
+    nodes = set(data.graph_clusters.get("c", []))
     return {
         "summary": data.summary,
         "classes": [{**c, "chunk": chunk_of.get(c["label"], -1)} for c in data.classes],
@@ -192,6 +213,13 @@ def _page_data(
         "data_dir": DATA_DIR,
         # The toggle shows when the study has features; the graph's height per choice.
         "unit_kinds": list(data.kinds),
+        # Every graph node's cluster once (row, size, labels); the chunks name them by id.
+        "clusters": dict(data.graph_clusters),
+        # The explained images: their thumbnails, and each node's relevance exemplars.
+        "images": images.manifest() if images else None,
+        "exemplars": {
+            str(c): v for c, v in (explained.exemplars.items() if explained else []) if c in nodes
+        },
         "graph_heights": graph_heights(data.graph_rows),
     }
 
@@ -268,15 +296,16 @@ def export_views(
         picture = _png(specs["projection"])
         javascript_bundle()  # cached for render_page
         atlas, thumbs = packing.result()
+    images = thumbnails(database_path, patch_format) if data.explained else None
     # Every chunk as the JSON text the page parses: sheets as data: URL strings.
     encoded: dict[str, str] = {
         sheet.name: script_json(
             "data:" + sheet.mime + ";base64," + base64.b64encode(sheet.data).decode("ascii")
         )
-        for sheet in (*atlas.sheets, *thumbs.sheets)
+        for sheet in (*atlas.sheets, *thumbs.sheets, *(images.sheets if images else ()))
     }
     encoded.update(graph_chunks)
-    page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of)
+    page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of, images)
     sidecar = sum(len(text) for text in encoded.values()) > max_inline_bytes
 
     out = Path(out_dir)

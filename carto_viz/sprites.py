@@ -149,6 +149,7 @@ def pack_patches(
     thumb_size: int = 48,
     workers: int | None = None,
     load_pngs: PngLoader | None = None,
+    prefix: str = "sheet",
 ) -> tuple[SpriteAtlas, SpriteAtlas]:
     """Pack ``example_patches`` rows (neuron_id, rank, png) into sprite sheets.
 
@@ -173,6 +174,9 @@ def pack_patches(
         Called with one sheet's neuron ids at a time, returns their ``(neuron_id, rank, png)``
         rows: only the sheets being encoded are in memory, never every PNG (googlenet's
         61,740 patches of real photographs are 440 MB of PNG).
+    prefix
+        The sheets' names, ``<prefix>-0000``, ... (the thumbnails' are ``thumb-...`` with the
+        default prefix, ``<prefix>thumb-...`` otherwise); the explained images use ``image``.
 
     Returns
     -------
@@ -242,7 +246,7 @@ def pack_patches(
             done.append(pending.popleft().result())
     mime = FORMATS[fmt][1]
     sheets = tuple(
-        Sheet(f"sheet-{i:04d}", columns, tile, data, mime, n)
+        Sheet(f"{prefix}-{i:04d}", columns, tile, data, mime, n)
         for i, ((data, columns, _), n) in enumerate(zip(done, n_patches))
     )
     thumbs = [t for _, _, sheet_thumbs in done for t in sheet_thumbs]
@@ -252,7 +256,8 @@ def pack_patches(
     for i, lo in enumerate(range(0, len(thumbs), per_thumb_sheet)):
         part = thumbs[lo : lo + per_thumb_sheet]
         data, columns = _encode(part, thumb_size, fmt)
-        thumb_sheets.append(Sheet(f"thumb-{i:04d}", columns, thumb_size, data, mime, len(part)))
+        name = "thumb" if prefix == "sheet" else f"{prefix}thumb"
+        thumb_sheets.append(Sheet(f"{name}-{i:04d}", columns, thumb_size, data, mime, len(part)))
         for j, neuron_id in enumerate(thumb_ids[lo : lo + per_thumb_sheet]):
             thumb_slots[neuron_id] = (i, j, 1)
     return SpriteAtlas(sheets, slots), SpriteAtlas(tuple(thumb_sheets), thumb_slots)

@@ -78,6 +78,7 @@ def make_database(
     distinct_patches: int | None = 64,
     feature_layers: Sequence[str] = (),
     features_per_layer: int = 16,
+    explained_per_class: int = 0,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic study database with the tables :mod:`carto_viz` needs.
@@ -253,6 +254,20 @@ def make_database(
                             0.5,
                         )
                     )
+    # The class's units: its nodes' members and the top tenth of each layer, positive scores.
+    unit_rows = []
+    for label in range(n_classes):
+        counted = {m for row in node_rows if row[0] == label for m in members[row[1]]}
+        for li in range(n_layers):
+            units_here = np.flatnonzero(unit_row == li)
+            ranked = units_here[np.argsort(-score[label, units_here], kind="stable")]
+            counted.update(ranked[: max(1, -(-len(ranked) // 10))].tolist())
+        unit_rows += [
+            (label, int(u), int(cluster_of[u]), float(score[label, u]))
+            for u in sorted(counted)
+            if score[label, u] > 0
+        ]
+    graph_units = _from_rows("concept_graph_units", unit_rows)
     graph_nodes = _from_rows("concept_graph_nodes", node_rows)
     graph_edges = _from_rows("concept_graph_edges", edge_rows)
     cascades = _from_rows("concept_cascades", cascade_rows)
@@ -362,7 +377,14 @@ def make_database(
             ),
         ]
     )
+    if explained_per_class:
+        tables_x = _explanations(
+            rng, images, node_rows, all_layers, explained_per_class, patch_size, n_classes
+        )
+    else:
+        tables_x = {}
     tables = {
+        **tables_x,
         "images": images,
         "study_quality": figures,
         "cluster_quality": quality,
@@ -373,6 +395,7 @@ def make_database(
         "class_importance": importance,
         "example_patches": patches,
         "concept_graph_nodes": graph_nodes,
+        "concept_graph_units": graph_units,
         "concept_graph_edges": graph_edges,
         "concept_cascades": cascades,
         "neuron_projection": projection,
@@ -388,3 +411,60 @@ def make_database(
     finally:
         con.close()
     return path
+
+
+def _explanations(rng, images, node_rows, all_layers, per_class, size, n_classes) -> dict:
+    """Explanation tables (:mod:`carto_viz.images` reads them): per class, its images (every
+    other one predicted as the next class), each explained by 3 of its class's graph nodes per
+    layer with 2 x 2 maps, and each node's exemplars."""
+    from carto_assets.core.attribution.explain import quantize
+
+    thumbs = photo_patches(rng, 8, size)
+    image_ids = images["image_id"].to_list()
+    labels = images["label"].to_list()
+    explained, concepts, layers_rows, exemplars = [], [], [], {}
+    for image_id, label in zip(image_ids, labels):
+        if sum(1 for e in explained if e[1] == label) >= per_class:
+            continue
+        predicted = label if image_id % 2 == 0 else (label + 1) % n_classes
+        explained.append((image_id, label, predicted, "sample", 1.5, thumbs[image_id % 8]))
+        for li, layer in enumerate(all_layers):
+            mine = [row[1] for row in node_rows if row[0] == label and row[3] == li][:3]
+            shares = sorted(rng.uniform(0.05, 0.4, len(mine)), reverse=True)
+            maps = rng.normal(size=(len(mine), 2, 2)).astype(np.float32)
+            codes, scales = quantize(maps) if len(mine) else ([], [])
+            for rank, (cluster, share, code, scale) in enumerate(
+                zip(mine, shares, codes, scales), start=1
+            ):
+                concepts.append(
+                    (image_id, predicted, layer, rank, cluster, share, share, code, float(scale))
+                )
+                exemplars.setdefault(cluster, []).append((share, image_id, layer))
+            codes, scales = quantize(rng.normal(size=(1, 2, 2)).astype(np.float32))
+            layers_rows.append(
+                (
+                    image_id,
+                    predicted,
+                    layer,
+                    1.5,
+                    1.2,
+                    0.0,
+                    0.1,
+                    0.3,
+                    2,
+                    2,
+                    codes[0],
+                    float(scales[0]),
+                )
+            )
+    exemplar_rows = [
+        (cluster, layer, rank, image_id, share, share)
+        for cluster, found in exemplars.items()
+        for rank, (share, image_id, layer) in enumerate(sorted(found, reverse=True)[:9], start=1)
+    ]
+    return {
+        "explained_images": _from_rows("explained_images", explained),
+        "explanation_concepts": _from_rows("explanation_concepts", concepts),
+        "explanation_layers": _from_rows("explanation_layers", layers_rows),
+        "relevance_exemplars": _from_rows("relevance_exemplars", exemplar_rows),
+    }

@@ -28,8 +28,8 @@ JOBS = {
         "neuron_projection",
         "example_patches",
     },
-    "concept_graph_chunks": {"concept_graph_chunk"},
-    "graph_and_views": {"concept_graph", "views"},
+    "concept_graph_chunks": {"concept_graph_chunk", "explanation_chunk"},
+    "graph_and_views": {"concept_graph", "explanations", "views"},
 }
 
 
@@ -37,7 +37,7 @@ def test_definitions_hold_every_asset_once_in_one_job():
     defs = build_definitions("")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == set().union(*JOBS.values())
-    assert len(keys) == 16
+    assert len(keys) == 18
     for job, assets in JOBS.items():
         selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
         assert {k.to_user_string() for k in selected} == assets, job
@@ -46,7 +46,7 @@ def test_definitions_hold_every_asset_once_in_one_job():
         for k in defs.resolve_asset_graph().get_all_asset_keys()
         if defs.resolve_assets_def(k).partitions_def is not None
     }
-    assert partitioned == {"activations", "concept_graph_chunk"}
+    assert partitioned == {"activations", "concept_graph_chunk", "explanation_chunk"}
 
 
 def test_invalid_study_fails_when_definitions_load(tmp_path):

@@ -11,6 +11,7 @@ from carto_assets.assets.partitions import CLASS_CHUNKS
 from carto_assets.resources import StudyResource
 from carto_assets.sharding import chunk_index, chunk_labels
 from carto_assets.stages import graph as stage
+from carto_assets.stages import graph_checks, patches
 from carto_assets.stages.manifest import load_manifest
 
 
@@ -21,8 +22,8 @@ def example_patches(
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
     cfg = study.load()
     store = study.store()
-    written = stage.example_patches(cfg, store, progress=context.log.info)
-    stage.publish_patches(store, written)
+    written = patches.example_patches(cfg, store, progress=context.log.info)
+    patches.publish_patches(store, written)
     # A strip of the first neurons' strongest patches, shown inline in the UI.
     first = store.query(
         "SELECT neuron_id, png FROM example_patches WHERE rank = 1 ORDER BY neuron_id LIMIT 8"
@@ -43,16 +44,29 @@ def example_patches(
     )
 
 
-@dg.asset(
-    group_name="graph",
-    kinds={"pytorch", "parquet"},
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "concept_graph_chunk",
+            group_name="graph",
+            kinds={"pytorch", "parquet"},
+            deps=["class_importance", "neuron_clusters"],
+            description="Nodes, influence edges, cascades and ablation checks for one chunk of "
+            "classes, as Parquet.",
+        ),
+        dg.AssetSpec(
+            "explanation_chunk",
+            group_name="explanations",
+            kinds={"pytorch", "parquet"},
+            deps=["class_importance", "neuron_clusters"],
+            description="Per-image concept relevance, maps and checks for one chunk of classes "
+            "(sharing the graph's passes), as Parquet.",
+        ),
+    ],
     partitions_def=CLASS_CHUNKS,
-    deps=["class_importance", "neuron_clusters"],
 )
-def concept_graph_chunk(
-    context: dg.AssetExecutionContext, study: StudyResource
-) -> dg.MaterializeResult:
-    """Influence edges, cascades and ablation effects for one chunk of classes, as Parquet."""
+def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource):
+    """One class chunk's concept graph and explanations, from the same passes."""
     cfg = study.load()
     store = study.store()
     index = chunk_index(context.partition_key)
@@ -61,16 +75,33 @@ def concept_graph_chunk(
     # Reads the database, writes only Parquet: chunks run in parallel processes.
     chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
     out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
-    computed = chunk.n_classes_computed
-    return dg.MaterializeResult(
+    computed = max(1, chunk.n_classes_computed)
+    yield dg.MaterializeResult(
+        asset_key="concept_graph_chunk",
         metadata={
             "classes": dg.MetadataValue.json([labels[0], labels[-1]] if labels else []),
-            "classes_computed": computed,
+            "classes_computed": chunk.n_classes_computed,
+            "nodes": len(chunk.nodes),
             "edges": len(chunk.edges),
             "seconds": round(chunk.seconds, 2),
-            "seconds_per_class": round(chunk.seconds / max(1, computed), 3),
+            "seconds_per_class": round(chunk.seconds / computed, 3),
+            "seconds_per_class_by_step": dg.MetadataValue.json(
+                {k: round(v / computed, 3) for k, v in chunk.steps.items()}
+            ),
+            "checks_restarted_at_their_layers": chunk.restarted,
             "chunk_dir": dg.MetadataValue.path(str(out)),
-        }
+        },
+    )
+    explained = chunk.explanations.get("explained_images")
+    yield dg.MaterializeResult(
+        asset_key="explanation_chunk",
+        metadata={
+            "enabled": cfg.explain.enabled,
+            "images": 0 if explained is None else len(explained),
+            "beyond_the_samples": chunk.other_images,
+            "seconds_per_class": round(chunk.steps.get("explanations", 0.0) / computed, 3),
+            "chunk_dir": dg.MetadataValue.path(str(out)),
+        },
     )
 
 
@@ -78,10 +109,14 @@ def concept_graph_chunk(
     group_name="graph",
     kinds={"duckdb"},
     deps=["concept_graph_chunk"],
-    check_specs=[dg.AssetCheckSpec("edge_weights_track_ablation", asset="concept_graph")],
+    check_specs=[
+        dg.AssetCheckSpec("edge_weights_track_ablation", asset="concept_graph"),
+        dg.AssetCheckSpec("graph_nodes_matter_most", asset="concept_graph"),
+    ],
 )
 def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
-    """Per class: important clusters per layer, influence edges up to the prediction, cascades."""
+    """Per class: the clusters its prediction uses per layer, influence edges up to the
+    prediction, cascades, and ablation checks of nodes and edges."""
     cfg = study.load()
     store = study.store()
     keys = context.instance.get_dynamic_partitions(CLASS_CHUNKS.name)
@@ -89,25 +124,49 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
     g = stage.merge_graph_chunks(cfg, store, chunks)
     tables = {
         "concept_graph_nodes": g.nodes,
+        "concept_graph_units": g.units,
+        "class_relevance": g.relevance,
         "concept_graph_edges": g.edges,
         "concept_cascades": g.cascades,
+        "concept_graph_ablation": g.ablation,
     }
+    drop = []
     if len(g.faithfulness):
         tables["concept_graph_faithfulness"] = g.faithfulness
-    store.replace_tables(tables, figures=("concept_graph", stage.graph_figures(g)))
+    else:
+        drop.append("concept_graph_faithfulness")
+    layer_order = store.query(
+        "SELECT DISTINCT layer, layer_index FROM neurons ORDER BY layer_index"
+    )["layer"].to_list()
+    store.replace_tables(
+        tables,
+        drop=drop,
+        figures=("concept_graph", graph_checks.graph_figures(g, layer_order)),
+    )
     figures = quality.metadata(store.figures(), "concept_graph")
     rho = figures["faithfulness_spearman_rho"]
+    drops = graph_checks.drop_table(g.ablation) if g.ablation.height else pl.DataFrame()
+    matter = _nodes_matter_most(drops, g.rule)
     no_dep = [f"{a} -> {b}" for a, b in g.no_dependency]
     return dg.MaterializeResult(
         metadata={
+            "node_rule": g.rule,
+            "relevance_target": g.relevance_target,
             "nodes": len(g.nodes),
             "edges": len(g.edges),
             "cascade_rows": len(g.cascades),
             "seconds": round(g.seconds, 2),
             "class_chunks": g.chunks,
             "seconds_per_class": round(g.seconds_per_class, 3),
+            "seconds_per_class_by_step": dg.MetadataValue.json(
+                {k: round(v, 3) for k, v in g.steps_per_class.items()}
+            ),
             "prediction_edges": g.prediction_edges,
             **figures,
+            "nodes_of_class_by_rule": frame_table(graph_checks.rule_table(g.checks))
+            if g.checks.height
+            else "no nodes",
+            "node_ablation_drops": frame_table(drops) if drops.height else "not measured",
             "layer_pairs_without_dependency": dg.MetadataValue.json(no_dep),
             "nodes_preview": frame_table(g.nodes.head(15)),
             "edges_preview": frame_table(g.edges.head(15)),
@@ -119,6 +178,23 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
                 passed=bool(rho == rho and rho > 0),
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"spearman_rho": rho},
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="graph_nodes_matter_most",
+                passed=bool(matter["passed"]),
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"layers_where_they_do_not": dg.MetadataValue.json(matter["not"])},
+            ),
         ],
     )
+
+
+def _nodes_matter_most(drops: pl.DataFrame, rule: str) -> dict:
+    """Whether, in every layer, zeroing the graph's nodes drops the logit more than as many
+    units of the other rule or random ones; the layers where it does not."""
+    if drops.height == 0:
+        return {"passed": True, "not": []}
+    wide = drops.pivot(on="chosen_by", index="layer", values="drop")
+    others = [c for c in wide.columns if c not in ("layer", rule)]
+    losing = wide.filter(pl.any_horizontal([pl.col(c) >= pl.col(rule) for c in others]))
+    return {"passed": losing.height == 0, "not": losing["layer"].to_list()}

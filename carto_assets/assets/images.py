@@ -61,6 +61,7 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
         "n_skipped_files": len(manifest.skipped),
         "skipped_files": frame_table(skipped.head(200)) if len(skipped) else "none",
         "image_concepts_rows": counts.get("image_concepts", 0),
+        "image_masks_rows": counts.get("image_masks", 0),
         "study": dg.MetadataValue.json(cfg.to_dict()),
     }
     checks = [

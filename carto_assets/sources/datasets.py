@@ -89,6 +89,11 @@ class ImageSource(abc.ABC):
         """Ground-truth (image_id, concept, value) rows, or None when the source has none."""
         return None
 
+    def object_mask(self, index: int) -> np.ndarray | None:
+        """Ground truth of where image ``index``'s object is: a bool (image_size, image_size)
+        mask, or None when the source does not know."""
+        return None
+
     @property
     def skipped(self) -> list[SkippedFile]:
         return []
@@ -123,6 +128,9 @@ class ShapesSource(ImageSource):
     def concept_rows(self) -> list[tuple[int, str, str]]:
         return self.world.concept_rows()
 
+    def object_mask(self, index: int) -> np.ndarray:
+        return self.world.object_mask(index)
+
 
 class DigitsSource(ImageSource):
     """scikit-learn's 1,797 real 8x8 handwritten digits, upscaled and replicated to RGB."""
@@ -151,6 +159,10 @@ class DigitsSource(ImageSource):
             (self.image_size, self.image_size), Image.Resampling.BILINEAR
         )
         return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)
+
+    def object_mask(self, index: int) -> np.ndarray:
+        """The digit's ink: pixels at least a quarter of full intensity after upscaling."""
+        return self.load(index)[:, :, 0] >= 64
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -682,6 +682,11 @@ class ShapesWorld:
             out[row] = self.image(index)
         return out
 
+    def object_mask(self, index: int) -> np.ndarray:
+        """bool ``(image_size, image_size)``: the pixels the object of image ``index`` covers
+        (more than half of the pixel's area): where its class's evidence is."""
+        return object_coverage(self.scene(index), self.image_size) > 0.5
+
     def labels(self) -> np.ndarray:
         """int64 class labels of all images, in index order."""
         return np.array([self.label(i) for i in range(self.n_images)], dtype=np.int64)

@@ -1,408 +1,488 @@
-"""Example patches and the per-class concept graph (nodes, influence edges, cascades).
+"""The per-class concept graph: nodes, influence edges, cascades and the ablation checks.
 
-No dagster imports. The model and images come through the same loading code as the
-activation pass, so patches are cut from exactly the pixels the model saw.
+No dagster imports. Classes are processed in chunks (the ``concept_graph_chunk`` partitions);
+each class costs one forward pass of its sampled images with the autograd graph kept, then:
+
+1. the relevance pass: one backward pass from the class's logit to every mapped layer, giving
+   every unit's relevance (:mod:`carto_assets.core.attribution.relevance`);
+2. the nodes, by the study's rule (``graph.importance``: relevance, or Summit's activation
+   rule from ``class_importance``), and the other rule's for comparison
+   (:mod:`carto_assets.core.attribution.nodes`);
+3. the edge passes into the nodes (:func:`~carto_assets.core.attribution.influence.edge_sums`,
+   ``graph.edge_images`` images per edge; prediction edges from the relevance pass) and the
+   cascades;
+4. the checks, restarted at their layers (:func:`~carto_assets.core.attribution.ablation.ablate`):
+   each layer's graph nodes zeroed against as many units chosen by the other rule and at
+   random, and a sample of edges' source clusters zeroed against their weights.
+
+The model is loaded once per process and every class's work depends on the class alone (its
+seeded images, edge images and samples), so any chunking gives the same tables.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 from scipy.stats import spearmanr
 
-from carto_assets import schema
-from carto_assets.core.attribution.ablation import ablation_faithfulness, sample_edges
+from carto_assets import atomic, schema
 from carto_assets.core.attribution.cascades import concept_cascades
 from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
-from carto_assets.core.attribution.influence import influence_edges
-from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.core.attribution.forward import RetainedForward, members_of
+from carto_assets.core.attribution.influence import (
+    Carry,
+    edge_sums,
+    edge_table,
+    prediction_sums,
+)
+from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_checks
+from carto_assets.core.attribution.relevance import relevance, shares
 from carto_assets.memory import release_memory
-from carto_assets.quality import Figure
 from carto_assets.sharding import chunk_labels, n_class_chunks
-from carto_assets.stages.features import feature_layers, source_layer
+from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
+from carto_assets.stages.explain import Explainer
+from carto_assets.stages.features import feature_layers
+from carto_assets.stages.graph_checks import ablation_checks, seed_for
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model
-from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
+from carto_assets.stages.model import load_model, model_dir
+from carto_assets.storage import CartoStore, write_parquet_atomic
 from carto_assets.study import Study
 
+#: Return freed memory to the OS after this many classes (and at the chunk's end).
+RELEASE_EVERY = 4
+#: The steps of a class's work, in order, as the timing breakdown names them.
+STEPS = (
+    "images",
+    "forward",
+    "relevance",
+    "nodes",
+    "edges",
+    "cascades",
+    "checks",
+    "explanations",
+    "misclassified",
+)
 
-# ---- example patches ------------------------------------------------------------------------
+
+# ---- the model, once per process ------------------------------------------------------------
+_LOADED: dict[tuple, tuple] = {}
+
+
+def _stamp(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def model_once(study: Study):
+    """:func:`~carto_assets.stages.model.load_model`, cached for the process: the chunks of a
+    run in one process (``carto run --jobs 1``, a benchmark) build the network once. The key
+    is the prepared model's folder and its files' times, so a new model is loaded."""
+    folder = model_dir(study)
+    key = (load_model, str(folder), _stamp(folder / "meta.json"), _stamp(folder / "model.pt"))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_model(study)
+    return _LOADED[key]
+
+
+def forget_model() -> None:
+    """Drop the cached model (after the last chunk)."""
+    _LOADED.clear()
+
+
+# ---- the units ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PatchParts:
-    """Where :func:`example_patches` wrote its rows, and what the metadata shows."""
+class Units:
+    """The graph's units: channel layers in forward order, then feature layers."""
 
-    #: Parquet part files holding the ``example_patches`` rows
-    parts: list[Path]
-    #: layer -> ``{"receptive_field_px", "truncated"}``
-    receptive_fields: dict[str, dict[str, Any]]
-    n_images_loaded: int
+    layers: list[str]
+    features: dict[str, FeatureSpec]
+    #: per unit layer, unit -> neuron id
+    neuron_of: dict[str, np.ndarray]
+    #: per unit layer, unit -> cluster id (-1: unclustered)
+    cluster_of: dict[str, np.ndarray]
+    layer_index: dict[str, int]
+
+    @property
+    def chains(self) -> dict[str, str]:
+        return {n: "features" if n in self.features else "channels" for n in self.layers}
 
 
-#: Patches encoded and written per Parquet part (64 px PNGs: about 12 kB each, ~50 MB a part).
-PATCH_ROWS = 4096
-
-
-def example_patches(study: Study, store: CartoStore, progress=None) -> PatchParts:
-    """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
-    around the argmax cell, with a window as large as the layer's receptive field.
-
-    Returns the Parquet part files holding the rows (one per chunk of images, under
-    ``example_patches/`` of the study's files) and information for the metadata. The PNGs are
-    written a chunk at a time and never held together in memory (googlenet's 49k patches of
-    a noisy image set are ~0.6 GB, and each in-memory copy on the way to DuckDB added that
-    much); :func:`patches_select` loads the parts into the table in SQL.
-    """
-    say = progress or (lambda m: None)
-    images, class_names = load_manifest(study)
-    bundle, layers, _ = load_model(study)
-    source = source_for_manifest(study, images, class_names)
-    m = study.graph.patches_per_neuron
-    top = store.query(
-        "SELECT t.neuron_id, t.rank, t.image_id, t.y, t.x, n.layer, n.map_height, n.map_width "
-        f"FROM top_images t JOIN neurons n USING (neuron_id) WHERE t.rank <= {int(m)} "
-        "ORDER BY t.neuron_id, t.rank"
+def read_units(store: CartoStore, channel_layers: list[str], features) -> Units:
+    """Per unit layer, each unit's neuron and cluster, from ``neurons`` and ``neuron_clusters``."""
+    specs = {f.name: FeatureSpec.from_sae(f.source, f.sae) for f in features}
+    table = store.query(
+        "SELECT n.neuron_id, n.layer, n.layer_index, n.channel, nc.cluster_id FROM neurons n "
+        "LEFT JOIN neuron_clusters nc USING (neuron_id) ORDER BY n.layer_index, n.channel"
     )
-    fields: dict[str, Any] = {}
-    infos = {info.name: info for info in layers}
-    for info in layers:
-        if info.output_shape is not None and len(info.output_shape) == 3:
-            fields[info.name] = receptive_field(bundle.module, info.name, bundle.input_size)
-    # Measuring a deep layer's field backpropagates through a float64 copy of the model on a
-    # canvas up to twice the input size (googlenet: +0.4 GB); give that back before the crops.
-    release_memory()
-    # Boxes first (they need no pixels), then images a chunk at a time: memory stays
-    # O(chunk), not O(images with patches) (62k ImageNet images for googlenet's 9 per neuron).
-    boxed = []
-    for layer, group in top.group_by("layer", maintain_order=True):
-        mapped = source_layer(layer[0])  # features are cropped with their source layer's field
-        boxes = _layer_boxes(infos[mapped], fields.get(mapped), group, bundle.input_size)
-        boxed.append(
-            group.select("neuron_id", "rank", "image_id").with_columns(
-                top=pl.Series(boxes[:, 0], dtype=pl.Int32),
-                left=pl.Series(boxes[:, 1], dtype=pl.Int32),
-                bottom=pl.Series(boxes[:, 2], dtype=pl.Int32),
-                right=pl.Series(boxes[:, 3], dtype=pl.Int32),
-            )
-        )
-    rows = pl.concat(boxed)
-    wanted = np.unique(rows["image_id"].to_numpy())
-    say(f"loading {len(wanted)} images for {len(rows)} patches")
-    parts: list[Path] = []
-    out = study.files_dir / "example_patches"
-    shutil.rmtree(out, ignore_errors=True)
-    n_loaded = 0
-    for lo in range(0, len(wanted), 256):
-        ids = wanted[lo : lo + 256]
-        batch, ok = source.load_many(ids.tolist(), workers=4)
-        pixels = {int(i): img for i, img in zip(ids[ok], batch)}
-        n_loaded += len(pixels)
-        chunk = rows.filter(pl.col("image_id").is_in(list(pixels)))
-        # A few images can hold most patches (200 images, 49k patches of 5,488 neurons): the
-        # PNGs are encoded and written PATCH_ROWS at a time, so memory is bounded either way.
-        for start in range(0, len(chunk), PATCH_ROWS):
-            piece = chunk.slice(start, PATCH_ROWS)
-            boxes = piece.select("top", "left", "bottom", "right").to_numpy()
-            pngs = crop_patches(
-                pixels, piece["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
-            )
-            part = piece.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
-            parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
-            del pngs, part
-        del batch, pixels, chunk
-        release_memory()  # the images were decoded in loader threads, each with its own heap
-    if not parts:  # no rows: one empty part keeps the table's columns
-        empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))
-        parts.append(write_parquet_atomic(empty, out / "part-00000.parquet"))
-    rf_table = {
-        n: {"receptive_field_px": f.size_px, "truncated": f.truncated} for n, f in fields.items()
-    }
-    for n in infos.keys() - fields.keys():
-        rf_table[n] = {"receptive_field_px": bundle.input_size, "truncated": True}
-    return PatchParts(parts, rf_table, n_loaded)
+    layers = channel_layers + list(specs)
+    neuron_of, cluster_of, index = {}, {}, {}
+    for name in layers:
+        rows = table.filter(pl.col("layer") == name)
+        width = specs[name].n_features if name in specs else int(rows["channel"].max() or -1) + 1
+        neurons = np.full(width, -1, dtype=np.int64)
+        clusters = np.full(width, -1, dtype=np.int64)
+        channel = rows["channel"].to_numpy()
+        neurons[channel] = rows["neuron_id"].to_numpy()
+        clusters[channel] = rows["cluster_id"].fill_null(-1).to_numpy()
+        neuron_of[name], cluster_of[name] = neurons, clusters
+        index[name] = int(rows["layer_index"][0]) if rows.height else -1
+    return Units(layers, specs, neuron_of, cluster_of, index)
 
 
-def publish_patches(store: CartoStore, written: PatchParts) -> None:
-    """Load :func:`example_patches`' part files into the ``example_patches`` table (in SQL: the
-    PNGs never sit in this process all at once), then remove them."""
-    store.replace_tables({"example_patches": patches_select(written.parts)})
-    for part in written.parts:
-        part.unlink()
-
-
-def patches_select(parts: list[Path]) -> str:
-    """The SELECT that loads :func:`example_patches`' part files as the table, ordered."""
-    return (
-        "SELECT neuron_id::BIGINT AS neuron_id, rank::INTEGER AS rank, "
-        'image_id::BIGINT AS image_id, top::INTEGER AS top, "left"::INTEGER AS "left", '
-        'bottom::INTEGER AS bottom, "right"::INTEGER AS "right", png::BLOB AS png '
-        f"FROM read_parquet({sql_path_list(parts)}) ORDER BY neuron_id, rank"
-    )
-
-
-def _layer_boxes(info, rf, group: pl.DataFrame, input_size: int) -> np.ndarray:
-    """Crops for one layer's rows: around the argmax cell, sized by the receptive field.
-
-    Token layers (ViT) see the whole image; their argmax token still says where the neuron
-    responded, so a patch token is cropped around its patch (a quarter of the image) and the
-    class token, like a vector output, gets the whole image.
-    """
-    ys, xs = group["y"].to_numpy(), group["x"].to_numpy()
-    if rf is not None:
-        return patch_boxes(
-            ys,
-            xs,
-            int(group["map_height"][0]),
-            int(group["map_width"][0]),
-            input_size,
-            rf.size_px,
-            min_fraction=0.25,
-            offset_px=rf.offset_px,
-        )
-    whole = np.tile(np.array([0, 0, input_size, input_size], dtype=np.int64), (len(ys), 1))
-    grid = info.token_grid
-    if grid is None:
-        return whole
-    extra = info.output_shape[0] - grid[0] * grid[1]  # 1 with a class token first
-    patch = ys - extra
-    on_grid = patch >= 0
-    if on_grid.any():
-        rows, cols = np.divmod(patch[on_grid], grid[1])
-        whole[on_grid] = patch_boxes(rows, cols, grid[0], grid[1], input_size, 0, min_fraction=0.25)
-    return whole
-
-
-# ---- concept graph --------------------------------------------------------------------------
-def graph_nodes(study: Study, store: CartoStore) -> pl.DataFrame:
-    """``concept_graph_nodes(label, cluster_id, layer, importance, ...)``.
-
-    Per class and layer, the class's most important neurons (the top ``top_neuron_fraction`` of
-    the layer by class_importance score) are mapped to their clusters; a cluster's importance is
-    the sum of those members' scores; the ``nodes_per_layer`` most important clusters are kept.
-    """
-    g = study.graph
-    return store.query(f"""
-        WITH ranked AS (
-            SELECT ci.label, ci.neuron_id, ci.score, n.layer, n.layer_index, nc.cluster_id,
-                   row_number() OVER (PARTITION BY ci.label, n.layer
-                                      ORDER BY ci.score DESC, ci.neuron_id) AS r,
-                   count(*) OVER (PARTITION BY ci.label, n.layer) AS layer_size
-            FROM class_importance ci
-            JOIN neurons n USING (neuron_id)
-            JOIN neuron_clusters nc USING (neuron_id)
-        ), top AS (
-            SELECT * FROM ranked
-            WHERE r <= greatest(1, ceil(layer_size * {float(g.top_neuron_fraction)})) AND score > 0
-        ), nodes AS (
-            SELECT label, cluster_id, layer, any_value(layer_index) AS layer_index,
-                   sum(score) AS importance, count(*) AS important_members
-            FROM top GROUP BY label, cluster_id, layer
-        )
-        SELECT label::INTEGER AS label, cluster_id::BIGINT AS cluster_id, layer,
-               layer_index::INTEGER AS layer_index, importance::DOUBLE AS importance,
-               important_members::INTEGER AS important_members
-        FROM nodes
-        QUALIFY row_number() OVER (PARTITION BY label, layer
-                                   ORDER BY importance DESC, cluster_id) <= {int(g.nodes_per_layer)}
-        ORDER BY label, layer_index, importance DESC, cluster_id
-    """)
-
-
-def class_images(study: Study, label: int, images: pl.DataFrame, source, bundle) -> torch.Tensor:
-    """Up to ``images_per_class`` images of the class (seeded sample), normalized."""
+def class_images(
+    study: Study, label: int, images: pl.DataFrame, source, bundle
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Up to ``images_per_class`` images of the class (seeded sample): their ids (those that
+    loaded), their pixels (uint8) and the model's input (normalized)."""
     ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
     rng = np.random.default_rng([study.seed, label])
     pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class), replace=False))
-    pixels, _ = source.load_many(pick.tolist(), workers=4)
-    return bundle.normalize(torch.from_numpy(pixels))
+    pixels, ok = source.load_many(pick.tolist(), workers=4)
+    return pick[ok], pixels, bundle.normalize(torch.from_numpy(pixels))
 
 
+# ---- results --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GraphChunk:
     """The concept graph's per-class work for one chunk of classes."""
 
     labels: list[int]
+    #: ``concept_graph_nodes`` rows of these classes (the study's rule)
+    nodes: pl.DataFrame
+    #: ``concept_graph_units`` rows: the units that made the nodes
+    units: pl.DataFrame
+    #: ``class_relevance`` rows
+    relevance: pl.DataFrame
     #: ``concept_graph_edges`` rows of these classes
     edges: pl.DataFrame
     #: ``concept_cascades`` rows of these classes
     cascades: pl.DataFrame
     #: ablation effects of the sampled edges, with their ``label``
     faithfulness: pl.DataFrame
+    #: ``concept_graph_ablation`` rows: each layer's nodes zeroed vs other units
+    ablation: pl.DataFrame
+    #: per class, layer and rule: nodes, nodes of the class, top node of the class
+    checks: pl.DataFrame
     #: (lower, upper) layer pairs where the upper layer does not depend on the lower one
     no_dependency: list[tuple[str, str]]
     prediction_edges: bool
+    #: whose logit relevance is for: ``class`` (the class's logit) or ``predicted``
+    relevance_target: str
     n_classes_computed: int
     seconds: float
+    #: seconds per step of :data:`STEPS`, summed over the chunk's classes
+    steps: dict[str, float] = field(default_factory=dict)
+    #: whether the checks' rows restarted at their layers (False: whole forward passes)
+    restarted: bool = True
+    #: the ``explanation_chunk``'s tables (empty without ``explain.enabled``)
+    explanations: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: images explained beyond the classes' samples (misclassified, listed)
+    other_images: int = 0
 
 
-@dataclass(frozen=True)
-class ConceptGraph:
-    """The concept graph's tables for every class, merged from the chunks."""
-
-    nodes: pl.DataFrame
-    edges: pl.DataFrame
-    cascades: pl.DataFrame
-    faithfulness: pl.DataFrame
-    #: Spearman rank correlation of edge weight with ablation drop (NaN under 3 edges)
-    spearman_rho: float
-    no_dependency: list[tuple[str, str]]
-    prediction_edges: bool
-    seconds: float
-    chunks: int
-    seconds_per_class: float
+_CHUNK_TABLES = (
+    "nodes",
+    "units",
+    "relevance",
+    "edges",
+    "cascades",
+    "faithfulness",
+    "ablation",
+    "checks",
+)
 
 
-# ---- class chunks: the per-class work, partitioned --------------------------------------------
 def graph_chunk_dir(study: Study, key: str) -> Path:
     return study.files_dir / "concept_graph" / key
+
+
+# ---- one chunk ------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    study: Study
+    model: torch.nn.Module
+    units: Units
+    class_names: list[str]
+    activation: pl.DataFrame  # label, neuron_id, score of the chunk's classes
+    top_class: dict[int, str]
+    members: dict[str, dict[int, np.ndarray]]
+    steps: dict[str, float]
+    predict: bool | None = None
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    restarted: bool = True
+    explainer: Explainer | None = None
+
+    def tick(self, step: str, since: float) -> float:
+        now = time.perf_counter()
+        self.steps[step] = self.steps.get(step, 0.0) + now - since
+        return now
 
 
 def concept_graph_chunk(
     study: Study, store: CartoStore, labels: list[int], progress=None
 ) -> GraphChunk:
-    """Influence edges, cascades and ablation effects for the classes ``labels``.
+    """Nodes, influence edges, cascades and the ablation checks for the classes ``labels``.
 
-    Reads the database only (``neuron_clusters``, ``class_importance``), so chunks run in
-    parallel processes. Every class's work depends on the class alone (its own seeded image
-    sample and faithfulness sample), so any split into chunks gives the same tables.
-
-    With dictionary features (:func:`~carto_assets.stages.features.feature_layers`), their
-    pseudo-layers are units beside the channel layers: the channel layers keep their chain (the
-    graph of a study without features), the feature layers form a second one
+    Reads the database only (``neurons``, ``neuron_clusters``, ``clusters``,
+    ``class_importance``), so chunks run in parallel processes. With dictionary features their
+    pseudo-layers are units beside the channel layers: the channel layers keep their chain
+    (the graph of a study without features), the feature layers form a second one
     (:func:`~carto_assets.core.attribution.features.graph_pairs`), and cascades stay in their
     root's chain.
     """
     say = progress or (lambda m: None)
     start = time.perf_counter()
     images, class_names = load_manifest(study)
-    bundle, layers, _ = load_model(study)
-    model = bundle.module.eval()
+    bundle, layers, _ = model_once(study)
     source = source_for_manifest(study, images, class_names)
-    layer_names = [i.name for i in layers]
-    features = {f.name: FeatureSpec.from_sae(f.source, f.sae) for f in feature_layers(study)}
-    units = layer_names + list(features)
-    chains = {name: "features" if name in features else "channels" for name in units}
-    nc = store.query(
-        "SELECT n.layer, n.channel, nc.cluster_id FROM neuron_clusters nc "
-        "JOIN neurons n USING (neuron_id) ORDER BY n.layer_index, n.channel"
+    channel_layers = [i.name for i in layers]
+    units = read_units(store, channel_layers, feature_layers(study))
+    present = set(images["label"].to_list())
+    todo = [label for label in labels if label in present]
+    activation = store.query(
+        "SELECT label, neuron_id, score FROM class_importance WHERE label IN "
+        f"({', '.join(str(int(x)) for x in todo) or '-1'})"
     )
-    cluster_of = {
-        name: nc.filter(pl.col("layer") == name)["cluster_id"].to_numpy() for name in layer_names
-    }
-    for name, spec in features.items():
-        # One entry per feature; one the clustering left out (none should be) is unclustered.
-        rows = nc.filter(pl.col("layer") == name)
-        ids = np.full(spec.n_features, -1, dtype=np.int64)
-        ids[rows["channel"].to_numpy()] = rows["cluster_id"].to_numpy()
-        cluster_of[name] = ids
-    nodes = graph_nodes(study, store)
-    # Prediction edges need the model's outputs to be the study's classes: true for the
-    # built-in model trained on them; for other models only when the head has that many classes.
-    n_out = _n_outputs(model, bundle.input_size)
-    predict = study.is_builtin_model or n_out == len(class_names)
-    pairs = graph_pairs(layer_names, features, prediction=predict)
-    uppers = list(dict.fromkeys(upper for _, upper in pairs if upper != schema.PREDICTION))
-    edge_parts, cascade_parts, effects = [], [], []
+    clusters = store.query("SELECT cluster_id, top_class FROM clusters")
+    ctx = _Context(
+        study=study,
+        model=bundle.module.eval(),
+        units=units,
+        class_names=class_names,
+        activation=activation,
+        top_class=dict(zip(clusters["cluster_id"].to_list(), clusters["top_class"].to_list())),
+        members={name: members_of(units.cluster_of[name]) for name in units.layers},
+        steps=dict.fromkeys(STEPS, 0.0),
+    )
+    if study.explain.enabled:
+        ctx.explainer = Explainer.for_chunk(
+            study, store, ctx.model, units, images, source, bundle, todo
+        )
+    share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
+    other_images = 0
+    parts: dict[str, list[pl.DataFrame]] = {name: [] for name in _CHUNK_TABLES}
     no_dependency: set[tuple[str, str]] = set()
-    present = sorted(set(images["label"].to_list()))
-    todo = [label for label in labels if label in set(present)]
-    faith_budget = study.graph.faithfulness_edges
-    share = max(1, faith_budget // max(1, len(present)))
+    computed = 0
     for k, label in enumerate(todo):
-        # Nodes of layers the graph does not cover (features of dictionaries the study no
-        # longer maps) are left out.
-        class_nodes = nodes.filter((pl.col("label") == label) & pl.col("layer").is_in(units))
-        if len(class_nodes) == 0:
-            continue
-        x = class_images(study, label, images, source, bundle)
+        t = time.perf_counter()
+        ids, pixels, x = class_images(study, label, images, source, bundle)
+        t = ctx.tick("images", t)
         if len(x) == 0:
             continue
-        upper = {
-            name: class_nodes.filter(pl.col("layer") == name)["cluster_id"].to_list()
-            for name in uppers
-        }
-        result = influence_edges(
-            model,
-            units,
-            cluster_of,
-            x,
-            class_index=label,
-            upper_clusters=upper,
-            features=features,
-            pairs=pairs,
-            include_prediction=predict,
-        )
-        no_dependency.update(tuple(p) for p in result.no_dependency)
-        edges = pl.DataFrame({k2: np.asarray(v) for k2, v in result.edges.items()})
-        node_keys = set(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list()))
-        if len(edges):
-            keep = [
-                (sl, sc) in node_keys
-                for sl, sc in zip(
-                    edges["source_layer"].to_list(), edges["source_cluster"].to_list()
-                )
-            ]
-            edges = edges.filter(pl.Series(keep))
-        if len(edges):
-            edge_parts.append(edges.with_columns(label=pl.lit(label, dtype=pl.Int32)))
-            casc = concept_cascades(
-                list(zip(class_nodes["layer"].to_list(), class_nodes["cluster_id"].to_list())),
-                {c: edges[c].to_numpy() for c in edges.columns},
-                chains,
-            )
-            cdf = pl.DataFrame({c: np.asarray(v) for c, v in casc.items()})
-            if len(cdf):
-                cascade_parts.append(cdf.with_columns(label=pl.lit(label, dtype=pl.Int32)))
-            if faith_budget > 0:
-                # Seeded per class, so the sample does not depend on the chunking.
-                sample = sample_edges(
-                    {c: edges[c].to_numpy() for c in edges.columns},
-                    share,
-                    seed=int(np.random.default_rng([study.seed, label]).integers(2**31)),
-                )
-                _, eff = ablation_faithfulness(
-                    model,
-                    units,
-                    cluster_of,
-                    x,
-                    sample,
-                    features=features,
-                    class_index=label if predict else None,
-                )
-                effects.append(
-                    pl.DataFrame({c: np.asarray(v) for c, v in eff.items()}).with_columns(
-                        label=pl.lit(label, dtype=pl.Int32)
-                    )
-                )
+        n_faith = share if study.graph.faithfulness_edges else 0
+        result = _class_graph(ctx, label, ids, pixels, x, n_faith, t)
+        if ctx.explainer is not None:
+            t, scanned = time.perf_counter(), ctx.explainer.scan_seconds
+            other_images += ctx.explainer.others(label, ids, bool(ctx.predict))
+            # Finding the misclassified images is timed apart from explaining them.
+            scan = ctx.explainer.scan_seconds - scanned
+            ctx.tick("explanations", t + scan)
+            ctx.steps["misclassified"] += scan
+        computed += 1
+        no_dependency.update(result.pop("no_dependency"))
+        for name, frame in result.items():
+            if frame is not None and frame.height:
+                parts[name].append(frame.with_columns(label=pl.lit(label, dtype=pl.Int32)))
         say(
-            f"class {class_names[label]} ({k + 1}/{len(todo)}): "
-            f"{len(class_nodes)} nodes, {len(edges)} edges"
+            f"class {class_names[label]} ({k + 1}/{len(todo)}): {result['nodes'].height} nodes, "
+            f"{result['edges'].height} edges"
         )
-        # The class's autograd graph was freed into malloc's heap (tensors under its mmap
-        # threshold); return it, or the next classes' allocations fragment on top of it.
-        release_memory()
+        # The classes' autograd graphs were freed into malloc's heap (tensors under its mmap
+        # threshold); return them, or later classes' allocations fragment on top of them.
+        # Every few classes: each return costs the next class its pages again (googlenet,
+        # 16 images: 0.25 s a class when returned after every class).
+        if computed % RELEASE_EVERY == 0 or k == len(todo) - 1:
+            release_memory()
     return GraphChunk(
         labels=list(labels),
-        edges=_edge_table(edge_parts),
-        cascades=_cascade_table(cascade_parts),
-        faithfulness=pl.concat(effects, how="diagonal_relaxed") if effects else pl.DataFrame(),
+        nodes=_typed(parts["nodes"], "concept_graph_nodes"),
+        units=_typed(parts["units"], "concept_graph_units"),
+        relevance=_typed(parts["relevance"], "class_relevance"),
+        edges=_edge_table(parts["edges"]),
+        cascades=_cascade_table(parts["cascades"]),
+        faithfulness=pl.concat(parts["faithfulness"], how="diagonal_relaxed")
+        if parts["faithfulness"]
+        else pl.DataFrame(),
+        ablation=_typed(parts["ablation"], "concept_graph_ablation"),
+        checks=pl.concat(parts["checks"]) if parts["checks"] else pl.DataFrame(),
         no_dependency=sorted(no_dependency),
-        prediction_edges=predict,
-        n_classes_computed=len(todo),
+        prediction_edges=bool(ctx.predict),
+        relevance_target="class" if ctx.predict or ctx.predict is None else "predicted",
+        n_classes_computed=computed,
         seconds=time.perf_counter() - start,
+        steps=ctx.steps,
+        restarted=ctx.restarted,
+        explanations=ctx.explainer.tables() if ctx.explainer else {},
+        other_images=other_images,
     )
 
 
-_CHUNK_TABLES = ("edges", "cascades", "faithfulness")
+def _class_graph(
+    ctx: _Context,
+    label: int,
+    ids: np.ndarray,
+    pixels: np.ndarray,
+    x: torch.Tensor,
+    n_faith: int,
+    t: float,
+) -> dict:
+    """One class's tables (without ``label``), from one forward pass of its images ``x``."""
+    study, units, g = ctx.study, ctx.units, ctx.study.graph
+    fwd = RetainedForward.run(ctx.model, units.layers, units.cluster_of, x, units.features)
+    if ctx.predict is None:
+        # Prediction edges need the model's outputs to be the study's classes: true for the
+        # built-in model trained on them; for other models only when the head has that many.
+        ctx.predict = study.is_builtin_model or fwd.logits.shape[1] == len(ctx.class_names)
+        ctx.pairs = graph_pairs(
+            [n for n in units.layers if n not in units.features],
+            units.features,
+            prediction=ctx.predict,
+        )
+    t = ctx.tick("forward", t)
+    # Relevance for the class's logit; where the model's outputs are not the study's classes,
+    # for what the model predicts on each image (its top logit).
+    target = label if ctx.predict else fwd.logits.detach().argmax(dim=1).cpu().numpy()
+    # The explanations reuse the pass: its gradients give the concepts' maps.
+    rel = relevance(fwd, target, keep_grads=ctx.explainer is not None)
+    t = ctx.tick("relevance", t)
+
+    scores = {rule: _scores(ctx, label, rule, rel) for rule in RULES}
+    chosen = {
+        rule: choose_nodes(scores[rule], g.top_neuron_fraction, g.nodes_per_layer) for rule in RULES
+    }
+    nodes = chosen[g.importance]
+    checks = pl.concat(
+        [
+            class_checks(chosen[rule], ctx.top_class, ctx.class_names).with_columns(
+                rule=pl.lit(rule)
+            )
+            for rule in RULES
+        ]
+    ).drop("label")
+    counted = _counted_units(scores[g.importance], g.top_neuron_fraction)
+    t = ctx.tick("nodes", t)
+
+    node_keys = set(zip(nodes["layer"].to_list(), nodes["cluster_id"].to_list()))
+    uppers = list(dict.fromkeys(u for _, u in ctx.pairs if u != schema.PREDICTION))
+    targets = {
+        upper: {
+            int(c): ctx.members[upper][int(c)]
+            for c in nodes.filter(pl.col("layer") == upper)["cluster_id"].to_list()
+        }
+        for upper in uppers
+    }
+    carry = Carry.split(targets, fwd.n_images, g.edge_images, seed=seed_for(study, label, 3))
+    sums = edge_sums(fwd, ctx.pairs, carry)
+    prediction_sums(rel, ctx.pairs, into=sums)
+    edge_columns, no_dependency = edge_table(units.cluster_of, ctx.pairs, sums)
+    keep = np.array(
+        [
+            (sl, int(sc)) in node_keys
+            for sl, sc in zip(edge_columns["source_layer"], edge_columns["source_cluster"])
+        ],
+        dtype=bool,
+    )
+    edges = {k: v[keep] for k, v in edge_columns.items()}
+    t = ctx.tick("edges", t)
+    cascades = concept_cascades(
+        list(zip(nodes["layer"].to_list(), nodes["cluster_id"].to_list())), edges, units.chains
+    )
+    t = ctx.tick("cascades", t)
+
+    if ctx.explainer is not None:
+        ctx.explainer.sample(label, ids, pixels, fwd, x, rel, bool(ctx.predict))
+        t = ctx.tick("explanations", t)
+    fwd.release()
+    ablation, faithfulness = ablation_checks(
+        ctx, label, fwd, x, chosen, scores, edges, carry, n_faith
+    )
+    ctx.tick("checks", t)
+    return {
+        "nodes": nodes,
+        "units": counted,
+        "relevance": _relevance_rows(units, rel),
+        "edges": pl.DataFrame({c: np.asarray(v) for c, v in edges.items()}),
+        "cascades": pl.DataFrame({c: np.asarray(v) for c, v in cascades.items()}),
+        "faithfulness": faithfulness,
+        "ablation": ablation,
+        "checks": checks,
+        "no_dependency": no_dependency,
+    }
 
 
+def _scores(ctx: _Context, label: int, rule: str, rel) -> pl.DataFrame:
+    """One row per unit of every unit layer: the class's score by ``rule``."""
+    frames = []
+    act = ctx.activation.filter(pl.col("label") == label)
+    act_score = dict(zip(act["neuron_id"].to_list(), act["score"].to_list()))
+    for name in ctx.units.layers:
+        neurons = ctx.units.neuron_of[name]
+        if rule == "relevance":
+            score = shares(rel.units[name]).mean(axis=0)
+        else:
+            score = np.array([act_score.get(int(n), 0.0) for n in neurons], dtype=np.float64)
+        ok = neurons >= 0
+        frames.append(
+            pl.DataFrame(
+                {
+                    "label": np.full(int(ok.sum()), label, dtype=np.int32),
+                    "neuron_id": neurons[ok],
+                    "layer": [name] * int(ok.sum()),
+                    "layer_index": np.full(int(ok.sum()), ctx.units.layer_index[name], np.int32),
+                    "cluster_id": ctx.units.cluster_of[name][ok],
+                    "score": score[ok],
+                    "unit": np.flatnonzero(ok),
+                }
+            )
+        )
+    return pl.concat(frames)
+
+
+def _counted_units(scores: pl.DataFrame, fraction: float) -> pl.DataFrame:
+    """The units the nodes were made from: the top ``fraction`` of each layer, score > 0."""
+    group = ["label", "layer"]
+    return (
+        scores.sort(
+            ["label", "layer", "score", "neuron_id"], descending=[False, False, True, False]
+        )
+        .with_columns(r=pl.int_range(1, pl.len() + 1).over(group), size=pl.len().over(group))
+        .filter(
+            (pl.col("r") <= (pl.col("size") * fraction).ceil().clip(lower_bound=1))
+            & (pl.col("score") > 0)
+        )
+        .select("neuron_id", "cluster_id", "score")
+        .sort("neuron_id")
+    )
+
+
+def _relevance_rows(units: Units, rel) -> pl.DataFrame:
+    frames = []
+    for name in units.layers:
+        neurons = units.neuron_of[name]
+        ok = neurons >= 0
+        frames.append(
+            pl.DataFrame(
+                {
+                    "neuron_id": neurons[ok],
+                    "relevance": rel.units[name].mean(axis=0)[ok],
+                    "share": shares(rel.units[name]).mean(axis=0)[ok],
+                }
+            )
+        )
+    return pl.concat(frames).sort("neuron_id")
+
+
+# ---- chunk files ----------------------------------------------------------------------------
 def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     """One chunk's tables as Parquet under ``concept_graph/<key>/``, ``summary.json`` last
     (the activation shards' convention: a chunk with a summary is complete)."""
@@ -411,17 +491,23 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     (out / "summary.json").unlink(missing_ok=True)
     for name in _CHUNK_TABLES:
         write_parquet_atomic(getattr(chunk, name), out / f"{name}.parquet")
+    for name, frame in chunk.explanations.items():
+        write_parquet_atomic(frame, out / f"{name}.parquet")
+    for name in set(EXPLANATION_TABLES) - set(chunk.explanations):
+        (out / f"{name}.parquet").unlink(missing_ok=True)  # explanations turned off
     summary = {
         "key": key,
         "labels": chunk.labels,
         "no_dependency": [list(p) for p in chunk.no_dependency],
         "prediction_edges": chunk.prediction_edges,
+        "relevance_target": chunk.relevance_target,
         "n_classes_computed": chunk.n_classes_computed,
         "seconds": chunk.seconds,
+        "steps": chunk.steps,
+        "restarted": chunk.restarted,
+        "other_images": chunk.other_images,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary))
-    tmp.replace(out / "summary.json")
+    atomic.write_text(out / "summary.json", json.dumps(summary))
     return out
 
 
@@ -433,18 +519,63 @@ def read_graph_chunk(study: Study, key: str) -> GraphChunk:
             f"concept_graph_chunk partition {key} first"
         )
     summary = json.loads((out / "summary.json").read_text())
+    missing = [n for n in _CHUNK_TABLES if not (out / f"{n}.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"class chunk {key} was written by an older version (no {', '.join(missing)}); "
+            f"re-materialize the concept_graph_chunk partition {key}"
+        )
     return GraphChunk(
         labels=summary["labels"],
         **{name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES},
         no_dependency=[tuple(p) for p in summary["no_dependency"]],
         prediction_edges=summary["prediction_edges"],
+        relevance_target=summary["relevance_target"],
         n_classes_computed=summary["n_classes_computed"],
         seconds=summary["seconds"],
+        steps=summary["steps"],
+        restarted=summary["restarted"],
+        explanations={
+            name: pl.read_parquet(out / f"{name}.parquet")
+            for name in EXPLANATION_TABLES
+            if (out / f"{name}.parquet").is_file()
+        },
+        other_images=summary.get("other_images", 0),
     )
 
 
+# ---- the merge ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConceptGraph:
+    """The concept graph's tables for every class, merged from the chunks."""
+
+    nodes: pl.DataFrame
+    units: pl.DataFrame
+    relevance: pl.DataFrame
+    edges: pl.DataFrame
+    cascades: pl.DataFrame
+    faithfulness: pl.DataFrame
+    ablation: pl.DataFrame
+    #: per class, layer and rule: nodes, nodes of the class, top node of the class
+    checks: pl.DataFrame
+    #: Spearman rank correlation of edge weight with ablation drop (NaN under 3 edges)
+    spearman_rho: float
+    no_dependency: list[tuple[str, str]]
+    prediction_edges: bool
+    relevance_target: str
+    rule: str
+    seconds: float
+    chunks: int
+    seconds_per_class: float
+    #: seconds per step of :data:`STEPS`, per class
+    steps_per_class: dict[str, float]
+    restarted: bool
+
+
 def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]) -> ConceptGraph:
-    """The concept graph's tables from every chunk: nodes, edges, cascades, faithfulness."""
+    """The concept graph's tables from every chunk (each class's nodes were chosen in its
+    chunk; the merge only stacks them)."""
+    forget_model()
     n_classes = len(load_manifest(study)[1])
     covered = sorted(label for c in chunks for label in c.labels)
     if covered != list(range(n_classes)):
@@ -454,54 +585,56 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
             f"(missing {missing[:10]}, {len(covered)} labels in {len(chunks)} chunks); "
             "re-materialize every concept_graph_chunk partition"
         )
-    edges = _edge_table([c.edges for c in chunks if len(c.edges)])
-    cascades = _cascade_table([c.cascades for c in chunks if len(c.cascades)])
-    faith_parts = [c.faithfulness for c in chunks if len(c.faithfulness)]
+
+    def stacked(name: str) -> list[pl.DataFrame]:
+        return [getattr(c, name) for c in chunks if getattr(c, name).height]
+
     faith = pl.DataFrame()
-    if faith_parts:
-        faith = pl.concat(faith_parts, how="diagonal_relaxed")
+    if stacked("faithfulness"):
+        faith = pl.concat(stacked("faithfulness"), how="diagonal_relaxed")
         faith = faith.sort("label", maintain_order=True).drop("label")
     rho = float("nan")
     if len(faith) >= 3:
         rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
     seconds = float(sum(c.seconds for c in chunks))
-    computed = sum(c.n_classes_computed for c in chunks)
+    computed = max(1, sum(c.n_classes_computed for c in chunks))
+    steps = {s: sum(c.steps.get(s, 0.0) for c in chunks) / computed for s in STEPS}
+    targets = {c.relevance_target for c in chunks if c.n_classes_computed}
     return ConceptGraph(
-        nodes=graph_nodes(study, store),
-        edges=edges,
-        cascades=cascades,
+        nodes=_typed(stacked("nodes"), "concept_graph_nodes").sort(
+            ["label", "layer_index", "importance", "cluster_id"],
+            descending=[False, False, True, False],
+        ),
+        units=_typed(stacked("units"), "concept_graph_units").sort("label", "neuron_id"),
+        relevance=_typed(stacked("relevance"), "class_relevance").sort("label", "neuron_id"),
+        edges=_edge_table(stacked("edges")),
+        cascades=_cascade_table(stacked("cascades")),
         faithfulness=faith,
+        ablation=_typed(stacked("ablation"), "concept_graph_ablation").sort(
+            "label", "layer", "chosen_by"
+        ),
+        checks=pl.concat(stacked("checks")) if stacked("checks") else pl.DataFrame(),
         spearman_rho=rho,
         no_dependency=sorted({p for c in chunks for p in c.no_dependency}),
         prediction_edges=any(c.prediction_edges for c in chunks),
+        relevance_target=targets.pop() if len(targets) == 1 else "class",
+        rule=study.graph.importance,
         seconds=seconds,
         chunks=len(chunks),
-        seconds_per_class=seconds / max(1, computed),
+        seconds_per_class=seconds / computed,
+        steps_per_class=steps,
+        restarted=all(c.restarted for c in chunks),
     )
 
 
-def graph_figures(graph: ConceptGraph) -> list[Figure]:
-    """The concept graph's figures for ``study_quality``: edge faithfulness."""
-    rho, n = graph.spearman_rho, len(graph.faithfulness)
-    return [
-        Figure(
-            "faithfulness_spearman_rho",
-            rho,
-            "Spearman rank correlation between the sampled edges' weights and the drop of their "
-            "target when their source cluster is ablated",
-            # Under 3 ablated edges there is no correlation to show.
-            name="edge faithfulness" if rho == rho else "",
-            shown=f"Spearman ρ {rho:.2f} between edge weight and ablation drop ({n} edges)",
-        ),
-        Figure("faithfulness_edges_ablated", n, "edges whose source cluster was ablated"),
-    ]
-
-
 def concept_graph(
-    study: Study, store: CartoStore, progress=None, classes_per_chunk: int | None = None
+    study: Study,
+    store: CartoStore,
+    progress: Callable[[str], None] | None = None,
+    classes_per_chunk: int | None = None,
 ) -> ConceptGraph:
-    """Nodes, influence edges, cascades and the ablation faithfulness check, for every class,
-    all chunks in this process (what the partitioned assets compute across processes)."""
+    """Every class's graph and checks, all chunks in this process (what the partitioned
+    assets compute across processes)."""
     n_classes = len(load_manifest(study)[1])
     per = classes_per_chunk or study.graph.classes_per_chunk
     chunks = [
@@ -511,13 +644,7 @@ def concept_graph(
     return merge_graph_chunks(study, store, chunks)
 
 
-def _n_outputs(model: torch.nn.Module, size: int) -> int:
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, size, size))
-    return int(out.shape[-1]) if isinstance(out, torch.Tensor) else -1
-
-
-def _typed_concat(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
+def _typed(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
     """Per-class frames stacked as the declared table (an empty table keeps its columns)."""
     columns = schema.polars_schema(table)
     if not parts:
@@ -527,12 +654,10 @@ def _typed_concat(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
 
 
 def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed_concat(parts, "concept_graph_edges").sort(
+    return _typed(parts, "concept_graph_edges").sort(
         "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True]
     )
 
 
 def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed_concat(parts, "concept_cascades").sort(
-        "label", "root_cluster", "direction", "depth"
-    )
+    return _typed(parts, "concept_cascades").sort("label", "root_cluster", "direction", "depth")

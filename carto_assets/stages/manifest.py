@@ -34,6 +34,8 @@ class Manifest:
     class_names: list[str]
     concepts: pl.DataFrame | None  # image_id, concept, value
     skipped: list[SkippedFile]
+    #: ``image_masks`` rows where the source knows where each object is (shapes), else None
+    masks: pl.DataFrame | None = None
 
 
 def build_manifest(study: Study) -> Manifest:
@@ -75,7 +77,28 @@ def build_manifest(study: Study) -> Manifest:
                 "value": [r[2] for r in rows],
             }
         )
-    return Manifest(images, list(source.class_names), concepts, source.skipped)
+    return Manifest(images, list(source.class_names), concepts, source.skipped, _masks(source, n))
+
+
+def _masks(source, n: int) -> pl.DataFrame | None:
+    """Each image's object mask as ``image_masks`` rows (bits packed row-major), or None."""
+    if n == 0 or source.object_mask(0) is None:
+        return None
+    masks = [source.object_mask(i) for i in range(n)]
+    return pl.DataFrame(
+        {
+            "image_id": np.arange(n, dtype=np.int64),
+            "height": np.array([m.shape[0] for m in masks], dtype=np.int32),
+            "width": np.array([m.shape[1] for m in masks], dtype=np.int32),
+            "mask": [np.packbits(m.astype(bool)).tobytes() for m in masks],
+        }
+    )
+
+
+def unpack_mask(packed: bytes, height: int, width: int) -> np.ndarray:
+    """An ``image_masks.mask`` as a bool (height, width) array."""
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[: height * width]
+    return bits.reshape(height, width).astype(bool)
 
 
 def manifest_dir(study: Study) -> Path:
@@ -137,10 +160,14 @@ def source_for_manifest(study: Study, images: pl.DataFrame, class_names: list[st
 
 
 def write_images_tables(study: Study, manifest: Manifest, store: CartoStore) -> dict[str, int]:
-    """``images`` (and ``image_concepts`` where the source has ground truth), atomically."""
+    """``images`` (and ``image_concepts``, ``image_masks`` where the source has ground truth),
+    atomically."""
     tables: dict[str, pl.DataFrame | str] = {"images": manifest.images}
     if manifest.concepts is not None:
         tables["image_concepts"] = manifest.concepts
-    # A source without ground truth drops the table an earlier study may have left.
+    if manifest.masks is not None:
+        tables["image_masks"] = manifest.masks
+    # A source without ground truth drops the tables an earlier study may have left.
     drop = ["image_concepts"] if manifest.concepts is None else []
+    drop += ["image_masks"] if manifest.masks is None else []
     return store.replace_tables(tables, drop=drop)

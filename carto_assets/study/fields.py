@@ -285,6 +285,78 @@ class GraphConfig(_Section):
         description="Classes per partition of the concept graph (concept_graph_chunk): chunks "
         "run in parallel processes (carto run --jobs N, a backfill, a cluster executor).",
     )
+    # -- node rule and checks (issue 21) --
+    importance: Literal["relevance", "activation"] = Field(
+        "relevance",
+        description="How a class's units are scored for its nodes: relevance (each unit's "
+        "gradient x activation share of its layer for the class's logit: what the prediction "
+        "uses) or activation (Summit's rule: how often the unit carries the top of its layer's "
+        "activation mass on the class's images).",
+    )
+    edge_images: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Of the class's sampled images, how many each edge into a node is measured "
+        "on; null: images_per_class / nodes per layer (at least 1), so that the edges of a "
+        "class cost one backward pass; images_per_class measures every edge on every image.",
+    )
+    ablation_images: int = Field(
+        1,
+        ge=0,
+        le=100_000,
+        description="Images per class and layer on which the layer's graph nodes, as many "
+        "units chosen by the other rule and as many random units are zeroed (the node "
+        "ablation check); 0 skips the check.",
+    )
+
+
+class ExplainConfig(_Section):
+    """Per-image explanations (the explanation_chunk asset): for each explained image, each
+    concept's relevance for its predicted class (and its true class where they differ), per
+    layer, with a coarse map, and the faithfulness checks."""
+
+    enabled: Annotated[bool, Allowed("true or false")] = Field(
+        True,
+        description="Explain each class's sampled images (graph.images_per_class, sharing the "
+        "concept graph's passes), misclassified ones and the listed ones.",
+    )
+    misclassified: int = Field(
+        8,
+        ge=0,
+        le=100_000,
+        description="Per class, up to this many misclassified images (beyond the sample) are "
+        "explained; finding them is one forward pass over the class's images (only where the "
+        "model's outputs are the study's classes); 0 skips it.",
+    )
+    images: tuple[str, ...] = Field(
+        (),
+        description="Images to explain besides, by their images.source (e.g. shapes:17, or a "
+        "path relative to the image folder).",
+    )
+    concepts_per_layer: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Concepts stored (with their maps) per image, class and layer: the most "
+        "relevant ones; the rest are summed in explanation_layers.",
+    )
+    deletion_steps: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Concept deletion (C-Deletion) curves: concepts zeroed one by one, this "
+        "many, at the last mapped layers.",
+    )
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple) or not all(isinstance(x, str) and x for x in value):
+            raise InvalidField(None, "a list of image sources (images.source)", value)
+        return tuple(value)
 
 
 class FeaturesConfig(_Section):
@@ -442,6 +514,7 @@ class Study(BaseModel):
         default_factory=EmbeddingConfig, description=EmbeddingConfig.__doc__
     )
     graph: GraphConfig = Field(default_factory=GraphConfig, description=GraphConfig.__doc__)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig, description=ExplainConfig.__doc__)
     features: FeaturesConfig | None = Field(
         None,
         description="Dictionary features (layers, expansion, k, samples, sample_images, "
@@ -475,7 +548,7 @@ class Study(BaseModel):
         "study file field).",
     )
 
-    @field_validator("training", "clustering", "embedding", "graph", mode="before")
+    @field_validator("training", "clustering", "embedding", "graph", "explain", mode="before")
     @classmethod
     def _empty_section_means_defaults(cls, value: Any) -> Any:
         # `training:` with nothing under it parses as None in YAML.

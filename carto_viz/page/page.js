@@ -1,6 +1,7 @@
 // Cartography page: the thin layer around the two Vega views (carto_viz/page/page.js).
 // - a loader that cuts "patch:<neuron>:<rank>" images out of sprite sheets, loaded lazily;
-// - class search (type-ahead) that loads the class's graph and swaps it into the Graph View;
+// - class search (type-ahead) that loads the class's compact graph, decodes it (decodeGraph)
+//   and swaps it into the Graph View;
 // - the header, hover cards with patches, and the links between the two views;
 // - the units toggle (channels / features / both) for studies with dictionary features: it
 //   sets the views' `unit_kind` signal, which filters points, detail rows and graph rows.
@@ -14,7 +15,7 @@
     graph: JSON.parse(document.getElementById("carto-spec-graph").textContent)
   };
   var CHUNK_NAME = /^[a-z]+-[0-9]{4}$/;
-  var PATCH_KEY = /^(patch|thumb):([0-9]+):([0-9]+)$/;
+  var PATCH_KEY = /^(patch|thumb|image):([0-9]+):([0-9]+)$/;
   var MAX_PATCHES = 9;
 
   // ---- chunks: inline <script type="application/json"> or sidecar scripts ----------------
@@ -82,6 +83,7 @@
     return this.urls.get(key);
   };
   var atlases = { patch: new Atlas(page.patches), thumb: new Atlas(page.thumbs) };
+  if (page.images) atlases.image = new Atlas(page.images);  // the explained images
   function patchCount(neuron) { return atlases.patch.count(neuron); }
   function patchUrl(neuron, rank) { return atlases.patch.url(neuron, rank); }
   window.cartoPatchUrl = patchUrl;
@@ -263,28 +265,91 @@
 
   // ---- views and their links ---------------------------------------------------------------
   var views = {};
-  function zip(columns) {
-    var keys = Object.keys(columns || {});
-    if (!keys.length) return [];
-    var n = columns[keys[0]].length, out = new Array(n);
-    for (var i = 0; i < n; i++) {
-      var rec = {};
-      for (var k = 0; k < keys.length; k++) rec[keys[k]] = columns[keys[k]][i];
-      out[i] = rec;
-    }
+  // ---- class graphs: compact chunks (carto_viz/graph.py) decoded into the view's records ----
+  var graphRows = specs.graph.datasets.graph_rows;
+  var rowInfo = new Map(graphRows.map(function (r) { return [r.row, r]; }));
+  var topRow = graphRows.length ? graphRows[graphRows.length - 1].row : 0;
+  var clusterInfo = new Map();
+  (function () {
+    var t = page.clusters || {};
+    (t.c || []).forEach(function (c, i) {
+      clusterInfo.set(c, { row: t.r[i], size: t.s[i], label: t.l[i], short: t.h[i] });
+    });
+  })();
+  function round4(x) { return Math.round(x * 1e4) / 1e4; }
+  function barList(ids) { return ids.length ? "|" + ids.join("|") + "|" : "|"; }
+  function decodeIds(text) {  // base-36 gaps joined by "."
+    var out = [], v = 0;
+    if (text) text.split(".").forEach(function (g) { v += parseInt(g, 36); out.push(v); });
     return out;
   }
+  function walk(start, step) {  // the chain of first steps from a node
+    var chain = [], seen = new Set([start]), c = step.get(start);
+    while (c !== undefined && c !== null && !seen.has(c)) { chain.push(c); seen.add(c); c = step.get(c); }
+    return chain;
+  }
+  function cascadeOf(c, down, up) {
+    var below = walk(c, down), above = walk(c, up), edges = new Set();
+    [[below, true], [above, false]].forEach(function (pair) {
+      var previous = c;
+      pair[0].forEach(function (m) {
+        edges.add(pair[1] ? m + "-" + previous : previous + "-" + m);
+        previous = m;
+      });
+    });
+    var members = Array.from(new Set([c].concat(below, above))).sort(function (a, b) { return a - b; });
+    return [barList(members), edges.size ? "|" + Array.from(edges).sort().join("|") + "|" : "|"];
+  }
+  function decodeGraph(label, g) {
+    var n = g.n || {}, e = g.e || {}, ids = n.c || [];
+    var down = new Map(), up = new Map(), top = 0;
+    ids.forEach(function (c, i) { down.set(c, n.d[i]); up.set(c, n.u[i]); top = Math.max(top, n.i[i]); });
+    var nodes = ids.map(function (c, i) {
+      var info = clusterInfo.get(c), row = rowInfo.get(info.row), cascade = cascadeOf(c, down, up);
+      return {
+        cluster_id: c, layer: row.name, kind: row.kind, row: info.row, col: n.k[i],
+        importance: n.i[i], strength: top > 0 ? round4(n.i[i] / top) : 1, size: info.size,
+        cluster_label: info.label, short: info.short, patch: n.p[i],
+        cascade: cascade[0], cascade_edges: cascade[1]
+      };
+    });
+    if (ids.length) {
+      var name = (byLabel.get(label) || { name: "" }).name;
+      // The prediction node shows the class: one of its images the model gets right where
+      // the study explains images, else its top patch.
+      var own = atlases.image ? (g.x || []).filter(function (x) { return x.p === label; })[0] : null;
+      nodes.push({
+        cluster_id: -1, layer: "prediction", kind: "prediction", row: topRow, col: 0,
+        importance: null, strength: 1, size: 0, cluster_label: "prediction: " + name,
+        short: name, patch: g.p, picture: own ? "image:" + own.i + ":1" : null,
+        cascade: "|-1|", cascade_edges: "|"
+      });
+    }
+    var at = new Map(nodes.map(function (x) { return [x.cluster_id, x]; }));
+    var weights = e.w || [], heaviest = Math.max.apply(null, [0].concat(weights));
+    var edges = (e.s || []).map(function (s, i) {
+      var a = at.get(s), b = at.get(e.t[i]);
+      return {
+        source_cluster: s, target_cluster: e.t[i], col: a.col, row: a.row, col2: b.col,
+        row2: b.row, weight: weights[i], weight_rel: heaviest > 0 ? round4(weights[i] / heaviest) : 0,
+        min_strength: Math.min(a.strength, b.strength)
+      };
+    });
+    return { nodes: nodes, edges: edges, neurons: barList(decodeIds(g.u)), images: g.x || [] };
+  }
+  window.cartoDecodeGraph = decodeGraph;
   function classGraph(label) {
     var c = byLabel.get(label);
-    if (!c || c.chunk < 0) return Promise.resolve({ nodes: {}, edges: {}, neurons: "|" });
+    var none = { nodes: [], edges: [], neurons: "|", images: [] };
+    if (!c || c.chunk < 0) return Promise.resolve(none);
     return loadChunk(page.graph_chunks[c.chunk]).then(function (chunk) {
-      return chunk[String(label)] || { nodes: {}, edges: {}, neurons: "|" };
+      var g = chunk[String(label)];
+      return g ? decodeGraph(label, g) : none;
     });
   }
   var classToken = 0;
   var nodeKinds = new Map();  // cluster -> kind of the current class's graph nodes
   var unitKind = "both";
-  var graphRows = specs.graph.datasets.graph_rows;
   function showsKind(kind) { return unitKind === "both" || kind === unitKind; }
   function describeGraph() {
     var all = 0, concepts = 0, layers = 0;
@@ -303,13 +368,14 @@
     return classGraph(label).then(function (graph) {
       if (token !== classToken) return null;
       var g = views.graph;
-      var nodes = zip(graph.nodes), edges = zip(graph.edges);
+      var nodes = graph.nodes, edges = graph.edges;
       nodeKinds = new Map(nodes.map(function (n) { return [n.cluster_id, n.kind]; }));
       g.data("node_pick_store", []);
       g.data("graph_nodes", nodes).data("graph_edges", edges).signal("graph_class", label);
       views.projection.signal("class_neurons", graph.neurons).signal("graph_node", -2);
       views.detail.signal("graph_node", -2);
       describeGraph();
+      showImages(label, graph.images);
       document.body.setAttribute("data-class", String(label));
       return Promise.all([g.runAsync(), views.projection.runAsync(), views.detail.runAsync()]);
     }).then(function () {
@@ -356,6 +422,143 @@
     });
   }
 
+  // ---- explained images: the class's strip, an image's card, a node's exemplars ------------
+  var imagesPanel = document.getElementById("images");
+  var strip = document.getElementById("image-strip");
+  var card2 = document.getElementById("image-card");
+  var nodeImages = document.getElementById("node-images");
+  var SWATCHES = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"];
+  var shownImages = [];
+  function imageButton(id, wrong, title, onclick) {
+    var b = el("button", "image" + (wrong ? " wrong" : ""));
+    b.type = "button";
+    b.title = title;
+    b.setAttribute("data-image", String(id));
+    b.setAttribute("aria-pressed", "false");
+    var img = el("img");
+    img.alt = title;
+    b.appendChild(img);
+    atlases.image.url(id, 1).then(function (url) { img.src = url; }, function () {});
+    b.addEventListener("click", onclick);
+    return b;
+  }
+  function className(label) { var c = byLabel.get(label); return c ? c.name : "class " + label; }
+  function showImages(label, images) {
+    shownImages = images || [];
+    strip.textContent = "";
+    card2.textContent = "";
+    card2.hidden = true;
+    nodeImages.textContent = "";
+    if (!atlases.image) { imagesPanel.hidden = true; return; }
+    imagesPanel.hidden = false;
+    if (!shownImages.length) strip.appendChild(el("span", null, "no explained images for this class"));
+    shownImages.forEach(function (x) {
+      var wrong = x.p !== label;
+      var title = "#" + x.i + (wrong ? " predicted " + className(x.p) : "") +
+        (x.y === 2 ? " (listed)" : x.y === 1 ? " (misclassified)" : "");
+      strip.appendChild(imageButton(x.i, wrong, title, function () { showImage(label, x); }));
+    });
+  }
+  function highlightConcept(cluster) {  // its neurons in the projection, its node in the graph
+    views.projection.signal("graph_node", cluster).runAsync();
+    views.detail.signal("graph_node", cluster).runAsync();
+    views.graph.signal("neuron_cluster", cluster).runAsync();
+    document.body.setAttribute("data-concept", String(cluster));
+  }
+  function showImage(label, x) {
+    Array.prototype.forEach.call(strip.querySelectorAll("button.image"), function (b) {
+      b.setAttribute("aria-pressed", b.getAttribute("data-image") === String(x.i) ? "true" : "false");
+    });
+    card2.textContent = "";
+    card2.hidden = false;
+    var canvas = el("canvas");
+    canvas.width = 128; canvas.height = 128;
+    var left = el("div");
+    left.appendChild(canvas);
+    left.appendChild(el("div", null, "#" + x.i + ": predicted " + className(x.p) +
+      (x.p !== label ? " (is " + className(label) + ")" : "")));
+    card2.appendChild(left);
+    var right = el("div");
+    var atlasRow = -1;
+    x.l.forEach(function (entry) {
+      var row = rowInfo.get(entry[0]) || { short: "?", name: "?" };
+      var line = el("div", "layer");
+      var name = el("b", null, row.short);
+      name.title = row.name;
+      line.appendChild(name);
+      var isAtlas = x.a && row.kind === "channel" && entry[0] === lastChannelRow();
+      if (isAtlas) atlasRow = entry[0];
+      entry[1].forEach(function (cluster, k) {
+        var c = el("span", "concept");
+        c.setAttribute("data-cluster", String(cluster));
+        var info = clusterInfo.get(cluster);
+        c.title = (info ? info.label : "cluster " + cluster) + " (cluster " + cluster + ")";
+        if (isAtlas) { var sw = el("span", "swatch"); sw.style.background = SWATCHES[k % SWATCHES.length]; c.appendChild(sw); }
+        var member = (byCluster.get(cluster) || [])[0];
+        if (member !== undefined && patchCount(member)) {
+          var img = el("img"); img.alt = "";
+          atlases.thumb.url(member, 1).then(function (u) { img.src = u; }, function () {});
+          c.appendChild(img);
+        }
+        var bar = el("span", "bar");
+        bar.style.width = Math.max(1, Math.round(Math.abs(entry[2][k]) * 60)) + "px";
+        c.appendChild(bar);
+        c.appendChild(document.createTextNode(Math.round(entry[2][k] * 100) + "% " +
+          (info ? info.short : "cluster " + cluster)));
+        c.addEventListener("mouseenter", function () { highlightConcept(cluster); });
+        c.addEventListener("click", function () { highlightConcept(cluster); });
+        line.appendChild(c);
+      });
+      right.appendChild(line);
+    });
+    card2.appendChild(right);
+    var ctx = canvas.getContext("2d");
+    atlases.image.url(x.i, 1).then(function (url) {
+      var img = new Image();
+      img.onload = function () {
+        ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+        if (x.a && atlasRow >= 0) {
+          var h = x.a[0], w = x.a[1], cells = x.a[2];
+          ctx.globalAlpha = 0.4;
+          for (var i = 0; i < h; i++) for (var j = 0; j < w; j++) {
+            var k = cells[i * w + j];
+            if (k < 0) continue;
+            ctx.fillStyle = SWATCHES[k % SWATCHES.length];
+            ctx.fillRect(j * canvas.width / w, i * canvas.height / h, canvas.width / w, canvas.height / h);
+          }
+          ctx.globalAlpha = 1;
+        }
+        document.body.setAttribute("data-image", String(x.i));
+      };
+      img.src = url;
+    }, function () {});
+  }
+  function lastChannelRow() {
+    var r = -1;
+    graphRows.forEach(function (row) { if (row.kind === "channel") r = row.row; });
+    return r;
+  }
+  function showExemplars(cluster) {  // the images where a clicked node mattered most
+    nodeImages.textContent = "";
+    var list = (page.exemplars || {})[String(cluster)];
+    if (!atlases.image || cluster < 0 || !list || !list.length) return;
+    nodeImages.appendChild(el("div", null, "Where cluster " + cluster + " mattered most:"));
+    var row = el("div", "strip");
+    list.forEach(function (pair) {
+      row.appendChild(imageButton(pair[0], false, "#" + pair[0] + " (" + className(pair[1]) + ")",
+        function () {
+          var open = function () {
+            var x = shownImages.filter(function (y) { return y.i === pair[0]; })[0];
+            if (x) showImage(pair[1], x);
+          };
+          if (String(pair[1]) === document.body.getAttribute("data-class")) open();
+          else setClass(pair[1]).then(open);
+        }));
+    });
+    nodeImages.appendChild(row);
+  }
+
   function link() {
     var p = views.projection, g = views.graph, d = views.detail;
     d.data("neurons", neurons);
@@ -363,6 +566,7 @@
       var id = value && value.cluster_id ? value.cluster_id[0] : -2;
       p.signal("graph_node", id).runAsync();
       d.signal("graph_node", id).runAsync();
+      showExemplars(id);
     });
     p.addSignalListener("pick", function (name, value) {
       var picked = value && value.neuron_id;

@@ -320,6 +320,74 @@ def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
         assert g.chunks == -(-n_classes // per)
         assert g.edges.select(published.columns).equals(published)
         assert g.faithfulness.select(faith.columns).equals(faith)
+        for table, frame in (
+            ("concept_graph_nodes", g.nodes),
+            ("class_relevance", g.relevance),
+            ("concept_graph_ablation", g.ablation),
+        ):
+            assert frame.equals(store.query(f"SELECT * FROM {table}")), table
+
+
+def test_nodes_are_the_rule_applied_to_the_stored_scores(materialized):
+    """The published nodes are the study's rule (relevance) applied to class_relevance, as the
+    SQL the graph used to run; the units behind them are its top fraction per layer; every
+    class and layer with nodes has its three ablation rows; the figures compare the rules."""
+    from reference.attribution import graph_nodes_sql
+
+    from carto_assets import quality
+
+    study, instance, _ = materialized
+    store = CartoStore(study.database_path)
+    assert study.graph.importance == "relevance"
+    scores = store.query(
+        "SELECT r.label, r.neuron_id, n.layer, n.layer_index, nc.cluster_id, r.share AS score "
+        "FROM class_relevance r JOIN neurons n USING (neuron_id) "
+        "JOIN neuron_clusters nc USING (neuron_id)"
+    )
+    g = study.graph
+    want = graph_nodes_sql(scores, g.top_neuron_fraction, g.nodes_per_layer)
+    nodes = store.query("SELECT * FROM concept_graph_nodes ORDER BY ALL")
+    assert nodes.drop("importance").equals(want.sort(nodes.columns).drop("importance"))
+    np.testing.assert_allclose(nodes["importance"], want.sort(nodes.columns)["importance"])
+    counted = store.query(
+        "SELECT label, cluster_id, count(*) AS n FROM concept_graph_units GROUP BY ALL"
+    )
+    joined = nodes.join(counted, on=["label", "cluster_id"])
+    assert len(joined) == len(nodes) and (joined["n"] == joined["important_members"]).all()
+    # Relevance per unit: the stored mean share's absolute values sum to at most 1 per layer.
+    per_layer = store.query(
+        "SELECT label, layer, sum(abs(share)) AS s FROM class_relevance "
+        "JOIN neurons USING (neuron_id) GROUP BY ALL"
+    )
+    assert (per_layer["s"] <= 1 + 1e-9).all() and (per_layer["s"] > 0).any()
+    ablation = store.query("SELECT * FROM concept_graph_ablation")
+    layers_with_nodes = store.query("SELECT DISTINCT label, layer FROM concept_graph_nodes")
+    assert len(ablation) == 3 * len(layers_with_nodes)
+    assert set(ablation["chosen_by"]) == {"relevance", "activation", "random"}
+    assert (ablation["images"] == study.graph.ablation_images).all()
+    np.testing.assert_allclose(ablation["drop"], ablation["baseline"] - ablation["ablated"])
+    figures = quality.figures_of(store.figures(), "concept_graph")
+    for rule in ("relevance", "activation"):
+        assert {("nodes_of_class_" + rule, x) for x in set(layers_with_nodes["layer"])} <= set(
+            figures
+        )
+    mean_drop = (
+        ablation.filter(pl.col("chosen_by") == "random")
+        .group_by("layer")
+        .agg(pl.col("drop").mean())
+    )
+    for layer, drop in mean_drop.iter_rows():
+        assert figures[("node_ablation_drop_random", layer)] == pytest.approx(drop)
+    mat = instance.fetch_materializations(dg.AssetKey("concept_graph"), limit=1).records[0]
+    meta = mat.asset_materialization.metadata
+    assert meta["node_rule"].value == "relevance"
+    assert set(meta["seconds_per_class_by_step"].value) == set(graph_stage_steps())
+
+
+def graph_stage_steps():
+    from carto_assets.stages.graph import STEPS
+
+    return STEPS
 
 
 def test_embedding_projection_and_neighbours_cover_every_neuron(materialized):
@@ -437,7 +505,7 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
     load as exactly the published table."""
     import duckdb
 
-    from carto_assets.stages import graph as graph_stage
+    from carto_assets.stages import patches as patch_stage
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)
@@ -445,8 +513,8 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
         'SELECT neuron_id, rank, image_id, top, "left", bottom, "right", png '
         "FROM example_patches ORDER BY neuron_id, rank"
     )
-    monkeypatch.setattr(graph_stage, "PATCH_ROWS", 7)
-    parts = graph_stage.example_patches(study, store)
+    monkeypatch.setattr(patch_stage, "PATCH_ROWS", 7)
+    parts = patch_stage.example_patches(study, store)
     assert len(parts.parts) >= len(published) // 7
-    rebuilt = duckdb.connect().sql(graph_stage.patches_select(parts.parts)).pl()
+    rebuilt = duckdb.connect().sql(patch_stage.patches_select(parts.parts)).pl()
     assert rebuilt.equals(published)

@@ -96,9 +96,31 @@ def make_store(path) -> CartoStore:
             "mean_activation": [1.0] * (2 * len(ids)),
         },
     )
+    cluster_ids = sorted(set(clusters["cluster_id"].to_list()))
+    cluster_table = schema.frame(
+        "clusters",
+        {
+            "cluster_id": cluster_ids,
+            "layer": [layer[ids[clusters["cluster_id"].to_list().index(c)]] for c in cluster_ids],
+            "size": [clusters["cluster_id"].to_list().count(c) for c in cluster_ids],
+            "label": [f"cluster {c}" for c in cluster_ids],
+            "top_class": [["a", "b"][c % 2] for c in cluster_ids],
+            "top_class_fraction": [0.5] * len(cluster_ids),
+            "mean_jaccard": [1.0] * len(cluster_ids),
+            "members": [
+                [n for n, k in zip(ids, clusters["cluster_id"].to_list()) if k == c]
+                for c in cluster_ids
+            ],
+        },
+    )
     store = CartoStore(path)
     store.replace_tables(
-        {"neurons": neurons, "neuron_clusters": clusters, "class_importance": importance}
+        {
+            "neurons": neurons,
+            "neuron_clusters": clusters,
+            "clusters": cluster_table,
+            "class_importance": importance,
+        }
     )
     return store
 
@@ -116,7 +138,13 @@ def setup(tmp_path, make_study, monkeypatch):
             },
         )
     )
-    images = pl.DataFrame({"image_id": range(N_IMAGES), "label": [0, 1] * (N_IMAGES // 2)})
+    images = pl.DataFrame(
+        {
+            "image_id": range(N_IMAGES),
+            "label": [0, 1] * (N_IMAGES // 2),
+            "source": [f"x:{i}" for i in range(N_IMAGES)],
+        }
+    )
     bundle = ModelBundle(Net().eval(), "net", SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     infos = [SimpleNamespace(name=name) for name in CHANNELS]
     monkeypatch.setattr(graph, "load_manifest", lambda s: (images, ["a", "b"]))
@@ -126,8 +154,8 @@ def setup(tmp_path, make_study, monkeypatch):
 
 
 def with_features(monkeypatch, on: bool) -> None:
-    layers = [FeatureLayer(MID_F, "mid", sae())] if on else []
-    monkeypatch.setattr(graph, "feature_layers", lambda s: layers)
+    feature = [FeatureLayer(MID_F, "mid", sae())] if on else []
+    monkeypatch.setattr(graph, "feature_layers", lambda s: feature)
 
 
 def layer_pairs(edges: pl.DataFrame) -> set[tuple[str, str]]:
@@ -170,3 +198,37 @@ def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(se
     merged = graph.merge_graph_chunks(study, store, [again])
     assert MID_F in set(merged.nodes["layer"]) and MID_F in set(merged.edges["target_layer"])
     assert merged.edges.columns == schema.column_names("concept_graph_edges")
+
+
+def test_explanations_cover_the_feature_layer_and_add_up(setup, monkeypatch):
+    """The chunk's explanations: every sampled image, every unit layer (the features' too);
+    per image, target and layer the stored concepts, the rest and the unclustered units add up
+    to the layer's total; the checks cover the last channel and feature layers."""
+    study, store = setup
+    with_features(monkeypatch, True)
+    chunk = graph.concept_graph_chunk(study, store, [0, 1])
+    ex = chunk.explanations
+    images = ex["explained_images"]
+    assert set(images.filter(pl.col("why") == "sample")["image_id"]) == set(range(N_IMAGES))
+    layers = ex["explanation_layers"]
+    assert set(layers["layer"]) == {*CHANNELS, MID_F}
+    stored = (
+        ex["explanation_concepts"]
+        .group_by("image_id", "target", "layer")
+        .agg(pl.col("relevance").sum().alias("stored"))
+    )
+    joined = layers.join(stored, on=["image_id", "target", "layer"])
+    assert len(joined) == len(layers)
+    np.testing.assert_allclose(
+        joined["stored"] + joined["other_concepts"] + joined["unclustered"],
+        joined["total"],
+        rtol=1e-6,
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(layers["gap"], layers["logit"] - layers["total"])
+    assert set(ex["explanation_checks"]["layer"]) == {"upper", MID_F}
+    # Wrong predictions are explained for the true class too.
+    wrong = images.filter(pl.col("predicted") != pl.col("label"))
+    targets = layers.group_by("image_id").agg(pl.col("target").n_unique().alias("n"))
+    expected = {i: 2 if i in set(wrong["image_id"]) else 1 for i in images["image_id"]}
+    assert dict(targets.iter_rows()) == expected

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from viz.pages import ARGS, CHROMIUM, Page
 
-from carto_viz import export_views
+from carto_viz import export_views, load_tables, view_data
 from carto_viz.charts import CLUSTER_STROKE, MEMBER_STROKE, NEIGHBOR_STROKE
 from carto_viz.synthetic import HOSTILE_NAMES, make_database
 
@@ -72,12 +72,36 @@ def _check_node_click(page: Page, db: Path) -> float:
     return elapsed
 
 
+def _check_decoded_graph(page: Page, db: Path, label: int) -> None:
+    """The graph the page decoded from its compact chunk is carto_viz's records of the class:
+    every node and edge field, cascades walked from the first steps included."""
+    want = view_data(load_tables(db)).graphs.records(label)
+    for dataset, key in (("graph_nodes", "nodes"), ("graph_edges", "edges")):
+        got = page.page.evaluate(
+            f"window.cartoViews.graph.data('{dataset}').map(d => {{ const o = {{}};"
+            " for (const k in d) if (k !== 'Symbol(vega_id)') o[k] = d[k]; return o; })"
+        )
+        assert len(got) == len(want[key]) > 0
+        for have, expected in zip(got, want[key], strict=True):
+            for field, value in expected.items():
+                if isinstance(value, float):
+                    assert have[field] == pytest.approx(value, rel=1e-3, abs=1e-4), field
+                else:
+                    assert have[field] == value, (field, have, expected)
+    neurons = page.page.evaluate("window.cartoViews.projection.signal('class_neurons')")
+    assert neurons == want["neurons"]
+
+
 def _check_page_shows_concepts(page: Page) -> None:
-    """Every node is its concept's picture with its short label drawn as text."""
+    """Every node is its concept's picture with its short label drawn as text; the
+    prediction node pictures the class (its top patch)."""
     images = page.wait_images("graph", "node-image")
     frames = [f for f in page.items("graph", "frame") if f["cluster_id"] >= 0]
-    assert images and len(images) == len(frames)
-    assert all(i["url"].startswith("thumb:") for i in images)
+    assert images and len(images) == len(frames) + 1
+    assert any(i["cluster_id"] == -1 for i in images)
+    assert all(i["url"].startswith("thumb:") for i in images if i["cluster_id"] != -1)
+    # The prediction node: the class's top patch, or one of its explained images.
+    assert all(i["url"].startswith(("thumb:", "image:")) for i in images if i["cluster_id"] == -1)
     assert all(i["loaded"] for i in images)
     labels = [t["text"] for t in page.items("graph", "node-label")]
     assert len(labels) == len(frames) + 1  # + the prediction node
@@ -134,6 +158,7 @@ def test_graph_interactions(browser, synthetic, tmp_path):
         after = {n["cluster_id"] for n in page.items("graph", "frame")}
         assert before != after
         assert page.page.input_value("#class-search") == "dog"
+        _check_decoded_graph(page, db, 1)
         _check_node_click(page, db)
         # Cascade mode lights up the picked node's cascade (orange frames, red edges).
         page.page.check("input[name=cascade]")
@@ -349,10 +374,10 @@ def test_units_toggle(browser, with_features, tmp_path, capsys):
         assert {p["shape"] for p in points if p["neuron_id"] in features} == {"diamond"}
         assert {p["shape"] for p in points if p["neuron_id"] not in features} == {"circle"}
         _check_page_shows_concepts(page)
-        # Captions and frames carry the kind; the prediction node keeps the class's name.
+        # Frames carry the kind; the prediction node keeps the class's name.
         captions = {t["cluster_id"]: t["text"] for t in page.items("graph", "node-label")}
         for frame in frames:
-            assert captions[frame["cluster_id"]].startswith(frame["unit_kind"] + " · ")
+            assert captions[frame["cluster_id"]]
             assert (frame["dash"] == [5, 3]) == (frame["unit_kind"] == "feature")
         assert captions[-1] == "cat"
         # Hover a feature: its card names it by kind, index and pseudo-layer.
@@ -452,6 +477,9 @@ def test_paper_scale(browser, tmp_path, capsys):
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     spec_mb = max(p.stat().st_size for p in result.spec_paths) / 1e6
     assert result.page_bytes <= 30e6 and spec_mb <= 30
+    # The classes' graphs, compact: at most 30 MB in all (88 MB as full records).
+    graph_bytes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("graph-*.js"))
+    assert 0 < graph_bytes <= 30e6
     assert result.patch_bytes <= 80e6 and result.n_patches == n_units * 9
     assert len(files) == result.n_files <= 200
     page = Page(browser, result.html_path)
@@ -496,5 +524,107 @@ def test_paper_scale(browser, tmp_path, capsys):
                 f"hover node={node_card['ms']:.0f}ms "
                 f"units switch={'/'.join(f'{ms:.0f}' for ms in units_ms)}ms"
             )
+    finally:
+        page.close()
+
+
+def test_long_names_show_their_distinguishing_end(browser, tmp_path):
+    """ViT layer names and long concept labels: rows, legend entries and captions show the
+    end that tells them apart; hovering a row shows the full name."""
+    layers = tuple(f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11))
+    db = make_database(
+        tmp_path / "vit.duckdb",
+        n_neurons=32,
+        layers=layers,
+        cluster_labels=("class=a_rather_long_class_name_0042 (0.6)",),
+    )
+    result = export_views(db, tmp_path / "out")
+    page = Page(browser, result.html_path)
+    try:
+        rows = [t for t in page.items("graph", "text") if t["text"]]
+        assert [t["text"] for t in rows] == [f"encoder_layer_{i}" for i in (2, 5, 8, 11)] + [
+            "prediction"
+        ]
+        legend = {
+            t["text"] for t in page.items("projection", "text") if t["role"] == "legend-label"
+        }
+        assert {f"encoder_layer_{i}" for i in (2, 5, 8, 11)} <= legend
+        captions = [t["text"] for t in page.items("graph", "node-label") if t["cluster_id"] >= 0]
+        assert captions and all(c.endswith("_0042") for c in captions)
+        page.hover(rows[-2])
+        assert "encoder.layers.encoder_layer_11" in page.page.inner_text("#carto-card")
+        # Units in the detail panel are named by the short layer name too.
+        page.click(page.items("projection", "neuron")[0])
+        detail = [t["text"] for t in page.items("detail", "detail-text")]
+        assert detail and "encoder_layer_2" in detail[0] and "encoder.layers" not in detail[0]
+        assert page.errors == [] and page.offline() == []
+    finally:
+        page.close()
+
+
+def test_images_panel_atlas_concepts_and_node_exemplars(browser, tmp_path):
+    """The class's explained images (misclassified ones marked); clicking one shows it with its
+    atlas and its top concepts per layer; a concept highlights its neurons and its node; a
+    clicked node lists the images where it mattered most. Names stay text."""
+    db = make_database(
+        tmp_path / "x.duckdb",
+        n_neurons=36,
+        class_names=("cat", HOSTILE_NAMES[1], "bird"),
+        explained_per_class=2,
+    )
+    result = export_views(db, tmp_path / "out")
+    page = Page(browser, result.html_path)
+    try:
+        assert page.page.is_visible("#images")
+        # The prediction node shows one of the class's images the model gets right.
+        prediction = next(
+            i for i in page.wait_images("graph", "node-image") if i["cluster_id"] == -1
+        )
+        assert prediction["url"].startswith("image:") and prediction["loaded"]
+        buttons = page.page.query_selector_all("#image-strip button.image")
+        assert len(buttons) == 2
+        wrong = [b for b in buttons if "wrong" in (b.get_attribute("class") or "")]
+        assert len(wrong) == 1 and "predicted " + HOSTILE_NAMES[1] in wrong[0].get_attribute(
+            "title"
+        )
+        page.page.wait_for_function(
+            "Array.from(document.querySelectorAll('#image-strip img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        wrong[0].click()
+        page.page.wait_for_function("document.body.getAttribute('data-image') !== null")
+        layers = page.page.query_selector_all("#image-card .layer")
+        assert len(layers) == 3  # conv1..conv3
+        concept = page.page.query_selector("#image-card .concept")
+        cluster = int(concept.get_attribute("data-cluster"))
+        concept.hover()
+        page.settle()
+        assert page.page.evaluate("window.cartoViews.projection.signal('graph_node')") == cluster
+        assert page.page.evaluate("window.cartoViews.graph.signal('neuron_cluster')") == cluster
+        highlighted = {
+            i["neuron_id"]
+            for i in page.items("projection", "neuron")
+            if i["stroke"] == MEMBER_STROKE
+        }
+        assert highlighted == _members(db, cluster)
+        # A node with exemplars lists them.
+        con = duckdb.connect(str(db), read_only=True)
+        with_exemplars = {
+            r[0] for r in con.execute("SELECT cluster_id FROM relevance_exemplars").fetchall()
+        }
+        con.close()
+        frame = next(
+            f
+            for f in page.items("graph", "frame")
+            if f["cluster_id"] in with_exemplars and 0 < f["py"] < 950
+        )
+        page.click(frame)
+        listed = page.page.query_selector_all("#node-images button.image")
+        assert listed and page.page.inner_text("#node-images").startswith(
+            f"Where cluster {frame['cluster_id']} mattered most"
+        )
+        assert page.page.query_selector("#images img[onerror], #images script") is None
+        assert page.page.evaluate("window.__xss") is None
+        assert page.errors == [] and page.offline() == []
     finally:
         page.close()

@@ -14,8 +14,9 @@ from viz_reference import graph_nodes_and_edges
 
 from carto_viz import export_views, load_tables, script_json, view_data, views_spec
 from carto_viz.charts import ROW_HEIGHT, graph_heights, row_positions
-from carto_viz.data import patch_pngs, short_label
+from carto_viz.data import layer_short_names, patch_pngs, short_label
 from carto_viz.export import DATA_DIR, render_page
+from carto_viz.graph import decode_ids, encode_ids
 from carto_viz.sprites import FORMATS, cut_patch, pack_patches
 from carto_viz.summary import study_summary
 from carto_viz.synthetic import HOSTILE_NAMES, make_database
@@ -79,15 +80,25 @@ def test_specs_and_params(tables):
     assert specs["graph"]["height"] >= 5 * 80
 
 
-@pytest.mark.parametrize("study", ["tables", "feature_tables"])
-def test_graph_layout_matches_reference(study, request):
+def full_cascades(database) -> pl.DataFrame:
+    """Every depth of ``concept_cascades`` (the views load only each node's first steps)."""
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        return con.sql("SELECT * FROM concept_cascades").pl()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    ("study", "database"), [("tables", "db"), ("feature_tables", "feature_db")]
+)
+def test_graph_layout_matches_reference(study, database, request):
     tables = request.getfixturevalue(study)
     data = view_data(tables)
-    nodes, edges = graph_nodes_and_edges(tables)
+    nodes, edges = graph_nodes_and_edges(tables, full_cascades(request.getfixturevalue(database)))
     assert set(data.graphs) >= set(nodes)
     for label, expected in nodes.items():
-        cols = data.graphs[label]["nodes"]
-        got = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        got = data.graphs.records(label)["nodes"]
         key = lambda r: (r["row"], r["col"])  # noqa: E731
         for want, have in zip(sorted(expected, key=key), sorted(got, key=key), strict=True):
             for field, value in want.items():
@@ -96,8 +107,7 @@ def test_graph_layout_matches_reference(study, request):
                 else:
                     assert have[field] == value, (label, field, have)
     for label, expected in edges.items():
-        cols = data.graphs[label]["edges"]
-        got = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        got = data.graphs.records(label)["edges"]
         key = lambda r: (r["source_cluster"], r["target_cluster"])  # noqa: E731
         assert len(got) == len(expected)
         for want, have in zip(sorted(expected, key=key), sorted(got, key=key), strict=True):
@@ -113,11 +123,18 @@ def test_class_neurons_hold_the_graph_members(tables):
     members = dict(
         tables["neuron_clusters"].group_by("cluster_id").agg(pl.col("neuron_id")).iter_rows()
     )
-    for _label, graph in data.graphs.items():
+    units = dict(
+        tables["concept_graph_units"].group_by("label").agg(pl.col("neuron_id")).iter_rows()
+    )
+    for label in data.graphs:
+        graph = data.graphs.records(label)
         listed = {int(x) for x in graph["neurons"].strip("|").split("|") if x}
-        for cid in graph["nodes"].get("cluster_id", []):
-            if cid >= 0:
-                assert set(members[cid]) <= listed
+        # The class's units (what its nodes were made of) and every node's members.
+        assert set(units.get(label, [])) <= listed
+        for node in graph["nodes"]:
+            if node["cluster_id"] >= 0:
+                assert set(members[node["cluster_id"]]) <= listed
+        assert decode_ids(data.graphs[label]["u"]) == sorted(listed)
 
 
 def test_units_carry_their_kind(feature_tables):
@@ -147,10 +164,10 @@ def test_units_carry_their_kind(feature_tables):
         **dict(table.select("layer", "kind").unique().iter_rows()),
         "prediction": "prediction",
     }
-    for graph in data.graphs.values():
-        nodes = graph["nodes"]
-        assert nodes["kind"] == [kind_of[layer] for layer in nodes["layer"]]
-        assert "feature" in nodes["kind"]
+    for label in data.graphs:
+        nodes = data.graphs.records(label)["nodes"]
+        assert [n["kind"] for n in nodes] == [kind_of[n["layer"]] for n in nodes]
+        assert "feature" in {n["kind"] for n in nodes}
     facts = dict(data.summary["facts"])
     assert facts["neurons"] == "40 channels + 12 features"
     assert facts["layers"] == "3 (conv1, conv2, conv3)"
@@ -412,3 +429,31 @@ def test_packing_in_a_daemonic_process(monkeypatch):
     monkeypatch.setattr(multiprocessing, "current_process", lambda: daemon)
     with sprites._pool(2, 5) as pool:
         assert isinstance(pool, ThreadPoolExecutor)
+
+
+def test_layer_short_names_keep_what_tells_layers_apart():
+    vit = [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 11)]
+    assert layer_short_names([*vit, vit[2] + ":features"]) == {
+        **{name: name.rsplit(".", 1)[1] for name in vit},
+        vit[2] + ":features": "encoder_layer_11:features",
+    }
+    branches = ["inception4a.branch2.1", "inception4b.branch2.1", "inception4a.branch3.1"]
+    assert layer_short_names(branches) == {
+        "inception4a.branch2.1": "inception4a.branch2.1",
+        "inception4b.branch2.1": "inception4b.branch2.1",
+        "inception4a.branch3.1": "branch3.1",
+    }
+    assert layer_short_names(["block1", "block1:features"]) == {
+        "block1": "block1",
+        "block1:features": "block1:features",
+    }
+
+
+def test_ids_round_trip_as_base36_gaps():
+    assert encode_ids([40, 3, 5, 5]) == "3.2.z"
+    assert decode_ids("3.2.z") == [3, 5, 40]
+    assert encode_ids([]) == "" and decode_ids("") == []
+    ids = np.random.default_rng(0).choice(100_000, size=700, replace=False)
+    assert decode_ids(encode_ids(ids)) == sorted(ids.tolist())
+    with pytest.raises(ValueError, match=">= 0"):
+        encode_ids([-1, 2])

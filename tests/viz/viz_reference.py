@@ -10,7 +10,8 @@ import itertools
 
 import polars as pl
 
-from carto_viz.data import PREDICTION_CLUSTER, bar_list, short_label
+from carto_assets.schema import PREDICTION_CLUSTER
+from carto_viz.data import bar_list, short_label
 
 
 def cascades(table: pl.DataFrame) -> dict[tuple[int, int], tuple[set[int], set[str]]]:
@@ -38,17 +39,20 @@ def _cascade_fields(chains, label: int, cluster: int) -> dict[str, str]:
     }
 
 
-def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list[dict]]]:
-    """Per class: node records and edge records, as the Graph View draws them."""
+def graph_nodes_and_edges(
+    tables, cascade_table: pl.DataFrame
+) -> tuple[dict[int, list[dict]], dict[int, list[dict]]]:
+    """Per class: node records and edge records, as the Graph View draws them (cascades from
+    every depth of ``concept_cascades``)."""
     nodes = tables["concept_graph_nodes"]
     edges = tables["concept_graph_edges"]
-    chains = cascades(tables["concept_cascades"])
+    chains = cascades(cascade_table)
     sizes = dict(tables["clusters"].select("cluster_id", "size").iter_rows())
     labels = dict(tables["clusters"].select("cluster_id", "label").iter_rows())
     names = dict(tables["images"].select("label", "label_name").iter_rows())
     importance = {
         (int(lab), int(nid)): float(score)
-        for lab, nid, score in tables["class_importance"]
+        for lab, nid, score in tables["concept_graph_units"]
         .select("label", "neuron_id", "score")
         .iter_rows()
     }
@@ -108,7 +112,7 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                 "size": 0,
                 "short": str(names[label]),
                 **_cascade_fields(chains, label, PREDICTION_CLUSTER),
-                "patch": None,
+                "patch": "the class's top patch, below",
             }
         )
     out_edges: dict[int, list[dict]] = {}
@@ -136,4 +140,29 @@ def graph_nodes_and_edges(tables) -> tuple[dict[int, list[dict]], dict[int, list
                 "min_strength": min(strength[source], strength[target]),
             }
         )
+    # The prediction node pictures the class: the source of its strongest prediction edge,
+    # else the most important pictured node of the highest row.
+    for label, records in out_nodes.items():
+        pictured = [n for n in records if n["cluster_id"] >= 0 and n["patch"] is not None]
+        patch_of = {n["cluster_id"]: n["patch"] for n in pictured}
+        into = [
+            e
+            for e in edges.filter(pl.col("label") == label).iter_rows(named=True)
+            if e["target_layer"] == "prediction" and e["source_cluster"] in patch_of
+        ]
+        best = None
+        if into:
+            best = patch_of[
+                min(into, key=lambda e: (-e["weight"], e["source_cluster"]))["source_cluster"]
+            ]
+        elif pictured:
+            imp = {
+                int(c): float(i)
+                for c, i in nodes.filter(pl.col("label") == label)
+                .select("cluster_id", "importance")
+                .iter_rows()
+            }
+            top = min(pictured, key=lambda n: (-n["row"], -imp[n["cluster_id"]], n["cluster_id"]))
+            best = top["patch"]
+        records[-1]["patch"] = best
     return out_nodes, out_edges

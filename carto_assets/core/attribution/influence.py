@@ -11,10 +11,12 @@ how much of B's activation is attributable to A, by gradient x activation:
   signed contribution per (image, channel of L): the first-order estimate of how much B's
   activation would drop if that channel were zeroed;
 * contributions are summed over A's member channels (a cluster acts as one unit: its excitatory
-  and inhibitory members cancel), averaged over the class's images, and clipped at 0. The view
-  shows influence, which is positive; ``signed_weight`` keeps the unclipped value.
+  and inhibitory members cancel), averaged over the images B was measured on, and clipped at 0.
+  The view shows influence, which is positive; ``signed_weight`` keeps the unclipped value.
 
-Prediction edges use the class logit as the objective, at the last captured layer.
+Prediction edges use the class logit as the objective, at the last captured layer: their
+weights are the relevance (:mod:`carto_assets.core.attribution.relevance`) of the last layer's
+clusters, so they come from the relevance pass.
 
 Units can also be the features of a sparse autoencoder read at a captured layer: *feature
 layers*, given as :class:`~carto_assets.core.attribution.features.FeatureSpec` (computed beside
@@ -28,42 +30,53 @@ default they are consecutive layers, as above.
 The gradient is taken between captured layers whatever lies between them (inception branches,
 residual sums, pooling), so branching models need nothing special. A pair whose upper layer
 does not depend on the lower one (parallel branches, or a zero gradient x activation for all
-the class's images) has no edges and is listed in ``no_dependency``.
+the images) has no edges and is listed in ``no_dependency``.
 
-Cost: one forward pass per chunk of images, with the graph retained, then one backward pass
-per (consecutive layer pair, upper cluster) plus one for the prediction; each backward only
-walks the part of the graph between the two layers and covers all images of the chunk at once
-(images are independent in eval mode). So the work is O(#upper clusters x #images) segment
-backward passes, and memory is one chunk's forward graph from the first captured layer up: the
-parameters are frozen for the pass, so no operation keeps its inputs for a weight gradient, and
-nothing below the first captured layer is recorded (googlenet, 16 images at 224 px: 0.43 GB of
-saved tensors, a third of it max pooling's int64 indices). On accelerators the backward passes
-of one layer pair's upper clusters run as one batched pass (``is_grads_batched``).
+Cost. Images are independent in eval mode, so one backward pass over a batch takes each image's
+gradient for its own objective. :func:`edge_sums` runs *passes*: in each, every image carries
+one upper cluster of each upper layer (a :class:`Carry`), and one backward pass per (layer
+pair) walks only the part of the graph between the two layers. With every image carrying every
+cluster (:meth:`Carry.every`, what :func:`influence_edges` does) that is one pass per upper
+cluster; splitting the images among the clusters (:meth:`Carry.split`) measures each edge on
+fewer images for one pass in all. Memory is the forward graph from the first captured layer up
+(:class:`~carto_assets.core.attribution.forward.RetainedForward`; googlenet, 16 images at 224
+px: 0.43 GB of saved tensors). On accelerators the passes of one layer pair run as one batched
+backward (``is_grads_batched``).
 
 This module never imports dagster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from carto_assets.core.attribution.features import FeatureSpec, check_features, layer_pairs
-from carto_assets.core.network.hooks import capture, find_modules
-from carto_assets.core.network.recorder import spatial_max
+from carto_assets.core.attribution.features import FeatureSpec, layer_pairs
+from carto_assets.core.attribution.forward import (
+    RetainedForward,
+    as_clusters,
+    batches,
+    channel_max,
+    check_images,
+    check_layers,
+    device_of,
+    members_of,
+)
+from carto_assets.core.attribution.relevance import Relevance, relevance
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER, column_names
 from carto_assets.validate import check_int
 
 #: One class's edges: the ``concept_graph_edges`` table without its ``label``.
 EDGE_COLUMNS = tuple(c for c in column_names("concept_graph_edges") if c != "label")
+
+Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -102,258 +115,238 @@ class InfluenceResult:
         return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
-def _as_clusters(
-    layers: Sequence[str], cluster_of: Mapping[str, Any] | Sequence[Any]
-) -> dict[str, np.ndarray]:
-    if isinstance(cluster_of, Mapping):
-        missing = [name for name in layers if name not in cluster_of]
-        if missing:
-            raise ValueError(f"cluster_of has no entry for layer(s) {missing}")
-        raw = [cluster_of[name] for name in layers]
-    else:
-        raw = list(cluster_of)
-        if len(raw) != len(layers):
-            raise ValueError(f"cluster_of has {len(raw)} entries for {len(layers)} layers")
-    out = {}
-    for name, arr in zip(layers, raw):
-        a = np.asarray(arr)
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(
-                f"cluster_of[{name!r}] must be a 1-D integer array (channel -> cluster id), "
-                f"got shape {a.shape} dtype {a.dtype}"
-            )
-        out[name] = a.astype(np.int64)
-    return out
+@dataclass(frozen=True)
+class Carry:
+    """Which upper cluster each image carries in each edge pass, per upper layer.
 
-
-def _check_layers(
-    model: nn.Module, layers: Sequence[str], features: Mapping[str, FeatureSpec]
-) -> list[str]:
-    """The captured modules among ``layers`` (all but the feature layers), checked."""
-    if isinstance(layers, str) or len(layers) == 0:
-        raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers contain duplicates: {list(layers)}")
-    stray = sorted(set(features) - set(layers))
-    if stray:
-        raise ValueError(f"features name layer(s) {stray} that are not in layers {list(layers)}")
-    modules = [name for name in layers if name not in features]
-    check_features(features, modules)
-    find_modules(model, modules)
-    return modules
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-    if images.shape[0] == 0:
-        raise ValueError("images is empty: a class needs at least one image")
-
-
-def _channel_max(out: torch.Tensor) -> torch.Tensor:
-    """(B, C) spatial maximum per channel (differentiable; the gradient goes to the argmax)."""
-    return spatial_max(out)[0]
-
-
-def _channel_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over space: (B, C, H, W) / (B, T, C) / (B, C) -> (B, C)."""
-    if t.ndim == 4:
-        return t.sum(dim=(2, 3))
-    if t.ndim == 3:
-        return t.sum(dim=1)
-    return t
-
-
-def _channels(out: torch.Tensor) -> int:
-    return int(out.shape[2] if out.ndim == 3 else out.shape[1])
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits"):
-        logits = output.logits
-    elif isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        logits = output[0]
-    else:
-        raise ValueError(f"the model returned {type(output).__name__}, not logits")
-    if logits.ndim != 2:
-        raise ValueError(f"the model's logits have shape {tuple(logits.shape)}, not (B, classes)")
-    return logits
-
-
-def _checked_output(name: str, output: object) -> torch.Tensor:
-    """A captured layer's output, kept as it is (in the graph) once its shape is checked."""
-    if not isinstance(output, torch.Tensor) or output.ndim not in (2, 3, 4):
-        kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(
-            f"layer {name!r} outputs {kind}; expected a (B, C, H, W), (B, T, C) or (B, C) tensor"
-        )
-    return output
-
-
-def _graph_start(name: str, output: object) -> torch.Tensor:
-    """:func:`_checked_output`, and where the output is not yet in a graph, the start of one.
-
-    With the parameters frozen and the images not requiring grad, nothing below the first
-    captured layer is recorded: its output becomes a leaf and the graph starts there. A later
-    layer that does not depend on an earlier captured one (a parallel branch) starts its own.
-    Gradients with respect to the captured outputs are the same as through a graph from the
-    images; only the stem's saved tensors, which no edge needs, are never kept.
-    """
-    output = _checked_output(name, output)
-    if not output.requires_grad and output.is_floating_point():
-        output.requires_grad_(True)
-    return output
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Parameters not requiring grad while the block runs (restored after).
-
-    Edges need gradients with respect to layer outputs only; a parameter requiring grad makes
-    every operation keep its inputs for a weight gradient no one takes.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _handed_on(
-    ablate: tuple[str, np.ndarray] | None,
-    features: Mapping[str, FeatureSpec],
-    maps: dict[str, torch.Tensor],
-) -> Callable[[str, torch.Tensor], torch.Tensor]:
-    """The output the rest of the network gets: a copy, with ``ablate``'s channels zeroed (or,
-    when ``ablate`` names a feature layer, its features' decoder contribution subtracted).
-
-    The copy means in-place ops downstream (ReLU(inplace)) cannot alter the kept tensor, and
-    the gradient still reaches the kept tensor through it. The feature maps of the layer are
-    stored in ``maps`` right away, before anything downstream runs: from the kept output (in
-    its graph), or in an ablation pass from the copy, i.e. what the network goes on with.
+    ``targets[upper]`` maps a cluster id to its member units; ``passes[upper]`` is a
+    (passes, images) int array of cluster ids, -1 where the image carries none of that layer's
+    clusters in that pass. Every layer has the same number of passes.
     """
 
-    def edit(name: str, output: torch.Tensor) -> torch.Tensor:
-        copy = output.clone()
-        if ablate is not None and ablate[0] == name:
-            idx = torch.as_tensor(ablate[1], dtype=torch.long, device=output.device)
-            if output.ndim == 3:
-                copy[:, :, idx] = 0
+    targets: dict[str, dict[int, np.ndarray]]
+    passes: dict[str, np.ndarray]
+
+    @property
+    def n_passes(self) -> int:
+        return max((int(p.shape[0]) for p in self.passes.values()), default=0)
+
+    @classmethod
+    def every(cls, targets: Mapping[str, Mapping[int, np.ndarray]], n_images: int) -> Carry:
+        """Every image carries every cluster: one pass per cluster of the widest layer."""
+        n = max((len(t) for t in targets.values()), default=0)
+        passes = {}
+        for upper, clusters in targets.items():
+            ids = np.full(n, -1, dtype=np.int64)
+            ids[: len(clusters)] = sorted(clusters)
+            passes[upper] = np.repeat(ids[:, None], n_images, axis=1)
+        return cls({u: dict(t) for u, t in targets.items()}, passes)
+
+    @classmethod
+    def split(
+        cls,
+        targets: Mapping[str, Mapping[int, np.ndarray]],
+        n_images: int,
+        images_per_target: int | Mapping[str, int] | None = None,
+        seed: int = 0,
+    ) -> Carry:
+        """Each cluster of layer U carried by ``images_per_target`` images (at most all of
+        them; per layer, or one number for all; None: ``images // clusters of U``, at least
+        1, so that U's clusters share one pass), in ``ceil(clusters x images_per_target /
+        images)`` passes. Images are taken in a seeded order, each cluster by different images
+        where there are enough; a layer's assignment depends on its own clusters only."""
+        order = np.random.default_rng(seed).permutation(n_images)
+        passes = {}
+        for upper, clusters in targets.items():
+            if images_per_target is None:
+                m = max(1, n_images // max(1, len(clusters)))
+            elif isinstance(images_per_target, Mapping):
+                m = images_per_target[upper]
             else:
-                copy[:, idx] = 0
-        elif ablate is not None and ablate[0] in features:
-            spec = features[ablate[0]]
-            if spec.source == name:
-                spec.check(ablate[0], output)
-                copy = copy - spec.decoded(spec.maps(output), ablate[1])
-        for feature, spec in features.items():
-            if spec.source == name:
-                spec.check(feature, output)
-                maps[feature] = spec.maps(output if ablate is None else copy)
-        return copy
+                m = images_per_target
+            check_int("images_per_target", m, minimum=1)
+            m = min(m, n_images)
+            n_passes = -(-len(clusters) * m // max(n_images, 1))
+            grid = np.full((n_passes, n_images), -1, dtype=np.int64)
+            # Slot s of the (pass, image) grid, filled image-major in the seeded order: cluster
+            # k takes the slots k*m .. k*m+m-1, so no image carries one cluster twice.
+            for k, cluster in enumerate(sorted(clusters)):
+                for s in range(k * m, k * m + m):
+                    grid[s // n_images, order[s % n_images]] = cluster
+            passes[upper] = grid
+        return cls({u: dict(t) for u, t in targets.items()}, passes)
 
-    return edit
-
-
-def _run(
-    model: nn.Module,
-    layers: Sequence[str],
-    clusters: Mapping[str, np.ndarray],
-    x: torch.Tensor,
-    ablate: tuple[str, np.ndarray] | None = None,
-    features: Mapping[str, FeatureSpec] | None = None,
-    keep: Callable[[str, object], torch.Tensor] = _checked_output,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward pass: the captured outputs, the feature maps and the logits, validated."""
-    features = features or {}
-    modules = [name for name in layers if name not in features]
-    maps: dict[str, torch.Tensor] = {}
-    edit = _handed_on(ablate, features, maps)
-    with capture(model, modules, keep=keep, edit=edit) as outputs:
-        logits = _logits(model(x))
-    missing = [n for n in modules if n not in outputs]
-    if missing:
-        raise ValueError(f"layer(s) {missing} did not run in the forward pass")
-    shared = [n for n in modules if outputs.calls[n] != 1]
-    if shared:
-        raise ValueError(
-            f"layer(s) {shared} run more than once per forward pass (shared modules); "
-            "pick modules that run once"
-        )
-    if list(outputs) != modules:
-        raise ValueError(
-            f"layers must be given in forward order; the forward pass completes them as "
-            f"{list(outputs)}"
-        )
-    units = {**outputs, **maps}
-    for name in layers:
-        c = _channels(units[name])
-        if len(clusters[name]) != c:
-            kind = "features" if name in features else "channels"
-            raise ValueError(
-                f"cluster_of[{name!r}] has {len(clusters[name])} entries but the layer has "
-                f"{c} {kind}"
-            )
-    return units, logits
+    def carriers(self, upper: str, cluster: int) -> np.ndarray:
+        """The images that carried ``cluster`` of ``upper`` (ascending; an image once)."""
+        return np.unique(np.nonzero(self.passes[upper] == cluster)[1])
 
 
-def _members(ids: np.ndarray) -> dict[int, np.ndarray]:
-    """Cluster id -> member channels, ids ascending; negative ids mean 'no cluster'."""
-    return {int(c): np.flatnonzero(ids == c) for c in np.unique(ids) if c >= 0}
+@dataclass
+class EdgeSums:
+    """Per layer pair and target cluster, each lower unit's contribution summed over the
+    images that carried the target, and how many images that was."""
 
+    sums: dict[Pair, dict[int, np.ndarray]] = field(default_factory=dict)
+    counts: dict[Pair, dict[int, int]] = field(default_factory=dict)
+    independent: set[Pair] = field(default_factory=set)
+    nonzero: set[Pair] = field(default_factory=set)
 
-def _chunks(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    for lo in range(0, images.shape[0], batch_size):
-        yield images[lo : lo + batch_size]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    def add(self, pair: Pair, target: int, contribution: np.ndarray, n: int) -> None:
+        if n == 0:
+            return
+        sums = self.sums.setdefault(pair, {})
+        counts = self.counts.setdefault(pair, {})
+        sums[target] = contribution if target not in sums else sums[target] + contribution
+        counts[target] = counts.get(target, 0) + n
+        if np.any(contribution != 0):
+            self.nonzero.add(pair)
 
 
 def _objective_grads(
-    objectives: Mapping[int, torch.Tensor], low: torch.Tensor, *, batched: bool
+    objectives: list[torch.Tensor], low: torch.Tensor, *, batched: bool
 ) -> list[torch.Tensor] | None:
-    """d(objective.sum()) / d(low) for every objective; None when ``low`` is not upstream.
+    """d(objective) / d(low) for every (scalar) objective; None when ``low`` is not upstream.
 
     The batched path runs one backward pass for all objectives (a vmap over the
     vector-Jacobian product with the identity's rows), cutting the per-pass Python and
     dispatch overhead; the loop is the reference.
     """
-    totals = [objective.sum() for objective in objectives.values()]
-    if not low.requires_grad or not all(total.requires_grad for total in totals):
+    if not low.requires_grad or not all(o.requires_grad for o in objectives):
         return None  # no graph joins them (e.g. the objective is computed before ``low``)
-    if batched and len(totals) > 1:
+    if batched and len(objectives) > 1:
         try:
             with warnings.catch_warnings():
                 # vmap warns when an op falls back to a slow per-row loop; still correct.
                 warnings.simplefilter("ignore", UserWarning)
                 (grads,) = torch.autograd.grad(
-                    torch.stack(totals),
+                    torch.stack(objectives),
                     low,
-                    grad_outputs=torch.eye(len(totals), dtype=low.dtype, device=low.device),
+                    grad_outputs=torch.eye(len(objectives), dtype=low.dtype, device=low.device),
                     retain_graph=True,
                     allow_unused=True,
                     is_grads_batched=True,
                 )
         except RuntimeError:
-            grads = None
-            batched = False
+            pass  # an operation without a batching rule: the loop below
         else:
             return None if grads is None else list(grads.unbind(0))
     out = []
-    for total in totals:
-        (grad,) = torch.autograd.grad(total, low, retain_graph=True, allow_unused=True)
+    for objective in objectives:
+        (grad,) = torch.autograd.grad(objective, low, retain_graph=True, allow_unused=True)
         if grad is None:
             return None
         out.append(grad)
     return out
+
+
+def edge_sums(
+    fwd: RetainedForward,
+    pairs: Sequence[Pair],
+    carry: Carry,
+    *,
+    batched_backward: bool | None = None,
+    into: EdgeSums | None = None,
+) -> EdgeSums:
+    """The backward passes of the edges between unit layers (pairs into :data:`PREDICTION`
+    are skipped: they come from :func:`prediction_sums`).
+
+    In pass p, image i's objective at upper layer U is the sum of the spatial maxima of the
+    members of cluster ``carry.passes[U][p, i]``; one backward pass per (captured output the
+    lower layers are read at, upper layer) and pass gives each image's gradient for its own
+    objective. Pairs reading the same captured output into the same upper layer (a channel
+    layer and its features) share the pass.
+    """
+    out = into if into is not None else EdgeSums()
+    if batched_backward is None:
+        batched_backward = fwd.logits.device.type != "cpu"
+    groups: dict[Pair, list[Pair]] = {}
+    for lower, upper in pairs:
+        if upper != PREDICTION:
+            groups.setdefault((fwd.source(lower), upper), []).append((lower, upper))
+    maxes = {upper: channel_max(fwd.outputs[upper]) for _, upper in groups}
+    for (at, upper), group in groups.items():
+        todo = [pair for pair in group if pair not in out.independent]
+        grid = carry.passes.get(upper)
+        if not todo or grid is None:
+            continue
+        members = carry.targets[upper]
+        objectives, slots = [], []
+        for row in grid:
+            mask = torch.zeros_like(maxes[upper])
+            for cluster in np.unique(row[row >= 0]):
+                images = torch.as_tensor(np.flatnonzero(row == cluster), device=mask.device)
+                units = torch.as_tensor(members[int(cluster)], device=mask.device)
+                mask[images[:, None], units[None, :]] = 1.0
+            if bool(mask.any()):
+                objectives.append((maxes[upper] * mask).sum())
+                slots.append(row)
+        if not objectives:
+            continue
+        grads = _objective_grads(objectives, fwd.outputs[at], batched=batched_backward)
+        if grads is None:
+            out.independent.update(todo)
+            continue
+        for row, grad in zip(slots, grads):
+            for pair in todo:
+                per_image = fwd.contribution(pair[0], grad).cpu().numpy()
+                for cluster in np.unique(row[row >= 0]):
+                    images = row == cluster
+                    out.add(pair, int(cluster), per_image[images].sum(axis=0), int(images.sum()))
+    return out
+
+
+def prediction_sums(
+    rel: Relevance, pairs: Sequence[Pair], into: EdgeSums | None = None
+) -> EdgeSums:
+    """The pairs into :data:`PREDICTION`, from the relevance pass: a lower unit's contribution
+    to the class logit is its relevance."""
+    out = into if into is not None else EdgeSums()
+    for lower, upper in pairs:
+        if upper != PREDICTION:
+            continue
+        if lower in rel.independent:
+            out.independent.add((lower, upper))
+            continue
+        units = rel.units[lower]
+        out.add((lower, upper), PREDICTION_CLUSTER, units.sum(axis=0), units.shape[0])
+    return out
+
+
+def edge_table(
+    clusters: Mapping[str, np.ndarray],
+    pairs: Sequence[Pair],
+    sums: EdgeSums,
+    *,
+    keep_nonpositive: bool = False,
+) -> tuple[dict[str, np.ndarray], tuple[Pair, ...]]:
+    """Edge columns (ordered by pair, target cluster, source cluster) and the pairs with no
+    dependency: each source cluster's members' contributions summed, over the images that
+    carried the target, clipped at 0 for ``weight``."""
+    cols: dict[str, list] = {k: [] for k in EDGE_COLUMNS}
+    no_dependency = []
+    for pair in pairs:
+        lower, upper = pair
+        if pair in sums.independent or pair not in sums.nonzero:
+            no_dependency.append(pair)
+            continue
+        src = members_of(clusters[lower])
+        src_ids = np.array(sorted(src), dtype=np.int64)
+        for target in sorted(sums.sums.get(pair, {})):
+            per_unit = sums.sums[pair][target] / sums.counts[pair][target]
+            signed = np.array([per_unit[src[a]].sum() for a in src_ids], dtype=np.float64)
+            weight = np.clip(signed, 0.0, None)
+            total = weight.sum()
+            share = weight / total if total > 0 else np.zeros_like(weight)
+            keep = np.ones(len(src_ids), bool) if keep_nonpositive else weight > 0
+            k = int(keep.sum())
+            cols["source_layer"].extend([lower] * k)
+            cols["source_cluster"].extend(src_ids[keep].tolist())
+            cols["target_layer"].extend([upper] * k)
+            cols["target_cluster"].extend([target] * k)
+            cols["weight"].extend(weight[keep].tolist())
+            cols["signed_weight"].extend(signed[keep].tolist())
+            cols["share"].extend(share[keep].tolist())
+    return _edge_arrays(cols), tuple(no_dependency)
 
 
 def influence_edges(
@@ -371,7 +364,8 @@ def influence_edges(
     batch_size: int = 32,
     batched_backward: bool | None = None,
 ) -> InfluenceResult:
-    """Gradient x activation influence between clusters of captured (or feature) layers.
+    """Gradient x activation influence between clusters of captured (or feature) layers, every
+    edge measured on every image (one pass per upper cluster).
 
     Parameters
     ----------
@@ -422,15 +416,42 @@ def influence_edges(
     """
     start = time.perf_counter()
     features = dict(features or {})
-    modules = _check_layers(model, layers, features)
-    clusters = _as_clusters(layers, cluster_of)
-    _check_images(images)
+    modules = check_layers(model, layers, features)
+    clusters = as_clusters(layers, cluster_of)
+    check_images(images)
     check_int("batch_size", batch_size, minimum=1)
     pairs = layer_pairs(layers, modules, features, pairs, include_prediction)
+    targets = upper_targets(clusters, pairs, upper_clusters)
+    sums = EdgeSums()
+    device = device_of(model)
+    for chunk in batches(images, batch_size):
+        fwd = RetainedForward.run(model, layers, clusters, chunk.to(device), features)
+        if any(upper == PREDICTION for _, upper in pairs):
+            prediction_sums(relevance(fwd, class_index), pairs, into=sums)
+        carry = Carry.every(targets, fwd.n_images)
+        edge_sums(fwd, pairs, carry, batched_backward=batched_backward, into=sums)
+        del fwd
+    edges, no_dependency = edge_table(clusters, pairs, sums, keep_nonpositive=keep_nonpositive)
+    return InfluenceResult(
+        edges=edges,
+        no_dependency=no_dependency,
+        class_index=int(class_index),
+        n_images=int(images.shape[0]),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def upper_targets(
+    clusters: Mapping[str, np.ndarray],
+    pairs: Sequence[Pair],
+    upper_clusters: Mapping[str, Sequence[int]] | None,
+) -> dict[str, dict[int, np.ndarray]]:
+    """Per upper layer of ``pairs``, the clusters to compute incoming edges for (all of the
+    layer's unless ``upper_clusters`` names some) and their members, checked."""
     uppers = list(dict.fromkeys(upper for _, upper in pairs if upper != PREDICTION))
     targets: dict[str, dict[int, np.ndarray]] = {}
     for upper in uppers:
-        members = _members(clusters[upper])
+        members = members_of(clusters[upper])
         wanted = None if upper_clusters is None else upper_clusters.get(upper)
         if wanted is not None:
             unknown = sorted(set(int(c) for c in wanted) - set(members))
@@ -448,110 +469,7 @@ def influence_edges(
                 f"upper_clusters names layer(s) {stray} that are not upper layers; the upper "
                 f"layers are {uppers}"
             )
-
-    predicting = any(upper == PREDICTION for _, upper in pairs)
-    # Pairs that differentiate the same objective at the same captured output (a channel
-    # layer and the features read from it, into one upper layer) share one backward pass.
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for lower, upper in pairs:
-        at = features[lower].source if lower in features else lower
-        groups.setdefault((at, upper), []).append((lower, upper))
-    # (pair, target cluster) -> per-unit contribution summed over images.
-    sums: dict[tuple[str, str], dict[int, torch.Tensor]] = {p: {} for p in pairs}
-    independent: set[tuple[str, str]] = set()
-    nonzero: set[tuple[str, str]] = set()
-    n_images = 0
-    device = _device(model)
-    if batched_backward is None:
-        batched_backward = device.type != "cpu"
-    was_training = model.training
-    model.eval()
-    try:
-        for chunk in _chunks(images, batch_size):
-            # The graph starts at the captured layers (see _graph_start): the memory is one
-            # chunk's graph above the first captured layer, without weight-gradient inputs.
-            with torch.enable_grad(), _frozen(model):
-                outputs, logits = _run(
-                    model, layers, clusters, chunk.to(device), features=features, keep=_graph_start
-                )
-                if predicting and not 0 <= class_index < logits.shape[1]:
-                    raise ValueError(
-                        f"class_index {class_index} is outside the model's {logits.shape[1]} logits"
-                    )
-                maxes = {name: _channel_max(outputs[name]) for name in uppers}
-                for (at, upper), group in groups.items():
-                    todo = [pair for pair in group if pair not in independent]
-                    if not todo:
-                        continue
-                    objectives = (
-                        {PREDICTION_CLUSTER: logits[:, class_index]}
-                        if upper == PREDICTION
-                        else {b: maxes[upper][:, m].sum(dim=1) for b, m in targets[upper].items()}
-                    )
-                    grads = _objective_grads(objectives, outputs[at], batched=batched_backward)
-                    if grads is None:
-                        independent.update(todo)
-                        continue
-                    for pair in todo:
-                        for b, grad in zip(objectives, grads):
-                            contrib = _contribution(pair[0], grad, outputs, features)
-                            if bool((contrib != 0).any()):
-                                nonzero.add(pair)
-                            acc = sums[pair].get(b)
-                            sums[pair][b] = contrib if acc is None else acc + contrib
-            n_images += chunk.shape[0]
-            del outputs, logits, maxes
-    finally:
-        model.train(was_training)
-
-    cols: dict[str, list] = {k: [] for k in EDGE_COLUMNS}
-    no_dependency = []
-    for pair in pairs:
-        lower, upper = pair
-        if pair in independent or pair not in nonzero:
-            no_dependency.append(pair)
-            continue
-        src = _members(clusters[lower])
-        src_ids = np.array(sorted(src), dtype=np.int64)
-        for b, acc in sums[pair].items():
-            per_channel = acc.cpu().numpy() / n_images
-            signed = np.array([per_channel[src[a]].sum() for a in src_ids], dtype=np.float64)
-            weight = np.clip(signed, 0.0, None)
-            total = weight.sum()
-            share = weight / total if total > 0 else np.zeros_like(weight)
-            keep = np.ones(len(src_ids), bool) if keep_nonpositive else weight > 0
-            k = int(keep.sum())
-            cols["source_layer"].extend([lower] * k)
-            cols["source_cluster"].extend(src_ids[keep].tolist())
-            cols["target_layer"].extend([upper] * k)
-            cols["target_cluster"].extend([b] * k)
-            cols["weight"].extend(weight[keep].tolist())
-            cols["signed_weight"].extend(signed[keep].tolist())
-            cols["share"].extend(share[keep].tolist())
-    edges = _edge_arrays(cols)
-    return InfluenceResult(
-        edges=edges,
-        no_dependency=tuple(no_dependency),
-        class_index=int(class_index),
-        n_images=n_images,
-        seconds=time.perf_counter() - start,
-    )
-
-
-def _contribution(
-    lower: str,
-    grad: torch.Tensor,
-    outputs: Mapping[str, torch.Tensor],
-    features: Mapping[str, FeatureSpec],
-) -> torch.Tensor:
-    """Gradient x activation per unit of ``lower``, summed over space and images: (C,) float64.
-
-    ``grad`` is the objective's gradient at the captured output ``lower`` is read from; for a
-    feature layer it is projected onto the features (``W_dec^T grad``) first.
-    """
-    if lower in features:
-        grad = features[lower].project(grad)
-    return _channel_sum(grad * outputs[lower].detach()).double().sum(dim=0)
+    return targets
 
 
 def _edge_arrays(cols: Mapping[str, Sequence]) -> dict[str, np.ndarray]:

@@ -1,0 +1,239 @@
+"""``carto explain IMAGE``: which of the study's mapped concepts drove one image's prediction.
+
+Any image file, not only the study's: the study's prepared model and its stored concepts
+(clusters, their labels and patches) are reused, nothing is re-run. Prints the prediction, then
+per layer the most relevant concepts with their share of the layer's relevance, label and
+cluster id, and the completeness gap; ``--html OUT`` writes a small offline page with the
+image, its concept atlas (the dominant concept of each region at a layer) and a legend of the
+concepts' labels and patches. Registered in :func:`carto_assets.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: the tables the command reads from the study's database
+NEEDED = ("neurons", "neuron_clusters", "clusters", "example_patches")
+
+
+class ExplainError(Exception):
+    """What the user must fix, in one line."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explain", help="which mapped concepts drove one image's prediction")
+    p.add_argument("image", help="an image file (any format PIL reads), of the study's size")
+    p.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    p.add_argument("--html", type=Path, help="also write a page with the concept atlas here")
+    p.add_argument("--top", type=int, default=3, help="concepts shown per layer (default 3)")
+    p.add_argument("--layer", help="the atlas's layer (default: the last mapped layer of channels)")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from carto_assets.study import StudyError, load_study
+
+    try:
+        study = load_study(args.study or os.environ.get("CARTO_STUDY") or None)
+    except StudyError as exc:
+        print(f"carto: invalid study: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.top < 1:
+            raise ExplainError(f"--top must be >= 1, got {args.top}")
+        report = explain_file(study, Path(args.image), args.top, args.layer)
+    except ExplainError as exc:
+        print(f"carto: {exc}", file=sys.stderr)
+        return 2
+    print(report.text())
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(report.html(), encoding="utf-8")
+        print(f"Page:     {args.html}")
+    return 0
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """The file as uint8 (size, size, 3); :class:`ExplainError` for a missing or unreadable
+    file or one of another size."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ExplainError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            pixels = np.array(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ExplainError(f"{path}: not an image PIL can read ({type(exc).__name__})") from None
+    if pixels.shape[:2] != (size, size):
+        h, w = pixels.shape[:2]
+        raise ExplainError(
+            f"{path} is {w}x{h} px; the study's model takes {size}x{size} images "
+            "(dataset.image_size): resize or crop it first"
+        )
+    return pixels
+
+
+class Report:
+    """One image's explanation: what the text and the page show."""
+
+    def __init__(self, path, pixels, prediction, layers, atlas, legend):
+        self.path, self.pixels, self.prediction = path, pixels, prediction
+        self.layers, self.atlas, self.legend = layers, atlas, legend
+
+    def text(self) -> str:
+        p = self.prediction
+        lines = [f"{self.path}: {p['name']} (logit {p['logit']:.3f}, probability {p['p']:.2f})"]
+        for layer in self.layers:
+            lines.append(
+                f"  {layer['layer']}: relevance {layer['total']:.3f} of the logit "
+                f"(gap {layer['gap']:+.3f})"
+            )
+            for c in layer["concepts"]:
+                lines.append(
+                    f"    {c['share']:+.0%}  cluster {c['cluster_id']}  {c['label'] or '-'}"
+                )
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        from carto_viz.export import explain_page, script_json
+
+        data = {
+            "title": f"{self.path.name}: {self.prediction['name']}",
+            "image": _png_uri(self.pixels),
+            "atlas": self.atlas,
+            "legend": self.legend,
+            "layers": self.layers,
+        }
+        return explain_page(script_json(data))
+
+
+def _png_uri(pixels: np.ndarray) -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def explain_file(study, path: Path, top: int, atlas_layer: str | None) -> Report:
+    """Explain the image at ``path`` with ``study``'s model and stored concepts."""
+    import torch
+
+    from carto_assets.core.attribution import explain as core
+    from carto_assets.core.attribution.forward import RetainedForward
+    from carto_assets.core.attribution.relevance import relevance
+    from carto_assets.sources.datasets import study_image_size
+    from carto_assets.stages.features import feature_layers
+    from carto_assets.stages.graph import model_once, read_units
+    from carto_assets.stages.manifest import load_manifest
+    from carto_assets.storage import CartoStore
+
+    size = study_image_size(study)
+    pixels = read_image(path, size)  # a bad file is named before the study is opened
+    database = study.database_path
+    store = CartoStore(database)
+    if not database.is_file():
+        raise ExplainError(
+            f"study {study.name!r} has not been run (no database at {database}); run "
+            "`carto run` first"
+        )
+    missing = [t for t in NEEDED if not store.table_exists(t)]
+    if missing:
+        raise ExplainError(
+            f"study {study.name!r} has not been run (no {', '.join(missing)} in {database}); "
+            "run `carto run` first"
+        )
+    try:
+        _, class_names = load_manifest(study)
+        bundle, layers, _ = model_once(study)
+        features = feature_layers(study)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ExplainError(
+            f"study {study.name!r} has not been run: {exc}; run `carto run` first"
+        ) from None
+    units = read_units(store, [i.name for i in layers], features)
+    x = bundle.normalize(torch.from_numpy(pixels[None]))
+    fwd = RetainedForward.run(bundle.module, units.layers, units.cluster_of, x, units.features)
+    logits = fwd.logits.detach().double()[0]
+    predicted = int(logits.argmax())
+    rel = relevance(fwd, predicted, keep_grads=True)
+    labels = dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
+    matches = logits.shape[0] == len(class_names)
+    prediction = {
+        "index": predicted,
+        "name": class_names[predicted] if matches else f"output {predicted}",
+        "logit": float(logits[predicted]),
+        "p": float(torch.softmax(logits, 0)[predicted]),
+    }
+    report_layers, concept_maps = [], {}
+    for layer in units.layers:
+        concepts = core.layer_concepts(rel.units[layer], units.cluster_of[layer])
+        order = core.top_concepts(concepts.share, top)[0]
+        report_layers.append(
+            {
+                "layer": layer,
+                "total": float(concepts.total[0]),
+                "gap": float(rel.logits[0] - concepts.total[0]),
+                "concepts": [
+                    {
+                        "cluster_id": int(concepts.clusters[j]),
+                        "share": float(concepts.share[0, j]),
+                        "label": labels.get(int(concepts.clusters[j]), ""),
+                    }
+                    for j in order
+                ],
+            }
+        )
+        concept_maps[layer] = (concepts, order)
+    channel_layers = [n for n in units.layers if n not in units.features]
+    chosen = atlas_layer or channel_layers[-1]
+    if chosen not in concept_maps:
+        raise ExplainError(f"--layer {chosen!r} is not a mapped layer; valid: {units.layers}")
+    concepts, order = concept_maps[chosen]
+    members = core.members_list(units.cluster_of[chosen], concepts.clusters[order])
+    maps = core.concept_maps(fwd, rel, chosen, members)[0]
+    cells = core.dominant(maps)
+    patches = _patches(store, units, chosen, concepts.clusters[order])
+    atlas = {"layer": chosen, "cells": cells.tolist()}
+    legend = [
+        {
+            "index": k,
+            "cluster_id": int(concepts.clusters[j]),
+            "label": labels.get(int(concepts.clusters[j]), ""),
+            "share": float(concepts.share[0, j]),
+            "patch": patches.get(int(concepts.clusters[j])),
+        }
+        for k, j in enumerate(order)
+    ]
+    return Report(path, pixels, prediction, report_layers, atlas, legend)
+
+
+def _patches(store, units, layer: str, clusters) -> dict[int, str]:
+    """Each cluster's picture: its first member's strongest patch, as a data URI."""
+    wanted = {int(c) for c in clusters}
+    first = {}
+    for unit, cluster in enumerate(units.cluster_of[layer]):
+        if int(cluster) in wanted and int(cluster) not in first:
+            first[int(cluster)] = int(units.neuron_of[layer][unit])
+    if not first:
+        return {}
+    ids = ", ".join(str(n) for n in first.values())
+    rows = store.query(
+        f"SELECT neuron_id, png FROM example_patches WHERE rank = 1 AND neuron_id IN ({ids})"
+    )
+    png = dict(rows.iter_rows())
+    return {
+        c: "data:image/png;base64," + base64.b64encode(png[n]).decode("ascii")
+        for c, n in first.items()
+        if n in png
+    }
