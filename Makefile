@@ -68,9 +68,9 @@ test: install $(VENV)/.chromium $(VENV)/.servers
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tier, for the edit-test loop: everything but the `slow` (whole-graph, cluster, CLI
-# end-to-end) and `browser` tests. `make test` still runs everything.
+# end-to-end) and `browser` tests, on the same workers. `make test` still runs everything.
 test-fast: install
-	$(VENV)/bin/python -m pytest -q -m "not slow and not browser"
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not browser"
 
 # `dg dev` (what Dagster 1.13 recommends over `dagster dev`) in the activated environment.
 UI_PORT ?= 3000

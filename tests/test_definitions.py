@@ -56,6 +56,7 @@ def test_invalid_study_fails_when_definitions_load(tmp_path):
         build_definitions(str(bad))
 
 
+@pytest.mark.slow  # a Dagster CLI process loading the workspace: about 10 s
 def test_dagster_definitions_validate_cli():
     env = {**os.environ, "DAGSTER_HOME": str(ROOT / ".dagster-test")}
     env.pop("CARTO_STUDY", None)
@@ -72,6 +73,7 @@ def test_dagster_definitions_validate_cli():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow  # a dg CLI process: about 5 s
 def test_dg_check_defs():
     exe = Path(sys.executable).parent / "dg"
     if not exe.exists():

@@ -66,7 +66,7 @@ def _planted(n: int, d: int, m: int, k: int, seed: int):
 
 
 def test_sae_recovers_a_planted_dictionary():
-    x, atoms = _planted(n=8000, d=24, m=48, k=3, seed=1)
+    x, atoms = _planted(n=4000, d=24, m=48, k=3, seed=1)
     sae, report = train_sae(
         x, n_features=96, k=3, epochs=30, batch_size=512, learning_rate=1e-2, seed=0
     )
