@@ -21,7 +21,6 @@ seeded images, edge images and samples), so any chunking gives the same tables.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from pydantic import BaseModel, ConfigDict
 from scipy.stats import spearmanr
 
 from carto_assets import atomic, schema
@@ -483,6 +483,23 @@ def _relevance_rows(units: Units, rel) -> pl.DataFrame:
 
 
 # ---- chunk files ----------------------------------------------------------------------------
+class ChunkSummary(BaseModel):
+    """A chunk's ``summary.json``: :class:`GraphChunk`'s fields that are not tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    labels: list[int]
+    no_dependency: list[tuple[str, str]]
+    prediction_edges: bool
+    relevance_target: str
+    n_classes_computed: int
+    seconds: float
+    steps: dict[str, float] = {}
+    restarted: bool = True
+    other_images: int = 0
+
+
 def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     """One chunk's tables as Parquet under ``concept_graph/<key>/``, ``summary.json`` last
     (the activation shards' convention: a chunk with a summary is complete)."""
@@ -495,19 +512,19 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
         write_parquet_atomic(frame, out / f"{name}.parquet")
     for name in set(EXPLANATION_TABLES) - set(chunk.explanations):
         (out / f"{name}.parquet").unlink(missing_ok=True)  # explanations turned off
-    summary = {
-        "key": key,
-        "labels": chunk.labels,
-        "no_dependency": [list(p) for p in chunk.no_dependency],
-        "prediction_edges": chunk.prediction_edges,
-        "relevance_target": chunk.relevance_target,
-        "n_classes_computed": chunk.n_classes_computed,
-        "seconds": chunk.seconds,
-        "steps": chunk.steps,
-        "restarted": chunk.restarted,
-        "other_images": chunk.other_images,
-    }
-    atomic.write_text(out / "summary.json", json.dumps(summary))
+    summary = ChunkSummary(
+        key=key,
+        labels=chunk.labels,
+        no_dependency=chunk.no_dependency,
+        prediction_edges=chunk.prediction_edges,
+        relevance_target=chunk.relevance_target,
+        n_classes_computed=chunk.n_classes_computed,
+        seconds=chunk.seconds,
+        steps=chunk.steps,
+        restarted=chunk.restarted,
+        other_images=chunk.other_images,
+    )
+    atomic.write_text(out / "summary.json", summary.model_dump_json())
     return out
 
 
@@ -518,7 +535,7 @@ def read_graph_chunk(study: Study, key: str) -> GraphChunk:
             f"class chunk {key} has no results under {out}; materialize the "
             f"concept_graph_chunk partition {key} first"
         )
-    summary = json.loads((out / "summary.json").read_text())
+    summary = ChunkSummary.model_validate_json((out / "summary.json").read_text())
     missing = [n for n in _CHUNK_TABLES if not (out / f"{n}.parquet").is_file()]
     if missing:
         raise FileNotFoundError(
@@ -526,21 +543,13 @@ def read_graph_chunk(study: Study, key: str) -> GraphChunk:
             f"re-materialize the concept_graph_chunk partition {key}"
         )
     return GraphChunk(
-        labels=summary["labels"],
+        **summary.model_dump(exclude={"key"}),
         **{name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES},
-        no_dependency=[tuple(p) for p in summary["no_dependency"]],
-        prediction_edges=summary["prediction_edges"],
-        relevance_target=summary["relevance_target"],
-        n_classes_computed=summary["n_classes_computed"],
-        seconds=summary["seconds"],
-        steps=summary["steps"],
-        restarted=summary["restarted"],
         explanations={
             name: pl.read_parquet(out / f"{name}.parquet")
             for name in EXPLANATION_TABLES
             if (out / f"{name}.parquet").is_file()
         },
-        other_images=summary.get("other_images", 0),
     )
 
 

@@ -195,6 +195,8 @@ def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(se
     graph.write_graph_chunk(study, "0", mixed)
     again = graph.read_graph_chunk(study, "0")
     assert again.edges.equals(mixed.edges) and again.cascades.equals(mixed.cascades)
+    fields = set(graph.ChunkSummary.model_fields) - {"key"}
+    assert {f: getattr(again, f) for f in fields} == {f: getattr(mixed, f) for f in fields}
     merged = graph.merge_graph_chunks(study, store, [again])
     assert MID_F in set(merged.nodes["layer"]) and MID_F in set(merged.edges["target_layer"])
     assert merged.edges.columns == schema.column_names("concept_graph_edges")
