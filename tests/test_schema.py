@@ -1,4 +1,4 @@
-"""carto_assets/schema.py: the one declaration of every table, and what it feeds."""
+"""carto_assets/schema/: the one declaration of every table, and what it feeds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The database a study writes holds exactly the tables and columns carto_assets/schema.py
+"""The database a study writes holds exactly the tables and columns carto_assets/schema/
 declares (and docs/schema.md documents, see tests/test_schema.py)."""
 
 import pytest
