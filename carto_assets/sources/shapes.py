@@ -414,9 +414,8 @@ def _signed_area(points: np.ndarray) -> float:
 
 
 def _cross(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (
-        c[..., 0] - a[..., 0]
-    )
+    ab, ac = b - a, c - a
+    return ab[..., 0] * ac[..., 1] - ab[..., 1] * ac[..., 0]
 
 
 def _is_valid_hole(hole: np.ndarray | None, outer: np.ndarray) -> bool:
