@@ -40,14 +40,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from carto_assets.core.sae.layer import feature_layer_name
 from carto_assets.run import materialize_all
 from carto_assets.stages import clustering as clustering_stage
 from carto_assets.stages.activations import shard_summaries
-from carto_assets.stages.features import (
-    FEATURE_SUFFIX,
-    features_vs_channels,
-    prepare_dictionaries,
-)
+from carto_assets.stages.features import features_vs_channels, prepare_dictionaries
 from carto_assets.storage import CartoStore
 from carto_assets.study import DEMO_STUDY, load_study
 
@@ -126,7 +123,7 @@ def main() -> None:
     by_layer = {row["layer"]: row for row in clusters.iter_rows(named=True)}
     print(f"\nmulti-unit clusters, {basis} gain vs random groups of the same sizes and layer:")
     for row in info.layers:
-        for layer in (row["layer"], f"{row['layer']}{FEATURE_SUFFIX}"):
+        for layer in (row["layer"], feature_layer_name(row["layer"])):
             c = by_layer.get(layer)
             if c is None:
                 print(f"  {layer:<18} no multi-unit clusters")

@@ -4,9 +4,10 @@ import dagster as dg
 import polars as pl
 
 from carto_assets.assets._metadata import frame_table
+from carto_assets.core.sae.layer import feature_layer_name
 from carto_assets.quality import Figure
 from carto_assets.resources import StudyResource
-from carto_assets.stages.features import FEATURE_SUFFIX, prepare_dictionaries
+from carto_assets.stages.features import prepare_dictionaries
 
 #: A dictionary that leaves more of its layer's variance unexplained reconstructs it poorly.
 MAX_FVU = 0.2
@@ -18,7 +19,7 @@ def dictionary_figures(layers: list[dict]) -> list[Figure]:
     """Per feature pseudo-layer: FVU, L0 and the share of dead features."""
     out = []
     for row in layers:
-        layer = row["layer"] + FEATURE_SUFFIX
+        layer = feature_layer_name(row["layer"])
         out += [
             Figure(
                 "fvu",

@@ -260,7 +260,7 @@ def layer_activations(
 
     from carto_assets.core.network.recorder import LayerRecorder
     from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.features import derived_units, feature_layers
+    from carto_assets.stages.features import feature_layers
     from carto_assets.stages.manifest import load_manifest, source_for_manifest
     from carto_assets.stages.model import load_model
 
@@ -275,7 +275,7 @@ def layer_activations(
     bundle.module.to(device)
     images, class_names = load_manifest(study)
     source = source_for_manifest(study, images, class_names)
-    derived = derived_units(features, device)
+    derived = [f.on(device) for f in features]
     values = []
     with LayerRecorder(bundle.module, layer_infos, derived) as recorder, torch.inference_mode():
         for lo in range(0, image_ids.size, batch_size):

@@ -31,7 +31,7 @@ from carto_assets.fingerprints import (
 )
 from carto_assets.sharding import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
-from carto_assets.stages.features import derived_units, feature_layers, study_dictionary_fingerprint
+from carto_assets.stages.features import feature_layers, study_dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
 from carto_assets.storage import write_parquet_atomic
@@ -166,7 +166,7 @@ def run_shard(
         device=device,
         progress=report,
         # Each feature's spatial max and argmax, from its source layer's output in this pass.
-        derived=derived_units(features, device),
+        derived=[f.on(device) for f in features],
     )
     out = shard_dir(study, shard)
     write_parquet_atomic(pl.DataFrame(result.top_k), out / "top_k.parquet")

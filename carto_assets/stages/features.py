@@ -8,14 +8,16 @@ activation for a feature is then exactly what it is for a channel: the maximum o
 map over space, with its position (:func:`carto_assets.core.network.recorder.spatial_max`), so
 features go through the same streaming top-k, clustering and gain code as channels.
 
-The sampling, training, storage and per-image maxima are in
-:mod:`carto_assets.core.sae.dictionaries`.
-In a study (``features`` block), :func:`prepare_dictionaries` runs steps 1-2 for the
-``dictionary`` asset and caches the weights under ``dictionary/<fingerprint>/``;
-:func:`feature_layers` loads them as :class:`FeatureLayer` s, the pseudo-layers
+The sampling, training and storage are in :mod:`carto_assets.core.sae.dictionaries`; a
+dictionary on a layer is one :class:`~carto_assets.core.sae.layer.FeatureLayer` from training
+to the concept graph. In a study (``features`` block), :func:`prepare_dictionaries` samples and
+trains them for the ``dictionary`` asset and caches the weights under
+``dictionary/<fingerprint>/``; :func:`feature_layers` loads them: the pseudo-layers
 ``<layer>:features`` whose units (``neurons.kind = 'feature'``) follow their source layer's
-channels in neuron order; :func:`derived_units` hands them to the activation pass, which
-records their maxima in the same forward pass as the channels.
+channels in neuron order. Put on the pass's device (:meth:`FeatureLayer.on
+<carto_assets.core.sae.layer.FeatureLayer.on>`), they are the units the activation pass
+derives from their source's output, recording their maxima in the same forward pass as the
+channels.
 
 No dagster imports.
 """
@@ -32,24 +34,18 @@ import numpy as np
 import torch
 
 from carto_assets.core.network.layers import LayerInfo
-from carto_assets.core.network.recorder import DerivedUnits
 from carto_assets.core.network.zoo import resolve_device
-from carto_assets.core.sae.autoencoder import (
-    SparseAutoencoder,
-)
 from carto_assets.core.sae.dictionaries import (
     META_FILE,
     DictionariesRecord,
-    LayerDictionary,
     describe,
-    feature_maxima,
     load_dictionaries,
-    sae_on,
     sample_activations,
     sample_image_ids,
     save_dictionaries,
     train_dictionaries,
 )
+from carto_assets.core.sae.layer import FeatureLayer, source_layer
 from carto_assets.fingerprints import cache_folder, dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, manifest_identity, source_for_manifest
 from carto_assets.stages.model import load_model, model_info
@@ -57,36 +53,8 @@ from carto_assets.study import FeaturesConfig, Study
 
 log = logging.getLogger("carto")
 
-FEATURE_SUFFIX = ":features"
-
 
 # ---- in a study: the `dictionary` asset, the pseudo-layers ---------------------------------------
-@dataclass(frozen=True)
-class FeatureLayer:
-    """A dictionary's features as a pseudo-layer of units beside its source layer's channels."""
-
-    #: the pseudo-layer's name, ``<source>:features`` (``neurons.layer``)
-    name: str
-    #: the mapped layer whose output the dictionary encodes
-    source: str
-    sae: SparseAutoencoder
-
-    @property
-    def n_features(self) -> int:
-        return self.sae.n_features
-
-
-def feature_layer_name(source: str) -> str:
-    """``block3`` -> ``block3:features``."""
-    return f"{source}{FEATURE_SUFFIX}"
-
-
-def source_layer(name: str) -> str:
-    """The mapped layer a (pseudo-)layer's units come from: ``block3:features`` -> ``block3``;
-    a real layer is its own source."""
-    return name.removesuffix(FEATURE_SUFFIX)
-
-
 def _features(study: Study) -> FeaturesConfig:
     """The study's ``features`` block (the dictionaries' settings); raises without one."""
     if study.features is None:
@@ -162,9 +130,7 @@ class DictionaryInfo:
     cached: bool
 
 
-def _info(
-    folder: Path, dictionaries: Mapping[str, LayerDictionary], cached: bool
-) -> DictionaryInfo:
+def _info(folder: Path, dictionaries: Mapping[str, FeatureLayer], cached: bool) -> DictionaryInfo:
     record = DictionariesRecord.read(folder)
     extra = record.extra
     rows = describe(dictionaries)
@@ -280,28 +246,7 @@ def feature_layers(study: Study) -> list[FeatureLayer]:
             f"the dictionaries under {folder} do not match the study's layers "
             f"(missing {missing}); re-materialize `dictionary`"
         )
-    return [
-        FeatureLayer(feature_layer_name(name), name, stored[name].sae)
-        for name in sorted(stored, key=order.__getitem__)
-    ]
-
-
-def derived_units(
-    features: Sequence[FeatureLayer], device: torch.device | str = "cpu"
-) -> list[DerivedUnits]:
-    """The pseudo-layers as units the activation pass derives from their source's output."""
-    out = []
-    for layer in features:
-        sae = sae_on(layer.sae, device)
-        out.append(
-            DerivedUnits(
-                layer.name,
-                layer.source,
-                layer.n_features,
-                lambda output, sae=sae: feature_maxima(sae, output),
-            )
-        )
-    return out
+    return [stored[name] for name in sorted(stored, key=order.__getitem__)]
 
 
 def features_vs_channels(

@@ -22,7 +22,7 @@ seeded images, edge images and samples), so any chunking gives the same tables.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 
 from carto_assets import atomic, schema
 from carto_assets.core.attribution.cascades import concept_cascades
-from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
+from carto_assets.core.attribution.features import graph_pairs
 from carto_assets.core.attribution.forward import RetainedForward, members_of
 from carto_assets.core.attribution.influence import (
     Carry,
@@ -44,6 +44,7 @@ from carto_assets.core.attribution.influence import (
 )
 from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_checks
 from carto_assets.core.attribution.relevance import relevance, shares
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.memory import release_memory
 from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
@@ -105,7 +106,7 @@ class Units:
     """The graph's units: channel layers in forward order, then feature layers."""
 
     layers: list[str]
-    features: dict[str, FeatureSpec]
+    features: dict[str, FeatureLayer]
     #: per unit layer, unit -> neuron id
     neuron_of: dict[str, np.ndarray]
     #: per unit layer, unit -> cluster id (-1: unclustered)
@@ -117,18 +118,22 @@ class Units:
         return {n: "features" if n in self.features else "channels" for n in self.layers}
 
 
-def read_units(store: CartoStore, channel_layers: list[str], features) -> Units:
+def read_units(
+    store: CartoStore, channel_layers: list[str], features: Sequence[FeatureLayer]
+) -> Units:
     """Per unit layer, each unit's neuron and cluster, from ``neurons`` and ``neuron_clusters``."""
-    specs = {f.name: FeatureSpec.from_sae(f.source, f.sae) for f in features}
+    by_name = {f.name: f for f in features}
     table = store.query(
         "SELECT n.neuron_id, n.layer, n.layer_index, n.channel, nc.cluster_id FROM neurons n "
         "LEFT JOIN neuron_clusters nc USING (neuron_id) ORDER BY n.layer_index, n.channel"
     )
-    layers = channel_layers + list(specs)
+    layers = channel_layers + list(by_name)
     neuron_of, cluster_of, index = {}, {}, {}
     for name in layers:
         rows = table.filter(pl.col("layer") == name)
-        width = specs[name].n_features if name in specs else int(rows["channel"].max() or -1) + 1
+        width = (
+            by_name[name].n_features if name in by_name else int(rows["channel"].max() or -1) + 1
+        )
         neurons = np.full(width, -1, dtype=np.int64)
         clusters = np.full(width, -1, dtype=np.int64)
         channel = rows["channel"].to_numpy()
@@ -136,7 +141,7 @@ def read_units(store: CartoStore, channel_layers: list[str], features) -> Units:
         clusters[channel] = rows["cluster_id"].fill_null(-1).to_numpy()
         neuron_of[name], cluster_of[name] = neurons, clusters
         index[name] = int(rows["layer_index"][0]) if rows.height else -1
-    return Units(layers, specs, neuron_of, cluster_of, index)
+    return Units(layers, by_name, neuron_of, cluster_of, index)
 
 
 def class_images(

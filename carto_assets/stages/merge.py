@@ -11,8 +11,9 @@ import polars as pl
 
 from carto_assets import schema
 from carto_assets.core.network.layers import LayerInfo
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.stages.activations import shard_dir, shard_summaries
-from carto_assets.stages.features import FeatureLayer, feature_layers
+from carto_assets.stages.features import feature_layers
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list
 from carto_assets.study import Study

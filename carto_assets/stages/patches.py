@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.core.sae.layer import source_layer
 from carto_assets.memory import release_memory
-from carto_assets.stages.features import source_layer
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic

@@ -35,6 +35,8 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(tmp_p
     assert first.sample_images == 60 and first.sample_bytes == 2000 * 64 * 4
     (layer,) = feature_layers(study)
     assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 128)
+    assert layer.fit is not None and round(layer.fit.fvu, 4) == row["fvu"]
+    assert (layer.n_samples, round(layer.seconds, 2)) == (row["n_samples"], row["seconds"])
 
     again = prepare_dictionaries(study, progress=lambda m: None)
     assert again is not None and again.cached and again.fingerprint == first.fingerprint

@@ -6,22 +6,18 @@ import pytest
 import torch
 
 from carto_assets.core.network.layers import probe_layers, resolve_layers
-from carto_assets.core.network.recorder import Batch, DerivedUnits, activation_pass, spatial_max
+from carto_assets.core.network.recorder import Batch, activation_pass, spatial_max
 from carto_assets.core.network.zoo import BuiltinCNN
 from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
-from carto_assets.core.sae.dictionaries import (
-    feature_maxima,
-    pick_positions,
-    position_rows,
-    sample_activations,
-)
-from carto_assets.stages.features import (
+from carto_assets.core.sae.dictionaries import pick_positions, sample_activations
+from carto_assets.core.sae.layer import (
     FEATURE_SUFFIX,
     FeatureLayer,
-    derived_units,
-    features_vs_channels,
+    feature_maxima,
+    position_rows,
     source_layer,
 )
+from carto_assets.stages.features import features_vs_channels
 from carto_assets.stages.merge import neurons_frame
 
 N_IMAGES, BATCH, K = 40, 16, 6
@@ -74,7 +70,8 @@ def test_feature_top_k_equals_encoding_everything_and_sorting(tiny_net):
     model, layers, images = tiny_net
     source = layers[2]
     sae = random_sae(int(source.channels), 4 * int(source.channels), 3, seed=1)
-    feature = FeatureLayer(f"{source.name}{FEATURE_SUFFIX}", source.name, sae)
+    feature = FeatureLayer(source.name, sae)
+    assert (feature.name, feature.channels) == (f"{source.name}{FEATURE_SUFFIX}", sae.n_features)
     plain = activation_pass(model, layers, _batches(images), k=K, n_classes=3, mass_fraction=0.03)
     result = activation_pass(
         model,
@@ -83,7 +80,7 @@ def test_feature_top_k_equals_encoding_everything_and_sorting(tiny_net):
         k=K,
         n_classes=3,
         mass_fraction=0.03,
-        derived=derived_units([feature]),
+        derived=[feature.on("cpu")],
     )
     widths = [int(i.channels) for i in layers]
     before = sum(widths[:3])  # block1..block3 channels, then block3's features
@@ -134,7 +131,7 @@ def test_feature_maxima_in_chunks_equal_one_chunk(tiny_net):
 
 def test_derived_units_need_a_recorded_source(tiny_net):
     model, layers, images = tiny_net
-    orphan = DerivedUnits("nope:features", "nope", 2, lambda out: spatial_max(out[:, :2]))
+    orphan = FeatureLayer("nope", random_sae(4, 2, 1, seed=0))
     with pytest.raises(ValueError, match=r"nope:features.*not recorded"):
         activation_pass(
             model, layers, _batches(images), k=2, n_classes=3, mass_fraction=0.1, derived=[orphan]
@@ -245,8 +242,8 @@ def test_neurons_frame_inserts_pseudo_layers_after_their_source(tiny_net):
     sae3 = random_sae(int(layers[2].channels), 8, 2, seed=0)
     sae4 = random_sae(int(layers[3].channels), 5, 2, seed=0)
     features = [
-        FeatureLayer(f"{layers[2].name}:features", layers[2].name, sae3),
-        FeatureLayer(f"{layers[3].name}:features", layers[3].name, sae4),
+        FeatureLayer(layers[2].name, sae3),
+        FeatureLayer(layers[3].name, sae4),
     ]
     frame = neurons_frame(layers, features)
     names = [i.name for i in layers]

@@ -11,9 +11,9 @@ from torch import nn
 from carto_assets import schema
 from carto_assets.core.network.zoo import ModelBundle
 from carto_assets.core.sae.autoencoder import SparseAutoencoder
+from carto_assets.core.sae.layer import FEATURE_SUFFIX, FeatureLayer
 from carto_assets.schema import PREDICTION
 from carto_assets.stages import graph
-from carto_assets.stages.features import FEATURE_SUFFIX, FeatureLayer
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
 
@@ -154,7 +154,7 @@ def setup(tmp_path, make_study, monkeypatch):
 
 
 def with_features(monkeypatch, on: bool) -> None:
-    feature = [FeatureLayer(MID_F, "mid", sae())] if on else []
+    feature = [FeatureLayer("mid", sae())] if on else []
     monkeypatch.setattr(graph, "feature_layers", lambda s: feature)
 
 

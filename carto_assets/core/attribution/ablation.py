@@ -37,7 +37,6 @@ import torch
 from scipy import stats
 from torch import nn
 
-from carto_assets.core.attribution.features import FeatureSpec
 from carto_assets.core.attribution.forward import (
     RetainedForward,
     as_clusters,
@@ -51,6 +50,7 @@ from carto_assets.core.attribution.forward import (
 )
 from carto_assets.core.attribution.influence import InfluenceResult, read_edges
 from carto_assets.core.network.hooks import capture
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.schema import PREDICTION
 
 
@@ -100,7 +100,7 @@ class _Plan:
     """The rows of one :func:`ablate` call, grouped by the captured module they act at."""
 
     fwd_modules: list[str]
-    features: dict[str, FeatureSpec]
+    features: dict[str, FeatureLayer]
     rows: list[Row]
     at: dict[str, list[int]] = field(default_factory=dict)  # module -> row indices
     measured_at: dict[str, list[int]] = field(default_factory=dict)  # module -> row indices
@@ -141,9 +141,9 @@ class _Plan:
         for j, i in enumerate(rows):
             row = self.rows[i]
             if row.layer in self.features and len(row.units):
-                spec = self.features[row.layer]
+                feature = self.features[row.layer]
                 one = clean[j : j + 1]
-                out[j : j + 1] = one - spec.decoded(spec.maps(one), row.units)
+                out[j : j + 1] = one - feature.decoded(feature.maps(one), row.units)
         return out
 
     def record(self, module: str, output: torch.Tensor, rows: list[int], into: np.ndarray):
@@ -401,7 +401,7 @@ def ablation_faithfulness(
     images: torch.Tensor,
     edges_sample: InfluenceResult | Mapping[str, Any],
     *,
-    features: Mapping[str, FeatureSpec] | None = None,
+    features: Mapping[str, FeatureLayer] | None = None,
     class_index: int | None = None,
     batch_size: int = 32,
 ) -> tuple[float, dict[str, np.ndarray]]:

@@ -28,8 +28,13 @@ Concept-graph edges through the SAE, by the same gradient x activation as betwee
   ``W_dec[:, A] z_A`` from S's output at every position (``z`` from the unablated output), which
   is the change whose first-order estimate the edge weight is.
 
-The layer pairs of a graph with features (:func:`graph_pairs`) and the check of explicit pairs
-(:func:`layer_pairs`) live here too.
+One type holds a feature layer everywhere, :class:`~carto_assets.core.sae.layer.FeatureLayer`:
+its :meth:`~carto_assets.core.sae.layer.FeatureLayer.maps`,
+:meth:`~carto_assets.core.sae.layer.FeatureLayer.project` and
+:meth:`~carto_assets.core.sae.layer.FeatureLayer.decoded` are the three operations above. The
+concept-graph code takes feature layers as a mapping from their names; :func:`check_features`
+checks one, and the layer pairs of a graph with features (:func:`graph_pairs`) and the check
+of explicit pairs (:func:`layer_pairs`) live here too.
 
 This module never imports dagster.
 """
@@ -37,124 +42,43 @@ This module never imports dagster.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
-from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.schema import PREDICTION
 
 
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W, C); token (B, T, C) and vector (B, C) outputs already are."""
-    return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
-
-
-def channels_back(t: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`channels_last`."""
-    return t.permute(0, 3, 1, 2) if t.ndim == 4 else t
-
-
-def _channel_axis(t: torch.Tensor) -> int:
-    return 1 if t.ndim in (2, 4) else 2
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One feature layer: the features of an SAE read at the output of layer ``source``.
-
-    Attributes
-    ----------
-    source
-        The captured module whose output the SAE reads.
-    encode
-        ``(..., d) -> (..., m)``: the feature activations of channel vectors, differentiable
-        (e.g. :func:`carto_assets.core.sae.autoencoder.encode`). :meth:`maps` applies it at every
-        position of an output.
-    decoder
-        ``W_dec``, (d, m): feature j writes ``decoder[:, j] * z_j`` into the source's output.
-    """
-
-    source: str
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    decoder: torch.Tensor
-
-    @classmethod
-    def from_sae(cls, source: str, sae: SparseAutoencoder) -> FeatureSpec:
-        """The spec of a trained top-k SAE (:class:`SparseAutoencoder`)."""
-        return cls(
-            source=source,
-            encode=lambda x: encode(sae, x),
-            decoder=torch.as_tensor(np.asarray(sae.W_dec, dtype=np.float32)),
-        )
-
-    @property
-    def n_features(self) -> int:
-        return int(self.decoder.shape[1])
-
-    def _decoder_for(self, t: torch.Tensor) -> torch.Tensor:
-        return self.decoder.to(device=t.device, dtype=t.dtype)
-
-    def check(self, name: str, output: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless the decoder fits ``output`` (the source's output)."""
-        d = int(output.shape[_channel_axis(output)])
-        if self.decoder.shape[0] != d:
-            raise ValueError(
-                f"feature layer {name!r}: the decoder has shape {tuple(self.decoder.shape)} but "
-                f"its source {self.source!r} outputs {d} channels; expected ({d}, n_features)"
-            )
-
-    def maps(self, output: torch.Tensor) -> torch.Tensor:
-        """Feature maps of a source output: (B, d, H, W) -> (B, m, H, W), (B, T, d) ->
-        (B, T, m), (B, d) -> (B, m); in the autograd graph of ``output``."""
-        z = self.encode(channels_last(output))
-        if z.shape[-1] != self.n_features or z.shape[:-1] != channels_last(output).shape[:-1]:
-            raise ValueError(
-                f"the encoder of the features of {self.source!r} maps vectors of shape "
-                f"{tuple(channels_last(output).shape)} to {tuple(z.shape)}; expected the last "
-                f"axis to become the decoder's {self.n_features} features"
-            )
-        return channels_back(z)
-
-    def project(self, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient with respect to the features, ``W_dec^T g`` at every position, of a
-        gradient ``g`` with respect to the source's output (the reconstruction error held
-        fixed); in the layout of :meth:`maps`."""
-        return channels_back(channels_last(grad) @ self._decoder_for(grad))
-
-    def decoded(self, z: torch.Tensor, members: np.ndarray) -> torch.Tensor:
-        """``W_dec[:, A] z_A`` at every position, in the source output's layout: what the
-        features ``members`` (A) write into the source's output."""
-        idx = torch.as_tensor(members, dtype=torch.long, device=z.device)
-        z_last = channels_last(z).index_select(-1, idx)
-        return channels_back(z_last @ self._decoder_for(z).index_select(1, idx).T)
-
-
-def check_features(features: Mapping[str, FeatureSpec], captured: Sequence[str]) -> None:
+def check_features(features: Mapping[str, FeatureLayer], captured: Sequence[str]) -> None:
     """Raise ``ValueError`` for a feature layer named like a module, whose source is not one of
-    the ``captured`` layers or already has a feature layer, or whose decoder is not a (d, m)
-    matrix."""
+    the ``captured`` layers or already has a feature layer, that is not keyed by its name, or
+    whose decoder is not a (d, m) matrix."""
     read_by: dict[str, str] = {}
-    for name, spec in features.items():
-        if not isinstance(spec, FeatureSpec):
-            raise ValueError(f"features[{name!r}] must be a FeatureSpec, got {type(spec).__name__}")
+    for name, feature in features.items():
+        if not isinstance(feature, FeatureLayer):
+            raise ValueError(
+                f"features[{name!r}] must be a FeatureLayer, got {type(feature).__name__}"
+            )
         if name in captured:
             raise ValueError(f"feature layer {name!r} has the name of a captured layer")
-        if spec.source not in captured:
+        if feature.source not in captured:
             raise ValueError(
-                f"feature layer {name!r} reads layer {spec.source!r}, which is not a captured "
+                f"feature layer {name!r} reads layer {feature.source!r}, which is not a captured "
                 f"layer; captured layers are {list(captured)}"
             )
-        if spec.source in read_by:
+        if feature.source in read_by:
             raise ValueError(
-                f"feature layers {read_by[spec.source]!r} and {name!r} both read layer "
-                f"{spec.source!r}; give each layer at most one feature layer"
+                f"feature layers {read_by[feature.source]!r} and {name!r} both read layer "
+                f"{feature.source!r}; give each layer at most one feature layer"
             )
-        read_by[spec.source] = name
-        if not isinstance(spec.decoder, torch.Tensor) or spec.decoder.ndim != 2:
-            shape = getattr(spec.decoder, "shape", type(spec.decoder).__name__)
+        read_by[feature.source] = name
+        if feature.name != name:
+            raise ValueError(
+                f"features[{name!r}] is the feature layer {feature.name!r}; key it by its name"
+            )
+        if not isinstance(feature.decoder, torch.Tensor) or feature.decoder.ndim != 2:
+            shape = getattr(feature.decoder, "shape", type(feature.decoder).__name__)
             raise ValueError(
                 f"feature layer {name!r}: the decoder must be a (d, n_features) tensor, got {shape}"
             )
@@ -163,7 +87,7 @@ def check_features(features: Mapping[str, FeatureSpec], captured: Sequence[str])
 def layer_pairs(
     layers: Sequence[str],
     modules: Sequence[str],
-    features: Mapping[str, FeatureSpec],
+    features: Mapping[str, FeatureLayer],
     pairs: Sequence[tuple[str, str]] | None,
     include_prediction: bool,
 ) -> list[tuple[str, str]]:
@@ -183,7 +107,7 @@ def layer_pairs(
         chosen = [(str(lo), str(up)) for lo, up in pairs]
         chosen = [p for p in chosen if include_prediction or p[1] != PREDICTION]
     rank = {name: (i, 0) for i, name in enumerate(modules)}
-    rank.update({name: (rank[spec.source][0], 1) for name, spec in features.items()})
+    rank.update({name: (rank[feature.source][0], 1) for name, feature in features.items()})
     for lower, upper in chosen:
         if lower == PREDICTION:
             raise ValueError(f"pair ({lower!r}, {upper!r}): {PREDICTION!r} is only an upper layer")
@@ -204,7 +128,7 @@ def layer_pairs(
 
 
 def graph_pairs(
-    layers: Sequence[str], features: Mapping[str, FeatureSpec], *, prediction: bool = True
+    layers: Sequence[str], features: Mapping[str, FeatureLayer], *, prediction: bool = True
 ) -> list[tuple[str, str]]:
     """The concept graph's (lower, upper) layer pairs over channel and feature layers.
 
@@ -219,7 +143,8 @@ def graph_pairs(
     layers
         Channel layers in forward order.
     features
-        Feature layer name -> spec; every source must be one of ``layers``.
+        Feature layer name -> :class:`~carto_assets.core.sae.layer.FeatureLayer`; every source
+        must be one of ``layers``.
     prediction
         Include the pairs into :data:`PREDICTION`.
     """

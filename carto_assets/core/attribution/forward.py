@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from carto_assets.core.attribution.features import FeatureSpec, check_features
+from carto_assets.core.attribution.features import check_features
 from carto_assets.core.network.hooks import capture, find_modules
 from carto_assets.core.network.recorder import spatial_max
+from carto_assets.core.sae.layer import FeatureLayer
 
 
 def as_clusters(
@@ -57,7 +58,7 @@ def as_clusters(
 
 
 def check_layers(
-    model: nn.Module, layers: Sequence[str], features: Mapping[str, FeatureSpec]
+    model: nn.Module, layers: Sequence[str], features: Mapping[str, FeatureLayer]
 ) -> list[str]:
     """The captured modules among ``layers`` (all but the feature layers), checked."""
     if isinstance(layers, str) or len(layers) == 0:
@@ -169,7 +170,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 def handed_on(
     ablate: tuple[str, np.ndarray] | None,
-    features: Mapping[str, FeatureSpec],
+    features: Mapping[str, FeatureLayer],
     maps: dict[str, torch.Tensor],
 ) -> Callable[[str, torch.Tensor], torch.Tensor]:
     """The output the rest of the network gets: a copy, with ``ablate``'s channels zeroed (or,
@@ -190,14 +191,14 @@ def handed_on(
             else:
                 copy[:, idx] = 0
         elif ablate is not None and ablate[0] in features:
-            spec = features[ablate[0]]
-            if spec.source == name:
-                spec.check(ablate[0], output)
-                copy = copy - spec.decoded(spec.maps(output), ablate[1])
-        for feature, spec in features.items():
-            if spec.source == name:
-                spec.check(feature, output)
-                maps[feature] = spec.maps(output if ablate is None else copy)
+            ablated = features[ablate[0]]
+            if ablated.source == name:
+                ablated.check(output)
+                copy = copy - ablated.decoded(ablated.maps(output), ablate[1])
+        for feature, layer in features.items():
+            if layer.source == name:
+                layer.check(output)
+                maps[feature] = layer.maps(output if ablate is None else copy)
         return copy
 
     return edit
@@ -209,7 +210,7 @@ def run_layers(
     clusters: Mapping[str, np.ndarray],
     x: torch.Tensor,
     ablate: tuple[str, np.ndarray] | None = None,
-    features: Mapping[str, FeatureSpec] | None = None,
+    features: Mapping[str, FeatureLayer] | None = None,
     keep: Callable[[str, object], torch.Tensor] = checked_output,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass: the captured outputs, the feature maps and the logits, validated."""
@@ -270,7 +271,7 @@ class RetainedForward:
     modules
         The captured modules among them, in forward order.
     features
-        Feature layer name -> spec.
+        Feature layer name -> :class:`~carto_assets.core.sae.layer.FeatureLayer`.
     clusters
         Per unit layer, unit -> cluster id (negative: unclustered).
     outputs
@@ -282,7 +283,7 @@ class RetainedForward:
 
     layers: list[str]
     modules: list[str]
-    features: dict[str, FeatureSpec]
+    features: dict[str, FeatureLayer]
     clusters: dict[str, np.ndarray]
     outputs: dict[str, torch.Tensor]
     logits: torch.Tensor
@@ -296,7 +297,7 @@ class RetainedForward:
         layers: Sequence[str],
         cluster_of: Mapping[str, Any] | Sequence[Any],
         images: torch.Tensor,
-        features: Mapping[str, FeatureSpec] | None = None,
+        features: Mapping[str, FeatureLayer] | None = None,
     ) -> RetainedForward:
         """The forward pass, the model in eval mode and its parameters frozen while it runs
         (both restored after). ``images`` go to the model's device."""

@@ -19,7 +19,7 @@ weights are the relevance (:mod:`carto_assets.core.attribution.relevance`) of th
 clusters, so they come from the relevance pass.
 
 Units can also be the features of a sparse autoencoder read at a captured layer: *feature
-layers*, given as :class:`~carto_assets.core.attribution.features.FeatureSpec` (computed beside
+layers*, given as :class:`~carto_assets.core.sae.layer.FeatureLayer` (computed beside
 the network, never fed back). Edges into a feature cluster use its members' spatial maxima as
 the objective; edges out of one project the gradient at its source layer onto the features
 (``W_dec^T g``) and multiply by the features; ablating one subtracts its decoder contribution.
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carto_assets.core.attribution.features import FeatureSpec, layer_pairs
+from carto_assets.core.attribution.features import layer_pairs
 from carto_assets.core.attribution.forward import (
     RetainedForward,
     as_clusters,
@@ -70,6 +70,7 @@ from carto_assets.core.attribution.forward import (
     members_of,
 )
 from carto_assets.core.attribution.relevance import Relevance, relevance
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER, column_names
 from carto_assets.validate import check_int
 
@@ -357,7 +358,7 @@ def influence_edges(
     class_index: int,
     upper_clusters: Mapping[str, Sequence[int]] | None = None,
     *,
-    features: Mapping[str, FeatureSpec] | None = None,
+    features: Mapping[str, FeatureLayer] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     include_prediction: bool = True,
     keep_nonpositive: bool = False,
@@ -385,7 +386,7 @@ def influence_edges(
         Per upper layer, the cluster ids to compute incoming edges for (the graph's nodes);
         a layer that is absent gets all its clusters. The cost scales with these.
     features
-        Feature layer name -> :class:`~carto_assets.core.attribution.features.FeatureSpec`; each
+        Feature layer name -> :class:`~carto_assets.core.sae.layer.FeatureLayer`; each
         reads one of the captured ``layers``. None: channels only.
     pairs
         The (lower, upper) layer pairs to compute, an upper layer possibly

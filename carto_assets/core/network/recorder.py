@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,25 +54,25 @@ def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     raise ValueError(f"cannot reduce an output of shape {tuple(output.shape)}")
 
 
-@dataclass(frozen=True)
-class DerivedUnits:
-    """Units computed from a captured layer's output in the same forward pass, e.g. the
-    features of a dictionary trained on that layer (a pseudo-layer of ``width`` units).
+class DerivedUnits(Protocol):
+    """Units computed from a captured layer's output in the same forward pass: the features of
+    a dictionary trained on that layer (:class:`~carto_assets.core.sae.layer.FeatureLayer`
+    is one), a pseudo-layer of ``channels`` units named ``name``.
 
-    ``reduce(output) -> (values, y, x)``, each ``(B, width)``, is called inside the source
+    ``reduce(output) -> (values, y, x)``, each ``(B, channels)``, is called inside the source
     layer's hook on the detached output, like the channels' :func:`spatial_max`.
     """
 
-    name: str
-    source: str
-    width: int
-    reduce: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    @property
+    def name(self) -> str: ...
 
     @property
-    def channels(self) -> int:
-        """The units' count, under the name :class:`LayerInfo` gives a layer's (see
-        :func:`unit_blocks`)."""
-        return self.width
+    def source(self) -> str: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    def reduce(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def unit_blocks(
@@ -126,9 +127,9 @@ class LayerRecorder:
         reduced = _reduce(name, output)
         for d in self._derived_of.get(name, ()):
             values, ys, xs = d.reduce(output.detach())  # type: ignore[union-attr]
-            if values.shape[1] != d.width:
+            if values.shape[1] != d.channels:
                 raise ValueError(
-                    f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.width}"
+                    f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.channels}"
                 )
             self._derived_values[d.name] = (values, ys, xs)
         return reduced

@@ -1,5 +1,5 @@
 """Dictionary features, the pure pieces: sample a layer's activation vectors, train a top-k
-sparse autoencoder per layer, store it, and reduce each image to its features' spatial maxima.
+sparse autoencoder per layer and store it.
 
 A channel is one coordinate of a layer's activation vector ``x`` (one vector per spatial
 position, or per token). A *feature* is one latent of the layer's SAE,
@@ -8,19 +8,19 @@ activation for a feature is then exactly what it is for a channel: the maximum o
 map over space, with its position (:func:`carto_assets.core.network.recorder.spatial_max`), so
 features go through the same streaming top-k, clustering and gain code as channels.
 
-Three steps, each with fixed memory:
+Two steps, each with fixed memory:
 
 1. :func:`sample_activations`: one forward pass over a subset of images; each image's
    strongest position vectors (largest norm: the positions that decide an image's spatial
    maximum) and a few of its other positions drawn uniformly (:func:`pick_positions`) are
    offered to a :class:`~carto_assets.core.sae.autoencoder.ReservoirSampler` per layer, so memory
    is ``capacity x channels`` per layer whatever the number of images;
-2. :func:`train_dictionaries`: one SAE per layer on its sample (:func:`save_dictionaries` /
-   :func:`load_dictionaries` keep the weights with a fingerprint of the settings);
-3. :func:`feature_maxima`: one batch of layer outputs encoded in chunks and reduced to each
-   feature's spatial maximum, inside the activation pass's hook (so features get their top-k
-   images in the same pass as channels).
+2. :func:`train_dictionaries`: one SAE per layer on its sample, each a
+   :class:`~carto_assets.core.sae.layer.FeatureLayer` with its fit (:func:`save_dictionaries` /
+   :func:`load_dictionaries` keep the weights with a fingerprint of the settings).
 
+What a trained dictionary does with a layer's output (each image's feature maxima in the
+activation pass, feature maps in the concept graph) is :mod:`carto_assets.core.sae.layer`.
 The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
 :mod:`carto_assets.stages.features`. No study, no dagster here.
 """
@@ -41,14 +41,14 @@ from torch import nn
 from carto_assets import atomic
 from carto_assets.core.network.hooks import capture
 from carto_assets.core.network.layers import LayerInfo
-from carto_assets.core.network.recorder import Batch, spatial_max
+from carto_assets.core.network.recorder import Batch
 from carto_assets.core.sae.autoencoder import (
     ReservoirSampler,
     SaeReport,
     SparseAutoencoder,
-    encode,
     train_sae,
 )
+from carto_assets.core.sae.layer import _WEIGHT_NAMES, FeatureLayer
 from carto_assets.validate import check_float, check_int, check_seed
 
 #: Bumped when the dictionary training code changes what the same settings produce (stored
@@ -57,7 +57,6 @@ DICTIONARY_REVISION = 3
 
 WEIGHTS_FILE = "dictionaries.pt"
 META_FILE = "meta.json"
-_WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def sample_image_ids(image_ids: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -70,21 +69,6 @@ def sample_image_ids(image_ids: np.ndarray, n: int | None, seed: int) -> np.ndar
 
 
 # ---- 1. sampling ----------------------------------------------------------------------------
-def position_rows(output: torch.Tensor) -> torch.Tensor:
-    """A layer output as one channel vector per position: ``(rows, C)``.
-
-    ``(B, C, H, W)`` gives ``B x H x W`` rows, ``(B, T, C)`` gives ``B x T`` rows and ``(B, C)``
-    gives ``B`` rows, matching the positions :func:`spatial_max` reduces over.
-    """
-    if output.ndim == 4:
-        return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])
-    if output.ndim == 3:
-        return output.reshape(-1, output.shape[2])
-    if output.ndim == 2:
-        return output
-    raise ValueError(f"cannot split an output of shape {tuple(output.shape)} into positions")
-
-
 def pick_positions(
     output: torch.Tensor,
     strongest: int | None,
@@ -95,8 +79,8 @@ def pick_positions(
     uniformly without replacement from its remaining positions: ``(rows, C)``.
 
     Within an image both parts are in position order; images follow each other. Every
-    position (:func:`position_rows`) when ``strongest`` is None; a part is cut to the
-    positions there are. ``(B, C)`` outputs have one position per image.
+    position (:func:`~carto_assets.core.sae.layer.position_rows`) when ``strongest`` is None;
+    a part is cut to the positions there are. ``(B, C)`` outputs have one position per image.
     """
     if output.ndim == 2:
         return output
@@ -242,21 +226,6 @@ def sample_activations(
 
 
 # ---- 2. training, storage ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerDictionary:
-    """One layer's SAE and how well it fits its sample."""
-
-    layer: str
-    sae: SparseAutoencoder
-    report: SaeReport
-    n_samples: int
-    seconds: float
-
-    @property
-    def n_features(self) -> int:
-        return self.sae.n_features
-
-
 def train_dictionaries(
     samples: Mapping[str, np.ndarray],
     *,
@@ -268,8 +237,9 @@ def train_dictionaries(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable[[str, int, float], None] | None = None,
-) -> dict[str, LayerDictionary]:
-    """Train one top-k SAE per layer of ``samples`` (layer name -> ``(n, C)`` rows).
+) -> dict[str, FeatureLayer]:
+    """Train one top-k SAE per layer of ``samples`` (layer name -> ``(n, C)`` rows): the
+    feature layer of each source layer, with its fit, sample size and training seconds.
 
     Layer ``i`` gets ``expansion x C`` features and is trained with seed ``seed + i``.
     ``progress(layer, epoch, loss)`` is called after each epoch. Raises ``ValueError`` for
@@ -292,7 +262,7 @@ def train_dictionaries(
                 f"k must be <= expansion x channels = {expansion * shape[1]} for layer "
                 f"{name!r}, got {k}"
             )
-    out: dict[str, LayerDictionary] = {}
+    out: dict[str, FeatureLayer] = {}
     for i, (name, rows) in enumerate(samples.items()):
         start = time.perf_counter()
         sae, report = train_sae(
@@ -306,7 +276,7 @@ def train_dictionaries(
             device=device,
             progress=(lambda e, loss, n=name: progress(n, e, loss)) if progress else None,
         )
-        out[name] = LayerDictionary(name, sae, report, len(rows), time.perf_counter() - start)
+        out[name] = FeatureLayer(name, sae, report, len(rows), time.perf_counter() - start)
     return out
 
 
@@ -335,7 +305,7 @@ class DictionariesRecord(BaseModel):
 
 def save_dictionaries(
     folder: str | Path,
-    dictionaries: Mapping[str, LayerDictionary],
+    dictionaries: Mapping[str, FeatureLayer],
     fingerprint: str,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -345,6 +315,7 @@ def save_dictionaries(
     The folder is replaced atomically: readers see the old dictionaries or the new ones.
     """
     folder = Path(folder)
+    _check_fit(dictionaries)
     weights = {
         name: {
             **{w: torch.from_numpy(np.ascontiguousarray(getattr(d.sae, w))) for w in _WEIGHT_NAMES},
@@ -363,7 +334,7 @@ def save_dictionaries(
                 k=d.sae.k,
                 n_samples=d.n_samples,
                 seconds=d.seconds,
-                report=d.report,
+                report=d.fit,  # type: ignore[arg-type]
             )
             for name, d in dictionaries.items()
         ],
@@ -377,8 +348,9 @@ def save_dictionaries(
 
 def load_dictionaries(
     folder: str | Path, fingerprint: str | None = None
-) -> dict[str, LayerDictionary]:
-    """The dictionaries :func:`save_dictionaries` wrote, in the saved layer order.
+) -> dict[str, FeatureLayer]:
+    """The dictionaries :func:`save_dictionaries` wrote (source layer -> feature layer), in
+    the saved layer order.
 
     Raises ``FileNotFoundError`` when the folder holds none, and ``ValueError`` when
     ``fingerprint`` is given and differs from the stored one (settings or model changed).
@@ -393,90 +365,33 @@ def load_dictionaries(
             f"model (fingerprint {record.fingerprint}, expected {fingerprint}); retrain them"
         )
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    out: dict[str, LayerDictionary] = {}
+    out: dict[str, FeatureLayer] = {}
     for row in record.layers:
         w = weights[row.layer]
         sae = SparseAutoencoder(**{n: w[n].numpy() for n in _WEIGHT_NAMES}, k=int(w["k"]))
-        out[row.layer] = LayerDictionary(row.layer, sae, row.report, row.n_samples, row.seconds)
+        out[row.layer] = FeatureLayer(row.layer, sae, row.report, row.n_samples, row.seconds)
     return out
 
 
-# ---- 3. per-image feature maxima, top-k -------------------------------------------------------
-def feature_maxima(
-    sae: SparseAutoencoder, layer_output: torch.Tensor, *, max_elements: int = 1 << 24
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each image's feature activations reduced over space, as channels are.
-
-    Parameters
-    ----------
-    sae
-        The layer's dictionary (``d`` inputs, ``m`` features); :func:`sae_on` puts its weights
-        on the output's device once, instead of once per call.
-    layer_output
-        ``(B, d, H, W)`` maps, ``(B, T, d)`` tokens or ``(B, d)`` vectors.
-    max_elements
-        Most feature activations (positions x ``m``) encoded at once; images are encoded in
-        chunks below it (at least one image at a time), so memory does not grow with ``B``.
-
-    Returns
-    -------
-    values, y, x
-        Each ``(B, m)``, exactly :func:`spatial_max` of the feature maps: ``y, x`` is the
-        argmax position (``y = flat // W``, ``x = flat % W``; tokens: ``y`` = token, ``x`` = 0).
-    """
-    out = layer_output.detach().float()
-    dim = out.shape[1] if out.ndim in (2, 4) else out.shape[-1]
-    if out.ndim not in (2, 3, 4) or dim != sae.W_enc.shape[1]:
-        raise ValueError(
-            f"layer_output must be (B, {sae.W_enc.shape[1]}, H, W), (B, T, "
-            f"{sae.W_enc.shape[1]}) or (B, {sae.W_enc.shape[1]}), got {tuple(out.shape)}"
-        )
-    positions = (
-        int(np.prod(out.shape[2:])) if out.ndim == 4 else (out.shape[1] if out.ndim == 3 else 1)
-    )
-    step = max(1, max_elements // max(1, positions * sae.n_features))
-    parts = []
-    # float32 even inside the activation pass's autocast (bf16 would reorder near-ties).
-    with torch.autocast(out.device.type, enabled=False):
-        for lo in range(0, out.shape[0], step):
-            chunk = out[lo : lo + step]
-            z = encode(sae, position_rows(chunk))  # (chunk x positions, m)
-            if chunk.ndim == 4:
-                b, _, h, w = chunk.shape
-                maps = z.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (b, m, H, W)
-            elif chunk.ndim == 3:
-                maps = z.reshape(chunk.shape[0], chunk.shape[1], -1)  # (b, T, m)
-            else:
-                maps = z
-            parts.append(spatial_max(maps))
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+def _check_fit(dictionaries: Mapping[str, FeatureLayer]) -> None:
+    unfit = [name for name, d in dictionaries.items() if d.fit is None]
+    if unfit:
+        raise ValueError(f"dictionaries {unfit} have no fit (train or load them)")
 
 
-def describe(dictionaries: Mapping[str, LayerDictionary]) -> list[dict[str, Any]]:
+def describe(dictionaries: Mapping[str, FeatureLayer]) -> list[dict[str, Any]]:
     """One row per layer for logs and metadata: features, FVU, L0, dead, seconds."""
+    _check_fit(dictionaries)
     return [
         {
             "layer": name,
             "n_features": d.n_features,
             "k": d.sae.k,
-            "fvu": round(d.report.fvu, 4),
-            "l0": round(d.report.l0, 2),
-            "dead": d.report.dead,
+            "fvu": round(d.fit.fvu, 4),  # type: ignore[union-attr]
+            "l0": round(d.fit.l0, 2),  # type: ignore[union-attr]
+            "dead": d.fit.dead,  # type: ignore[union-attr]
             "n_samples": d.n_samples,
             "seconds": round(d.seconds, 2),
         }
         for name, d in dictionaries.items()
     ]
-
-
-def sae_on(sae: SparseAutoencoder, device: torch.device | str) -> SparseAutoencoder:
-    """The same dictionary with its weights as float32 tensors on ``device``, so encoding a
-    batch there copies nothing (:func:`~carto_assets.core.sae.autoencoder.encode` takes either)."""
-    dev = torch.device(device)
-    weights = {
-        name: torch.as_tensor(np.asarray(getattr(sae, name)), dtype=torch.float32).to(dev)
-        if not isinstance(getattr(sae, name), torch.Tensor)
-        else getattr(sae, name).to(dev, torch.float32)
-        for name in _WEIGHT_NAMES
-    }
-    return SparseAutoencoder(**weights, k=sae.k)  # type: ignore[arg-type]

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from carto_assets.core.attribution.ablation import ablation_faithfulness
-from carto_assets.core.attribution.features import FeatureSpec, graph_pairs
+from carto_assets.core.attribution.features import graph_pairs
 from carto_assets.core.attribution.influence import influence_edges
 from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
+from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,10 +49,26 @@ def hand_sae(d: int, m: int, k: int, seed: int) -> SparseAutoencoder:
     )
 
 
+def plain_sae(w_dec: np.ndarray) -> SparseAutoencoder:
+    """An SAE whose decoder is ``w_dec`` and whose encoder is the identity on its first
+    ``m`` channels (``W_enc`` (m, d) = the identity's first rows, zero biases, all ``m``
+    features kept): ``w_dec`` as given, whatever its shape, for the checks of malformed ones."""
+    w_dec = np.asarray(w_dec, dtype=np.float32)
+    d = w_dec.shape[0]
+    m = w_dec.shape[1] if w_dec.ndim == 2 else d
+    return SparseAutoencoder(
+        W_enc=np.eye(m, d, dtype=np.float32),
+        b_enc=np.zeros(m, dtype=np.float32),
+        W_dec=w_dec,
+        b_dec=np.zeros(d, dtype=np.float32),
+        k=m,
+    )
+
+
 SAES = {MID_F: hand_sae(5, 8, 3, seed=1), UP_F: hand_sae(4, 6, 2, seed=2)}
 SPECS = {
-    MID_F: FeatureSpec.from_sae("mid", SAES[MID_F]),
-    UP_F: FeatureSpec.from_sae("upper", SAES[UP_F]),
+    MID_F: FeatureLayer("mid", SAES[MID_F]),
+    UP_F: FeatureLayer("upper", SAES[UP_F]),
 }
 CLUSTERS = {
     "lower": np.array([0, 1, 1, 2]),
@@ -203,9 +220,9 @@ def test_features_leave_the_channel_edges_exactly_as_they_were():
 
 def test_graph_pairs_chain_channels_and_features_separately():
     specs = {
-        "b4:features": FeatureSpec("b4", encode=lambda v: v, decoder=torch.eye(2)),
-        "b2:features": FeatureSpec("b2", encode=lambda v: v, decoder=torch.eye(2)),
-        "b1:features": FeatureSpec("b1", encode=lambda v: v, decoder=torch.eye(2)),
+        "b4:features": FeatureLayer("b4", plain_sae(np.eye(2))),
+        "b2:features": FeatureLayer("b2", plain_sae(np.eye(2))),
+        "b1:features": FeatureLayer("b1", plain_sae(np.eye(2))),
     }
     layers = ["b1", "b2", "b3", "b4"]
     assert graph_pairs(layers, {}) == [("b1", "b2"), ("b2", "b3"), ("b3", "b4"), ("b4", PREDICTION)]
@@ -224,7 +241,7 @@ def test_graph_pairs_chain_channels_and_features_separately():
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 7, 5), (3, 5)])
 def test_feature_maps_encode_every_position(shape):
     sae = SAES[MID_F]
-    spec = FeatureSpec.from_sae("mid", sae)
+    spec = FeatureLayer("mid", sae)
     out = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     z = spec.maps(out)
     axis = 2 if len(shape) == 3 else 1
@@ -284,17 +301,22 @@ def test_ablating_a_feature_cluster_subtracts_its_decoder_contribution():
 
 def test_feature_layers_are_validated():
     net, x = Net().eval(), images()
-    nowhere = {"f": FeatureSpec("nope", encode=lambda v: v, decoder=torch.eye(5))}
+    nowhere = {"nope:features": FeatureLayer("nope", plain_sae(np.eye(5)))}
     with pytest.raises(ValueError, match=r"reads layer 'nope', which is not a captured layer"):
         influence_edges(
-            net, ["lower", "mid", "f"], {**CLUSTERS, "f": np.arange(5)}, x, 0, features=nowhere
+            net,
+            ["lower", "mid", "nope:features"],
+            {**CLUSTERS, "nope:features": np.arange(5)},
+            x,
+            0,
+            features=nowhere,
         )
-    wrong = {MID_F: FeatureSpec("mid", encode=lambda v: v, decoder=torch.eye(4))}
+    wrong = {MID_F: FeatureLayer("mid", plain_sae(np.eye(4)))}
     with pytest.raises(ValueError, match=r"decoder has shape \(4, 4\) but its source 'mid' outp"):
         influence_edges(
             net, ["lower", "mid", MID_F], {**CLUSTERS, MID_F: np.arange(4)}, x, 0, features=wrong
         )
-    flat = {MID_F: FeatureSpec("mid", encode=lambda v: v, decoder=torch.ones(5))}
+    flat = {MID_F: FeatureLayer("mid", plain_sae(np.ones(5)))}
     with pytest.raises(ValueError, match=r"decoder must be a \(d, n_features\) tensor"):
         influence_edges(net, LAYERS[:4], CLUSTERS, x, 0, features=flat)
     with pytest.raises(ValueError, match=r"has 8 entries but the layer has 6 features"):
@@ -312,3 +334,8 @@ def test_feature_layers_are_validated():
     with pytest.raises(ValueError, match="both read layer 'mid'"):
         twice = {**SPECS, UP_F: SPECS[MID_F]}
         influence_edges(net, LAYERS, CLUSTERS, x, 0, features=twice)
+    with pytest.raises(ValueError, match=r"features\['mid:features'\] is the feature layer 'upp"):
+        swapped = {MID_F: SPECS[UP_F], UP_F: SPECS[MID_F]}
+        influence_edges(net, LAYERS, CLUSTERS, x, 0, features=swapped)
+    with pytest.raises(ValueError, match=r"features\['mid:features'\] must be a FeatureLayer"):
+        influence_edges(net, LAYERS, CLUSTERS, x, 0, features={**SPECS, MID_F: SAES[MID_F]})
