@@ -234,32 +234,9 @@ def train_skipgram(
         ``count >= 1``. The order of the two ids does not matter.
     n_neurons : int
         Number of neurons, >= 0; every id in ``[0, n_neurons)`` gets a vector.
-    dim : int
-        Embedding dimension, >= 1.
-    epochs : int
-        Passes over all examples, >= 1.
-    learning_rate : float
-        Initial SGD step, > 0; it decays linearly to ``1e-4`` of itself over
-        all steps, as in word2vec.
-    negatives : int
-        Negative samples per example, >= 1.
-    batch_size : int
-        Most examples per vectorised SGD step, >= 1. The step uses at most
-        ``2 * (number of co-occurring neurons)`` examples: a row that recurs many
-        times in one batch receives the sum of all its updates at once, one huge
-        step (16384 examples over 300 neurons destroyed the planted groups in the
-        tests, while 512 recovered them).
-    negative_group_size : int
-        Consecutive examples of a (shuffled) batch that share one draw of
-        ``negatives`` negatives, >= 1. Each example still has ``negatives``
-        unigram^0.75 negatives; sharing turns the per-example dot products into
-        small matrix products and cuts the rows to update. 1 reproduces word2vec's
-        independent draws (about 3x slower, same quality in the benchmark).
-    num_threads : int or None
-        torch intra-op threads while training (restored afterwards); None keeps
-        the process setting. The default 1 is deliberate: the per-batch tensors
-        are small, and with several threads OpenMP barrier stalls made training
-        up to 100x slower whenever other processes were busy on the same CPUs.
+    dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
+        As :func:`carto_assets.core.skipgram.trainer.train_skipgram_sentences` (the
+        product's trainer, which this one is measured against).
     negative_counts : np.ndarray, optional
         (n_neurons,) non-negative per-neuron frequencies for the negative
         distribution, at least one positive among non-isolated neurons. word2vec
