@@ -27,6 +27,7 @@ from carto_assets.study import (
     load_study,
     study_from_dict,
 )
+from carto_assets.study.banding import Bands, NumPerm, Rows, banding_problem
 from carto_assets.study.fields import NAME_PATTERN, Allowed
 
 #: The study entry that names the built-in demo study (its paths resolve against the
@@ -77,14 +78,9 @@ class Comparison(BaseModel):
         description="The same for concepts (clusters): Jaccard of the union of their members' "
         "top images; a concept with no counterpart at or above it is only in its model.",
     )
-    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations.")
-    bands: int | None = Field(
-        None,
-        ge=1,
-        description="LSH bands; give bands and rows both or neither (neither: derived from "
-        "the threshold, favouring recall).",
-    )
-    rows: int | None = Field(None, ge=1, description="LSH rows per band; see bands.")
+    num_perm: NumPerm = 128
+    bands: Bands = None
+    rows: Rows = None
     seed: int = Field(
         1,
         ge=0,
@@ -207,16 +203,11 @@ def comparison_from_dict(raw: Any, base_dir: str | Path = ".") -> Comparison:
         comparison = Comparison.model_validate({**raw, "base_dir": str(Path(base_dir).resolve())})
     except ValidationError as exc:
         raise ComparisonError(_message(exc)) from None
-    if (comparison.bands is None) != (comparison.rows is None):
+    problem = banding_problem(comparison.num_perm, comparison.bands, comparison.rows)
+    if problem:
         raise ComparisonError(
-            f"comparison field 'bands' must be given together with rows (both or neither), "
-            f"got bands={comparison.bands}, rows={comparison.rows}"
-        )
-    product = (comparison.bands or 0) * (comparison.rows or 0)
-    if product > comparison.num_perm:
-        raise ComparisonError(
-            f"comparison field 'bands' must be such that bands x rows <= num_perm, got "
-            f"{comparison.bands} x {comparison.rows} > {comparison.num_perm}"
+            f"comparison field 'bands' must be {problem}, got bands={comparison.bands}, "
+            f"rows={comparison.rows}"
         )
     return comparison
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from carto_assets.study.banding import Bands, NumPerm, Rows, banding_problem
 from carto_assets.validate import check_int
 
 DatasetKind = Literal["shapes", "digits", "imagefolder"]
@@ -176,14 +177,9 @@ class ClusteringConfig(_Section):
         "as similar; a cluster's average pairwise Jaccard stays at or above it (average "
         "linkage, no chaining).",
     )
-    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations.")
-    bands: int | None = Field(
-        None,
-        ge=1,
-        description="LSH bands; give bands and rows both or neither (neither: derived from "
-        "the threshold, favouring recall).",
-    )
-    rows: int | None = Field(None, ge=1, description="LSH rows per band; see bands.")
+    num_perm: NumPerm = 128
+    bands: Bands = None
+    rows: Rows = None
     seed: int = Field(1, ge=0, description="MinHash seed (datasketch's scheme).")
     linkage: Literal["average", "complete"] = Field(
         "average", description="average or complete linkage for grouping confirmed pairs."
@@ -191,17 +187,9 @@ class ClusteringConfig(_Section):
 
     @model_validator(mode="after")
     def _banding_fits(self) -> ClusteringConfig:
-        if (self.bands is None) != (self.rows is None):
-            raise InvalidField("bands", "given together with rows (both or neither)", self.bands)
-        if self.bands is not None and self.rows is not None:
-            product = self.bands * self.rows
-            if product > self.num_perm:
-                raise InvalidField(
-                    "bands",
-                    f"such that bands x rows <= num_perm ({self.bands} x {self.rows} = "
-                    f"{product} > {self.num_perm})",
-                    self.bands,
-                )
+        problem = banding_problem(self.num_perm, self.bands, self.rows)
+        if problem:
+            raise InvalidField("bands", problem, self.bands)
         return self
 
 

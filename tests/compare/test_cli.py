@@ -100,6 +100,16 @@ def test_comparison_files_are_checked(tmp_path, two_studies):
     bad = _comparison(folder, ["a.yaml", "none.yaml"], threshold=0)
     with pytest.raises(ComparisonError, match="comparison field 'threshold'"):
         load_comparison(bad)
+    bad = _comparison(folder, ["a.yaml", "b.yaml"], bands=4)
+    with pytest.raises(ComparisonError) as error:
+        load_comparison(bad)
+    assert str(error.value) == (
+        f"{bad}: comparison field 'bands' must be given together with rows (both or neither), "
+        "got bands=4, rows=None"
+    )
+    bad = _comparison(folder, ["a.yaml", "b.yaml"], bands=40, rows=4)
+    with pytest.raises(ComparisonError, match=r"bands x rows <= num_perm \(40 x 4 = 160 > 128\)"):
+        load_comparison(bad)
     with pytest.raises(ComparisonError, match=r"study 'none\.yaml': study file not found"):
         load_comparison(_comparison(folder, ["a.yaml", "none.yaml"])).load_studies()
     (folder / "late.yaml").write_text(yaml.safe_dump({"name": "late", "database": "late.duckdb"}))
