@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -99,9 +100,9 @@ def test_check_and_run_on_an_image_folder(awkward_study, first_run):
     assert sorted(n for (n,) in names) == sorted(CLASSES)
 
 
-def assert_page_opens(html: Path, title: str) -> None:
-    """The exported page loads from file:// in Chromium, fetches nothing from a network, logs
-    no error, and draws the class names as text (the search box finds them; no markup ran)."""
+@contextmanager
+def chromium():
+    """Debian's Chromium through playwright (skipped where it is missing, an error in CI)."""
     pages = pytest.importorskip("viz.pages")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not pages.CHROMIUM.exists():
@@ -111,16 +112,25 @@ def assert_page_opens(html: Path, title: str) -> None:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(pages.CHROMIUM), args=pages.ARGS)
         try:
-            page = pages.Page(browser, html)
-            assert page.errors == [] and page.dialogs == []
-            assert all(url.startswith(("file:", "data:", "blob:")) for url in page.requests)
-            assert page.page.inner_text("#study-title") == title
-            assert page.search("<img") == [CLASSES[1]]
-            assert page.search("zür") == [CLASSES[2]]
-            assert page.search("quoted") == [CLASSES[0]]
-            assert page.page.evaluate("window.__xss") is None
+            yield browser
         finally:
             browser.close()
+
+
+def assert_page_opens(html: Path, title: str) -> None:
+    """The exported page loads from file:// in Chromium, fetches nothing from a network, logs
+    no error, and draws the class names as text (the search box finds them; no markup ran)."""
+    from viz.pages import Page
+
+    with chromium() as browser:
+        page = Page(browser, html)
+        assert page.errors == [] and page.dialogs == []
+        assert all(url.startswith(("file:", "data:", "blob:")) for url in page.requests)
+        assert page.page.inner_text("#study-title") == title
+        assert page.search("<img") == [CLASSES[1]]
+        assert page.search("zür") == [CLASSES[2]]
+        assert page.search("quoted") == [CLASSES[0]]
+        assert page.page.evaluate("window.__xss") is None
 
 
 def test_the_page_opens_and_draws_class_names_as_text(awkward_study, first_run):
@@ -527,30 +537,20 @@ def test_explain_writes_a_page_that_draws_text_as_text(awkward_study, first_run,
     assert f"Page:     {html}" in out.stdout and html.is_file()
     text = html.read_text()
     assert "<script>window" not in text and '<img src=x onerror="' not in text
-    pages = pytest.importorskip("viz.pages")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not pages.CHROMIUM.exists():
-        if os.environ.get("CI"):
-            raise RuntimeError("/usr/bin/chromium is missing in CI: `make test` installs it")
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(pages.CHROMIUM), args=pages.ARGS)
-        try:
-            page = browser.new_page()
-            errors, requests = [], []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html.resolve().as_uri())
-            page.wait_for_selector("body[data-ready]", timeout=20_000)
-            title = page.inner_text("#title")
-            assert title.startswith("mine.png: ") and title.split(": ", 1)[1] in CLASSES
-            assert page.query_selector("#title img, #title b") is None  # the name stayed text
-            assert len(page.query_selector_all("#legend li")) == 3
-            assert len(page.query_selector_all("#layers tr")) == 5
-            assert errors == [] and page.evaluate("window.__xss") is None
-            assert all(u.startswith(("file:", "data:")) for u in requests)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        errors, requests = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector("body[data-ready]", timeout=20_000)
+        title = page.inner_text("#title")
+        assert title.startswith("mine.png: ") and title.split(": ", 1)[1] in CLASSES
+        assert page.query_selector("#title img, #title b") is None  # the name stayed text
+        assert len(page.query_selector_all("#legend li")) == 3
+        assert len(page.query_selector_all("#layers tr")) == 5
+        assert errors == [] and page.evaluate("window.__xss") is None
+        assert all(u.startswith(("file:", "data:")) for u in requests)
 
 
 def test_explain_names_what_is_wrong_in_one_line(awkward_study, first_run, picture, tmp_path):
