@@ -459,6 +459,10 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/publish.py": "a benchmark: maps a study twice, minutes",
     # Comparing models (issue 23); `carto compare` is typed in tests/compare/.
     ".venv/bin/python benchmarks/compare.py": "a benchmark: maps five demo-size studies, minutes",
+    ".venv/bin/python benchmarks/repeated_work.py": "a benchmark: maps a small study, a minute",
+    ".venv/bin/python benchmarks/same_tables.py a.duckdb b.duckdb": (
+        "a comparison of two mapped studies' databases (a refactor's before and after)"
+    ),
     "make compare-demo": (
         "maps the demo study twice (final, epoch 1), minutes; its commands are typed in "
         "tests/compare/ (carto compare) and here (carto run), its files checked in "
