@@ -86,5 +86,5 @@ format: install
 	$(VENV)/bin/ruff check --fix carto_assets carto_viz tests benchmarks
 
 clean-data:
-	rm -rf data/carto.duckdb data/carto.duckdb.wal data/carto_files $(DAGSTER_HOME)
+	rm -rf data/carto.duckdb data/carto.duckdb.wal data/carto_files data/carto_views $(DAGSTER_HOME)
 	rm -rf data/shapes-demo-epoch1.duckdb data/shapes-demo-epoch1_files data/compare

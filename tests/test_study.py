@@ -78,6 +78,8 @@ def test_yaml_file_paths_resolve_against_the_file(tmp_path, monkeypatch):
     assert study.dataset.path == str(images)
     assert study.database_path == tmp_path / "out" / "mine.duckdb"
     assert study.files_dir == tmp_path / "out" / "mine_files"
+    # Two studies beside each other keep their own page (the views were one `views` folder).
+    assert study.views_path == tmp_path / "out" / "mine_views"
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

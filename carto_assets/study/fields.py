@@ -527,8 +527,8 @@ class Study(BaseModel):
     )
     views_dir: Annotated[str | None, Allowed("a folder path")] = Field(
         None,
-        description="Folder for the exported views (index.html); default: views next to the "
-        "database.",
+        description="Folder for the exported views (index.html); default: <database "
+        "stem>_views next to the database, so studies beside each other keep their own.",
     )
     base_dir: str = Field(
         ".",
@@ -660,7 +660,8 @@ class Study(BaseModel):
     def views_path(self) -> Path:
         if self.views_dir is not None:
             return self.resolve(self.views_dir)
-        return self.database_path.parent / "views"
+        db = self.database_path
+        return db.parent / f"{db.stem}_views"
 
     @property
     def is_builtin_model(self) -> bool:

@@ -91,7 +91,7 @@ def test_check_and_run_on_an_image_folder(awkward_study, first_run):
     assert skipped, out
     assert (int(skipped.group(1)), int(skipped.group(2))) == (holds["not_images"], 1)
     db = folder / "out" / "builtin.duckdb"
-    views = folder / "out" / "views" / "index.html"
+    views = folder / "out" / "builtin_views" / "index.html"
     assert f"Database: {db}" in out and f"Views:    {views}" in out
     log = re.search(r"^Log: +(\S+)$", out, re.M)
     assert log and Path(log.group(1)).is_file()
@@ -136,14 +136,14 @@ def assert_page_opens(html: Path, title: str) -> None:
 def test_the_page_opens_and_draws_class_names_as_text(awkward_study, first_run):
     folder, _, _ = awkward_study
     first_run.ok()
-    assert_page_opens(folder / "out" / "views" / "index.html", "builtin")
+    assert_page_opens(folder / "out" / "builtin_views" / "index.html", "builtin")
 
 
 # ---- the Dagster CLI on the same study and instance ------------------------------------------
 def test_dagster_asset_materialize_lines(awkward_study, first_run):
     folder, study, _ = awkward_study
     first_run.ok()
-    html = folder / "out" / "views" / "index.html"
+    html = folder / "out" / "builtin_views" / "index.html"
     before = html.stat().st_mtime_ns
     env = {"CARTO_STUDY": study.name, "DAGSTER_HOME": str(folder / ".dagster")}
     dagster = BIN / "dagster"
@@ -295,7 +295,7 @@ def test_the_readme_study_with_carto_study_and_make_demo(readme_study):
     mapped = r"^Mapped: +\d+ images, 896 channels \+ 1,536 features in 3 layers"
     assert re.search(mapped, demo.stdout, re.M), demo.stdout
     assert f"Database: {folder / 'out' / 'pets.duckdb'}" in demo.stdout
-    assert_page_opens(folder / "out" / "views" / "index.html", "pets")
+    assert_page_opens(folder / "out" / "pets_views" / "index.html", "pets")
 
 
 def test_carto_layers(awkward_study):
