@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import altair as alt
@@ -32,7 +31,7 @@ import vl_convert
 from carto_assets import atomic
 from carto_assets.compare.concepts import leading_term
 from carto_assets.storage import CartoStore
-from carto_viz.export import javascript_bundle, script_json
+from carto_viz.export import javascript_bundle, page_asset, script_json
 from carto_viz.sprites import pack_patches
 
 #: neighbours from other studies listed per unit on the page.
@@ -439,10 +438,6 @@ def _figures(tables: dict[str, pl.DataFrame], names: list[str]) -> list[dict]:
     return out
 
 
-def _asset(name: str) -> str:
-    return resources.files("carto_viz").joinpath("page", name).read_text(encoding="utf-8")
-
-
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -501,14 +496,14 @@ def export_compare(
     else:
         data["patches"] = {"sheets": [], "slots": {}}
     html = _PAGE.format(
-        css=_asset("compare.css"),
+        css=page_asset("compare.css"),
         data=script_json(data),
         sheets=script_json(sheets),
         projection=script_json(specs["projection"]),
         matrix=script_json(specs["matrix"]),
         graph=script_json(specs["graph"]),
         bundle=javascript_bundle(),
-        script=_asset("compare.js"),
+        script=page_asset("compare.js"),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,8 @@ def javascript_bundle() -> str:
     return bundle
 
 
-def _asset(name: str) -> str:
+def page_asset(name: str) -> str:
+    """A file of the page's own (``carto_viz/page/``: scripts, styles, templates) as text."""
     return resources.files("carto_viz").joinpath("page", name).read_text(encoding="utf-8")
 
 
@@ -139,7 +140,7 @@ _PAGE = """<!DOCTYPE html>
 def explain_page(data_json: str) -> str:
     """``carto explain --html``'s page around its data (already :func:`script_json` text): the
     image, its concept atlas and legend, drawn with ``textContent`` and a canvas only."""
-    return _asset("explain.html").replace("{{DATA}}", data_json)
+    return page_asset("explain.html").replace("{{DATA}}", data_json)
 
 
 def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str]) -> str:
@@ -155,14 +156,14 @@ def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str
         for name, text in inline_chunks.items()
     )
     return _PAGE.format(
-        css=_asset("page.css"),
+        css=page_asset("page.css"),
         page=script_json(page),
         projection=script_json(specs["projection"]),
         detail=script_json(specs["detail"]),
         graph=script_json(specs["graph"]),
         chunks=chunk_tags,
         bundle=javascript_bundle(),
-        script=_asset("page.js"),
+        script=page_asset("page.js"),
     )
 
 

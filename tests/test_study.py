@@ -307,3 +307,14 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
         shard_model_identity(demo, dictionary="abc"),
     }
     assert len(identities) == 4
+
+
+def test_embedding_settings_are_the_trainers_arguments():
+    import inspect
+
+    from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+    from carto_assets.study import EmbeddingConfig
+
+    settings = EmbeddingConfig(epochs=3, window=2).trainer_settings()
+    assert settings["epochs"] == 3 and settings["window"] == 2
+    assert set(settings) <= set(inspect.signature(train_skipgram_sentences).parameters)

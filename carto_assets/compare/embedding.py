@@ -37,12 +37,7 @@ def joint_embedding(
         unit_ids,
         image_ids,
         n_units,
-        window=cfg.window,
-        dim=cfg.dim,
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        negatives=cfg.negatives,
-        batch_size=cfg.batch_size,
+        **cfg.trainer_settings(),
         seed=seed,
         progress=progress,
     )

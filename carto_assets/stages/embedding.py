@@ -62,12 +62,7 @@ def train_embedding(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
         n,
-        window=cfg.window,
-        dim=cfg.dim,
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        negatives=cfg.negatives,
-        batch_size=cfg.batch_size,
+        **cfg.trainer_settings(),
         seed=seed,
         progress=lambda e, loss: (
             progress_of.advance("embedding", e, cfg.epochs, "epochs"),
