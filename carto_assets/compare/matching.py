@@ -29,18 +29,14 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.similarity.minhash import (
+    lsh_banding,
     lsh_candidate_pairs,
     minhash_signatures,
-    optimal_lsh_params,
     pairs_within_runs,
 )
 from carto_assets.core.similarity.pairs import identical_set_groups
 from carto_assets.core.similarity.sets import NeuronSets, pair_jaccard, sub_positions
 from carto_assets.validate import check_float, check_int
-
-#: LSH banding weights (false positive, false negative): a false positive costs one exact
-#: Jaccard, a false negative loses a match (see ``carto_assets.core.similarity.pairs.lsh_pairs``).
-RECALL_WEIGHTS = (0.05, 0.95)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,17 +190,6 @@ class CrossPairs:
     repeated: np.ndarray
 
 
-def banding(
-    threshold: float, num_perm: int, bands: int | None, rows: int | None
-) -> tuple[int, int]:
-    """``(bands, rows)``: as given, or derived from the threshold favouring recall."""
-    if (bands is None) != (rows is None):
-        raise ValueError(f"give both bands and rows or neither, got bands={bands}, rows={rows}")
-    if bands is None or rows is None:
-        return optimal_lsh_params(threshold, num_perm, RECALL_WEIGHTS)
-    return bands, rows
-
-
 def cross_model_pairs(
     units: UnitSets,
     *,
@@ -218,7 +203,7 @@ def cross_model_pairs(
     (LSH may miss a pair, never reports a false one); see the module docstring."""
     threshold = check_float("threshold", threshold, low=0, high=1, low_open=True)
     num_perm = check_int("num_perm", num_perm, minimum=1)
-    bands, rows = banding(threshold, num_perm, bands, rows)
+    bands, rows = lsh_banding(threshold, num_perm, bands, rows)
     if units.n_studies > 63:
         raise ValueError(f"at most 63 models can be matched at once, got {units.n_studies}")
     n = units.n_units

@@ -470,6 +470,27 @@ class LshCandidates:
     n_skipped_buckets: int
 
 
+#: LSH banding weights (false positive, false negative) favouring recall: a false positive costs
+#: one exact Jaccard, a false negative loses a pair.
+RECALL_WEIGHTS = (0.05, 0.95)
+
+
+def lsh_banding(
+    threshold: float,
+    num_perm: int,
+    bands: int | None = None,
+    rows: int | None = None,
+    weights: tuple[float, float] = RECALL_WEIGHTS,
+) -> tuple[int, int]:
+    """``(bands, rows)``: as given (both or neither), or :func:`optimal_lsh_params` of the
+    threshold with ``weights``; checked against ``num_perm`` (:func:`check_bands_rows`)."""
+    if (bands is None) != (rows is None):
+        raise ValueError(f"give both bands and rows or neither, got bands={bands}, rows={rows}")
+    if bands is None or rows is None:
+        bands, rows = optimal_lsh_params(threshold, num_perm, weights)
+    return check_bands_rows(bands, rows, num_perm)
+
+
 def pairs_within_runs(
     members: np.ndarray, run_lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

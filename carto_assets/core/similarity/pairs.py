@@ -27,14 +27,14 @@ from typing import Literal
 import numpy as np
 
 from carto_assets.core.similarity.minhash import (
+    RECALL_WEIGHTS,
     Encoding,
     Scheme,
-    check_bands_rows,
     check_threshold,
     fmix,
+    lsh_banding,
     lsh_candidate_pairs,
     minhash_signatures,
-    optimal_lsh_params,
     pairs_within_runs,
 )
 from carto_assets.core.similarity.sets import (
@@ -298,7 +298,7 @@ def lsh_pairs(
     seed: int = 1,
     bands: int | None = None,
     rows: int | None = None,
-    weights: tuple[float, float] = (0.05, 0.95),
+    weights: tuple[float, float] = RECALL_WEIGHTS,
     scheme: Scheme = "affine32",
     encoding: Encoding = "int64le",
     max_bucket_size: int | None = None,
@@ -342,11 +342,7 @@ def lsh_pairs(
     """
     threshold = check_threshold(threshold)
     num_perm = check_int("num_perm", num_perm, minimum=1)
-    if (bands is None) != (rows is None):
-        raise ValueError(f"give both bands and rows or neither, got bands={bands}, rows={rows}")
-    if bands is None:
-        bands, rows = optimal_lsh_params(threshold, num_perm, weights)
-    bands, rows = check_bands_rows(bands, rows, num_perm)
+    bands, rows = lsh_banding(threshold, num_perm, bands, rows, weights)
 
     n = sets.n_neurons
     rep = identical_set_groups(sets)

@@ -10,6 +10,7 @@ from carto_assets.core.similarity.minhash import (
     SCHEMES,
     encode_image_id,
     hash_image_ids,
+    lsh_banding,
     lsh_candidate_pairs,
     max_hash,
     minhash_permutations,
@@ -243,3 +244,13 @@ def test_lsh_bad_bucket_cap_and_groups():
         lsh_candidate_pairs(sig, np.zeros(3, int), bands=2, rows=2, max_bucket_size=0)
     with pytest.raises(ValueError, match=r"groups must be an integer array of shape \(3,\)"):
         lsh_candidate_pairs(sig, np.zeros(2, int), bands=2, rows=2)
+
+
+def test_lsh_banding_takes_both_or_neither_and_checks_them():
+    assert lsh_banding(0.3, 128) == optimal_lsh_params(0.3, 128, (0.05, 0.95))
+    assert lsh_banding(0.3, 128, weights=(0.5, 0.5)) == optimal_lsh_params(0.3, 128, (0.5, 0.5))
+    assert lsh_banding(0.3, 128, 16, 8) == (16, 8)
+    with pytest.raises(ValueError, match="both bands and rows or neither"):
+        lsh_banding(0.3, 128, 16, None)
+    with pytest.raises(ValueError):
+        lsh_banding(0.3, 128, 40, 4)  # 160 > 128
