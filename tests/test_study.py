@@ -124,7 +124,7 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         ({"dataset": {"size": 0}}, "study field 'dataset.size' must be an integer >= 1, got 0"),
         ({"top_k": "5"}, "study field 'top_k' must be an integer in [1, 100000], got '5'"),
         ({"shards": 4.0}, "study field 'shards' must be an integer in [1, 100000], got 4.0"),
-        ({"seed": True}, "study field 'seed' must be an integer >= 0, got True"),
+        ({"seed": True}, "study field 'seed' must be an integer in [0, 4294967295], got True"),
         (
             {"embedding": {"min_dist": 1.5}},
             "study field 'embedding.min_dist' must be a number in [0.0, 1.0], got 1.5",
