@@ -309,12 +309,15 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
     assert len(identities) == 4
 
 
-def test_embedding_settings_are_the_trainers_arguments():
-    import inspect
+def test_the_embedding_block_is_the_trainers_settings_with_its_defaults():
+    import dataclasses
 
-    from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+    from carto_assets.core.skipgram.trainer import SkipGram
     from carto_assets.study import EmbeddingConfig
 
-    settings = EmbeddingConfig(epochs=3, window=2).trainer_settings()
-    assert settings["epochs"] == 3 and settings["window"] == 2
-    assert set(settings) <= set(inspect.signature(train_skipgram_sentences).parameters)
+    names = [f.name for f in dataclasses.fields(SkipGram)]
+    block = EmbeddingConfig()
+    assert {n: getattr(block, n) for n in names} == dataclasses.asdict(SkipGram())
+    assert EmbeddingConfig(epochs=3, window=2).model_dump(include=set(names)) == (
+        dataclasses.asdict(SkipGram(epochs=3, window=2))
+    )

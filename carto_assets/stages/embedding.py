@@ -62,7 +62,7 @@ def train_embedding(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
         n,
-        **cfg.trainer_settings(),
+        cfg,
         seed=seed,
         progress=lambda e, loss: (
             progress_of.advance("embedding", e, cfg.epochs, "epochs"),

@@ -232,14 +232,6 @@ class EmbeddingConfig(_Section):
         "embedding space).",
     )
 
-    def trainer_settings(self) -> dict[str, int | float]:
-        """The skip-gram trainer's keyword arguments
-        (:func:`~carto_assets.core.skipgram.trainer.train_skipgram_sentences`), for a study's
-        embedding and a comparison's joint one alike."""
-        return self.model_dump(
-            include={"window", "dim", "epochs", "learning_rate", "negatives", "batch_size"}
-        )
-
 
 class GraphConfig(_Section):
     """Example patches and the per-class concept graph."""
