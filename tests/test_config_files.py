@@ -3,6 +3,8 @@ refusals `carto check` and `carto compare` print, typed as a user types them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +16,8 @@ from carto_assets.compare.config import (
     comparison_from_dict,
     load_comparison,
 )
-from carto_assets.core.similarity.minhash import minhash_signatures
+from carto_assets.core.sae.dictionaries import DictionaryTraining, Sampling
+from carto_assets.core.similarity.minhash import MinHashLsh, minhash_signatures
 from carto_assets.study import (
     ClusteringConfig,
     ConfigError,
@@ -59,6 +62,20 @@ def test_a_kind_of_field_has_one_bound_in_every_config(a, b):
     # An optional field is the same type with None allowed.
     assert bounds_a[1:] == bounds_b[1:]
     assert bounds_a[0] in (bounds_b[0], bounds_b[0] | None) or bounds_b[0] == bounds_a[0] | None
+
+
+@pytest.mark.parametrize(
+    ("block", "core"),
+    [
+        (ClusteringConfig(), MinHashLsh()),
+        (FeaturesConfig(layers=["block4"]), DictionaryTraining()),
+        (FeaturesConfig(layers=["block4"]), Sampling(50_000, 4, 2)),
+    ],
+)
+def test_a_settings_block_is_what_its_core_function_takes(block, core):
+    """Core functions take the block whole: it has every setting, with the same defaults."""
+    names = [f.name for f in dataclasses.fields(core)]
+    assert {name: getattr(block, name) for name in names} == dataclasses.asdict(core)
 
 
 @pytest.mark.parametrize(
