@@ -16,6 +16,7 @@ from carto_assets.compare.config import (
     comparison_from_dict,
     load_comparison,
 )
+from carto_assets.core.projection.umap2d import Projection
 from carto_assets.core.sae.dictionaries import DictionaryTraining, Sampling
 from carto_assets.core.similarity.minhash import MinHashLsh, minhash_signatures
 from carto_assets.study import (
@@ -68,6 +69,7 @@ def test_a_kind_of_field_has_one_bound_in_every_config(a, b):
     ("block", "core"),
     [
         (ClusteringConfig(), MinHashLsh()),
+        (EmbeddingConfig(), Projection()),
         (FeaturesConfig(layers=["block4"]), DictionaryTraining()),
         (FeaturesConfig(layers=["block4"]), Sampling(50_000, 4, 2)),
     ],

@@ -423,9 +423,7 @@ def projection(comparison: Comparison, store: CartoStore) -> Result:
     frame = store.query("SELECT unit_id, vector FROM compare_embedding ORDER BY unit_id")
     vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
     cfg = comparison.embedding
-    xy = project_2d(
-        vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=comparison.seed
-    )
+    xy = project_2d(vectors, cfg, seed=comparison.seed)
     unit, rank, neighbor, similarity = cross_neighbors(vectors, sets.study, cfg.neighbors)
     tables = {
         "compare_projection": schema.frame(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from carto_assets.core.projection.neighbors import nearest_neighbors
-from carto_assets.core.projection.umap2d import project_2d
+from carto_assets.core.projection.umap2d import Projection, project_2d
 from carto_assets.core.skipgram.trainer import (
     SkipGram,
     _alias_table,
@@ -246,7 +246,7 @@ def test_projection_with_umap_covers_every_neuron(planted):
     tiny = project_2d(np.random.default_rng(0).normal(size=(5, 30)), seed=0)
     assert tiny.shape == (5, 2) and np.isfinite(tiny).all()
     _, _, group, result = planted
-    layout = project_2d(result.vectors, n_neighbors=15, seed=0)
+    layout = project_2d(result.vectors, Projection(n_neighbors=15), seed=0)
     assert layout.shape == (group.size, 2) and layout.dtype == np.float32
     assert np.isfinite(layout).all()
     # Planted groups stay together in 2-D: most 2-D neighbours share the group.
@@ -268,4 +268,4 @@ def test_projection_with_umap_covers_every_neuron(planted):
 )
 def test_projection_rejects_bad_input(vectors, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        project_2d(vectors, **kwargs)
+        project_2d(vectors, Projection(**kwargs))
