@@ -245,3 +245,14 @@ def test_carto_compare_says_once_that_a_study_is_named_twice(image_folder):
         f"carto: {comparison}: comparison field 'studies' must be a list naming each study once "
         "('mine.yaml' twice), got ['mine.yaml', 'mine.yaml']"
     ]
+
+
+def test_carto_compare_prints_a_yaml_syntax_error_in_one_line(tmp_path):
+    comparison = tmp_path / "cmp.yaml"
+    comparison.write_text("name: cmp\nstudies: [a.yaml, b.yaml\n")
+    out = run([CARTO, "compare", comparison.name], cwd=tmp_path)
+    assert out.returncode == 2
+    assert _errors(out) == [
+        f"carto: comparison file {comparison} is not valid YAML at line 3, column 1: expected "
+        "',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 10)"
+    ]
