@@ -222,8 +222,9 @@ class CartoStore:
     owner
         How this writer names itself to others (default: the command line and pid).
     memory_limit
-        DuckDB's memory limit for every connection (e.g. ``"512MB"``, ``"2GB"``); sorts,
-        joins and aggregates beyond it spill to a temporary folder beside the database.
+        DuckDB's memory limit for every connection (e.g. ``"2GB"``; default
+        :data:`DEFAULT_MEMORY_LIMIT`); sorts, joins and aggregates beyond it spill to a
+        temporary folder beside the database.
     """
 
     def __init__(
