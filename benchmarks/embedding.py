@@ -48,7 +48,7 @@ from all_pairs import cooccurrence_counts, shared_image_counts, train_skipgram
 
 from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.skipgram.sentences import image_sentences as sentence_lists
-from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+from carto_assets.core.skipgram.trainer import SkipGram, train_skipgram_sentences
 
 # The product defaults are what is benchmarked.
 _DEFAULTS = {k: v.default for k, v in inspect.signature(train_skipgram).parameters.items()}
@@ -56,7 +56,7 @@ DIM = _DEFAULTS["dim"]
 EPOCHS = _DEFAULTS["epochs"]
 LEARNING_RATE = _DEFAULTS["learning_rate"]
 NEGATIVES = _DEFAULTS["negatives"]
-WINDOW = inspect.signature(train_skipgram_sentences).parameters["window"].default
+WINDOW = SkipGram.window
 GENSIM_WORKERS = 2
 
 
@@ -206,8 +206,10 @@ def run_dataset(spec: PlantedSpec, repeats: int, torch_threads_row: bool) -> lis
     def windowed(label: str, window: int) -> None:
         seconds, result = best_time(
             lambda: train_skipgram_sentences(
-                neuron_ids, image_ids, n, window=window, dim=DIM, epochs=EPOCHS,
-                learning_rate=LEARNING_RATE, negatives=NEGATIVES, seed=0,
+                neuron_ids, image_ids, n,
+                SkipGram(window=window, dim=DIM, epochs=EPOCHS, learning_rate=LEARNING_RATE,
+                         negatives=NEGATIVES),
+                seed=0,
             ),
             repeats,
         )  # fmt: skip

@@ -470,9 +470,10 @@ def main() -> None:
     if args.nonzero_head:
         args.weights = str(nonzero_head_checkpoint(args.model, work / "model_nonzero_head.pt"))
     write_study(study_file, images_dir, args, work / "carto.duckdb")
-    os.environ["CARTO_STUDY"] = str(study_file)
-
+    from carto_assets.environment import STUDY_ENV_VAR
     from carto_assets.study import load_study
+
+    os.environ[STUDY_ENV_VAR] = str(study_file)
 
     study = load_study(study_file)
     start_all = time.perf_counter()

@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+from carto_assets.environment import DAGSTER_HOME_ENV_VAR, NUMBA_CACHE_ENV_VAR, STUDY_ENV_VAR
+
 #: The project-local instance's settings: defaults stored in DAGSTER_HOME, no telemetry
 #: (and so no telemetry banner in the output).
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
 def _dagster_home(home: str | None) -> Path:
-    return Path(home or os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").resolve()
+    return Path(home or os.environ.get(DAGSTER_HOME_ENV_VAR) or Path.cwd() / ".dagster").resolve()
 
 
 def _instance(home: str | None):
@@ -26,7 +28,7 @@ def _instance(home: str | None):
     config = path / "dagster.yaml"
     if not config.exists() or not config.read_text().strip():
         config.write_text(INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(path)
+    os.environ[DAGSTER_HOME_ENV_VAR] = str(path)
     return dg.DagsterInstance.get()
 
 
@@ -119,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from carto_assets.console import StageBars, log_to_file
     from carto_assets.study import StudyError, load_study
 
-    study_file = args.study or os.environ.get("CARTO_STUDY", "")
+    study_file = args.study or os.environ.get(STUDY_ENV_VAR, "")
     log_file = _log_file(args.dagster_home, "run")
     log_to_file(log_file, verbose=args.verbose)
     try:
@@ -180,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if views.exists():
         print(f"Views:    {views}")
     print(f"Log:      {log_file}")
-    print(f"Runs are recorded in {os.environ['DAGSTER_HOME']}; `make ui` shows them.")
+    print(f"Runs are recorded in {os.environ[DAGSTER_HOME_ENV_VAR]}; `make ui` shows them.")
     return 0
 
 
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
-    run.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    run.add_argument("--study", help=f"study YAML (default: ${STUDY_ENV_VAR}, else the demo study)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default: ./.dagster)")
     run.add_argument(
         "--jobs",
@@ -356,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     layers.set_defaults(func=cmd_layers)
 
     check = sub.add_parser("check", help="validate a study file without running anything")
-    check.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    check.add_argument(
+        "--study", help=f"study YAML (default: ${STUDY_ENV_VAR}, else the demo study)"
+    )
     check.set_defaults(func=cmd_check)
 
     compare = sub.add_parser(
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     # umap-learn compiles with numba on first use (about a minute on a small CPU); keep the
     # compiled code in one project-local folder so later runs reuse it. Must be set before
     # numba is imported.
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".numba_cache"))
+    os.environ.setdefault(NUMBA_CACHE_ENV_VAR, str(Path.cwd() / ".numba_cache"))
     if args.command in ("run-partition", "layers"):
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Dagster's SQLite storage logs its schema migrations at INFO on every run; not news.

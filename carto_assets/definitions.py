@@ -23,10 +23,10 @@ from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
 from carto_assets.assets.views import views
+from carto_assets.environment import STUDY_ENV_VAR
 from carto_assets.events import carto_events
 from carto_assets.memory import release_memory
 from carto_assets.resources import StudyResource
-from carto_assets.study import STUDY_ENV_VAR
 
 # The ~600,000 objects of the libraries imported above (dagster, torch, polars, ...) live as long
 # as the process: freezing them keeps every garbage collection (release_memory, after each

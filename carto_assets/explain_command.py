@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from carto_assets.environment import STUDY_ENV_VAR
+
 #: the tables the command reads from the study's database
 NEEDED = ("neurons", "neuron_clusters", "clusters", "example_patches")
 
@@ -29,7 +31,7 @@ class ExplainError(Exception):
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="which mapped concepts drove one image's prediction")
     p.add_argument("image", help="an image file (any format PIL reads), of the study's size")
-    p.add_argument("--study", help="study YAML (default: $CARTO_STUDY, else the demo study)")
+    p.add_argument("--study", help=f"study YAML (default: ${STUDY_ENV_VAR}, else the demo study)")
     p.add_argument("--html", type=Path, help="also write a page with the concept atlas here")
     p.add_argument("--top", type=int, default=3, help="concepts shown per layer (default 3)")
     p.add_argument("--layer", help="the atlas's layer (default: the last mapped layer of channels)")
@@ -40,7 +42,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from carto_assets.study import StudyError, load_study
 
     try:
-        study = load_study(args.study or os.environ.get("CARTO_STUDY") or None)
+        study = load_study(args.study or os.environ.get(STUDY_ENV_VAR) or None)
     except StudyError as exc:
         print(f"carto: invalid study: {exc}", file=sys.stderr)
         return 2

@@ -134,36 +134,61 @@ def _image_count(study: Study, problems: list[Problem]) -> int | None:
         return None
 
 
-def _auto_layers(study: Study, model: torch.nn.Module) -> list[str] | None:
-    """The ``layers: auto`` set of the study's model (one forward pass on a zero image), or
-    None when the model does not run at the study's input size (the activation pass says so)."""
-    from carto_assets.core.network.layers import default_layers, probe_layers
+def _layer_infos(study: Study, model: torch.nn.Module) -> list | None:
+    """Every module of the study's model with its output shape (one forward pass on a zero
+    image), or None when the model does not run at the study's input size (the activation pass
+    says so)."""
+    from carto_assets.core.network.layers import probe_layers
     from carto_assets.sources.datasets import study_image_size
 
     try:
-        infos = probe_layers(model, study_image_size(study))
+        return probe_layers(model, study_image_size(study))
     except ValueError:
         log.info("probing the model's layers failed", exc_info=True)
         return None
-    return default_layers("builtin" if study.is_builtin_model else study.torchvision_name, infos)
 
 
 def _feature_layers(study: Study, model: torch.nn.Module | None) -> list[Problem]:
-    """``features.layers`` must be among the mapped layers, ``auto`` included."""
+    """``features.layers`` must be among the mapped layers, ``auto`` included, and ``features.k``
+    at most each one's feature count (``expansion x channels``), which the dictionary's
+    training needs."""
     if study.features is None or model is None:
         return []
-    mapped = list(study.layers) if study.layers != "auto" else _auto_layers(study, model)
-    if mapped is None:
+    from carto_assets.core.network.layers import default_layers
+
+    infos = _layer_infos(study, model)
+    if study.layers != "auto":
+        mapped = list(study.layers)
+    elif infos is not None:
+        kind = "builtin" if study.is_builtin_model else study.torchvision_name
+        mapped = default_layers(kind, infos)
+    else:
         return []
     unknown = [n for n in study.features.layers if n not in mapped]
-    if not unknown:
+    if unknown:
+        which = "the auto layer set" if study.layers == "auto" else "the study's layers"
+        return [
+            Problem(
+                "features.layers",
+                f"{', '.join(map(repr, unknown))} not among the mapped layers ({which}: "
+                f"{', '.join(mapped)}); list mapped layers, e.g. features: "
+                f"{{layers: [{mapped[-1]}]}}",
+            )
+        ]
+    channels = {info.name: int(info.channels or 0) for info in infos or []}
+    features = study.features
+    fewest = min(
+        ((features.expansion * channels[n], n) for n in features.layers if channels.get(n)),
+        default=None,
+    )
+    if fewest is None or features.k <= fewest[0]:
         return []
-    which = "the auto layer set" if study.layers == "auto" else "the study's layers"
+    n_features, layer = fewest
     return [
         Problem(
-            "features.layers",
-            f"{', '.join(map(repr, unknown))} not among the mapped layers ({which}: "
-            f"{', '.join(mapped)}); list mapped layers, e.g. features: {{layers: [{mapped[-1]}]}}",
+            "features.k",
+            f"{features.k} exceeds the {n_features} features of layer {layer!r} (expansion "
+            f"{features.expansion} x {channels[layer]} channels); set k to at most {n_features}",
         )
     ]
 

@@ -30,6 +30,7 @@ from carto_assets.definitions import (
     SUMMARIES_JOB,
     build_definitions,
 )
+from carto_assets.environment import DAGSTER_HOME_ENV_VAR
 from carto_assets.events import EVENTS_LOGGER, QUIET_RUN_CONFIG, step_event
 from carto_assets.sharding import shard_key
 from carto_assets.stages.activations import shard_states
@@ -144,7 +145,7 @@ def _run_partitions_in_processes(
             "instance they can share: set DAGSTER_HOME (or --dagster-home), or use --jobs 1"
         )
     home = instance.root_directory
-    env = dict(os.environ, DAGSTER_HOME=str(home))
+    env = {**os.environ, DAGSTER_HOME_ENV_VAR: str(home)}
     # N processes on one machine: split the CPU threads between them instead of oversubscribing.
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env.setdefault("OMP_NUM_THREADS", str(threads))

@@ -40,7 +40,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from carto_assets import atomic, quality, schema
+from carto_assets import atomic, environment, quality, schema
 
 
 class DatabaseBusyError(RuntimeError):
@@ -70,13 +70,9 @@ class PublishStats:
 #: Totals for this process (see :class:`PublishStats`); ``carto run`` reports them.
 PUBLISH_STATS = PublishStats()
 
-#: DuckDB's memory limit for a store's connections (the study's ``database_memory_limit``).
-#: DuckDB's own default is 80% of the machine's memory, which its sorts, joins and aggregates
-#: then use: the ``cooccurrence`` join took 1.0 GB and sorting ``example_patches``' PNGs 0.95
-#: GB on googlenet's 5,488 neurons; under this limit they spill to disk beside the database
-#: and took 0.5 GB each at the same speed (issue 12's rehearsal). 256MB was too little for
-#: that sort (DuckDB's out-of-memory error).
-DEFAULT_MEMORY_LIMIT = "512MB"
+#: DuckDB's memory limit for a store's connections (the study's ``database_memory_limit``);
+#: why this size: :data:`carto_assets.environment.DEFAULT_MEMORY_LIMIT`.
+DEFAULT_MEMORY_LIMIT = environment.DEFAULT_MEMORY_LIMIT
 
 
 def duckdb_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
@@ -226,8 +222,9 @@ class CartoStore:
     owner
         How this writer names itself to others (default: the command line and pid).
     memory_limit
-        DuckDB's memory limit for every connection (e.g. ``"512MB"``, ``"2GB"``); sorts,
-        joins and aggregates beyond it spill to a temporary folder beside the database.
+        DuckDB's memory limit for every connection (e.g. ``"2GB"``; default
+        :data:`DEFAULT_MEMORY_LIMIT`); sorts, joins and aggregates beyond it spill to a
+        temporary folder beside the database.
     """
 
     def __init__(

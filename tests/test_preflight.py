@@ -107,6 +107,21 @@ def test_feature_layers_must_be_mapped_also_with_auto_layers():
     assert expected in found["features.layers"]
 
 
+def test_feature_k_must_fit_each_layers_features():
+    # The builtin CNN's block1 has 32 channels: 2 x 32 = 64 features, block4 more.
+    fits = {"layers": ["block1", "block4"], "expansion": 2, "k": 64}
+    assert problems({"dataset": SHAPES, "features": fits}) == {}
+    found = problems({"dataset": SHAPES, "features": {**fits, "k": 65}})
+    assert found == {
+        "features.k": "study field 'features.k': 65 exceeds the 64 features of layer 'block1' "
+        "(expansion 2 x 32 channels); set k to at most 64"
+    }
+    found = problems(
+        {"dataset": SHAPES, "layers": ["block1"], "features": {"layers": ["block1"], "k": 65}}
+    )
+    assert list(found) == ["features.k"]
+
+
 def test_a_database_folder_that_cannot_be_written_is_named(tmp_path):
     found = problems({"dataset": SHAPES, "database": "/proc/carto/x.duckdb"})
     assert found["database"].startswith("study field 'database': cannot write /proc/carto: ")

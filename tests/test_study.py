@@ -124,7 +124,7 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         ({"dataset": {"size": 0}}, "study field 'dataset.size' must be an integer >= 1, got 0"),
         ({"top_k": "5"}, "study field 'top_k' must be an integer in [1, 100000], got '5'"),
         ({"shards": 4.0}, "study field 'shards' must be an integer in [1, 100000], got 4.0"),
-        ({"seed": True}, "study field 'seed' must be an integer >= 0, got True"),
+        ({"seed": True}, "study field 'seed' must be an integer in [0, 4294967295], got True"),
         (
             {"embedding": {"min_dist": 1.5}},
             "study field 'embedding.min_dist' must be a number in [0.0, 1.0], got 1.5",
@@ -309,12 +309,15 @@ def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
     assert len(identities) == 4
 
 
-def test_embedding_settings_are_the_trainers_arguments():
-    import inspect
+def test_the_embedding_block_is_the_trainers_settings_with_its_defaults():
+    import dataclasses
 
-    from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+    from carto_assets.core.skipgram.trainer import SkipGram
     from carto_assets.study import EmbeddingConfig
 
-    settings = EmbeddingConfig(epochs=3, window=2).trainer_settings()
-    assert settings["epochs"] == 3 and settings["window"] == 2
-    assert set(settings) <= set(inspect.signature(train_skipgram_sentences).parameters)
+    names = [f.name for f in dataclasses.fields(SkipGram)]
+    block = EmbeddingConfig()
+    assert {n: getattr(block, n) for n in names} == dataclasses.asdict(SkipGram())
+    assert EmbeddingConfig(epochs=3, window=2).model_dump(include=set(names)) == (
+        dataclasses.asdict(SkipGram(epochs=3, window=2))
+    )

@@ -13,12 +13,13 @@ torch.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from carto_assets.environment import COMPARISON_ENV_VAR
 from carto_assets.study import (
     DEMO_STUDY,
     EmbeddingConfig,
@@ -27,16 +28,32 @@ from carto_assets.study import (
     load_study,
     study_from_dict,
 )
-from carto_assets.study.banding import Bands, NumPerm, Rows, banding_problem
-from carto_assets.study.fields import NAME_PATTERN, Allowed
+from carto_assets.study.banding import banding_problem
+from carto_assets.study.fields import InvalidField
+from carto_assets.study.loading import ConfigKind, config_from_dict, load_config
+from carto_assets.study.messages import ConfigError
+from carto_assets.study.types import (
+    MAX_SEED,
+    NAME_PATTERN,
+    Allowed,
+    Bands,
+    BatchSize,
+    Folder,
+    NumPerm,
+    OptionalDatabasePath,
+    Rows,
+    Seed,
+    Threshold,
+)
+
+__all__ = ["COMPARISON_ENV_VAR", "DEMO_ENTRY", "Comparison", "ComparisonError"]
 
 #: The study entry that names the built-in demo study (its paths resolve against the
 #: current directory, as ``carto run`` without ``--study`` does).
 DEMO_ENTRY = "demo"
-COMPARISON_ENV_VAR = "CARTO_COMPARISON"
 
 
-class ComparisonError(ValueError):
+class ComparisonError(ConfigError):
     """A comparison cannot be made; the message names the field, study or image at fault."""
 
 
@@ -53,40 +70,33 @@ class Comparison(BaseModel):
         "`demo` for the built-in demo study. The first is A, the second B on the page; every "
         "pair is compared in the tables.",
     )
-    database: Annotated[str | None, Allowed("a path ending in .duckdb")] = Field(
+    database: OptionalDatabasePath = Field(
         None,
-        pattern=r"\.duckdb$",
         description="The comparison's DuckDB database; default <name>.duckdb beside the file.",
     )
-    views_dir: str | None = Field(
+    views_dir: Folder = Field(
         None,
         description="Folder of the compare page (index.html); default <database stem>_views "
         "beside the database.",
     )
-    threshold: float = Field(
+    threshold: Threshold = Field(
         0.3,
-        gt=0.0,
-        le=1.0,
         description="Jaccard similarity of two units' top-k image sets (one from each model) at "
         "which they count as a match; a unit's best match is its most similar unit of the "
         "other model at or above it.",
     )
-    concept_threshold: float = Field(
+    concept_threshold: Threshold = Field(
         0.3,
-        gt=0.0,
-        le=1.0,
         description="The same for concepts (clusters): Jaccard of the union of their members' "
         "top images; a concept with no counterpart at or above it is only in its model.",
     )
     num_perm: NumPerm = 128
     bands: Bands = None
     rows: Rows = None
-    seed: int = Field(
+    seed: Seed = Field(
         1,
-        ge=0,
-        le=2**32 - 1,
         description="Seeds the MinHash permutations (the same for every study), the shuffled "
-        "nulls, the CKA image sample and the joint embedding.",
+        "nulls (draw i matches with seed + i), the CKA image sample and the joint embedding.",
     )
     null_draws: int = Field(
         5,
@@ -105,7 +115,7 @@ class Comparison(BaseModel):
         "prepared network is run to measure linear CKA between layers; 0: no CKA (then the "
         "studies' networks are not needed).",
     )
-    batch_size: int = Field(128, ge=1, description="Images per forward pass for CKA.")
+    batch_size: BatchSize = Field(128, description="Images per forward pass for CKA.")
     patches_per_unit: int = Field(
         6,
         ge=0,
@@ -130,15 +140,33 @@ class Comparison(BaseModel):
             or len(value) < 2
             or not all(isinstance(v, str) and v for v in value)
         ):
-            raise ValueError(f"must be a list of two or more study files, got {value!r}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"must name each study once, got {value!r}")
+            raise InvalidField(None, "a list of two or more study files", value)
+        twice = [entry for entry, n in Counter(value).items() if n > 1]
+        if twice:
+            raise InvalidField(
+                None, f"a list naming each study once ({', '.join(map(repr, twice))} twice)", value
+            )
         return tuple(value)
 
     @field_validator("embedding", mode="before")
     @classmethod
     def _empty_means_defaults(cls, value: Any) -> Any:
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _banding_and_null_seeds_fit(self) -> Comparison:
+        problem = banding_problem(self.num_perm, self.bands, self.rows)
+        if problem:
+            raise InvalidField("bands", problem, self.bands)
+        # The null's draw i matches with MinHash seed seed + i, which must stay a seed too.
+        if self.null_draws and self.seed + self.null_draws - 1 > MAX_SEED:
+            raise InvalidField(
+                "seed",
+                f"at most {MAX_SEED - self.null_draws + 1} with null_draws {self.null_draws} "
+                f"(draw i matches with seed + i, at most {MAX_SEED})",
+                self.seed,
+            )
+        return self
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -191,50 +219,15 @@ class Comparison(BaseModel):
         return studies
 
 
+#: Comparison files, for the loader they share with studies.
+COMPARISON = ConfigKind("comparison", Comparison, ComparisonError)
+
+
 def comparison_from_dict(raw: Any, base_dir: str | Path = ".") -> Comparison:
     """Validate a comparison mapping (as parsed from YAML)."""
-    if not isinstance(raw, dict):
-        raise ComparisonError(
-            f"a comparison must be a YAML mapping of fields, got {type(raw).__name__}"
-        )
-    if "base_dir" in raw:
-        raise ComparisonError("unknown comparison field 'base_dir' (the loader sets it)")
-    try:
-        comparison = Comparison.model_validate({**raw, "base_dir": str(Path(base_dir).resolve())})
-    except ValidationError as exc:
-        raise ComparisonError(_message(exc)) from None
-    problem = banding_problem(comparison.num_perm, comparison.bands, comparison.rows)
-    if problem:
-        raise ComparisonError(
-            f"comparison field 'bands' must be {problem}, got bands={comparison.bands}, "
-            f"rows={comparison.rows}"
-        )
-    return comparison
-
-
-def _message(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    path = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        allowed = sorted(set(Comparison.model_fields) - {"base_dir"})
-        return f"unknown comparison field '{path}'; allowed fields: {', '.join(allowed)}"
-    if first["type"] == "missing":
-        return f"comparison field '{path}' is required"
-    text = first["msg"].removeprefix("Value error, ")
-    return f"comparison field '{path}' {text[:1].lower()}{text[1:]}, got {first['input']!r}"
+    return config_from_dict(COMPARISON, raw, base_dir)
 
 
 def load_comparison(path: str | Path) -> Comparison:
     """Load and validate the comparison file at ``path``."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise ComparisonError(f"comparison file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ComparisonError(f"comparison file {p} is not valid YAML: {exc}") from None
-    try:
-        return comparison_from_dict(raw, base_dir=p.parent)
-    except ComparisonError as exc:
-        raise ComparisonError(f"{p}: {exc}") from None
+    return load_config(COMPARISON, path)

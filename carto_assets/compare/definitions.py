@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from carto_assets.compare.assets import ASSETS, ComparisonResource
-from carto_assets.compare.config import COMPARISON_ENV_VAR
+from carto_assets.environment import COMPARISON_ENV_VAR
 from carto_assets.events import carto_events
 from carto_assets.memory import release_memory
 

@@ -37,7 +37,7 @@ def joint_embedding(
         unit_ids,
         image_ids,
         n_units,
-        **cfg.trainer_settings(),
+        cfg,
         seed=seed,
         progress=progress,
     )

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.compare.matching import UnitSets, match_units
+from carto_assets.core.similarity.minhash import MinHashLsh, MinHashLshSettings
 
 #: Columns of the layer matrix as :func:`layer_shares` returns them.
 KEYS = ["study", "layer", "other_study", "other_layer"]
@@ -84,11 +85,8 @@ def shuffled_null(
     frame: pl.DataFrame,
     *,
     draws: int,
-    seed: int,
     threshold: float,
-    num_perm: int = 128,
-    bands: int | None = None,
-    rows: int | None = None,
+    minhash: MinHashLshSettings = MinHashLsh(),
 ) -> pl.DataFrame:
     """The mean share per layer pair over ``draws`` shuffled-image draws.
 
@@ -107,6 +105,7 @@ def shuffled_null(
                 "null_share": pl.Float64,
             }
         )
+    seed = minhash.seed
     rng = np.random.default_rng([seed, 7])
     n_images = int(units.images.max()) + 1 if units.images.size else 1
     shares = []
@@ -115,14 +114,10 @@ def shuffled_null(
             for b in range(a + 1, units.n_studies):
                 rows_ab = np.flatnonzero((units.study == a) | (units.study == b))
                 sub = units.rows(rows_ab).relabel_images(b, rng.permutation(n_images))
-                _, best = match_units(
-                    sub,
-                    threshold=threshold,
-                    num_perm=num_perm,
-                    seed=seed + draw,
-                    bands=bands,
-                    rows=rows,
-                )
+                # Each draw its own MinHash permutations (a comparison's seed is checked to
+                # leave room for them).
+                reseeded = MinHashLsh(minhash.num_perm, seed + draw, minhash.bands, minhash.rows)
+                _, best = match_units(sub, threshold=threshold, minhash=reseeded)
                 local = pl.DataFrame(
                     {
                         "unit": rows_ab[best.unit],

@@ -29,6 +29,8 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.similarity.minhash import (
+    MinHashLsh,
+    MinHashLshSettings,
     lsh_banding,
     lsh_candidate_pairs,
     minhash_signatures,
@@ -194,16 +196,13 @@ def cross_model_pairs(
     units: UnitSets,
     *,
     threshold: float,
-    num_perm: int = 128,
-    seed: int = 1,
-    bands: int | None = None,
-    rows: int | None = None,
+    minhash: MinHashLshSettings = MinHashLsh(),
 ) -> CrossPairs:
     """Every pair of units of different models whose sets have Jaccard >= ``threshold``
     (LSH may miss a pair, never reports a false one); see the module docstring."""
     threshold = check_float("threshold", threshold, low=0, high=1, low_open=True)
-    num_perm = check_int("num_perm", num_perm, minimum=1)
-    bands, rows = lsh_banding(threshold, num_perm, bands, rows)
+    num_perm = check_int("num_perm", minhash.num_perm, minimum=1)
+    bands, rows = lsh_banding(threshold, num_perm, minhash.bands, minhash.rows)
     if units.n_studies > 63:
         raise ValueError(f"at most 63 models can be matched at once, got {units.n_studies}")
     n = units.n_units
@@ -216,7 +215,11 @@ def cross_model_pairs(
     np.bitwise_or.at(models, rep[members], np.uint64(1) << units.study[members].astype(np.uint64))
     sub_indptr, positions = sub_positions(units.indptr, reps)
     signatures = minhash_signatures(
-        sub_indptr, units.images[positions], num_perm=num_perm, seed=seed, columns=bands * rows
+        sub_indptr,
+        units.images[positions],
+        num_perm=num_perm,
+        seed=minhash.seed,
+        columns=bands * rows,
     )
     candidates = lsh_candidate_pairs(
         signatures, np.zeros(reps.size, dtype=np.int64), bands=bands, rows=rows
@@ -377,13 +380,8 @@ def match_units(
     units: UnitSets,
     *,
     threshold: float,
-    num_perm: int = 128,
-    seed: int = 1,
-    bands: int | None = None,
-    rows: int | None = None,
+    minhash: MinHashLshSettings = MinHashLsh(),
 ) -> tuple[CrossPairs, BestMatches]:
     """:func:`cross_model_pairs`, then :func:`best_matches`."""
-    pairs = cross_model_pairs(
-        units, threshold=threshold, num_perm=num_perm, seed=seed, bands=bands, rows=rows
-    )
+    pairs = cross_model_pairs(units, threshold=threshold, minhash=minhash)
     return pairs, best_matches(units, pairs)

@@ -166,21 +166,12 @@ def load_units(store: CartoStore) -> tuple[pl.DataFrame, UnitSets, list[str]]:
     return units, sets, names
 
 
-def _matching_options(comparison: Comparison) -> dict[str, Any]:
-    return {
-        "num_perm": comparison.num_perm,
-        "seed": comparison.seed,
-        "bands": comparison.bands,
-        "rows": comparison.rows,
-    }
-
-
 # ---- unit_matches -----------------------------------------------------------------------
 def matches(comparison: Comparison, store: CartoStore) -> Result:
     """``unit_matches``: each unit's best match in every other study."""
     _, sets, names = load_units(store)
     start = time.perf_counter()
-    pairs, best = match_units(sets, threshold=comparison.threshold, **_matching_options(comparison))
+    pairs, best = match_units(sets, threshold=comparison.threshold, minhash=comparison)
     seconds = time.perf_counter() - start
     frame = best.frame()
     table = schema.frame(
@@ -226,9 +217,8 @@ def layers(
         sets,
         units,
         draws=comparison.null_draws,
-        seed=comparison.seed,
         threshold=comparison.threshold,
-        **{k: v for k, v in _matching_options(comparison).items() if k != "seed"},
+        minhash=comparison,
     )
     keys = ["study", "layer", "other_study", "other_layer"]
     shares = shares.join(null, on=keys, how="left")
@@ -354,9 +344,7 @@ def concepts(comparison: Comparison, store: CartoStore) -> Result:
     concept_of_unit = row_of.sort("unit")["row"].fill_null(-1).to_numpy()
     study_of_concept = clusters["order"].to_numpy().astype(np.int64)
     csets = concept_sets(sets, concept_of_unit, study_of_concept)
-    _, best = match_units(
-        csets, threshold=comparison.concept_threshold, **_matching_options(comparison)
-    )
+    _, best = match_units(csets, threshold=comparison.concept_threshold, minhash=comparison)
     frame = concept_frame(clusters.drop("order"), best, names)
     table = schema.frame("concept_matches", _columns(frame, "concept_matches"))
     multi = table.filter(pl.col("size") > 1)
@@ -435,9 +423,7 @@ def projection(comparison: Comparison, store: CartoStore) -> Result:
     frame = store.query("SELECT unit_id, vector FROM compare_embedding ORDER BY unit_id")
     vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
     cfg = comparison.embedding
-    xy = project_2d(
-        vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=comparison.seed
-    )
+    xy = project_2d(vectors, cfg, seed=comparison.seed)
     unit, rank, neighbor, similarity = cross_neighbors(vectors, sets.study, cfg.neighbors)
     tables = {
         "compare_projection": schema.frame(

@@ -106,10 +106,7 @@ def find_clusters(
         lsh = lsh_pairs(
             sets,
             threshold=cfg.threshold,
-            num_perm=cfg.num_perm,
-            seed=cfg.seed,
-            bands=cfg.bands,
-            rows=cfg.rows,
+            minhash=cfg,
             signatures=signatures,
         )
         pairs = lsh.pairs

@@ -62,7 +62,7 @@ def train_embedding(
         top["neuron_id"].to_numpy(),
         top["image_id"].to_numpy(),
         n,
-        **cfg.trainer_settings(),
+        cfg,
         seed=seed,
         progress=lambda e, loss: (
             progress_of.advance("embedding", e, cfg.epochs, "epochs"),
@@ -99,7 +99,7 @@ def projection_frames(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``neuron_projection(neuron_id, x, y)`` and ``neuron_neighbors(neuron_id, rank,
     neighbor_id, similarity)`` (cosine, in embedding space)."""
-    xy = project_2d(vectors, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=seed)
+    xy = project_2d(vectors, cfg, seed=seed)
     n = len(vectors)
     projection = pl.DataFrame(
         {

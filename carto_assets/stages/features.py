@@ -184,20 +184,14 @@ def prepare_dictionaries(
         model,
         chosen,
         batches(),
-        settings.samples,
+        settings,
         study.seed,
-        strongest_per_image=settings.strongest_per_image,
-        random_per_image=settings.random_per_image,
         preprocess=bundle.normalize,
         device=device,
     )
     dictionaries = train_dictionaries(
         sample.samples,
-        expansion=settings.expansion,
-        k=settings.k,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
+        settings,
         seed=study.seed,
         device=device,
         progress=lambda layer, epoch, loss: say(

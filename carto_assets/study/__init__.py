@@ -5,7 +5,8 @@ built-in demo study (:data:`DEMO_STUDY`) runs. Its fields are the typed, frozen 
 :mod:`carto_assets.study.fields` (type, default, range and description of every field, in one
 place). Everything is validated there, before any work, and an invalid study raises
 :class:`StudyError` naming the field, what it must be and the value it got
-(:mod:`carto_assets.study.messages`).
+(:mod:`carto_assets.study.messages`). Study and comparison files share one loader
+(:mod:`carto_assets.study.loading`) and one wording.
 
 This package never imports dagster or torch, so a study can be checked anywhere.
 """
@@ -16,14 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
+from carto_assets.environment import STUDY_ENV_VAR
 from carto_assets.study.fields import (
     DATASET_KINDS,
     DEVICES,
     DIGITS_COUNT,
-    LOADER_FIELDS,
     SHAPES_DEFAULT_SIZE,
     WEIGHTS_KEYWORDS,
     ClusteringConfig,
@@ -35,7 +33,8 @@ from carto_assets.study.fields import (
     Study,
     TrainingConfig,
 )
-from carto_assets.study.messages import StudyError, study_error, unknown_field
+from carto_assets.study.loading import ConfigKind, config_file, config_from_dict, config_from_text
+from carto_assets.study.messages import ConfigError, StudyError
 
 __all__ = [
     "DATASET_KINDS",
@@ -46,6 +45,7 @@ __all__ = [
     "STUDY_ENV_VAR",
     "WEIGHTS_KEYWORDS",
     "ClusteringConfig",
+    "ConfigError",
     "DatasetConfig",
     "EmbeddingConfig",
     "ExplainConfig",
@@ -59,7 +59,8 @@ __all__ = [
     "study_from_dict",
 ]
 
-STUDY_ENV_VAR = "CARTO_STUDY"
+#: Study files, for the loader they share with comparisons.
+STUDY = ConfigKind("study", Study, StudyError, source_hint=f" (from {STUDY_ENV_VAR} or --study)")
 
 DEMO_STUDY: dict[str, Any] = {
     "name": "shapes-demo",
@@ -87,15 +88,7 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     StudyError
         Naming the first bad field, what it must be and the value it got.
     """
-    if not isinstance(raw, dict):
-        raise StudyError(f"a study must be a YAML mapping of fields, got {type(raw).__name__}")
-    for field in LOADER_FIELDS:
-        if field in raw:
-            raise unknown_field(field)
-    try:
-        return Study.model_validate({**raw, "base_dir": str(Path(base_dir).resolve())})
-    except ValidationError as exc:
-        raise study_error(exc) from None
+    return config_from_dict(STUDY, raw, base_dir)
 
 
 #: Studies validated in this process, by (file, its bytes) or ("demo", folder): a run reads
@@ -118,20 +111,11 @@ def load_study(path: str | Path | None = None) -> Study:
         path = os.environ.get(STUDY_ENV_VAR) or None
     if path is None:
         return demo_study()
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise StudyError(f"study file not found: {p} (from {STUDY_ENV_VAR} or --study)")
+    p = config_file(STUDY, path)
     text = p.read_bytes()
     known = _VALIDATED.get((str(p), text))
     if known is not None:
         return known
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StudyError(f"study file {p} is not valid YAML: {exc}") from exc
-    try:
-        study = study_from_dict(raw, base_dir=p.parent)
-    except StudyError as exc:
-        raise StudyError(f"{p}: {exc}") from None
+    study = config_from_text(STUDY, p, text)
     _VALIDATED[(str(p), text)] = study
     return study

@@ -1,22 +1,11 @@
-"""MinHash + LSH settings, declared once: a study's ``clustering`` block and a comparison file
-both take ``num_perm``, ``bands`` and ``rows``, with these constraints and this rule."""
+"""MinHash + LSH settings: a study's ``clustering`` block and a comparison file both take
+``num_perm``, ``bands`` and ``rows`` (typed in :mod:`carto_assets.study.types`) and this rule."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from carto_assets.study.types import Bands, NumPerm, Rows
 
-from pydantic import Field
-
-NumPerm = Annotated[int, Field(ge=2, le=4096, description="MinHash permutations.")]
-Bands = Annotated[
-    int | None,
-    Field(
-        ge=1,
-        description="LSH bands; give bands and rows both or neither (neither: derived from "
-        "the threshold, favouring recall).",
-    ),
-]
-Rows = Annotated[int | None, Field(ge=1, description="LSH rows per band; see bands.")]
+__all__ = ["Bands", "NumPerm", "Rows", "banding_problem"]
 
 
 def banding_problem(num_perm: int, bands: int | None, rows: int | None) -> str | None:

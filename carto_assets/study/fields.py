@@ -10,13 +10,29 @@ Nothing here imports dagster or torch, so a study can be checked anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from carto_assets.study.banding import Bands, NumPerm, Rows, banding_problem
+from carto_assets.environment import DEFAULT_MEMORY_LIMIT
+from carto_assets.study.banding import banding_problem
+from carto_assets.study.types import (
+    NAME_PATTERN,
+    Allowed,
+    Bands,
+    BatchSize,
+    DatabasePath,
+    Epochs,
+    Folder,
+    LearningRate,
+    NumPerm,
+    OptionalSeed,
+    Rows,
+    Seed,
+    Share,
+    Threshold,
+)
 from carto_assets.validate import check_int
 
 DatasetKind = Literal["shapes", "digits", "imagefolder"]
@@ -30,17 +46,6 @@ SHAPES_DEFAULT_SIZE = 4000
 #: scikit-learn's handwritten digits hold this many images.
 DIGITS_COUNT = 1797
 MAX_SHARDS = 100_000
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """Field metadata: what the field accepts, in words (the error's "must be ...").
-
-    Numbers and choices need none: their message is worded from the field's constraints.
-    """
-
-    text: str
 
 
 class InvalidField(ValueError):
@@ -125,17 +130,16 @@ class DatasetConfig(_Section):
 class TrainingConfig(_Section):
     """How the built-in CNN is trained (ignored for torchvision models)."""
 
-    epochs: int = Field(5, ge=1, description="Training epochs.")
-    learning_rate: float = Field(
-        0.003, gt=0.0, le=10.0, description="Adam's peak learning rate (one-cycle schedule)."
+    epochs: Epochs = Field(5, description="Training epochs.")
+    learning_rate: LearningRate = Field(
+        0.003, description="Adam's peak learning rate (one-cycle schedule)."
     )
-    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    batch_size: BatchSize = Field(64, description="Training batch size.")
     holdout_fraction: float = Field(
         0.2, ge=0.0, le=0.9, description="Share of the images held out to measure accuracy."
     )
-    seed: int | None = Field(
+    seed: OptionalSeed = Field(
         None,
-        ge=0,
         description="Seeds the training alone (initial weights, batch order, flips); None: the "
         "study's seed, which also renders the images. Two studies that differ only here are "
         "two seeds of the network over the same images.",
@@ -169,10 +173,8 @@ class ClusteringConfig(_Section):
         description="lsh (MinHash + LSH, linear in neurons) or exact (inverted index "
         "image -> neurons).",
     )
-    threshold: float = Field(
+    threshold: Threshold = Field(
         0.3,
-        gt=0.0,
-        le=1.0,
         description="Jaccard similarity of two neurons' top-k image sets at which they count "
         "as similar; a cluster's average pairwise Jaccard stays at or above it (average "
         "linkage, no chaining).",
@@ -180,7 +182,7 @@ class ClusteringConfig(_Section):
     num_perm: NumPerm = 128
     bands: Bands = None
     rows: Rows = None
-    seed: int = Field(1, ge=0, description="MinHash seed (datasketch's scheme).")
+    seed: Seed = Field(1, description="MinHash seed (datasketch's scheme).")
     linkage: Literal["average", "complete"] = Field(
         "average", description="average or complete linkage for grouping confirmed pairs."
     )
@@ -197,18 +199,17 @@ class EmbeddingConfig(_Section):
     """Neuron embedding (skip-gram with negative sampling) and its 2-D projection."""
 
     dim: int = Field(30, ge=2, le=4096, description="Embedding dimensions.")
-    epochs: int = Field(
+    epochs: Epochs = Field(
         10,
-        ge=1,
         description="Top-k data gives each neuron few examples per epoch; 10 epochs at 0.07 "
         "was the best setting against gensim in benchmarks/embedding.py (word2vec's 5 at "
         "0.025 under-trains).",
     )
-    learning_rate: float = Field(
-        0.07, gt=0.0, le=10.0, description="Initial SGD step, decaying linearly; see epochs."
+    learning_rate: LearningRate = Field(
+        0.07, description="Initial SGD step, decaying linearly; see epochs."
     )
     negatives: int = Field(5, ge=1, le=100, description="Negative samples per example.")
-    batch_size: int = Field(16384, ge=1, description="Training batch size.")
+    batch_size: BatchSize = Field(16384, description="Training batch size.")
     window: int = Field(
         5,
         ge=1,
@@ -231,14 +232,6 @@ class EmbeddingConfig(_Section):
         "embedding space).",
     )
 
-    def trainer_settings(self) -> dict[str, int | float]:
-        """The skip-gram trainer's keyword arguments
-        (:func:`~carto_assets.core.skipgram.trainer.train_skipgram_sentences`), for a study's
-        embedding and a comparison's joint one alike."""
-        return self.model_dump(
-            include={"window", "dim", "epochs", "learning_rate", "negatives", "batch_size"}
-        )
-
 
 class GraphConfig(_Section):
     """Example patches and the per-class concept graph."""
@@ -250,10 +243,8 @@ class GraphConfig(_Section):
         description="Example patches per neuron (its top images, cropped around the argmax).",
     )
     patch_size: int = Field(64, ge=8, le=512, description="Side of an example patch in pixels.")
-    top_neuron_fraction: float = Field(
+    top_neuron_fraction: Share = Field(
         0.1,
-        gt=0.0,
-        le=1.0,
         description="Per class and layer: the share of the layer's neurons that count as the "
         "class's most important (Summit/the paper: 10%).",
     )
@@ -397,9 +388,9 @@ class FeaturesConfig(_Section):
         description="And this many of its other positions, drawn uniformly, so the dictionary "
         "also reconstructs the weak positions (background) it encodes later.",
     )
-    epochs: int = Field(240, ge=1, description="Training epochs of each dictionary.")
-    batch_size: int = Field(1024, ge=1, description="Activation vectors per training step.")
-    learning_rate: float = Field(0.004, gt=0.0, le=10.0, description="Adam's learning rate.")
+    epochs: Epochs = Field(240, description="Training epochs of each dictionary.")
+    batch_size: BatchSize = Field(1024, description="Activation vectors per training step.")
+    learning_rate: LearningRate = Field(0.004, description="Adam's learning rate.")
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -471,7 +462,7 @@ class Study(BaseModel):
         "(0 = the main process, right for the built-in sources; image folders on a GPU want "
         "several).",
     )
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    batch_size: BatchSize = Field(128, description="Images per forward pass.")
     shards: int = Field(
         4,
         ge=1,
@@ -487,16 +478,13 @@ class Study(BaseModel):
         "(ceil(dataset.size / shard_size)).",
     )
     top_k: int = Field(50, ge=1, le=100_000, description="Top images kept per neuron.")
-    mass_fraction: float = Field(
+    mass_fraction: Share = Field(
         0.03,
-        gt=0.0,
-        le=1.0,
         description="Channels whose normalized activation mass adds up to this fraction of an "
         "image's layer total count as carrying the image (Summit's rule; the paper used 3%).",
     )
-    seed: int = Field(
+    seed: Seed = Field(
         0,
-        ge=0,
         description="Seeds the rendered images, the training (unless training.seed is set) and the "
         "sampling.",
     )
@@ -516,24 +504,25 @@ class Study(BaseModel):
         description="Dictionary features (layers, expansion, k, samples, sample_images, "
         "epochs, batch_size, learning_rate); unset: channels only.",
     )
-    database: Annotated[str, Allowed("a path ending in .duckdb")] = Field(
+    database: DatabasePath = Field(
         "data/carto.duckdb",
-        pattern=r"\.duckdb$",
         description="DuckDB database file. Relative paths resolve against the study file's "
         "folder (or the current directory for the built-in study).",
     )
-    database_memory_limit: Annotated[str, Allowed("a size such as 512MB or 2GB")] = Field(
-        "512MB",
+    database_memory_limit: Annotated[
+        str, Allowed(f"a size such as {DEFAULT_MEMORY_LIMIT} or 2GB")
+    ] = Field(
+        DEFAULT_MEMORY_LIMIT,
         pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B)$",
         description="DuckDB's memory limit for the summaries' queries (sorts, joins and "
         "aggregates beyond it spill to a temporary folder beside the database).",
     )
-    data_dir: Annotated[str | None, Allowed("a folder path")] = Field(
+    data_dir: Folder = Field(
         None,
         description="Folder for per-shard Parquet and checkpoints; default: "
         "<database stem>_files next to the database.",
     )
-    views_dir: Annotated[str | None, Allowed("a folder path")] = Field(
+    views_dir: Folder = Field(
         None,
         description="Folder for the exported views (index.html); default: <database "
         "stem>_views next to the database, so studies beside each other keep their own.",

@@ -1,41 +1,63 @@
-"""pydantic's validation errors in the study's words: the field's dotted path, what it must be,
-the value it got (``study field 'dataset.size' must be an integer >= 1, got 0``).
+"""pydantic's validation errors in one wording for every config file (a study, a comparison):
+the field's dotted path, what it must be, the value it got
+(``study field 'dataset.size' must be an integer >= 1, got 0``,
+``comparison field 'threshold' must be a number in (0.0, 1.0], got 0``).
 
-Numbers and choices are worded by :mod:`carto_assets.validate` from the field's constraints,
-other fields by their :class:`~carto_assets.study.fields.Allowed` text, rules across fields by
-the :class:`~carto_assets.study.fields.InvalidField` their validator raised.
+Numbers and choices are worded by :mod:`carto_assets.validate` from the field's constraints
+(the shared types of :mod:`carto_assets.study.types`), other fields by their
+:class:`~carto_assets.study.types.Allowed` text, rules across fields by the
+:class:`~carto_assets.study.fields.InvalidField` their validator raised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from carto_assets.study.fields import LOADER_FIELDS, Allowed, InvalidField, Study
+from carto_assets.study.fields import LOADER_FIELDS, InvalidField, Study
+from carto_assets.study.types import Allowed
 from carto_assets.validate import check_choice, check_float, check_int
 
 
-class StudyError(ValueError):
+class ConfigError(ValueError):
+    """A config file (a study, a comparison) is invalid; the message names the field and
+    what is allowed."""
+
+
+class StudyError(ConfigError):
     """A study file is invalid; the message names the field and what is allowed."""
 
 
-def unknown_field(path: str, model: type[BaseModel] = Study) -> StudyError:
-    allowed = sorted(set(model.model_fields) - set(LOADER_FIELDS))
-    return StudyError(f"unknown study field '{path}'; allowed fields: {', '.join(allowed)}")
+def unknown_field_message(
+    path: str, model: type[BaseModel], noun: str, loader_fields: Collection[str] = LOADER_FIELDS
+) -> str:
+    """``unknown <noun> field '<path>'; allowed fields: ...`` (those of ``model``)."""
+    allowed = sorted(set(model.model_fields) - set(loader_fields))
+    return f"unknown {noun} field '{path}'; allowed fields: {', '.join(allowed)}"
 
 
-def study_error(exc: ValidationError) -> StudyError:
-    """The first of ``exc``'s errors as a :class:`StudyError`."""
+def validation_message(exc: ValidationError, root: type[BaseModel], noun: str) -> str:
+    """The first of ``exc``'s errors, validating ``root`` (the file's model), in one line."""
     errors = exc.errors()
     # Name an unknown field first: a misspelt key usually explains the other complaints.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    path, model, info = _field_at(first["loc"])
+    path, model, info = _field_at(root, first["loc"])
     if first["type"] == "extra_forbidden":
-        return unknown_field(path, model)
-    return StudyError(_message(first, path, info))
+        return unknown_field_message(path, model, noun)
+    return _message(root, noun, first, path, info)
+
+
+def unknown_field(path: str, model: type[BaseModel] = Study) -> StudyError:
+    return StudyError(unknown_field_message(path, model, "study"))
+
+
+def study_error(exc: ValidationError) -> StudyError:
+    """The first of ``exc``'s errors (validating a :class:`Study`) as a :class:`StudyError`."""
+    return StudyError(validation_message(exc, Study, "study"))
 
 
 def _section(info: FieldInfo) -> type[BaseModel] | None:
@@ -46,9 +68,11 @@ def _section(info: FieldInfo) -> type[BaseModel] | None:
     return None
 
 
-def _field_at(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel], FieldInfo | None]:
+def _field_at(
+    root: type[BaseModel], loc: tuple[int | str, ...]
+) -> tuple[str, type[BaseModel], FieldInfo | None]:
     """The dotted path of ``loc``, the model holding its last part, and that part's field."""
-    model: type[BaseModel] = Study
+    model = root
     parts: list[str] = []
     info: FieldInfo | None = None
     for i, part in enumerate(loc):
@@ -69,16 +93,20 @@ def _bound(info: FieldInfo, name: str) -> float | None:
     return next((getattr(m, name) for m in info.metadata if hasattr(m, name)), None)
 
 
-def _message(error: ErrorDetails, path: str, info: FieldInfo | None) -> str:
+def _message(
+    root: type[BaseModel], noun: str, error: ErrorDetails, path: str, info: FieldInfo | None
+) -> str:
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, InvalidField):  # its field is relative to the model that raised it
         if cause.field:
-            path, _, _ = _field_at((*error["loc"], *cause.field.split(".")))
-        return f"study field '{path}' must be {cause.must_be}, got {cause.value!r}"
+            path, _, _ = _field_at(root, (*error["loc"], *cause.field.split(".")))
+        return f"{noun} field '{path}' must be {cause.must_be}, got {cause.value!r}"
     if isinstance(cause, ValueError):  # a carto_assets.validate check: already worded
         return str(cause)
-    name, value = f"study field '{path}'", error["input"]
+    name, value = f"{noun} field '{path}'", error["input"]
     if error["type"] == "missing":
+        if len(error["loc"]) == 1:  # the file itself: its whole mapping says nothing more
+            return f"{name} is required"
         return f"{name} is required (a block without it: {value!r})"
     if info is not None:
         allowed = next((m.text for m in info.metadata if isinstance(m, Allowed)), None)

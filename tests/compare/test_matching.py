@@ -11,6 +11,7 @@ from carto_assets.compare.matching import match_units, unit_sets
 from carto_assets.core.network.layers import probe_layers, resolve_layers
 from carto_assets.core.network.recorder import Batch, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN
+from carto_assets.core.similarity.minhash import MinHashLsh
 from carto_assets.sources.shapes import ShapesWorld
 
 
@@ -53,7 +54,7 @@ def test_lsh_best_matches_equal_exact_all_pairs(seed):
         image[unit == u] = image[unit == 11]
         rank[unit == u] = same
     units = unit_sets(unit, image, rank, study)
-    pairs, best = match_units(units, threshold=0.3, seed=seed)
+    pairs, best = match_units(units, threshold=0.3, minhash=MinHashLsh(seed=seed))
     ranks = [
         dict(zip(units.images[a:b], units.ranks[a:b]))
         for a, b in zip(units.indptr, units.indptr[1:])
@@ -97,7 +98,7 @@ def test_lsh_misses_little_near_the_threshold():
     study = np.array([0] * n + [1] * n)
     unit, image, rank = _as_rows(sets, rng)
     units = unit_sets(unit, image, rank, study)
-    pairs, best = match_units(units, threshold=0.25, seed=3)
+    pairs, best = match_units(units, threshold=0.25, minhash=MinHashLsh(seed=3))
     ranks = [
         dict(zip(units.images[a:b], units.ranks[a:b]))
         for a, b in zip(units.indptr, units.indptr[1:])

@@ -9,7 +9,7 @@ from carto_assets.core.network.layers import probe_layers, resolve_layers
 from carto_assets.core.network.recorder import Batch, activation_pass, spatial_max
 from carto_assets.core.network.zoo import BuiltinCNN
 from carto_assets.core.sae.autoencoder import SparseAutoencoder, encode
-from carto_assets.core.sae.dictionaries import pick_positions, sample_activations
+from carto_assets.core.sae.dictionaries import Sampling, pick_positions, sample_activations
 from carto_assets.core.sae.layer import (
     FEATURE_SUFFIX,
     FeatureLayer,
@@ -141,7 +141,8 @@ def test_derived_units_need_a_recorded_source(tiny_net):
 def test_sampling_reads_each_layer_through_the_hook_helper(tiny_net):
     model, layers, images = tiny_net
     chosen = [layers[1], layers[2]]
-    sample = sample_activations(model, chosen, [images[:10], images[10:20]], 10_000, seed=0)
+    batches = [images[:10], images[10:20]]
+    sample = sample_activations(model, chosen, batches, Sampling(10_000), seed=0)
     outs = _dense_outputs(model, images[:20], [i.name for i in chosen])
     for info in chosen:
         out = outs[info.name]
@@ -200,7 +201,9 @@ def test_sampling_offers_each_images_strongest_and_random_positions(tiny_net):
     chosen = [layers[1], layers[2]]
     names = [i.name for i in chosen]
     batches = [images[:10], images[10:20]]
-    strongest = sample_activations(model, chosen, batches, 10_000, 0, strongest_per_image=3)
+    strongest = sample_activations(
+        model, chosen, batches, Sampling(10_000, strongest_per_image=3), 0
+    )
     assert strongest.positions_seen == {name: 20 * 3 for name in names}
     dense = _dense_outputs(model, images[:20], names)
     for name in names:
@@ -208,7 +211,7 @@ def test_sampling_offers_each_images_strongest_and_random_positions(tiny_net):
             strongest.samples[name], reference_strongest(dense[name], 3), rtol=1e-5, atol=1e-6
         )
     mixed = sample_activations(
-        model, chosen, batches, 10_000, 0, strongest_per_image=3, random_per_image=2
+        model, chosen, batches, Sampling(10_000, strongest_per_image=3, random_per_image=2), 0
     )
     assert mixed.positions_seen == {name: 20 * 5 for name in names}
     channels = mixed.samples[names[1]].shape[1]
@@ -221,9 +224,9 @@ def test_sampling_offers_each_images_strongest_and_random_positions(tiny_net):
 def test_sampling_rejects_bad_position_counts(tiny_net):
     model, layers, _ = tiny_net
     with pytest.raises(ValueError, match="strongest_per_image must be an integer >= 1, got 0"):
-        sample_activations(model, layers[:1], [], 5, 0, strongest_per_image=0)
+        sample_activations(model, layers[:1], [], Sampling(5, strongest_per_image=0), 0)
     with pytest.raises(ValueError, match="random_per_image must be an integer >= 0, got -1"):
-        sample_activations(model, layers[:1], [], 5, 0, random_per_image=-1)
+        sample_activations(model, layers[:1], [], Sampling(5, random_per_image=-1), 0)
 
 
 def test_feature_maxima_stay_float32_under_autocast():

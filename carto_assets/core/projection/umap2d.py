@@ -6,13 +6,15 @@ Pure numpy (umap-learn imported lazily); no orchestration imports.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from carto_assets.core.projection.neighbors import check_vectors, nearest_neighbors
 from carto_assets.validate import check_float, check_int
 
-__all__ = ["project_2d"]
+__all__ = ["Projection", "ProjectionSettings", "project_2d"]
 
 # Above this many points project_2d lets UMAP find approximate neighbours itself,
 # because the exact O(n^2) search would dominate the run time.
@@ -68,11 +70,29 @@ def _umap():
     return umap
 
 
+class ProjectionSettings(Protocol):
+    """UMAP's settings: a study's embedding block (a comparison's too) has them, as has
+    :class:`Projection`."""
+
+    @property
+    def n_neighbors(self) -> int: ...
+    @property
+    def min_dist(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Projection:
+    """:class:`ProjectionSettings` with the embedding block's defaults, for callers without a
+    study."""
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+
+
 def project_2d(
     vectors: np.ndarray,
+    settings: ProjectionSettings = Projection(),
     *,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
     seed: int = 0,
 ) -> np.ndarray:
     """Lay the embedding out in 2-D with UMAP (cosine metric).
@@ -82,10 +102,10 @@ def project_2d(
     vectors : np.ndarray
         (n, dim) finite real array, e.g.
         :attr:`carto_assets.core.skipgram.trainer.SkipGramResult.vectors`.
-    n_neighbors : int
-        UMAP neighbourhood size, >= 2; clamped to ``n - 1`` for small inputs.
-    min_dist : float
-        UMAP ``min_dist``, in ``[0, 1]`` (UMAP's spread is 1).
+    settings : ProjectionSettings
+        A study's embedding block or :class:`Projection`: ``n_neighbors``, UMAP's
+        neighbourhood size, >= 2, clamped to ``n - 1`` for small inputs; ``min_dist``, in
+        ``[0, 1]`` (UMAP's spread is 1).
     seed : int
         UMAP ``random_state``; with it UMAP runs single-threaded and is reproducible.
 
@@ -111,6 +131,7 @@ def project_2d(
     * If UMAP ever returns non-finite coordinates, the PCA layout is returned.
     """
     vectors = check_vectors(vectors)
+    n_neighbors, min_dist = settings.n_neighbors, settings.min_dist
     check_int("n_neighbors", n_neighbors, minimum=2)
     check_float("min_dist", min_dist, low=0, high=1)
     n = vectors.shape[0]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -130,15 +130,35 @@ class ActivationSample:
     """Bytes the samplers hold (fixed: sum of capacity x C x 4)."""
 
 
+class SamplingSettings(Protocol):
+    """How activation vectors are sampled: a study's ``features`` block has these, as has
+    :class:`Sampling` (:func:`sample_activations` documents each)."""
+
+    @property
+    def samples(self) -> int: ...
+    @property
+    def strongest_per_image(self) -> int | None: ...
+    @property
+    def random_per_image(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """:class:`SamplingSettings` for callers without a study: ``samples`` rows per layer,
+    by default offered every position of every image."""
+
+    samples: int
+    strongest_per_image: int | None = None
+    random_per_image: int = 0
+
+
 def sample_activations(
     model: nn.Module,
     layers: Sequence[LayerInfo],
     batches: Iterable[Batch | torch.Tensor],
-    capacity: int,
+    sampling: SamplingSettings,
     seed: int,
     *,
-    strongest_per_image: int | None = None,
-    random_per_image: int = 0,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, float], None] | None = None,
@@ -154,17 +174,21 @@ def sample_activations(
     batches
         :class:`Batch` es or bare image tensors: model inputs, or raw images ``preprocess``
         turns into model inputs on ``device``. Pass the subset of images to sample from.
-    capacity
-        Rows kept per layer: the sample is uniform over the positions offered.
-    seed
-        Layer ``i``'s sampler and position draws are seeded with ``seed + i``.
-    strongest_per_image, random_per_image
-        Offer only each image's ``strongest_per_image`` strongest positions (largest L2 norm)
-        and ``random_per_image`` of its other positions drawn uniformly (:func:`pick_positions`);
-        ``None``: every position. An image's activation for a unit is its maximum over space,
+    sampling
+        A study's ``features`` block or :class:`Sampling`:
+
+        ``samples``: rows kept per layer (the capacity): the sample is uniform over the
+        positions offered.
+
+        ``strongest_per_image``, ``random_per_image``: offer only each image's
+        ``strongest_per_image`` strongest positions (largest L2 norm) and ``random_per_image``
+        of its other positions drawn uniformly (:func:`pick_positions`); ``None``: every
+        position. An image's activation for a unit is its maximum over space,
         so the strong positions are the ones that decide top images: a dictionary trained on
         them spends its features there rather than on background, and the uniform part keeps
         the weak positions reconstructed.
+    seed
+        Layer ``i``'s sampler and position draws are seeded with ``seed + i``.
     progress
         ``progress(images_done, seconds)`` after every batch.
 
@@ -172,6 +196,11 @@ def sample_activations(
     -------
     ActivationSample
     """
+    capacity = sampling.samples
+    strongest_per_image, random_per_image = (
+        sampling.strongest_per_image,
+        sampling.random_per_image,
+    )
     check_int("capacity", capacity, minimum=1)
     check_seed("seed", seed)
     if strongest_per_image is not None:
@@ -226,14 +255,38 @@ def sample_activations(
 
 
 # ---- 2. training, storage ---------------------------------------------------------------------
+class DictionarySettings(Protocol):
+    """How each dictionary is trained: a study's ``features`` block has these, as has
+    :class:`DictionaryTraining`."""
+
+    @property
+    def expansion(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DictionaryTraining:
+    """:class:`DictionarySettings` with a study's ``features`` defaults, for callers without
+    a study."""
+
+    expansion: int = 2
+    k: int = 8
+    epochs: int = 240
+    batch_size: int = 1024
+    learning_rate: float = 4e-3
+
+
 def train_dictionaries(
     samples: Mapping[str, np.ndarray],
+    settings: DictionarySettings = DictionaryTraining(),
     *,
-    expansion: int,
-    k: int,
-    epochs: int,
-    batch_size: int = 1024,
-    learning_rate: float = 4e-3,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable[[str, int, float], None] | None = None,
@@ -241,10 +294,14 @@ def train_dictionaries(
     """Train one top-k SAE per layer of ``samples`` (layer name -> ``(n, C)`` rows): the
     feature layer of each source layer, with its fit, sample size and training seconds.
 
-    Layer ``i`` gets ``expansion x C`` features and is trained with seed ``seed + i``.
+    ``settings`` (a study's ``features`` block, or :class:`DictionaryTraining`): layer ``i``
+    gets ``expansion x C`` features, ``k`` active per row, and is trained ``epochs`` epochs
+    of ``batch_size`` rows at ``learning_rate``, with seed ``seed + i``.
     ``progress(layer, epoch, loss)`` is called after each epoch. Raises ``ValueError`` for
     bad settings, naming the layer where it depends on one (``k`` larger than its features).
     """
+    expansion, k, epochs = settings.expansion, settings.k, settings.epochs
+    batch_size, learning_rate = settings.batch_size, settings.learning_rate
     check_int("expansion", expansion, minimum=1)
     check_int("k", k, minimum=1)
     check_int("epochs", epochs, minimum=1)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import methodcaller
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from scipy.integrate import quad
@@ -468,6 +468,31 @@ class LshCandidates:
     rows: int
     largest_bucket: int
     n_skipped_buckets: int
+
+
+class MinHashLshSettings(Protocol):
+    """MinHash and LSH banding settings: a study's ``clustering`` block and a comparison
+    (its unit and concept matching) have them, as has :class:`MinHashLsh`."""
+
+    @property
+    def num_perm(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def bands(self) -> int | None: ...
+    @property
+    def rows(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class MinHashLsh:
+    """:class:`MinHashLshSettings` with the defaults (a study's clustering block's too): 128
+    permutations, seed 1, banding derived from the threshold (``bands``/``rows`` None)."""
+
+    num_perm: int = 128
+    seed: int = 1
+    bands: int | None = None
+    rows: int | None = None
 
 
 #: LSH banding weights (false positive, false negative) favouring recall: a false positive costs

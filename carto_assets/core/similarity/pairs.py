@@ -29,6 +29,8 @@ import numpy as np
 from carto_assets.core.similarity.minhash import (
     RECALL_WEIGHTS,
     Encoding,
+    MinHashLsh,
+    MinHashLshSettings,
     Scheme,
     check_threshold,
     fmix,
@@ -294,10 +296,7 @@ def lsh_pairs(
     sets: NeuronSets,
     *,
     threshold: float,
-    num_perm: int = 128,
-    seed: int = 1,
-    bands: int | None = None,
-    rows: int | None = None,
+    minhash: MinHashLshSettings = MinHashLsh(),
     weights: tuple[float, float] = RECALL_WEIGHTS,
     scheme: Scheme = "affine32",
     encoding: Encoding = "int64le",
@@ -317,11 +316,14 @@ def lsh_pairs(
         Neuron sets.
     threshold
         Jaccard threshold in ``(0, 1]`` for confirmation (and banding, if derived).
-    num_perm, seed, scheme, encoding
-        MinHash parameters, see ``carto_assets.core.similarity.minhash.minhash_signatures``.
-    bands, rows
-        LSH banding; give both or neither. If neither, derived from ``threshold``,
-        ``num_perm`` and ``weights`` like datasketch's ``MinHashLSH``.
+    minhash
+        ``num_perm`` and ``seed`` (see
+        ``carto_assets.core.similarity.minhash.minhash_signatures``), ``bands`` and ``rows``:
+        LSH banding, both or neither; if neither, derived from ``threshold``, ``num_perm`` and
+        ``weights`` like datasketch's ``MinHashLSH``. A study's clustering block, or
+        :class:`~carto_assets.core.similarity.minhash.MinHashLsh`.
+    scheme, encoding
+        MinHash parameters, see ``minhash_signatures``.
     weights
         ``(false_positive_weight, false_negative_weight)`` for deriving the banding. The
         default favours recall: a false positive only costs one exact confirmation, a
@@ -341,8 +343,8 @@ def lsh_pairs(
         Confirmed pairs and LSH statistics. Pairs are a subset of the exact pairs.
     """
     threshold = check_threshold(threshold)
-    num_perm = check_int("num_perm", num_perm, minimum=1)
-    bands, rows = lsh_banding(threshold, num_perm, bands, rows, weights)
+    num_perm = check_int("num_perm", minhash.num_perm, minimum=1)
+    bands, rows = lsh_banding(threshold, num_perm, minhash.bands, minhash.rows, weights)
 
     n = sets.n_neurons
     rep = identical_set_groups(sets)
@@ -365,7 +367,7 @@ def lsh_pairs(
             sub_indptr,
             sub_indices,
             num_perm=num_perm,
-            seed=seed,
+            seed=minhash.seed,
             scheme=scheme,
             encoding=encoding,
             columns=bands * rows,

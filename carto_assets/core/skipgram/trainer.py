@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -296,17 +296,44 @@ def finish_training(
     return SkipGramResult(vectors, losses, isolated)
 
 
+class SkipGramSettings(Protocol):
+    """The trainer's settings (:func:`train_skipgram_sentences` documents each): a study's
+    embedding block, which a comparison's joint embedding shares, has them, as has
+    :class:`SkipGram`."""
+
+    @property
+    def window(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def negatives(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SkipGram:
+    """:class:`SkipGramSettings` with the trainer's defaults (a study's embedding block's too),
+    for callers without a study."""
+
+    window: int = 5
+    dim: int = 30
+    epochs: int = 10
+    learning_rate: float = 0.07
+    negatives: int = 5
+    batch_size: int = 16384
+
+
 def train_skipgram_sentences(
     neuron_ids: np.ndarray,
     image_ids: np.ndarray,
     n_neurons: int,
+    settings: SkipGramSettings = SkipGram(),
     *,
-    window: int = 5,
-    dim: int = 30,
-    epochs: int = 10,
-    learning_rate: float = 0.07,
-    negatives: int = 5,
-    batch_size: int = 16384,
     negative_group_size: int = 16,
     num_threads: int | None = 1,
     seed: int = 0,
@@ -328,6 +355,9 @@ def train_skipgram_sentences(
         neuron ``neuron_ids[i]``; ids non-negative, neuron ids ``< n_neurons``.
     n_neurons : int
         Number of neurons; every id in ``[0, n_neurons)`` gets a vector.
+    settings : SkipGramSettings
+        ``window``, ``dim``, ``epochs``, ``learning_rate``, ``negatives`` and ``batch_size``
+        (a study's embedding block, or :class:`SkipGram`):
     window : int
         Largest centre-context distance in a shuffled sentence, >= 1. The default 5
         is word2vec's: in ``benchmarks/embedding.py`` it matches the all-pairs
@@ -415,6 +445,12 @@ def train_skipgram_sentences(
     randomness comes from a local ``torch.Generator`` and CPU ``scatter_add_``
     is deterministic.
     """
+    window, dim, epochs = settings.window, settings.dim, settings.epochs
+    learning_rate, negatives, batch_size = (
+        settings.learning_rate,
+        settings.negatives,
+        settings.batch_size,
+    )
     check_hyperparameters(
         dim, epochs, learning_rate, negatives, batch_size, negative_group_size, num_threads
     )

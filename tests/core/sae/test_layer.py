@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from carto_assets.core.sae.dictionaries import (
+    DictionaryTraining,
     describe,
     load_dictionaries,
     save_dictionaries,
@@ -24,7 +25,9 @@ def test_trained_layers_round_trip_through_storage(tmp_path):
         "b1": rng.normal(size=(300, 6)).astype(np.float32),
         "b2": rng.normal(size=(200, 4)).astype(np.float32),
     }
-    trained = train_dictionaries(samples, expansion=2, k=2, epochs=2, batch_size=64, seed=3)
+    trained = train_dictionaries(
+        samples, DictionaryTraining(expansion=2, k=2, epochs=2, batch_size=64), seed=3
+    )
     assert list(trained) == ["b1", "b2"]
     for source, layer in trained.items():
         assert isinstance(layer, FeatureLayer) and layer.source == source
@@ -52,7 +55,7 @@ def test_trained_layers_round_trip_through_storage(tmp_path):
 
 def test_a_layer_without_a_fit_is_not_stored(tmp_path):
     trained = train_dictionaries(
-        {"b1": np.ones((20, 3), dtype=np.float32)}, expansion=1, k=1, epochs=1
+        {"b1": np.ones((20, 3), dtype=np.float32)}, DictionaryTraining(expansion=1, k=1, epochs=1)
     )
     bare = {"b1": FeatureLayer("b1", trained["b1"].sae)}
     with pytest.raises(ValueError, match=r"dictionaries \['b1'\] have no fit"):

@@ -11,7 +11,7 @@ from carto_assets.core.similarity.linkage import (
     clustering_agreement,
     group_neurons,
 )
-from carto_assets.core.similarity.minhash import minhash_signatures
+from carto_assets.core.similarity.minhash import MinHashLsh, minhash_signatures
 from carto_assets.core.similarity.pairs import (
     SimilarPairs,
     confirm_pairs,
@@ -152,7 +152,7 @@ def test_exact_methods_match_brute_force(threshold):
 def test_lsh_pairs_are_exact_subset_with_high_recall():
     sets = _mixed_sets(1)
     exact = exact_pairs_inverted_index(sets, threshold=THRESHOLD)
-    result = lsh_pairs(sets, threshold=THRESHOLD, seed=3)
+    result = lsh_pairs(sets, threshold=THRESHOLD, minhash=MinHashLsh(seed=3))
     agreement = pair_agreement(exact, result.pairs)
     assert exact.n_pairs > 100
     assert agreement.precision == 1.0
@@ -164,7 +164,7 @@ def test_lsh_pairs_are_exact_subset_with_high_recall():
 def test_lsh_pairs_with_explicit_banding():
     sets = _mixed_sets(2)
     exact = exact_pairs_inverted_index(sets, threshold=0.7)
-    result = lsh_pairs(sets, threshold=0.7, bands=20, rows=4, num_perm=80)
+    result = lsh_pairs(sets, threshold=0.7, minhash=MinHashLsh(num_perm=80, bands=20, rows=4))
     assert (result.bands, result.rows) == (20, 4)
     assert pair_agreement(exact, result.pairs).recall >= 0.95
 
@@ -292,14 +292,14 @@ def test_deterministic_and_independent_of_row_order():
         neurons_neuron_id=sets.neuron_ids[perm_neurons],
         neurons_layer=sets.layers[perm_neurons],
     )
-    first = cluster_neurons(sets, threshold=THRESHOLD, seed=11)
-    again = cluster_neurons(sets, threshold=THRESHOLD, seed=11)
-    other = cluster_neurons(shuffled, threshold=THRESHOLD, seed=11)
+    first = cluster_neurons(sets, threshold=THRESHOLD, minhash=MinHashLsh(seed=11))
+    again = cluster_neurons(sets, threshold=THRESHOLD, minhash=MinHashLsh(seed=11))
+    other = cluster_neurons(shuffled, threshold=THRESHOLD, minhash=MinHashLsh(seed=11))
     np.testing.assert_array_equal(first.labels, again.labels)
     np.testing.assert_array_equal(first.labels, other.labels)
     np.testing.assert_array_equal(
-        lsh_pairs(sets, threshold=THRESHOLD, seed=11).pairs.i,
-        lsh_pairs(shuffled, threshold=THRESHOLD, seed=11).pairs.i,
+        lsh_pairs(sets, threshold=THRESHOLD, minhash=MinHashLsh(seed=11)).pairs.i,
+        lsh_pairs(shuffled, threshold=THRESHOLD, minhash=MinHashLsh(seed=11)).pairs.i,
     )
 
 
@@ -356,7 +356,7 @@ def test_bad_threshold_is_refused_everywhere(threshold, error):
 )
 def test_lsh_pairs_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        lsh_pairs(_chain_sets(), threshold=0.5, **kwargs)
+        lsh_pairs(_chain_sets(), threshold=0.5, minhash=MinHashLsh(**kwargs))
 
 
 def test_grouping_bad_input():

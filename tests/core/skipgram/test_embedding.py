@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from carto_assets.core.projection.neighbors import nearest_neighbors
-from carto_assets.core.projection.umap2d import project_2d
+from carto_assets.core.projection.umap2d import Projection, project_2d
 from carto_assets.core.skipgram.trainer import (
+    SkipGram,
     _alias_table,
     _sample_alias,
     skipgram_batch_gradients,
@@ -124,7 +125,7 @@ def test_same_seed_is_bit_identical_and_seed_matters(planted):
     again = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=0)
     np.testing.assert_array_equal(again.vectors, result.vectors)
     assert again.epoch_losses == result.epoch_losses
-    other = train_skipgram_sentences(neuron_ids, image_ids, group.size, seed=1, epochs=1)
+    other = train_skipgram_sentences(neuron_ids, image_ids, group.size, SkipGram(epochs=1), seed=1)
     assert not np.array_equal(other.vectors, result.vectors)
 
 
@@ -138,7 +139,7 @@ def test_isolated_neurons_get_finite_small_vectors(planted):
 
 def test_no_sentences_at_all_and_progress_callback():
     # Every image is one neuron's alone: no sentence of two.
-    result = train_skipgram_sentences(np.array([0, 1]), np.array([0, 1]), 4, dim=3)
+    result = train_skipgram_sentences(np.array([0, 1]), np.array([0, 1]), 4, SkipGram(dim=3))
     assert result.vectors.shape == (4, 3) and np.isfinite(result.vectors).all()
     assert result.isolated.all() and result.epoch_losses == []
 
@@ -148,8 +149,7 @@ def test_no_sentences_at_all_and_progress_callback():
         np.array([0, 1, 1, 2, 0]),
         np.array([7, 7, 8, 8, 8]),
         5,
-        epochs=3,
-        batch_size=3,
+        SkipGram(epochs=3, batch_size=3),
         negative_group_size=2,
         progress=lambda epoch, loss: calls.append((epoch, loss)),
     )
@@ -177,9 +177,10 @@ def test_no_sentences_at_all_and_progress_callback():
 )
 def test_train_rejects_bad_arguments(kwargs, message):
     args = {"neuron_ids": np.array([0, 1, 2]), "image_ids": np.array([5, 5, 5]), "n_neurons": 3}
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in SkipGram.__dataclass_fields__}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        train_skipgram_sentences(**args)
+        train_skipgram_sentences(**args, settings=SkipGram(**settings))
 
 
 # --- nearest neighbours ---------------------------------------------------------------------
@@ -245,7 +246,7 @@ def test_projection_with_umap_covers_every_neuron(planted):
     tiny = project_2d(np.random.default_rng(0).normal(size=(5, 30)), seed=0)
     assert tiny.shape == (5, 2) and np.isfinite(tiny).all()
     _, _, group, result = planted
-    layout = project_2d(result.vectors, n_neighbors=15, seed=0)
+    layout = project_2d(result.vectors, Projection(n_neighbors=15), seed=0)
     assert layout.shape == (group.size, 2) and layout.dtype == np.float32
     assert np.isfinite(layout).all()
     # Planted groups stay together in 2-D: most 2-D neighbours share the group.
@@ -267,4 +268,4 @@ def test_projection_with_umap_covers_every_neuron(planted):
 )
 def test_projection_rejects_bad_input(vectors, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        project_2d(vectors, **kwargs)
+        project_2d(vectors, Projection(**kwargs))

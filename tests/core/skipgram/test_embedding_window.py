@@ -12,7 +12,7 @@ from carto_assets.core.skipgram.sentences import (
     image_sentences,
     window_examples,
 )
-from carto_assets.core.skipgram.trainer import train_skipgram_sentences
+from carto_assets.core.skipgram.trainer import SkipGram, train_skipgram_sentences
 
 
 def word2vec_reference(sentence: list[int], reduced: list[int]) -> list[tuple[int, int]]:
@@ -121,8 +121,8 @@ def test_image_sentences_drop_singletons_and_duplicates():
 
 def test_sentence_trainer_validates():
     with pytest.raises(ValueError, match="window"):
-        train_skipgram_sentences(np.array([0, 1]), np.array([0, 0]), 2, window=0)
+        train_skipgram_sentences(np.array([0, 1]), np.array([0, 0]), 2, SkipGram(window=0))
     with pytest.raises(ValueError, match="n_neurons"):
         train_skipgram_sentences(np.array([0, 5]), np.array([0, 0]), 2)
-    empty = train_skipgram_sentences(np.array([0, 1]), np.array([0, 1]), 3, dim=4)
+    empty = train_skipgram_sentences(np.array([0, 1]), np.array([0, 1]), 3, SkipGram(dim=4))
     assert empty.isolated.all() and empty.epoch_losses == [] and empty.vectors.shape == (3, 4)
