@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +43,8 @@ def modules(root: Path = ROOT, packages: Sequence[str] = PACKAGES) -> dict[str, 
     return found
 
 
-def _resolve(name: str, known: Iterable[str]) -> str:
+def _resolve(name: str, known: Mapping[str, Path]) -> str:
     """The longest prefix of ``name`` that is a known module, else ``name``'s top package."""
-    known = set(known)
     parts = name.split(".")
     for k in range(len(parts), 0, -1):
         candidate = ".".join(parts[:k])
