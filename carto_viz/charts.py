@@ -33,7 +33,8 @@ import json
 import altair as alt
 
 from carto_assets.schema import PREDICTION_CLUSTER
-from carto_viz.data import ViewData, layer_short_names
+from carto_viz.data import ViewData
+from carto_viz.short_names import layer_short_names
 
 #: colours by role, read by the tests.
 MEMBER_STROKE = "black"

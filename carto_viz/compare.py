@@ -29,7 +29,7 @@ import polars as pl
 import vl_convert
 
 from carto_assets import atomic
-from carto_assets.compare.concepts import leading_term
+from carto_assets.core.cluster_labels import leading_term
 from carto_assets.storage import CartoStore
 from carto_viz.export import javascript_bundle, page_asset, script_json
 from carto_viz.sprites import pack_patches

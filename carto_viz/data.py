@@ -6,22 +6,19 @@ Everything here is pure data work (DuckDB + polars); no charting and no Dagster.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import duckdb
 import polars as pl
 
 from carto_assets import quality, schema
-from carto_assets.storage import DEFAULT_MEMORY_LIMIT, CartoStore
+from carto_assets.storage import DEFAULT_MEMORY_LIMIT
 from carto_viz import images
+from carto_viz.connection import attached_store
+from carto_viz.graph import ClassGraphs, graph_records
+from carto_viz.short_names import layer_short_names, short_label
 from carto_viz.summary import neurons_with_kind, study_summary
-
-if TYPE_CHECKING:
-    from carto_viz.graph import ClassGraphs
 
 #: tables the views need (the assets that write them come from carto_assets.schema).
 REQUIRED_TABLES = (
@@ -93,7 +90,7 @@ def load_tables(
     ValueError
         If the file or a table is missing; the message names the asset to materialize.
     """
-    with _attached(database_path, memory_limit) as con:
+    with attached_store(database_path, memory_limit) as con:
         present = {
             row[0]
             for row in con.execute(
@@ -130,23 +127,6 @@ PATCH_READER_MEMORY_LIMIT = "64MB"
 
 
 @contextlib.contextmanager
-def _attached(database_path: str | Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the published study database (the store's own reader)."""
-    path = Path(database_path)
-    if not path.is_file():
-        raise ValueError(f"database {str(path)!r} does not exist; materialize the assets first")
-    with CartoStore(path, memory_limit=memory_limit).connect() as con:
-        yield con
-
-
-def attached_store(
-    database_path: str | Path, memory_limit: str = DEFAULT_MEMORY_LIMIT
-) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the published study database, for a ``with`` block."""
-    return _attached(database_path, memory_limit)
-
-
-@contextlib.contextmanager
 def patch_pngs(database_path: str | Path) -> Iterator[Callable[[list[int]], pl.DataFrame]]:
     """``load(neuron_ids)`` -> those neurons' ``(neuron_id, rank, png)`` rows, for
     :func:`carto_viz.sprites.pack_patches`, while the block runs (one connection, one thread).
@@ -154,7 +134,7 @@ def patch_pngs(database_path: str | Path) -> Iterator[Callable[[list[int]], pl.D
     ``neuron_ids`` are best given as a run of ascending ids: the query reads the table's rows
     between the smallest and the largest (the table is stored in neuron order).
     """
-    with _attached(database_path, PATCH_READER_MEMORY_LIMIT) as con:
+    with attached_store(database_path, PATCH_READER_MEMORY_LIMIT) as con:
 
         def load(neuron_ids: list[int]) -> pl.DataFrame:
             rows = con.sql(
@@ -213,38 +193,6 @@ def unit_label(kind: str, channel: int | None, layer: str) -> str:
     ``"feature 17 · block3:features"`` (``channel`` is the feature's index in its dictionary)."""
     index = "" if channel is None else f" {int(channel)}"
     return f"{kind}{index} · {layer}"
-
-
-def layer_short_names(layers: list[str]) -> dict[str, str]:
-    """Each layer's shortest dotted suffix that no other layer ends with: what tells it apart
-    (``encoder.layers.encoder_layer_11`` -> ``encoder_layer_11``; ``inception4a.branch2.1`` ->
-    ``inception4a.branch2.1`` when other blocks have a ``branch2.1``). A feature pseudo-layer
-    ``<layer>:features`` is its layer's short name with ``:features``. The views show these
-    where space is short and the full name on hover."""
-    suffix = ":features"
-    bases = sorted({name.removesuffix(suffix) for name in layers})
-    parts = {name: name.split(".") for name in bases}
-    short: dict[str, str] = {}
-    for name in bases:
-        for k in range(1, len(parts[name]) + 1):
-            tail = parts[name][-k:]
-            if not any(o != name and parts[o][-k:] == tail for o in bases):
-                short[name] = ".".join(tail)
-                break
-        else:
-            short[name] = name
-    return {
-        name: short[name.removesuffix(suffix)] + (suffix if name.endswith(suffix) else "")
-        for name in layers
-    }
-
-
-def short_label(label: str | None) -> str:
-    """The leading term of a cluster label: ``"colour=red (0.97), size=large" -> "colour=red"``."""
-    if not label:
-        return ""
-    first = label.split(", ")[0]
-    return re.sub(r"\s*\([0-9.]+\)$", "", first)
 
 
 def bar_list(values: list) -> str:
@@ -345,8 +293,6 @@ def view_data(
     tables: Mapping[str, pl.DataFrame], study_info: Mapping[str, object] | None = None
 ) -> ViewData:
     """All datasets of the page except the patches (see :mod:`carto_viz.sprites`)."""
-    from carto_viz.graph import graph_records
-
     check_tables(tables)
     kinds = layer_kinds(neurons_with_kind(tables))
     graph = graph_records(tables, kinds)

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
+from carto_viz.short_names import layer_short_names, short_label
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -232,8 +233,6 @@ def graph_records(tables: Mapping[str, pl.DataFrame], kinds: Mapping[str, str]) 
     (the projection's "neurons of the class") are ``concept_graph_units`` and its nodes'
     members.
     """
-    from carto_viz.data import layer_short_names, short_label
-
     nodes = tables["concept_graph_nodes"]
     int_type = nodes.schema["cluster_id"]
     clusters = tables["clusters"].select(

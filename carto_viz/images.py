@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.attribution.explain import dequantize, dominant
+from carto_viz.connection import attached_store
+from carto_viz.sprites import pack_patches
 
 #: ``explained_images.why`` as the page codes it.
 WHY = {"sample": 0, "misclassified": 1, "listed": 2}
@@ -157,9 +159,6 @@ def explained(tables: Mapping[str, pl.DataFrame], layer_rows: list[dict]) -> Exp
 def thumbnails(database_path, fmt: str = "jpeg"):
     """The explained images' thumbnails packed into sheets (``image-0000``, ...), keyed by
     image id: a :class:`carto_viz.sprites.SpriteAtlas`."""
-    from carto_viz.data import attached_store
-    from carto_viz.sprites import pack_patches
-
     with attached_store(database_path) as con:
         frame = con.sql(
             "SELECT image_id AS neuron_id, 1 AS rank, thumb AS png FROM explained_images "

@@ -17,32 +17,11 @@ Pure numpy and polars; no dagster.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 
 from carto_assets.compare.matching import BestMatches, UnitSets, unit_sets
-
-#: A label's terms: ``colour=red (0.97), size=large (0.5)`` -> ``colour=red``, ``size=large``.
-_TERM = re.compile(r"(.*?) \(\d+(?:\.\d+)?\)(?:, |$)")
-
-
-def label_terms(label: str | None) -> list[str]:
-    """A cluster label's terms without their fractions (the whole label if it has none)."""
-    if not label:
-        return []
-    terms, pos = [], 0
-    while pos < len(label) and (match := _TERM.match(label, pos)):
-        terms.append(match.group(1))
-        pos = match.end()
-    return terms if terms and pos == len(label) else [label]
-
-
-def leading_term(label: str | None) -> str:
-    """The first term of a cluster label without its fraction ('' for no label)."""
-    terms = label_terms(label)
-    return terms[0] if terms else ""
+from carto_assets.core.cluster_labels import label_terms, leading_term
 
 
 def labels_differ(label: str | None, other: str | None) -> bool:

@@ -103,8 +103,22 @@ def test_rerun_replaces_rows_and_reuses_the_checkpoint(materialized):
     assert mats[0].asset_materialization.metadata["reused_cached_checkpoint"].value is True
     dictionary = instance.fetch_materializations(dg.AssetKey("dictionary"), limit=1).records[0]
     assert dictionary.asset_materialization.metadata["reused_cached_dictionaries"].value is True
-    acc = mats[0].asset_materialization.metadata["holdout_accuracy"].value
-    assert 0.0 <= acc <= 1.0
+    meta = mats[0].asset_materialization.metadata
+    # The trained network's accuracy on the held-out images, the first round(n * fraction) of
+    # the training seed's permutation of the image ids, recomputed here.
+    held = np.random.default_rng(study.training_seed).permutation(240)
+    held = np.sort(held[: round(240 * study.training.holdout_fraction)])
+    assert meta["n_holdout_images"].value == len(held) > 0
+    bundle, _, _ = load_model(study)
+    pixels, ok = open_source(study).load_many(held.tolist())
+    labels = store.query(
+        f"SELECT label FROM images WHERE image_id IN ({', '.join(map(str, held))}) "
+        "ORDER BY image_id"
+    )["label"].to_numpy()
+    with torch.no_grad():
+        predicted = bundle.module(bundle.normalize(torch.from_numpy(pixels))).argmax(1).numpy()
+    assert ok.all()
+    assert meta["holdout_accuracy"].value == pytest.approx(float((predicted == labels).mean()))
 
 
 def test_every_shard_partition_was_materialized(materialized):
@@ -221,7 +235,33 @@ def test_clustering_tables_are_consistent(materialized):
     assert (pairs["jaccard"] >= study.clustering.threshold).all()
     mat = instance.fetch_materializations(dg.AssetKey("cluster_quality"), limit=1).records[0]
     meta = mat.asset_materialization.metadata
-    assert 0.0 <= meta["pair_recall"].value <= 1.0
+    # The share of the exact similar pairs (same layer, Jaccard of the top-image sets at least
+    # the threshold; neurons with constant top-k activations have no set) that the study's
+    # LSH found and stored in neuron_pairs, recomputed in SQL.
+    exact = store.query(f"""
+        WITH sets AS (
+            SELECT DISTINCT t.neuron_id, n.layer_index, t.image_id
+            FROM top_images t JOIN neurons n USING (neuron_id)
+            WHERE t.neuron_id IN (SELECT neuron_id FROM top_images GROUP BY neuron_id
+                                  HAVING max(activation) > min(activation))
+        ), sizes AS (SELECT neuron_id, count(*) AS size FROM sets GROUP BY neuron_id),
+        shared AS (
+            SELECT a.neuron_id AS neuron_a, b.neuron_id AS neuron_b, count(*) AS inter
+            FROM sets a JOIN sets b ON a.image_id = b.image_id
+                AND a.layer_index = b.layer_index AND a.neuron_id < b.neuron_id
+            GROUP BY ALL
+        )
+        SELECT neuron_a, neuron_b, p.neuron_a IS NOT NULL AS found
+        FROM shared
+        JOIN sizes sa ON sa.neuron_id = shared.neuron_a
+        JOIN sizes sb ON sb.neuron_id = shared.neuron_b
+        LEFT JOIN neuron_pairs p USING (neuron_a, neuron_b)
+        WHERE inter / (sa.size + sb.size - inter) >= {study.clustering.threshold}
+    """)
+    assert meta["n_exact_pairs"].value == len(exact) > 0
+    recall = store.query("SELECT value FROM study_quality WHERE figure = 'pair_recall'")["value"]
+    assert recall.to_list() == [pytest.approx(exact["found"].mean(), rel=1e-12)]
+    assert meta["pair_recall"].value == round(recall[0], 4)
     assert "adjusted_rand_index" in meta
 
 

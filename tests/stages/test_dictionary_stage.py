@@ -2,8 +2,11 @@
 fingerprint matches, a clear error when stale, nothing to do without features."""
 
 import dagster as dg
+import numpy as np
 import pytest
 
+from carto_assets.core.sae.dictionaries import train_dictionaries
+from carto_assets.stages import features as features_stage
 from carto_assets.stages.features import (
     dictionary_dir,
     feature_layers,
@@ -19,19 +22,46 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FEATURES = {"layers": ["block3"], "samples": 2000, "sample_images": 60, "epochs": 2}
 
 
-def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(tmp_path, make_study):
+def _fit(sae, x: np.ndarray) -> tuple[float, float, int]:
+    """FVU, L0 and dead features of a top-k dictionary on ``x``, written out in numpy."""
+    x = x.astype(np.float64)
+    pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    z = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1, kind="stable")[:, : sae.k]
+    rows = np.arange(len(x))[:, None]
+    z[rows, top] = np.maximum(pre[rows, top], 0.0)
+    recon = z @ sae.W_dec.T + sae.b_dec
+    fvu = ((x - recon) ** 2).sum() / ((x - x.mean(axis=0)) ** 2).sum()
+    return float(fvu), float((z > 0).sum(axis=1).mean()), int((~(z > 0).any(axis=0)).sum())
+
+
+def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
+    tmp_path, make_study, monkeypatch
+):
     study = load_study(make_study(tmp_path, features=FEATURES))
     save_manifest(study, build_manifest(study))
     prepare_model(study, progress=lambda m: None)
     with pytest.raises(FileNotFoundError, match=r"none were trained yet.*materialize `dictionary`"):
         feature_layers(study)
 
+    trained_on = {}
+
+    def keep_sample(samples, **settings):
+        trained_on.update(samples)
+        return train_dictionaries(samples, **settings)
+
+    monkeypatch.setattr(features_stage, "train_dictionaries", keep_sample)
     first = prepare_dictionaries(study, progress=lambda m: None)
     assert first is not None and not first.cached
     assert first.folder == dictionary_dir(study, study_dictionary_fingerprint(study))
     (row,) = first.layers
     assert row["layer"] == "block3" and row["n_features"] == 2 * 64 and row["l0"] <= 8
-    assert 0.0 <= row["fvu"] < 1.0 and 0.0 <= row["dead_share"] <= 1.0
+    # The fit is the stored dictionary's on the sample it was trained on, recomputed here; it
+    # explains more variance than the sample's mean does.
+    fvu, l0, dead = _fit(feature_layers(study)[0].sae, trained_on["block3"])
+    assert row["fvu"] == pytest.approx(fvu, abs=1e-4) and fvu < 1.0
+    assert row["l0"] == pytest.approx(l0, abs=0.01)
+    assert (row["dead"], row["dead_share"]) == (dead, round(dead / 128, 4))
     assert first.sample_images == 60 and first.sample_bytes == 2000 * 64 * 4
     (layer,) = feature_layers(study)
     assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 128)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from reference import attribution as ref
 from torch import nn
 
 from carto_assets.core.attribution.ablation import ablation_faithfulness, sample_edges
@@ -278,10 +279,38 @@ def test_resnet18_layer1_to_layer2(resnet18):
     assert set(e["target_cluster"][e["target_layer"] == "layer2"]) <= {0, 3, 5}
     assert set(e["source_layer"][e["target_layer"] == PREDICTION]) == {"layer2"}
     sample = sample_edges(result, 6, seed=0)
+    # and two edges into the prediction (their drop is the logit's)
+    to_logit = np.flatnonzero(e["target_layer"] == PREDICTION)[:2]
+    sample = {k: np.concatenate([v, e[k][to_logit]]) for k, v in sample.items()}
     rho, effects = ablation_faithfulness(
         resnet18, ["layer1", "layer2"], clusters, x, sample, class_index=7
     )
-    assert np.all(np.isfinite(effects["drop"])) and (np.isnan(rho) or -1 <= rho <= 1)
+    # Each edge's drop is what zeroing its source cluster in a whole forward pass does to its
+    # target (its members' summed spatial maxima, or the class's logit), averaged over the
+    # images; rho ranks the weights against those drops.
+    layers = ["layer1", "layer2"]
+    members = {name: lambda c, name=name: np.flatnonzero(clusters[name] == c) for name in layers}
+    want = []
+    for source, c_source, target, c_target in zip(
+        sample["source_layer"],
+        sample["source_cluster"],
+        sample["target_layer"],
+        sample["target_cluster"],
+        strict=True,
+    ):
+        units = members[source](c_source)
+        if target == PREDICTION:
+            before = ref.ablated_logits(resnet18, layers, source, [], x)[:, 7]
+            after = ref.ablated_logits(resnet18, layers, source, units, x)[:, 7]
+        else:
+            m = members[target](c_target)
+            before = ref.ablated_activation(resnet18, layers, source, [], target, m, x)
+            after = ref.ablated_activation(resnet18, layers, source, units, target, m, x)
+        want.append(before.mean() - after.mean())
+    assert list(sample["target_layer"]).count(PREDICTION) == 2
+    np.testing.assert_allclose(effects["drop"], want, rtol=1e-4, atol=1e-5)
+    ranks = [np.argsort(np.argsort(v)) for v in (sample["weight"], np.array(want))]
+    assert rho == pytest.approx(np.corrcoef(*ranks)[0, 1], abs=1e-9)
 
 
 def test_batched_backward_equals_one_pass_per_cluster():
