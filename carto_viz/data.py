@@ -221,7 +221,7 @@ def layer_short_names(layers: list[str]) -> dict[str, str]:
     ``inception4a.branch2.1`` when other blocks have a ``branch2.1``). A feature pseudo-layer
     ``<layer>:features`` is its layer's short name with ``:features``. The views show these
     where space is short and the full name on hover."""
-    suffix = ":features"
+    suffix = schema.FEATURE_SUFFIX
     bases = sorted({name.removesuffix(suffix) for name in layers})
     parts = {name: name.split(".") for name in bases}
     short: dict[str, str] = {}

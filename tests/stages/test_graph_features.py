@@ -73,7 +73,7 @@ def make_store(path) -> CartoStore:
             "channel": channel,
             "map_height": [SIZE] * len(ids),
             "map_width": [SIZE] * len(ids),
-            "kind": ["feature" if name.endswith(":features") else "channel" for name in layer],
+            "kind": ["feature" if name.endswith(FEATURE_SUFFIX) else "channel" for name in layer],
         },
     )
     clusters = schema.frame(
