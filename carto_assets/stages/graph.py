@@ -324,15 +324,15 @@ def concept_graph_chunk(
         if computed % RELEASE_EVERY == 0 or k == len(todo) - 1:
             release_memory()
     return GraphChunk(
-        nodes=_typed(parts["nodes"], "concept_graph_nodes"),
-        units=_typed(parts["units"], "concept_graph_units"),
-        relevance=_typed(parts["relevance"], "class_relevance"),
+        nodes=_typed(parts["nodes"], "nodes"),
+        units=_typed(parts["units"], "units"),
+        relevance=_typed(parts["relevance"], "relevance"),
         edges=_edge_table(parts["edges"]),
         cascades=_cascade_table(parts["cascades"]),
         faithfulness=pl.concat(parts["faithfulness"], how="diagonal_relaxed")
         if parts["faithfulness"]
         else pl.DataFrame(),
-        ablation=_typed(parts["ablation"], "concept_graph_ablation"),
+        ablation=_typed(parts["ablation"], "ablation"),
         checks=pl.concat(parts["checks"]) if parts["checks"] else pl.DataFrame(),
         summary=ChunkSummary(
             labels=list(labels),
@@ -595,18 +595,16 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
     steps = {s: sum(c.steps.get(s, 0.0) for c in summaries) / computed for s in STEPS}
     targets = {c.relevance_target for c in summaries if c.n_classes_computed}
     return ConceptGraph(
-        nodes=_typed(stacked("nodes"), "concept_graph_nodes").sort(
+        nodes=_typed(stacked("nodes"), "nodes").sort(
             ["label", "layer_index", "importance", "cluster_id"],
             descending=[False, False, True, False],
         ),
-        units=_typed(stacked("units"), "concept_graph_units").sort("label", "neuron_id"),
-        relevance=_typed(stacked("relevance"), "class_relevance").sort("label", "neuron_id"),
+        units=_typed(stacked("units"), "units").sort("label", "neuron_id"),
+        relevance=_typed(stacked("relevance"), "relevance").sort("label", "neuron_id"),
         edges=_edge_table(stacked("edges")),
         cascades=_cascade_table(stacked("cascades")),
         faithfulness=faith,
-        ablation=_typed(stacked("ablation"), "concept_graph_ablation").sort(
-            "label", "layer", "chosen_by"
-        ),
+        ablation=_typed(stacked("ablation"), "ablation").sort("label", "layer", "chosen_by"),
         checks=pl.concat(stacked("checks")) if stacked("checks") else pl.DataFrame(),
         spearman_rho=rho,
         no_dependency=sorted({p for c in summaries for p in c.no_dependency}),
@@ -638,9 +636,10 @@ def concept_graph(
     return merge_graph_chunks(study, store, chunks)
 
 
-def _typed(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
-    """Per-class frames stacked as the declared table (an empty table keeps its columns)."""
-    columns = schema.polars_schema(table)
+def _typed(parts: list[pl.DataFrame], name: str) -> pl.DataFrame:
+    """Per-class frames stacked as the declared table of :class:`GraphTables`' field ``name``
+    (an empty table keeps its columns)."""
+    columns = schema.polars_schema(GRAPH_TABLES[name])
     if not parts:
         return pl.DataFrame(schema=columns)
     df = pl.concat(parts, how="diagonal_relaxed")
@@ -648,10 +647,10 @@ def _typed(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
 
 
 def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed(parts, "concept_graph_edges").sort(
+    return _typed(parts, "edges").sort(
         "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True]
     )
 
 
 def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed(parts, "concept_cascades").sort("label", "root_cluster", "direction", "depth")
+    return _typed(parts, "cascades").sort("label", "root_cluster", "direction", "depth")
