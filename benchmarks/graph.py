@@ -75,7 +75,7 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
         after = class_forward_backward_of(study, part, images, source, bundle)
         for mode in fb:
             fb[mode].append((before[mode] + after[mode]) / 2)
-        for k, v in chunk.steps.items():
+        for k, v in chunk.summary.steps.items():
             steps[k] = steps.get(k, 0.0) + v
     n = len(labels)
     per = {k: v / n for k, v in steps.items()}

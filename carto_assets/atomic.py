@@ -1,7 +1,8 @@
 """Files and folders written whole or not at all.
 
 Everything a run leaves on disk for another step or process to read (Parquet parts, a shard's
-``summary.json``, the manifest, a model or dictionary cache folder) is written under a
+or chunk's folder, the manifest, a model or dictionary cache folder, the exported page) is
+written under a
 temporary name beside its target and renamed over it (``os.replace``, atomic on POSIX), so a
 reader sees the old version or the new one, and a writer killed midway leaves only a temporary
 file, never half a result. The study database's snapshots follow the same rule with a copy and
@@ -59,4 +60,11 @@ def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns ``path``."""
     with replacing(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)

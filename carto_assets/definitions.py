@@ -19,29 +19,19 @@ from carto_assets.assets.dictionary import dictionary
 from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
 from carto_assets.assets.explanations import explanations
 from carto_assets.assets.graph import concept_graph, concept_graph_chunk, example_patches
+from carto_assets.assets.hooks import with_release_memory
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.top_images import top_images
 from carto_assets.assets.views import views
 from carto_assets.environment import STUDY_ENV_VAR
 from carto_assets.events import carto_events
-from carto_assets.memory import release_memory
 from carto_assets.resources import StudyResource
 
 # The ~600,000 objects of the libraries imported above (dagster, torch, polars, ...) live as long
 # as the process: freezing them keeps every garbage collection (release_memory, after each
 # asset step) from walking them again: 0.4 s per collection before, 1 ms after, on 2 cores.
 gc.freeze()
-
-
-@dg.success_hook(name="release_memory")
-def release_memory_after(_context: dg.HookContext) -> None:
-    """After each asset step: give the memory it freed back to the OS (see carto_assets.memory).
-
-    ``carto run`` runs every step of a job in one process; without this, the resident size a
-    step leaves behind is its peak, and the next step's peak comes on top of it.
-    """
-    release_memory()
 
 
 _ASSETS = [
@@ -63,9 +53,9 @@ _ASSETS = [
     neuron_projection,
     views,
 ]
-#: Every asset, each followed by :func:`release_memory_after` wherever it runs (jobs, the UI,
+#: Every asset, each followed by the ``release_memory`` hook wherever it runs (jobs, the UI,
 #: ``dg.materialize``).
-ALL_ASSETS = [asset.with_hooks({release_memory_after}) for asset in _ASSETS]
+ALL_ASSETS = with_release_memory(_ASSETS)
 
 PREPARE_JOB = "prepare_study"
 ACTIVATIONS_JOB = "activation_pass"

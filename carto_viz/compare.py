@@ -510,9 +510,7 @@ def export_compare(
     spec_dir = out / "specs"
     spec_dir.mkdir(exist_ok=True)
     for key, spec in specs.items():
-        with atomic.replacing(spec_dir / f"{key}.vl.json") as tmp:
-            tmp.write_bytes(json.dumps(spec).encode("utf-8"))
-    with atomic.replacing(out / "index.html") as tmp:
-        tmp.write_bytes(html.encode("utf-8"))
+        atomic.write_bytes(spec_dir / f"{key}.vl.json", json.dumps(spec).encode("utf-8"))
+    atomic.write_bytes(out / "index.html", html.encode("utf-8"))
     png = vl_convert.vegalite_to_png(specs["projection"], scale=1)
     return CompareExport(out / "index.html", png, len(html.encode("utf-8")), len(data["units"]))

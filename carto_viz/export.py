@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import vl_convert
 
+from carto_assets import atomic
 from carto_assets.storage import DEFAULT_MEMORY_LIMIT
 from carto_viz.charts import graph_heights, views_spec
 from carto_viz.data import ViewData, load_tables, patch_pngs, view_data
@@ -230,17 +229,6 @@ def _png(spec: dict) -> bytes:
     return vl_convert.vegalite_to_png(spec, scale=1)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    # mkstemp makes the file private (0600); give it the permissions of a plain new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def export_views(
     database_path: str | Path,
     out_dir: str | Path,
@@ -313,11 +301,9 @@ def export_views(
     out.mkdir(parents=True, exist_ok=True)
     # Build the chunk folder beside the old one and swap it in just before the page, so a
     # killed export leaves the previous views whole.
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".index_files."))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private
-    try:
+    target = out / DATA_DIR
+    with atomic.replacing(target) as staging:
+        staging.mkdir()
         if sidecar:
             for name, text in encoded.items():
                 (staging / f"{name}.js").write_text(
@@ -329,21 +315,14 @@ def export_views(
         spec_paths = []
         for name, spec in specs.items():
             path = spec_dir / f"{name}.vl.json"
-            _write_atomic(path, json.dumps(spec, ensure_ascii=False).encode("utf-8"))
+            atomic.write_bytes(path, json.dumps(spec, ensure_ascii=False).encode("utf-8"))
             spec_paths.append(path)
         (spec_dir / "views.vl.json").unlink(missing_ok=True)  # the single spec of earlier exports
-        target = out / DATA_DIR
-        old = out / f".{DATA_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        if sidecar:
-            staging.rename(target)
-        _write_atomic(out / "index.html", html)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(out / "patches", ignore_errors=True)  # per-PNG folder of earlier exports
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not sidecar:
+        shutil.rmtree(target)  # everything is inline: no chunk folder
+    atomic.write_bytes(out / "index.html", html)
+    shutil.rmtree(out / f".{DATA_DIR}.old", ignore_errors=True)  # left by earlier exports
+    shutil.rmtree(out / "patches", ignore_errors=True)  # per-PNG folder of earlier exports
     n_files = 1 + len(spec_paths) + (len(encoded) if sidecar else 0)
     return ExportResult(
         html_path=out / "index.html",

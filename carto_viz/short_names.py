@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from carto_assets.schema import FEATURE_SUFFIX
+
 
 def layer_short_names(layers: list[str]) -> dict[str, str]:
     """Each layer's shortest dotted suffix that no other layer ends with: what tells it apart
@@ -12,7 +14,7 @@ def layer_short_names(layers: list[str]) -> dict[str, str]:
     ``inception4a.branch2.1`` when other blocks have a ``branch2.1``). A feature pseudo-layer
     ``<layer>:features`` is its layer's short name with ``:features``. The views show these
     where space is short and the full name on hover."""
-    suffix = ":features"
+    suffix = FEATURE_SUFFIX
     bases = sorted({name.removesuffix(suffix) for name in layers})
     parts = {name: name.split(".") for name in bases}
     short: dict[str, str] = {}

@@ -14,10 +14,7 @@ from PIL import Image
 from carto_assets import quality as study_quality
 from carto_assets import schema
 from carto_assets.quality import Figure
-from carto_assets.schema import PREDICTION
-
-#: name of a layer's feature pseudo-layer: ``block3`` -> ``block3:features``.
-FEATURE_LAYER_SUFFIX = ":features"
+from carto_assets.schema import FEATURE_SUFFIX, PREDICTION
 
 #: class names that must stay text everywhere (quotes, markup, ampersands, non-ASCII).
 HOSTILE_NAMES = (
@@ -108,7 +105,7 @@ def make_database(
         all_layers.append(name)
         is_feature.append(False)
         if name in feature_layers:
-            all_layers.append(name + FEATURE_LAYER_SUFFIX)
+            all_layers.append(name + FEATURE_SUFFIX)
             is_feature.append(True)
     n_layers = len(all_layers)
     channel_rows = [r for r in range(n_layers) if not is_feature[r]]

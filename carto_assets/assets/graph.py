@@ -75,20 +75,21 @@ def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource)
     # Reads the database, writes only Parquet: chunks run in parallel processes.
     chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
     out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
-    computed = max(1, chunk.n_classes_computed)
+    summary = chunk.summary
+    computed = max(1, summary.n_classes_computed)
     yield dg.MaterializeResult(
         asset_key="concept_graph_chunk",
         metadata={
             "classes": dg.MetadataValue.json([labels[0], labels[-1]] if labels else []),
-            "classes_computed": chunk.n_classes_computed,
+            "classes_computed": summary.n_classes_computed,
             "nodes": len(chunk.nodes),
             "edges": len(chunk.edges),
-            "seconds": round(chunk.seconds, 2),
-            "seconds_per_class": round(chunk.seconds / computed, 3),
+            "seconds": round(summary.seconds, 2),
+            "seconds_per_class": round(summary.seconds / computed, 3),
             "seconds_per_class_by_step": dg.MetadataValue.json(
-                {k: round(v / computed, 3) for k, v in chunk.steps.items()}
+                {k: round(v / computed, 3) for k, v in summary.steps.items()}
             ),
-            "checks_restarted_at_their_layers": chunk.restarted,
+            "checks_restarted_at_their_layers": summary.restarted,
             "chunk_dir": dg.MetadataValue.path(str(out)),
         },
     )
@@ -98,8 +99,8 @@ def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource)
         metadata={
             "enabled": cfg.explain.enabled,
             "images": 0 if explained is None else len(explained),
-            "beyond_the_samples": chunk.other_images,
-            "seconds_per_class": round(chunk.steps.get("explanations", 0.0) / computed, 3),
+            "beyond_the_samples": summary.other_images,
+            "seconds_per_class": round(summary.steps.get("explanations", 0.0) / computed, 3),
             "chunk_dir": dg.MetadataValue.path(str(out)),
         },
     )
@@ -122,19 +123,13 @@ def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg
     keys = context.instance.get_dynamic_partitions(CLASS_CHUNKS.name)
     chunks = [stage.read_graph_chunk(cfg, key) for key in sorted(keys)]
     g = stage.merge_graph_chunks(cfg, store, chunks)
+    # No edges sampled for the checks: no faithfulness table rather than an empty one.
+    drop = [] if len(g.faithfulness) else [stage.GRAPH_TABLES["faithfulness"]]
     tables = {
-        "concept_graph_nodes": g.nodes,
-        "concept_graph_units": g.units,
-        "class_relevance": g.relevance,
-        "concept_graph_edges": g.edges,
-        "concept_cascades": g.cascades,
-        "concept_graph_ablation": g.ablation,
+        table: getattr(g, name)
+        for name, table in stage.GRAPH_TABLES.items()
+        if table is not None and table not in drop
     }
-    drop = []
-    if len(g.faithfulness):
-        tables["concept_graph_faithfulness"] = g.faithfulness
-    else:
-        drop.append("concept_graph_faithfulness")
     layer_order = store.query(
         "SELECT DISTINCT layer, layer_index FROM neurons ORDER BY layer_index"
     )["layer"].to_list()

@@ -13,22 +13,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from carto_assets.assets.hooks import with_release_memory
 from carto_assets.compare.assets import ASSETS, ComparisonResource
 from carto_assets.environment import COMPARISON_ENV_VAR
 from carto_assets.events import carto_events
-from carto_assets.memory import release_memory
 
 COMPARE_JOB = "compare"
 #: The demo comparison (``make compare-demo``), loaded when ``CARTO_COMPARISON`` is unset.
 DEMO_COMPARISON = Path(__file__).resolve().parents[2] / "examples" / "compare" / "demo.yaml"
 
 
-@dg.success_hook(name="release_memory")
-def _release_memory(_context: dg.HookContext) -> None:
-    release_memory()
-
-
-ALL_ASSETS = [asset.with_hooks({_release_memory}) for asset in ASSETS]
+#: Every asset, each followed by the study's ``release_memory`` hook.
+ALL_ASSETS = with_release_memory(ASSETS)
 
 
 def build_comparison_definitions(comparison_file: str | Path) -> dg.Definitions:

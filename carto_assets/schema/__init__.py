@@ -25,12 +25,20 @@ import re
 import duckdb
 import polars as pl
 
-from carto_assets.schema.columns import PREDICTION, PREDICTION_CLUSTER, Column, SchemaError, Table
+from carto_assets.schema.columns import (
+    FEATURE_SUFFIX,
+    PREDICTION,
+    PREDICTION_CLUSTER,
+    Column,
+    SchemaError,
+    Table,
+)
 from carto_assets.schema.comparison_tables import COMPARISON_TABLES
 from carto_assets.schema.study_tables import STUDY_TABLES
 
 __all__ = [
     "COMPARISON_TABLES",
+    "FEATURE_SUFFIX",
     "PREDICTION",
     "PREDICTION_CLUSTER",
     "STUDY_TABLES",

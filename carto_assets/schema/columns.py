@@ -12,6 +12,9 @@ from dataclasses import dataclass
 PREDICTION = "prediction"
 #: ``target_cluster`` of edges into the class prediction.
 PREDICTION_CLUSTER = -1
+#: A layer's dictionary features form the pseudo-layer named the layer's name plus this
+#: (``neurons.layer``): ``block3`` -> ``block3:features``.
+FEATURE_SUFFIX = ":features"
 
 
 class SchemaError(ValueError):

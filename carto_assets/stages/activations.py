@@ -1,6 +1,6 @@
 """The activation pass over one shard of images, and which shards are up to date.
 
-Files under ``study.files_dir``::
+Files under ``study.files_dir``: one partition folder per shard (:data:`SHARD_FOLDER`)::
 
     activations/<shard>/top_k.parquet, class_stats.parquet, summary.json
 
@@ -20,7 +20,6 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from carto_assets import atomic
 from carto_assets import progress as progress_of
 from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
 from carto_assets.core.network.zoo import resolve_device
@@ -29,12 +28,12 @@ from carto_assets.fingerprints import (
     model_fingerprint,
     shard_model_identity,
 )
+from carto_assets.partition_folders import PartitionLayout
 from carto_assets.sharding import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
 from carto_assets.stages.features import feature_layers, study_dictionary_fingerprint
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
-from carto_assets.storage import write_parquet_atomic
 from carto_assets.study import Study
 
 log = logging.getLogger("carto")
@@ -62,6 +61,14 @@ class ShardSummary(BaseModel):
     #: the inputs' fingerprint (:func:`carto_assets.fingerprints.expected_shard_fingerprint`)
     shard_fingerprint: str
     device: str
+
+
+#: A shard's folder: each image's top-k candidates per unit (``activation_shard_top_k``) and
+#: the per-class statistics (``activation_class_stats``), then its summary.
+SHARD_FOLDER = PartitionLayout(
+    tables={"top_k": "activation_shard_top_k", "class_stats": "activation_class_stats"},
+    summary=ShardSummary,
+)
 
 
 def shard_dir(study: Study, shard: int) -> Path:
@@ -168,9 +175,6 @@ def run_shard(
         # Each feature's spatial max and argmax, from its source layer's output in this pass.
         derived=[f.on(device) for f in features],
     )
-    out = shard_dir(study, shard)
-    write_parquet_atomic(pl.DataFrame(result.top_k), out / "top_k.parquet")
-    write_parquet_atomic(pl.DataFrame(result.class_stats), out / "class_stats.parquet")
     paths = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
     summary = ShardSummary(
         shard=shard,
@@ -189,7 +193,11 @@ def run_shard(
         ),
         device=str(device),
     )
-    atomic.write_text(out / "summary.json", summary.model_dump_json(indent=2))
+    SHARD_FOLDER.write(
+        shard_dir(study, shard),
+        {"top_k": pl.DataFrame(result.top_k), "class_stats": pl.DataFrame(result.class_stats)},
+        summary,
+    )
     return summary
 
 
@@ -206,17 +214,18 @@ def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list
     stale: list[int] = []
     for s in range(study.shards):
         folder = shard_dir(study, s)
-        files = ("summary.json", "top_k.parquet", "class_stats.parquet")
-        if not all((folder / name).is_file() for name in files):
+        if not SHARD_FOLDER.is_complete(folder):
             missing.append(s)
             continue
         try:
             # A summary that is not valid JSON or lacks a field raises a ValueError.
-            summary = ShardSummary.model_validate_json((folder / "summary.json").read_text())
+            summary = SHARD_FOLDER.read_summary(folder)
         except (OSError, ValueError):
             stale.append(s)
             continue
-        if summary.shard_fingerprint == expected_shard_fingerprint(
+        if summary is None:  # removed since the check above
+            missing.append(s)
+        elif summary.shard_fingerprint == expected_shard_fingerprint(
             images, class_names, s, identity
         ):
             fresh[s] = summary

@@ -39,8 +39,9 @@ THUMB_SIZE = 64
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Images explained together: one forward pass."""
+class ExplainedBatch:
+    """Images explained together: one forward pass (not the activation pass's
+    :class:`~carto_assets.core.network.recorder.Batch` of model inputs)."""
 
     image_ids: np.ndarray
     labels: np.ndarray
@@ -74,7 +75,7 @@ def explain_batch(
     units,
     fwd: RetainedForward,
     x: torch.Tensor,
-    batch: Batch,
+    batch: ExplainedBatch,
     *,
     class_logits: bool,
     settings,
@@ -204,7 +205,7 @@ def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
     return concept_frame, layer_frame
 
 
-def _checks(model, units, fwd, x, rel, batch: Batch, masks, settings, seed: int):
+def _checks(model, units, fwd, x, rel, batch: ExplainedBatch, masks, settings, seed: int):
     """Pointing game and concept deletion at the last mapped layers, for the prediction."""
     rows, plan = [], []
     rng = np.random.default_rng(seed)
@@ -322,7 +323,9 @@ class Explainer:
         self, label: int, ids: np.ndarray, pixels, fwd, x, rel: Relevance, class_logits: bool
     ):
         """The class's sampled images, from the graph's own passes."""
-        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), ["sample"] * len(ids), pixels)
+        batch = ExplainedBatch(
+            ids, np.full(len(ids), label, dtype=np.int64), ["sample"] * len(ids), pixels
+        )
         self._add(
             *explain_batch(
                 self.model,
@@ -361,7 +364,7 @@ class Explainer:
         x = self.bundle.normalize(torch.from_numpy(pixels))
         is_listed = set(listed.tolist())
         why = ["listed" if i in is_listed else "misclassified" for i in ids.tolist()]
-        batch = Batch(ids, np.full(len(ids), label, dtype=np.int64), why, pixels)
+        batch = ExplainedBatch(ids, np.full(len(ids), label, dtype=np.int64), why, pixels)
         units = self.units
         fwd = RetainedForward.run(self.model, units.layers, units.cluster_of, x, units.features)
         self._add(

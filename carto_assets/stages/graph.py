@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import spearmanr
 
-from carto_assets import atomic, schema
+from carto_assets import schema
 from carto_assets.core.attribution.cascades import concept_cascades
 from carto_assets.core.attribution.features import graph_pairs
 from carto_assets.core.attribution.forward import RetainedForward, members_of
@@ -46,6 +46,7 @@ from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_check
 from carto_assets.core.attribution.relevance import relevance, shares
 from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.memory import release_memory
+from carto_assets.partition_folders import SUMMARY, PartitionLayout
 from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
 from carto_assets.stages.explain import Explainer
@@ -53,7 +54,7 @@ from carto_assets.stages.features import feature_layers
 from carto_assets.stages.graph_checks import ablation_checks, seed_for
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model, model_dir
-from carto_assets.storage import CartoStore, write_parquet_atomic
+from carto_assets.storage import CartoStore
 from carto_assets.study import Study
 
 #: Return freed memory to the OS after this many classes (and at the chunk's end).
@@ -158,26 +159,37 @@ def class_images(
 
 # ---- results --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GraphChunk:
-    """The concept graph's per-class work for one chunk of classes."""
+class GraphTables:
+    """The concept graph's tables: of one chunk's classes (:class:`GraphChunk`, each with its
+    ``label``) or of every class merged (:class:`ConceptGraph`). Each field's ``table`` is the
+    declared table its rows are (``None``: kept for the merge's metadata only)."""
+
+    #: the study's rule's nodes
+    nodes: pl.DataFrame = field(metadata={"table": "concept_graph_nodes"})
+    #: the units that made the nodes
+    units: pl.DataFrame = field(metadata={"table": "concept_graph_units"})
+    relevance: pl.DataFrame = field(metadata={"table": "class_relevance"})
+    edges: pl.DataFrame = field(metadata={"table": "concept_graph_edges"})
+    cascades: pl.DataFrame = field(metadata={"table": "concept_cascades"})
+    #: ablation effects of the sampled edges (with their ``label`` in a chunk)
+    faithfulness: pl.DataFrame = field(metadata={"table": "concept_graph_faithfulness"})
+    #: each layer's nodes zeroed vs other units
+    ablation: pl.DataFrame = field(metadata={"table": "concept_graph_ablation"})
+    #: per class, layer and rule: nodes, nodes of the class, top node of the class
+    checks: pl.DataFrame = field(metadata={"table": None})
+
+
+#: Each of :class:`GraphTables`' fields -> the declared table its rows are (``None``: not one).
+GRAPH_TABLES: dict[str, str | None] = {f.name: f.metadata["table"] for f in fields(GraphTables)}
+
+
+class ChunkSummary(BaseModel):
+    """A chunk's facts that are not tables: its ``summary.json``."""
+
+    # Summaries written before this record lost its ``key`` (the folder's name) still read.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     labels: list[int]
-    #: ``concept_graph_nodes`` rows of these classes (the study's rule)
-    nodes: pl.DataFrame
-    #: ``concept_graph_units`` rows: the units that made the nodes
-    units: pl.DataFrame
-    #: ``class_relevance`` rows
-    relevance: pl.DataFrame
-    #: ``concept_graph_edges`` rows of these classes
-    edges: pl.DataFrame
-    #: ``concept_cascades`` rows of these classes
-    cascades: pl.DataFrame
-    #: ablation effects of the sampled edges, with their ``label``
-    faithfulness: pl.DataFrame
-    #: ``concept_graph_ablation`` rows: each layer's nodes zeroed vs other units
-    ablation: pl.DataFrame
-    #: per class, layer and rule: nodes, nodes of the class, top node of the class
-    checks: pl.DataFrame
     #: (lower, upper) layer pairs where the upper layer does not depend on the lower one
     no_dependency: list[tuple[str, str]]
     prediction_edges: bool
@@ -186,24 +198,27 @@ class GraphChunk:
     n_classes_computed: int
     seconds: float
     #: seconds per step of :data:`STEPS`, summed over the chunk's classes
-    steps: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, float] = {}
     #: whether the checks' rows restarted at their layers (False: whole forward passes)
     restarted: bool = True
-    #: the ``explanation_chunk``'s tables (empty without ``explain.enabled``)
-    explanations: dict[str, pl.DataFrame] = field(default_factory=dict)
     #: images explained beyond the classes' samples (misclassified, listed)
     other_images: int = 0
 
 
-_CHUNK_TABLES = (
-    "nodes",
-    "units",
-    "relevance",
-    "edges",
-    "cascades",
-    "faithfulness",
-    "ablation",
-    "checks",
+@dataclass(frozen=True)
+class GraphChunk(GraphTables):
+    """The concept graph's per-class work for one chunk of classes: its tables, its summary
+    and the ``explanation_chunk``'s tables (empty without ``explain.enabled``)."""
+
+    summary: ChunkSummary = field(kw_only=True)
+    explanations: dict[str, pl.DataFrame] = field(default_factory=dict, kw_only=True)
+
+
+#: A chunk's folder: the graph's tables, the explanations' where enabled, then its summary.
+CHUNK_FOLDER = PartitionLayout(
+    tables={**GRAPH_TABLES, **{name: name for name in EXPLANATION_TABLES}},
+    summary=ChunkSummary,
+    optional=frozenset(EXPLANATION_TABLES),
 )
 
 
@@ -275,7 +290,7 @@ def concept_graph_chunk(
         )
     share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
     other_images = 0
-    parts: dict[str, list[pl.DataFrame]] = {name: [] for name in _CHUNK_TABLES}
+    parts: dict[str, list[pl.DataFrame]] = {name: [] for name in GRAPH_TABLES}
     no_dependency: set[tuple[str, str]] = set()
     computed = 0
     for k, label in enumerate(todo):
@@ -309,26 +324,28 @@ def concept_graph_chunk(
         if computed % RELEASE_EVERY == 0 or k == len(todo) - 1:
             release_memory()
     return GraphChunk(
-        labels=list(labels),
-        nodes=_typed(parts["nodes"], "concept_graph_nodes"),
-        units=_typed(parts["units"], "concept_graph_units"),
-        relevance=_typed(parts["relevance"], "class_relevance"),
+        nodes=_typed(parts["nodes"], "nodes"),
+        units=_typed(parts["units"], "units"),
+        relevance=_typed(parts["relevance"], "relevance"),
         edges=_edge_table(parts["edges"]),
         cascades=_cascade_table(parts["cascades"]),
         faithfulness=pl.concat(parts["faithfulness"], how="diagonal_relaxed")
         if parts["faithfulness"]
         else pl.DataFrame(),
-        ablation=_typed(parts["ablation"], "concept_graph_ablation"),
+        ablation=_typed(parts["ablation"], "ablation"),
         checks=pl.concat(parts["checks"]) if parts["checks"] else pl.DataFrame(),
-        no_dependency=sorted(no_dependency),
-        prediction_edges=bool(ctx.predict),
-        relevance_target="class" if ctx.predict or ctx.predict is None else "predicted",
-        n_classes_computed=computed,
-        seconds=time.perf_counter() - start,
-        steps=ctx.steps,
-        restarted=ctx.restarted,
+        summary=ChunkSummary(
+            labels=list(labels),
+            no_dependency=sorted(no_dependency),
+            prediction_edges=bool(ctx.predict),
+            relevance_target="class" if ctx.predict or ctx.predict is None else "predicted",
+            n_classes_computed=computed,
+            seconds=time.perf_counter() - start,
+            steps=ctx.steps,
+            restarted=ctx.restarted,
+            other_images=other_images,
+        ),
         explanations=ctx.explainer.tables() if ctx.explainer else {},
-        other_images=other_images,
     )
 
 
@@ -488,90 +505,52 @@ def _relevance_rows(units: Units, rel) -> pl.DataFrame:
 
 
 # ---- chunk files ----------------------------------------------------------------------------
-class ChunkSummary(BaseModel):
-    """A chunk's ``summary.json``: :class:`GraphChunk`'s fields that are not tables."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    key: str
-    labels: list[int]
-    no_dependency: list[tuple[str, str]]
-    prediction_edges: bool
-    relevance_target: str
-    n_classes_computed: int
-    seconds: float
-    steps: dict[str, float] = {}
-    restarted: bool = True
-    other_images: int = 0
-
-
 def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
-    """One chunk's tables as Parquet under ``concept_graph/<key>/``, ``summary.json`` last
-    (the activation shards' convention: a chunk with a summary is complete)."""
-    out = graph_chunk_dir(study, key)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)
-    for name in _CHUNK_TABLES:
-        write_parquet_atomic(getattr(chunk, name), out / f"{name}.parquet")
-    for name, frame in chunk.explanations.items():
-        write_parquet_atomic(frame, out / f"{name}.parquet")
-    for name in set(EXPLANATION_TABLES) - set(chunk.explanations):
-        (out / f"{name}.parquet").unlink(missing_ok=True)  # explanations turned off
-    summary = ChunkSummary(
-        key=key,
-        labels=chunk.labels,
-        no_dependency=chunk.no_dependency,
-        prediction_edges=chunk.prediction_edges,
-        relevance_target=chunk.relevance_target,
-        n_classes_computed=chunk.n_classes_computed,
-        seconds=chunk.seconds,
-        steps=chunk.steps,
-        restarted=chunk.restarted,
-        other_images=chunk.other_images,
+    """One chunk's folder (:data:`CHUNK_FOLDER`) under ``concept_graph/<key>/``, replacing the
+    previous one whole."""
+    tables = {name: getattr(chunk, name) for name in GRAPH_TABLES}
+    return CHUNK_FOLDER.write(
+        graph_chunk_dir(study, key), {**tables, **chunk.explanations}, chunk.summary
     )
-    atomic.write_text(out / "summary.json", summary.model_dump_json())
-    return out
 
 
-def read_graph_chunk(study: Study, key: str) -> GraphChunk:
+def _complete_chunk(study: Study, key: str) -> Path:
     out = graph_chunk_dir(study, key)
-    if not (out / "summary.json").is_file():
+    missing = CHUNK_FOLDER.missing(out)
+    if SUMMARY in missing:
         raise FileNotFoundError(
             f"class chunk {key} has no results under {out}; materialize the "
             f"concept_graph_chunk partition {key} first"
         )
-    summary = ChunkSummary.model_validate_json((out / "summary.json").read_text())
-    missing = [n for n in _CHUNK_TABLES if not (out / f"{n}.parquet").is_file()]
     if missing:
         raise FileNotFoundError(
             f"class chunk {key} was written by an older version (no {', '.join(missing)}); "
             f"re-materialize the concept_graph_chunk partition {key}"
         )
+    return out
+
+
+def read_chunk_tables(study: Study, key: str, names: Sequence[str]) -> dict[str, pl.DataFrame]:
+    """The tables ``names`` of a chunk's folder (an explanation table the chunk did not write
+    is left out)."""
+    return CHUNK_FOLDER.read(_complete_chunk(study, key), names)
+
+
+def read_graph_chunk(study: Study, key: str) -> GraphChunk:
+    out = _complete_chunk(study, key)
+    summary = CHUNK_FOLDER.read_summary(out)
     return GraphChunk(
-        **summary.model_dump(exclude={"key"}),
-        **{name: pl.read_parquet(out / f"{name}.parquet") for name in _CHUNK_TABLES},
-        explanations={
-            name: pl.read_parquet(out / f"{name}.parquet")
-            for name in EXPLANATION_TABLES
-            if (out / f"{name}.parquet").is_file()
-        },
+        **CHUNK_FOLDER.read(out, GRAPH_TABLES),
+        summary=summary,
+        explanations=CHUNK_FOLDER.read(out, EXPLANATION_TABLES),
     )
 
 
 # ---- the merge ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ConceptGraph:
+class ConceptGraph(GraphTables):
     """The concept graph's tables for every class, merged from the chunks."""
 
-    nodes: pl.DataFrame
-    units: pl.DataFrame
-    relevance: pl.DataFrame
-    edges: pl.DataFrame
-    cascades: pl.DataFrame
-    faithfulness: pl.DataFrame
-    ablation: pl.DataFrame
-    #: per class, layer and rule: nodes, nodes of the class, top node of the class
-    checks: pl.DataFrame
     #: Spearman rank correlation of edge weight with ablation drop (NaN under 3 edges)
     spearman_rho: float
     no_dependency: list[tuple[str, str]]
@@ -591,7 +570,8 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
     chunk; the merge only stacks them)."""
     forget_model()
     n_classes = len(load_manifest(study)[1])
-    covered = sorted(label for c in chunks for label in c.labels)
+    summaries = [c.summary for c in chunks]
+    covered = sorted(label for c in summaries for label in c.labels)
     if covered != list(range(n_classes)):
         missing = sorted(set(range(n_classes)) - set(covered))
         raise ValueError(
@@ -610,34 +590,32 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
     rho = float("nan")
     if len(faith) >= 3:
         rho = float(spearmanr(faith["weight"].to_numpy(), faith["drop"].to_numpy()).statistic)
-    seconds = float(sum(c.seconds for c in chunks))
-    computed = max(1, sum(c.n_classes_computed for c in chunks))
-    steps = {s: sum(c.steps.get(s, 0.0) for c in chunks) / computed for s in STEPS}
-    targets = {c.relevance_target for c in chunks if c.n_classes_computed}
+    seconds = float(sum(c.seconds for c in summaries))
+    computed = max(1, sum(c.n_classes_computed for c in summaries))
+    steps = {s: sum(c.steps.get(s, 0.0) for c in summaries) / computed for s in STEPS}
+    targets = {c.relevance_target for c in summaries if c.n_classes_computed}
     return ConceptGraph(
-        nodes=_typed(stacked("nodes"), "concept_graph_nodes").sort(
+        nodes=_typed(stacked("nodes"), "nodes").sort(
             ["label", "layer_index", "importance", "cluster_id"],
             descending=[False, False, True, False],
         ),
-        units=_typed(stacked("units"), "concept_graph_units").sort("label", "neuron_id"),
-        relevance=_typed(stacked("relevance"), "class_relevance").sort("label", "neuron_id"),
+        units=_typed(stacked("units"), "units").sort("label", "neuron_id"),
+        relevance=_typed(stacked("relevance"), "relevance").sort("label", "neuron_id"),
         edges=_edge_table(stacked("edges")),
         cascades=_cascade_table(stacked("cascades")),
         faithfulness=faith,
-        ablation=_typed(stacked("ablation"), "concept_graph_ablation").sort(
-            "label", "layer", "chosen_by"
-        ),
+        ablation=_typed(stacked("ablation"), "ablation").sort("label", "layer", "chosen_by"),
         checks=pl.concat(stacked("checks")) if stacked("checks") else pl.DataFrame(),
         spearman_rho=rho,
-        no_dependency=sorted({p for c in chunks for p in c.no_dependency}),
-        prediction_edges=any(c.prediction_edges for c in chunks),
+        no_dependency=sorted({p for c in summaries for p in c.no_dependency}),
+        prediction_edges=any(c.prediction_edges for c in summaries),
         relevance_target=targets.pop() if len(targets) == 1 else "class",
         rule=study.graph.importance,
         seconds=seconds,
         chunks=len(chunks),
         seconds_per_class=seconds / computed,
         steps_per_class=steps,
-        restarted=all(c.restarted for c in chunks),
+        restarted=all(c.restarted for c in summaries),
     )
 
 
@@ -658,9 +636,10 @@ def concept_graph(
     return merge_graph_chunks(study, store, chunks)
 
 
-def _typed(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
-    """Per-class frames stacked as the declared table (an empty table keeps its columns)."""
-    columns = schema.polars_schema(table)
+def _typed(parts: list[pl.DataFrame], name: str) -> pl.DataFrame:
+    """Per-class frames stacked as the declared table of :class:`GraphTables`' field ``name``
+    (an empty table keeps its columns)."""
+    columns = schema.polars_schema(GRAPH_TABLES[name])
     if not parts:
         return pl.DataFrame(schema=columns)
     df = pl.concat(parts, how="diagonal_relaxed")
@@ -668,10 +647,10 @@ def _typed(parts: list[pl.DataFrame], table: str) -> pl.DataFrame:
 
 
 def _edge_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed(parts, "concept_graph_edges").sort(
+    return _typed(parts, "edges").sort(
         "label", "target_layer", "target_cluster", "weight", descending=[False, False, False, True]
     )
 
 
 def _cascade_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return _typed(parts, "concept_cascades").sort("label", "root_cluster", "direction", "depth")
+    return _typed(parts, "cascades").sort("label", "root_cluster", "direction", "depth")

@@ -151,8 +151,8 @@ def drop_table(ablation: pl.DataFrame) -> pl.DataFrame:
 
 def last_layers(layer_order: list[str]) -> list[str]:
     """The last channel layer and the last feature layer (``<layer>:features``), if any."""
-    channels = [n for n in layer_order if not n.endswith(":features")]
-    features = [n for n in layer_order if n.endswith(":features")]
+    channels = [n for n in layer_order if not n.endswith(schema.FEATURE_SUFFIX)]
+    features = [n for n in layer_order if n.endswith(schema.FEATURE_SUFFIX)]
     return [x[-1] for x in (channels, features) if x]
 
 

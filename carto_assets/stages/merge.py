@@ -12,7 +12,7 @@ import polars as pl
 from carto_assets import schema
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.sae.layer import FeatureLayer
-from carto_assets.stages.activations import shard_dir, shard_summaries
+from carto_assets.stages.activations import SHARD_FOLDER, shard_dir, shard_summaries
 from carto_assets.stages.features import feature_layers
 from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list
@@ -80,10 +80,13 @@ def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
     summaries = shard_summaries(study)
     _, layers, info = load_model(study)
     features = feature_layers(study)
-    topk_files = [shard_dir(study, s.shard) / "top_k.parquet" for s in summaries]
-    stats_files = [shard_dir(study, s.shard) / "class_stats.parquet" for s in summaries]
-    topk_src = f"read_parquet({sql_path_list(topk_files)})"
-    stats_src = f"read_parquet({sql_path_list(stats_files)})"
+    # Each of the shard folder's tables, read over every shard's file.
+    source = {
+        name: "read_parquet("
+        + sql_path_list([SHARD_FOLDER.path(shard_dir(study, s.shard), name) for s in summaries])
+        + ")"
+        for name in SHARD_FOLDER.tables
+    }
     # The shard files carry their own shard-local `rank`; re-rank globally under another name.
     top_images_sql = f"""
         SELECT neuron_id, global_rank::INTEGER AS rank, image_id, activation, y, x
@@ -92,7 +95,7 @@ def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
                    activation::FLOAT AS activation, y::INTEGER AS y, x::INTEGER AS x,
                    row_number() OVER (PARTITION BY neuron_id ORDER BY activation DESC, image_id)
                        AS global_rank
-            FROM {topk_src}
+            FROM {source["top_k"]}
         )
         WHERE global_rank <= {int(study.top_k)}
         ORDER BY neuron_id, rank
@@ -100,8 +103,7 @@ def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
     counts = store.replace_tables(
         {"neurons": neurons_frame(layers, features), "top_images": top_images_sql},
         views={
-            "activation_shard_top_k": f"SELECT * FROM {topk_src}",
-            "activation_class_stats": f"SELECT * FROM {stats_src}",
+            table: f"SELECT * FROM {source[name]}" for name, table in SHARD_FOLDER.tables.items()
         },
     )
     return MergeResult(

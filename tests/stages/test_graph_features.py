@@ -73,7 +73,7 @@ def make_store(path) -> CartoStore:
             "channel": channel,
             "map_height": [SIZE] * len(ids),
             "map_width": [SIZE] * len(ids),
-            "kind": ["feature" if name.endswith(":features") else "channel" for name in layer],
+            "kind": ["feature" if name.endswith(FEATURE_SUFFIX) else "channel" for name in layer],
         },
     )
     clusters = schema.frame(
@@ -175,7 +175,7 @@ def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(se
     assert layer_pairs(mixed.edges) == channel_pairs | {("lower", MID_F), (MID_F, PREDICTION)}
     is_channel = ~pl.col("source_layer").eq(MID_F) & ~pl.col("target_layer").eq(MID_F)
     assert mixed.edges.filter(is_channel).equals(plain.edges)
-    assert mixed.no_dependency == plain.no_dependency == []
+    assert mixed.summary.no_dependency == plain.summary.no_dependency == []
 
     # Cascades stay in their root's chain: channel cascades are unchanged, feature ones only
     # reach the prediction.
@@ -195,8 +195,7 @@ def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(se
     graph.write_graph_chunk(study, "0", mixed)
     again = graph.read_graph_chunk(study, "0")
     assert again.edges.equals(mixed.edges) and again.cascades.equals(mixed.cascades)
-    fields = set(graph.ChunkSummary.model_fields) - {"key"}
-    assert {f: getattr(again, f) for f in fields} == {f: getattr(mixed, f) for f in fields}
+    assert again.summary == mixed.summary
     merged = graph.merge_graph_chunks(study, store, [again])
     assert MID_F in set(merged.nodes["layer"]) and MID_F in set(merged.edges["target_layer"])
     assert merged.edges.columns == schema.column_names("concept_graph_edges")

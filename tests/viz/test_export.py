@@ -341,6 +341,26 @@ def test_export_inline_then_sidecar(db, tmp_path):
     assert specs == {"projection.vl.json", "detail.vl.json", "graph.vl.json"}
 
 
+def test_a_failed_export_leaves_the_previous_views_whole(db, tmp_path, monkeypatch):
+    """An export that fails before its page is written (here: rendering it) leaves the
+    previous page, its chunk folder and its specs as they were, and nothing beside them."""
+    import carto_viz.export as export
+
+    out = tmp_path / "out"
+    export_views(db, out, max_inline_bytes=100)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "render_page", broken)
+    with pytest.raises(OSError, match="No space left"):
+        export_views(db, out)  # would have put every chunk inline and removed the folder
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([DATA_DIR, "index.html", "specs"])
+
+
 def test_script_json_escaping():
     text = script_json({"a": "</script><!-- & \u2028 -->"})
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text

@@ -29,9 +29,8 @@ import torch
 
 from carto_assets.core.network.recorder import spatial_max
 from carto_assets.core.sae.autoencoder import SaeReport, SparseAutoencoder, encode
+from carto_assets.schema import FEATURE_SUFFIX
 
-#: A feature layer's name is its source's plus this: ``block3`` -> ``block3:features``.
-FEATURE_SUFFIX = ":features"
 _WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
