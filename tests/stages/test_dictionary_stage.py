@@ -46,9 +46,9 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
 
     trained_on = {}
 
-    def keep_sample(samples, **settings):
+    def keep_sample(samples, *args, **kwargs):
         trained_on.update(samples)
-        return train_dictionaries(samples, **settings)
+        return train_dictionaries(samples, *args, **kwargs)
 
     monkeypatch.setattr(features_stage, "train_dictionaries", keep_sample)
     first = prepare_dictionaries(study, progress=lambda m: None)
