@@ -98,22 +98,17 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
         raise study_error(exc) from None
 
 
-#: Studies validated in this process, by (file, its bytes) or ("demo", folder): a run reads
-#: its study in the command, the definitions, the run loop and every asset step, and
-#: validates (and checks the files it names) once. An edited file has other bytes.
-_VALIDATED: dict[tuple[str, bytes | str], Study] = {}
-
-
 def demo_study() -> Study:
     """The built-in demo study, its paths relative to the current folder."""
-    key = ("demo", str(Path.cwd()))
-    if key not in _VALIDATED:
-        _VALIDATED[key] = study_from_dict(DEMO_STUDY, base_dir=Path.cwd())
-    return _VALIDATED[key]
+    return study_from_dict(DEMO_STUDY, base_dir=Path.cwd())
 
 
 def load_study(path: str | Path | None = None) -> Study:
-    """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study."""
+    """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study.
+
+    Reads and validates the file on every call: a step loads its study once
+    (:class:`carto_assets.prepared.PreparedStudy`) and hands it down.
+    """
     if path is None:
         path = os.environ.get(STUDY_ENV_VAR) or None
     if path is None:
@@ -122,16 +117,11 @@ def load_study(path: str | Path | None = None) -> Study:
     if not p.is_file():
         raise StudyError(f"study file not found: {p} (from {STUDY_ENV_VAR} or --study)")
     text = p.read_bytes()
-    known = _VALIDATED.get((str(p), text))
-    if known is not None:
-        return known
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise StudyError(f"study file {p} is not valid YAML: {exc}") from exc
     try:
-        study = study_from_dict(raw, base_dir=p.parent)
+        return study_from_dict(raw, base_dir=p.parent)
     except StudyError as exc:
         raise StudyError(f"{p}: {exc}") from None
-    _VALIDATED[(str(p), text)] = study
-    return study
