@@ -181,14 +181,13 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
     (a training step's backward) and with them frozen (gradients to the input only). Run in
     the process that just computed the graph's chunks, so both share the machine's state."""
 
-    from carto_assets.stages import graph as graph_stage
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.prepared import PreparedStudy
 
-    images, class_names = load_manifest(study)
-    bundle, _, _ = graph_stage.model_once(study)
-    source = source_for_manifest(study, images, class_names)
-    labels = list(range(min(n_classes, len(class_names))))
-    return class_forward_backward_of(study, labels, images, source, bundle)
+    prepared = PreparedStudy.open(study)
+    labels = list(range(min(n_classes, len(prepared.class_names))))
+    return class_forward_backward_of(
+        study, labels, prepared.images, prepared.source, prepared.bundle
+    )
 
 
 def class_forward_backward_of(study, labels, images, source, bundle) -> dict:

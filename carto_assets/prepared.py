@@ -54,6 +54,11 @@ def open_store(study: Study, owner: str | None = None) -> CartoStore:
     )
 
 
+def open_comparison_store(comparison: Comparison, owner: str | None = None) -> CartoStore:
+    """A comparison's database (:func:`open_store`'s twin for a comparison)."""
+    return CartoStore(comparison.database_path, owner=describe_writer(owner) if owner else None)
+
+
 @dataclass(frozen=True)
 class StoredManifest:
     """The ``images`` asset's files, read: the manifest frame and the class names."""
@@ -80,6 +85,18 @@ class PreparedStudy:
         """The study at ``path`` (else ``$CARTO_STUDY``, else the demo study), read and
         validated once; raises :class:`~carto_assets.study.StudyError`."""
         return cls.open(load_study(path), owner)
+
+    @classmethod
+    def given(cls, study: Study, store: CartoStore, **loaded: object) -> PreparedStudy:
+        """A prepared study whose members ``loaded`` are given instead of read from the
+        study's files (any of :data:`LOADED`: a test's tiny network, a notebook's manifest)."""
+        unknown = sorted(set(loaded) - set(LOADED))
+        if unknown:
+            raise TypeError(f"PreparedStudy.given: no member {unknown}; valid: {list(LOADED)}")
+        prepared = cls(study, store)
+        # The lazy members are cached in the instance's __dict__: given ones are found there.
+        prepared.__dict__.update(loaded)
+        return prepared
 
     # ---- the manifest -----------------------------------------------------------------------
     @cached_property
@@ -172,13 +189,22 @@ class PreparedComparison:
         from carto_assets.compare.config import load_comparison
 
         comparison = load_comparison(path)
-        return cls(
-            comparison,
-            CartoStore(comparison.database_path, owner=describe_writer(owner) if owner else None),
-        )
+        return cls(comparison, open_comparison_store(comparison, owner))
 
     @cached_property
     def studies(self) -> list[PreparedStudy]:
         """The compared studies in the comparison's order, each with its store; raises
         ``ComparisonError`` naming a bad one."""
         return [PreparedStudy.open(study) for study in self.comparison.load_studies()]
+
+
+#: The members a prepared study loads on first use (what :meth:`PreparedStudy.given` takes).
+LOADED = (
+    "manifest",
+    "source",
+    "model_info",
+    "model",
+    "dictionary_fingerprint",
+    "feature_layers",
+    "units",
+)

@@ -33,7 +33,7 @@ from carto_assets.compare.embedding import (
 from carto_assets.compare.layers import layer_shares, shuffled_null
 from carto_assets.compare.matching import UnitSets, match_units, unit_sets
 from carto_assets.compare.studies import check_studies
-from carto_assets.prepared import PreparedComparison, PreparedStudy
+from carto_assets.prepared import PreparedComparison, PreparedStudy, open_comparison_store
 from carto_assets.storage import CartoStore
 
 
@@ -453,7 +453,7 @@ def projection(comparison: Comparison, store: CartoStore) -> Result:
 
 def summary_lines(comparison: Comparison) -> list[str]:
     """What ``carto compare`` prints: per pair of studies, units and concepts matched."""
-    store = CartoStore(comparison.database_path)
+    store = open_comparison_store(comparison)
     names = study_names(store)
     lines = []
     for a in names:
