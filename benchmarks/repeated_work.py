@@ -110,9 +110,10 @@ def install_counters() -> collections.Counter:
 
     open_before, parquet_before = io.open, pl.read_parquet
 
-    def counted_open(file, *args, **kwargs):
-        count_path(file)
-        return open_before(file, *args, **kwargs)
+    def counted_open(file, mode="r", *args, **kwargs):
+        if not set(mode) & set("wax+"):  # reads only
+            count_path(file)
+        return open_before(file, mode, *args, **kwargs)
 
     def counted_read_parquet(source, *args, **kwargs):
         count_path(source)
@@ -127,6 +128,7 @@ def check_file_counters(counts: collections.Counter, folder: Path) -> None:
     """Stop unless reading a study file and a manifest the way the package does is counted."""
     import polars as pl
 
+    folder.mkdir(parents=True, exist_ok=True)
     probe = folder / "study-probe.yaml"
     probe.write_text("name: probe\n")
     manifest = folder / "probe" / "manifest" / "images.parquet"
