@@ -471,6 +471,7 @@ def main() -> None:
     write_study(study_file, images_dir, args, work / "carto.duckdb")
     os.environ["CARTO_STUDY"] = str(study_file)
 
+    from carto_assets.prepared import open_store
     from carto_assets.study import load_study
 
     study = load_study(study_file)
@@ -489,13 +490,12 @@ def main() -> None:
         except duckdb.CatalogException:  # --only: the table is not there (yet)
             return default
 
-    con = duckdb.connect(str(study.database_path), read_only=True)
-    n_neurons = scalar("SELECT count(*) FROM neurons", 0)
-    per_image = scalar(
-        "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)", 0.0
-    )
-    n_classes_graph = scalar("SELECT count(DISTINCT label) FROM concept_graph_nodes", 0)
-    con.close()
+    with open_store(study).connect() as con:
+        n_neurons = scalar("SELECT count(*) FROM neurons", 0)
+        per_image = scalar(
+            "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)", 0.0
+        )
+        n_classes_graph = scalar("SELECT count(DISTINCT label) FROM concept_graph_nodes", 0)
 
     forward_ips, fwd_bwd_s = bare_forward(study, min(n_images, 4 * args.batch_size))
     by_asset = {r["asset"]: r for r in rows}
