@@ -57,6 +57,7 @@ from carto_assets.compare.matching import match_units, unit_sets
 from carto_assets.compare.run import run_comparison
 from carto_assets.core.network.recorder import Batch, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN
+from carto_assets.prepared import open_comparison_store
 from carto_assets.run import materialize_all
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
 from carto_assets.stages.model import load_model
@@ -120,7 +121,7 @@ def compare(folder: Path, a: str, b: str, instance: dg.DagsterInstance) -> Carto
     start = time.perf_counter()
     comparison = run_comparison(str(path), instance, say=lambda m: None)
     print(f"  {a} vs {b}: compared in {time.perf_counter() - start:.0f} s")
-    return CartoStore(comparison.database_path)
+    return open_comparison_store(comparison)
 
 
 def report_pair(store: CartoStore, a: str, b: str) -> pl.DataFrame:

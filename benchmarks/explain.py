@@ -57,13 +57,12 @@ def forward_backward(study, image_ids: list[int]) -> float:
     """Best of 3 of one forward + backward (parameters requiring grad) of these images."""
     import torch
 
-    from carto_assets.stages import graph as graph_stage
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.prepared import PreparedStudy
 
-    images, class_names = load_manifest(study)
-    bundle, _, _ = graph_stage.model_once(study)
+    prepared = PreparedStudy.open(study)
+    bundle = prepared.bundle
     model = bundle.module.eval()
-    pixels, _ = source_for_manifest(study, images, class_names).load_many(image_ids, workers=4)
+    pixels, _ = prepared.source.load_many(image_ids, workers=4)
     x = bundle.normalize(torch.from_numpy(pixels))
     best = float("inf")
     for _ in range(3):
@@ -79,11 +78,11 @@ def forward_backward(study, image_ids: list[int]) -> float:
 def report(folder: Path, study_file: str) -> None:
     os.chdir(folder)
     from carto_assets import quality
-    from carto_assets.storage import CartoStore
+    from carto_assets.prepared import open_store
     from carto_assets.study import load_study
 
     study = load_study(study_file or None)
-    store = CartoStore(study.database_path)
+    store = open_store(study)
     values = quality.figures_of(store.figures(), "explanations")
     layers = sorted({layer for (_, layer) in values if layer is not None})
     print(f"\n== {study.name} ({study.dataset.kind}), {study.database_path}")

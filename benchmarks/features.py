@@ -41,11 +41,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carto_assets.core.sae.layer import feature_layer_name
+from carto_assets.prepared import PreparedStudy
 from carto_assets.run import materialize_all
 from carto_assets.stages import clustering as clustering_stage
 from carto_assets.stages.activations import shard_summaries
 from carto_assets.stages.features import features_vs_channels, prepare_dictionaries
-from carto_assets.storage import CartoStore
 from carto_assets.study import DEMO_STUDY, load_study
 
 
@@ -78,9 +78,10 @@ def main() -> None:
         timings = materialize_all(str(study_file), instance, say=print)
     print(f"pipeline: {time.perf_counter() - start:.0f} s ({timings})")
 
-    info = prepare_dictionaries(study)  # stored by the run: read back, no training
+    prepared = PreparedStudy.open(study)
+    info = prepare_dictionaries(prepared)  # stored by the run: read back, no training
     assert info is not None and info.cached
-    store = CartoStore(study.database_path)
+    store = prepared.store
     sets = clustering_stage.load_neuron_sets(store)
     labels, pairs = clustering_stage.stored_clustering(store, sets)
     report = clustering_stage.quality(sets, labels, pairs, store, study.clustering, seed=study.seed)
@@ -88,7 +89,7 @@ def main() -> None:
     gains = report.gains[basis]
     versus = features_vs_channels(gains.single_unit_gain_by_layer, gains.units_gain_0_8_by_layer)
     units = store.query("SELECT kind, count(*) AS n FROM neurons GROUP BY kind ORDER BY kind")
-    seconds = sum(s.seconds for s in shard_summaries(study))
+    seconds = sum(s.seconds for s in shard_summaries(prepared))
 
     print(f"\nstudy {study.name}: {dict(units.iter_rows())} units; activation pass {seconds:.1f} s")
     print(

@@ -49,19 +49,16 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
 
     import numpy as np
 
+    from carto_assets.prepared import PreparedStudy
     from carto_assets.stages import graph as stage
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
-    from carto_assets.storage import CartoStore
-    from carto_assets.study import load_study
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from paper_scale import class_forward_backward_of
 
-    study = load_study(study_file)
-    store = CartoStore(study.database_path)
-    images, class_names = load_manifest(study)
-    bundle, _, _ = stage.model_once(study)
-    source = source_for_manifest(study, images, class_names)
+    prepared = PreparedStudy.load(study_file)
+    study = prepared.study
+    images, class_names = prepared.images, prepared.class_names
+    bundle, source = prepared.bundle, prepared.source
     labels = list(range(min(n_classes, len(class_names))))
     fb = {"params": [], "frozen": [], "params_first": [], "frozen_first": []}
     steps: dict[str, float] = {}
@@ -70,7 +67,7 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
         part = labels[lo : lo + per_round]
         before = class_forward_backward_of(study, part, images, source, bundle)
         start = time.perf_counter()
-        chunk = stage.concept_graph_chunk(study, store, part)
+        chunk = stage.concept_graph_chunk(prepared, part)
         seconds += time.perf_counter() - start
         after = class_forward_backward_of(study, part, images, source, bundle)
         for mode in fb:
@@ -123,11 +120,11 @@ def main() -> None:
         subprocess.run(command, check=True, env=env)
 
     from carto_assets.core.attribution.nodes import RULES
-    from carto_assets.storage import CartoStore
+    from carto_assets.prepared import open_store
     from carto_assets.study import load_study
 
     study = load_study(args.study or None)
-    store = CartoStore(study.database_path)
+    store = open_store(study)
     values = figures(store)
     layers = store.query("SELECT DISTINCT layer, layer_index FROM neurons ORDER BY layer_index")[
         "layer"

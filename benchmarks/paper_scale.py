@@ -181,14 +181,13 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
     (a training step's backward) and with them frozen (gradients to the input only). Run in
     the process that just computed the graph's chunks, so both share the machine's state."""
 
-    from carto_assets.stages import graph as graph_stage
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.prepared import PreparedStudy
 
-    images, class_names = load_manifest(study)
-    bundle, _, _ = graph_stage.model_once(study)
-    source = source_for_manifest(study, images, class_names)
-    labels = list(range(min(n_classes, len(class_names))))
-    return class_forward_backward_of(study, labels, images, source, bundle)
+    prepared = PreparedStudy.open(study)
+    labels = list(range(min(n_classes, len(prepared.class_names))))
+    return class_forward_backward_of(
+        study, labels, prepared.images, prepared.source, prepared.bundle
+    )
 
 
 def class_forward_backward_of(study, labels, images, source, bundle) -> dict:
@@ -471,6 +470,7 @@ def main() -> None:
         args.weights = str(nonzero_head_checkpoint(args.model, work / "model_nonzero_head.pt"))
     write_study(study_file, images_dir, args, work / "carto.duckdb")
     from carto_assets.environment import STUDY_ENV_VAR
+    from carto_assets.prepared import open_store
     from carto_assets.study import load_study
 
     os.environ[STUDY_ENV_VAR] = str(study_file)
@@ -491,13 +491,12 @@ def main() -> None:
         except duckdb.CatalogException:  # --only: the table is not there (yet)
             return default
 
-    con = duckdb.connect(str(study.database_path), read_only=True)
-    n_neurons = scalar("SELECT count(*) FROM neurons", 0)
-    per_image = scalar(
-        "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)", 0.0
-    )
-    n_classes_graph = scalar("SELECT count(DISTINCT label) FROM concept_graph_nodes", 0)
-    con.close()
+    with open_store(study).connect() as con:
+        n_neurons = scalar("SELECT count(*) FROM neurons", 0)
+        per_image = scalar(
+            "SELECT avg(n) FROM (SELECT count(*) AS n FROM top_images GROUP BY image_id)", 0.0
+        )
+        n_classes_graph = scalar("SELECT count(DISTINCT label) FROM concept_graph_nodes", 0)
 
     forward_ips, fwd_bwd_s = bare_forward(study, min(n_images, 4 * args.batch_size))
     by_asset = {r["asset"]: r for r in rows}

@@ -65,9 +65,9 @@ def _summary(study) -> list[str]:
     """What was mapped and the headline quality figures, from the published database, in the
     page header's words (feature pseudo-layers are not layers of the model)."""
     from carto_assets import quality
-    from carto_assets.storage import CartoStore
+    from carto_assets.prepared import open_store
 
-    store = CartoStore(study.database_path)
+    store = open_store(study)
     try:
         row = store.query(
             "SELECT (SELECT count(*) FROM neurons WHERE coalesce(kind, 'channel') = 'channel') "
@@ -284,16 +284,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     log_file = _log_file(args.dagster_home, "compare")
     log_to_file(log_file, verbose=args.verbose)
     try:
-        from carto_assets.compare.config import load_comparison
         from carto_assets.compare.studies import check_studies
+        from carto_assets.prepared import PreparedComparison
 
         # Refuse at once (missing results, other images) before anything heavy is imported.
-        check_studies(load_comparison(args.comparison))
+        prepared = PreparedComparison.load(args.comparison)
+        check_studies(prepared)
         from carto_assets.compare.run import run_comparison
         from carto_assets.compare.stage import summary_lines
 
         comparison = run_comparison(
-            args.comparison, _instance(args.dagster_home), say=lambda m: print(m, flush=True)
+            args.comparison,
+            _instance(args.dagster_home),
+            say=lambda m: print(m, flush=True),
+            prepared=prepared,
         )
     except (ComparisonError, DatabaseBusyError) as exc:
         logging.getLogger("carto").error("compare failed", exc_info=True)

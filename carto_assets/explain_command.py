@@ -15,10 +15,14 @@ import base64
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from carto_assets.environment import STUDY_ENV_VAR
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 #: the tables the command reads from the study's database
 NEEDED = ("neurons", "neuron_clusters", "clusters", "example_patches")
@@ -39,17 +43,18 @@ def add_parser(sub) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from carto_assets.study import StudyError, load_study
+    from carto_assets.prepared import PreparedStudy
+    from carto_assets.study import StudyError
 
     try:
-        study = load_study(args.study or os.environ.get(STUDY_ENV_VAR) or None)
+        prepared = PreparedStudy.load(args.study or os.environ.get(STUDY_ENV_VAR) or None)
     except StudyError as exc:
         print(f"carto: invalid study: {exc}", file=sys.stderr)
         return 2
     try:
         if args.top < 1:
             raise ExplainError(f"--top must be >= 1, got {args.top}")
-        report = explain_file(study, Path(args.image), args.top, args.layer)
+        report = explain_file(prepared, Path(args.image), args.top, args.layer)
     except ExplainError as exc:
         print(f"carto: {exc}", file=sys.stderr)
         return 2
@@ -127,23 +132,20 @@ def _png_uri(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def explain_file(study, path: Path, top: int, atlas_layer: str | None) -> Report:
-    """Explain the image at ``path`` with ``study``'s model and stored concepts."""
+def explain_file(prepared: PreparedStudy, path: Path, top: int, atlas_layer: str | None) -> Report:
+    """Explain the image at ``path`` with the prepared study's model and stored concepts, by
+    the pipeline's own explanation of an image
+    (:func:`carto_assets.stages.explain.explain_image`)."""
     import torch
 
     from carto_assets.core.attribution import explain as core
-    from carto_assets.core.attribution.forward import RetainedForward
-    from carto_assets.core.attribution.relevance import relevance
     from carto_assets.sources.datasets import study_image_size
-    from carto_assets.stages.features import feature_layers
-    from carto_assets.stages.graph import model_once, read_units
-    from carto_assets.stages.manifest import load_manifest
-    from carto_assets.storage import CartoStore
+    from carto_assets.stages.explain import explain_image
 
+    study, store = prepared.study, prepared.store
     size = study_image_size(study)
     pixels = read_image(path, size)  # a bad file is named before the study is opened
     database = study.database_path
-    store = CartoStore(database)
     if not database.is_file():
         raise ExplainError(
             f"study {study.name!r} has not been run (no database at {database}); run "
@@ -156,19 +158,15 @@ def explain_file(study, path: Path, top: int, atlas_layer: str | None) -> Report
             "run `carto run` first"
         )
     try:
-        _, class_names = load_manifest(study)
-        bundle, layers, _ = model_once(study)
-        features = feature_layers(study)
+        class_names = prepared.class_names
+        units = prepared.units  # the model built, the dictionaries loaded: else "not run"
     except (FileNotFoundError, ValueError) as exc:
         raise ExplainError(
             f"study {study.name!r} has not been run: {exc}; run `carto run` first"
         ) from None
-    units = read_units(store, [i.name for i in layers], features)
-    x = bundle.normalize(torch.from_numpy(pixels[None]))
-    fwd = RetainedForward.run(bundle.module, units.layers, units.cluster_of, x, units.features)
-    logits = fwd.logits.detach().double()[0]
-    predicted = int(logits.argmax())
-    rel = relevance(fwd, predicted, keep_grads=True)
+    explained = explain_image(prepared, pixels, top)
+    logits = torch.from_numpy(explained.logits)
+    predicted = explained.predicted
     labels = dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
     matches = logits.shape[0] == len(class_names)
     prediction = {
@@ -177,15 +175,15 @@ def explain_file(study, path: Path, top: int, atlas_layer: str | None) -> Report
         "logit": float(logits[predicted]),
         "p": float(torch.softmax(logits, 0)[predicted]),
     }
-    report_layers, concept_maps = [], {}
-    for layer in units.layers:
-        concepts = core.layer_concepts(rel.units[layer], units.cluster_of[layer])
-        order = core.top_concepts(concepts.share, top)[0]
+    logit = explained.relevance.logits[0]
+    report_layers, by_layer = [], {}
+    for layer in explained.layers:
+        concepts, order = layer.concepts, layer.top[0]
         report_layers.append(
             {
-                "layer": layer,
+                "layer": layer.layer,
                 "total": float(concepts.total[0]),
-                "gap": float(rel.logits[0] - concepts.total[0]),
+                "gap": float(logit - concepts.total[0]),
                 "concepts": [
                     {
                         "cluster_id": int(concepts.clusters[j]),
@@ -196,15 +194,14 @@ def explain_file(study, path: Path, top: int, atlas_layer: str | None) -> Report
                 ],
             }
         )
-        concept_maps[layer] = (concepts, order)
+        by_layer[layer.layer] = layer
     channel_layers = [n for n in units.layers if n not in units.features]
     chosen = atlas_layer or channel_layers[-1]
-    if chosen not in concept_maps:
+    if chosen not in by_layer:
         raise ExplainError(f"--layer {chosen!r} is not a mapped layer; valid: {units.layers}")
-    concepts, order = concept_maps[chosen]
-    members = core.members_list(units.cluster_of[chosen], concepts.clusters[order])
-    maps = core.concept_maps(fwd, rel, chosen, members)[0]
-    cells = core.dominant(maps)
+    layer = by_layer[chosen]
+    concepts, order = layer.concepts, layer.top[0]
+    cells = core.dominant(layer.maps[0])
     patches = _patches(store, units, chosen, concepts.clusters[order])
     atlas = {"layer": chosen, "cells": cells.tolist()}
     legend = [

@@ -99,6 +99,20 @@ def dictionary_fingerprint(
     return _hash(relevant, 16)
 
 
+def dictionary_settings_key(study: Study) -> str:
+    """Hash of what :func:`dictionary_fingerprint` covers besides the sampled images (the
+    network, the input size, the ``features`` settings, the seed): with the manifest's identity,
+    what a recorded fingerprint must still match to be reused without drawing the sample."""
+    relevant = {
+        "network": _network_identity(study),
+        "image_size": study_image_size(study),
+        "features": study.features.model_dump() if study.features is not None else None,
+        "seed": study.seed,
+        "revision": DICTIONARY_REVISION,
+    }
+    return _hash(relevant, 16)
+
+
 def shard_model_identity(study: Study, dictionary: str | None = None) -> str:
     """What a shard's activations depend on besides its images: model, weights, preprocessing,
     layers and the activation-pass settings.

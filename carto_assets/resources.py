@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from carto_assets.storage import CartoStore, describe_writer
+from carto_assets.prepared import PreparedStudy
 from carto_assets.study import Study, demo_study, load_study
 
 
@@ -24,15 +24,14 @@ class StudyResource(dg.ConfigurableResource):
         self._run_id = context.run.run_id if context.run else None
 
     def load(self) -> Study:
-        """The validated study (raises StudyError naming the bad field)."""
+        """The validated study (raises StudyError naming the bad field); reads the file."""
         return load_study(self.study_file) if self.study_file else demo_study()
 
-    def store(self) -> CartoStore:
-        """The study database; writes publish a new snapshot (see :mod:`carto_assets.storage`)."""
+    def prepare(self) -> PreparedStudy:
+        """The study, read and validated once, with its store: what an asset hands its stage.
+
+        One per step, never kept: the step before may have written the files it loads (the
+        manifest, the model); writes publish a new snapshot (see :mod:`carto_assets.storage`).
+        """
         label = f"Dagster run {self._run_id}" if self._run_id else None
-        study = self.load()
-        return CartoStore(
-            study.database_path,
-            owner=describe_writer(label),
-            memory_limit=study.database_memory_limit,
-        )
+        return PreparedStudy.open(self.load(), owner=label)

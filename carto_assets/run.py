@@ -32,9 +32,9 @@ from carto_assets.definitions import (
 )
 from carto_assets.environment import DAGSTER_HOME_ENV_VAR
 from carto_assets.events import EVENTS_LOGGER, QUIET_RUN_CONFIG, step_event
+from carto_assets.prepared import PreparedStudy
 from carto_assets.sharding import shard_key
 from carto_assets.stages.activations import shard_states
-from carto_assets.stages.manifest import load_manifest
 from carto_assets.storage import PUBLISH_STATS, describe_writer, exclusive_writer
 from carto_assets.study import Study
 
@@ -53,10 +53,10 @@ class RunFailed(RuntimeError):
         self.short = short or [line for line in message.splitlines() if line.strip()][:2]
 
 
-def up_to_date_shards(study: Study) -> set[int]:
+def up_to_date_shards(prepared: PreparedStudy) -> set[int]:
     """Shards whose stored summary matches their current inputs (images, model, settings)
     and whose Parquet files exist (see :func:`carto_assets.stages.activations.shard_states`)."""
-    fresh, _, _ = shard_states(study)
+    fresh, _, _ = shard_states(prepared)
     return set(fresh)
 
 
@@ -303,7 +303,9 @@ def _materialize_all(
     missing = [k for k in keys if k not in registered]
     if missing:
         raise RunFailed(f"shard partitions not registered: {missing}")
-    fresh = set() if force else {shard_key(s) for s in up_to_date_shards(study)}
+    # Prepared after the prepare job, which wrote the manifest, model and dictionaries.
+    prepared = PreparedStudy.open(study)
+    fresh = set() if force else {shard_key(s) for s in up_to_date_shards(prepared)}
     todo = [k for k in keys if k not in fresh]
     if fresh:
         say(f"[2/3] {len(fresh)} of {len(keys)} shards up to date, not recomputed (--force does)")
@@ -319,8 +321,7 @@ def _materialize_all(
             )
     timings["shards_computed"] = float(len(todo))
     timings["shards_reused"] = float(len(fresh))
-    images, _ = load_manifest(study)
-    counts = images.group_by("shard").len()
+    counts = prepared.images.group_by("shard").len()
     per_shard = dict(zip(counts["shard"].to_list(), counts["len"].to_list()))
     sizes = {k: int(per_shard.get(i, 0)) for i, k in enumerate(keys) if k in todo}
     total, finished = sum(sizes.values()), [0]

@@ -16,10 +16,10 @@ from carto_assets.stages.activations import run_shard, shard_dir
 )
 def activations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per-shard top-k candidates per neuron and per-class neuron statistics, as Parquet."""
-    cfg = study.load()
+    prepared = study.prepare()
     shard = shard_index(context.partition_key)
     # Writes only Parquet (never the database), so shards can run in parallel processes.
-    summary = run_shard(cfg, shard, progress=context.log.info)
+    summary = run_shard(prepared, shard, progress=context.log.info)
     return dg.MaterializeResult(
         metadata={
             "n_images": summary.n_images,
@@ -30,6 +30,6 @@ def activations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.M
             "seconds": round(summary.seconds, 2),
             "device": summary.device,
             "n_neurons": summary.n_neurons,
-            "shard_dir": dg.MetadataValue.path(str(shard_dir(cfg, shard))),
+            "shard_dir": dg.MetadataValue.path(str(shard_dir(prepared.study, shard))),
         }
     )

@@ -10,7 +10,7 @@ from carto_assets.stages import merge
 @dg.asset(group_name="graph", kinds={"duckdb"}, deps=["top_images"])
 def class_importance(study: StudyResource) -> dg.MaterializeResult:
     """Per class and neuron, the share of the class's images the neuron carries (Summit's rule)."""
-    store = study.store()
+    store = study.prepare().store
     store.replace_tables({"class_importance": merge.CLASS_IMPORTANCE_SELECT})
     top = store.query(
         "SELECT i.label_name, c.neuron_id, round(c.score, 3) AS score FROM class_importance c "

@@ -20,8 +20,8 @@ from carto_assets.stages.features import features_vs_channels
 )
 def minhash_signatures(study: StudyResource) -> dg.MaterializeResult:
     """Each neuron's MinHash signature of its top-k image set (datasketch's scheme, vectorized)."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     sets = stage.load_neuron_sets(store)
     frame = stage.signatures_frame(sets, cfg.clustering)
     store.replace_tables({"minhash_signatures": frame})
@@ -49,8 +49,8 @@ def neuron_clusters(
     context: dg.AssetExecutionContext, study: StudyResource
 ) -> dg.MaterializeResult:
     """Neurons of a layer grouped by Jaccard similarity of their top-k images (LSH or exact)."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     sets = stage.load_neuron_sets(store)
     signatures = stage.load_signatures(store, sets) if cfg.clustering.method == "lsh" else None
     result = stage.find_clusters(sets, cfg.clustering, signatures=signatures)
@@ -98,8 +98,8 @@ def neuron_clusters(
 )
 def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     """Concept gain of clusters vs random same-size groups and single units; LSH vs exact."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     sets = stage.load_neuron_sets(store)
     # The clusters and pairs neuron_clusters stored are scored as they are; only the exact
     # reference is computed here.

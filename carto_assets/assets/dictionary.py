@@ -46,11 +46,11 @@ def dictionary_figures(layers: list[dict]) -> list[Figure]:
 )
 def dictionary(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Sparse-autoencoder dictionaries of the `features` layers; their features become units."""
-    cfg = study.load()
-    info = prepare_dictionaries(cfg, progress=context.log.info)
+    prepared = study.prepare()
+    info = prepare_dictionaries(prepared, progress=context.log.info)
     figures = [] if info is None else dictionary_figures(info.layers)
     # No features: no figures, which clears those of an earlier study's dictionaries.
-    study.store().replace_tables({}, figures=("dictionary", figures))
+    prepared.store.replace_tables({}, figures=("dictionary", figures))
     if info is None:
         # Without features there is nothing to train; the checks have nothing to fail on.
         return dg.MaterializeResult(

@@ -13,7 +13,7 @@ from carto_assets.stages import embedding as stage
 @dg.asset(group_name="embedding", kinds={"duckdb"}, deps=["top_images"])
 def cooccurrence(study: StudyResource) -> dg.MaterializeResult:
     """For every pair of neurons (any layers) sharing top images, how many they share."""
-    store = study.store()
+    store = study.prepare().store
     store.replace_tables({"cooccurrence": stage.COOCCURRENCE_SELECT})
     summary = store.query(
         "SELECT (SELECT count(*) FROM neurons) AS n, max(count) AS max_count, "
@@ -42,8 +42,8 @@ def neuron_embedding(
     context: dg.AssetExecutionContext, study: StudyResource
 ) -> dg.MaterializeResult:
     """Skip-gram with negative sampling over each top image's neurons: one vector per neuron."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     result = stage.train_embedding(store, cfg.embedding, cfg.seed, progress=context.log.info)
     closeness = stage.cluster_closeness(store, result.vectors, seed=cfg.seed)
     store.replace_tables(
@@ -80,8 +80,8 @@ def neuron_embedding(
 )
 def neuron_projection(study: StudyResource) -> dg.MaterializeResult:
     """UMAP of the embedding to 2-D, and each neuron's nearest neighbours in embedding space."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     vectors = stage.load_vectors(store)
     projection, neighbors = stage.projection_frames(vectors, cfg.embedding, cfg.seed)
     store.replace_tables({"neuron_projection": projection, "neuron_neighbors": neighbors})

@@ -14,8 +14,8 @@ from carto_assets.stages.graph import read_chunk_tables
 def explanations(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per explained image: its concepts' relevance per layer with coarse maps, the
     completeness gap, and the faithfulness checks; each concept's relevance exemplars."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     keys = sorted(context.instance.get_dynamic_partitions(CLASS_CHUNKS.name))
     parts = [read_chunk_tables(cfg, key, stage.TABLES) for key in keys]
     merged = stage.merge_explanations(parts)

@@ -12,7 +12,6 @@ from carto_assets.resources import StudyResource
 from carto_assets.sharding import chunk_index, chunk_labels
 from carto_assets.stages import graph as stage
 from carto_assets.stages import graph_checks, patches
-from carto_assets.stages.manifest import load_manifest
 
 
 @dg.asset(group_name="graph", kinds={"duckdb", "pytorch"}, deps=["top_images"])
@@ -20,9 +19,9 @@ def example_patches(
     context: dg.AssetExecutionContext, study: StudyResource
 ) -> dg.MaterializeResult:
     """Each neuron's top images cropped around the argmax, sized by the layer's receptive field."""
-    cfg = study.load()
-    store = study.store()
-    written = patches.example_patches(cfg, store, progress=context.log.info)
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
+    written = patches.example_patches(prepared, progress=context.log.info)
     patches.publish_patches(store, written)
     # A strip of the first neurons' strongest patches, shown inline in the UI.
     first = store.query(
@@ -67,13 +66,13 @@ def example_patches(
 )
 def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource):
     """One class chunk's concept graph and explanations, from the same passes."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg = prepared.study
     index = chunk_index(context.partition_key)
-    n_classes = len(load_manifest(cfg)[1])
+    n_classes = len(prepared.class_names)
     labels = chunk_labels(index, n_classes, cfg.graph.classes_per_chunk)
     # Reads the database, writes only Parquet: chunks run in parallel processes.
-    chunk = stage.concept_graph_chunk(cfg, store, labels, progress=context.log.info)
+    chunk = stage.concept_graph_chunk(prepared, labels, progress=context.log.info)
     out = stage.write_graph_chunk(cfg, context.partition_key, chunk)
     summary = chunk.summary
     computed = max(1, summary.n_classes_computed)
@@ -118,11 +117,11 @@ def concept_graph_chunk(context: dg.AssetExecutionContext, study: StudyResource)
 def concept_graph(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Per class: the clusters its prediction uses per layer, influence edges up to the
     prediction, cascades, and ablation checks of nodes and edges."""
-    cfg = study.load()
-    store = study.store()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     keys = context.instance.get_dynamic_partitions(CLASS_CHUNKS.name)
     chunks = [stage.read_graph_chunk(cfg, key) for key in sorted(keys)]
-    g = stage.merge_graph_chunks(cfg, store, chunks)
+    g = stage.merge_graph_chunks(prepared, chunks)
     # No edges sampled for the checks: no faithfulness table rather than an empty one.
     drop = [] if len(g.faithfulness) else [stage.GRAPH_TABLES["faithfulness"]]
     tables = {

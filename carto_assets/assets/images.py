@@ -23,10 +23,10 @@ from carto_assets.stages.manifest import build_manifest, save_manifest, write_im
 )
 def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """The image manifest images(image_id, shard, source, label, label_name)."""
-    cfg = study.load()
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
     manifest = build_manifest(cfg)
     save_manifest(cfg, manifest)
-    store = study.store()
     counts = write_images_tables(cfg, manifest, store)
 
     # Keep the shard partitions in step with the study: add new keys, drop stale ones.

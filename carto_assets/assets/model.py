@@ -13,8 +13,9 @@ from carto_assets.stages.model import model_dir, prepare_model
 @dg.asset(group_name="model", kinds={"pytorch"}, deps=["images"])
 def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """The network to map, with its layers resolved; the built-in CNN is trained and cached."""
-    cfg = study.load()
-    info = prepare_model(cfg, progress=context.log.info)
+    prepared = study.prepare()
+    cfg = prepared.study
+    info = prepare_model(prepared, progress=context.log.info)
     layers = pl.DataFrame(info.layers)
     metadata: dict[str, object] = {
         "model": cfg.model,
@@ -41,7 +42,7 @@ def model(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materia
             ),
         ]
     # Torchvision models measure nothing here: writing no figures clears an earlier model's.
-    store = study.store()
+    store = prepared.store
     store.replace_tables({}, figures=("model", figures))
     metadata.update(quality.metadata(store.figures(), "model"))
     if info.holdout_accuracy is not None:

@@ -18,9 +18,9 @@ from carto_assets.stages.merge import merge_top_images
 )
 def top_images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
     """Each neuron's global top-k images (top_images) and the neuron list (neurons)."""
-    cfg = study.load()
-    store = study.store()
-    merged = merge_top_images(cfg, store)
+    prepared = study.prepare()
+    cfg, store = prepared.study, prepared.store
+    merged = merge_top_images(prepared)
     n_images = merged.n_images_processed
     expected = min(cfg.top_k, n_images)
     per_neuron = store.query(

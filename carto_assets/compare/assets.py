@@ -13,7 +13,7 @@ from pydantic import Field
 from carto_assets.assets._metadata import table_metadata
 from carto_assets.compare import stage
 from carto_assets.compare.config import Comparison, load_comparison
-from carto_assets.storage import CartoStore, describe_writer
+from carto_assets.prepared import PreparedComparison
 
 GROUP = "comparison"
 
@@ -26,15 +26,15 @@ class ComparisonResource(dg.ConfigurableResource):
     def load(self) -> Comparison:
         return load_comparison(self.comparison_file)
 
-    def store(self) -> CartoStore:
-        return CartoStore(
-            self.load().database_path,
-            owner=describe_writer(f"`carto compare` {self.comparison_file}"),
+    def prepare(self) -> PreparedComparison:
+        """The comparison, read once, with its store; its studies are prepared on first use."""
+        return PreparedComparison.load(
+            self.comparison_file, owner=f"`carto compare` {self.comparison_file}"
         )
 
 
-def _write(comparison: ComparisonResource, result: stage.Result) -> dict[str, Any]:
-    store = comparison.store()
+def _write(prepared: PreparedComparison, result: stage.Result) -> dict[str, Any]:
+    store = prepared.store
     store.replace_tables(result.tables)
     meta: dict[str, Any] = {}
     for i, name in enumerate(result.tables):
@@ -52,14 +52,16 @@ def _write(comparison: ComparisonResource, result: stage.Result) -> dict[str, An
 def compare_units(comparison: ComparisonResource) -> dg.MaterializeResult:
     """The studies' units, top images, concepts, graphs and patches, checked to map the same
     images, copied into the comparison."""
-    return dg.MaterializeResult(metadata=_write(comparison, stage.collect(comparison.load())))
+    prepared = comparison.prepare()
+    return dg.MaterializeResult(metadata=_write(prepared, stage.collect(prepared)))
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[compare_units])
 def unit_matches(comparison: ComparisonResource) -> dg.MaterializeResult:
     """Each unit's best match in every other study (MinHash + one LSH index + exact Jaccard)."""
-    result = stage.matches(comparison.load(), comparison.store())
-    return dg.MaterializeResult(metadata=_write(comparison, result))
+    prepared = comparison.prepare()
+    result = stage.matches(prepared.comparison, prepared.store)
+    return dg.MaterializeResult(metadata=_write(prepared, result))
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pytorch"}, deps=[unit_matches])
@@ -67,16 +69,18 @@ def layer_matches(
     context: dg.AssetExecutionContext, comparison: ComparisonResource
 ) -> dg.MaterializeResult:
     """Per pair of layers: the share of units with a mutual match, a shuffled null, CKA."""
-    result = stage.layers(comparison.load(), comparison.store(), progress=context.log.info)
-    return dg.MaterializeResult(metadata=_write(comparison, result))
+    prepared = comparison.prepare()
+    result = stage.layers(prepared, progress=context.log.info)
+    return dg.MaterializeResult(metadata=_write(prepared, result))
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[compare_units])
 def concept_matches(comparison: ComparisonResource) -> dg.MaterializeResult:
     """Every concept: shared with each other study (and whether its label changed), or only
     in its own."""
-    result = stage.concepts(comparison.load(), comparison.store())
-    return dg.MaterializeResult(metadata=_write(comparison, result))
+    prepared = comparison.prepare()
+    result = stage.concepts(prepared.comparison, prepared.store)
+    return dg.MaterializeResult(metadata=_write(prepared, result))
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pytorch"}, deps=[unit_matches])
@@ -84,15 +88,17 @@ def compare_embedding(
     context: dg.AssetExecutionContext, comparison: ComparisonResource
 ) -> dg.MaterializeResult:
     """One skip-gram embedding of every study's units (each image's list holds them all)."""
-    result = stage.embedding(comparison.load(), comparison.store(), progress=context.log.info)
-    return dg.MaterializeResult(metadata=_write(comparison, result))
+    prepared = comparison.prepare()
+    result = stage.embedding(prepared.comparison, prepared.store, progress=context.log.info)
+    return dg.MaterializeResult(metadata=_write(prepared, result))
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "umap"}, deps=[compare_embedding])
 def compare_projection(comparison: ComparisonResource) -> dg.MaterializeResult:
     """One 2-D map of every study's units, and each unit's nearest units of other studies."""
-    result = stage.projection(comparison.load(), comparison.store())
-    return dg.MaterializeResult(metadata=_write(comparison, result))
+    prepared = comparison.prepare()
+    result = stage.projection(prepared.comparison, prepared.store)
+    return dg.MaterializeResult(metadata=_write(prepared, result))
 
 
 @dg.asset(

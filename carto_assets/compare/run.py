@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from carto_assets.compare.config import Comparison, ComparisonError, load_comparison
+from carto_assets.compare.config import Comparison, ComparisonError
 from carto_assets.compare.definitions import COMPARE_JOB, build_comparison_definitions
 from carto_assets.compare.studies import check_studies
 from carto_assets.events import QUIET_RUN_CONFIG
+from carto_assets.prepared import PreparedComparison
 from carto_assets.storage import describe_writer, exclusive_writer
 
 
@@ -29,12 +30,18 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
 
 
 def run_comparison(
-    comparison_file: str, instance: dg.DagsterInstance, say: Callable[[str], None] = print
+    comparison_file: str,
+    instance: dg.DagsterInstance,
+    say: Callable[[str], None] = print,
+    prepared: PreparedComparison | None = None,
 ) -> Comparison:
     """Materialize every asset of the comparison; raises :class:`ComparisonError` (studies
-    missing, images differ, a step failed) with a one-line message."""
-    comparison = load_comparison(comparison_file)
-    studies, _, images = check_studies(comparison)
+    missing, images differ, a step failed) with a one-line message.
+
+    ``prepared``: the comparison file already read (``carto compare`` checks it first)."""
+    prepared = prepared or PreparedComparison.load(comparison_file)
+    comparison = prepared.comparison
+    studies, _, images = check_studies(prepared)
     say(
         f"comparing {len(studies)} studies over {len(images[0])} images: "
         + ", ".join(f"'{s.name}'" for s in studies)

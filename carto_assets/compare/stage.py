@@ -33,8 +33,8 @@ from carto_assets.compare.embedding import (
 from carto_assets.compare.layers import layer_shares, shuffled_null
 from carto_assets.compare.matching import UnitSets, match_units, unit_sets
 from carto_assets.compare.studies import check_studies
+from carto_assets.prepared import PreparedComparison, PreparedStudy, open_comparison_store
 from carto_assets.storage import CartoStore
-from carto_assets.study import Study
 
 
 @dataclass
@@ -45,10 +45,11 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def collect(comparison: Comparison) -> Result:
+def collect(prepared: PreparedComparison) -> Result:
     """``compare_units`` and what later stages and the page read, copied from the studies,
     after checking that they map the same images."""
-    studies, stores, images = check_studies(comparison)
+    comparison = prepared.comparison
+    studies, stores, images = check_studies(prepared)
 
     units, tops, clusters, nodes, edges, patches, rows = [], [], [], [], [], [], []
     offset = 0
@@ -204,10 +205,10 @@ def matches(comparison: Comparison, store: CartoStore) -> Result:
 
 
 # ---- layer_matches ----------------------------------------------------------------------
-def layers(
-    comparison: Comparison, store: CartoStore, progress: Callable[[str], None] = print
-) -> Result:
-    """``layer_matches``: match shares per pair of layers, the shuffled null and CKA."""
+def layers(prepared: PreparedComparison, progress: Callable[[str], None] = print) -> Result:
+    """``layer_matches``: match shares per pair of layers, the shuffled null and CKA (each
+    study's network, from its preparation)."""
+    comparison, store = prepared.comparison, prepared.store
     units, sets, names = load_units(store)
     best = store.query(
         "SELECT unit_id AS unit, coalesce(match_id, -1) AS match, mutual FROM unit_matches"
@@ -226,7 +227,7 @@ def layers(
     if comparison.cka_images > 0:
         progress(f"CKA: running each study's network on {comparison.cka_images} images")
         n_images = int(store.query("SELECT max(n_images) AS n FROM compare_studies")["n"][0])
-        shares = shares.join(cka_frame(comparison, units, names, n_images), on=keys, how="left")
+        shares = shares.join(cka_frame(prepared, units, names, n_images), on=keys, how="left")
         figures["cka_images"] = min(comparison.cka_images, n_images)
     else:
         shares = shares.with_columns(cka=pl.lit(None, dtype=pl.Float64))
@@ -242,7 +243,7 @@ def layers(
 
 
 def layer_activations(
-    study: Study, image_ids: np.ndarray, batch_size: int
+    prepared: PreparedStudy, image_ids: np.ndarray, batch_size: int
 ) -> tuple[np.ndarray, list[str]]:
     """Every unit's activation (spatial maximum, as for top images) on ``image_ids`` through
     the study's prepared network, in neuron order, and each unit's layer."""
@@ -250,21 +251,18 @@ def layer_activations(
 
     from carto_assets.core.network.recorder import LayerRecorder
     from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.features import feature_layers
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
-    from carto_assets.stages.model import load_model
 
+    study = prepared.study
     try:
-        bundle, layer_infos, _ = load_model(study)
-        features = feature_layers(study)
+        bundle, layer_infos = prepared.model
+        features = prepared.feature_layers
     except FileNotFoundError as exc:
         raise ComparisonError(
             f"study '{study.name}': CKA needs its prepared network: {exc} (or set cka_images: 0)"
         ) from None
     device = resolve_device(study.device)
     bundle.module.to(device)
-    images, class_names = load_manifest(study)
-    source = source_for_manifest(study, images, class_names)
+    source = prepared.source
     derived = [f.on(device) for f in features]
     values = []
     with LayerRecorder(bundle.module, layer_infos, derived) as recorder, torch.inference_mode():
@@ -281,10 +279,11 @@ def layer_activations(
 
 
 def cka_frame(
-    comparison: Comparison, units: pl.DataFrame, names: list[str], n_images: int
+    prepared: PreparedComparison, units: pl.DataFrame, names: list[str], n_images: int
 ) -> pl.DataFrame:
     """Linear CKA of every pair of layers of every pair of studies on a seeded image sample."""
-    studies = {s.name: s for s in comparison.load_studies()}
+    comparison = prepared.comparison
+    studies = {p.study.name: p for p in prepared.studies}
     rng = np.random.default_rng([comparison.seed, 5])
     sample = np.sort(rng.choice(n_images, min(comparison.cka_images, n_images), replace=False))
     grams: dict[str, tuple[list[str], list[np.ndarray]]] = {}
@@ -440,7 +439,7 @@ def projection(comparison: Comparison, store: CartoStore) -> Result:
 
 def summary_lines(comparison: Comparison) -> list[str]:
     """What ``carto compare`` prints: per pair of studies, units and concepts matched."""
-    store = CartoStore(comparison.database_path)
+    store = open_comparison_store(comparison)
     names = study_names(store)
     lines = []
     for a in names:

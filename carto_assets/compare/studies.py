@@ -3,8 +3,9 @@ images. Light (no torch, no dagster), so ``carto compare`` refuses at once."""
 
 from __future__ import annotations
 
-from carto_assets.compare.config import Comparison, ComparisonError
+from carto_assets.compare.config import ComparisonError
 from carto_assets.compare.images import check_same_images
+from carto_assets.prepared import PreparedComparison, PreparedStudy
 from carto_assets.storage import CartoStore
 from carto_assets.study import Study
 
@@ -18,8 +19,8 @@ REQUIRED = {
 }
 
 
-def _study_store(study: Study, entry: str) -> CartoStore:
-    store = CartoStore(study.database_path, memory_limit=study.database_memory_limit)
+def _checked_store(prepared: PreparedStudy, entry: str) -> CartoStore:
+    study, store = prepared.study, prepared.store
     if not study.database_path.exists():
         raise ComparisonError(
             f"study {entry!r} has no results at {study.database_path}; run it first "
@@ -34,11 +35,12 @@ def _study_store(study: Study, entry: str) -> CartoStore:
     return store
 
 
-def check_studies(comparison: Comparison) -> tuple[list[Study], list[CartoStore], list]:
+def check_studies(prepared: PreparedComparison) -> tuple[list[Study], list[CartoStore], list]:
     """The studies, their stores and ``images`` tables, once every study has results and all
     map the same images; raises :class:`ComparisonError` naming the first problem."""
-    studies = comparison.load_studies()
-    stores = [_study_store(s, e) for s, e in zip(studies, comparison.studies, strict=True)]
+    entries = prepared.comparison.studies
+    stores = [_checked_store(p, e) for p, e in zip(prepared.studies, entries, strict=True)]
+    studies = [p.study for p in prepared.studies]
     images = [s.query("SELECT image_id, source FROM images ORDER BY image_id") for s in stores]
     check_same_images(studies, images)
     return studies, stores, images

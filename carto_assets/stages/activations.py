@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -31,10 +31,10 @@ from carto_assets.fingerprints import (
 from carto_assets.partition_folders import PartitionLayout
 from carto_assets.sharding import shard_key
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
-from carto_assets.stages.features import feature_layers, study_dictionary_fingerprint
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model
 from carto_assets.study import Study
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 log = logging.getLogger("carto")
 
@@ -75,11 +75,10 @@ def shard_dir(study: Study, shard: int) -> Path:
     return study.files_dir / "activations" / shard_key(shard)
 
 
-def shard_identity(study: Study) -> str:
+def shard_identity(prepared: PreparedStudy) -> str:
     """:func:`~carto_assets.fingerprints.shard_model_identity` with, for a study with
     features, the fingerprint of the dictionaries its shards are encoded with."""
-    dictionary = study_dictionary_fingerprint(study) if study.features else None
-    return shard_model_identity(study, dictionary=dictionary)
+    return shard_model_identity(prepared.study, dictionary=prepared.dictionary_fingerprint)
 
 
 class ShardBatches(torch.utils.data.Dataset):
@@ -128,19 +127,21 @@ def _batches(
 
 
 def run_shard(
-    study: Study, shard: int, progress: Callable[[str], None] | None = None
+    prepared: PreparedStudy, shard: int, progress: Callable[[str], None] | None = None
 ) -> ShardSummary:
     """The activation pass over one shard; writes its Parquet files and returns a summary."""
     say = progress or log.info
-    images, class_names = load_manifest(study)
+    study = prepared.study
+    images, class_names = prepared.images, prepared.class_names
     if not 0 <= shard < study.shards:
         raise ValueError(f"shard {shard} out of range: the study has shards 0..{study.shards - 1}")
     part = images.filter(pl.col("shard") == shard).sort("image_id")
-    bundle, layers, info = load_model(study)
-    features = feature_layers(study)  # [] without features; raises if `dictionary` is stale
+    bundle, layers = prepared.model
+    info = prepared.model_info
+    features = prepared.feature_layers  # [] without features; raises if `dictionary` is stale
     device = resolve_device(study.device)
     bundle.module.to(device)
-    source = source_for_manifest(study, images, class_names)
+    source = prepared.source
     failures: list[tuple[int, str]] = []
     last = [0.0]
 
@@ -189,7 +190,7 @@ def run_shard(
         model_fingerprint=model_fingerprint(study),
         shard_size=study.shard_size,
         shard_fingerprint=expected_shard_fingerprint(
-            images, class_names, shard, shard_identity(study)
+            images, class_names, shard, shard_identity(prepared)
         ),
         device=str(device),
     )
@@ -201,14 +202,17 @@ def run_shard(
     return summary
 
 
-def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list[int]]:
+def shard_states(
+    prepared: PreparedStudy,
+) -> tuple[dict[int, ShardSummary], list[int], list[int]]:
     """(summaries of the up-to-date shards, missing shards, stale shards) of the manifest.
 
     A shard is missing when its summary or Parquet files are absent, stale when its stored
     fingerprint differs from what its current images, model and settings give.
     """
-    images, class_names = load_manifest(study)
-    identity = shard_identity(study)
+    study = prepared.study
+    images, class_names = prepared.images, prepared.class_names
+    identity = shard_identity(prepared)
     fresh: dict[int, ShardSummary] = {}
     missing: list[int] = []
     stale: list[int] = []
@@ -234,9 +238,9 @@ def shard_states(study: Study) -> tuple[dict[int, ShardSummary], list[int], list
     return fresh, missing, stale
 
 
-def shard_summaries(study: Study) -> list[ShardSummary]:
+def shard_summaries(prepared: PreparedStudy) -> list[ShardSummary]:
     """Summaries of every shard of the current manifest; raises if any is missing or stale."""
-    fresh, missing, stale = shard_states(study)
+    fresh, missing, stale = shard_states(prepared)
     if missing or stale:
         names = ", ".join(shard_key(s) for s in missing + stale)
         raise RuntimeError(

@@ -16,7 +16,9 @@ curves (relevance order against activation order and random order), restarted at
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -27,6 +29,11 @@ from carto_assets.core.attribution.ablation import ablate
 from carto_assets.core.attribution.forward import RetainedForward
 from carto_assets.core.attribution.relevance import Relevance, relevance
 from carto_assets.stages.graph_checks import last_layers
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.graph import Units
+    from carto_assets.study import Study
 
 #: The chunk's explanation tables (Parquet names = table names).
 TABLES = ("explained_images", "explanation_concepts", "explanation_layers", "explanation_checks")
@@ -140,22 +147,96 @@ def explain_batch(
     )
 
 
-def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
-    """One layer's ``explanation_concepts`` and ``explanation_layers`` rows (with ``row``: the
-    image's position in the batch) for the images ``keep``."""
+@dataclass(frozen=True)
+class LayerExplanation:
+    """One unit layer's concepts for a batch's images under one relevance pass."""
+
+    layer: str
+    concepts: core.LayerConcepts
+    #: (B, k) per image, its ``k`` most relevant concepts by share (indices into
+    #: ``concepts.clusters``, most relevant first)
+    top: np.ndarray
+    #: the batch rows explained (the images ``keep`` chose)
+    rows: np.ndarray
+    #: per explained row, (k, H, W) the maps of its ``top`` concepts, in that order
+    maps: list[np.ndarray]
+    #: (len(rows), H, W) the whole layer's map of each explained row
+    whole: np.ndarray
+
+
+def explain_layer(
+    fwd: RetainedForward,
+    rel: Relevance,
+    units: Units,
+    layer: str,
+    k: int,
+    keep: np.ndarray | None = None,
+) -> LayerExplanation:
+    """The ``k`` most relevant concepts of ``layer`` for the images ``keep`` (bool per batch
+    row; default all) and their maps: what the explanation tables store for each explained
+    image and what ``carto explain`` shows. Needs ``rel`` with its gradients."""
     concepts = core.layer_concepts(rel.units[layer], units.cluster_of[layer])
-    share = concepts.share
-    top = core.top_concepts(share, k)
+    top = core.top_concepts(concepts.share, k)
     members = core.members_list(units.cluster_of[layer], concepts.clusters)
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(np.ones(fwd.n_images, bool) if keep is None else keep)
+    # One product for every concept some row shows, each row's picked out in its order.
     picked = sorted({int(j) for i in rows for j in top[i]})
     maps = core.concept_maps(fwd, rel, layer, [members[j] for j in picked])
     column = {j: n for n, j in enumerate(picked)}
     whole = core.concept_maps(fwd, rel, layer, [np.arange(len(units.cluster_of[layer]))])
+    return LayerExplanation(
+        layer=layer,
+        concepts=concepts,
+        top=top,
+        rows=rows,
+        maps=[maps[i, [column[int(j)] for j in top[i]]] for i in rows],
+        whole=whole[rows, 0],
+    )
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """One image's explanation for the class the model predicts."""
+
+    #: (outputs,) float64: the model's logits
+    logits: np.ndarray
+    predicted: int
+    #: the relevance pass for ``predicted``
+    relevance: Relevance
+    #: per unit layer (the units' order), its most relevant concepts and their maps
+    layers: list[LayerExplanation]
+
+
+def forward(prepared: PreparedStudy, pixels: np.ndarray) -> tuple[torch.Tensor, RetainedForward]:
+    """Images (uint8 (B, H, W, 3)) through the study's network with its units captured: the
+    model's input and the forward pass (its graph kept for relevance passes)."""
+    bundle, units = prepared.bundle, prepared.units
+    x = bundle.normalize(torch.from_numpy(pixels))
+    return x, RetainedForward.run(bundle.module, units.layers, units.cluster_of, x, units.features)
+
+
+def explain_image(prepared: PreparedStudy, pixels: np.ndarray, k: int) -> ImageExplanation:
+    """One image (uint8 (H, W, 3), any image of the study's size) explained as the chunks
+    explain theirs: one forward pass, the relevance pass for the predicted logit and per unit
+    layer its ``k`` most relevant concepts (:func:`explain_layer`)."""
+    _, fwd = forward(prepared, pixels[None])
+    logits = fwd.logits.detach().double().cpu().numpy()
+    predicted = logits.argmax(axis=1)
+    rel = relevance(fwd, predicted, keep_grads=True)
+    layers = [explain_layer(fwd, rel, prepared.units, name, k) for name in prepared.units.layers]
+    return ImageExplanation(logits[0], int(predicted[0]), rel, layers)
+
+
+def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
+    """One layer's ``explanation_concepts`` and ``explanation_layers`` rows (with ``row``: the
+    image's position in the batch) for the images ``keep``."""
+    explained = explain_layer(fwd, rel, units, layer, k, keep)
+    concepts, top, rows = explained.concepts, explained.top, explained.rows
+    share = concepts.share
     out = {k2: [] for k2 in ("row", "rank", "cluster_id", "relevance", "share", "map", "scale")}
-    for i in rows:
+    for n, i in enumerate(rows):
         chosen = top[i]
-        data, scale = core.quantize(maps[i, [column[int(j)] for j in chosen]])
+        data, scale = core.quantize(explained.maps[n])
         out["row"] += [int(i)] * len(chosen)
         out["rank"] += list(range(1, len(chosen) + 1))
         out["cluster_id"] += concepts.clusters[chosen].tolist()
@@ -170,7 +251,7 @@ def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
             for i in rows
         ]
     )
-    whole_data, whole_scale = core.quantize(whole[rows, 0])
+    whole_data, whole_scale = core.quantize(explained.whole)
     target = rel.targets[rows]
     concept_frame = pl.DataFrame(
         {
@@ -185,7 +266,7 @@ def _layer_rows(fwd, rel, units, layer: str, k: int, keep: np.ndarray):
             "map_scale": np.asarray(out["scale"], dtype=np.float64),
         }
     )
-    height, width = whole.shape[2], whole.shape[3]
+    height, width = explained.whole.shape[1], explained.whole.shape[2]
     layer_frame = pl.DataFrame(
         {
             "row": rows.astype(np.int64),
@@ -280,14 +361,12 @@ def typed(frames: dict[str, list[pl.DataFrame]]) -> dict[str, pl.DataFrame]:
 
 @dataclass
 class Explainer:
-    """A chunk's explanations, class by class (what :mod:`carto_assets.stages.graph` calls)."""
+    """A chunk's explanations, class by class (what :mod:`carto_assets.stages.graph` calls).
 
-    study: object
-    model: torch.nn.Module
-    units: object
-    images: pl.DataFrame
-    source: object
-    bundle: object
+    The study, its manifest, network and units come from the step's ``prepared`` study."""
+
+    prepared: PreparedStudy
+    #: object masks (image-sized, bool) of the chunk's images, where the dataset knows them
     masks: dict[int, np.ndarray]
     frames: dict[str, list[pl.DataFrame]]
     #: the chunk's deletion rows' seconds (the rest is timed by the caller)
@@ -296,10 +375,12 @@ class Explainer:
     scan_seconds: float = 0.0
 
     @classmethod
-    def for_chunk(cls, study, store, model, units, images, source, bundle, labels) -> Explainer:
-        """Reads the object masks of the classes' images where the dataset has them."""
+    def for_chunk(cls, prepared: PreparedStudy, labels: Sequence[int]) -> Explainer:
+        """The explainer of the classes ``labels``; reads the object masks of their images
+        where the dataset has them."""
         from carto_assets.stages.manifest import unpack_mask
 
+        store = prepared.store
         masks: dict[int, np.ndarray] = {}
         if store.table_exists("image_masks") and labels:
             rows = store.query(
@@ -311,7 +392,15 @@ class Explainer:
                 int(i): unpack_mask(m, h, w)
                 for i, h, w, m in rows.select("image_id", "height", "width", "mask").iter_rows()
             }
-        return cls(study, model, units, images, source, bundle, masks, {n: [] for n in TABLES})
+        return cls(prepared, masks, {n: [] for n in TABLES})
+
+    @property
+    def study(self) -> Study:
+        return self.prepared.study
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.prepared.bundle.module
 
     def _add(self, frames: dict[str, pl.DataFrame], seconds: float) -> None:
         self.deletion_seconds += seconds
@@ -329,7 +418,7 @@ class Explainer:
         self._add(
             *explain_batch(
                 self.model,
-                self.units,
+                self.prepared.units,
                 fwd,
                 x,
                 batch,
@@ -346,7 +435,7 @@ class Explainer:
         in image order) and its listed ones: one forward pass and their relevance passes.
         Returns how many were explained."""
         settings = self.study.explain
-        mine = self.images.filter(pl.col("label") == label)
+        mine = self.prepared.images.filter(pl.col("label") == label)
         listed = mine.filter(pl.col("source").is_in(list(settings.images)))["image_id"].to_numpy()
         wrong = np.zeros(0, dtype=np.int64)
         if class_logits and settings.misclassified:
@@ -357,20 +446,18 @@ class Explainer:
         ids = ids[~np.isin(ids, sampled)]
         if len(ids) == 0:
             return 0
-        pixels, ok = self.source.load_many(ids.tolist(), workers=4)
+        pixels, ok = self.prepared.source.load_many(ids.tolist(), workers=4)
         ids = ids[ok]
         if len(ids) == 0:
             return 0
-        x = self.bundle.normalize(torch.from_numpy(pixels))
         is_listed = set(listed.tolist())
         why = ["listed" if i in is_listed else "misclassified" for i in ids.tolist()]
         batch = ExplainedBatch(ids, np.full(len(ids), label, dtype=np.int64), why, pixels)
-        units = self.units
-        fwd = RetainedForward.run(self.model, units.layers, units.cluster_of, x, units.features)
+        x, fwd = forward(self.prepared, pixels)
         self._add(
             *explain_batch(
                 self.model,
-                units,
+                self.prepared.units,
                 fwd,
                 x,
                 batch,
@@ -391,10 +478,10 @@ class Explainer:
         with torch.no_grad():
             for lo in range(0, len(ids), step):
                 part = ids[lo : lo + step]
-                pixels, ok = self.source.load_many(part.tolist(), workers=4)
+                pixels, ok = self.prepared.source.load_many(part.tolist(), workers=4)
                 if not ok.any():
                     continue
-                x = self.bundle.normalize(torch.from_numpy(pixels))
+                x = self.prepared.bundle.normalize(torch.from_numpy(pixels))
                 device = next(self.model.parameters()).device
                 logits = self.model(x.to(device))
                 logits = logits.logits if hasattr(logits, "logits") else logits

@@ -24,15 +24,17 @@ No dagster imports.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from carto_assets import atomic
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.dictionaries import (
@@ -46,10 +48,17 @@ from carto_assets.core.sae.dictionaries import (
     train_dictionaries,
 )
 from carto_assets.core.sae.layer import FeatureLayer, source_layer
-from carto_assets.fingerprints import cache_folder, dictionary_fingerprint
-from carto_assets.stages.manifest import load_manifest, manifest_identity, source_for_manifest
-from carto_assets.stages.model import load_model, model_info
+from carto_assets.fingerprints import (
+    cache_folder,
+    dictionary_fingerprint,
+    dictionary_settings_key,
+)
+from carto_assets.stages.manifest import manifest_identity
 from carto_assets.study import FeaturesConfig, Study
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.model import ModelInfo
 
 log = logging.getLogger("carto")
 
@@ -94,20 +103,51 @@ def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
     return ids, [sources[int(i)] for i in ids]
 
 
-#: Fingerprints computed in this process, by study and manifest: the shard step, the
-#: up-to-date check and the merge all need it, and drawing the sample and hashing its images
-#: is the costly part.
-_FINGERPRINTS: dict[tuple[Study, tuple], str] = {}
+#: The record the ``dictionary`` asset leaves under ``dictionary/``: the fingerprint it found
+#: and what it found it from (see :func:`current_fingerprint`).
+CURRENT_FILE = "current.json"
 
 
-def study_dictionary_fingerprint(study: Study) -> str:
-    """The fingerprint the study's dictionaries must have now (settings, network, sample)."""
-    key = (study, manifest_identity(study))
-    if key not in _FINGERPRINTS:
-        images, _ = load_manifest(study)
-        ids, sources = _sample(study, images)
-        _FINGERPRINTS[key] = dictionary_fingerprint(study, ids.tolist(), sources)
-    return _FINGERPRINTS[key]
+def sample_fingerprint(study: Study, images) -> str:
+    """The fingerprint of the study's dictionaries, from its settings, network and the sample
+    drawn from ``images`` (the manifest frame): draws the sample and hashes its images."""
+    ids, sources = _sample(study, images)
+    return dictionary_fingerprint(study, ids.tolist(), sources)
+
+
+def _current_inputs(study: Study) -> dict[str, Any]:
+    """What the recorded fingerprint was found from: the settings and network (hashed) and
+    the manifest files' identity (replaced by rename whenever ``images`` writes them)."""
+    return {
+        "settings": dictionary_settings_key(study),
+        "manifest": json.loads(json.dumps(manifest_identity(study))),
+    }
+
+
+def record_fingerprint(study: Study, fingerprint: str) -> None:
+    """Record ``fingerprint`` as the study's current one, for :func:`current_fingerprint`."""
+    root = study.files_dir / "dictionary"
+    root.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": fingerprint, "inputs": _current_inputs(study)}
+    atomic.write_text(root / CURRENT_FILE, json.dumps(record, sort_keys=True))
+
+
+def current_fingerprint(study: Study, images) -> str:
+    """The fingerprint the study's dictionaries must have now (settings, network, sample).
+
+    Read from the record the ``dictionary`` asset left (:func:`record_fingerprint`) while it
+    still holds: same settings and network (their hash) and the same manifest files (their
+    inode, size and time: ``images`` replaces them by rename, so a new manifest never matches).
+    Otherwise the sample is drawn from ``images`` and hashed again
+    (:func:`sample_fingerprint`), so a stale record can only cost time, never a wrong folder.
+    """
+    try:
+        record = json.loads((study.files_dir / "dictionary" / CURRENT_FILE).read_text())
+        if record.get("inputs") == _current_inputs(study):
+            return str(record["fingerprint"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sample_fingerprint(study, images)
 
 
 def dictionary_dir(study: Study, fingerprint: str) -> Path:
@@ -148,7 +188,7 @@ def _info(folder: Path, dictionaries: Mapping[str, FeatureLayer], cached: bool) 
 
 
 def prepare_dictionaries(
-    study: Study, progress: Callable[[str], None] | None = None
+    prepared: PreparedStudy, progress: Callable[[str], None] | None = None
 ) -> DictionaryInfo | None:
     """Sample, train and store one dictionary per ``features`` layer (None without features).
 
@@ -156,21 +196,25 @@ def prepare_dictionaries(
     matches, as the model's checkpoint is. Raises ``ValueError`` naming ``features.layers``
     when a layer is not among the study's mapped layers.
     """
+    study = prepared.study
     if study.features is None:
         return None
     say = progress or log.info
-    images, class_names = load_manifest(study)
-    fingerprint = study_dictionary_fingerprint(study)
+    images = prepared.images
+    # The asset draws the sample itself (it trains on it) and records what it found, so later
+    # steps find the folder without drawing it again.
+    fingerprint = sample_fingerprint(study, images)
     folder = dictionary_dir(study, fingerprint)
     settings = _features(study)
-    bundle, layers, _ = load_model(study)
+    bundle, layers = prepared.model
     chosen = dictionary_layers(settings, layers)
     if (folder / META_FILE).is_file():
         say(f"reusing trained dictionaries {folder}")
+        record_fingerprint(study, fingerprint)
         return _info(folder, load_dictionaries(folder, fingerprint), cached=True)
     device = resolve_device(study.device)
     model = bundle.module.to(device)
-    source = source_for_manifest(study, images, class_names)
+    source = prepared.source
     ids, _ = _sample(study, images)
 
     def batches():
@@ -205,19 +249,22 @@ def prepare_dictionaries(
         "positions_seen": sample.positions_seen,
     }
     save_dictionaries(folder, dictionaries, fingerprint, extra)
+    record_fingerprint(study, fingerprint)
     return _info(folder, dictionaries, cached=False)
 
 
-def feature_layers(study: Study) -> list[FeatureLayer]:
+def feature_layers(study: Study, fingerprint: str, info: ModelInfo) -> list[FeatureLayer]:
     """The study's dictionaries as pseudo-layers, in the order of their source layers.
 
-    ``[]`` when the study has no ``features``. Raises ``FileNotFoundError`` naming the
-    ``dictionary`` asset when the dictionaries for the current settings, model and images are
-    not stored (never trained, or trained for something that changed since).
+    ``fingerprint``: the one they must have now (:func:`current_fingerprint`); ``info``: the
+    prepared model's record (its layers' forward order). ``[]`` when the study has no
+    ``features``. Raises ``FileNotFoundError`` naming the ``dictionary`` asset when the
+    dictionaries for the current settings, model and images are not stored (never trained, or
+    trained for something that changed since). A step reads them through
+    :attr:`carto_assets.prepared.PreparedStudy.feature_layers`.
     """
     if study.features is None:
         return []
-    fingerprint = study_dictionary_fingerprint(study)
     folder = dictionary_dir(study, fingerprint)
     if not (folder / META_FILE).is_file():
         others = sorted(p.name for p in folder.parent.glob("*") if p.is_dir())
@@ -233,7 +280,7 @@ def feature_layers(study: Study) -> list[FeatureLayer]:
         )
     stored = load_dictionaries(folder, fingerprint)
     # The layers' forward order is in the model's record: no need to build the model.
-    order = {row["layer"]: row["order"] for row in model_info(study).layers}
+    order = {row["layer"]: row["order"] for row in info.layers}
     missing = [name for name in study.features.layers if name not in stored]
     if missing or any(name not in order for name in stored):
         raise ValueError(

@@ -15,8 +15,9 @@ each class costs one forward pass of its sampled images with the autograd graph 
    each layer's graph nodes zeroed against as many units chosen by the other rule and at
    random, and a sample of edges' source clusters zeroed against their weights.
 
-The model is loaded once per process and every class's work depends on the class alone (its
-seeded images, edge images and samples), so any chunking gives the same tables.
+The stages take the step's :class:`~carto_assets.prepared.PreparedStudy` (its manifest,
+network and units loaded once), and every class's work depends on the class alone (its seeded
+images, edge images and samples), so any chunking gives the same tables.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -50,12 +52,12 @@ from carto_assets.partition_folders import SUMMARY, PartitionLayout
 from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
 from carto_assets.stages.explain import Explainer
-from carto_assets.stages.features import feature_layers
 from carto_assets.stages.graph_checks import ablation_checks, seed_for
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model, model_dir
 from carto_assets.storage import CartoStore
 from carto_assets.study import Study
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 #: Return freed memory to the OS after this many classes (and at the chunk's end).
 RELEASE_EVERY = 4
@@ -71,34 +73,6 @@ STEPS = (
     "explanations",
     "misclassified",
 )
-
-
-# ---- the model, once per process ------------------------------------------------------------
-_LOADED: dict[tuple, tuple] = {}
-
-
-def _stamp(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-
-
-def model_once(study: Study):
-    """:func:`~carto_assets.stages.model.load_model`, cached for the process: the chunks of a
-    run in one process (``carto run --jobs 1``, a benchmark) build the network once. The key
-    is the prepared model's folder and its files' times, so a new model is loaded."""
-    folder = model_dir(study)
-    key = (load_model, str(folder), _stamp(folder / "meta.json"), _stamp(folder / "model.pt"))
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = load_model(study)
-    return _LOADED[key]
-
-
-def forget_model() -> None:
-    """Drop the cached model (after the last chunk)."""
-    _LOADED.clear()
 
 
 # ---- the units ------------------------------------------------------------------------------
@@ -249,7 +223,7 @@ class _Context:
 
 
 def concept_graph_chunk(
-    study: Study, store: CartoStore, labels: list[int], progress=None
+    prepared: PreparedStudy, labels: list[int], progress: Callable[[str], None] | None = None
 ) -> GraphChunk:
     """Nodes, influence edges, cascades and the ablation checks for the classes ``labels``.
 
@@ -262,11 +236,9 @@ def concept_graph_chunk(
     """
     say = progress or (lambda m: None)
     start = time.perf_counter()
-    images, class_names = load_manifest(study)
-    bundle, layers, _ = model_once(study)
-    source = source_for_manifest(study, images, class_names)
-    channel_layers = [i.name for i in layers]
-    units = read_units(store, channel_layers, feature_layers(study))
+    study, store = prepared.study, prepared.store
+    images, class_names = prepared.images, prepared.class_names
+    bundle, source, units = prepared.bundle, prepared.source, prepared.units
     present = set(images["label"].to_list())
     todo = [label for label in labels if label in present]
     activation = store.query(
@@ -285,9 +257,7 @@ def concept_graph_chunk(
         steps=dict.fromkeys(STEPS, 0.0),
     )
     if study.explain.enabled:
-        ctx.explainer = Explainer.for_chunk(
-            study, store, ctx.model, units, images, source, bundle, todo
-        )
+        ctx.explainer = Explainer.for_chunk(prepared, todo)
     share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
     other_images = 0
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in GRAPH_TABLES}
@@ -565,11 +535,11 @@ class ConceptGraph(GraphTables):
     restarted: bool
 
 
-def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]) -> ConceptGraph:
+def merge_graph_chunks(prepared: PreparedStudy, chunks: list[GraphChunk]) -> ConceptGraph:
     """The concept graph's tables from every chunk (each class's nodes were chosen in its
     chunk; the merge only stacks them)."""
-    forget_model()
-    n_classes = len(load_manifest(study)[1])
+    study = prepared.study
+    n_classes = len(prepared.class_names)
     summaries = [c.summary for c in chunks]
     covered = sorted(label for c in summaries for label in c.labels)
     if covered != list(range(n_classes)):
@@ -620,20 +590,19 @@ def merge_graph_chunks(study: Study, store: CartoStore, chunks: list[GraphChunk]
 
 
 def concept_graph(
-    study: Study,
-    store: CartoStore,
+    prepared: PreparedStudy,
     progress: Callable[[str], None] | None = None,
     classes_per_chunk: int | None = None,
 ) -> ConceptGraph:
     """Every class's graph and checks, all chunks in this process (what the partitioned
-    assets compute across processes)."""
-    n_classes = len(load_manifest(study)[1])
-    per = classes_per_chunk or study.graph.classes_per_chunk
+    assets compute across processes, each with its own preparation)."""
+    n_classes = len(prepared.class_names)
+    per = classes_per_chunk or prepared.study.graph.classes_per_chunk
     chunks = [
-        concept_graph_chunk(study, store, chunk_labels(i, n_classes, per), progress)
+        concept_graph_chunk(prepared, chunk_labels(i, n_classes, per), progress)
         for i in range(n_class_chunks(n_classes, per))
     ]
-    return merge_graph_chunks(study, store, chunks)
+    return merge_graph_chunks(prepared, chunks)
 
 
 def _typed(parts: list[pl.DataFrame], name: str) -> pl.DataFrame:

@@ -111,38 +111,28 @@ def save_manifest(study: Study, manifest: Manifest) -> None:
     atomic.write_text(d / "classes.json", json.dumps({"class_names": manifest.class_names}))
 
 
-#: Manifests read in this process, by their files' identity (path, inode, size, mtime): every
-#: step of a run reads the manifest, and it changes only when `images` writes new files
-#: (by rename, so a new inode).
-_READ: dict[tuple, tuple[pl.DataFrame, list[str]]] = {}
-
-
 def _identity(path: Path) -> tuple:
     s = path.stat()
     return (str(path), s.st_ino, s.st_size, s.st_mtime_ns)
 
 
 def manifest_identity(study: Study) -> tuple:
-    """What changes when ``images`` writes a new manifest (to key what is derived from it)."""
+    """What changes when ``images`` writes a new manifest (its files are replaced by rename,
+    so a new inode): keys what is derived from it without reading it."""
     d = manifest_dir(study)
     return (_identity(d / "images.parquet"), _identity(d / "classes.json"))
 
 
 def load_manifest(study: Study) -> tuple[pl.DataFrame, list[str]]:
-    """The stored manifest: ``(images, class_names)`` (read once per process while unchanged;
-    the frame is shared, and polars frames are not changed in place)."""
+    """The stored manifest: ``(images, class_names)``, read from its files (a step reads it
+    once, through :attr:`carto_assets.prepared.PreparedStudy.manifest`)."""
     d = manifest_dir(study)
     if not (d / "images.parquet").is_file():
         raise FileNotFoundError(
             f"no image manifest under {d}; materialize the `images` asset first"
         )
-    key = manifest_identity(study)
-    if key not in _READ:
-        images = pl.read_parquet(d / "images.parquet")
-        class_names = json.loads((d / "classes.json").read_text())["class_names"]
-        _READ.clear()  # one study's manifest at a time is what a run reads
-        _READ[key] = (images, class_names)
-    images, class_names = _READ[key]
+    images = pl.read_parquet(d / "images.parquet")
+    class_names = json.loads((d / "classes.json").read_text())["class_names"]
     return images, list(class_names)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -13,10 +13,10 @@ from carto_assets import schema
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.stages.activations import SHARD_FOLDER, shard_dir, shard_summaries
-from carto_assets.stages.features import feature_layers
-from carto_assets.stages.model import load_model
-from carto_assets.storage import CartoStore, sql_path_list
-from carto_assets.study import Study
+from carto_assets.storage import sql_path_list
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,16 @@ def neurons_frame(
     )
 
 
-def merge_top_images(study: Study, store: CartoStore) -> MergeResult:
+def merge_top_images(prepared: PreparedStudy) -> MergeResult:
     """Global top-k per neuron from the shards, and the ``neurons`` table, in one transaction.
 
     Also (re)creates the views ``activation_shard_top_k`` and ``activation_class_stats`` over
     the per-shard Parquet files.
     """
-    summaries = shard_summaries(study)
-    _, layers, info = load_model(study)
-    features = feature_layers(study)
+    study, store = prepared.study, prepared.store
+    summaries = shard_summaries(prepared)
+    layers, info = prepared.layers, prepared.model_info
+    features = prepared.feature_layers
     # Each of the shard folder's tables, read over every shard's file.
     source = {
         name: "read_parquet("

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +29,11 @@ from carto_assets.core.network.zoo import (
 )
 from carto_assets.fingerprints import cache_folder, model_fingerprint
 from carto_assets.sources.datasets import study_image_size
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.manifest import source_for_manifest
 from carto_assets.study import Study
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 log = logging.getLogger("carto")
 
@@ -143,7 +146,7 @@ def layer_table(layers: list[LayerInfo]) -> list[dict[str, Any]]:
 
 
 def prepare_model(
-    study: Study,
+    prepared: PreparedStudy,
     progress: Callable[[str], None] | None = None,
 ) -> ModelInfo:
     """Train (built-in) or load (torchvision) the study's model, resolve its layers, cache it.
@@ -152,7 +155,8 @@ def prepare_model(
     (they make up the cache key).
     """
     say = progress or log.info
-    images, class_names = load_manifest(study)
+    study = prepared.study
+    images, class_names = prepared.images, prepared.class_names
     out = model_dir(study)
     if (out / META_FILE).is_file():
         say(f"reusing cached model {out}")
@@ -288,9 +292,14 @@ def model_info(study: Study) -> ModelInfo:
     return ModelInfo.read(folder)
 
 
-def load_model(study: Study) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
-    """The prepared model in eval mode and its resolved layers (from the ``model`` asset)."""
-    info = model_info(study)
+def load_model(
+    study: Study, info: ModelInfo | None = None
+) -> tuple[ModelBundle, list[LayerInfo], ModelInfo]:
+    """The prepared model in eval mode and its resolved layers (from the ``model`` asset).
+
+    ``info``: its record, where the caller has read it (else read here).
+    """
+    info = info or model_info(study)
     if study.is_builtin_model:
         module: torch.nn.Module = BuiltinCNN(int(info.n_classes or 0))
         state = torch.load(model_dir(study) / "model.pt", map_location="cpu", weights_only=True)

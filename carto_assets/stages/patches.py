@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -17,10 +17,10 @@ import polars as pl
 from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
 from carto_assets.core.sae.layer import source_layer
 from carto_assets.memory import release_memory
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model
 from carto_assets.storage import CartoStore, sql_path_list, write_parquet_atomic
-from carto_assets.study import Study
+
+if TYPE_CHECKING:
+    from carto_assets.prepared import PreparedStudy
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class PatchParts:
 PATCH_ROWS = 4096
 
 
-def example_patches(study: Study, store: CartoStore, progress=None) -> PatchParts:
+def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
     around the argmax cell, with a window as large as the layer's receptive field.
 
@@ -49,9 +49,9 @@ def example_patches(study: Study, store: CartoStore, progress=None) -> PatchPart
     much); :func:`patches_select` loads the parts into the table in SQL.
     """
     say = progress or (lambda m: None)
-    images, class_names = load_manifest(study)
-    bundle, layers, _ = load_model(study)
-    source = source_for_manifest(study, images, class_names)
+    study, store = prepared.study, prepared.store
+    bundle, layers = prepared.model
+    source = prepared.source
     m = study.graph.patches_per_neuron
     top = store.query(
         "SELECT t.neuron_id, t.rank, t.image_id, t.y, t.x, n.layer, n.map_height, n.map_width "

@@ -91,31 +91,21 @@ def study_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Study:
     return config_from_dict(STUDY, raw, base_dir)
 
 
-#: Studies validated in this process, by (file, its bytes) or ("demo", folder): a run reads
-#: its study in the command, the definitions, the run loop and every asset step, and
-#: validates (and checks the files it names) once. An edited file has other bytes.
-_VALIDATED: dict[tuple[str, bytes | str], Study] = {}
-
-
 def demo_study() -> Study:
     """The built-in demo study, its paths relative to the current folder."""
-    key = ("demo", str(Path.cwd()))
-    if key not in _VALIDATED:
-        _VALIDATED[key] = study_from_dict(DEMO_STUDY, base_dir=Path.cwd())
-    return _VALIDATED[key]
+    return study_from_dict(DEMO_STUDY, base_dir=Path.cwd())
 
 
 def load_study(path: str | Path | None = None) -> Study:
-    """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study."""
+    """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study.
+
+    Reads and validates the file on every call: a step loads its study once
+    (:class:`carto_assets.prepared.PreparedStudy`) and hands it down.
+    """
     if path is None:
         path = os.environ.get(STUDY_ENV_VAR) or None
     if path is None:
         return demo_study()
     p = config_file(STUDY, path)
     text = p.read_bytes()
-    known = _VALIDATED.get((str(p), text))
-    if known is not None:
-        return known
-    study = config_from_text(STUDY, p, text)
-    _VALIDATED[(str(p), text)] = study
-    return study
+    return config_from_text(STUDY, p, text)

@@ -19,6 +19,7 @@ import yaml
 from carto_assets import schema
 from carto_assets.compare import stage
 from carto_assets.compare.config import load_comparison
+from carto_assets.prepared import PreparedComparison
 from carto_assets.storage import CartoStore
 
 
@@ -165,9 +166,11 @@ def compare_in_process(comparison, with_map: bool = True) -> CartoStore:
     """The comparison's assets' work without Dagster (the projection replaced by a fixed
     layout: UMAP is tested with the studies)."""
     store = CartoStore(comparison.database_path)
-    store.replace_tables(stage.collect(comparison).tables)
-    for step in (stage.matches, stage.layers, stage.concepts):
-        store.replace_tables(step(comparison, store).tables)
+    prepared = PreparedComparison(comparison, store)
+    store.replace_tables(stage.collect(prepared).tables)
+    store.replace_tables(stage.matches(comparison, store).tables)
+    store.replace_tables(stage.layers(prepared).tables)
+    store.replace_tables(stage.concepts(comparison, store).tables)
     if with_map:
         store.replace_tables(stage.embedding(comparison, store, progress=lambda m: None).tables)
         n = 2 * N_UNITS

@@ -8,6 +8,7 @@ import torch
 
 from carto_assets.core.network.training import train_builtin
 from carto_assets.fingerprints import model_fingerprint
+from carto_assets.prepared import PreparedStudy
 from carto_assets.stages.manifest import build_manifest, save_manifest
 from carto_assets.stages.model import checkpoint_path, load_model, model_dir, prepare_model
 from carto_assets.study import StudyError, load_study, study_from_dict
@@ -45,7 +46,7 @@ def _prepared(folder, make_study, **fields):
     folder.mkdir(exist_ok=True)
     study = load_study(make_study(folder, **fields))
     save_manifest(study, build_manifest(study))
-    return study, prepare_model(study, progress=lambda m: None)
+    return study, prepare_model(PreparedStudy.open(study), progress=lambda m: None)
 
 
 def test_a_study_maps_a_kept_checkpoint_or_trains_up_to_it(tmp_path, make_study, one_torch_thread):

@@ -14,6 +14,7 @@ import yaml
 
 from carto_assets.compare.config import ComparisonError, load_comparison
 from carto_assets.compare.studies import check_studies
+from carto_assets.prepared import PreparedComparison
 from carto_assets.study import DEMO_STUDY, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_the_refusal_names_the_first_differing_image(two_studies, write_study, c
     folder, sets, layers, clusters = two_studies
     write_study(folder, "b", sets, layers, clusters, **{"n_images": 40, **change})
     with pytest.raises(ComparisonError) as error:
-        check_studies(load_comparison(_comparison(folder, ["a.yaml", "b.yaml"])))
+        check_studies(PreparedComparison.load(_comparison(folder, ["a.yaml", "b.yaml"])))
     assert str(error.value) == f"studies 'a' and 'b' do not map the same images: {message}"
 
 
@@ -117,7 +118,7 @@ def test_comparison_files_are_checked(tmp_path, two_studies):
         load_comparison(_comparison(folder, ["a.yaml", "none.yaml"])).load_studies()
     (folder / "late.yaml").write_text(yaml.safe_dump({"name": "late", "database": "late.duckdb"}))
     with pytest.raises(ComparisonError, match=r"study 'late.yaml' has no results at .*late.duckdb"):
-        check_studies(load_comparison(_comparison(folder, ["a.yaml", "late.yaml"])))
+        check_studies(PreparedComparison.load(_comparison(folder, ["a.yaml", "late.yaml"])))
 
 
 def test_the_demo_comparison_is_the_demo_study_after_its_first_epoch():

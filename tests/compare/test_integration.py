@@ -17,6 +17,7 @@ import yaml
 
 from carto_assets.compare.config import load_comparison
 from carto_assets.compare.stage import layer_activations
+from carto_assets.prepared import PreparedStudy
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
 
@@ -109,7 +110,7 @@ def test_cka_activations_are_the_ones_the_study_stored(compared):
         "SELECT neuron_id, image_id, activation FROM top_images WHERE rank = 1 ORDER BY neuron_id"
     )
     images = np.unique(stored["image_id"].to_numpy())
-    values, layers = layer_activations(study, images, batch_size=32)
+    values, layers = layer_activations(PreparedStudy.open(study), images, batch_size=32)
     column = np.searchsorted(images, stored["image_id"].to_numpy())
     recomputed = values[column, stored["neuron_id"].to_numpy()]
     assert len(layers) == values.shape[1] == stored.height

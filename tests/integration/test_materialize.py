@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 import torch
 
+from carto_assets.prepared import PreparedStudy
 from carto_assets.run import RunFailed, materialize_all
 from carto_assets.sources.datasets import open_source
 from carto_assets.stages.manifest import build_manifest, load_manifest, save_manifest
@@ -356,7 +357,7 @@ def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
     faith = store.query("SELECT * FROM concept_graph_faithfulness")
     n_classes = len(load_manifest(study)[1])
     for per in (1, n_classes):
-        g = graph_stage.concept_graph(study, store, classes_per_chunk=per)
+        g = graph_stage.concept_graph(PreparedStudy(study, store), classes_per_chunk=per)
         assert g.chunks == -(-n_classes // per)
         assert g.edges.select(published.columns).equals(published)
         assert g.faithfulness.select(faith.columns).equals(faith)
@@ -474,7 +475,7 @@ def test_random_init_torchvision_model_is_the_same_in_every_load(tmp_path, make_
     )
     study = load_study(study_file)
     save_manifest(study, build_manifest(study))
-    prepare_model(study, progress=lambda m: None)
+    prepare_model(PreparedStudy.open(study), progress=lambda m: None)
     a, _, _ = load_model(study)
     torch.manual_seed(12345)  # whatever the global RNG state, the loaded weights are the same
     b, _, _ = load_model(study)
@@ -487,11 +488,10 @@ def test_feature_units_run_through_every_stage(materialized):
     from carto_assets.core.network.hooks import capture
     from carto_assets.core.network.recorder import spatial_max
     from carto_assets.core.sae.autoencoder import encode
-    from carto_assets.stages.features import feature_layers
 
     study, instance, _ = materialized
     store = CartoStore(study.database_path)
-    (layer,) = feature_layers(study)
+    (layer,) = PreparedStudy(study, store).feature_layers
     units = store.query(
         "SELECT n.kind, count(DISTINCT n.neuron_id) AS units, count(t.rank) AS rows "
         "FROM neurons n LEFT JOIN top_images t USING (neuron_id) GROUP BY n.kind"
@@ -554,7 +554,7 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
         "FROM example_patches ORDER BY neuron_id, rank"
     )
     monkeypatch.setattr(patch_stage, "PATCH_ROWS", 7)
-    parts = patch_stage.example_patches(study, store)
+    parts = patch_stage.example_patches(PreparedStudy(study, store))
     assert len(parts.parts) >= len(published) // 7
     rebuilt = duckdb.connect().sql(patch_stage.patches_select(parts.parts)).pl()
     assert rebuilt.equals(published)

@@ -5,6 +5,7 @@ import multiprocessing as mp
 import polars as pl
 import pytest
 
+from carto_assets.prepared import PreparedStudy
 from carto_assets.stages.activations import run_shard, shard_dir
 from carto_assets.stages.manifest import build_manifest, save_manifest, write_images_tables
 from carto_assets.stages.merge import merge_top_images
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _run_shard(args: tuple[str, int]) -> int:
     study_file, shard = args
-    run_shard(load_study(study_file), shard, progress=lambda m: None)
+    run_shard(PreparedStudy.load(study_file), shard, progress=lambda m: None)
     return shard
 
 
@@ -33,19 +34,20 @@ def _prepare(folder, make_study):
 
 def test_parallel_shards_merge_to_the_single_process_result(tmp_path, make_study):
     study_file, study, store = _prepare(tmp_path, make_study)
-    prepare_model(study, progress=lambda m: None)
+    prepare_model(PreparedStudy(study, store), progress=lambda m: None)
     # Hold a read connection open the whole time: shards never need the database.
     with store.connect(read_only=True):
         ctx = mp.get_context("spawn")
         with ctx.Pool(2) as pool:
             done = pool.map(_run_shard, [(str(study_file), s) for s in range(3)])
     assert sorted(done) == [0, 1, 2]
-    merge_top_images(study, store)
+    prepared = PreparedStudy(study, store)
+    merge_top_images(prepared)
     parallel = store.query("SELECT * FROM top_images ORDER BY neuron_id, rank")
 
     for s in range(3):  # the same shards again, one after another in this process
-        run_shard(study, s, progress=lambda m: None)
-    merge_top_images(study, store)
+        run_shard(prepared, s, progress=lambda m: None)
+    merge_top_images(prepared)
     sequential = store.query("SELECT * FROM top_images ORDER BY neuron_id, rank")
     assert len(parallel) == len(sequential) > 0
     assert parallel.select("neuron_id", "rank", "image_id").equals(
@@ -57,18 +59,19 @@ def test_parallel_shards_merge_to_the_single_process_result(tmp_path, make_study
 
 def test_stale_or_missing_shards_are_named(tmp_path, make_study):
     _, study, store = _prepare(tmp_path, make_study)
-    prepare_model(study, progress=lambda m: None)
-    run_shard(study, 0, progress=lambda m: None)
+    prepare_model(PreparedStudy(study, store), progress=lambda m: None)
+    prepared = PreparedStudy(study, store)
+    run_shard(prepared, 0, progress=lambda m: None)
     with pytest.raises(RuntimeError, match=r"shard-0001, shard-0002 \(missing: 2"):
-        merge_top_images(study, store)
+        merge_top_images(prepared)
 
 
 def test_dataloader_workers_give_the_same_shard(tmp_path, make_study):
     _, study, _ = _prepare(tmp_path, make_study)
-    prepare_model(study, progress=lambda m: None)
-    run_shard(study, 0, progress=lambda m: None)
+    prepare_model(PreparedStudy.open(study), progress=lambda m: None)
+    run_shard(PreparedStudy.open(study), 0, progress=lambda m: None)
     main = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
     with_workers = study.model_copy(update={"loader_workers": 2})
-    run_shard(with_workers, 0, progress=lambda m: None)
+    run_shard(PreparedStudy.open(with_workers), 0, progress=lambda m: None)
     workers = pl.read_parquet(shard_dir(study, 0) / "top_k.parquet")
     assert main.equals(workers)

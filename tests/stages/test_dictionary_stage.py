@@ -1,17 +1,21 @@
 """The `dictionary` stage and asset on a tiny study: trained once, reused while the
 fingerprint matches, a clear error when stale, nothing to do without features."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import pytest
 
 from carto_assets.core.sae.dictionaries import train_dictionaries
+from carto_assets.prepared import PreparedStudy
 from carto_assets.stages import features as features_stage
 from carto_assets.stages.features import (
+    CURRENT_FILE,
+    current_fingerprint,
     dictionary_dir,
-    feature_layers,
     prepare_dictionaries,
-    study_dictionary_fingerprint,
+    sample_fingerprint,
 )
 from carto_assets.stages.manifest import build_manifest, save_manifest
 from carto_assets.stages.model import model_dir, prepare_model
@@ -40,9 +44,9 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
 ):
     study = load_study(make_study(tmp_path, features=FEATURES))
     save_manifest(study, build_manifest(study))
-    prepare_model(study, progress=lambda m: None)
+    prepare_model(PreparedStudy.open(study), progress=lambda m: None)
     with pytest.raises(FileNotFoundError, match=r"none were trained yet.*materialize `dictionary`"):
-        feature_layers(study)
+        _ = PreparedStudy.open(study).feature_layers
 
     trained_on = {}
 
@@ -51,37 +55,66 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
         return train_dictionaries(samples, *args, **kwargs)
 
     monkeypatch.setattr(features_stage, "train_dictionaries", keep_sample)
-    first = prepare_dictionaries(study, progress=lambda m: None)
+    first = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
     assert first is not None and not first.cached
-    assert first.folder == dictionary_dir(study, study_dictionary_fingerprint(study))
+    prepared = PreparedStudy.open(study)  # the next step's
+    assert first.folder == dictionary_dir(study, prepared.dictionary_fingerprint or "")
     (row,) = first.layers
     assert row["layer"] == "block3" and row["n_features"] == 2 * 64 and row["l0"] <= 8
     # The fit is the stored dictionary's on the sample it was trained on, recomputed here; it
     # explains more variance than the sample's mean does.
-    fvu, l0, dead = _fit(feature_layers(study)[0].sae, trained_on["block3"])
+    fvu, l0, dead = _fit(prepared.feature_layers[0].sae, trained_on["block3"])
     assert row["fvu"] == pytest.approx(fvu, abs=1e-4) and fvu < 1.0
     assert row["l0"] == pytest.approx(l0, abs=0.01)
     assert (row["dead"], row["dead_share"]) == (dead, round(dead / 128, 4))
     assert first.sample_images == 60 and first.sample_bytes == 2000 * 64 * 4
-    (layer,) = feature_layers(study)
+    (layer,) = prepared.feature_layers
     assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 128)
     assert layer.fit is not None and round(layer.fit.fvu, 4) == row["fvu"]
     assert (layer.n_samples, round(layer.seconds, 2)) == (row["n_samples"], row["seconds"])
 
-    again = prepare_dictionaries(study, progress=lambda m: None)
+    again = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
     assert again is not None and again.cached and again.fingerprint == first.fingerprint
     assert again.layers == first.layers
 
     # Other features settings: another fingerprint, the same model checkpoint.
     changed = load_study(make_study(tmp_path, features={**FEATURES, "epochs": 3}))
     assert model_dir(changed) == model_dir(study)
-    assert study_dictionary_fingerprint(changed) != first.fingerprint
+    assert PreparedStudy.open(changed).dictionary_fingerprint != first.fingerprint
     with pytest.raises(FileNotFoundError, match=r"trained for other features settings"):
-        feature_layers(changed)
+        _ = PreparedStudy.open(changed).feature_layers
 
     unmapped = load_study(make_study(tmp_path, features={**FEATURES, "layers": ["block9"]}))
     with pytest.raises(ValueError, match=r"features.layers must be layers of the study.*block9"):
-        prepare_dictionaries(unmapped, progress=lambda m: None)
+        prepare_dictionaries(PreparedStudy.open(unmapped), progress=lambda m: None)
+
+
+def test_the_recorded_fingerprint_is_read_while_its_inputs_hold(tmp_path, make_study):
+    """A step finds the dictionaries through the record the asset left, without drawing the
+    sample; other settings or a rewritten manifest miss it and draw the sample again."""
+    study = load_study(make_study(tmp_path, features=FEATURES))
+    save_manifest(study, build_manifest(study))
+    prepare_model(PreparedStudy.open(study), progress=lambda m: None)
+    first = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
+    assert first is not None
+    record = study.files_dir / "dictionary" / CURRENT_FILE
+    images = PreparedStudy.open(study).images
+    assert json.loads(record.read_text())["fingerprint"] == first.fingerprint
+    assert (
+        current_fingerprint(study, images) == first.fingerprint == sample_fingerprint(study, images)
+    )
+
+    # Only the record is read while it holds (a planted one is believed)...
+    planted = json.loads(record.read_text())
+    record.write_text(json.dumps({**planted, "fingerprint": "planted"}))
+    assert current_fingerprint(study, images) == "planted"
+    # ...other settings miss it...
+    changed = load_study(make_study(tmp_path, features={**FEATURES, "epochs": 3}))
+    assert current_fingerprint(changed, images) == sample_fingerprint(changed, images)
+    assert current_fingerprint(changed, images) != first.fingerprint
+    # ...and so does a manifest written again (same images, new files): the sample is drawn.
+    save_manifest(study, build_manifest(study))
+    assert current_fingerprint(study, images) == first.fingerprint
 
 
 def test_the_asset_materializes_without_features_and_says_so(tmp_path, make_study):
@@ -89,7 +122,8 @@ def test_the_asset_materializes_without_features_and_says_so(tmp_path, make_stud
 
     study_file = make_study(tmp_path)
     study = load_study(study_file)
-    assert prepare_dictionaries(study) is None and feature_layers(study) == []
+    prepared = PreparedStudy.open(study)
+    assert prepare_dictionaries(prepared) is None and prepared.feature_layers == []
     instance = dg.DagsterInstance.ephemeral()
     result = (
         build_definitions(str(study_file))

@@ -12,6 +12,7 @@ from carto_assets import schema
 from carto_assets.core.network.zoo import ModelBundle
 from carto_assets.core.sae.autoencoder import SparseAutoencoder
 from carto_assets.core.sae.layer import FEATURE_SUFFIX, FeatureLayer
+from carto_assets.prepared import PreparedStudy, StoredManifest
 from carto_assets.schema import PREDICTION
 from carto_assets.stages import graph
 from carto_assets.storage import CartoStore
@@ -126,7 +127,7 @@ def make_store(path) -> CartoStore:
 
 
 @pytest.fixture
-def setup(tmp_path, make_study, monkeypatch):
+def setup(tmp_path, make_study):
     study = load_study(
         make_study(
             tmp_path,
@@ -147,27 +148,31 @@ def setup(tmp_path, make_study, monkeypatch):
     )
     bundle = ModelBundle(Net().eval(), "net", SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     infos = [SimpleNamespace(name=name) for name in CHANNELS]
-    monkeypatch.setattr(graph, "load_manifest", lambda s: (images, ["a", "b"]))
-    monkeypatch.setattr(graph, "load_model", lambda s: (bundle, infos, None))
-    monkeypatch.setattr(graph, "source_for_manifest", lambda *a: Pixels())
-    return study, make_store(tmp_path / "g.duckdb")
+    store = make_store(tmp_path / "g.duckdb")
 
+    def prepared(features: bool) -> PreparedStudy:
+        """The study prepared with the tiny network, with or without mid's dictionary."""
+        return PreparedStudy.given(
+            study,
+            store,
+            manifest=StoredManifest(images, ["a", "b"]),
+            model=(bundle, infos),
+            source=Pixels(),
+            feature_layers=[FeatureLayer("mid", sae())] if features else [],
+        )
 
-def with_features(monkeypatch, on: bool) -> None:
-    feature = [FeatureLayer("mid", sae())] if on else []
-    monkeypatch.setattr(graph, "feature_layers", lambda s: feature)
+    return prepared
 
 
 def layer_pairs(edges: pl.DataFrame) -> set[tuple[str, str]]:
     return set(edges.select("source_layer", "target_layer").unique().iter_rows())
 
 
-def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(setup, monkeypatch):
-    study, store = setup
-    with_features(monkeypatch, False)
-    plain = graph.concept_graph_chunk(study, store, [0, 1])
-    with_features(monkeypatch, True)
-    mixed = graph.concept_graph_chunk(study, store, [0, 1])
+def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(setup):
+    plain = graph.concept_graph_chunk(setup(features=False), [0, 1])
+    prepared = setup(features=True)
+    study = prepared.study
+    mixed = graph.concept_graph_chunk(prepared, [0, 1])
 
     channel_pairs = {("lower", "mid"), ("mid", "upper"), ("upper", PREDICTION)}
     assert layer_pairs(plain.edges) == channel_pairs
@@ -196,18 +201,16 @@ def test_feature_layers_get_their_own_chain_and_leave_the_channel_graph_alone(se
     again = graph.read_graph_chunk(study, "0")
     assert again.edges.equals(mixed.edges) and again.cascades.equals(mixed.cascades)
     assert again.summary == mixed.summary
-    merged = graph.merge_graph_chunks(study, store, [again])
+    merged = graph.merge_graph_chunks(prepared, [again])
     assert MID_F in set(merged.nodes["layer"]) and MID_F in set(merged.edges["target_layer"])
     assert merged.edges.columns == schema.column_names("concept_graph_edges")
 
 
-def test_explanations_cover_the_feature_layer_and_add_up(setup, monkeypatch):
+def test_explanations_cover_the_feature_layer_and_add_up(setup):
     """The chunk's explanations: every sampled image, every unit layer (the features' too);
     per image, target and layer the stored concepts, the rest and the unclustered units add up
     to the layer's total; the checks cover the last channel and feature layers."""
-    study, store = setup
-    with_features(monkeypatch, True)
-    chunk = graph.concept_graph_chunk(study, store, [0, 1])
+    chunk = graph.concept_graph_chunk(setup(features=True), [0, 1])
     ex = chunk.explanations
     images = ex["explained_images"]
     assert set(images.filter(pl.col("why") == "sample")["image_id"]) == set(range(N_IMAGES))
