@@ -60,7 +60,7 @@ from carto_assets.core.network.zoo import BuiltinCNN
 from carto_assets.prepared import open_comparison_store
 from carto_assets.run import materialize_all
 from carto_assets.stages.manifest import load_manifest, source_for_manifest
-from carto_assets.stages.model import load_model
+from carto_assets.stages.stored_model import load_model
 from carto_assets.storage import CartoStore
 from carto_assets.study import DEMO_STUDY, load_study
 

@@ -148,7 +148,7 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     import torch
 
     from carto_assets.stages.manifest import load_manifest, source_for_manifest
-    from carto_assets.stages.model import load_model
+    from carto_assets.stages.stored_model import load_model
 
     images, class_names = load_manifest(study)
     bundle, _, _ = load_model(study)

@@ -9,14 +9,18 @@ study's files is loaded the first time a stage asks for it and kept for the rest
 - ``model``: the network built from it (bundle and resolved layers);
 - ``dictionary_fingerprint`` and ``feature_layers``: the trained dictionaries, found through
   the record the ``dictionary`` asset leaves
-  (:func:`~carto_assets.stages.features.current_fingerprint`);
+  (:func:`~carto_assets.stages.stored_dictionaries.current_fingerprint`);
 - ``units``: the graph's units (each unit's neuron and cluster, from the store).
 
 A step that needs only the study and its store builds nothing else. A comparison's step
 prepares its studies the same way (:class:`PreparedComparison`). A prepared study is not
 shared between steps: the step before may have written the files it reads (the ``images``
-asset writes the manifest the ``model`` asset reads). No dagster imports, and nothing heavy
-(torch) at import time.
+asset writes the manifest the ``model`` asset reads).
+
+It reads through the stages' readers of the stored files (:mod:`~carto_assets.stages.manifest`,
+:mod:`~carto_assets.stages.stored_model`, :mod:`~carto_assets.stages.stored_dictionaries`,
+:mod:`~carto_assets.stages.units`), which never import it; the stages that do the assets' work
+take a prepared study. No dagster imports.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.stored_dictionaries import current_fingerprint, feature_layers
+from carto_assets.stages.stored_model import ModelInfo, load_model, model_info
+from carto_assets.stages.units import Units, read_units
 from carto_assets.storage import CartoStore, describe_writer
 from carto_assets.study import Study, load_study
 
@@ -37,8 +45,6 @@ if TYPE_CHECKING:
     from carto_assets.core.network.zoo import ModelBundle
     from carto_assets.core.sae.layer import FeatureLayer
     from carto_assets.sources.datasets import ImageSource
-    from carto_assets.stages.graph import Units
-    from carto_assets.stages.model import ModelInfo
 
 
 def open_store(study: Study, owner: str | None = None) -> CartoStore:
@@ -102,8 +108,6 @@ class PreparedStudy:
     @cached_property
     def manifest(self) -> StoredManifest:
         """The stored manifest; raises ``FileNotFoundError`` naming ``images`` without one."""
-        from carto_assets.stages.manifest import load_manifest
-
         images, class_names = load_manifest(self.study)
         return StoredManifest(images, class_names)
 
@@ -118,23 +122,17 @@ class PreparedStudy:
     @cached_property
     def source(self) -> ImageSource:
         """The image source of the stored manifest (image folders are not rescanned)."""
-        from carto_assets.stages.manifest import source_for_manifest
-
         return source_for_manifest(self.study, self.images, self.class_names)
 
     # ---- the model --------------------------------------------------------------------------
     @cached_property
     def model_info(self) -> ModelInfo:
         """The prepared model's record; raises ``FileNotFoundError`` naming ``model``."""
-        from carto_assets.stages.model import model_info
-
         return model_info(self.study)
 
     @cached_property
     def model(self) -> tuple[ModelBundle, list[LayerInfo]]:
         """The prepared network in eval mode and its resolved layers, built once."""
-        from carto_assets.stages.model import load_model
-
         bundle, layers, _ = load_model(self.study, self.model_info)
         return bundle, layers
 
@@ -150,8 +148,6 @@ class PreparedStudy:
     @cached_property
     def dictionary_fingerprint(self) -> str | None:
         """The fingerprint the study's dictionaries must have now; None without features."""
-        from carto_assets.stages.features import current_fingerprint
-
         if self.study.features is None:
             return None
         return current_fingerprint(self.study, self.images)
@@ -160,8 +156,6 @@ class PreparedStudy:
     def feature_layers(self) -> list[FeatureLayer]:
         """The study's dictionaries as pseudo-layers (``[]`` without features); raises
         ``FileNotFoundError`` naming ``dictionary`` when they are not stored or stale."""
-        from carto_assets.stages.features import feature_layers
-
         if self.study.features is None:
             return []
         return feature_layers(self.study, self.dictionary_fingerprint or "", self.model_info)
@@ -170,8 +164,6 @@ class PreparedStudy:
     @cached_property
     def units(self) -> Units:
         """The graph's units: channel layers in forward order, then feature layers."""
-        from carto_assets.stages.graph import read_units
-
         return read_units(self.store, [i.name for i in self.layers], self.feature_layers)
 
 

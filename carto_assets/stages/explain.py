@@ -32,7 +32,7 @@ from carto_assets.stages.graph_checks import last_layers
 
 if TYPE_CHECKING:
     from carto_assets.prepared import PreparedStudy
-    from carto_assets.stages.graph import Units
+    from carto_assets.stages.units import Units
     from carto_assets.study import Study
 
 #: The chunk's explanation tables (Parquet names = table names).
@@ -92,7 +92,7 @@ def explain_batch(
 ) -> tuple[dict[str, pl.DataFrame], float]:
     """The explanation tables of one batch, and the seconds its deletion rows took.
 
-    ``units`` is the graph's :class:`~carto_assets.stages.graph.Units`; ``class_logits`` whether
+    ``units`` is the graph's :class:`~carto_assets.stages.units.Units`; ``class_logits`` whether
     the model's outputs are the study's classes (else only the predicted logit is explained,
     and "predicted" is the head's index); ``given`` a relevance pass of ``fwd`` already made
     with its gradients, reused when its targets are the ones needed.

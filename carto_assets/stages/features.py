@@ -12,7 +12,8 @@ The sampling, training and storage are in :mod:`carto_assets.core.sae.dictionari
 dictionary on a layer is one :class:`~carto_assets.core.sae.layer.FeatureLayer` from training
 to the concept graph. In a study (``features`` block), :func:`prepare_dictionaries` samples and
 trains them for the ``dictionary`` asset and caches the weights under
-``dictionary/<fingerprint>/``; :func:`feature_layers` loads them: the pseudo-layers
+``dictionary/<fingerprint>/``;
+:func:`~carto_assets.stages.stored_dictionaries.feature_layers` loads them: the pseudo-layers
 ``<layer>:features`` whose units (``neurons.kind = 'feature'``) follow their source layer's
 channels in neuron order. Put on the pass's device (:meth:`FeatureLayer.on
 <carto_assets.core.sae.layer.FeatureLayer.on>`), they are the units the activation pass
@@ -24,17 +25,14 @@ No dagster imports.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from carto_assets import atomic
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.dictionaries import (
@@ -43,34 +41,26 @@ from carto_assets.core.sae.dictionaries import (
     describe,
     load_dictionaries,
     sample_activations,
-    sample_image_ids,
     save_dictionaries,
     train_dictionaries,
 )
 from carto_assets.core.sae.layer import FeatureLayer, source_layer
-from carto_assets.fingerprints import (
-    cache_folder,
-    dictionary_fingerprint,
-    dictionary_settings_key,
+from carto_assets.stages.stored_dictionaries import (
+    dictionary_dir,
+    dictionary_sample,
+    features_settings,
+    record_fingerprint,
+    sample_fingerprint,
 )
-from carto_assets.stages.manifest import manifest_identity
-from carto_assets.study import FeaturesConfig, Study
+from carto_assets.study import FeaturesConfig
 
 if TYPE_CHECKING:
     from carto_assets.prepared import PreparedStudy
-    from carto_assets.stages.model import ModelInfo
 
 log = logging.getLogger("carto")
 
 
 # ---- in a study: the `dictionary` asset, the pseudo-layers ---------------------------------------
-def _features(study: Study) -> FeaturesConfig:
-    """The study's ``features`` block (the dictionaries' settings); raises without one."""
-    if study.features is None:
-        raise ValueError("the study maps no features (study field 'features' is unset)")
-    return study.features
-
-
 def dictionary_layers(features: FeaturesConfig, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
     """The :class:`LayerInfo` of each ``features.layers`` entry, in the network's order.
 
@@ -92,66 +82,6 @@ def dictionary_layers(features: FeaturesConfig, layers: Sequence[LayerInfo]) -> 
                 f"{info.name!r}, got {features.k}"
             )
     return chosen
-
-
-def _sample(study: Study, images) -> tuple[np.ndarray, list[str]]:
-    """The seeded subset of the manifest's images the dictionaries are trained on."""
-    ids = sample_image_ids(
-        images["image_id"].to_numpy(), _features(study).sample_images, study.seed
-    )
-    sources = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
-    return ids, [sources[int(i)] for i in ids]
-
-
-#: The record the ``dictionary`` asset leaves under ``dictionary/``: the fingerprint it found
-#: and what it found it from (see :func:`current_fingerprint`).
-CURRENT_FILE = "current.json"
-
-
-def sample_fingerprint(study: Study, images) -> str:
-    """The fingerprint of the study's dictionaries, from its settings, network and the sample
-    drawn from ``images`` (the manifest frame): draws the sample and hashes its images."""
-    ids, sources = _sample(study, images)
-    return dictionary_fingerprint(study, ids.tolist(), sources)
-
-
-def _current_inputs(study: Study) -> dict[str, Any]:
-    """What the recorded fingerprint was found from: the settings and network (hashed) and
-    the manifest files' identity (replaced by rename whenever ``images`` writes them)."""
-    return {
-        "settings": dictionary_settings_key(study),
-        "manifest": json.loads(json.dumps(manifest_identity(study))),
-    }
-
-
-def record_fingerprint(study: Study, fingerprint: str) -> None:
-    """Record ``fingerprint`` as the study's current one, for :func:`current_fingerprint`."""
-    root = study.files_dir / "dictionary"
-    root.mkdir(parents=True, exist_ok=True)
-    record = {"fingerprint": fingerprint, "inputs": _current_inputs(study)}
-    atomic.write_text(root / CURRENT_FILE, json.dumps(record, sort_keys=True))
-
-
-def current_fingerprint(study: Study, images) -> str:
-    """The fingerprint the study's dictionaries must have now (settings, network, sample).
-
-    Read from the record the ``dictionary`` asset left (:func:`record_fingerprint`) while it
-    still holds: same settings and network (their hash) and the same manifest files (their
-    inode, size and time: ``images`` replaces them by rename, so a new manifest never matches).
-    Otherwise the sample is drawn from ``images`` and hashed again
-    (:func:`sample_fingerprint`), so a stale record can only cost time, never a wrong folder.
-    """
-    try:
-        record = json.loads((study.files_dir / "dictionary" / CURRENT_FILE).read_text())
-        if record.get("inputs") == _current_inputs(study):
-            return str(record["fingerprint"])
-    except (OSError, ValueError, AttributeError):
-        pass
-    return sample_fingerprint(study, images)
-
-
-def dictionary_dir(study: Study, fingerprint: str) -> Path:
-    return cache_folder(study.files_dir, "dictionary", fingerprint)
 
 
 @dataclass(frozen=True)
@@ -205,7 +135,7 @@ def prepare_dictionaries(
     # steps find the folder without drawing it again.
     fingerprint = sample_fingerprint(study, images)
     folder = dictionary_dir(study, fingerprint)
-    settings = _features(study)
+    settings = features_settings(study)
     bundle, layers = prepared.model
     chosen = dictionary_layers(settings, layers)
     if (folder / META_FILE).is_file():
@@ -215,7 +145,7 @@ def prepare_dictionaries(
     device = resolve_device(study.device)
     model = bundle.module.to(device)
     source = prepared.source
-    ids, _ = _sample(study, images)
+    ids, _ = dictionary_sample(study, images)
 
     def batches():
         for lo in range(0, len(ids), study.batch_size):
@@ -251,43 +181,6 @@ def prepare_dictionaries(
     save_dictionaries(folder, dictionaries, fingerprint, extra)
     record_fingerprint(study, fingerprint)
     return _info(folder, dictionaries, cached=False)
-
-
-def feature_layers(study: Study, fingerprint: str, info: ModelInfo) -> list[FeatureLayer]:
-    """The study's dictionaries as pseudo-layers, in the order of their source layers.
-
-    ``fingerprint``: the one they must have now (:func:`current_fingerprint`); ``info``: the
-    prepared model's record (its layers' forward order). ``[]`` when the study has no
-    ``features``. Raises ``FileNotFoundError`` naming the ``dictionary`` asset when the
-    dictionaries for the current settings, model and images are not stored (never trained, or
-    trained for something that changed since). A step reads them through
-    :attr:`carto_assets.prepared.PreparedStudy.feature_layers`.
-    """
-    if study.features is None:
-        return []
-    folder = dictionary_dir(study, fingerprint)
-    if not (folder / META_FILE).is_file():
-        others = sorted(p.name for p in folder.parent.glob("*") if p.is_dir())
-        why = (
-            f"the stored ones ({', '.join(others[:3])}) were trained for other features "
-            "settings, another model or other images"
-            if others
-            else "none were trained yet"
-        )
-        raise FileNotFoundError(
-            f"no dictionaries for this study's features at {folder} ({why}); "
-            "materialize `dictionary` first"
-        )
-    stored = load_dictionaries(folder, fingerprint)
-    # The layers' forward order is in the model's record: no need to build the model.
-    order = {row["layer"]: row["order"] for row in info.layers}
-    missing = [name for name in study.features.layers if name not in stored]
-    if missing or any(name not in order for name in stored):
-        raise ValueError(
-            f"the dictionaries under {folder} do not match the study's layers "
-            f"(missing {missing}); re-materialize `dictionary`"
-        )
-    return [stored[name] for name in sorted(stored, key=order.__getitem__)]
 
 
 def features_vs_channels(

@@ -46,14 +46,13 @@ from carto_assets.core.attribution.influence import (
 )
 from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_checks
 from carto_assets.core.attribution.relevance import relevance, shares
-from carto_assets.core.sae.layer import FeatureLayer
 from carto_assets.memory import release_memory
 from carto_assets.partition_folders import SUMMARY, PartitionLayout
 from carto_assets.sharding import chunk_labels, n_class_chunks
 from carto_assets.stages.explain import TABLES as EXPLANATION_TABLES
 from carto_assets.stages.explain import Explainer
 from carto_assets.stages.graph_checks import ablation_checks, seed_for
-from carto_assets.storage import CartoStore
+from carto_assets.stages.units import Units
 from carto_assets.study import Study
 
 if TYPE_CHECKING:
@@ -73,50 +72,6 @@ STEPS = (
     "explanations",
     "misclassified",
 )
-
-
-# ---- the units ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Units:
-    """The graph's units: channel layers in forward order, then feature layers."""
-
-    layers: list[str]
-    features: dict[str, FeatureLayer]
-    #: per unit layer, unit -> neuron id
-    neuron_of: dict[str, np.ndarray]
-    #: per unit layer, unit -> cluster id (-1: unclustered)
-    cluster_of: dict[str, np.ndarray]
-    layer_index: dict[str, int]
-
-    @property
-    def chains(self) -> dict[str, str]:
-        return {n: "features" if n in self.features else "channels" for n in self.layers}
-
-
-def read_units(
-    store: CartoStore, channel_layers: list[str], features: Sequence[FeatureLayer]
-) -> Units:
-    """Per unit layer, each unit's neuron and cluster, from ``neurons`` and ``neuron_clusters``."""
-    by_name = {f.name: f for f in features}
-    table = store.query(
-        "SELECT n.neuron_id, n.layer, n.layer_index, n.channel, nc.cluster_id FROM neurons n "
-        "LEFT JOIN neuron_clusters nc USING (neuron_id) ORDER BY n.layer_index, n.channel"
-    )
-    layers = channel_layers + list(by_name)
-    neuron_of, cluster_of, index = {}, {}, {}
-    for name in layers:
-        rows = table.filter(pl.col("layer") == name)
-        width = (
-            by_name[name].n_features if name in by_name else int(rows["channel"].max() or -1) + 1
-        )
-        neurons = np.full(width, -1, dtype=np.int64)
-        clusters = np.full(width, -1, dtype=np.int64)
-        channel = rows["channel"].to_numpy()
-        neurons[channel] = rows["neuron_id"].to_numpy()
-        clusters[channel] = rows["cluster_id"].fill_null(-1).to_numpy()
-        neuron_of[name], cluster_of[name] = neurons, clusters
-        index[name] = int(rows["layer_index"][0]) if rows.height else -1
-    return Units(layers, by_name, neuron_of, cluster_of, index)
 
 
 def class_images(

@@ -29,7 +29,7 @@ class MergeResult:
     n_failed: int
     #: up to 100 images that failed to decode: ``{"image_id", "source", "reason"}``
     failed: list[dict[str, Any]]
-    #: the model's layer rows (see :class:`carto_assets.stages.model.ModelInfo`)
+    #: the model's layer rows (see :class:`carto_assets.stages.stored_model.ModelInfo`)
     layers: list[dict[str, Any]]
     #: seconds of the activation pass, summed over shards
     activation_seconds: float

@@ -10,7 +10,8 @@ from carto_assets.core.network.training import train_builtin
 from carto_assets.fingerprints import model_fingerprint
 from carto_assets.prepared import PreparedStudy
 from carto_assets.stages.manifest import build_manifest, save_manifest
-from carto_assets.stages.model import checkpoint_path, load_model, model_dir, prepare_model
+from carto_assets.stages.model import prepare_model
+from carto_assets.stages.stored_model import checkpoint_path, load_model, model_dir
 from carto_assets.study import StudyError, load_study, study_from_dict
 
 

@@ -10,7 +10,8 @@ from carto_assets.prepared import PreparedStudy
 from carto_assets.run import RunFailed, materialize_all
 from carto_assets.sources.datasets import open_source
 from carto_assets.stages.manifest import build_manifest, load_manifest, save_manifest
-from carto_assets.stages.model import load_model, prepare_model
+from carto_assets.stages.model import prepare_model
+from carto_assets.stages.stored_model import load_model
 from carto_assets.storage import CartoStore
 from carto_assets.study import load_study
 

@@ -10,15 +10,16 @@ import pytest
 from carto_assets.core.sae.dictionaries import train_dictionaries
 from carto_assets.prepared import PreparedStudy
 from carto_assets.stages import features as features_stage
-from carto_assets.stages.features import (
+from carto_assets.stages.features import prepare_dictionaries
+from carto_assets.stages.manifest import build_manifest, save_manifest
+from carto_assets.stages.model import prepare_model
+from carto_assets.stages.stored_dictionaries import (
     CURRENT_FILE,
     current_fingerprint,
     dictionary_dir,
-    prepare_dictionaries,
     sample_fingerprint,
 )
-from carto_assets.stages.manifest import build_manifest, save_manifest
-from carto_assets.stages.model import model_dir, prepare_model
+from carto_assets.stages.stored_model import model_dir
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -189,7 +189,7 @@ def test_weights_normalization_follows_non_imagenet_statistics(monkeypatch) -> N
 def test_bundle_uses_the_weights_normalization(monkeypatch) -> None:
     import torchvision
 
-    from carto_assets.stages.model import bundle_for
+    from carto_assets.stages.stored_model import bundle_for
     from carto_assets.study import study_from_dict
 
     transforms = SimpleNamespace(mean=[0.5, 0.5, 0.5], std=[0.25, 0.5, 1.0])
