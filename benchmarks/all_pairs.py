@@ -17,7 +17,7 @@ from carto_assets.core.skipgram.trainer import (
     finish_training,
     sgd_epochs,
 )
-from carto_assets.validate import check_int
+from carto_assets.core.validate import check_int
 
 
 def _validate_ids(neuron_ids: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

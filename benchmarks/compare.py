@@ -53,15 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference.compare import permute_builtin_channels
 
-from carto_assets.compare.matching import match_units, unit_sets
-from carto_assets.compare.run import run_comparison
+from carto_assets.cli.compare import run_comparison
+from carto_assets.cli.run import materialize_all
+from carto_assets.core.comparison.matching import match_units, unit_sets
 from carto_assets.core.network.recorder import Batch, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN
-from carto_assets.prepared import open_comparison_store
-from carto_assets.run import materialize_all
-from carto_assets.stages.manifest import load_manifest, source_for_manifest
+from carto_assets.stages.images import load_manifest, source_for_manifest
+from carto_assets.stages.prepared import open_comparison_store
 from carto_assets.stages.stored_model import load_model
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import DEMO_STUDY, load_study
 
 #: The four studies: name -> training overrides (every other field is the demo's).

@@ -47,7 +47,7 @@ DIGITS = {
 
 def run_study(folder: Path, study_file: str) -> None:
     env = dict(os.environ, DAGSTER_HOME=str(folder / ".dagster"))
-    command = [sys.executable, "-m", "carto_assets.cli", "run"]
+    command = [sys.executable, "-m", "carto_assets.cli.main", "run"]
     if study_file:
         command += ["--study", study_file]
     subprocess.run(command, check=True, env=env, cwd=folder)
@@ -57,7 +57,7 @@ def forward_backward(study, image_ids: list[int]) -> float:
     """Best of 3 of one forward + backward (parameters requiring grad) of these images."""
     import torch
 
-    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.prepared import PreparedStudy
 
     prepared = PreparedStudy.open(study)
     bundle = prepared.bundle
@@ -77,8 +77,8 @@ def forward_backward(study, image_ids: list[int]) -> float:
 
 def report(folder: Path, study_file: str) -> None:
     os.chdir(folder)
-    from carto_assets import quality
-    from carto_assets.prepared import open_store
+    from carto_assets.stages.prepared import open_store
+    from carto_assets.storage import quality
     from carto_assets.study import load_study
 
     study = load_study(study_file or None)

@@ -1,7 +1,7 @@
 """Dictionary features vs channels on a study, with the pipeline's own figures.
 
 Runs (or reuses) the whole pipeline on a study with ``features`` (``carto run``'s
-:func:`~carto_assets.run.materialize_all`: shards, dictionaries and the model are reused while
+:func:`~carto_assets.cli.run.materialize_all`: shards, dictionaries and the model are reused while
 their fingerprints match), then prints, per feature layer:
 
 - the dictionary: features, FVU, L0, dead features (share), training samples and seconds, and
@@ -9,7 +9,7 @@ their fingerprints match), then prints, per feature layer:
   metadata, from ``dictionary/<fingerprint>/meta.json``);
 - the mean single-unit concept gain of the layer's channels and of its features, and the shares
   of units with gain >= 0.8: ``cluster_quality``'s ``feature_vs_channel_single_unit_gain``,
-  recomputed here with the same code (``stages.clustering.quality``) on the study's tables;
+  recomputed here with the same code (``stages.cluster_quality.quality``) on the study's tables;
 - the activation pass's seconds summed over shards, and the database's unit counts.
 
     python benchmarks/features.py                         # the demo study (block3, block4)
@@ -40,12 +40,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from carto_assets.cli.run import materialize_all
 from carto_assets.core.sae.layer import feature_layer_name
-from carto_assets.prepared import PreparedStudy
-from carto_assets.run import materialize_all
+from carto_assets.stages import cluster_quality
 from carto_assets.stages import clustering as clustering_stage
 from carto_assets.stages.activations import shard_summaries
-from carto_assets.stages.features import features_vs_channels, prepare_dictionaries
+from carto_assets.stages.dictionary import features_vs_channels, prepare_dictionaries
+from carto_assets.stages.prepared import PreparedStudy
 from carto_assets.study import DEMO_STUDY, load_study
 
 
@@ -83,8 +84,8 @@ def main() -> None:
     assert info is not None and info.cached
     store = prepared.store
     sets = clustering_stage.load_neuron_sets(store)
-    labels, pairs = clustering_stage.stored_clustering(store, sets)
-    report = clustering_stage.quality(sets, labels, pairs, store, study.clustering, seed=study.seed)
+    labels, pairs = cluster_quality.stored_clustering(store, sets)
+    report = cluster_quality.quality(sets, labels, pairs, store, study.clustering, seed=study.seed)
     basis = "concept" if "concept" in report.gains else "class"
     gains = report.gains[basis]
     versus = features_vs_channels(gains.single_unit_gain_by_layer, gains.units_gain_0_8_by_layer)

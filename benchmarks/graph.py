@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def figures(store) -> dict[tuple[str, str | None], float]:
-    from carto_assets import quality
+    from carto_assets.storage import quality
 
     return quality.figures_of(store.figures(), "concept_graph")
 
@@ -49,8 +49,8 @@ def cost(study_file: str, n_classes: int, per_round: int) -> None:
 
     import numpy as np
 
-    from carto_assets.prepared import PreparedStudy
-    from carto_assets.stages import graph as stage
+    from carto_assets.stages import concept_graph as stage
+    from carto_assets.stages.prepared import PreparedStudy
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from paper_scale import class_forward_backward_of
@@ -114,13 +114,13 @@ def main() -> None:
     os.chdir(args.folder)
     if args.run:
         env = dict(os.environ, DAGSTER_HOME=str(args.folder / ".dagster"))
-        command = [sys.executable, "-m", "carto_assets.cli", "run"]
+        command = [sys.executable, "-m", "carto_assets.cli.main", "run"]
         if args.study:
             command += ["--study", args.study]
         subprocess.run(command, check=True, env=env)
 
     from carto_assets.core.attribution.nodes import RULES
-    from carto_assets.prepared import open_store
+    from carto_assets.stages.prepared import open_store
     from carto_assets.study import load_study
 
     study = load_study(args.study or None)

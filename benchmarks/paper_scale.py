@@ -147,7 +147,7 @@ def bare_forward(study, n_images: int) -> tuple[float, float]:
     """(images/s of the bare forward pass, seconds of one forward+backward of a class batch)."""
     import torch
 
-    from carto_assets.stages.manifest import load_manifest, source_for_manifest
+    from carto_assets.stages.images import load_manifest, source_for_manifest
     from carto_assets.stages.stored_model import load_model
 
     images, class_names = load_manifest(study)
@@ -181,7 +181,7 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
     (a training step's backward) and with them frozen (gradients to the input only). Run in
     the process that just computed the graph's chunks, so both share the machine's state."""
 
-    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.prepared import PreparedStudy
 
     prepared = PreparedStudy.open(study)
     labels = list(range(min(n_classes, len(prepared.class_names))))
@@ -192,7 +192,7 @@ def class_forward_backward(study, n_classes: int = 3) -> dict:
 
 def class_forward_backward_of(study, labels, images, source, bundle) -> dict:
     """:func:`class_forward_backward` for these classes, the images' loading not timed."""
-    from carto_assets.stages import graph as graph_stage
+    from carto_assets.stages import concept_graph as graph_stage
 
     model = bundle.module.eval()
     times: dict[str, list[float]] = {
@@ -469,8 +469,8 @@ def main() -> None:
     if args.nonzero_head:
         args.weights = str(nonzero_head_checkpoint(args.model, work / "model_nonzero_head.pt"))
     write_study(study_file, images_dir, args, work / "carto.duckdb")
-    from carto_assets.environment import STUDY_ENV_VAR
-    from carto_assets.prepared import open_store
+    from carto_assets.runtime.environment import STUDY_ENV_VAR
+    from carto_assets.stages.prepared import open_store
     from carto_assets.study import load_study
 
     os.environ[STUDY_ENV_VAR] = str(study_file)

@@ -2,7 +2,7 @@
 
 Readers never block a run because no write touches the published database: each asset's
 write copies the published file, writes the copy and renames it into place (see
-``carto_assets/storage.py``). That copy, sync and rename is the design's whole cost; it grows
+``carto_assets/storage/store.py``). That copy, sync and rename is the design's whole cost; it grows
 with the database's size, once per write. This runs a study end to end in a temporary folder
 and prints the summaries job's time, the part of it spent publishing, and the ratio.
 
@@ -41,7 +41,7 @@ def main() -> None:
 
     import dagster as dg
 
-    from carto_assets.run import materialize_all
+    from carto_assets.cli.run import materialize_all
     from carto_assets.study import DEMO_STUDY, load_study
 
     with tempfile.TemporaryDirectory(prefix="carto-publish-") as tmp:

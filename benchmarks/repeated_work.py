@@ -57,7 +57,7 @@ COUNTED = {
     "model builds (builtin)": ("carto_assets.core.network.zoo", "BuiltinCNN.__init__"),
     "model builds (torchvision)": ("carto_assets.core.network.zoo", "torchvision_model"),
     "layer probes": ("carto_assets.core.network.layers", "probe_layers"),
-    "dictionary samples hashed": ("carto_assets.fingerprints", "dictionary_fingerprint"),
+    "dictionary samples hashed": ("carto_assets.storage.fingerprints", "dictionary_fingerprint"),
 }
 #: Counted file reads: label -> what the path is.
 READS = {
@@ -189,8 +189,8 @@ def _instance(folder: Path):
 
 def run_step(step: str, folder: Path, counts: collections.Counter) -> float:
     """Run one step in this process; returns its seconds (counts accumulate in ``counts``)."""
+    from carto_assets.assets.events import QUIET_RUN_CONFIG
     from carto_assets.definitions import build_definitions
-    from carto_assets.events import QUIET_RUN_CONFIG
 
     study = folder / "study.yaml"
     if step == "definitions":
@@ -208,7 +208,7 @@ def run_step(step: str, folder: Path, counts: collections.Counter) -> float:
             )
         assert result.success
         return time.perf_counter() - start
-    from carto_assets.cli import main
+    from carto_assets.cli.main import main
 
     if step == "carto explain":
         argv = ["explain", str(folder / "image.png"), "--study", str(study)]
@@ -240,9 +240,6 @@ def child(step: str, folder: Path) -> None:
 
     torch.set_num_threads(1)
     # Every module the commands import up front, so the counters wrap their references.
-    import carto_assets.cli
-    import carto_assets.definitions
-    import carto_assets.run  # noqa: F401
 
     counts = install_counters()
     check_file_counters(counts, folder / "probe")
@@ -269,7 +266,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from carto_assets.run import materialize_all
+    from carto_assets.cli.run import materialize_all
     from carto_assets.sources.datasets import open_source
     from carto_assets.study import load_study
 

@@ -7,7 +7,7 @@ patch a distinct crop of a real photograph), exports it, and prints, side by sid
 - patch storage: one PNG file per patch (what the page used before) vs the sprite sheets in
   each format, with bytes, files and PSNR against the PNGs;
 - the export: seconds, index.html and spec sizes, files beside the page, and the class graphs'
-  chunks (compact: 88 MB in 56 chunks before, see carto_viz/graph.py);
+  chunks (compact: 88 MB in 56 chunks before, see carto_viz/class_graphs.py);
 - with ``--browser`` (Debian's chromium + playwright): page ready, class switch, node click
   and hover times, measured as the tests do, and with ``--feature-layers`` the units toggle's
   switch times (``--feature-layers 4`` gives four evenly spaced layers a dictionary of

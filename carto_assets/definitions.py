@@ -15,18 +15,19 @@ import dagster as dg
 from carto_assets.assets.activations import activations
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
+from carto_assets.assets.concept_graph import concept_graph, concept_graph_chunk
 from carto_assets.assets.dictionary import dictionary
 from carto_assets.assets.embedding import cooccurrence, neuron_embedding, neuron_projection
+from carto_assets.assets.events import carto_events
+from carto_assets.assets.example_patches import example_patches
 from carto_assets.assets.explanations import explanations
-from carto_assets.assets.graph import concept_graph, concept_graph_chunk, example_patches
 from carto_assets.assets.hooks import with_release_memory
 from carto_assets.assets.images import images
 from carto_assets.assets.model import model
+from carto_assets.assets.resources import StudyResource
 from carto_assets.assets.top_images import top_images
 from carto_assets.assets.views import views
-from carto_assets.environment import STUDY_ENV_VAR
-from carto_assets.events import carto_events
-from carto_assets.resources import StudyResource
+from carto_assets.runtime.environment import STUDY_ENV_VAR
 
 # The ~600,000 objects of the libraries imported above (dagster, torch, polars, ...) live as long
 # as the process: freezing them keeps every garbage collection (release_memory, after each

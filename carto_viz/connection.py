@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from carto_assets.storage import DEFAULT_MEMORY_LIMIT, CartoStore
+from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT, CartoStore
 
 
 @contextlib.contextmanager

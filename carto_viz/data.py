@@ -12,11 +12,12 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_assets import quality, schema
-from carto_assets.storage import DEFAULT_MEMORY_LIMIT
-from carto_viz import images
+from carto_assets import schema
+from carto_assets.storage import quality
+from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
+from carto_viz import explained_images as images
+from carto_viz.class_graphs import ClassGraphs, graph_records
 from carto_viz.connection import attached_store
-from carto_viz.graph import ClassGraphs, graph_records
 from carto_viz.short_names import layer_short_names, short_label
 from carto_viz.summary import neurons_with_kind, study_summary
 
@@ -208,7 +209,7 @@ class ViewData:
     """The datasets of the page (records ready for JSON), and a few facts about them.
 
     ``graphs`` maps a class label to that class's graph in the page's compact form
-    (:class:`carto_viz.graph.ClassGraphs`; ``graphs.records(label)`` gives the full records);
+    (:class:`carto_viz.class_graphs.ClassGraphs`; ``graphs.records(label)`` gives the full records);
     the page loads them per class. ``kinds`` are the kinds of unit the study holds, in
     :data:`KINDS` order.
     """
@@ -221,9 +222,9 @@ class ViewData:
     max_columns: int
     summary: dict
     kinds: tuple[str, ...] = ("channel",)
-    #: every graph node's cluster once (see :class:`carto_viz.graph.GraphData`)
+    #: every graph node's cluster once (see :class:`carto_viz.class_graphs.GraphData`)
     graph_clusters: Mapping[str, list] = field(default_factory=dict)
-    #: the explained images (:mod:`carto_viz.images`), None where the study has none
+    #: the explained images (:mod:`carto_viz.explained_images`), None where the study has none
     explained: images.Explained | None = None
 
     @property

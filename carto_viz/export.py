@@ -26,11 +26,11 @@ from pathlib import Path
 
 import vl_convert
 
-from carto_assets import atomic
-from carto_assets.storage import DEFAULT_MEMORY_LIMIT
+from carto_assets.storage import atomic
+from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
 from carto_viz.charts import graph_heights, views_spec
 from carto_viz.data import ViewData, load_tables, patch_pngs, view_data
-from carto_viz.images import thumbnails
+from carto_viz.explained_images import thumbnails
 from carto_viz.sprites import SpriteAtlas, pack_patches
 
 #: characters escaped in JSON embedded in a <script> element (keeps "</script", "<!--",

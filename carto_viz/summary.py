@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from carto_assets import quality
+from carto_assets.storage import quality
 
 
 def neurons_with_kind(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -26,7 +26,8 @@ def study_summary(
 
     Counts come from the tables; ``study_info`` adds what only the study knows (``name``,
     ``model``, ``weights``, ``dataset``). The quality figures are the headline rows of
-    ``study_quality``, each written by the asset that measured it (:mod:`carto_assets.quality`).
+    ``study_quality``, each written by the asset that measured it
+    (:mod:`carto_assets.storage.quality`).
     A study with dictionary features counts its units by kind ("240 channels + 1,024
     features") and its layers without the feature pseudo-layers.
     Every value is plain text; the page shows it with ``textContent``.

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from carto_assets import quality as study_quality
 from carto_assets import schema
-from carto_assets.quality import Figure
 from carto_assets.schema import FEATURE_SUFFIX, PREDICTION
+from carto_assets.storage import quality as study_quality
+from carto_assets.storage.quality import Figure
 
 #: class names that must stay text everywhere (quotes, markup, ampersands, non-ASCII).
 HOSTILE_NAMES = (
@@ -411,9 +411,9 @@ def make_database(
 
 
 def _explanations(rng, images, node_rows, all_layers, per_class, size, n_classes) -> dict:
-    """Explanation tables (:mod:`carto_viz.images` reads them): per class, its images (every
-    other one predicted as the next class), each explained by 3 of its class's graph nodes per
-    layer with 2 x 2 maps, and each node's exemplars."""
+    """Explanation tables (:mod:`carto_viz.explained_images` reads them): per class, its images
+    (every other one predicted as the next class), each explained by 3 of its class's graph nodes
+    per layer with 2 x 2 maps, and each node's exemplars."""
     from carto_assets.core.attribution.explain import quantize
 
     thumbs = photo_patches(rng, 8, size)

@@ -65,7 +65,7 @@ def materialized(tmp_path_factory):
     """
     import dagster as dg
 
-    from carto_assets.run import materialize_all
+    from carto_assets.cli.run import materialize_all
     from carto_assets.study import load_study
 
     folder = tmp_path_factory.mktemp("study")

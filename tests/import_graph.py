@@ -3,7 +3,7 @@
 Every ``import`` and ``from ... import`` counts, at module level, inside functions and under
 ``TYPE_CHECKING`` alike: an import inside a function is still a dependency, only a later one.
 An edge goes from a module to the most specific module it names (``from carto_viz import
-images`` -> ``carto_viz.images``; ``from carto_assets.schema import PREDICTION`` ->
+images`` -> ``carto_viz.explained_images``; ``from carto_assets.schema import PREDICTION`` ->
 ``carto_assets.schema``); the parent packages that Python initialises on the way are not edges.
 
 Used by tests/test_import_layers.py (which declares the layers) and benchmarks/imports.py.
@@ -203,5 +203,5 @@ def importers(edges: Iterable[Import], prefix: str, target: str) -> list[Import]
 
 
 def describe(edge: Import) -> str:
-    """``carto_viz.compare:32 -> carto_assets.compare.concepts``."""
+    """``carto_viz.compare_page:32 -> carto_assets.core.comparison.concepts``."""
     return f"{edge.source}:{edge.line} -> {edge.target}"

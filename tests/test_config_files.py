@@ -10,15 +10,10 @@ import pytest
 from PIL import Image
 from readme.walk import CARTO, run, write_study
 
-from carto_assets.compare.config import (
-    Comparison,
-    ComparisonError,
-    comparison_from_dict,
-    load_comparison,
-)
 from carto_assets.core.projection.umap2d import Projection
 from carto_assets.core.sae.dictionaries import DictionaryTraining, Sampling
-from carto_assets.core.similarity.minhash import MinHashLsh, minhash_signatures
+from carto_assets.core.similarity.lsh import MinHashLsh
+from carto_assets.core.similarity.minhash import minhash_signatures
 from carto_assets.study import (
     ClusteringConfig,
     ConfigError,
@@ -29,6 +24,12 @@ from carto_assets.study import (
     TrainingConfig,
     load_study,
     study_from_dict,
+)
+from carto_assets.study.comparison import (
+    Comparison,
+    ComparisonError,
+    comparison_from_dict,
+    load_comparison,
 )
 from carto_assets.study.loading import yaml_problem
 from carto_assets.study.types import MAX_SEED

@@ -3,7 +3,7 @@
 import io
 import logging
 
-from carto_assets.console import EVENTS_LOGGER, StageBars, log_to_file
+from carto_assets.runtime.console import EVENTS_LOGGER, StageBars, log_to_file
 
 
 def test_each_stage_prints_one_line_when_it_finishes_off_a_terminal():
@@ -54,8 +54,8 @@ def test_the_event_log_goes_to_the_file_and_to_the_terminal_only_with_verbose(tm
 
 
 def test_a_failed_run_is_one_line_naming_the_job_and_the_error():
-    from carto_assets.cli import _one_line
-    from carto_assets.run import RunFailed
+    from carto_assets.cli.main import _one_line
+    from carto_assets.cli.run import RunFailed
 
     exc = RunFailed(
         "summaries failed:\nRuntimeError: activations are not up to date for shard-0001\n\n"
@@ -69,7 +69,7 @@ def test_a_failed_run_is_one_line_naming_the_job_and_the_error():
 def test_a_failed_step_is_named_with_its_root_error():
     import dagster as dg
 
-    from carto_assets.run import run_failed
+    from carto_assets.cli.run import run_failed
 
     @dg.asset
     def patches() -> None:

@@ -92,7 +92,7 @@ def test_dg_check_defs():
 def test_every_asset_gives_its_freed_memory_back():
     """A study's assets and a comparison's each run the one ``release_memory`` hook."""
     from carto_assets.assets.hooks import release_memory_after
-    from carto_assets.compare.definitions import ALL_ASSETS as COMPARISON_ASSETS
+    from carto_assets.comparison_definitions import ALL_ASSETS as COMPARISON_ASSETS
     from carto_assets.definitions import ALL_ASSETS
 
     for asset in [*ALL_ASSETS, *COMPARISON_ASSETS]:

@@ -14,43 +14,34 @@ import import_graph as graph
 #: A module belongs to the layer of the longest prefix that matches it; a module no prefix
 #: matches fails the test, so a new module must be placed here.
 LAYERS: list[tuple[str, ...]] = [
-    # foundations: checks, atomic files, the tables' and the study file's declarations
+    # foundations: argument checks, atomic files, partition keys, the tables' and the
+    # configuration files' declarations, what a running process reads, reports and releases
     (
-        "carto_assets.validate",
-        "carto_assets.atomic",
+        "carto_assets.core.validate",
+        "carto_assets.storage.atomic",
+        "carto_assets.storage.sharding",
         "carto_assets.schema",
         "carto_assets.study",
-        "carto_assets.sharding",
-        "carto_assets.memory",
-        "carto_assets.progress",
-        "carto_assets.console",
+        "carto_assets.runtime",
     ),
     # pure computation: no dagster, no store, no stage
     ("carto_assets.core",),
-    # what a study points at (datasets, the model's checks) and where its results live
-    (
-        "carto_assets.sources",
-        "carto_assets.preflight",
-        "carto_assets.fingerprints",
-        "carto_assets.quality",
-        "carto_assets.storage",
-    ),
+    # what a study points at (images) and where its results live (the store, its figures,
+    # partition folders, cache fingerprints)
+    ("carto_assets.sources", "carto_assets.storage"),
     # the views, built from the store's tables
     ("carto_viz",),
-    # stage functions: read the study, compute, write the tables (no dagster)
+    # stage functions: read the prepared study, compute, return tables (no dagster)
     ("carto_assets.stages",),
-    # Dagster itself, and what the assets are handed
-    ("dagster", "carto_assets.resources", "carto_assets.events"),
+    # Dagster itself, then the thin assets, resources and hooks
+    ("dagster",),
     ("carto_assets.assets",),
-    ("carto_assets.definitions",),
-    # entry points; the comparison is one slice (config to run) until split into the layers
-    (
-        "carto_assets.run",
-        "carto_assets.explain_command",
-        "carto_assets.compare",
-        "carto_assets.cli",
-    ),
+    # the two code locations: the only wiring
+    ("carto_assets.definitions", "carto_assets.comparison_definitions"),
+    # the `carto` command
+    ("carto_assets.cli",),
 ]
+
 
 EDGES = graph.imports()
 
@@ -81,7 +72,7 @@ def test_core_and_the_views_never_import_dagster_and_core_no_stage() -> None:
 def test_the_graph_is_read_from_the_source() -> None:
     # A parser that found no edge would pass every test above.
     edges = {(e.source, e.target) for e in EDGES}
-    assert ("carto_assets.stages.graph", "carto_assets.core.attribution.influence") in edges
+    assert ("carto_assets.stages.concept_graph", "carto_assets.core.attribution.influence") in edges
     assert ("carto_assets.definitions", "dagster") in edges
     assert len(graph.modules()) > 100
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carto_assets.memory import release_memory
+from carto_assets.runtime.memory import release_memory
 
 
 def _resident_mb() -> float:

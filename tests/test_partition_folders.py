@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from carto_assets import schema
-from carto_assets.partition_folders import SUMMARY, IncompleteFolder, PartitionLayout
+from carto_assets.storage.partition_folders import SUMMARY, IncompleteFolder, PartitionLayout
 
 
 class Record(BaseModel):
@@ -110,7 +110,7 @@ def test_a_killed_write_leaves_the_previous_folder_readable(tmp_path):
         import os
         import polars as pl
         from pydantic import BaseModel
-        from carto_assets.partition_folders import PartitionLayout
+        from carto_assets.storage.partition_folders import PartitionLayout
 
         class Record(BaseModel):
             run: int

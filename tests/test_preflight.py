@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from carto_assets.cli import main
-from carto_assets.preflight import preflight
+from carto_assets.cli.check import preflight
+from carto_assets.cli.main import main
 from carto_assets.study import study_from_dict
 
 SHAPES = {"kind": "shapes", "size": 240, "image_size": 32}
@@ -84,7 +84,7 @@ def test_check_prints_one_line_per_problem_and_exits_2(tmp_path, capsys, monkeyp
 
 def test_check_imports_no_dagster():
     code = (
-        "import sys; from carto_assets.cli import main; rc = main(['check']); "
+        "import sys; from carto_assets.cli.main import main; rc = main(['check']); "
         "assert rc == 0, rc; "
         "assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster imported'"
     )

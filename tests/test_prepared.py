@@ -2,8 +2,8 @@
 
 import pytest
 
-from carto_assets.prepared import LOADED, PreparedStudy, StoredManifest, open_store
-from carto_assets.stages.manifest import build_manifest, save_manifest
+from carto_assets.stages.images import build_manifest, save_manifest
+from carto_assets.stages.prepared import LOADED, PreparedStudy, StoredManifest, open_store
 from carto_assets.study import load_study
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from carto_assets import schema
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "schema.md"
 

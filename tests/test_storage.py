@@ -5,7 +5,7 @@ import os
 import polars as pl
 import pytest
 
-from carto_assets.storage import CartoStore, write_parquet_atomic
+from carto_assets.storage.store import CartoStore, write_parquet_atomic
 
 
 def test_replace_is_idempotent_and_atomic(tmp_path):
@@ -123,7 +123,7 @@ def test_a_writer_killed_before_publishing_leaves_the_previous_snapshot(tmp_path
     CartoStore(db).replace_tables({"t": pl.DataFrame({"a": [1, 2]})})
     script = f"""
 import os
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 with CartoStore({str(db)!r}).write() as con:
     con.execute("CREATE OR REPLACE TABLE t AS SELECT range AS a FROM range(100000)")
     os._exit(9)  # killed before the copy is renamed into place
@@ -139,12 +139,12 @@ def test_a_second_writer_is_told_who_holds_the_study(tmp_path):
     import subprocess
     import sys
 
-    from carto_assets.storage import DatabaseBusyError, current_writer, exclusive_writer
+    from carto_assets.storage.store import DatabaseBusyError, current_writer, exclusive_writer
 
     db = tmp_path / "w.duckdb"
     script = f"""
 import sys
-from carto_assets.storage import exclusive_writer
+from carto_assets.storage.store import exclusive_writer
 with exclusive_writer({str(db)!r}, "`carto run` of study 'w' (pid 4242)"):
     print("held", flush=True)
     sys.stdin.readline()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from carto_assets.fingerprints import model_fingerprint
+from carto_assets.storage.fingerprints import model_fingerprint
 from carto_assets.study import (
     DEMO_STUDY,
     ClusteringConfig,
@@ -289,7 +289,7 @@ def test_features_layers_must_be_mapped_layers():
 
 
 def test_demo_maps_features_and_features_leave_the_model_fingerprint_alone():
-    from carto_assets.fingerprints import shard_model_identity
+    from carto_assets.storage.fingerprints import shard_model_identity
 
     demo = study_from_dict(DEMO_STUDY)
     assert demo.features is not None and demo.features.layers == ("block3", "block4")

@@ -5,9 +5,9 @@ import math
 import polars as pl
 import pytest
 
-from carto_assets import quality
-from carto_assets.quality import Figure
-from carto_assets.storage import CartoStore
+from carto_assets.storage import quality
+from carto_assets.storage.quality import Figure
+from carto_assets.storage.store import CartoStore
 
 
 def _store(tmp_path) -> CartoStore:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from carto_assets.validate import check_choice, check_float, check_int, check_seed
+from carto_assets.core.validate import check_choice, check_float, check_int, check_seed
 
 
 def test_check_int_accepts_python_and_numpy_integers() -> None:

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from carto_assets import schema
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 
 #: Longest cell text shown in a preview; longer values (lists, blobs) are cut with an ellipsis.
 MAX_CELL_CHARS = 60

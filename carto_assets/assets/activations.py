@@ -3,9 +3,9 @@
 import dagster as dg
 
 from carto_assets.assets.partitions import SHARDS
-from carto_assets.resources import StudyResource
-from carto_assets.sharding import shard_index
+from carto_assets.assets.resources import StudyResource
 from carto_assets.stages.activations import run_shard, shard_dir
+from carto_assets.storage.sharding import shard_index
 
 
 @dg.asset(

@@ -3,15 +3,15 @@
 import dagster as dg
 
 from carto_assets.assets._metadata import frame_table, table_metadata
-from carto_assets.resources import StudyResource
-from carto_assets.stages import merge
+from carto_assets.assets.resources import StudyResource
+from carto_assets.stages.class_importance import CLASS_IMPORTANCE_SELECT
 
 
 @dg.asset(group_name="graph", kinds={"duckdb"}, deps=["top_images"])
 def class_importance(study: StudyResource) -> dg.MaterializeResult:
     """Per class and neuron, the share of the class's images the neuron carries (Summit's rule)."""
     store = study.prepare().store
-    store.replace_tables({"class_importance": merge.CLASS_IMPORTANCE_SELECT})
+    store.replace_tables({"class_importance": CLASS_IMPORTANCE_SELECT})
     top = store.query(
         "SELECT i.label_name, c.neuron_id, round(c.score, 3) AS score FROM class_importance c "
         "JOIN (SELECT DISTINCT label, label_name FROM images) i USING (label) "

@@ -4,12 +4,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from carto_assets import quality
 from carto_assets.assets._metadata import frame_table, table_metadata
+from carto_assets.assets.resources import StudyResource
 from carto_assets.core.similarity.linkage import cluster_size_distribution
-from carto_assets.resources import StudyResource
+from carto_assets.stages import cluster_quality as quality_stage
 from carto_assets.stages import clustering as stage
-from carto_assets.stages.features import features_vs_channels
+from carto_assets.stages.dictionary import features_vs_channels
+from carto_assets.storage import quality
 
 
 @dg.asset(
@@ -103,8 +104,8 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     sets = stage.load_neuron_sets(store)
     # The clusters and pairs neuron_clusters stored are scored as they are; only the exact
     # reference is computed here.
-    labels, pairs = stage.stored_clustering(store, sets)
-    report = stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
+    labels, pairs = quality_stage.stored_clustering(store, sets)
+    report = quality_stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
     table = report.table
     store.replace_tables(
         {"cluster_quality": table} if len(table) else {},

@@ -4,10 +4,10 @@ import dagster as dg
 import polars as pl
 
 from carto_assets.assets._metadata import frame_table
+from carto_assets.assets.resources import StudyResource
 from carto_assets.core.sae.layer import feature_layer_name
-from carto_assets.quality import Figure
-from carto_assets.resources import StudyResource
-from carto_assets.stages.features import prepare_dictionaries
+from carto_assets.stages.dictionary import prepare_dictionaries
+from carto_assets.storage.quality import Figure
 
 #: A dictionary that leaves more of its layer's variance unexplained reconstructs it poorly.
 MAX_FVU = 0.2

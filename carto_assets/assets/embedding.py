@@ -4,10 +4,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from carto_assets import quality
 from carto_assets.assets._metadata import table_metadata
-from carto_assets.resources import StudyResource
+from carto_assets.assets.resources import StudyResource
 from carto_assets.stages import embedding as stage
+from carto_assets.storage import quality
 
 
 @dg.asset(group_name="embedding", kinds={"duckdb"}, deps=["top_images"])

@@ -6,12 +6,13 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from carto_assets.memory import release_memory
+from carto_assets.runtime.memory import release_memory
 
 
 @dg.success_hook(name="release_memory")
 def release_memory_after(_context: dg.HookContext) -> None:
-    """After each asset step: give the memory it freed back to the OS (see carto_assets.memory).
+    """After each asset step: give the memory it freed back to the OS (see
+    carto_assets.runtime.memory).
 
     ``carto run`` runs every step of a job in one process; without this, the resident size a
     step leaves behind is its peak, and the next step's peak comes on top of it.

@@ -7,10 +7,10 @@ import polars as pl
 
 from carto_assets.assets._metadata import frame_table, table_metadata
 from carto_assets.assets.partitions import CLASS_CHUNKS, SHARDS
-from carto_assets.resources import StudyResource
-from carto_assets.sharding import chunk_key, n_class_chunks, shard_key
+from carto_assets.assets.resources import StudyResource
 from carto_assets.stages.activations import stale_shard_dirs
-from carto_assets.stages.manifest import build_manifest, save_manifest, write_images_tables
+from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
+from carto_assets.storage.sharding import chunk_key, n_class_chunks, shard_key
 
 
 @dg.asset(

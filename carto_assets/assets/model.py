@@ -3,12 +3,12 @@
 import dagster as dg
 import polars as pl
 
-from carto_assets import quality
 from carto_assets.assets._metadata import frame_table
-from carto_assets.quality import Figure
-from carto_assets.resources import StudyResource
+from carto_assets.assets.resources import StudyResource
 from carto_assets.stages.model import prepare_model
 from carto_assets.stages.stored_model import model_dir
+from carto_assets.storage import quality
+from carto_assets.storage.quality import Figure
 
 
 @dg.asset(group_name="model", kinds={"pytorch"}, deps=["images"])

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from carto_assets.assets._metadata import table_metadata
-from carto_assets.resources import StudyResource
-from carto_assets.stages.merge import merge_top_images
+from carto_assets.assets.resources import StudyResource
+from carto_assets.stages.top_images import merge_top_images
 
 
 @dg.asset(

@@ -4,7 +4,7 @@ import base64
 
 import dagster as dg
 
-from carto_assets.resources import StudyResource
+from carto_assets.assets.resources import StudyResource
 from carto_assets.study import Study
 
 

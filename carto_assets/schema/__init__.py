@@ -5,7 +5,7 @@ declare them (:class:`~carto_assets.schema.columns.Table`); this module puts the
 
 It feeds:
 
-- the writers: :meth:`carto_assets.storage.CartoStore.replace_tables` checks every declared
+- the writers: :meth:`carto_assets.storage.store.CartoStore.replace_tables` checks every declared
   table it writes against its declaration, so a stage that drifts fails loudly, inside the
   transaction, before anything is published;
 - the Dagster UI: the column schema (with descriptions) of every table asset's metadata;

@@ -45,8 +45,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
+from carto_assets.core.validate import check_int
 from carto_assets.sources.shape_outlines import INSET_STEPS, max_inset_step, unit_outline
-from carto_assets.validate import check_int
 
 __all__ = [
     "BACKGROUND_RGB",
@@ -116,7 +116,7 @@ extra inner edges made "outlined" the strongest driver of almost every neuron's 
 concept. ``outlined`` stays available for hand-made scenes."""
 
 #: Bump when the renderer changes what it draws, so cached checkpoints are retrained
-#: (part of :func:`carto_assets.fingerprints.model_fingerprint`).
+#: (part of :func:`carto_assets.storage.fingerprints.model_fingerprint`).
 SHAPES_REVISION = "filled-only-1"
 
 MIN_IMAGE_SIZE = 16

@@ -5,7 +5,7 @@ Files under ``study.files_dir``: one partition folder per shard (:data:`SHARD_FO
     activations/<shard>/top_k.parquet, class_stats.parquet, summary.json
 
 Each shard writes Parquet only (never the database), so shards run in parallel processes or on
-other machines; :mod:`carto_assets.stages.merge` combines them.
+other machines; :mod:`carto_assets.stages.top_images` combines them.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from carto_assets import progress as progress_of
 from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
 from carto_assets.core.network.zoo import resolve_device
-from carto_assets.fingerprints import (
+from carto_assets.runtime import progress as progress_of
+from carto_assets.sources.datasets import ImageFolderSource, ImageSource
+from carto_assets.storage.fingerprints import (
     expected_shard_fingerprint,
     model_fingerprint,
     shard_model_identity,
 )
-from carto_assets.partition_folders import PartitionLayout
-from carto_assets.sharding import shard_key
-from carto_assets.sources.datasets import ImageFolderSource, ImageSource
+from carto_assets.storage.partition_folders import PartitionLayout
+from carto_assets.storage.sharding import shard_key
 from carto_assets.study import Study
 
 if TYPE_CHECKING:
-    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.prepared import PreparedStudy
 
 log = logging.getLogger("carto")
 
@@ -58,7 +58,8 @@ class ShardSummary(BaseModel):
     top_k: int
     model_fingerprint: str
     shard_size: int | None
-    #: the inputs' fingerprint (:func:`carto_assets.fingerprints.expected_shard_fingerprint`)
+    #: the inputs' fingerprint
+    #: (:func:`carto_assets.storage.fingerprints.expected_shard_fingerprint`)
     shard_fingerprint: str
     device: str
 
@@ -76,7 +77,7 @@ def shard_dir(study: Study, shard: int) -> Path:
 
 
 def shard_identity(prepared: PreparedStudy) -> str:
-    """:func:`~carto_assets.fingerprints.shard_model_identity` with, for a study with
+    """:func:`~carto_assets.storage.fingerprints.shard_model_identity` with, for a study with
     features, the fingerprint of the dictionaries its shards are encoded with."""
     return shard_model_identity(prepared.study, dictionary=prepared.dictionary_fingerprint)
 

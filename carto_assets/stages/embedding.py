@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carto_assets import progress as progress_of
 from carto_assets.core.projection.neighbors import nearest_neighbors
 from carto_assets.core.projection.umap2d import project_2d
 from carto_assets.core.skipgram.trainer import train_skipgram_sentences
-from carto_assets.quality import Figure
-from carto_assets.storage import CartoStore
+from carto_assets.runtime import progress as progress_of
+from carto_assets.storage.quality import Figure
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import EmbeddingConfig
 
 #: The ``cooccurrence`` table computed inside DuckDB (``neuron_a < neuron_b``, how many top

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from carto_assets import atomic
-from carto_assets import progress as progress_of
 from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
 from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
-from carto_assets.fingerprints import model_fingerprint
+from carto_assets.runtime import progress as progress_of
 from carto_assets.sources.datasets import study_image_size
-from carto_assets.stages.manifest import source_for_manifest
+from carto_assets.stages.images import source_for_manifest
 from carto_assets.stages.stored_model import (
     BUILTIN_MEAN,
     BUILTIN_STD,
@@ -34,10 +32,12 @@ from carto_assets.stages.stored_model import (
     model_key,
     saves_state,
 )
+from carto_assets.storage import atomic
+from carto_assets.storage.fingerprints import model_fingerprint
 from carto_assets.study import Study
 
 if TYPE_CHECKING:
-    from carto_assets.prepared import PreparedStudy
+    from carto_assets.stages.prepared import PreparedStudy
 
 log = logging.getLogger("carto")
 

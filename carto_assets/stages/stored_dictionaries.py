@@ -2,9 +2,10 @@
 (``dictionary/<fingerprint>/``), the fingerprint they must have now (and the record the asset
 leaves of it, ``dictionary/current.json``), and the dictionaries as pseudo-layers.
 
-What a step reads of the dictionaries (through :class:`~carto_assets.prepared.PreparedStudy`);
-the asset's work (sampling, training, storing) is :mod:`carto_assets.stages.features`. No
-import of :mod:`carto_assets.prepared`, so the prepared study can read through this module.
+What a step reads of the dictionaries (through
+:class:`~carto_assets.stages.prepared.PreparedStudy`);
+the asset's work (sampling, training, storing) is :mod:`carto_assets.stages.dictionary`. No
+import of :mod:`carto_assets.stages.prepared`, so the prepared study can read through this module.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from carto_assets import atomic
 from carto_assets.core.sae.dictionaries import META_FILE, load_dictionaries, sample_image_ids
 from carto_assets.core.sae.layer import FeatureLayer
-from carto_assets.fingerprints import (
+from carto_assets.stages.images import manifest_identity
+from carto_assets.stages.stored_model import ModelInfo
+from carto_assets.storage import atomic
+from carto_assets.storage.fingerprints import (
     cache_folder,
     dictionary_fingerprint,
     dictionary_settings_key,
 )
-from carto_assets.stages.manifest import manifest_identity
-from carto_assets.stages.stored_model import ModelInfo
 from carto_assets.study import FeaturesConfig, Study
 
 
@@ -103,7 +104,7 @@ def feature_layers(study: Study, fingerprint: str, info: ModelInfo) -> list[Feat
     ``features``. Raises ``FileNotFoundError`` naming the ``dictionary`` asset when the
     dictionaries for the current settings, model and images are not stored (never trained, or
     trained for something that changed since). A step reads them through
-    :attr:`carto_assets.prepared.PreparedStudy.feature_layers`.
+    :attr:`carto_assets.stages.prepared.PreparedStudy.feature_layers`.
     """
     if study.features is None:
         return []

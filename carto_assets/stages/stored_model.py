@@ -1,9 +1,9 @@
 """The ``model`` asset's stored files, read: the prepared model's record (``meta.json``), its
 cache folder and kept checkpoints, and the network built from them.
 
-What a step reads of the model (through :class:`~carto_assets.prepared.PreparedStudy`); the
+What a step reads of the model (through :class:`~carto_assets.stages.prepared.PreparedStudy`); the
 asset's work (training or loading, then storing) is :mod:`carto_assets.stages.model`. No
-import of :mod:`carto_assets.prepared`, so the prepared study can read through this module.
+import of :mod:`carto_assets.stages.prepared`, so the prepared study can read through this module.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from carto_assets.core.network.zoo import (
     ModelBundle,
     torchvision_model,
 )
-from carto_assets.fingerprints import cache_folder, model_fingerprint
 from carto_assets.sources.datasets import study_image_size
+from carto_assets.storage.fingerprints import cache_folder, model_fingerprint
 from carto_assets.study import Study
 
 BUILTIN_MEAN = (0.5, 0.5, 0.5)

@@ -1,8 +1,8 @@
 """The concept graph's units, read from the store: each unit layer's units with their neuron
 and cluster (:func:`read_units`).
 
-What a step reads through :attr:`carto_assets.prepared.PreparedStudy.units`; the graph's work
-is :mod:`carto_assets.stages.graph`. No import of :mod:`carto_assets.prepared`.
+What a step reads through :attr:`carto_assets.stages.prepared.PreparedStudy.units`; the graph's work
+is :mod:`carto_assets.stages.concept_graph`. No import of :mod:`carto_assets.stages.prepared`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.sae.layer import FeatureLayer
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from carto_assets.environment import STUDY_ENV_VAR
-from carto_assets.study.fields import (
+from carto_assets.runtime.environment import STUDY_ENV_VAR
+from carto_assets.study.blocks import (
     DATASET_KINDS,
-    DEVICES,
     DIGITS_COUNT,
     SHAPES_DEFAULT_SIZE,
-    WEIGHTS_KEYWORDS,
     ClusteringConfig,
     DatasetConfig,
     EmbeddingConfig,
     ExplainConfig,
     FeaturesConfig,
     GraphConfig,
-    Study,
     TrainingConfig,
 )
+from carto_assets.study.fields import DEVICES, WEIGHTS_KEYWORDS, Study
 from carto_assets.study.loading import ConfigKind, config_file, config_from_dict, config_from_text
 from carto_assets.study.messages import ConfigError, StudyError
 
@@ -100,7 +98,7 @@ def load_study(path: str | Path | None = None) -> Study:
     """Load the study at ``path``, else at ``$CARTO_STUDY``, else the built-in demo study.
 
     Reads and validates the file on every call: a step loads its study once
-    (:class:`carto_assets.prepared.PreparedStudy`) and hands it down.
+    (:class:`carto_assets.stages.prepared.PreparedStudy`) and hands it down.
     """
     if path is None:
         path = os.environ.get(STUDY_ENV_VAR) or None

@@ -3,10 +3,10 @@ the field's dotted path, what it must be, the value it got
 (``study field 'dataset.size' must be an integer >= 1, got 0``,
 ``comparison field 'threshold' must be a number in (0.0, 1.0], got 0``).
 
-Numbers and choices are worded by :mod:`carto_assets.validate` from the field's constraints
+Numbers and choices are worded by :mod:`carto_assets.core.validate` from the field's constraints
 (the shared types of :mod:`carto_assets.study.types`), other fields by their
 :class:`~carto_assets.study.types.Allowed` text, rules across fields by the
-:class:`~carto_assets.study.fields.InvalidField` their validator raised.
+:class:`~carto_assets.study.types.InvalidField` their validator raised.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from carto_assets.study.fields import LOADER_FIELDS, InvalidField, Study
-from carto_assets.study.types import Allowed
-from carto_assets.validate import check_choice, check_float, check_int
+from carto_assets.core.validate import check_choice, check_float, check_int
+from carto_assets.study.fields import LOADER_FIELDS, Study
+from carto_assets.study.types import Allowed, InvalidField
 
 
 class ConfigError(ValueError):
@@ -101,7 +101,7 @@ def _message(
         if cause.field:
             path, _, _ = _field_at(root, (*error["loc"], *cause.field.split(".")))
         return f"{noun} field '{path}' must be {cause.must_be}, got {cause.value!r}"
-    if isinstance(cause, ValueError):  # a carto_assets.validate check: already worded
+    if isinstance(cause, ValueError):  # a carto_assets.core.validate check: already worded
         return str(cause)
     name, value = f"{noun} field '{path}'", error["input"]
     if error["type"] == "missing":

@@ -10,7 +10,7 @@ the type brings the range. :mod:`carto_assets.study.messages` words a bad value 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -57,3 +57,15 @@ Bands = Annotated[
     ),
 ]
 Rows = Annotated[int | None, Field(ge=1, description="LSH rows per band; see bands.")]
+
+
+class InvalidField(ValueError):
+    """A broken rule that a constraint cannot express, raised by the configs' validators.
+
+    ``field`` is the dotted path relative to the model being validated (``None``: the field
+    that a field validator checks); the error message adds the path of that model.
+    """
+
+    def __init__(self, field: str | None, must_be: str, value: Any) -> None:
+        super().__init__(f"{field or 'value'} must be {must_be}, got {value!r}")
+        self.field, self.must_be, self.value = field, must_be, value

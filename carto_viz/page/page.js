@@ -265,7 +265,7 @@
 
   // ---- views and their links ---------------------------------------------------------------
   var views = {};
-  // ---- class graphs: compact chunks (carto_viz/graph.py) decoded into the view's records ----
+  // ---- class graphs: compact chunks (carto_viz/class_graphs.py) decoded into the view's records ----
   var graphRows = specs.graph.datasets.graph_rows;
   var rowInfo = new Map(graphRows.map(function (r) { return [r.row, r]; }));
   var topRow = graphRows.length ? graphRows[graphRows.length - 1].row : 0;

@@ -17,10 +17,10 @@ import polars as pl
 import yaml
 
 from carto_assets import schema
-from carto_assets.compare import stage
-from carto_assets.compare.config import load_comparison
-from carto_assets.prepared import PreparedComparison
-from carto_assets.storage import CartoStore
+from carto_assets.stages import comparison as stage
+from carto_assets.stages.prepared import PreparedComparison
+from carto_assets.storage.store import CartoStore
+from carto_assets.study.comparison import load_comparison
 
 
 def write_study_database(

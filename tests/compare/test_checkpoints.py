@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from carto_assets.core.network.training import train_builtin
-from carto_assets.fingerprints import model_fingerprint
-from carto_assets.prepared import PreparedStudy
-from carto_assets.stages.manifest import build_manifest, save_manifest
+from carto_assets.stages.images import build_manifest, save_manifest
 from carto_assets.stages.model import prepare_model
+from carto_assets.stages.prepared import PreparedStudy
 from carto_assets.stages.stored_model import checkpoint_path, load_model, model_dir
+from carto_assets.storage.fingerprints import model_fingerprint
 from carto_assets.study import StudyError, load_study, study_from_dict
 
 

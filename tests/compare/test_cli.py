@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from carto_assets.compare.config import ComparisonError, load_comparison
-from carto_assets.compare.studies import check_studies
-from carto_assets.prepared import PreparedComparison
+from carto_assets.stages.comparison_studies import check_studies
+from carto_assets.stages.prepared import PreparedComparison
 from carto_assets.study import DEMO_STUDY, load_study
+from carto_assets.study.comparison import ComparisonError, load_comparison
 
 ROOT = Path(__file__).resolve().parents[2]
-CARTO = [sys.executable, "-m", "carto_assets.cli"]
+CARTO = [sys.executable, "-m", "carto_assets.cli.main"]
 
 
 def carto(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_the_demo_comparison_is_the_demo_study_after_its_first_epoch():
 
 
 def test_the_comparison_code_location_loads_the_demo_comparison():
-    from carto_assets.compare.definitions import (
+    from carto_assets.comparison_definitions import (
         COMPARE_JOB,
         DEMO_COMPARISON,
         build_comparison_definitions,
@@ -160,7 +160,7 @@ def test_the_comparison_code_location_loads_the_demo_comparison():
 
 
 def test_the_readme_names_every_field_of_a_comparison_file_with_its_default():
-    from carto_assets.compare.config import Comparison
+    from carto_assets.study.comparison import Comparison
 
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Comparing models") : readme.index("## How it works")]

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 import yaml
 
-from carto_assets.compare.config import load_comparison
-from carto_assets.compare.stage import layer_activations
-from carto_assets.prepared import PreparedStudy
-from carto_assets.storage import CartoStore
+from carto_assets.stages.comparison import layer_activations
+from carto_assets.stages.prepared import PreparedStudy
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
+from carto_assets.study.comparison import load_comparison
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def compared(materialized, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "carto_assets.cli",
+            "carto_assets.cli.main",
             "compare",
             str(comparison),
             "-v",

@@ -7,11 +7,11 @@ import pytest
 import torch
 from reference.compare import exact_best_matches, permute_builtin_channels
 
-from carto_assets.compare.matching import match_units, unit_sets
+from carto_assets.core.comparison.matching import match_units, unit_sets
 from carto_assets.core.network.layers import probe_layers, resolve_layers
 from carto_assets.core.network.recorder import Batch, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN
-from carto_assets.core.similarity.minhash import MinHashLsh
+from carto_assets.core.similarity.lsh import MinHashLsh
 from carto_assets.sources.shapes import ShapesWorld
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from compare.known import N_UNITS
 
-from carto_viz.compare import export_compare
+from carto_viz.compare_page import export_compare
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

@@ -9,11 +9,11 @@ import pytest
 from compare.known import HOSTILE, N_UNITS
 from reference.compare import linear_cka
 
-from carto_assets.compare import stage
-from carto_assets.compare.cka import centered_gram, cka_matrix
-from carto_assets.compare.concepts import label_terms, labels_differ
-from carto_assets.compare.layers import layer_shares
-from carto_viz.compare import export_compare
+from carto_assets.core.comparison.cka import centered_gram, cka_matrix
+from carto_assets.core.comparison.concepts import label_terms, labels_differ
+from carto_assets.core.comparison.layer_shares import layer_shares
+from carto_assets.stages import comparison as stage
+from carto_viz.compare_page import export_compare
 
 
 def test_a_permuted_copy_is_matched_unit_for_unit(permuted):
@@ -115,8 +115,8 @@ def test_labels_change_when_neither_leads_with_a_term_of_the_other():
 
 
 def test_concepts_only_in_one_model_say_whether_the_other_names_them():
-    from carto_assets.compare.concepts import concept_frame
-    from carto_assets.compare.matching import BestMatches
+    from carto_assets.core.comparison.concepts import concept_frame
+    from carto_assets.core.comparison.matching import BestMatches
 
     concepts = pl.DataFrame(
         {

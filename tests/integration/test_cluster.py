@@ -29,8 +29,8 @@ import pytest
 from local_cluster import LocalCluster, missing_servers
 
 from carto_assets.assets.partitions import CLASS_CHUNKS
-from carto_assets.run import materialize_all
-from carto_assets.storage import CartoStore
+from carto_assets.cli.run import materialize_all
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]

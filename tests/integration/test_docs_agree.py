@@ -4,7 +4,7 @@ declares (and docs/schema.md documents, see tests/test_schema.py)."""
 import pytest
 
 from carto_assets import schema
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 
 pytestmark = pytest.mark.slow
 

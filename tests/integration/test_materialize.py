@@ -6,13 +6,13 @@ import polars as pl
 import pytest
 import torch
 
-from carto_assets.prepared import PreparedStudy
-from carto_assets.run import RunFailed, materialize_all
+from carto_assets.cli.run import RunFailed, materialize_all
 from carto_assets.sources.datasets import open_source
-from carto_assets.stages.manifest import build_manifest, load_manifest, save_manifest
+from carto_assets.stages.images import build_manifest, load_manifest, save_manifest
 from carto_assets.stages.model import prepare_model
+from carto_assets.stages.prepared import PreparedStudy
 from carto_assets.stages.stored_model import load_model
-from carto_assets.storage import CartoStore
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.slow
@@ -350,7 +350,7 @@ def test_cooccurrence_in_sql_matches_python_sets(materialized):
 def test_concept_graph_is_the_same_whatever_the_class_chunks(materialized):
     """The tables the partitioned assets published equal one in-process run with one class per
     chunk and one with every class in a single chunk."""
-    from carto_assets.stages import graph as graph_stage
+    from carto_assets.stages import concept_graph as graph_stage
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)
@@ -376,7 +376,7 @@ def test_nodes_are_the_rule_applied_to_the_stored_scores(materialized):
     class and layer with nodes has its three ablation rows; the figures compare the rules."""
     from reference.attribution import graph_nodes_sql
 
-    from carto_assets import quality
+    from carto_assets.storage import quality
 
     study, instance, _ = materialized
     store = CartoStore(study.database_path)
@@ -427,7 +427,7 @@ def test_nodes_are_the_rule_applied_to_the_stored_scores(materialized):
 
 
 def graph_stage_steps():
-    from carto_assets.stages.graph import STEPS
+    from carto_assets.stages.concept_graph import STEPS
 
     return STEPS
 
@@ -546,7 +546,7 @@ def test_patches_written_a_few_rows_at_a_time_equal_the_table(materialized, monk
     load as exactly the published table."""
     import duckdb
 
-    from carto_assets.stages import patches as patch_stage
+    from carto_assets.stages import example_patches as patch_stage
 
     study, _, _ = materialized
     store = CartoStore(study.database_path)

@@ -5,12 +5,12 @@ import multiprocessing as mp
 import polars as pl
 import pytest
 
-from carto_assets.prepared import PreparedStudy
 from carto_assets.stages.activations import run_shard, shard_dir
-from carto_assets.stages.manifest import build_manifest, save_manifest, write_images_tables
-from carto_assets.stages.merge import merge_top_images
+from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
 from carto_assets.stages.model import prepare_model
-from carto_assets.storage import CartoStore
+from carto_assets.stages.prepared import PreparedStudy
+from carto_assets.stages.top_images import merge_top_images
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.slow

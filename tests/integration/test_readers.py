@@ -11,9 +11,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from carto_assets.resources import StudyResource
-from carto_assets.run import materialize_all
-from carto_assets.storage import CartoStore, DatabaseBusyError, current_writer
+from carto_assets.assets.resources import StudyResource
+from carto_assets.cli.run import materialize_all
+from carto_assets.storage.store import CartoStore, DatabaseBusyError, current_writer
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_a_reader_held_open_never_blocks_a_run_and_keeps_its_snapshot(
             [
                 sys.executable,
                 "-m",
-                "carto_assets.cli",
+                "carto_assets.cli.main",
                 "run",
                 "--study",
                 str(study_file),

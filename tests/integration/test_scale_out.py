@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import yaml
 
-from carto_assets.run import RunFailed, materialize_all
-from carto_assets.sharding import shard_of
-from carto_assets.storage import CartoStore
+from carto_assets.cli.run import RunFailed, materialize_all
+from carto_assets.storage.sharding import shard_of
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import StudyError, load_study, study_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_deploy_run_config_validates_against_the_documented_celery_code_location
 
 
 def test_an_unknown_partition_is_named(tmp_path):
-    from carto_assets.run import execute_partition
+    from carto_assets.cli.run import execute_partition
 
     instance = _persistent_instance(tmp_path / "home")
     with pytest.raises(RunFailed, match=r"unknown partition 'shard-0009'.*prepare_study"):
@@ -222,7 +222,7 @@ def test_an_unknown_partition_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_failed_worker_processes_are_collected_and_named(tmp_path):
-    from carto_assets.run import _run_partitions_in_processes
+    from carto_assets.cli.run import _run_partitions_in_processes
 
     instance = _persistent_instance(tmp_path / "home")
     with pytest.raises(RunFailed) as err:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carto_assets.run import materialize_all
-from carto_assets.storage import CartoStore
+from carto_assets.cli.run import materialize_all
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from carto_assets.core.similarity.minhash import check_threshold
+from carto_assets.core.similarity.lsh import check_threshold
 from carto_assets.core.similarity.pairs import SimilarPairs
 from carto_assets.core.similarity.sets import (
     NeuronSets,
@@ -22,7 +22,7 @@ from carto_assets.core.similarity.sets import (
     incidence_matrix,
     layer_rows,
 )
-from carto_assets.validate import check_int
+from carto_assets.core.validate import check_int
 
 
 def neuron_sets_from_lists(

@@ -9,15 +9,13 @@ import polars as pl
 import pytest
 from reference.clustering import neuron_sets_from_lists
 
-from carto_assets.stages.clustering import (
-    concept_shares,
+from carto_assets.stages.cluster_quality import (
     group_gains,
     group_images,
-    label_clusters,
     layer_shares,
-    purity_table,
     random_groups,
 )
+from carto_assets.stages.clustering import concept_shares, label_clusters, purity_table
 
 ANNOTATION_SCHEMA = {"image_id": pl.Int64, "concept": pl.Utf8, "value": pl.Utf8}
 

@@ -5,15 +5,10 @@ import polars as pl
 import pytest
 
 from carto_assets import schema
-from carto_assets.quality import figure_frame, figures_of
-from carto_assets.stages.clustering import (
-    find_clusters,
-    load_neuron_sets,
-    quality,
-    stored_clustering,
-    tables,
-)
-from carto_assets.storage import CartoStore
+from carto_assets.stages.cluster_quality import quality, stored_clustering
+from carto_assets.stages.clustering import find_clusters, load_neuron_sets, tables
+from carto_assets.storage.quality import figure_frame, figures_of
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import ClusteringConfig
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from carto_assets.core.sae.dictionaries import train_dictionaries
-from carto_assets.prepared import PreparedStudy
-from carto_assets.stages import features as features_stage
-from carto_assets.stages.features import prepare_dictionaries
-from carto_assets.stages.manifest import build_manifest, save_manifest
+from carto_assets.stages import dictionary as features_stage
+from carto_assets.stages.dictionary import prepare_dictionaries
+from carto_assets.stages.images import build_manifest, save_manifest
 from carto_assets.stages.model import prepare_model
+from carto_assets.stages.prepared import PreparedStudy
 from carto_assets.stages.stored_dictionaries import (
     CURRENT_FILE,
     current_fingerprint,

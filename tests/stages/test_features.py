@@ -17,8 +17,8 @@ from carto_assets.core.sae.layer import (
     position_rows,
     source_layer,
 )
-from carto_assets.stages.features import features_vs_channels
-from carto_assets.stages.merge import neurons_frame
+from carto_assets.stages.dictionary import features_vs_channels
+from carto_assets.stages.top_images import neurons_frame
 
 N_IMAGES, BATCH, K = 40, 16, 6
 

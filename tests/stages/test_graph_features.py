@@ -12,10 +12,10 @@ from carto_assets import schema
 from carto_assets.core.network.zoo import ModelBundle
 from carto_assets.core.sae.autoencoder import SparseAutoencoder
 from carto_assets.core.sae.layer import FEATURE_SUFFIX, FeatureLayer
-from carto_assets.prepared import PreparedStudy, StoredManifest
 from carto_assets.schema import PREDICTION
-from carto_assets.stages import graph
-from carto_assets.storage import CartoStore
+from carto_assets.stages import concept_graph as graph
+from carto_assets.stages.prepared import PreparedStudy, StoredManifest
+from carto_assets.storage.store import CartoStore
 from carto_assets.study import load_study
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

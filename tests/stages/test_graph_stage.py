@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.core.network.layers import LayerInfo
-from carto_assets.stages.patches import _layer_boxes
+from carto_assets.stages.example_patches import _layer_boxes
 
 
 def rows(ys, xs, h, w):

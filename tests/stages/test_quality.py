@@ -8,7 +8,12 @@ import polars as pl
 import pytest
 
 from carto_assets.core.similarity.sets import build_neuron_sets
-from carto_assets.stages.clustering import group_gains, group_images, layer_shares, random_groups
+from carto_assets.stages.cluster_quality import (
+    group_gains,
+    group_images,
+    layer_shares,
+    random_groups,
+)
 
 
 def reference_gain(

@@ -14,9 +14,9 @@ from viz_reference import graph_nodes_and_edges
 
 from carto_viz import export_views, load_tables, script_json, view_data, views_spec
 from carto_viz.charts import ROW_HEIGHT, graph_heights, row_positions
+from carto_viz.class_graphs import decode_ids, encode_ids
 from carto_viz.data import layer_short_names, patch_pngs, short_label
 from carto_viz.export import DATA_DIR, render_page
-from carto_viz.graph import decode_ids, encode_ids
 from carto_viz.sprites import FORMATS, cut_patch, pack_patches
 from carto_viz.summary import study_summary
 from carto_viz.synthetic import HOSTILE_NAMES, make_database

@@ -1,4 +1,4 @@
-"""The images panel's per-class data (carto_viz/images.py) against a plain reference built
+"""The images panel's per-class data (carto_viz/explained_images.py) against a plain reference built
 from the database's tables with SQL."""
 
 from __future__ import annotations

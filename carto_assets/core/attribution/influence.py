@@ -71,8 +71,8 @@ from carto_assets.core.attribution.forward import (
 )
 from carto_assets.core.attribution.relevance import Relevance, relevance
 from carto_assets.core.sae.layer import FeatureLayer
+from carto_assets.core.validate import check_int
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER, column_names
-from carto_assets.validate import check_int
 
 #: One class's edges: the ``concept_graph_edges`` table without its ``label``.
 EDGE_COLUMNS = tuple(c for c in column_names("concept_graph_edges") if c != "label")

@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from carto_assets.core.network.hooks import capture, find_modules
-from carto_assets.validate import check_int
+from carto_assets.core.validate import check_int
 
 #: Smallest patch window, as a fraction of the image side: a 3 px RF crop says nothing.
 MIN_WINDOW_FRACTION = 0.125

@@ -24,7 +24,7 @@ from torch import nn
 
 from carto_assets.core.network.hooks import capture
 from carto_assets.core.network.layers import LayerInfo
-from carto_assets.validate import check_choice, check_int
+from carto_assets.core.validate import check_choice, check_int
 
 
 def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

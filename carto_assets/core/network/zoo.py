@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 #: The built-in CNN's stage widths and design revision; part of the checkpoint cache key
-#: (:func:`carto_assets.fingerprints.model_fingerprint`), so a change to the architecture never
-#: loads an old checkpoint.
+#: (:func:`carto_assets.storage.fingerprints.model_fingerprint`), so a change to the architecture
+#: never loads an old checkpoint.
 BUILTIN_WIDTHS = (32, 48, 64, 96)
 BUILTIN_REVISION = "stride2-first-block"
 

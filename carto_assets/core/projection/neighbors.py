@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carto_assets.validate import check_int
+from carto_assets.core.validate import check_int
 
 __all__ = ["check_vectors", "nearest_neighbors"]
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from carto_assets.core.projection.neighbors import check_vectors, nearest_neighbors
-from carto_assets.validate import check_float, check_int
+from carto_assets.core.validate import check_float, check_int
 
 __all__ = ["Projection", "ProjectionSettings", "project_2d"]
 

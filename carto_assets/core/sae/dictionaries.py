@@ -22,7 +22,7 @@ Two steps, each with fixed memory:
 What a trained dictionary does with a layer's output (each image's feature maxima in the
 activation pass, feature maps in the concept graph) is :mod:`carto_assets.core.sae.layer`.
 The study-level wiring (the ``dictionary`` asset, the pseudo-layers) is
-:mod:`carto_assets.stages.features`. No study, no dagster here.
+:mod:`carto_assets.stages.dictionary`. No study, no dagster here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from carto_assets import atomic
 from carto_assets.core.network.hooks import capture
 from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.network.recorder import Batch
@@ -49,7 +48,8 @@ from carto_assets.core.sae.autoencoder import (
     train_sae,
 )
 from carto_assets.core.sae.layer import _WEIGHT_NAMES, FeatureLayer
-from carto_assets.validate import check_float, check_int, check_seed
+from carto_assets.core.validate import check_float, check_int, check_seed
+from carto_assets.storage import atomic
 
 #: Bumped when the dictionary training code changes what the same settings produce (stored
 #: dictionaries of another revision are retrained: part of their fingerprint).

@@ -26,10 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from carto_assets.core.similarity.minhash import check_threshold
+from carto_assets.core.similarity.lsh import check_threshold
 from carto_assets.core.similarity.pairs import PairMethod, SimilarPairs, similar_pairs
 from carto_assets.core.similarity.sets import NeuronSets
-from carto_assets.validate import check_choice
+from carto_assets.core.validate import check_choice
 
 Linkage = Literal["average", "complete", "single"]
 LINKAGES: tuple[str, ...] = ("average", "complete", "single")

@@ -26,19 +26,16 @@ from typing import Literal
 
 import numpy as np
 
-from carto_assets.core.similarity.minhash import (
+from carto_assets.core.similarity.lsh import (
     RECALL_WEIGHTS,
-    Encoding,
     MinHashLsh,
     MinHashLshSettings,
-    Scheme,
     check_threshold,
-    fmix,
     lsh_banding,
     lsh_candidate_pairs,
-    minhash_signatures,
     pairs_within_runs,
 )
+from carto_assets.core.similarity.minhash import Encoding, Scheme, fmix, minhash_signatures
 from carto_assets.core.similarity.sets import (
     NeuronSets,
     image_codes,
@@ -48,7 +45,7 @@ from carto_assets.core.similarity.sets import (
     pair_jaccard,
     sub_positions,
 )
-from carto_assets.validate import check_choice, check_int
+from carto_assets.core.validate import check_choice, check_int
 
 PairMethod = Literal["lsh", "inverted_index"]
 PAIR_METHODS: tuple[str, ...] = ("lsh", "inverted_index")
@@ -321,7 +318,7 @@ def lsh_pairs(
         ``carto_assets.core.similarity.minhash.minhash_signatures``), ``bands`` and ``rows``:
         LSH banding, both or neither; if neither, derived from ``threshold``, ``num_perm`` and
         ``weights`` like datasketch's ``MinHashLSH``. A study's clustering block, or
-        :class:`~carto_assets.core.similarity.minhash.MinHashLsh`.
+        :class:`~carto_assets.core.similarity.lsh.MinHashLsh`.
     scheme, encoding
         MinHash parameters, see ``minhash_signatures``.
     weights

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from carto_assets.validate import check_int
+from carto_assets.core.validate import check_int
 
 __all__ = ["Sentences", "expected_window_weight", "image_sentences", "window_examples"]
 

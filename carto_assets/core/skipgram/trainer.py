@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from carto_assets.core.skipgram.sentences import image_sentences, window_examples
-from carto_assets.validate import check_float, check_int
+from carto_assets.core.validate import check_float, check_int
 
 __all__ = [
     "BatchGradients",

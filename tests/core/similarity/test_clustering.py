@@ -11,7 +11,8 @@ from carto_assets.core.similarity.linkage import (
     clustering_agreement,
     group_neurons,
 )
-from carto_assets.core.similarity.minhash import MinHashLsh, minhash_signatures
+from carto_assets.core.similarity.lsh import MinHashLsh
+from carto_assets.core.similarity.minhash import minhash_signatures
 from carto_assets.core.similarity.pairs import (
     SimilarPairs,
     confirm_pairs,

@@ -5,18 +5,20 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32, sha1_hash64
 
+from carto_assets.core.similarity.lsh import (
+    lsh_banding,
+    lsh_candidate_pairs,
+    optimal_lsh_params,
+    pairs_within_runs,
+)
 from carto_assets.core.similarity.minhash import (
     ENCODINGS,
     SCHEMES,
     encode_image_id,
     hash_image_ids,
-    lsh_banding,
-    lsh_candidate_pairs,
     max_hash,
     minhash_permutations,
     minhash_signatures,
-    optimal_lsh_params,
-    pairs_within_runs,
     unique_inverse,
 )
 

@@ -1,0 +1,2 @@
+"""What a running process reads (environment), reports (progress, console) and gives back
+(memory)."""

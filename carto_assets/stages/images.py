@@ -1,0 +1,163 @@
+"""The image manifest: which images a study maps, in which shard, with which labels.
+
+Files under ``study.files_dir``::
+
+    manifest/images.parquet         the image manifest (also the ``images`` table)
+    manifest/classes.json           class names in label order
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from carto_assets.sources.datasets import (
+    ImageFolderSource,
+    ImageSource,
+    SkippedFile,
+    open_source,
+    study_image_size,
+)
+from carto_assets.storage import atomic
+from carto_assets.storage.sharding import shard_of
+from carto_assets.storage.store import CartoStore, write_parquet_atomic
+from carto_assets.study import Study
+
+
+@dataclass(frozen=True)
+class Manifest:
+    images: pl.DataFrame  # image_id, shard, source, label, label_name
+    class_names: list[str]
+    concepts: pl.DataFrame | None  # image_id, concept, value
+    skipped: list[SkippedFile]
+    #: ``image_masks`` rows where the source knows where each object is (shapes), else None
+    masks: pl.DataFrame | None = None
+
+
+def build_manifest(study: Study) -> Manifest:
+    """Scan the study's dataset and assign images to shards."""
+    source = open_source(study)
+    records = source.records()
+    n = len(records)
+    if study.top_k > n:
+        raise ValueError(
+            f"top_k={study.top_k} is larger than the dataset ({n} readable images); "
+            f"lower top_k or add images"
+        )
+    if study.shards > n:
+        raise ValueError(f"shards={study.shards} is larger than the dataset ({n} images)")
+    ids = np.arange(n, dtype=np.int64)
+    shard = shard_of(ids, n, study.shards, study.shard_size).astype(np.int32)
+    if study.shard_size is not None and int(shard.max()) + 1 != study.shards:
+        raise ValueError(
+            f"shard_size={study.shard_size}: the dataset has {n} readable images "
+            f"({int(shard.max()) + 1} shards) but dataset.size={study.dataset.size} promised "
+            f"{study.shards} shards; set dataset.size to {n}"
+        )
+    images = pl.DataFrame(
+        {
+            "image_id": ids,
+            "shard": shard,
+            "source": [r.source for r in records],
+            "label": np.array([r.label for r in records], dtype=np.int32),
+            "label_name": [r.label_name for r in records],
+        }
+    )
+    rows = source.concept_rows()
+    concepts = None
+    if rows is not None:
+        concepts = pl.DataFrame(
+            {
+                "image_id": np.array([r[0] for r in rows], dtype=np.int64),
+                "concept": [r[1] for r in rows],
+                "value": [r[2] for r in rows],
+            }
+        )
+    return Manifest(images, list(source.class_names), concepts, source.skipped, _masks(source, n))
+
+
+def _masks(source, n: int) -> pl.DataFrame | None:
+    """Each image's object mask as ``image_masks`` rows (bits packed row-major), or None."""
+    if n == 0 or source.object_mask(0) is None:
+        return None
+    masks = [source.object_mask(i) for i in range(n)]
+    return pl.DataFrame(
+        {
+            "image_id": np.arange(n, dtype=np.int64),
+            "height": np.array([m.shape[0] for m in masks], dtype=np.int32),
+            "width": np.array([m.shape[1] for m in masks], dtype=np.int32),
+            "mask": [np.packbits(m.astype(bool)).tobytes() for m in masks],
+        }
+    )
+
+
+def unpack_mask(packed: bytes, height: int, width: int) -> np.ndarray:
+    """An ``image_masks.mask`` as a bool (height, width) array."""
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[: height * width]
+    return bits.reshape(height, width).astype(bool)
+
+
+def manifest_dir(study: Study) -> Path:
+    return study.files_dir / "manifest"
+
+
+def save_manifest(study: Study, manifest: Manifest) -> None:
+    d = manifest_dir(study)
+    write_parquet_atomic(manifest.images, d / "images.parquet")
+    atomic.write_text(d / "classes.json", json.dumps({"class_names": manifest.class_names}))
+
+
+def _identity(path: Path) -> tuple:
+    s = path.stat()
+    return (str(path), s.st_ino, s.st_size, s.st_mtime_ns)
+
+
+def manifest_identity(study: Study) -> tuple:
+    """What changes when ``images`` writes a new manifest (its files are replaced by rename,
+    so a new inode): keys what is derived from it without reading it."""
+    d = manifest_dir(study)
+    return (_identity(d / "images.parquet"), _identity(d / "classes.json"))
+
+
+def load_manifest(study: Study) -> tuple[pl.DataFrame, list[str]]:
+    """The stored manifest: ``(images, class_names)``, read from its files (a step reads it
+    once, through :attr:`carto_assets.stages.prepared.PreparedStudy.manifest`)."""
+    d = manifest_dir(study)
+    if not (d / "images.parquet").is_file():
+        raise FileNotFoundError(
+            f"no image manifest under {d}; materialize the `images` asset first"
+        )
+    images = pl.read_parquet(d / "images.parquet")
+    class_names = json.loads((d / "classes.json").read_text())["class_names"]
+    return images, list(class_names)
+
+
+def source_for_manifest(study: Study, images: pl.DataFrame, class_names: list[str]) -> ImageSource:
+    """The image source for a stored manifest (image folders are not rescanned)."""
+    if study.dataset.kind == "imagefolder":
+        return ImageFolderSource.from_manifest(
+            study.dataset.path or "",
+            images["source"].to_list(),
+            images["label"].to_list(),
+            class_names,
+            study_image_size(study),
+        )
+    return open_source(study)
+
+
+def write_images_tables(study: Study, manifest: Manifest, store: CartoStore) -> dict[str, int]:
+    """``images`` (and ``image_concepts``, ``image_masks`` where the source has ground truth),
+    atomically."""
+    tables: dict[str, pl.DataFrame | str] = {"images": manifest.images}
+    if manifest.concepts is not None:
+        tables["image_concepts"] = manifest.concepts
+    if manifest.masks is not None:
+        tables["image_masks"] = manifest.masks
+    # A source without ground truth drops the tables an earlier study may have left.
+    drop = ["image_concepts"] if manifest.concepts is None else []
+    drop += ["image_masks"] if manifest.masks is None else []
+    return store.replace_tables(tables, drop=drop)

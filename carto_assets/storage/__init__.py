@@ -1,0 +1,2 @@
+"""Where results live: the DuckDB store, atomic files, partition keys, fingerprints, quality
+figures."""
