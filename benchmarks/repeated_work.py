@@ -40,6 +40,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import importlib
 import io
 import json
 import os
@@ -189,15 +190,20 @@ def _instance(folder: Path):
 
 def run_step(step: str, folder: Path, counts: collections.Counter) -> float:
     """Run one step in this process; returns its seconds (counts accumulate in ``counts``)."""
-    from carto_assets.assets.events import QUIET_RUN_CONFIG
-    from carto_assets.definitions import build_definitions
+    from carto_assets.runtime.environment import STUDY_ENV_VAR
 
     study = folder / "study.yaml"
+    # As a Dagster worker: the definitions module builds the study's definitions on import
+    # (importing it here without the variable would validate the demo study as well).
+    os.environ[STUDY_ENV_VAR] = str(study)
     if step == "definitions":
         start = time.perf_counter()
-        build_definitions(str(study))
+        importlib.import_module("carto_assets.definitions")
         return time.perf_counter() - start
     if step in ("activation_pass shard-0000", "concept_graph_chunks classes-0000"):
+        from carto_assets.assets.events import QUIET_RUN_CONFIG
+        from carto_assets.definitions import build_definitions
+
         job, key = step.split()
         defs = build_definitions(str(study))
         counts.clear()  # the job's execution only: the definitions are their own row
