@@ -460,6 +460,9 @@ NOT_RUN = {
     # Comparing models (issue 23); `carto compare` is typed in tests/compare/.
     ".venv/bin/python benchmarks/compare.py": "a benchmark: maps five demo-size studies, minutes",
     ".venv/bin/python benchmarks/repeated_work.py": "a benchmark: maps a small study, a minute",
+    ".venv/bin/python benchmarks/words.py": (
+        "a benchmark: reads a mapped study (the demo's database in ./data), half a minute"
+    ),
     ".venv/bin/python benchmarks/same_tables.py a.duckdb b.duckdb": (
         "a comparison of two mapped studies' databases (a refactor's before and after)"
     ),
