@@ -12,7 +12,8 @@ Every expansion is two sparse products over all units at once: with ``R`` the un
 every term; ``AND NOT``, ``OR`` and ``OR NOT`` follow by inclusion-exclusion from those and
 ``T.T @ R``. The Python loops run over depths and beam slots only.
 
-A formula of more terms replaces a shorter one only where it beats it by ``min_gain`` AUC; a
+A formula of more terms replaces a shorter one only where it beats it by more than ``min_gain``
+AUC; a
 unit whose chosen formula has AUC below ``min_auc`` or a Bonferroni-corrected p-value above
 ``max_p`` gets no formula ("no word fits"). docs/words.md explains the method.
 
@@ -40,6 +41,7 @@ __all__ = [
     "LabelSearch",
     "LabelSearchSettings",
     "UnitWords",
+    "extension_sums",
     "label_units",
     "pooled_activations",
     "term_indicator",
@@ -286,8 +288,8 @@ def label_units(
     settings : LabelSearchSettings
         ``max_terms`` (1..3) terms per formula at most; ``beam`` formulas kept per depth;
         ``min_auc`` the lowest AUC of a label; ``max_p`` the highest Bonferroni-corrected
-        p-value of a label; ``min_gain`` the AUC a formula must gain over the best formula
-        with fewer terms to replace it.
+        p-value of a label; ``min_gain`` the AUC a formula must gain (strictly more) over the
+        best formula with fewer terms to replace it.
     memory_budget : int
         Bytes of working arrays; units are searched in chunks that fit (the result does not
         depend on it).
@@ -357,6 +359,52 @@ def _result(out, trees, chosen_ok, singles, n_formulas) -> UnitWords:
     )
 
 
+def extension_sums(
+    ranks: np.ndarray,
+    mask: np.ndarray,
+    term_rows: sparse.csr_matrix,
+    term_sums: np.ndarray,
+    term_counts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank sums and counts of ``F AND t``, ``F OR t``, ``F AND NOT t``, ``F OR NOT t``.
+
+    Two sparse products for every term and unit at once: ``T.T @ (R * M)`` and ``T.T @ M``
+    are the rank sum and count of ``t AND F``; the other three follow by inclusion-exclusion.
+
+    Parameters
+    ----------
+    ranks : np.ndarray
+        (n_images, n_units) average ranks.
+    mask : np.ndarray
+        bool (n_images, n_units): where each unit's formula ``F`` holds.
+    term_rows : scipy.sparse.csr_matrix
+        float64 (n_terms, n_images): the indicator, transposed.
+    term_sums : np.ndarray
+        (n_terms, n_units) rank sums of the terms alone (``term_rows @ ranks``).
+    term_counts : np.ndarray
+        (n_terms, 1) images per term.
+
+    Returns
+    -------
+    sums, counts : np.ndarray
+        float64 (4, n_terms, n_units) each, in the order AND, OR, AND NOT, OR NOT.
+    """
+    n = ranks.shape[0]
+    total = n * (n + 1) / 2.0
+    weighted = ranks * mask
+    in_and = np.asarray(term_rows @ weighted)
+    n_and = np.asarray(term_rows @ mask.astype(np.float64))
+    s_mask = weighted.sum(axis=0)
+    n_mask = mask.sum(axis=0).astype(np.float64)
+    sums = np.stack(
+        [in_and, term_sums + s_mask - in_and, s_mask - in_and, total - (term_sums - in_and)]
+    )
+    counts = np.stack(
+        [n_and, term_counts + n_mask - n_and, n_mask - n_and, n - (term_counts - n_and)]
+    )
+    return sums, counts
+
+
 def _search_chunk(
     x, t_dense, t_rows, positives, terms, settings, n_formulas, out, trees, chosen_ok, singles, lo
 ) -> None:
@@ -393,18 +441,7 @@ def _search_chunk(
     for _depth in range(2, settings.max_terms + 1):
         found = []
         for slot in range(b_auc.shape[0]):
-            mask = masks[slot]  # (n, U) bool
-            weighted = ranks * mask
-            in_and = np.asarray(t_rows @ weighted)  # rank sums of t AND F
-            n_and = np.asarray(t_rows @ mask.astype(np.float64))
-            s_mask = weighted.sum(axis=0)
-            n_mask = mask.sum(axis=0).astype(np.float64)
-            slot_sums = np.stack(
-                [in_and, s1 + s_mask - in_and, s_mask - in_and, total - (s1 - in_and)]
-            )
-            slot_counts = np.stack(
-                [n_and, positives + n_mask - n_and, n_mask - n_and, n - (positives - n_and)]
-            )
+            slot_sums, slot_counts = extension_sums(ranks, masks[slot], t_rows, s1, positives)
             slot_auc = auc_from_rank_sums(slot_sums, slot_counts, n)
             slot_auc[:, :, ranked.constant] = np.nan
             slot_auc[:, :, ~np.isfinite(b_auc[slot])] = np.nan
@@ -437,11 +474,11 @@ def _search_chunk(
         masks = new_masks
         best.append((b_auc[0], b_sum[0], b_count[0], ops[0], term_ids[0]))
 
-    # Fewer terms unless more gain min_gain.
+    # Fewer terms unless more gain more than min_gain (a tie keeps the shorter formula).
     best_auc, best_sum, best_count = (np.stack([b[i] for b in best]) for i in range(3))
     choice = np.zeros(units, dtype=np.int64)
     for depth in range(1, len(best)):
-        better = _fill(best_auc[depth]) >= _fill(best_auc[choice, columns]) + settings.min_gain
+        better = _fill(best_auc[depth]) > _fill(best_auc[choice, columns]) + settings.min_gain
         choice = np.where(better, depth, choice)
     chosen_auc = best_auc[choice, columns]
     chosen_sum = best_sum[choice, columns]
