@@ -22,6 +22,7 @@ Pure numpy/scipy; no orchestration imports.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -273,6 +274,7 @@ def label_units(
     settings: LabelSearchSettings = LabelSearch(),
     *,
     memory_budget: int = 256 * 2**20,
+    timings: dict[str, float] | None = None,
 ) -> UnitWords:
     """Per unit, the formula over the terms that best separates the images it fires on.
 
@@ -293,6 +295,9 @@ def label_units(
     memory_budget : int
         Bytes of working arrays; units are searched in chunks that fit (the result does not
         depend on it).
+    timings : dict[str, float], optional
+        If given, seconds are added per phase: ``ranks``, ``depth 1``, ``depth 2``, ...,
+        ``choice`` (the rule and the p-values).
 
     Returns
     -------
@@ -339,7 +344,7 @@ def label_units(
         hi = min(lo + chunk, n_units)
         _search_chunk(
             x[:, lo:hi], t_dense, t_rows, positives, kept, settings, n_formulas,
-            out, trees, chosen_ok, singles, lo,
+            out, trees, chosen_ok, singles, lo, timings if timings is not None else {},
         )  # fmt: skip
     return _result(out, trees, chosen_ok, singles, n_formulas)
 
@@ -406,11 +411,20 @@ def extension_sums(
 
 
 def _search_chunk(
-    x, t_dense, t_rows, positives, terms, settings, n_formulas, out, trees, chosen_ok, singles, lo
-) -> None:
+    x, t_dense, t_rows, positives, terms, settings, n_formulas, out, trees, chosen_ok, singles, lo,
+    timings,
+) -> None:  # fmt: skip
+    clock = [time.perf_counter()]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - clock[0]
+        clock[0] = now
+
     n = x.shape[0]
     k_terms = len(terms)
     ranked = rank_units(x)
+    lap("ranks")
     ranks = ranked.ranks
     units = ranks.shape[1]
     columns = np.arange(units)
@@ -438,7 +452,8 @@ def _search_chunk(
         if np.isfinite(b_auc[0, u]):
             singles[lo + u] = _tree(ops[0, u], term_ids[0, u], terms)
 
-    for _depth in range(2, settings.max_terms + 1):
+    lap("depth 1")
+    for depth in range(2, settings.max_terms + 1):
         found = []
         for slot in range(b_auc.shape[0]):
             slot_sums, slot_counts = extension_sums(ranks, masks[slot], t_rows, s1, positives)
@@ -473,6 +488,7 @@ def _search_chunk(
             new_masks[slot] = np.where(is_and, inherited & added, inherited | added)
         masks = new_masks
         best.append((b_auc[0], b_sum[0], b_count[0], ops[0], term_ids[0]))
+        lap(f"depth {depth}")
 
     # Fewer terms unless more gain more than min_gain (a tie keeps the shorter formula).
     best_auc, best_sum, best_count = (np.stack([b[i] for b in best]) for i in range(3))
@@ -491,3 +507,4 @@ def _search_chunk(
         if np.isfinite(chosen_auc[u]):
             trees[lo + u] = _tree(best[d][3][u], best[d][4][u], terms)
             chosen_ok[lo + u] = chosen_auc[u] >= settings.min_auc and p[u] <= settings.max_p
+    lap("choice")
