@@ -64,8 +64,8 @@ class RankedUnits:
 def rank_units(activations: np.ndarray) -> RankedUnits:
     """Average ranks, tie sums and constant columns of an (n_images, n_units) matrix.
 
-    Vectorised over the columns: one sort along the images, then the first and last
-    position of every run of equal values by running maximum and minimum.
+    Vectorised over the columns: one sort along the images, then every run of equal values
+    gets the mean of the ranks it spans.
 
     Parameters
     ----------
@@ -88,22 +88,24 @@ def rank_units(activations: np.ndarray) -> RankedUnits:
     if not np.isfinite(x).all():
         raise ValueError("activations must be finite (no NaN or infinity)")
     n, m = x.shape
-    order = np.argsort(x, axis=0, kind="stable")
-    ordered = np.take_along_axis(x, order, axis=0)
-    starts = np.ones((n, m), dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    rows = np.arange(n, dtype=np.int64)[:, None]
-    first = np.maximum.accumulate(np.where(starts, rows, 0), axis=0)
-    ends = np.ones((n, m), dtype=bool)
-    ends[:-1] = starts[1:]
-    last = np.minimum.accumulate(np.where(ends, rows, n)[::-1], axis=0)[::-1]
-    del starts, ends, ordered
-    size = (last - first + 1).astype(np.float64)
-    ranks = np.empty((n, m), dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
-    # Each member of a run of t ties adds t^2 - 1, so a run adds t^3 - t.
-    tie_sums = (size * size - 1.0).sum(axis=0)
-    constant = size[0] == n
+    by_unit = np.ascontiguousarray(x.T)  # one unit per row: sorts along contiguous memory
+    order = np.argsort(by_unit, axis=1, kind="stable")
+    ordered = np.take_along_axis(by_unit, order, axis=1)
+    starts = np.empty((m, n), dtype=bool)
+    starts[:, 0] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    del ordered
+    # Runs of equal values, numbered over the flattened rows (a run never spans two rows).
+    flat = starts.ravel()
+    first = np.flatnonzero(flat)
+    size = np.diff(np.append(first, m * n))
+    average = (first % n) + (size + 1) / 2.0  # the mean of ranks first+1 .. first+size
+    ranks = np.empty((m, n), dtype=np.float64)
+    np.put_along_axis(ranks, order, average[np.cumsum(flat) - 1].reshape(m, n), axis=1)
+    size = size.astype(np.float64)
+    tie_sums = np.bincount(first // n, weights=size**3 - size, minlength=m)
+    constant = size[np.searchsorted(first, np.arange(m) * n)] == n
+    ranks = np.ascontiguousarray(ranks.T)
     return RankedUnits(ranks=ranks, tie_sums=tie_sums, constant=constant)
 
 
