@@ -443,7 +443,9 @@ def _search_chunk(
     b_auc, b_sum, b_count, b_id = _select(auc, rank_sums, counts, ids, beam, n)
     ops = (b_id // k_terms)[:, :, None]  # (beam, U, depth)
     term_ids = (b_id % k_terms)[:, :, None]
-    masks = t_dense[:, term_ids[:, :, 0]].transpose(1, 0, 2) ^ (ops[:, :, 0] == NOT_TERM)[:, None]
+    masks = np.ascontiguousarray(  # (beam, n, U); contiguous for the sparse products
+        t_dense[:, term_ids[:, :, 0]].transpose(1, 0, 2) ^ (ops[:, :, 0] == NOT_TERM)[:, None]
+    )
 
     best = [(b_auc[0], b_sum[0], b_count[0], ops[0], term_ids[0])]
     out["single_auc"][lo : lo + units] = b_auc[0]
