@@ -16,7 +16,9 @@ Each scale runs in its own subprocess, so that its peak RSS (``ru_maxrss``: inte
 libraries, the activation matrix and the search's working arrays) is its own. ``search Δ`` is
 the peak of numpy's allocations during :func:`label_units` above what was allocated before it
 (tracemalloc, which numpy reports to): the search's working memory, bounded by its
-``memory_budget`` (256 MiB) plus the result. Seconds per phase come from the search's own
+``memory_budget`` (256 MiB) plus the result; ``peak RSS in search`` is the process's peak
+RSS during the search (the kernel's mark reset just before, Linux), to be read against
+``RSS before search`` (mostly the activation matrix). Seconds per phase come from the search's own
 ``timings`` (summed over its unit chunks).
 """
 
@@ -100,6 +102,7 @@ def run_scale(scale: str, max_terms: int, beam: int) -> dict:
     start = time.perf_counter()
     terms, indicator, activations, planted, indicator_seconds = synthetic(**size)
     generate_seconds = time.perf_counter() - start
+    rss_before = _reset_peak_rss()
     tracemalloc.start()
     before, _ = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
@@ -135,11 +138,36 @@ def run_scale(scale: str, max_terms: int, beam: int) -> dict:
         "search s": round(search_seconds, 2),
         "search Δ MiB": round((peak - before) / 2**20, 1),
         "activations MiB": round(activations.nbytes / 2**20, 1),
+        "RSS before search MiB": round(rss_before / 2**20, 1),
+        "peak RSS in search MiB": round(_peak_rss() / 2**20, 1),
         "peak RSS MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "labelled": round(float(labelled.mean()), 3),
         "composite": round(float(np.mean([f is not None and " " in f for f in words.formula])), 3),
         "planted recovered": recovered,
     }
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) where Linux allows; the RSS now, in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def _peak_rss() -> int:
+    """Peak RSS since the last reset (VmHWM), in bytes; ru_maxrss where /proc has none."""
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _equivalents(formula) -> list:
