@@ -144,7 +144,7 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         ),
         (
             {"base_dir": "/"},
-            "unknown study field 'base_dir'; allowed fields: annotations, batch_size, channels_last, ",
+            "unknown study field 'base_dir'; allowed fields: annotations, batch_size, ",
         ),
         (
             {"training": [1]},
