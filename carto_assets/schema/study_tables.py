@@ -581,8 +581,9 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "asset",
             "VARCHAR",
-            "the asset that measured the figure and wrote the row (`images`, `model`, `dictionary`, "
-            "`cluster_quality`, `neuron_embedding`, `concept_graph`); re-materializing it "
+            "the asset that measured the figure and wrote the row (`images`, `model`, "
+            "`dictionary`, `cluster_quality`, `neuron_embedding`, `concept_graph`); "
+            "re-materializing it "
             "replaces its rows, in the same snapshot as its tables",
         ),
         ("figure", "VARCHAR", "the figure's key, e.g. `pair_recall`, `concept_cluster_gain`"),

@@ -327,8 +327,11 @@ class SampleMaxima:
         lo, hi = self.filled, self.filled + len(rows)
         if hi > len(self.wanted):
             raise ValueError("an image was streamed twice: its sampled maxima are kept once")
-        index = torch.from_numpy(rows).to(values.device, non_blocking=True)
-        self.maxima[lo:hi].copy_(values.index_select(0, index), non_blocking=True)
+        if len(rows) == len(ids):  # the whole batch is sampled (small studies): no gather
+            picked = values
+        else:
+            picked = values.index_select(0, torch.from_numpy(rows).to(values.device))
+        self.maxima[lo:hi].copy_(picked, non_blocking=True)
         self.image_ids[lo:hi] = ids[rows]
         self.filled = hi
 
