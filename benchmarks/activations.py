@@ -7,7 +7,8 @@ Measured side by side in one run, on the same model, images and batch size:
    labels' sample (every unit's maximum on a seeded sample of the images, ``--sample``; all of
    them by default, the most it can cost), interleaved repeats; the ratios use each side's
    fastest repeat (other processes on a small machine only ever add time), the medians are
-   printed beside them;
+   printed beside them; on a busy machine the difference drowns in noise, so the sample's own
+   work (:class:`SampleMaxima` alone, on the same shapes of activations) is timed too;
 2. memory: peak resident memory of the activation stage, keeping a sample of
    ``--memory-sample`` images, over N and 10N images, each in a fresh subprocess, with images
    generated batch by batch so the dataset itself is never in memory.
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carto_assets.core.network.layers import probe_layers, resolve_layers
-from carto_assets.core.network.recorder import Batch, activation_pass
+from carto_assets.core.network.recorder import Batch, SampleMaxima, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 from carto_assets.core.sae.dictionaries import sample_image_ids
 
@@ -108,6 +109,23 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
         (statistics.median(bare), statistics.median(stage), statistics.median(sampled)),
         len(sample_ids),
     )
+
+
+def sample_alone(n_units: int, n_images: int, batch_size: int, sample, repeats: int) -> float:
+    """Seconds :class:`SampleMaxima` takes to keep ``sample`` of ``n_images`` images' rows
+    from batches of (batch_size, n_units) activations (fastest repeat, buffer included)."""
+    ids = sample_image_ids(torch.arange(n_images).numpy(), sample, seed=0)
+    values = torch.randn(batch_size, n_units)
+    best = float("inf")
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        kept = SampleMaxima(ids, n_units, torch.device("cpu"))
+        for lo in range(0, n_images, batch_size):
+            b = min(batch_size, n_images - lo)
+            kept.update(values[:b], torch.arange(lo, lo + b))
+        kept.result()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def memory_child(args) -> None:
@@ -216,6 +234,11 @@ def main() -> None:
     print(
         f"sample's cost    : {100 * (sampled / stage - 1):+7.1f}%   of the stage (target <= 5%; "
         f"medians: {100 * (sampled_med / stage_med - 1):+.1f}%)"
+    )
+    alone = sample_alone(n_neurons, args.images, args.batch_size, args.sample, args.repeats)
+    print(
+        f"sample alone     : {alone * 1e3:8.2f} ms = {100 * alone / stage:.2f}% of the stage "
+        "(SampleMaxima on the same shapes, buffer included)"
     )
     n = args.memory_images
     print(f"memory runs keep a sample of {args.memory_sample} images' maxima")

@@ -327,11 +327,14 @@ class SampleMaxima:
         lo, hi = self.filled, self.filled + len(rows)
         if hi > len(self.wanted):
             raise ValueError("an image was streamed twice: its sampled maxima are kept once")
+        out = self.maxima[lo:hi]
         if len(rows) == len(ids):  # the whole batch is sampled (small studies): no gather
-            picked = values
+            out.copy_(values, non_blocking=True)
+        elif values.device == out.device:  # gathered straight into the buffer: no temporary
+            torch.index_select(values, 0, torch.from_numpy(rows), out=out)
         else:
-            picked = values.index_select(0, torch.from_numpy(rows).to(values.device))
-        self.maxima[lo:hi].copy_(picked, non_blocking=True)
+            index = torch.from_numpy(rows).to(values.device)
+            out.copy_(values.index_select(0, index), non_blocking=True)
         self.image_ids[lo:hi] = ids[rows]
         self.filled = hi
 
