@@ -3,11 +3,15 @@
 Measured side by side in one run, on the same model, images and batch size:
 
 1. time: the bare forward pass over the images vs the activation stage (hooks, spatial
-   max/argmax, streaming top-k merge, per-class statistics), interleaved repeats; the ratio uses
-   each side's fastest repeat (other processes on a small machine only ever add time), the
-   medians are printed beside it;
-2. memory: peak resident memory of the activation stage over N and 10N images, each in a fresh
-   subprocess, with images generated batch by batch so the dataset itself is never in memory.
+   max/argmax, streaming top-k merge, per-class statistics) vs the same stage keeping the
+   labels' sample (every unit's maximum on a seeded sample of the images, ``--sample``; all of
+   them by default, the most it can cost), interleaved repeats; the ratios use each side's
+   fastest repeat (other processes on a small machine only ever add time), the medians are
+   printed beside them; on a busy machine the difference drowns in noise, so the sample's own
+   work (:class:`SampleMaxima` alone, on the same shapes of activations) is timed too;
+2. memory: peak resident memory of the activation stage, keeping a sample of
+   ``--memory-sample`` images, over N and 10N images, each in a fresh subprocess, with images
+   generated batch by batch so the dataset itself is never in memory.
 
     python benchmarks/activations.py                         # built-in CNN, 64 px
     python benchmarks/activations.py --model torchvision:resnet50 --size 224 --images 256
@@ -29,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carto_assets.core.network.layers import probe_layers, resolve_layers
-from carto_assets.core.network.recorder import Batch, activation_pass
+from carto_assets.core.network.recorder import Batch, SampleMaxima, activation_pass
 from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
+from carto_assets.core.sae.dictionaries import sample_image_ids
 
 
 def build(model_spec: str, size: int):
@@ -55,7 +60,7 @@ def batches(n_images: int, batch_size: int, size: int, seed: int = 0):
         )
 
 
-def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu"):
+def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu", sample=None):
     device = torch.device(device)
     model.to(device)
     data = [
@@ -67,7 +72,8 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    bare, stage = [], []
+    bare, stage, sampled = [], [], []
+    sample_ids = sample_image_ids(torch.arange(n_images).numpy(), sample, seed=0)
 
     def run_bare():
         t = time.perf_counter()
@@ -77,19 +83,49 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
             sync()
         return time.perf_counter() - t
 
-    def run_stage():
+    def run_stage(ids=None):
         t = time.perf_counter()
-        activation_pass(
-            model, layers, iter(data), k=k, n_classes=8, mass_fraction=0.03, device=device
+        result = activation_pass(
+            model,
+            layers,
+            iter(data),
+            k=k,
+            n_classes=8,
+            mass_fraction=0.03,
+            device=device,
+            sample_ids=ids,
         )
         sync()
+        assert ids is None or len(result.unit_maxima["image_id"]) == len(ids)
         return time.perf_counter() - t
 
-    run_bare(), run_stage()  # warm-up (allocator, oneDNN primitives)
+    run_bare(), run_stage(), run_stage(sample_ids)  # warm-up (allocator, oneDNN primitives)
     for _ in range(repeats):
         bare.append(run_bare())
         stage.append(run_stage())
-    return min(bare), min(stage), statistics.median(bare), statistics.median(stage)
+        sampled.append(run_stage(sample_ids))
+    return (
+        (min(bare), min(stage), min(sampled)),
+        (statistics.median(bare), statistics.median(stage), statistics.median(sampled)),
+        len(sample_ids),
+    )
+
+
+def sample_alone(n_units: int, n_images: int, batch_size: int, sample, repeats: int) -> float:
+    """Seconds :class:`SampleMaxima` takes to keep ``sample`` of ``n_images`` images' rows
+    from batches of (batch_size, n_units) activations (fastest repeat, buffer included)."""
+    ids = sample_image_ids(torch.arange(n_images).numpy(), sample, seed=0)
+    values = torch.randn(batch_size, n_units)
+    best = float("inf")
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        kept = SampleMaxima(ids, n_units, torch.device("cpu"))
+        for lo in range(0, n_images, batch_size):
+            b = min(batch_size, n_images - lo)
+            kept.update(values[:b], torch.arange(lo, lo + b))
+        kept.result()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def memory_child(args) -> None:
@@ -102,6 +138,7 @@ def memory_child(args) -> None:
         k=args.k,
         n_classes=8,
         mass_fraction=0.03,
+        sample_ids=sample_image_ids(torch.arange(args.n).numpy(), args.memory_sample, seed=0),
     )
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds = time.perf_counter() - start
@@ -124,6 +161,8 @@ def peak_memory(args, n: int) -> tuple[float, float]:
             str(args.batch_size),
             "--k",
             str(args.k),
+            "--memory-sample",
+            str(args.memory_sample),
         ],
         capture_output=True,
         text=True,
@@ -142,7 +181,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="images of the labels' sample in the timing comparison (default: all of them)",
+    )
     p.add_argument("--memory-images", type=int, default=1000, help="N; memory also runs 10N")
+    p.add_argument(
+        "--memory-sample", type=int, default=500, help="images of the sample in the memory runs"
+    )
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -156,8 +204,16 @@ def main() -> None:
         f"model {args.model} at {args.size}px, {len(layers)} layers, {n_neurons} neurons, "
         f"batch {args.batch_size}, k={args.k}, torch threads {torch.get_num_threads()}"
     )
-    bare, stage, bare_med, stage_med = time_pair(
-        model, layers, args.images, args.batch_size, args.size, args.k, args.repeats, args.device
+    (bare, stage, sampled), (bare_med, stage_med, sampled_med), n_sampled = time_pair(
+        model,
+        layers,
+        args.images,
+        args.batch_size,
+        args.size,
+        args.k,
+        args.repeats,
+        args.device,
+        args.sample,
     )
     print(
         f"bare forward     : {bare:8.2f} s  ({args.images / bare:7.0f} images/s), "
@@ -168,10 +224,24 @@ def main() -> None:
         f"median {stage_med:.2f} s"
     )
     print(
+        f"stage + sample   : {sampled:8.2f} s  ({args.images / sampled:7.0f} images/s), "
+        f"median {sampled_med:.2f} s   ({n_sampled} images' maxima of {n_neurons} units kept)"
+    )
+    print(
         f"ratio stage/bare : {stage / bare:8.3f}   (target <= 1.15; medians: "
         f"{stage_med / bare_med:.3f})"
     )
+    print(
+        f"sample's cost    : {100 * (sampled / stage - 1):+7.1f}%   of the stage (target <= 5%; "
+        f"medians: {100 * (sampled_med / stage_med - 1):+.1f}%)"
+    )
+    alone = sample_alone(n_neurons, args.images, args.batch_size, args.sample, args.repeats)
+    print(
+        f"sample alone     : {alone * 1e3:8.2f} ms = {100 * alone / stage:.2f}% of the stage "
+        "(SampleMaxima on the same shapes, buffer included)"
+    )
     n = args.memory_images
+    print(f"memory runs keep a sample of {args.memory_sample} images' maxima")
     (m1, t1), (m10, t10) = peak_memory(args, n), peak_memory(args, 10 * n)
     print(f"peak RSS {n:>7} images: {m1:8.1f} MiB   ({t1:.2f} s)")
     print(f"peak RSS {10 * n:>7} images: {m10:8.1f} MiB   ({t10:.2f} s)")

@@ -15,6 +15,7 @@ from carto_assets.study import (
     DatasetConfig,
     EmbeddingConfig,
     GraphConfig,
+    LabelsConfig,
     Study,
     StudyError,
     TrainingConfig,
@@ -144,7 +145,7 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         ),
         (
             {"base_dir": "/"},
-            "unknown study field 'base_dir'; allowed fields: batch_size, channels_last, ",
+            "unknown study field 'base_dir'; allowed fields: annotations, batch_size, ",
         ),
         (
             {"training": [1]},
@@ -217,6 +218,7 @@ def test_the_study_package_imports_neither_dagster_nor_torch():
         ("clustering", ClusteringConfig),
         ("embedding", EmbeddingConfig),
         ("graph", GraphConfig),
+        ("labels", LabelsConfig),
     ],
 )
 def test_readme_lists_every_field_of_each_section_with_its_default(name, section):
@@ -238,7 +240,15 @@ def test_readme_example_study_uses_real_fields():
 
 
 def test_every_field_is_described():
-    models = [Study, DatasetConfig, TrainingConfig, ClusteringConfig, EmbeddingConfig, GraphConfig]
+    models = [
+        Study,
+        DatasetConfig,
+        TrainingConfig,
+        ClusteringConfig,
+        EmbeddingConfig,
+        GraphConfig,
+        LabelsConfig,
+    ]
     undescribed = [
         f"{model.__name__}.{name}"
         for model in models

@@ -10,6 +10,7 @@ from carto_assets.assets.partitions import CLASS_CHUNKS, SHARDS
 from carto_assets.assets.resources import StudyResource
 from carto_assets.stages.activations import stale_shard_dirs
 from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
+from carto_assets.storage import quality
 from carto_assets.storage.sharding import chunk_key, n_class_chunks, shard_key
 
 
@@ -22,7 +23,7 @@ from carto_assets.storage.sharding import chunk_key, n_class_chunks, shard_key
     ],
 )
 def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.MaterializeResult:
-    """The image manifest images(image_id, shard, source, label, label_name)."""
+    """The image manifest images(image_id, shard, source, label, label_name), image_annotations."""
     prepared = study.prepare()
     cfg, store = prepared.study, prepared.store
     manifest = build_manifest(cfg)
@@ -61,6 +62,8 @@ def images(context: dg.AssetExecutionContext, study: StudyResource) -> dg.Materi
         "n_skipped_files": len(manifest.skipped),
         "skipped_files": frame_table(skipped.head(200)) if len(skipped) else "none",
         "image_concepts_rows": counts.get("image_concepts", 0),
+        "image_annotations_rows": counts.get("image_annotations", 0),
+        **quality.metadata(store.figures(), "images"),
         "image_masks_rows": counts.get("image_masks", 0),
         "study": dg.MetadataValue.json(cfg.to_dict()),
     }

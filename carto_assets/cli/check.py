@@ -4,8 +4,10 @@
 touches what the fields point at, without running the model over the data: that a torchvision
 model of that name exists, that the weights are a known weights name or a checkpoint holding
 a state dict that fits the model, that every listed layer is a module of the model, that the
-image folder holds readable images, and that ``top_k`` and ``shards`` fit the number of
-images. Every problem is one line naming the field and the fix; tracebacks go to the log.
+image folder holds readable images, that ``top_k`` and ``shards`` fit the number of
+images, and that the study's own annotations table can be used (UTF-8, rows, a ``path`` column
+naming each image once and only images of the study, no concept column with one value).
+Every problem is one line naming the field and the fix; tracebacks go to the log.
 
 This module never imports dagster (``carto check`` must stay light).
 """
@@ -115,23 +117,51 @@ def _model(study: Study, problems: list[Problem]) -> torch.nn.Module | None:
     return model
 
 
-def _image_count(study: Study, problems: list[Problem]) -> int | None:
-    ds = study.dataset
-    if ds.kind != "imagefolder":
-        return ds.image_count
+def _image_source(study: Study, problems: list[Problem]):
+    """The study's image source (an image folder scanned once), or None after a problem."""
     from carto_assets.sources.datasets import open_source
 
     try:
-        return len(open_source(study))
+        return open_source(study)
     except (ValueError, OSError) as exc:
         log.info("image folder scan failed", exc_info=True)
         problems.append(
             Problem(
                 "dataset.path",
-                f"{exc}; put images in {ds.path}/<class name>/<image file>",
+                f"{exc}; put images in {study.dataset.path}/<class name>/<image file>",
             )
         )
         return None
+
+
+def _image_count(study: Study, problems: list[Problem], source=None) -> int | None:
+    ds = study.dataset
+    if ds.kind != "imagefolder":
+        return ds.image_count
+    return None if source is None else len(source)
+
+
+def _annotations(study: Study, source) -> list[Problem]:
+    """The study's own annotations table, read and checked whole against its images
+    (:mod:`carto_assets.sources.annotations`): one problem, the first found."""
+    if study.annotations is None or source is None:
+        return []
+    from carto_assets.sources.annotations import (
+        CLASS_CONCEPT,
+        AnnotationError,
+        load_user_annotations,
+    )
+
+    records = source.records()
+    rows = source.concept_rows() if study.dataset.kind != "imagefolder" else None
+    world = {concept for _, concept, _ in rows or ()}
+    try:
+        load_user_annotations(
+            study.annotations, [r.source for r in records], reserved={CLASS_CONCEPT, *world}
+        )
+    except AnnotationError as exc:
+        return [Problem("annotations", str(exc))]
+    return []
 
 
 def _layer_infos(study: Study, model: torch.nn.Module) -> list | None:
@@ -240,7 +270,11 @@ def preflight(study: Study) -> list[Problem]:
                 )
     if not any(p.field == "layers" for p in problems):
         problems += _feature_layers(study, model)
-    n_images = _image_count(study, problems)
+    source = None
+    if study.dataset.kind == "imagefolder" or study.annotations is not None:
+        source = _image_source(study, problems)
+    n_images = _image_count(study, problems, source)
+    problems += _annotations(study, source)
     if n_images is not None:
         if study.top_k > n_images:
             problems.append(

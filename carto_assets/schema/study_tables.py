@@ -72,6 +72,23 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("value", "VARCHAR", "the concept's value in that image, e.g. `colour = red`"),
     ),
     _table(
+        "image_annotations",
+        "images",
+        ("image_id", "BIGINT", "image"),
+        (
+            "concept",
+            "VARCHAR",
+            "`class` (every image), the world's ground-truth concepts (as in `image_concepts`) "
+            "or a column of the study's `annotations` table",
+        ),
+        (
+            "value",
+            "VARCHAR",
+            "one value of the concept in that image (the class's name for `class`); an image "
+            "has one row per value, none for a concept it is not annotated with",
+        ),
+    ),
+    _table(
         "image_masks",
         "images",
         ("image_id", "BIGINT", "image"),
@@ -126,6 +143,19 @@ STUDY_TABLES: tuple[Table, ...] = (
         *(
             c if c[0] != "rank" else ("rank", "INTEGER", "rank within the shard")
             for c in _TOP_K_COLUMNS
+        ),
+        kind="view",
+    ),
+    _table(
+        "unit_maxima",
+        "top_images",
+        ("image_id", "BIGINT", "an image of the labels' sample (`labels.sample_images`)"),
+        (
+            "maxima",
+            "FLOAT[]",
+            "every unit's activation on the image (the spatial maximum, as in `top_images`), "
+            "indexed by `neuron_id` (element i, 1-based in SQL, is neuron i - 1); in the "
+            "shard's Parquet file a fixed-size list of as many values as `neurons` has rows",
         ),
         kind="view",
     ),
@@ -551,8 +581,9 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "asset",
             "VARCHAR",
-            "the asset that measured the figure and wrote the row (`model`, `dictionary`, "
-            "`cluster_quality`, `neuron_embedding`, `concept_graph`); re-materializing it "
+            "the asset that measured the figure and wrote the row (`images`, `model`, "
+            "`dictionary`, `cluster_quality`, `neuron_embedding`, `concept_graph`); "
+            "re-materializing it "
             "replaces its rows, in the same snapshot as its tables",
         ),
         ("figure", "VARCHAR", "the figure's key, e.g. `pair_recall`, `concept_cluster_gain`"),

@@ -2,7 +2,11 @@
 
 Files under ``study.files_dir``: one partition folder per shard (:data:`SHARD_FOLDER`)::
 
-    activations/<shard>/top_k.parquet, class_stats.parquet, summary.json
+    activations/<shard>/top_k.parquet, class_stats.parquet, unit_maxima.parquet, summary.json
+
+``unit_maxima`` (with ``labels`` on) holds every unit's activation on the shard's images of the
+labels' sample (:func:`label_sample_ids`: seeded over every image, whatever the sharding);
+:mod:`carto_assets.stages.label_sample` reads it back.
 
 Each shard writes Parquet only (never the database), so shards run in parallel processes or on
 other machines; :mod:`carto_assets.stages.top_images` combines them.
@@ -22,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
 from carto_assets.core.network.zoo import resolve_device
+from carto_assets.core.sae.dictionaries import sample_image_ids
 from carto_assets.runtime import progress as progress_of
 from carto_assets.sources.datasets import ImageFolderSource, ImageSource
 from carto_assets.storage.fingerprints import (
@@ -64,12 +69,29 @@ class ShardSummary(BaseModel):
     device: str
 
 
-#: A shard's folder: each image's top-k candidates per unit (``activation_shard_top_k``) and
-#: the per-class statistics (``activation_class_stats``), then its summary.
+#: A shard's folder: each image's top-k candidates per unit (``activation_shard_top_k``),
+#: the per-class statistics (``activation_class_stats``) and, with ``labels`` on, every unit's
+#: activation on the shard's images of the labels' sample (``unit_maxima``: ``image_id``
+#: int64, ``maxima`` a fixed-size list of float32 in neuron_id order), then its summary.
 SHARD_FOLDER = PartitionLayout(
-    tables={"top_k": "activation_shard_top_k", "class_stats": "activation_class_stats"},
+    tables={
+        "top_k": "activation_shard_top_k",
+        "class_stats": "activation_class_stats",
+        "unit_maxima": "unit_maxima",
+    },
     summary=ShardSummary,
+    optional=frozenset({"unit_maxima"}),
 )
+
+
+def label_sample_ids(study: Study, images: pl.DataFrame) -> np.ndarray | None:
+    """The images whose every unit's activation the pass keeps for the labels: a seeded draw
+    of ``labels.sample_images`` over all the manifest's images (all of them where the dataset
+    is smaller), ascending; the same study and manifest give the same images whatever the
+    sharding. None with ``labels`` off."""
+    if not study.labels.enabled:
+        return None
+    return sample_image_ids(images["image_id"].to_numpy(), study.labels.sample_images, study.seed)
 
 
 def shard_dir(study: Study, shard: int) -> Path:
@@ -137,6 +159,7 @@ def run_shard(
     if not 0 <= shard < study.shards:
         raise ValueError(f"shard {shard} out of range: the study has shards 0..{study.shards - 1}")
     part = images.filter(pl.col("shard") == shard).sort("image_id")
+    sample_ids = label_sample_ids(study, images)
     bundle, layers = prepared.model
     info = prepared.model_info
     features = prepared.feature_layers  # [] without features; raises if `dictionary` is stale
@@ -176,6 +199,10 @@ def run_shard(
         progress=report,
         # Each feature's spatial max and argmax, from its source layer's output in this pass.
         derived=[f.on(device) for f in features],
+        # Only this shard's part of the sample: its rows are all the pass keeps.
+        sample_ids=None
+        if sample_ids is None
+        else np.intersect1d(sample_ids, part["image_id"].to_numpy()),
     )
     paths = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
     summary = ShardSummary(
@@ -191,16 +218,27 @@ def run_shard(
         model_fingerprint=model_fingerprint(study),
         shard_size=study.shard_size,
         shard_fingerprint=expected_shard_fingerprint(
-            images, class_names, shard, shard_identity(prepared)
+            images, class_names, shard, shard_identity(prepared), sample_ids
         ),
         device=str(device),
     )
-    SHARD_FOLDER.write(
-        shard_dir(study, shard),
-        {"top_k": pl.DataFrame(result.top_k), "class_stats": pl.DataFrame(result.class_stats)},
-        summary,
-    )
+    tables = {"top_k": pl.DataFrame(result.top_k), "class_stats": pl.DataFrame(result.class_stats)}
+    if result.unit_maxima is not None:
+        tables["unit_maxima"] = unit_maxima_frame(result.unit_maxima, summary.n_neurons)
+    SHARD_FOLDER.write(shard_dir(study, shard), tables, summary)
     return summary
+
+
+def unit_maxima_frame(kept: dict[str, np.ndarray], n_units: int) -> pl.DataFrame:
+    """A shard's ``unit_maxima`` rows: ``image_id`` and ``maxima`` (an array column of
+    ``n_units`` float32, which reads back into an (n, n_units) array without a copy)."""
+    maxima = np.ascontiguousarray(kept["maxima"], dtype=np.float32).reshape(-1, n_units)
+    return pl.DataFrame(
+        {
+            "image_id": pl.Series(kept["image_id"], dtype=pl.Int64),
+            "maxima": pl.Series(maxima, dtype=pl.Array(pl.Float32, n_units)),
+        }
+    )
 
 
 def shard_states(
@@ -214,6 +252,7 @@ def shard_states(
     study = prepared.study
     images, class_names = prepared.images, prepared.class_names
     identity = shard_identity(prepared)
+    sample_ids = label_sample_ids(study, images)
     fresh: dict[int, ShardSummary] = {}
     missing: list[int] = []
     stale: list[int] = []
@@ -231,7 +270,7 @@ def shard_states(
         if summary is None:  # removed since the check above
             missing.append(s)
         elif summary.shard_fingerprint == expected_shard_fingerprint(
-            images, class_names, s, identity
+            images, class_names, s, identity, sample_ids
         ):
             fresh[s] = summary
         else:

@@ -4,6 +4,10 @@ Files under ``study.files_dir``::
 
     manifest/images.parquet         the image manifest (also the ``images`` table)
     manifest/classes.json           class names in label order
+
+The ``images`` asset also writes ``image_annotations``: every annotation value of every image
+(the world's ground truth, ``class=<label_name>``, the user's ``annotations`` table), the terms
+the units' words are made of.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from carto_assets.sources.annotations import CLASS_CONCEPT, UserAnnotations, load_user_annotations
 from carto_assets.sources.datasets import (
     ImageFolderSource,
     ImageSource,
@@ -23,6 +28,7 @@ from carto_assets.sources.datasets import (
     study_image_size,
 )
 from carto_assets.storage import atomic
+from carto_assets.storage.quality import Figure
 from carto_assets.storage.sharding import shard_of
 from carto_assets.storage.store import CartoStore, write_parquet_atomic
 from carto_assets.study import Study
@@ -36,6 +42,32 @@ class Manifest:
     skipped: list[SkippedFile]
     #: ``image_masks`` rows where the source knows where each object is (shapes), else None
     masks: pl.DataFrame | None = None
+    #: the study's ``annotations`` table read over these images; None without one
+    user: UserAnnotations | None = None
+
+    @property
+    def annotations(self) -> pl.DataFrame:
+        """``image_annotations``: :func:`annotation_rows` of this manifest."""
+        return annotation_rows(self.images, self.concepts, self.user)
+
+    def figures(self) -> list[Figure]:
+        """The ``images`` asset's ``study_quality`` figures: with a user table, how many images
+        it leaves without annotations (labels use the annotated ones)."""
+        if self.user is None:
+            return []
+        return [
+            Figure(
+                "images_without_annotations",
+                self.user.n_unannotated,
+                "Images the study's annotations table gives no value (not listed, or only "
+                "empty cells); the units' labels leave them out.",
+            ),
+            Figure(
+                "annotated_images",
+                self.user.n_images - self.user.n_unannotated,
+                "Images the study's annotations table gives at least one value.",
+            ),
+        ]
 
 
 def build_manifest(study: Study) -> Manifest:
@@ -77,7 +109,34 @@ def build_manifest(study: Study) -> Manifest:
                 "value": [r[2] for r in rows],
             }
         )
-    return Manifest(images, list(source.class_names), concepts, source.skipped, _masks(source, n))
+    user = None
+    if study.annotations is not None:
+        world = set() if concepts is None else set(concepts["concept"].unique().to_list())
+        user = load_user_annotations(
+            study.annotations, images["source"].to_list(), reserved={CLASS_CONCEPT, *world}
+        )
+    return Manifest(
+        images, list(source.class_names), concepts, source.skipped, _masks(source, n), user
+    )
+
+
+def annotation_rows(
+    images: pl.DataFrame, concepts: pl.DataFrame | None, user: UserAnnotations | None
+) -> pl.DataFrame:
+    """The ``image_annotations`` rows: the world's ground truth (``image_concepts``' rows),
+    ``class=<label_name>`` for every image and the user's table, sorted by image, concept and
+    value."""
+    parts = [
+        images.select(
+            "image_id", pl.lit(CLASS_CONCEPT).alias("concept"), pl.col("label_name").alias("value")
+        )
+    ]
+    if concepts is not None:
+        parts.append(concepts.select("image_id", "concept", "value"))
+    if user is not None:
+        parts.append(user.rows)
+    rows = pl.concat([p.cast({"image_id": pl.Int64}) for p in parts])
+    return rows.sort("image_id", "concept", "value")
 
 
 def _masks(source, n: int) -> pl.DataFrame | None:
@@ -150,9 +209,12 @@ def source_for_manifest(study: Study, images: pl.DataFrame, class_names: list[st
 
 
 def write_images_tables(study: Study, manifest: Manifest, store: CartoStore) -> dict[str, int]:
-    """``images`` (and ``image_concepts``, ``image_masks`` where the source has ground truth),
-    atomically."""
-    tables: dict[str, pl.DataFrame | str] = {"images": manifest.images}
+    """``images`` and ``image_annotations`` (and ``image_concepts``, ``image_masks`` where the
+    source has ground truth), with the asset's figures, atomically."""
+    tables: dict[str, pl.DataFrame | str] = {
+        "images": manifest.images,
+        "image_annotations": manifest.annotations,
+    }
     if manifest.concepts is not None:
         tables["image_concepts"] = manifest.concepts
     if manifest.masks is not None:
@@ -160,4 +222,6 @@ def write_images_tables(study: Study, manifest: Manifest, store: CartoStore) -> 
     # A source without ground truth drops the tables an earlier study may have left.
     drop = ["image_concepts"] if manifest.concepts is None else []
     drop += ["image_masks"] if manifest.masks is None else []
-    return store.replace_tables(tables, drop=drop)
+    # Figures replace the asset's earlier rows, so a table removed from the study takes its
+    # figures with it.
+    return store.replace_tables(tables, drop=drop, figures=("images", manifest.figures()))

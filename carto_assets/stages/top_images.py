@@ -71,6 +71,12 @@ def neurons_frame(
     )
 
 
+def _empty_select(table: str) -> str:
+    """A SELECT of no rows with ``table``'s declared columns and types."""
+    columns = ", ".join(f'NULL::{c.type} AS "{c.name}"' for c in schema.table(table).columns)
+    return f"(SELECT {columns} WHERE false)"
+
+
 def merge_top_images(prepared: PreparedStudy) -> MergeResult:
     """Global top-k per neuron from the shards, and the ``neurons`` table, in one transaction.
 
@@ -81,13 +87,13 @@ def merge_top_images(prepared: PreparedStudy) -> MergeResult:
     summaries = shard_summaries(prepared)
     layers, info = prepared.layers, prepared.model_info
     features = prepared.feature_layers
-    # Each of the shard folder's tables, read over every shard's file.
-    source = {
-        name: "read_parquet("
-        + sql_path_list([SHARD_FOLDER.path(shard_dir(study, s.shard), name) for s in summaries])
-        + ")"
-        for name in SHARD_FOLDER.tables
-    }
+    # Each of the shard folder's tables, read over every shard's file; an optional table no
+    # shard wrote (``unit_maxima`` with ``labels`` off) is an empty view of its columns.
+    source: dict[str, str] = {}
+    for name, table in SHARD_FOLDER.tables.items():
+        paths = [SHARD_FOLDER.path(shard_dir(study, s.shard), name) for s in summaries]
+        paths = [p for p in paths if p.is_file()] if name in SHARD_FOLDER.optional else paths
+        source[name] = f"read_parquet({sql_path_list(paths)})" if paths else _empty_select(table)
     # The shard files carry their own shard-local `rank`; re-rank globally under another name.
     top_images_sql = f"""
         SELECT neuron_id, global_rank::INTEGER AS rank, image_id, activation, y, x

@@ -3,8 +3,8 @@
 - :func:`shard_model_identity`: everything an activation shard depends on besides its images
   (model, weights, preprocessing, layers, activation-pass settings);
 - :func:`shard_fingerprint` / :func:`expected_shard_fingerprint`: one shard's inputs (its images,
-  the class list and the identity above); a shard whose stored fingerprint matches is up to
-  date.
+  the class list, the identity above and which of its images the labels' sample holds); a shard
+  whose stored fingerprint matches is up to date.
 
 - :func:`model_fingerprint`: every setting the trained or loaded model depends on, the key
   of its checkpoint cache.
@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from carto_assets.core.network.zoo import BUILTIN_REVISION, BUILTIN_WIDTHS
@@ -146,27 +147,43 @@ def shard_fingerprint(
     labels: Sequence[int],
     class_names: Sequence[str],
     model_identity: str,
+    sampled: Sequence[int] | None = None,
 ) -> str:
-    """Identity of one shard's inputs: its images (ids, sources, labels), the class list and
-    :func:`shard_model_identity`. A shard whose stored fingerprint matches is up to date."""
+    """Identity of one shard's inputs: its images (ids, sources, labels), the class list,
+    :func:`shard_model_identity` and ``sampled``, the shard's images whose every unit's
+    activation it keeps for the labels (None: it keeps none, and hashes as before the labels
+    existed). A shard whose stored fingerprint matches is up to date."""
     h = hashlib.sha256()
     h.update(model_identity.encode())
     h.update(json.dumps(list(class_names)).encode())
     for i, src, lbl in zip(image_ids, sources, labels, strict=True):
         h.update(f"{int(i)}\x1f{src}\x1f{int(lbl)}\x1e".encode())
+    if sampled is not None:
+        h.update(("unit_maxima:" + ",".join(str(int(i)) for i in sampled)).encode())
     return h.hexdigest()[:24]
 
 
 def expected_shard_fingerprint(
-    images: pl.DataFrame, class_names: Sequence[str], shard: int, identity: str
+    images: pl.DataFrame,
+    class_names: Sequence[str],
+    shard: int,
+    identity: str,
+    sample_ids: np.ndarray | None = None,
 ) -> str:
     """The fingerprint a shard's summary must hold to be up to date: only this shard's images
-    (and the model/settings) count, so images added in new shards leave the others valid."""
+    (and the model/settings) count, so images added in new shards leave the others valid.
+
+    ``sample_ids`` is the labels' sample over every image (None: no sample); the shard's part
+    of it counts, so another sample (size, seed) recomputes the shards whose part changed.
+    """
     part = images.filter(pl.col("shard") == shard).sort("image_id")
+    ids = part["image_id"].to_numpy()
+    sampled = None if sample_ids is None else np.intersect1d(sample_ids, ids).tolist()
     return shard_fingerprint(
-        part["image_id"].to_list(),
+        ids.tolist(),
         part["source"].to_list(),
         part["label"].to_list(),
         class_names,
         identity,
+        sampled,
     )

@@ -33,6 +33,7 @@ TABLE = "study_quality"
 
 #: The assets that write figures, in pipeline order: the order the header lists them in.
 ASSET_ORDER = (
+    "images",
     "model",
     "dictionary",
     "cluster_quality",

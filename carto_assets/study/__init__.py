@@ -28,6 +28,7 @@ from carto_assets.study.blocks import (
     ExplainConfig,
     FeaturesConfig,
     GraphConfig,
+    LabelsConfig,
     TrainingConfig,
 )
 from carto_assets.study.fields import DEVICES, WEIGHTS_KEYWORDS, Study
@@ -49,6 +50,7 @@ __all__ = [
     "ExplainConfig",
     "FeaturesConfig",
     "GraphConfig",
+    "LabelsConfig",
     "Study",
     "StudyError",
     "TrainingConfig",

@@ -1,5 +1,5 @@
 """A study's settings blocks (dataset, training, clustering, embedding, graph, explain,
-features): one typed, frozen model each, the one description of every field in them.
+features, labels): one typed, frozen model each, the one description of every field in them.
 
 Each field carries its type, default, allowed range and meaning; validators hold the rules that
 span a block's fields (:class:`~carto_assets.study.types.InvalidField` for those a constraint
@@ -387,3 +387,44 @@ class FeaturesConfig(_Section):
         if len(set(value)) != len(value):
             raise InvalidField(None, "a list of unique layer names", value)
         return tuple(value)
+
+
+class LabelsConfig(_Section):
+    """Words for units (the ``unit_labels`` asset): per unit, the formula over annotation values
+    (``shape=heart OR shape=circle``) that best separates the images it fires on, scored by AUC
+    over a seeded sample of images whose per-unit maxima the activation pass keeps."""
+
+    enabled: Annotated[bool, Allowed("true or false")] = Field(
+        True,
+        description="Keep the sample's per-unit maxima in the activation pass and label the "
+        "units; false: neither.",
+    )
+    sample_images: int | None = Field(
+        20_000,
+        ge=1,
+        description="Images (a seeded subset of all, whatever the sharding) whose spatial "
+        "maximum of every unit the activation pass keeps for the labels; None or at least the "
+        "dataset's size: every image. Memory: sample x units x 4 bytes.",
+    )
+    max_terms: int = Field(
+        3, ge=1, le=3, description="Terms of a formula at most (1: single terms only)."
+    )
+    beam: int = Field(
+        5, ge=1, le=1000, description="Formulas kept per unit at each step of the beam search."
+    )
+    min_auc: Threshold = Field(
+        0.75,
+        description="A unit whose best formula's AUC is below this is labelled 'no word fits'.",
+    )
+    max_p: Share = Field(
+        1e-3,
+        description="A unit whose best formula's one-sided Mann-Whitney p-value (times the "
+        "number of formulas scored for it) is above this is labelled 'no word fits'.",
+    )
+    min_gain: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="A formula of several terms is kept only where its AUC beats the unit's "
+        "best single term by this much.",
+    )

@@ -25,6 +25,7 @@ from carto_assets.study.blocks import (
     ExplainConfig,
     FeaturesConfig,
     GraphConfig,
+    LabelsConfig,
     TrainingConfig,
 )
 from carto_assets.study.types import (
@@ -141,6 +142,16 @@ class Study(BaseModel):
         description="Dictionary features (layers, expansion, k, samples, sample_images, "
         "epochs, batch_size, learning_rate); unset: channels only.",
     )
+    labels: LabelsConfig = Field(default_factory=LabelsConfig, description=LabelsConfig.__doc__)
+    annotations: Annotated[str | None, Allowed("a path to a .csv or .parquet file")] = Field(
+        None,
+        pattern=r"(?i)\.(csv|parquet)$",
+        description="Your own per-image annotations, a CSV (UTF-8) or Parquet table: a column "
+        "`path` (the image's path inside the image folder, as images.source has it) and one "
+        "column per concept; a cell may hold several values separated by `|`, an empty cell "
+        "none. Relative paths resolve against the study file's folder. None: the world's "
+        "ground truth and the class only.",
+    )
     database: DatabasePath = Field(
         "data/carto.duckdb",
         description="DuckDB database file. Relative paths resolve against the study file's "
@@ -170,7 +181,9 @@ class Study(BaseModel):
         "study file field).",
     )
 
-    @field_validator("training", "clustering", "embedding", "graph", "explain", mode="before")
+    @field_validator(
+        "training", "clustering", "embedding", "graph", "explain", "labels", mode="before"
+    )
     @classmethod
     def _empty_section_means_defaults(cls, value: Any) -> Any:
         # `training:` with nothing under it parses as None in YAML.
@@ -220,6 +233,14 @@ class Study(BaseModel):
                     "weights", f"an existing checkpoint file (not at {ckpt})", weights
                 )
             set_once(self, "weights", str(ckpt))
+        if self.annotations is not None:
+            table = Path(self.annotations).expanduser()
+            table = table if table.is_absolute() else base / table
+            if not table.is_file():
+                raise InvalidField(
+                    "annotations", f"an existing file (no such file: {table})", self.annotations
+                )
+            set_once(self, "annotations", str(table))
         dataset = self.dataset
         if dataset.kind == "imagefolder":
             folder = Path(dataset.path).expanduser()  # type: ignore[arg-type]

@@ -64,6 +64,23 @@ def test_tables_hold_what_the_contract_says(materialized):
         "FROM top_images JOIN neurons USING (neuron_id)"
     )
     assert ranges["lo"][0] >= 0 and ranges["hi"][0] < 240 and ranges["inside"][0]
+    # The labels' sample: every image of a study smaller than labels.sample_images, with every
+    # unit's activation (features included); its maxima are each unit's top-k activations.
+    sample = store.query("SELECT image_id, len(maxima) AS n FROM unit_maxima ORDER BY image_id")
+    assert sample["image_id"].to_list() == list(range(240))
+    assert set(sample["n"]) == {len(neurons)}
+    top = store.query(
+        "SELECT t.activation, m.maxima[t.neuron_id + 1] AS kept "
+        "FROM top_images t JOIN unit_maxima m USING (image_id)"
+    )
+    assert (top["activation"] - top["kept"]).abs().max() < 1e-6
+    annotations = store.query(
+        "SELECT concept, count(*) AS n FROM image_annotations GROUP BY concept"
+    )
+    by_concept = dict(annotations.iter_rows())
+    assert by_concept.pop("class") == 240
+    world = store.query("SELECT concept, count(*) AS n FROM image_concepts GROUP BY concept")
+    assert by_concept == dict(world.iter_rows())
 
 
 def test_top_images_match_a_direct_full_pass(materialized):

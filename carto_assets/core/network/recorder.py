@@ -300,6 +300,57 @@ class ClassStats:
         }
 
 
+class SampleMaxima:
+    """Every unit's activation on a fixed sample of images, kept while streaming.
+
+    Only the sampled images' rows are kept, in a buffer allocated once on the host (pinned
+    when the pass runs on a GPU, so the copies do not wait for the device): memory is
+    ``n_sampled x n_units x 4`` bytes whatever the number of images streamed.
+    """
+
+    def __init__(self, image_ids: np.ndarray, n_units: int, device: torch.device) -> None:
+        self.wanted = np.unique(np.asarray(image_ids, dtype=np.int64))
+        pin = device.type == "cuda"
+        self.maxima = torch.empty((len(self.wanted), n_units), dtype=torch.float32, pin_memory=pin)
+        self.image_ids = np.empty(len(self.wanted), dtype=np.int64)
+        self.filled = 0
+
+    def update(self, values: torch.Tensor, image_ids: torch.Tensor) -> None:
+        """Keep the rows of ``values`` (B, N) whose ``image_ids`` (B,) (host) are sampled."""
+        if not len(self.wanted):
+            return
+        ids = image_ids.numpy()
+        pos = np.searchsorted(self.wanted, ids).clip(max=len(self.wanted) - 1)
+        rows = np.flatnonzero(self.wanted[pos] == ids)
+        if not len(rows):
+            return
+        lo, hi = self.filled, self.filled + len(rows)
+        if hi > len(self.wanted):
+            raise ValueError("an image was streamed twice: its sampled maxima are kept once")
+        out = self.maxima[lo:hi]
+        if len(rows) == len(ids):  # the whole batch is sampled (small studies): no gather
+            out.copy_(values, non_blocking=True)
+        elif values.device == out.device:  # gathered straight into the buffer: no temporary
+            torch.index_select(values, 0, torch.from_numpy(rows), out=out)
+        else:
+            index = torch.from_numpy(rows).to(values.device)
+            out.copy_(values.index_select(0, index), non_blocking=True)
+        self.image_ids[lo:hi] = ids[rows]
+        self.filled = hi
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``image_id`` (n,) int64 and ``maxima`` (n, N) float32 of the sampled images streamed
+        (a sampled image that never came, e.g. failed to decode, has no row), by image id."""
+        if self.maxima.is_pinned():
+            torch.cuda.synchronize()
+        n = self.filled
+        order = np.argsort(self.image_ids[:n], kind="stable")
+        maxima = self.maxima[:n].numpy()
+        if not np.array_equal(order, np.arange(n)):
+            maxima = maxima[order]
+        return {"image_id": self.image_ids[:n][order], "maxima": maxima}
+
+
 @dataclass
 class Batch:
     image_ids: torch.Tensor  # (B,) int64 on the host, ascending within a shard
@@ -313,6 +364,8 @@ class PassResult:
     class_stats: dict[str, np.ndarray]
     n_images: int
     seconds: float
+    #: ``image_id``, ``maxima`` of the sampled images (:class:`SampleMaxima`); None unasked
+    unit_maxima: dict[str, np.ndarray] | None = None
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -336,6 +389,7 @@ def activation_pass(
     precision: str = "fp32",
     channels_last: bool = False,
     derived: Sequence[DerivedUnits] = (),
+    sample_ids: np.ndarray | None = None,
 ) -> PassResult:
     """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics.
 
@@ -355,6 +409,9 @@ def activation_pass(
     derived
         Units computed from a layer's output in the same pass (dictionary features); they
         follow their source layer's channels in neuron order (:func:`unit_blocks`).
+    sample_ids
+        Images whose every unit's activation is kept (:class:`SampleMaxima`), in
+        ``PassResult.unit_maxima``; ids that are not streamed are ignored. None keeps none.
 
     Notes
     -----
@@ -369,6 +426,7 @@ def activation_pass(
     topk = StreamingTopK(n_neurons, k, device=dev)
     stats = ClassStats(blocks, n_classes, mass_fraction, device=dev)
     non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
+    sample = None if sample_ids is None else SampleMaxima(sample_ids, n_neurons, dev)
     done = 0
     start = time.perf_counter()
     model.eval()
@@ -393,6 +451,8 @@ def activation_pass(
             # Image ids stay on the host for the order check (no device sync per batch).
             topk.update(values, batch.image_ids, ys, xs)
             stats.update(values, batch.labels.to(dev, non_blocking=True))
+            if sample is not None:
+                sample.update(values, batch.image_ids)
             done += len(batch.image_ids)
             if progress is not None:
                 progress(done, time.perf_counter() - start)
@@ -402,7 +462,13 @@ def activation_pass(
             f"the model produced NaN or infinite activations in layer(s) {bad}; "
             "check the weights and the input normalization (or use precision: fp32)"
         )
-    return PassResult(topk.result(), stats.result(), done, time.perf_counter() - start)
+    return PassResult(
+        topk.result(),
+        stats.result(),
+        done,
+        time.perf_counter() - start,
+        None if sample is None else sample.result(),
+    )
 
 
 def _layer_of_bad(

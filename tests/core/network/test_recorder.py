@@ -234,3 +234,48 @@ def test_non_finite_activations_are_refused_with_the_layer_named():
     batch = Batch(torch.arange(2), torch.ones(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(FloatingPointError, match=r"layer\(s\) \['conv'\]"):
         activation_pass(model, layers, [batch], k=1, n_classes=1, mass_fraction=0.03)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        np.array([47, 3, 16, 15, 30, 99]),  # any order; 99 is never streamed
+        np.arange(48),  # every image: whole batches are kept
+    ],
+)
+def test_sampled_maxima_are_each_units_spatial_max_from_a_plain_forward_pass(wanted):
+    """The kept rows equal a plain forward pass's per-image, per-channel maxima (hooks on
+    the layers, amax over space), in neuron order; ids outside the stream are ignored."""
+    from carto_assets.core.network.zoo import BuiltinCNN
+
+    result = _small_pass(sample_ids=wanted)
+    kept = result.unit_maxima
+    assert kept["image_id"].tolist() == sorted(set(wanted.tolist()) & set(range(48)))
+    assert kept["maxima"].dtype == np.float32
+
+    torch.manual_seed(0)
+    model = BuiltinCNN(4).eval()
+    layers = resolve_layers(probe_layers(model, 32), "auto", "builtin")
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (48, 32, 32, 3), dtype=torch.uint8, generator=gen)
+    x = (raw[kept["image_id"]].permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[info.name].register_forward_hook(
+            lambda _m, _i, out, name=info.name: outputs.__setitem__(name, out.clone())
+        )
+        for info in layers
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    reference = torch.cat([outputs[i.name].amax(dim=(2, 3)) for i in layers], dim=1).numpy()
+    assert kept["maxima"].shape == reference.shape
+    np.testing.assert_allclose(kept["maxima"], reference, rtol=1e-5, atol=1e-6)
+    # Keeping the sample changes nothing else the pass returns.
+    plain = _small_pass()
+    assert plain.unit_maxima is None
+    for name in plain.top_k:
+        np.testing.assert_array_equal(plain.top_k[name], result.top_k[name])
