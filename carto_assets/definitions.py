@@ -26,6 +26,7 @@ from carto_assets.assets.images import images
 from carto_assets.assets.model import model
 from carto_assets.assets.resources import StudyResource
 from carto_assets.assets.top_images import top_images
+from carto_assets.assets.unit_labels import unit_labels
 from carto_assets.assets.views import views
 from carto_assets.runtime.environment import STUDY_ENV_VAR
 
@@ -45,6 +46,7 @@ _ASSETS = [
     minhash_signatures,
     neuron_clusters,
     cluster_quality,
+    unit_labels,
     example_patches,
     concept_graph_chunk,
     concept_graph,

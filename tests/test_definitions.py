@@ -23,6 +23,7 @@ JOBS = {
         "minhash_signatures",
         "neuron_clusters",
         "cluster_quality",
+        "unit_labels",
         "cooccurrence",
         "neuron_embedding",
         "neuron_projection",
@@ -37,7 +38,7 @@ def test_definitions_hold_every_asset_once_in_one_job():
     defs = build_definitions("")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == set().union(*JOBS.values())
-    assert len(keys) == 18
+    assert len(keys) == 19
     for job, assets in JOBS.items():
         selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
         assert {k.to_user_string() for k in selected} == assets, job

@@ -41,6 +41,35 @@ _EDGE_COLUMNS = (
     ),
 )
 
+#: The words' columns, the same for a unit's (`unit_labels`) and a cluster's (`cluster_labels`).
+_WORD_COLUMNS = (
+    (
+        "formula",
+        "VARCHAR",
+        "the words: a formula over annotation values (docs/words.md: `concept=value`, AND, OR, "
+        "NOT, parentheses), the one that best separates the sampled images it fires on; NULL "
+        "where no word fits (AUC below `labels.min_auc` or p-value above `labels.max_p`)",
+    ),
+    ("auc", "DOUBLE", "ROC AUC of the activation as a score for `candidate` on the sample"),
+    (
+        "p_value",
+        "DOUBLE",
+        "one-sided Mann-Whitney p-value of `candidate`, times the formulas scored (Bonferroni)",
+    ),
+    (
+        "candidate",
+        "VARCHAR",
+        "the best formula found, kept or refused (NULL only for a constant activation)",
+    ),
+    ("single_term", "VARCHAR", "the best formula of one term (`t` or `NOT t`)"),
+    ("single_auc", "DOUBLE", "its AUC on the sample"),
+    (
+        "n_terms_over_08",
+        "INTEGER",
+        "how many distinct terms alone reach AUC 0.8 (more than one: polysemantic)",
+    ),
+)
+
 #: Every table and view of a study's database.
 STUDY_TABLES: tuple[Table, ...] = (
     _table(
@@ -282,6 +311,29 @@ STUDY_TABLES: tuple[Table, ...] = (
             "the same statistic for random groups of the same size from the same layer, each "
             "scored on its own best value (mean of 20 seeded draws)",
         ),
+    ),
+    _table(
+        "unit_labels",
+        "unit_labels",
+        ("neuron_id", "BIGINT", "unit (neurons)"),
+        ("layer", "VARCHAR", "its layer (or feature pseudo-layer)"),
+        ("kind", "VARCHAR", "`channel` or `feature`"),
+        *_WORD_COLUMNS,
+        (
+            "n_sharing_formula",
+            "INTEGER",
+            "how many other units have the same words (redundancy); NULL without words",
+        ),
+        ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
+    ),
+    _table(
+        "cluster_labels",
+        "unit_labels",
+        ("cluster_id", "BIGINT", "cluster (neuron_clusters)"),
+        ("layer", "VARCHAR", "its layer"),
+        ("size", "INTEGER", "units in the cluster"),
+        *_WORD_COLUMNS,
+        ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
     ),
     _table(
         "example_patches",

@@ -37,6 +37,7 @@ ASSET_ORDER = (
     "model",
     "dictionary",
     "cluster_quality",
+    "unit_labels",
     "neuron_embedding",
     "concept_graph",
 )
