@@ -1,0 +1,123 @@
+"""`carto run` on an image folder study with its own annotations table, typed as a user types
+it: the units get words, a planted column of the user's names the units that see it, and the
+words hold their stored AUC when recomputed from the tables."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+from readme.walk import CARTO, run, write_study
+from sklearn.metrics import roc_auc_score
+
+from carto_assets.core.words.formula import evaluate, parse, terms
+
+pytestmark = pytest.mark.slow
+
+#: Two classes; within each, half the images are bright ("tint=warm"), the other half dark:
+#: the user's column is not the class, so only the user's annotations can name it.
+N_PER_CLASS = 24
+
+
+def _image(rng, warm: bool, cls: int) -> np.ndarray:
+    base = np.full((32, 32, 3), 40 if not warm else 215, dtype=np.uint8)
+    pixels = base + rng.integers(0, 25, size=base.shape, dtype=np.uint8)
+    if cls == 0:  # a bar: class "bar"; no bar: class "plain"
+        pixels[12:20, 4:28, 2] = 255
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("words")
+    rng = np.random.default_rng(0)
+    rows = ["path,tint,note"]
+    for cls, name in enumerate(("bar", "plain")):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(N_PER_CLASS):
+            warm = i % 2 == 0
+            Image.fromarray(_image(rng, warm, cls)).save(root / "images" / name / f"{i}.png")
+            note = "kept|seen" if i % 3 == 0 else ("" if i % 3 == 1 else "seen")
+            rows.append(f"{name}/{i}.png,{'warm' if warm else 'cool'},{note}")
+    (root / "notes.csv").write_text("\n".join(rows) + "\n")
+    study = write_study(
+        root,
+        "annotated",
+        {
+            "model": "builtin",
+            "dataset": {"kind": "imagefolder", "path": "images", "image_size": 32},
+            "training": {"epochs": 2},
+            "top_k": 4,
+            "shards": 2,
+            "annotations": "notes.csv",
+            "labels": {"sample_images": None},
+        },
+    )
+    out = run([CARTO, "run", "--study", study.name], cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (database,) = [
+        line.split(":", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line.startswith("Database:")
+    ]
+    return database, out
+
+
+def test_the_run_summary_says_how_many_units_have_words(mapped):
+    _, out = mapped
+    (line,) = [line for line in out.stdout.splitlines() if "units with words" in line]
+    assert "median AUC" in line and "(unit_labels)" in line
+
+
+def test_a_users_column_names_the_units_that_see_it(mapped):
+    database, _ = mapped
+    con = duckdb.connect(database, read_only=True)
+    units, labelled = con.execute("SELECT count(*), count(formula) FROM unit_labels").fetchone()
+    assert units == con.execute("SELECT count(*) FROM neurons").fetchone()[0]
+    assert labelled > 0
+    formulas = [
+        f
+        for (f,) in con.execute(
+            "SELECT formula FROM unit_labels WHERE formula IS NOT NULL"
+        ).fetchall()
+    ]
+    # Brightness is the strongest thing in these images and only the user's column says it.
+    assert any("tint=" in f for f in formulas), formulas[:20]
+    concepts = {t.concept for f in formulas for t in terms(parse(f))}
+    assert concepts <= {"class", "tint", "note"}, concepts
+
+
+def test_every_stored_auc_is_the_formulas_auc_recomputed_from_the_tables(mapped):
+    database, _ = mapped
+    con = duckdb.connect(database, read_only=True)
+    maxima = con.execute("SELECT image_id, maxima FROM unit_maxima ORDER BY image_id").fetchall()
+    ids = np.array([r[0] for r in maxima])
+    matrix = np.array([r[1] for r in maxima], dtype=np.float64)
+    assert len(ids) == 2 * N_PER_CLASS  # sample_images: null keeps every image
+    rows = con.execute("SELECT image_id, concept, value FROM image_annotations").fetchall()
+    position = {int(i): k for k, i in enumerate(ids)}
+    labelled = con.execute(
+        "SELECT neuron_id, formula, auc FROM unit_labels WHERE formula IS NOT NULL"
+    ).fetchall()
+    assert labelled
+    for neuron_id, formula, auc in labelled:
+        tree = parse(formula)
+        indicator = {}
+        for t in terms(tree):
+            mask = np.zeros(len(ids), dtype=bool)
+            for image_id, concept, value in rows:
+                if (concept, value) == (t.concept, t.value):
+                    mask[position[int(image_id)]] = True
+            indicator[t] = mask
+        truth = evaluate(tree, indicator)
+        assert roc_auc_score(truth, matrix[:, neuron_id]) == pytest.approx(auc, abs=1e-9)
+
+
+def test_a_cluster_has_words_of_its_own(mapped):
+    database, _ = mapped
+    con = duckdb.connect(database, read_only=True)
+    assert (
+        con.execute("SELECT count(*) FROM cluster_labels").fetchone()[0]
+        == con.execute("SELECT count(DISTINCT cluster_id) FROM neuron_clusters").fetchone()[0]
+    )
