@@ -4,6 +4,8 @@ words hold their stored AUC when recomputed from the tables."""
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import numpy as np
 import pytest
@@ -61,17 +63,17 @@ def mapped(tmp_path_factory):
         for line in out.stdout.splitlines()
         if line.startswith("Database:")
     ]
-    return database, out
+    return database, out, root
 
 
 def test_the_run_summary_says_how_many_units_have_words(mapped):
-    _, out = mapped
+    _, out, _ = mapped
     (line,) = [line for line in out.stdout.splitlines() if "units with words" in line]
     assert "median AUC" in line and "(unit_labels)" in line
 
 
 def test_a_users_column_names_the_units_that_see_it(mapped):
-    database, _ = mapped
+    database, _, _ = mapped
     con = duckdb.connect(database, read_only=True)
     units, labelled = con.execute("SELECT count(*), count(formula) FROM unit_labels").fetchone()
     assert units == con.execute("SELECT count(*) FROM neurons").fetchone()[0]
@@ -89,7 +91,7 @@ def test_a_users_column_names_the_units_that_see_it(mapped):
 
 
 def test_every_stored_auc_is_the_formulas_auc_recomputed_from_the_tables(mapped):
-    database, _ = mapped
+    database, _, _ = mapped
     con = duckdb.connect(database, read_only=True)
     maxima = con.execute("SELECT image_id, maxima FROM unit_maxima ORDER BY image_id").fetchall()
     ids = np.array([r[0] for r in maxima])
@@ -115,9 +117,31 @@ def test_every_stored_auc_is_the_formulas_auc_recomputed_from_the_tables(mapped)
 
 
 def test_a_cluster_has_words_of_its_own(mapped):
-    database, _ = mapped
+    database, _, _ = mapped
     con = duckdb.connect(database, read_only=True)
     assert (
         con.execute("SELECT count(*) FROM cluster_labels").fetchone()[0]
         == con.execute("SELECT count(DISTINCT cluster_id) FROM neuron_clusters").fetchone()[0]
     )
+
+
+def test_carto_explain_names_each_concept_by_its_words(mapped):
+    database, _, root = mapped
+    out = run(
+        [CARTO, "explain", "images/bar/0.png", "--study", "annotated.yaml", "--top", "3"],
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    concepts = [
+        line for line in out.stdout.splitlines() if re.match(r"^    [+-]\d+%  cluster ", line)
+    ]
+    assert concepts
+    con = duckdb.connect(database, read_only=True)
+    words = {
+        c: (f, a)
+        for c, f, a in con.execute("SELECT cluster_id, formula, auc FROM cluster_labels").fetchall()
+    }
+    for line in concepts:
+        cluster, name = re.match(line_re, line).groups()
+        formula, auc = words[int(cluster)]
+        assert name == (f"{formula} (AUC {auc:.2f})" if formula else "no word fits"), line

@@ -141,6 +141,7 @@ def explain_file(prepared: PreparedStudy, path: Path, top: int, atlas_layer: str
     from carto_assets.core.attribution import explain as core
     from carto_assets.sources.datasets import study_image_size
     from carto_assets.stages.explanation_chunk import explain_image
+    from carto_assets.stages.unit_labels import cluster_words
 
     study, store = prepared.study, prepared.store
     size = study_image_size(study)
@@ -167,7 +168,7 @@ def explain_file(prepared: PreparedStudy, path: Path, top: int, atlas_layer: str
     explained = explain_image(prepared, pixels, top)
     logits = torch.from_numpy(explained.logits)
     predicted = explained.predicted
-    labels = dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
+    labels = cluster_words(store)
     matches = logits.shape[0] == len(class_names)
     prediction = {
         "index": predicted,

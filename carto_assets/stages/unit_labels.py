@@ -194,3 +194,20 @@ def label_figures(labels: Labels) -> list[Figure]:
         "median AUC of the layer's units' words",
     )
     return figures
+
+
+#: What a concept without words is called wherever the product names it.
+NO_WORD_FITS = "no word fits"
+
+
+def cluster_words(store) -> dict[int, str]:
+    """Each cluster's words as the product prints them: ``formula (AUC 0.93)``, or
+    :data:`NO_WORD_FITS`. A study mapped without labels (``labels.enabled: false``) has no
+    ``cluster_labels``: its clusters' top-image labels (``clusters.label``) are used instead."""
+    if not store.table_exists("cluster_labels"):
+        return dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
+    rows = store.query("SELECT cluster_id, formula, auc FROM cluster_labels")
+    return {
+        int(c): f"{f} (AUC {a:.2f})" if f is not None else NO_WORD_FITS
+        for c, f, a in rows.iter_rows()
+    }
