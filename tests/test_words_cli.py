@@ -132,15 +132,12 @@ def test_carto_explain_names_each_concept_by_its_words(mapped):
         cwd=root,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    concepts = [
-        line for line in out.stdout.splitlines() if re.match(r"^    [+-]\d+%  cluster ", line)
-    ]
+    line_re = r"^    [+-]\d+%  cluster (\d+)  (.*)$"
+    concepts = [line for line in out.stdout.splitlines() if re.match(line_re, line)]
     assert concepts
     con = duckdb.connect(database, read_only=True)
-    words = {
-        c: (f, a)
-        for c, f, a in con.execute("SELECT cluster_id, formula, auc FROM cluster_labels").fetchall()
-    }
+    rows = con.execute("SELECT cluster_id, formula, auc FROM cluster_labels").fetchall()
+    words = {c: (f, a) for c, f, a in rows}
     for line in concepts:
         cluster, name = re.match(line_re, line).groups()
         formula, auc = words[int(cluster)]
