@@ -96,6 +96,17 @@ class Or:
 Formula = Term | Not | And | Or
 
 
+def in_order(formula: Formula) -> Formula:
+    """The same formula with the operands of every AND and OR in the order of their text, so
+    that formulas that differ only in that order (``a AND b``, ``b AND a``) print the same."""
+    if isinstance(formula, Term):
+        return formula
+    if isinstance(formula, Not):
+        return Not(in_order(formula.operand))
+    operands = sorted((in_order(o) for o in formula.operands), key=text)
+    return type(formula)(tuple(operands))
+
+
 # --- printing ---------------------------------------------------------------------------------
 
 

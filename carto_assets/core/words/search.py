@@ -31,7 +31,7 @@ import numpy as np
 from scipy import sparse
 
 from carto_assets.core.validate import check_float, check_int
-from carto_assets.core.words.formula import And, Formula, Not, Or, Term, text
+from carto_assets.core.words.formula import And, Formula, Not, Or, Term, in_order, text
 from carto_assets.core.words.scoring import (
     auc_from_rank_sums,
     p_from_rank_sums,
@@ -350,6 +350,7 @@ def label_units(
 
 
 def _result(out, trees, chosen_ok, singles, n_formulas) -> UnitWords:
+    trees = [in_order(t) if t is not None else None for t in trees]
     texts = [text(t) if t is not None else None for t in trees]
     return UnitWords(
         formula=[s if ok else None for s, ok in zip(texts, chosen_ok)],

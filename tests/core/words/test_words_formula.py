@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from carto_assets.core.words.formula import And, Not, Or, Term, evaluate, parse, terms, text
+from carto_assets.core.words.formula import (
+    And,
+    Not,
+    Or,
+    Term,
+    evaluate,
+    in_order,
+    parse,
+    terms,
+    text,
+)
 
 RED, STAR, LIGHT = Term("colour", "red"), Term("shape", "star"), Term("background", "light")
 
@@ -98,3 +108,14 @@ def test_terms_and_evaluate():
     np.testing.assert_array_equal(evaluate(formula, indicator), expected)
     with pytest.raises(ValueError, match="no indicator for the term shape=heart"):
         evaluate(parse("shape=heart"), indicator)
+
+
+def test_in_order_prints_formulas_that_differ_only_in_operand_order_the_same():
+    a, b, c = Term("colour", "green"), Term("colour", "cyan"), Term("shape", "star")
+    one = And((Not(a), Not(b)))
+    other = And((Not(b), Not(a)))
+    assert text(one) != text(other)
+    assert text(in_order(one)) == text(in_order(other)) == "NOT colour=cyan AND NOT colour=green"
+    nested = Or((And((c, a)), b))
+    assert text(in_order(nested)) == "colour=cyan OR colour=green AND shape=star"
+    assert parse(text(in_order(nested))) == in_order(nested)
