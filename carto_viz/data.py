@@ -229,6 +229,8 @@ class ViewData:
     graph_clusters: Mapping[str, list] = field(default_factory=dict)
     #: the explained images (:mod:`carto_viz.explained_images`), None where the study has none
     explained: images.Explained | None = None
+    #: whether the study has words (:mod:`carto_viz.words`): the scorecard and word search
+    has_words: bool = False
 
     @property
     def has_features(self) -> bool:
@@ -347,4 +349,5 @@ def view_data(
         kinds=tuple(kind for kind in KINDS if kind in set(kinds.values())),
         graph_clusters=graph.clusters,
         explained=images.explained(tables, graph.rows),
+        has_words=words.has_words(tables),
     )

@@ -117,7 +117,8 @@ _PAGE = """<!DOCTYPE html>
 </div>
 </div>
 <main>
-<section id="left"><div id="projection"></div><div id="detail"></div></section>
+<section id="left"><div id="projection"></div>
+<div id="scorecard" aria-live="polite" hidden></div><div id="detail"></div></section>
 <section id="right">
 <div id="images" hidden><h2>Explained images of the class</h2>
 <div id="image-strip"></div><div id="node-images"></div><div id="image-card"></div></div>
@@ -221,6 +222,8 @@ def _page_data(
             str(c): v for c, v in (explained.exemplars.items() if explained else []) if c in nodes
         },
         "graph_heights": graph_heights(data.graph_rows),
+        # Whether the neurons carry words (the scorecard, the word search).
+        "words": data.has_words,
     }
 
 

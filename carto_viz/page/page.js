@@ -141,6 +141,42 @@
     byCluster.get(n.cluster_id).push(n.neuron_id);
   });
 
+  // ---- scorecard: the hovered unit's words, else the selected one's (studies with words) ----
+  var scorecard = document.getElementById("scorecard");
+  var selectedUnit = -1;
+  function auc(x) { return x === null || x === undefined ? "?" : Number(x).toFixed(2); }
+  function pValue(p) {
+    if (p === null || p === undefined) return "?";
+    return p < 1e-3 ? Number(p).toExponential(1) : Number(p).toFixed(3);
+  }
+  function plural(n, one) { return n + " " + one + (n === 1 ? "" : "s"); }
+  function scoreLine(name, text, cls) {
+    var line = el("div", "line");
+    line.appendChild(el("b", null, name));
+    line.appendChild(el("span", cls, text));
+    scorecard.appendChild(line);
+  }
+  function showScorecard(id) {
+    if (!page.words) return;
+    var n = byNeuron.get(id);
+    scorecard.textContent = "";
+    scorecard.hidden = !n;
+    scorecard.setAttribute("data-neuron", n ? String(id) : "");
+    if (!n) return;
+    var none = n.words === null || n.words === undefined;
+    scoreLine("#" + n.neuron_id, n.unit);
+    scoreLine("words:", none ? "no word fits" : n.words, "words");
+    scoreLine("AUC", auc(n.words_auc) + ", p-value " + pValue(n.p_value) +
+      (none ? " (its best try)" : ""));
+    scoreLine("best single term:", (n.single_term || "none") + " (AUC " + auc(n.single_auc) + ")",
+      "words");
+    scoreLine("polysemantic:", plural(n.n_terms_over_08 || 0, "term") + " reach AUC 0.8");
+    scoreLine("shared by", none ? "no words to share" :
+      plural(n.n_sharing_formula || 0, "other unit"));
+    scoreLine("cluster " + n.cluster_id + ":", n.cluster_short, "words");
+  }
+  window.cartoScorecard = showScorecard;
+
   // ---- hover cards -----------------------------------------------------------------------
   var card = document.getElementById("carto-card");
   var hoverToken = 0;
@@ -163,6 +199,7 @@
     var started = performance.now();
     if (value === null || value === undefined || value === "") {
       card.hidden = true;
+      showScorecard(selectedUnit);
       return;
     }
     card.textContent = "";
@@ -178,6 +215,7 @@
     var datum = (item && item.datum) || {};
     var pending = [];
     if (datum.n_patches !== undefined && datum.neuron_id !== undefined) {
+      showScorecard(datum.neuron_id);
       var one = patchRow(datum.neuron_id, "#" + datum.neuron_id);
       card.appendChild(one.row);
       pending = one.pending;
@@ -570,6 +608,8 @@
     });
     p.addSignalListener("pick", function (name, value) {
       var picked = value && value.neuron_id;
+      selectedUnit = picked ? value.neuron_id[0] : -1;
+      showScorecard(selectedUnit);
       g.signal("neuron_cluster", picked ? value.cluster_id[0] : -2).runAsync();
       d.signal("picked_neuron", picked ? value.neuron_id[0] : -1)
         .signal("picked_cluster", picked ? value.cluster_id[0] : -2)

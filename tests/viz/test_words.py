@@ -105,6 +105,7 @@ def test_a_database_without_words_keeps_the_leading_term(db, tmp_path):
     assert all("words" not in n and "cluster_words" not in n for n in data.neurons)
     assert {n["cluster_short"] for n in data.neurons} == {"size=large"}
     assert set(data.graph_clusters["h"]) == {short_label("size=large (0.97), colour=blue (0.5)")}
+    assert not data.has_words
 
 
 def test_words_reach_the_page_as_data_not_markup(db, tmp_path):
@@ -113,3 +114,5 @@ def test_words_reach_the_page_as_data_not_markup(db, tmp_path):
     start = html.index('id="carto-page">') + len('id="carto-page">')
     page = json.loads(html[start : html.index("</script>", start)])
     assert any(label.startswith(HOSTILE_NAMES[1]) for label in page["clusters"]["h"])
+    # The scorecard (filled by the page from the neuron records) is offered with words only.
+    assert page["words"] is True and '<div id="scorecard" aria-live="polite" hidden>' in html
