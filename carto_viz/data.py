@@ -17,7 +17,7 @@ from carto_assets.storage import quality
 from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
 from carto_viz import explained_images as images
 from carto_viz import words
-from carto_viz.class_graphs import ClassGraphs, graph_records
+from carto_viz.class_graphs import ClassGraphs, encode_ids, graph_records
 from carto_viz.connection import attached_store
 from carto_viz.short_names import layer_short_names, short_label
 from carto_viz.summary import neurons_with_kind, study_summary
@@ -231,6 +231,9 @@ class ViewData:
     explained: images.Explained | None = None
     #: whether the study has words (:mod:`carto_viz.words`): the scorecard and word search
     has_words: bool = False
+    #: with words: each graph node cluster's classes (``str(cluster) -> encode_ids(labels)``),
+    #: so that the word search names the classes whose graphs use the clusters it found
+    cluster_classes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_features(self) -> bool:
@@ -350,4 +353,10 @@ def view_data(
         graph_clusters=graph.clusters,
         explained=images.explained(tables, graph.rows),
         has_words=words.has_words(tables),
+        cluster_classes={
+            str(cluster): encode_ids(labels)
+            for cluster, labels in words.cluster_classes(tables).items()
+        }
+        if words.has_words(tables)
+        else {},
     )

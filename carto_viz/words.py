@@ -81,3 +81,15 @@ def unit_fields(row: Mapping[str, object]) -> dict:
         "n_terms_over_08": None if over is None else int(over),
         "n_sharing_formula": None if count is None else int(count),
     }
+
+
+def cluster_classes(tables: Mapping[str, pl.DataFrame]) -> dict[int, list[int]]:
+    """``cluster_id -> labels``: the classes whose concept graphs have the cluster as a node
+    (``concept_graph_nodes``), ascending."""
+    per_cluster = (
+        tables["concept_graph_nodes"]
+        .group_by("cluster_id")
+        .agg(pl.col("label").unique().sort())
+        .sort("cluster_id")
+    )
+    return {int(c): [int(x) for x in labels] for c, labels in per_cluster.iter_rows()}

@@ -7,7 +7,8 @@ import json
 import duckdb
 import pytest
 
-from carto_viz import export_views, load_tables, view_data
+from carto_viz import export_views, load_tables, view_data, views_spec
+from carto_viz.class_graphs import decode_ids
 from carto_viz.short_names import short_label
 from carto_viz.synthetic import HOSTILE_NAMES, make_database
 from carto_viz.words import NO_WORD, caption
@@ -116,3 +117,30 @@ def test_words_reach_the_page_as_data_not_markup(db, tmp_path):
     assert any(label.startswith(HOSTILE_NAMES[1]) for label in page["clusters"]["h"])
     # The scorecard (filled by the page from the neuron records) is offered with words only.
     assert page["words"] is True and '<div id="scorecard" aria-live="polite" hidden>' in html
+
+
+def test_word_search_data_only_with_words(db, tmp_path):
+    """With words: each node cluster's classes (for the search) and the views' word signals;
+    without: neither, so older databases export the views they did."""
+    data = view_data(load_tables(db))
+    nodes = _rows(
+        db,
+        "SELECT cluster_id, list(DISTINCT label ORDER BY label) FROM concept_graph_nodes "
+        "GROUP BY cluster_id",
+    )
+    assert {int(c): decode_ids(v) for c, v in data.cluster_classes.items()} == {
+        c: list(labels) for c, (labels,) in nodes.items()
+    }
+    specs = views_spec(data)
+    assert "word_units" in json.dumps(specs["projection"])
+    assert "word_clusters" in json.dumps(specs["graph"])
+    copy = tmp_path / "old.duckdb"
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute("DROP TABLE unit_labels")
+    con.execute("DROP TABLE cluster_labels")
+    con.close()
+    old = view_data(load_tables(copy))
+    assert old.cluster_classes == {}
+    specs = views_spec(old)
+    assert "word_" not in json.dumps(specs["projection"]) + json.dumps(specs["graph"])
