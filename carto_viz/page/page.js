@@ -150,6 +150,7 @@
   function auc(x) { return x === null || x === undefined ? "?" : Number(x).toFixed(2); }
   function pValue(p) {
     if (p === null || p === undefined) return "?";
+    if (p === 0) return "< 1e-300";  // below what a double holds
     return p < 1e-3 ? Number(p).toExponential(1) : Number(p).toFixed(3);
   }
   function plural(n, one) { return n + " " + one + (n === 1 ? "" : "s"); }
