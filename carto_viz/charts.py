@@ -41,6 +41,10 @@ MEMBER_STROKE = "black"
 CLUSTER_STROKE = "#d62728"
 NEIGHBOR_STROKE = "#ff7f0e"
 NEURON_CLUSTER_STROKE = "#1f77b4"
+#: units and graph nodes whose words hold the word search's text (studies with words).
+WORD_STROKE = "#2ca02c"
+_WORD_UNIT = "indexof(word_units, '|' + datum.neuron_id + '|') >= 0"
+_WORD_NODE = "datum.cluster_id >= 0 && indexof(word_clusters, '|' + datum.cluster_id + '|') >= 0"
 #: patches shown per neuron (hover cards and detail panel), as in the original.
 PATCHES_PER_NEURON = 9
 
@@ -89,9 +93,14 @@ def _patch_url(neuron_field: str, rank: str = "1", atlas: str = "patch") -> str:
 
 
 # ---- projection view -------------------------------------------------------------------------
-def projection_chart(n_neurons: int, layers: list[str], has_features: bool = False) -> alt.Chart:
+def projection_chart(
+    n_neurons: int, layers: list[str], has_features: bool = False, has_words: bool = False
+) -> alt.Chart:
     """Neuron Projection View: one circle per neuron at its UMAP position, coloured by depth;
-    with dictionary features, channels are circles and features diamonds."""
+    with dictionary features, channels are circles and features diamonds; with words, the units
+    the word search found (``word_units``) are ringed in green."""
+    word = [{"test": _WORD_UNIT, "value": WORD_STROKE}] if has_words else []
+    word_seen = [{"test": _WORD_UNIT, "value": 1}] if has_words else []
     pick = alt.selection_point(
         name="pick", fields=["neuron_id", "cluster_id", "neighbors"], on="click", clear="dblclick"
     )
@@ -137,6 +146,7 @@ def projection_chart(n_neurons: int, layers: list[str], has_features: bool = Fal
                     {"test": _NODE_TEST, "value": MEMBER_STROKE},
                     {"test": _CLUSTER_TEST, "value": CLUSTER_STROKE},
                     {"test": _NEIGHBOR_TEST, "value": NEIGHBOR_STROKE},
+                    *word,
                 ],
                 "value": None,
             },
@@ -145,6 +155,7 @@ def projection_chart(n_neurons: int, layers: list[str], has_features: bool = Fal
                     {"test": _NODE_TEST, "value": 1},
                     {"test": _CLUSTER_TEST, "value": 1},
                     {"test": _NEIGHBOR_TEST, "value": 1},
+                    *word_seen,
                     {"test": _NOTHING_PICKED, "value": 0.8},
                 ],
                 "value": 0.15,
@@ -280,13 +291,14 @@ def projection_params(data: ViewData) -> list[alt.Parameter]:
         alt.param(name="class_neurons", value="|"),
         alt.param(name="unit_kind", value="both"),
         alt.param(name="layer_short", value=layer_short_names(data.layers)),
+        *([alt.param(name="word_units", value="|")] if data.has_words else []),
     ]
 
 
 def projection_spec(data: ViewData) -> dict:
     """The projection view's Vega-Lite spec, with the neurons stored once under ``datasets``."""
     chart = (
-        projection_chart(len(data.neurons), data.layers, data.has_features)
+        projection_chart(len(data.neurons), data.layers, data.has_features, data.has_words)
         .add_params(*projection_params(data))
         .configure_view(stroke=None)
     )
@@ -353,7 +365,9 @@ def _by_choice(values: dict[str, object]) -> str:
     )
 
 
-def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) -> alt.LayerChart:
+def graph_chart(
+    rows: list[dict], max_columns: int, has_features: bool = False, has_words: bool = False
+) -> alt.LayerChart:
     """Graph View: a row per layer (input at the bottom), each node its concept's best patch
     framed by its importance, its short label under it; edges behind the nodes.
 
@@ -361,7 +375,9 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
     nodes and edges) and the rows left close up. With dictionary features, a feature node's
     frame is dashed. Long row labels and captions keep their end (what tells them apart) and
     show the whole text on hover. The prediction node pictures the class (its top patch).
+    With words, the nodes the word search found (``word_clusters``) are framed in green.
     """
+    word = [{"test": _WORD_NODE, "value": WORD_STROKE}] if has_words else []
     node_pick = alt.selection_point(
         name="node_pick", fields=["cluster_id", "cascade", "cascade_edges"], on="click"
     )
@@ -468,6 +484,7 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
                         "test": "datum.cluster_id >= 0 && datum.cluster_id == neuron_cluster",
                         "value": NEURON_CLUSTER_STROKE,
                     },
+                    *word,
                 ],
                 "value": "#777",
             },
@@ -512,7 +529,7 @@ def graph_chart(rows: list[dict], max_columns: int, has_features: bool = False) 
     ).resolve_scale(strokeWidth="independent")
 
 
-def graph_params(rows: list[dict]) -> list[alt.Parameter]:
+def graph_params(rows: list[dict], has_words: bool = False) -> list[alt.Parameter]:
     """Widgets and page-set signals of the graph view; ``row_pos``, ``rows_shown`` and
     ``row_kinds`` (each row's kind, by ``row``) are derived from ``unit_kind`` and the rows."""
     positions = {choice: row_positions(rows, choice) for choice in UNIT_CHOICES}
@@ -533,14 +550,15 @@ def graph_params(rows: list[dict]) -> list[alt.Parameter]:
         alt.param(name="row_pos", expr=_by_choice(positions)),
         alt.param(name="rows_shown", expr=_by_choice(shown)),
         alt.param(name="row_kinds", value=kinds),
+        *([alt.param(name="word_clusters", value="|")] if has_words else []),
     ]
 
 
 def graph_spec(data: ViewData) -> dict:
     """The graph view's spec; its datasets start empty and the page fills them per class."""
     chart = (
-        graph_chart(data.graph_rows, data.max_columns, data.has_features)
-        .add_params(*graph_params(data.graph_rows))
+        graph_chart(data.graph_rows, data.max_columns, data.has_features, data.has_words)
+        .add_params(*graph_params(data.graph_rows, data.has_words))
         .configure_view(stroke=None)
     )
     spec = chart.to_dict()

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from carto_assets.schema import PREDICTION, PREDICTION_CLUSTER
+from carto_viz import words
 from carto_viz.short_names import layer_short_names, short_label
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -238,10 +239,28 @@ def graph_records(tables: Mapping[str, pl.DataFrame], kinds: Mapping[str, str]) 
     clusters = tables["clusters"].select(
         "cluster_id", "size", pl.col("label").fill_null("").alias("cluster_label")
     )
-    shorts = {label: short_label(label) for label in clusters["cluster_label"].unique().to_list()}
-    clusters = clusters.with_columns(
-        short=pl.col("cluster_label").replace_strict(shorts, default="", return_dtype=pl.Utf8)
-    )
+    if words.has_words(tables):
+        # Named by their words with the AUC, or "no word fits": the caption and the tooltip.
+        captions = words.cluster_captions(tables).select(
+            pl.col("cluster_id").cast(clusters.schema["cluster_id"]), "caption"
+        )
+        clusters = (
+            clusters.drop("cluster_label")
+            .join(captions, on="cluster_id", how="left")
+            .select(
+                "cluster_id",
+                "size",
+                pl.col("caption").fill_null(words.NO_WORD).alias("cluster_label"),
+                pl.col("caption").fill_null(words.NO_WORD).alias("short"),
+            )
+        )
+    else:
+        shorts = {
+            label: short_label(label) for label in clusters["cluster_label"].unique().to_list()
+        }
+        clusters = clusters.with_columns(
+            short=pl.col("cluster_label").replace_strict(shorts, default="", return_dtype=pl.Utf8)
+        )
     units = tables["concept_graph_units"]
     top_member = (
         units.sort("score", "neuron_id", descending=[True, False])

@@ -16,7 +16,8 @@ from carto_assets import schema
 from carto_assets.storage import quality
 from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
 from carto_viz import explained_images as images
-from carto_viz.class_graphs import ClassGraphs, graph_records
+from carto_viz import words
+from carto_viz.class_graphs import ClassGraphs, encode_ids, graph_records
 from carto_viz.connection import attached_store
 from carto_viz.short_names import layer_short_names, short_label
 from carto_viz.summary import neurons_with_kind, study_summary
@@ -118,6 +119,8 @@ def load_tables(
         if QUALITY_TABLE in present:
             tables[QUALITY_TABLE] = con.sql(f"SELECT * FROM {QUALITY_TABLE}").pl()
         tables.update(images.load(con, present))  # the explanations, where the study has them
+        if all(name in present for name in words.TABLES):  # the words, where the study has them
+            tables.update({name: con.sql(words.QUERIES[name]).pl() for name in words.TABLES})
         return tables
 
 
@@ -226,6 +229,11 @@ class ViewData:
     graph_clusters: Mapping[str, list] = field(default_factory=dict)
     #: the explained images (:mod:`carto_viz.explained_images`), None where the study has none
     explained: images.Explained | None = None
+    #: whether the study has words (:mod:`carto_viz.words`): the scorecard and word search
+    has_words: bool = False
+    #: with words: each graph node cluster's classes (``str(cluster) -> encode_ids(labels)``),
+    #: so that the word search names the classes whose graphs use the clusters it found
+    cluster_classes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_features(self) -> bool:
@@ -234,7 +242,8 @@ class ViewData:
 
 
 def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
-    """One record per neuron: position, layer, kind, cluster and its label, neighbours, patches.
+    """One record per neuron: position, layer, kind, cluster and its label, neighbours, patches,
+    and, where the study has words (:mod:`carto_viz.words`), its unit's and its cluster's.
 
     ``unit`` names the unit with its kind and its layer's short name (:func:`unit_label`,
     :func:`layer_short_names`); ``neighbors`` lists the
@@ -265,28 +274,51 @@ def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
         .join(n_patches, on="neuron_id", how="left")
         .sort("neuron_id")
     )
+    worded = words.has_words(tables)
+    if worded:
+        neurons = neurons.join(
+            words.cluster_captions(tables).rename(
+                {"words": "cluster_words", "words_auc": "cluster_words_auc"}
+            ),
+            on="cluster_id",
+            how="left",
+        ).join(
+            tables["unit_labels"].select("neuron_id", *words.UNIT_FIELDS.values()),
+            on="neuron_id",
+            how="left",
+        )
     records = []
     # Units are named by their layer's distinguishing end; the full name is in ``layer``.
     short = layer_short_names(neurons["layer"].unique().to_list())
     for row in neurons.iter_rows(named=True):
         label = row["cluster_label"] or ""
-        records.append(
-            {
-                "neuron_id": int(row["neuron_id"]),
-                "layer": row["layer"],
-                "layer_index": int(row["layer_index"]),
-                "kind": row["kind"],
-                "unit": unit_label(row["kind"], row["channel"], short[row["layer"]]),
-                "cluster_id": int(row["cluster_id"]),
-                "cluster_label": label,
-                "cluster_short": short_label(label),
-                "cluster_size": int(row["size"] or 1),
-                "x": round(float(row["x"]), 4),
-                "y": round(float(row["y"]), 4),
-                "neighbors": bar_list(row["neighbors"] or []),
-                "n_patches": int(row["n_patches"] or 0),
-            }
-        )
+        record = {
+            "neuron_id": int(row["neuron_id"]),
+            "layer": row["layer"],
+            "layer_index": int(row["layer_index"]),
+            "kind": row["kind"],
+            "unit": unit_label(row["kind"], row["channel"], short[row["layer"]]),
+            "cluster_id": int(row["cluster_id"]),
+            "cluster_label": label,
+            "cluster_short": short_label(label),
+            "cluster_size": int(row["size"] or 1),
+            "x": round(float(row["x"]), 4),
+            "y": round(float(row["y"]), 4),
+            "neighbors": bar_list(row["neighbors"] or []),
+            "n_patches": int(row["n_patches"] or 0),
+        }
+        if worded:
+            # The cluster is named by its words (never the top images' leading term).
+            named = row["caption"] or words.NO_WORD
+            auc = row["cluster_words_auc"]
+            record.update(
+                cluster_label=named,
+                cluster_short=named,
+                cluster_words=row["cluster_words"],
+                cluster_words_auc=None if auc is None else round(float(auc), 4),
+                **words.unit_fields(row),
+            )
+        records.append(record)
     return records
 
 
@@ -320,4 +352,11 @@ def view_data(
         kinds=tuple(kind for kind in KINDS if kind in set(kinds.values())),
         graph_clusters=graph.clusters,
         explained=images.explained(tables, graph.rows),
+        has_words=words.has_words(tables),
+        cluster_classes={
+            str(cluster): encode_ids(labels)
+            for cluster, labels in words.cluster_classes(tables).items()
+        }
+        if words.has_words(tables)
+        else {},
     )

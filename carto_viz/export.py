@@ -109,6 +109,10 @@ _PAGE = """<!DOCTYPE html>
  aria-controls="class-options"><ul id="class-options" role="listbox" hidden></ul>
 </div>
 <span id="class-note"></span>
+<div class="search" id="word-box" hidden>
+<label for="word-search">Words</label><input id="word-search" type="search" autocomplete="off"
+ spellcheck="false" placeholder="search the words, e.g. stripes" aria-controls="word-results">
+</div>
 <div id="unit-kind" class="units" role="radiogroup" aria-labelledby="unit-kind-label" hidden>
 <span id="unit-kind-label">Units</span>
 <label><input type="radio" name="unit-kind" value="channel"><span>channels</span></label>
@@ -116,8 +120,10 @@ _PAGE = """<!DOCTYPE html>
 <label><input type="radio" name="unit-kind" value="both" checked><span>both</span></label>
 </div>
 </div>
+<div id="word-results" aria-live="polite" hidden></div>
 <main>
-<section id="left"><div id="projection"></div><div id="detail"></div></section>
+<section id="left"><div id="projection"></div>
+<div id="scorecard" aria-live="polite" hidden></div><div id="detail"></div></section>
 <section id="right">
 <div id="images" hidden><h2>Explained images of the class</h2>
 <div id="image-strip"></div><div id="node-images"></div><div id="image-card"></div></div>
@@ -221,6 +227,10 @@ def _page_data(
             str(c): v for c, v in (explained.exemplars.items() if explained else []) if c in nodes
         },
         "graph_heights": graph_heights(data.graph_rows),
+        # Whether the neurons carry words (the scorecard, the word search), and with words
+        # each node cluster's classes (the search names the classes that use what it found).
+        "words": data.has_words,
+        **({"cluster_classes": dict(data.cluster_classes)} if data.has_words else {}),
     }
 
 

@@ -76,6 +76,7 @@ def make_database(
     feature_layers: Sequence[str] = (),
     features_per_layer: int = 16,
     explained_per_class: int = 0,
+    words: Sequence[str | None] = (),
     seed: int = 0,
 ) -> Path:
     """Write a synthetic study database with the tables :mod:`carto_viz` needs.
@@ -92,6 +93,10 @@ def make_database(
     after it, with ids after all channels. Graph edges run from every layer to the next
     channel layer (or the prediction) and from a channel layer to its feature layer, so either
     kind alone still draws a connected graph where it can.
+
+    ``words`` (formulas, ``None`` for "no word fits") are cycled over the units and, from the
+    other end, over the clusters into ``unit_labels`` and ``cluster_labels``; without them the
+    database has no words tables (as one written before them).
     """
     unknown = [name for name in feature_layers if name not in layers]
     if unknown:
@@ -374,6 +379,10 @@ def make_database(
             ),
         ]
     )
+    if words:
+        tables_x_words = _words(rng, words, neurons, clusters)
+    else:
+        tables_x_words = {}
     if explained_per_class:
         tables_x = _explanations(
             rng, images, node_rows, all_layers, explained_per_class, patch_size, n_classes
@@ -382,6 +391,7 @@ def make_database(
         tables_x = {}
     tables = {
         **tables_x,
+        **tables_x_words,
         "images": images,
         "study_quality": figures,
         "cluster_quality": quality,
@@ -408,6 +418,50 @@ def make_database(
     finally:
         con.close()
     return path
+
+
+def _words(rng, formulas, neurons, clusters) -> dict:
+    """``unit_labels`` and ``cluster_labels`` with ``formulas`` cycled (clusters in reverse)."""
+
+    def rows(n: int, order: list) -> dict:
+        formula = [order[i % len(order)] for i in range(n)]
+        auc = np.round(0.8 + 0.19 * rng.random(n), 4)
+        single = np.round(auc - 0.05 * rng.random(n), 4)
+        return {
+            "formula": formula,
+            "auc": auc,
+            "p_value": 10.0 ** -rng.uniform(2, 12, n),
+            "candidate": [f if f is not None else "shape=blob" for f in formula],
+            "single_term": [f"shape=s{i % 5}" for i in range(n)],
+            "single_auc": single,
+            "n_terms_over_08": rng.integers(0, 4, n).astype(np.int32),
+            "n_images": np.full(n, 100, np.int32),
+        }
+
+    units = rows(neurons.height, list(formulas))
+    sharing = pl.Series(units["formula"], dtype=pl.Utf8)
+    counts = sharing.value_counts().rows()
+    shared = {formula: count - 1 for formula, count in counts if formula is not None}
+    unit_labels = schema.frame(
+        "unit_labels",
+        {
+            "neuron_id": neurons["neuron_id"],
+            "layer": neurons["layer"],
+            "kind": neurons["kind"],
+            **units,
+            "n_sharing_formula": [None if f is None else shared[f] for f in units["formula"]],
+        },
+    )
+    cluster_labels = schema.frame(
+        "cluster_labels",
+        {
+            "cluster_id": clusters["cluster_id"],
+            "layer": clusters["layer"],
+            "size": clusters["size"],
+            **rows(clusters.height, list(formulas)[::-1]),
+        },
+    )
+    return {"unit_labels": unit_labels, "cluster_labels": cluster_labels}
 
 
 def _explanations(rng, images, node_rows, all_layers, per_class, size, n_classes) -> dict:

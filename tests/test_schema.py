@@ -70,10 +70,12 @@ def test_the_store_refuses_a_declared_table_with_other_columns(tmp_path: Path) -
 def test_the_synthetic_view_database_holds_declared_tables(tmp_path: Path) -> None:
     from carto_viz.synthetic import make_database
 
-    con = duckdb.connect(str(make_database(tmp_path / "synthetic.duckdb")), read_only=True)
+    path = make_database(tmp_path / "synthetic.duckdb", words=("shape=heart", None))
+    con = duckdb.connect(str(path), read_only=True)
     names = [
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     ]
     assert set(names) <= set(schema.TABLES)
+    assert {"unit_labels", "cluster_labels"} <= set(names)
     for name in names:
         schema.check_columns(name, schema.describe(con, name))

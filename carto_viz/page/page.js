@@ -3,6 +3,9 @@
 // - class search (type-ahead) that loads the class's compact graph, decodes it (decodeGraph)
 //   and swaps it into the Graph View;
 // - the header, hover cards with patches, and the links between the two views;
+// - with words (unit_labels): the hovered or selected unit's scorecard, and the word search
+//   (units and clusters whose formula holds the text, ringed in both views; the classes that
+//   use those clusters);
 // - the units toggle (channels / features / both) for studies with dictionary features: it
 //   sets the views' `unit_kind` signal, which filters points, detail rows and graph rows.
 // Text from data only ever reaches the DOM through textContent, never as markup.
@@ -141,6 +144,44 @@
     byCluster.get(n.cluster_id).push(n.neuron_id);
   });
 
+  // ---- scorecard: the hovered unit's words, else the selected one's (studies with words) ----
+  var scorecard = document.getElementById("scorecard");
+  var selectedUnit = -1;
+  function auc(x) { return x === null || x === undefined ? "?" : Number(x).toFixed(2); }
+  function pValue(p) {
+    if (p === null || p === undefined) return "?";
+    if (p === 0) return "< 1e-300";  // below what a double holds
+    return p < 1e-3 ? Number(p).toExponential(1) : Number(p).toFixed(3);
+  }
+  function plural(n, one) { return n + " " + one + (n === 1 ? "" : "s"); }
+  function scoreLine(name, text, cls) {
+    var line = el("div", "line");
+    line.appendChild(el("b", null, name));
+    line.appendChild(document.createTextNode(" "));
+    line.appendChild(el("span", cls, text));
+    scorecard.appendChild(line);
+  }
+  function showScorecard(id) {
+    if (!page.words) return;
+    var n = byNeuron.get(id);
+    scorecard.textContent = "";
+    scorecard.hidden = !n;
+    scorecard.setAttribute("data-neuron", n ? String(id) : "");
+    if (!n) return;
+    var none = n.words === null || n.words === undefined;
+    scoreLine("#" + n.neuron_id, n.unit);
+    scoreLine("words:", none ? "no word fits" : n.words, "words");
+    scoreLine("AUC", auc(n.words_auc) + ", p-value " + pValue(n.p_value) +
+      (none ? " (its best try)" : ""));
+    scoreLine("best single term:", (n.single_term || "none") + " (AUC " + auc(n.single_auc) + ")",
+      "words");
+    scoreLine("polysemantic:", plural(n.n_terms_over_08 || 0, "term") + " reach AUC 0.8");
+    scoreLine("shared by", none ? "no words to share" :
+      plural(n.n_sharing_formula || 0, "other unit"));
+    scoreLine("cluster " + n.cluster_id + ":", n.cluster_short, "words");
+  }
+  window.cartoScorecard = showScorecard;
+
   // ---- hover cards -----------------------------------------------------------------------
   var card = document.getElementById("carto-card");
   var hoverToken = 0;
@@ -163,6 +204,7 @@
     var started = performance.now();
     if (value === null || value === undefined || value === "") {
       card.hidden = true;
+      showScorecard(selectedUnit);
       return;
     }
     card.textContent = "";
@@ -178,6 +220,7 @@
     var datum = (item && item.datum) || {};
     var pending = [];
     if (datum.n_patches !== undefined && datum.neuron_id !== undefined) {
+      showScorecard(datum.neuron_id);
       var one = patchRow(datum.neuron_id, "#" + datum.neuron_id);
       card.appendChild(one.row);
       pending = one.pending;
@@ -559,6 +602,72 @@
     nodeImages.appendChild(row);
   }
 
+  // ---- word search: units and clusters whose words hold the text, and their classes ----------
+  var wordBox = document.getElementById("word-box");
+  var wordInput = document.getElementById("word-search");
+  var wordResults = document.getElementById("word-results");
+  var clusterWords = new Map();  // cluster -> [formula, caption], from the neuron records
+  var SHOWN_MATCHES = 30;
+  neurons.forEach(function (n) {
+    if (n.cluster_words) clusterWords.set(n.cluster_id, [n.cluster_words, n.cluster_short]);
+  });
+  function holds(formula, q) { return !!formula && formula.toLowerCase().indexOf(q) >= 0; }
+  function resultLine(title, items, render) {
+    var line = el("div", "line");
+    line.appendChild(el("b", null, items.length + " " + title + ":"));
+    line.appendChild(document.createTextNode(" "));
+    items.slice(0, SHOWN_MATCHES).forEach(function (x) { line.appendChild(render(x)); });
+    if (items.length > SHOWN_MATCHES) line.appendChild(el("span", "more", "+" + (items.length - SHOWN_MATCHES) + " more"));
+    wordResults.appendChild(line);
+  }
+  function searchWords(text) {
+    var q = String(text).trim().toLowerCase();
+    var found = [], clusters = [], classSet = new Set();
+    if (q) {
+      neurons.forEach(function (n) { if (holds(n.words, q)) found.push(n.neuron_id); });
+      clusterWords.forEach(function (w, c) { if (holds(w[0], q)) clusters.push(c); });
+      clusters.sort(function (a, b) { return a - b; });
+      clusters.forEach(function (c) {
+        decodeIds((page.cluster_classes || {})[String(c)]).forEach(function (l) { classSet.add(l); });
+      });
+    }
+    var labels = Array.from(classSet).sort(function (a, b) { return a - b; });
+    views.projection.signal("word_units", barList(found));
+    views.graph.signal("word_clusters", barList(clusters));
+    wordResults.textContent = "";
+    wordResults.hidden = !q;
+    if (q) {
+      resultLine("units", found, function (id) {
+        var n = byNeuron.get(id), s = el("span", "unit", "#" + id + " " + n.unit + " (" + n.words + ")");
+        s.setAttribute("data-neuron", String(id));
+        s.addEventListener("mouseenter", function () { showScorecard(id); });
+        return s;
+      });
+      resultLine("clusters", clusters, function (c) {
+        var s = el("span", "cluster", "cluster " + c + ": " + clusterWords.get(c)[1]);
+        s.setAttribute("data-cluster", String(c));
+        s.addEventListener("click", function () { highlightConcept(c); });
+        return s;
+      });
+      resultLine("classes using them", labels, function (l) {
+        var b = el("button", "class", className(l));
+        b.type = "button";
+        b.setAttribute("data-class", String(l));
+        b.addEventListener("click", function () { setClass(l); });
+        return b;
+      });
+    }
+    document.body.setAttribute("data-words", q);
+    window.cartoWords = { query: q, units: found, clusters: clusters, classes: labels };
+    return Promise.all([views.projection.runAsync(), views.graph.runAsync()]);
+  }
+  window.cartoSearchWords = searchWords;
+  function offerWords() {  // once the views exist, and only in studies with words
+    if (!page.words) return;
+    wordBox.hidden = false;
+    wordInput.addEventListener("input", function () { searchWords(wordInput.value); });
+  }
+
   function link() {
     var p = views.projection, g = views.graph, d = views.detail;
     d.data("neurons", neurons);
@@ -570,6 +679,8 @@
     });
     p.addSignalListener("pick", function (name, value) {
       var picked = value && value.neuron_id;
+      selectedUnit = picked ? value.neuron_id[0] : -1;
+      showScorecard(selectedUnit);
       g.signal("neuron_cluster", picked ? value.cluster_id[0] : -2).runAsync();
       d.signal("picked_neuron", picked ? value.neuron_id[0] : -1)
         .signal("picked_cluster", picked ? value.cluster_id[0] : -2)
@@ -591,6 +702,7 @@
     window.cartoViews = views;
     link();
     offerUnits();
+    offerWords();
     var first = classes.filter(function (c) { return c.graph; })[0] || classes[0];
     return first ? setClass(first.label) : null;
   }).then(function () {
