@@ -310,12 +310,12 @@ def neuron_records(tables: Mapping[str, pl.DataFrame]) -> list[dict]:
         if worded:
             # The cluster is named by its words (never the top images' leading term).
             named = row["caption"] or words.NO_WORD
-            auc = row["cluster_words_auc"]
             record.update(
                 cluster_label=named,
                 cluster_short=named,
                 cluster_words=row["cluster_words"],
-                cluster_words_auc=None if auc is None else round(float(auc), 4),
+                # NaN (a constant pooled activation) is not JSON: null, as a missing value
+                cluster_words_auc=words.rounded(row["cluster_words_auc"]),
                 **words.unit_fields(row),
             )
         records.append(record)

@@ -59,7 +59,8 @@ def cluster_captions(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     ).with_columns(caption=pl.Series(captions, dtype=pl.Utf8))
 
 
-def _rounded(value: float | None, digits: int = 4) -> float | None:
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """``value`` rounded; None for a missing value or NaN (JSON has no NaN)."""
     return None if value is None or value != value else round(float(value), digits)
 
 
@@ -74,10 +75,10 @@ def unit_fields(row: Mapping[str, object]) -> dict:
     over = row.get("n_terms_over_08")
     return {
         "words": row.get("formula"),
-        "words_auc": _rounded(row.get("auc")),
+        "words_auc": rounded(row.get("auc")),
         "p_value": _p(row.get("p_value")),
         "single_term": row.get("single_term"),
-        "single_auc": _rounded(row.get("single_auc")),
+        "single_auc": rounded(row.get("single_auc")),
         "n_terms_over_08": None if over is None else int(over),
         "n_sharing_formula": None if count is None else int(count),
     }

@@ -144,8 +144,13 @@ def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None 
         .with_columns(pl.DataFrame(_word_columns(cluster_words)))
         .with_columns(n_images=pl.lit(sample.n_images, dtype=pl.Int32))
     )
-    units = units.select(schema.column_names("unit_labels"))
-    clusters = clusters.select(schema.column_names("cluster_labels"))
+    # As declared (a sample where no unit has words would leave `formula` without a type).
+    units = units.select(schema.column_names("unit_labels")).cast(
+        schema.polars_schema("unit_labels")
+    )
+    clusters = clusters.select(schema.column_names("cluster_labels")).cast(
+        schema.polars_schema("cluster_labels")
+    )
     return Labels(
         units,
         clusters,
@@ -175,7 +180,9 @@ def label_figures(labels: Labels) -> list[Figure]:
             "share of units whose words (a formula over annotation values) reach the labels' "
             "AUC and p-value bounds on the sample",
             name="units with words",
-            shown=f"{share:.0%} (median AUC {median:.2f} on {labels.n_images:,} images)",
+            shown=f"{share:.0%} (median AUC {median:.2f} on {labels.n_images:,} images)"
+            if worded.height
+            else f"none of {units.height:,} units (on {labels.n_images:,} images)",
         ),
         Figure(
             "words_median_auc",

@@ -237,6 +237,7 @@ def test_celery_cluster_matches_carto_run_and_recovers_a_killed_worker(
             "class_stats.parquet",
             "summary.json",
             "top_k.parquet",
+            "unit_maxima.parquet",  # the labels' sample (labels are on by default)
         ]
         runs = instance.get_runs(
             filters=dg.RunsFilter(
