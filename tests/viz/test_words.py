@@ -144,3 +144,18 @@ def test_word_search_data_only_with_words(db, tmp_path):
     assert old.cluster_classes == {}
     specs = views_spec(old)
     assert "word_" not in json.dumps(specs["projection"]) + json.dumps(specs["graph"])
+
+
+def test_a_constant_units_nan_auc_reaches_the_page_as_null(db, tmp_path):
+    """A constant (dead) unit or cluster has no AUC (NaN in `unit_labels`); the page's JSON,
+    which has no NaN, gets null and the export does not fail."""
+    copy = tmp_path / "dead.duckdb"
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute("UPDATE unit_labels SET auc = 'NaN', single_auc = 'NaN', formula = NULL")
+    con.execute("UPDATE cluster_labels SET auc = 'NaN', formula = NULL")
+    con.close()
+    data = view_data(load_tables(copy))
+    assert all(n["words_auc"] is None and n["cluster_words_auc"] is None for n in data.neurons)
+    html = export_views(copy, tmp_path / "out").html_path.read_text(encoding="utf-8")
+    assert "NaN" not in html.split('id="carto-page">', 1)[1].split("</script>", 1)[0]
