@@ -62,6 +62,10 @@ def test_headline_is_named_figures_in_pipeline_order(tmp_path):
         ("second", "0.123", "cluster_quality"),
         ("edge", "ρ 0.50", "concept_graph"),
     ]
+    named = store.figures().filter(pl.col("name") != "")
+    assert {f["figure"]: f["definition"] for f in shown} == dict(
+        named.select("name", "definition").iter_rows()
+    )
     assert quality.headline(None) == []
 
 

@@ -121,13 +121,19 @@ def ordered(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def headline(rows: pl.DataFrame | None) -> list[dict[str, str]]:
-    """The figures the header and ``carto run`` show: ``{"figure", "value", "asset"}`` each,
-    in pipeline order (plain text; the page draws it with ``textContent``)."""
+    """The figures the header and ``carto run`` show: ``{"figure", "value", "asset",
+    "definition"}`` each, in pipeline order (plain text; the page draws it with
+    ``textContent``, one line per figure, the definition on hover)."""
     if rows is None or rows.height == 0:
         return []
     shown = ordered(rows.filter(pl.col("name") != ""))
     return [
-        {"figure": r["name"], "value": r["shown"], "asset": r["asset"]}
+        {
+            "figure": r["name"],
+            "value": r["shown"],
+            "asset": r["asset"],
+            "definition": r["definition"],
+        }
         for r in shown.iter_rows(named=True)
     ]
 

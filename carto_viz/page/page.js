@@ -126,7 +126,9 @@
     });
     var quality = document.getElementById("study-quality");
     s.quality.forEach(function (q) {
+      // One short line per figure; the whole value, what it measures and where on hover.
       var li = el("li");
+      li.title = q.figure + ": " + q.value + "\n" + (q.definition || "") + " (" + q.asset + ")";
       li.appendChild(el("b", null, q.figure + ": "));
       li.appendChild(document.createTextNode(q.value + " "));
       li.appendChild(el("span", "asset", "(" + q.asset + ")"));

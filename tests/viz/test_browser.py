@@ -132,6 +132,12 @@ def test_page_before_a_selection(browser, synthetic):
         assert page.page.inner_text("#study-title") == "synthetic"
         assert "cluster_quality" in page.page.inner_text("#study-quality")
         assert "concept_graph" in page.page.inner_text("#study-quality")
+        # The header card: one line per figure, what it measures on hover.
+        lines = page.page.eval_on_selector_all(
+            "#study-quality li",
+            "els => els.map(e => [e.getBoundingClientRect().height, e.title])",
+        )
+        assert lines and all(h < 20 and "\n" in title for h, title in lines), lines
         assert sorted(i["neuron_id"] for i in page.items("projection", "neuron")) == list(range(48))
         # The detail panel says what to do, and draws no axis and no patch yet.
         texts = [t["text"] for t in page.items("detail", "text")]
