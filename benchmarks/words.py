@@ -447,6 +447,13 @@ def groups_last_channel(groups) -> str:
 
 
 # ---- explanations ---------------------------------------------------------------------------
+def _holds(api, formula: str, values: set) -> bool:
+    """Whether ``formula`` is true of an image with these (concept, value) annotations."""
+    tree = api.parse(formula)
+    indicator = {t: np.array([(t.concept, t.value) in values]) for t in api.terms(tree)}
+    return bool(api.evaluate(tree, indicator)[0])
+
+
 def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> None:
     store = prepared.store
     truth = next((t for t in ("image_concepts", "image_annotations") if _has_table(store, t)), "")
@@ -475,7 +482,16 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
         if (kinds["kind"] == kind).any()
     }
     head = f"  {'layer':<16}{'images':>7}{'in label':>9}{'leading':>8}"
-    head += f"{'in formula':>11}" if with_formulas else ""
+    head += f"{'in formula':>11}{'holds':>7}" if with_formulas else ""
+    # "holds": the top concept's words are true of the explained image itself (its own
+    # annotation values), whatever they name: whether the words describe what was explained.
+    own: dict[int, set] = {}
+    if with_formulas:
+        for i, c, v in store.query(
+            "SELECT image_id, concept, value FROM image_annotations WHERE image_id IN "
+            "(SELECT image_id FROM explained_images)"
+        ).iter_rows():
+            own.setdefault(int(i), set()).add((c, v))
     print(
         "\nexplanations: correctly predicted explained images whose top concept (rank 1, the "
         "predicted logit) names the image's shape (target >= 0.8 at the marked layers)"
@@ -496,7 +512,11 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
             hits = [
                 bool(f) and bool(n & positive_terms(api, f)) for n, f in zip(names, part["formula"])
             ]
-            line += f"{np.mean(hits):>11.2f}"
+            holds = [
+                bool(f) and _holds(api, f, own.get(int(i), set()))
+                for i, f in zip(part["image_id"], part["formula"])
+            ]
+            line += f"{np.mean(hits):>11.2f}{np.mean(holds):>7.2f}"
         print(line + ("   <- target" if layer in targeted else ""))
 
 
