@@ -12,6 +12,8 @@ No dagster, no torch here.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,22 @@ class UserAnnotations:
 
 
 def _cells(frame: pl.DataFrame) -> pl.DataFrame:
-    """Every column as text, stripped; nulls as empty text."""
-    return frame.select(
-        pl.col(c).cast(pl.Utf8).fill_null("").str.strip_chars().alias(c) for c in frame.columns
-    )
+    """Every column as text, stripped; nulls as empty text. A list cell (a Parquet list column:
+    several values of the image) becomes its values joined by ``|``."""
+
+    def text(name: str) -> pl.Expr:
+        column = pl.col(name)
+        if isinstance(frame.schema[name], pl.List):
+            column = column.list.eval(pl.element().cast(pl.Utf8)).list.join(VALUE_SEPARATOR)
+        return column.cast(pl.Utf8).fill_null("").str.strip_chars().alias(name)
+
+    try:
+        return frame.select(text(c) for c in frame.columns)
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AnnotationError(
+            f"annotations: a column is not text or a list of text: {first}"
+        ) from None
 
 
 def _read_csv(path: Path) -> pl.DataFrame:
@@ -64,6 +78,13 @@ def _read_csv(path: Path) -> pl.DataFrame:
         raise AnnotationError(
             f"annotations file {path} has no rows; give one row per image: a `path` column "
             "and one column per concept"
+        )
+    header = next(csv.reader(io.StringIO(data.decode("utf-8").lstrip("\ufeff"))), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise AnnotationError(
+            f"annotations file {path} names the column(s) {repeated} more than once; give each "
+            "concept one column (several values go in one cell, separated by |)"
         )
     try:
         return pl.read_csv(data, infer_schema=False)

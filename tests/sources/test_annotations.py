@@ -104,3 +104,24 @@ def test_a_column_named_after_a_ground_truth_concept_is_refused(tmp_path):
     path = _csv(tmp_path, "path,shape\ncat/0.png,round\ndog/0.png,square\n")
     with pytest.raises(AnnotationError, match="column 'shape' is a concept the study already"):
         load_user_annotations(path, SOURCES, reserved={"class", "shape"})
+
+
+def test_a_parquet_list_column_holds_several_values_per_image(tmp_path):
+    """The natural Parquet form of several values per cell: a list column."""
+    path = tmp_path / "notes.parquet"
+    pl.DataFrame(
+        {"path": ["cat/0.png", "dog/0.png"], "weather": [["snow", "fog"], []]}
+    ).write_parquet(path)
+    user = load_user_annotations(path, SOURCES)
+    assert user.rows.to_dicts() == [
+        {"image_id": 0, "concept": "weather", "value": "fog"},
+        {"image_id": 0, "concept": "weather", "value": "snow"},
+    ]
+
+
+def test_a_repeated_csv_header_is_refused(tmp_path):
+    path = _csv(tmp_path, "path,weather,weather\ncat/0.png,snow,fog\n")
+    with pytest.raises(
+        AnnotationError, match=r"names the column\(s\) \['weather'\] more than once"
+    ):
+        read_annotation_table(path)

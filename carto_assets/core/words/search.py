@@ -213,15 +213,27 @@ def pooled_activations(activations: np.ndarray, groups: Sequence[np.ndarray]) ->
     n_units = x.shape[1]
     scale = x.max(axis=0).astype(np.float64) if len(x) else np.zeros(n_units)
     inverse = np.divide(1.0, scale, out=np.zeros(n_units), where=scale > 0)
-    membership = np.zeros((n_units, len(groups)))  # unit -> group weight: 1 / (size * max)
+    rows, cols, weights = [], [], []  # unit -> group weight: 1 / (size * max), sparse
     for g, members in enumerate(groups):
         members = np.unique(np.asarray(members, dtype=np.int64))
         if len(members) == 0 or members.min() < 0 or members.max() >= n_units:
             raise ValueError(
                 f"group {g} must list 1+ unit columns in [0, {n_units}), got {members}"
             )
-        membership[members, g] = inverse[members] / len(members)
-    return np.asarray(x.astype(np.float64) @ sparse.csr_matrix(membership))
+        rows.append(members)
+        cols.append(np.full(len(members), g, dtype=np.int64))
+        weights.append(inverse[members] / len(members))
+    membership = sparse.csr_matrix(
+        (
+            np.concatenate(weights) if weights else np.zeros(0),
+            (
+                np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            ),
+        ),
+        shape=(n_units, len(groups)),
+    )
+    return np.asarray(x.astype(np.float64) @ membership)
 
 
 def _fill(auc: np.ndarray) -> np.ndarray:
