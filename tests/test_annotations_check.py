@@ -8,6 +8,9 @@ import pytest
 from PIL import Image
 from readme.walk import CARTO, run, write_study
 
+#: Each test types `carto check` as a subprocess: the CLI tier (`make test`), not the unit tier.
+pytestmark = pytest.mark.slow
+
 IMAGES = ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
 
 

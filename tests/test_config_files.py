@@ -210,6 +210,7 @@ def _errors(out) -> list[str]:
     return [line for line in out.stderr.splitlines() if not line.startswith("carto: details")]
 
 
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_check_refuses_an_out_of_range_clustering_seed(image_folder):
     study = _study(image_folder, clustering={"seed": 1099511627776})
     out = run([CARTO, "check", "--study", study.name], cwd=image_folder)
@@ -222,6 +223,7 @@ def test_carto_check_refuses_an_out_of_range_clustering_seed(image_folder):
     assert run([CARTO, "check", "--study", good.name], cwd=image_folder).ok()
 
 
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_check_prints_a_yaml_syntax_error_in_one_line(image_folder):
     study = _study(image_folder)
     study.write_text(study.read_text() + "clustering: {seed: 3\n")
@@ -236,6 +238,7 @@ def test_carto_check_prints_a_yaml_syntax_error_in_one_line(image_folder):
     )
 
 
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_compare_says_once_that_a_study_is_named_twice(image_folder):
     _study(image_folder)
     comparison = image_folder / "cmp.yaml"
@@ -248,6 +251,7 @@ def test_carto_compare_says_once_that_a_study_is_named_twice(image_folder):
     ]
 
 
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_compare_prints_a_yaml_syntax_error_in_one_line(tmp_path):
     comparison = tmp_path / "cmp.yaml"
     comparison.write_text("name: cmp\nstudies: [a.yaml, b.yaml\n")
