@@ -12,11 +12,13 @@ from collections.abc import Mapping
 
 import polars as pl
 
+from carto_assets.core.words.formula import NO_WORD_FITS
+
 #: the tables that hold the words (asset ``unit_labels``); optional: older databases lack them.
 TABLES = ("unit_labels", "cluster_labels")
 
 #: what a unit or a cluster without words is called.
-NO_WORD = "no word fits"
+NO_WORD = NO_WORD_FITS
 
 QUERIES = {
     "unit_labels": "SELECT neuron_id, formula, auc, p_value, single_term, single_auc, "

@@ -21,7 +21,7 @@ import polars as pl
 from scipy import sparse
 
 from carto_assets import schema
-from carto_assets.core.words.formula import Term
+from carto_assets.core.words.formula import NO_WORD_FITS, Term
 from carto_assets.core.words.search import (
     UnitWords,
     label_units,
@@ -201,10 +201,6 @@ def label_figures(labels: Labels) -> list[Figure]:
         "median AUC of the layer's units' words",
     )
     return figures
-
-
-#: What a concept without words is called wherever the product names it.
-NO_WORD_FITS = "no word fits"
 
 
 def cluster_words(store) -> dict[int, str]:

@@ -32,6 +32,16 @@ def db(tmp_path_factory):
     )
 
 
+def _altered(db, copy, *statements: str):
+    """A copy of the synthetic database with ``statements`` run on it."""
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    for statement in statements:
+        con.execute(statement)
+    con.close()
+    return copy
+
+
 def _rows(db, query: str) -> dict[int, tuple]:
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -96,12 +106,9 @@ def test_graph_captions_are_the_words(db):
 
 
 def test_a_database_without_words_keeps_the_leading_term(db, tmp_path):
-    copy = tmp_path / "old.duckdb"
-    copy.write_bytes(db.read_bytes())
-    con = duckdb.connect(str(copy))
-    con.execute("DROP TABLE unit_labels")
-    con.execute("DROP TABLE cluster_labels")
-    con.close()
+    copy = _altered(
+        db, tmp_path / "old.duckdb", "DROP TABLE unit_labels", "DROP TABLE cluster_labels"
+    )
     data = view_data(load_tables(copy))
     assert all("words" not in n and "cluster_words" not in n for n in data.neurons)
     assert {n["cluster_short"] for n in data.neurons} == {"size=large"}
@@ -134,12 +141,9 @@ def test_word_search_data_only_with_words(db, tmp_path):
     specs = views_spec(data)
     assert "word_units" in json.dumps(specs["projection"])
     assert "word_clusters" in json.dumps(specs["graph"])
-    copy = tmp_path / "old.duckdb"
-    copy.write_bytes(db.read_bytes())
-    con = duckdb.connect(str(copy))
-    con.execute("DROP TABLE unit_labels")
-    con.execute("DROP TABLE cluster_labels")
-    con.close()
+    copy = _altered(
+        db, tmp_path / "old.duckdb", "DROP TABLE unit_labels", "DROP TABLE cluster_labels"
+    )
     old = view_data(load_tables(copy))
     assert old.cluster_classes == {}
     specs = views_spec(old)
@@ -149,12 +153,12 @@ def test_word_search_data_only_with_words(db, tmp_path):
 def test_a_constant_units_nan_auc_reaches_the_page_as_null(db, tmp_path):
     """A constant (dead) unit or cluster has no AUC (NaN in `unit_labels`); the page's JSON,
     which has no NaN, gets null and the export does not fail."""
-    copy = tmp_path / "dead.duckdb"
-    copy.write_bytes(db.read_bytes())
-    con = duckdb.connect(str(copy))
-    con.execute("UPDATE unit_labels SET auc = 'NaN', single_auc = 'NaN', formula = NULL")
-    con.execute("UPDATE cluster_labels SET auc = 'NaN', formula = NULL")
-    con.close()
+    copy = _altered(
+        db,
+        tmp_path / "dead.duckdb",
+        "UPDATE unit_labels SET auc = 'NaN', single_auc = 'NaN', formula = NULL",
+        "UPDATE cluster_labels SET auc = 'NaN', formula = NULL",
+    )
     data = view_data(load_tables(copy))
     assert all(n["words_auc"] is None and n["cluster_words_auc"] is None for n in data.neurons)
     html = export_views(copy, tmp_path / "out").html_path.read_text(encoding="utf-8")

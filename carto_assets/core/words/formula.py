@@ -95,6 +95,9 @@ class Or:
 
 Formula = Term | Not | And | Or
 
+#: What a unit or cluster without words is called wherever the product names it.
+NO_WORD_FITS = "no word fits"
+
 
 def in_order(formula: Formula) -> Formula:
     """The same formula with the operands of every AND and OR in the order of their text, so
