@@ -13,6 +13,7 @@ import os
 import dagster as dg
 
 from carto_assets.assets.activations import activations
+from carto_assets.assets.class_audit import class_audit
 from carto_assets.assets.class_importance import class_importance
 from carto_assets.assets.clustering import cluster_quality, minhash_signatures, neuron_clusters
 from carto_assets.assets.concept_graph import concept_graph, concept_graph_chunk
@@ -51,6 +52,7 @@ _ASSETS = [
     concept_graph_chunk,
     concept_graph,
     explanations,
+    class_audit,
     cooccurrence,
     neuron_embedding,
     neuron_projection,

@@ -30,7 +30,7 @@ JOBS = {
         "example_patches",
     },
     "concept_graph_chunks": {"concept_graph_chunk", "explanation_chunk"},
-    "graph_and_views": {"concept_graph", "explanations", "views"},
+    "graph_and_views": {"concept_graph", "explanations", "class_audit", "views"},
 }
 
 
@@ -38,7 +38,7 @@ def test_definitions_hold_every_asset_once_in_one_job():
     defs = build_definitions("")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == set().union(*JOBS.values())
-    assert len(keys) == 19
+    assert len(keys) == 20
     for job, assets in JOBS.items():
         selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
         assert {k.to_user_string() for k in selected} == assets, job

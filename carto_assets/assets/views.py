@@ -27,6 +27,7 @@ def study_info(cfg: Study) -> dict:
         "cluster_quality",
         "example_patches",
         "concept_graph",
+        "class_audit",
     ],
 )
 def views(study: StudyResource) -> dg.MaterializeResult:

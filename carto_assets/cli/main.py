@@ -1,4 +1,5 @@
-"""The ``carto`` command: run a study end to end, list a model's layers, check a study."""
+"""The ``carto`` command: run a study end to end, list a model's layers, check a study, explain
+an image, compare studies, audit what the classes rely on."""
 
 from __future__ import annotations
 
@@ -318,7 +319,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carto", description=__doc__)
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,layers,check,compare,explain}"
+        dest="command", required=True, metavar="{run,layers,check,compare,explain,audit}"
     )
 
     run = sub.add_parser("run", help="materialize every asset (all shard partitions) of a study")
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     from carto_assets.cli.explain import add_parser as add_explain
 
     add_explain(sub)
+    from carto_assets.cli.audit import add_parser as add_audit
+
+    add_audit(sub)
 
     args = parser.parse_args(argv)
     # umap-learn compiles with numba on first use (about a minute on a small CPU); keep the

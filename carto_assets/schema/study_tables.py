@@ -589,6 +589,120 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("relevance", "DOUBLE", "its relevance"),
     ),
     _table(
+        "class_audit",
+        "class_audit",
+        ("label", "INTEGER", "class"),
+        ("class_name", "VARCHAR", "its name"),
+        ("term", "VARCHAR", "`concept=value`, a term of some unit's words, or the class's own"),
+        (
+            "own",
+            "BOOLEAN",
+            "the class's own term: `class=<name>`, or a term that holds on exactly the class's "
+            "images (`shape=<class>` in the shapes world)",
+        ),
+        ("rank", "INTEGER", "1 = the class's term with the largest `relevance_share`"),
+        (
+            "relevance_share",
+            "DOUBLE",
+            "the share of the class's relevance its units carry, mean over the unit layers: "
+            "per layer, the sum over the units whose words name the term (not under NOT) of "
+            "the unit's `class_relevance.share` clipped at 0, divided among its words' terms",
+        ),
+        ("top_layer", "VARCHAR", "the layer where the term's share is largest"),
+        ("top_layer_share", "DOUBLE", "its share there"),
+        ("units", "INTEGER", "units of `top_layer` whose words name the term"),
+        (
+            "lift",
+            "DOUBLE",
+            "`relevance_share` over its mean over the other classes (how much more this class "
+            "leans on the term than the rest do)",
+        ),
+        ("class_rate", "DOUBLE", "share of the class's images where the term holds"),
+        ("other_rate", "DOUBLE", "share of the other classes' images where it holds"),
+        (
+            "flagged",
+            "BOOLEAN",
+            "a candidate shortcut: not `own`, `relevance_share` at least `audit.min_share`, "
+            "`lift` at least `audit.min_lift`, and `class_rate` at least "
+            "`audit.min_cooccurrence` times `other_rate` (a correlation in the data)",
+        ),
+        (
+            "checked",
+            "BOOLEAN",
+            "the causal checks ran (every flagged term); the check columns are NULL elsewhere",
+        ),
+        ("ablation_units", "INTEGER", "units zeroed: the term's units at `top_layer`"),
+        ("ablation_images", "INTEGER", "the class's images measured (`audit.images_per_class`)"),
+        (
+            "ablation_drop",
+            "DOUBLE",
+            "mean drop of the class's logit on them when the term's units are zeroed "
+            "(feature layers: their decoder contribution subtracted)",
+        ),
+        (
+            "ablation_other_drop",
+            "DOUBLE",
+            "mean drop of the other classes' logits on the same images",
+        ),
+        (
+            "ablation_random_drop",
+            "DOUBLE",
+            "mean drop of the class's logit when as many random units of the layer are zeroed "
+            "(mean of 5 seeded draws)",
+        ),
+        (
+            "ablation_p_value",
+            "DOUBLE",
+            "per image, paired: one-sided Wilcoxon signed-rank p-value that the class logit's "
+            "drop is above the random units' (mean of the draws) and above the other classes' "
+            "logits' drop; the larger of the two",
+        ),
+        (
+            "ablation_confirms",
+            "BOOLEAN",
+            "`ablation_drop` is positive, at least twice `ablation_random_drop`, and "
+            "`ablation_p_value` is below 0.01",
+        ),
+        (
+            "counterfactual_images",
+            "INTEGER",
+            "the class's measured images that carry the term, rendered again with its concept "
+            "changed (each to a seeded other value, all else the same); NULL where the source "
+            "cannot render (image folders, `class=` terms)",
+        ),
+        ("accuracy", "DOUBLE", "the class's accuracy on those images as they are"),
+        ("counterfactual_accuracy", "DOUBLE", "the same on the changed images"),
+        ("logit", "DOUBLE", "mean class logit on those images as they are"),
+        ("counterfactual_logit", "DOUBLE", "the same on the changed images"),
+        (
+            "counterfactual_p_value",
+            "DOUBLE",
+            "one-sided Wilcoxon signed-rank p-value that the class logit drops per image",
+        ),
+        (
+            "counterfactual_confirms",
+            "BOOLEAN",
+            "`logit - counterfactual_logit` is at least `audit.min_counterfactual_drop` times "
+            "`|logit|` and `counterfactual_p_value` is below 0.01; NULL where nothing was "
+            "rendered",
+        ),
+        (
+            "confirmed",
+            "BOOLEAN",
+            "every check that ran confirms: the model uses the term, it does not only "
+            "co-occur with the class; NULL where none ran",
+        ),
+    ),
+    _table(
+        "class_audit_images",
+        "class_audit",
+        ("label", "INTEGER", "class"),
+        ("term", "VARCHAR", "a checked term (`class_audit.checked`)"),
+        ("rank", "INTEGER", "1 = the image whose class logit dropped most"),
+        ("image_id", "BIGINT", "one of the class's measured images"),
+        ("drop", "DOUBLE", "its class logit's drop when the term's units are zeroed"),
+    ),
+    _table(
         "cooccurrence",
         "cooccurrence",
         ("neuron_a", "BIGINT", "neuron (always `neuron_a < neuron_b`)"),

@@ -75,13 +75,15 @@ STEPS = (
 
 
 def class_images(
-    study: Study, label: int, images: pl.DataFrame, source, bundle
+    study: Study, label: int, images: pl.DataFrame, source, bundle, count: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Up to ``images_per_class`` images of the class (seeded sample): their ids (those that
-    loaded), their pixels (uint8) and the model's input (normalized)."""
+    """Up to ``count`` (default ``graph.images_per_class``) images of the class (seeded
+    sample): their ids (those that loaded), their pixels (uint8) and the model's input
+    (normalized)."""
     ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
     rng = np.random.default_rng([study.seed, label])
-    pick = np.sort(rng.choice(ids, size=min(len(ids), study.graph.images_per_class), replace=False))
+    count = study.graph.images_per_class if count is None else count
+    pick = np.sort(rng.choice(ids, size=min(len(ids), count), replace=False))
     pixels, ok = source.load_many(pick.tolist(), workers=4)
     return pick[ok], pixels, bundle.normalize(torch.from_numpy(pixels))
 

@@ -428,3 +428,44 @@ class LabelsConfig(_Section):
         description="A formula of several terms is kept only where its AUC beats the unit's "
         "best single term by this much.",
     )
+
+
+class AuditConfig(_Section):
+    """What each class relies on (the ``class_audit`` asset): its relevance grouped by the
+    terms of its units' words, terms that are not the class's own flagged as candidate
+    shortcuts, and causal checks of the flags (docs/audit.md)."""
+
+    enabled: Annotated[bool, Allowed("true or false")] = Field(
+        True, description="Audit the classes after the concept graph; false: no audit tables."
+    )
+    min_share: Share = Field(
+        0.05,
+        description="A term is flagged only where it carries at least this share of the "
+        "class's relevance (mean over the unit layers).",
+    )
+    min_lift: float = Field(
+        2.0,
+        ge=1.0,
+        description="... and at least this many times its mean share over the other classes.",
+    )
+    min_cooccurrence: float = Field(
+        1.5,
+        ge=1.0,
+        description="... and it holds on the class's images at least this many times as often "
+        "as on the other classes' images.",
+    )
+    min_counterfactual_drop: Share = Field(
+        0.1,
+        description="The counterfactual confirms a flag when changing the term's value drops "
+        "the class's mean logit by at least this share of it.",
+    )
+    images_per_class: int = Field(
+        64, ge=1, le=100_000, description="Images of the class (seeded) the causal checks use."
+    )
+    images_shown: int = Field(
+        6,
+        ge=0,
+        le=100,
+        description="Per checked term, the class's images where it mattered most, kept for the "
+        "page (class_audit_images).",
+    )

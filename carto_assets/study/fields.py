@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from carto_assets.core.validate import check_int
 from carto_assets.runtime.environment import DEFAULT_MEMORY_LIMIT
 from carto_assets.study.blocks import (
+    AuditConfig,
     ClusteringConfig,
     DatasetConfig,
     EmbeddingConfig,
@@ -143,6 +144,7 @@ class Study(BaseModel):
         "epochs, batch_size, learning_rate); unset: channels only.",
     )
     labels: LabelsConfig = Field(default_factory=LabelsConfig, description=LabelsConfig.__doc__)
+    audit: AuditConfig = Field(default_factory=AuditConfig, description=AuditConfig.__doc__)
     annotations: Annotated[str | None, Allowed("a path to a .csv or .parquet file")] = Field(
         None,
         pattern=r"(?i)\.(csv|parquet)$",
@@ -182,7 +184,14 @@ class Study(BaseModel):
     )
 
     @field_validator(
-        "training", "clustering", "embedding", "graph", "explain", "labels", mode="before"
+        "training",
+        "clustering",
+        "embedding",
+        "graph",
+        "explain",
+        "labels",
+        "audit",
+        mode="before",
     )
     @classmethod
     def _empty_section_means_defaults(cls, value: Any) -> Any:

@@ -1,0 +1,304 @@
+"""What each class relies on: its relevance grouped by the terms of its units' words, and
+which terms that are not the class's own look like a shortcut.
+
+A unit's relevance for a class is its ``class_relevance.share`` (its share of its layer's
+absolute relevance for the class's logit, averaged over the class's sampled images), clipped
+at 0: what the prediction uses. It is split equally among the *positive* terms of the unit's
+words (``unit_labels.formula``; a term under an odd number of NOTs is not what the unit
+detects); a unit without words counts for no term. A term's share at a layer is the sum over
+the layer's units, and its ``relevance_share`` is the mean over the study's unit layers (each
+layer counts the same, so a term the early layers use weighs as much as one the last layer
+uses).
+
+A term is *flagged* (a candidate shortcut) when it is not the class's own, carries at least
+``min_share`` of the class's relevance, at least ``min_lift`` times its mean share over the
+other classes (the class leans on it more than the rest do: a colour every class uses is not
+flagged), and holds on the class's images at least ``min_cooccurrence`` times as often as on
+the other classes' images (a shortcut is a correlation in the data: a term the class's images
+never carry, such as another class's shape, is a shared feature, not a shortcut).
+
+The causal checks that confirm a flag are in :mod:`carto_assets.stages.class_audit`. This
+module is plain maths over tables: no torch, no dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from carto_assets.core.words.formula import And, Formula, Not, Or, Term, parse, text
+
+
+@dataclass(frozen=True)
+class AuditRule:
+    """The flag's thresholds (the study's ``audit`` block)."""
+
+    min_share: float = 0.05
+    min_lift: float = 2.0
+    min_cooccurrence: float = 1.5
+
+
+def positive_terms(formula: Formula) -> tuple[Term, ...]:
+    """The terms a formula asserts: those under an even number of NOTs, in text order.
+
+    >>> positive_terms(parse("shape=heart OR (colour=red AND NOT texture=dots)"))
+    (Term(concept='shape', value='heart'), Term(concept='colour', value='red'))
+    """
+    found: dict[Term, None] = {}
+
+    def walk(node: Formula, negated: bool) -> None:
+        if isinstance(node, Term):
+            if not negated:
+                found.setdefault(node, None)
+        elif isinstance(node, Not):
+            walk(node.operand, not negated)
+        elif isinstance(node, And | Or):
+            for operand in node.operands:
+                walk(operand, negated)
+        else:
+            raise TypeError(f"not a formula: {node!r}")
+
+    walk(formula, False)
+    return tuple(found)
+
+
+def unit_terms(words: pl.DataFrame) -> pl.DataFrame:
+    """Each worded unit's positive terms with its weight, one row per (unit, term).
+
+    ``words``: ``neuron_id, layer, formula`` (NULL formula: no words). Returns ``neuron_id,
+    layer, term, weight`` where ``weight`` is 1 over the unit's positive terms.
+    """
+    rows: list[tuple[int, str, str, float]] = []
+    parsed: dict[str, tuple[str, ...]] = {}
+    for neuron, layer, formula in words.select("neuron_id", "layer", "formula").iter_rows():
+        if formula is None:
+            continue
+        if formula not in parsed:
+            parsed[formula] = tuple(text(t) for t in positive_terms(parse(formula)))
+        terms = parsed[formula]
+        rows.extend((int(neuron), str(layer), t, 1.0 / len(terms)) for t in terms)
+    return pl.DataFrame(
+        rows,
+        schema={"neuron_id": pl.Int64, "layer": pl.String, "term": pl.String, "weight": pl.Float64},
+        orient="row",
+    )
+
+
+def layer_term_shares(relevance: pl.DataFrame, terms: pl.DataFrame) -> pl.DataFrame:
+    """Per class, layer and term: the term's share of the layer's relevance and its units.
+
+    ``relevance``: ``label, neuron_id, share`` (``class_relevance``); ``terms``:
+    :func:`unit_terms`. Returns ``label, layer, term, share, units``.
+    """
+    return (
+        relevance.select("label", "neuron_id", pl.col("share").clip(lower_bound=0.0))
+        .join(terms, on="neuron_id", how="inner")
+        .group_by("label", "layer", "term")
+        .agg(
+            (pl.col("share") * pl.col("weight")).sum().alias("share"),
+            pl.len().cast(pl.Int32).alias("units"),
+        )
+    )
+
+
+def term_rates(
+    annotations: pl.DataFrame, image_labels: pl.DataFrame
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """Per (class, term): the share of the class's images where the term holds and the share
+    of the other classes' images.
+
+    ``annotations``: ``image_id, term`` (one row per image and term; repeats count once);
+    ``image_labels``: ``image_id, label`` of every image.
+    """
+    per_class = image_labels.group_by("label").len("n")
+    total = int(per_class["n"].sum())
+    counts = (
+        annotations.unique(["image_id", "term"])
+        .join(image_labels, on="image_id", how="inner")
+        .group_by("label", "term")
+        .len("k")
+    )
+    term_total = counts.group_by("term").agg(pl.col("k").sum().alias("all"))
+    sizes = dict(per_class.iter_rows())
+    labels = sorted(sizes)
+    terms = term_total["term"].to_list()
+    everywhere = dict(term_total.iter_rows())
+    got = {(int(label), term): int(k) for label, term, k in counts.iter_rows()}
+    out: dict[tuple[int, str], tuple[float, float]] = {}
+    for label in labels:
+        n, rest = sizes[label], total - sizes[label]
+        for term in terms:
+            k = got.get((label, term), 0)
+            out[(label, term)] = (
+                k / n if n else 0.0,
+                (everywhere[term] - k) / rest if rest else 0.0,
+            )
+    return out
+
+
+def audit_terms(
+    shares: pl.DataFrame,
+    layers: Sequence[str],
+    class_names: Sequence[str],
+    rates: Mapping[tuple[int, str], tuple[float, float]],
+    own: Mapping[int, set[str]],
+    rule: AuditRule,
+) -> pl.DataFrame:
+    """Per class, every term its units' words name (and its own terms where none of them is
+    named), ranked and flagged.
+
+    Parameters
+    ----------
+    shares
+        :func:`layer_term_shares`.
+    layers
+        The study's unit layers (the mean is over all of them: a layer where no unit names the
+        term adds 0).
+    class_names
+        Name of each label.
+    rates
+        :func:`term_rates`.
+    own
+        Per label, the terms that are the class's own.
+    rule
+        The thresholds.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``label, class_name, term, own, rank, relevance_share, top_layer, top_layer_share,
+        units, lift, class_rate, other_rate, flagged``, by label then rank.
+    """
+    n_layers = max(len(layers), 1)
+    labels = list(range(len(class_names)))
+    by_term: dict[str, dict[int, dict[str, tuple[float, int]]]] = {}
+    for label, layer, term, share, units in shares.iter_rows():
+        by_term.setdefault(term, {}).setdefault(int(label), {})[layer] = (float(share), int(units))
+    mean: dict[tuple[int, str], float] = {}
+    for term, per_label in by_term.items():
+        for label in labels:
+            at = per_label.get(label, {})
+            mean[(label, term)] = sum(s for s, _ in at.values()) / n_layers
+    rows = []
+    for label in labels:
+        named = {t for t in by_term if label in by_term[t]}
+        mine = set(own.get(label, ()))
+        # The class's own row is always there: its named own terms, else all of them.
+        terms = named | (mine if not named & mine else set())
+        for term in terms:
+            at = by_term.get(term, {}).get(label, {})
+            share = mean.get((label, term), 0.0)
+            others = [mean.get((other, term), 0.0) for other in labels if other != label]
+            rest = float(np.mean(others)) if others else 0.0
+            lift = share / rest if rest > 0 else (float("inf") if share > 0 else float("nan"))
+            top = max(
+                at, key=lambda x: (at[x][0], -layers.index(x) if x in layers else 0), default=None
+            )
+            class_rate, other_rate = rates.get((label, term), (0.0, 0.0))
+            is_own = term in own.get(label, ())
+            flagged = (
+                not is_own
+                and share >= rule.min_share
+                and lift >= rule.min_lift
+                and class_rate > 0
+                and class_rate >= rule.min_cooccurrence * other_rate
+            )
+            rows.append(
+                (
+                    label,
+                    class_names[label],
+                    term,
+                    is_own,
+                    share,
+                    top,
+                    at[top][0] if top is not None else 0.0,
+                    at[top][1] if top is not None else 0,
+                    lift,
+                    class_rate,
+                    other_rate,
+                    flagged,
+                )
+            )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "label": pl.Int32,
+            "class_name": pl.String,
+            "term": pl.String,
+            "own": pl.Boolean,
+            "relevance_share": pl.Float64,
+            "top_layer": pl.String,
+            "top_layer_share": pl.Float64,
+            "units": pl.Int32,
+            "lift": pl.Float64,
+            "class_rate": pl.Float64,
+            "other_rate": pl.Float64,
+            "flagged": pl.Boolean,
+        },
+        orient="row",
+    )
+    ranked = frame.sort(["label", "relevance_share", "term"], descending=[False, True, False])
+    return ranked.with_columns(
+        rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("label")
+    ).select(
+        "label",
+        "class_name",
+        "term",
+        "own",
+        "rank",
+        "relevance_share",
+        "top_layer",
+        "top_layer_share",
+        "units",
+        "lift",
+        "class_rate",
+        "other_rate",
+        "flagged",
+    )
+
+
+def to_check(audit: pl.DataFrame, extra: Sequence[tuple[int, str]] = ()) -> pl.DataFrame:
+    """The rows whose causal checks run: every flagged term, and the ``(label, term)`` pairs
+    asked for in ``extra`` (a benchmark's planted term, flagged or not)."""
+    wanted = pl.DataFrame(
+        list(extra), schema={"label": pl.Int32, "term": pl.String}, orient="row"
+    ).with_columns(wanted=pl.lit(True))
+    marked = audit.join(wanted, on=["label", "term"], how="left")
+    return marked.filter(pl.col("flagged") | pl.col("wanted").fill_null(False)).drop("wanted")
+
+
+#: A check confirms only where its paired one-sided test says so at this level.
+CONFIRM_P = 0.01
+
+
+def paired_p(differences: np.ndarray) -> float:
+    """One-sided Wilcoxon signed-rank p-value that the per-image ``differences`` are above 0
+    (1.0 when there is nothing to test: fewer than 2 images or all differences 0)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or not np.any(d != 0):
+        return 1.0
+    return float(wilcoxon(d, alternative="greater").pvalue)
+
+
+def confirms_ablation(drop: np.ndarray, random_drop: np.ndarray, other_drop: np.ndarray) -> float:
+    """The p-value that zeroing the term's units drops the class's logit more than as many
+    random units do and more than the other classes' logits drop (per image, paired): the
+    larger of the two one-sided tests. The ablation confirms where it is below
+    :data:`CONFIRM_P` and the mean drop is positive."""
+    return max(paired_p(drop - random_drop), paired_p(drop - other_drop))
+
+
+def confirms_counterfactual(logit: np.ndarray, changed: np.ndarray, min_drop: float) -> bool:
+    """Changing the term's value in the class's images drops the class's mean logit by at
+    least ``min_drop`` of its size, and per image significantly (paired, one-sided)."""
+    logit, changed = np.asarray(logit, np.float64), np.asarray(changed, np.float64)
+    if not len(logit):
+        return False
+    before, after = float(logit.mean()), float(changed.mean())
+    return bool(before - after >= min_drop * abs(before) and paired_p(logit - changed) < CONFIRM_P)
