@@ -145,7 +145,7 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         ),
         (
             {"base_dir": "/"},
-            "unknown study field 'base_dir'; allowed fields: annotations, batch_size, ",
+            "unknown study field 'base_dir'; allowed fields: annotations, audit, batch_size, ",
         ),
         (
             {"training": [1]},
