@@ -436,6 +436,7 @@ WALKED = {
         "test_dagster_asset_materialize_lines"
     ),
     "make lint": "test_make_lint",
+    ".venv/bin/carto audit --study my_study.yaml": "test_audit_on_the_image_folder_study",
     ".venv/bin/carto explain path/to/image.png --study my_study.yaml --html explain.html": (
         "test_explain_writes_a_page_that_draws_text_as_text"
     ),
@@ -602,3 +603,39 @@ def test_explain_names_what_is_wrong_in_one_line(awkward_study, first_run, pictu
         f"carto: study 'fresh' has not been run (no database at {tmp_path / 'fresh.duckdb'}); "
         "run `carto run` first"
     )
+
+
+# ---- carto audit [--class NAME] on the image-folder study (issue 29) -------------------------
+def test_audit_on_the_image_folder_study(awkward_study, first_run, tmp_path):
+    folder, study, _ = awkward_study
+    first_run.ok()
+    out = run([CARTO, "audit", "--study", study.name], cwd=folder).ok()
+    database = duckdb.connect(str(folder / "out" / "builtin.duckdb"), read_only=True)
+    flagged = database.execute(
+        "SELECT DISTINCT class_name FROM class_audit WHERE flagged ORDER BY 1"
+    ).fetchall()
+    terms = database.execute("SELECT count(*), count(DISTINCT label) FROM class_audit").fetchone()
+    database.close()
+    assert terms[0] > 0 and terms[1] == len(CLASSES)
+    if flagged:  # each flagged class gets its block
+        for (name,) in flagged:
+            assert re.search(rf"^{re.escape(name)}: relies on ", out.stdout, re.M), out.stdout
+    else:
+        assert out.stdout.strip().startswith("No shortcut flagged (3 classes audited)"), out.stdout
+        assert len(out.stdout.strip().splitlines()) == 1
+    # One class; the class's name comes from the folder (awkward characters included).
+    one = run([CARTO, "audit", "--study", study.name, "--class", CLASSES[1]], cwd=folder).ok()
+    assert f"class {CLASSES[1]}" in one.stdout or f"{CLASSES[1]}: relies on" in one.stdout
+    bad = run([CARTO, "audit", "--study", study.name, "--class", "nope"], cwd=folder)
+    assert bad.returncode == 2
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("carto: --class 'nope' is not a class of the study (classes: ")
+    fresh = write_study(
+        tmp_path,
+        "fresh",
+        {"dataset": {"kind": "shapes", "size": 80, "image_size": 32}, "database": "fresh.duckdb"},
+    )
+    never = run([CARTO, "audit", "--study", fresh], cwd=tmp_path)
+    assert never.returncode == 2
+    (line,) = never.stderr.strip().splitlines()
+    assert "no database at" in line and "run `carto run` first" in line
