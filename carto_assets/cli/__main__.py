@@ -1,5 +1,5 @@
-"""``python -m carto_assets.cli.main``: the ``carto`` command."""
+"""``python -m carto_assets.cli``: the ``carto`` command."""
 
-from carto_assets.cli.main.main import main
+from carto_assets.cli.main import main
 
 raise SystemExit(main())

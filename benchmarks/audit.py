@@ -1,0 +1,243 @@
+"""Does the class audit find a planted shortcut, and only what the model uses? (issue 29)
+
+Runs ``carto run`` (a subprocess, as a user would) on demo-size shapes studies in a scratch
+folder and reads their ``class_audit`` tables:
+
+1. **planted**: the demo study with two shortcuts at share 1.0 (``heart`` with
+   ``texture=dots``, ``arrow`` with ``background=sand``): per planted term, its rank among its
+   class's terms that are not the class's own, whether it is flagged, and both causal checks
+   (the class logit's drop when its units are zeroed, against random units; the accuracy and
+   logit when the class's images are rendered again without it);
+2. **clean**: the demo study as it is: every flag with its evidence, and whether any flag is
+   not confirmed by its checks;
+3. **sweep**: ``heart``/``texture=dots`` planted at share 0.5, 0.8, 0.95 and 1.0: the planted
+   term's relevance share, lift, flag and the counterfactual drop side by side (the checks run
+   for the planted term whether or not it is flagged, in process, with the stage's own
+   function), so one sees whether the flag follows what the model uses;
+4. **cost**: the audit's seconds (in process, the stage's function, twice, the faster kept)
+   against the concept graph stage's (the class chunks' own timing, ``summary.json``'s
+   ``seconds``, plus the merge as ``carto run`` logs it is not counted: the chunks are the
+   stage's work), target <= 10%.
+
+    python benchmarks/audit.py                      # the demo's settings (about 30 min, 2 cores)
+    python benchmarks/audit.py --quick              # 2,000 images, no features (about 10 min)
+    python benchmarks/audit.py --keep /tmp/audit    # keep the studies' folders
+
+Nothing is written outside the scratch folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from carto_assets.stages import class_audit as stage  # noqa: E402
+from carto_assets.stages.prepared import PreparedStudy  # noqa: E402
+from carto_assets.study import DEMO_STUDY  # noqa: E402
+
+CARTO = [sys.executable, "-m", "carto_assets.cli"]
+PLANTED = (
+    {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0},
+    {"class": "arrow", "concept": "background", "value": "sand", "share": 1.0},
+)
+SWEEP = (0.5, 0.8, 0.95, 1.0)
+
+
+def study_dict(name: str, shortcuts: list[dict], quick: bool) -> dict:
+    raw = copy.deepcopy(DEMO_STUDY)
+    raw["name"] = name
+    raw["database"] = f"{name}.duckdb"
+    if quick:
+        raw["dataset"]["size"] = 2000
+        raw.pop("features", None)
+    if shortcuts:
+        raw["dataset"]["shortcuts"] = shortcuts
+    return raw
+
+
+def run_study(folder: Path, raw: dict) -> tuple[Path, float]:
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    started = time.perf_counter()
+    out = subprocess.run(
+        [*CARTO, "run", "--study", path.name],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "DAGSTER_HOME": str(folder / ".dagster")},
+    )
+    if out.returncode != 0:
+        sys.exit(f"carto run {path} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return path, time.perf_counter() - started
+
+
+def audit_table(folder: Path, raw: dict) -> pl.DataFrame:
+    con = duckdb.connect(str(folder / raw["database"]), read_only=True)
+    try:
+        return con.execute("SELECT * FROM class_audit ORDER BY label, rank").pl()
+    finally:
+        con.close()
+
+
+def planted_rows(audit: pl.DataFrame, prepared: PreparedStudy, plants) -> pl.DataFrame:
+    """The planted terms' rows, checked (in process) where the run did not check them."""
+    names = prepared.class_names
+    wanted = [(names.index(p["class"]), f"{p['concept']}={p['value']}") for p in plants]
+    unchecked = [
+        (label, term)
+        for label, term in wanted
+        if not audit.filter(
+            (pl.col("label") == label) & (pl.col("term") == term) & pl.col("checked")
+        ).height
+    ]
+    if unchecked:
+        audit = stage.class_audit(prepared, extra=unchecked).terms
+    others = audit.filter(~pl.col("own")).with_columns(
+        other_rank=pl.col("rank").rank("ordinal").over("label").cast(pl.Int32)
+    )
+    rows = []
+    for label, term in wanted:
+        found = others.filter((pl.col("label") == label) & (pl.col("term") == term))
+        if found.is_empty():
+            rows.append({"class": names[label], "term": term, "other_rank": None})
+        else:
+            rows.append({"class": names[label], **found.row(0, named=True)})
+    return pl.DataFrame(rows)
+
+
+def show(frame: pl.DataFrame, columns: list[str]) -> None:
+    with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
+        print(frame.select([c for c in columns if c in frame.columns]))
+
+
+def prepared_for(folder: Path, path: Path) -> PreparedStudy:
+    return PreparedStudy.load(path)
+
+
+def cost(folder: Path, path: Path) -> tuple[float, float]:
+    """(audit seconds: the faster of two in-process runs, concept graph chunks' seconds)."""
+    prepared = prepared_for(folder, path)
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        stage.class_audit(prepared)
+        best = min(best, time.perf_counter() - started)
+    study = prepared.study
+    chunks = sorted((study.files_dir / "concept_graph").glob("*/summary.json"))
+    graph = sum(json.loads(p.read_text())["seconds"] for p in chunks)
+    return best, graph
+
+
+CHECK = [
+    "class",
+    "term",
+    "other_rank",
+    "relevance_share",
+    "lift",
+    "class_rate",
+    "other_rate",
+    "flagged",
+    "ablation_drop",
+    "ablation_random_drop",
+    "ablation_other_drop",
+    "ablation_confirms",
+    "accuracy",
+    "counterfactual_accuracy",
+    "logit",
+    "counterfactual_logit",
+    "counterfactual_confirms",
+    "confirmed",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 images, no features")
+    parser.add_argument("--keep", type=Path, help="keep the studies in this folder")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="carto-audit-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"studies in {folder}")
+
+    print("\n== 1. planted: heart/texture=dots and arrow/background=sand at share 1.0")
+    raw = study_dict("planted", list(PLANTED), args.quick)
+    path, seconds = run_study(folder, raw)
+    audit = audit_table(folder, raw)
+    prepared = prepared_for(folder, path)
+    print(f"carto run: {seconds:.0f} s")
+    show(planted_rows(audit, prepared, PLANTED), CHECK)
+    flagged = audit.filter(pl.col("flagged"))
+    print(f"every flag of the planted study ({flagged.height}):")
+    show(flagged.rename({"class_name": "class"}), CHECK)
+    audit_s, graph_s = cost(folder, path)
+    print(
+        f"cost: class_audit {audit_s:.2f} s against the concept graph's class chunks "
+        f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
+    )
+
+    print("\n== 2. clean: the demo study without shortcuts")
+    raw = study_dict("clean", [], args.quick)
+    path, seconds = run_study(folder, raw)
+    audit = audit_table(folder, raw)
+    flagged = audit.filter(pl.col("flagged"))
+    print(f"carto run: {seconds:.0f} s; flags: {flagged.height}")
+    if flagged.height:
+        show(flagged.rename({"class_name": "class"}), CHECK)
+        print(
+            f"flags not confirmed by their checks: "
+            f"{flagged.filter(~pl.col('confirmed').fill_null(False)).height}"
+        )
+    audit_s, graph_s = cost(folder, path)
+    print(
+        f"cost: class_audit {audit_s:.2f} s against the concept graph's class chunks "
+        f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
+    )
+
+    if args.skip_sweep:
+        return
+    print("\n== 3. sweep: heart/texture=dots at share 0.5 / 0.8 / 0.95 / 1.0")
+    rows = []
+    for share in SWEEP:
+        plant = {**PLANTED[0], "share": share}
+        raw = study_dict(f"sweep-{int(share * 100)}", [plant], args.quick)
+        path, seconds = run_study(folder, raw)
+        row = planted_rows(audit_table(folder, raw), prepared_for(folder, path), [plant])
+        rows.append(row.with_columns(share=pl.lit(share), seconds=pl.lit(round(seconds))))
+        print(f"share {share}: carto run {seconds:.0f} s")
+    sweep = pl.concat(rows, how="diagonal_relaxed").with_columns(
+        logit_drop=pl.col("logit") - pl.col("counterfactual_logit"),
+        accuracy_drop=pl.col("accuracy") - pl.col("counterfactual_accuracy"),
+    )
+    show(
+        sweep,
+        [
+            "share",
+            "other_rank",
+            "relevance_share",
+            "lift",
+            "flagged",
+            "ablation_drop",
+            "ablation_random_drop",
+            "accuracy_drop",
+            "logit_drop",
+            "confirmed",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
