@@ -30,7 +30,7 @@ import polars as pl
 import vl_convert
 
 from carto_assets.core.cluster_labels import leading_term
-from carto_assets.core.comparison.concepts import BY_FORMULA
+from carto_assets.core.comparison.concepts import BY_FORMULA, canonical_formula
 from carto_assets.storage import atomic
 from carto_assets.storage.store import CartoStore
 from carto_viz.export import javascript_bundle, page_asset, script_json
@@ -130,6 +130,20 @@ def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[li
         )
         for r in concepts.iter_rows(named=True)
     }
+    by_words = {
+        (r["study"], r["other_study"])
+        for r in concepts.filter(pl.col("matched_by") == BY_FORMULA)
+        .select("study", "other_study")
+        .unique()
+        .iter_rows(named=True)
+    }
+    # Matched by words, a node is linked to the other graph's node of the same words: its
+    # chosen match where that is in the graph, else the first of them.
+    words_of = {
+        (r["study"], r["cluster_id"]): canonical_formula(r["formula"])
+        for r in tables["compare_clusters"].iter_rows(named=True)
+        if r["formula"] is not None
+    }
     # Rows: layers in forward order (the deepest of both studies sets the prediction's row).
     node_rows, segments = [], []
     for a, b in _pairs(len(studies)):
@@ -210,6 +224,16 @@ def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[li
                     continue
                 state, match = status.get((sa, cluster, sb), ("only", None))
                 q = where.get((sb, match)) if match is not None else None
+                if state == "shared" and q is None and (sa, sb) in by_words:
+                    words = words_of.get((sa, cluster))
+                    q = next(
+                        (
+                            xy
+                            for (s, c), xy in where.items()
+                            if s == sb and c >= 0 and words_of.get((sb, c)) == words
+                        ),
+                        None,
+                    )
                 if state == "shared" and q:
                     segments.append(
                         {

@@ -192,3 +192,50 @@ def test_concept_sets_pool_the_members_top_images():
     sets = concept_sets(units, np.array([0, 0, 1]), np.array([0, 1]))
     assert set_jaccard(sets, 0, 1) == 0.0
     assert sets.images[sets.indptr[0] : sets.indptr[1]].tolist() == [5, 6]
+
+
+def test_graph_nodes_are_named_by_words_and_linked_to_the_same_words(trio):
+    from carto_assets import schema
+    from carto_viz.compare_page import NO_WORDS
+
+    comparison, _, _, _ = trio
+    tables = load_compare_tables(comparison.database_path)
+    # Class 0's graphs: a's clusters 2 (no words) and 3 (size=large, conv2); b's cluster 4
+    # (size=large, conv2), not a3's chosen match (b3, not in this graph).
+    nodes = [("a", 2, "conv1", 0), ("a", 3, "conv2", 1), ("b", 4, "conv2", 1)]
+    tables["compare_graph_nodes"] = schema.frame(
+        "compare_graph_nodes",
+        {
+            "study": [n[0] for n in nodes],
+            "label": [0] * 3,
+            "label_name": ["circle"] * 3,
+            "cluster_id": [n[1] for n in nodes],
+            "layer": [n[2] for n in nodes],
+            "layer_index": [n[3] for n in nodes],
+            "importance": [1.0] * 3,
+        },
+    )
+    tables["compare_graph_edges"] = schema.empty_frame("compare_graph_edges")
+    _, specs = compare_page_data(tables, "trio")
+    rows: list[dict] = []
+
+    def walk(node) -> None:  # every inline data row of the graphs' spec
+        if isinstance(node, dict):
+            if isinstance(node.get("values"), list):
+                rows.extend(r for r in node["values"] if r.get("pair") == "0|1")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(specs["graph"])
+    drawn = {(r["study"], r["cluster_id"]): r for r in rows if "status" in r}
+    assert drawn[("a", 2)]["status"] == NO_WORDS and drawn[("a", 2)]["concept"] == "no word fits"
+    assert drawn[("a", 3)]["status"] == "shared"
+    assert drawn[("a", 3)]["concept"] == "size=large · 0.95"
+    links = [r for r in rows if r.get("kind") == "link"]
+    a3, b4 = drawn[("a", 3)], drawn[("b", 4)]
+    assert [(r["x"], r["y"], r["x2"], r["y2"]) for r in links] == [
+        (a3["x"], a3["y"], b4["x"], b4["y"])
+    ]
