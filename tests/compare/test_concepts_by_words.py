@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from compare.known import compare_in_process, worded_trio
 
 from carto_assets.core.comparison.concepts import (
     canonical_formula,
@@ -18,17 +17,7 @@ from carto_assets.core.comparison.concepts import (
 )
 from carto_assets.core.comparison.matching import unit_sets
 from carto_assets.stages import comparison as stage
-from carto_assets.study.comparison import load_comparison
 from carto_viz.compare_page import compare_page_data, export_compare, load_compare_tables
-
-
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory, write_study):
-    """(comparison, sets of 'a', sets of 'b', store): 'a' and 'b' with words, 'c' without."""
-    folder = tmp_path_factory.mktemp("trio")
-    path, sets_a, sets_b = worded_trio(folder, write_study)
-    comparison = load_comparison(path)
-    return comparison, sets_a, sets_b, compare_in_process(comparison)
 
 
 def test_a_formula_is_compared_in_canonical_form():
