@@ -22,11 +22,7 @@ import polars as pl
 
 from carto_assets import schema
 from carto_assets.core.comparison import cka as cka_of
-from carto_assets.core.comparison.concepts import (
-    concept_frame,
-    concept_sets,
-    formula_frame,
-)
+from carto_assets.core.comparison.concepts import concept_frame, concept_sets, formula_frame
 from carto_assets.core.comparison.joint_embedding import (
     cross_neighbors,
     joint_embedding,
@@ -493,8 +489,8 @@ def summary_lines(comparison: Comparison) -> list[str]:
     """What ``carto compare`` prints: per pair of studies, units and concepts matched."""
     store = open_comparison_store(comparison)
     names = study_names(store)
-    pairs = by_words(words_of(store))
-    lines = no_words_lines(words_of(store))
+    words = words_of(store)
+    pairs, lines = by_words(words), no_words_lines(words)
     for a in names:
         for b in names:
             if a == b:
