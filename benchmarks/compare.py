@@ -168,33 +168,51 @@ def shape_of(shares: list[float]) -> str:
 
 
 def report_concepts(store: CartoStore, a: str, b: str, limit: int = 6) -> None:
+    """Concepts shared and only in one model: by words where both studies have them
+    (``matched_by = 'formula'``; a partial match shares a term), else by images (a namesake
+    leads with the same term)."""
     for s, o in ((a, b), (b, a)):
         rows = store.query(
-            "SELECT layer, size, label, same_label_elsewhere FROM concept_matches "
+            "SELECT layer, size, label, formula, auc, same_label_elsewhere FROM concept_matches "
             "WHERE study = ? AND other_study = ? AND status = 'only' "
             "ORDER BY size DESC, layer, cluster_id",
             [f"bench-{s}", f"bench-{o}"],
         )
         counts = store.query(
-            "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'shared') AS shared, "
-            "count(*) FILTER (WHERE label_changed) AS changed FROM concept_matches "
+            "SELECT count(*) FILTER (WHERE status IS NOT NULL) AS n, "
+            "count(*) FILTER (WHERE status IS NULL) AS none, "
+            "count(*) FILTER (WHERE status = 'shared') AS shared, "
+            "count(*) FILTER (WHERE label_changed) AS changed, "
+            "any_value(matched_by) AS matched_by FROM concept_matches "
             "WHERE study = ? AND other_study = ?",
             [f"bench-{s}", f"bench-{o}"],
         ).row(0, named=True)
+        words = counts["matched_by"] == "formula"
         new = rows.filter(~pl.col("same_label_elsewhere"))
-        print(
-            f"  concepts of {s}: {counts['n']}; {counts['shared']} shared with {o} "
-            f"({counts['changed']} with another leading label); {len(rows)} only in {s}, of "
-            f"which {len(rows) - len(new)} have a namesake in {o} (other images) and {len(new)} "
-            f"lead with a term no concept of {o} leads with"
-        )
+        if words:
+            print(
+                f"  concepts of {s} (clusters with words, matched by formula): {counts['n']} "
+                f"({counts['none']} clusters without words); {counts['shared']} shared with "
+                f"{o}; {len(rows)} only in {s}, of which {len(rows) - len(new)} share a term "
+                f"with a concept of {o} and {len(new)} share none"
+            )
+        else:
+            print(
+                f"  concepts of {s} (matched by images): {counts['n']}; {counts['shared']} "
+                f"shared with {o} ({counts['changed']} with another leading label); {len(rows)} "
+                f"only in {s}, of which {len(rows) - len(new)} have a namesake in {o} (other "
+                f"images) and {len(new)} lead with a term no concept of {o} leads with"
+            )
         by_layer = rows.group_by("layer").len().sort("layer")
         print("    only-in by layer: " + ", ".join(f"{r[0]} {r[1]}" for r in by_layer.rows()))
+        other = "a term in " if words else "namesake in "
         for r in rows.filter(pl.col("size") > 1).head(limit).iter_rows(named=True):
-            seen = "namesake in " + o if r["same_label_elsewhere"] else "no namesake"
-            print(f"    {r['layer']:<8} size {r['size']}: {r['label']} [{seen}]")
+            name = f"{r['formula']} · {r['auc']:.2f}" if words else r["label"]
+            seen = other + o if r["same_label_elsewhere"] else "none in " + o
+            print(f"    {r['layer']:<8} size {r['size']}: {name} [{seen}]")
         for r in new.head(limit).iter_rows(named=True):
-            print(f"    no namesake in {o}: {r['layer']} size {r['size']}: {r['label']}")
+            name = f"{r['formula']} · {r['auc']:.2f}" if words else r["label"]
+            print(f"    nothing like it in {o}: {r['layer']} size {r['size']}: {name}")
 
 
 # ---- permuted copy -------------------------------------------------------------------------

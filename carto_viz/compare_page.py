@@ -8,7 +8,8 @@ Everything is read from a comparison's database (``carto compare``):
   other study (Jaccard, mutual or not), and its nearest units of the other studies;
 - **Layer by layer**: the share of a layer's units with a mutual match in each layer of the
   other study (the shuffled null in the tooltip), and linear CKA beside it;
-- **Only in one model**: the concepts with no counterpart in the other study;
+- **Only in one model**: the concepts with no counterpart in the other study (by words where
+  both studies have them, else by images; a study without words is named in one line);
 - **Concept graphs**: per class, the two studies' concept graphs side by side, each concept
   coloured by whether the other model has it, shared concepts linked by dashed lines.
 
@@ -29,16 +30,20 @@ import polars as pl
 import vl_convert
 
 from carto_assets.core.cluster_labels import leading_term
+from carto_assets.core.comparison.concepts import BY_FORMULA, canonical_formula
 from carto_assets.storage import atomic
 from carto_assets.storage.store import CartoStore
 from carto_viz.export import javascript_bundle, page_asset, script_json
 from carto_viz.sprites import pack_patches
+from carto_viz.words import caption
 
 #: neighbours from other studies listed per unit on the page.
 NEIGHBORS_SHOWN = 5
 #: graph geometry (Vega-Lite units): columns per node, gap between the two graphs.
 GRAPH_GAP = 2.0
 STATUS_COLOURS = {"shared": "#2b8cbe", "only": "#e6550d"}
+#: a graph node's status where its cluster has no words (not a concept to match).
+NO_WORDS = "no words"
 #: widest concept name under a graph node (pixels).
 COLUMN_TEXT = 70
 
@@ -78,7 +83,35 @@ def load_compare_tables(database_path: str | Path) -> dict[str, pl.DataFrame]:
         raise ValueError(
             f"{database_path} lacks {missing}; materialize the comparison (`carto compare`)"
         )
-    return {n: store.query(f'SELECT * FROM "{n}"') for n in names}
+    tables = {n: store.query(f'SELECT * FROM "{n}"') for n in names}
+    # A comparison made before words: no words anywhere, concepts matched by images.
+    for name, column, dtype in (
+        ("compare_studies", "has_words", pl.Boolean),
+        ("compare_clusters", "formula", pl.Utf8),
+        ("compare_clusters", "auc", pl.Float64),
+        ("concept_matches", "formula", pl.Utf8),
+        ("concept_matches", "auc", pl.Float64),
+        ("concept_matches", "matched_by", pl.Utf8),
+    ):
+        if column not in tables[name].columns:
+            value = {"has_words": False, "matched_by": "images"}.get(column)
+            tables[name] = tables[name].with_columns(pl.lit(value, dtype=dtype).alias(column))
+    return tables
+
+
+def concept_names(tables: dict[str, pl.DataFrame], *, whole_label: bool = False) -> dict:
+    """``(study, cluster_id) -> name`` of every cluster: its words with their AUC
+    (:func:`carto_viz.words.caption`, "no word fits" without) where the study has words, else
+    its label's leading term (the whole label with ``whole_label``)."""
+    words = dict(tables["compare_studies"].select("study", "has_words").iter_rows())
+    names = {}
+    for r in tables["compare_clusters"].iter_rows(named=True):
+        if words.get(r["study"]):
+            name = caption(r["formula"], r["auc"])
+        else:
+            name = (r["label"] or "") if whole_label else leading_term(r["label"])
+        names[(r["study"], r["cluster_id"])] = name
+    return names
 
 
 def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[list, list]:
@@ -87,13 +120,29 @@ def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[li
     nodes = tables["compare_graph_nodes"]
     edges = tables["compare_graph_edges"]
     concepts = tables["concept_matches"]
-    clusters = tables["compare_clusters"]
     if nodes.height == 0:
         return [], []
-    label_of = {(r["study"], r["cluster_id"]): r["label"] for r in clusters.iter_rows(named=True)}
+    name_of = concept_names(tables)
     status = {
-        (r["study"], r["cluster_id"], r["other_study"]): (r["status"], r["match_cluster_id"])
+        (r["study"], r["cluster_id"], r["other_study"]): (
+            r["status"] or NO_WORDS,
+            r["match_cluster_id"],
+        )
         for r in concepts.iter_rows(named=True)
+    }
+    by_words = {
+        (r["study"], r["other_study"])
+        for r in concepts.filter(pl.col("matched_by") == BY_FORMULA)
+        .select("study", "other_study")
+        .unique()
+        .iter_rows(named=True)
+    }
+    # Matched by words, a node is linked to the other graph's node of the same words: its
+    # chosen match where that is in the graph, else the first of them.
+    words_of = {
+        (r["study"], r["cluster_id"]): canonical_formula(r["formula"])
+        for r in tables["compare_clusters"].iter_rows(named=True)
+        if r["formula"] is not None
     }
     # Rows: layers in forward order (the deepest of both studies sets the prediction's row).
     node_rows, segments = [], []
@@ -128,7 +177,7 @@ def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[li
                                 "x": x0 + i,
                                 "y": r["layer_index"],
                                 "importance": r["importance"],
-                                "concept": leading_term(label_of.get((study, r["cluster_id"]))),
+                                "concept": name_of.get((study, r["cluster_id"]), ""),
                                 "status": state,
                                 "match": match,
                             }
@@ -175,6 +224,16 @@ def _graph_rows(tables: dict[str, pl.DataFrame], studies: list[str]) -> tuple[li
                     continue
                 state, match = status.get((sa, cluster, sb), ("only", None))
                 q = where.get((sb, match)) if match is not None else None
+                if state == "shared" and q is None and (sa, sb) in by_words:
+                    words = words_of.get((sa, cluster))
+                    q = next(
+                        (
+                            xy
+                            for (s, c), xy in where.items()
+                            if s == sb and c >= 0 and words_of.get((sb, c)) == words
+                        ),
+                        None,
+                    )
                 if state == "shared" and q:
                     segments.append(
                         {
@@ -281,8 +340,8 @@ def _specs(data: dict, units: pl.DataFrame, matrix: list, graph: tuple[list, lis
         color=alt.Color(
             "status:N",
             scale=alt.Scale(
-                domain=["shared", "only", "prediction"],
-                range=[STATUS_COLOURS["shared"], STATUS_COLOURS["only"], "#555"],
+                domain=["shared", "only", NO_WORDS, "prediction"],
+                range=[STATUS_COLOURS["shared"], STATUS_COLOURS["only"], "#bbb", "#555"],
             ),
             title="concept",
         ),
@@ -315,15 +374,18 @@ def compare_page_data(tables: dict[str, pl.DataFrame], name: str) -> tuple[dict,
     studies = tables["compare_studies"].sort("position")
     names = studies["study"].to_list()
     position = {n: i for i, n in enumerate(names)}
+    short, whole = concept_names(tables), concept_names(tables, whole_label=True)
     units = (
         tables["compare_units"]
         .join(tables["compare_projection"], on="unit_id")
-        .join(
-            tables["compare_clusters"].select("study", "cluster_id", "label"),
-            on=["study", "cluster_id"],
-            how="left",
+        .with_columns(
+            concept=pl.struct("study", "cluster_id").map_elements(
+                lambda r: short.get((r["study"], r["cluster_id"]), ""), return_dtype=pl.Utf8
+            ),
+            label=pl.struct("study", "cluster_id").map_elements(
+                lambda r: whole.get((r["study"], r["cluster_id"]), ""), return_dtype=pl.Utf8
+            ),
         )
-        .with_columns(concept=pl.col("label").map_elements(leading_term, return_dtype=pl.Utf8))
         .sort("unit_id")
     )
     matches = tables["unit_matches"].filter(pl.col("match_id").is_not_null())
@@ -371,8 +433,9 @@ def compare_page_data(tables: dict[str, pl.DataFrame], name: str) -> tuple[dict,
             r["cluster_id"],
             r["layer"],
             r["size"],
-            r["label"] or "",
+            whole.get((r["study"], r["cluster_id"]), ""),
             "yes" if r["same_label_elsewhere"] else "no",
+            r["matched_by"],
         ]
         for r in concepts.iter_rows(named=True)
     ]
@@ -403,6 +466,8 @@ def compare_page_data(tables: dict[str, pl.DataFrame], name: str) -> tuple[dict,
         ],
         "classes": classes,
         "figures": _figures(tables, names),
+        # Studies without words, named on the page in one line each.
+        "no_words": [n for n, has in zip(names, studies["has_words"], strict=True) if not has],
     }
     projection_rows = units.select("unit_id", "study", "layer", "channel", "concept", "x", "y")
     graph = _graph_rows(tables, names)
@@ -425,14 +490,17 @@ def _figures(tables: dict[str, pl.DataFrame], names: list[str]) -> list[dict]:
             else rows.select((pl.col("null_share") * pl.col("units")).sum()).item()
         )
         c = concepts.filter((pl.col("study") == names[a]) & (pl.col("other_study") == names[b]))
+        by_words = c.height > 0 and (c["matched_by"] == BY_FORMULA).all()
         out.append(
             {
                 "pair": f"{a}|{b}",
                 "mutual_share": mutual / units if units else None,
                 "null_share": (null / units) if (units and null is not None) else None,
-                "concepts": c.height,
+                "concepts": int(c["status"].is_not_null().sum()),
                 "shared": int((c["status"] == "shared").sum()),
                 "only": int((c["status"] == "only").sum()),
+                "matched_by": BY_FORMULA if by_words else "images",
+                "without_words": int(c["status"].is_null().sum()),
             }
         )
     return out
@@ -450,6 +518,7 @@ _PAGE = """<!DOCTYPE html>
 <h1 id="title"></h1>
 <ul class="studies" id="studies"></ul>
 <p class="figures" id="figures"></p>
+<p class="figures" id="words-note"></p>
 </header>
 <div class="controls">
 <label for="pair">Compare</label><select id="pair"></select>

@@ -76,8 +76,8 @@ def layer_matches(
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[compare_units])
 def concept_matches(comparison: ComparisonResource) -> dg.MaterializeResult:
-    """Every concept: shared with each other study (and whether its label changed), or only
-    in its own."""
+    """Every concept (a cluster's words): shared with each other study that has the same
+    formula, or only in its own; matched by top images where a study has no words."""
     prepared = comparison.prepare()
     result = stage.concepts(prepared.comparison, prepared.store)
     return dg.MaterializeResult(metadata=_write(prepared, result))

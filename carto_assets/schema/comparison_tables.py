@@ -41,6 +41,12 @@ COMPARISON_TABLES: tuple[Table, ...] = (
         ("n_units", "BIGINT", "the study's units (channels and features)"),
         ("n_images", "BIGINT", "images, the same in every study of the comparison"),
         ("top_k", "INTEGER", "the study's `top_k`"),
+        (
+            "has_words",
+            "BOOLEAN",
+            "the study has words (`cluster_labels`); false: mapped before words or with "
+            "`labels.enabled: false`, and its concepts are matched by images",
+        ),
     ),
     _compared(
         "compare_units",
@@ -69,6 +75,13 @@ COMPARISON_TABLES: tuple[Table, ...] = (
         ("layer", "VARCHAR", "layer"),
         ("size", "INTEGER", "units in it"),
         ("label", "VARCHAR", "the study's label (what its top images have in common)"),
+        (
+            "formula",
+            "VARCHAR",
+            "the cluster's words (`cluster_labels.formula` of the study); NULL: no word fits, "
+            "or the study has no words",
+        ),
+        ("auc", "DOUBLE", "their AUC (`cluster_labels.auc`); NULL without words"),
     ),
     _compared(
         "compare_graph_nodes",
@@ -148,36 +161,59 @@ COMPARISON_TABLES: tuple[Table, ...] = (
         "concept_matches",
         "concept_matches",
         _STUDY,
-        ("cluster_id", "BIGINT", "a concept (cluster) of `study`"),
+        ("cluster_id", "BIGINT", "a cluster of `study`"),
         ("layer", "VARCHAR", "its layer"),
         ("size", "INTEGER", "its units"),
-        ("label", "VARCHAR", "its label"),
+        ("label", "VARCHAR", "its label (what its top images have in common)"),
+        ("formula", "VARCHAR", "its words (`compare_clusters.formula`); NULL: none"),
+        ("auc", "DOUBLE", "their AUC"),
         _OTHER,
+        (
+            "matched_by",
+            "VARCHAR",
+            "`formula`: both studies have words, and a concept is a cluster's formula; "
+            "`images`: one of them has none (`compare_studies.has_words`), and concepts are "
+            "matched by their top images",
+        ),
         (
             "match_cluster_id",
             "BIGINT",
-            "the concept of `other_study` whose top images (the union of its members') are "
-            "most similar, at or above `concept_threshold`; NULL: none",
+            "`formula`: the cluster of `other_study` with the same formula (canonical text: "
+            "operands of AND and OR in order), in the same layer first, then the higher AUC, "
+            "then the smaller id; `images`: the one whose top images (the union of its "
+            "members') are most similar, at or above `concept_threshold`; NULL: none",
         ),
         ("match_layer", "VARCHAR", "its layer"),
         ("match_label", "VARCHAR", "its label"),
-        ("jaccard", "DOUBLE", "Jaccard similarity of the two concepts' top images"),
-        ("mutual", "BOOLEAN", "each is the other's best match"),
-        ("status", "VARCHAR", "`shared` (it has a match) or `only` (only in `study`)"),
+        ("match_auc", "DOUBLE", "the AUC of its words (NULL: it has none)"),
+        (
+            "jaccard",
+            "DOUBLE",
+            "Jaccard similarity of the two concepts' top images (the union of their members'); "
+            "NULL: no match",
+        ),
+        ("mutual", "BOOLEAN", "each is the other's match"),
+        (
+            "status",
+            "VARCHAR",
+            "`shared` (it has a match) or `only` (only in `study`); NULL: `formula`, and the "
+            "cluster has no words (not a concept to match)",
+        ),
         (
             "label_changed",
             "BOOLEAN",
-            "for shared concepts: neither label's leading term (what its cluster is most "
+            "`images`, shared concepts: neither label's leading term (what its cluster is most "
             "distinctive for) is among the other label's terms (`colour=red` against "
-            "`shape=heart`); NULL otherwise",
+            "`shape=heart`); NULL otherwise (matched by `formula`, the words are the same)",
         ),
         (
             "same_label_elsewhere",
             "BOOLEAN",
-            "for concepts only in `study`: `other_study` has a concept (any layer) whose label "
-            "leads with the same term, on other images (matching is by images: two networks' "
-            "detectors of one concept that prefer different images of it do not match); NULL "
-            "for shared concepts",
+            "for concepts only in `study`, a partial match: `formula`: `other_study` has a "
+            "concept whose words share a term not under NOT with these (`shape=heart` against "
+            "`shape=heart AND colour=red`); `images`: `other_study` has a concept (any layer) "
+            "whose label leads with the same term, on other images; NULL for shared concepts "
+            "and clusters without words",
         ),
     ),
     _compared(

@@ -22,7 +22,7 @@ import polars as pl
 
 from carto_assets import schema
 from carto_assets.core.comparison import cka as cka_of
-from carto_assets.core.comparison.concepts import concept_frame, concept_sets
+from carto_assets.core.comparison.concepts import concept_frame, concept_sets, formula_frame
 from carto_assets.core.comparison.joint_embedding import (
     cross_neighbors,
     joint_embedding,
@@ -71,10 +71,17 @@ def collect(prepared: PreparedComparison) -> Result:
                 unit_id=pl.col("neuron_id") + offset
             )
         )
+        # The words: a study mapped before them, or with labels.enabled: false, has none (its
+        # concepts are then matched by images, `concepts`).
+        has_words = store.table_exists("cluster_labels")
         clusters.append(
-            store.query("SELECT cluster_id, layer, size, label FROM clusters").with_columns(
-                study=pl.lit(study.name)
-            )
+            store.query(
+                "SELECT c.cluster_id, c.layer, c.size, c.label, w.formula, w.auc FROM clusters c "
+                "LEFT JOIN cluster_labels w USING (cluster_id)"
+                if has_words
+                else "SELECT cluster_id, layer, size, label, NULL::VARCHAR AS formula, "
+                "NULL::DOUBLE AS auc FROM clusters"
+            ).with_columns(study=pl.lit(study.name))
         )
         if store.table_exists("concept_graph_nodes"):
             nodes.append(
@@ -110,6 +117,7 @@ def collect(prepared: PreparedComparison) -> Result:
                 "n_units": int(ids.size),
                 "n_images": len(images[0]),
                 "top_k": study.top_k,
+                "has_words": has_words,
             }
         )
         offset += ids.size
@@ -327,11 +335,27 @@ def cka_frame(
 
 
 # ---- concept_matches --------------------------------------------------------------------
+def words_of(store: CartoStore) -> dict[str, bool]:
+    """Whether each study has words (``cluster_labels``), by name, in the studies' order."""
+    return dict(
+        store.query("SELECT study, has_words FROM compare_studies ORDER BY position").iter_rows()
+    )
+
+
+def by_words(words: dict[str, bool]) -> set[tuple[str, str]]:
+    """The ordered pairs of studies whose concepts are matched by words (both have them); the
+    others are matched by images."""
+    return {(a, b) for a in words for b in words if a != b and words[a] and words[b]}
+
+
 def concepts(comparison: Comparison, store: CartoStore) -> Result:
-    """``concept_matches``: every concept shared with each other study, or only in its own."""
+    """``concept_matches``: every concept shared with each other study, or only in its own
+    (matched by words where both studies have them, else by images)."""
     units, sets, names = load_units(store)
     clusters = (
-        store.query("SELECT study, cluster_id, layer, size, label FROM compare_clusters")
+        store.query(
+            "SELECT study, cluster_id, layer, size, label, formula, auc FROM compare_clusters"
+        )
         .with_columns(order=pl.col("study").replace_strict({n: i for i, n in enumerate(names)}))
         .sort("order", "cluster_id")
         .with_row_index("row")
@@ -343,15 +367,26 @@ def concepts(comparison: Comparison, store: CartoStore) -> Result:
     concept_of_unit = row_of.sort("unit")["row"].fill_null(-1).to_numpy()
     study_of_concept = clusters["order"].to_numpy().astype(np.int64)
     csets = concept_sets(sets, concept_of_unit, study_of_concept)
-    _, best = match_units(csets, threshold=comparison.concept_threshold, minhash=comparison)
-    frame = concept_frame(clusters.drop("order"), best, names)
+    pairs = by_words(words_of(store))
+    in_pairs = pl.concat_str("study", "other_study", separator="\x00").is_in(
+        [f"{a}\x00{b}" for a, b in pairs]
+    )
+    parts = []
+    if pairs:
+        parts.append(formula_frame(clusters.drop("order"), csets, names).filter(in_pairs))
+    if len(pairs) < len(names) * (len(names) - 1):
+        _, best = match_units(csets, threshold=comparison.concept_threshold, minhash=comparison)
+        parts.append(concept_frame(clusters.drop("order"), best, names).filter(~in_pairs))
+    frame = pl.concat(parts, how="vertical_relaxed").sort("row", "other_study")
     table = schema.frame("concept_matches", _columns(frame, "concept_matches"))
     multi = table.filter(pl.col("size") > 1)
     figures = {
         f"{s} vs {o}": {
-            "concepts": len(g),
+            "matched_by": g["matched_by"][0],
+            "concepts": int(g["status"].is_not_null().sum()),
             "shared": int((g["status"] == "shared").sum()),
             "only": int((g["status"] == "only").sum()),
+            "without_words": int(g["status"].is_null().sum()),
             "multi_unit_only": int(
                 (
                     (multi["study"] == s)
@@ -360,10 +395,23 @@ def concepts(comparison: Comparison, store: CartoStore) -> Result:
                 ).sum()
             ),
             "label_changed": int(g["label_changed"].fill_null(False).sum()),
+            "only_sharing_a_term": int(
+                (g["same_label_elsewhere"].fill_null(False) & (g["status"] == "only")).sum()
+            ),
         }
         for (s, o), g in table.group_by("study", "other_study", maintain_order=True)
     }
     return Result({"concept_matches": table}, figures)
+
+
+def no_words_lines(words: dict[str, bool]) -> list[str]:
+    """One line per study without words: its concepts are matched by images."""
+    return [
+        f"study '{name}' has no words (no cluster_labels: mapped before words, or with "
+        "labels.enabled: false): its concepts are matched by their top images, not by words"
+        for name, has in words.items()
+        if not has
+    ]
 
 
 # ---- compare_embedding, compare_projection ----------------------------------------------
@@ -441,7 +489,8 @@ def summary_lines(comparison: Comparison) -> list[str]:
     """What ``carto compare`` prints: per pair of studies, units and concepts matched."""
     store = open_comparison_store(comparison)
     names = study_names(store)
-    lines = []
+    words = words_of(store)
+    pairs, lines = by_words(words), no_words_lines(words)
     for a in names:
         for b in names:
             if a == b:
@@ -456,15 +505,21 @@ def summary_lines(comparison: Comparison) -> list[str]:
             ).row(0, named=True)
             concepts = store.query(
                 "SELECT count(*) FILTER (WHERE status = 'shared') AS shared, "
-                "count(*) FILTER (WHERE status = 'only') AS only FROM concept_matches "
+                "count(*) FILTER (WHERE status = 'only') AS only, "
+                "count(*) FILTER (WHERE status IS NULL) AS none FROM concept_matches "
                 "WHERE study = ? AND other_study = ?",
                 [a, b],
             ).row(0, named=True)
             units = row["units"] or 0
             share = f"{row['mutual'] / units:.1%}" if units else "n/a"
             null = f"{row['null'] / units:.1%}" if units and row["null"] is not None else "n/a"
+            how = (
+                f"matched by words; {concepts['none']} clusters without words"
+                if (a, b) in pairs
+                else "matched by top images"
+            )
             lines.append(
                 f"'{a}' vs '{b}': {share} of units with a mutual match (shuffled null {null}); "
-                f"concepts {concepts['shared']} shared, {concepts['only']} only in '{a}'"
+                f"concepts {concepts['shared']} shared, {concepts['only']} only in '{a}' ({how})"
             )
     return lines

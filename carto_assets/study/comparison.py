@@ -87,8 +87,9 @@ class Comparison(BaseModel):
     )
     concept_threshold: Threshold = Field(
         0.3,
-        description="The same for concepts (clusters): Jaccard of the union of their members' "
-        "top images; a concept with no counterpart at or above it is only in its model.",
+        description="The same for concepts (clusters) matched by images (where a study has "
+        "no words; with words, concepts match by formula): Jaccard of the union of their "
+        "members' top images; a concept with no counterpart at or above it is only in its model.",
     )
     num_perm: NumPerm = 128
     bands: Bands = None

@@ -1,7 +1,8 @@
 // Cartography compare page (carto_viz/page/compare.js): the layer around its three Vega views.
 // - "pair" chooses which two studies are compared (A, B); "class" the concept graphs shown;
 // - a click on a unit in the map shows its patches beside its match's in the other studies;
-// - the concepts only one model has, and those whose label changed, as tables.
+// - the concepts only one model has (matched by words where both studies have them, else by
+//   images), and those whose label changed (by images), as tables.
 // Text from data only ever reaches the DOM through textContent, never as markup.
 (function () {
   "use strict";
@@ -55,9 +56,20 @@
     if (f) {
       text = "Units of A with a mutual match in B: " + fmt(f.mutual_share) +
         " (shuffled-image null " + fmt(f.null_share) + "). Concepts of A: " + f.shared +
-        " shared with B, " + f.only + " only in A.";
+        " shared with B, " + f.only + " only in A" + (f.matched_by === "formula" ?
+        " (matched by words; " + f.without_words + " clusters of A without words)." :
+        " (matched by top images).");
     }
     document.getElementById("figures").textContent = text;
+  }
+  // Studies without words (mapped before words, or with labels.enabled: false): one line.
+  document.getElementById("words-note").textContent = data.no_words.map(function (name) {
+    return "Study " + name + " has no words (no cluster_labels): its concepts are matched " +
+      "by their top images, not by words.";
+  }).join(" ");
+  function byWords(a, b) {
+    var f = data.figures.filter(function (r) { return r.pair === a + "|" + b; })[0];
+    return Boolean(f && f.matched_by === "formula");
   }
 
   // ---- patches from sprite sheets -------------------------------------------------------
@@ -159,9 +171,11 @@
       var rows = data.only.filter(function (r) { return r[0] === p[0] && r[1] === p[1]; });
       only.appendChild(el("div", "only in " + studyName(p[0]) + " (" + rows.length + ")", "who"));
       if (!rows.length) { only.appendChild(el("div", "none", "empty")); return; }
+      var words = byWords(p[0], p[1]);
       only.appendChild(table(rows.slice(0, 40).map(function (r) {
         return [r[3], r[4], r[5], r[6]];
-      }), ["layer", "units", "label", "same label in " + LETTERS[p[1]]]));
+      }), ["layer", "units", words ? "words · AUC" : "label",
+        words ? "a term in " + LETTERS[p[1]] : "same label in " + LETTERS[p[1]]]));
       if (rows.length > 40) only.appendChild(el("div", (rows.length - 40) + " more", "empty"));
     });
     var changed = document.getElementById("changed");
@@ -169,7 +183,11 @@
     var rows = data.label_changed.filter(function (r) {
       return r[0] === pair[0] && r[1] === pair[1];
     });
-    if (!rows.length) { changed.appendChild(el("div", "none", "empty")); return; }
+    if (!rows.length) {
+      changed.appendChild(el("div", byWords(pair[0], pair[1]) ? "none: matched by words, a " +
+        "shared concept has the same words in both" : "none", "empty"));
+      return;
+    }
     changed.appendChild(table(rows.slice(0, 40).map(function (r) { return [r[3], r[4]]; }),
       ["label in " + LETTERS[pair[0]], "label of its match in " + LETTERS[pair[1]]]));
   }

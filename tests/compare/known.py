@@ -34,10 +34,12 @@ def write_study_database(
     seed: int = 0,
     cluster_labels: dict[int, str] | None = None,
     sources: Sequence[str] | None = None,
+    words: dict[int, tuple[str | None, float]] | None = None,
 ) -> Path:
     """A study file ``<name>.yaml`` (shapes world of ``n_images``, ``seed``) whose database
     holds ``images``, ``neurons``, ``top_images`` (unit ``i``'s images in ``sets[i]`` order,
-    rank 1 first), ``neuron_clusters`` and ``clusters``."""
+    rank 1 first), ``neuron_clusters`` and ``clusters``; with ``words`` (cluster id ->
+    (formula or None, AUC); a cluster not named has none) also ``cluster_labels``."""
     folder.mkdir(parents=True, exist_ok=True)
     study_file = folder / f"{name}.yaml"
     study_file.write_text(
@@ -116,15 +118,34 @@ def write_study_database(
         "neuron_clusters",
         {"neuron_id": np.arange(n), "cluster_id": list(clusters), "layer": list(layers)},
     )
-    CartoStore(folder / f"{name}.duckdb").replace_tables(
-        {
-            "images": images,
-            "neurons": neurons,
-            "top_images": top,
-            "neuron_clusters": neuron_clusters,
-            "clusters": clusters_frame,
-        }
-    )
+    tables = {
+        "images": images,
+        "neurons": neurons,
+        "top_images": top,
+        "neuron_clusters": neuron_clusters,
+        "clusters": clusters_frame,
+    }
+    if words is not None:
+        ids = cluster_table["cluster_id"].to_list()
+        formula = [words.get(c, (None, 0.6))[0] for c in ids]
+        auc = [words.get(c, (None, 0.6))[1] for c in ids]
+        tables["cluster_labels"] = schema.frame(
+            "cluster_labels",
+            {
+                "cluster_id": ids,
+                "layer": cluster_table["layer"],
+                "size": cluster_table["size"],
+                "formula": formula,
+                "auc": auc,
+                "p_value": [1e-6] * len(ids),
+                "candidate": [f or "class=circle" for f in formula],
+                "single_term": [f or "class=circle" for f in formula],
+                "single_auc": auc,
+                "n_terms_over_08": [1] * len(ids),
+                "n_images": [n_images] * len(ids),
+            },
+        )
+    CartoStore(folder / f"{name}.duckdb").replace_tables(tables)
     return study_file
 
 
@@ -162,6 +183,65 @@ def permuted_pair(folder, write_study):
     return load_comparison(path), perm
 
 
+#: Study 'a' and 'b' of :func:`worded_trio`: cluster id -> (label, words, AUC); six clusters
+#: of two units each, 0-2 in conv1 and 3-5 in conv2.
+TRIO_WORDS = {
+    "a": {
+        0: ("shape=heart (0.9)", "colour=red AND shape=star", 0.9),
+        1: ("shape=heart (0.7)", "shape=heart", 0.8),
+        2: ("shape=heart (0.6)", None, 0.6),
+        3: ("size=large (0.6)", "size=large", 0.95),
+        4: ("colour=blue (0.5)", "NOT colour=red", 0.8),
+        5: ("size=small (0.5)", None, 0.55),
+    },
+    "b": {
+        0: ("colour=blue (0.8)", "shape=star AND colour=red", 0.85),
+        1: ("shape=heart (0.9)", "shape=heart OR shape=circle", 0.9),
+        2: ("size=large (0.9)", "size=large", 0.99),
+        3: ("size=large (0.8)", "size=large", 0.9),
+        4: ("size=large (0.7)", "size=large", 0.7),
+        5: ("colour=red (0.7)", "colour=red", 0.8),
+    },
+}
+
+
+def worded_trio(folder: Path, write_study) -> tuple[Path, list[list[int]], list[list[int]]]:
+    """Studies 'a' and 'b' with words (:data:`TRIO_WORDS`) and 'c' without (no
+    ``cluster_labels``, a copy of 'a''s top images): the comparison file and the top-k sets
+    of 'a' and 'b' (cluster 0 of 'b' has the images of cluster 0 of 'a')."""
+    rng = np.random.default_rng(3)
+    layers = ["conv1"] * 6 + ["conv2"] * 6
+    clusters = [i // 2 for i in range(12)]
+    sets_a = [[int(x) for x in rng.choice(60, 8, replace=False)] for _ in layers]
+    sets_b = sets_a[:2] + [[int(x) for x in rng.choice(60, 8, replace=False)] for _ in layers[2:]]
+    for name, sets, words in (("a", sets_a, True), ("b", sets_b, True), ("c", sets_a, False)):
+        rows = TRIO_WORDS["a" if name == "c" else name]
+        write_study(
+            folder,
+            name,
+            sets,
+            layers,
+            clusters,
+            n_images=60,
+            cluster_labels={c: r[0] for c, r in rows.items()},
+            words={c: (r[1], r[2]) for c, r in rows.items()} if words else None,
+        )
+    path = folder / "trio.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "trio",
+                "studies": ["a.yaml", "b.yaml", "c.yaml"],
+                "cka_images": 0,
+                "null_draws": 1,
+                "patches_per_unit": 0,
+                "embedding": {"epochs": 5, "batch_size": 64},
+            }
+        )
+    )
+    return path, sets_a, sets_b
+
+
 def compare_in_process(comparison, with_map: bool = True) -> CartoStore:
     """The comparison's assets' work without Dagster (the projection replaced by a fixed
     layout: UMAP is tested with the studies)."""
@@ -173,7 +253,7 @@ def compare_in_process(comparison, with_map: bool = True) -> CartoStore:
     store.replace_tables(stage.concepts(comparison, store).tables)
     if with_map:
         store.replace_tables(stage.embedding(comparison, store, progress=lambda m: None).tables)
-        n = 2 * N_UNITS
+        n = int(store.query("SELECT count(*) AS n FROM compare_units")["n"][0])
         angle = np.arange(n) * 2 * np.pi / n
         store.replace_tables(
             {

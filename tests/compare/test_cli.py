@@ -172,3 +172,23 @@ def test_the_readme_names_every_field_of_a_comparison_file_with_its_default():
         value = getattr(defaults, name)
         if isinstance(value, int | float) and not isinstance(value, bool):
             assert f"`{name}` ({value}" in section, (name, value)
+
+
+@pytest.mark.slow
+def test_carto_compare_says_how_concepts_were_matched(tmp_path, write_study):
+    from compare.known import worded_trio
+
+    comparison, _, _ = worded_trio(tmp_path, write_study)
+    out = carto("compare", str(comparison), "--dagster-home", str(tmp_path / "dg"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert (
+        "study 'c' has no words (no cluster_labels: mapped before words, or with "
+        "labels.enabled: false): its concepts are matched by their top images, not by words"
+    ) in lines
+    pair = next(line for line in lines if line.startswith("'a' vs 'b': "))
+    assert pair.endswith(
+        "concepts 2 shared, 2 only in 'a' (matched by words; 2 clusters without words)"
+    )
+    pair = next(line for line in lines if line.startswith("'a' vs 'c': "))
+    assert pair.endswith("(matched by top images)")

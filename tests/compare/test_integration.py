@@ -96,8 +96,15 @@ def test_every_unit_matches_its_copy_and_cka_is_one(compared):
     assert np.allclose(same["cka"].to_numpy(), 1.0)
     assert (same["share"] == 1.0).all()
     assert layers.filter(pl.col("layer") != pl.col("other_layer"))["share"].max() == 0.0
-    concepts = store.query("SELECT status, label_changed FROM concept_matches")
-    assert (concepts["status"] == "shared").all() and not concepts["label_changed"].any()
+    # The copy has the same words: every cluster with words is shared, matched by them; a
+    # cluster without words is no concept (no status).
+    concepts = store.query("SELECT status, formula, matched_by FROM concept_matches")
+    assert (concepts["matched_by"] == "formula").all()
+    assert concepts.filter(pl.col("formula").is_not_null())["status"].to_list() == (
+        ["shared"] * concepts["formula"].is_not_null().sum()
+    )
+    assert concepts.filter(pl.col("formula").is_null())["status"].is_null().all()
+    assert "(matched by words; " in out.stdout
     assert "'tiny' vs 'tiny-copy': 100.0% of units with a mutual match" in out.stdout
     assert "STEP_SUCCESS" in out.stderr  # -v: Dagster's event log on the terminal
     assert f"Page:     {comparison.views_path / 'index.html'}" in out.stdout

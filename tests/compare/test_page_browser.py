@@ -72,3 +72,29 @@ def test_a_click_on_a_unit_shows_its_match_and_text_stays_text(permuted, tmp_pat
         browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests)
+
+
+def test_concepts_matched_by_words_are_named_by_them(trio, tmp_path):
+    comparison = trio[0]
+    page = export_compare(comparison.database_path, tmp_path / "views", name="trio").html_path
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors: list[str] = []
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.goto(page.as_uri())
+        tab.wait_for_selector("body[data-ready]", timeout=30_000)
+        assert tab.inner_text("#words-note") == (
+            "Study c has no words (no cluster_labels): its concepts are matched by their top "
+            "images, not by words."
+        )
+        assert "2 shared with B, 2 only in A (matched by words; 2 clusters of A without words)" in (
+            tab.inner_text("#figures")
+        )
+        only = tab.inner_text("#only")
+        assert "shape=heart · 0.80" in only and "words · AUC" in only and "a term in B" in only
+        assert tab.inner_text("#changed").startswith("none: matched by words")
+        tab.select_option("#pair", "0|2")
+        assert "(matched by top images)" in tab.inner_text("#figures")
+        browser.close()
+    assert errors == []
