@@ -128,7 +128,7 @@ _PAGE = """<!DOCTYPE html>
 <section id="right">
 <div id="images" hidden><h2>Explained images of the class</h2>
 <div id="image-strip"></div><div id="node-images"></div><div id="image-card"></div></div>
-<h2>Concept graph of the class</h2><div id="graph"></div>{audit_section}</section>
+{audit_section}<h2>Concept graph of the class</h2><div id="graph"></div></section>
 </main>
 <div id="carto-card" role="tooltip" hidden></div>
 <script type="application/json" id="carto-page">{page}</script>
@@ -150,9 +150,9 @@ def explain_page(data_json: str) -> str:
 
 
 #: the audit's section (:mod:`carto_viz.audit`), in the page only where the study has an audit.
-_AUDIT_SECTION = """
-<div id="audit" hidden><h2>What the class relies on</h2>
-<div id="audit-legend"></div><div id="audit-chart"></div><div id="audit-term" hidden></div></div>"""
+_AUDIT_SECTION = """<div id="audit" hidden><h2>What the class relies on</h2>
+<div id="audit-legend"></div><div id="audit-chart"></div><div id="audit-term" hidden></div></div>
+"""
 
 
 def render_page(

@@ -132,6 +132,10 @@
     ringed = ids !== null;
     return views.projection.signal("word_units", barList(ids || [])).runAsync();
   }
+  var words = document.getElementById("word-search");
+  if (words) {  // the word search now owns the rings
+    words.addEventListener("input", function () { ringed = false; });
+  }
   function render(label) {
     shownLabel = label;
     chart.textContent = "";
@@ -196,10 +200,12 @@
         var fig = el("figure");
         fig.setAttribute("data-image", String(x[0]));
         fig.title = "#" + x[0] + ": the class logit drops by " + num(x[1]);
-        var img = el("img");
-        img.alt = "#" + x[0];
-        fig.appendChild(img);
-        thumbUrl(x[0]).then(function (url) { img.src = url; }, function () { img.hidden = true; });
+        if (audit.thumbs && audit.thumbs.slots[x[0]]) {  // else listed by id only
+          var img = el("img");
+          img.alt = "#" + x[0];
+          fig.appendChild(img);
+          thumbUrl(x[0]).then(function (url) { img.src = url; }, function () {});
+        }
         fig.appendChild(el("figcaption", null, "#" + x[0] + " −" + num(x[1])));
         strip.appendChild(fig);
       });
