@@ -263,3 +263,30 @@ def test_clicking_a_term_rings_its_units_and_shows_its_images(exported, audited)
         finally:
             page.close()
             browser.close()
+
+
+@pytest.mark.browser
+def test_thumbnails_load_from_sidecar_chunks(audited, tmp_path):
+    """Above max_inline_bytes the audit's sheets are sidecar scripts like every chunk; the
+    page's own chunks (graphs, patches) still reach page.js."""
+    from viz.pages import ARGS, CHROMIUM, Page
+
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    result = export_views(audited, tmp_path / "out", max_inline_bytes=0)
+    assert (result.sidecar_dir / "audit-0000.js").exists()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = Page(browser, result.html_path)
+        try:
+            page.page.evaluate("window.cartoAuditTerm('texture=dots').then(() => 0)")
+            page.page.wait_for_function(
+                "document.querySelectorAll('#audit-term figure img[src^=\"data:\"]').length == 2"
+            )
+            assert page.wait_images("graph", "node-image")  # page.js's sheets still load
+            assert all(i["loaded"] for i in page.items("graph", "node-image"))
+            assert page.errors == [] and page.offline() == []
+        finally:
+            page.close()
+            browser.close()
