@@ -15,6 +15,7 @@ import polars as pl
 from carto_assets import schema
 from carto_assets.storage import quality
 from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
+from carto_viz import audit as class_audit
 from carto_viz import explained_images as images
 from carto_viz import words
 from carto_viz.class_graphs import ClassGraphs, encode_ids, graph_records
@@ -121,6 +122,7 @@ def load_tables(
         tables.update(images.load(con, present))  # the explanations, where the study has them
         if all(name in present for name in words.TABLES):  # the words, where the study has them
             tables.update({name: con.sql(words.QUERIES[name]).pl() for name in words.TABLES})
+        tables.update(class_audit.load(con, present))  # the audit, where the study has it
         return tables
 
 
@@ -234,6 +236,8 @@ class ViewData:
     #: with words: each graph node cluster's classes (``str(cluster) -> encode_ids(labels)``),
     #: so that the word search names the classes whose graphs use the clusters it found
     cluster_classes: Mapping[str, str] = field(default_factory=dict)
+    #: what each class relies on (:mod:`carto_viz.audit`), None where the study has no audit
+    audit: class_audit.Audit | None = None
 
     @property
     def has_features(self) -> bool:
@@ -333,6 +337,10 @@ def view_data(
         {"label": int(label), "name": str(name), "graph": int(label) in graph.graphs}
         for label, name in tables["images"].select("label", "label_name").sort("label").iter_rows()
     ]
+    audit = class_audit.audit_data(tables)
+    summary = study_summary(tables, study_info)
+    if audit and not any(q["asset"] == "class_audit" for q in summary["quality"]):
+        summary["quality"].append(class_audit.header_figure(audit))
     layers = [
         str(name)
         for name, _ in tables["neurons"]
@@ -348,7 +356,7 @@ def view_data(
         classes=classes,
         layers=layers,
         max_columns=graph.max_columns,
-        summary=study_summary(tables, study_info),
+        summary=summary,
         kinds=tuple(kind for kind in KINDS if kind in set(kinds.values())),
         graph_clusters=graph.clusters,
         explained=images.explained(tables, graph.rows),
@@ -359,4 +367,5 @@ def view_data(
         }
         if words.has_words(tables)
         else {},
+        audit=audit,
     )

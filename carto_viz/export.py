@@ -28,6 +28,7 @@ import vl_convert
 
 from carto_assets.storage import atomic
 from carto_assets.storage.store import DEFAULT_MEMORY_LIMIT
+from carto_viz import audit as class_audit
 from carto_viz.charts import graph_heights, views_spec
 from carto_viz.data import ViewData, load_tables, patch_pngs, view_data
 from carto_viz.explained_images import thumbnails
@@ -94,7 +95,7 @@ _PAGE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <title>Cartography views</title>
-<style>{css}</style>
+<style>{css}</style>{audit_css}
 </head>
 <body>
 <header>
@@ -127,7 +128,7 @@ _PAGE = """<!DOCTYPE html>
 <section id="right">
 <div id="images" hidden><h2>Explained images of the class</h2>
 <div id="image-strip"></div><div id="node-images"></div><div id="image-card"></div></div>
-<h2>Concept graph of the class</h2><div id="graph"></div></section>
+{audit_section}<h2>Concept graph of the class</h2><div id="graph"></div></section>
 </main>
 <div id="carto-card" role="tooltip" hidden></div>
 <script type="application/json" id="carto-page">{page}</script>
@@ -136,7 +137,7 @@ _PAGE = """<!DOCTYPE html>
 <script type="application/json" id="carto-spec-graph">{graph}</script>
 {chunks}
 <script>{bundle}</script>
-<script>{script}</script>
+<script>{script}</script>{audit_script}
 </body>
 </html>
 """
@@ -148,9 +149,18 @@ def explain_page(data_json: str) -> str:
     return page_asset("explain.html").replace("{{DATA}}", data_json)
 
 
-def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str]) -> str:
+#: the audit's section (:mod:`carto_viz.audit`), in the page only where the study has an audit.
+_AUDIT_SECTION = """<div id="audit" hidden><h2>What the class relies on</h2>
+<div id="audit-legend"></div><div id="audit-chart"></div><div id="audit-term" hidden></div></div>
+"""
+
+
+def render_page(
+    specs: dict[str, dict], page: dict, inline_chunks: dict[str, str], *, audit: bool = False
+) -> str:
     """The HTML page: specs, page data and inline chunks (already :func:`script_json` text)
-    as escaped JSON, then the scripts.
+    as escaped JSON, then the scripts. With ``audit``, the "relies on" section, its style and
+    its script (``page/audit.*``); without, the page is exactly the one before the audit.
 
     Data never reaches the DOM as markup: every JSON block sits in a
     ``<script type="application/json">`` element read with ``JSON.parse``, the page's script
@@ -169,6 +179,9 @@ def render_page(specs: dict[str, dict], page: dict, inline_chunks: dict[str, str
         chunks=chunk_tags,
         bundle=javascript_bundle(),
         script=page_asset("page.js"),
+        audit_css=f"\n<style>{page_asset('audit.css')}</style>" if audit else "",
+        audit_section=_AUDIT_SECTION if audit else "",
+        audit_script=f"\n<script>{page_asset('audit.js')}</script>" if audit else "",
     )
 
 
@@ -207,6 +220,7 @@ def _page_data(
     graph_names: list[str],
     chunk_of,
     images: SpriteAtlas | None = None,
+    audit_thumbs: SpriteAtlas | None = None,
 ) -> dict:
     explained = data.explained
     nodes = set(data.graph_clusters.get("c", []))
@@ -231,6 +245,8 @@ def _page_data(
         # each node cluster's classes (the search names the classes that use what it found).
         "words": data.has_words,
         **({"cluster_classes": dict(data.cluster_classes)} if data.has_words else {}),
+        # What each class relies on (carto_viz/audit.py), where the study has an audit.
+        **({"audit": data.audit.page(audit_thumbs)} if data.audit else {}),
     }
 
 
@@ -296,15 +312,25 @@ def export_views(
         javascript_bundle()  # cached for render_page
         atlas, thumbs = packing.result()
     images = thumbnails(database_path, patch_format) if data.explained else None
+    audit_thumbs = (
+        class_audit.thumbnails(database_path, data.audit.image_ids, patch_format)
+        if data.audit
+        else None
+    )
     # Every chunk as the JSON text the page parses: sheets as data: URL strings.
     encoded: dict[str, str] = {
         sheet.name: script_json(
             "data:" + sheet.mime + ";base64," + base64.b64encode(sheet.data).decode("ascii")
         )
-        for sheet in (*atlas.sheets, *thumbs.sheets, *(images.sheets if images else ()))
+        for sheet in (
+            *atlas.sheets,
+            *thumbs.sheets,
+            *(images.sheets if images else ()),
+            *(audit_thumbs.sheets if audit_thumbs else ()),
+        )
     }
     encoded.update(graph_chunks)
-    page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of, images)
+    page = _page_data(data, atlas, thumbs, list(graph_chunks), chunk_of, images, audit_thumbs)
     sidecar = sum(len(text) for text in encoded.values()) > max_inline_bytes
 
     out = Path(out_dir)
@@ -319,7 +345,9 @@ def export_views(
                 (staging / f"{name}.js").write_text(
                     f'cartoChunk("{name}",{text});\n', encoding="utf-8"
                 )
-        html = render_page(specs, page, {} if sidecar else encoded).encode("utf-8")
+        html = render_page(
+            specs, page, {} if sidecar else encoded, audit=data.audit is not None
+        ).encode("utf-8")
         spec_dir = out / "specs"
         spec_dir.mkdir(exist_ok=True)
         spec_paths = []
