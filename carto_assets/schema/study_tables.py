@@ -701,6 +701,7 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("rank", "INTEGER", "1 = the image whose class logit dropped most"),
         ("image_id", "BIGINT", "one of the class's measured images"),
         ("drop", "DOUBLE", "its class logit's drop when the term's units are zeroed"),
+        ("thumb", "BLOB", "the image as the model saw it, at most 64 px a side, PNG"),
     ),
     _table(
         "cooccurrence",

@@ -45,6 +45,7 @@ from carto_assets.core.words.formula import Term, parse, text
 from carto_assets.sources.annotations import CLASS_CONCEPT
 from carto_assets.stages.concept_graph import class_images
 from carto_assets.stages.concept_graph_checks import seed_for
+from carto_assets.stages.explanation_chunk import thumbnail
 from carto_assets.storage.quality import Figure
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def class_audit(
             "rank": pl.Int32,
             "image_id": pl.Int64,
             "drop": pl.Float64,
+            "thumb": pl.Binary,
         },
         orient="row",
     )
@@ -183,19 +185,20 @@ class _ClassPass:
     ablations restart from, and the clean logits."""
 
     ids: np.ndarray
+    pixels: np.ndarray
     x: torch.Tensor
     fwd: RetainedForward
     clean: np.ndarray
 
 
 def _class_pass(prepared: PreparedStudy, label: int, count: int) -> _ClassPass:
-    ids, _, x = class_images(
+    ids, pixels, x = class_images(
         prepared.study, label, prepared.images, prepared.source, prepared.bundle, count=count
     )
     units = prepared.units
     model = prepared.bundle.module
     fwd = RetainedForward.run(model, units.layers, units.cluster_of, x, units.features)
-    return _ClassPass(ids, x, fwd, fwd.logits.detach().double().cpu().numpy())
+    return _ClassPass(ids, pixels, x, fwd, fwd.logits.detach().double().cpu().numpy())
 
 
 def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
@@ -208,7 +211,7 @@ def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
     target = np.full(n, label) if predict else clean.argmax(axis=1)
     rows = np.arange(n)
     out: dict[str, object] = dict.fromkeys(CHECK_COLUMNS)
-    images_of: list[tuple[int, int, float]] = []
+    images_of: list[tuple[int, int, float, bytes]] = []
     confirms: list[bool] = []
     if layer is not None and n:
         neurons = words.filter((pl.col("term") == term) & (pl.col("layer") == layer))["neuron_id"]
@@ -251,7 +254,10 @@ def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
             )
             confirms.append(bool(out["ablation_confirms"]))
             order = np.argsort(-drop, kind="stable")[: cfg.images_shown]
-            images_of = [(k + 1, int(ids[i]), float(drop[i])) for k, i in enumerate(order)]
+            images_of = [
+                (k + 1, int(ids[i]), float(drop[i]), thumbnail(cp.pixels[i]))
+                for k, i in enumerate(order)
+            ]
     concept = parse(term)
     source = prepared.source
     can_change = getattr(source, "can_change", lambda concept: False)
