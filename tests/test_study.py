@@ -16,6 +16,7 @@ from carto_assets.study import (
     EmbeddingConfig,
     GraphConfig,
     LabelsConfig,
+    ShortcutConfig,
     Study,
     StudyError,
     TrainingConfig,
@@ -248,6 +249,7 @@ def test_every_field_is_described():
         EmbeddingConfig,
         GraphConfig,
         LabelsConfig,
+        ShortcutConfig,
     ]
     undescribed = [
         f"{model.__name__}.{name}"
