@@ -3,7 +3,8 @@
 Every source presents the same small interface (:class:`ImageSource`): a manifest of records and
 a way to load any image by index as a square uint8 RGB array at the model's input size. The
 activation pass, model training and patch cropping all go through it, so they see exactly the
-same pixels.
+same pixels. A source that renders its images (the shapes world) can also re-render them with
+one concept changed (:meth:`ImageSource.counterfactual`); the others say they cannot.
 
 This module never imports dagster or torch.
 """

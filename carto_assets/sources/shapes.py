@@ -408,35 +408,34 @@ def sample_scene(seed: int, index: int, shortcuts: Sequence[Shortcut] = ()) -> S
 
 def _relative_offsets(scene: ShapeScene) -> tuple[float, float]:
     """Where the scene's centre sits within the range its position allows, ``(tx, ty)`` in
-    ``[0, 1]`` per axis: the inverse of :func:`_centre`."""
-    dx, dy = scene.centre_x - 0.5, scene.centre_y - 0.5
-    if scene.position == "centre":
-        return tuple(  # type: ignore[return-value]
-            float(np.clip((d + _CENTRE_JITTER) / (2 * _CENTRE_JITTER), 0.0, 1.0)) for d in (dx, dy)
-        )
+    ``[0, 1]`` per axis: the inverse of :func:`_centre` (clipped, for hand-made scenes)."""
     reach = 0.5 - scene.radius - _EDGE_MARGIN
     low, high = _CORNER_REACH
-    signs = _CORNER_SIGNS[scene.position]
-    return tuple(  # type: ignore[return-value]
-        float(np.clip((d * sign / reach - low) / (high - low), 0.0, 1.0))
-        for d, sign in zip((dx, dy), signs, strict=True)
-    )
+    signs = _CORNER_SIGNS.get(scene.position, (1, 1))
+
+    def place(offset: float, sign: int) -> float:
+        if scene.position == "centre":
+            t = (offset + _CENTRE_JITTER) / (2 * _CENTRE_JITTER)
+        else:
+            t = (offset * sign / reach - low) / (high - low)
+        return min(max(t, 0.0), 1.0)
+
+    return place(scene.centre_x - 0.5, signs[0]), place(scene.centre_y - 0.5, signs[1])
 
 
 def _centre(position: str, offsets: tuple[float, float], radius: float) -> tuple[float, float]:
     """The centre ``(x, y)`` of an object of ``radius`` at ``position``, ``offsets`` placing it
     within the range the position allows, by :func:`sample_scene`'s rule."""
-    if position == "centre":
-        dx, dy = (_CENTRE_JITTER * (2 * t - 1) for t in offsets)
-    else:
-        reach = 0.5 - radius - _EDGE_MARGIN
-        low, high = _CORNER_REACH
-        sx, sy = _CORNER_SIGNS[position]
-        dx, dy = (
-            reach * (low + t * (high - low)) * sign
-            for t, sign in zip(offsets, (sx, sy), strict=True)
-        )
-    return float(0.5 + dx), float(0.5 + dy)
+    reach = 0.5 - radius - _EDGE_MARGIN
+    low, high = _CORNER_REACH
+    signs = _CORNER_SIGNS.get(position, (1, 1))
+
+    def offset(t: float, sign: int) -> float:
+        if position == "centre":
+            return _CENTRE_JITTER * (2 * t - 1)
+        return reach * (low + t * (high - low)) * sign
+
+    return 0.5 + offset(offsets[0], signs[0]), 0.5 + offset(offsets[1], signs[1])
 
 
 def counterfactual(scene: ShapeScene, concept: str, value: str) -> ShapeScene:
