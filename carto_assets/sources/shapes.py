@@ -345,8 +345,9 @@ def _planted_concepts(rng: np.random.Generator, shortcuts: tuple[Shortcut, ...])
             concepts[name] = own.value
             continue
         elsewhere = {s.value for s in planted if s.class_name != shape}
-        weights = np.array([SHORTCUT_ELSEWHERE if v in elsewhere else 1.0 for v in values])
-        concepts[name] = values[int(rng.choice(len(values), p=weights / weights.sum()))]
+        cumulative = np.cumsum([SHORTCUT_ELSEWHERE if v in elsewhere else 1.0 for v in values])
+        drawn = np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")
+        concepts[name] = values[int(drawn)]
     return concepts
 
 
