@@ -299,7 +299,9 @@ class Shortcut:
     share: float
 
     def __post_init__(self) -> None:
-        for field, message in shortcut_problems(self.class_name, self.concept, self.value).items():
+        problems = shortcut_problems(self.class_name, self.concept, self.value)
+        if problems:
+            field, message = next(iter(problems.items()))
             raise ValueError(f"shortcut {field}: {message}")
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"shortcut share must be a number in [0, 1], got {self.share!r}")
