@@ -261,3 +261,71 @@ def test_carto_compare_prints_a_yaml_syntax_error_in_one_line(tmp_path):
         f"carto: comparison file {comparison} is not valid YAML at line 3, column 1: expected "
         "',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 10)"
     ]
+
+
+def _planted(folder, kind="shapes", *shortcuts):
+    dataset = {"kind": kind, "size": 240, "image_size": 32, "shortcuts": list(shortcuts)}
+    return write_study(folder, "planted", {"dataset": dataset, "top_k": 8, "shards": 1})
+
+
+HEART_DOTS = {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0}
+
+
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
+def test_carto_check_passes_a_planted_shortcut_and_names_each_the_world_cannot_plant(tmp_path):
+    study = _planted(tmp_path, "shapes", HEART_DOTS)
+    out = run([CARTO, "check", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("study 'planted' is valid: model builtin, dataset shapes")
+    bad = [
+        {**HEART_DOTS, "class": "hart"},
+        {**HEART_DOTS, "concept": "shape", "value": "circle", "class": "star"},
+        {**HEART_DOTS, "concept": "watermark", "class": "cross"},
+        {**HEART_DOTS, "value": "spots", "class": "arrow"},
+    ]
+    study = _planted(tmp_path, "shapes", HEART_DOTS, *bad)
+    out = run([CARTO, "check", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 2
+    assert _errors(out) == [
+        "carto: study field 'dataset.shortcuts.1.class': unknown class 'hart'; the shape classes "
+        "are circle, square, triangle, star, cross, heart, crescent, arrow",
+        "carto: study field 'dataset.shortcuts.2.concept': 'shape' is the class itself and "
+        "cannot be planted; plant one of colour, texture, background, size, position",
+        "carto: study field 'dataset.shortcuts.3.concept': unknown concept 'watermark'; plant one "
+        "of colour, texture, background, size, position",
+        "carto: study field 'dataset.shortcuts.4.value': 'spots' is not a value of texture; its "
+        "values are plain, stripes_h, stripes_v, stripes_diag, checker, dots, noise",
+    ]
+
+
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
+@pytest.mark.parametrize(
+    ("kind", "shortcuts", "message"),
+    [
+        (
+            "shapes",
+            [{**HEART_DOTS, "share": 1.5}],
+            "study field 'dataset.shortcuts.0.share' must be a number in [0.0, 1.0], got 1.5",
+        ),
+        (
+            "shapes",
+            [HEART_DOTS, {**HEART_DOTS, "value": "plain", "share": 0.5}],
+            "study field 'dataset.shortcuts.1.concept' must be another concept than shortcut 0's "
+            "for class 'heart' (one shortcut per class and concept), got 'texture'",
+        ),
+        (
+            "digits",
+            [HEART_DOTS],
+            "study field 'dataset.shortcuts' must be unset for kind 'digits' (only the 'shapes' "
+            "world plants shortcuts), got [{'class': 'heart', 'concept': 'texture', 'value': "
+            "'dots', 'share': 1.0}]",
+        ),
+    ],
+)
+def test_carto_check_refuses_a_shortcut_the_study_file_cannot_hold(
+    tmp_path, kind, shortcuts, message
+):
+    study = _planted(tmp_path, kind, *shortcuts)
+    out = run([CARTO, "check", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 2
+    assert _errors(out) == [f"carto: invalid study: {study}: {message}"]

@@ -136,3 +136,26 @@ def test_a_database_folder_that_cannot_be_written_is_named(tmp_path):
     # Checking leaves nothing behind, and a creatable folder is fine.
     assert problems({"dataset": SHAPES, "database": "new/dir/x.duckdb"}, base_dir=tmp_path) == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_shortcut_the_shapes_world_cannot_plant_is_named_one_line_each():
+    planted = [
+        {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0},
+        {"class": "hart", "concept": "colour", "value": "red", "share": 1.0},
+        {"class": "star", "concept": "shape", "value": "circle", "share": 1.0},
+        {"class": "star", "concept": "watermark", "value": "yes", "share": 1.0},
+        {"class": "arrow", "concept": "background", "value": "snow", "share": 1.0},
+    ]
+    found = problems({"dataset": {**SHAPES, "shortcuts": planted}, "top_k": 8})
+    assert found == {
+        "dataset.shortcuts.1.class": "study field 'dataset.shortcuts.1.class': unknown class "
+        "'hart'; the shape classes are circle, square, triangle, star, cross, heart, crescent, "
+        "arrow",
+        "dataset.shortcuts.2.concept": "study field 'dataset.shortcuts.2.concept': 'shape' is "
+        "the class itself and cannot be planted; plant one of colour, texture, background, "
+        "size, position",
+        "dataset.shortcuts.3.concept": "study field 'dataset.shortcuts.3.concept': unknown "
+        "concept 'watermark'; plant one of colour, texture, background, size, position",
+        "dataset.shortcuts.4.value": "study field 'dataset.shortcuts.4.value': 'snow' is not a "
+        "value of background; its values are dark, slate, sand, light",
+    }

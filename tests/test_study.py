@@ -16,6 +16,7 @@ from carto_assets.study import (
     EmbeddingConfig,
     GraphConfig,
     LabelsConfig,
+    ShortcutConfig,
     Study,
     StudyError,
     TrainingConfig,
@@ -248,6 +249,7 @@ def test_every_field_is_described():
         EmbeddingConfig,
         GraphConfig,
         LabelsConfig,
+        ShortcutConfig,
     ]
     undescribed = [
         f"{model.__name__}.{name}"
@@ -331,3 +333,98 @@ def test_the_embedding_block_is_the_trainers_settings_with_its_defaults():
     assert EmbeddingConfig(epochs=3, window=2).model_dump(include=set(names)) == (
         dataclasses.asdict(SkipGram(epochs=3, window=2))
     )
+
+
+# ---- planted shortcuts (dataset.shortcuts) ---------------------------------------------------
+
+HEART_DOTS = {"class": "heart", "concept": "texture", "value": "dots", "share": 0.95}
+
+
+def _planted(*shortcuts, kind="shapes") -> dict:
+    return {
+        **DEMO_STUDY,
+        "dataset": {**DEMO_STUDY["dataset"], "kind": kind, "shortcuts": list(shortcuts)},
+    }
+
+
+def test_a_shortcut_is_read_with_its_class_and_written_back_as_typed():
+    study = study_from_dict(_planted(HEART_DOTS))
+    (shortcut,) = study.dataset.shortcuts
+    assert (shortcut.class_name, shortcut.concept, shortcut.value, shortcut.share) == (
+        "heart",
+        "texture",
+        "dots",
+        0.95,
+    )
+    assert study.to_dict()["dataset"]["shortcuts"] == [HEART_DOTS]
+    assert hash(study) == hash(study.model_copy())
+    assert study_from_dict(_planted({**HEART_DOTS, "share": 1})).dataset.shortcuts[0].share == 1.0
+
+
+def test_shortcuts_change_the_model_fingerprint_and_none_keep_it():
+    demo = model_fingerprint(study_from_dict(DEMO_STUDY))
+    assert model_fingerprint(study_from_dict(_planted())) == demo  # `shortcuts: []`
+    planted = model_fingerprint(study_from_dict(_planted(HEART_DOTS)))
+    other_share = model_fingerprint(study_from_dict(_planted({**HEART_DOTS, "share": 0.5})))
+    other_value = model_fingerprint(study_from_dict(_planted({**HEART_DOTS, "value": "plain"})))
+    assert len({demo, planted, other_share, other_value}) == 4
+
+
+def test_shortcuts_change_a_pretrained_model_s_shards_and_none_keep_them():
+    from carto_assets.storage.fingerprints import shard_model_identity
+
+    def identity(dataset):
+        raw = {"model": "torchvision:resnet18", "layers": ["layer1"], "dataset": dataset}
+        return shard_model_identity(study_from_dict(raw))
+
+    plain = identity({"kind": "shapes"})
+    assert identity({"kind": "shapes", "shortcuts": []}) == plain
+    assert identity({"kind": "shapes", "shortcuts": [HEART_DOTS]}) != plain
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        (
+            _planted({**HEART_DOTS, "share": 1.5}),
+            "study field 'dataset.shortcuts.0.share' must be a number in [0.0, 1.0], got 1.5",
+        ),
+        (
+            _planted({**HEART_DOTS, "share": -0.1}),
+            "study field 'dataset.shortcuts.0.share' must be a number in [0.0, 1.0], got -0.1",
+        ),
+        (
+            _planted(HEART_DOTS, {**HEART_DOTS, "value": "plain"}),
+            "study field 'dataset.shortcuts.1.concept' must be another concept than shortcut 0's "
+            "for class 'heart' (one shortcut per class and concept), got 'texture'",
+        ),
+        (
+            _planted(HEART_DOTS, kind="digits"),
+            "study field 'dataset.shortcuts' must be unset for kind 'digits' (only the 'shapes' "
+            "world plants shortcuts), got [{'class': 'heart', 'concept': 'texture', 'value': "
+            "'dots', 'share': 0.95}]",
+        ),
+        (
+            _planted({**HEART_DOTS, "klass": "heart"}),
+            "unknown study field 'dataset.shortcuts.0.klass'; allowed fields: class, concept, "
+            "share, value",
+        ),
+        (
+            _planted({"class": "heart", "concept": "texture", "share": 1.0}),
+            "study field 'dataset.shortcuts.0.value' is required",
+        ),
+        (
+            _planted({**HEART_DOTS, "class": 5}),
+            "study field 'dataset.shortcuts.0.class' must be a shape class name (circle, square, "
+            "heart, ...), got 5",
+        ),
+        (
+            {**DEMO_STUDY, "dataset": {"kind": "shapes", "shortcuts": HEART_DOTS}},
+            "study field 'dataset.shortcuts' must be a list of {class, concept, value, share} "
+            "mappings",
+        ),
+    ],
+)
+def test_a_bad_shortcut_is_named(dataset, message):
+    with pytest.raises(StudyError, match=re.escape(message)):
+        study_from_dict(dataset)

@@ -4,7 +4,8 @@
 touches what the fields point at, without running the model over the data: that a torchvision
 model of that name exists, that the weights are a known weights name or a checkpoint holding
 a state dict that fits the model, that every listed layer is a module of the model, that the
-image folder holds readable images, that ``top_k`` and ``shards`` fit the number of
+image folder holds readable images, that planted shortcuts name the shapes world's classes,
+concepts and values, that ``top_k`` and ``shards`` fit the number of
 images, and that the study's own annotations table can be used (UTF-8, rows, a ``path`` column
 naming each image once and only images of the study, no concept column with one value).
 Every problem is one line naming the field and the fix; tracebacks go to the log.
@@ -223,6 +224,18 @@ def _feature_layers(study: Study, model: torch.nn.Module | None) -> list[Problem
     ]
 
 
+def _shortcuts(study: Study) -> list[Problem]:
+    """Each planted shortcut's class, concept and value must be the shapes world's (the study
+    file checks the rest: the share, the kind, one per class and concept)."""
+    from carto_assets.sources.shapes import shortcut_problems
+
+    return [
+        Problem(f"dataset.shortcuts.{i}.{field}", message)
+        for i, s in enumerate(study.dataset.shortcuts)
+        for field, message in shortcut_problems(s.class_name, s.concept, s.value).items()
+    ]
+
+
 def _writable_folder(field: str, folder: Path) -> list[Problem]:
     """A folder the run can create and write files in, checked without leaving anything behind:
     a temporary file in its deepest existing ancestor."""
@@ -270,8 +283,10 @@ def preflight(study: Study) -> list[Problem]:
                 )
     if not any(p.field == "layers" for p in problems):
         problems += _feature_layers(study, model)
+    planted = _shortcuts(study)
+    problems += planted
     source = None
-    if study.dataset.kind == "imagefolder" or study.annotations is not None:
+    if study.dataset.kind == "imagefolder" or (study.annotations is not None and not planted):
         source = _image_source(study, problems)
     n_images = _image_count(study, problems, source)
     problems += _annotations(study, source)

@@ -3,7 +3,8 @@
 Every source presents the same small interface (:class:`ImageSource`): a manifest of records and
 a way to load any image by index as a square uint8 RGB array at the model's input size. The
 activation pass, model training and patch cropping all go through it, so they see exactly the
-same pixels.
+same pixels. A source that renders its images (the shapes world) can also re-render them with
+one concept changed (:meth:`ImageSource.counterfactual`); the others say they cannot.
 
 This module never imports dagster or torch.
 """
@@ -16,11 +17,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from carto_assets.study import Study
+
+if TYPE_CHECKING:
+    from carto_assets.sources.shapes import Shortcut
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,18 @@ class ImageSource(abc.ABC):
         mask, or None when the source does not know."""
         return None
 
+    def can_change(self, concept: str) -> bool:
+        """Whether :meth:`counterfactual` can re-render images with ``concept`` changed."""
+        return False
+
+    def counterfactual(
+        self, indices: Sequence[int], concept: str, seed: int
+    ) -> tuple[np.ndarray, list[str]] | None:
+        """Images ``indices`` re-rendered with ``concept`` changed and nothing else: (pixels
+        uint8 (n, H, W, 3), each image's new value), or None where the source cannot render
+        counterfactuals (photographs, scans: all but a rendered world)."""
+        return None
+
     @property
     def skipped(self) -> list[SkippedFile]:
         return []
@@ -104,10 +121,18 @@ class ShapesSource(ImageSource):
 
     kind = "shapes"
 
-    def __init__(self, n_images: int, image_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_images: int,
+        image_size: int = 64,
+        seed: int = 0,
+        shortcuts: Sequence[Shortcut] = (),
+    ) -> None:
         from carto_assets.sources.shapes import CLASS_NAMES, ShapesWorld
 
-        self.world = ShapesWorld(n_images=n_images, image_size=image_size, seed=seed)
+        self.world = ShapesWorld(
+            n_images=n_images, image_size=image_size, seed=seed, shortcuts=shortcuts
+        )
         self.image_size = image_size
         self._class_names = list(CLASS_NAMES)
 
@@ -130,6 +155,40 @@ class ShapesSource(ImageSource):
 
     def object_mask(self, index: int) -> np.ndarray:
         return self.world.object_mask(index)
+
+    def can_change(self, concept: str) -> bool:
+        from carto_assets.sources.shapes import CHANGEABLE_CONCEPTS
+
+        return concept in CHANGEABLE_CONCEPTS
+
+    def counterfactual(
+        self, indices: Sequence[int], concept: str, seed: int
+    ) -> tuple[np.ndarray, list[str]]:
+        """Each image re-rendered with ``concept`` set to a value drawn uniformly among the
+        concept's other values, seeded by ``(seed, image, concept)``: an image gets the same
+        counterfactual in any batch. Raises ``ValueError`` for a concept it cannot change."""
+        from carto_assets.sources.shapes import (
+            CHANGEABLE_CONCEPTS,
+            CONCEPTS,
+            counterfactual,
+            render,
+        )
+
+        if concept not in CHANGEABLE_CONCEPTS:
+            raise ValueError(
+                f"cannot change concept {concept!r}; changeable: {', '.join(CHANGEABLE_CONCEPTS)}"
+            )
+        which = list(CONCEPTS).index(concept)
+        pixels = np.empty((len(indices), self.image_size, self.image_size, 3), dtype=np.uint8)
+        values: list[str] = []
+        for row, index in enumerate(indices):
+            scene = self.world.scene(int(index))
+            others = [v for v in CONCEPTS[concept] if v != getattr(scene, concept)]
+            rng = np.random.default_rng([seed, int(index), which])
+            value = others[int(rng.integers(len(others)))]
+            pixels[row] = render(counterfactual(scene, concept, value), self.image_size)
+            values.append(value)
+        return pixels, values
 
 
 class DigitsSource(ImageSource):
@@ -319,7 +378,12 @@ def open_source(study: Study) -> ImageSource:
     ds = study.dataset
     size = study_image_size(study)
     if ds.kind == "shapes":
-        return ShapesSource(n_images=ds.size or 4000, image_size=size, seed=study.seed)
+        from carto_assets.sources.shapes import Shortcut
+
+        shortcuts = [Shortcut(s.class_name, s.concept, s.value, s.share) for s in ds.shortcuts]
+        return ShapesSource(
+            n_images=ds.size or 4000, image_size=size, seed=study.seed, shortcuts=shortcuts
+        )
     if ds.kind == "digits":
         return DigitsSource(image_size=size, limit=ds.size)
     if ds.kind == "imagefolder":

@@ -11,7 +11,24 @@ The world is built so that concepts live at several levels of abstraction:
 * high level: ``shape``, which is also the class label.
 
 All concepts are sampled independently and uniformly, so no concept value is confounded with
-another and each one is separately identifiable from a neuron's top-activating images.
+another and each one is separately identifiable from a neuron's top-activating images, unless
+shortcuts are planted.
+
+Planted shortcuts
+-----------------
+A :class:`Shortcut` ``(class_name, concept, value, share)`` correlates a concept value with a
+class, as a watermark or a snowy background does in real data (the study field
+``dataset.shortcuts``). The shape is drawn first. For a concept with shortcuts, an image of a
+planted class gets the planted value with probability ``share``; otherwise, and for every image
+of the other classes, the concept is drawn from its values with each value planted for *another*
+class weighted :data:`SHORTCUT_ELSEWHERE` (a quarter of its uniform rate) and every other value
+weighted 1. The planted value thus stays rare but present elsewhere, so annotations can still
+tell ``texture=dots`` from ``shape=heart``. Concepts without shortcuts are drawn uniformly, and a
+world without shortcuts is drawn exactly as before they existed (the same random calls, the
+same pixels).
+
+:func:`counterfactual` changes one concept of a scene and nothing else, so a model's reliance on
+a value can be tested by re-rendering its images without it.
 
 Determinism
 -----------
@@ -38,8 +55,8 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -50,18 +67,23 @@ from carto_assets.sources.shape_outlines import INSET_STEPS, max_inset_step, uni
 
 __all__ = [
     "BACKGROUND_RGB",
+    "CHANGEABLE_CONCEPTS",
     "CLASS_NAMES",
     "COLOUR_RGB",
     "CONCEPTS",
     "MAX_IMAGE_SIZE",
     "MIN_IMAGE_SIZE",
+    "SHORTCUT_ELSEWHERE",
     "SUPERSAMPLE",
     "ShapeScene",
     "ShapesWorld",
+    "Shortcut",
     "background_layer",
+    "counterfactual",
     "object_coverage",
     "render",
     "sample_scene",
+    "shortcut_problems",
 ]
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -118,6 +140,15 @@ concept. ``outlined`` stays available for hand-made scenes."""
 #: Bump when the renderer changes what it draws, so cached checkpoints are retrained
 #: (part of :func:`carto_assets.storage.fingerprints.model_fingerprint`).
 SHAPES_REVISION = "filled-only-1"
+
+SHORTCUT_ELSEWHERE = 0.25
+"""Weight of a value planted for another class when a concept with shortcuts is drawn (every
+other value weighs 1): a planted value stays a quarter as frequent as uniform outside its
+classes, rare but present."""
+
+CHANGEABLE_CONCEPTS: tuple[str, ...] = ("colour", "texture", "background", "size", "position")
+"""Concepts a shortcut may plant and :func:`counterfactual` may change: all but ``shape``, which
+is the class itself."""
 
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 512
@@ -221,6 +252,77 @@ class ShapeScene:
         return {name: getattr(self, name) for name in CONCEPTS}
 
 
+def shortcut_problems(class_name: object, concept: object, value: object) -> dict[str, str]:
+    """What is wrong with a shortcut's class, concept and value, ``{field: message}`` (field:
+    ``class``, ``concept`` or ``value``); empty when the shortcut can be planted."""
+    problems: dict[str, str] = {}
+    if class_name not in CLASS_NAMES:
+        problems["class"] = (
+            f"unknown class {class_name!r}; the shape classes are {', '.join(CLASS_NAMES)}"
+        )
+    if concept == "shape":
+        problems["concept"] = (
+            "'shape' is the class itself and cannot be planted; plant one of "
+            f"{', '.join(CHANGEABLE_CONCEPTS)}"
+        )
+    elif concept not in CHANGEABLE_CONCEPTS:
+        problems["concept"] = (
+            f"unknown concept {concept!r}; plant one of {', '.join(CHANGEABLE_CONCEPTS)}"
+        )
+    elif value not in CONCEPTS[str(concept)]:
+        problems["value"] = (
+            f"{value!r} is not a value of {concept}; its values are "
+            f"{', '.join(CONCEPTS[str(concept)])}"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A concept value planted in a class's images (see the module's "Planted shortcuts").
+
+    Parameters
+    ----------
+    class_name : str
+        The planted class, one of ``CLASS_NAMES``.
+    concept : str
+        One of ``CHANGEABLE_CONCEPTS`` (``shape`` is the class itself).
+    value : str
+        One of ``CONCEPTS[concept]``.
+    share : float
+        Probability in ``[0, 1]`` that an image of the class gets ``value`` outright.
+    """
+
+    class_name: str
+    concept: str
+    value: str
+    share: float
+
+    def __post_init__(self) -> None:
+        problems = shortcut_problems(self.class_name, self.concept, self.value)
+        if problems:
+            field, message = next(iter(problems.items()))
+            raise ValueError(f"shortcut {field}: {message}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"shortcut share must be a number in [0, 1], got {self.share!r}")
+
+
+def _check_shortcuts(shortcuts: Iterable[Shortcut]) -> tuple[Shortcut, ...]:
+    planted = tuple(shortcuts)
+    seen: set[tuple[str, str]] = set()
+    for shortcut in planted:
+        if not isinstance(shortcut, Shortcut):
+            raise TypeError(f"shortcuts must be Shortcut objects, got {shortcut!r}")
+        key = (shortcut.class_name, shortcut.concept)
+        if key in seen:
+            raise ValueError(
+                f"two shortcuts plant {shortcut.concept} in class {shortcut.class_name!r}; "
+                "keep one per class and concept"
+            )
+        seen.add(key)
+    return planted
+
+
 def _check_image_size(image_size: object) -> int:
     return check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE)
 
@@ -229,27 +331,57 @@ def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def sample_scene(seed: int, index: int) -> ShapeScene:
+def _planted_concepts(rng: np.random.Generator, shortcuts: tuple[Shortcut, ...]) -> dict[str, str]:
+    """The concepts of a world with shortcuts (the module's "Planted shortcuts")."""
+    concepts = {"shape": _choice(rng, CLASS_NAMES)}
+    shape = concepts["shape"]
+    for name, values in CONCEPTS.items():
+        if name == "shape":
+            continue
+        planted = [s for s in shortcuts if s.concept == name]
+        if not planted:
+            concepts[name] = _choice(rng, values)
+            continue
+        own = next((s for s in planted if s.class_name == shape), None)
+        if own is not None and rng.random() < own.share:
+            concepts[name] = own.value
+            continue
+        elsewhere = {s.value for s in planted if s.class_name != shape}
+        cumulative = np.cumsum([SHORTCUT_ELSEWHERE if v in elsewhere else 1.0 for v in values])
+        drawn = np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")
+        concepts[name] = values[int(drawn)]
+    return concepts
+
+
+def sample_scene(seed: int, index: int, shortcuts: Sequence[Shortcut] = ()) -> ShapeScene:
     """Sample the scene of image ``index`` in the world with ``seed``.
 
     Parameters
     ----------
     seed, index : int
-        Non-negative integers. The scene depends on this pair alone, so any image can be
-        regenerated without sampling the images before it.
+        Non-negative integers. The scene depends on this pair (and the shortcuts) alone, so any
+        image can be regenerated without sampling the images before it.
+    shortcuts : sequence of Shortcut
+        Concept values planted in classes, at most one per class and concept; none (the
+        default): every concept is drawn uniformly, exactly as before shortcuts existed.
 
     Returns
     -------
     ShapeScene
-        Concept values drawn independently and uniformly, plus continuous jitter.
+        Concept values (drawn independently and uniformly unless shortcuts are planted), plus
+        continuous jitter.
     """
     seed = check_int("seed", seed, minimum=0)
     index = check_int("index", index, minimum=0)
+    planted = _check_shortcuts(shortcuts)
     rng = np.random.default_rng([seed, index])
 
-    # Concepts are drawn first and independently, so their joint distribution is a product of
-    # uniforms and no concept value predicts another.
-    concepts = {name: _choice(rng, values) for name, values in CONCEPTS.items()}
+    if planted:
+        concepts = _planted_concepts(rng, planted)
+    else:
+        # Concepts are drawn first and independently, so their joint distribution is a product
+        # of uniforms and no concept value predicts another.
+        concepts = {name: _choice(rng, values) for name, values in CONCEPTS.items()}
 
     radius = float(rng.uniform(*_SIZE_RADIUS[concepts["size"]]))
     position = concepts["position"]
@@ -275,6 +407,74 @@ def sample_scene(seed: int, index: int) -> ShapeScene:
         texture_contrast=float(rng.uniform(*_TEXTURE_CONTRAST)),
         texture_seed=int(rng.integers(2**31)),
     )
+
+
+def _relative_offsets(scene: ShapeScene) -> tuple[float, float]:
+    """Where the scene's centre sits within the range its position allows, ``(tx, ty)`` in
+    ``[0, 1]`` per axis: the inverse of :func:`_centre` (clipped, for hand-made scenes)."""
+    reach = 0.5 - scene.radius - _EDGE_MARGIN
+    low, high = _CORNER_REACH
+    signs = _CORNER_SIGNS.get(scene.position, (1, 1))
+
+    def place(offset: float, sign: int) -> float:
+        if scene.position == "centre":
+            t = (offset + _CENTRE_JITTER) / (2 * _CENTRE_JITTER)
+        else:
+            t = (offset * sign / reach - low) / (high - low)
+        return min(max(t, 0.0), 1.0)
+
+    return place(scene.centre_x - 0.5, signs[0]), place(scene.centre_y - 0.5, signs[1])
+
+
+def _centre(position: str, offsets: tuple[float, float], radius: float) -> tuple[float, float]:
+    """The centre ``(x, y)`` of an object of ``radius`` at ``position``, ``offsets`` placing it
+    within the range the position allows, by :func:`sample_scene`'s rule."""
+    reach = 0.5 - radius - _EDGE_MARGIN
+    low, high = _CORNER_REACH
+    signs = _CORNER_SIGNS.get(position, (1, 1))
+
+    def offset(t: float, sign: int) -> float:
+        if position == "centre":
+            return _CENTRE_JITTER * (2 * t - 1)
+        return reach * (low + t * (high - low)) * sign
+
+    return 0.5 + offset(offsets[0], signs[0]), 0.5 + offset(offsets[1], signs[1])
+
+
+def counterfactual(scene: ShapeScene, concept: str, value: str) -> ShapeScene:
+    """The same scene with only ``concept`` set to ``value``.
+
+    Colour, texture and background are swapped outright. ``size`` maps the radius to the same
+    relative place in the new size's range (and recomputes a corner object's centre, whose reach
+    depends on the radius); ``position`` moves the centre to the same relative place within the
+    new position's range. Rotation, brightness, tint shift and texture parameters are kept, so
+    nothing else about the image changes.
+
+    Raises
+    ------
+    ValueError
+        If ``concept`` is not one of ``CHANGEABLE_CONCEPTS`` or ``value`` not one of its values.
+    """
+    if concept not in CHANGEABLE_CONCEPTS:
+        raise ValueError(
+            f"cannot change concept {concept!r}; changeable: {', '.join(CHANGEABLE_CONCEPTS)}"
+        )
+    if value not in CONCEPTS[concept]:
+        raise ValueError(
+            f"{value!r} is not a value of {concept}; its values are {', '.join(CONCEPTS[concept])}"
+        )
+    if concept in ("colour", "texture", "background"):
+        return replace(scene, **{concept: value})
+    offsets = _relative_offsets(scene)
+    if concept == "size":
+        old_low, old_high = _SIZE_RADIUS[scene.size]
+        new_low, new_high = _SIZE_RADIUS[value]
+        place = (scene.radius - old_low) / (old_high - old_low)
+        radius = new_low + place * (new_high - new_low)
+        centre_x, centre_y = _centre(scene.position, offsets, radius)
+        return replace(scene, size=value, radius=radius, centre_x=centre_x, centre_y=centre_y)
+    centre_x, centre_y = _centre(value, offsets, scene.radius)
+    return replace(scene, position=value, centre_x=centre_x, centre_y=centre_y)
 
 
 def _to_canvas(unit: np.ndarray, scene: ShapeScene, canvas_size: int) -> list[tuple[float, float]]:
@@ -439,7 +639,10 @@ class ShapesWorld:
     image_size : int
         Side length of the square images, ``MIN_IMAGE_SIZE`` (16) to ``MAX_IMAGE_SIZE`` (512).
     seed : int
-        Non-negative world seed; image ``i`` is ``render(sample_scene(seed, i), image_size)``.
+        Non-negative world seed; image ``i`` is
+        ``render(sample_scene(seed, i, shortcuts), image_size)``.
+    shortcuts : sequence of Shortcut
+        Concept values planted in classes (none by default).
 
     Raises
     ------
@@ -449,17 +652,26 @@ class ShapesWorld:
         If a parameter is not an integer.
     """
 
-    def __init__(self, n_images: int, image_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_images: int,
+        image_size: int = 64,
+        seed: int = 0,
+        shortcuts: Sequence[Shortcut] = (),
+    ) -> None:
         self.n_images = check_int("n_images", n_images, minimum=1)
         self.image_size = _check_image_size(image_size)
         self.seed = check_int("seed", seed, minimum=0)
+        self.shortcuts = _check_shortcuts(shortcuts)
 
     def __len__(self) -> int:
         return self.n_images
 
     def __repr__(self) -> str:
+        planted = f", shortcuts={list(self.shortcuts)}" if self.shortcuts else ""
         return (
-            f"ShapesWorld(n_images={self.n_images}, image_size={self.image_size}, seed={self.seed})"
+            f"ShapesWorld(n_images={self.n_images}, image_size={self.image_size}, "
+            f"seed={self.seed}{planted})"
         )
 
     def _check_index(self, index: int) -> int:
@@ -473,7 +685,7 @@ class ShapesWorld:
 
     def scene(self, index: int) -> ShapeScene:
         """Scene of image ``index``; raises ``IndexError`` outside ``[0, len(self))``."""
-        return sample_scene(self.seed, self._check_index(index))
+        return sample_scene(self.seed, self._check_index(index), self.shortcuts)
 
     def label(self, index: int) -> int:
         """Class label of image ``index``: the position of its shape in ``CLASS_NAMES``."""

@@ -2,9 +2,10 @@
 order. The first difference is named in one line (:func:`check_same_images`).
 
 An image is identified by its id, its ``source`` (``shapes:<i>``, ``digits:<i>``, or the path
-inside the image folder) and what the source is: the shapes world's seed (its scene depends on
-the seed and the index, not on the rendered size), scikit-learn's digits, or the image folder,
-whose files are compared byte for byte when two studies read different folders.
+inside the image folder) and what the source is: the shapes world's seed and planted shortcuts
+(its scene depends on them and the index, not on the rendered size), scikit-learn's digits, or
+the image folder, whose files are compared byte for byte when two studies read different
+folders.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ def _origin(study: Study) -> str:
     """What the images' sources refer to, in words."""
     dataset = study.dataset
     if dataset.kind == "shapes":
-        return f"the shapes world with seed {study.seed}"
+        planted = "; ".join(
+            f"{s.class_name} {s.concept}={s.value} share {s.share:g}" for s in dataset.shortcuts
+        )
+        return f"the shapes world with seed {study.seed}" + (
+            f" and shortcuts {planted}" if planted else ""
+        )
     if dataset.kind == "digits":
         return "scikit-learn's digits"
     return f"the image folder {dataset.path}"
@@ -87,7 +93,8 @@ def _check_origin(
     """Equal sources that refer to different images (another world seed, another folder)."""
     kind_a, kind_b = a.dataset.kind, b.dataset.kind
     first = f"image 0 ({sources[0]!r})" if sources else "the images"
-    if kind_a != kind_b or (kind_a == "shapes" and a.seed != b.seed):
+    other_world = a.seed != b.seed or a.dataset.shortcuts != b.dataset.shortcuts
+    if kind_a != kind_b or (kind_a == "shapes" and other_world):
         raise ComparisonError(
             f"{prefix}: {first} is from {_origin(a)} in '{name_a}' but from {_origin(b)} in "
             f"'{name_b}'"

@@ -41,6 +41,14 @@ def _hash(relevant: object, length: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def _dataset_identity(study: Study) -> dict[str, object]:
+    """The dataset block as the fingerprints hash it: ``shortcuts`` only where some are planted,
+    so studies without them keep the keys they had before shortcuts existed."""
+    if not study.dataset.shortcuts:
+        return study.dataset.model_dump(exclude={"shortcuts"})
+    return study.dataset.model_dump(by_alias=True)
+
+
 def model_fingerprint(study: Study, *, final: bool = False) -> str:
     """Hash of every setting the trained/loaded model depends on (its checkpoint's cache key).
 
@@ -53,7 +61,7 @@ def model_fingerprint(study: Study, *, final: bool = False) -> str:
     relevant: dict[str, object] = {
         "model": study.model,
         "weights": study.weights,
-        "dataset": study.dataset.model_dump(),
+        "dataset": _dataset_identity(study),
         "training": study.training.model_dump(exclude={"seed", "checkpoint_epoch"})
         if builtin
         else None,
@@ -72,7 +80,14 @@ def _network_identity(study: Study) -> object:
     """The network as the activation pass sees it (the built-in one depends on its dataset)."""
     if study.is_builtin_model:
         return model_fingerprint(study)
-    return {"model": study.model, "weights": study.weights, "kind": study.dataset.kind}
+    identity: dict[str, object] = {
+        "model": study.model,
+        "weights": study.weights,
+        "kind": study.dataset.kind,
+    }
+    if study.dataset.shortcuts:  # planted values change the pixels under the same sources
+        identity["shortcuts"] = _dataset_identity(study)["shortcuts"]
+    return identity
 
 
 def dictionary_fingerprint(

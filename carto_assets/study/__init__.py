@@ -30,6 +30,7 @@ from carto_assets.study.blocks import (
     FeaturesConfig,
     GraphConfig,
     LabelsConfig,
+    ShortcutConfig,
     TrainingConfig,
 )
 from carto_assets.study.fields import DEVICES, WEIGHTS_KEYWORDS, Study
@@ -53,6 +54,7 @@ __all__ = [
     "FeaturesConfig",
     "GraphConfig",
     "LabelsConfig",
+    "ShortcutConfig",
     "Study",
     "StudyError",
     "TrainingConfig",

@@ -47,6 +47,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+class ShortcutConfig(_Section):
+    """A concept value planted in a class's images of the shapes world, as a watermark or a
+    snowy background is in real data (``dataset.shortcuts``; the sampling rule is in
+    :mod:`carto_assets.sources.shapes`). The class, the concept and its value are checked
+    against the world's by ``carto check`` (:func:`carto_assets.cli.check.preflight`)."""
+
+    class_name: Annotated[str, Allowed("a shape class name (circle, square, heart, ...)")] = Field(
+        alias="class", description="The planted class: a shape class name."
+    )
+    concept: Annotated[str, Allowed("a concept name (colour, texture, background, ...)")] = Field(
+        description="The planted concept: colour, texture, background, size or position "
+        "(shape is the class itself)."
+    )
+    value: Annotated[str, Allowed("a value of the concept (red, dots, sand, ...)")] = Field(
+        description="The planted value, one of the concept's values."
+    )
+    share: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Probability that an image of the class gets the value outright; the rest "
+        "of its images, and the other classes' images, draw the concept with every value "
+        "planted for another class a quarter as likely as uniform.",
+    )
+
+
 class DatasetConfig(_Section):
     """Where the images come from."""
 
@@ -74,6 +99,21 @@ class DatasetConfig(_Section):
         description="imagefolder only: root folder in torchvision ImageFolder layout (one "
         "subfolder per class).",
     )
+    shortcuts: tuple[ShortcutConfig, ...] = Field(
+        (),
+        description="shapes only: concept values planted in classes, each a mapping {class, "
+        "concept, value, share} (e.g. {class: heart, concept: texture, value: dots, share: "
+        "0.95}), at most one per class and concept; none: every concept is drawn uniformly.",
+    )
+
+    @field_validator("shortcuts", mode="before")
+    @classmethod
+    def _shortcut_list(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise InvalidField(None, "a list of {class, concept, value, share} mappings", value)
+        return tuple(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -96,6 +136,27 @@ class DatasetConfig(_Section):
             raise InvalidField(
                 "path", f"unset for kind {self.kind!r} (only 'imagefolder' takes a path)", self.path
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shortcuts_in_shapes_once_each(self) -> DatasetConfig:
+        if self.shortcuts and self.kind != "shapes":
+            raise InvalidField(
+                "shortcuts",
+                f"unset for kind {self.kind!r} (only the 'shapes' world plants shortcuts)",
+                [s.model_dump(by_alias=True) for s in self.shortcuts],
+            )
+        first: dict[tuple[str, str], int] = {}
+        for i, shortcut in enumerate(self.shortcuts):
+            key = (shortcut.class_name, shortcut.concept)
+            if key in first:
+                raise InvalidField(
+                    f"shortcuts.{i}.concept",
+                    f"another concept than shortcut {first[key]}'s for class "
+                    f"{shortcut.class_name!r} (one shortcut per class and concept)",
+                    shortcut.concept,
+                )
+            first[key] = i
         return self
 
     @property

@@ -341,7 +341,11 @@ class Study(BaseModel):
         return self.model.split(":", 1)[1] if self.model.startswith("torchvision:") else None
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.model_dump()
+        d = self.model_dump(by_alias=True)
+        if not self.dataset.shortcuts:  # a study without them reads as before they existed
+            del d["dataset"]["shortcuts"]
+        else:
+            d["dataset"]["shortcuts"] = list(d["dataset"]["shortcuts"])
         d["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
         if self.features is not None:
             d["features"]["layers"] = list(self.features.layers)

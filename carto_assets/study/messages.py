@@ -12,7 +12,7 @@ Numbers and choices are worded by :mod:`carto_assets.core.validate` from the fie
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import get_args
+from typing import get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -36,7 +36,9 @@ def unknown_field_message(
     path: str, model: type[BaseModel], noun: str, loader_fields: Collection[str] = LOADER_FIELDS
 ) -> str:
     """``unknown <noun> field '<path>'; allowed fields: ...`` (those of ``model``)."""
-    allowed = sorted(set(model.model_fields) - set(loader_fields))
+    allowed = sorted(
+        info.alias or name for name, info in model.model_fields.items() if name not in loader_fields
+    )
     return f"unknown {noun} field '{path}'; allowed fields: {', '.join(allowed)}"
 
 
@@ -75,17 +77,29 @@ def _field_at(
     model = root
     parts: list[str] = []
     info: FieldInfo | None = None
+    items = False  # the last field is a list of blocks (dataset.shortcuts)
     for i, part in enumerate(loc):
-        if not isinstance(part, str) or part not in model.model_fields:
+        name = _field_name(model, part) if isinstance(part, str) else None
+        if name is None:
             parts.append(str(part))  # an unknown key, or a position inside a list
             info = None
+            if items and str(part).isdigit():
+                continue  # a block of the list: its fields follow
             break
         parts.append(part)
-        info = model.model_fields[part]
+        info = model.model_fields[name]
         section = _section(info)
+        items = get_origin(info.annotation) in (list, tuple)
         if section is not None and i < len(loc) - 1:
             model = section
     return ".".join(parts), model, info
+
+
+def _field_name(model: type[BaseModel], key: str) -> str | None:
+    """The model's field that ``key`` names, by its name or its alias (``class``), or None."""
+    if key in model.model_fields:
+        return key
+    return next((n for n, f in model.model_fields.items() if f.alias == key), None)
 
 
 def _bound(info: FieldInfo, name: str) -> float | None:

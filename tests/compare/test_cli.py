@@ -192,3 +192,32 @@ def test_carto_compare_says_how_concepts_were_matched(tmp_path, write_study):
     )
     pair = next(line for line in lines if line.startswith("'a' vs 'c': "))
     assert pair.endswith("(matched by top images)")
+
+
+def test_studies_over_worlds_with_other_shortcuts_are_refused():
+    import polars as pl
+
+    from carto_assets.stages.comparison_images import check_same_images
+    from carto_assets.study import study_from_dict
+
+    images = pl.DataFrame({"image_id": [0, 1], "source": ["shapes:0", "shapes:1"]})
+    dots = {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0}
+    plain = study_from_dict(
+        {"name": "a", "dataset": {"kind": "shapes", "size": 2}, "top_k": 1, "shards": 1}
+    )
+    planted = study_from_dict(
+        {
+            "name": "b",
+            "dataset": {"kind": "shapes", "size": 2, "shortcuts": [dots]},
+            "top_k": 1,
+            "shards": 1,
+        }
+    )
+    check_same_images([planted, planted], [images, images])
+    with pytest.raises(ComparisonError) as error:
+        check_same_images([plain, planted], [images, images])
+    assert str(error.value) == (
+        "studies 'a' and 'b' do not map the same images: image 0 ('shapes:0') is from the shapes "
+        "world with seed 0 in 'a' but from the shapes world with seed 0 and shortcuts heart "
+        "texture=dots share 1 in 'b'"
+    )
