@@ -19,8 +19,9 @@ Planted shortcuts
 A :class:`Shortcut` ``(class_name, concept, value, share)`` correlates a concept value with a
 class, as a watermark or a snowy background does in real data (the study field
 ``dataset.shortcuts``). The shape is drawn first. For a concept with shortcuts, an image of a
-planted class gets the planted value with probability ``share``; otherwise, and for every image
-of the other classes, the concept is drawn from its values with each value planted for *another*
+planted class gets the planted value with probability ``share``, so exactly that share of the
+class holds it; otherwise the class's image draws the concept from its other values, and every
+image of the other classes draws it from all its values, with each value planted for *another*
 class weighted :data:`SHORTCUT_ELSEWHERE` (a quarter of its uniform rate) and every other value
 weighted 1. The planted value thus stays rare but present elsewhere, so annotations can still
 tell ``texture=dots`` from ``shape=heart``. Concepts without shortcuts are drawn uniformly, and a
@@ -290,7 +291,8 @@ class Shortcut:
     value : str
         One of ``CONCEPTS[concept]``.
     share : float
-        Probability in ``[0, 1]`` that an image of the class gets ``value`` outright.
+        Probability in ``[0, 1]`` that an image of the class gets ``value`` (its other images
+        never do).
     """
 
     class_name: str
@@ -347,7 +349,11 @@ def _planted_concepts(rng: np.random.Generator, shortcuts: tuple[Shortcut, ...])
             concepts[name] = own.value
             continue
         elsewhere = {s.value for s in planted if s.class_name != shape}
-        cumulative = np.cumsum([SHORTCUT_ELSEWHERE if v in elsewhere else 1.0 for v in values])
+        # The class's other images never draw its planted value: exactly `share` of them hold it.
+        mine = own.value if own is not None else None
+        cumulative = np.cumsum(
+            [0.0 if v == mine else SHORTCUT_ELSEWHERE if v in elsewhere else 1.0 for v in values]
+        )
         drawn = np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")
         concepts[name] = values[int(drawn)]
     return concepts
