@@ -87,7 +87,7 @@ def run_study(folder: Path, raw: dict) -> tuple[Path, float]:
 def audit_table(folder: Path, raw: dict) -> pl.DataFrame:
     con = duckdb.connect(str(folder / raw["database"]), read_only=True)
     try:
-        return con.execute("SELECT * FROM class_audit ORDER BY label, rank").pl()
+        return con.sql("SELECT * FROM class_audit ORDER BY label, rank").pl()
     finally:
         con.close()
 

@@ -69,7 +69,8 @@ def report(audit: pl.DataFrame, class_name: str | None, min_share: float) -> str
     if flagged.is_empty():
         return (
             f"No shortcut flagged ({scope} audited): no term that is not a class's own carries "
-            f"{min_share:.0%} of its relevance, leaned on more than by the other classes and "
+            f"{min_share:.0%} of its relevance at a layer, leaned on more than by the other "
+            "classes and "
             "co-occurring with it."
         )
     blocks = [
@@ -96,8 +97,9 @@ def _block(row: dict, mine: pl.DataFrame) -> str:
     )
     lines = [
         f"{name}: relies on {term} ({_verdict(row['confirmed'])})",
-        f"  relevance share {row['relevance_share']:.2f} (rank {row['rank']}; "
-        f"{row['lift']:.1f}x its mean over the other classes; the class's own: {own_text})",
+        f"  relevance share {row['relevance_share']:.2f}, {row['top_layer_share']:.2f} at "
+        f"{row['top_layer']} (rank {row['rank']}, {row['specific_rank']} beyond the other "
+        f"classes; {row['lift']:.1f}x their mean; the class's own: {own_text})",
         f"  in the data: holds on {row['class_rate']:.0%} of {name} images, "
         f"{row['other_rate']:.0%} of the others'",
     ]

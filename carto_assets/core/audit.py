@@ -11,11 +11,14 @@ layer counts the same, so a term the early layers use weighs as much as one the 
 uses).
 
 A term is *flagged* (a candidate shortcut) when it is not the class's own, carries at least
-``min_share`` of the class's relevance, at least ``min_lift`` times its mean share over the
-other classes (the class leans on it more than the rest do: a colour every class uses is not
-flagged), and holds on the class's images at least ``min_cooccurrence`` times as often as on
-the other classes' images (a shortcut is a correlation in the data: a term the class's images
-never carry, such as another class's shape, is a shared feature, not a shortcut).
+``min_share`` of the class's relevance at its ``top_layer`` (the layer where its share is
+largest: a shortcut is detected where the network detects it, and the mean over the layers
+would dilute it by the layers that cannot), its ``relevance_share`` is at least ``min_lift``
+times its mean over the other classes (the class leans on it more than the rest do: a colour
+every class uses is not flagged), and holds on the class's images at least
+``min_cooccurrence`` times as often as on the other classes' images (a shortcut is a
+correlation in the data: a term the class's images never carry, such as another class's
+shape, is a shared feature, not a shortcut).
 
 The causal checks that confirm a flag are in :mod:`carto_assets.stages.class_audit`. This
 module is plain maths over tables: no torch, no dagster.
@@ -169,8 +172,10 @@ def audit_terms(
     Returns
     -------
     polars.DataFrame
-        ``label, class_name, term, own, rank, relevance_share, top_layer, top_layer_share,
-        units, lift, class_rate, other_rate, flagged``, by label then rank.
+        ``label, class_name, term, own, rank, specific_rank, relevance_share, top_layer,
+        top_layer_share, units, lift, excess_share, class_rate, other_rate, flagged``, by label
+        then rank (``relevance_share``); ``specific_rank`` orders by ``excess_share``, the
+        share beyond the other classes' mean: what the class relies on more than the rest.
     """
     n_layers = max(len(layers), 1)
     labels = list(range(len(class_names)))
@@ -201,7 +206,7 @@ def audit_terms(
             is_own = term in own.get(label, ())
             flagged = (
                 not is_own
-                and share >= rule.min_share
+                and (at[top][0] if top is not None else 0.0) >= rule.min_share
                 and lift >= rule.min_lift
                 and class_rate > 0
                 and class_rate >= rule.min_cooccurrence * other_rate
@@ -217,6 +222,7 @@ def audit_terms(
                     at[top][0] if top is not None else 0.0,
                     at[top][1] if top is not None else 0,
                     lift,
+                    share - rest,
                     class_rate,
                     other_rate,
                     flagged,
@@ -234,13 +240,18 @@ def audit_terms(
             "top_layer_share": pl.Float64,
             "units": pl.Int32,
             "lift": pl.Float64,
+            "excess_share": pl.Float64,
             "class_rate": pl.Float64,
             "other_rate": pl.Float64,
             "flagged": pl.Boolean,
         },
         orient="row",
     )
-    ranked = frame.sort(["label", "relevance_share", "term"], descending=[False, True, False])
+    specific = frame.sort(["label", "excess_share", "term"], descending=[False, True, False])
+    specific = specific.with_columns(
+        specific_rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("label")
+    )
+    ranked = specific.sort(["label", "relevance_share", "term"], descending=[False, True, False])
     return ranked.with_columns(
         rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("label")
     ).select(
@@ -249,11 +260,13 @@ def audit_terms(
         "term",
         "own",
         "rank",
+        "specific_rank",
         "relevance_share",
         "top_layer",
         "top_layer_share",
         "units",
         "lift",
+        "excess_share",
         "class_rate",
         "other_rate",
         "flagged",

@@ -602,6 +602,13 @@ STUDY_TABLES: tuple[Table, ...] = (
         ),
         ("rank", "INTEGER", "1 = the class's term with the largest `relevance_share`"),
         (
+            "specific_rank",
+            "INTEGER",
+            "1 = the class's term with the largest `excess_share`: what it relies on more than "
+            "the other classes do (every class's early layers use colour; this order puts "
+            "first what sets the class apart)",
+        ),
+        (
             "relevance_share",
             "DOUBLE",
             "the share of the class's relevance its units carry, mean over the unit layers: "
@@ -617,12 +624,17 @@ STUDY_TABLES: tuple[Table, ...] = (
             "`relevance_share` over its mean over the other classes (how much more this class "
             "leans on the term than the rest do)",
         ),
+        (
+            "excess_share",
+            "DOUBLE",
+            "`relevance_share` minus its mean over the other classes",
+        ),
         ("class_rate", "DOUBLE", "share of the class's images where the term holds"),
         ("other_rate", "DOUBLE", "share of the other classes' images where it holds"),
         (
             "flagged",
             "BOOLEAN",
-            "a candidate shortcut: not `own`, `relevance_share` at least `audit.min_share`, "
+            "a candidate shortcut: not `own`, `top_layer_share` at least `audit.min_share`, "
             "`lift` at least `audit.min_lift`, and `class_rate` at least "
             "`audit.min_cooccurrence` times `other_rate` (a correlation in the data)",
         ),

@@ -260,8 +260,7 @@ def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
             ]
     concept = parse(term)
     source = prepared.source
-    can_change = getattr(source, "can_change", lambda concept: False)
-    if isinstance(concept, Term) and can_change(concept.concept) and n:
+    if isinstance(concept, Term) and source.can_change(concept.concept) and n:
         carrying = set(annotations.filter(pl.col("term") == term)["image_id"].to_list())
         mine = np.array([i for i, image in enumerate(ids) if int(image) in carrying], dtype=int)
         out["counterfactual_images"] = len(mine)

@@ -502,7 +502,7 @@ class AuditConfig(_Section):
     min_share: Share = Field(
         0.05,
         description="A term is flagged only where it carries at least this share of the "
-        "class's relevance (mean over the unit layers).",
+        "class's relevance at the layer where its share is largest (top_layer_share).",
     )
     min_lift: float = Field(
         2.0,

@@ -137,14 +137,23 @@ def test_a_term_is_flagged_only_when_share_lift_and_cooccurrence_all_hold():
     assert mine["shape=heart"]["own"] and not mine["shape=heart"]["flagged"]
     assert "class=heart" not in mine  # an own term is named: the class term adds nothing
     assert [mine[t]["rank"] for t in ("shape=heart", "shape=circle", "texture=dots")] == [1, 2, 3]
+    # Beyond the other classes' mean: colour=red (0.15 against 0.15) drops to the end.
+    assert dots["excess_share"] == pytest.approx(0.15 - 0.01)
+    assert mine["colour=red"]["excess_share"] == pytest.approx(0.0)
+    assert mine["colour=red"]["specific_rank"] == 4
     # The class with no named own term still gets its own row.
     circle = got.filter(pl.col("label") == 1)["term"].to_list()
     assert "shape=circle" in circle and "class=circle" in circle
     # Thresholds move the flag.
-    stricter = audit_terms(
-        shares, ["l1", "l2"], ["heart", "circle"], rates, own, AuditRule(min_share=0.2)
-    )
-    assert not stricter["flagged"].any()
+    # The share that counts is the top layer's (0.2), not the mean over the layers (0.15).
+    at_top = AuditRule(min_share=0.2)
+    assert audit_terms(shares, ["l1", "l2"], ["heart", "circle"], rates, own, at_top)[
+        "flagged"
+    ].any()
+    stricter = AuditRule(min_share=0.21)
+    assert not audit_terms(shares, ["l1", "l2"], ["heart", "circle"], rates, own, stricter)[
+        "flagged"
+    ].any()
     checked = to_check(got, extra=[(0, "colour=red")])
     assert set(checked["term"]) == {"texture=dots", "colour=red"}
 

@@ -1,0 +1,125 @@
+"""A shortcut planted in a small shapes study, found by `carto audit` as a user types it: every
+heart is dotted, dots are rare elsewhere, and the model learns the dots. The flag, both causal
+checks and the ablation's drop against a plain PyTorch reference (forward hooks zeroing the
+units, no restarts)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from readme.walk import CARTO, run, write_study
+
+from carto_assets.core.attribution.forward import logits_of
+from carto_assets.stages.concept_graph import class_images
+from carto_assets.stages.prepared import PreparedStudy
+
+pytestmark = pytest.mark.slow
+
+PLANTED = {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    study = write_study(
+        root,
+        "planted",
+        {
+            "model": "builtin",
+            "dataset": {"kind": "shapes", "size": 1600, "image_size": 32, "shortcuts": [PLANTED]},
+            "training": {"epochs": 3},
+            "shards": 2,
+            "top_k": 20,
+            "database": "planted.duckdb",
+            "embedding": {"epochs": 2},
+        },
+    )
+    run([CARTO, "run", "--study", study.name], cwd=root).ok()
+    return root, study
+
+
+def _row(root, term="texture=dots", name="heart"):
+    con = duckdb.connect(str(root / "planted.duckdb"), read_only=True)
+    try:
+        frame = con.sql("SELECT * FROM class_audit ORDER BY label, rank").pl()
+        images = con.sql("SELECT * FROM class_audit_images").pl()
+    finally:
+        con.close()
+    row = frame.filter((frame["class_name"] == name) & (frame["term"] == term))
+    return frame, images, row.row(0, named=True)
+
+
+def test_carto_audit_names_the_planted_shortcut_with_its_evidence(planted):
+    root, study = planted
+    out = run([CARTO, "audit", "--study", study.name], cwd=root).ok()
+    blocks = out.stdout.split("\n\n")
+    (heart,) = [b for b in blocks if b.startswith("heart: relies on texture=dots")]
+    assert "CONFIRMED: the model uses it" in heart.splitlines()[0]
+    assert "in the data: holds on 100% of heart images" in heart
+    assert "ablation: zeroing its " in heart and "counterfactual: " in heart
+    one = run([CARTO, "audit", "--study", study.name, "--class", "circle"], cwd=root).ok()
+    assert one.stdout.strip().startswith("No shortcut flagged (class circle audited)")
+
+
+def test_the_planted_term_leads_the_class_and_both_checks_confirm_it(planted):
+    root, _ = planted
+    frame, images, dots = _row(root)
+    others = frame.filter((frame["class_name"] == "heart") & ~frame["own"])
+    # First of what heart relies on beyond the other classes, and its only flag.
+    assert others.sort("specific_rank")["term"][0] == "texture=dots"
+    assert others.filter(others["flagged"])["term"].to_list() == ["texture=dots"]
+    assert dots["flagged"] and dots["checked"] and dots["confirmed"]
+    assert dots["class_rate"] == 1.0 and 0 < dots["other_rate"] < 0.1
+    assert dots["ablation_confirms"] and dots["ablation_drop"] > 2 * dots["ablation_random_drop"]
+    assert dots["counterfactual_confirms"]
+    assert dots["counterfactual_images"] == dots["ablation_images"]  # every heart is dotted
+    assert dots["counterfactual_accuracy"] < dots["accuracy"] - 0.3
+    # Its images: the class's, with a drop each, sorted, with a thumbnail.
+    mine = images.filter(images["term"] == "texture=dots").sort("rank")
+    assert mine.height == 6 and mine["drop"].is_sorted(descending=True)
+    assert all(bytes(t).startswith(b"\x89PNG") for t in mine["thumb"])
+
+
+def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted):
+    root, study = planted
+    _, images, dots = _row(root)
+    prepared = PreparedStudy.load(root / study.name)
+    label = prepared.class_names.index("heart")
+    layer = dots["top_layer"]
+    con = duckdb.connect(str(root / "planted.duckdb"), read_only=True)
+    neurons = {
+        n
+        for (n,) in con.execute(
+            "SELECT neuron_id FROM unit_labels WHERE layer = ? AND formula IS NOT NULL "
+            "AND regexp_matches(formula, '(^|[ (])texture=dots') "
+            "AND NOT regexp_matches(formula, 'NOT texture=dots')",
+            [layer],
+        ).fetchall()
+    }
+    con.close()
+    units = [i for i, n in enumerate(prepared.units.neuron_of[layer]) if int(n) in neurons]
+    assert len(units) == dots["ablation_units"]
+    ids, _, x = class_images(
+        prepared.study, label, prepared.images, prepared.source, prepared.bundle, count=64
+    )
+    model = prepared.bundle.module.eval()
+    module = dict(model.named_modules())[layer]
+
+    def zero(_, __, output):
+        output = output.clone()
+        output[:, units] = 0
+        return output
+
+    with torch.no_grad():
+        clean = logits_of(model(x)).double().numpy()[:, label]
+        handle = module.register_forward_hook(zero)
+        try:
+            ablated = logits_of(model(x)).double().numpy()[:, label]
+        finally:
+            handle.remove()
+    assert dots["ablation_drop"] == pytest.approx(float(np.mean(clean - ablated)), abs=1e-4)
+    top = images.filter(images["term"] == "texture=dots").sort("rank")
+    best = int(ids[np.argmax(clean - ablated)])
+    assert int(top["image_id"][0]) == best
