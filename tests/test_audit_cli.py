@@ -123,3 +123,39 @@ def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted)
     top = images.filter(images["term"] == "texture=dots").sort("rank")
     best = int(ids[np.argmax(clean - ablated)])
     assert int(top["image_id"][0]) == best
+
+
+def test_carto_check_refuses_a_bad_audit_block_in_one_line(tmp_path):
+    study = write_study(
+        tmp_path,
+        "bad",
+        {"dataset": {"kind": "shapes", "size": 80, "image_size": 32}, "audit": {"min_share": 1.5}},
+    )
+    out = run([CARTO, "check", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "audit.min_share" in line and "1.5" in line
+
+
+def test_a_study_without_the_audit_says_so(tmp_path):
+    study = write_study(
+        tmp_path,
+        "off",
+        {
+            "model": "builtin",
+            "dataset": {"kind": "shapes", "size": 160, "image_size": 32},
+            "training": {"epochs": 1},
+            "shards": 1,
+            "top_k": 5,
+            "database": "off.duckdb",
+            "embedding": {"epochs": 1},
+            "audit": {"enabled": False},
+        },
+    )
+    run([CARTO, "run", "--study", study.name], cwd=tmp_path).ok()
+    out = run([CARTO, "audit", "--study", study.name], cwd=tmp_path)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.endswith(
+        "has no class_audit table: the study disables it (audit.enabled or labels.enabled is false)"
+    )
