@@ -482,10 +482,11 @@ class Explainer:
         limit = self.study.explain.misclassified
         # A class's sample holds at most images_per_class images: this many are always enough.
         per_class = limit + self.study.graph.images_per_class
+        store, images = self.prepared.store, self.prepared.images
         if self._wrong is None:
-            self._wrong = misclassified_images(self.prepared.store, self.labels, per_class)
+            self._wrong = misclassified_images(store, images, self.labels, per_class)
         if label not in self._wrong:
-            self._wrong.update(misclassified_images(self.prepared.store, [label], per_class))
+            self._wrong.update(misclassified_images(store, images, [label], per_class))
         wrong = self._wrong[label]
         return wrong[~np.isin(wrong, skip)][:limit]
 
@@ -494,11 +495,12 @@ class Explainer:
 
 
 def misclassified_images(
-    store: CartoStore, labels: Sequence[int], per_class: int
+    store: CartoStore, images: pl.DataFrame, labels: Sequence[int], per_class: int
 ) -> dict[int, np.ndarray]:
     """Per class of ``labels``, its first ``per_class`` images (by image id) whose prediction
-    (``image_predictions``, the activation pass's) is another class: one query, whatever the
-    number of images."""
+    (``image_predictions``, the activation pass's) is another class; ``images`` is the
+    manifest (``image_id``, ``label``). One query over the classes' images, whatever the
+    number of images in the dataset."""
     if not store.table_exists("image_predictions"):
         raise RuntimeError(
             "the study database has no image_predictions (the activation pass's predictions); "
@@ -506,16 +508,22 @@ def misclassified_images(
         )
     wanted = sorted({int(x) for x in labels})
     found = {label: np.zeros(0, dtype=np.int64) for label in wanted}
-    if not wanted or per_class <= 0:
+    mine = images.filter(pl.col("label").is_in(wanted)).select("image_id", "label")
+    if mine.is_empty() or per_class <= 0:
         return found
-    rows = store.query(
-        "SELECT i.label, p.image_id FROM image_predictions p JOIN images i USING (image_id) "
-        f"WHERE i.label IN ({', '.join(map(str, wanted))}) AND p.predicted <> i.label "
-        "QUALIFY row_number() OVER (PARTITION BY i.label ORDER BY p.image_id) <= ? "
-        "ORDER BY i.label, p.image_id",
-        [int(per_class)],
+    predicted = store.query(
+        "SELECT image_id, predicted FROM image_predictions "
+        "WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+        [mine["image_id"].to_list()],
     )
-    for (label,), part in rows.group_by(["label"], maintain_order=True):
+    wrong = (
+        mine.join(predicted, on="image_id")
+        .filter(pl.col("predicted") != pl.col("label"))
+        .sort("image_id")
+        .group_by("label", maintain_order=True)
+        .head(per_class)
+    )
+    for (label,), part in wrong.group_by(["label"], maintain_order=True):
         found[int(label)] = part["image_id"].to_numpy().astype(np.int64)
     return found
 

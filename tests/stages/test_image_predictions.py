@@ -71,7 +71,7 @@ def test_the_explanations_misclassified_images_are_the_forward_pass_choice(passe
         reference = misclassified_by_forward_pass(passed, label, skip, limit, study.batch_size)
         assert np.array_equal(table, reference), label
         # Every wrong image of the class too, not only the first few.
-        wrong = misclassified_images(passed.store, [label], 10**6)[label]
+        wrong = misclassified_images(passed.store, passed.images, [label], 10**6)[label]
         every = misclassified_by_forward_pass(passed, label, skip, 10**6, study.batch_size)
         assert np.array_equal(wrong[~np.isin(wrong, sampled)], every), label
         chosen += len(table)
