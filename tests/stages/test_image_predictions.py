@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from reference.predictions import forward_logits, misclassified_by_forward_pass
 
-from carto_assets.stages.activations import run_shard
+from carto_assets.stages.activations import predictions_frame, run_shard
 from carto_assets.stages.concept_graph import class_images
 from carto_assets.stages.explanation_chunk import Explainer, misclassified_images
 from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
@@ -77,3 +77,17 @@ def test_the_explanations_misclassified_images_are_the_forward_pass_choice(passe
         chosen += len(table)
         everything += len(every)
     assert 0 < chosen < everything
+
+
+def test_a_shards_predictions_frame_is_the_declared_table():
+    frame = predictions_frame(
+        {
+            "image_id": np.array([5, 2]),
+            "predicted": np.array([1, 0], dtype=np.int32),
+            "logit": np.array([2.0, 1.0], dtype=np.float32),
+            "label_logit": np.array([np.nan, 1.0], dtype=np.float32),
+        }
+    )
+    assert frame["image_id"].to_list() == [2, 5]  # by image id
+    assert frame["label_logit"].to_list() == [1.0, None]  # unknown: NULL, not NaN
+    assert frame.schema == predictions_frame(None).schema and predictions_frame(None).is_empty()
