@@ -211,6 +211,25 @@ STUDY_TABLES: tuple[Table, ...] = (
         kind="view",
     ),
     _table(
+        "image_predictions",
+        "top_images",
+        ("image_id", "BIGINT", "an image the activation pass processed (one row each)"),
+        (
+            "predicted",
+            "INTEGER",
+            "the model's prediction: the index of its largest output (a class index where the "
+            "outputs are the study's classes, else the head's index)",
+        ),
+        ("logit", "FLOAT", "the largest output (the predicted logit)"),
+        (
+            "label_logit",
+            "FLOAT",
+            "the output of the image's label; NULL where the model's outputs are not the "
+            "study's classes (a head of another size)",
+        ),
+        kind="view",
+    ),
+    _table(
         "class_importance",
         "class_importance",
         ("label", "INTEGER", "class index"),

@@ -2,7 +2,8 @@
 
 Files under ``study.files_dir``: one partition folder per shard (:data:`SHARD_FOLDER`)::
 
-    activations/<shard>/top_k.parquet, class_stats.parquet, unit_maxima.parquet, summary.json
+    activations/<shard>/top_k.parquet, class_stats.parquet, predictions.parquet,
+                        unit_maxima.parquet, summary.json
 
 ``unit_maxima`` (with ``labels`` on) holds every unit's activation on the shard's images of the
 labels' sample (:func:`label_sample_ids`: seeded over every image, whatever the sharding);
@@ -24,6 +25,7 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from carto_assets import schema
 from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.dictionaries import sample_image_ids
@@ -70,13 +72,15 @@ class ShardSummary(BaseModel):
 
 
 #: A shard's folder: each image's top-k candidates per unit (``activation_shard_top_k``),
-#: the per-class statistics (``activation_class_stats``) and, with ``labels`` on, every unit's
+#: the per-class statistics (``activation_class_stats``), each image's prediction
+#: (``image_predictions``) and, with ``labels`` on, every unit's
 #: activation on the shard's images of the labels' sample (``unit_maxima``: ``image_id``
 #: int64, ``maxima`` a fixed-size list of float32 in neuron_id order), then its summary.
 SHARD_FOLDER = PartitionLayout(
     tables={
         "top_k": "activation_shard_top_k",
         "class_stats": "activation_class_stats",
+        "predictions": "image_predictions",
         "unit_maxima": "unit_maxima",
     },
     summary=ShardSummary,
@@ -222,11 +226,24 @@ def run_shard(
         ),
         device=str(device),
     )
-    tables = {"top_k": pl.DataFrame(result.top_k), "class_stats": pl.DataFrame(result.class_stats)}
+    tables = {
+        "top_k": pl.DataFrame(result.top_k),
+        "class_stats": pl.DataFrame(result.class_stats),
+        "predictions": predictions_frame(result.predictions),
+    }
     if result.unit_maxima is not None:
         tables["unit_maxima"] = unit_maxima_frame(result.unit_maxima, summary.n_neurons)
     SHARD_FOLDER.write(shard_dir(study, shard), tables, summary)
     return summary
+
+
+def predictions_frame(predictions: dict[str, np.ndarray] | None) -> pl.DataFrame:
+    """A shard's ``image_predictions`` rows by image id (``label_logit`` null where the model's
+    outputs are not the study's classes); no rows where the outputs are not logits."""
+    if predictions is None:
+        return schema.empty_frame("image_predictions")
+    frame = schema.frame("image_predictions", predictions)
+    return frame.with_columns(pl.col("label_logit").fill_nan(None)).sort("image_id")
 
 
 def unit_maxima_frame(kept: dict[str, np.ndarray], n_units: int) -> pl.DataFrame:

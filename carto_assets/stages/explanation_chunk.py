@@ -3,10 +3,11 @@ image's prediction, where, and how faithfully. No dagster imports.
 
 The ``explanation_chunk`` partitions are computed in the concept graph's chunk step
 (:mod:`carto_assets.stages.concept_graph`): a class's sampled images reuse the graph's forward pass
-and its relevance pass; the misclassified images (up to ``explain.misclassified`` per class) and the
-listed ones (``explain.images``) get one forward pass and their relevance passes of their own. For
-each explained image and its predicted class (and its true class where they differ), per unit layer:
-every concept's relevance (:mod:`carto_assets.core.attribution.explain`), the
+and its relevance pass; the misclassified images (up to ``explain.misclassified`` per class, read
+from the activation pass's ``image_predictions``: no pass over the class's images looks for them)
+and the listed ones (``explain.images``) get one forward pass and their relevance passes of their
+own. For each explained image and its predicted class (and its true class where they differ),
+per unit layer: every concept's relevance (:mod:`carto_assets.core.attribution.explain`), the
 ``explain.concepts_per_layer`` most relevant with their coarse maps, the layer's total and the
 completeness gap. For the prediction, the checks: the share of the last layers' positive relevance
 inside the object where the dataset knows it (``image_masks``), and concept deletion curves
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,7 @@ from carto_assets.stages.concept_graph_checks import last_layers
 if TYPE_CHECKING:
     from carto_assets.stages.prepared import PreparedStudy
     from carto_assets.stages.units import Units
+    from carto_assets.storage.store import CartoStore
     from carto_assets.study import Study
 
 #: The chunk's explanation tables (Parquet names = table names).
@@ -372,8 +374,12 @@ class Explainer:
     frames: dict[str, list[pl.DataFrame]]
     #: the chunk's deletion rows' seconds (the rest is timed by the caller)
     deletion_seconds: float = 0.0
-    #: the chunk's seconds finding misclassified images (a forward pass over each class)
+    #: the chunk's seconds finding misclassified images (read from ``image_predictions``)
     scan_seconds: float = 0.0
+    #: the chunk's classes
+    labels: tuple[int, ...] = ()
+    #: per class, its first misclassified images by image id (read once, when first asked)
+    _wrong: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def for_chunk(cls, prepared: PreparedStudy, labels: Sequence[int]) -> Explainer:
@@ -393,7 +399,7 @@ class Explainer:
                 int(i): unpack_mask(m, h, w)
                 for i, h, w, m in rows.select("image_id", "height", "width", "mask").iter_rows()
             }
-        return cls(prepared, masks, {n: [] for n in TABLES})
+        return cls(prepared, masks, {n: [] for n in TABLES}, labels=tuple(int(x) for x in labels))
 
     @property
     def study(self) -> Study:
@@ -441,7 +447,7 @@ class Explainer:
         wrong = np.zeros(0, dtype=np.int64)
         if class_logits and settings.misclassified:
             start = time.perf_counter()
-            wrong = self._misclassified(label, mine["image_id"].to_numpy(), set(sampled.tolist()))
+            wrong = self._misclassified(label, sampled)
             self.scan_seconds += time.perf_counter() - start
         ids = np.unique(np.concatenate([wrong, listed]))
         ids = ids[~np.isin(ids, sampled)]
@@ -470,30 +476,56 @@ class Explainer:
         )
         return len(ids)
 
-    def _misclassified(self, label: int, ids: np.ndarray, skip: set[int]) -> np.ndarray:
+    def _misclassified(self, label: int, skip: np.ndarray) -> np.ndarray:
         """The first ``explain.misclassified`` images of the class the model gets wrong, not
-        in ``skip``: one forward pass (no gradient) over the class's images."""
-        out: list[int] = []
+        in ``skip``, in image order: from the activation pass's predictions."""
         limit = self.study.explain.misclassified
-        step = max(1, self.study.batch_size)
-        with torch.no_grad():
-            for lo in range(0, len(ids), step):
-                part = ids[lo : lo + step]
-                pixels, ok = self.prepared.source.load_many(part.tolist(), workers=4)
-                if not ok.any():
-                    continue
-                x = self.prepared.bundle.normalize(torch.from_numpy(pixels))
-                device = next(self.model.parameters()).device
-                logits = self.model(x.to(device))
-                logits = logits.logits if hasattr(logits, "logits") else logits
-                wrong = part[ok][logits.argmax(dim=1).cpu().numpy() != label]
-                out.extend(int(i) for i in wrong if int(i) not in skip)
-                if len(out) >= limit:
-                    break
-        return np.asarray(out[:limit], dtype=np.int64)
+        # A class's sample holds at most images_per_class images: this many are always enough.
+        per_class = limit + self.study.graph.images_per_class
+        store, images = self.prepared.store, self.prepared.images
+        if self._wrong is None:
+            self._wrong = misclassified_images(store, images, self.labels, per_class)
+        if label not in self._wrong:
+            self._wrong.update(misclassified_images(store, images, [label], per_class))
+        wrong = self._wrong[label]
+        return wrong[~np.isin(wrong, skip)][:limit]
 
     def tables(self) -> dict[str, pl.DataFrame]:
         return typed(self.frames)
+
+
+def misclassified_images(
+    store: CartoStore, images: pl.DataFrame, labels: Sequence[int], per_class: int
+) -> dict[int, np.ndarray]:
+    """Per class of ``labels``, its first ``per_class`` images (by image id) whose prediction
+    (``image_predictions``, the activation pass's) is another class; ``images`` is the
+    manifest (``image_id``, ``label``). One query over the classes' images, whatever the
+    number of images in the dataset."""
+    if not store.table_exists("image_predictions"):
+        raise RuntimeError(
+            "the study database has no image_predictions (the activation pass's predictions); "
+            "materialize top_images (and the activations partitions it needs) first"
+        )
+    wanted = sorted({int(x) for x in labels})
+    found = {label: np.zeros(0, dtype=np.int64) for label in wanted}
+    mine = images.filter(pl.col("label").is_in(wanted)).select("image_id", "label")
+    if mine.is_empty() or per_class <= 0:
+        return found
+    predicted = store.query(
+        "SELECT image_id, predicted FROM image_predictions "
+        "WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+        [mine["image_id"].to_list()],
+    )
+    wrong = (
+        mine.join(predicted, on="image_id")
+        .filter(pl.col("predicted") != pl.col("label"))
+        .sort("image_id")
+        .group_by("label", maintain_order=True)
+        .head(per_class)
+    )
+    for (label,), part in wrong.group_by(["label"], maintain_order=True):
+        found[int(label)] = part["image_id"].to_numpy().astype(np.int64)
+    return found
 
 
 def _seed(study, label: int, *salt: int) -> int:

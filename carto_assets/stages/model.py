@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
 from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 from carto_assets.runtime import progress as progress_of
-from carto_assets.sources.datasets import study_image_size
+from carto_assets.sources.datasets import ImageFolderSource, ImageSource, study_image_size
 from carto_assets.stages.images import source_for_manifest
 from carto_assets.stages.stored_model import (
     BUILTIN_MEAN,
@@ -106,6 +108,28 @@ def prepare_model(
     return info
 
 
+@dataclass(frozen=True)
+class SourceRows:
+    """The manifest's images by position, loaded from the source when a batch asks for them
+    (the training's :class:`~carto_assets.core.network.training.ImageRows`)."""
+
+    source: ImageSource
+    #: the manifest's image ids, by position
+    image_ids: np.ndarray
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Image folders decode with a few threads (PIL releases the GIL), as the shards do.
+        workers = 4 if isinstance(self.source, ImageFolderSource) else 1
+        return self.source.load_many(self.image_ids[positions].tolist(), workers=workers)
+
+
 def _builtin_network(
     study: Study, images: Any, class_names: list[str], say: Callable[[str], None]
 ) -> tuple[torch.nn.Module, dict[str, Any], dict[int, dict[str, torch.Tensor]]]:
@@ -114,9 +138,9 @@ def _builtin_network(
     from carto_assets.core.network.training import accuracy, split_holdout, train_builtin
 
     source = source_for_manifest(study, images, class_names)
-    say(f"rendering/loading {len(images)} images for training")
-    pixels, ok = source.load_many(images["image_id"].to_list(), workers=4)
-    labels = images["label"].to_numpy()[ok]
+    say(f"training on {len(images)} images, loaded batch by batch")
+    streamed = SourceRows(source, images["image_id"].to_numpy())
+    labels = images["label"].to_numpy()
     t = study.training
     n_classes = len(class_names)
     copied = kept_checkpoint(study)
@@ -125,15 +149,13 @@ def _builtin_network(
         module = BuiltinCNN(n_classes)
         module.load_state_dict(torch.load(copied, map_location="cpu", weights_only=True))
         bundle = bundle_for(study, module)
-        x_all = torch.from_numpy(pixels)
-        y_all = torch.from_numpy(labels.astype("int64"))
-        train_idx, hold_idx = split_holdout(len(pixels), t.holdout_fraction, study.training_seed)
+        train_idx, hold_idx = split_holdout(len(streamed), t.holdout_fraction, study.training_seed)
         return (
             module,
             {
                 "n_classes": n_classes,
-                "holdout_accuracy": accuracy(bundle, x_all, y_all, hold_idx),
-                "train_accuracy": accuracy(bundle, x_all, y_all, train_idx[:2000]),
+                "holdout_accuracy": accuracy(bundle, streamed, labels, hold_idx),
+                "train_accuracy": accuracy(bundle, streamed, labels, train_idx[:2000]),
                 "n_train": len(train_idx),
                 "n_holdout": len(hold_idx),
                 "checkpoint_epoch": t.checkpoint_epoch,
@@ -150,7 +172,7 @@ def _builtin_network(
 
     progress_of.advance("model training", 0, last, "epochs")
     result = train_builtin(
-        pixels,
+        streamed,
         labels,
         n_classes,
         epochs=t.epochs,

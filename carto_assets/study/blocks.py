@@ -355,8 +355,8 @@ class ExplainConfig(_Section):
         ge=0,
         le=100_000,
         description="Per class, up to this many misclassified images (beyond the sample) are "
-        "explained; finding them is one forward pass over the class's images (only where the "
-        "model's outputs are the study's classes); 0 skips it.",
+        "explained, the first by image id the activation pass found wrong (image_predictions; "
+        "only where the model's outputs are the study's classes); 0 skips it.",
     )
     images: tuple[str, ...] = Field(
         (),

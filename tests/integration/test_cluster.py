@@ -235,6 +235,7 @@ def test_celery_cluster_matches_carto_run_and_recovers_a_killed_worker(
         shard = load_study(study_file).files_dir / "activations" / "shard-0001"
         assert sorted(p.name for p in shard.iterdir()) == [
             "class_stats.parquet",
+            "predictions.parquet",  # each image's prediction (image_predictions)
             "summary.json",
             "top_k.parquet",
             "unit_maxima.parquet",  # the labels' sample (labels are on by default)

@@ -121,9 +121,28 @@ def make_store(path) -> CartoStore:
             "neuron_clusters": clusters,
             "clusters": cluster_table,
             "class_importance": importance,
+            "image_predictions": predictions(),
         }
     )
     return store
+
+
+def predictions() -> pl.DataFrame:
+    """What the activation pass would record: the network's prediction of each image, each
+    class's images loaded together (the fake source's pixels depend on the batch)."""
+    rows = []
+    bundle = ModelBundle(Net().eval(), "net", SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for label in (0, 1):
+        ids = list(range(label, N_IMAGES, 2))
+        pixels, _ = Pixels().load_many(ids)
+        with torch.no_grad():
+            logits = bundle.module(bundle.normalize(torch.from_numpy(pixels)))
+        for i, row in zip(ids, logits):
+            rows.append((i, int(row.argmax()), float(row.max()), float(row[label])))
+    return schema.frame(
+        "image_predictions",
+        dict(zip(("image_id", "predicted", "logit", "label_logit"), zip(*rows))),
+    )
 
 
 @pytest.fixture

@@ -351,6 +351,45 @@ class SampleMaxima:
         return {"image_id": self.image_ids[:n][order], "maxima": maxima}
 
 
+class Predictions:
+    """Each streamed image's prediction: the model's top output and its logit, and the logit
+    of the image's label where the outputs are the study's classes (NaN elsewhere).
+
+    Kept on the device batch by batch and copied to the host once: 16 bytes per image.
+    """
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def update(self, output: object, labels: torch.Tensor, image_ids: torch.Tensor) -> None:
+        """Record a batch from the model's ``output`` ((B, outputs) logits, or an object with
+        ``.logits``); an output of another shape records nothing."""
+        logits = getattr(output, "logits", output)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            return
+        logits = logits.detach().float()
+        logit, predicted = logits.max(dim=1)
+        if logits.shape[1] == self.n_classes:
+            label_logit = logits.gather(1, labels.view(-1, 1)).view(-1)
+        else:
+            label_logit = torch.full_like(logit, float("nan"))
+        self.parts.append((image_ids, predicted, logit, label_logit))
+
+    def result(self) -> dict[str, np.ndarray] | None:
+        """``image_id`` int64, ``predicted`` int32, ``logit`` and ``label_logit`` float32, in
+        the order streamed; None when the model's outputs were never logits."""
+        if not self.parts:
+            return None
+        ids, predicted, logit, label_logit = (torch.cat(p).cpu().numpy() for p in zip(*self.parts))
+        return {
+            "image_id": ids.astype(np.int64),
+            "predicted": predicted.astype(np.int32),
+            "logit": logit.astype(np.float32),
+            "label_logit": label_logit.astype(np.float32),
+        }
+
+
 @dataclass
 class Batch:
     image_ids: torch.Tensor  # (B,) int64 on the host, ascending within a shard
@@ -366,6 +405,8 @@ class PassResult:
     seconds: float
     #: ``image_id``, ``maxima`` of the sampled images (:class:`SampleMaxima`); None unasked
     unit_maxima: dict[str, np.ndarray] | None = None
+    #: each image's prediction (:class:`Predictions`); None where the outputs are not logits
+    predictions: dict[str, np.ndarray] | None = None
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -391,7 +432,8 @@ def activation_pass(
     derived: Sequence[DerivedUnits] = (),
     sample_ids: np.ndarray | None = None,
 ) -> PassResult:
-    """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics.
+    """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics,
+    and each image's prediction (:class:`Predictions`).
 
     Parameters
     ----------
@@ -427,6 +469,7 @@ def activation_pass(
     stats = ClassStats(blocks, n_classes, mass_fraction, device=dev)
     non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
     sample = None if sample_ids is None else SampleMaxima(sample_ids, n_neurons, dev)
+    predictions = Predictions(n_classes)
     done = 0
     start = time.perf_counter()
     model.eval()
@@ -445,12 +488,14 @@ def activation_pass(
                 x = preprocess(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            model(x)
+            output = model(x)
             values, ys, xs = recorder.collect()
             non_finite |= ~torch.isfinite(values).all(dim=0)
             # Image ids stay on the host for the order check (no device sync per batch).
             topk.update(values, batch.image_ids, ys, xs)
-            stats.update(values, batch.labels.to(dev, non_blocking=True))
+            labels = batch.labels.to(dev, non_blocking=True)
+            stats.update(values, labels)
+            predictions.update(output, labels, batch.image_ids)
             if sample is not None:
                 sample.update(values, batch.image_ids)
             done += len(batch.image_ids)
@@ -468,6 +513,7 @@ def activation_pass(
         done,
         time.perf_counter() - start,
         None if sample is None else sample.result(),
+        predictions.result(),
     )
 
 

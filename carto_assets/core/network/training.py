@@ -1,13 +1,19 @@
 """Training the built-in CNN on a study's dataset (seeded, CPU-friendly).
 
+The images are streamed: each batch is loaded when it is needed (the next one while the
+current one trains), so memory holds two batches whatever the number of images. Loading an
+image is the source's work (:class:`ImageRows`); an array of images in memory is one too.
+
 This module never imports dagster.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +33,53 @@ class TrainingResult:
     seconds: float
 
 
+@runtime_checkable
+class ImageRows(Protocol):
+    """The training's images, loaded a batch at a time by position (0..len-1)."""
+
+    @property
+    def image_size(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The images at ``positions``: uint8 (n_ok, H, W, 3) in that order, and the ok mask
+        (len(positions),) of those that loaded (an image that fails to decode is left out)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArrayRows:
+    """Images already in memory: uint8 (N, H, W, 3)."""
+
+    images: np.ndarray
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[positions], np.ones(len(positions), dtype=bool)
+
+
+def _prefetched(
+    images: ImageRows, batches: list[np.ndarray]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``images.rows`` of each batch in turn, the next one loading in a thread meanwhile."""
+    if not batches:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(images.rows, batches[0])
+        for nxt in batches[1:]:
+            loaded = pending.result()
+            pending = pool.submit(images.rows, nxt)
+            yield loaded
+        yield pending.result()
+
+
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/held-out split of image ids 0..n-1."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -37,7 +90,7 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def train_builtin(
-    images: np.ndarray,
+    images: ImageRows | np.ndarray,
     labels: np.ndarray,
     n_classes: int,
     *,
@@ -52,7 +105,12 @@ def train_builtin(
     stop_after: int | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainingResult:
-    """Train :class:`BuiltinCNN` with Adam on uint8 images (N, H, W, 3); returns it in eval mode.
+    """Train :class:`BuiltinCNN` with Adam on uint8 images (N, H, W, 3), streamed batch by
+    batch from ``images`` (an array is wrapped in :class:`ArrayRows`); returns it in eval mode.
+
+    ``labels`` (N,) are the images' labels by position. Each epoch draws its order and each
+    batch's flips from one seeded generator; an image that fails to load is left out of its
+    batch (its flip is still drawn, so the others' draws do not move).
 
     ``progress(epoch, loss, seconds)`` is called after each epoch. ``on_epoch(epoch, model)``
     is called with the initial network (epoch 0) and after each epoch, e.g. to keep
@@ -60,6 +118,8 @@ def train_builtin(
     the learning-rate schedule stays the one of all ``epochs``: with the same seed the network
     returned is the one the full training had at that epoch.
     """
+    if not isinstance(images, ImageRows):
+        images = ArrayRows(np.asarray(images))
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     last = epochs if stop_after is None else stop_after
@@ -70,9 +130,8 @@ def train_builtin(
     gen = torch.Generator().manual_seed(seed)
     train_idx, hold_idx = split_holdout(len(images), holdout_fraction, seed)
     model = BuiltinCNN(n_classes)
-    bundle = ModelBundle(model, "builtin", images.shape[1], mean, std)
-    x_all = torch.from_numpy(images)
-    y_all = torch.from_numpy(labels.astype(np.int64))
+    bundle = ModelBundle(model, "builtin", images.image_size, mean, std)
+    y_all = torch.from_numpy(np.asarray(labels).astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=learning_rate, total_steps=epochs * max(1, -(-len(train_idx) // batch_size))
@@ -85,12 +144,18 @@ def train_builtin(
     for epoch in range(last):
         model.train()
         order = train_t[torch.randperm(len(train_t), generator=gen)]
+        batches = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
         total, count = 0.0, 0
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            xb = bundle.normalize(x_all[idx])
+        loaded = _prefetched(images, [b.numpy() for b in batches])
+        for idx, (pixels, ok) in zip(batches, loaded):
             # Random horizontal flips: the world's concepts are mirror-invariant.
             flip = torch.rand(len(idx), generator=gen) < 0.5
+            if not ok.all():
+                keep = torch.from_numpy(ok)
+                idx, flip = idx[keep], flip[keep]
+                if len(idx) == 0:
+                    continue
+            xb = bundle.normalize(torch.from_numpy(pixels))
             xb[flip] = xb[flip].flip(-1)
             loss = loss_fn(model(xb), y_all[idx])
             opt.zero_grad()
@@ -107,8 +172,8 @@ def train_builtin(
     model.eval()
     return TrainingResult(
         bundle=bundle,
-        holdout_accuracy=accuracy(bundle, x_all, y_all, hold_idx),
-        train_accuracy=accuracy(bundle, x_all, y_all, train_idx[:2000]),
+        holdout_accuracy=accuracy(bundle, images, labels, hold_idx),
+        train_accuracy=accuracy(bundle, images, labels, train_idx[:2000]),
         epoch_losses=losses,
         n_train=len(train_idx),
         n_holdout=len(hold_idx),
@@ -117,14 +182,20 @@ def train_builtin(
 
 
 def accuracy(
-    bundle: ModelBundle, x_all: torch.Tensor, y_all: torch.Tensor, idx: np.ndarray
+    bundle: ModelBundle, images: ImageRows | np.ndarray, labels: np.ndarray, idx: np.ndarray
 ) -> float:
-    if len(idx) == 0:
-        return float("nan")
-    correct = 0
+    """The share of the images at positions ``idx`` (those that load) the model gets right,
+    streamed 256 at a time."""
+    if not isinstance(images, ImageRows):
+        images = ArrayRows(np.asarray(images))
+    labels = np.asarray(labels)
+    correct = seen = 0
+    batches = [idx[lo : lo + 256] for lo in range(0, len(idx), 256)]
     with torch.inference_mode():
-        for lo in range(0, len(idx), 256):
-            sel = torch.from_numpy(idx[lo : lo + 256])
-            pred = bundle.module(bundle.normalize(x_all[sel])).argmax(1)
-            correct += int((pred == y_all[sel]).sum())
-    return correct / len(idx)
+        for sel, (pixels, ok) in zip(batches, _prefetched(images, batches)):
+            if not ok.any():
+                continue
+            pred = bundle.module(bundle.normalize(torch.from_numpy(pixels))).argmax(1).numpy()
+            correct += int((pred == labels[sel][ok]).sum())
+            seen += int(ok.sum())
+    return correct / seen if seen else float("nan")

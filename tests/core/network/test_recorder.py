@@ -279,3 +279,22 @@ def test_sampled_maxima_are_each_units_spatial_max_from_a_plain_forward_pass(wan
     assert plain.unit_maxima is None
     for name in plain.top_k:
         np.testing.assert_array_equal(plain.top_k[name], result.top_k[name])
+
+
+def test_predictions_keep_each_images_top_output_and_its_labels_logit():
+    from carto_assets.core.network.recorder import Predictions
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.5, 3.0]])
+    labels, ids = torch.tensor([2, 0]), torch.tensor([7, 9])
+    kept = Predictions(n_classes=3)
+    kept.update(logits, labels, ids)
+    kept.update(torch.zeros(2, 3, 4, 4), labels, ids)  # not logits: nothing recorded
+    got = kept.result()
+    assert got is not None
+    assert got["image_id"].tolist() == [7, 9] and got["predicted"].tolist() == [1, 0]
+    assert got["logit"].tolist() == [2.0, 3.0] and got["label_logit"].tolist() == [-1.0, 3.0]
+    # A head that is not the study's classes: the label's logit is unknown.
+    other = Predictions(n_classes=2)
+    other.update(logits, torch.tensor([1, 1]), ids)
+    assert np.isnan(other.result()["label_logit"]).all()
+    assert Predictions(n_classes=3).result() is None
