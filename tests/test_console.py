@@ -3,7 +3,7 @@
 import io
 import logging
 
-from carto_assets.runtime.console import EVENTS_LOGGER, StageBars, log_to_file
+from carto_assets.runtime.console import EVENTS_LOGGER, StageBars, log_to_file, time_left
 
 
 def test_each_stage_prints_one_line_when_it_finishes_off_a_terminal():
@@ -18,6 +18,31 @@ def test_each_stage_prints_one_line_when_it_finishes_off_a_terminal():
     assert len(lines) == 2
     assert lines[0].startswith("  activations: 100 images in ") and "images/s" in lines[0]
     assert lines[1].startswith("  embedding: 3 epochs in ")
+
+
+def test_a_long_stage_off_a_terminal_says_how_far_it_is_and_the_time_left():
+    out, now = io.StringIO(), [0.0]
+    bars = StageBars(stream=out, bars=False, clock=lambda: now[0], every=60)
+    for done in range(0, 1001, 100):  # 100 images every 30 s: 1,000 images in 300 s
+        now[0] = done * 0.3
+        bars("activations", done, 1000, "images")
+    lines = out.getvalue().splitlines()
+    # Every 60 s: at 200 images (60 s, 240 s left), 400, 600, 800; then the closing line.
+    assert lines[:4] == [
+        "  activations: 200/1000 images, about 4 min left",
+        "  activations: 400/1000 images, about 3 min left",
+        "  activations: 600/1000 images, about 2 min left",
+        "  activations: 800/1000 images, about 60 s left",
+    ]
+    assert lines[4].startswith("  activations: 1000 images in 300.0 s, 3 images/s")
+    assert len(lines) == 5
+
+
+def test_time_left_in_seconds_minutes_and_hours():
+    assert time_left(0, 10, 5.0) == "" and time_left(10, 10, 5.0) == ""
+    assert time_left(1, 2, 30.0) == "about 30 s left"
+    assert time_left(1, 11, 60.0) == "about 10 min left"
+    assert time_left(1, 1001, 36.0) == "about 10.0 h left"
 
 
 def test_bars_on_a_terminal_draw_and_close(monkeypatch):

@@ -1,8 +1,10 @@
 """What ``carto run`` shows on the terminal: one progress bar per stage, nothing else.
 
 On a terminal each stage (``model training``, ``activations``, ``summaries``, ``embedding``,
-``concept graph``, ``graph and views``) gets a tqdm bar as its first progress report arrives;
-elsewhere (a pipe, a CI log) each stage prints one line when it finishes. Dagster's event log
+``concept graph``, ``graph and views``) gets a tqdm bar as its first progress report arrives,
+with the time left estimated from its rate so far; elsewhere (a pipe, a CI log) a stage that
+runs longer than :data:`PROGRESS_EVERY` seconds prints a line that often with the same estimate,
+and each stage prints one line when it finishes. Dagster's event log
 and Python logging go to the log file (see :func:`log_to_file`).
 
 This module never imports dagster.
@@ -29,20 +31,45 @@ STAGES = (
 )
 
 
+#: Off a terminal, a running stage reports its progress and time left this often (seconds).
+PROGRESS_EVERY = 60.0
+
+
+def time_left(done: int, total: int, seconds: float) -> str:
+    """The rest of a stage at its rate so far, ``"about 3 min left"`` (``""`` before any
+    progress)."""
+    if done <= 0 or seconds <= 0 or done >= total:
+        return ""
+    left = seconds * (total - done) / done
+    if left < 90:
+        return f"about {left:.0f} s left"
+    if left < 90 * 60:
+        return f"about {left / 60:.0f} min left"
+    return f"about {left / 3600:.1f} h left"
+
+
 class StageBars:
     """A :mod:`carto_assets.runtime.progress` listener drawing one bar (or one line) per stage."""
 
-    def __init__(self, stream: TextIO | None = None, bars: bool | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        bars: bool | None = None,
+        clock=time.perf_counter,
+        every: float = PROGRESS_EVERY,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.bars = self.stream.isatty() if bars is None else bars
+        self.clock, self.every = clock, every
         self._open: dict[str, object] = {}
         self._started: dict[str, float] = {}
+        self._said: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int, unit: str) -> None:
         if stage not in STAGES or total <= 0:
             return
         if stage not in self._started:
-            self._started[stage] = time.perf_counter()
+            self._started[stage] = self._said[stage] = self.clock()
             if self.bars:
                 from tqdm import tqdm
 
@@ -61,9 +88,14 @@ class StageBars:
             bar.refresh()  # type: ignore[attr-defined]
         if done >= total:
             self._finish(stage, total, unit)
+        elif bar is None and self.clock() - self._said[stage] >= self.every:
+            now = self._said[stage] = self.clock()
+            left = time_left(done, total, now - self._started[stage])
+            print(f"  {stage}: {done}/{total} {unit}, {left}", file=self.stream, flush=True)
 
     def _finish(self, stage: str, total: int, unit: str) -> None:
-        seconds = time.perf_counter() - self._started.pop(stage)
+        seconds = self.clock() - self._started.pop(stage)
+        self._said.pop(stage, None)
         bar = self._open.pop(stage, None)
         if bar is not None:
             bar.close()  # type: ignore[attr-defined]
@@ -76,6 +108,7 @@ class StageBars:
             bar.close()  # type: ignore[attr-defined]
         self._open.clear()
         self._started.clear()
+        self._said.clear()
 
 
 class _EventFormatter(logging.Formatter):
