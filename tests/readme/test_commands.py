@@ -464,6 +464,9 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/words.py": (
         "a benchmark: reads a mapped study (the demo's database in ./data), half a minute"
     ),
+    ".venv/bin/python benchmarks/audit.py": (
+        "a benchmark: maps six demo-size studies (planted shortcuts, share sweep), half an hour"
+    ),
     ".venv/bin/python benchmarks/same_tables.py a.duckdb b.duckdb": (
         "a comparison of two mapped studies' databases (a refactor's before and after)"
     ),
