@@ -14,14 +14,14 @@ folder and reads their ``class_audit`` tables:
    term's relevance share, lift, flag and the counterfactual drop side by side (the checks run
    for the planted term whether or not it is flagged, in process, with the stage's own
    function), so one sees whether the flag follows what the model uses;
-4. **cost**: the audit's seconds (in process, the stage's function, twice, the faster kept)
-   against the concept graph stage's (the class chunks' own timing, ``summary.json``'s
-   ``seconds``, plus the merge as ``carto run`` logs it is not counted: the chunks are the
-   stage's work), target <= 10%.
+4. **cost**: the audit's seconds against the concept graph's class work (both in this
+   process, side by side, each the faster of two runs: the audit's stage function and
+   ``concept_graph_chunk`` over every class), target <= 10%.
 
     python benchmarks/audit.py                      # the demo's settings (about 30 min, 2 cores)
     python benchmarks/audit.py --quick              # 2,000 images, no features (about 10 min)
     python benchmarks/audit.py --keep /tmp/audit    # keep the studies' folders
+    python benchmarks/audit.py --keep /tmp/audit --cost-only   # the cost again, on them
 
 Nothing is written outside the scratch folder.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import subprocess
 import sys
 import tempfile
@@ -128,17 +127,23 @@ def prepared_for(folder: Path, path: Path) -> PreparedStudy:
 
 
 def cost(folder: Path, path: Path) -> tuple[float, float]:
-    """(audit seconds: the faster of two in-process runs, concept graph chunks' seconds)."""
+    """(audit seconds, concept graph seconds), side by side in this process, each the faster
+    of two runs: the audit's stage function, and the concept graph's class work for every
+    class (``concept_graph_chunk`` over all labels: what the stage's chunks compute)."""
+    from carto_assets.stages.concept_graph import concept_graph_chunk
+
     prepared = prepared_for(folder, path)
-    best = float("inf")
+    _ = (prepared.units, prepared.bundle, prepared.images)  # loaded once, outside the timings
+    labels = list(range(len(prepared.class_names)))
+    audit = graph = float("inf")
     for _ in range(2):
         started = time.perf_counter()
         stage.class_audit(prepared)
-        best = min(best, time.perf_counter() - started)
-    study = prepared.study
-    chunks = sorted((study.files_dir / "concept_graph").glob("*/summary.json"))
-    graph = sum(json.loads(p.read_text())["seconds"] for p in chunks)
-    return best, graph
+        audit = min(audit, time.perf_counter() - started)
+        started = time.perf_counter()
+        concept_graph_chunk(prepared, labels)
+        graph = min(graph, time.perf_counter() - started)
+    return audit, graph
 
 
 CHECK = [
@@ -168,7 +173,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 images, no features")
     parser.add_argument("--keep", type=Path, help="keep the studies in this folder")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument(
+        "--cost-only",
+        nargs="*",
+        metavar="NAME",
+        help="only the cost, on these studies kept in --keep (default: planted clean)",
+    )
     args = parser.parse_args()
+    if args.cost_only is not None:
+        for name in args.cost_only or ("planted", "clean"):
+            audit_s, graph_s = cost(args.keep, args.keep / f"{name}.yaml")
+            print(
+                f"{name}: class_audit {audit_s:.2f} s, the concept graph's class work "
+                f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
+            )
+        return
     folder = args.keep or Path(tempfile.mkdtemp(prefix="carto-audit-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"studies in {folder}")
@@ -185,7 +204,7 @@ def main() -> None:
     show(flagged.rename({"class_name": "class"}), CHECK)
     audit_s, graph_s = cost(folder, path)
     print(
-        f"cost: class_audit {audit_s:.2f} s against the concept graph's class chunks "
+        f"cost: class_audit {audit_s:.2f} s against the concept graph's class work "
         f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
     )
 
@@ -203,7 +222,7 @@ def main() -> None:
         )
     audit_s, graph_s = cost(folder, path)
     print(
-        f"cost: class_audit {audit_s:.2f} s against the concept graph's class chunks "
+        f"cost: class_audit {audit_s:.2f} s against the concept graph's class work "
         f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
     )
 

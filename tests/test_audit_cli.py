@@ -102,7 +102,12 @@ def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted)
     units = [i for i, n in enumerate(prepared.units.neuron_of[layer]) if int(n) in neurons]
     assert len(units) == dots["ablation_units"]
     ids, _, x = class_images(
-        prepared.study, label, prepared.images, prepared.source, prepared.bundle, count=64
+        prepared.study,
+        label,
+        prepared.images,
+        prepared.source,
+        prepared.bundle,
+        count=prepared.study.audit.images_per_class,
     )
     model = prepared.bundle.module.eval()
     module = dict(model.named_modules())[layer]

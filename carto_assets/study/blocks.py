@@ -521,7 +521,7 @@ class AuditConfig(_Section):
         "the class's mean logit by at least this share of it.",
     )
     images_per_class: int = Field(
-        64, ge=1, le=100_000, description="Images of the class (seeded) the causal checks use."
+        32, ge=1, le=100_000, description="Images of the class (seeded) the causal checks use."
     )
     images_shown: int = Field(
         6,
