@@ -101,7 +101,7 @@ def _annotation_terms(store) -> pl.DataFrame:
     spelled = pairs.with_columns(
         term=pl.Series([text(Term(c, v)) for c, v in pairs.iter_rows()], dtype=pl.String)
     )
-    return rows.join(spelled, on=["concept", "value"]).select("image_id", "term", "concept")
+    return rows.join(spelled, on=["concept", "value"]).select("image_id", "term")
 
 
 def own_terms(
