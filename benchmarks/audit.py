@@ -172,7 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 images, no features")
     parser.add_argument("--keep", type=Path, help="keep the studies in this folder")
-    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("planted", "clean", "sweep"),
+        default=("planted", "clean", "sweep"),
+        help="which parts to run (default: all three)",
+    )
     parser.add_argument(
         "--cost-only",
         nargs="*",
@@ -192,8 +198,17 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"studies in {folder}")
 
+    if "planted" in args.parts:
+        planted_part(folder, args.quick)
+    if "clean" in args.parts:
+        clean_part(folder, args.quick)
+    if "sweep" in args.parts:
+        sweep_part(folder, args.quick)
+
+
+def planted_part(folder: Path, quick: bool) -> None:
     print("\n== 1. planted: heart/texture=dots and arrow/background=sand at share 1.0")
-    raw = study_dict("planted", list(PLANTED), args.quick)
+    raw = study_dict("planted", list(PLANTED), quick)
     path, seconds = run_study(folder, raw)
     audit = audit_table(folder, raw)
     prepared = prepared_for(folder, path)
@@ -208,8 +223,10 @@ def main() -> None:
         f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
     )
 
+
+def clean_part(folder: Path, quick: bool) -> None:
     print("\n== 2. clean: the demo study without shortcuts")
-    raw = study_dict("clean", [], args.quick)
+    raw = study_dict("clean", [], quick)
     path, seconds = run_study(folder, raw)
     audit = audit_table(folder, raw)
     flagged = audit.filter(pl.col("flagged"))
@@ -226,13 +243,13 @@ def main() -> None:
         f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
     )
 
-    if args.skip_sweep:
-        return
+
+def sweep_part(folder: Path, quick: bool) -> None:
     print("\n== 3. sweep: heart/texture=dots at share 0.5 / 0.8 / 0.95 / 1.0")
     rows = []
     for share in SWEEP:
         plant = {**PLANTED[0], "share": share}
-        raw = study_dict(f"sweep-{int(share * 100)}", [plant], args.quick)
+        raw = study_dict(f"sweep-{int(share * 100)}", [plant], quick)
         path, seconds = run_study(folder, raw)
         row = planted_rows(audit_table(folder, raw), prepared_for(folder, path), [plant])
         rows.append(row.with_columns(share=pl.lit(share), seconds=pl.lit(round(seconds))))
