@@ -36,8 +36,8 @@ def planted(tmp_path_factory):
             "embedding": {"epochs": 2},
         },
     )
-    run([CARTO, "run", "--study", study.name], cwd=root).ok()
-    return root, study
+    out = run([CARTO, "run", "--study", study.name], cwd=root).ok()
+    return root, study, out
 
 
 def _row(root, term="texture=dots", name="heart"):
@@ -51,8 +51,14 @@ def _row(root, term="texture=dots", name="heart"):
     return frame, images, row.row(0, named=True)
 
 
+def test_carto_runs_summary_says_which_classes_are_flagged(planted):
+    _, _, out = planted
+    (line,) = [x for x in out.stdout.splitlines() if "classes flagged:" in x]
+    assert "classes flagged: 1 of 8 (heart); 1 of 1 flags confirmed (class_audit)" in line
+
+
 def test_carto_audit_names_the_planted_shortcut_with_its_evidence(planted):
-    root, study = planted
+    root, study, _ = planted
     out = run([CARTO, "audit", "--study", study.name], cwd=root).ok()
     blocks = out.stdout.split("\n\n")
     (heart,) = [b for b in blocks if b.startswith("heart: relies on texture=dots")]
@@ -64,7 +70,7 @@ def test_carto_audit_names_the_planted_shortcut_with_its_evidence(planted):
 
 
 def test_the_planted_term_leads_the_class_and_both_checks_confirm_it(planted):
-    root, _ = planted
+    root, _, _ = planted
     frame, images, dots = _row(root)
     others = frame.filter((frame["class_name"] == "heart") & ~frame["own"])
     # First of what heart relies on beyond the other classes, and its only flag.
@@ -83,7 +89,7 @@ def test_the_planted_term_leads_the_class_and_both_checks_confirm_it(planted):
 
 
 def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted):
-    root, study = planted
+    root, study, _ = planted
     _, images, dots = _row(root)
     prepared = PreparedStudy.load(root / study.name)
     label = prepared.class_names.index("heart")

@@ -315,15 +315,17 @@ def audit_figures(audit: Audit) -> list[Figure]:
     flagged = audit.terms.filter(pl.col("flagged"))
     classes = flagged["label"].n_unique()
     confirmed = int(flagged["confirmed"].fill_null(False).sum())
+    names = flagged.unique("label", maintain_order=True)["class_name"].to_list()
+    listed = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
     return [
         Figure(
             "classes_flagged",
             classes,
             "classes with a term that is not their own carrying a flagged share of their "
             "relevance (a candidate shortcut; class_audit.flagged)",
-            name="classes with a candidate shortcut",
-            shown=f"{classes} classes, {flagged.height} flagged terms, {confirmed} confirmed "
-            "by the causal checks",
+            name="classes flagged",
+            shown=f"{classes} of {audit.terms['label'].n_unique()}"
+            + (f" ({listed}); {confirmed} of {flagged.height} flags confirmed" if classes else ""),
         ),
         Figure(
             "flags_confirmed",
