@@ -15,7 +15,6 @@
   var legend = document.getElementById("audit-legend");
   var chart = document.getElementById("audit-chart");
   var termBox = document.getElementById("audit-term");
-  var CHUNK_NAME = /^audit-[0-9]{4}$/;
   var BAR_PX = 240;
 
   function el(tag, cls, text) {
@@ -36,26 +35,11 @@
   function num(x) { return given(x) ? Number(x).toFixed(2) : "?"; }
   function verdict(x) { return x === true ? "confirms" : x === false ? "does not confirm" : "?"; }
 
-  // ---- thumbnails: sheets inline or in sidecar scripts (page.js's cartoChunk gets the rest) --
-  var waiting = new Map(), sheets = new Map();
-  var passOn = window.cartoChunk;
-  window.cartoChunk = function (name, payload) {
-    var w = waiting.get(name);
-    if (w) { waiting.delete(name); w(payload); } else if (passOn) passOn(name, payload);
-  };
+  // ---- thumbnails: sheets inline or in sidecar scripts, through page.js's chunk loader ------
+  var sheets = new Map();
   function sheet(index) {
     if (!sheets.has(index)) {
-      var name = audit.thumbs.sheets[index].name;
-      if (!CHUNK_NAME.test(name)) return Promise.reject(new Error("bad chunk name"));
-      var inline = document.getElementById("carto-chunk-" + name);
-      var url = inline ? Promise.resolve(JSON.parse(inline.textContent))
-        : new Promise(function (resolve, reject) {
-          waiting.set(name, resolve);
-          var script = document.createElement("script");
-          script.src = page.data_dir + "/" + name + ".js";
-          script.onerror = function () { reject(new Error("missing " + script.src)); };
-          document.head.appendChild(script);
-        });
+      var url = window.cartoLoadChunk(audit.thumbs.sheets[index].name);
       sheets.set(index, url.then(function (href) {
         return new Promise(function (resolve, reject) {
           var img = new Image();
