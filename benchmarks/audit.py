@@ -146,6 +146,14 @@ def cost(folder: Path, path: Path) -> tuple[float, float]:
     return audit, graph
 
 
+def print_cost(folder: Path, path: Path, name: str = "cost") -> None:
+    audit_s, graph_s = cost(folder, path)
+    print(
+        f"{name}: class_audit {audit_s:.2f} s against the concept graph's class work "
+        f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
+    )
+
+
 CHECK = [
     "class",
     "term",
@@ -188,11 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.cost_only is not None:
         for name in args.cost_only or ("planted", "clean"):
-            audit_s, graph_s = cost(args.keep, args.keep / f"{name}.yaml")
-            print(
-                f"{name}: class_audit {audit_s:.2f} s, the concept graph's class work "
-                f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
-            )
+            print_cost(args.keep, args.keep / f"{name}.yaml", name)
         return
     folder = args.keep or Path(tempfile.mkdtemp(prefix="carto-audit-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,11 +221,7 @@ def planted_part(folder: Path, quick: bool) -> None:
     flagged = audit.filter(pl.col("flagged"))
     print(f"every flag of the planted study ({flagged.height}):")
     show(flagged.rename({"class_name": "class"}), CHECK)
-    audit_s, graph_s = cost(folder, path)
-    print(
-        f"cost: class_audit {audit_s:.2f} s against the concept graph's class work "
-        f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
-    )
+    print_cost(folder, path)
 
 
 def clean_part(folder: Path, quick: bool) -> None:
@@ -237,11 +237,7 @@ def clean_part(folder: Path, quick: bool) -> None:
             f"flags not confirmed by their checks: "
             f"{flagged.filter(~pl.col('confirmed').fill_null(False)).height}"
         )
-    audit_s, graph_s = cost(folder, path)
-    print(
-        f"cost: class_audit {audit_s:.2f} s against the concept graph's class work "
-        f"{graph_s:.2f} s: {audit_s / graph_s:.1%} (target <= 10%)"
-    )
+    print_cost(folder, path)
 
 
 def sweep_part(folder: Path, quick: bool) -> None:
