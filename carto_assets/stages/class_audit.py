@@ -150,7 +150,9 @@ def class_audit(
     )
     t = time.perf_counter()
     results, shown = [], []
-    for label, part in checks.group_by("label", maintain_order=True):
+    groups = checks.group_by("label", maintain_order=True)
+    for k, (label, part) in enumerate(groups):
+        say(f"audit: checking {class_names[int(label[0])]} ({k + 1}/{checks['label'].n_unique()})")
         cp = _class_pass(prepared, int(label[0]), cfg.images_per_class)
         for row in part.iter_rows(named=True):
             got, images_of = _check(prepared, row, words, annotations, cp, cfg)
@@ -180,10 +182,11 @@ def class_audit(
 
 def _logits(model, x: torch.Tensor, batch_size: int) -> np.ndarray:
     """The logits of ``x``, in batches, as float64."""
-    out = []
+    out, device = [], device_of(model)
     with evaluating(model), torch.no_grad():
         for lo in range(0, len(x), batch_size):
-            out.append(logits_of(model(x[lo : lo + batch_size])).double().cpu().numpy())
+            batch = x[lo : lo + batch_size].to(device)
+            out.append(logits_of(model(batch)).double().cpu().numpy())
     return np.concatenate(out)
 
 
