@@ -14,6 +14,7 @@ listed by id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -146,9 +147,10 @@ def term_units(unit_labels: pl.DataFrame, terms: set[str]) -> dict[str, list[int
 
 
 def _value(value):
-    """A JSON value: floats rounded to 4 digits, NaN as null."""
+    """A JSON value: floats rounded to 4 digits, NaN and infinities as null (JSON has
+    neither; an infinite ``lift`` is a term no other class's units carry)."""
     if isinstance(value, float):
-        return None if value != value else round(value, 4)
+        return round(value, 4) if math.isfinite(value) else None
     return value
 
 

@@ -8,6 +8,7 @@ Registered in :func:`carto_assets.cli.main.main`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -95,11 +96,16 @@ def _block(row: dict, mine: pl.DataFrame) -> str:
         ", ".join(f"{t} {s:.2f}" for t, s in own.select("term", "relevance_share").iter_rows())
         or "none named"
     )
+    lift = (
+        f"{row['lift']:.1f}x their mean"
+        if math.isfinite(row["lift"])
+        else "no other class's units carry it"
+    )
     lines = [
         f"{name}: relies on {term} ({_verdict(row['confirmed'])})",
         f"  relevance share {row['relevance_share']:.2f}, {row['top_layer_share']:.2f} at "
         f"{row['top_layer']} (rank {row['rank']}, {row['specific_rank']} beyond the other "
-        f"classes; {row['lift']:.1f}x their mean; the class's own: {own_text})",
+        f"classes; {lift}; the class's own: {own_text})",
         f"  in the data: holds on {row['class_rate']:.0%} of {name} images, "
         f"{row['other_rate']:.0%} of the others'",
     ]

@@ -76,7 +76,8 @@
     var lines = [
       ["relevance share", pct(r.relevance_share) + " (rank " + r.rank + "), most at " +
         r.top_layer + ": " + pct(r.top_layer_share) + " over " + plural(r.units || 0, "unit")],
-      ["lift", num(r.lift) + "× its mean share over the other classes"],
+      ["lift", given(r.lift) ? num(r.lift) + "× its mean share over the other classes"
+        : r.relevance_share > 0 ? "no other class's units carry it" : "?"],
       ["co-occurrence", "holds on " + pct(r.class_rate) + " of the class's images, " +
         pct(r.other_rate) + " of the others'"]
     ];

@@ -58,7 +58,8 @@ _AUDIT_ROWS = [
     ),
     dict(
         label=0, class_name="heart", term=HOSTILE_TERM, own=False, rank=3,
-        **dict(zip(_SHARES, (0.05, "conv1", 0.07, 1, 1.1, 0.1), strict=True)),
+        # an infinite lift: no other class's units carry the term (JSON has no Infinity)
+        **dict(zip(_SHARES, (0.05, "conv1", 0.07, 1, float("inf"), 0.1), strict=True)),
         other_rate=0.1, flagged=False, checked=False,
     ),
     # class 1: flagged, not confirmed by the ablation; no counterfactuals; a NaN share
