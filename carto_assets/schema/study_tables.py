@@ -641,7 +641,7 @@ STUDY_TABLES: tuple[Table, ...] = (
             "lift",
             "DOUBLE",
             "`relevance_share` over its mean over the other classes (how much more this class "
-            "leans on the term than the rest do)",
+            "leans on the term than the rest do); infinite where no other class's units carry it",
         ),
         (
             "excess_share",
