@@ -138,12 +138,18 @@ class _Plan:
             out = clean * keep[:, None, :]
         else:
             out = clean * keep
+        # Rows of one image removing other features start from the same clean output: its
+        # feature maps are encoded once (reused only where the output is bit for bit the same).
+        encoded: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for j, i in enumerate(rows):
             row = self.rows[i]
             if row.layer in self.features and len(row.units):
                 feature = self.features[row.layer]
                 one = clean[j : j + 1]
-                out[j : j + 1] = one - feature.decoded(feature.maps(one), row.units)
+                known = encoded.get((row.layer, row.image))
+                if known is None or not torch.equal(known[0], one):
+                    known = encoded[(row.layer, row.image)] = (one, feature.maps(one))
+                out[j : j + 1] = one - feature.decoded(known[1], row.units)
         return out
 
     def record(self, module: str, output: torch.Tensor, rows: list[int], into: np.ndarray):
