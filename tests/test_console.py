@@ -111,3 +111,21 @@ def test_a_failed_step_is_named_with_its_root_error():
     ]
     # The whole error, Dagster's wrapper and the traceback included, is kept for the log.
     assert "DagsterExecutionStepExecutionError" in str(exc) and "Traceback" not in exc.short[1]
+
+
+def test_the_log_file_is_written_even_if_its_folder_went_away(tmp_path):
+    saved = _event_logger_state()
+    events, root = logging.getLogger(EVENTS_LOGGER), logging.getLogger()
+    try:
+        log_file = tmp_path / "logs" / "run.log"
+        handlers = log_to_file(log_file, verbose=False)
+        (tmp_path / "logs").rmdir()  # cleared by someone else before the first record
+        events.info("first record")
+        for h in handlers:
+            h.close()
+        assert "first record" in log_file.read_text()
+    finally:
+        handlers_now, root_handlers, level = saved
+        events.handlers[:] = handlers_now
+        root.handlers[:] = root_handlers
+        root.setLevel(level)

@@ -111,6 +111,15 @@ class StageBars:
         self._said.clear()
 
 
+class _LogFile(logging.FileHandler):
+    """A log file created on its first record, its folder too: a folder removed while the
+    run starts (another process clearing the instance's logs) is made again."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 class _EventFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -125,7 +134,7 @@ def log_to_file(path: Path, verbose: bool) -> list[logging.Handler]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created on the first record: a check that logs nothing leaves no empty file behind.
-    handlers: list[logging.Handler] = [logging.FileHandler(path, delay=True)]
+    handlers: list[logging.Handler] = [_LogFile(path, delay=True)]
     if verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
     formatter = _EventFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
