@@ -30,12 +30,9 @@ import torch
 from carto_assets.core.attribution.ablation import Row, ablate
 from carto_assets.core.attribution.forward import (
     RetainedForward,
-    as_clusters,
-    check_layers,
     device_of,
     evaluating,
     logits_of,
-    run_layers,
 )
 from carto_assets.core.audit import (
     CONFIRM_P,
@@ -209,17 +206,8 @@ def _class_pass(prepared: PreparedStudy, label: int, count: int) -> _ClassPass:
     units = prepared.units
     model = prepared.bundle.module
     # The ablations restart from these outputs; no gradient is needed, so no autograd graph.
-    features = dict(units.features)
-    modules = check_layers(model, units.layers, features)
-    clusters = as_clusters(units.layers, units.cluster_of)
-    with evaluating(model), torch.no_grad():
-        outputs, logits = run_layers(
-            model, units.layers, clusters, x.to(device_of(model)), features=features
-        )
-    fwd = RetainedForward(
-        list(units.layers), modules, features, clusters, outputs, logits, tuple(x.shape[1:])
-    )
-    return _ClassPass(ids, pixels, x, fwd, logits.double().cpu().numpy())
+    fwd = RetainedForward.run(model, units.layers, units.cluster_of, x, units.features, grad=False)
+    return _ClassPass(ids, pixels, x, fwd, fwd.logits.double().cpu().numpy())
 
 
 def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):

@@ -298,21 +298,23 @@ class RetainedForward:
         cluster_of: Mapping[str, Any] | Sequence[Any],
         images: torch.Tensor,
         features: Mapping[str, FeatureLayer] | None = None,
+        grad: bool = True,
     ) -> RetainedForward:
         """The forward pass, the model in eval mode and its parameters frozen while it runs
-        (both restored after). ``images`` go to the model's device."""
+        (both restored after). ``images`` go to the model's device. ``grad=False`` keeps no
+        autograd graph: the outputs serve ablations that restart from them, nothing more."""
         features = dict(features or {})
         modules = check_layers(model, layers, features)
         clusters = as_clusters(layers, cluster_of)
         check_images(images)
-        with evaluating(model), frozen(model), torch.enable_grad():
+        with evaluating(model), frozen(model), torch.set_grad_enabled(grad):
             outputs, logits = run_layers(
                 model,
                 layers,
                 clusters,
                 images.to(device_of(model)),
                 features=features,
-                keep=graph_start,
+                keep=graph_start if grad else checked_output,
             )
         shape = tuple(int(d) for d in images.shape[1:])
         return cls(list(layers), modules, features, clusters, outputs, logits, shape)
