@@ -36,6 +36,7 @@ COLUMNS = (
     "relevance_share",
     "own",
     "flagged",
+    "flagged_by",
     "checked",
     "confirmed",
     "top_layer",

@@ -88,6 +88,32 @@ def test_the_planted_term_leads_the_class_and_both_checks_confirm_it(planted):
     assert all(bytes(t).startswith(b"\x89PNG") for t in mine["thumb"])
 
 
+def test_a_shortcut_the_relevance_misses_is_flagged_by_the_counterfactual(planted):
+    """With a share threshold no term reaches, the relevance flags nothing; the dots still
+    co-occur with heart and the world can render them away, so the counterfactual runs on them
+    anyway and flags them: the model uses them, whatever the words carry."""
+    from carto_assets.stages.class_audit import class_audit
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    strict = prepared.study.model_copy(
+        update={"audit": prepared.study.audit.model_copy(update={"min_share": 0.99})}
+    )
+    terms = class_audit(PreparedStudy(strict, prepared.store)).terms
+    assert not terms.filter(terms["flagged_by"] == "relevance").height
+    flagged = terms.filter(terms["flagged"])
+    assert flagged.select("class_name", "term", "flagged_by").rows() == [
+        ("heart", "texture=dots", "counterfactual")
+    ]
+    dots = flagged.row(0, named=True)
+    assert dots["cooccurs"] and dots["checked"] and dots["confirmed"]
+    assert dots["counterfactual_confirms"] and dots["counterfactual_accuracy"] < dots["accuracy"]
+    # Its ablation ran too, as for any flag (its words' units are there).
+    assert dots["ablation_drop"] is not None
+    # The chance correlations of a small study are not co-occurrences: nothing else was checked.
+    assert terms.filter(terms["checked"])["term"].to_list() == ["texture=dots"]
+
+
 def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted):
     root, study, _ = planted
     _, images, dots = _row(root)

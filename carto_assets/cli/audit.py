@@ -69,10 +69,9 @@ def report(audit: pl.DataFrame, class_name: str | None, min_share: float) -> str
     scope = f"class {class_name}" if class_name else f"{len(names)} classes"
     if flagged.is_empty():
         return (
-            f"No shortcut flagged ({scope} audited): no term that is not a class's own carries "
-            f"{min_share:.0%} of its relevance at a layer, leaned on more than by the other "
-            "classes and "
-            "co-occurring with it."
+            f"No shortcut flagged ({scope} audited): no term that is not a class's own and "
+            f"co-occurs with it carries {min_share:.0%} of its relevance at a layer, leaned on "
+            "more than by the other classes, or changes its prediction when re-rendered."
         )
     blocks = [
         f"{flagged['label'].n_unique()} of {len(names) if not class_name else 1} class(es) "
@@ -96,16 +95,32 @@ def _block(row: dict, mine: pl.DataFrame) -> str:
         ", ".join(f"{t} {s:.2f}" for t, s in own.select("term", "relevance_share").iter_rows())
         or "none named"
     )
+    lift = row["lift"]
     lift = (
-        f"{row['lift']:.1f}x their mean"
-        if math.isfinite(row["lift"])
+        f"{lift:.1f}x their mean"
+        if math.isfinite(lift)
         else "no other class's units carry it"
+        if math.isinf(lift)
+        else "no class's units carry it"
     )
-    lines = [
-        f"{name}: relies on {term} ({_verdict(row['confirmed'])})",
-        f"  relevance share {row['relevance_share']:.2f}, {row['top_layer_share']:.2f} at "
-        f"{row['top_layer']} (rank {row['rank']}, {row['specific_rank']} beyond the other "
-        f"classes; {lift}; the class's own: {own_text})",
+    how = (
+        "by its relevance"
+        if row.get("flagged_by", "relevance") == "relevance"
+        else "by the counterfactual, whatever its relevance"
+    )
+    lines = [f"{name}: relies on {term} (flagged {how}; {_verdict(row['confirmed'])})"]
+    if row["top_layer"] is None:
+        lines.append(
+            f"  relevance: no unit's words name {term}: what the model uses it through has no "
+            f"words (the class's own: {own_text})"
+        )
+    else:
+        lines.append(
+            f"  relevance share {row['relevance_share']:.2f}, {row['top_layer_share']:.2f} at "
+            f"{row['top_layer']} (rank {row['rank']}, {row['specific_rank']} beyond the other "
+            f"classes; {lift}; the class's own: {own_text})"
+        )
+    lines += [
         f"  in the data: holds on {row['class_rate']:.0%} of {name} images, "
         f"{row['other_rate']:.0%} of the others'",
     ]
@@ -115,7 +130,7 @@ def _block(row: dict, mine: pl.DataFrame) -> str:
             f"drops the {name} logit by {row['ablation_drop']:.2f} on {row['ablation_images']} "
             f"images (as many random units: {row['ablation_random_drop']:.2f}; the other "
             f"classes' logits: {row['ablation_other_drop']:.2f})"
-            + ("" if row["ablation_confirms"] else " — does not confirm")
+            + ("" if row["ablation_confirms"] else " — does not confirm: not these units")
         )
     if row["counterfactual_images"]:
         accuracy = (

@@ -20,14 +20,22 @@ every class uses is not flagged), and holds on the class's images at least
 correlation in the data: a term the class's images never carry, such as another class's
 shape, is a shared feature, not a shortcut).
 
+A term that is not the class's own and co-occurs with it that way (``cooccurs``) is listed even
+where no unit's words name it (with no relevance): a correlation the model may use through
+units without words. Where the source can render the class's images again with such a term
+changed, the counterfactual runs on it whether or not the relevance flags it, and flags it
+where it confirms (``flagged_by = 'counterfactual'``): the words see only what they name, and
+a shortcut carried by units without words would be missed otherwise.
+
 The causal checks that confirm a flag are in :mod:`carto_assets.stages.class_audit`. This
 module is plain maths over tables: no torch, no dagster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -107,15 +115,27 @@ def layer_term_shares(relevance: pl.DataFrame, terms: pl.DataFrame) -> pl.DataFr
     )
 
 
+class Rate(NamedTuple):
+    """How a term holds on a class's images against the other classes' images."""
+
+    class_rate: float
+    other_rate: float
+    #: one-sided Fisher's exact test (hypergeometric) that the term holds on the class's images
+    #: more often than on a random draw of as many of the study's images
+    p_value: float
+
+
 def term_rates(
     annotations: pl.DataFrame, image_labels: pl.DataFrame
-) -> dict[tuple[int, str], tuple[float, float]]:
-    """Per (class, term): the share of the class's images where the term holds and the share
-    of the other classes' images.
+) -> dict[tuple[int, str], Rate]:
+    """Per (class, term): the share of the class's images where the term holds, the share of
+    the other classes' images, and the p-value that the class carries it more than chance.
 
     ``annotations``: ``image_id, term`` (one row per image and term; repeats count once);
     ``image_labels``: ``image_id, label`` of every image.
     """
+    from scipy.stats import hypergeom
+
     per_class = image_labels.group_by("label").len("n")
     total = int(per_class["n"].sum())
     counts = (
@@ -130,15 +150,19 @@ def term_rates(
     terms = term_total["term"].to_list()
     everywhere = dict(term_total.iter_rows())
     got = {(int(label), term): int(k) for label, term, k in counts.iter_rows()}
-    out: dict[tuple[int, str], tuple[float, float]] = {}
-    for label in labels:
-        n, rest = sizes[label], total - sizes[label]
-        for term in terms:
-            k = got.get((label, term), 0)
-            out[(label, term)] = (
-                k / n if n else 0.0,
-                (everywhere[term] - k) / rest if rest else 0.0,
-            )
+    keys = [(label, term) for label in labels for term in terms]
+    k = np.array([got.get(key, 0) for key in keys], dtype=np.int64)
+    n = np.array([sizes[label] for label, _ in keys], dtype=np.int64)
+    held = np.array([everywhere[term] for _, term in keys], dtype=np.int64)
+    p_values = hypergeom.sf(k - 1, total, held, n) if keys else np.zeros(0)
+    out: dict[tuple[int, str], Rate] = {}
+    for i, (label, term) in enumerate(keys):
+        rest = total - n[i]
+        out[(int(label), term)] = Rate(
+            float(k[i] / n[i]) if n[i] else 0.0,
+            float((held[i] - k[i]) / rest) if rest else 0.0,
+            float(min(max(p_values[i], 0.0), 1.0)),
+        )
     return out
 
 
@@ -146,7 +170,7 @@ def audit_terms(
     shares: pl.DataFrame,
     layers: Sequence[str],
     class_names: Sequence[str],
-    rates: Mapping[tuple[int, str], tuple[float, float]],
+    rates: Mapping[tuple[int, str], Rate],
     own: Mapping[int, set[str]],
     rule: AuditRule,
 ) -> pl.DataFrame:
@@ -187,12 +211,18 @@ def audit_terms(
         for label in labels:
             at = per_label.get(label, {})
             mean[(label, term)] = sum(s for s, _ in at.values()) / n_layers
+    # A correlation in the data has its row, named by some unit's words or not.
+    level = cooccurrence_level(len(rates))
+    correlated: dict[int, set[str]] = {}
+    for (label, term), rate in rates.items():
+        if term not in own.get(label, ()) and cooccurs(rate, rule.min_cooccurrence, level):
+            correlated.setdefault(int(label), set()).add(term)
     rows = []
     for label in labels:
         named = {t for t in by_term if label in by_term[t]}
         mine = set(own.get(label, ()))
         # The class's own row is always there: its named own terms, else all of them.
-        terms = named | (mine if not named & mine else set())
+        terms = named | (mine if not named & mine else set()) | correlated.get(label, set())
         for term in terms:
             at = by_term.get(term, {}).get(label, {})
             share = mean.get((label, term), 0.0)
@@ -202,14 +232,13 @@ def audit_terms(
             top = max(
                 at, key=lambda x: (at[x][0], -layers.index(x) if x in layers else 0), default=None
             )
-            class_rate, other_rate = rates.get((label, term), (0.0, 0.0))
+            rate = rates.get((label, term), Rate(0.0, 0.0, 1.0))
             is_own = term in own.get(label, ())
+            together = not is_own and cooccurs(rate, rule.min_cooccurrence, level)
             flagged = (
-                not is_own
+                together
                 and (at[top][0] if top is not None else 0.0) >= rule.min_share
                 and lift >= rule.min_lift
-                and class_rate > 0
-                and class_rate >= rule.min_cooccurrence * other_rate
             )
             rows.append(
                 (
@@ -223,9 +252,12 @@ def audit_terms(
                     at[top][1] if top is not None else 0,
                     lift,
                     share - rest,
-                    class_rate,
-                    other_rate,
+                    rate.class_rate,
+                    rate.other_rate,
+                    rate.p_value,
+                    together,
                     flagged,
+                    "relevance" if flagged else None,
                 )
             )
     frame = pl.DataFrame(
@@ -243,7 +275,10 @@ def audit_terms(
             "excess_share": pl.Float64,
             "class_rate": pl.Float64,
             "other_rate": pl.Float64,
+            "cooccurrence_p": pl.Float64,
+            "cooccurs": pl.Boolean,
             "flagged": pl.Boolean,
+            "flagged_by": pl.String,
         },
         orient="row",
     )
@@ -269,18 +304,60 @@ def audit_terms(
         "excess_share",
         "class_rate",
         "other_rate",
+        "cooccurrence_p",
+        "cooccurs",
         "flagged",
+        "flagged_by",
     )
 
 
-def to_check(audit: pl.DataFrame, extra: Sequence[tuple[int, str]] = ()) -> pl.DataFrame:
-    """The rows whose causal checks run: every flagged term, and the ``(label, term)`` pairs
-    asked for in ``extra`` (a benchmark's planted term, flagged or not)."""
+def cooccurrence_level(pairs: int) -> float:
+    """The p-value below which a (class, term) pair's co-occurrence is significant:
+    :data:`CONFIRM_P` over the number of pairs tested (Bonferroni), so that a study's many
+    pairs do not turn chance into correlations (2,000 images: p about 0.005 by chance for a
+    few of its 344 pairs)."""
+    return CONFIRM_P / max(pairs, 1)
+
+
+def cooccurs(rate: Rate, min_cooccurrence: float, level: float) -> bool:
+    """The term holds on the class's images at least ``min_cooccurrence`` times as often as on
+    the other classes' images (and at all), more than chance explains (``p_value`` below
+    ``level``): a correlation in the data."""
+    return (
+        rate.class_rate > 0
+        and rate.class_rate >= min_cooccurrence * rate.other_rate
+        and rate.p_value < level
+    )
+
+
+def to_check(
+    audit: pl.DataFrame,
+    extra: Sequence[tuple[int, str]] = (),
+    renderable: Collection[str] = (),
+) -> pl.DataFrame:
+    """The rows whose causal checks run: every flagged term, every co-occurring term in
+    ``renderable`` (the terms the source can change in its images: the counterfactual decides
+    whether the model uses them), and the ``(label, term)`` pairs asked for in ``extra`` (a
+    benchmark's planted term, flagged or not). ``wanted`` marks the ``extra`` rows."""
     wanted = pl.DataFrame(
         list(extra), schema={"label": pl.Int32, "term": pl.String}, orient="row"
     ).with_columns(wanted=pl.lit(True))
-    marked = audit.join(wanted, on=["label", "term"], how="left")
-    return marked.filter(pl.col("flagged") | pl.col("wanted").fill_null(False)).drop("wanted")
+    marked = audit.join(wanted, on=["label", "term"], how="left").with_columns(
+        pl.col("wanted").fill_null(False)
+    )
+    return marked.filter(
+        pl.col("flagged")
+        | pl.col("wanted")
+        | (pl.col("cooccurs") & pl.col("term").is_in(list(renderable)))
+    )
+
+
+def model_uses(ablation_confirms: bool | None, counterfactual_confirms: bool | None) -> bool | None:
+    """Whether the checks say the model uses a term (``class_audit.confirmed``): the
+    counterfactual's verdict where the source can render one (it changes the term in the input
+    and nothing else: the direct test), else the ablation's (it tests the units the words name);
+    None where neither ran."""
+    return counterfactual_confirms if counterfactual_confirms is not None else ablation_confirms
 
 
 #: A check confirms only where its paired one-sided test says so at this level.

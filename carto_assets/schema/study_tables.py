@@ -612,7 +612,12 @@ STUDY_TABLES: tuple[Table, ...] = (
         "class_audit",
         ("label", "INTEGER", "class"),
         ("class_name", "VARCHAR", "its name"),
-        ("term", "VARCHAR", "`concept=value`, a term of some unit's words, or the class's own"),
+        (
+            "term",
+            "VARCHAR",
+            "`concept=value`: a term of some unit's words, the class's own, or a term that "
+            "co-occurs with the class (`cooccurs`)",
+        ),
         (
             "own",
             "BOOLEAN",
@@ -651,16 +656,34 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("class_rate", "DOUBLE", "share of the class's images where the term holds"),
         ("other_rate", "DOUBLE", "share of the other classes' images where it holds"),
         (
+            "cooccurrence_p",
+            "DOUBLE",
+            "one-sided Fisher's exact test (hypergeometric) that the term holds on the class's "
+            "images more often than on as many images drawn at random from the study",
+        ),
+        (
+            "cooccurs",
+            "BOOLEAN",
+            "a correlation in the data: not `own`, `class_rate` positive and at least "
+            "`audit.min_cooccurrence` times `other_rate`, and `cooccurrence_p` below 0.01 over "
+            "the number of (class, term) pairs (Bonferroni); listed even where no unit's words "
+            "name the term",
+        ),
+        (
             "flagged",
             "BOOLEAN",
-            "a candidate shortcut: not `own`, `top_layer_share` at least `audit.min_share`, "
-            "`lift` at least `audit.min_lift`, and `class_rate` at least "
-            "`audit.min_cooccurrence` times `other_rate` (a correlation in the data)",
+            "a candidate shortcut, by `flagged_by`: `relevance` where the term `cooccurs`, "
+            "`top_layer_share` is at least `audit.min_share` and `lift` at least "
+            "`audit.min_lift`; `counterfactual` where the term `cooccurs` and the "
+            "counterfactual confirms that the model uses it (whatever its relevance)",
         ),
+        ("flagged_by", "VARCHAR", "`relevance` or `counterfactual` (see `flagged`); else NULL"),
         (
             "checked",
             "BOOLEAN",
-            "the causal checks ran (every flagged term); the check columns are NULL elsewhere",
+            "the causal checks ran: every term flagged by relevance (both checks) and every "
+            "co-occurring term the source can render again (the counterfactual; the ablation "
+            "too where it confirms); the check columns are NULL elsewhere",
         ),
         ("ablation_units", "INTEGER", "units zeroed: the term's units at `top_layer`"),
         ("ablation_images", "INTEGER", "the class's images measured (`audit.images_per_class`)"),
@@ -720,8 +743,9 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "confirmed",
             "BOOLEAN",
-            "every check that ran confirms: the model uses the term, it does not only "
-            "co-occur with the class; NULL where none ran",
+            "the model uses the term, it does not only co-occur with the class: "
+            "`counterfactual_confirms` where the counterfactual ran (it changes the term in the "
+            "images and nothing else), else `ablation_confirms`; NULL where neither ran",
         ),
     ),
     _table(

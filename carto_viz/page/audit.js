@@ -74,10 +74,11 @@
   }
   function evidence(r) {
     var lines = [
-      ["relevance share", pct(r.relevance_share) + " (rank " + r.rank + "), most at " +
-        r.top_layer + ": " + pct(r.top_layer_share) + " over " + plural(r.units || 0, "unit")],
+      ["relevance share", r.units ? pct(r.relevance_share) + " (rank " + r.rank + "), most at " +
+        r.top_layer + ": " + pct(r.top_layer_share) + " over " + plural(r.units, "unit")
+        : "none: no unit's words name it"],
       ["lift", given(r.lift) ? num(r.lift) + "× its mean share over the other classes"
-        : r.relevance_share > 0 ? "no other class's units carry it" : "?"],
+        : r.relevance_share > 0 ? "no other class's units carry it" : "no class's units carry it"],
       ["co-occurrence", "holds on " + pct(r.class_rate) + " of the class's images, " +
         pct(r.other_rate) + " of the others'"]
     ];
@@ -94,10 +95,16 @@
           num(r.counterfactual_logit) + ": " + verdict(r.counterfactual_confirms)]);
       }
     }
-    lines.push(["confirmed", r.confirmed === true ? "yes, by every check that ran"
-      : r.confirmed === false ? "no: a check did not confirm"
-      : r.checked ? "no check could run" : "not checked (only flagged terms and the first " +
-        "term that is not the class's own are)"]);
+    if (r.flagged) {
+      lines.push(["flagged by", r.flagged_by === "counterfactual"
+        ? "the counterfactual: re-rendered without it, the class's images lose their logit"
+        : "its relevance: a large, class-specific share that co-occurs with the class"]);
+    }
+    lines.push(["confirmed", r.confirmed === true ? "yes: the model uses it (the counterfactual " +
+        "where it ran, else the ablation)"
+      : r.confirmed === false ? "no: it only co-occurs with the class"
+      : r.checked ? "no check could run" : "not checked (only flagged and co-occurring terms " +
+        "are)"]);
     return lines;
   }
   (function () {
@@ -147,7 +154,9 @@
       b.appendChild(track);
       b.appendChild(el("span", "share", pct(r.relevance_share)));
       if (r.flagged) {
-        b.appendChild(el("span", "mark", "⚑ flagged" + (r.confirmed === true ? ", confirmed"
+        b.appendChild(el("span", "mark", "⚑ flagged" +
+          (r.flagged_by === "counterfactual" ? " by the counterfactual" : "") +
+          (r.confirmed === true ? ", confirmed"
           : r.confirmed === false ? ", not confirmed" : "")));
       } else if (r.own) {
         b.appendChild(el("span", "mark", "own"));

@@ -7,13 +7,16 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from scipy.stats import wilcoxon
+from scipy.stats import fisher_exact, wilcoxon
 
 from carto_assets.core.audit import (
     AuditRule,
+    Rate,
     audit_terms,
     confirms_counterfactual,
+    cooccurrence_level,
     layer_term_shares,
+    model_uses,
     paired_p,
     positive_terms,
     term_rates,
@@ -94,9 +97,35 @@ def test_term_rates_count_images_per_class():
         {"image_id": [0, 0, 1, 2, 4, 4], "term": ["t=a", "t=a", "t=a", "t=a", "t=b", "t=a"]}
     )
     rates = term_rates(ann, labels)
-    assert rates[(0, "t=a")] == (1.0, pytest.approx(2 / 3))
-    assert rates[(1, "t=a")] == (pytest.approx(2 / 3), 1.0)
-    assert rates[(0, "t=b")] == (0.0, pytest.approx(1 / 3))
+    assert rates[(0, "t=a")][:2] == (1.0, pytest.approx(2 / 3))
+    assert rates[(1, "t=a")][:2] == (pytest.approx(2 / 3), 1.0)
+    assert rates[(0, "t=b")][:2] == (0.0, pytest.approx(1 / 3))
+    assert rates[(0, "t=b")].p_value == pytest.approx(1.0)
+
+
+def test_the_cooccurrence_p_value_is_scipys_one_sided_fisher_exact_test():
+    rng = np.random.default_rng(3)
+    labels = pl.DataFrame({"image_id": np.arange(300), "label": rng.integers(0, 3, 300)})
+    # t=a is planted on class 0's images half the time, t=b is random
+    holds_a = (labels["label"].to_numpy() == 0) & (rng.random(300) < 0.5) | (rng.random(300) < 0.1)
+    holds_b = rng.random(300) < 0.2
+    ann = pl.concat(
+        [
+            pl.DataFrame({"image_id": np.flatnonzero(holds_a), "term": "t=a"}),
+            pl.DataFrame({"image_id": np.flatnonzero(holds_b), "term": "t=b"}),
+        ]
+    )
+    rates = term_rates(ann, labels)
+    y = labels["label"].to_numpy()
+    for (label, term), rate in rates.items():
+        holds = holds_a if term == "t=a" else holds_b
+        inside, outside = y == label, y != label
+        table = [
+            [int((holds & inside).sum()), int((~holds & inside).sum())],
+            [int((holds & outside).sum()), int((~holds & outside).sum())],
+        ]
+        assert rate.p_value == pytest.approx(fisher_exact(table, alternative="greater").pvalue)
+    assert rates[(0, "t=a")].p_value < 1e-6 < rates[(0, "t=b")].p_value
 
 
 def _shares(rows):
@@ -119,10 +148,10 @@ def test_a_term_is_flagged_only_when_share_lift_and_cooccurrence_all_hold():
         ]
     )
     rates = {
-        (0, "texture=dots"): (1.0, 0.05),
-        (0, "colour=red"): (0.12, 0.12),
-        (0, "shape=circle"): (0.0, 0.5),
-        (0, "shape=heart"): (1.0, 0.0),
+        (0, "texture=dots"): Rate(1.0, 0.05, 1e-30),
+        (0, "colour=red"): Rate(0.12, 0.12, 0.5),
+        (0, "shape=circle"): Rate(0.0, 0.5, 1.0),
+        (0, "shape=heart"): Rate(1.0, 0.0, 1e-30),
     }
     own = {0: {"shape=heart", "class=heart"}, 1: {"shape=circle", "class=circle"}}
     got = audit_terms(shares, ["l1", "l2"], ["heart", "circle"], rates, own, AuditRule())
@@ -161,7 +190,7 @@ def test_a_term_is_flagged_only_when_share_lift_and_cooccurrence_all_hold():
 def test_lift_is_infinite_where_no_other_class_uses_the_term():
     shares = _shares([(0, "l1", "texture=dots", 0.2, 1)])
     got = audit_terms(
-        shares, ["l1"], ["a", "b"], {(0, "texture=dots"): (1.0, 0.0)}, {}, AuditRule()
+        shares, ["l1"], ["a", "b"], {(0, "texture=dots"): Rate(1.0, 0.0, 1e-9)}, {}, AuditRule()
     )
     row = got.filter(pl.col("term") == "texture=dots").row(0, named=True)
     assert math.isinf(row["lift"]) and row["flagged"]
@@ -180,3 +209,51 @@ def test_the_counterfactual_confirms_a_large_consistent_drop_only():
     assert confirms_counterfactual(logit, logit - 3 + rng.normal(0, 0.1, 30), 0.1)
     assert not confirms_counterfactual(logit, logit - 0.5, 0.1)  # under 10% of the logit
     assert not confirms_counterfactual(logit, logit + rng.normal(0, 1, 30), 0.1)
+
+
+def test_a_correlation_no_unit_names_is_listed_and_checked_only_where_it_can_be_rendered():
+    shares = _shares([(0, "l1", "colour=red", 0.3, 1), (1, "l1", "colour=red", 0.3, 1)])
+    rates = {
+        (0, "texture=dots"): Rate(0.5, 0.05, 1e-20),  # planted: no unit's words name it
+        (0, "background=sand"): Rate(0.2, 0.1, 1e-12),  # a correlation too, not renderable
+        (0, "size=large"): Rate(0.2, 0.12, 0.004),  # 1.7x, but chance among the pairs
+        (0, "colour=red"): Rate(0.12, 0.12, 0.5),
+        (1, "texture=dots"): Rate(0.05, 0.5, 1.0),
+    }
+    got = audit_terms(shares, ["l1"], ["heart", "circle"], rates, {}, AuditRule())
+    heart = {r["term"]: r for r in got.filter(pl.col("label") == 0).iter_rows(named=True)}
+    dots = heart["texture=dots"]
+    assert dots["cooccurs"] and not dots["flagged"] and dots["flagged_by"] is None
+    assert (dots["relevance_share"], dots["top_layer"], dots["units"]) == (0.0, None, 0)
+    assert dots["cooccurrence_p"] == 1e-20
+    assert heart["background=sand"]["cooccurs"]
+    assert "size=large" not in heart  # not named, and its co-occurrence is chance
+    assert not heart["colour=red"]["cooccurs"]
+    assert got.filter(pl.col("label") == 1)["term"].to_list() == ["colour=red"]
+    checked = to_check(got, renderable=["texture=dots", "colour=red"])
+    assert checked.select("label", "term").rows() == [(0, "texture=dots")]
+    assert not checked["wanted"].any()
+
+
+def test_co_occurrence_is_significant_only_beyond_the_pairs_tested():
+    assert cooccurrence_level(344) == pytest.approx(0.01 / 344)
+    shares = _shares([(0, "l1", "colour=orange", 0.2, 2), (1, "l1", "colour=orange", 0.01, 1)])
+    # heart's colour=orange in the quick sweep study: 1.5x the others' rate, p 0.0057 by
+    # chance, one of 344 (class, term) pairs
+    others = {(1, f"t={i}"): Rate(0.1, 0.1, 0.5) for i in range(343)}
+    chance = {(0, "colour=orange"): Rate(0.177, 0.115, 0.0057), **others}
+    assert not audit_terms(shares, ["l1"], ["heart", "circle"], chance, {}, AuditRule())[
+        "flagged"
+    ].any()
+    # alone, the same p-value is significant
+    alone = {(0, "colour=orange"): Rate(0.177, 0.115, 0.0057)}
+    assert audit_terms(shares, ["l1"], ["heart", "circle"], alone, {}, AuditRule())["flagged"].any()
+    real = {(0, "colour=orange"): Rate(0.177, 0.115, 1e-9), **others}
+    assert audit_terms(shares, ["l1"], ["heart", "circle"], real, {}, AuditRule())["flagged"].any()
+
+
+def test_the_counterfactual_decides_where_it_ran_else_the_ablation():
+    assert model_uses(False, True) is True
+    assert model_uses(True, False) is False
+    assert model_uses(True, None) is True and model_uses(False, None) is False
+    assert model_uses(None, None) is None
