@@ -73,6 +73,14 @@ _AUDIT_ROWS = [
         ablation_drop=0.1, ablation_other_drop=0.3, ablation_random_drop=0.2,
         ablation_confirms=False, confirmed=False,
     ),
+    # class 1: a correlation no unit's words name, flagged by the counterfactual
+    dict(
+        label=1, class_name=HOSTILE_CLASS, term="texture=dots", own=False, rank=2,
+        **dict(zip(_SHARES, (0.0, None, 0.0, 0, float("nan"), 0.6), strict=True)),
+        other_rate=0.1, flagged=True, flagged_by="counterfactual", checked=True,
+        counterfactual_images=20, accuracy=0.95, counterfactual_accuracy=0.25, logit=2.7,
+        counterfactual_logit=0.4, counterfactual_confirms=True, confirmed=True,
+    ),
 ]  # fmt: skip
 #: (label, term, rank, image_id, drop): image 1 was explained (its thumbnail is known), 3 was
 #: not explained for class 0 in this study but is another class's; 999 has no thumbnail at all
@@ -263,7 +271,19 @@ def test_clicking_a_term_rings_its_units_and_shows_its_images(exported, audited)
             assert page.page.evaluate("window.cartoViews.projection.signal('word_units')") == "|"
             assert page.page.eval_on_selector_all(
                 "#audit-chart button.term", "els => els.map(e => e.getAttribute('data-term'))"
-            ) == ["shape=heart"]
+            ) == ["shape=heart", "texture=dots"]
+            marks = page.page.eval_on_selector_all(
+                "#audit-chart button.term .mark", "els => els.map(e => e.textContent)"
+            )
+            assert marks == [
+                "⚑ flagged, not confirmed",
+                "⚑ flagged by the counterfactual, confirmed",
+            ]
+            title = page.page.get_attribute(
+                '#audit-chart button[data-term="texture=dots"]', "title"
+            )
+            assert "flagged by: the counterfactual" in title
+            assert "relevance share: none: no unit's words name it" in title
         finally:
             page.close()
             browser.close()
