@@ -105,7 +105,7 @@ class UnitWords:
     candidate : list[str | None]
         The best formula found, refused or not (None only for a constant unit).
     single_term : list[str | None]
-        The best one-term formula (``t`` or ``NOT t``).
+        The best one-term formula (``t`` or ``NOT t``) within ``max_share``.
     single_auc : np.ndarray
         Its AUC.
     n_terms_over_08 : np.ndarray
