@@ -61,7 +61,12 @@ _WORD_COLUMNS = (
         "VARCHAR",
         "the best formula found, kept or refused (NULL only for a constant activation)",
     ),
-    ("single_term", "VARCHAR", "the best formula of one term (`t` or `NOT t`)"),
+    (
+        "single_term",
+        "VARCHAR",
+        "the best formula of one term (`t` or `NOT t`) holding on at most `labels.max_share` "
+        "of the sample's images",
+    ),
     ("single_auc", "DOUBLE", "its AUC on the sample"),
     (
         "n_terms_over_08",

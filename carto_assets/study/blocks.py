@@ -489,6 +489,14 @@ class LabelsConfig(_Section):
         description="A formula of several terms is kept only where its AUC beats the unit's "
         "best single term by this much.",
     )
+    max_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A formula that holds on more of the sample's images than this share "
+        "(NOT shape=arrow: 7 in 8) is never a label: it names what the unit does not respond "
+        "to.",
+    )
 
 
 class AuditConfig(_Section):

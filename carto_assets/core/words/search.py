@@ -12,8 +12,9 @@ Every expansion is two sparse products over all units at once: with ``R`` the un
 every term; ``AND NOT``, ``OR`` and ``OR NOT`` follow by inclusion-exclusion from those and
 ``T.T @ R``. The Python loops run over depths and beam slots only.
 
-A formula of more terms replaces a shorter one only where it beats it by more than ``min_gain``
-AUC; a
+A formula that holds on more than ``max_share`` of the images is no candidate (INVERT's
+concept-fraction bound). A formula of more terms replaces a shorter one only where it beats it
+by more than ``min_gain`` AUC; a
 unit whose chosen formula has AUC below ``min_auc`` or a Bonferroni-corrected p-value above
 ``max_p`` gets no formula ("no word fits"). docs/words.md explains the method.
 
@@ -70,6 +71,8 @@ class LabelSearchSettings(Protocol):
     def max_p(self) -> float: ...
     @property
     def min_gain(self) -> float: ...
+    @property
+    def max_share(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class LabelSearch:
     min_auc: float = 0.75
     max_p: float = 1e-3
     min_gain: float = 0.02
+    max_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class UnitWords:
     candidate : list[str | None]
         The best formula found, refused or not (None only for a constant unit).
     single_term : list[str | None]
-        The best one-term formula (``t`` or ``NOT t``).
+        The best one-term formula (``t`` or ``NOT t``) within ``max_share``.
     single_auc : np.ndarray
         Its AUC.
     n_terms_over_08 : np.ndarray
@@ -140,6 +144,7 @@ def check_settings(settings: LabelSearchSettings) -> None:
     check_float("min_auc", settings.min_auc, low=0.5, high=1.0)
     check_float("max_p", settings.max_p, low=0.0, high=1.0, low_open=True)
     check_float("min_gain", settings.min_gain, low=0.0, high=0.5)
+    check_float("max_share", settings.max_share, low=0.0, high=1.0, low_open=True)
 
 
 def term_indicator(
@@ -303,7 +308,8 @@ def label_units(
         ``max_terms`` (1..3) terms per formula at most; ``beam`` formulas kept per depth;
         ``min_auc`` the lowest AUC of a label; ``max_p`` the highest Bonferroni-corrected
         p-value of a label; ``min_gain`` the AUC a formula must gain (strictly more) over the
-        best formula with fewer terms to replace it.
+        best formula with fewer terms to replace it; ``max_share`` the largest share of the
+        images a formula may hold on (a broader one is neither a label nor extended).
     memory_budget : int
         Bytes of working arrays; units are searched in chunks that fit (the result does not
         depend on it).
@@ -451,7 +457,11 @@ def _search_chunk(
     auc1[:, ranked.constant] = np.nan
     rank_sums = np.concatenate([s1, total - s1])
     counts = np.broadcast_to(np.concatenate([positives, n - positives]), rank_sums.shape)
-    auc = np.concatenate([auc1, 1.0 - auc1])
+    # A formula that holds on more than max_share of the images is no candidate, neither a
+    # label nor a beam formula (INVERT's concept-fraction bound): `NOT shape=arrow` (7 in 8)
+    # names what the unit does not respond to, and AUC cannot tell it from `shape=crescent`.
+    limit = settings.max_share * n
+    auc = np.where(counts > limit, np.nan, np.concatenate([auc1, 1.0 - auc1]))
     ids = np.broadcast_to(np.arange(2 * k_terms)[:, None], rank_sums.shape)
     b_auc, b_sum, b_count, b_id = _select(auc, rank_sums, counts, ids, beam, n)
     ops = (b_id // k_terms)[:, :, None]  # (beam, U, depth)
@@ -475,6 +485,7 @@ def _search_chunk(
             slot_auc = auc_from_rank_sums(slot_sums, slot_counts, n)
             slot_auc[:, :, ranked.constant] = np.nan
             slot_auc[:, :, ~np.isfinite(b_auc[slot])] = np.nan
+            slot_auc[slot_counts > limit] = np.nan
             for step in range(term_ids.shape[2]):  # a term once per formula
                 slot_auc[:, term_ids[slot, :, step], columns] = np.nan
             slot_ids = slot * 4 * k_terms + np.arange(4 * k_terms)[:, None]

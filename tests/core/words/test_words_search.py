@@ -105,19 +105,58 @@ def test_polysemantic_count():
     assert words.formula[0] == "shape=star"  # ties go to the earlier term
 
 
-def brute_force_best(activation, found, indicator, max_terms):
-    """The best AUC over every left-to-right formula of up to max_terms distinct terms."""
+def test_a_unit_silenced_by_one_term_is_named_by_what_fires_it():
+    """The demo's crescent cluster: highest on crescents, lowest on arrows, in between on the
+    rest. `NOT shape=arrow` (4 in 5 images) separates a sliver better than `shape=crescent`;
+    it holds on more than half the images, so it is no label."""
+    rng = np.random.default_rng(11)
+    shape = rng.choice(["crescent", "arrow", "heart", "star", "circle"], 1000)
+    found, indicator = term_indicator(np.arange(1000), np.arange(1000), ["shape"] * 1000, shape)
+    unit = np.where(shape == "crescent", 3.0, np.where(shape == "arrow", 0.0, 1.0))
+    unit += rng.normal(0, 0.25, 1000) + 0.6 * (shape == "crescent") * rng.random(1000) * -2.5
+    assert auc_of(Not(Term("shape", "arrow")), found, indicator, unit) > auc_of(
+        Term("shape", "crescent"), found, indicator, unit
+    )
+    words = label_units(unit[:, None], found, indicator)
+    assert words.formula[0] == "shape=crescent" == words.single_term[0]
+    broad = label_units(unit[:, None], found, indicator, LabelSearch(max_share=1.0))
+    assert broad.formula[0] == "NOT shape=arrow"
+
+
+def test_no_formula_holds_on_more_than_max_share():
+    values, found, indicator = world(n=600, seed=12)
+    rng = np.random.default_rng(12)
+    units = rng.normal(size=(600, 6))
+    units[:, 0] -= 3 * (values["shape"] == "star")  # off on stars: NOT star is its best formula
+    units[:, 1] -= 3 * (values["colour"] == "red") + 3 * (values["background"] == "dark")
+    columns = indicator.toarray()
+    for share in (0.3, 0.5, 1.0):
+        words = label_units(units, found, indicator, LabelSearch(max_share=share))
+        for u, formula in enumerate(words.candidate):
+            mask = evaluate(parse(formula), {t: columns[:, i] for i, t in enumerate(found)})
+            assert mask.mean() <= share
+            assert words.auc[u] == pytest.approx(roc_auc_score(mask, units[:, u]), abs=1e-12)
+        if share == 1.0:
+            assert words.formula[0] == "NOT shape=star"
+
+
+def brute_force_best(activation, found, indicator, max_terms, max_share=0.5):
+    """The best AUC over every left-to-right formula of up to max_terms distinct terms that
+    holds on at most max_share of the images, built from such formulas only."""
     columns = {t: indicator[:, i].toarray().ravel().astype(bool) for i, t in enumerate(found)}
     best = -np.inf
 
     def score(mask):
-        if mask.all() or not mask.any():
+        if mask.all() or not mask.any() or mask.sum() > max_share * len(mask):
             return -np.inf
         return roc_auc_score(mask, activation)
 
     def extend(formula, used):
         nonlocal best
-        best = max(best, score(evaluate(formula, columns)))
+        mask = evaluate(formula, columns)
+        if mask.sum() > max_share * len(mask):
+            return  # neither a label nor extended
+        best = max(best, score(mask))
         if len(used) == max_terms:
             return
         for t in found:
@@ -133,8 +172,8 @@ def brute_force_best(activation, found, indicator, max_terms):
     return best
 
 
-@pytest.mark.parametrize("max_terms", [2, 3])
-def test_a_wide_beam_finds_the_brute_force_best(max_terms):
+@pytest.mark.parametrize(("max_terms", "max_share"), [(2, 0.5), (3, 0.5), (3, 1.0), (2, 0.3)])
+def test_a_wide_beam_finds_the_brute_force_best(max_terms, max_share):
     rng = np.random.default_rng(max_terms)
     n, n_terms = 60, 4
     columns = rng.random((n, n_terms)) < rng.uniform(0.2, 0.6, n_terms)
@@ -142,10 +181,10 @@ def test_a_wide_beam_finds_the_brute_force_best(max_terms):
     indicator = sparse.csc_matrix(columns)
     activations = rng.integers(0, 5, (n, 3)).astype(float)  # ties
     activations[:, 2] += 3 * (columns[:, 0] & ~columns[:, 1])
-    settings = LabelSearch(max_terms=max_terms, beam=10_000, min_gain=0.0)
+    settings = LabelSearch(max_terms=max_terms, beam=10_000, min_gain=0.0, max_share=max_share)
     words = label_units(activations, found, indicator, settings)
     for u in range(3):
-        expected = brute_force_best(activations[:, u], found, indicator, max_terms)
+        expected = brute_force_best(activations[:, u], found, indicator, max_terms, max_share)
         assert words.auc[u] == pytest.approx(expected, abs=1e-12)
         assert auc_of(words.tree[u] or parse(words.candidate[u]), found, indicator,
                       activations[:, u]) == pytest.approx(words.auc[u], abs=1e-12)  # fmt: skip
@@ -223,6 +262,8 @@ def test_term_indicator_keeps_the_sample_rows():
         (LabelSearch(beam=0), "beam"),
         (LabelSearch(min_auc=0.2), "min_auc"),
         (LabelSearch(max_p=0.0), "max_p"),
+        (LabelSearch(max_share=0.0), "max_share"),
+        (LabelSearch(max_share=1.5), "max_share"),
     ],
 )
 def test_settings_are_checked(settings, message):
