@@ -224,6 +224,19 @@ def test_carto_check_refuses_an_out_of_range_clustering_seed(image_folder):
 
 
 @pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
+@pytest.mark.parametrize("bad", [0, 1.5, "half"])
+def test_carto_check_refuses_a_labels_max_share_outside_0_1_in_one_line(image_folder, bad):
+    study = _study(image_folder, labels={"max_share": bad})
+    out = run([CARTO, "check", "--study", study.name], cwd=image_folder)
+    assert out.returncode == 2
+    (line,) = _errors(out)
+    assert line.startswith(f"carto: invalid study: {study}: ") and "labels.max_share" in line
+    assert str(bad) in line
+    good = _study(image_folder, labels={"max_share": 1.0})
+    assert run([CARTO, "check", "--study", good.name], cwd=image_folder).ok()
+
+
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_check_prints_a_yaml_syntax_error_in_one_line(image_folder):
     study = _study(image_folder)
     study.write_text(study.read_text() + "clustering: {seed: 3\n")
