@@ -95,6 +95,8 @@ def study_dict(size: int, args: argparse.Namespace) -> dict:
     }
     if args.features:
         study["features"] = {"layers": ["block3", "block4"]}
+        if args.dictionary_epochs is not None:
+            study["features"]["epochs"] = args.dictionary_epochs
     return study
 
 
@@ -496,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-features", dest="features", action="store_false", help="channels only"
     )
+    parser.add_argument(
+        "--dictionary-epochs",
+        type=int,
+        help="the dictionaries' training epochs (default: the study's, 240); their step is "
+        "fixed-size work (a capped sample), its seconds proportional to the epochs",
+    )
     parser.add_argument("--keep", type=Path, help="keep each size's study, database and log here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -503,15 +511,21 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_sizes(args.sizes)
         if not 16 <= args.image_size <= 1024:
             raise BenchError(f"--image-size must be 16 to 1024 px, got {args.image_size}")
-        for name in ("epochs", "shard_size", "top_k", "batch_size"):
-            if getattr(args, name) < 1:
+        for name in ("epochs", "shard_size", "top_k", "batch_size", "dictionary_epochs"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
         work = args.keep or Path(tempfile.mkdtemp(prefix="carto-data-scale-"))
         work.mkdir(parents=True, exist_ok=True)
         load = os.getloadavg()
         print(
             f"shapes world, builtin model ({args.epochs} training epoch(s)), {args.image_size} px, "
-            f"features {'on' if args.features else 'off'}, top_k {args.top_k}, shard_size "
+            f"features {'on' if args.features else 'off'}"
+            + (
+                f" (dictionary epochs {args.dictionary_epochs})"
+                if args.features and args.dictionary_epochs
+                else ""
+            )
+            + f", top_k {args.top_k}, shard_size "
             f"{args.shard_size}, batch {args.batch_size}, CPU ({os.cpu_count()} cores), "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

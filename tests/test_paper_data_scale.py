@@ -42,12 +42,21 @@ def test_bad_input_exits_with_one_line(capsys):
 
 def test_the_study_it_writes_is_valid(tmp_path):
     args = bench.argparse.Namespace(
-        image_size=48, batch_size=128, shard_size=10_000, top_k=50, epochs=1, features=True
+        image_size=48,
+        batch_size=128,
+        shard_size=10_000,
+        top_k=50,
+        epochs=1,
+        features=True,
+        dictionary_epochs=None,
     )
     study = study_from_dict(bench.study_dict(40_000, args), base_dir=tmp_path)
     assert study.shards == 4 and study.dataset.image_size == 48
     assert study.features is not None and study.training.epochs == 1
     assert study.database_path == tmp_path / "carto.duckdb"
+    assert study.features.epochs == 240  # the study's default
+    args.dictionary_epochs = 24
+    assert study_from_dict(bench.study_dict(4000, args), base_dir=tmp_path).features.epochs == 24
     args.features = False
     assert study_from_dict(bench.study_dict(4000, args), base_dir=tmp_path).features is None
 
