@@ -441,20 +441,42 @@ def _cell(value: float, fmt: str) -> str:
     return "-" if math.isnan(value) else fmt.format(value)
 
 
-def format_table(results: list[dict]) -> str:
-    """One column per size; the last column the growth exponent between the two largest."""
+#: Rows whose value is an amount (seconds, memory, bytes) that a straight line through the two
+#: largest sizes can carry further; ratios, rates and quality figures are not extrapolated.
+EXTRAPOLATED = re.compile(r"( s( \(carto run\))?$| s per class$|^peak RSS GB| MB$)")
+
+
+def extrapolate(n1: float, v1: float, n2: float, v2: float, n: float) -> float:
+    """The straight line through ``(n1, v1)`` and ``(n2, v2)`` at ``n``, never below ``v2``
+    (a value that fell between the sizes is taken as flat: noise, not a trend)."""
+    if any(map(math.isnan, (v1, v2))) or n1 == n2:
+        return float("nan")
+    return max(v2, v2 + (v2 - v1) / (n2 - n1) * (n - n2))
+
+
+def format_table(results: list[dict], extrapolate_to: int | None = None) -> str:
+    """One column per size; then the growth exponent between the two largest; then, with
+    ``extrapolate_to``, amounts carried to that many images on the line through the two
+    largest sizes (an extrapolation, not a measurement: a step that grows faster than
+    linearly is underestimated; its growth says so)."""
     rows = table_rows(results)
     label_w = max(len(label) for label, _, _ in rows) + 2
     sizes = [r["images"] for r in results]
+    several = len(sizes) > 1
     head = f"{'':<{label_w}}" + "".join(f"{n:>12,}" for n in sizes)
-    if len(sizes) > 1:
+    if several:
         head += f"{'growth':>9}"
+        if extrapolate_to:
+            head += f"{f'~{extrapolate_to:,}':>14}"
     lines = [head]
     for label, values, fmt in rows:
         line = f"{label:<{label_w}}" + "".join(f"{_cell(v, fmt):>12}" for v in values)
-        if len(sizes) > 1 and label != "images":
+        if several and label != "images":
             growth = growth_exponent(sizes[-2], values[-2], sizes[-1], values[-1])
             line += f"{_cell(growth, '{:.2f}'):>9}"
+            if extrapolate_to and EXTRAPOLATED.search(label):
+                far = extrapolate(sizes[-2], values[-2], sizes[-1], values[-1], extrapolate_to)
+                line += f"{_cell(far, fmt):>14}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -487,6 +509,23 @@ def target_lines(results: list[dict]) -> list[str]:
     return lines
 
 
+def print_results(results: list[dict], extrapolate_to: int) -> None:
+    print(
+        "(growth: log(value ratio) / log(image ratio) between the two largest sizes: 1 = "
+        "linear in images, 0 = flat)"
+    )
+    if extrapolate_to and len(results) > 1:
+        print(
+            f"(~{extrapolate_to:,}: EXTRAPOLATED, not measured: the line through the two "
+            "largest sizes, never below the largest's value)"
+        )
+    print()
+    print(format_table(results, extrapolate_to or None))
+    print()
+    for line in target_lines(results):
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4000,40000", help="image counts, comma-separated")
@@ -506,7 +545,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", type=Path, help="keep each size's study, database and log here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="print the table of a --json file again (nothing is run)",
+    )
+    parser.add_argument(
+        "--extrapolate",
+        type=int,
+        default=IMAGENET_IMAGES,
+        help="a column carrying seconds, memory and sizes to this many images on the line "
+        "through the two largest sizes, labelled as an extrapolation (0: none)",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        try:
+            results = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"paper_data_scale.py: --from-json {args.from_json}: {exc}", file=sys.stderr)
+            return 2
+        print_results(results, args.extrapolate)
+        return 0
     try:
         sizes = parse_sizes(args.sizes)
         if not 16 <= args.image_size <= 1024:
@@ -541,14 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(
-        "(growth: log(value ratio) / log(image ratio) between the two largest sizes: 1 = "
-        "linear in images, 0 = flat)\n"
-    )
-    print(format_table(results))
-    print()
-    for line in target_lines(results):
-        print(line)
+    print_results(results, args.extrapolate)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

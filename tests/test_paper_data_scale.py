@@ -142,3 +142,30 @@ def test_the_table_has_a_column_per_size_and_the_growth():
     assert any(line.startswith("concept graph per class at 4,000 / at 400: 1.00") for line in lines)
     one = bench.format_table([_result(4000, 10.0)]).splitlines()
     assert one[0].split() == ["4,000"]
+
+
+def test_extrapolation_is_the_line_through_the_two_largest_never_below():
+    assert bench.extrapolate(4000, 10.0, 40000, 100.0, 400000) == pytest.approx(1000.0)
+    assert bench.extrapolate(4000, 10.0, 40000, 10.0, 400000) == 10.0
+    assert bench.extrapolate(4000, 12.0, 40000, 10.0, 400000) == 10.0  # fell: flat
+    assert math.isnan(bench.extrapolate(4000, float("nan"), 40000, 10.0, 400000))
+
+
+def test_the_extrapolated_column_holds_amounts_only(tmp_path, capsys):
+    results = [_result(400, 1.0), _result(4000, 10.0)]
+    table = bench.format_table(results, extrapolate_to=40000).splitlines()
+    assert table[0].split() == ["400", "4,000", "growth", "~40,000"]
+    rows = {line[:40].strip(): line[40:].split() for line in table[1:]}
+    assert rows["activations s (carto run)"] == ["4", "40", "1.00", "400"]
+    assert rows["peak RSS GB (whole run)"][-1] == "11.00"  # 1.1 -> 2.0 GB: +0.9 per 3,600
+    assert rows["parquet MB"][-1] == "100.0"
+    assert rows["concept graph s per class"][-1] == "2.00"
+    assert len(rows["activations / (load + forward)"]) == 3  # a ratio: not carried
+    assert len(rows["coverage"]) == 3
+    saved = tmp_path / "results.json"
+    saved.write_text(bench.json.dumps(results))
+    assert bench.main(["--from-json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "EXTRAPOLATED, not measured" in out and "~1,281,167" in out
+    assert bench.main(["--from-json", str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
