@@ -208,13 +208,19 @@ def run_shard(
         if sample_ids is None
         else np.intersect1d(sample_ids, part["image_id"].to_numpy()),
     )
-    paths = dict(zip(images["image_id"].to_list(), images["source"].to_list()))
+    shown = failures[:1000]
+    # Only the failed images' paths: a dict of every image's would cost O(images) per shard.
+    paths = dict(
+        part.filter(pl.col("image_id").is_in([i for i, _ in shown]))
+        .select("image_id", "source")
+        .iter_rows()
+    )
     summary = ShardSummary(
         shard=shard,
         n_images=len(part),
         n_processed=result.n_images,
         n_failed=len(failures),
-        failed=[{"image_id": i, "source": paths[i], "reason": r} for i, r in failures[:1000]],
+        failed=[{"image_id": i, "source": paths[i], "reason": r} for i, r in shown],
         seconds=result.seconds,
         images_per_second=result.n_images / max(result.seconds, 1e-9),
         n_neurons=info.n_neurons + sum(f.n_features for f in features),

@@ -140,16 +140,26 @@ def annotation_rows(
 
 
 def _masks(source, n: int) -> pl.DataFrame | None:
-    """Each image's object mask as ``image_masks`` rows (bits packed row-major), or None."""
+    """Each image's object mask as ``image_masks`` rows (bits packed row-major), or None.
+
+    Each mask is packed as soon as it is drawn: the unpacked masks of every image would hold
+    a byte per pixel (5 GB for 1,281,167 images of 64 px, 8 times the packed bits).
+    """
     if n == 0 or source.object_mask(0) is None:
         return None
-    masks = [source.object_mask(i) for i in range(n)]
+    heights = np.empty(n, dtype=np.int32)
+    widths = np.empty(n, dtype=np.int32)
+    packed = []
+    for i in range(n):
+        mask = source.object_mask(i)
+        heights[i], widths[i] = mask.shape
+        packed.append(np.packbits(mask.astype(bool)).tobytes())
     return pl.DataFrame(
         {
             "image_id": np.arange(n, dtype=np.int64),
-            "height": np.array([m.shape[0] for m in masks], dtype=np.int32),
-            "width": np.array([m.shape[1] for m in masks], dtype=np.int32),
-            "mask": [np.packbits(m.astype(bool)).tobytes() for m in masks],
+            "height": heights,
+            "width": widths,
+            "mask": packed,
         }
     )
 

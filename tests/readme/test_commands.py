@@ -458,6 +458,10 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/explain.py": "a benchmark: maps the demo and digits, minutes",
     ".venv/bin/python benchmarks/paper_scale.py": "a benchmark: googlenet on 200 images, minutes",
     ".venv/bin/python benchmarks/publish.py": "a benchmark: maps a study twice, minutes",
+    ".venv/bin/python benchmarks/paper_data_scale.py": (
+        "a benchmark: carto run at 4,000 and 40,000 images, an hour on 2 cores; its own logic "
+        "is tested in tests/test_paper_data_scale.py"
+    ),
     # Comparing models (issue 23); `carto compare` is typed in tests/compare/.
     ".venv/bin/python benchmarks/compare.py": "a benchmark: maps five demo-size studies, minutes",
     ".venv/bin/python benchmarks/repeated_work.py": "a benchmark: maps a small study, a minute",

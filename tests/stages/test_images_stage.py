@@ -7,7 +7,7 @@ import polars as pl
 
 from carto_assets.sources.datasets import open_source
 from carto_assets.sources.shapes import Shortcut, render, sample_scene
-from carto_assets.stages.images import build_manifest
+from carto_assets.stages.images import build_manifest, unpack_mask
 from carto_assets.study import study_from_dict
 
 PLANTED = {"class": "heart", "concept": "texture", "value": "dots", "share": 1.0}
@@ -31,3 +31,18 @@ def test_a_planted_study_s_manifest_holds_the_planted_values():
     source = open_source(_study(PLANTED))
     scene = sample_scene(3, 5, [Shortcut("heart", "texture", "dots", 1.0)])
     assert (source.load(5) == render(scene, 32)).all()
+
+
+def test_the_masks_are_each_image_s_object_packed():
+    manifest, source = build_manifest(_study()), open_source(_study())
+    masks = manifest.masks
+    assert masks is not None and masks["image_id"].to_list() == list(range(200))
+    assert masks.schema == {
+        "image_id": pl.Int64,
+        "height": pl.Int32,
+        "width": pl.Int32,
+        "mask": pl.Binary,
+    }
+    for image_id, height, width, packed in masks.iter_rows():
+        assert (height, width) == (32, 32)
+        assert (unpack_mask(packed, height, width) == source.object_mask(image_id)).all()
