@@ -142,7 +142,21 @@ def test_model_fingerprint_is_pinned(raw, fingerprint):
         (
             {"clustering": {"foo": 1}},
             "unknown study field 'clustering.foo'; allowed fields: bands, linkage, method, "
-            "num_perm, rows, seed, threshold",
+            "num_perm, rows, seed, sets, threshold, top_fraction",
+        ),
+        (
+            {"clustering": {"sets": "all"}},
+            "study field 'clustering.sets' must be one of 'auto', 'sample', 'top_k', got 'all'",
+        ),
+        (
+            {"clustering": {"top_fraction": 0}},
+            "study field 'clustering.top_fraction' must be a number in (0.0, 1.0], got 0",
+        ),
+        (
+            {"clustering": {"sets": "sample"}, "labels": {"enabled": False}},
+            "study field 'clustering.sets' must be top_k or auto while labels.enabled is false "
+            "(the sample's sets are drawn from the labels' sample, which the study does not "
+            "keep), got 'sample'",
         ),
         (
             {"base_dir": "/"},

@@ -23,7 +23,7 @@ def minhash_signatures(study: StudyResource) -> dg.MaterializeResult:
     """Each neuron's MinHash signature of its top-k image set (datasketch's scheme, vectorized)."""
     prepared = study.prepare()
     cfg, store = prepared.study, prepared.store
-    sets = stage.load_neuron_sets(store)
+    sets = stage.load_cluster_sets(prepared).sets
     frame = stage.signatures_frame(sets, cfg.clustering)
     store.replace_tables({"minhash_signatures": frame})
     sigs = np.stack(frame["signature"].to_numpy())
@@ -52,11 +52,13 @@ def neuron_clusters(
     """Neurons of a layer grouped by Jaccard similarity of their top-k images (LSH or exact)."""
     prepared = study.prepare()
     cfg, store = prepared.study, prepared.store
-    sets = stage.load_neuron_sets(store)
+    measured = stage.load_cluster_sets(prepared)
+    sets = measured.sets
     signatures = stage.load_signatures(store, sets) if cfg.clustering.method == "lsh" else None
     result = stage.find_clusters(sets, cfg.clustering, signatures=signatures)
     layers = store.query("SELECT neuron_id, layer FROM neurons")
-    frames = stage.tables(result, store, layers)
+    top = sets if measured.basis == "top_k" else stage.load_neuron_sets(store)
+    frames = stage.tables(result, store, layers, top_sets=top)
     store.replace_tables(frames)
     sizes = cluster_size_distribution(result.clustering.labels)
     dist = pl.DataFrame({"size": list(sizes), "clusters": list(sizes.values())})
@@ -77,6 +79,9 @@ def neuron_clusters(
         "n_similar_pairs": result.pairs.n_pairs,
         "method": cfg.clustering.method,
         "threshold": cfg.clustering.threshold,
+        "sets": measured.basis,
+        "set_size": measured.set_size,
+        "set_images": measured.n_images,
     }
     if result.lsh is not None:
         meta.update(
@@ -101,11 +106,16 @@ def cluster_quality(study: StudyResource) -> dg.MaterializeResult:
     """Concept gain of clusters vs random same-size groups and single units; LSH vs exact."""
     prepared = study.prepare()
     cfg, store = prepared.study, prepared.store
-    sets = stage.load_neuron_sets(store)
+    measured = stage.load_cluster_sets(prepared)
+    # Gains are scored on the units' top images whatever the clustering measured, so a study's
+    # figures compare across clustering.sets.
+    sets = measured.sets if measured.basis == "top_k" else stage.load_neuron_sets(store)
     # The clusters and pairs neuron_clusters stored are scored as they are; only the exact
     # reference is computed here.
     labels, pairs = quality_stage.stored_clustering(store, sets)
-    report = quality_stage.quality(sets, labels, pairs, store, cfg.clustering, seed=cfg.seed)
+    report = quality_stage.quality(
+        sets, labels, pairs, store, cfg.clustering, seed=cfg.seed, cluster_sets=measured
+    )
     table = report.table
     store.replace_tables(
         {"cluster_quality": table} if len(table) else {},

@@ -257,7 +257,8 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "signature",
             "UINTEGER[num_perm]",
-            "MinHash signature of the neuron's top-k image-id set: datasketch's scheme "
+            "MinHash signature of the neuron's clustering set (`clustering.sets`: its top "
+            "`top_fraction` of the labels' sample, or its top-k images): datasketch's scheme "
             '(`MinHash(num_perm, seed)`, default "affine32"), each image id hashed as its '
             "8-byte little-endian int64 encoding. Computed vectorized; an asset check "
             "recomputes a sample with datasketch and compares bit for bit",
@@ -302,7 +303,12 @@ STUDY_TABLES: tuple[Table, ...] = (
         "neuron_clusters",
         ("neuron_a", "BIGINT", "neuron (always `neuron_a < neuron_b`)"),
         ("neuron_b", "BIGINT", "neuron of the same layer"),
-        ("jaccard", "DOUBLE", "Jaccard similarity of the two top-k image sets"),
+        (
+            "jaccard",
+            "DOUBLE",
+            "Jaccard similarity of the two clustering sets (`clustering.sets`: each one's top "
+            "`top_fraction` of the labels' sample, or its top-k images)",
+        ),
     ),
     _table(
         "cluster_quality",

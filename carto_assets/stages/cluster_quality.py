@@ -16,7 +16,7 @@ from carto_assets.core.similarity.pairs import (
     pair_agreement,
 )
 from carto_assets.core.similarity.sets import NeuronSets
-from carto_assets.stages.clustering import find_clusters, load_annotations
+from carto_assets.stages.clustering import ClusterSets, find_clusters, load_annotations
 from carto_assets.storage.quality import Figure, per_layer
 from carto_assets.storage.store import CartoStore
 from carto_assets.study import ClusteringConfig
@@ -183,6 +183,11 @@ class QualityReport:
     n_exact_pairs: int
     n_method_pairs: int
     adjusted_rand_index: float
+    #: what the clustering measured Jaccard on (``clustering.sets``): ``sample`` or ``top_k``
+    set_basis: str = "top_k"
+    #: images in each unit's set, and the images they were chosen from (0: not given)
+    set_size: int = 0
+    set_images: int = 0
 
     def figures(self) -> list[Figure]:
         """The study-level figures ``cluster_quality`` writes to ``study_quality``.
@@ -240,6 +245,21 @@ class QualityReport:
                     f"share of the layer's units with single-unit gain >= 0.8 ({basis})",
                 ),
             ]
+        if self.set_size:
+            out += [
+                Figure(
+                    "cluster_set_size",
+                    self.set_size,
+                    f"images in each unit's set that the clustering measured Jaccard on "
+                    f"(clustering.sets: {self.set_basis}), chosen among cluster_set_images",
+                ),
+                Figure(
+                    "cluster_set_images",
+                    self.set_images,
+                    "images the clustering's sets were chosen from: the labels' sample "
+                    "(sets: sample) or every image (sets: top_k)",
+                ),
+            ]
         out += [
             Figure(
                 "pair_recall",
@@ -274,9 +294,13 @@ def quality(
     cfg: ClusteringConfig,
     seed: int = 0,
     n_draws: int = 20,
+    cluster_sets: ClusterSets | None = None,
 ) -> QualityReport:
     """How much more a cluster's top images share a concept than chance, and agreement of
     ``pairs``/``labels`` (the study's method) with the exact inverted-index pairs.
+
+    Gains are measured on ``sets`` (the units' ``top_images``); the exact reference on
+    ``cluster_sets``, the sets the clustering measured (default: ``sets``).
 
     One statistic, :func:`group_gains`, scores every multi-unit cluster, ``n_draws`` random
     groups of the same size and layer per cluster, and every single unit, per annotation kind
@@ -343,7 +367,8 @@ def quality(
                     ),
                 )
             )
-    exact = find_clusters(sets, cfg, method="exact")
+    measured = cluster_sets.sets if cluster_sets is not None else sets
+    exact = find_clusters(measured, cfg, method="exact")
     agreement = pair_agreement(exact.pairs, pairs)
     table = pl.concat(rows) if rows else pl.DataFrame()
     if len(table):
@@ -368,4 +393,13 @@ def quality(
         n_exact_pairs=agreement.n_reference,
         n_method_pairs=agreement.n_candidate,
         adjusted_rand_index=float(clustering_agreement(exact.clustering.labels, labels)),
+        **(
+            {}
+            if cluster_sets is None
+            else {
+                "set_basis": cluster_sets.basis,
+                "set_size": cluster_sets.set_size,
+                "set_images": cluster_sets.n_images,
+            }
+        ),
     )

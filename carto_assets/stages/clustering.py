@@ -9,6 +9,7 @@ same-layer groups are computed here, on polars tables, and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -21,9 +22,18 @@ from carto_assets.core.similarity.pairs import (
     exact_pairs_inverted_index,
     lsh_pairs,
 )
-from carto_assets.core.similarity.sets import NeuronSets, build_neuron_sets
+from carto_assets.core.similarity.sets import (
+    NeuronSets,
+    build_neuron_sets,
+    sample_set_size,
+    top_sets_of_matrix,
+)
+from carto_assets.stages.label_sample import read_sample_maxima
 from carto_assets.storage.store import CartoStore
 from carto_assets.study import ClusteringConfig
+
+if TYPE_CHECKING:
+    from carto_assets.stages.prepared import PreparedStudy
 
 
 def load_neuron_sets(store: CartoStore) -> NeuronSets:
@@ -45,6 +55,52 @@ def load_neuron_sets(store: CartoStore) -> NeuronSets:
         neurons_neuron_id=neurons["neuron_id"].to_numpy(),
         neurons_layer=neurons["layer_index"].to_numpy(),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterSets:
+    """The image sets whose Jaccard similarity groups units (``clustering.sets``)."""
+
+    #: one row per unit of ``neurons``, ascending neuron id
+    sets: NeuronSets
+    #: ``sample`` (each unit's top share of the labels' sample) or ``top_k`` (``top_images``)
+    basis: str
+    #: images in each live unit's set
+    set_size: int
+    #: images the sets were chosen from (the sample's; the images processed for ``top_k``)
+    n_images: int
+
+
+def load_cluster_sets(prepared: PreparedStudy) -> ClusterSets:
+    """Each unit's set the clustering measures, as the study's ``clustering.sets`` says.
+
+    ``sample``: its top ``clustering.top_fraction`` of the labels' sample, at least ``top_k``
+    images (:func:`~carto_assets.core.similarity.sets.sample_set_size`), read from the
+    activation pass's ``unit_maxima``; once the dataset is larger than the sample, the sets are
+    chosen from the same number of images whatever its size. ``top_k``: ``top_images`` (see
+    :func:`load_neuron_sets`). Units with constant top activations get empty sets either way.
+    """
+    study, store = prepared.study, prepared.store
+    if study.cluster_sets == "top_k":
+        sets = load_neuron_sets(store)
+        n_images = int(store.query("SELECT count(*) AS n FROM images")["n"][0])
+        return ClusterSets(sets, "top_k", int(study.top_k), n_images)
+    image_ids, maxima = read_sample_maxima(prepared)
+    neurons = store.query("SELECT neuron_id, layer_index FROM neurons ORDER BY neuron_id")
+    if neurons.height != maxima.shape[1]:
+        raise RuntimeError(
+            f"the labels' sample holds {maxima.shape[1]} units but neurons has "
+            f"{neurons.height}; re-materialize top_images"
+        )
+    k = sample_set_size(study.top_k, study.clustering.top_fraction, image_ids.size)
+    sets = top_sets_of_matrix(
+        maxima,
+        image_ids,
+        k,
+        neuron_ids=neurons["neuron_id"].to_numpy(),
+        layers=neurons["layer_index"].to_numpy(),
+    )
+    return ClusterSets(sets, "sample", k, int(image_ids.size))
 
 
 def signatures_frame(sets: NeuronSets, cfg: ClusteringConfig) -> pl.DataFrame:
@@ -215,10 +271,16 @@ def purity_table(shares: pl.DataFrame) -> pl.DataFrame:
 
 
 def tables(
-    result: ClusterResult, store: CartoStore, neuron_layers: pl.DataFrame
+    result: ClusterResult,
+    store: CartoStore,
+    neuron_layers: pl.DataFrame,
+    top_sets: NeuronSets | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """``neuron_clusters``, ``clusters`` and ``neuron_pairs`` DataFrames."""
-    sets, clustering = result.sets, result.clustering
+    """``neuron_clusters``, ``clusters`` and ``neuron_pairs`` DataFrames.
+
+    Labels describe the members' ``top_sets`` (their ``top_images``; default: the sets the
+    clustering measured), the images the views show."""
+    sets, clustering = top_sets if top_sets is not None else result.sets, result.clustering
     labels = clustering.labels
     neuron_clusters = (
         pl.DataFrame(

@@ -52,15 +52,15 @@ class LabelSample:
         return int(self.neuron_ids.shape[0])
 
 
-def load_label_sample(prepared: PreparedStudy) -> LabelSample:
-    """The sample from every shard's ``unit_maxima`` (the shards must be up to date) and the
-    study's ``image_annotations``, restricted to the images the study's own annotations table
-    annotates where it has one.
+def read_sample_maxima(prepared: PreparedStudy) -> tuple[np.ndarray, np.ndarray]:
+    """Every unit's activation on the labels' sample, from every shard's ``unit_maxima``:
+    ``(image_ids, maxima)``, image ids ascending and ``maxima[i, u]`` unit ``u``'s activation
+    (``neurons`` order) on image ``image_ids[i]``; every sampled image, annotated or not.
 
     Raises ``RuntimeError`` for shards that are missing or stale, ``ValueError`` when the
     study keeps no sample (``labels.enabled: false``) or a shard holds no sample.
     """
-    study, store = prepared.study, prepared.store
+    study = prepared.study
     if not study.labels.enabled:
         raise ValueError(
             "the study keeps no labels' sample (study field 'labels.enabled' is false)"
@@ -93,7 +93,20 @@ def load_label_sample(prepared: PreparedStudy) -> LabelSample:
     order = np.argsort(image_ids, kind="stable")
     if not np.array_equal(order, np.arange(n)):
         image_ids, maxima = image_ids[order], maxima[order]
+    return image_ids, maxima
 
+
+def load_label_sample(prepared: PreparedStudy) -> LabelSample:
+    """The sample from every shard's ``unit_maxima`` (the shards must be up to date) and the
+    study's ``image_annotations``, restricted to the images the study's own annotations table
+    annotates where it has one.
+
+    Raises ``RuntimeError`` for shards that are missing or stale, ``ValueError`` when the
+    study keeps no sample (``labels.enabled: false``) or a shard holds no sample.
+    """
+    study, store = prepared.study, prepared.store
+    image_ids, maxima = read_sample_maxima(prepared)
+    units = maxima.shape[1]
     annotations = _annotations_of(store, image_ids)
     user = _user_concepts(store) if study.annotations is not None else ()
     n_unannotated = 0

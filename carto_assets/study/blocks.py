@@ -221,6 +221,22 @@ class ClusteringConfig(_Section):
         "as similar; a cluster's average pairwise Jaccard stays at or above it (average "
         "linkage, no chaining).",
     )
+    sets: Literal["auto", "sample", "top_k"] = Field(
+        "auto",
+        description="Which image set of each unit the Jaccard similarity is measured on. "
+        "sample: its top top_fraction of the labels' sample (labels.sample_images images drawn "
+        "with the study's seed, every image in a smaller study), at least top_k images; the "
+        "sets' size follows the sample, so two units' similarity does not fall as the dataset "
+        "grows (benchmarks/cluster_growth.py). top_k: its top_k images over all images, as the "
+        "original did; at a fixed top_k the sets of two detectors of one concept drift apart "
+        "as the dataset grows and clusters thin out. auto: sample where the study keeps the "
+        "labels' sample (labels.enabled), else top_k.",
+    )
+    top_fraction: Share = Field(
+        0.0125,
+        description="With sets: sample, the share of the sample's images in each unit's set "
+        "(never fewer than top_k images). 0.0125 is the demo's top 50 of 4,000 images.",
+    )
     num_perm: NumPerm = 128
     bands: Bands = None
     rows: Rows = None

@@ -298,11 +298,26 @@ class Study(BaseModel):
                 f"among the study's layers {list(self.layers)} (not {unknown})",
                 list(self.features.layers),
             )
+        if self.clustering.sets == "sample" and not self.labels.enabled:
+            raise InvalidField(
+                "clustering.sets",
+                "top_k or auto while labels.enabled is false (the sample's sets are drawn from "
+                "the labels' sample, which the study does not keep)",
+                self.clustering.sets,
+            )
         if dataset.size is not None and self.shards > dataset.size:
             raise InvalidField(
                 "shards", f"at most the dataset size ({dataset.size} images)", self.shards
             )
         return self
+
+    @property
+    def cluster_sets(self) -> str:
+        """``clustering.sets`` resolved: ``sample`` or ``top_k`` (``auto`` is ``sample`` where
+        the study keeps the labels' sample)."""
+        if self.clustering.sets == "auto":
+            return "sample" if self.labels.enabled else "top_k"
+        return self.clustering.sets
 
     # ---- derived paths -------------------------------------------------------------------
     def resolve(self, path: str) -> Path:

@@ -450,6 +450,9 @@ NOT_RUN = {
     ),
     ".venv/bin/python benchmarks/activations.py": "a benchmark: minutes, prints measurements",
     ".venv/bin/python benchmarks/clustering.py": "a benchmark: minutes, prints measurements",
+    ".venv/bin/python benchmarks/cluster_growth.py": (
+        "a benchmark: maps the shapes world at 4,000 and 40,000 images, minutes"
+    ),
     ".venv/bin/python benchmarks/embedding.py": "a benchmark that needs gensim (.[bench])",
     ".venv/bin/python benchmarks/features.py": "a benchmark: maps the demo study, minutes",
     ".venv/bin/python benchmarks/gpu.py": "a benchmark for a GPU machine",

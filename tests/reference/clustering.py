@@ -110,3 +110,15 @@ def exact_pairs_dense(
     j = np.concatenate(found_j).astype(np.int64)
     order = np.lexsort((j, i))
     return SimilarPairs(i[order], j[order], np.concatenate(found_s)[order], sets.n_neurons)
+
+
+def top_sets_reference(maxima: np.ndarray, image_ids: Sequence[int], k: int) -> list[list[int]]:
+    """Each unit's top-``k`` image ids, written out: every column sorted by (activation
+    descending, image id ascending) in plain Python, cut at ``k``; a unit whose ``k``
+    strongest activations are all equal gets no images (the dead-unit rule)."""
+    out = []
+    for column in np.asarray(maxima).T:
+        ranked = sorted(zip(column.tolist(), image_ids), key=lambda pair: (-pair[0], pair[1]))[:k]
+        values = [value for value, _ in ranked]
+        out.append([] if max(values) == min(values) else sorted(i for _, i in ranked))
+    return out

@@ -170,12 +170,23 @@ def lsh_banding(
     rows: int | None = None,
     weights: tuple[float, float] = RECALL_WEIGHTS,
 ) -> tuple[int, int]:
-    """``(bands, rows)``: as given (both or neither), or :func:`optimal_lsh_params` of the
-    threshold with ``weights``; checked against ``num_perm`` (:func:`check_bands_rows`)."""
+    """``(bands, rows)``: as given (both or neither), or derived: the rows of
+    :func:`optimal_lsh_params` of the threshold with ``weights``, and as many bands as the
+    permutations fill (``num_perm // rows``); checked against ``num_perm``
+    (:func:`check_bands_rows`).
+
+    The search's banding can leave permutations out of every band (41 x 2 of 128 at threshold
+    0.3): computed, never used. A band more only adds candidates, each confirmed by its exact
+    Jaccard, so filling them raises recall and never adds a false pair. On the clustering
+    sets of the 40,000-image shapes study (106 exact pairs at 0.3, 39 of them below 0.35) the
+    recall over 20 MinHash seeds went from mean 0.994 (4 seeds below 0.99, the lowest 0.972)
+    with 41 x 2 to mean 0.9995 (lowest 0.991) with 64 x 2, for 24% more candidates.
+    """
     if (bands is None) != (rows is None):
         raise ValueError(f"give both bands and rows or neither, got bands={bands}, rows={rows}")
     if bands is None or rows is None:
-        bands, rows = optimal_lsh_params(threshold, num_perm, weights)
+        _, rows = optimal_lsh_params(threshold, num_perm, weights)
+        bands = num_perm // rows
     return check_bands_rows(bands, rows, num_perm)
 
 

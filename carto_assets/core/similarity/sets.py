@@ -224,3 +224,94 @@ def pair_jaccard(sets: NeuronSets, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         inter = np.asarray(x[a].multiply(x[b]).sum(axis=1)).reshape(-1).astype(np.int64)
         out[start : start + a.size] = jaccard_from_counts(inter, sizes[a], sizes[b])
     return out
+
+
+def sample_set_size(top_k: int, fraction: float, n_sample: int) -> int:
+    """Images in each unit's set measured on a sample of ``n_sample`` images: its top
+    ``fraction`` of them, never fewer than ``top_k`` and never more than the sample.
+
+    The share of the sample stays ``fraction`` whatever the dataset's size (the sample's
+    size is fixed once the dataset is larger), so two units' similarity does not fall as the
+    dataset grows; ``top_k`` is a floor for small samples, where a share would leave too few
+    images to measure a Jaccard similarity on.
+    """
+    if n_sample < 1:
+        raise ValueError(f"n_sample must be at least 1, got {n_sample}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return int(min(n_sample, max(top_k, round(fraction * n_sample))))
+
+
+def top_sets_of_matrix(
+    maxima: np.ndarray,
+    image_ids: np.ndarray,
+    k: int,
+    *,
+    neuron_ids: np.ndarray,
+    layers: np.ndarray,
+    block_units: int = 256,
+) -> NeuronSets:
+    """Each unit's top-``k`` image set from a matrix of activations (rows: images).
+
+    The order is ``top_images``' (activation descending, then image id ascending), so on a
+    matrix of every image the sets equal the top-``k`` of ``top_images``. A unit whose ``k``
+    strongest activations are all equal (a dead ReLU's zeros: its top-``k`` would be made by
+    the image-id tie-break alone) gets an empty set, as
+    :func:`~carto_assets.stages.clustering.load_neuron_sets` does.
+
+    Parameters
+    ----------
+    maxima
+        ``(n_images, n_units)`` activations; column ``u`` is unit ``neuron_ids[u]``.
+    image_ids
+        ``(n_images,)`` image ids, unique.
+    k
+        Images per set, ``1 <= k <= n_images``.
+    neuron_ids, layers
+        ``(n_units,)`` the units' ids and layer keys (as for :func:`build_neuron_sets`).
+    block_units
+        Units selected at once; bounds the temporary ``(block_units, n_images)`` arrays.
+
+    Returns
+    -------
+    NeuronSets
+        One row per unit, ascending neuron id.
+    """
+    maxima = np.asarray(maxima)
+    ids = as_id_array("image_ids", image_ids)
+    if maxima.ndim != 2 or maxima.shape[0] != ids.size:
+        raise ValueError(
+            f"maxima must be (n_images, n_units) with n_images = {ids.size}, got {maxima.shape}"
+        )
+    n_images, n_units = maxima.shape
+    if not 1 <= k <= n_images:
+        raise ValueError(f"k must be in [1, {n_images}] (the images), got {k}")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("image_ids must be unique")
+    # Rows in ascending image id: ties then go to the smaller id by row order.
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    found_unit, found_image = [], []
+    for start in range(0, n_units, block_units):
+        # (units, images), each unit's activations contiguous for the partition.
+        block = np.ascontiguousarray(maxima[order, start : start + block_units].T)
+        kth = -np.partition(-block, k - 1, axis=1)[:, k - 1 : k]  # each unit's k-th largest
+        above = block > kth
+        need = k - above.sum(axis=1, keepdims=True)
+        at = block == kth
+        # The k-th value's images by ascending id, as many as the set still needs.
+        chosen = above | (at & (np.cumsum(at, axis=1) <= need))
+        live = block.max(axis=1) > kth[:, 0]
+        unit_rows, image_rows = np.nonzero(chosen[live])
+        found_unit.append(np.flatnonzero(live)[unit_rows] + start)
+        found_image.append(ids[image_rows])
+    units = np.concatenate(found_unit) if found_unit else np.zeros(0, np.int64)
+    images = np.concatenate(found_image) if found_image else np.zeros(0, np.int64)
+    unit_ids = as_id_array("neuron_ids", neuron_ids)
+    if unit_ids.size != n_units:
+        raise ValueError(f"neuron_ids must have {n_units} entries (the units), got {unit_ids.size}")
+    return build_neuron_sets(
+        unit_ids[units], images, neurons_neuron_id=unit_ids, neurons_layer=layers
+    )

@@ -392,3 +392,23 @@ def test_lsh_pairs_accepts_precomputed_signatures_and_matches():
     assert np.array_equal(a.i, b.i) and np.array_equal(a.j, b.j)
     with pytest.raises(ValueError, match="signatures have shape"):
         lsh_pairs(sets, threshold=0.5, signatures=sigs[:3])
+
+
+def test_derived_banding_fills_every_permutation_and_loses_no_pair_the_search_found():
+    rng = np.random.default_rng(5)
+    base = rng.choice(10_000, size=60, replace=False)
+    # 40 units around one base set, each keeping a random 62-75% of it: Jaccards near 0.3.
+    lists = []
+    for _ in range(40):
+        keep = base[rng.random(60) < rng.uniform(0.62, 0.75)]
+        lists.append(np.concatenate([keep, rng.choice(10_000, 60 - keep.size) + 10_000]))
+    sets = neuron_sets_from_lists(lists)
+    exact = exact_pairs_inverted_index(sets, threshold=0.3)
+    filled = lsh_pairs(sets, threshold=0.3)
+    searched = lsh_pairs(sets, threshold=0.3, minhash=MinHashLsh(bands=41, rows=2))
+    assert (filled.bands, filled.rows) == (64, 2)
+    found = set(zip(filled.pairs.i.tolist(), filled.pairs.j.tolist()))
+    assert set(zip(searched.pairs.i.tolist(), searched.pairs.j.tolist())) <= found
+    recall = pair_agreement(exact, filled.pairs).recall
+    assert recall >= pair_agreement(exact, searched.pairs).recall
+    assert exact.n_pairs > 50

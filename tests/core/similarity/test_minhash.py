@@ -249,8 +249,12 @@ def test_lsh_bad_bucket_cap_and_groups():
 
 
 def test_lsh_banding_takes_both_or_neither_and_checks_them():
-    assert lsh_banding(0.3, 128) == optimal_lsh_params(0.3, 128, (0.05, 0.95))
-    assert lsh_banding(0.3, 128, weights=(0.5, 0.5)) == optimal_lsh_params(0.3, 128, (0.5, 0.5))
+    # Derived: the search's rows, and every permutation in a band.
+    assert optimal_lsh_params(0.3, 128, (0.05, 0.95)) == (41, 2)
+    assert lsh_banding(0.3, 128) == (64, 2)
+    rows = optimal_lsh_params(0.3, 128, (0.5, 0.5))[1]
+    assert lsh_banding(0.3, 128, weights=(0.5, 0.5)) == (128 // rows, rows)
+    assert lsh_banding(0.5, 100) == (33, 3)
     assert lsh_banding(0.3, 128, 16, 8) == (16, 8)
     with pytest.raises(ValueError, match="both bands and rows or neither"):
         lsh_banding(0.3, 128, 16, None)
