@@ -134,18 +134,25 @@ def term_rates(
     ``annotations``: ``image_id, term`` (one row per image and term; repeats count once);
     ``image_labels``: ``image_id, label`` of every image.
     """
-    from scipy.stats import hypergeom
-
-    per_class = image_labels.group_by("label").len("n")
-    total = int(per_class["n"].sum())
     counts = (
         annotations.unique(["image_id", "term"])
         .join(image_labels, on="image_id", how="inner")
         .group_by("label", "term")
         .len("k")
     )
+    return rates_from_counts(counts, dict(image_labels.group_by("label").len("n").iter_rows()))
+
+
+def rates_from_counts(
+    counts: pl.DataFrame, sizes: Mapping[int, int]
+) -> dict[tuple[int, str], Rate]:
+    """:func:`term_rates` from ``counts`` (``label, term, k``: the class's images where the
+    term holds, one row per pair with ``k`` > 0) and ``sizes`` (label -> its images), so the
+    counting can happen in the database."""
+    from scipy.stats import hypergeom
+
+    total = int(sum(sizes.values()))
     term_total = counts.group_by("term").agg(pl.col("k").sum().alias("all"))
-    sizes = dict(per_class.iter_rows())
     labels = sorted(sizes)
     terms = term_total["term"].to_list()
     everywhere = dict(term_total.iter_rows())

@@ -50,7 +50,7 @@ from carto_assets.core.audit import (
     layer_term_shares,
     model_uses,
     paired_p,
-    term_rates,
+    rates_from_counts,
     to_check,
     unit_terms,
 )
@@ -99,14 +99,44 @@ class Audit:
     seconds: dict[str, float]
 
 
-def _annotation_terms(rows: pl.DataFrame) -> pl.DataFrame:
-    """``image_id, term`` of every annotation row (``image_id, concept, value``), the term
-    written as the words write it."""
+def _spelled(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with ``concept, value`` replaced by ``term``, written as the words write it."""
     pairs = rows.select("concept", "value").unique()
     spelled = pairs.with_columns(
         term=pl.Series([text(Term(c, v)) for c, v in pairs.iter_rows()], dtype=pl.String)
     )
-    return rows.join(spelled, on=["concept", "value"]).select("image_id", "term")
+    return rows.join(spelled, on=["concept", "value"]).drop("concept", "value")
+
+
+#: Per class and annotation value, its images (counted in the database: no per-image rows
+#: reach Python, whatever the dataset's size).
+COUNTS_SQL = """
+SELECT i.label, a.concept, a.value, count(DISTINCT a.image_id) AS k
+FROM image_annotations a JOIN images i USING (image_id)
+GROUP BY i.label, a.concept, a.value
+"""
+
+
+def _carrying(con, wanted: pl.DataFrame) -> pl.DataFrame:
+    """``label, term, image_id``: the images of each wanted (label, term) where it holds
+    (only the checked pairs' rows are read)."""
+    if wanted.is_empty():
+        return pl.DataFrame(schema={"label": pl.Int32, "term": pl.String, "image_id": pl.Int64})
+    pairs = [(int(label), term, parse(term)) for label, term in wanted.iter_rows()]
+    keys = pl.DataFrame(
+        [(label, t, f.concept, f.value) for label, t, f in pairs if isinstance(f, Term)],
+        schema={"label": pl.Int32, "term": pl.String, "concept": pl.String, "value": pl.String},
+        orient="row",
+    )
+    con.register("audit_wanted", keys.to_arrow())
+    try:
+        return con.sql(
+            "SELECT w.label, w.term, a.image_id FROM audit_wanted w "
+            "JOIN image_annotations a ON a.concept = w.concept AND a.value = w.value "
+            "JOIN images i ON i.image_id = a.image_id AND i.label = w.label"
+        ).pl()
+    finally:
+        con.unregister("audit_wanted")
 
 
 def own_terms(class_names: list[str], rates: dict[tuple[int, str], Rate]) -> dict[int, set[str]]:
@@ -144,25 +174,26 @@ def class_audit(
     cfg = study.audit
     rule = AuditRule(cfg.min_share, cfg.min_lift, cfg.min_cooccurrence)
     units, class_names, images = prepared.units, prepared.class_names, prepared.images
-    with store.connect() as con:  # one connection for the three reads
+    with store.connect() as con:  # one connection for the audit's reads
         relevance = con.sql("SELECT label, neuron_id, share FROM class_relevance").pl()
         labels = con.sql("SELECT neuron_id, layer, formula FROM unit_labels").pl()
-        annotated = con.sql("SELECT image_id, concept, value FROM image_annotations").pl()
-    words = unit_terms(labels)
-    annotations = _annotation_terms(annotated)
-    rates = term_rates(annotations, images.select("image_id", "label"))
-    audit = audit_terms(
-        layer_term_shares(relevance, words),
-        units.layers,
-        class_names,
-        rates,
-        own_terms(class_names, rates),
-        rule,
-    )
+        counts = _spelled(con.sql(COUNTS_SQL).pl()).select("label", "term", "k")
+        words = unit_terms(labels)
+        sizes = dict(images.group_by("label").len("n").iter_rows())
+        rates = rates_from_counts(counts, sizes)
+        audit = audit_terms(
+            layer_term_shares(relevance, words),
+            units.layers,
+            class_names,
+            rates,
+            own_terms(class_names, rates),
+            rule,
+        )
+        checks = to_check(
+            audit, extra, _renderable(prepared.source, audit.filter(pl.col("cooccurs"))["term"])
+        )
+        carrying = _carrying(con, checks.select("label", "term"))
     seconds = {"shares": time.perf_counter() - started}
-    checks = to_check(
-        audit, extra, _renderable(prepared.source, audit.filter(pl.col("cooccurs"))["term"])
-    )
     say(
         f"audit: {audit.height} class terms, {int(audit['flagged'].sum())} flagged by relevance, "
         f"{checks.height} checked"
@@ -174,7 +205,7 @@ def class_audit(
         say(f"audit: checking {class_names[int(label[0])]} ({k + 1}/{checks['label'].n_unique()})")
         cp = _class_pass(prepared, int(label[0]), cfg.images_per_class)
         for row in part.iter_rows(named=True):
-            got, images_of = _check(prepared, row, words, annotations, cp, cfg)
+            got, images_of = _check(prepared, row, words, carrying, cp, cfg)
             results.append({"label": row["label"], "term": row["term"], **got})
             shown.extend((row["label"], row["term"], *x) for x in images_of)
         cp.fwd.release()
@@ -247,7 +278,7 @@ def _class_pass(prepared: PreparedStudy, label: int, count: int) -> _ClassPass:
     return _ClassPass(ids, pixels, x, fwd, clean, target, predicts)
 
 
-def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
+def _check(prepared, row: dict, words, carrying, cp: _ClassPass, cfg):
     """One term's checks: the :data:`CHECK_COLUMNS` values and its images that mattered most.
 
     A flagged term (or one asked for) gets both checks. A co-occurring term that is not
@@ -256,7 +287,7 @@ def _check(prepared, row: dict, words, annotations, cp: _ClassPass, cfg):
     out: dict[str, object] = dict.fromkeys(CHECK_COLUMNS)
     images_of: list[tuple[int, int, float, bytes]] = []
     if len(cp.ids):
-        out.update(_counterfactual(prepared, row, annotations, cp, cfg))
+        out.update(_counterfactual(prepared, row, carrying, cp, cfg))
         if row["flagged"] or row["wanted"] or out["counterfactual_confirms"]:
             got, images_of = _ablation(prepared, row, words, cp, cfg)
             out.update(got)
@@ -320,7 +351,7 @@ def _ablation(prepared, row: dict, words, cp: _ClassPass, cfg):
     return out, shown
 
 
-def _counterfactual(prepared, row: dict, annotations, cp: _ClassPass, cfg) -> dict:
+def _counterfactual(prepared, row: dict, carrying, cp: _ClassPass, cfg) -> dict:
     """Render the class's checked images that carry the term again with its concept changed
     (a source that can: the shapes world), and set the class's accuracy and logit beside the
     unchanged images'. Empty where the source cannot."""
@@ -328,8 +359,9 @@ def _counterfactual(prepared, row: dict, annotations, cp: _ClassPass, cfg) -> di
     concept, source = parse(term), prepared.source
     if not (isinstance(concept, Term) and source.can_change(concept.concept)):
         return {}
-    carrying = set(annotations.filter(pl.col("term") == term)["image_id"].to_list())
-    mine = np.array([i for i, image in enumerate(cp.ids) if int(image) in carrying], dtype=int)
+    holds = carrying.filter((pl.col("label") == label) & (pl.col("term") == term))
+    held = set(holds["image_id"].to_list())
+    mine = np.array([i for i, image in enumerate(cp.ids) if int(image) in held], dtype=int)
     out: dict[str, object] = {"counterfactual_images": len(mine)}
     if not len(mine):
         return out
