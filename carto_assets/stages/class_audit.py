@@ -388,7 +388,7 @@ def _counterfactual(prepared, row: dict, carrying, cp: _ClassPass, cfg) -> dict:
 
 def audit_figures(audit: Audit) -> list[Figure]:
     """The ``class_audit`` asset's ``study_quality`` rows: classes flagged, and how many
-    flags both causal checks confirm."""
+    flags the causal checks confirm (class_audit.confirmed)."""
     flagged = audit.terms.filter(pl.col("flagged"))
     classes = flagged["label"].n_unique()
     confirmed = int(flagged["confirmed"].fill_null(False).sum())
