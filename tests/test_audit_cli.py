@@ -114,6 +114,27 @@ def test_a_shortcut_the_relevance_misses_is_flagged_by_the_counterfactual(plante
     assert terms.filter(terms["checked"])["term"].to_list() == ["texture=dots"]
 
 
+def test_the_rates_counted_in_the_database_equal_the_per_image_rows(planted):
+    """The stage counts each (class, term) in DuckDB; the reference counts the annotation rows
+    image by image (:func:`term_rates`)."""
+    from carto_assets.core.audit import rates_from_counts, term_rates
+    from carto_assets.stages import class_audit as stage
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    with prepared.store.connect() as con:
+        counts = stage._spelled(con.sql(stage.COUNTS_SQL).pl()).select("label", "term", "k")
+        rows = con.sql("SELECT image_id, concept, value FROM image_annotations").pl()
+    labels = prepared.images.select("image_id", "label")
+    sizes = dict(labels.group_by("label").len("n").iter_rows())
+    got = rates_from_counts(counts, sizes)
+    want = term_rates(stage._spelled(rows), labels)
+    assert got.keys() == want.keys() and len(got) > 100
+    for key, rate in want.items():
+        assert got[key] == pytest.approx(rate, rel=1e-12, abs=1e-300), key
+    assert got[(prepared.class_names.index("heart"), "texture=dots")].class_rate == 1.0
+
+
 def test_the_ablation_drop_equals_a_plain_forward_with_the_units_zeroed(planted):
     root, study, _ = planted
     _, images, dots = _row(root)
