@@ -217,3 +217,46 @@ def test_a_study_without_the_audit_says_so(tmp_path):
     assert line.endswith(
         "has no class_audit table: the study disables it (audit.enabled or labels.enabled is false)"
     )
+
+
+def test_the_checks_the_graph_chunks_ran_equal_the_stage_checking_every_row_itself(planted):
+    """`carto run` checks the co-occurring terms inside the concept graph's chunks, on the
+    graph's own pass; the stage given no chunk tables checks every row itself, on a pass of its
+    own over the same sampled images (the reference). Same rows, same figures, same images."""
+    from polars.testing import assert_frame_equal
+
+    from carto_assets.stages.audit_checks import TABLES
+    from carto_assets.stages.class_audit import class_audit, unit_layers
+    from carto_assets.stages.concept_graph import read_chunk_tables
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    folder = prepared.study.files_dir / "concept_graph"
+    keys = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    chunks = [read_chunk_tables(prepared.study, key, TABLES) for key in keys]
+    assert sum(c["audit_checks"].height for c in chunks) >= 1
+    fast = class_audit(prepared, chunks=chunks)
+    assert fast.reused >= 1 and fast.checked_here == 0
+    reference = class_audit(PreparedStudy.load(root / study.name))
+    assert reference.reused == 0 and reference.checked_here == fast.reused
+    assert_frame_equal(fast.terms, reference.terms, check_exact=False, rel_tol=1e-5, abs_tol=1e-6)
+    order = ["label", "term", "rank"]
+    assert_frame_equal(
+        fast.images.sort(order).drop("drop"), reference.images.sort(order).drop("drop")
+    )
+    # The table the run stored is the chunks' path's.
+    con = duckdb.connect(str(root / "planted.duckdb"), read_only=True)
+    try:
+        stored = con.sql("SELECT * FROM class_audit").pl()
+        layers = unit_layers(con)
+    finally:
+        con.close()
+    assert_frame_equal(
+        stored.sort("label", "term"),
+        fast.terms.sort("label", "term"),
+        check_exact=False,
+        check_dtypes=False,
+        rel_tol=1e-5,
+    )
+    # The stage reads the units' layers from the database, in the graph's order.
+    assert layers == prepared.units.layers

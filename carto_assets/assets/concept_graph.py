@@ -19,9 +19,11 @@ from carto_assets.storage.sharding import chunk_index, chunk_labels
             "concept_graph_chunk",
             group_name="graph",
             kinds={"pytorch", "parquet"},
-            deps=["class_importance", "neuron_clusters"],
+            # unit_labels: the class audit's checks run in the chunk (its units' words).
+            deps=["class_importance", "neuron_clusters", "unit_labels"],
             description="Nodes, influence edges, cascades and ablation checks for one chunk of "
-            "classes, as Parquet.",
+            "classes (and the class audit's causal checks of their co-occurring terms), as "
+            "Parquet.",
         ),
         dg.AssetSpec(
             "explanation_chunk",

@@ -220,10 +220,7 @@ def audit_terms(
             mean[(label, term)] = sum(s for s, _ in at.values()) / n_layers
     # A correlation in the data has its row, named by some unit's words or not.
     level = cooccurrence_level(len(rates))
-    correlated: dict[int, set[str]] = {}
-    for (label, term), rate in rates.items():
-        if term not in own.get(label, ()) and cooccurs(rate, rule.min_cooccurrence, level):
-            correlated.setdefault(int(label), set()).add(term)
+    correlated = cooccurring(rates, own, rule.min_cooccurrence)
     rows = []
     for label in labels:
         named = {t for t in by_term if label in by_term[t]}
@@ -236,9 +233,7 @@ def audit_terms(
             others = [mean.get((other, term), 0.0) for other in labels if other != label]
             rest = float(np.mean(others)) if others else 0.0
             lift = share / rest if rest > 0 else (float("inf") if share > 0 else float("nan"))
-            top = max(
-                at, key=lambda x: (at[x][0], -layers.index(x) if x in layers else 0), default=None
-            )
+            top = top_layer(at, layers)
             rate = rates.get((label, term), Rate(0.0, 0.0, 1.0))
             is_own = term in own.get(label, ())
             together = not is_own and cooccurs(rate, rule.min_cooccurrence, level)
@@ -316,6 +311,27 @@ def audit_terms(
         "flagged",
         "flagged_by",
     )
+
+
+def top_layer(at: Mapping[str, tuple[float, int]], layers: Sequence[str]) -> str | None:
+    """The layer where a term carries most of a class's relevance (``at``: layer -> (share,
+    units), :func:`layer_term_shares`' rows of one class and term); ties go to the earlier
+    layer; None where no layer names the term."""
+    return max(at, key=lambda x: (at[x][0], -layers.index(x) if x in layers else 0), default=None)
+
+
+def cooccurring(
+    rates: Mapping[tuple[int, str], Rate], own: Mapping[int, set[str]], min_cooccurrence: float
+) -> dict[int, set[str]]:
+    """Per class, the terms that are not its own and co-occur with it beyond chance
+    (:func:`cooccurs` at :func:`cooccurrence_level`): the only terms the audit can flag, known
+    from the data before any relevance is measured."""
+    level = cooccurrence_level(len(rates))
+    out: dict[int, set[str]] = {}
+    for (label, term), rate in rates.items():
+        if term not in own.get(label, ()) and cooccurs(rate, min_cooccurrence, level):
+            out.setdefault(int(label), set()).add(term)
+    return out
 
 
 def cooccurrence_level(pairs: int) -> float:

@@ -47,6 +47,8 @@ from carto_assets.core.attribution.influence import (
 from carto_assets.core.attribution.nodes import RULES, choose_nodes, class_checks
 from carto_assets.core.attribution.relevance import relevance, shares
 from carto_assets.runtime.memory import release_memory
+from carto_assets.stages.audit_checks import TABLES as AUDIT_TABLES
+from carto_assets.stages.audit_checks import Auditor
 from carto_assets.stages.concept_graph_checks import ablation_checks, seed_for
 from carto_assets.stages.explanation_chunk import TABLES as EXPLANATION_TABLES
 from carto_assets.stages.explanation_chunk import Explainer
@@ -71,6 +73,7 @@ STEPS = (
     "checks",
     "explanations",
     "misclassified",
+    "audit",
 )
 
 
@@ -143,13 +146,19 @@ class GraphChunk(GraphTables):
 
     summary: ChunkSummary = field(kw_only=True)
     explanations: dict[str, pl.DataFrame] = field(default_factory=dict, kw_only=True)
+    #: the class audit's checks of the chunk's classes (empty without the audit)
+    audit: dict[str, pl.DataFrame] = field(default_factory=dict, kw_only=True)
 
 
 #: A chunk's folder: the graph's tables, the explanations' where enabled, then its summary.
 CHUNK_FOLDER = PartitionLayout(
-    tables={**GRAPH_TABLES, **{name: name for name in EXPLANATION_TABLES}},
+    tables={
+        **GRAPH_TABLES,
+        **{name: name for name in EXPLANATION_TABLES},
+        **{name: None for name in AUDIT_TABLES},
+    },
     summary=ChunkSummary,
-    optional=frozenset(EXPLANATION_TABLES),
+    optional=frozenset((*EXPLANATION_TABLES, *AUDIT_TABLES)),
 )
 
 
@@ -172,6 +181,7 @@ class _Context:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     restarted: bool = True
     explainer: Explainer | None = None
+    auditor: Auditor | None = None
 
     def tick(self, step: str, since: float) -> float:
         now = time.perf_counter()
@@ -215,6 +225,7 @@ def concept_graph_chunk(
     )
     if study.explain.enabled:
         ctx.explainer = Explainer.for_chunk(prepared, todo)
+    ctx.auditor = Auditor.for_chunk(prepared, todo)
     share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
     other_images = 0
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in GRAPH_TABLES}
@@ -273,6 +284,7 @@ def concept_graph_chunk(
             other_images=other_images,
         ),
         explanations=ctx.explainer.tables() if ctx.explainer else {},
+        audit=ctx.auditor.tables() if ctx.auditor else {},
     )
 
 
@@ -355,11 +367,16 @@ def _class_graph(
     ablation, faithfulness = ablation_checks(
         ctx, label, fwd, x, chosen, scores, edges, carry, n_faith
     )
-    ctx.tick("checks", t)
+    t = ctx.tick("checks", t)
+    relevance_rows = _relevance_rows(units, rel)
+    if ctx.auditor is not None:
+        # The class audit's checks of the class's co-occurring terms, on this pass.
+        ctx.auditor.check(label, ids, pixels, x, fwd, relevance_rows)
+        ctx.tick("audit", t)
     return {
         "nodes": nodes,
         "units": counted,
-        "relevance": _relevance_rows(units, rel),
+        "relevance": relevance_rows,
         "edges": pl.DataFrame({c: np.asarray(v) for c, v in edges.items()}),
         "cascades": pl.DataFrame({c: np.asarray(v) for c, v in cascades.items()}),
         "faithfulness": faithfulness,
@@ -437,7 +454,7 @@ def write_graph_chunk(study: Study, key: str, chunk: GraphChunk) -> Path:
     previous one whole."""
     tables = {name: getattr(chunk, name) for name in GRAPH_TABLES}
     return CHUNK_FOLDER.write(
-        graph_chunk_dir(study, key), {**tables, **chunk.explanations}, chunk.summary
+        graph_chunk_dir(study, key), {**tables, **chunk.explanations, **chunk.audit}, chunk.summary
     )
 
 
@@ -470,6 +487,7 @@ def read_graph_chunk(study: Study, key: str) -> GraphChunk:
         **CHUNK_FOLDER.read(out, GRAPH_TABLES),
         summary=summary,
         explanations=CHUNK_FOLDER.read(out, EXPLANATION_TABLES),
+        audit=CHUNK_FOLDER.read(out, AUDIT_TABLES),
     )
 
 

@@ -544,8 +544,14 @@ class AuditConfig(_Section):
         description="The counterfactual confirms a flag when changing the term's value drops "
         "the class's mean logit by at least this share of it.",
     )
-    images_per_class: int = Field(
-        32, ge=1, le=100_000, description="Images of the class (seeded) the causal checks use."
+    images_per_class: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Images of the class (seeded) the causal checks use; null: the concept "
+        "graph's sampled images (graph.images_per_class), checked on the graph's own forward "
+        "pass at no extra pass; a number: a sample of its own and a pass of its own per class "
+        "with a co-occurring term.",
     )
     images_shown: int = Field(
         6,
