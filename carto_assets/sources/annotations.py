@@ -93,6 +93,12 @@ def _read_csv(path: Path) -> pl.DataFrame:
         raise AnnotationError(f"annotations file {path} is not a readable CSV: {first}") from None
 
 
+def first_row(path: str | Path) -> int:
+    """The number an error gives the table's first row: 2 in a CSV file (its line: the header
+    is line 1), 1 in a Parquet file (no header row)."""
+    return 1 if Path(path).suffix.lower() == ".parquet" else 2
+
+
 def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
@@ -154,7 +160,7 @@ def read_annotation_table(
         )
     paths = frame[PATH_COLUMN]
     if (paths == "").any():
-        line = int(np.flatnonzero((paths == "").to_numpy())[0]) + 2
+        line = int(np.flatnonzero((paths == "").to_numpy())[0]) + first_row(path)
         raise AnnotationError(
             f"annotations file {path}: row {line} has an empty `{PATH_COLUMN}`; name the image "
             "of every row"
@@ -162,7 +168,7 @@ def read_annotation_table(
     dup = frame.group_by(PATH_COLUMN, maintain_order=True).len().filter(pl.col("len") > 1)
     if dup.height:
         first = dup[PATH_COLUMN][0]
-        lines = (np.flatnonzero((paths == first).to_numpy()) + 2).tolist()
+        lines = (np.flatnonzero((paths == first).to_numpy()) + first_row(path)).tolist()
         raise AnnotationError(
             f"annotations file {path} lists {dup.height} path(s) more than once, the first "
             f"{first!r} (rows {', '.join(map(str, lines[:5]))}); give each image one row "
@@ -192,7 +198,7 @@ def user_annotations(
     :class:`AnnotationError` for paths that are not among them."""
     index = {s: i for i, s in enumerate(sources)}
     paths = table[PATH_COLUMN].to_list()
-    unknown = [(line, p) for line, p in enumerate(paths, start=2) if p not in index]
+    unknown = [(line, p) for line, p in enumerate(paths, start=first_row(path)) if p not in index]
     if unknown:
         line, first = unknown[0]
         example = f", e.g. {sources[0]!r}" if sources else ""

@@ -125,9 +125,13 @@ def feature_layers(study: Study, fingerprint: str, info: ModelInfo) -> list[Feat
     # The layers' forward order is in the model's record: no need to build the model.
     order = {row["layer"]: row["order"] for row in info.layers}
     missing = [name for name in study.features.layers if name not in stored]
-    if missing or any(name not in order for name in stored):
+    unknown = [name for name in stored if name not in order]
+    if missing or unknown:
+        what = [f"no dictionary for {', '.join(missing)}"] if missing else []
+        if unknown:
+            what.append(f"dictionaries for {', '.join(unknown)}, not a layer of the stored model")
         raise ValueError(
             f"the dictionaries under {folder} do not match the study's layers "
-            f"(missing {missing}); re-materialize `dictionary`"
+            f"({'; '.join(what)}); re-materialize `dictionary`"
         )
     return [stored[name] for name in sorted(stored, key=order.__getitem__)]

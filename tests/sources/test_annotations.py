@@ -125,3 +125,22 @@ def test_a_repeated_csv_header_is_refused(tmp_path):
         AnnotationError, match=r"names the column\(s\) \['weather'\] more than once"
     ):
         read_annotation_table(path)
+
+
+def test_a_parquet_tables_rows_are_numbered_from_one(tmp_path):
+    """A CSV's rows are numbered by their line (the header is line 1); a Parquet file has no
+    header row, so its first row is row 1."""
+    path = tmp_path / "notes.parquet"
+    pl.DataFrame(
+        {"path": ["cat/0.png", "cat/9.png", "cat/0.png"], "weather": ["sun", "rain", "sun"]}
+    ).write_parquet(path)
+    with pytest.raises(AnnotationError, match=r"the first 'cat/0.png' \(rows 1, 3\)"):
+        load_user_annotations(path, SOURCES)
+    pl.DataFrame({"path": ["cat/0.png", "cat/9.png"], "weather": ["sun", "rain"]}).write_parquet(
+        path
+    )
+    with pytest.raises(AnnotationError, match=r"the first 'cat/9.png' \(row 2\)"):
+        load_user_annotations(path, SOURCES)
+    pl.DataFrame({"path": ["cat/0.png", ""], "weather": ["sun", "rain"]}).write_parquet(path)
+    with pytest.raises(AnnotationError, match=r"row 2 has an empty `path`"):
+        load_user_annotations(path, SOURCES)

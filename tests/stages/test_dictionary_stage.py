@@ -17,6 +17,7 @@ from carto_assets.stages.stored_dictionaries import (
     CURRENT_FILE,
     current_fingerprint,
     dictionary_dir,
+    feature_layers,
     sample_fingerprint,
 )
 from carto_assets.stages.stored_model import model_dir
@@ -73,6 +74,14 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
     assert (layer.name, layer.source, layer.n_features) == ("block3:features", "block3", 128)
     assert layer.fit is not None and round(layer.fit.fvu, 4) == row["fvu"]
     assert (layer.n_samples, round(layer.seconds, 2)) == (row["n_samples"], row["seconds"])
+
+    # A model record without the dictionary's layer: the message names the layer.
+    record = prepared.model_info
+    stripped = record.model_copy(
+        update={"layers": [r for r in record.layers if r["layer"] != "block3"]}
+    )
+    with pytest.raises(ValueError, match=r"dictionaries for block3, not a layer of the stored"):
+        feature_layers(study, prepared.dictionary_fingerprint or "", stripped)
 
     again = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
     assert again is not None and again.cached and again.fingerprint == first.fingerprint
