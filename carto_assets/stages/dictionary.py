@@ -140,7 +140,7 @@ def prepare_dictionaries(
     chosen = dictionary_layers(settings, layers)
     if (folder / META_FILE).is_file():
         say(f"reusing trained dictionaries {folder}")
-        record_fingerprint(study, fingerprint)
+        record_fingerprint(study, fingerprint, prepared.manifest.identity)
         return _info(folder, load_dictionaries(folder, fingerprint), cached=True)
     device = resolve_device(study.device)
     model = bundle.module.to(device)
@@ -179,7 +179,7 @@ def prepare_dictionaries(
         "positions_seen": sample.positions_seen,
     }
     save_dictionaries(folder, dictionaries, fingerprint, extra)
-    record_fingerprint(study, fingerprint)
+    record_fingerprint(study, fingerprint, prepared.manifest.identity)
     return _info(folder, dictionaries, cached=False)
 
 

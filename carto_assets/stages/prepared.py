@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from carto_assets.stages.images import load_manifest, source_for_manifest
+from carto_assets.stages.images import load_manifest, manifest_identity, source_for_manifest
 from carto_assets.stages.stored_dictionaries import current_fingerprint, feature_layers
 from carto_assets.stages.stored_model import ModelInfo, load_model, model_info
 from carto_assets.stages.units import Units, read_units
@@ -71,6 +71,9 @@ class StoredManifest:
 
     images: pl.DataFrame  # image_id, shard, source, label, label_name
     class_names: list[str]
+    #: the manifest files' identity when they were read (:func:`manifest_identity`): what a
+    #: record derived from this manifest must name (None: given, not read)
+    identity: tuple | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +111,19 @@ class PreparedStudy:
     @cached_property
     def manifest(self) -> StoredManifest:
         """The stored manifest; raises ``FileNotFoundError`` naming ``images`` without one."""
-        images, class_names = load_manifest(self.study)
-        return StoredManifest(images, class_names)
+        # The identity read on both sides of the files: a manifest replaced while it was read
+        # (another run's ``images``) is read again, so the identity is the frame's.
+        try:
+            before = manifest_identity(self.study)
+        except FileNotFoundError:
+            before = None  # load_manifest names the `images` asset
+        for _ in range(3):
+            images, class_names = load_manifest(self.study)
+            after = manifest_identity(self.study)
+            if after == before:
+                break
+            before = after
+        return StoredManifest(images, class_names, after)
 
     @property
     def images(self) -> pl.DataFrame:

@@ -57,20 +57,26 @@ def sample_fingerprint(study: Study, images) -> str:
     return dictionary_fingerprint(study, ids.tolist(), sources)
 
 
-def _current_inputs(study: Study) -> dict[str, Any]:
+def _current_inputs(study: Study, manifest: tuple | None = None) -> dict[str, Any]:
     """What the recorded fingerprint was found from: the settings and network (hashed) and
-    the manifest files' identity (replaced by rename whenever ``images`` writes them)."""
+    the manifest files' identity (replaced by rename whenever ``images`` writes them;
+    ``manifest`` where given, else the files' now)."""
+    identity = manifest_identity(study) if manifest is None else manifest
     return {
         "settings": dictionary_settings_key(study),
-        "manifest": json.loads(json.dumps(manifest_identity(study))),
+        "manifest": json.loads(json.dumps(identity)),
     }
 
 
-def record_fingerprint(study: Study, fingerprint: str) -> None:
-    """Record ``fingerprint`` as the study's current one, for :func:`current_fingerprint`."""
+def record_fingerprint(study: Study, fingerprint: str, manifest: tuple | None = None) -> None:
+    """Record ``fingerprint`` as the study's current one, for :func:`current_fingerprint`.
+
+    ``manifest``: the identity of the manifest files the fingerprint was drawn from, taken when
+    they were read (:attr:`~carto_assets.stages.prepared.StoredManifest.identity`); a manifest
+    another run wrote since then is not paired with it. None: the files' identity now."""
     root = study.files_dir / "dictionary"
     root.mkdir(parents=True, exist_ok=True)
-    record = {"fingerprint": fingerprint, "inputs": _current_inputs(study)}
+    record = {"fingerprint": fingerprint, "inputs": _current_inputs(study, manifest)}
     atomic.write_text(root / CURRENT_FILE, json.dumps(record, sort_keys=True))
 
 

@@ -127,6 +127,34 @@ def test_the_recorded_fingerprint_is_read_while_its_inputs_hold(tmp_path, make_s
     assert current_fingerprint(study, images) == first.fingerprint
 
 
+def test_a_manifest_replaced_during_training_is_not_paired_with_the_old_fingerprint(
+    tmp_path, make_study, monkeypatch
+):
+    """Another run's ``images`` writes the manifest again while the dictionaries train: the
+    record names the manifest the sample was drawn from, so the new one misses it."""
+    from carto_assets.stages.images import manifest_identity
+
+    study = load_study(make_study(tmp_path, features=FEATURES))
+    save_manifest(study, build_manifest(study))
+    prepare_model(PreparedStudy.open(study), progress=lambda m: None)
+    drawn_from = manifest_identity(study)
+
+    def train_while_replaced(*args, **kwargs):
+        save_manifest(study, build_manifest(study))  # new files (new inodes)
+        return train_dictionaries(*args, **kwargs)
+
+    monkeypatch.setattr(features_stage, "train_dictionaries", train_while_replaced)
+    first = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
+    assert first is not None and manifest_identity(study) != drawn_from
+    record = json.loads((study.files_dir / "dictionary" / CURRENT_FILE).read_text())
+    assert record["inputs"]["manifest"] == json.loads(json.dumps(drawn_from))
+    # The new manifest misses the record: its fingerprint is drawn from it again.
+    images = PreparedStudy.open(study).images
+    record_path = study.files_dir / "dictionary" / CURRENT_FILE
+    record_path.write_text(json.dumps({**record, "fingerprint": "planted"}))
+    assert current_fingerprint(study, images) == sample_fingerprint(study, images) != "planted"
+
+
 def test_the_asset_materializes_without_features_and_says_so(tmp_path, make_study):
     from carto_assets.definitions import PREPARE_JOB, build_definitions
 
