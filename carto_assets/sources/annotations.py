@@ -177,7 +177,10 @@ def read_annotation_table(
     for concept in concepts:
         values = _values(frame[concept])
         distinct = sorted(set(values))
-        if len(distinct) < 2:
+        # A tag column (one value on some rows, empty on others) tells the tagged images from
+        # the rest; one value on every row, or none anywhere, tells nothing.
+        tagged = sum(any(v.strip() for v in cell.split(VALUE_SEPARATOR)) for cell in frame[concept])
+        if len(distinct) == 0 or (len(distinct) == 1 and tagged == frame.height):
             what = f"one value ({distinct[0]!r})" if distinct else "no values"
             raise AnnotationError(
                 f"annotations file {path}: column {concept!r} has {what} over all rows, which "

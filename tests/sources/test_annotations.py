@@ -144,3 +144,10 @@ def test_a_parquet_tables_rows_are_numbered_from_one(tmp_path):
     pl.DataFrame({"path": ["cat/0.png", ""], "weather": ["sun", "rain"]}).write_parquet(path)
     with pytest.raises(AnnotationError, match=r"row 2 has an empty `path`"):
         load_user_annotations(path, SOURCES)
+
+
+def test_a_tag_column_with_one_value_and_empty_cells_is_kept(tmp_path):
+    """One value on some rows and none on the others tells the tagged images from the rest."""
+    path = _csv(tmp_path, "path,weather,pet\ncat/0.png,sun,dog\ndog/0.png,rain,\n")
+    user = load_user_annotations(path, SOURCES)
+    assert ("pet", "dog") in set(zip(user.rows["concept"], user.rows["value"]))
