@@ -28,7 +28,10 @@ has it, else ``image_concepts``) and ``class=<name>``. It prints, one line per l
    each layer names the image's shape: among the cluster label's terms, as its leading term,
    and (with ``cluster_labels``) among the formula's positive terms; the target (>= 0.8) is at
    the last channel layer and the last feature layer. ``class=<shape>`` counts as naming it
-   (in the shapes world the class is the shape).
+   (in the shapes world the class is the shape). Beside it, a diagnosis of the misses
+   (:func:`explanation_target`): whether the formula holds on the image, whether the top
+   concept responds to the image's shape at all (its AUC for that shape alone), and how often
+   the words name the shape where it does.
 
 A unit whose words are no term of the annotations (a label that is only a class name, a NULL
 formula: "no word fits") has no words: it is left out of the words' figures and counted.
@@ -454,7 +457,54 @@ def _holds(api, formula: str, values: set) -> bool:
     return bool(api.evaluate(tree, indicator)[0])
 
 
-def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> None:
+def concept_ranks(prepared: PreparedStudy, maxima: np.ndarray) -> tuple[dict[int, int], np.ndarray]:
+    """Each cluster's pooled activation (as its words are searched on: every member over its
+    maximum, averaged) ranked over the study's images: cluster id -> column, and the ranks
+    (images, clusters)."""
+    from carto_assets.core.words.search import pooled_activations
+
+    rows = prepared.store.query(
+        "SELECT cluster_id, list(neuron_id ORDER BY neuron_id) AS members "
+        "FROM neuron_clusters GROUP BY cluster_id ORDER BY cluster_id"
+    )
+    pooled = pooled_activations(maxima, [np.asarray(m) for m in rows["members"].to_list()])
+    return {int(c): j for j, c in enumerate(rows["cluster_id"])}, average_ranks(pooled)
+
+
+def shape_aucs(
+    columns: dict[int, int],
+    ranks: np.ndarray,
+    ann: Annotations,
+    image_shapes: Sequence[str],
+    clusters: Sequence[int],
+) -> np.ndarray:
+    """Per (image shape, cluster) pair, the ROC AUC of the cluster's activation (``ranks``'
+    column ``columns[cluster]``) for ``shape=<the shape>`` alone over the annotated images:
+    (pairs,) float64, NaN for a shape these images never show."""
+    out = np.full(len(image_shapes), np.nan)
+    for n, (shape, cluster) in enumerate(zip(image_shapes, clusters)):
+        col = ann.column("shape", shape)
+        if col is not None:
+            j = columns[int(cluster)]
+            out[n] = term_aucs(ranks[:, [j]], ann.truth[:, [col]])[0, 0]
+    return out
+
+
+def explanation_target(
+    prepared: PreparedStudy,
+    neurons: pl.DataFrame,
+    api,
+    maxima: np.ndarray,
+    ann: Annotations,
+) -> None:
+    """Section 4. Beside the target's "in formula", why it is missed (a diagnosis, not the
+    target): "responds" is the share of the images whose top concept responds to the image's
+    shape as a label must (the ROC AUC of its pooled activation for ``shape=<the image's
+    shape>`` alone, over all the study's images, is at least the labels' ``min_auc``); where it
+    does not, the concept's words can name the shape only inside a narrower formula (``colour=
+    red AND shape=square AND size=large``), and not at all where the concept is blind to shape
+    (every shape's AUC near 0.5). "named|resp" is "in formula" over the responding images only:
+    how often the words name the shape where the concept responds to it."""
     store = prepared.store
     truth = next((t for t in ("image_concepts", "image_annotations") if _has_table(store, t)), "")
     if not (truth and _has_table(store, "explanation_concepts")):
@@ -464,7 +514,7 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
     formula_col = ", f.formula" if with_formulas else ""
     formula_join = "LEFT JOIN cluster_labels f USING (cluster_id)" if with_formulas else ""
     rows = store.query(
-        f"SELECT e.image_id, e.layer, c.label, s.value AS shape{formula_col} "
+        f"SELECT e.image_id, e.layer, e.cluster_id, c.label, s.value AS shape{formula_col} "
         "FROM explanation_concepts e JOIN explained_images x USING (image_id) "
         "JOIN clusters c USING (cluster_id) "
         f"JOIN {truth} s ON s.image_id = e.image_id AND s.concept = 'shape' "
@@ -482,7 +532,9 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
         if (kinds["kind"] == kind).any()
     }
     head = f"  {'layer':<16}{'images':>7}{'in label':>9}{'leading':>8}"
-    head += f"{'in formula':>11}{'holds':>7}" if with_formulas else ""
+    head += (
+        f"{'in formula':>11}{'holds':>7}{'responds':>9}{'named|resp':>11}" if with_formulas else ""
+    )
     # "holds": the top concept's words are true of the explained image itself (its own
     # annotation values), whatever they name: whether the words describe what was explained.
     own: dict[int, set] = {}
@@ -492,6 +544,8 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
             "(SELECT image_id FROM explained_images)"
         ).iter_rows():
             own.setdefault(int(i), set()).add((c, v))
+        columns, ranks = concept_ranks(prepared, maxima)
+        responds_from = prepared.study.labels.min_auc
     print(
         "\nexplanations: correctly predicted explained images whose top concept (rank 1, the "
         "predicted logit) names the image's shape (target >= 0.8 at the marked layers)"
@@ -516,7 +570,13 @@ def explanation_target(prepared: PreparedStudy, neurons: pl.DataFrame, api) -> N
                 bool(f) and _holds(api, f, own.get(int(i), set()))
                 for i, f in zip(part["image_id"], part["formula"])
             ]
-            line += f"{np.mean(hits):>11.2f}{np.mean(holds):>7.2f}"
+            aucs = shape_aucs(columns, ranks, ann, part["shape"], part["cluster_id"])
+            responds = np.nan_to_num(aucs, nan=0.0) >= responds_from
+            named = np.asarray(hits)[responds]
+            line += (
+                f"{np.mean(hits):>11.2f}{np.mean(holds):>7.2f}{responds.mean():>9.2f}"
+                f"{named.mean() if len(named) else float('nan'):>11.2f}"
+            )
         print(line + ("   <- target" if layer in targeted else ""))
 
 
@@ -629,7 +689,7 @@ def main() -> None:
                 score_formulas(held_ranks, held_ann, formulas, api),
                 chosen,
             )
-    explanation_target(prepared, neurons, api)
+    explanation_target(prepared, neurons, api, maxima, ann)
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 
