@@ -225,7 +225,9 @@ def concept_graph_chunk(
     )
     if study.explain.enabled:
         ctx.explainer = Explainer.for_chunk(prepared, todo)
+    t = time.perf_counter()
     ctx.auditor = Auditor.for_chunk(prepared, todo)
+    ctx.tick("audit", t)
     share = max(1, study.graph.faithfulness_edges // max(1, len(present)))
     other_images = 0
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in GRAPH_TABLES}
