@@ -260,3 +260,24 @@ def test_the_checks_the_graph_chunks_ran_equal_the_stage_checking_every_row_itse
     )
     # The stage reads the units' layers from the database, in the graph's order.
     assert layers == prepared.units.layers
+
+
+def test_a_number_of_images_per_class_gives_the_checks_a_sample_of_their_own(planted, tmp_path):
+    """`audit: {images_per_class: 24}` typed in the study: the chunks check the dotted hearts on
+    24 seeded images with a pass of their own, not on the graph's 16."""
+    import shutil
+
+    import yaml
+
+    root, study, _ = planted
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    raw = yaml.safe_load((copy / study.name).read_text())
+    raw["audit"] = {"images_per_class": 24}
+    (copy / study.name).write_text(yaml.safe_dump(raw))
+    run([CARTO, "run", "--study", study.name], cwd=copy).ok()
+    _, _, dots = _row(copy)
+    assert dots["flagged"] and dots["confirmed"]
+    assert dots["ablation_images"] == dots["counterfactual_images"] == 24
+    _, _, before = _row(root)
+    assert before["ablation_images"] == 16  # graph.images_per_class, the default's
