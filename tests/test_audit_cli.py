@@ -281,3 +281,31 @@ def test_a_number_of_images_per_class_gives_the_checks_a_sample_of_their_own(pla
     assert dots["ablation_images"] == dots["counterfactual_images"] == 24
     _, _, before = _row(root)
     assert before["ablation_images"] == 16  # graph.images_per_class, the default's
+
+
+def test_the_counterfactual_draws_among_the_images_that_carry_the_term(planted):
+    """As many carrying images as the checks' images, whatever share of the class carries it;
+    all of them where fewer carry it; the logits those of a plain forward pass."""
+    from carto_assets.stages.audit_checks import ClassPass, _counterfactual
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    label = prepared.class_names.index("heart")
+    cp = ClassPass.drawn(prepared, label, 16)
+    hearts = prepared.images.filter(prepared.images["label"] == label)["image_id"].to_list()
+    every = _counterfactual(prepared, label, "texture=dots", set(hearts), cp)
+    assert every["counterfactual_images"] == 16 and every["counterfactual_confirms"]
+    few = sorted(hearts)[:5]
+    some = _counterfactual(prepared, label, "texture=dots", set(few), cp)
+    assert some["counterfactual_images"] == 5
+    pixels, ok = prepared.source.load_many(few)
+    assert ok.all()
+    model = prepared.bundle.module.eval()
+    with torch.no_grad():
+        x = prepared.bundle.normalize(torch.from_numpy(pixels))
+        logits = logits_of(model(x)).double().numpy()
+    assert some["logit"] == pytest.approx(float(logits[:, label].mean()), abs=1e-5)
+    assert some["accuracy"] == pytest.approx(float(np.mean(logits.argmax(axis=1) == label)))
+    assert _counterfactual(prepared, label, "texture=dots", set(), cp) == {
+        "counterfactual_images": 0
+    }
