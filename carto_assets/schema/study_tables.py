@@ -697,7 +697,12 @@ STUDY_TABLES: tuple[Table, ...] = (
             "too where it confirms); the check columns are NULL elsewhere",
         ),
         ("ablation_units", "INTEGER", "units zeroed: the term's units at `top_layer`"),
-        ("ablation_images", "INTEGER", "the class's images measured (`audit.images_per_class`)"),
+        (
+            "ablation_images",
+            "INTEGER",
+            "the class's images measured (the concept graph's sample, `graph.images_per_class`; "
+            "`audit.images_per_class` where set)",
+        ),
         (
             "ablation_drop",
             "DOUBLE",
@@ -731,9 +736,10 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "counterfactual_images",
             "INTEGER",
-            "the class's measured images that carry the term, rendered again with its concept "
-            "changed (each to a seeded other value, all else the same); NULL where the source "
-            "cannot render (image folders, `class=` terms)",
+            "the class's images that carry the term (a seeded sample among them, as many as "
+            "`ablation_images`), rendered again with its concept changed (each to a seeded "
+            "other value, all else the same); NULL where the source cannot render (image "
+            "folders, `class=` terms)",
         ),
         ("accuracy", "DOUBLE", "the class's accuracy on those images as they are"),
         ("counterfactual_accuracy", "DOUBLE", "the same on the changed images"),
