@@ -23,13 +23,16 @@ def _checks(rows):
     )
 
 
-def _chunk(rows):
-    full = [{c: r.get(c) for c in CHECKS_SCHEMA} for r in rows]
+KEY = "k1"
+
+
+def _chunk(rows, key=KEY):
+    full = [{**{c: r.get(c) for c in CHECKS_SCHEMA}, "checks_key": key} for r in rows]
     images = pl.DataFrame(
         [(r["label"], r["term"], 1, 7, 1.5, b"png") for r in rows],
         schema=IMAGES_SCHEMA,
         orient="row",
-    )
+    ).with_columns(checks_key=pl.lit(key))
     return {"audit_checks": pl.DataFrame(full, schema=CHECKS_SCHEMA), "audit_check_images": images}
 
 
@@ -60,7 +63,7 @@ def test_a_row_is_covered_only_where_its_chunk_ran_what_it_needs():
             },
         ]
     )
-    done, images = _from_chunks(checks, [chunk])
+    done, images = _from_chunks(checks, [chunk], KEY)
     assert done.columns == ["label", "term", *CHECK_COLUMNS]
     assert sorted(done["term"].to_list()) == ["a=1", "d=1"]
     a = done.filter(pl.col("term") == "a=1").row(0, named=True)
@@ -74,6 +77,19 @@ def test_a_row_is_covered_only_where_its_chunk_ran_what_it_needs():
 
 def test_no_chunk_tables_cover_nothing():
     checks = _checks([(0, "a=1", "l4", True, False)])
-    done, images = _from_chunks(checks, [{}])
+    done, images = _from_chunks(checks, [{}], KEY)
     assert done.is_empty() and images.is_empty()
     assert done.columns == ["label", "term", *CHECK_COLUMNS]
+
+
+def test_checks_made_under_other_settings_or_words_are_not_used():
+    """A chunk written before the audit's settings or the units' words changed carries another
+    key: its rows are checked again by the stage. Two chunks with the same row count once."""
+    checks = _checks([(0, "a=1", "l4", True, False), (1, "b=1", "l4", True, False)])
+    row_a = {"label": 0, "term": "a=1", "top_layer": "l4", **ABLATED}
+    row_b = {"label": 1, "term": "b=1", "top_layer": "l4", **ABLATED}
+    stale = _chunk([row_a], key="old")
+    fresh = _chunk([row_b])
+    done, images = _from_chunks(checks, [stale, fresh, fresh], KEY)
+    assert done["term"].to_list() == ["b=1"]
+    assert images["term"].to_list() == ["b=1"]

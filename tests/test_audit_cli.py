@@ -279,6 +279,13 @@ def test_a_number_of_images_per_class_gives_the_checks_a_sample_of_their_own(pla
     _, _, dots = _row(copy)
     assert dots["flagged"] and dots["confirmed"]
     assert dots["ablation_images"] == dots["counterfactual_images"] == 24
+    # Checked in the chunk (not by the stage's fallback, which would draw 24 images too).
+    chunks = sorted((copy / "planted_files" / "concept_graph").glob("*/audit_checks.parquet"))
+    import polars as pl
+
+    rows = pl.concat([pl.read_parquet(c) for c in chunks])
+    (row,) = rows.filter(rows["term"] == "texture=dots").to_dicts()
+    assert row["ablation_images"] == 24 and row["checks_key"]
     _, _, before = _row(root)
     assert before["ablation_images"] == 16  # graph.images_per_class, the default's
 
@@ -309,3 +316,27 @@ def test_the_counterfactual_draws_among_the_images_that_carry_the_term(planted):
     assert _counterfactual(prepared, label, "texture=dots", set(), cp) == {
         "counterfactual_images": 0
     }
+
+
+def test_chunks_checked_under_other_audit_settings_are_checked_again(planted):
+    """The chunks' checks were made on the graph's 16 images; a stage run asked for 12 does not
+    reuse them, it checks the rows itself on 12 images."""
+    from carto_assets.stages.audit_checks import TABLES
+    from carto_assets.stages.class_audit import class_audit
+    from carto_assets.stages.concept_graph import read_chunk_tables
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    folder = prepared.study.files_dir / "concept_graph"
+    keys = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    chunks = [read_chunk_tables(prepared.study, key, TABLES) for key in keys]
+    other = prepared.study.model_copy(
+        update={"audit": prepared.study.audit.model_copy(update={"images_per_class": 12})}
+    )
+    again = class_audit(PreparedStudy(other, prepared.store), chunks=chunks)
+    assert again.reused == 0 and again.checked_here >= 1
+    terms = again.terms
+    mine = (terms["class_name"] == "heart") & (terms["term"] == "texture=dots")
+    dots = terms.filter(mine).row(0, named=True)
+    assert dots["ablation_images"] == dots["counterfactual_images"] == 12
+    assert dots["confirmed"]

@@ -321,12 +321,16 @@ def top_layer(at: Mapping[str, tuple[float, int]], layers: Sequence[str]) -> str
 
 
 def cooccurring(
-    rates: Mapping[tuple[int, str], Rate], own: Mapping[int, set[str]], min_cooccurrence: float
+    rates: Mapping[tuple[int, str], Rate],
+    own: Mapping[int, set[str]],
+    min_cooccurrence: float,
+    pairs: int | None = None,
 ) -> dict[int, set[str]]:
     """Per class, the terms that are not its own and co-occur with it beyond chance
     (:func:`cooccurs` at :func:`cooccurrence_level`): the only terms the audit can flag, known
-    from the data before any relevance is measured."""
-    level = cooccurrence_level(len(rates))
+    from the data before any relevance is measured. ``pairs``: the (class, term) pairs tested
+    where ``rates`` holds only some of them (default: ``len(rates)``)."""
+    level = cooccurrence_level(len(rates) if pairs is None else pairs)
     out: dict[int, set[str]] = {}
     for (label, term), rate in rates.items():
         if term not in own.get(label, ()) and cooccurs(rate, min_cooccurrence, level):

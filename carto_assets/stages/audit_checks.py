@@ -90,12 +90,14 @@ CHECK_COLUMNS: dict[str, pl.DataType] = {
     "confirmed": pl.Boolean,
 }
 
-#: A chunk's checks: one row per (class, co-occurring term) with the layer its ablation used.
+#: A chunk's checks: one row per (class, co-occurring term) with the layer its ablation used
+#: and the :func:`checks_key` they were made under.
 CHECKS_SCHEMA: dict[str, pl.DataType] = {
     "label": pl.Int32,
     "term": pl.String,
     "top_layer": pl.String,
     **CHECK_COLUMNS,
+    "checks_key": pl.String,
 }
 #: Per checked term, the class's images where zeroing its units dropped the logit most.
 IMAGES_SCHEMA: dict[str, pl.DataType] = {
@@ -156,6 +158,52 @@ def read_inputs(con, images: pl.DataFrame, class_names: list[str]) -> Inputs:
     sizes = dict(images.group_by("label").len("n").iter_rows())
     rates = rates_from_counts(counts, sizes)
     return Inputs(unit_terms(labels), rates, own_terms(class_names, rates))
+
+
+def read_candidates(
+    con, images: pl.DataFrame, min_cooccurrence: float
+) -> tuple[pl.DataFrame, dict[int, set[str]]]:
+    """The units' positive terms and, per class, the terms that co-occur with it: what
+    :func:`read_inputs` and :func:`~carto_assets.core.audit.cooccurring` give, without the
+    ``class=`` terms' rates (each holds on its own class only: never another class's
+    co-occurring term; a study with only those, an image folder without annotations, has
+    none), so a chunk of an ImageNet-sized study does not score 1,000 x 1,000 pairs. The
+    correction still counts every (class, term) pair."""
+    labels = con.sql("SELECT neuron_id, layer, formula FROM unit_labels").pl()
+    counts = con.sql(COUNTS_SQL).pl()
+    n_terms = counts.select("concept", "value").n_unique()
+    sizes = dict(images.group_by("label").len("n").iter_rows())
+    rest = counts.filter(pl.col("concept") != CLASS_CONCEPT)
+    if rest.is_empty():
+        return unit_terms(labels), {}
+    rates = rates_from_counts(_spelled(rest).select("label", "term", "k"), sizes)
+    own = {label: set() for label in sizes}
+    for (label, term), rate in rates.items():
+        if rate.class_rate == 1.0 and rate.other_rate == 0.0:
+            own[label].add(term)
+    together = cooccurring(rates, own, min_cooccurrence, pairs=len(sizes) * n_terms)
+    return unit_terms(labels), together
+
+
+def checks_key(study, words: pl.DataFrame) -> str:
+    """What a chunk's checks depend on beyond the graph's pass and relevance: the audit's
+    settings, the graph's sample size, the seed and the units' words. A chunk whose checks
+    carry another key (written before the settings or the words changed) is not used: the
+    stage checks those rows itself."""
+    import hashlib
+    import json
+
+    payload = json.dumps(
+        {
+            "audit": study.audit.model_dump(mode="json"),
+            "graph_images": study.graph.images_per_class,
+            "seed": study.seed,
+        },
+        sort_keys=True,
+    ).encode()
+    digest = hashlib.sha256(payload)
+    digest.update(words.sort("neuron_id", "term").write_csv().encode())
+    return digest.hexdigest()[:16]
 
 
 def carrying(con, wanted: pl.DataFrame) -> pl.DataFrame:
@@ -363,12 +411,17 @@ def _counterfactual(prepared, label: int, term: str, held: set[int], cp: ClassPa
     return out
 
 
-def frames(rows: list[dict], shown: list[tuple]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The checks' rows (:data:`CHECKS_SCHEMA`) and images (:data:`IMAGES_SCHEMA`) as tables."""
+def frames(
+    rows: list[dict], shown: list[tuple], key: str | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The checks' rows (:data:`CHECKS_SCHEMA`) and images (:data:`IMAGES_SCHEMA`, with
+    ``checks_key``) as tables, made under ``key``."""
     checks = pl.DataFrame(
-        [{c: r.get(c) for c in CHECKS_SCHEMA} for r in rows], schema=CHECKS_SCHEMA
+        [{**{c: r.get(c) for c in CHECKS_SCHEMA}, "checks_key": key} for r in rows],
+        schema=CHECKS_SCHEMA,
     )
-    return checks, pl.DataFrame(shown, schema=IMAGES_SCHEMA, orient="row")
+    images = pl.DataFrame(shown, schema=IMAGES_SCHEMA, orient="row")
+    return checks, images.with_columns(checks_key=pl.lit(key, dtype=pl.String))
 
 
 # ---- inside the concept graph's chunk -------------------------------------------------------
@@ -382,6 +435,8 @@ class Auditor:
     terms: dict[int, list[str]]
     #: ``label, term, image_id`` of the chunk's co-occurring pairs
     held: pl.DataFrame
+    #: :func:`checks_key` of the study's settings and words
+    key: str
     rows: list[dict] = field(default_factory=list)
     shown: list[tuple] = field(default_factory=list)
 
@@ -401,8 +456,7 @@ class Auditor:
             }
             if not {"unit_labels", "image_annotations"} <= present:
                 return None
-            inputs = read_inputs(con, prepared.images, prepared.class_names)
-            together = cooccurring(inputs.rates, inputs.own, study.audit.min_cooccurrence)
+            words, together = read_candidates(con, prepared.images, study.audit.min_cooccurrence)
             terms = {int(k): sorted(together.get(int(k), ())) for k in labels}
             pairs = pl.DataFrame(
                 [(k, t) for k, ts in terms.items() for t in ts],
@@ -410,7 +464,7 @@ class Auditor:
                 orient="row",
             )
             held = carrying(con, pairs)
-        return cls(prepared, inputs.words, terms, held)
+        return cls(prepared, words, terms, held, checks_key(study, words))
 
     def check(
         self, label: int, ids, pixels, x, fwd: RetainedForward, relevance: pl.DataFrame
@@ -421,10 +475,8 @@ class Auditor:
         if not terms or not len(ids):
             return
         prepared, cfg = self.prepared, self.prepared.study.audit
-        if cfg.images_per_class is None:
-            cp = ClassPass.of(prepared, label, ids, pixels, x, fwd)
-        else:
-            cp = ClassPass.drawn(prepared, label, cfg.images_per_class)
+        cp: ClassPass | None = None
+        drawable = set(renderable(prepared.source, terms))
         layers = prepared.units.layers
         shares = layer_term_shares(
             relevance.select("neuron_id", "share").with_columns(label=pl.lit(label)),
@@ -437,15 +489,21 @@ class Auditor:
         for term in terms:
             top = top_layer(at.get(term, {}), layers)
             top_share = at[term][top][0] if top is not None else 0.0
+            ablate_first = top_share >= cfg.min_share
+            if not (ablate_first or term in drawable):
+                continue  # neither check can run: the stage does not check it either
+            if cp is None:  # the class's checked images, on the first term that needs them
+                if cfg.images_per_class is None:
+                    cp = ClassPass.of(prepared, label, ids, pixels, x, fwd)
+                else:
+                    cp = ClassPass.drawn(prepared, label, cfg.images_per_class)
             held = set(mine.filter(pl.col("term") == term)["image_id"].to_list())
-            got, images_of = check(
-                prepared, label, term, top, top_share >= cfg.min_share, self.words, held, cp
-            )
+            got, images_of = check(prepared, label, term, top, ablate_first, self.words, held, cp)
             self.rows.append({"label": label, "term": term, "top_layer": top, **got})
             self.shown.extend((label, term, *x) for x in images_of)
-        if cp.fwd is not fwd:
+        if cp is not None and cp.fwd is not fwd:
             cp.fwd.release()
 
     def tables(self) -> dict[str, pl.DataFrame]:
-        checks, images = frames(self.rows, self.shown)
+        checks, images = frames(self.rows, self.shown, self.key)
         return {"audit_checks": checks, "audit_check_images": images}

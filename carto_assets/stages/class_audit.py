@@ -42,6 +42,7 @@ from carto_assets.stages.audit_checks import (
     _spelled,
     carrying,
     check,
+    checks_key,
     frames,
     own_terms,
     read_inputs,
@@ -124,7 +125,7 @@ def class_audit(
         )
         co = audit.filter(pl.col("cooccurs"))["term"]
         checks = to_check(audit, extra, renderable(prepared.source, co) if co.len() else [])
-        done, images_done = _from_chunks(checks, chunks)
+        done, images_done = _from_chunks(checks, chunks, checks_key(study, inputs.words))
         todo = checks.join(done.select("label", "term"), on=["label", "term"], how="anti")
         held = carrying(con, todo.select("label", "term"))
     seconds = {"shares": time.perf_counter() - started}
@@ -157,7 +158,7 @@ def class_audit(
         cp.fwd.release()
     seconds["checks"] = time.perf_counter() - t
     here, images_here = frames(rows, shown)
-    checked = pl.concat([done, here.drop("top_layer")], how="vertical_relaxed")
+    checked = pl.concat([done, here.drop("top_layer", "checks_key")], how="vertical_relaxed")
     terms = audit.join(checked.with_columns(checked=pl.lit(True)), on=["label", "term"], how="left")
     # A co-occurring term the counterfactual shows the model uses is flagged, named or not.
     by_counterfactual = (
@@ -171,9 +172,9 @@ def class_audit(
         .alias("flagged_by"),
         (pl.col("flagged") | by_counterfactual).alias("flagged"),
     ).select(*audit.columns, "checked", *CHECK_COLUMNS)
-    exemplars = pl.concat([images_done, images_here], how="vertical_relaxed").select(
-        [pl.col(c).cast(t) for c, t in IMAGES_SCHEMA.items()]
-    )
+    exemplars = pl.concat(
+        [images_done, images_here.drop("checks_key")], how="vertical_relaxed"
+    ).select([pl.col(c).cast(t) for c, t in IMAGES_SCHEMA.items()])
     return Audit(terms, exemplars, seconds, reused=done.height, checked_here=here.height)
 
 
@@ -181,7 +182,7 @@ ABLATION_COLUMNS = [c for c in CHECK_COLUMNS if c.startswith("ablation_")]
 
 
 def _from_chunks(
-    checks: pl.DataFrame, chunks: Sequence[dict[str, pl.DataFrame]]
+    checks: pl.DataFrame, chunks: Sequence[dict[str, pl.DataFrame]], key: str | None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rows of ``checks`` the chunks' checks cover (``label, term`` and
     :data:`CHECK_COLUMNS`) and their images.
@@ -190,14 +191,21 @@ def _from_chunks(
     at least ``min_share`` at its top layer or where the counterfactual confirmed. A row is
     covered where its chunk row has the same ablation layer and, where the row needs an
     ablation (flagged, asked for, or the counterfactual confirms), the ablation ran; a row that
-    does not need one keeps none (as if checked here)."""
+    does not need one keeps none (as if checked here). Only checks made under ``key``
+    (:func:`~carto_assets.stages.audit_checks.checks_key`: the same audit settings, graph
+    sample, seed and words) count; a (class, term) two chunks checked counts once."""
     empty_images = pl.DataFrame(schema=IMAGES_SCHEMA)
     parts = [c["audit_checks"] for c in chunks if "audit_checks" in c]
     if not parts or checks.is_empty():
         return pl.DataFrame(schema={"label": pl.Int32, "term": pl.String, **CHECK_COLUMNS}), (
             empty_images
         )
-    got = pl.concat(parts, how="vertical_relaxed").rename({"top_layer": "checked_layer"})
+    got = (
+        pl.concat(parts, how="vertical_relaxed")
+        .filter(pl.col("checks_key") == key)
+        .unique(["label", "term"], keep="first", maintain_order=True)
+        .rename({"top_layer": "checked_layer"})
+    )
     joined = checks.select("label", "term", "top_layer", "flagged", "wanted").join(
         got, on=["label", "term"], how="inner"
     )
@@ -221,7 +229,11 @@ def _from_chunks(
     kept = covered.filter(pl.col("needs")).select("label", "term")
     images = [c["audit_check_images"] for c in chunks if "audit_check_images" in c]
     shown = (
-        pl.concat(images, how="vertical_relaxed").join(kept, on=["label", "term"], how="semi")
+        pl.concat(images, how="vertical_relaxed")
+        .filter(pl.col("checks_key") == key)
+        .unique(["label", "term", "rank"], keep="first", maintain_order=True)
+        .join(kept, on=["label", "term"], how="semi")
+        .drop("checks_key")
         if images
         else empty_images
     )

@@ -121,9 +121,12 @@ class PreparedStudy:
             images, class_names = load_manifest(self.study)
             after = manifest_identity(self.study)
             if after == before:
-                break
+                return StoredManifest(images, class_names, after)
             before = after
-        return StoredManifest(images, class_names, after)
+        raise RuntimeError(
+            f"the image manifest of study {self.study.name!r} changed while it was read, three "
+            "times (another run is writing it: `images`); run again once that run has finished"
+        )
 
     @property
     def images(self) -> pl.DataFrame:
