@@ -340,3 +340,20 @@ def test_chunks_checked_under_other_audit_settings_are_checked_again(planted):
     dots = terms.filter(mine).row(0, named=True)
     assert dots["ablation_images"] == dots["counterfactual_images"] == 12
     assert dots["confirmed"]
+
+
+def test_the_chunks_candidates_are_the_co_occurring_terms_of_the_full_rates(planted):
+    """A chunk scores co-occurrence without the class= terms' rates; the terms it finds are
+    those the stage's full rates give (the correction counting every pair in both)."""
+    from carto_assets.core.audit import cooccurring
+    from carto_assets.stages.audit_checks import read_candidates, read_inputs
+
+    root, study, _ = planted
+    prepared = PreparedStudy.load(root / study.name)
+    minimum = prepared.study.audit.min_cooccurrence
+    with prepared.store.connect() as con:
+        inputs = read_inputs(con, prepared.images, prepared.class_names)
+        words, found = read_candidates(con, prepared.images, minimum)
+    want = cooccurring(inputs.rates, inputs.own, minimum)
+    assert found == want and want[prepared.class_names.index("heart")] == {"texture=dots"}
+    assert words.equals(inputs.words)
