@@ -95,16 +95,22 @@ def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
         chunk = rows.filter(pl.col("image_id").is_in(list(pixels)))
         # A few images can hold most patches (200 images, 49k patches of 5,488 neurons): the
         # PNGs are encoded and written PATCH_ROWS at a time, so memory is bounded either way.
+        # A pair (image, box) repeated anywhere in the chunk is encoded once.
+        encoded: dict[tuple[int, ...], bytes] = {}
         for start in range(0, len(chunk), PATCH_ROWS):
             piece = chunk.slice(start, PATCH_ROWS)
             boxes = piece.select("top", "left", "bottom", "right").to_numpy()
             pngs = crop_patches(
-                pixels, piece["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
+                pixels,
+                piece["image_id"].to_numpy(),
+                boxes,
+                out_size=study.graph.patch_size,
+                encoded=encoded,
             )
             part = piece.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
             parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
             del pngs, part
-        del batch, pixels, chunk
+        del batch, pixels, chunk, encoded
         release_memory()  # the images were decoded in loader threads, each with its own heap
     if not parts:  # no rows: one empty part keeps the table's columns
         empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))

@@ -302,6 +302,39 @@ def test_crop_patch_png_roundtrip():
     assert np.array_equal(decode_png(many[0]), img[::-1][:8, :8])
 
 
+def test_crop_patches_repeated_pairs_encoded_once_same_bytes():
+    # Against one crop_patch per pair: the same box on another image, another box on the same
+    # image and exact repeats, split over two calls sharing one dict of encoded pairs.
+    rng = np.random.default_rng(1)
+    images = {
+        7: rng.integers(0, 256, (30, 30, 3), np.uint8),
+        9: rng.integers(0, 256, (30, 30, 3), np.uint8),
+    }
+    ids = np.array([7, 9, 7, 7, 9, 9, 7])
+    boxes = np.array(
+        [
+            [0, 0, 20, 20],
+            [0, 0, 20, 20],
+            [0, 0, 20, 20],
+            [5, 5, 25, 25],
+            [0, 0, 20, 20],
+            [0, 0, 30, 30],
+            [5, 5, 25, 25],
+        ]
+    )
+    encoded: dict = {}
+    got = crop_patches(images, ids[:4], boxes[:4], 16, encoded=encoded)
+    got += crop_patches(images, ids[4:], boxes[4:], 16, encoded=encoded)
+    assert got == [crop_patch(images[int(i)], b, 16) for i, b in zip(ids, boxes)]
+    assert sorted(encoded) == [
+        (7, 0, 0, 20, 20),
+        (7, 5, 5, 25, 25),
+        (9, 0, 0, 20, 20),
+        (9, 0, 0, 30, 30),
+    ]
+    assert got[0] != got[1]  # the same box on two images is two patches
+
+
 def test_crop_patch_rejects_bad_input():
     img = np.zeros((10, 10, 3), np.uint8)
     with pytest.raises(ValueError, match="outside a 10x10 image"):
