@@ -14,6 +14,7 @@ from carto_assets.core.network.patches import (
     decode_png,
     patch_boxes,
     receptive_field,
+    receptive_fields,
 )
 from carto_assets.core.network.zoo import torchvision_model
 
@@ -168,6 +169,54 @@ def test_receptive_field_googlenet(googlenet):
         receptive_field(googlenet, name, 96).size_px for name in ("inception3a", "inception4a")
     ]
     assert sizes == [43, 107]
+
+
+def test_receptive_fields_of_googlenet_equal_one_layer_at_a_time(googlenet):
+    # One pass per canvas for all layers: the same fields as one measure per layer, those that
+    # grow the canvas (96 -> 192 px) and those truncated at its largest included.
+    names = [f"inception{b}" for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")]
+    together = receptive_fields(googlenet, names, 96)
+    alone = {name: receptive_field(googlenet, name, 96) for name in names}
+    assert together == alone
+    assert {rf.canvas_px for rf in alone.values()} == {96, 192}
+    assert any(rf.truncated for rf in alone.values())
+
+
+class _InPlace(nn.Module):
+    """Changes a map in place after it is read; ``side``: a head that takes that input size
+    only (flattened), else any (pooled)."""
+
+    def __init__(self, side: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(3, 4, 5, padding=2)
+        self.pool = nn.Identity() if side else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * side * side if side else 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        b = self.b(a)
+        # After b has read it: a pass that goes on sees a map of a wider field (autograd
+        # does not object: nothing saved a for its backward pass).
+        a.add_(self.c(x))
+        return self.head(self.pool(a + b).flatten(1))
+
+
+def test_receptive_fields_where_the_whole_pass_fails_or_changes_a_map():
+    net = _InPlace(side=4)
+    fields = receptive_fields(net, ["a", "b"], 4)
+    assert fields == {name: receptive_field(net, name, 4) for name in ("a", "b")}
+    # Both grew to a canvas the head refuses, measured there each on its own.
+    assert (fields["a"].size_px, fields["b"].size_px) == (3, 5)
+    assert fields["a"].canvas_px == fields["b"].canvas_px == 8
+    # A pass through the whole network: "a" is measured as it was made, not as changed.
+    net = _InPlace()
+    fields = receptive_fields(net, ["a", "b"], 6)
+    assert fields == {name: receptive_field(net, name, 6) for name in ("a", "b")}
+    assert (fields["a"].size_px, fields["a"].canvas_px) == (3, 6)
+    assert receptive_fields(net, [], 6) == {}
 
 
 def test_patch_box_window_bounds_and_shift():
