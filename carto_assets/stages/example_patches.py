@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_field
+from carto_assets.core.network.patches import crop_patches, patch_boxes, receptive_fields
 from carto_assets.core.sae.layer import source_layer
 from carto_assets.runtime.memory import release_memory
 from carto_assets.storage.store import CartoStore, sql_path_list, write_parquet_atomic
@@ -58,11 +58,9 @@ def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
         f"FROM top_images t JOIN neurons n USING (neuron_id) WHERE t.rank <= {int(m)} "
         "ORDER BY t.neuron_id, t.rank"
     )
-    fields: dict[str, Any] = {}
     infos = {info.name: info for info in layers}
-    for info in layers:
-        if info.output_shape is not None and len(info.output_shape) == 3:
-            fields[info.name] = receptive_field(bundle.module, info.name, bundle.input_size)
+    maps = [i.name for i in layers if i.output_shape is not None and len(i.output_shape) == 3]
+    fields: dict[str, Any] = receptive_fields(bundle.module, maps, bundle.input_size)
     # Measuring a deep layer's field backpropagates through a float64 copy of the model on a
     # canvas up to twice the input size (googlenet: +0.4 GB); give that back before the crops.
     release_memory()
@@ -95,16 +93,22 @@ def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
         chunk = rows.filter(pl.col("image_id").is_in(list(pixels)))
         # A few images can hold most patches (200 images, 49k patches of 5,488 neurons): the
         # PNGs are encoded and written PATCH_ROWS at a time, so memory is bounded either way.
+        # A pair (image, box) repeated anywhere in the chunk is encoded once.
+        encoded: dict[tuple[int, ...], bytes] = {}
         for start in range(0, len(chunk), PATCH_ROWS):
             piece = chunk.slice(start, PATCH_ROWS)
             boxes = piece.select("top", "left", "bottom", "right").to_numpy()
             pngs = crop_patches(
-                pixels, piece["image_id"].to_numpy(), boxes, out_size=study.graph.patch_size
+                pixels,
+                piece["image_id"].to_numpy(),
+                boxes,
+                out_size=study.graph.patch_size,
+                encoded=encoded,
             )
             part = piece.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
             parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))
             del pngs, part
-        del batch, pixels, chunk
+        del batch, pixels, chunk, encoded
         release_memory()  # the images were decoded in loader threads, each with its own heap
     if not parts:  # no rows: one empty part keeps the table's columns
         empty = rows.head(0).with_columns(png=pl.Series([], dtype=pl.Binary))

@@ -180,20 +180,22 @@ def _map_of(model: nn.Module, layer_name: str, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _measure(
-    model: nn.Module, layer_name: str, canvas: int, seed: int
-) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+def _probe(canvas: int, seed: int, device: torch.device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     # Positive and slightly uneven: no pre-activation is zero and no centring op sees a
     # constant (which would make its gradient vanish).
     x = 0.5 + torch.rand(1, 3, canvas, canvas, generator=gen, dtype=torch.float64)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = x.to(device).requires_grad_(True)
-    with torch.enable_grad():
-        out = _map_of(model, layer_name, x)
-        h, w = out.shape[2], out.shape[3]
-        cy, cx = h // 2, w // 2
-        (grad,) = torch.autograd.grad(out[0, :, cy, cx].sum(), x)
+    return x.to(device).requires_grad_(True)
+
+
+def _support(
+    x: torch.Tensor, out: torch.Tensor, retain: bool = False
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """The bounding box of the input pixels the centre cell of ``out`` (a map of ``x``) sees,
+    and the map's (height, width)."""
+    h, w = out.shape[2], out.shape[3]
+    cy, cx = h // 2, w // 2
+    (grad,) = torch.autograd.grad(out[0, :, cy, cx].sum(), x, retain_graph=retain)
     seen = grad.abs().sum(dim=(0, 1)) > 0
     rows = torch.nonzero(seen.any(dim=1)).flatten()
     cols = torch.nonzero(seen.any(dim=0)).flatten()
@@ -201,6 +203,64 @@ def _measure(
         raise ValueError("the centre cell's input gradient is zero everywhere")
     box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
     return box, (h, w)
+
+
+def _measure(
+    model: nn.Module, layer_name: str, canvas: int, seed: int
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = _probe(canvas, seed, device)
+    with torch.enable_grad():
+        return _support(x, _map_of(model, layer_name, x))
+
+
+def _copy(_name: str, output: object) -> object:
+    return output.clone() if isinstance(output, torch.Tensor) else output
+
+
+def _measure_each(
+    model: nn.Module, names: Sequence[str], canvas: int, seed: int
+) -> dict[str, tuple[tuple[int, int, int, int], tuple[int, int]] | Exception]:
+    """:func:`_measure` of every layer (or the error it raises), from one forward pass of the
+    whole model where that runs; where it does not (a model that takes one input size, a
+    layer whose output is no map), each layer the shared pass did not measure is measured on
+    its own, as :func:`_measure` alone would. The input and each layer's gradient are the
+    same either way, so are the boxes."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    shared: dict[str, tuple[tuple[int, int, int, int], tuple[int, int]]] = {}
+    if len(names) > 1:
+        x = _probe(canvas, seed, device)
+        try:
+            # The maps are copied as they are made: the rest of the pass may change a
+            # module's output in place, which a pass stopped after the layer never does.
+            with (
+                capture(model, names, keep=_copy) as captured,
+                _MaxToAvgPool(),
+                torch.enable_grad(),
+            ):
+                model(x)
+                maps = {
+                    n: v
+                    for n, v in captured.items()
+                    if isinstance(v, torch.Tensor) and v.ndim == 4 and v.requires_grad
+                }
+                for k, name in enumerate(n for n in names if n in maps):
+                    try:
+                        shared[name] = _support(x, maps[name], retain=k < len(maps) - 1)
+                    except ValueError:
+                        pass  # measured on its own below, which raises it again
+        except (RuntimeError, ValueError):
+            pass
+    out: dict[str, tuple[tuple[int, int, int, int], tuple[int, int]] | Exception] = {}
+    for name in names:
+        if name in shared:
+            out[name] = shared[name]
+            continue
+        try:
+            out[name] = _measure(model, name, canvas, seed)
+        except (RuntimeError, ValueError) as error:
+            out[name] = error
+    return out
 
 
 def receptive_field(
@@ -248,21 +308,61 @@ def receptive_field(
     -------
     RFInfo
     """
+    return receptive_fields(
+        model, [layer_name], input_size, max_canvas_px=max_canvas_px, seed=seed
+    )[layer_name]
+
+
+def receptive_fields(
+    model: nn.Module,
+    layer_names: Sequence[str],
+    input_size: int,
+    *,
+    max_canvas_px: int | None = None,
+    seed: int = 0,
+) -> dict[str, RFInfo]:
+    """:func:`receptive_field` of each layer of ``layer_names``, the same figures: one
+    surrogate for them all and, per canvas size, one forward pass (each layer's own backward
+    pass from it) instead of one per layer. The first layer whose field cannot be measured
+    raises as :func:`receptive_field` would."""
     check_int("input_size", input_size, minimum=1)
-    find_modules(model, [layer_name])
+    names = list(dict.fromkeys(layer_names))
+    find_modules(model, names)
+    if not names:
+        return {}
     surrogate = _positive_surrogate(model)
     limit = max(input_size, max_canvas_px if max_canvas_px is not None else 2 * input_size)
 
-    box, map_hw = _measure(surrogate, layer_name, input_size, seed)
-    base_map = map_hw
+    base_map: dict[str, tuple[int, int]] = {}
+    # name -> (box, map size, canvas): every layer grows through the same canvas sizes.
+    state: dict[str, tuple[tuple[int, int, int, int], tuple[int, int], int]] = {}
+    for name, result in _measure_each(surrogate, names, input_size, seed).items():
+        if isinstance(result, Exception):
+            raise result
+        base_map[name] = result[1]
+        state[name] = (*result, input_size)
+    growing = [name for name in names if _touches(state[name][0], input_size)]
     canvas = input_size
-    while _touches(box, canvas) and canvas < limit:
+    while growing and canvas < limit:
         bigger = min(limit, canvas * 2)
-        try:
-            box, map_hw = _measure(surrogate, layer_name, bigger, seed)
-        except (RuntimeError, ValueError):
-            break  # the model accepts no other input size
-        canvas = bigger
+        still = []
+        for name, result in _measure_each(surrogate, growing, bigger, seed).items():
+            if isinstance(result, Exception):
+                continue  # the model accepts no other input size: the last canvas stands
+            state[name] = (*result, bigger)
+            if _touches(result[0], bigger):
+                still.append(name)
+        growing, canvas = still, bigger
+    return {name: _field(*state[name], base_map[name], input_size) for name in names}
+
+
+def _field(
+    box: tuple[int, int, int, int],
+    map_hw: tuple[int, int],
+    canvas: int,
+    base_map: tuple[int, int],
+    input_size: int,
+) -> RFInfo:
     truncated = _touches(box, canvas)
     top, left, bottom, right = box
     height, width = bottom - top, right - left
@@ -386,11 +486,18 @@ def crop_patches(
     image_ids: Sequence[int] | np.ndarray,
     boxes: np.ndarray,
     out_size: int = 64,
+    encoded: dict[tuple[int, ...], bytes] | None = None,
 ) -> list[bytes]:
     """PNG patches for many (image, box) pairs; ``images[image_ids[i]]`` is cut by ``boxes[i]``.
 
     ``images`` is anything indexable by image id: a dict of decoded images, a list, or an
     (N, H, W, 3) array. Group top-k rows by image before calling to decode each image once.
+
+    A pair that repeats is encoded once (the same bytes): neurons of a layer often share an
+    image and its argmax cell, and a layer whose field covers the image crops every cell to
+    the whole image (googlenet's rehearsal: 49,392 patches, far fewer distinct pairs).
+    ``encoded`` (image id, top, left, bottom, right) -> PNG is filled as it goes; pass the same
+    dict to calls over the same images and ``out_size`` to share their pairs too.
     """
     boxes = np.asarray(boxes)
     ids = np.asarray(image_ids)
@@ -398,7 +505,15 @@ def crop_patches(
         raise ValueError(f"boxes must be (N, 4), got {boxes.shape}")
     if len(ids) != len(boxes):
         raise ValueError(f"{len(ids)} image ids for {len(boxes)} boxes")
-    return [crop_patch(images[int(i)], b, out_size) for i, b in zip(ids, boxes)]
+    encoded = {} if encoded is None else encoded
+    out = []
+    for i, box in zip(ids.tolist(), boxes.tolist()):
+        key = (int(i), *box)
+        png = encoded.get(key)
+        if png is None:
+            png = encoded[key] = crop_patch(images[int(i)], box, out_size)
+        out.append(png)
+    return out
 
 
 def decode_png(data: bytes) -> np.ndarray:

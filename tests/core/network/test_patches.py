@@ -14,6 +14,7 @@ from carto_assets.core.network.patches import (
     decode_png,
     patch_boxes,
     receptive_field,
+    receptive_fields,
 )
 from carto_assets.core.network.zoo import torchvision_model
 
@@ -170,6 +171,54 @@ def test_receptive_field_googlenet(googlenet):
     assert sizes == [43, 107]
 
 
+def test_receptive_fields_of_googlenet_equal_one_layer_at_a_time(googlenet):
+    # One pass per canvas for all layers: the same fields as one measure per layer, those that
+    # grow the canvas (96 -> 192 px) and those truncated at its largest included.
+    names = [f"inception{b}" for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")]
+    together = receptive_fields(googlenet, names, 96)
+    alone = {name: receptive_field(googlenet, name, 96) for name in names}
+    assert together == alone
+    assert {rf.canvas_px for rf in alone.values()} == {96, 192}
+    assert any(rf.truncated for rf in alone.values())
+
+
+class _InPlace(nn.Module):
+    """Changes a map in place after it is read; ``side``: a head that takes that input size
+    only (flattened), else any (pooled)."""
+
+    def __init__(self, side: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(3, 4, 5, padding=2)
+        self.pool = nn.Identity() if side else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * side * side if side else 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        b = self.b(a)
+        # After b has read it: a pass that goes on sees a map of a wider field (autograd
+        # does not object: nothing saved a for its backward pass).
+        a.add_(self.c(x))
+        return self.head(self.pool(a + b).flatten(1))
+
+
+def test_receptive_fields_where_the_whole_pass_fails_or_changes_a_map():
+    net = _InPlace(side=4)
+    fields = receptive_fields(net, ["a", "b"], 4)
+    assert fields == {name: receptive_field(net, name, 4) for name in ("a", "b")}
+    # Both grew to a canvas the head refuses, measured there each on its own.
+    assert (fields["a"].size_px, fields["b"].size_px) == (3, 5)
+    assert fields["a"].canvas_px == fields["b"].canvas_px == 8
+    # A pass through the whole network: "a" is measured as it was made, not as changed.
+    net = _InPlace()
+    fields = receptive_fields(net, ["a", "b"], 6)
+    assert fields == {name: receptive_field(net, name, 6) for name in ("a", "b")}
+    assert (fields["a"].size_px, fields["a"].canvas_px) == (3, 6)
+    assert receptive_fields(net, [], 6) == {}
+
+
 def test_patch_box_window_bounds_and_shift():
     # Centre cell, window inside the image.
     assert patch_box(3, 3, 8, 8, 64, 16) == (20, 20, 36, 36)
@@ -300,6 +349,39 @@ def test_crop_patch_png_roundtrip():
     many = crop_patches([img, img[::-1]], [1, 0], np.array([[0, 0, 8, 8], [2, 2, 12, 12]]), 8)
     assert [decode_png(p).shape for p in many] == [(8, 8, 3), (8, 8, 3)]
     assert np.array_equal(decode_png(many[0]), img[::-1][:8, :8])
+
+
+def test_crop_patches_repeated_pairs_encoded_once_same_bytes():
+    # Against one crop_patch per pair: the same box on another image, another box on the same
+    # image and exact repeats, split over two calls sharing one dict of encoded pairs.
+    rng = np.random.default_rng(1)
+    images = {
+        7: rng.integers(0, 256, (30, 30, 3), np.uint8),
+        9: rng.integers(0, 256, (30, 30, 3), np.uint8),
+    }
+    ids = np.array([7, 9, 7, 7, 9, 9, 7])
+    boxes = np.array(
+        [
+            [0, 0, 20, 20],
+            [0, 0, 20, 20],
+            [0, 0, 20, 20],
+            [5, 5, 25, 25],
+            [0, 0, 20, 20],
+            [0, 0, 30, 30],
+            [5, 5, 25, 25],
+        ]
+    )
+    encoded: dict = {}
+    got = crop_patches(images, ids[:4], boxes[:4], 16, encoded=encoded)
+    got += crop_patches(images, ids[4:], boxes[4:], 16, encoded=encoded)
+    assert got == [crop_patch(images[int(i)], b, 16) for i, b in zip(ids, boxes)]
+    assert sorted(encoded) == [
+        (7, 0, 0, 20, 20),
+        (7, 5, 5, 25, 25),
+        (9, 0, 0, 20, 20),
+        (9, 0, 0, 30, 30),
+    ]
+    assert got[0] != got[1]  # the same box on two images is two patches
 
 
 def test_crop_patch_rejects_bad_input():
