@@ -353,7 +353,11 @@ def test_the_chunks_candidates_are_the_co_occurring_terms_of_the_full_rates(plan
     minimum = prepared.study.audit.min_cooccurrence
     with prepared.store.connect() as con:
         inputs = read_inputs(con, prepared.images, prepared.class_names)
-        words, found = read_candidates(con, prepared.images, minimum)
+        words, found, key = read_candidates(con, prepared.images, minimum)
     want = cooccurring(inputs.rates, inputs.own, minimum)
     assert found == want and want[prepared.class_names.index("heart")] == {"texture=dots"}
-    assert words.equals(inputs.words)
+    # Only the candidates' formulas are parsed; their units are all there.
+    assert key == inputs.words_key
+    mine = inputs.words.filter(inputs.words["term"] == "texture=dots")
+    assert mine.height and words.filter(words["term"] == "texture=dots").equals(mine)
+    assert words.height < inputs.words.height

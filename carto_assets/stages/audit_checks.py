@@ -149,6 +149,8 @@ class Inputs:
     words: pl.DataFrame
     rates: dict[tuple[int, str], Rate]
     own: dict[int, set[str]]
+    #: :func:`labels_key` of ``unit_labels``
+    words_key: str
 
 
 def read_inputs(con, images: pl.DataFrame, class_names: list[str]) -> Inputs:
@@ -157,13 +159,14 @@ def read_inputs(con, images: pl.DataFrame, class_names: list[str]) -> Inputs:
     counts = _spelled(con.sql(COUNTS_SQL).pl()).select("label", "term", "k")
     sizes = dict(images.group_by("label").len("n").iter_rows())
     rates = rates_from_counts(counts, sizes)
-    return Inputs(unit_terms(labels), rates, own_terms(class_names, rates))
+    return Inputs(unit_terms(labels), rates, own_terms(class_names, rates), labels_key(labels))
 
 
 def read_candidates(
     con, images: pl.DataFrame, min_cooccurrence: float
-) -> tuple[pl.DataFrame, dict[int, set[str]]]:
-    """The units' positive terms and, per class, the terms that co-occur with it: what
+) -> tuple[pl.DataFrame, dict[int, set[str]], str]:
+    """The candidate terms' units, per class the terms that co-occur with it, and
+    :func:`labels_key` of the words: what
     :func:`read_inputs` and :func:`~carto_assets.core.audit.cooccurring` give, without the
     ``class=`` terms' rates (each holds on its own class only: never another class's
     co-occurring term; a study with only those, an image folder without annotations, has
@@ -174,20 +177,37 @@ def read_candidates(
     n_terms = counts.select("concept", "value").n_unique()
     sizes = dict(images.group_by("label").len("n").iter_rows())
     rest = counts.filter(pl.col("concept") != CLASS_CONCEPT)
-    if rest.is_empty():
-        return unit_terms(labels), {}
-    rates = rates_from_counts(_spelled(rest).select("label", "term", "k"), sizes)
-    own = {label: set() for label in sizes}
-    for (label, term), rate in rates.items():
-        if rate.class_rate == 1.0 and rate.other_rate == 0.0:
-            own[label].add(term)
-    together = cooccurring(rates, own, min_cooccurrence, pairs=len(sizes) * n_terms)
-    return unit_terms(labels), together
+    together: dict[int, set[str]] = {}
+    if not rest.is_empty():
+        rates = rates_from_counts(_spelled(rest).select("label", "term", "k"), sizes)
+        own: dict[int, set[str]] = {label: set() for label in sizes}
+        for (label, term), rate in rates.items():
+            if rate.class_rate == 1.0 and rate.other_rate == 0.0:
+                own[label].add(term)
+        together = cooccurring(rates, own, min_cooccurrence, pairs=len(sizes) * n_terms)
+    # Only the formulas that spell a candidate term are parsed (its units are what a check
+    # zeroes); the key is of every unit's formula.
+    wanted = sorted(set().union(*together.values())) if together else []
+    spelled = (
+        labels.filter(pl.col("formula").is_not_null() & pl.col("formula").str.contains_any(wanted))
+        if wanted
+        else labels.clear()
+    )
+    return unit_terms(spelled), together, labels_key(labels)
 
 
-def checks_key(study, words: pl.DataFrame) -> str:
+def labels_key(labels: pl.DataFrame) -> str:
+    """A digest of ``unit_labels``' ``neuron_id, layer, formula`` (which units say what)."""
+    import hashlib
+
+    rows = labels.select("neuron_id", "layer", "formula").sort("neuron_id")
+    return hashlib.sha256(rows.write_csv().encode()).hexdigest()[:16]
+
+
+def checks_key(study, words: str) -> str:
     """What a chunk's checks depend on beyond the graph's pass and relevance: the audit's
-    settings, the graph's sample size, the seed and the units' words. A chunk whose checks
+    settings, the graph's sample size, the seed and the units' words (``words``:
+    :func:`labels_key`). A chunk whose checks
     carry another key (written before the settings or the words changed) is not used: the
     stage checks those rows itself."""
     import hashlib
@@ -201,9 +221,7 @@ def checks_key(study, words: pl.DataFrame) -> str:
         },
         sort_keys=True,
     ).encode()
-    digest = hashlib.sha256(payload)
-    digest.update(words.sort("neuron_id", "term").write_csv().encode())
-    return digest.hexdigest()[:16]
+    return hashlib.sha256(payload + words.encode()).hexdigest()[:16]
 
 
 def carrying(con, wanted: pl.DataFrame) -> pl.DataFrame:
@@ -373,32 +391,42 @@ def _counterfactual(prepared, label: int, term: str, held: set[int], cp: ClassPa
     source that can: the shapes world), and set the class's accuracy and logit beside the
     unchanged images'. Empty where the source cannot.
 
-    The images are a seeded sample of the class's images that carry the term (``held``), as
-    many as the checks' images (``cp``): drawn among the carrying images, not among the checked
-    ones, so a term that holds on half the class is tested on as many images as one that holds
-    on all of it (a paired test on 16 images can reach p = 1.5e-5; on the 7 or so of 16
-    checked images that would carry it at share 0.5, no lower than 0.008)."""
+    The images are the checked images (``cp``) that carry the term (``held``), topped up with
+    a seeded sample of the class's other carrying images to as many as the checked images, so
+    a term that holds on half the class is tested on as many images as one that holds on all
+    of it (a paired test on 16 images can reach p = 1.5e-5; on the 7 or so of 16 checked
+    images that would carry it at share 0.5, no lower than 0.008)."""
     concept, source = parse(term), prepared.source
     if not (isinstance(concept, Term) and source.can_change(concept.concept)):
         return {}
     pool = np.array(sorted(held), dtype=np.int64)
     if not len(pool):
         return {"counterfactual_images": 0}
+    # The checked images that carry the term first (their logits are known), then a seeded
+    # sample of the class's other carrying images, up to as many as the checked images.
+    known = np.flatnonzero(np.isin(cp.ids, pool))
+    rest = np.setdiff1d(pool, cp.ids[known])
     rng = np.random.default_rng(seed_for(prepared.study, label, 13))
-    pick = np.sort(rng.choice(pool, size=min(len(pool), len(cp.ids)), replace=False))
-    pixels, ok = source.load_many(pick.tolist(), workers=4)
-    pick = pick[ok]
+    more = np.sort(rng.choice(rest, size=min(len(rest), len(cp.ids) - len(known)), replace=False))
+    model, batch = prepared.bundle.module, max(prepared.study.batch_size, 1)
+    extra, ok = source.load_many(more.tolist(), workers=4) if len(more) else (None, [])
+    more = more[np.asarray(ok, dtype=bool)] if len(more) else more
+    pick = np.concatenate([cp.ids[known], more]).astype(np.int64)
     out: dict[str, object] = {"counterfactual_images": len(pick)}
     if not len(pick):
         return out
+    before = cp.clean[known]
+    if len(more):
+        fresh = _logits(model, prepared.bundle.normalize(torch.from_numpy(extra)), batch)
+        before = np.concatenate([before, fresh])
     changed, _ = source.counterfactual(
         pick.tolist(), concept.concept, seed_for(prepared.study, label, 12)
     )
-    model, batch = prepared.bundle.module, max(prepared.study.batch_size, 1)
-    before = _logits(model, prepared.bundle.normalize(torch.from_numpy(pixels)), batch)
     after = _logits(model, prepared.bundle.normalize(torch.from_numpy(changed)), batch)
     at = np.arange(len(pick))
     t = np.full(len(pick), label) if cp.predicts else before.argmax(axis=1)
+    if not cp.predicts:  # the checked images' own top logit, as the ablation judges them
+        t[: len(known)] = cp.target[known]
     if cp.predicts:
         out["accuracy"] = float(np.mean(before.argmax(axis=1) == label))
         out["counterfactual_accuracy"] = float(np.mean(after.argmax(axis=1) == label))
@@ -456,7 +484,9 @@ class Auditor:
             }
             if not {"unit_labels", "image_annotations"} <= present:
                 return None
-            words, together = read_candidates(con, prepared.images, study.audit.min_cooccurrence)
+            words, together, words_key = read_candidates(
+                con, prepared.images, study.audit.min_cooccurrence
+            )
             terms = {int(k): sorted(together.get(int(k), ())) for k in labels}
             pairs = pl.DataFrame(
                 [(k, t) for k, ts in terms.items() for t in ts],
@@ -464,7 +494,7 @@ class Auditor:
                 orient="row",
             )
             held = carrying(con, pairs)
-        return cls(prepared, words, terms, held, checks_key(study, words))
+        return cls(prepared, words, terms, held, checks_key(study, words_key))
 
     def check(
         self, label: int, ids, pixels, x, fwd: RetainedForward, relevance: pl.DataFrame

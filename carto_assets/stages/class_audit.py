@@ -125,7 +125,7 @@ def class_audit(
         )
         co = audit.filter(pl.col("cooccurs"))["term"]
         checks = to_check(audit, extra, renderable(prepared.source, co) if co.len() else [])
-        done, images_done = _from_chunks(checks, chunks, checks_key(study, inputs.words))
+        done, images_done = _from_chunks(checks, chunks, checks_key(study, inputs.words_key))
         todo = checks.join(done.select("label", "term"), on=["label", "term"], how="anti")
         held = carrying(con, todo.select("label", "term"))
     seconds = {"shares": time.perf_counter() - started}
