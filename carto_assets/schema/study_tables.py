@@ -736,8 +736,9 @@ STUDY_TABLES: tuple[Table, ...] = (
         (
             "counterfactual_images",
             "INTEGER",
-            "the class's images that carry the term (a seeded sample among them, as many as "
-            "`ablation_images`), rendered again with its concept changed (each to a seeded "
+            "the class's images that carry the term (the checked ones that do, topped up with a "
+            "seeded sample of its other carrying images to as many as `ablation_images`), "
+            "rendered again with its concept changed (each to a seeded "
             "other value, all else the same); NULL where the source cannot render (image "
             "folders, `class=` terms)",
         ),
