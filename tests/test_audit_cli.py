@@ -118,7 +118,7 @@ def test_the_rates_counted_in_the_database_equal_the_per_image_rows(planted):
     """The stage counts each (class, term) in DuckDB; the reference counts the annotation rows
     image by image (:func:`term_rates`)."""
     from carto_assets.core.audit import rates_from_counts, term_rates
-    from carto_assets.stages import class_audit as stage
+    from carto_assets.stages import audit_checks as stage
 
     root, study, _ = planted
     prepared = PreparedStudy.load(root / study.name)

@@ -34,17 +34,12 @@ from carto_assets.core.audit import (
 )
 from carto_assets.stages.audit_checks import (
     CHECK_COLUMNS,
-    COUNTS_SQL,
     IMAGES_SCHEMA,
-    MIN_RANDOM_RATIO,
-    RANDOM_DRAWS,
     ClassPass,
-    _spelled,
     carrying,
     check,
     checks_key,
     frames,
-    own_terms,
     read_inputs,
     renderable,
 )
@@ -52,19 +47,6 @@ from carto_assets.storage.quality import Figure
 
 if TYPE_CHECKING:
     from carto_assets.stages.prepared import PreparedStudy
-
-__all__ = [
-    "CHECK_COLUMNS",
-    "COUNTS_SQL",
-    "MIN_RANDOM_RATIO",
-    "RANDOM_DRAWS",
-    "Audit",
-    "_spelled",
-    "audit_figures",
-    "class_audit",
-    "own_terms",
-    "unit_layers",
-]
 
 
 @dataclass(frozen=True)
