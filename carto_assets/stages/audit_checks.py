@@ -59,6 +59,7 @@ from carto_assets.core.audit import (
 )
 from carto_assets.core.words.formula import Term, parse, text
 from carto_assets.sources.annotations import CLASS_CONCEPT
+from carto_assets.stages.class_sample import class_images
 from carto_assets.stages.concept_graph_checks import seed_for
 from carto_assets.stages.explanation_chunk import thumbnail
 
@@ -292,8 +293,6 @@ class ClassPass:
     @classmethod
     def drawn(cls, prepared: PreparedStudy, label: int, count: int) -> ClassPass:
         """``count`` seeded images of the class and their own forward pass (no gradient)."""
-        from carto_assets.stages.concept_graph import class_images
-
         ids, pixels, x = class_images(
             prepared.study, label, prepared.images, prepared.source, prepared.bundle, count=count
         )

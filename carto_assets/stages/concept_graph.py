@@ -49,6 +49,7 @@ from carto_assets.core.attribution.relevance import relevance, shares
 from carto_assets.runtime.memory import release_memory
 from carto_assets.stages.audit_checks import TABLES as AUDIT_TABLES
 from carto_assets.stages.audit_checks import Auditor
+from carto_assets.stages.class_sample import class_images
 from carto_assets.stages.concept_graph_checks import ablation_checks, seed_for
 from carto_assets.stages.explanation_chunk import TABLES as EXPLANATION_TABLES
 from carto_assets.stages.explanation_chunk import Explainer
@@ -75,20 +76,6 @@ STEPS = (
     "misclassified",
     "audit",
 )
-
-
-def class_images(
-    study: Study, label: int, images: pl.DataFrame, source, bundle, count: int | None = None
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Up to ``count`` (default ``graph.images_per_class``) images of the class (seeded
-    sample): their ids (those that loaded), their pixels (uint8) and the model's input
-    (normalized)."""
-    ids = images.filter(pl.col("label") == label)["image_id"].to_numpy()
-    rng = np.random.default_rng([study.seed, label])
-    count = study.graph.images_per_class if count is None else count
-    pick = np.sort(rng.choice(ids, size=min(len(ids), count), replace=False))
-    pixels, ok = source.load_many(pick.tolist(), workers=4)
-    return pick[ok], pixels, bundle.normalize(torch.from_numpy(pixels))
 
 
 # ---- results --------------------------------------------------------------------------------
