@@ -135,10 +135,18 @@ def own_terms(class_names: list[str], rates: dict[tuple[int, str], Rate]) -> dic
     class's images (the shapes world's ``shape=<class>``, a user's column that repeats the
     class)."""
     own = {label: {text(Term(CLASS_CONCEPT, name))} for label, name in enumerate(class_names)}
+    for label, terms in exact_terms(rates).items():
+        own.setdefault(label, set()).update(terms)
+    return own
+
+
+def exact_terms(rates: dict[tuple[int, str], Rate]) -> dict[int, set[str]]:
+    """Per class, the terms that hold on exactly its images."""
+    out: dict[int, set[str]] = {}
     for (label, term), rate in rates.items():
         if rate.class_rate == 1.0 and rate.other_rate == 0.0:
-            own[label].add(term)
-    return own
+            out.setdefault(label, set()).add(term)
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,11 +189,9 @@ def read_candidates(
     together: dict[int, set[str]] = {}
     if not rest.is_empty():
         rates = rates_from_counts(_spelled(rest).select("label", "term", "k"), sizes)
-        own: dict[int, set[str]] = {label: set() for label in sizes}
-        for (label, term), rate in rates.items():
-            if rate.class_rate == 1.0 and rate.other_rate == 0.0:
-                own[label].add(term)
-        together = cooccurring(rates, own, min_cooccurrence, pairs=len(sizes) * n_terms)
+        together = cooccurring(
+            rates, exact_terms(rates), min_cooccurrence, pairs=len(sizes) * n_terms
+        )
     # Only the formulas that spell a candidate term are parsed (its units are what a check
     # zeroes); the key is of every unit's formula.
     wanted = sorted(set().union(*together.values())) if together else []
