@@ -226,10 +226,11 @@ def step_figures(
 # ---- the reference pass ----------------------------------------------------------------------
 
 
-def reference_pass(study_file: Path) -> dict[str, float]:
-    """Load every image of the study the way the activation stage does (its ``ShardBatches``,
-    a DataLoader with the study's workers, image-id order) and run the trained model on each
-    batch, bare (no hooks, no recording): seconds loading, seconds in the forward pass."""
+def reference_pass(study_file: Path, limit: int | None = None) -> dict[str, float]:
+    """Load every image of the study (the first ``limit`` in image-id order where given) the
+    way the activation stage does (its ``ShardBatches``, a DataLoader with the study's
+    workers, image-id order) and run the trained model on each batch, bare (no hooks, no
+    recording): seconds loading, seconds in the forward pass, and how many images."""
     import torch
 
     from carto_assets.stages.activations import ShardBatches
@@ -241,6 +242,8 @@ def reference_pass(study_file: Path) -> dict[str, float]:
     bundle, _ = prepared.model
     model = bundle.module.eval()
     images = prepared.images.sort("image_id")
+    if limit is not None:
+        images = images.head(limit)
     dataset = ShardBatches(
         prepared.source,
         images["image_id"].to_numpy(),
@@ -314,8 +317,9 @@ def run_outputs(study_file: Path) -> dict[str, float]:
 
 
 def training_seconds(output: str) -> float | None:
-    """``model training: E epochs in S s`` from the run's output (None when cached)."""
-    match = re.search(r"model training: \d+ epochs? in ([\d.]+) s", output)
+    """``model training: B batches in S s`` (``E epochs`` before the bar counted batches)
+    from the run's output (None when cached)."""
+    match = re.search(r"model training: \d+ (?:epochs?|batches) in ([\d.]+) s", output)
     return float(match.group(1)) if match else None
 
 
@@ -355,8 +359,13 @@ def measure_size(size: int, args: argparse.Namespace, work: Path, say) -> dict:
         "training_s": training_seconds(record.output),
         "steps": step_figures(step_intervals(home), record.samples),
     }
-    say("  reference: loading the same images, and a bare forward pass over them")
-    row["reference"] = reference_pass(study_file)
+    limit = args.reference_images
+    limit = limit if limit and limit < size else None
+    say(
+        "  reference: loading the same images, and a bare forward pass over them"
+        + (f" (the first {limit:,}; compared per image)" if limit else "")
+    )
+    row["reference"] = reference_pass(study_file, limit)
     row["outputs"] = run_outputs(study_file)
     return row
 
@@ -384,6 +393,7 @@ def table_rows(results: list[dict]) -> list[tuple[str, list[float], str]]:
         add(f"{stage} s (carto run)", [r["stages"][stage] for r in results], "{:.0f}")
     add("  model training s", [r["training_s"] for r in results])
     add("  activations: shards' own pass s", [r["outputs"]["shard_pass_s"] for r in results])
+    add("  reference: images timed", [r["reference"]["images"] for r in results], "{:,.0f}")
     add("  reference: load s", [r["reference"]["load_s"] for r in results])
     add("  reference: bare forward s", [r["reference"]["forward_s"] for r in results])
     add(
@@ -443,9 +453,15 @@ def table_rows(results: list[dict]) -> list[tuple[str, list[float], str]]:
     return rows
 
 
-def activation_ratio(result: dict) -> float:
+def reference_seconds(result: dict) -> float:
+    """The reference's load + bare forward seconds, carried to the run's every image where it
+    timed only the first ``--reference-images`` (per image: the same work on each)."""
     ref = result["reference"]
-    return result["stages"]["activations"] / max(ref["load_s"] + ref["forward_s"], 1e-9)
+    return (ref["load_s"] + ref["forward_s"]) * result["images"] / max(ref["images"], 1)
+
+
+def activation_ratio(result: dict) -> float:
+    return result["stages"]["activations"] / max(reference_seconds(result), 1e-9)
 
 
 def _cell(value: float, fmt: str) -> str:
@@ -537,6 +553,18 @@ def print_results(results: list[dict], extrapolate_to: int) -> None:
         print(line)
 
 
+def merge_results(runs: list[list[dict]]) -> list[dict]:
+    """Several ``--json`` files' sizes in one list, ascending; a size in two files is an
+    error (which run to show is the user's choice)."""
+    merged: dict[int, dict] = {}
+    for results in runs:
+        for result in results:
+            if result["images"] in merged:
+                raise ValueError(f"{result['images']:,} images appear in two --json files")
+            merged[result["images"]] = result
+    return [merged[n] for n in sorted(merged)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4000,40000", help="image counts, comma-separated")
@@ -554,12 +582,20 @@ def main(argv: list[str] | None = None) -> int:
         help="the dictionaries' training epochs (default: the study's, 240); their step is "
         "fixed-size work (a capped sample), its seconds proportional to the epochs",
     )
+    parser.add_argument(
+        "--reference-images",
+        type=int,
+        help="time the reference (load + bare forward) over the first N images only and "
+        "compare per image (default: every image; at 1,281,167 the full reference is a "
+        "second pass of about 13 minutes here)",
+    )
     parser.add_argument("--keep", type=Path, help="keep each size's study, database and log here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument(
         "--from-json",
         type=Path,
-        help="print the table of a --json file again (nothing is run)",
+        nargs="+",
+        help="print the table of one or more --json files again, sizes merged (nothing is run)",
     )
     parser.add_argument(
         "--extrapolate",
@@ -571,9 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         try:
-            results = json.loads(args.from_json.read_text())
+            results = merge_results([json.loads(p.read_text()) for p in args.from_json])
         except (OSError, ValueError) as exc:
-            print(f"paper_data_scale.py: --from-json {args.from_json}: {exc}", file=sys.stderr)
+            print(f"paper_data_scale.py: --from-json: {exc}", file=sys.stderr)
             return 2
         print_results(results, args.extrapolate)
         return 0
@@ -581,7 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_sizes(args.sizes)
         if not 16 <= args.image_size <= 1024:
             raise BenchError(f"--image-size must be 16 to 1024 px, got {args.image_size}")
-        for name in ("epochs", "shard_size", "top_k", "batch_size", "dictionary_epochs"):
+        for name in (
+            "epochs",
+            "shard_size",
+            "top_k",
+            "batch_size",
+            "dictionary_epochs",
+            "reference_images",
+        ):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
         work = args.keep or Path(tempfile.mkdtemp(prefix="carto-data-scale-"))

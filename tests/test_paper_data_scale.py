@@ -77,6 +77,7 @@ def test_done_line_is_parsed():
         bench.parse_done_line("carto: study field 'top_k' ...")
     assert bench.training_seconds("  model training: 5 epochs in 45.9 s\n") == 45.9
     assert bench.training_seconds("  model training: 1 epoch in 2.0 s") == 2.0
+    assert bench.training_seconds("  model training: 250 batches in 45.9 s") == 45.9
     assert bench.training_seconds("model: cached") is None
 
 
@@ -169,3 +170,23 @@ def test_the_extrapolated_column_holds_amounts_only(tmp_path, capsys):
     assert "EXTRAPOLATED, not measured" in out and "~1,281,167" in out
     assert bench.main(["--from-json", str(tmp_path / "missing.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_reference_over_the_first_images_is_compared_per_image():
+    full, part = _result(4000, 10.0), _result(4000, 10.0)
+    part["reference"] = {"images": 400, "load_s": 1.0, "forward_s": 1.0}  # a tenth, same rate
+    assert bench.activation_ratio(part) == pytest.approx(bench.activation_ratio(full)) == 2.0
+    part["reference"]["forward_s"] = 3.0  # twice as slow per image: half the ratio
+    assert bench.activation_ratio(part) == pytest.approx(1.0)
+
+
+def test_several_json_files_are_merged_by_size(tmp_path, capsys):
+    small, large = tmp_path / "small.json", tmp_path / "large.json"
+    small.write_text(bench.json.dumps([_result(400, 1.0), _result(40000, 100.0)]))
+    large.write_text(bench.json.dumps([_result(4000, 10.0)]))
+    assert bench.main(["--from-json", str(large), str(small), "--extrapolate", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    sizes = next(line for line in out if line.startswith("images "))
+    assert sizes.split()[1:4] == ["400", "4,000", "40,000"]
+    assert bench.main(["--from-json", str(small), str(small)]) == 2
+    assert "400 images appear in two --json files" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def _builtin_network(
         if epoch < last:  # the last epoch is model.pt itself
             kept[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    progress_of.advance("model training", 0, last, "epochs")
+    progress_of.advance("model training", 0, max(1, last), "batches")
     result = train_builtin(
         streamed,
         labels,
@@ -182,10 +182,8 @@ def _builtin_network(
         seed=study.training_seed,
         mean=BUILTIN_MEAN,
         std=BUILTIN_STD,
-        progress=lambda e, loss, s: (
-            progress_of.advance("model training", e, last, "epochs"),
-            say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
-        ),
+        progress=lambda e, loss, s: say(f"epoch {e}/{t.epochs}: loss {loss:.4f} ({s:.0f} s)"),
+        on_batch=lambda done, total: progress_of.advance("model training", done, total, "batches"),
         stop_after=t.checkpoint_epoch,
         on_epoch=keep,
     )

@@ -43,6 +43,24 @@ def test_stopping_after_an_epoch_gives_that_epochs_checkpoint(one_torch_thread):
         train_builtin(images, labels, 3, stop_after=4, **settings)
 
 
+def test_training_tells_its_progress_by_batch_and_stays_the_same(one_torch_thread):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(90, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=90)
+    settings = dict(epochs=3, learning_rate=0.003, batch_size=32, holdout_fraction=0.2, seed=2)
+    told: list[tuple[int, int]] = []
+    heard = train_builtin(images, labels, 3, on_batch=lambda d, t: told.append((d, t)), **settings)
+    # 72 training images: 3 batches of at most 32 per epoch, 3 epochs.
+    assert told == [(d, 9) for d in range(1, 10)]
+    quiet = train_builtin(images, labels, 3, **settings)
+    assert _states_equal(heard.bundle.module.state_dict(), quiet.bundle.module.state_dict())
+    told.clear()
+    train_builtin(
+        images, labels, 3, stop_after=1, on_batch=lambda d, t: told.append((d, t)), **settings
+    )
+    assert told == [(1, 3), (2, 3), (3, 3)]
+
+
 def _prepared(folder, make_study, **fields):
     folder.mkdir(exist_ok=True)
     study = load_study(make_study(folder, **fields))

@@ -46,3 +46,21 @@ def test_the_masks_are_each_image_s_object_packed():
     for image_id, height, width, packed in masks.iter_rows():
         assert (height, width) == (32, 32)
         assert (unpack_mask(packed, height, width) == source.object_mask(image_id)).all()
+
+
+def test_the_shapes_one_pass_scan_equals_the_per_call_reference():
+    """ShapesSource.scan draws each scene once; ImageSource.scan (records, concept_rows and
+    object_mask in turn) is the plain reference. Planted shortcuts, odd size."""
+    from carto_assets.sources.datasets import ImageSource
+
+    for study in (_study(PLANTED), _study()):
+        source = open_source(study)
+        fast, reference = source.scan(), ImageSource.scan(source)
+        assert fast.sources == reference.sources
+        assert fast.label_names == reference.label_names
+        assert fast.labels.tolist() == reference.labels.tolist()
+        for column in ("image_id", "concept", "value"):
+            assert list(fast.concepts[column]) == list(reference.concepts[column]), column
+        assert fast.masks[0].tolist() == reference.masks[0].tolist()
+        assert fast.masks[1].tolist() == reference.masks[1].tolist()
+        assert fast.masks[2] == reference.masks[2]

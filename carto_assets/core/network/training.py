@@ -104,6 +104,7 @@ def train_builtin(
     progress: Callable[[int, float, float], None] | None = None,
     stop_after: int | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train :class:`BuiltinCNN` with Adam on uint8 images (N, H, W, 3), streamed batch by
     batch from ``images`` (an array is wrapped in :class:`ArrayRows`); returns it in eval mode.
@@ -114,9 +115,11 @@ def train_builtin(
 
     ``progress(epoch, loss, seconds)`` is called after each epoch. ``on_epoch(epoch, model)``
     is called with the initial network (epoch 0) and after each epoch, e.g. to keep
-    checkpoints. ``stop_after`` ends the training after that epoch (0: before any step) while
-    the learning-rate schedule stays the one of all ``epochs``: with the same seed the network
-    returned is the one the full training had at that epoch.
+    checkpoints. ``on_batch(done, total)`` is called after each batch with the batches done
+    and the batches this call will go through (an epoch over 1.28M images takes half an hour
+    here: its progress is told by batch). ``stop_after`` ends the training after that epoch
+    (0: before any step) while the learning-rate schedule stays the one of all ``epochs``:
+    with the same seed the network returned is the one the full training had at that epoch.
     """
     if not isinstance(images, ImageRows):
         images = ArrayRows(np.asarray(images))
@@ -139,6 +142,7 @@ def train_builtin(
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     train_t = torch.from_numpy(train_idx)
+    steps_total, steps_done = last * -(-len(train_idx) // batch_size), 0
     if on_epoch is not None:
         on_epoch(0, model)
     for epoch in range(last):
@@ -148,12 +152,15 @@ def train_builtin(
         total, count = 0.0, 0
         loaded = _prefetched(images, [b.numpy() for b in batches])
         for idx, (pixels, ok) in zip(batches, loaded):
+            steps_done += 1  # a batch of images that all failed to load counts as done
             # Random horizontal flips: the world's concepts are mirror-invariant.
             flip = torch.rand(len(idx), generator=gen) < 0.5
             if not ok.all():
                 keep = torch.from_numpy(ok)
                 idx, flip = idx[keep], flip[keep]
                 if len(idx) == 0:
+                    if on_batch is not None:
+                        on_batch(steps_done, steps_total)
                     continue
             xb = bundle.normalize(torch.from_numpy(pixels))
             xb[flip] = xb[flip].flip(-1)
@@ -164,6 +171,8 @@ def train_builtin(
             sched.step()
             total += loss.item() * len(idx)
             count += len(idx)
+            if on_batch is not None:
+                on_batch(steps_done, steps_total)
         losses.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch + 1, model)
