@@ -444,6 +444,29 @@ def print_held_out(title: str, groups, scored: Scored, chosen: np.ndarray) -> No
         )
 
 
+def print_always_on_held_out(prepared: PreparedStudy, held: np.ndarray) -> None:
+    """Whether "always on" (``unit_labels.always_on``, chosen on the labels' sample) holds on
+    the held-out images: the always-on units' on share there, and how many of the other units
+    reach ``labels.always_on`` there."""
+    from carto_assets.core.words.search import on_shares
+
+    store = prepared.store
+    if "always_on" not in store.query("SELECT * FROM unit_labels LIMIT 0").columns:
+        return
+    rows = store.query("SELECT neuron_id, always_on FROM unit_labels ORDER BY neuron_id")
+    marked = rows["always_on"].to_numpy().astype(bool)
+    shares = on_shares(held)[rows["neuron_id"].to_numpy()]
+    bound = prepared.study.labels.always_on
+    kept = shares[marked]
+    print(
+        f"  always on (on >= {bound} of the labels' sample): {int(marked.sum())} units; on the "
+        "held-out images their on share is "
+        + (f"min {kept.min():.2f}, median {np.median(kept):.2f}" if len(kept) else "-")
+        + f"; {int((shares[~marked] >= bound).sum())} of the other {int((~marked).sum())} reach "
+        f"{bound} there"
+    )
+
+
 def groups_last_channel(groups) -> str:
     """The last channel layer's name (the issue's block4: its features share the target)."""
     return [layer for layer, _ in groups if ":" not in layer][-1]
@@ -504,7 +527,9 @@ def explanation_target(
     does not, the concept's words can name the shape only inside a narrower formula (``colour=
     red AND shape=square AND size=large``), and not at all where the concept is blind to shape
     (every shape's AUC near 0.5). "named|resp" is "in formula" over the responding images only:
-    how often the words name the shape where the concept responds to it."""
+    how often the words name the shape where the concept responds to it. "by share" is "in
+    formula" for the stored concept with the largest share, always on or not: the top concept
+    before the explanations set always-on concepts apart (``cluster_labels.always_on``)."""
     store = prepared.store
     truth = next((t for t in ("image_concepts", "image_annotations") if _has_table(store, t)), "")
     if not (truth and _has_table(store, "explanation_concepts")):
@@ -513,14 +538,21 @@ def explanation_target(
     with_formulas = _has_table(store, "cluster_labels") and api is not None
     formula_col = ", f.formula" if with_formulas else ""
     formula_join = "LEFT JOIN cluster_labels f USING (cluster_id)" if with_formulas else ""
-    rows = store.query(
-        f"SELECT e.image_id, e.layer, e.cluster_id, c.label, s.value AS shape{formula_col} "
+    stored = store.query(
+        f"SELECT e.image_id, e.layer, e.rank, e.share, e.cluster_id, c.label, "
+        f"s.value AS shape{formula_col} "
         "FROM explanation_concepts e JOIN explained_images x USING (image_id) "
         "JOIN clusters c USING (cluster_id) "
         f"JOIN {truth} s ON s.image_id = e.image_id AND s.concept = 'shape' "
         f"{formula_join} "
-        "WHERE x.label = x.predicted AND e.target = x.predicted AND e.rank = 1"
+        "WHERE x.label = x.predicted AND e.target = x.predicted"
     )
+    rows = stored.filter(pl.col("rank") == 1)
+    # The stored concept with the largest share, whether always on or not: the top concept
+    # before always-on concepts were set apart (rank 1 since then).
+    by_share = stored.sort(
+        ["image_id", "layer", "share", "rank"], descending=[False, False, True, False]
+    ).unique(["image_id", "layer"], keep="first", maintain_order=True)
     if rows.is_empty():
         print("\nexplanations: skipped (no correctly predicted explained image)")
         return
@@ -533,7 +565,9 @@ def explanation_target(
     }
     head = f"  {'layer':<16}{'images':>7}{'in label':>9}{'leading':>8}"
     head += (
-        f"{'in formula':>11}{'holds':>7}{'responds':>9}{'named|resp':>11}" if with_formulas else ""
+        f"{'in formula':>11}{'holds':>7}{'responds':>9}{'named|resp':>11}{'by share':>9}"
+        if with_formulas
+        else ""
     )
     # "holds": the top concept's words are true of the explained image itself (its own
     # annotation values), whatever they name: whether the words describe what was explained.
@@ -547,8 +581,9 @@ def explanation_target(
         columns, ranks = concept_ranks(prepared, maxima)
         responds_from = prepared.study.labels.min_auc
     print(
-        "\nexplanations: correctly predicted explained images whose top concept (rank 1, the "
-        "predicted logit) names the image's shape (target >= 0.8 at the marked layers)"
+        "\nexplanations: correctly predicted explained images whose top concept (rank 1 for the "
+        "predicted logit: the most relevant concept that is not always on) names the image's "
+        "shape (target >= 0.8 at the marked layers)"
     )
     print(head)
     for layer in kinds["layer"]:
@@ -573,9 +608,15 @@ def explanation_target(
             aucs = shape_aucs(columns, ranks, ann, part["shape"], part["cluster_id"])
             responds = np.nan_to_num(aucs, nan=0.0) >= responds_from
             named = np.asarray(hits)[responds]
+            share_top = by_share.filter(pl.col("layer") == layer).sort("image_id")
+            share_hits = [
+                bool(f) and bool({("shape", s), ("class", s)} & positive_terms(api, f))
+                for s, f in zip(share_top["shape"], share_top["formula"])
+            ]
             line += (
                 f"{np.mean(hits):>11.2f}{np.mean(holds):>7.2f}{responds.mean():>9.2f}"
                 f"{named.mean() if len(named) else float('nan'):>11.2f}"
+                f"{np.mean(share_hits):>9.2f}"
             )
         print(line + ("   <- target" if layer in targeted else ""))
 
@@ -689,6 +730,7 @@ def main() -> None:
                 score_formulas(held_ranks, held_ann, formulas, api),
                 chosen,
             )
+            print_always_on_held_out(prepared, held)
     explanation_target(prepared, neurons, api, maxima, ann)
     print(f"\n{time.perf_counter() - start:.0f} s")
 

@@ -427,6 +427,8 @@ def _words(rng, formulas, neurons, clusters) -> dict:
         formula = [order[i % len(order)] for i in range(n)]
         auc = np.round(0.8 + 0.19 * rng.random(n), 4)
         single = np.round(auc - 0.05 * rng.random(n), 4)
+        # its own generator: the shared one's later draws stay as they were
+        on_share = np.round(np.random.default_rng([7, n]).random(n), 3)
         return {
             "formula": formula,
             "auc": auc,
@@ -435,6 +437,8 @@ def _words(rng, formulas, neurons, clusters) -> dict:
             "single_term": [f"shape=s{i % 5}" for i in range(n)],
             "single_auc": single,
             "n_terms_over_08": rng.integers(0, 4, n).astype(np.int32),
+            "on_share": on_share,
+            "always_on": on_share >= 0.9,  # about one in ten
             "n_images": np.full(n, 100, np.int32),
         }
 

@@ -22,8 +22,8 @@ NO_WORD = NO_WORD_FITS
 
 QUERIES = {
     "unit_labels": "SELECT neuron_id, formula, auc, p_value, single_term, single_auc, "
-    "n_terms_over_08, n_sharing_formula FROM unit_labels",
-    "cluster_labels": "SELECT cluster_id, formula, auc, p_value FROM cluster_labels",
+    "n_terms_over_08, n_sharing_formula, on_share, always_on FROM unit_labels",
+    "cluster_labels": "SELECT cluster_id, formula, auc, p_value, always_on FROM cluster_labels",
 }
 
 #: the per-unit fields each neuron record carries where the study has words (record name ->
@@ -36,7 +36,12 @@ UNIT_FIELDS = {
     "single_auc": "single_auc",
     "n_terms_over_08": "n_terms_over_08",
     "n_sharing_formula": "n_sharing_formula",
+    "on_share": "on_share",
+    "always_on": "always_on",
 }
+
+#: what a caption adds for a concept that is always on (``always_on``).
+ALWAYS_ON = "always on"
 
 
 def has_words(tables: Mapping[str, object]) -> bool:
@@ -44,18 +49,24 @@ def has_words(tables: Mapping[str, object]) -> bool:
     return all(name in tables for name in TABLES)
 
 
-def caption(formula: str | None, auc: float | None) -> str:
-    """``"shape=heart OR shape=circle · 0.93"``; :data:`NO_WORD` without a formula."""
+def caption(formula: str | None, auc: float | None, always_on: bool = False) -> str:
+    """``"shape=heart OR shape=circle · 0.93"``; :data:`NO_WORD` without a formula; ``" ·
+    always on"`` after it for a concept that is (``cluster_labels.always_on``)."""
     if formula is None:
-        return NO_WORD
-    return formula if auc is None or auc != auc else f"{formula} · {auc:.2f}"
+        text = NO_WORD
+    else:
+        text = formula if auc is None or auc != auc else f"{formula} · {auc:.2f}"
+    return f"{text} · {ALWAYS_ON}" if always_on else text
 
 
 def cluster_captions(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """``cluster_id``, ``words`` (formula or null), ``words_auc`` and ``caption`` per cluster
     of ``cluster_labels`` (a cluster without a row has no words)."""
     rows = tables["cluster_labels"]
-    captions = [caption(f, a) for f, a in rows.select("formula", "auc").iter_rows()]
+    captions = [
+        caption(f, a, bool(on))
+        for f, a, on in rows.select("formula", "auc", "always_on").iter_rows()
+    ]
     return rows.select(
         "cluster_id", pl.col("formula").alias("words"), pl.col("auc").alias("words_auc")
     ).with_columns(caption=pl.Series(captions, dtype=pl.Utf8))
@@ -83,6 +94,8 @@ def unit_fields(row: Mapping[str, object]) -> dict:
         "single_auc": rounded(row.get("single_auc")),
         "n_terms_over_08": None if over is None else int(over),
         "n_sharing_formula": None if count is None else int(count),
+        "on_share": rounded(row.get("on_share"), 3),
+        "always_on": bool(row.get("always_on")),
     }
 
 

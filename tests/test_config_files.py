@@ -237,6 +237,19 @@ def test_carto_check_refuses_a_labels_max_share_outside_0_1_in_one_line(image_fo
 
 
 @pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
+@pytest.mark.parametrize("bad", [0, 1.01, "most"])
+def test_carto_check_refuses_a_labels_always_on_outside_0_1_in_one_line(image_folder, bad):
+    study = _study(image_folder, labels={"always_on": bad})
+    out = run([CARTO, "check", "--study", study.name], cwd=image_folder)
+    assert out.returncode == 2
+    (line,) = _errors(out)
+    assert line.startswith(f"carto: invalid study: {study}: ") and "labels.always_on" in line
+    assert str(bad) in line
+    good = _study(image_folder, labels={"always_on": 0.95})
+    assert run([CARTO, "check", "--study", good.name], cwd=image_folder).ok()
+
+
+@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
 def test_carto_check_prints_a_yaml_syntax_error_in_one_line(image_folder):
     study = _study(image_folder)
     study.write_text(study.read_text() + "clustering: {seed: 3\n")

@@ -53,7 +53,8 @@ def mapped(tmp_path_factory):
             "top_k": 4,
             "shards": 2,
             "annotations": "notes.csv",
-            "labels": {"sample_images": None},
+            # 0.6 (default 0.9): in 48 images of two tints, both kinds of concept occur
+            "labels": {"sample_images": None, "always_on": 0.6},
         },
     )
     out = run([CARTO, "run", "--study", study.name], cwd=root)
@@ -136,9 +137,53 @@ def test_carto_explain_names_each_concept_by_its_words(mapped):
     concepts = [line for line in out.stdout.splitlines() if re.match(line_re, line)]
     assert concepts
     con = duckdb.connect(database, read_only=True)
-    rows = con.execute("SELECT cluster_id, formula, auc FROM cluster_labels").fetchall()
-    words = {c: (f, a) for c, f, a in rows}
+    rows = con.execute("SELECT cluster_id, formula, auc, always_on FROM cluster_labels").fetchall()
+    words = {c: (f, a, on) for c, f, a, on in rows}
     for line in concepts:
         cluster, name = re.match(line_re, line).groups()
-        formula, auc = words[int(cluster)]
-        assert name == (f"{formula} (AUC {auc:.2f})" if formula else "no word fits"), line
+        formula, auc, on = words[int(cluster)]
+        expected = f"{formula} (AUC {auc:.2f})" if formula else "no word fits"
+        assert name == expected + (" · always on" if on else ""), line
+
+
+def test_on_shares_are_the_maxima_s_and_always_on_is_the_typed_threshold(mapped):
+    database, _, _ = mapped
+    con = duckdb.connect(database, read_only=True)
+    maxima = con.execute("SELECT maxima FROM unit_maxima ORDER BY image_id").fetchall()
+    matrix = np.array([r[0] for r in maxima], dtype=np.float64)
+    rows = con.execute(
+        "SELECT neuron_id, on_share, always_on FROM unit_labels ORDER BY neuron_id"
+    ).fetchall()
+    for neuron_id, share, on in rows:
+        column = matrix[:, neuron_id]
+        top = column.max()
+        expected = float(np.mean(column >= 0.5 * top)) if top > 0 else 0.0
+        assert share == pytest.approx(expected, abs=1e-12), neuron_id
+        assert on == (share >= 0.6)
+    clusters = con.execute("SELECT always_on, count(*) FROM cluster_labels GROUP BY 1").fetchall()
+    assert dict(clusters).keys() == {True, False}, clusters
+
+
+def test_explanations_rank_always_on_concepts_after_the_others(mapped):
+    database, _, _ = mapped
+    con = duckdb.connect(database, read_only=True)
+    rows = con.execute(
+        "SELECT e.image_id, e.target, e.layer, e.rank, e.share, l.always_on "
+        "FROM explanation_concepts e JOIN cluster_labels l USING (cluster_id) "
+        "ORDER BY e.image_id, e.target, e.layer, e.rank"
+    ).fetchall()
+    groups: dict[tuple, list] = {}
+    for image, target, layer, rank, share, on in rows:
+        groups.setdefault((image, target, layer), []).append((rank, on, share))
+    moved = 0
+    for key, ranked in groups.items():
+        assert [r for r, _, _ in ranked] == list(range(1, len(ranked) + 1)), key
+        flags = [on for _, on, _ in ranked]
+        assert flags == sorted(flags), key  # not always on (False) first
+        for part in (False, True):
+            shares = [s for _, on, s in ranked if on == part]
+            assert shares == sorted(shares, reverse=True), key
+        top_share = max(s for _, _, s in ranked)
+        moved += ranked[0][2] < top_share
+    # Somewhere an always-on concept had the largest share and was moved behind the others.
+    assert moved > 0

@@ -354,6 +354,18 @@ STUDY_TABLES: tuple[Table, ...] = (
             "INTEGER",
             "how many other units have the same words (redundancy); NULL without words",
         ),
+        (
+            "on_share",
+            "DOUBLE",
+            "share of the labels' sample it is on for (at least half its largest activation "
+            "over the sample)",
+        ),
+        (
+            "always_on",
+            "BOOLEAN",
+            "`on_share` >= `labels.always_on` (0.9): it adds a fixed part to a logit whatever "
+            "the image; explanations list it after the concepts that are not always on",
+        ),
         ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
     ),
     _table(
@@ -363,6 +375,18 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("layer", "VARCHAR", "its layer"),
         ("size", "INTEGER", "units in the cluster"),
         *_WORD_COLUMNS,
+        (
+            "on_share",
+            "DOUBLE",
+            "share of the labels' sample its pooled activation is on for (at least half its "
+            "largest over the sample)",
+        ),
+        (
+            "always_on",
+            "BOOLEAN",
+            "`on_share` >= `labels.always_on` (0.9): it adds a fixed part to a logit whatever "
+            "the image; explanations list it after the concepts that are not always on",
+        ),
         ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
     ),
     _table(
@@ -531,7 +555,13 @@ STUDY_TABLES: tuple[Table, ...] = (
             "the logit explained: the predicted one, and the true class's where they differ",
         ),
         ("layer", "VARCHAR", "unit layer (channels or a feature pseudo-layer)"),
-        ("rank", "INTEGER", "1 = the concept with the largest share"),
+        (
+            "rank",
+            "INTEGER",
+            "1 = the concept with the largest share among those not always on "
+            "(`cluster_labels.always_on`); the always-on concepts of the stored ones follow, "
+            "each part by share",
+        ),
         ("cluster_id", "BIGINT", "the concept: a cluster of the layer's units"),
         (
             "relevance",

@@ -157,7 +157,7 @@ class LayerExplanation:
     layer: str
     concepts: core.LayerConcepts
     #: (B, k) per image, its ``k`` most relevant concepts by share (indices into
-    #: ``concepts.clusters``, most relevant first)
+    #: ``concepts.clusters``), those not always on first, each part most relevant first
     top: np.ndarray
     #: the batch rows explained (the images ``keep`` chose)
     rows: np.ndarray
@@ -179,7 +179,7 @@ def explain_layer(
     row; default all) and their maps: what the explanation tables store for each explained
     image and what ``carto explain`` shows. Needs ``rel`` with its gradients."""
     concepts = core.layer_concepts(rel.units[layer], units.cluster_of[layer])
-    top = core.top_concepts(concepts.share, k)
+    top = core.top_concepts(concepts.share, k, units.apart(concepts.clusters))
     members = core.members_list(units.cluster_of[layer], concepts.clusters)
     rows = np.flatnonzero(np.ones(fwd.n_images, bool) if keep is None else keep)
     # One product for every concept some row shows, each row's picked out in its order.
@@ -299,7 +299,9 @@ def _checks(model, units, fwd, x, rel, batch: ExplainedBatch, masks, settings, s
         concepts = core.layer_concepts(rel.units[layer], units.cluster_of[layer])
         members = core.members_list(units.cluster_of[layer], concepts.clusters)
         whole = core.concept_maps(fwd, rel, layer, [np.arange(len(units.cluster_of[layer]))])
-        top = core.top_concepts(concepts.share, 1)[:, 0]
+        # The top concept as the tables rank it (rank 1: always-on concepts follow the others).
+        apart = units.apart(concepts.clusters)
+        top = core.top_concepts(concepts.share, settings.concepts_per_layer, apart)[:, 0]
         top_maps = core.concept_maps(
             fwd, rel, layer, [members[j] for j in sorted(set(top.tolist()))]
         )

@@ -7,6 +7,11 @@ A unit's words are chosen on the sample (a seeded subset of the images, every im
 study) by AUC with a Bonferroni-corrected Mann-Whitney p-value; a unit no formula describes
 gets no words (``formula`` NULL), never a guess. A cluster is labelled the same way on its
 pooled activation (each member divided by its maximum over the sample, then averaged).
+
+Each unit and cluster also gets its *on share*, the share of the sampled images it is on for
+(at least half its largest activation), and is *always on* where that reaches
+``labels.always_on``: such a concept adds a fixed part to a logit whatever the image, and the
+explanations list it after the concepts that are not (docs/words.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from carto_assets.core.words.formula import NO_WORD_FITS, Term
 from carto_assets.core.words.search import (
     UnitWords,
     label_units,
+    on_shares,
     pooled_activations,
     term_indicator,
 )
@@ -89,6 +95,12 @@ def _sharing() -> pl.Expr:
     )
 
 
+def _on(shares: np.ndarray, always_on: float) -> list[pl.Series]:
+    """``on_share`` and ``always_on`` columns (:func:`on_shares`, ``labels.always_on``)."""
+    shares = np.asarray(shares, dtype=np.float64)
+    return [pl.Series("on_share", shares), pl.Series("always_on", shares >= always_on)]
+
+
 def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None = None) -> Labels:
     """Every unit's and every cluster's words over the labels' sample."""
     say = progress or (lambda message: None)
@@ -123,6 +135,7 @@ def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None 
         )
         .with_columns(pl.DataFrame(_word_columns(words)))
         .with_columns(n_sharing_formula=_sharing())
+        .with_columns(_on(on_shares(sample.maxima), study.labels.always_on))
         .with_columns(n_images=pl.lit(sample.n_images, dtype=pl.Int32))
     )
     start = time.perf_counter()
@@ -142,6 +155,7 @@ def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None 
             size=pl.col("members").list.len().cast(pl.Int32),
         )
         .with_columns(pl.DataFrame(_word_columns(cluster_words)))
+        .with_columns(_on(on_shares(pooled), study.labels.always_on))
         .with_columns(n_images=pl.lit(sample.n_images, dtype=pl.Int32))
     )
     # As declared (a sample where no unit has words would leave `formula` without a type).
@@ -205,12 +219,14 @@ def label_figures(labels: Labels) -> list[Figure]:
 
 def cluster_words(store) -> dict[int, str]:
     """Each cluster's words as the product prints them: ``formula (AUC 0.93)``, or
-    :data:`NO_WORD_FITS`. A study mapped without labels (``labels.enabled: false``) has no
+    :data:`NO_WORD_FITS`, with `` · always on`` after them for a cluster that is
+    (``cluster_labels.always_on``). A study mapped without labels (``labels.enabled: false``) has no
     ``cluster_labels``: its clusters' top-image labels (``clusters.label``) are used instead."""
     if not store.table_exists("cluster_labels"):
         return dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
-    rows = store.query("SELECT cluster_id, formula, auc FROM cluster_labels")
+    rows = store.query("SELECT cluster_id, formula, auc, always_on FROM cluster_labels")
     return {
-        int(c): f"{f} (AUC {a:.2f})" if f is not None else NO_WORD_FITS
-        for c, f, a in rows.iter_rows()
+        int(c): (f"{f} (AUC {a:.2f})" if f is not None else NO_WORD_FITS)
+        + (" · always on" if on else "")
+        for c, f, a, on in rows.iter_rows()
     }

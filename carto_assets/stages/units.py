@@ -28,6 +28,13 @@ class Units:
     #: per unit layer, unit -> cluster id (-1: unclustered)
     cluster_of: dict[str, np.ndarray]
     layer_index: dict[str, int]
+    #: the clusters that are always on (``cluster_labels.always_on``): explanations list them
+    #: after the others; empty for a study without words
+    always_on: frozenset[int] = frozenset()
+
+    def apart(self, clusters: np.ndarray) -> np.ndarray:
+        """Bool per cluster id of ``clusters``: whether it is always on."""
+        return np.isin(np.asarray(clusters), np.fromiter(self.always_on, np.int64))
 
     @property
     def chains(self) -> dict[str, str]:
@@ -37,7 +44,8 @@ class Units:
 def read_units(
     store: CartoStore, channel_layers: list[str], features: Sequence[FeatureLayer]
 ) -> Units:
-    """Per unit layer, each unit's neuron and cluster, from ``neurons`` and ``neuron_clusters``."""
+    """Per unit layer, each unit's neuron and cluster, from ``neurons`` and ``neuron_clusters``;
+    the always-on clusters from ``cluster_labels`` where the study has words."""
     by_name = {f.name: f for f in features}
     table = store.query(
         "SELECT n.neuron_id, n.layer, n.layer_index, n.channel, nc.cluster_id FROM neurons n "
@@ -57,4 +65,8 @@ def read_units(
         clusters[channel] = rows["cluster_id"].fill_null(-1).to_numpy()
         neuron_of[name], cluster_of[name] = neurons, clusters
         index[name] = int(rows["layer_index"][0]) if rows.height else -1
-    return Units(layers, by_name, neuron_of, cluster_of, index)
+    always_on: frozenset[int] = frozenset()
+    if store.table_exists("cluster_labels"):
+        rows = store.query("SELECT cluster_id FROM cluster_labels WHERE always_on")
+        always_on = frozenset(int(c) for c in rows["cluster_id"].to_list())
+    return Units(layers, by_name, neuron_of, cluster_of, index, always_on)

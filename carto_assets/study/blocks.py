@@ -513,6 +513,14 @@ class LabelsConfig(_Section):
         "(NOT shape=arrow: 7 in 8) is never a label: it names what the unit does not respond "
         "to.",
     )
+    always_on: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="A unit or cluster on (at least half its largest activation) for at least "
+        "this share of the sample's images is always on: it adds a fixed part to a logit "
+        "whatever the image, so explanations list it after the concepts that are not.",
+    )
 
 
 class AuditConfig(_Section):

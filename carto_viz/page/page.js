@@ -182,6 +182,11 @@
     scoreLine("polysemantic:", plural(n.n_terms_over_08 || 0, "term") + " reach AUC 0.8");
     scoreLine("shared by", none ? "no words to share" :
       plural(n.n_sharing_formula || 0, "other unit"));
+    if (n.on_share !== null && n.on_share !== undefined) {
+      scoreLine("on for", Math.round(100 * n.on_share) + "% of images" +
+        (n.always_on ? " (always on: a fixed part of a logit, whatever the image)" : ""),
+        n.always_on ? "always-on" : null);
+    }
     scoreLine("cluster " + n.cluster_id + ":", n.cluster_short, "words");
   }
   window.cartoScorecard = showScorecard;

@@ -53,6 +53,8 @@ def _rows(db, query: str) -> dict[int, tuple]:
 def test_caption():
     assert caption("shape=heart OR shape=circle", 0.934) == "shape=heart OR shape=circle · 0.93"
     assert caption(None, 0.71) == NO_WORD == "no word fits"
+    assert caption("shape=heart", 0.93, True) == "shape=heart · 0.93 · always on"
+    assert caption(None, None, True) == "no word fits · always on"
 
 
 def test_neuron_records_carry_their_words(db):
@@ -60,28 +62,32 @@ def test_neuron_records_carry_their_words(db):
     units = _rows(
         db,
         "SELECT neuron_id, formula, auc, p_value, single_term, single_auc, n_terms_over_08, "
-        "n_sharing_formula FROM unit_labels",
+        "n_sharing_formula, on_share, always_on FROM unit_labels",
     )
-    clusters = _rows(db, "SELECT cluster_id, formula, auc FROM cluster_labels")
+    clusters = _rows(db, "SELECT cluster_id, formula, auc, always_on FROM cluster_labels")
     assert len(data.neurons) == len(units) == 40
     seen_none = seen_formula = False
+    seen_on = set()
     for n in data.neurons:
-        formula, auc, p, single, single_auc, over, sharing = units[n["neuron_id"]]
+        formula, auc, p, single, single_auc, over, sharing, on_share, on = units[n["neuron_id"]]
         assert n["words"] == formula
         assert n["words_auc"] == pytest.approx(auc, abs=1e-4)
         assert n["p_value"] == pytest.approx(p, rel=1e-2)
         assert n["single_term"] == single
         assert n["single_auc"] == pytest.approx(single_auc, abs=1e-4)
         assert n["n_terms_over_08"] == over and n["n_sharing_formula"] == sharing
-        cluster_formula, cluster_auc = clusters[n["cluster_id"]]
+        assert n["on_share"] == pytest.approx(on_share, abs=1e-3) and n["always_on"] is on
+        cluster_formula, cluster_auc, cluster_on = clusters[n["cluster_id"]]
+        seen_on.add(cluster_on)
         assert n["cluster_words"] == cluster_formula
         named = NO_WORD if cluster_formula is None else f"{cluster_formula} · {cluster_auc:.2f}"
+        named += " · always on" if cluster_on else ""
         # The cluster is named by its words, never by its top images' leading term.
         assert n["cluster_short"] == n["cluster_label"] == named
         assert "size=large" not in n["cluster_short"]
         seen_none |= cluster_formula is None
         seen_formula |= cluster_formula is not None
-    assert seen_none and seen_formula
+    assert seen_none and seen_formula and seen_on == {True, False}
     # Units sharing a formula count each other.
     sharing = [n for n in data.neurons if n["words"] == FORMULAS[0]]
     assert {n["n_sharing_formula"] for n in sharing} == {len(sharing) - 1}
@@ -89,20 +95,22 @@ def test_neuron_records_carry_their_words(db):
 
 def test_graph_captions_are_the_words(db):
     data = view_data(load_tables(db))
-    clusters = _rows(db, "SELECT cluster_id, formula, auc FROM cluster_labels")
+    clusters = _rows(db, "SELECT cluster_id, formula, auc, always_on FROM cluster_labels")
     table = data.graph_clusters
     assert table["c"]
     for cluster_id, label, short in zip(table["c"], table["l"], table["h"], strict=True):
-        formula, auc = clusters[cluster_id]
-        assert short == label == caption(formula, auc)
-        assert short == NO_WORD or short.endswith(f" · {auc:.2f}")
+        formula, auc, on = clusters[cluster_id]
+        assert short == label == caption(formula, auc, on)
+        words = short.removesuffix(" · always on")
+        assert words == NO_WORD or words.endswith(f" · {auc:.2f}")
+        assert short.endswith(" · always on") == on
     shown = {short for short in table["h"]}
     assert NO_WORD in shown and f"{FORMULAS[0]} · " in " ".join(shown)
     for label in data.graphs:
         for node in data.graphs.records(label)["nodes"]:
             if node["cluster_id"] >= 0:
-                formula, auc = clusters[node["cluster_id"]]
-                assert node["short"] == node["cluster_label"] == caption(formula, auc)
+                formula, auc, on = clusters[node["cluster_id"]]
+                assert node["short"] == node["cluster_label"] == caption(formula, auc, on)
 
 
 def test_a_database_without_words_keeps_the_leading_term(db, tmp_path):

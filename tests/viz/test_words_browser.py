@@ -44,7 +44,10 @@ def test_words_caption_scorecard_and_search(tmp_path):
     )
     result = export_views(db, tmp_path / "out")
     clusters = {
-        c: (f, a) for c, f, a in _query(db, "SELECT cluster_id, formula, auc FROM cluster_labels")
+        c: (f, a, on)
+        for c, f, a, on in _query(
+            db, "SELECT cluster_id, formula, auc, always_on FROM cluster_labels"
+        )
     }
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -64,10 +67,10 @@ def test_words_caption_scorecard_and_search(tmp_path):
             neuron = next(i for i in page.items("projection", "neuron") if i["neuron_id"] == 2)
             page.click(neuron)
             page.page.mouse.move(5, 5)
-            (formula, auc, single, over, sharing) = _query(
+            (formula, auc, single, over, sharing, on_share, on) = _query(
                 db,
-                "SELECT formula, auc, single_term, n_terms_over_08, n_sharing_formula "
-                "FROM unit_labels WHERE neuron_id = 2",
+                "SELECT formula, auc, single_term, n_terms_over_08, n_sharing_formula, "
+                "on_share, always_on FROM unit_labels WHERE neuron_id = 2",
             )[0]
             card = page.page.inner_text("#scorecard")
             assert page.page.get_attribute("#scorecard", "data-neuron") == "2"
@@ -75,6 +78,8 @@ def test_words_caption_scorecard_and_search(tmp_path):
             assert single in card
             assert f"polysemantic: {over} term" in card and "reach AUC 0.8" in card
             assert (f"shared by {sharing} other unit" if formula else "no words to share") in card
+            assert f"on for {round(100 * on_share)}% of images" in card
+            assert ("(always on:" in card) == on
             # Word search: typing "stripes" rings the units whose words hold it (a selection's
             # rings come first, so none is left).
             page.page.mouse.dblclick(neuron["px"], neuron["py"])
@@ -99,7 +104,7 @@ def test_words_caption_scorecard_and_search(tmp_path):
                 if i["stroke"] == WORD_STROKE
             }
             assert ringed == expected
-            striped = {c for c, (f, _) in clusters.items() if f and "stripes" in f}
+            striped = {c for c, (f, _, _) in clusters.items() if f and "stripes" in f}
             assert set(found["clusters"]) == striped
             classes = {
                 int(label)

@@ -213,11 +213,20 @@ def activation_of_concepts(
     return np.stack([maxes[:, m].sum(axis=1) for m in members], axis=1)
 
 
-def top_concepts(share: np.ndarray, k: int) -> np.ndarray:
+def top_concepts(share: np.ndarray, k: int, apart: np.ndarray | None = None) -> np.ndarray:
     """Per image, the ``k`` concepts with the largest share (descending; ties: smaller index):
-    (B, min(k, K)) indices."""
+    (B, min(k, K)) indices.
+
+    ``apart`` (bool per concept) marks concepts set apart, the always-on ones: the same ``k``
+    are chosen, and those set apart follow the others (each part by share), so the first is
+    the most relevant concept that is not always on wherever the ``k`` hold one."""
     k = min(k, share.shape[1])
-    return np.stack([np.lexsort((np.arange(len(row)), -row))[:k] for row in share])
+    top = np.stack([np.lexsort((np.arange(len(row)), -row))[:k] for row in share])
+    if apart is None or not np.any(apart) or top.size == 0:
+        return top
+    last = np.asarray(apart, dtype=bool)[top]
+    order = np.argsort(last, axis=1, kind="stable")  # False (kept first) before True
+    return np.take_along_axis(top, order, axis=1)
 
 
 def dominant(maps: np.ndarray) -> np.ndarray:

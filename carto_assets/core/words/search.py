@@ -194,6 +194,22 @@ def term_indicator(
     return terms, matrix
 
 
+def on_shares(activations: np.ndarray) -> np.ndarray:
+    """Per unit (column), the share of the images (rows) it is *on* for: at least half its
+    largest activation over them. A unit on for nearly every image (``labels.always_on``) adds
+    about the same to a logit on every image: a fixed part of the logit, which cannot tell one
+    image from another, however much relevance it carries (docs/words.md). A unit whose
+    largest activation is not positive is on for none. float64 (n_units,)."""
+    x = np.asarray(activations, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"activations must be 2-D (n_images, n_units), got {x.shape}")
+    if len(x) == 0:
+        return np.zeros(x.shape[1])
+    top = x.max(axis=0)
+    on = (x >= 0.5 * top) & (top > 0)
+    return on.mean(axis=0)
+
+
 def pooled_activations(activations: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
     """A group's activation: its members' activations, each divided by its max, averaged.
 

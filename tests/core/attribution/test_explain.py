@@ -137,3 +137,21 @@ def test_dominant_concept_per_cell():
     maps = np.array([[[1.0, -1.0], [0.0, 2.0]], [[0.5, -0.5], [3.0, 1.0]]])
     assert explain.dominant(maps).tolist() == [[0, -1], [1, 0]]
     assert explain.top_concepts(np.array([[0.1, 0.3, 0.3]]), 2).tolist() == [[1, 2]]
+
+
+def test_always_on_concepts_follow_the_others_among_the_same_top_k():
+    share = np.array([[0.5, 0.2, 0.1, 0.15], [0.1, 0.2, 0.6, 0.05], [0.4, 0.3, 0.2, 0.1]])
+    apart = np.array([True, False, False, False])
+    ranked = explain.top_concepts(share, 3, apart)
+    # The same three as by share alone, the always-on concept 0 moved behind the others.
+    assert ranked.tolist() == [[1, 3, 0], [2, 1, 0], [1, 2, 0]]
+    for row, plain in zip(ranked, explain.top_concepts(share, 3)):
+        assert sorted(row.tolist()) == sorted(plain.tolist())
+    # A concept set apart that is not among the k changes nothing; nothing apart: as before.
+    assert explain.top_concepts(share[1:2], 2, apart).tolist() == [[2, 1]]
+    assert (
+        explain.top_concepts(share, 3, np.zeros(4, bool)).tolist()
+        == explain.top_concepts(share, 3).tolist()
+    )
+    # Every stored concept always on: share order.
+    assert explain.top_concepts(share[:1], 1, apart).tolist() == [[0]]

@@ -269,3 +269,22 @@ def test_term_indicator_keeps_the_sample_rows():
 def test_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         label_units(np.zeros((3, 1)), [], np.zeros((3, 0)), settings)
+
+
+def test_on_shares_against_a_loop():
+    from carto_assets.core.words.search import on_shares
+
+    rng = np.random.default_rng(4)
+    x = rng.gamma(1.0, size=(300, 6))
+    x[:, 2] = 1.0 + 0.1 * rng.random(300)  # always on: never below half its max
+    x[:, 3] = 0.0  # never positive: on for none
+    x[:, 4] = -rng.random(300)
+    expected = []
+    for j in range(x.shape[1]):
+        top = max(x[:, j])
+        expected.append(sum(v >= 0.5 * top for v in x[:, j]) / len(x) if top > 0 else 0.0)
+    assert on_shares(x) == pytest.approx(expected)
+    assert on_shares(x)[2] == 1.0
+    assert on_shares(np.zeros((0, 3))).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="2-D"):
+        on_shares(np.zeros(3))
