@@ -622,7 +622,12 @@ STUDY_TABLES: tuple[Table, ...] = (
             "(`image_masks`, reduced to the layer's cells by area); NULL without a mask",
         ),
         ("mask_share", "DOUBLE", "the mask's share of the image (what chance would give)"),
-        ("top_object_share", "DOUBLE", "`object_share` of the most relevant concept alone"),
+        (
+            "top_object_share",
+            "DOUBLE",
+            "`object_share` of the top concept alone (`explanation_concepts.rank` 1: the most "
+            "relevant one that is not always on)",
+        ),
         (
             "auc_relevance",
             "DOUBLE",
