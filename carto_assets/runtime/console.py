@@ -1,11 +1,12 @@
 """What ``carto run`` shows on the terminal: one progress bar per stage, nothing else.
 
-On a terminal each stage (``images``, ``model training``, ``activations``, ``summaries``,
-``embedding``, ``concept graph``, ``graph and views``) gets a tqdm bar as its first progress
-report arrives, with the time left estimated from its rate so far; elsewhere (a pipe, a CI log)
-a stage that runs longer than :data:`PROGRESS_EVERY` seconds prints a line that often with the
-same estimate, and each stage prints one line when it finishes. Dagster's event log and Python
-logging go to the log file (see :func:`log_to_file`).
+On a terminal each stage (``images``, ``model training``, ``dictionary sample``, ``dictionary
+training``, ``activations``, ``summaries``, ``embedding``, ``concept graph``, ``graph and
+views``) gets a tqdm bar as its first progress report arrives, with the time left estimated from
+its rate so far; elsewhere (a pipe, a CI log) a stage that runs longer than
+:data:`PROGRESS_EVERY` seconds prints a line that often with the same estimate, and each stage
+prints one line when it finishes. Dagster's event log and Python logging go to the log file (see
+:func:`log_to_file`).
 
 This module never imports dagster.
 """
@@ -24,6 +25,8 @@ EVENTS_LOGGER = "carto.events"
 STAGES = (
     "images",
     "model training",
+    "dictionary sample",
+    "dictionary training",
     "activations",
     "summaries",
     "embedding",

@@ -45,6 +45,7 @@ from carto_assets.core.sae.dictionaries import (
     train_dictionaries,
 )
 from carto_assets.core.sae.layer import FeatureLayer, source_layer
+from carto_assets.runtime import progress as progress_of
 from carto_assets.stages.stored_dictionaries import (
     dictionary_dir,
     dictionary_sample,
@@ -154,6 +155,7 @@ def prepare_dictionaries(
                 yield torch.from_numpy(pixels)
 
     say(f"sampling {settings.samples} activation vectors per layer from {len(ids)} images")
+    progress_of.advance("dictionary sample", 0, len(ids), "images")
     sample = sample_activations(
         model,
         chosen,
@@ -162,15 +164,21 @@ def prepare_dictionaries(
         study.seed,
         preprocess=bundle.normalize,
         device=device,
-    )
-    dictionaries = train_dictionaries(
-        sample.samples,
-        settings,
-        seed=study.seed,
-        device=device,
-        progress=lambda layer, epoch, loss: say(
-            f"{layer}: epoch {epoch}/{settings.epochs}, loss {loss:.4f}"
+        progress=lambda done, _s: progress_of.advance(
+            "dictionary sample", done, len(ids), "images"
         ),
+    )
+    order = {name: i for i, name in enumerate(sample.samples)}
+    epochs = settings.epochs * len(order)  # every layer's, one after another
+
+    def trained(layer: str, epoch: int, loss: float) -> None:
+        say(f"{layer}: epoch {epoch}/{settings.epochs}, loss {loss:.4f}")
+        done = order[layer] * settings.epochs + epoch
+        progress_of.advance("dictionary training", done, epochs, "epochs")
+
+    progress_of.advance("dictionary training", 0, epochs, "epochs")
+    dictionaries = train_dictionaries(
+        sample.samples, settings, seed=study.seed, device=device, progress=trained
     )
     extra = {
         "sample_images": sample.n_images,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from carto_assets.core.sae.dictionaries import train_dictionaries
+from carto_assets.runtime import progress
 from carto_assets.stages import dictionary as features_stage
 from carto_assets.stages.dictionary import prepare_dictionaries
 from carto_assets.stages.images import build_manifest, save_manifest
@@ -57,8 +58,19 @@ def test_dictionaries_are_cached_by_fingerprint_and_stale_ones_are_refused(
         return train_dictionaries(samples, *args, **kwargs)
 
     monkeypatch.setattr(features_stage, "train_dictionaries", keep_sample)
-    first = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
+    told: dict[str, list] = {}
+    stop = progress.listen(
+        lambda stage, done, total, unit: told.setdefault(stage, []).append((done, total, unit))
+    )
+    try:
+        first = prepare_dictionaries(PreparedStudy.open(study), progress=lambda m: None)
+    finally:
+        stop()
     assert first is not None and not first.cached
+    # The bars: the sample's images, then every layer's epochs (one layer, 2 epochs).
+    assert told["dictionary training"] == [(0, 2, "epochs"), (1, 2, "epochs"), (2, 2, "epochs")]
+    sampled = told["dictionary sample"]
+    assert sampled[0] == (0, 60, "images") and sampled[-1] == (60, 60, "images")
     prepared = PreparedStudy.open(study)  # the next step's
     assert first.folder == dictionary_dir(study, prepared.dictionary_fingerprint or "")
     (row,) = first.layers
