@@ -121,7 +121,9 @@ def load_tables(
             tables[QUALITY_TABLE] = con.sql(f"SELECT * FROM {QUALITY_TABLE}").pl()
         tables.update(images.load(con, present))  # the explanations, where the study has them
         if all(name in present for name in words.TABLES):  # the words, where the study has them
-            tables.update({name: con.sql(words.QUERIES[name]).pl() for name in words.TABLES})
+            tables.update(
+                {name: con.sql(words.query(name, columns(name))).pl() for name in words.TABLES}
+            )
         tables.update(class_audit.load(con, present))  # the audit, where the study has it
         return tables
 

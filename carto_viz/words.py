@@ -26,6 +26,22 @@ QUERIES = {
     "cluster_labels": "SELECT cluster_id, formula, auc, p_value, always_on FROM cluster_labels",
 }
 
+#: columns a database written before them lacks, and what stands in for them there
+OLDER = {"on_share": "CAST(NULL AS DOUBLE) AS on_share", "always_on": "false AS always_on"}
+
+
+def query(name: str, columns: set[str]) -> str:
+    """:data:`QUERIES`' ``name`` for a table holding ``columns``: a column of :data:`OLDER` it
+    lacks (a database written before it) is read as its stand-in (no always-on concept)."""
+    text = QUERIES[name]
+    for column, stand_in in OLDER.items():
+        if column not in columns:
+            text = text.replace(f" {column},", f" {stand_in},").replace(
+                f" {column} FROM", f" {stand_in} FROM"
+            )
+    return text
+
+
 #: the per-unit fields each neuron record carries where the study has words (record name ->
 #: ``unit_labels`` column).
 UNIT_FIELDS = {

@@ -123,6 +123,19 @@ STUDY_TABLES: tuple[Table, ...] = (
         ),
     ),
     _table(
+        "annotation_counts",
+        "images",
+        ("label", "INTEGER", "class index"),
+        ("concept", "VARCHAR", "as in `image_annotations`"),
+        ("value", "VARCHAR", "as in `image_annotations`"),
+        (
+            "n_images",
+            "BIGINT",
+            "the class's images annotated with that value: counted once when the images are "
+            "read, so the audit reads a few rows per class, not every annotation",
+        ),
+    ),
+    _table(
         "image_masks",
         "images",
         ("image_id", "BIGINT", "image"),

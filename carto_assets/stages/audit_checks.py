@@ -114,11 +114,8 @@ TABLES = ("audit_checks", "audit_check_images")
 
 #: Per class and annotation value, its images (counted in the database: no per-image rows
 #: reach Python, whatever the dataset's size).
-COUNTS_SQL = """
-SELECT i.label, a.concept, a.value, count(DISTINCT a.image_id) AS k
-FROM image_annotations a JOIN images i USING (image_id)
-GROUP BY i.label, a.concept, a.value
-"""
+#: Each (class, annotation value)'s image count, as the ``images`` asset stores it.
+COUNTS_SQL = "SELECT label, concept, value, n_images AS k FROM annotation_counts"
 
 
 def _spelled(rows: pl.DataFrame) -> pl.DataFrame:

@@ -224,7 +224,9 @@ def cluster_words(store) -> dict[int, str]:
     ``cluster_labels``: its clusters' top-image labels (``clusters.label``) are used instead."""
     if not store.table_exists("cluster_labels"):
         return dict(store.query("SELECT cluster_id, label FROM clusters").iter_rows())
-    rows = store.query("SELECT cluster_id, formula, auc, always_on FROM cluster_labels")
+    # A database written before `always_on` has none (the next run adds the column).
+    on = "always_on" if "always_on" in store.columns("cluster_labels") else "false"
+    rows = store.query(f"SELECT cluster_id, formula, auc, {on} FROM cluster_labels")
     return {
         int(c): (f"{f} (AUC {a:.2f})" if f is not None else NO_WORD_FITS)
         + (" · always on" if on else "")

@@ -369,6 +369,18 @@ class CartoStore:
         with self.connect() as con:
             return con.sql(sql, params=params).pl() if params else con.sql(sql).pl()
 
+    def columns(self, name: str) -> set[str]:
+        """The column names of table ``name`` (empty where there is no such table)."""
+        if not self.database_path.exists():
+            return set()
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_catalog = 'carto' AND table_name = ?",
+                [name],
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def table_exists(self, name: str) -> bool:
         if not self.database_path.exists():
             return False
