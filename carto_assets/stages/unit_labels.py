@@ -95,6 +95,35 @@ def _sharing() -> pl.Expr:
     )
 
 
+def _cluster_columns(
+    words: UnitWords, maxima, pooled, groups, terms, indicator, study
+) -> dict[str, object]:
+    """The clusters' word columns: each cluster's words on its pooled activation. A cluster
+    of one unit whose largest activation is positive has its unit's words: its pooled
+    activation is the unit's divided by that maximum, the same order and ties, and the words
+    are chosen on ranks alone (84% of the googlenet rehearsal's 3,967 clusters; searching them
+    again cost 3 s of its labelling). The others are searched."""
+    top = np.asarray(maxima).max(axis=0) if len(maxima) else np.zeros(np.shape(maxima)[1])
+    own = np.array([int(g[0]) if len(g) == 1 and top[int(g[0])] > 0 else -1 for g in groups])
+    searched = np.flatnonzero(own < 0)
+    units = _word_columns(words)
+    columns = {name: [None] * len(groups) for name in units}
+    for k in np.flatnonzero(own >= 0):
+        for name, values in units.items():
+            columns[name][k] = values[own[k]]
+    if len(searched):
+        found = _word_columns(label_units(pooled[:, searched], terms, indicator, study.labels))
+        for n, k in enumerate(searched):
+            for name, values in found.items():
+                columns[name][k] = values[n]
+    return {
+        name: np.asarray(values, dtype=units[name].dtype)
+        if isinstance(units[name], np.ndarray)
+        else values
+        for name, values in columns.items()
+    }
+
+
 def _on(shares: np.ndarray, always_on: float) -> list[pl.Series]:
     """``on_share`` and ``always_on`` columns (:func:`on_shares`, ``labels.always_on``)."""
     shares = np.asarray(shares, dtype=np.float64)
@@ -146,7 +175,7 @@ def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None 
     # neuron ids are 0..M-1 in the sample's column order (checked above)
     groups = [np.asarray(m, dtype=np.int64) for m in members["members"].to_list()]
     pooled = pooled_activations(sample.maxima, groups)
-    cluster_words = label_units(pooled, terms, indicator, study.labels)
+    cluster_words = _cluster_columns(words, sample.maxima, pooled, groups, terms, indicator, study)
     seconds["clusters"] = time.perf_counter() - start
     clusters = (
         members.select(
@@ -154,7 +183,7 @@ def unit_labels(prepared: PreparedStudy, progress: Callable[[str], None] | None 
             "layer",
             size=pl.col("members").list.len().cast(pl.Int32),
         )
-        .with_columns(pl.DataFrame(_word_columns(cluster_words)))
+        .with_columns(pl.DataFrame(cluster_words))
         .with_columns(_on(on_shares(pooled), study.labels.always_on))
         .with_columns(n_images=pl.lit(sample.n_images, dtype=pl.Int32))
     )
