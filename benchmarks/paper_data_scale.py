@@ -33,13 +33,12 @@ seconds, memory and sizes to 1,281,167 images on the line through the two larges
 (``--extrapolate``): an extrapolation, wrong for steps on a capped sample (dictionary,
 labels), which docs/data_scale.md sorts out.
 
-Measured 2026-12-06 on 2 cores shared with other work (load average 5.5 to 19),
-``--sizes 4000,40000 --dictionary-epochs 24``: total 515 s and 2,494 s (prepare 406 / 2,051 s,
-of which training 53 / 1,040 s and the dictionaries 336 / 913 s; activations 23 / 338 s;
-summaries 86 / 105 s); the activation stage 1.36x / 1.56x loading the images plus a bare
-forward pass; the concept graph 5.36 / 4.62 s per class; whole-run peak RSS 1.44 / 1.56 GB;
-database 22.8 / 26.3 MB, Parquet 8.0 / 29.8 MB; coverage 0.26 / 0.04, concept cluster gain
-0.82 / 0.86. The full table, the load and the extrapolation: docs/data_scale.md.
+Measured 2026-12-07 on this 2-core CPU, nothing else running, ``--sizes
+4000,40000,1281167 --image-size 32 --dictionary-epochs 24 --reference-images 40000``: the
+1,281,167-image run in 2,963 s (manifest 329 s, training 1,219 s, activations 1,077 s,
+summaries 99 s), whole-run peak RSS 2.13 GB, coverage 0.271 (0.271 at 4,000), LSH recall
+0.996. The table, the machine's speed drift and the 64 px figures of 2026-12-06:
+docs/data_scale.md.
 """
 
 from __future__ import annotations
