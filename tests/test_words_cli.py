@@ -144,6 +144,9 @@ def test_carto_explain_names_each_concept_by_its_words(mapped):
         formula, auc, on = words[int(cluster)]
         expected = f"{formula} (AUC {auc:.2f})" if formula else "no word fits"
         assert name == expected + (" · always on" if on else ""), line
+    # Where a line is marked, one note under them says what it means, with the typed bound.
+    marked = any(line.endswith(" · always on") for line in concepts)
+    assert ("(always on: on for at least 60% of the images" in out.stdout) == marked
 
 
 def test_on_shares_are_the_maxima_s_and_always_on_is_the_typed_threshold(mapped):
@@ -187,3 +190,19 @@ def test_explanations_rank_always_on_concepts_after_the_others(mapped):
         moved += ranked[0][2] < top_share
     # Somewhere an always-on concept had the largest share and was moved behind the others.
     assert moved > 0
+
+
+def test_the_explain_text_says_what_always_on_means_only_where_a_line_is_marked():
+    from pathlib import Path
+
+    from carto_assets.cli.explain import Report
+
+    def report(labels):
+        concepts = [{"share": 0.4, "cluster_id": i, "label": t} for i, t in enumerate(labels)]
+        layers = [{"layer": "block4", "total": 1.0, "gap": 0.0, "concepts": concepts}]
+        prediction = {"name": "heart", "logit": 2.0, "p": 0.9}
+        return Report(Path("x.png"), None, prediction, layers, None, [], 0.85).text()
+
+    marked = report(["shape=heart (AUC 0.97)", "no word fits · always on"])
+    assert marked.splitlines()[-1].startswith("(always on: on for at least 85% of the images")
+    assert "always on: on for" not in report(["shape=heart (AUC 0.97)", "no word fits"])

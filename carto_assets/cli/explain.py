@@ -88,12 +88,18 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return pixels
 
 
+#: how :func:`~carto_assets.stages.unit_labels.cluster_words` ends an always-on concept's words
+ALWAYS_ON = " · always on"
+
+
 class Report:
     """One image's explanation: what the text and the page show."""
 
-    def __init__(self, path, pixels, prediction, layers, atlas, legend):
+    def __init__(self, path, pixels, prediction, layers, atlas, legend, always_on=0.9):
         self.path, self.pixels, self.prediction = path, pixels, prediction
         self.layers, self.atlas, self.legend = layers, atlas, legend
+        #: the study's ``labels.always_on``, said under the lines it marks
+        self.always_on = always_on
 
     def text(self) -> str:
         p = self.prediction
@@ -107,6 +113,11 @@ class Report:
                 lines.append(
                     f"    {c['share']:+.0%}  cluster {c['cluster_id']}  {c['label'] or '-'}"
                 )
+        if any(c["label"].endswith(ALWAYS_ON) for layer in self.layers for c in layer["concepts"]):
+            lines.append(
+                f"(always on: on for at least {self.always_on:.0%} of the images, a fixed part "
+                "of the logit whatever the image; listed after the others)"
+            )
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -215,7 +226,7 @@ def explain_file(prepared: PreparedStudy, path: Path, top: int, atlas_layer: str
         }
         for k, j in enumerate(order)
     ]
-    return Report(path, pixels, prediction, report_layers, atlas, legend)
+    return Report(path, pixels, prediction, report_layers, atlas, legend, study.labels.always_on)
 
 
 def _patches(store, units, layer: str, clusters) -> dict[int, str]:
