@@ -224,29 +224,26 @@ def test_carto_check_refuses_an_out_of_range_clustering_seed(image_folder):
 
 
 @pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
-@pytest.mark.parametrize("bad", [0, 1.5, "half"])
-def test_carto_check_refuses_a_labels_max_share_outside_0_1_in_one_line(image_folder, bad):
-    study = _study(image_folder, labels={"max_share": bad})
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        ("max_share", 0, 1.0),
+        ("max_share", 1.5, 1.0),
+        ("max_share", "half", 1.0),
+        ("always_on", 0, 0.95),
+        ("always_on", 1.01, 0.95),
+        ("always_on", "most", 0.95),
+    ],
+)
+def test_carto_check_refuses_a_labels_share_outside_0_1_in_one_line(image_folder, field, bad, good):
+    study = _study(image_folder, labels={field: bad})
     out = run([CARTO, "check", "--study", study.name], cwd=image_folder)
     assert out.returncode == 2
     (line,) = _errors(out)
-    assert line.startswith(f"carto: invalid study: {study}: ") and "labels.max_share" in line
+    assert line.startswith(f"carto: invalid study: {study}: ") and f"labels.{field}" in line
     assert str(bad) in line
-    good = _study(image_folder, labels={"max_share": 1.0})
-    assert run([CARTO, "check", "--study", good.name], cwd=image_folder).ok()
-
-
-@pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier
-@pytest.mark.parametrize("bad", [0, 1.01, "most"])
-def test_carto_check_refuses_a_labels_always_on_outside_0_1_in_one_line(image_folder, bad):
-    study = _study(image_folder, labels={"always_on": bad})
-    out = run([CARTO, "check", "--study", study.name], cwd=image_folder)
-    assert out.returncode == 2
-    (line,) = _errors(out)
-    assert line.startswith(f"carto: invalid study: {study}: ") and "labels.always_on" in line
-    assert str(bad) in line
-    good = _study(image_folder, labels={"always_on": 0.95})
-    assert run([CARTO, "check", "--study", good.name], cwd=image_folder).ok()
+    good_study = _study(image_folder, labels={field: good})
+    assert run([CARTO, "check", "--study", good_study.name], cwd=image_folder).ok()
 
 
 @pytest.mark.slow  # a `carto` subprocess: the CLI tier, not `make test-fast`'s unit tier

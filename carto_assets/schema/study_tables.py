@@ -41,7 +41,26 @@ _EDGE_COLUMNS = (
     ),
 )
 
+
 #: The words' columns, the same for a unit's (`unit_labels`) and a cluster's (`cluster_labels`).
+def _on_columns(subject: str) -> tuple[tuple[str, str, str], ...]:
+    """``on_share`` and ``always_on`` of a unit (``subject`` "it is") or a cluster."""
+    return (
+        (
+            "on_share",
+            "DOUBLE",
+            f"share of the labels' sample {subject} on for (at least half its largest "
+            "activation over the sample)",
+        ),
+        (
+            "always_on",
+            "BOOLEAN",
+            "`on_share` >= `labels.always_on` (0.9): it adds a fixed part to a logit whatever "
+            "the image; explanations list it after the concepts that are not always on",
+        ),
+    )
+
+
 _WORD_COLUMNS = (
     (
         "formula",
@@ -367,18 +386,7 @@ STUDY_TABLES: tuple[Table, ...] = (
             "INTEGER",
             "how many other units have the same words (redundancy); NULL without words",
         ),
-        (
-            "on_share",
-            "DOUBLE",
-            "share of the labels' sample it is on for (at least half its largest activation "
-            "over the sample)",
-        ),
-        (
-            "always_on",
-            "BOOLEAN",
-            "`on_share` >= `labels.always_on` (0.9): it adds a fixed part to a logit whatever "
-            "the image; explanations list it after the concepts that are not always on",
-        ),
+        *_on_columns("it is"),
         ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
     ),
     _table(
@@ -388,18 +396,7 @@ STUDY_TABLES: tuple[Table, ...] = (
         ("layer", "VARCHAR", "its layer"),
         ("size", "INTEGER", "units in the cluster"),
         *_WORD_COLUMNS,
-        (
-            "on_share",
-            "DOUBLE",
-            "share of the labels' sample its pooled activation is on for (at least half its "
-            "largest over the sample)",
-        ),
-        (
-            "always_on",
-            "BOOLEAN",
-            "`on_share` >= `labels.always_on` (0.9): it adds a fixed part to a logit whatever "
-            "the image; explanations list it after the concepts that are not always on",
-        ),
+        *_on_columns("its pooled activation is"),
         ("n_images", "INTEGER", "images of the labels' sample the words were chosen on"),
     ),
     _table(
