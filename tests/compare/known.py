@@ -142,6 +142,8 @@ def write_study_database(
                 "single_term": [f or "class=circle" for f in formula],
                 "single_auc": auc,
                 "n_terms_over_08": [1] * len(ids),
+                "on_share": [0.2] * len(ids),
+                "always_on": [False] * len(ids),
                 "n_images": [n_images] * len(ids),
             },
         )

@@ -202,8 +202,9 @@ def test_a_full_disk_is_named_and_the_previous_results_stay(awkward_study, first
         con = duckdb.connect(str(mount / "builtin.duckdb"), read_only=True)
         before = con.execute("SELECT count(*) FROM example_patches").fetchone()
         con.close()
-        # Room for the copies of the small writes, not for the summaries' patches.
-        _fill(mount, leave=size + 2**20)
+        # Room for the copies of the small writes (the images asset's tables, `annotation_counts`
+        # among them), not for the summaries' patches.
+        _fill(mount, leave=size + 4 * 2**20)
         failed = run([CARTO, "run", "--study", small.name], cwd=folder)
         assert failed.returncode == 1, failed.output
         assert "2 of 2 shards up to date" in failed.stdout
