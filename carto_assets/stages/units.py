@@ -67,7 +67,7 @@ def read_units(
         index[name] = int(rows["layer_index"][0]) if rows.height else -1
     always_on: frozenset[int] = frozenset()
     # A database written before `always_on` has none (the next run adds the column).
-    if store.table_exists("cluster_labels") and "always_on" in store.columns("cluster_labels"):
+    if "always_on" in store.columns("cluster_labels"):
         rows = store.query("SELECT cluster_id FROM cluster_labels WHERE always_on")
         always_on = frozenset(int(c) for c in rows["cluster_id"].to_list())
     return Units(layers, by_name, neuron_of, cluster_of, index, always_on)

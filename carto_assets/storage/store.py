@@ -382,15 +382,8 @@ class CartoStore:
         return {row[0] for row in rows}
 
     def table_exists(self, name: str) -> bool:
-        if not self.database_path.exists():
-            return False
-        with self.connect() as con:
-            row = con.execute(
-                "SELECT count(*) FROM information_schema.tables "
-                "WHERE table_catalog = 'carto' AND table_name = ?",
-                [name],
-            ).fetchone()
-        return bool(row and row[0])
+        """Whether table (or view) ``name`` exists: it has columns."""
+        return bool(self.columns(name))
 
     def column_schema(self, name: str) -> list[tuple[str, str]]:
         """(column, type) pairs of a table or view."""
