@@ -13,6 +13,19 @@ and prints images/s, the ratio stage/bare (target >= 0.8 of the bare throughput 
 the projected time for ImageNet's 1,281,167 training images (excluding JPEG decoding, which
 real runs do in DataLoader workers).
 
+With ``--jpegs N`` it also reads a synthetic folder of N ImageNet-sized JPEGs (written once
+under ``--folder``: sides 300-500 px, about 90 KB each; ImageNet's average about 110 KB)
+through the activation stage's own loader (``ShardBatches`` in a DataLoader with
+``--loader-workers`` processes: decoding, resizing and centre-cropping to 224 px, pinned memory
+on CUDA), and times in one run, interleaved:
+
+- decoding alone: the loader's batches, nothing else;
+- the bare forward pass over the same images, decoded beforehand and already on the device
+  (uint8, normalized on the device as the stage does);
+- the activation stage over the folder: loader, copy, normalization, hooks, top-k, statistics;
+
+and prints the stage's images/s against each (the stage can be no faster than the slower one).
+
 It also times the concept graph's work for one class of 16 images (``--graph``, on by
 default): the retained forward pass, the relevance pass, one edge pass per layer pair (five
 nodes per layer, seeded random clusters), and the node check's 27 rows restarted at their
@@ -20,6 +33,8 @@ layers, against one forward + backward of the same images (parameters requiring 
 
     python benchmarks/gpu.py                        # cuda, 2,048 images per measurement
     python benchmarks/gpu.py --device cpu --images 64 --batch-size 16   # smoke test anywhere
+    # the issue's measure: 4,096 JPEGs decoded by 12 loader processes, bf16
+    python benchmarks/gpu.py --jpegs 4096 --loader-workers 12 --folder /tmp/jpegs
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -107,6 +123,93 @@ def run(args: argparse.Namespace, precision: str, channels_last: bool) -> tuple[
     return images / b, images / s
 
 
+def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> int:
+    """``n`` ImageNet-sized JPEGs in ``classes`` class folders under ``root`` (kept: a second
+    run reuses them); returns their total bytes. Each is smooth colour noise with fine grain,
+    300-500 px a side at quality 90: about the bytes per pixel of ImageNet's photos."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        path = root / f"class_{i % classes:03d}" / f"{i:07d}.jpg"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w, h = (int(v) for v in rng.integers(300, 501, 2))
+        coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
+        grain = rng.normal(0, 20, (h, w, 3))
+        pixels = np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    return sum(p.stat().st_size for p in root.rglob("*.jpg"))
+
+
+def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
+    """Images/s over the JPEG folder: decoding alone, the bare forward pass over the decoded
+    images on the device, and the activation stage reading the folder (see the docstring)."""
+    from carto_assets.core.network.zoo import IMAGENET_MEAN, IMAGENET_STD, ModelBundle
+    from carto_assets.sources.datasets import ImageFolderSource
+    from carto_assets.stages.activations import ShardBatches, _batches
+
+    device = torch.device(args.device)
+    source = ImageFolderSource(args.folder, image_size=224, limit=args.jpegs)
+    ids = np.arange(len(source), dtype=np.int64)
+    labels = np.array([r.label for r in source.records()], dtype=np.int64)
+    model = torchvision_model("googlenet", "none").to(device).eval()
+    bundle = ModelBundle(model, "googlenet", 224, IMAGENET_MEAN, IMAGENET_STD)
+    layers = resolve_layers(probe_layers(model, 224, device=str(device)), "auto", "googlenet")
+    pin = device.type == "cuda"
+
+    def loader():
+        dataset = ShardBatches(source, ids, labels, args.batch_size)
+        return _batches(dataset, args.loader_workers, pin, failures=[])
+
+    def decode() -> float:
+        start = time.perf_counter()
+        for _ in loader():
+            pass
+        return time.perf_counter() - start
+
+    decoded = [b.images.to(device) for b in loader()]
+    dtype = PRECISIONS[precision]
+
+    def bare() -> float:
+        sync(device)
+        start = time.perf_counter()
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.inference_mode()
+        with torch.inference_mode(), ctx:
+            for pixels in decoded:
+                model(bundle.normalize(pixels))
+        sync(device)
+        return time.perf_counter() - start
+
+    def stage() -> float:
+        sync(device)
+        start = time.perf_counter()
+        activation_pass(
+            model,
+            layers,
+            loader(),
+            preprocess=bundle.normalize,
+            k=100,
+            n_classes=len(source.class_names),
+            mass_fraction=0.03,
+            device=device,
+            precision=precision,
+        )
+        sync(device)
+        return time.perf_counter() - start
+
+    bare()  # warm-up: cuDNN autotuning, allocator
+    n = len(ids)
+    times = {"decode": [], "bare": [], "stage": []}
+    for _ in range(args.repeats):  # interleaved: a slow moment costs each side alike
+        times["decode"].append(decode())
+        times["bare"].append(bare())
+        times["stage"].append(stage())
+    return {k: n / min(v) for k, v in times.items()}
+
+
 def graph_class(device: torch.device, repeats: int) -> tuple[dict[str, float], float]:
     """Seconds per step of one class's concept-graph work, and of one forward + backward."""
     import numpy as np
@@ -175,21 +278,48 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-graph", action="store_true", help="skip the concept graph's timing")
+    p.add_argument("--jpegs", type=int, default=0, help="time reading a folder of N JPEGs too")
+    p.add_argument("--folder", type=Path, default=Path("/tmp/carto_jpegs"), help="their folder")
+    p.add_argument("--loader-workers", type=int, default=8, help="DataLoader processes")
+    p.add_argument("--only-folder", action="store_true", help="only the JPEG folder's timing")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu for a smoke test")
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"googlenet 224px, 9 inception blocks, batch {args.batch_size}, device {name}")
-    print(
-        f"{'precision':<18} {'bare img/s':>11} {'stage img/s':>12} {'stage/bare':>11} "
-        f"{'1.28M images':>13}"
-    )
+    if not args.only_folder:
+        print(
+            f"{'precision':<18} {'bare img/s':>11} {'stage img/s':>12} {'stage/bare':>11} "
+            f"{'1.28M images':>13}"
+        )
     for precision, cl in (("fp32", False), ("bf16", False), ("bf16", True)):
+        if args.only_folder:
+            break
         bare, stage = run(args, precision, cl)
         label = precision + (" channels_last" if cl else "")
         minutes = IMAGENET_TRAIN / stage / 60
         print(f"{label:<18} {bare:11.0f} {stage:12.0f} {stage / bare:11.3f} {minutes:10.1f} min")
-    if not args.no_graph:
+    if args.jpegs:
+        start = time.perf_counter()
+        size = write_jpegs(args.folder, args.jpegs)
+        print(
+            f"\n{args.jpegs} JPEGs in {args.folder} ({size / args.jpegs / 1e3:.0f} KB each, "
+            f"written in {time.perf_counter() - start:.0f} s), {args.loader_workers} loader "
+            "processes, decoded, resized and centre-cropped to 224 px"
+        )
+        print(
+            f"{'precision':<10} {'decode img/s':>13} {'bare img/s':>11} {'stage img/s':>12} "
+            f"{'stage/decode':>13} {'stage/bare':>11} {'1.28M images':>13}"
+        )
+        for precision in ("fp32", "bf16"):
+            r = folder_run(args, precision)
+            minutes = IMAGENET_TRAIN / r["stage"] / 60
+            print(
+                f"{precision:<10} {r['decode']:13.0f} {r['bare']:11.0f} {r['stage']:12.0f} "
+                f"{r['stage'] / r['decode']:13.3f} {r['stage'] / r['bare']:11.3f} "
+                f"{minutes:10.1f} min"
+            )
+    if not args.no_graph and not args.only_folder:
         steps, fb = graph_class(torch.device(args.device), max(2, args.repeats))
         total = sum(steps.values())
         print(

@@ -456,7 +456,10 @@ NOT_RUN = {
     ),
     ".venv/bin/python benchmarks/embedding.py": "a benchmark that needs gensim (.[bench])",
     ".venv/bin/python benchmarks/features.py": "a benchmark: maps the demo study, minutes",
-    ".venv/bin/python benchmarks/gpu.py": "a benchmark for a GPU machine",
+    ".venv/bin/python benchmarks/gpu.py": (
+        "a benchmark for a GPU machine; its JPEG folder is typed on a CPU in "
+        "tests/test_gpu_benchmark.py"
+    ),
     ".venv/bin/python benchmarks/views.py": "a benchmark at the paper's scale, minutes",
     ".venv/bin/python benchmarks/graph.py": "a benchmark: reads a mapped study's figures",
     ".venv/bin/python benchmarks/explain.py": "a benchmark: maps the demo and digits, minutes",
