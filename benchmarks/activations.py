@@ -13,7 +13,14 @@ Measured side by side in one run, on the same model, images and batch size:
    ``--memory-sample`` images, over N and 10N images, each in a fresh subprocess, with images
    generated batch by batch so the dataset itself is never in memory.
 
+3. with ``--study FILE``, on a mapped study's own images instead (its model, dictionaries,
+   loader, batch size, top-k and labels' sample; the first ``--images`` of shard 0):
+   loading them through the stage's loader plus a bare forward pass, against the activation
+   stage as a shard runs it (its loader included, nothing written), interleaved repeats; the
+   issue-30 target is stage / (load + forward) <= 1.1.
+
     python benchmarks/activations.py                         # built-in CNN, 64 px
+    python benchmarks/activations.py --study STUDY.yaml --images 10000
     python benchmarks/activations.py --model torchvision:resnet50 --size 224 --images 256
 """
 
@@ -172,6 +179,95 @@ def peak_memory(args, n: int) -> tuple[float, float]:
     return result["peak_mib"], result["seconds"]
 
 
+def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, list[float]], int]:
+    """Seconds of each repeat, interleaved, and the images timed: ``load_forward`` (the
+    stage's loader and a bare forward pass) and ``stage`` (:func:`activation_pass` as
+    ``run_shard`` calls it), over the first ``n_images`` of the study's shard 0."""
+    import numpy as np
+    import polars as pl
+
+    from carto_assets.core.network.zoo import resolve_device
+    from carto_assets.stages.activations import ShardBatches, _batches, label_sample_ids
+    from carto_assets.stages.prepared import PreparedStudy
+
+    prepared = PreparedStudy.load(study_file)
+    study, images = prepared.study, prepared.images
+    part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
+    ids, labels = part["image_id"].to_numpy(), part["label"].to_numpy()
+    bundle, layers = prepared.model
+    features = prepared.feature_layers
+    device = resolve_device(study.device)
+    model = bundle.module.to(device).eval()
+    sample = label_sample_ids(study, images)
+    sample = None if sample is None else np.intersect1d(sample, ids)
+
+    def loader():
+        dataset = ShardBatches(prepared.source, ids, labels, study.batch_size)
+        return _batches(dataset, study.loader_workers, device.type == "cuda", failures=[])
+
+    def load_forward() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in loader():
+                model(bundle.normalize(batch.images.to(device)))
+        return time.perf_counter() - start
+
+    def stage() -> float:
+        start = time.perf_counter()
+        activation_pass(
+            model,
+            layers,
+            loader(),
+            preprocess=bundle.normalize,
+            precision=study.precision,
+            channels_last=study.channels_last,
+            k=study.top_k,
+            n_classes=len(prepared.class_names),
+            mass_fraction=study.mass_fraction,
+            device=device,
+            derived=[f.on(device) for f in features],
+            sample_ids=sample,
+        )
+        return time.perf_counter() - start
+
+    print(
+        f"study {study.name}: {len(ids)} images of shard 0, {len(layers)} layers and "
+        f"{len(features)} feature layers, batch {study.batch_size}, k={study.top_k}, "
+        f"{0 if sample is None else len(sample)} of them in the labels' sample, "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    load_forward()  # warm-up: page cache, allocator
+    times: dict[str, list[float]] = {"load_forward": [], "stage": []}
+    for i in range(repeats):  # alternated, the order swapped each time
+        for name in ("load_forward", "stage") if i % 2 == 0 else ("stage", "load_forward"):
+            times[name].append(load_forward() if name == "load_forward" else stage())
+        print(
+            f"  repeat {i + 1}: load + forward {times['load_forward'][-1]:.2f} s, "
+            f"stage {times['stage'][-1]:.2f} s",
+            flush=True,
+        )
+    return times, len(ids)
+
+
+def print_study_pair(times: dict[str, list[float]], n_images: int) -> None:
+    ref, stage = times["load_forward"], times["stage"]
+    print(
+        f"load + bare forward: {min(ref):8.2f} s  ({n_images / min(ref):7.0f} images/s), "
+        f"median {statistics.median(ref):.2f} s"
+    )
+    print(
+        f"activation stage   : {min(stage):8.2f} s  ({n_images / min(stage):7.0f} images/s), "
+        f"median {statistics.median(stage):.2f} s"
+    )
+    pairs = [s / r for s, r in zip(stage, ref)]
+    print(
+        f"stage / (load + forward): {min(stage) / min(ref):.3f} fastest against fastest "
+        f"(target <= 1.1); medians {statistics.median(stage) / statistics.median(ref):.3f}; "
+        f"each repeat {', '.join(f'{x:.3f}' for x in pairs)}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="builtin", help="builtin or torchvision:<name>")
@@ -191,11 +287,18 @@ def main() -> None:
     p.add_argument(
         "--memory-sample", type=int, default=500, help="images of the sample in the memory runs"
     )
+    p.add_argument(
+        "--study", help="a mapped study's file: its own images, model and settings (see 3.)"
+    )
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child_memory:
         memory_child(args)
+        return
+    if args.study:
+        times, n_images = study_pair(args.study, args.images, args.repeats)
+        print_study_pair(times, n_images)
         return
     torch.manual_seed(0)
     model, layers = build(args.model, args.size)

@@ -13,7 +13,8 @@ after another, as ``carto run`` does), recording:
   imported torch, Dagster and the definitions (printed apart as ``baseline``). With
   ``--in-process`` every asset runs in this process, as ``carto run --jobs 1`` runs a study:
   the high-water mark is reset before each asset (``/proc/self/clear_refs``), so each figure
-  is that asset's peak including whatever the process still holds from the assets before;
+  is that asset's peak including whatever the process still holds from the assets before
+  (printed apart as ``held``);
 * the bare forward pass over the same images (batch as in the study) in images/s, and the
   activation stage's ratio to it; for ``concept_graph``, seconds per class and their ratio to
   one forward + backward of ``graph.images_per_class`` images.
@@ -382,8 +383,12 @@ def run_assets(
                 raise SystemExit(f"{name} failed in its worker process")
             row = json.loads(lines[-1][len("RESULT ") :])
         else:
+            from carto_assets.runtime.memory import release_memory
+
+            release_memory()
             reset_peak_rss()
-            row = timed_materialize(study_file, name)
+            held = _status_kib("VmRSS") / 2**20
+            row = {**timed_materialize(study_file, name), "baseline_rss_gb": held}
             if name == "concept_graph_chunk":
                 from carto_assets.study import load_study
 
@@ -509,7 +514,7 @@ def main() -> None:
         f"of {study.graph.images_per_class} images {fwd_bwd_s:.2f} s"
     )
     forward_s = n_images / forward_ips  # the bare forward pass over every image
-    isolated = any("baseline_rss_gb" in r for r in rows)
+    isolated = not args.in_process
     how = (
         "each asset in a fresh process; peak = the process's high-water mark"
         if isolated
@@ -517,10 +522,10 @@ def main() -> None:
     )
     print(f"\n({how})")
     header = f"{'asset':<28} {'seconds':>9} {'images/s':>9} {'x forward':>9} {'peak RSS GB':>12}"
-    print(header + (f" {'baseline GB':>12}" if isolated else ""))
+    print(header + f" {'baseline GB' if isolated else 'held GB':>12}")
     for r in rows:
         extra = f"  ({r['partitions']} partitions)" if r["partitions"] else ""
-        base = f" {r['baseline_rss_gb']:>12.2f}" if isolated else ""
+        base = f" {r['baseline_rss_gb']:>12.2f}"
         print(
             f"{r['asset']:<28} {r['seconds']:>9.1f} {n_images / max(r['seconds'], 1e-9):>9.1f} "
             f"{r['seconds'] / forward_s:>9.2f} {r['peak_rss_gb']:>12.2f}{base}{extra}"
@@ -533,11 +538,13 @@ def main() -> None:
         f"{n_images / max(summary_s, 1e-9):>9.1f} {summary_s / forward_s:>9.2f} "
         f"{summary_peak:>12.2f}"
     )
-    if isolated:
-        print(
-            "baseline: the worker process after importing torch, Dagster and the definitions, "
-            "before any work (in every peak)"
-        )
+    print(
+        "baseline: the worker process after importing torch, Dagster and the definitions, "
+        "before any work (in every peak)"
+        if isolated
+        else "held: what the process holds when the asset starts (garbage collected and "
+        "trimmed, as `carto run` does after each asset), in its peak"
+    )
     print(
         "x forward: the asset's seconds over the bare forward pass's over the same "
         f"{n_images} images ({forward_s:.1f} s)"

@@ -1,0 +1,48 @@
+"""benchmarks/activations.py --study: typed on a mapped study (the session's tiny one).
+
+Only what it prints is checked, never a speed: the images it timed, one line per repeat,
+and ratios that are the ratios of the seconds it printed.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized):
+    _, _, study_file = materialized
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "activations.py"),
+            "--study",
+            str(study_file),
+            "--images",
+            "40",
+            "--repeats",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    head = re.search(r"(\d+) images of shard 0, (\d+) layers and (\d+) feature layers", out.stdout)
+    assert head is not None, out.stdout
+    assert 0 < int(head.group(1)) <= 40
+    assert int(head.group(3)) == 1  # the fixture's block3 features are part of the stage
+    repeats = re.findall(r"repeat \d: load \+ forward ([\d.]+) s, stage ([\d.]+) s", out.stdout)
+    assert len(repeats) == 3
+    each = re.search(r"each repeat ([\d., ]+)$", out.stdout, re.M).group(1).split(", ")
+    for (ref, stage), ratio in zip(repeats, each):
+        # Seconds are printed to 0.01 s, the ratios from the unrounded seconds.
+        low = (float(stage) - 0.005) / (float(ref) + 0.005)
+        high = (float(stage) + 0.005) / max(float(ref) - 0.005, 1e-9)
+        assert low - 0.0005 <= float(ratio) <= high + 0.0005
