@@ -9,15 +9,18 @@ Measured side by side in one run, on the same model, images and batch size:
    fastest repeat (other processes on a small machine only ever add time), the medians are
    printed beside them; on a busy machine the difference drowns in noise, so the sample's own
    work (:class:`SampleMaxima` alone, on the same shapes of activations) is timed too;
+   the streaming top-k merge alone is timed with and without its CPU prefilter (only the
+   values above a unit's k-th kept value are sorted), on the same values, results compared;
 2. memory: peak resident memory of the activation stage, keeping a sample of
    ``--memory-sample`` images, over N and 10N images, each in a fresh subprocess, with images
-   generated batch by batch so the dataset itself is never in memory.
-
+   generated batch by batch so the dataset itself is never in memory;
 3. with ``--study FILE``, on a mapped study's own images instead (its model, dictionaries,
    loader, batch size, top-k and labels' sample; the first ``--images`` of shard 0):
    loading them through the stage's loader plus a bare forward pass, against the activation
-   stage as a shard runs it (its loader included, nothing written), interleaved repeats; the
-   issue-30 target is stage / (load + forward) <= 1.1.
+   stage as a shard runs it (its loader included, nothing written), and the same stage
+   without the study's dictionaries and sample (channels only: what a bare forward pass can
+   be compared with), interleaved repeats; the issue-30 target is stage / (load + forward)
+   <= 1.1.
 
     python benchmarks/activations.py                         # built-in CNN, 64 px
     python benchmarks/activations.py --study STUDY.yaml --images 10000
@@ -40,7 +43,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carto_assets.core.network.layers import probe_layers, resolve_layers
-from carto_assets.core.network.recorder import Batch, SampleMaxima, activation_pass
+from carto_assets.core.network.recorder import (
+    Batch,
+    SampleMaxima,
+    StreamingTopK,
+    activation_pass,
+)
 from carto_assets.core.network.zoo import BuiltinCNN, torchvision_model
 from carto_assets.core.sae.dictionaries import sample_image_ids
 
@@ -135,6 +143,31 @@ def sample_alone(n_units: int, n_images: int, batch_size: int, sample, repeats: 
     return best
 
 
+def topk_merge(
+    n_units: int, n_images: int, batch_size: int, k: int, repeats: int
+) -> tuple[float, float]:
+    """Seconds of the streaming top-k merge alone over ``n_images`` of ReLU-like values, with
+    the CPU prefilter (only values above a unit's k-th are sorted) and without it (every new
+    value sorted with the kept ones), interleaved; raises if their results differ."""
+    gen = torch.Generator().manual_seed(0)
+    values = torch.relu(torch.randn(n_images, n_units, generator=gen))
+    pos = torch.randint(0, 8, (n_images, n_units), generator=gen)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    results = {}
+    for _ in range(repeats):
+        for prefilter in (True, False):
+            topk = StreamingTopK(n_units, k, prefilter=prefilter)
+            start = time.perf_counter()
+            for lo in range(0, n_images, batch_size):
+                hi = min(lo + batch_size, n_images)
+                topk.update(values[lo:hi], torch.arange(lo, hi), pos[lo:hi], pos[lo:hi])
+            times[prefilter].append(time.perf_counter() - start)
+            results[prefilter] = topk.result()
+    if any(not (results[True][c] == results[False][c]).all() for c in results[True]):
+        raise AssertionError("the prefiltered top-k differs from the full merge")
+    return min(times[True]), min(times[False])
+
+
 def memory_child(args) -> None:
     model, layers = build(args.model, args.size)
     start = time.perf_counter()
@@ -212,7 +245,7 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
                 model(bundle.normalize(batch.images.to(device)))
         return time.perf_counter() - start
 
-    def stage() -> float:
+    def stage(dictionaries: bool = True) -> float:
         start = time.perf_counter()
         activation_pass(
             model,
@@ -225,10 +258,16 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
             n_classes=len(prepared.class_names),
             mass_fraction=study.mass_fraction,
             device=device,
-            derived=[f.on(device) for f in features],
-            sample_ids=sample,
+            derived=[f.on(device) for f in features] if dictionaries else [],
+            sample_ids=sample if dictionaries else None,
         )
         return time.perf_counter() - start
+
+    runs = {
+        "load_forward": load_forward,
+        "stage": stage,
+        "channels": lambda: stage(dictionaries=False),
+    }
 
     print(
         f"study {study.name}: {len(ids)} images of shard 0, {len(layers)} layers and "
@@ -238,13 +277,13 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
         flush=True,
     )
     load_forward()  # warm-up: page cache, allocator
-    times: dict[str, list[float]] = {"load_forward": [], "stage": []}
-    for i in range(repeats):  # alternated, the order swapped each time
-        for name in ("load_forward", "stage") if i % 2 == 0 else ("stage", "load_forward"):
-            times[name].append(load_forward() if name == "load_forward" else stage())
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats):  # alternated, the order reversed every other time
+        for name in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+            times[name].append(runs[name]())
         print(
             f"  repeat {i + 1}: load + forward {times['load_forward'][-1]:.2f} s, "
-            f"stage {times['stage'][-1]:.2f} s",
+            f"stage {times['stage'][-1]:.2f} s, channels only {times['channels'][-1]:.2f} s",
             flush=True,
         )
     return times, len(ids)
@@ -260,12 +299,18 @@ def print_study_pair(times: dict[str, list[float]], n_images: int) -> None:
         f"activation stage   : {min(stage):8.2f} s  ({n_images / min(stage):7.0f} images/s), "
         f"median {statistics.median(stage):.2f} s"
     )
-    pairs = [s / r for s, r in zip(stage, ref)]
+    channels = times["channels"]
     print(
-        f"stage / (load + forward): {min(stage) / min(ref):.3f} fastest against fastest "
-        f"(target <= 1.1); medians {statistics.median(stage) / statistics.median(ref):.3f}; "
-        f"each repeat {', '.join(f'{x:.3f}' for x in pairs)}"
+        f"channels only      : {min(channels):8.2f} s  ({n_images / min(channels):7.0f} "
+        f"images/s), median {statistics.median(channels):.2f} s"
     )
+    for name, side in (("stage", stage), ("channels only", channels)):
+        pairs = [s / r for s, r in zip(side, ref)]
+        print(
+            f"{name} / (load + forward): {min(side) / min(ref):.3f} fastest against fastest "
+            f"(target <= 1.1); medians {statistics.median(side) / statistics.median(ref):.3f}; "
+            f"each repeat {', '.join(f'{x:.3f}' for x in pairs)}"
+        )
 
 
 def main() -> None:
@@ -342,6 +387,12 @@ def main() -> None:
     print(
         f"sample alone     : {alone * 1e3:8.2f} ms = {100 * alone / stage:.2f}% of the stage "
         "(SampleMaxima on the same shapes, buffer included)"
+    )
+    merge_images = max(args.images, 10_000)
+    fast, full = topk_merge(n_neurons, merge_images, args.batch_size, args.k, args.repeats)
+    print(
+        f"top-k merge alone: {fast:8.3f} s with the prefilter, {full:.3f} s sorting every new "
+        f"value ({full / fast:.2f}x; {merge_images} images of {n_neurons} units, same result)"
     )
     n = args.memory_images
     print(f"memory runs keep a sample of {args.memory_sample} images' maxima")

@@ -1,7 +1,8 @@
 """benchmarks/activations.py --study: typed on a mapped study (the session's tiny one).
 
-Only what it prints is checked, never a speed: the images it timed, one line per repeat,
-and ratios that are the ratios of the seconds it printed.
+Only what it prints is checked, never a speed: the images it timed, one line per repeat
+(load + forward, the stage, the stage on channels only), and ratios that are the ratios of
+the seconds it printed.
 """
 
 import re
@@ -38,11 +39,19 @@ def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized
     assert head is not None, out.stdout
     assert 0 < int(head.group(1)) <= 40
     assert int(head.group(3)) == 1  # the fixture's block3 features are part of the stage
-    repeats = re.findall(r"repeat \d: load \+ forward ([\d.]+) s, stage ([\d.]+) s", out.stdout)
+    repeats = re.findall(
+        r"repeat \d: load \+ forward ([\d.]+) s, stage ([\d.]+) s, channels only ([\d.]+) s",
+        out.stdout,
+    )
     assert len(repeats) == 3
-    each = re.search(r"each repeat ([\d., ]+)$", out.stdout, re.M).group(1).split(", ")
-    for (ref, stage), ratio in zip(repeats, each):
-        # Seconds are printed to 0.01 s, the ratios from the unrounded seconds.
-        low = (float(stage) - 0.005) / (float(ref) + 0.005)
-        high = (float(stage) + 0.005) / max(float(ref) - 0.005, 1e-9)
-        assert low - 0.0005 <= float(ratio) <= high + 0.0005
+    for column, name in ((1, "stage"), (2, "channels only")):
+        line = re.search(
+            rf"^{name} / \(load \+ forward\).*each repeat ([\d., ]+)$", out.stdout, re.M
+        )
+        assert line is not None, out.stdout
+        for seconds, ratio in zip(repeats, line.group(1).split(", ")):
+            ref, side = float(seconds[0]), float(seconds[column])
+            # Seconds are printed to 0.01 s, the ratios from the unrounded seconds.
+            low = (side - 0.005) / (ref + 0.005)
+            high = (side + 0.005) / max(ref - 0.005, 1e-9)
+            assert low - 0.0005 <= float(ratio) <= high + 0.0005

@@ -178,8 +178,13 @@ class StreamingTopK:
     sort with that key (ties included) whatever the batch boundaries.
     """
 
-    def __init__(self, n_neurons: int, k: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, n_neurons: int, k: int, device: torch.device | str = "cpu", prefilter: bool = True
+    ) -> None:
         self.k = check_int("k", k, minimum=1)
+        #: on CPU, merge only the new values that can enter (see :meth:`update`); False sorts
+        #: every new value with the kept ones (the reference the fast path is tested against)
+        self.prefilter = prefilter
         self.values = torch.full((n_neurons, 0), float("-inf"), device=device)
         self.image_ids = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
         self.ys = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
@@ -192,14 +197,34 @@ class StreamingTopK:
         """Merge a batch: values/ys/xs are (B, N), image_ids is (B,)."""
         if values.shape[0] == 0:
             return
-        n = values.shape[1]
-        batch_ids = image_ids.to(self.values.device).view(1, -1).expand(n, -1)
-        vals = torch.cat([self.values, values.T.to(self.values.device)], dim=1)
-        ids = torch.cat([self.image_ids, batch_ids], dim=1)
-        yy = torch.cat([self.ys, ys.T.to(self.values.device)], dim=1)
-        xx = torch.cat([self.xs, xs.T.to(self.values.device)], dim=1)
+        n, dev = values.shape[1], self.values.device
+        new = [
+            values.T.to(dev),
+            image_ids.to(dev).view(1, -1).expand(n, -1),
+            ys.T.to(dev),
+            xs.T.to(dev),
+        ]
         ascending = (
             bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        )
+        if self.prefilter and ascending and dev.type == "cpu" and self.values.shape[1] == self.k:
+            # Once a neuron keeps k candidates, only a new value above its k-th can enter (an
+            # equal one ranks after it: its id is larger). Sort only each neuron's m largest
+            # new values, m the most any neuron has above its k-th (late in a stream a few
+            # of a batch's images), put back in id order. On CPU only: reading m waits for
+            # the device, which a GPU's stream must not do once a batch.
+            above = new[0] > self.values[:, -1:]
+            m = int(above.sum(dim=1).max())
+            if m == 0:
+                self._max_id = max(self._max_id, int(image_ids.max()))
+                return
+            if m < new[0].shape[1]:
+                masked = torch.where(above, new[0], torch.full_like(new[0], float("-inf")))
+                pick = masked.topk(m, dim=1).indices.sort(dim=1).values
+                new = [t.gather(1, pick) for t in new]
+        vals, ids, yy, xx = (
+            torch.cat([kept, more], dim=1)
+            for kept, more in zip((self.values, self.image_ids, self.ys, self.xs), new)
         )
         if not ascending:
             # Ties must resolve by image id; put ids in ascending order first, then a stable

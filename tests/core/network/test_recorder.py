@@ -59,6 +59,44 @@ def test_streaming_topk_equals_full_sort_with_ties(k):
         assert res["rank"][mask].tolist() == list(range(1, k + 1))
 
 
+@pytest.mark.parametrize("k", [1, 3, 50])
+@pytest.mark.parametrize("rising", [False, True])
+def test_streaming_topk_keeps_each_candidates_position_late_in_a_long_stream(k, rising):
+    """Long streams, where few of a batch's images beat a neuron's k-th (the merge then sorts
+    only those): the kept values, ids and positions equal a full sort's, ties included. With
+    ``rising``, one neuron's every image enters (the merge sorts whole batches again)."""
+    rng = np.random.default_rng(k)
+    n_images, n_neurons = 3000, 9
+    values = rng.normal(size=(n_images, n_neurons)).astype(np.float32).round(2)
+    values[:, 0] = 0.0  # every image ties
+    values[:, 1] = np.maximum(values[:, 1], 0.0)  # ReLU: half the images tie at 0
+    values[:, 2] = values[:, 2].round(1)  # ties above the k-th
+    if rising:
+        values[:, 3] = np.arange(n_images, dtype=np.float32)
+    ys = (np.arange(n_images)[:, None] * 7 + np.arange(n_neurons)[None, :]) % 13
+    xs = (np.arange(n_images)[:, None] * 3 + np.arange(n_neurons)[None, :] * 5) % 11
+    streams = [StreamingTopK(n_neurons, k), StreamingTopK(n_neurons, k, prefilter=False)]
+    for lo in range(0, n_images, 128):
+        sel = slice(lo, lo + 128)
+        for topk in streams:
+            topk.update(
+                torch.from_numpy(values[sel]),
+                torch.arange(lo, min(lo + 128, n_images)),
+                torch.from_numpy(ys[sel]),
+                torch.from_numpy(xs[sel]),
+            )
+    res, unfiltered = (topk.result() for topk in streams)
+    for column, got in res.items():
+        assert np.array_equal(got, unfiltered[column])
+    ref = reference_topk(values, k)
+    for j in range(n_neurons):
+        mask = res["neuron_id"] == j
+        ids = res["image_id"][mask]
+        assert list(zip(res["activation"][mask].tolist(), ids.tolist())) == ref[j]
+        assert res["y"][mask].tolist() == ys[ids, j].tolist()
+        assert res["x"][mask].tolist() == xs[ids, j].tolist()
+
+
 def test_streaming_topk_out_of_order_batches_match_full_sort():
     rng = np.random.default_rng(3)
     values = rng.integers(0, 3, size=(200, 5)).astype(np.float32)
