@@ -310,7 +310,8 @@ def quality(
     ``purity`` (that value's share), ``layer_share``, ``gain`` and ``random_gain`` (mean gain
     of its random groups).
     """
-    concepts, classes = load_annotations(store)
+    # Every figure joins the annotations with the units' top images: read only theirs.
+    concepts, classes = load_annotations(store, sets.indices)
     sizes = np.bincount(labels)
     multi = np.flatnonzero(sizes >= 2)
     n_units = sets.n_neurons

@@ -95,3 +95,37 @@ def test_dead_neurons_stay_singletons_and_concepts_are_labelled(tmp_path):
         6 / store.query("SELECT count(*) n FROM neurons")["n"][0]
     )
     assert summary["pair_recall"] == 1.0
+
+
+def test_annotations_of_the_top_images_are_every_images_rows_for_them(tmp_path):
+    """``load_annotations(store, image_ids)`` reads in SQL what reading every image's rows and
+    keeping those images gives (ids in any order, repeated; none: no rows)."""
+    import duckdb
+
+    from carto_assets.stages.clustering import load_annotations
+    from carto_assets.storage.store import CartoStore
+
+    path = tmp_path / "carto.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        "CREATE TABLE images AS SELECT i::BIGINT AS image_id, 'class_' || (i % 3) AS label_name "
+        "FROM range(50) t(i)"
+    )
+    con.execute(
+        "CREATE TABLE image_concepts AS SELECT i::BIGINT AS image_id, c AS concept, "
+        "c || '=' || ((i * 7 + length(c)) % 4) AS value "
+        "FROM range(50) t(i), (VALUES ('colour'), ('shape')) v(c)"
+    )
+    con.close()
+    store = CartoStore(path)
+    every_concepts, every_classes = load_annotations(store)
+    assert every_concepts.height == 100 and every_classes.height == 50
+    ids = np.array([41, 3, 3, 17, 0, 49, 17])
+    concepts, classes = load_annotations(store, ids)
+    keys = ["image_id", "concept", "value"]
+    for got, every in ((concepts, every_concepts), (classes, every_classes)):
+        expected = every.filter(pl.col("image_id").is_in(ids.tolist()))
+        assert got.sort(keys).equals(expected.sort(keys))
+        assert sorted(set(got["image_id"].to_list())) == [0, 3, 17, 41, 49]
+    none_concepts, none_classes = load_annotations(store, np.array([], dtype=np.int64))
+    assert none_concepts.height == 0 and none_classes.height == 0
