@@ -41,8 +41,8 @@ summaries take 357 s (issue 12's starting point: 871 s), their peak resident mem
 2.6x one forward+backward of the class's 16 images; with 40 images per class every summary's
 peak is within 0.05 GB of the 20-image run's.
 
-In one process (2026-12-07, ``--rehearsal --in-process``, code d5578f4, the machine at about
-half the speed of 2026-12-01): the summaries take 420 s = 5.9x the bare forward pass over the
+In one process (2026-12-07, ``--rehearsal --in-process``, code d5578f4, the machine at half to
+two thirds of its 2026-12-01 speed): the summaries take 420 s = 5.9x the bare forward pass over the
 2,000 images, their peak is 2.22 GB in the concept graph's chunks (1.21 GB held at their
 start; docs/data_scale.md), the graph 2.67 s per class = 1.32x one forward + backward with
 its explanations.
