@@ -62,6 +62,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def bare_pass(model, inputs, device: torch.device, dtype) -> float:
+    """Seconds of the bare forward pass over ``inputs`` (an iterable of model inputs, made as
+    they are drawn: their preparation is timed too), under autocast to ``dtype`` if any."""
+    sync(device)
+    start = time.perf_counter()
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.inference_mode()
+    with torch.inference_mode(), ctx:
+        for x in inputs:
+            model(x)
+    sync(device)
+    return time.perf_counter() - start
+
+
 def run(args: argparse.Namespace, precision: str, channels_last: bool) -> tuple[float, float]:
     device = torch.device(args.device)
     model = torchvision_model("googlenet", "none").to(device).eval()
@@ -79,17 +92,10 @@ def run(args: argparse.Namespace, precision: str, channels_last: bool) -> tuple[
     dtype = PRECISIONS[precision]
 
     def bare() -> float:
-        sync(device)
-        start = time.perf_counter()
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.inference_mode()
-        with torch.inference_mode(), ctx:
-            for i in range(n_batches):
-                x = pool[i % len(pool)]
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                model(x)
-        sync(device)
-        return time.perf_counter() - start
+        inputs = (pool[i % len(pool)] for i in range(n_batches))
+        if channels_last:
+            inputs = (x.contiguous(memory_format=torch.channels_last) for x in inputs)
+        return bare_pass(model, inputs, device, dtype)
 
     def stage() -> float:
         batches = (
@@ -174,14 +180,7 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
     dtype = PRECISIONS[precision]
 
     def bare() -> float:
-        sync(device)
-        start = time.perf_counter()
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.inference_mode()
-        with torch.inference_mode(), ctx:
-            for pixels in decoded:
-                model(bundle.normalize(pixels))
-        sync(device)
-        return time.perf_counter() - start
+        return bare_pass(model, (bundle.normalize(p) for p in decoded), device, dtype)
 
     def stage() -> float:
         sync(device)
