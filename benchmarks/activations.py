@@ -220,7 +220,7 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     import polars as pl
 
     from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.activations import ShardBatches, _batches, label_sample_ids
+    from carto_assets.stages.activations import label_sample_ids, load_batches, pass_over
     from carto_assets.stages.prepared import PreparedStudy
 
     prepared = PreparedStudy.load(study_file)
@@ -234,39 +234,30 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     sample = label_sample_ids(study, images)
     sample = None if sample is None else np.intersect1d(sample, ids)
 
-    def loader():
-        dataset = ShardBatches(prepared.source, ids, labels, study.batch_size)
-        return _batches(dataset, study.loader_workers, device.type == "cuda", failures=[])
-
     def load_forward() -> float:
         start = time.perf_counter()
+        batches = load_batches(
+            prepared.source,
+            ids,
+            labels,
+            study.batch_size,
+            workers=study.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
         with torch.inference_mode():
-            for batch in loader():
+            for batch in batches:
                 model(bundle.normalize(batch.images.to(device)))
         return time.perf_counter() - start
 
-    def stage(dictionaries: bool = True) -> float:
+    def stage(channels_only: bool = False) -> float:
         start = time.perf_counter()
-        activation_pass(
-            model,
-            layers,
-            loader(),
-            preprocess=bundle.normalize,
-            precision=study.precision,
-            channels_last=study.channels_last,
-            k=study.top_k,
-            n_classes=len(prepared.class_names),
-            mass_fraction=study.mass_fraction,
-            device=device,
-            derived=[f.on(device) for f in features] if dictionaries else [],
-            sample_ids=sample if dictionaries else None,
-        )
+        pass_over(prepared, ids, labels, device, channels_only=channels_only)
         return time.perf_counter() - start
 
     runs = {
         "load_forward": load_forward,
         "stage": stage,
-        "channels": lambda: stage(dictionaries=False),
+        "channels": lambda: stage(channels_only=True),
     }
 
     print(

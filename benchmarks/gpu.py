@@ -15,7 +15,7 @@ real runs do in DataLoader workers).
 
 With ``--jpegs N`` it also reads a synthetic folder of N ImageNet-sized JPEGs (written once
 under ``--folder``: sides 300-500 px, about 90 KB each; ImageNet's average about 110 KB)
-through the activation stage's own loader (``ShardBatches`` in a DataLoader with
+through the activation stage's own loader (``load_batches``: ``ShardBatches`` in a DataLoader with
 ``--loader-workers`` processes: decoding, resizing and centre-cropping to 224 px, pinned memory
 on CUDA), and times in one run, interleaved:
 
@@ -155,7 +155,7 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
     images on the device, and the activation stage reading the folder (see the docstring)."""
     from carto_assets.core.network.zoo import IMAGENET_MEAN, IMAGENET_STD, ModelBundle
     from carto_assets.sources.datasets import ImageFolderSource
-    from carto_assets.stages.activations import ShardBatches, _batches
+    from carto_assets.stages.activations import load_batches
 
     device = torch.device(args.device)
     source = ImageFolderSource(args.folder, image_size=224, limit=args.jpegs)
@@ -167,8 +167,9 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
     pin = device.type == "cuda"
 
     def loader():
-        dataset = ShardBatches(source, ids, labels, args.batch_size)
-        return _batches(dataset, args.loader_workers, pin, failures=[])
+        return load_batches(
+            source, ids, labels, args.batch_size, workers=args.loader_workers, pin_memory=pin
+        )
 
     def decode() -> float:
         start = time.perf_counter()

@@ -11,7 +11,7 @@ asset, dictionary features of block3 and block4 on) and runs it the way a user d
   step the largest RSS sampled every 0.25 s while the step ran (a sample can miss a spike
   shorter than that; the whole-run figure cannot);
 * the activation stage against a reference measured after the run in this process over the
-  same images, loaded the same way (the stage's own ``ShardBatches``, one batch at a time):
+  same images, loaded the same way (the stage's own ``load_batches``, one batch at a time):
   the load (render/decode) alone, and load + a bare forward pass of the trained model;
 * the database's and the Parquet files' sizes;
 * coverage and cluster gain, from the ``study_quality`` rows ``cluster_quality`` wrote;
@@ -227,12 +227,12 @@ def step_figures(
 
 def reference_pass(study_file: Path, limit: int | None = None) -> dict[str, float]:
     """Load every image of the study (the first ``limit`` in image-id order where given) the
-    way the activation stage does (its ``ShardBatches``, a DataLoader with the study's
+    way the activation stage does (its ``load_batches``: a DataLoader with the study's
     workers, image-id order) and run the trained model on each batch, bare (no hooks, no
     recording): seconds loading, seconds in the forward pass, and how many images."""
     import torch
 
-    from carto_assets.stages.activations import ShardBatches
+    from carto_assets.stages.activations import load_batches
     from carto_assets.stages.prepared import PreparedStudy
     from carto_assets.study import load_study
 
@@ -243,23 +243,20 @@ def reference_pass(study_file: Path, limit: int | None = None) -> dict[str, floa
     images = prepared.images.sort("image_id")
     if limit is not None:
         images = images.head(limit)
-    dataset = ShardBatches(
+    batches = load_batches(
         prepared.source,
         images["image_id"].to_numpy(),
         images["label"].to_numpy(),
         study.batch_size,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=study.loader_workers
+        workers=study.loader_workers,
     )
     load_s = forward_s = 0.0
     n = 0
     with torch.inference_mode():
-        batches = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
-                _, pixels, _, _ = next(batches)
+                pixels = next(batches).images
             except StopIteration:
                 break
             t1 = time.perf_counter()

@@ -141,16 +141,80 @@ class ShardBatches(torch.utils.data.Dataset):
         )
 
 
-def _batches(
-    dataset: ShardBatches, workers: int, pin_memory: bool, failures: list[tuple[int, str]]
+def load_batches(
+    source: ImageSource,
+    image_ids: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    pin_memory: bool = False,
+    failures: list[tuple[int, str]] | None = None,
 ) -> Iterator[Batch]:
+    """The images ``image_ids`` (with their ``labels``), in that order, as the activation stage
+    reads them: :class:`ShardBatches` in a DataLoader with ``workers`` processes. Images that
+    fail to decode are left out of their batch and appended to ``failures`` as
+    ``(image_id, reason)``."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory
+        ShardBatches(source, image_ids, labels, batch_size),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
     )
-    for ids, pixels, labels, failed in loader:
-        failures.extend((int(i), "could not be decoded") for i in failed)
+    for ids, pixels, batch_labels, failed in loader:
+        if failures is not None:
+            failures.extend((int(i), "could not be decoded") for i in failed)
         if len(ids):
-            yield Batch(image_ids=ids, images=pixels, labels=labels)
+            yield Batch(image_ids=ids, images=pixels, labels=batch_labels)
+
+
+def pass_over(
+    prepared: PreparedStudy,
+    image_ids: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    *,
+    channels_only: bool = False,
+    progress: Callable[[int, float], None] | None = None,
+    failures: list[tuple[int, str]] | None = None,
+) -> PassResult:
+    """The activation pass over the study's images ``image_ids`` (ascending, with their
+    ``labels``) as a shard runs it: the study's loader, model on ``device``, precision, layout
+    and top-k, its dictionaries' features and its labels' sample among ``image_ids``.
+    ``channels_only``: the model's layers alone, without the features and the sample (what
+    ``benchmarks/activations.py --study`` compares)."""
+    study = prepared.study
+    bundle, layers = prepared.model
+    # [] without features; raises if `dictionary` is stale
+    features = [] if channels_only else prepared.feature_layers
+    sample_ids = None if channels_only else label_sample_ids(study, prepared.images)
+    bundle.module.to(device)
+    return activation_pass(
+        bundle.module,
+        layers,
+        load_batches(
+            prepared.source,
+            image_ids,
+            labels,
+            study.batch_size,
+            workers=study.loader_workers,
+            pin_memory=device.type == "cuda",
+            failures=failures,
+        ),
+        preprocess=bundle.normalize,
+        precision=study.precision,
+        channels_last=study.channels_last,
+        k=study.top_k,
+        n_classes=len(prepared.class_names),
+        mass_fraction=study.mass_fraction,
+        device=device,
+        progress=progress,
+        # Each feature's spatial max and argmax, from its source layer's output in this pass.
+        derived=[f.on(device) for f in features],
+        # Only these images' part of the sample: its rows are all the pass keeps.
+        sample_ids=None if sample_ids is None else np.intersect1d(sample_ids, image_ids),
+    )
 
 
 def run_shard(
@@ -164,12 +228,9 @@ def run_shard(
         raise ValueError(f"shard {shard} out of range: the study has shards 0..{study.shards - 1}")
     part = images.filter(pl.col("shard") == shard).sort("image_id")
     sample_ids = label_sample_ids(study, images)
-    bundle, layers = prepared.model
     info = prepared.model_info
     features = prepared.feature_layers  # [] without features; raises if `dictionary` is stale
     device = resolve_device(study.device)
-    bundle.module.to(device)
-    source = prepared.source
     failures: list[tuple[int, str]] = []
     last = [0.0]
 
@@ -182,31 +243,13 @@ def run_shard(
                 f"{done / max(seconds, 1e-9):.0f} images/s"
             )
 
-    result: PassResult = activation_pass(
-        bundle.module,
-        layers,
-        _batches(
-            ShardBatches(
-                source, part["image_id"].to_numpy(), part["label"].to_numpy(), study.batch_size
-            ),
-            workers=study.loader_workers,
-            pin_memory=device.type == "cuda",
-            failures=failures,
-        ),
-        preprocess=bundle.normalize,
-        precision=study.precision,
-        channels_last=study.channels_last,
-        k=study.top_k,
-        n_classes=len(class_names),
-        mass_fraction=study.mass_fraction,
-        device=device,
+    result = pass_over(
+        prepared,
+        part["image_id"].to_numpy(),
+        part["label"].to_numpy(),
+        device,
         progress=report,
-        # Each feature's spatial max and argmax, from its source layer's output in this pass.
-        derived=[f.on(device) for f in features],
-        # Only this shard's part of the sample: its rows are all the pass keeps.
-        sample_ids=None
-        if sample_ids is None
-        else np.intersect1d(sample_ids, part["image_id"].to_numpy()),
+        failures=failures,
     )
     shown = failures[:1000]
     # Only the failed images' paths: a dict of every image's would cost O(images) per shard.

@@ -1,20 +1,23 @@
-"""A shard's summary names the images that failed to decode by their path in the folder."""
+"""A shard's summary names the images that failed to decode by their path in the folder; the
+stage's loader skips them and counts them."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 
-from carto_assets.stages.activations import run_shard
+from carto_assets.stages.activations import load_batches, run_shard
 from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
 from carto_assets.stages.model import prepare_model
 from carto_assets.stages.prepared import PreparedStudy
 from carto_assets.study import load_study
 
 
-def test_failed_images_are_listed_with_their_paths(tmp_path, make_study, one_torch_thread):
+def _folder_study(tmp_path, make_study):
+    """A folder of 12 PNGs in two classes and one truncated JPEG, as a study (no features)."""
     rng = np.random.default_rng(0)
     for name in ("cats", "dogs"):
         (tmp_path / "images" / name).mkdir(parents=True)
@@ -26,7 +29,7 @@ def test_failed_images_are_listed_with_their_paths(tmp_path, make_study, one_tor
     Image.fromarray(noise).save(buffer, format="JPEG")
     # Header intact, scan data cut: in the manifest, fails to decode in the pass.
     (tmp_path / "images" / "dogs" / "truncated.jpg").write_bytes(buffer.getvalue()[:3000])
-    study = load_study(
+    return load_study(
         make_study(
             tmp_path,
             dataset={"kind": "imagefolder", "path": "images", "image_size": 32},
@@ -37,6 +40,10 @@ def test_failed_images_are_listed_with_their_paths(tmp_path, make_study, one_tor
             labels={"enabled": False},
         )
     )
+
+
+def test_failed_images_are_listed_with_their_paths(tmp_path, make_study, one_torch_thread):
+    study = _folder_study(tmp_path, make_study)
     manifest = build_manifest(study)
     save_manifest(study, manifest)
     prepared = PreparedStudy.open(study)
@@ -51,4 +58,30 @@ def test_failed_images_are_listed_with_their_paths(tmp_path, make_study, one_tor
             "source": "dogs/truncated.jpg",
             "reason": "could not be decoded",
         }
+    ]
+
+
+def test_the_loader_keeps_the_order_and_skips_what_fails_to_decode(tmp_path, make_study):
+    study = _folder_study(tmp_path, make_study)
+    manifest = build_manifest(study)
+    save_manifest(study, manifest)
+    images = manifest.images.sort("image_id", descending=True)  # any order is kept
+    ids, labels = images["image_id"].to_numpy(), images["label"].to_numpy()
+    truncated = images.filter(images["source"] == "dogs/truncated.jpg")["image_id"].item()
+    source = PreparedStudy.open(study).source
+    failures: list[tuple[int, str]] = []
+    batches = list(load_batches(source, ids, labels, 5, failures=failures))
+    assert failures == [(truncated, "could not be decoded")]
+    got = np.concatenate([b.image_ids.numpy() for b in batches])
+    assert got.tolist() == [i for i in ids.tolist() if i != truncated]
+    assert np.concatenate([b.labels.numpy() for b in batches]).tolist() == [
+        int(label) for i, label in zip(ids, labels) if i != truncated
+    ]
+    first = batches[0]
+    assert first.images.dtype == torch.uint8 and tuple(first.images.shape[1:]) == (32, 32, 3)
+    expected, ok = source.load_many(first.image_ids.tolist())
+    assert ok.all() and np.array_equal(first.images.numpy(), expected)
+    # Without a list to count them in, failures are still skipped.
+    assert [len(b.image_ids) for b in load_batches(source, ids, labels, 5)] == [
+        len(b.image_ids) for b in batches
     ]
