@@ -220,7 +220,7 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     import polars as pl
 
     from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.activations import label_sample_ids, load_batches, pass_over
+    from carto_assets.stages.activations import label_sample_ids, pass_over, study_batches
     from carto_assets.stages.prepared import PreparedStudy
 
     prepared = PreparedStudy.load(study_file)
@@ -236,16 +236,8 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
 
     def load_forward() -> float:
         start = time.perf_counter()
-        batches = load_batches(
-            prepared.source,
-            ids,
-            labels,
-            study.batch_size,
-            workers=study.loader_workers,
-            pin_memory=device.type == "cuda",
-        )
         with torch.inference_mode():
-            for batch in batches:
+            for batch in study_batches(prepared, ids, labels, device):
                 model(bundle.normalize(batch.images.to(device)))
         return time.perf_counter() - start
 

@@ -169,6 +169,26 @@ def load_batches(
             yield Batch(image_ids=ids, images=pixels, labels=batch_labels)
 
 
+def study_batches(
+    prepared: PreparedStudy,
+    image_ids: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    failures: list[tuple[int, str]] | None = None,
+) -> Iterator[Batch]:
+    """:func:`load_batches` of the study's images with its batch size and loader workers
+    (pinned memory for a CUDA ``device``)."""
+    return load_batches(
+        prepared.source,
+        image_ids,
+        labels,
+        prepared.study.batch_size,
+        workers=prepared.study.loader_workers,
+        pin_memory=device.type == "cuda",
+        failures=failures,
+    )
+
+
 def pass_over(
     prepared: PreparedStudy,
     image_ids: np.ndarray,
@@ -193,15 +213,7 @@ def pass_over(
     return activation_pass(
         bundle.module,
         layers,
-        load_batches(
-            prepared.source,
-            image_ids,
-            labels,
-            study.batch_size,
-            workers=study.loader_workers,
-            pin_memory=device.type == "cuda",
-            failures=failures,
-        ),
+        study_batches(prepared, image_ids, labels, device, failures),
         preprocess=bundle.normalize,
         precision=study.precision,
         channels_last=study.channels_last,
