@@ -190,6 +190,8 @@ class StreamingTopK:
         self.ys = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
         self.xs = torch.empty((n_neurons, 0), dtype=torch.long, device=device)
         self._max_id = -1
+        #: batches the prefilter merged in part (some new values sorted) and skipped whole
+        self.prefiltered = {"part": 0, "skipped": 0}
 
     def update(
         self, values: torch.Tensor, image_ids: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
@@ -207,7 +209,8 @@ class StreamingTopK:
         ascending = (
             bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
         )
-        if self.prefilter and ascending and dev.type == "cpu" and self.values.shape[1] == self.k:
+        full = n > 0 and self.values.shape[1] == self.k
+        if self.prefilter and ascending and dev.type == "cpu" and full:
             # Once a neuron keeps k candidates, only a new value above its k-th can enter (an
             # equal one ranks after it: its id is larger). Sort only each neuron's m largest
             # new values, m the most any neuron has above its k-th (late in a stream a few
@@ -216,9 +219,11 @@ class StreamingTopK:
             above = new[0] > self.values[:, -1:]
             m = int(above.sum(dim=1).max())
             if m == 0:
+                self.prefiltered["skipped"] += 1
                 self._max_id = max(self._max_id, int(image_ids.max()))
                 return
             if m < new[0].shape[1]:
+                self.prefiltered["part"] += 1
                 masked = torch.where(above, new[0], torch.full_like(new[0], float("-inf")))
                 pick = masked.topk(m, dim=1).indices.sort(dim=1).values
                 new = [t.gather(1, pick) for t in new]

@@ -88,6 +88,12 @@ def test_streaming_topk_keeps_each_candidates_position_late_in_a_long_stream(k, 
     res, unfiltered = (topk.result() for topk in streams)
     for column, got in res.items():
         assert np.array_equal(got, unfiltered[column])
+    # The fast path ran where it can (late batches: few images beat a k-th), and only there.
+    if rising:  # neuron 3's every image enters: each batch is merged whole
+        assert streams[0].prefiltered == {"part": 0, "skipped": 0}
+    else:
+        assert streams[0].prefiltered["part"] > 0
+    assert streams[1].prefiltered == {"part": 0, "skipped": 0}
     ref = reference_topk(values, k)
     for j in range(n_neurons):
         mask = res["neuron_id"] == j
@@ -95,6 +101,33 @@ def test_streaming_topk_keeps_each_candidates_position_late_in_a_long_stream(k, 
         assert list(zip(res["activation"][mask].tolist(), ids.tolist())) == ref[j]
         assert res["y"][mask].tolist() == ys[ids, j].tolist()
         assert res["x"][mask].tolist() == xs[ids, j].tolist()
+
+
+def test_streaming_topk_skips_a_batch_none_of_whose_values_can_enter():
+    topk = StreamingTopK(2, 2)
+    zeros = torch.zeros((2, 2), dtype=torch.long)
+    topk.update(torch.tensor([[5.0, 6.0], [4.0, 7.0]]), torch.tensor([0, 1]), zeros, zeros)
+    # Equal to the k-th is not above it: a later id ranks after it.
+    topk.update(torch.tensor([[4.0, 6.0], [1.0, 2.0]]), torch.tensor([2, 3]), zeros, zeros)
+    assert topk.prefiltered == {"part": 0, "skipped": 1}
+    topk.update(torch.tensor([[9.0, 0.0]]), torch.tensor([4]), zeros[:1], zeros[:1])
+    assert topk.prefiltered == {"part": 0, "skipped": 1}  # one image: merged whole
+    res = topk.result()  # rows are images, columns units
+    assert res["neuron_id"].tolist() == [0, 0, 1, 1]
+    assert res["image_id"].tolist() == [4, 0, 1, 0]
+    assert res["activation"].tolist() == [9.0, 5.0, 7.0, 6.0]
+
+
+def test_streaming_topk_of_no_units_takes_batches():
+    topk = StreamingTopK(0, 3)
+    for lo in (0, 2):
+        topk.update(
+            torch.zeros((2, 0)),
+            torch.tensor([lo, lo + 1]),
+            torch.zeros((2, 0), dtype=torch.long),
+            torch.zeros((2, 0), dtype=torch.long),
+        )
+    assert len(topk.result()["neuron_id"]) == 0
 
 
 def test_streaming_topk_out_of_order_batches_match_full_sort():
