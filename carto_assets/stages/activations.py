@@ -109,22 +109,27 @@ def shard_identity(prepared: PreparedStudy) -> str:
 
 
 class ShardBatches(torch.utils.data.Dataset):
-    """One shard as a dataset of batches (uint8 pixels), for a DataLoader with workers.
+    """The images ``image_ids`` (in that order) as a dataset of batches (uint8 pixels), for a
+    DataLoader with workers.
 
     Each item is (image_ids, pixels (b, H, W, 3) uint8, labels, failed_ids); images that fail to
-    decode are dropped from the batch and reported in ``failed_ids``.
+    decode are dropped from the batch and reported in ``failed_ids``. ``threads`` decode each
+    batch (image folders; PIL releases the GIL while decoding).
     """
 
     def __init__(
-        self, source: ImageSource, image_ids: np.ndarray, labels: np.ndarray, batch_size: int
+        self,
+        source: ImageSource,
+        image_ids: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        threads: int = 1,
     ) -> None:
         self.source = source
         self.image_ids = image_ids
         self.labels = labels
         self.batch_size = batch_size
-        # Without DataLoader workers, decode image folders with a few threads (PIL releases
-        # the GIL while decoding); workers already run in parallel.
-        self.threads = 4 if isinstance(source, ImageFolderSource) else 1
+        self.threads = threads
 
     def __len__(self) -> int:
         return -(-len(self.image_ids) // self.batch_size)
@@ -155,8 +160,11 @@ def load_batches(
     reads them: :class:`ShardBatches` in a DataLoader with ``workers`` processes. Images that
     fail to decode are left out of their batch and appended to ``failures`` as
     ``(image_id, reason)``."""
+    # Without DataLoader workers, image folders decode with a few threads; workers already
+    # run in parallel (12 workers of 4 threads would be 48 decoders on 16 cores).
+    threads = 4 if isinstance(source, ImageFolderSource) and workers == 0 else 1
     loader = torch.utils.data.DataLoader(
-        ShardBatches(source, image_ids, labels, batch_size),
+        ShardBatches(source, image_ids, labels, batch_size, threads),
         batch_size=None,
         shuffle=False,
         num_workers=workers,
