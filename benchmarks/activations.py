@@ -30,6 +30,7 @@ Measured side by side in one run, on the same model, images and batch size:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -38,12 +39,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carto_assets.core.network.layers import probe_layers, resolve_layers
 from carto_assets.core.network.recorder import (
+    PRECISIONS,
     Batch,
     SampleMaxima,
     StreamingTopK,
@@ -163,7 +166,7 @@ def topk_merge(
                 topk.update(values[lo:hi], torch.arange(lo, hi), pos[lo:hi], pos[lo:hi])
             times[prefilter].append(time.perf_counter() - start)
             results[prefilter] = topk.result()
-    if any(not (results[True][c] == results[False][c]).all() for c in results[True]):
+    if any(not np.array_equal(results[True][c], results[False][c]) for c in results[True]):
         raise AssertionError("the prefiltered top-k differs from the full merge")
     return min(times[True]), min(times[False])
 
@@ -213,10 +216,10 @@ def peak_memory(args, n: int) -> tuple[float, float]:
 
 
 def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, list[float]], int]:
-    """Seconds of each repeat, interleaved, and the images timed: ``load_forward`` (the
-    stage's loader and a bare forward pass) and ``stage`` (:func:`activation_pass` as
-    ``run_shard`` calls it), over the first ``n_images`` of the study's shard 0."""
-    import numpy as np
+    """Seconds of each repeat, interleaved, and the images timed, over the first ``n_images``
+    of the study's shard 0: ``load_forward`` (the stage's loader and a bare forward pass in the
+    study's precision and memory layout), ``stage`` (:func:`pass_over`, the pass as
+    ``run_shard`` runs it) and ``channels`` (the same without dictionaries and sample)."""
     import polars as pl
 
     from carto_assets.core.network.zoo import resolve_device
@@ -231,20 +234,45 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     features = prepared.feature_layers
     device = resolve_device(study.device)
     model = bundle.module.to(device).eval()
+    # Both sides in the study's layout and precision (the stage converts the model anyway).
+    if study.channels_last:
+        model.to(memory_format=torch.channels_last)
+    dtype = PRECISIONS[study.precision]
     sample = label_sample_ids(study, images)
     sample = None if sample is None else np.intersect1d(sample, ids)
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # Each side's images and predicted classes, from its last repeat: compared at the end.
+    predicted: dict[str, np.ndarray] = {}
+
     def load_forward() -> float:
+        sync()
         start = time.perf_counter()
-        with torch.inference_mode():
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        outputs = []
+        with torch.inference_mode(), autocast:
             for batch in study_batches(prepared, ids, labels, device):
-                model(bundle.normalize(batch.images.to(device)))
-        return time.perf_counter() - start
+                x = bundle.normalize(batch.images.to(device, non_blocking=True))
+                if study.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                outputs.append(model(x).argmax(dim=1))  # stays on the device until the end
+        sync()
+        seconds = time.perf_counter() - start
+        predicted["load_forward"] = torch.cat(outputs).cpu().numpy()
+        return seconds
 
     def stage(channels_only: bool = False) -> float:
+        sync()
         start = time.perf_counter()
-        pass_over(prepared, ids, labels, device, channels_only=channels_only)
-        return time.perf_counter() - start
+        result = pass_over(prepared, ids, labels, device, channels_only=channels_only)
+        sync()
+        seconds = time.perf_counter() - start
+        got = result.predictions or {"predicted": np.array([], dtype=np.int64)}
+        predicted["channels" if channels_only else "stage"] = got["predicted"]
+        return seconds
 
     runs = {
         "load_forward": load_forward,
@@ -269,6 +297,15 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
             f"stage {times['stage'][-1]:.2f} s, channels only {times['channels'][-1]:.2f} s",
             flush=True,
         )
+    # The three sides ran the same model on the same images: anything else is a bug here.
+    same = [np.array_equal(predicted["load_forward"], predicted[n]) for n in ("stage", "channels")]
+    print(
+        f"the same {len(predicted['load_forward'])} images and predicted classes on every side: "
+        f"stage {'yes' if same[0] else 'NO'}, channels only {'yes' if same[1] else 'NO'}",
+        flush=True,
+    )
+    if not all(same):
+        raise SystemExit("the stage did not see the images the bare forward pass saw")
     return times, len(ids)
 
 
@@ -316,7 +353,9 @@ def main() -> None:
         "--memory-sample", type=int, default=500, help="images of the sample in the memory runs"
     )
     p.add_argument(
-        "--study", help="a mapped study's file: its own images, model and settings (see 3.)"
+        "--study",
+        help="a mapped study's file: its own images, model, device and settings (see 3.); "
+        "--model, --size, --device, --batch-size, --k and --sample are then the study's",
     )
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)

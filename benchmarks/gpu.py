@@ -26,14 +26,15 @@ on CUDA), and times in one run, interleaved:
 
 and prints the stage's images/s against each (the stage can be no faster than the slower one).
 
-It also times the concept graph's work for one class of 16 images (``--graph``, on by
-default): the retained forward pass, the relevance pass, one edge pass per layer pair (five
-nodes per layer, seeded random clusters), and the node check's 27 rows restarted at their
-layers, against one forward + backward of the same images (parameters requiring grad).
+It also times the concept graph's work for one class of 16 images (skipped with
+``--no-graph``, and with ``--only-folder``, which times the JPEG folder alone): the retained
+forward pass, the relevance pass, one edge pass per layer pair (five nodes per layer, seeded
+random clusters), and the node check's 27 rows restarted at their layers, against one forward
++ backward of the same images (parameters requiring grad).
 
     python benchmarks/gpu.py                        # cuda, 2,048 images per measurement
     python benchmarks/gpu.py --device cpu --images 64 --batch-size 16   # smoke test anywhere
-    # the issue's measure: 4,096 JPEGs decoded by 12 loader processes, bf16
+    # the issue's measure: 4,096 JPEGs decoded by 12 loader processes, fp32 and bf16
     python benchmarks/gpu.py --jpegs 4096 --loader-workers 12 --folder /tmp/jpegs
 """
 
@@ -136,9 +137,11 @@ def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> int:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    total = 0
     for i in range(n):
         path = root / f"class_{i % classes:03d}" / f"{i:07d}.jpg"
         if path.exists():
+            total += path.stat().st_size
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         w, h = (int(v) for v in rng.integers(300, 501, 2))
@@ -147,7 +150,8 @@ def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> int:
         grain = rng.normal(0, 20, (h, w, 3))
         pixels = np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(path, quality=90)
-    return sum(p.stat().st_size for p in root.rglob("*.jpg"))
+        total += path.stat().st_size
+    return total
 
 
 def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
@@ -183,10 +187,12 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
     def bare() -> float:
         return bare_pass(model, (bundle.normalize(p) for p in decoded), device, dtype)
 
+    seen = []
+
     def stage() -> float:
         sync(device)
         start = time.perf_counter()
-        activation_pass(
+        result = activation_pass(
             model,
             layers,
             loader(),
@@ -198,6 +204,7 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
             precision=precision,
         )
         sync(device)
+        seen.append(result.n_images)
         return time.perf_counter() - start
 
     bare()  # warm-up: cuDNN autotuning, allocator
@@ -207,6 +214,8 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
         times["decode"].append(decode())
         times["bare"].append(bare())
         times["stage"].append(stage())
+    if any(k != n for k in seen):  # a JPEG that failed to decode, or a loader that lost one
+        raise SystemExit(f"the stage read {seen} of the folder's {n} images")
     return {k: n / min(v) for k, v in times.items()}
 
 

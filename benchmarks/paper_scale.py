@@ -394,7 +394,7 @@ def run_assets(
             release_memory()
             reset_peak_rss()
             held = _status_kib("VmRSS") / 2**20
-            row = {**timed_materialize(study_file, name), "baseline_rss_gb": held}
+            row = {**timed_materialize(study_file, name), "held_rss_gb": held}
             if name == "concept_graph_chunk":
                 from carto_assets.study import load_study
 
@@ -531,7 +531,7 @@ def main() -> None:
     print(header + f" {'baseline GB' if isolated else 'held GB':>12}")
     for r in rows:
         extra = f"  ({r['partitions']} partitions)" if r["partitions"] else ""
-        base = f" {r['baseline_rss_gb']:>12.2f}"
+        base = f" {r['baseline_rss_gb' if isolated else 'held_rss_gb']:>12.2f}"
         print(
             f"{r['asset']:<28} {r['seconds']:>9.1f} {n_images / max(r['seconds'], 1e-9):>9.1f} "
             f"{r['seconds'] / forward_s:>9.2f} {r['peak_rss_gb']:>12.2f}{base}{extra}"

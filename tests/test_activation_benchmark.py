@@ -1,8 +1,9 @@
 """benchmarks/activations.py --study: typed on a mapped study (the session's tiny one).
 
 Only what it prints is checked, never a speed: the images it timed, one line per repeat
-(load + forward, the stage, the stage on channels only), and ratios that are the ratios of
-the seconds it printed.
+(load + forward, the stage, the stage on channels only), that the three sides saw the same
+images and predicted the same classes, and ratios that are the ratios of the seconds it
+printed.
 """
 
 import re
@@ -44,6 +45,13 @@ def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized
         out.stdout,
     )
     assert len(repeats) == 3
+    same = re.search(
+        r"the same (\d+) images and predicted classes on every side: stage (\w+), "
+        r"channels only (\w+)",
+        out.stdout,
+    )
+    assert same is not None, out.stdout
+    assert same.groups() == (head.group(1), "yes", "yes")
     for column, name in ((1, "stage"), (2, "channels only")):
         line = re.search(
             rf"^{name} / \(load \+ forward\).*each repeat ([\d., ]+)$", out.stdout, re.M

@@ -36,6 +36,9 @@ def test_the_jpegs_are_imagenet_sized_and_written_once(tmp_path):
     stamps = [f.stat().st_mtime_ns for f in files]
     assert bench.write_jpegs(tmp_path, 12, classes=3) == total
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    # Fewer than the folder holds: the bytes of those N alone (the size per JPEG it prints).
+    first = [tmp_path / f"class_{i % 3:03d}" / f"{i:07d}.jpg" for i in range(6)]
+    assert bench.write_jpegs(tmp_path, 6, classes=3) == sum(f.stat().st_size for f in first)
 
 
 @pytest.mark.slow
