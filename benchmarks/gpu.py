@@ -15,8 +15,8 @@ real runs do in DataLoader workers).
 
 With ``--jpegs N`` it also reads a synthetic folder of N ImageNet-sized JPEGs (written once
 under ``--folder``: sides 300-500 px, about 90 KB each; ImageNet's average about 110 KB)
-through the activation stage's own loader (``load_batches``: ``ShardBatches`` in a DataLoader with
-``--loader-workers`` processes: decoding, resizing and centre-cropping to 224 px, pinned memory
+through the activation stage's own loader (``carto_assets.sources.batches``: a DataLoader with
+``--loader-workers`` processes decoding, resizing and centre-cropping to 224 px, pinned memory
 on CUDA), and times in one run, interleaved:
 
 - decoding alone: the loader's batches, nothing else;
@@ -31,6 +31,11 @@ It also times the concept graph's work for one class of 16 images (skipped with
 forward pass, the relevance pass, one edge pass per layer pair (five nodes per layer, seeded
 random clusters), and the node check's 27 rows restarted at their layers, against one forward
 + backward of the same images (parameters requiring grad).
+
+With ``--no-graph`` it imports only PyTorch, torchvision, Pillow, NumPy, PyYAML, pydantic and
+the project's own modules (never the store's polars and DuckDB, nor Dagster; its test checks
+the folder run that way), so a GPU machine with PyTorch needs only pydantic's wheels carried
+to it and the checkout on ``PYTHONPATH``.
 
     python benchmarks/gpu.py                        # cuda, 2,048 images per measurement
     python benchmarks/gpu.py --device cpu --images 64 --batch-size 16   # smoke test anywhere
@@ -158,8 +163,8 @@ def folder_run(args: argparse.Namespace, precision: str) -> dict[str, float]:
     """Images/s over the JPEG folder: decoding alone, the bare forward pass over the decoded
     images on the device, and the activation stage reading the folder (see the docstring)."""
     from carto_assets.core.network.zoo import IMAGENET_MEAN, IMAGENET_STD, ModelBundle
+    from carto_assets.sources.batches import load_batches
     from carto_assets.sources.datasets import ImageFolderSource
-    from carto_assets.stages.activations import load_batches
 
     device = torch.device(args.device)
     source = ImageFolderSource(args.folder, image_size=224, limit=args.jpegs)

@@ -232,7 +232,7 @@ def reference_pass(study_file: Path, limit: int | None = None) -> dict[str, floa
     recording): seconds loading, seconds in the forward pass, and how many images."""
     import torch
 
-    from carto_assets.stages.activations import load_batches
+    from carto_assets.sources.batches import load_batches
     from carto_assets.stages.prepared import PreparedStudy
     from carto_assets.study import load_study
 

@@ -41,12 +41,30 @@ def test_the_jpegs_are_imagenet_sized_and_written_once(tmp_path):
     assert bench.write_jpegs(tmp_path, 6, classes=3) == sum(f.stat().st_size for f in first)
 
 
+#: Runs gpu.py as the GPU machine would: there PyTorch, torchvision, Pillow, PyYAML and NumPy
+#: are installed, pydantic travels as wheels, and the store's packages are not there at all.
+ON_THE_GPU_MACHINE = """
+import runpy, sys
+class NotThere:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"polars", "duckdb", "dagster", "altair", "umap"}:
+            raise ImportError(f"{name} is not installed on the GPU machine")
+sys.meta_path.insert(0, NotThere())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_the_folder_run_reads_the_folder_through_the_stage(tmp_path):
+    """Typed with ``--only-folder`` where the store's packages cannot be imported: the run a
+    GPU machine can make with only pydantic carried to it."""
     folder = tmp_path / "jpegs"
     out = subprocess.run(
         [
             sys.executable,
+            "-c",
+            ON_THE_GPU_MACHINE,
             str(PATH),
             "--device",
             "cpu",

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from carto_assets.stages.activations import load_batches, run_shard
+from carto_assets.sources.batches import load_batches
+from carto_assets.stages.activations import run_shard
 from carto_assets.stages.images import build_manifest, save_manifest, write_images_tables
 from carto_assets.stages.model import prepare_model
 from carto_assets.stages.prepared import PreparedStudy
