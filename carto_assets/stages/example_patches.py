@@ -6,6 +6,7 @@ activation pass, so patches are cut from exactly the pixels the model saw.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,13 @@ class PatchParts:
 
 #: Patches encoded and written per Parquet part (64 px PNGs: about 12 kB each, ~50 MB a part).
 PATCH_ROWS = 4096
+#: Threads cutting and encoding the patches (the same bytes whatever their number).
+PATCH_WORKERS = min(8, os.cpu_count() or 1)
 
 
-def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
+def example_patches(
+    prepared: PreparedStudy, progress=None, workers: int = PATCH_WORKERS
+) -> PatchParts:
     """``example_patches(neuron_id, rank, image_id, png)``: each neuron's top images cropped
     around the argmax cell, with a window as large as the layer's receptive field.
 
@@ -104,6 +109,7 @@ def example_patches(prepared: PreparedStudy, progress=None) -> PatchParts:
                 boxes,
                 out_size=study.graph.patch_size,
                 encoded=encoded,
+                workers=workers,
             )
             part = piece.with_columns(png=pl.Series(pngs, dtype=pl.Binary))
             parts.append(write_parquet_atomic(part, out / f"part-{len(parts):05d}.parquet"))

@@ -461,6 +461,9 @@ NOT_RUN = {
         "tests/test_gpu_benchmark.py"
     ),
     ".venv/bin/python benchmarks/views.py": "a benchmark at the paper's scale, minutes",
+    ".venv/bin/python benchmarks/patches.py --study STUDY.yaml": (
+        "a benchmark: re-cuts a mapped study's patches; typed in tests/test_patches_benchmark.py"
+    ),
     ".venv/bin/python benchmarks/graph.py": "a benchmark: reads a mapped study's figures",
     ".venv/bin/python benchmarks/explain.py": "a benchmark: maps the demo and digits, minutes",
     ".venv/bin/python benchmarks/paper_scale.py": "a benchmark: googlenet on 200 images, minutes",

@@ -392,3 +392,20 @@ def test_crop_patch_rejects_bad_input():
         crop_patch(img.astype(np.float32), (0, 0, 5, 5))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         crop_patch(np.zeros((10, 10), np.uint8), (0, 0, 5, 5))
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_crop_patches_in_threads_are_the_same_bytes_in_the_same_order(workers):
+    # Many pairs, repeats among them, a dict already holding some: against one crop_patch each.
+    rng = np.random.default_rng(2)
+    images = {i: rng.integers(0, 256, (40, 40, 3), np.uint8) for i in range(6)}
+    ids = rng.integers(0, 6, 120)
+    tops, lefts = rng.integers(0, 20, 120), rng.integers(0, 20, 120)
+    sides = rng.choice([8, 16, 20], 120)
+    boxes = np.stack([tops, lefts, tops + sides, lefts + sides], axis=1)
+    encoded = {(int(ids[0]), *boxes[0].tolist()): crop_patch(images[int(ids[0])], boxes[0], 12)}
+    got = crop_patches(images, ids, boxes, 12, encoded=encoded, workers=workers)
+    assert got == [crop_patch(images[int(i)], b, 12) for i, b in zip(ids, boxes)]
+    assert len(encoded) == len({(int(i), *b) for i, b in zip(ids, boxes.tolist())})
+    with pytest.raises(ValueError, match="outside"):
+        crop_patches(images, [0, 1], np.array([[0, 0, 8, 8], [0, 0, 50, 50]]), 8, workers=workers)
