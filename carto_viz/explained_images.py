@@ -63,6 +63,10 @@ class ClassImages(Mapping[int, list]):
     def __len__(self) -> int:
         return len(self._labels)
 
+    def __contains__(self, label: object) -> bool:
+        # Mapping's own would build the class's entries (``self[label]``) only to drop them.
+        return label in self._images
+
     def __getitem__(self, label: int) -> list:
         images = self._images[label]
         out = []
@@ -72,9 +76,13 @@ class ClassImages(Mapping[int, list]):
             if mine is not None:
                 # Grouped in plain Python: an image has a few rows per layer, and a polars
                 # filter per image and layer cost 25 ms an image at the paper's scale.
+                # One read of the image's rows, its maps included (a polars gather per image
+                # for the atlas's maps cost more than the rest of the image's entry).
+                columns = mine.select(
+                    "layer", "rank", "cluster_id", "share", "map", "map_scale"
+                ).rows()
                 by_layer: dict[str, list[tuple[int, int, int, float]]] = {}
-                columns = mine.select("layer", "rank", "cluster_id", "share").iter_rows()
-                for i, (layer, rank, cluster, share) in enumerate(columns):
+                for i, (layer, rank, cluster, share, _, _) in enumerate(columns):
                     by_layer.setdefault(layer, []).append((rank, i, cluster, share))
                 for layer, rows in by_layer.items():
                     rows.sort()
@@ -87,7 +95,7 @@ class ClassImages(Mapping[int, list]):
                         ]
                     )
                     if layer == self._atlas:
-                        atlas = self._cells(image_id, mine, [r[1] for r in top])
+                        atlas = self._cells(image_id, [columns[r[1]][4:] for r in top])
             shown.sort(key=lambda entry: entry[0])
             out.append(
                 {
@@ -100,17 +108,14 @@ class ClassImages(Mapping[int, list]):
             )
         return out
 
-    def _cells(self, image_id: int, concepts: pl.DataFrame, shown: list[int]):
+    def _cells(self, image_id: int, shown: list[tuple[bytes, float]]):
         """The atlas: each cell's dominant concept among the shown ones (``shown``: their
-        rows of ``concepts``, in rank order)."""
+        ``(map, map_scale)``, in rank order)."""
         dims = self._layers.get((image_id, self._atlas))
         if dims is None or not shown:
             return None
         height, width = dims
-        maps = concepts.select("map", "map_scale")[shown]
-        maps = np.stack(
-            [dequantize(data, scale, height, width) for data, scale in maps.iter_rows()]
-        )
+        maps = np.stack([dequantize(data, scale, height, width) for data, scale in shown])
         return [height, width, dominant(maps).ravel().tolist()]
 
 

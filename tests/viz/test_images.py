@@ -109,3 +109,18 @@ def test_class_images_match_the_reference(tmp_path):
         whys |= {(entry["i"], entry["y"]) for entry in got}
     assert n_atlas > 0  # the atlas is compared too, not only None against None
     assert (misclassified, 1) in whys
+
+
+def test_asking_whether_a_class_has_images_builds_none(tmp_path, monkeypatch):
+    db = make_database(
+        tmp_path / "x.duckdb",
+        n_neurons=30,
+        layers=("conv1", "conv2"),
+        class_names=("cat", "dog"),
+        explained_per_class=1,
+    )
+    classes = view_data(load_tables(db)).explained.classes
+    built = []
+    monkeypatch.setattr(type(classes), "__getitem__", lambda self, label: built.append(label))
+    assert 0 in classes and 1 in classes and 2 not in classes and "0" not in classes
+    assert built == []  # the export asks `label in classes` for every class, then builds it
