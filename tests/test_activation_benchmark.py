@@ -7,34 +7,15 @@ printed.
 """
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_run import run_benchmark
 
 
 @pytest.mark.slow
 def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized):
     _, _, study_file = materialized
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "activations.py"),
-            "--study",
-            str(study_file),
-            "--images",
-            "40",
-            "--repeats",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    out = run_benchmark("activations.py", "--study", study_file, "--images", 40, "--repeats", 3)
     assert out.returncode == 0, out.stderr
     head = re.search(r"(\d+) images of shard 0, (\d+) layers and (\d+) feature layers", out.stdout)
     assert head is not None, out.stdout

@@ -6,35 +6,16 @@ rows and PNG bytes.
 """
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import duckdb
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_run import run_benchmark
 
 
 @pytest.mark.slow
 def test_one_thread_and_three_cut_the_same_patches(materialized):
     study, _, study_file = materialized
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "patches.py"),
-            "--study",
-            str(study_file),
-            "--workers",
-            "3",
-            "--repeats",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    out = run_benchmark("patches.py", "--study", study_file, "--workers", 3, "--repeats", 2)
     assert out.returncode == 0, out.stderr
     assert (
         len(re.findall(r"^repeat \d: 1 thread [\d.]+ s, 3 threads [\d.]+ s$", out.stdout, re.M))
@@ -54,11 +35,5 @@ def test_one_thread_and_three_cut_the_same_patches(materialized):
 
 
 def test_one_worker_is_refused(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "patches.py"), "--study", "x", "--workers", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    out = run_benchmark("patches.py", "--study", "x", "--workers", 1, timeout=120)
     assert out.returncode != 0 and "--workers must be at least 2" in out.stderr
