@@ -2,7 +2,7 @@
 DataLoader workers, images that fail to decode left out and counted.
 
 It imports torch, numpy and the sources alone (not the store's packages), so
-``benchmarks/gpu.py --only-folder`` runs on a machine that has PyTorch and pydantic only.
+``benchmarks/gpu.py --no-graph`` runs on a machine that has PyTorch and pydantic only.
 """
 
 from __future__ import annotations
