@@ -267,7 +267,14 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     def stage(channels_only: bool = False) -> float:
         sync()
         start = time.perf_counter()
-        result = pass_over(prepared, ids, labels, device, channels_only=channels_only)
+        result = pass_over(
+            prepared,
+            ids,
+            labels,
+            device,
+            sample_ids=None if channels_only else sample,
+            features=not channels_only,
+        )
         sync()
         seconds = time.perf_counter() - start
         got = result.predictions or {"predicted": np.array([], dtype=np.int64)}

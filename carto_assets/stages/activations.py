@@ -134,20 +134,21 @@ def pass_over(
     labels: np.ndarray,
     device: torch.device,
     *,
-    channels_only: bool = False,
+    sample_ids: np.ndarray | None = None,
+    features: bool = True,
     progress: Callable[[int, float], None] | None = None,
     failures: list[tuple[int, str]] | None = None,
 ) -> PassResult:
     """The activation pass over the study's images ``image_ids`` (ascending, with their
     ``labels``) as a shard runs it: the study's loader, model on ``device``, precision, layout
-    and top-k, its dictionaries' features and its labels' sample among ``image_ids``.
-    ``channels_only``: the model's layers alone, without the features and the sample (what
+    and top-k, with its dictionaries' features (``features``), keeping every unit's activation
+    on the images of ``sample_ids`` among them (:func:`label_sample_ids`; None keeps none).
+    Without features and sample it is the channels alone (what
     ``benchmarks/activations.py --study`` compares)."""
     study = prepared.study
     bundle, layers = prepared.model
     # [] without features; raises if `dictionary` is stale
-    features = [] if channels_only else prepared.feature_layers
-    sample_ids = None if channels_only else label_sample_ids(study, prepared.images)
+    derived = prepared.feature_layers if features else []
     bundle.module.to(device)
     return activation_pass(
         bundle.module,
@@ -162,7 +163,7 @@ def pass_over(
         device=device,
         progress=progress,
         # Each feature's spatial max and argmax, from its source layer's output in this pass.
-        derived=[f.on(device) for f in features],
+        derived=[f.on(device) for f in derived],
         # Only these images' part of the sample: its rows are all the pass keeps.
         sample_ids=None if sample_ids is None else np.intersect1d(sample_ids, image_ids),
     )
@@ -199,6 +200,7 @@ def run_shard(
         part["image_id"].to_numpy(),
         part["label"].to_numpy(),
         device,
+        sample_ids=sample_ids,
         progress=report,
         failures=failures,
     )
