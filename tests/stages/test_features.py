@@ -129,6 +129,20 @@ def test_feature_maxima_in_chunks_equal_one_chunk(tiny_net):
     assert whole[0].shape == (7, sae.n_features)
 
 
+@pytest.mark.parametrize("max_elements", [1, 1 << 24])
+def test_feature_maxima_with_a_floor_find_the_positions_at_or_above_it(tiny_net, max_elements):
+    model, layers, images = tiny_net
+    out = _dense_outputs(model, images[:9], [layers[1].name])[layers[1].name]
+    sae = random_sae(out.shape[1], 2 * out.shape[1], 4, seed=3)
+    values, ys, xs = feature_maxima(sae, out)
+    floor = values.median(dim=0).values
+    got, got_ys, got_xs = feature_maxima(sae, out, floor=floor, max_elements=max_elements)
+    found = values >= floor
+    assert torch.equal(got, values) and (~found).any()
+    assert torch.equal(got_ys[found], ys[found]) and torch.equal(got_xs[found], xs[found])
+    assert (got_ys[~found] == -1).all() and (got_xs[~found] == -1).all()
+
+
 def test_derived_units_need_a_recorded_source(tiny_net):
     model, layers, images = tiny_net
     orphan = FeatureLayer("nope", random_sae(4, 2, 1, seed=0))

@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol
 
 import numpy as np
@@ -27,31 +28,59 @@ from carto_assets.core.network.layers import LayerInfo
 from carto_assets.core.validate import check_choice, check_int
 
 
-def spatial_max(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def spatial_max(
+    output: torch.Tensor, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel maximum over space and its position.
 
     Parameters
     ----------
     output
         (B, C, H, W) maps, (B, T, C) tokens or (B, C) vectors.
+    floor
+        (C,) values, or None: with them a position is found only where the maximum is at least
+        its channel's ``floor`` (elsewhere ``y = x = -1``). On CPU an argmax costs many times a
+        max (18x over a 16 x 16 map), and the activation pass needs positions only for the
+        values that can enter a unit's top-k (:meth:`StreamingTopK.floor`).
 
     Returns
     -------
     values, y, x
         Each (B, C). For tokens, y is the token index and x is 0; for vectors both are 0.
-        Among equal maxima the position is the one torch reports (the first on CPU).
+        Among equal maxima the position is the first one.
     """
     if output.ndim == 4:
         b, c, h, w = output.shape
-        values, flat = output.reshape(b, c, h * w).max(dim=2)
-        return values, flat // w, flat % w
+        return max_and_position(output.reshape(b, c, h * w), 2, w, floor)
     if output.ndim == 3:
-        values, token = output.max(dim=1)
-        return values, token, torch.zeros_like(token)
+        return max_and_position(output, 1, 1, floor)
     if output.ndim == 2:
         zeros = torch.zeros(output.shape, dtype=torch.long, device=output.device)
         return output, zeros, zeros
     raise ValueError(f"cannot reduce an output of shape {tuple(output.shape)}")
+
+
+def max_and_position(
+    flat: torch.Tensor, dim: int, width: int, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The maximum of ``flat`` over its positions and where it is, as (values, y, x), each
+    (B, C): ``flat`` is (B, C, P) with ``dim`` 2 or (B, P, C) with ``dim`` 1, position ``p`` is
+    ``y = p // width``, ``x = p % width`` (the first among equal maxima). With ``floor`` ((C,)),
+    positions are found only where the maximum is at least its channel's floor; elsewhere
+    ``y = x = -1`` (see :func:`spatial_max`)."""
+    if floor is None:
+        values, where = flat.max(dim=dim)
+        return values, where // width, where % width
+    values = flat.amax(dim=dim)
+    ys = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
+    xs = ys.clone()
+    bi, ci = torch.nonzero(values >= floor, as_tuple=True)
+    if len(bi):
+        rows = flat[bi, ci] if dim == 2 else flat[bi, :, ci]  # (found, P)
+        where = rows.argmax(dim=1)
+        ys[bi, ci] = where // width
+        xs[bi, ci] = where % width
+    return values, ys, xs
 
 
 class DerivedUnits(Protocol):
@@ -59,8 +88,9 @@ class DerivedUnits(Protocol):
     a dictionary trained on that layer (:class:`~carto_assets.core.sae.layer.FeatureLayer`
     is one), a pseudo-layer of ``channels`` units named ``name``.
 
-    ``reduce(output) -> (values, y, x)``, each ``(B, channels)``, is called inside the source
-    layer's hook on the detached output, like the channels' :func:`spatial_max`.
+    ``reduce(output, floor) -> (values, y, x)``, each ``(B, channels)``, is called inside the
+    source layer's hook on the detached output, like the channels' :func:`spatial_max` (with
+    its ``floor``: positions are needed only where the value is at least it).
     """
 
     @property
@@ -72,7 +102,9 @@ class DerivedUnits(Protocol):
     @property
     def channels(self) -> int: ...
 
-    def reduce(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def reduce(
+        self, output: torch.Tensor, floor: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def unit_blocks(
@@ -104,6 +136,9 @@ class LayerRecorder:
     and full feature maps never pile up in memory. ``derived`` units (:class:`DerivedUnits`)
     are reduced from their source layer's output in the same hook. The hooks are in place from
     construction until :meth:`close` (or the end of the ``with`` block).
+
+    :attr:`floor`, when set before a forward pass, is every unit's floor in neuron order: the
+    positions of values below it are not looked for (``y = x = -1``, :func:`spatial_max`).
     """
 
     def __init__(
@@ -118,15 +153,27 @@ class LayerRecorder:
         for d in derived:
             self._derived_of.setdefault(d.source, []).append(d)
         self._derived_values: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        bounds = np.cumsum([0, *[int(b.channels or 0) for b in self.blocks]])
+        self._units_of = {
+            b.name: (int(lo), int(hi)) for b, lo, hi in zip(self.blocks, bounds, bounds[1:])
+        }
+        #: (N,) floors in neuron order for the next forward pass, or None (every position)
+        self.floor: torch.Tensor | None = None
         self._hooks = contextlib.ExitStack()
         self.captured = self._hooks.enter_context(
             capture(model, [info.name for info in self.layers], keep=self._keep)
         )
 
+    def _floor_of(self, name: str) -> torch.Tensor | None:
+        if self.floor is None:
+            return None
+        lo, hi = self._units_of[name]
+        return self.floor[lo:hi]
+
     def _keep(self, name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        reduced = _reduce(name, output)
+        reduced = _reduce(name, output, self._floor_of(name))
         for d in self._derived_of.get(name, ()):
-            values, ys, xs = d.reduce(output.detach())  # type: ignore[union-attr]
+            values, ys, xs = d.reduce(output.detach(), self._floor_of(d.name))  # type: ignore[union-attr]
             if values.shape[1] != d.channels:
                 raise ValueError(
                     f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.channels}"
@@ -161,14 +208,16 @@ class LayerRecorder:
         self.close()
 
 
-def _reduce(name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _reduce(
+    name: str, output: object, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A captured layer's (values, y, x), each (B, C): see :func:`spatial_max`."""
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"layer {name!r} returned {type(output).__name__}, not a tensor; "
             "choose a module whose output is a tensor"
         )
-    return spatial_max(output.detach())
+    return spatial_max(output.detach(), floor)
 
 
 class StreamingTopK:
@@ -193,10 +242,17 @@ class StreamingTopK:
         #: batches the prefilter merged in part (some new values sorted) and skipped whole
         self.prefiltered = {"part": 0, "skipped": 0}
 
+    def floor(self) -> torch.Tensor | None:
+        """Each unit's k-th kept value once every unit keeps k, else None: a new value below it
+        can never enter (an equal one can, from an image with a smaller id), so its position
+        is never needed (:func:`spatial_max`'s ``floor``)."""
+        return self.values[:, -1] if self.values.shape[1] == self.k else None
+
     def update(
         self, values: torch.Tensor, image_ids: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
     ) -> None:
-        """Merge a batch: values/ys/xs are (B, N), image_ids is (B,)."""
+        """Merge a batch: values/ys/xs are (B, N), image_ids is (B,). A position may be -1 where
+        the value is below :meth:`floor` (it cannot enter)."""
         if values.shape[0] == 0:
             return
         n, dev = values.shape[1], self.values.device
@@ -268,15 +324,76 @@ def top_mass_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
     channels in descending order until the running total reaches ``fraction`` (the channel that
     crosses it included). ``values`` is (B, C); returns a bool (B, C) mask.
     """
+    return _take_by_share(_mass_shares(values), fraction)
+
+
+def _mass_shares(values: torch.Tensor) -> torch.Tensor:
+    """Each channel's share of its row's positive mass (0 where the row has none)."""
     pos = values.clamp(min=0)
     total = pos.sum(dim=1, keepdim=True)
-    share = torch.where(total > 0, pos / total.clamp(min=1e-30), torch.zeros_like(pos))
+    return torch.where(total > 0, pos / total.clamp(min=1e-30), torch.zeros_like(pos))
+
+
+def _take_by_share(share: torch.Tensor, fraction: float) -> torch.Tensor:
     sorted_share, order = torch.sort(share, dim=1, descending=True, stable=True)
     before = torch.cumsum(sorted_share, dim=1) - sorted_share
     take_sorted = (before < fraction) & (sorted_share > 0)
     mask = torch.zeros_like(take_sorted)
     mask.scatter_(1, order, take_sorted)
     return mask
+
+
+def top_mass_masks(
+    values: torch.Tensor, bounds: Sequence[int], fraction: float, head: int
+) -> tuple[torch.Tensor, int]:
+    """:func:`top_mass_mask` within each block of columns ``bounds[j]:bounds[j + 1]``, exactly,
+    ordering only each row's ``head`` largest shares of a block where the rule stops within
+    them (Summit's 3% of a layer's mass is a few channels). A row of a block is sorted whole
+    where the rule goes on, or where equal shares straddle the cut (the whole sort breaks
+    their tie by channel). The blocks are ordered together, padded to the widest: on CPU a
+    small batch's time goes to calls, not arithmetic. Returns the mask and how many rows of
+    blocks were sorted whole because the rule went past ``head``.
+
+    The same shares in the same order give the same running totals (a cumulative sum is a
+    running one), so the cut falls where the whole sort puts it.
+    """
+    rows = values.shape[0]
+    blocks = [(int(lo), int(hi)) for lo, hi in pairwise(bounds)]
+    widths = [int(hi - lo) for lo, hi in blocks]
+    width = max(widths, default=0)
+    if 2 * head >= width:
+        masks = [top_mass_mask(values[:, lo:hi], fraction) for lo, hi in blocks]
+        every = torch.cat(masks, dim=1) if masks else values.new_zeros(values.shape, dtype=bool)
+        return every, 0
+    dev = values.device
+    pos = values.clamp(min=0)
+    # Each block's total as top_mass_mask sums it: over the block's own columns.
+    totals = torch.stack([pos[:, lo:hi].sum(dim=1) for lo, hi in blocks], dim=1).unsqueeze(2)
+    padded = values.new_zeros((rows, len(blocks), width))
+    for j, (lo, hi) in enumerate(blocks):  # slices: on CPU a copy is cheaper than an index
+        padded[:, j, : hi - lo] = pos[:, lo:hi]
+    share = torch.where(totals > 0, padded / totals.clamp(min=1e-30), torch.zeros_like(padded))
+    if min(widths) < width:  # below every share: never taken, never tied with one
+        pad = torch.arange(width, device=dev) >= torch.tensor(widths, device=dev).view(-1, 1)
+        share = share.masked_fill(pad, -1.0)
+    top, index = torch.topk(share, head + 1, dim=2)  # descending, as the whole sort's first
+    before = torch.cumsum(top, dim=2) - top
+    take = (before < fraction) & (top > 0)
+    past = take[:, :, -1]  # the rule may go on past the head
+    # Taken last, tied with the first left: which of the equals is taken is the sort's to say.
+    tied = (take[..., :-1] & ~take[..., 1:] & (top[..., :-1] == top[..., 1:])).any(dim=2)
+    taken = torch.zeros(share.shape, dtype=torch.bool, device=dev).scatter_(2, index, take)
+    mask = torch.cat([taken[:, j, : hi - lo] for j, (lo, hi) in enumerate(blocks)], dim=1)
+    whole = torch.nonzero(past | tied)
+    for j in torch.unique(whole[:, 1]).tolist():
+        lo, hi = blocks[j]
+        again = whole[whole[:, 1] == j, 0]
+        mask[again, lo:hi] = _take_by_share(share[again, j, : hi - lo], fraction)
+    return mask, int(past.sum())
+
+
+#: The shares a block first orders per image (:func:`top_mass_masks`).
+HEAD = 16
 
 
 class ClassStats:
@@ -295,6 +412,10 @@ class ClassStats:
     ) -> None:
         self.fraction = fraction
         widths = [int(i.channels or 0) for i in layers]
+        #: the shares a block orders first (:func:`top_mass_masks`), doubled while the rule
+        #: goes past them in more than an eighth of a batch's rows; on a GPU every block's
+        #: whole (no waiting for the device)
+        self.head = HEAD if torch.device(device).type == "cpu" else max(widths, default=0)
         self.bounds = np.cumsum([0, *widths])
         n = int(self.bounds[-1])
         self.images = torch.zeros(n_classes, dtype=torch.float64, device=device)
@@ -304,9 +425,10 @@ class ClassStats:
     def update(self, values: torch.Tensor, labels: torch.Tensor) -> None:
         device = self.top_mass.device
         values = values.to(device)
-        mask = torch.empty(values.shape, dtype=torch.float32, device=device)
-        for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
-            mask[:, lo:hi] = top_mass_mask(values[:, lo:hi], self.fraction)
+        taken, past = top_mass_masks(values, self.bounds, self.fraction, self.head)
+        mask = taken.float()
+        if past * 8 > values.shape[0]:
+            self.head *= 2
         # One (classes x B) @ (B x N) product per statistic instead of scattered index_adds;
         # per-batch sums are exact in float32 (counts < 2^24), totals accumulate in float64.
         onehot = torch.zeros(self.images.shape[0], values.shape[0], device=device)
@@ -461,6 +583,7 @@ def activation_pass(
     channels_last: bool = False,
     derived: Sequence[DerivedUnits] = (),
     sample_ids: np.ndarray | None = None,
+    all_positions: bool | None = None,
 ) -> PassResult:
     """Stream batches through ``model`` and keep each neuron's top-k and per-class statistics,
     and each image's prediction (:class:`Predictions`).
@@ -484,6 +607,12 @@ def activation_pass(
     sample_ids
         Images whose every unit's activation is kept (:class:`SampleMaxima`), in
         ``PassResult.unit_maxima``; ids that are not streamed are ignored. None keeps none.
+    all_positions
+        Find the position of every image's maximum for every unit (True), or only of those that
+        can enter the unit's top-k (False: :meth:`StreamingTopK.floor`; the same result, with
+        an argmax for a few of a batch's values once the top-k fill up). None: all on a GPU,
+        where finding them is cheap and the few would make the host wait for the device once
+        a layer; the few elsewhere.
 
     Notes
     -----
@@ -500,6 +629,8 @@ def activation_pass(
     non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
     sample = None if sample_ids is None else SampleMaxima(sample_ids, n_neurons, dev)
     predictions = Predictions(n_classes)
+    if all_positions is None:
+        all_positions = dev.type != "cpu"
     done = 0
     start = time.perf_counter()
     model.eval()
@@ -513,6 +644,7 @@ def activation_pass(
     )
     with LayerRecorder(model, layers, derived) as recorder, torch.inference_mode(), autocast:
         for batch in batches:
+            recorder.floor = None if all_positions else topk.floor()
             x = batch.images.to(dev, non_blocking=True)
             if preprocess is not None:
                 x = preprocess(x)

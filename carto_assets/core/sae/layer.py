@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from carto_assets.core.network.recorder import spatial_max
+from carto_assets.core.network.recorder import max_and_position, spatial_max
 from carto_assets.core.sae.autoencoder import SaeReport, SparseAutoencoder, encode
 from carto_assets.schema import FEATURE_SUFFIX
 
@@ -101,9 +101,11 @@ class FeatureLayer:
         return replace(self, sae=sae_on(self.sae, device))
 
     # ---- the activation pass ------------------------------------------------------------------
-    def reduce(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, output: torch.Tensor, floor: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each image's features reduced over space, as channels are (:func:`feature_maxima`)."""
-        return feature_maxima(self.sae, output)
+        return feature_maxima(self.sae, output, floor=floor)
 
     # ---- the concept graph --------------------------------------------------------------------
     @cached_property
@@ -159,7 +161,11 @@ def position_rows(output: torch.Tensor) -> torch.Tensor:
 
 
 def feature_maxima(
-    sae: SparseAutoencoder, layer_output: torch.Tensor, *, max_elements: int = 1 << 24
+    sae: SparseAutoencoder,
+    layer_output: torch.Tensor,
+    *,
+    max_elements: int = 1 << 24,
+    floor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image's feature activations reduced over space, as channels are.
 
@@ -173,12 +179,16 @@ def feature_maxima(
     max_elements
         Most feature activations (positions x ``m``) encoded at once; images are encoded in
         chunks below it (at least one image at a time), so memory does not grow with ``B``.
+    floor
+        ``(m,)``: positions only where the maximum is at least its feature's floor, as
+        :func:`spatial_max` finds them.
 
     Returns
     -------
     values, y, x
         Each ``(B, m)``, exactly :func:`spatial_max` of the feature maps: ``y, x`` is the
-        argmax position (``y = flat // W``, ``x = flat % W``; tokens: ``y`` = token, ``x`` = 0).
+        argmax position (``y = flat // W``, ``x = flat % W``; tokens: ``y`` = token, ``x`` = 0;
+        -1 where the maximum is below ``floor``).
     """
     out = layer_output.detach().float()
     dim = out.shape[1] if out.ndim in (2, 4) else out.shape[-1]
@@ -197,14 +207,14 @@ def feature_maxima(
         for lo in range(0, out.shape[0], step):
             chunk = out[lo : lo + step]
             z = encode(sae, position_rows(chunk))  # (chunk x positions, m)
-            if chunk.ndim == 4:
-                b, _, h, w = chunk.shape
-                maps = z.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (b, m, H, W)
-            elif chunk.ndim == 3:
-                maps = z.reshape(chunk.shape[0], chunk.shape[1], -1)  # (b, T, m)
-            else:
-                maps = z
-            parts.append(spatial_max(maps))
+            if chunk.ndim == 2:
+                parts.append(spatial_max(z))
+                continue
+            # Reduced over the positions as laid out (b, positions, m): no copy into (b, m, ...).
+            width = chunk.shape[3] if chunk.ndim == 4 else 1
+            parts.append(max_and_position(z.view(chunk.shape[0], -1, z.shape[1]), 1, width, floor))
+    if len(parts) == 1:  # a batch in one chunk: no copy
+        return parts[0]
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 

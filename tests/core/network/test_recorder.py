@@ -1,10 +1,13 @@
 """Streaming top-k, spatial max/argmax and the Summit top-mass rule against simple references."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from carto_assets.core.network import recorder
 from carto_assets.core.network.layers import LayerInfo, probe_layers, resolve_layers
 from carto_assets.core.network.recorder import (
     ClassStats,
@@ -12,6 +15,7 @@ from carto_assets.core.network.recorder import (
     StreamingTopK,
     spatial_max,
     top_mass_mask,
+    top_mass_masks,
 )
 
 
@@ -184,6 +188,43 @@ def test_spatial_max_and_argmax_positions():
     assert v.shape == (1, 3) and v[0, 1] == 5.0 and y[0, 1] == 2 and xx[0, 1] == 0
 
 
+@pytest.mark.parametrize("layout", ["maps", "channels_last", "tokens"])
+def test_spatial_max_with_a_floor_finds_the_positions_at_or_above_it(layout):
+    rng = np.random.default_rng(3)
+    # Few distinct values: ties everywhere, the first position must win as without a floor.
+    shape = (9, 6, 7) if layout == "tokens" else (9, 6, 5, 7)
+    output = torch.from_numpy(rng.integers(0, 4, size=shape).astype(np.float32))
+    if layout == "channels_last":
+        output = output.contiguous(memory_format=torch.channels_last)
+    channels = output.shape[2] if layout == "tokens" else output.shape[1]
+    floor = torch.from_numpy(rng.integers(0, 5, size=channels).astype(np.float32))
+    values, ys, xs = spatial_max(output)
+    got_values, got_ys, got_xs = spatial_max(output, floor)
+    assert torch.equal(got_values, values)
+    found = values >= floor
+    assert 0 < int(found.sum()) < found.numel()
+    assert torch.equal(got_ys[found], ys[found]) and torch.equal(got_xs[found], xs[found])
+    assert (got_ys[~found] == -1).all() and (got_xs[~found] == -1).all()
+
+
+def test_a_recorder_with_a_floor_finds_only_the_positions_that_can_enter():
+    from carto_assets.core.network.zoo import BuiltinCNN
+
+    torch.manual_seed(0)
+    model = BuiltinCNN(4).eval()
+    layers = resolve_layers(probe_layers(model, 32), "auto", "builtin")
+    x = torch.randn(8, 3, 32, 32)
+    with LayerRecorder(model, layers) as rec, torch.no_grad():
+        model(x)
+        values, ys, xs = rec.collect()
+        rec.floor = values.median(dim=0).values
+        model(x)
+        _, floor_ys, floor_xs = rec.collect()
+    found = values >= rec.floor
+    assert torch.equal(floor_ys[found], ys[found]) and torch.equal(floor_xs[found], xs[found])
+    assert (floor_ys[~found] == -1).all() and (~found).any()
+
+
 class InPlaceNet(nn.Module):
     """The hooked conv's output is overwritten in place by the next op."""
 
@@ -224,6 +265,52 @@ def test_top_mass_mask_follows_summit_rule():
     assert top_mass_mask(v, 0.6).tolist() == [[True, True, False, False, False]]
     assert top_mass_mask(v, 0.96).tolist() == [[True, True, True, True, False]]
     assert not top_mass_mask(torch.zeros(1, 3), 0.03).any()
+
+
+@pytest.mark.parametrize("fraction", [0.03, 0.2, 0.6])
+@pytest.mark.parametrize("head", [1, 3, 8])
+@pytest.mark.parametrize("bounds", [[0, 40], [0, 40, 49, 81, 121]])
+def test_top_mass_masks_equal_the_whole_sort_in_each_block(fraction, head, bounds):
+    rng = np.random.default_rng(int(fraction * 100) + head)
+    values = torch.from_numpy(rng.normal(size=(400, bounds[-1])).astype(np.float32))
+    values[::5] = torch.round(values[::5] * 2) / 2  # equal shares, some across the cut
+    values[::7] = 1.0 + values[::7].abs() / 100  # flat rows: the rule goes past a small head
+    values[3] = -1.0  # no positive mass: nothing taken
+    mask, past = top_mass_masks(values, bounds, fraction, head)
+    blocks = list(itertools.pairwise(bounds))
+    reference = [top_mass_mask(values[:, lo:hi], fraction) for lo, hi in blocks]
+    assert torch.equal(mask, torch.cat(reference, dim=1))
+    # Rows of blocks the rule takes more than the head from were ordered whole, and only those.
+    assert past == sum(int((r.sum(dim=1) > head).sum()) for r in reference)
+    if fraction == 0.03:
+        assert past < len(values) // 2
+    if fraction == 0.6 or head == 1:
+        assert past > 0
+
+
+def test_top_mass_masks_break_a_tie_across_the_cut_by_channel():
+    values = torch.zeros(1, 40)
+    values[0, [30, 7, 19]] = torch.tensor([5.0, 5.0, 1.0])  # the two 5s straddle a 10% cut
+    mask, past = top_mass_masks(values, [0, 40], 0.1, head=4)
+    assert torch.nonzero(mask[0]).flatten().tolist() == [7] and past == 0
+    assert torch.equal(mask, top_mass_mask(values, 0.1))
+
+
+def test_class_stats_order_more_shares_where_the_rule_needs_them():
+    widths = [12, 64]
+    layers = [LayerInfo(f"l{i}", "Conv2d", (w, 1, 1), 1, 0, 1) for i, w in enumerate(widths)]
+    stats = ClassStats(layers, n_classes=2, fraction=0.5)
+    rng = np.random.default_rng(0)
+    values = torch.from_numpy(rng.random(size=(64, 76)).astype(np.float32))
+    labels = torch.arange(64) % 2
+    for lo in range(0, 64, 16):
+        stats.update(values[lo : lo + 16], labels[lo : lo + 16])
+    # Half of a flat layer's mass is many channels: the head doubled until it held them.
+    assert stats.head > recorder.HEAD
+    mask = torch.cat([top_mass_mask(values[:, :12], 0.5), top_mass_mask(values[:, 12:], 0.5)], 1)
+    counts = stats.result()["top_mass_count"].reshape(2, 76)
+    for label in range(2):
+        assert counts[label].tolist() == mask[labels == label].sum(dim=0).tolist()
 
 
 def test_class_stats_counts_per_class():
@@ -267,6 +354,26 @@ def _small_pass(**kwargs):
         preprocess=preprocess,
         **kwargs,
     )
+
+
+def test_a_pass_finding_the_positions_that_can_enter_equals_finding_them_all(monkeypatch):
+    floors = []
+    plain = recorder.max_and_position
+
+    def spy(flat, dim, width, floor=None):
+        floors.append(floor is not None)
+        return plain(flat, dim, width, floor)
+
+    monkeypatch.setattr(recorder, "max_and_position", spy)
+    every = _small_pass(all_positions=True)
+    assert not any(floors)
+    few = _small_pass()  # on CPU: the few
+    assert any(floors) and not all(floors)  # a floor once the top-k were full
+    for name in every.top_k:
+        np.testing.assert_array_equal(few.top_k[name], every.top_k[name])
+    assert (few.top_k["y"] >= 0).all()
+    for name in every.class_stats:
+        np.testing.assert_array_equal(few.class_stats[name], every.class_stats[name])
 
 
 def test_channels_last_and_bf16_match_fp32():
