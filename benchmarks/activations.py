@@ -20,7 +20,13 @@ Measured side by side in one run, on the same model, images and batch size:
    stage as a shard runs it (its loader included, nothing written), and the same stage
    without the study's dictionaries and sample (channels only: what a bare forward pass can
    be compared with), interleaved repeats; the issue-30 target is stage / (load + forward)
-   <= 1.1.
+   <= 1.1. Then the same three batch by batch: each batch read once through the stage's
+   loader (timed), then a bare forward pass over it, the stage's step and the channels-only
+   step, in an order that turns with every batch (each side on its own copy of the model: the
+   stage's hooks are on its own). This machine's speed drifts by 10-30% over seconds, more
+   than the difference measured; batch by batch the sides stay within a batch of each other,
+   so that ratio, (load + stage) / (load + forward) summed over the batches, is the one that
+   holds from run to run.
 
     python benchmarks/activations.py                         # built-in CNN, 64 px
     python benchmarks/activations.py --study STUDY.yaml --images 10000
@@ -90,8 +96,9 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    bare, stage, sampled = [], [], []
+    bare, stage, sampled, every = [], [], [], []
     sample_ids = sample_image_ids(torch.arange(n_images).numpy(), sample, seed=0)
+    results = {}
 
     def run_bare():
         t = time.perf_counter()
@@ -101,7 +108,7 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
             sync()
         return time.perf_counter() - t
 
-    def run_stage(ids=None):
+    def run_stage(ids=None, all_positions=None):
         t = time.perf_counter()
         result = activation_pass(
             model,
@@ -112,9 +119,11 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
             mass_fraction=0.03,
             device=device,
             sample_ids=ids,
+            all_positions=all_positions,
         )
         sync()
         assert ids is None or len(result.unit_maxima["image_id"]) == len(ids)
+        results["every" if all_positions else "stage"] = result
         return time.perf_counter() - t
 
     run_bare(), run_stage(), run_stage(sample_ids)  # warm-up (allocator, oneDNN primitives)
@@ -122,9 +131,23 @@ def time_pair(model, layers, n_images, batch_size, size, k, repeats, device="cpu
         bare.append(run_bare())
         stage.append(run_stage())
         sampled.append(run_stage(sample_ids))
+        every.append(run_stage(all_positions=True))
+    # Finding every position is the reference the default (on CPU: only those that can enter
+    # a unit's top-k) must equal.
+    same = all(
+        np.array_equal(results["stage"].top_k[c], results["every"].top_k[c])
+        for c in results["every"].top_k
+    )
+    if not same:
+        raise SystemExit("the stage's top-k differs from the one finding every position")
     return (
-        (min(bare), min(stage), min(sampled)),
-        (statistics.median(bare), statistics.median(stage), statistics.median(sampled)),
+        (min(bare), min(stage), min(sampled), min(every)),
+        (
+            statistics.median(bare),
+            statistics.median(stage),
+            statistics.median(sampled),
+            statistics.median(every),
+        ),
         len(sample_ids),
     )
 
@@ -316,6 +339,96 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     return times, len(ids)
 
 
+def study_steps(study_file: str, n_images: int, repeats: int) -> list[dict[str, float]]:
+    """Each repeat's seconds summed over the batches of the first ``n_images`` of shard 0:
+    ``load`` (the stage's loader), ``forward`` (a bare forward pass, the study's precision and
+    layout), ``stage`` (:func:`study_pass`'s step, as a shard runs it) and ``channels`` (the
+    same without dictionaries and sample), the three timed on each batch in turn."""
+    import copy
+
+    import polars as pl
+
+    from carto_assets.core.network.zoo import resolve_device
+    from carto_assets.stages.activations import label_sample_ids, study_batches, study_pass
+    from carto_assets.stages.prepared import PreparedStudy
+
+    prepared = PreparedStudy.load(study_file)
+    study, images = prepared.study, prepared.images
+    part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
+    ids, labels = part["image_id"].to_numpy(), part["label"].to_numpy()
+    bundle, _ = prepared.model
+    device = resolve_device(study.device)
+    model = bundle.module.to(device).eval()
+    if study.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # The stage's hooks are on the study's module: the other two sides run copies of it.
+    bare, channels_model = copy.deepcopy(model), copy.deepcopy(model)
+    dtype = PRECISIONS[study.precision]
+    sample = label_sample_ids(study, images)
+    sample = None if sample is None else np.intersect1d(sample, ids)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def forward(batch) -> None:
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            x = bundle.normalize(batch.images.to(device, non_blocking=True))
+            if study.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            predicted.append(bare(x).argmax(dim=1))
+
+    out = []
+    for r in range(repeats):
+        stage = study_pass(prepared, ids, device, sample_ids=sample)
+        channels = study_pass(prepared, ids, device, features=False, model=channels_model)
+        sides = [("forward", forward), ("stage", stage.step), ("channels", channels.step)]
+        seconds = dict.fromkeys(["load", *[name for name, _ in sides]], 0.0)
+        predicted: list[torch.Tensor] = []
+        loader = iter(study_batches(prepared, ids, labels, device))
+        with stage, channels:
+            for i in range(len(ids)):
+                start = time.perf_counter()
+                batch = next(loader, None)
+                seconds["load"] += time.perf_counter() - start
+                if batch is None:
+                    break
+                turn = (i + r) % len(sides)
+                for name, run in sides[turn:] + sides[:turn]:
+                    sync()
+                    start = time.perf_counter()
+                    run(batch)
+                    sync()
+                    seconds[name] += time.perf_counter() - start
+        results = {"stage": stage.result(), "channels": channels.result()}
+        # The three sides ran the same model on the same images: anything else is a bug here.
+        reference = torch.cat(predicted).cpu().numpy()
+        for name, result in results.items():
+            if not np.array_equal(result.predictions["predicted"], reference):
+                raise SystemExit(f"batch by batch, the {name} side predicted other classes")
+        out.append(seconds)
+        print(
+            f"  batch by batch {r + 1}: load {seconds['load']:.2f} s, forward "
+            f"{seconds['forward']:.2f} s, stage {seconds['stage']:.2f} s, channels only "
+            f"{seconds['channels']:.2f} s ({len(reference)} images, the same predicted classes)",
+            flush=True,
+        )
+    return out
+
+
+def print_study_steps(steps: list[dict[str, float]]) -> None:
+    total = {name: sum(s[name] for s in steps) for name in steps[0]}
+    for name, side in (("stage", "stage"), ("channels only", "channels")):
+        each = [(s["load"] + s[side]) / (s["load"] + s["forward"]) for s in steps]
+        ratio = (total["load"] + total[side]) / (total["load"] + total["forward"])
+        print(
+            f"batch by batch, {name} / (load + forward): {ratio:.3f} over every repeat "
+            f"(target <= 1.1); each repeat {', '.join(f'{x:.3f}' for x in each)}; the "
+            f"{name} alone {total[side] / total['forward']:.2f}x the bare forward pass"
+        )
+
+
 def print_study_pair(times: dict[str, list[float]], n_images: int) -> None:
     ref, stage = times["load_forward"], times["stage"]
     print(
@@ -373,6 +486,7 @@ def main() -> None:
     if args.study:
         times, n_images = study_pair(args.study, args.images, args.repeats)
         print_study_pair(times, n_images)
+        print_study_steps(study_steps(args.study, args.images, args.repeats))
         return
     torch.manual_seed(0)
     model, layers = build(args.model, args.size)
@@ -381,16 +495,18 @@ def main() -> None:
         f"model {args.model} at {args.size}px, {len(layers)} layers, {n_neurons} neurons, "
         f"batch {args.batch_size}, k={args.k}, torch threads {torch.get_num_threads()}"
     )
-    (bare, stage, sampled), (bare_med, stage_med, sampled_med), n_sampled = time_pair(
-        model,
-        layers,
-        args.images,
-        args.batch_size,
-        args.size,
-        args.k,
-        args.repeats,
-        args.device,
-        args.sample,
+    (bare, stage, sampled, every), (bare_med, stage_med, sampled_med, every_med), n_sampled = (
+        time_pair(
+            model,
+            layers,
+            args.images,
+            args.batch_size,
+            args.size,
+            args.k,
+            args.repeats,
+            args.device,
+            args.sample,
+        )
     )
     print(
         f"bare forward     : {bare:8.2f} s  ({args.images / bare:7.0f} images/s), "
@@ -403,6 +519,11 @@ def main() -> None:
     print(
         f"stage + sample   : {sampled:8.2f} s  ({args.images / sampled:7.0f} images/s), "
         f"median {sampled_med:.2f} s   ({n_sampled} images' maxima of {n_neurons} units kept)"
+    )
+    print(
+        f"every position   : {every:8.2f} s  ({args.images / every:7.0f} images/s), "
+        f"median {every_med:.2f} s   (the stage finding every image's position for every "
+        f"unit: {every / stage:.2f}x its time; the same top-k)"
     )
     print(
         f"ratio stage/bare : {stage / bare:8.3f}   (target <= 1.15; medians: "

@@ -3,7 +3,7 @@
 Only what it prints is checked, never a speed: the images it timed, one line per repeat
 (load + forward, the stage, the stage on channels only), that the three sides saw the same
 images and predicted the same classes, and ratios that are the ratios of the seconds it
-printed.
+printed; the same for its batch-by-batch timing.
 """
 
 import re
@@ -43,4 +43,25 @@ def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized
             # Seconds are printed to 0.01 s, the ratios from the unrounded seconds.
             low = (side - 0.005) / (ref + 0.005)
             high = (side + 0.005) / max(ref - 0.005, 1e-9)
+            assert low - 0.0005 <= float(ratio) <= high + 0.0005
+    # Batch by batch: each repeat's four sums, and ratios that are the ratios of those sums.
+    steps = re.findall(
+        r"batch by batch \d: load ([\d.]+) s, forward ([\d.]+) s, stage ([\d.]+) s, "
+        r"channels only ([\d.]+) s \((\d+) images, the same predicted classes\)",
+        out.stdout,
+    )
+    assert len(steps) == 3, out.stdout
+    assert {int(s[4]) for s in steps} == {int(head.group(1))}
+    for column, name in ((2, "stage"), (3, "channels only")):
+        line = re.search(
+            rf"^batch by batch, {name} / \(load \+ forward\): ([\d.]+) over every repeat .*"
+            rf"each repeat ([\d., ]+); the {name} alone ([\d.]+)x the bare forward pass$",
+            out.stdout,
+            re.M,
+        )
+        assert line is not None, out.stdout
+        for seconds, ratio in zip(steps, line.group(2).split(", ")):
+            load, forward, side = float(seconds[0]), float(seconds[1]), float(seconds[column])
+            low = (load + side - 0.01) / (load + forward + 0.01)
+            high = (load + side + 0.01) / max(load + forward - 0.01, 1e-9)
             assert low - 0.0005 <= float(ratio) <= high + 0.0005

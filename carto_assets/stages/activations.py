@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from carto_assets import schema
-from carto_assets.core.network.recorder import Batch, PassResult, activation_pass
+from carto_assets.core.network.recorder import ActivationPass, Batch, PassResult
 from carto_assets.core.network.zoo import resolve_device
 from carto_assets.core.sae.dictionaries import sample_image_ids
 from carto_assets.runtime import progress as progress_of
@@ -128,6 +128,44 @@ def study_batches(
     )
 
 
+def study_pass(
+    prepared: PreparedStudy,
+    image_ids: np.ndarray,
+    device: torch.device,
+    *,
+    sample_ids: np.ndarray | None = None,
+    features: bool = True,
+    model: torch.nn.Module | None = None,
+) -> ActivationPass:
+    """The activation pass over the study's images ``image_ids`` as a shard runs it, before its
+    first batch (:func:`pass_over` steps it through the study's loader): the model on
+    ``device`` (``model``: a copy of the study's, for a benchmark that times another pass
+    beside it), precision, layout and top-k, with its dictionaries' features (``features``),
+    keeping every unit's activation on the images of ``sample_ids`` among them
+    (:func:`label_sample_ids`; None keeps none). Without features and sample it is the
+    channels alone (what ``benchmarks/activations.py --study`` compares)."""
+    study = prepared.study
+    bundle, layers = prepared.model
+    # [] without features; raises if `dictionary` is stale
+    derived = prepared.feature_layers if features else []
+    module = (bundle.module if model is None else model).to(device)
+    return ActivationPass(
+        module,
+        layers,
+        preprocess=bundle.normalize,
+        precision=study.precision,
+        channels_last=study.channels_last,
+        k=study.top_k,
+        n_classes=len(prepared.class_names),
+        mass_fraction=study.mass_fraction,
+        device=device,
+        # Each feature's spatial max and argmax, from its source layer's output in this pass.
+        derived=[f.on(device) for f in derived],
+        # Only these images' part of the sample: its rows are all the pass keeps.
+        sample_ids=None if sample_ids is None else np.intersect1d(sample_ids, image_ids),
+    )
+
+
 def pass_over(
     prepared: PreparedStudy,
     image_ids: np.ndarray,
@@ -139,34 +177,10 @@ def pass_over(
     progress: Callable[[int, float], None] | None = None,
     failures: list[tuple[int, str]] | None = None,
 ) -> PassResult:
-    """The activation pass over the study's images ``image_ids`` (ascending, with their
-    ``labels``) as a shard runs it: the study's loader, model on ``device``, precision, layout
-    and top-k, with its dictionaries' features (``features``), keeping every unit's activation
-    on the images of ``sample_ids`` among them (:func:`label_sample_ids`; None keeps none).
-    Without features and sample it is the channels alone (what
-    ``benchmarks/activations.py --study`` compares)."""
-    study = prepared.study
-    bundle, layers = prepared.model
-    # [] without features; raises if `dictionary` is stale
-    derived = prepared.feature_layers if features else []
-    bundle.module.to(device)
-    return activation_pass(
-        bundle.module,
-        layers,
-        study_batches(prepared, image_ids, labels, device, failures),
-        preprocess=bundle.normalize,
-        precision=study.precision,
-        channels_last=study.channels_last,
-        k=study.top_k,
-        n_classes=len(prepared.class_names),
-        mass_fraction=study.mass_fraction,
-        device=device,
-        progress=progress,
-        # Each feature's spatial max and argmax, from its source layer's output in this pass.
-        derived=[f.on(device) for f in derived],
-        # Only these images' part of the sample: its rows are all the pass keeps.
-        sample_ids=None if sample_ids is None else np.intersect1d(sample_ids, image_ids),
-    )
+    """:func:`study_pass` over the images ``image_ids`` (ascending, with their ``labels``)
+    read by the study's loader (:func:`study_batches`): the pass as a shard runs it."""
+    run = study_pass(prepared, image_ids, device, sample_ids=sample_ids, features=features)
+    return run.over(study_batches(prepared, image_ids, labels, device, failures), progress)
 
 
 def run_shard(

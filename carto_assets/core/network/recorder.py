@@ -620,63 +620,142 @@ def activation_pass(
     class statistics run there, and the non-finite check is accumulated there, so a GPU run
     copies results to the host once per shard, not once per batch.
     """
-    check_choice("precision", precision, PRECISIONS)
-    dev = torch.device(device)
-    blocks = unit_blocks(layers, derived)
-    n_neurons = sum(int(b.channels or 0) for b in blocks)
-    topk = StreamingTopK(n_neurons, k, device=dev)
-    stats = ClassStats(blocks, n_classes, mass_fraction, device=dev)
-    non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
-    sample = None if sample_ids is None else SampleMaxima(sample_ids, n_neurons, dev)
-    predictions = Predictions(n_classes)
-    if all_positions is None:
-        all_positions = dev.type != "cpu"
-    done = 0
-    start = time.perf_counter()
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    dtype = PRECISIONS[precision]
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=dtype)
-        if dtype is not None
-        else contextlib.nullcontext()
-    )
-    with LayerRecorder(model, layers, derived) as recorder, torch.inference_mode(), autocast:
-        for batch in batches:
-            recorder.floor = None if all_positions else topk.floor()
-            x = batch.images.to(dev, non_blocking=True)
-            if preprocess is not None:
-                x = preprocess(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            output = model(x)
-            values, ys, xs = recorder.collect()
-            non_finite |= ~torch.isfinite(values).all(dim=0)
-            # Image ids stay on the host for the order check (no device sync per batch).
-            topk.update(values, batch.image_ids, ys, xs)
-            labels = batch.labels.to(dev, non_blocking=True)
-            stats.update(values, labels)
-            predictions.update(output, labels, batch.image_ids)
-            if sample is not None:
-                sample.update(values, batch.image_ids)
-            done += len(batch.image_ids)
-            if progress is not None:
-                progress(done, time.perf_counter() - start)
-    if bool(non_finite.any()):
-        bad = sorted({blocks[j].name for j in _layer_of_bad(non_finite, blocks)})
-        raise FloatingPointError(
-            f"the model produced NaN or infinite activations in layer(s) {bad}; "
-            "check the weights and the input normalization (or use precision: fp32)"
+    return ActivationPass(
+        model,
+        layers,
+        k=k,
+        n_classes=n_classes,
+        mass_fraction=mass_fraction,
+        device=device,
+        preprocess=preprocess,
+        precision=precision,
+        channels_last=channels_last,
+        derived=derived,
+        sample_ids=sample_ids,
+        all_positions=all_positions,
+    ).over(batches, progress)
+
+
+class ActivationPass:
+    """The activation pass one batch at a time: :meth:`step` each batch inside the ``with``
+    block, then :meth:`result`. :func:`activation_pass` runs it over an iterable (its
+    parameters are this one's).
+
+    Inside the block the model carries the recorder's hooks and runs in inference mode under
+    the precision's autocast, so a bare forward pass timed beside each step (what
+    ``benchmarks/activations.py --study`` does, batch by batch) needs another copy of the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerInfo],
+        *,
+        k: int,
+        n_classes: int,
+        mass_fraction: float,
+        device: torch.device | str = "cpu",
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        derived: Sequence[DerivedUnits] = (),
+        sample_ids: np.ndarray | None = None,
+        all_positions: bool | None = None,
+    ) -> None:
+        check_choice("precision", precision, PRECISIONS)
+        self.model, self.layers, self.derived = model, list(layers), list(derived)
+        self.device = dev = torch.device(device)
+        self.preprocess, self.channels_last = preprocess, channels_last
+        self.dtype = PRECISIONS[precision]
+        self.blocks = unit_blocks(self.layers, self.derived)
+        n_neurons = sum(int(b.channels or 0) for b in self.blocks)
+        self.topk = StreamingTopK(n_neurons, k, device=dev)
+        self.stats = ClassStats(self.blocks, n_classes, mass_fraction, device=dev)
+        self.non_finite = torch.zeros(n_neurons, dtype=torch.bool, device=dev)
+        self.sample = None if sample_ids is None else SampleMaxima(sample_ids, n_neurons, dev)
+        self.predictions = Predictions(n_classes)
+        self.all_positions = dev.type != "cpu" if all_positions is None else all_positions
+        #: images stepped through so far
+        self.done = 0
+        self.start = time.perf_counter()
+        self._open = contextlib.ExitStack()
+        self._recorder: LayerRecorder | None = None
+
+    def __enter__(self) -> ActivationPass:
+        self.start = time.perf_counter()
+        self.model.eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._recorder = self._open.enter_context(
+            LayerRecorder(self.model, self.layers, self.derived)
         )
-    return PassResult(
-        topk.result(),
-        stats.result(),
-        done,
-        time.perf_counter() - start,
-        None if sample is None else sample.result(),
-        predictions.result(),
-    )
+        self._open.enter_context(torch.inference_mode())
+        if self.dtype is not None:
+            self._open.enter_context(torch.autocast(device_type=self.device.type, dtype=self.dtype))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open.close()
+        self._recorder = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the block was entered."""
+        return time.perf_counter() - self.start
+
+    def step(self, batch: Batch) -> None:
+        """One batch through the model, its units merged into the top-k, class statistics,
+        predictions and sample."""
+        recorder, dev = self._recorder, self.device
+        if recorder is None:
+            raise RuntimeError("ActivationPass.step runs inside its `with` block")
+        recorder.floor = None if self.all_positions else self.topk.floor()
+        x = batch.images.to(dev, non_blocking=True)
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        output = self.model(x)
+        values, ys, xs = recorder.collect()
+        self.non_finite |= ~torch.isfinite(values).all(dim=0)
+        # Image ids stay on the host for the order check (no device sync per batch).
+        self.topk.update(values, batch.image_ids, ys, xs)
+        labels = batch.labels.to(dev, non_blocking=True)
+        self.stats.update(values, labels)
+        self.predictions.update(output, labels, batch.image_ids)
+        if self.sample is not None:
+            self.sample.update(values, batch.image_ids)
+        self.done += len(batch.image_ids)
+
+    def over(
+        self, batches: Iterable[Batch], progress: Callable[[int, float], None] | None = None
+    ) -> PassResult:
+        """Every batch of ``batches`` stepped through (``progress(images_done, seconds)``
+        after each), then :meth:`result`."""
+        with self:
+            for batch in batches:
+                self.step(batch)
+                if progress is not None:
+                    progress(self.done, self.seconds)
+        return self.result()
+
+    def result(self) -> PassResult:
+        """What the steps kept; raises ``FloatingPointError`` naming the layers whose
+        activations were not finite."""
+        if bool(self.non_finite.any()):
+            bad = sorted({self.blocks[j].name for j in _layer_of_bad(self.non_finite, self.blocks)})
+            raise FloatingPointError(
+                f"the model produced NaN or infinite activations in layer(s) {bad}; "
+                "check the weights and the input normalization (or use precision: fp32)"
+            )
+        return PassResult(
+            self.topk.result(),
+            self.stats.result(),
+            self.done,
+            self.seconds,
+            None if self.sample is None else self.sample.result(),
+            self.predictions.result(),
+        )
 
 
 def _layer_of_bad(

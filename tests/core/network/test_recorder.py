@@ -327,8 +327,8 @@ def test_class_stats_counts_per_class():
     assert res["n_images"][row(2, 2)] == 2
 
 
-def _small_pass(**kwargs):
-    from carto_assets.core.network.recorder import Batch, activation_pass
+def _small_setup():
+    from carto_assets.core.network.recorder import Batch
     from carto_assets.core.network.zoo import BuiltinCNN
 
     torch.manual_seed(0)
@@ -344,6 +344,13 @@ def _small_pass(**kwargs):
         Batch(torch.arange(lo, lo + 16), raw[lo : lo + 16], torch.arange(lo, lo + 16) % 4)
         for lo in range(0, 48, 16)
     ]
+    return model, layers, batches, preprocess
+
+
+def _small_pass(**kwargs):
+    from carto_assets.core.network.recorder import activation_pass
+
+    model, layers, batches, preprocess = _small_setup()
     return activation_pass(
         model,
         layers,
@@ -354,6 +361,38 @@ def _small_pass(**kwargs):
         preprocess=preprocess,
         **kwargs,
     )
+
+
+def test_passes_stepped_batch_by_batch_beside_a_bare_forward_pass_equal_one_pass_alone():
+    """What benchmarks/activations.py --study does: two passes and a bare forward pass, each on
+    its own copy of the model, stepped in turn on each batch."""
+    import copy
+
+    from carto_assets.core.network.recorder import ActivationPass
+
+    model, layers, batches, preprocess = _small_setup()
+    twin, bare = copy.deepcopy(model), copy.deepcopy(model)
+    settings = {"k": 5, "n_classes": 4, "mass_fraction": 0.03, "preprocess": preprocess}
+    first = ActivationPass(model, layers, **settings)
+    second = ActivationPass(twin, layers, **settings)
+    with pytest.raises(RuntimeError, match="inside its `with` block"):
+        first.step(batches[0])
+    with first, second:
+        for batch in batches:
+            first.step(batch)
+            with torch.inference_mode():
+                bare(preprocess(batch.images))
+            second.step(batch)
+    assert first.done == second.done == 48
+    # The hooks are gone with the block.
+    assert not any(m._forward_hooks for net in (model, twin) for m in net.modules())
+    alone = _small_pass()
+    for run in (first.result(), second.result()):
+        for name in alone.top_k:
+            np.testing.assert_array_equal(run.top_k[name], alone.top_k[name])
+        for name in alone.class_stats:
+            np.testing.assert_array_equal(run.class_stats[name], alone.class_stats[name])
+        np.testing.assert_array_equal(run.predictions["predicted"], alone.predictions["predicted"])
 
 
 def test_a_pass_finding_the_positions_that_can_enter_equals_finding_them_all(monkeypatch):
