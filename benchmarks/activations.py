@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -238,57 +239,90 @@ def peak_memory(args, n: int) -> tuple[float, float]:
     return result["peak_mib"], result["seconds"]
 
 
-def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, list[float]], int]:
-    """Seconds of each repeat, interleaved, and the images timed, over the first ``n_images``
-    of the study's shard 0: ``load_forward`` (the stage's loader and a bare forward pass in the
-    study's precision and memory layout), ``stage`` (:func:`pass_over`, the pass as
-    ``run_shard`` runs it) and ``channels`` (the same without dictionaries and sample)."""
-    import polars as pl
+@dataclass
+class StudyImages:
+    """A mapped study ready to time: its first ``n_images`` of shard 0, its model on the study's
+    device in its layout, its precision and the part of its labels' sample among the images."""
 
-    from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.activations import label_sample_ids, pass_over, study_batches
-    from carto_assets.stages.prepared import PreparedStudy
+    prepared: object
+    ids: np.ndarray
+    labels: np.ndarray
+    device: torch.device
+    model: torch.nn.Module
+    dtype: torch.dtype | None
+    sample: np.ndarray | None
 
-    prepared = PreparedStudy.load(study_file)
-    study, images = prepared.study, prepared.images
-    part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
-    ids, labels = part["image_id"].to_numpy(), part["label"].to_numpy()
-    bundle, layers = prepared.model
+    @classmethod
+    def load(cls, study_file: str, n_images: int) -> StudyImages:
+        import polars as pl
+
+        from carto_assets.core.network.zoo import resolve_device
+        from carto_assets.stages.activations import label_sample_ids
+        from carto_assets.stages.prepared import PreparedStudy
+
+        prepared = PreparedStudy.load(study_file)
+        study, images = prepared.study, prepared.images
+        part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
+        ids = part["image_id"].to_numpy()
+        device = resolve_device(study.device)
+        model = prepared.model[0].module.to(device).eval()
+        # Every side in the study's layout and precision (the stage converts the model anyway).
+        if study.channels_last:
+            model.to(memory_format=torch.channels_last)
+        sample = label_sample_ids(study, images)
+        return cls(
+            prepared,
+            ids,
+            part["label"].to_numpy(),
+            device,
+            model,
+            PRECISIONS[study.precision],
+            None if sample is None else np.intersect1d(sample, ids),
+        )
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """A bare forward pass of ``model`` over a batch of the stage's loader, as the stage
+        runs it (normalized on the device, precision, layout): the predicted classes."""
+        study, normalize = self.prepared.study, self.prepared.model[0].normalize
+        dtype, device = self.dtype, self.device
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            x = normalize(batch.images.to(device, non_blocking=True))
+            if study.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return model(x).argmax(dim=1)  # stays on the device until the end
+
+
+def study_pair(on: StudyImages, repeats: int) -> tuple[dict[str, list[float]], int]:
+    """Seconds of each repeat, interleaved, and the images timed: ``load_forward`` (the
+    stage's loader and a bare forward pass in the study's precision and memory layout),
+    ``stage`` (:func:`pass_over`, the pass as ``run_shard`` runs it) and ``channels`` (the
+    same without dictionaries and sample)."""
+    from carto_assets.stages.activations import pass_over, study_batches
+
+    prepared, ids, labels, device = on.prepared, on.ids, on.labels, on.device
+    study = prepared.study
+    _, layers = prepared.model
     features = prepared.feature_layers
-    device = resolve_device(study.device)
-    model = bundle.module.to(device).eval()
-    # Both sides in the study's layout and precision (the stage converts the model anyway).
-    if study.channels_last:
-        model.to(memory_format=torch.channels_last)
-    dtype = PRECISIONS[study.precision]
-    sample = label_sample_ids(study, images)
-    sample = None if sample is None else np.intersect1d(sample, ids)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    sample = on.sample
     # Each side's images and predicted classes, from its last repeat: compared at the end.
     predicted: dict[str, np.ndarray] = {}
 
     def load_forward() -> float:
-        sync()
+        on.sync()
         start = time.perf_counter()
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        outputs = []
-        with torch.inference_mode(), autocast:
-            for batch in study_batches(prepared, ids, labels, device):
-                x = bundle.normalize(batch.images.to(device, non_blocking=True))
-                if study.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                outputs.append(model(x).argmax(dim=1))  # stays on the device until the end
-        sync()
+        outputs = [on.forward(on.model, b) for b in study_batches(prepared, ids, labels, device)]
+        on.sync()
         seconds = time.perf_counter() - start
         predicted["load_forward"] = torch.cat(outputs).cpu().numpy()
         return seconds
 
     def stage(channels_only: bool = False) -> float:
-        sync()
+        on.sync()
         start = time.perf_counter()
         result = pass_over(
             prepared,
@@ -298,7 +332,7 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
             sample_ids=None if channels_only else sample,
             features=not channels_only,
         )
-        sync()
+        on.sync()
         seconds = time.perf_counter() - start
         got = result.predictions or {"predicted": np.array([], dtype=np.int64)}
         predicted["channels" if channels_only else "stage"] = got["predicted"]
@@ -339,49 +373,25 @@ def study_pair(study_file: str, n_images: int, repeats: int) -> tuple[dict[str, 
     return times, len(ids)
 
 
-def study_steps(study_file: str, n_images: int, repeats: int) -> list[dict[str, float]]:
-    """Each repeat's seconds summed over the batches of the first ``n_images`` of shard 0:
-    ``load`` (the stage's loader), ``forward`` (a bare forward pass, the study's precision and
-    layout), ``stage`` (:func:`study_pass`'s step, as a shard runs it) and ``channels`` (the
-    same without dictionaries and sample), the three timed on each batch in turn."""
+def study_steps(on: StudyImages, repeats: int) -> list[dict[str, float]]:
+    """Each repeat's seconds summed over the batches: ``load`` (the stage's loader),
+    ``forward`` (a bare forward pass, the study's precision and layout), ``stage``
+    (:func:`study_pass`'s step, as a shard runs it) and ``channels`` (the same without
+    dictionaries and sample), the three timed on each batch in turn."""
     import copy
 
-    import polars as pl
+    from carto_assets.stages.activations import study_batches, study_pass
 
-    from carto_assets.core.network.zoo import resolve_device
-    from carto_assets.stages.activations import label_sample_ids, study_batches, study_pass
-    from carto_assets.stages.prepared import PreparedStudy
-
-    prepared = PreparedStudy.load(study_file)
-    study, images = prepared.study, prepared.images
-    part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
-    ids, labels = part["image_id"].to_numpy(), part["label"].to_numpy()
-    bundle, _ = prepared.model
-    device = resolve_device(study.device)
-    model = bundle.module.to(device).eval()
-    if study.channels_last:
-        model.to(memory_format=torch.channels_last)
+    prepared, ids, labels, device = on.prepared, on.ids, on.labels, on.device
     # The stage's hooks are on the study's module: the other two sides run copies of it.
-    bare, channels_model = copy.deepcopy(model), copy.deepcopy(model)
-    dtype = PRECISIONS[study.precision]
-    sample = label_sample_ids(study, images)
-    sample = None if sample is None else np.intersect1d(sample, ids)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    bare, channels_model = copy.deepcopy(on.model), copy.deepcopy(on.model)
 
     def forward(batch) -> None:
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            x = bundle.normalize(batch.images.to(device, non_blocking=True))
-            if study.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            predicted.append(bare(x).argmax(dim=1))
+        predicted.append(on.forward(bare, batch))
 
     out = []
     for r in range(repeats):
-        stage = study_pass(prepared, ids, device, sample_ids=sample)
+        stage = study_pass(prepared, ids, device, sample_ids=on.sample)
         channels = study_pass(prepared, ids, device, features=False, model=channels_model)
         sides = [("forward", forward), ("stage", stage.step), ("channels", channels.step)]
         seconds = dict.fromkeys(["load", *[name for name, _ in sides]], 0.0)
@@ -396,10 +406,10 @@ def study_steps(study_file: str, n_images: int, repeats: int) -> list[dict[str, 
                     break
                 turn = (i + r) % len(sides)
                 for name, run in sides[turn:] + sides[:turn]:
-                    sync()
+                    on.sync()
                     start = time.perf_counter()
                     run(batch)
-                    sync()
+                    on.sync()
                     seconds[name] += time.perf_counter() - start
         results = {"stage": stage.result(), "channels": channels.result()}
         # The three sides ran the same model on the same images: anything else is a bug here.
@@ -484,9 +494,10 @@ def main() -> None:
         memory_child(args)
         return
     if args.study:
-        times, n_images = study_pair(args.study, args.images, args.repeats)
+        on = StudyImages.load(args.study, args.images)
+        times, n_images = study_pair(on, args.repeats)
         print_study_pair(times, n_images)
-        print_study_steps(study_steps(args.study, args.images, args.repeats))
+        print_study_steps(study_steps(on, args.repeats))
         return
     torch.manual_seed(0)
     model, layers = build(args.model, args.size)
