@@ -21,7 +21,8 @@ def test_the_built_in_side_by_side_checks_the_stage_against_finding_every_positi
     assert out.returncode == 0, out.stderr
     stage = re.search(r"^activation stage : +([\d.]+) s", out.stdout, re.M)
     every = re.search(
-        r"^every position   : +([\d.]+) s .*unit: ([\d.]+)x its time; the same top-k\)$",
+        r"^every position   : +([\d.]+) s .*unit: ([\d.]+)x its time; "
+        r"the same top-k and class statistics\)$",
         out.stdout,
         re.M,
     )

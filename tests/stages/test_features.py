@@ -143,6 +143,35 @@ def test_feature_maxima_with_a_floor_find_the_positions_at_or_above_it(tiny_net,
     assert (got_ys[~found] == -1).all() and (got_xs[~found] == -1).all()
 
 
+def test_feature_positions_found_at_the_floor_only_equal_finding_every_one(tiny_net):
+    """Features through the pass, batches in descending id order over duplicated images (ties
+    at the floor from smaller ids): finding positions at the floor only changes nothing."""
+    model, layers, images = tiny_net
+    feature = FeatureLayer(layers[2].name, random_sae(int(layers[2].channels), 32, 3, seed=2))
+    twins = torch.cat([images[:20], images[:20]])
+    ids = torch.arange(N_IMAGES)
+    backwards = [
+        Batch(ids[lo : lo + 8], twins[lo : lo + 8], ids[lo : lo + 8] % 3)
+        for lo in range(N_IMAGES - 8, -1, -8)
+    ]
+    runs = [
+        activation_pass(
+            model,
+            layers,
+            backwards,
+            k=K,
+            n_classes=3,
+            mass_fraction=0.03,
+            derived=[feature.on("cpu")],
+            all_positions=every,
+        )
+        for every in (False, True)
+    ]
+    for name in runs[1].top_k:
+        np.testing.assert_array_equal(runs[0].top_k[name], runs[1].top_k[name])
+    assert (runs[0].top_k["y"] >= 0).all()
+
+
 def test_derived_units_need_a_recorded_source(tiny_net):
     model, layers, images = tiny_net
     orphan = FeatureLayer("nope", random_sae(4, 2, 1, seed=0))

@@ -47,7 +47,8 @@ def spatial_max(
     -------
     values, y, x
         Each (B, C). For tokens, y is the token index and x is 0; for vectors both are 0.
-        Among equal maxima the position is the first one.
+        Among equal maxima the position is the first one (as ``torch.max`` and ``torch.argmax``
+        document).
     """
     if output.ndim == 4:
         b, c, h, w = output.shape
@@ -74,7 +75,8 @@ def max_and_position(
     values = flat.amax(dim=dim)
     ys = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
     xs = ys.clone()
-    bi, ci = torch.nonzero(values >= floor, as_tuple=True)
+    # In the floor's dtype: the top-k compares (and keeps) values cast to it.
+    bi, ci = torch.nonzero(values.to(floor.dtype) >= floor, as_tuple=True)
     if len(bi):
         rows = flat[bi, ci] if dim == 2 else flat[bi, :, ci]  # (found, P)
         where = rows.argmax(dim=1)
@@ -173,7 +175,10 @@ class LayerRecorder:
     def _keep(self, name: str, output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         reduced = _reduce(name, output, self._floor_of(name))
         for d in self._derived_of.get(name, ()):
-            values, ys, xs = d.reduce(output.detach(), self._floor_of(d.name))  # type: ignore[union-attr]
+            floor = self._floor_of(d.name)
+            out = output.detach()  # type: ignore[union-attr]
+            # Without a floor, called as before floors existed: reduce(output).
+            values, ys, xs = d.reduce(out) if floor is None else d.reduce(out, floor)
             if values.shape[1] != d.channels:
                 raise ValueError(
                     f"derived units {d.name!r} gave {values.shape[1]} units, expected {d.channels}"
@@ -242,11 +247,25 @@ class StreamingTopK:
         #: batches the prefilter merged in part (some new values sorted) and skipped whole
         self.prefiltered = {"part": 0, "skipped": 0}
 
-    def floor(self) -> torch.Tensor | None:
-        """Each unit's k-th kept value once every unit keeps k, else None: a new value below it
-        can never enter (an equal one can, from an image with a smaller id), so its position
-        is never needed (:func:`spatial_max`'s ``floor``)."""
-        return self.values[:, -1] if self.values.shape[1] == self.k else None
+    def floor(self, image_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The least value of each unit that can enter from the images ``image_ids`` (the next
+        batch, on the host), once every unit keeps k; else None. Below its k-th kept value
+        nothing enters; an equal value enters only from an image with a smaller id, so for a
+        batch whose ids are ascending and above every id seen (a shard's stream) the least is
+        the next float above it. A position below the floor is never needed
+        (:func:`spatial_max`'s ``floor``)."""
+        if self.values.shape[1] != self.k:
+            return None
+        kth = self.values[:, -1]
+        if image_ids is not None and self._ascending(image_ids):
+            return torch.nextafter(kth, torch.full_like(kth, float("inf")))
+        return kth
+
+    def _ascending(self, image_ids: torch.Tensor) -> bool:
+        """Whether every id is above the ids merged so far, in ascending order."""
+        return len(image_ids) > 0 and (
+            bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
+        )
 
     def update(
         self, values: torch.Tensor, image_ids: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
@@ -262,9 +281,7 @@ class StreamingTopK:
             ys.T.to(dev),
             xs.T.to(dev),
         ]
-        ascending = (
-            bool((image_ids[1:] > image_ids[:-1]).all()) and int(image_ids[0]) > self._max_id
-        )
+        ascending = self._ascending(image_ids)
         full = n > 0 and self.values.shape[1] == self.k
         if self.prefilter and ascending and dev.type == "cpu" and full:
             # Once a neuron keeps k candidates, only a new value above its k-th can enter (an
@@ -393,7 +410,7 @@ def top_mass_masks(
 
 
 #: The shares a block first orders per image (:func:`top_mass_masks`).
-HEAD = 16
+TOP_MASS_HEAD = 16
 
 
 class ClassStats:
@@ -413,9 +430,9 @@ class ClassStats:
         self.fraction = fraction
         widths = [int(i.channels or 0) for i in layers]
         #: the shares a block orders first (:func:`top_mass_masks`), doubled while the rule
-        #: goes past them in more than an eighth of a batch's rows; on a GPU every block's
-        #: whole (no waiting for the device)
-        self.head = HEAD if torch.device(device).type == "cpu" else max(widths, default=0)
+        #: goes past them in more than an eighth of a batch's (row, block) pairs; on a GPU
+        #: every block's whole (no waiting for the device)
+        self.head = TOP_MASS_HEAD if torch.device(device).type == "cpu" else max(widths, default=0)
         self.bounds = np.cumsum([0, *widths])
         n = int(self.bounds[-1])
         self.images = torch.zeros(n_classes, dtype=torch.float64, device=device)
@@ -427,7 +444,7 @@ class ClassStats:
         values = values.to(device)
         taken, past = top_mass_masks(values, self.bounds, self.fraction, self.head)
         mask = taken.float()
-        if past * 8 > values.shape[0]:
+        if past * 8 > values.shape[0] * (len(self.bounds) - 1):
             self.head *= 2
         # One (classes x B) @ (B x N) product per statistic instead of scattered index_adds;
         # per-batch sums are exact in float32 (counts < 2^24), totals accumulate in float64.
@@ -680,18 +697,27 @@ class ActivationPass:
         self.start = time.perf_counter()
         self._open = contextlib.ExitStack()
         self._recorder: LayerRecorder | None = None
+        self._entered = False
 
     def __enter__(self) -> ActivationPass:
+        if self._entered:
+            raise RuntimeError("an ActivationPass runs once: make a new one for another pass")
+        self._entered = True
         self.start = time.perf_counter()
         self.model.eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self._recorder = self._open.enter_context(
-            LayerRecorder(self.model, self.layers, self.derived)
-        )
-        self._open.enter_context(torch.inference_mode())
-        if self.dtype is not None:
-            self._open.enter_context(torch.autocast(device_type=self.device.type, dtype=self.dtype))
+        # All or nothing: a failure while entering (an unsupported autocast device) leaves
+        # neither hooks on the model nor inference mode on.
+        with contextlib.ExitStack() as entering:
+            recorder = entering.enter_context(LayerRecorder(self.model, self.layers, self.derived))
+            entering.enter_context(torch.inference_mode())
+            if self.dtype is not None:
+                entering.enter_context(
+                    torch.autocast(device_type=self.device.type, dtype=self.dtype)
+                )
+            self._open = entering.pop_all()
+        self._recorder = recorder
         return self
 
     def __exit__(self, *exc) -> None:
@@ -709,7 +735,7 @@ class ActivationPass:
         recorder, dev = self._recorder, self.device
         if recorder is None:
             raise RuntimeError("ActivationPass.step runs inside its `with` block")
-        recorder.floor = None if self.all_positions else self.topk.floor()
+        recorder.floor = None if self.all_positions else self.topk.floor(batch.image_ids)
         x = batch.images.to(dev, non_blocking=True)
         if self.preprocess is not None:
             x = self.preprocess(x)

@@ -225,6 +225,56 @@ def test_a_recorder_with_a_floor_finds_only_the_positions_that_can_enter():
     assert (floor_ys[~found] == -1).all() and (~found).any()
 
 
+def test_a_floor_compares_values_as_the_top_k_keeps_them_in_float32():
+    # Just below 1 in float64, exactly 1 in float32: the top-k would keep it as 1.0 and an
+    # image with a smaller id ties at the floor and enters, so its position is needed.
+    output = torch.zeros(1, 1, 2, 3, dtype=torch.float64)
+    output[0, 0, 1, 2] = 1 - 2.0**-30
+    _, ys, xs = spatial_max(output, torch.ones(1))
+    assert (ys[0, 0], xs[0, 0]) == (1, 2)
+
+
+def test_the_floor_of_an_ascending_batch_is_the_next_float_above_the_kth():
+    topk = StreamingTopK(2, k=2)
+    assert topk.floor() is None
+    values = torch.tensor([[3.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
+    zeros = torch.zeros_like(values, dtype=torch.long)
+    topk.update(values, torch.tensor([4, 5, 6]), zeros, zeros)
+    assert topk.floor().tolist() == [2.0, 1.0]
+    # Ids above every id merged: an equal value cannot enter (a larger id ranks after it).
+    strict = topk.floor(torch.tensor([7, 9]))
+    assert torch.equal(strict, torch.nextafter(torch.tensor([2.0, 1.0]), torch.tensor(9.0)))
+    # A smaller id, or ids out of order: an equal value can enter, the floor is the k-th.
+    assert topk.floor(torch.tensor([1, 2])).tolist() == [2.0, 1.0]
+    assert topk.floor(torch.tensor([9, 8])).tolist() == [2.0, 1.0]
+
+
+def test_derived_units_without_a_floor_are_reduced_as_before_floors_existed():
+    """A DerivedUnits whose reduce takes the output alone still works where no floor is set."""
+    from carto_assets.core.network.zoo import BuiltinCNN
+
+    class Negated:
+        name, source, channels = "block1:neg", "block1", 32
+
+        def reduce(self, output):
+            return spatial_max(-output)
+
+    torch.manual_seed(0)
+    model = BuiltinCNN(4).eval()
+    layers = resolve_layers(probe_layers(model, 32), "auto", "builtin")
+    x = torch.randn(2, 3, 32, 32)
+    with LayerRecorder(model, layers, [Negated()]) as rec, torch.no_grad():
+        model(x)
+        values, _, _ = rec.collect()
+    from carto_assets.core.network.hooks import capture
+
+    with capture(model, ["block1"]) as outputs, torch.no_grad():
+        model(x)
+    # The derived units follow their source's 32 channels, reduced by the one-argument reduce.
+    assert values.shape[1] == sum(int(i.channels) for i in layers) + 32
+    assert torch.equal(values[:, 32:64], (-outputs["block1"]).amax(dim=(2, 3)))
+
+
 class InPlaceNet(nn.Module):
     """The hooked conv's output is overwritten in place by the next op."""
 
@@ -306,7 +356,7 @@ def test_class_stats_order_more_shares_where_the_rule_needs_them():
     for lo in range(0, 64, 16):
         stats.update(values[lo : lo + 16], labels[lo : lo + 16])
     # Half of a flat layer's mass is many channels: the head doubled until it held them.
-    assert stats.head > recorder.HEAD
+    assert stats.head > recorder.TOP_MASS_HEAD
     mask = torch.cat([top_mass_mask(values[:, :12], 0.5), top_mass_mask(values[:, 12:], 0.5)], 1)
     counts = stats.result()["top_mass_count"].reshape(2, 76)
     for label in range(2):
@@ -347,10 +397,11 @@ def _small_setup():
     return model, layers, batches, preprocess
 
 
-def _small_pass(**kwargs):
+def _small_pass(batches=None, **kwargs):
     from carto_assets.core.network.recorder import activation_pass
 
-    model, layers, batches, preprocess = _small_setup()
+    model, layers, own, preprocess = _small_setup()
+    batches = own if batches is None else batches
     return activation_pass(
         model,
         layers,
@@ -413,6 +464,42 @@ def test_a_pass_finding_the_positions_that_can_enter_equals_finding_them_all(mon
     assert (few.top_k["y"] >= 0).all()
     for name in every.class_stats:
         np.testing.assert_array_equal(few.class_stats[name], every.class_stats[name])
+
+
+def test_ties_at_the_floor_from_smaller_ids_enter_as_when_finding_every_position():
+    """Batches in descending id order over duplicated images: values tie at the floor and the
+    smaller ids enter, the case a floor equal to the k-th value (not above it) is for."""
+    from carto_assets.core.network.recorder import Batch
+
+    _, _, batches, _ = _small_setup()
+    twins = torch.cat([batches[0].images, batches[0].images, batches[1].images])
+    ids = torch.arange(48)
+    backwards = [
+        Batch(ids[lo : lo + 8], twins[lo : lo + 8], ids[lo : lo + 8] % 4)
+        for lo in range(40, -1, -8)
+    ]
+    runs = {every: _small_pass(batches=backwards, all_positions=every) for every in (False, True)}
+    for name in runs[True].top_k:
+        np.testing.assert_array_equal(runs[False].top_k[name], runs[True].top_k[name])
+    top = runs[True].top_k
+    assert (top["image_id"] < 16).any() and (top["y"] >= 0).all()
+
+
+def test_an_activation_pass_that_fails_to_start_leaves_no_hooks_and_runs_once():
+    from carto_assets.core.network.recorder import ActivationPass
+
+    model, layers, batches, preprocess = _small_setup()
+    settings = {"k": 5, "n_classes": 4, "mass_fraction": 0.03, "preprocess": preprocess}
+    failing = ActivationPass(model, layers, device="meta", precision="bf16", **settings)
+    with pytest.raises(RuntimeError):
+        failing.over([])
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not torch.is_inference_mode_enabled()
+    run = ActivationPass(model, layers, **settings)
+    run.over(batches)
+    with pytest.raises(RuntimeError, match="runs once"):
+        run.over(batches)
+    assert run.done == 48
 
 
 def test_channels_last_and_bf16_match_fp32():
