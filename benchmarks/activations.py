@@ -11,6 +11,9 @@ Measured side by side in one run, on the same model, images and batch size:
    work (:class:`SampleMaxima` alone, on the same shapes of activations) is timed too;
    the streaming top-k merge alone is timed with and without its CPU prefilter (only the
    values above a unit's k-th kept value are sorted), on the same values, results compared;
+   and the stage finding every image's position for every unit (``all_positions=True``),
+   the reference the stage's default (on CPU, positions only where a value can enter a
+   unit's top-k) must equal: top-k and class statistics compared;
 2. memory: peak resident memory of the activation stage, keeping a sample of
    ``--memory-sample`` images, over N and 10N images, each in a fresh subprocess, with images
    generated batch by batch so the dataset itself is never in memory;
