@@ -29,10 +29,15 @@ Measured side by side in one run, on the same model, images and batch size:
    stage's hooks are on its own). This machine's speed drifts by 10-30% over seconds, more
    than the difference measured; batch by batch the sides stay within a batch of each other,
    so that ratio, (load + stage) / (load + forward) summed over the batches, is the one that
-   holds from run to run.
+   holds from run to run. ``--batch-sizes 128,512`` reads the same images in batches of each
+   size instead of the study's: both measurements for each, the batch-by-batch repeats of the
+   sizes alternated, then each size's milliseconds per image against the first size's (on a
+   CPU a larger batch runs the bare forward pass faster too, and spreads the stage's
+   per-batch work over more images).
 
     python benchmarks/activations.py                         # built-in CNN, 64 px
     python benchmarks/activations.py --study STUDY.yaml --images 10000
+    python benchmarks/activations.py --study STUDY.yaml --images 10000 --batch-sizes 128,512
     python benchmarks/activations.py --model torchvision:resnet50 --size 224 --images 256
 """
 
@@ -256,14 +261,20 @@ class StudyImages:
     sample: np.ndarray | None
 
     @classmethod
-    def load(cls, study_file: str, n_images: int) -> StudyImages:
+    def load(cls, study_file: str, n_images: int, batch_size: int | None = None) -> StudyImages:
+        """The study at ``study_file``, read with ``batch_size`` images per batch instead of
+        its own where given (nothing else changes: the stage takes it from the study)."""
         import polars as pl
 
         from carto_assets.core.network.zoo import resolve_device
         from carto_assets.stages.activations import label_sample_ids
         from carto_assets.stages.prepared import PreparedStudy
+        from carto_assets.study import load_study
 
-        prepared = PreparedStudy.load(study_file)
+        study = load_study(study_file)
+        if batch_size is not None:
+            study = study.model_copy(update={"batch_size": batch_size})
+        prepared = PreparedStudy.open(study)
         study, images = prepared.study, prepared.images
         part = images.filter(pl.col("shard") == 0).sort("image_id").head(n_images)
         ids = part["image_id"].to_numpy()
@@ -282,6 +293,10 @@ class StudyImages:
             PRECISIONS[study.precision],
             None if sample is None else np.intersect1d(sample, ids),
         )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.prepared.study.batch_size)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -376,11 +391,24 @@ def study_pair(on: StudyImages, repeats: int) -> tuple[dict[str, list[float]], i
     return times, len(ids)
 
 
-def study_steps(on: StudyImages, repeats: int) -> list[dict[str, float]]:
-    """Each repeat's seconds summed over the batches: ``load`` (the stage's loader),
+def study_steps(sides: list[StudyImages], repeats: int) -> list[list[dict[str, float]]]:
+    """:func:`study_repeat` ``repeats`` times for each of ``sides`` (the same images read in
+    batches of other sizes), the sides alternated, their order reversed every other repeat:
+    per side, each repeat's seconds."""
+    out: list[list[dict[str, float]]] = [[] for _ in sides]
+    for r in range(repeats):
+        order = list(range(len(sides)))
+        for j in order if r % 2 == 0 else order[::-1]:
+            out[j].append(study_repeat(sides[j], r, label=len(sides) > 1))
+    return out
+
+
+def study_repeat(on: StudyImages, r: int, label: bool = False) -> dict[str, float]:
+    """One repeat's seconds summed over the batches: ``load`` (the stage's loader),
     ``forward`` (a bare forward pass, the study's precision and layout), ``stage``
     (:func:`study_pass`'s step, as a shard runs it) and ``channels`` (the same without
-    dictionaries and sample), the three timed on each batch in turn."""
+    dictionaries and sample), the three timed on each batch in an order that turns with the
+    batch (and with ``r``). ``label``: the printed line names the batch size."""
     import copy
 
     from carto_assets.stages.activations import study_batches, study_pass
@@ -388,57 +416,77 @@ def study_steps(on: StudyImages, repeats: int) -> list[dict[str, float]]:
     prepared, ids, labels, device = on.prepared, on.ids, on.labels, on.device
     # The stage's hooks are on the study's module: the other two sides run copies of it.
     bare, channels_model = copy.deepcopy(on.model), copy.deepcopy(on.model)
+    predicted: list[torch.Tensor] = []
 
     def forward(batch) -> None:
         predicted.append(on.forward(bare, batch))
 
-    out = []
-    for r in range(repeats):
-        stage = study_pass(prepared, ids, device, sample_ids=on.sample)
-        channels = study_pass(prepared, ids, device, features=False, model=channels_model)
-        sides = [("forward", forward), ("stage", stage.step), ("channels", channels.step)]
-        seconds = dict.fromkeys(["load", *[name for name, _ in sides]], 0.0)
-        predicted: list[torch.Tensor] = []
-        loader = iter(study_batches(prepared, ids, labels, device))
-        with stage, channels:
-            for i in range(len(ids)):
-                start = time.perf_counter()
-                batch = next(loader, None)
-                seconds["load"] += time.perf_counter() - start
-                if batch is None:
-                    break
-                turn = (i + r) % len(sides)
-                for name, run in sides[turn:] + sides[:turn]:
-                    on.sync()
-                    start = time.perf_counter()
-                    run(batch)
-                    on.sync()
-                    seconds[name] += time.perf_counter() - start
-        results = {"stage": stage.result(), "channels": channels.result()}
-        # The three sides ran the same model on the same images: anything else is a bug here.
-        reference = torch.cat(predicted).cpu().numpy()
-        for name, result in results.items():
-            if not np.array_equal(result.predictions["predicted"], reference):
-                raise SystemExit(f"batch by batch, the {name} side predicted other classes")
-        out.append(seconds)
-        print(
-            f"  batch by batch {r + 1}: load {seconds['load']:.2f} s, forward "
-            f"{seconds['forward']:.2f} s, stage {seconds['stage']:.2f} s, channels only "
-            f"{seconds['channels']:.2f} s ({len(reference)} images, the same predicted classes)",
-            flush=True,
-        )
-    return out
+    stage = study_pass(prepared, ids, device, sample_ids=on.sample)
+    channels = study_pass(prepared, ids, device, features=False, model=channels_model)
+    sides = [("forward", forward), ("stage", stage.step), ("channels", channels.step)]
+    seconds = dict.fromkeys(["load", *[name for name, _ in sides]], 0.0)
+    with stage, channels:
+        start = time.perf_counter()
+        for i, batch in enumerate(study_batches(prepared, ids, labels, device)):
+            seconds["load"] += time.perf_counter() - start
+            turn = (i + r) % len(sides)
+            for name, run in sides[turn:] + sides[:turn]:
+                on.sync()
+                begin = time.perf_counter()
+                run(batch)
+                on.sync()
+                seconds[name] += time.perf_counter() - begin
+            start = time.perf_counter()  # the next batch's read
+        seconds["load"] += time.perf_counter() - start  # the loader's end
+    results = {"stage": stage.result(), "channels": channels.result()}
+    # The three sides ran the same model on the same images: anything else is a bug here.
+    reference = torch.cat(predicted).cpu().numpy()
+    for name, result in results.items():
+        if not np.array_equal(result.predictions["predicted"], reference):
+            raise SystemExit(f"batch by batch, the {name} side predicted other classes")
+    seconds["images"] = float(len(reference))
+    print(
+        f"  batch by batch {r + 1}{f' (batch {on.batch_size})' if label else ''}: load "
+        f"{seconds['load']:.2f} s, forward {seconds['forward']:.2f} s, stage "
+        f"{seconds['stage']:.2f} s, channels only {seconds['channels']:.2f} s "
+        f"({len(reference)} images, the same predicted classes)",
+        flush=True,
+    )
+    return seconds
 
 
-def print_study_steps(steps: list[dict[str, float]]) -> None:
+def print_study_steps(steps: list[dict[str, float]], batch: int | None = None) -> None:
     total = {name: sum(s[name] for s in steps) for name in steps[0]}
+    at = f" (batch {batch})" if batch is not None else ""
     for name, side in (("stage", "stage"), ("channels only", "channels")):
         each = [(s["load"] + s[side]) / (s["load"] + s["forward"]) for s in steps]
         ratio = (total["load"] + total[side]) / (total["load"] + total["forward"])
         print(
-            f"batch by batch, {name} / (load + forward): {ratio:.3f} over every repeat "
+            f"batch by batch{at}, {name} / (load + forward): {ratio:.3f} over every repeat "
             f"(target <= 1.1); each repeat {', '.join(f'{x:.3f}' for x in each)}; the "
             f"{name} alone {total[side] / total['forward']:.2f}x the bare forward pass"
+        )
+
+
+def print_batch_sizes(sizes: list[int], steps: list[list[dict[str, float]]]) -> None:
+    """The batch sizes side by side: each side's milliseconds per image, summed over every
+    repeat, against the first size's."""
+    print("batch sizes side by side (batch by batch, every repeat, the sizes alternated):")
+    first: dict[str, float] = {}
+    for size, runs in zip(sizes, steps):
+        images = sum(s["images"] for s in runs)
+        per = {
+            "load + forward": sum(s["load"] + s["forward"] for s in runs) / images,
+            "load + stage": sum(s["load"] + s["stage"] for s in runs) / images,
+            "load + channels only": sum(s["load"] + s["channels"] for s in runs) / images,
+        }
+        first = first or per
+        print(
+            f"  batch {size}: "
+            + ", ".join(
+                f"{name} {1e3 * ms:.4f} ms per image ({ms / first[name]:.3f}x batch {sizes[0]}'s)"
+                for name, ms in per.items()
+            )
         )
 
 
@@ -466,6 +514,17 @@ def print_study_pair(times: dict[str, list[float]], n_images: int) -> None:
         )
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes``: positive integers, comma-separated."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) < len(sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be distinct and >= 1, got {text!r}")
+    return sizes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="builtin", help="builtin or torchvision:<name>")
@@ -490,6 +549,14 @@ def main() -> None:
         help="a mapped study's file: its own images, model, device and settings (see 3.); "
         "--model, --size, --device, --batch-size, --k and --sample are then the study's",
     )
+    p.add_argument(
+        "--batch-sizes",
+        type=batch_sizes,
+        default=[None],
+        help="with --study: comma-separated batch sizes to read its images in instead of the "
+        "study's (e.g. 128,512); with several, each is measured and they are compared side by "
+        "side, batch by batch",
+    )
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -497,10 +564,16 @@ def main() -> None:
         memory_child(args)
         return
     if args.study:
-        on = StudyImages.load(args.study, args.images)
-        times, n_images = study_pair(on, args.repeats)
-        print_study_pair(times, n_images)
-        print_study_steps(study_steps(on, args.repeats))
+        sides = [StudyImages.load(args.study, args.images, size) for size in args.batch_sizes]
+        for on in sides:
+            times, n_images = study_pair(on, args.repeats)
+            print_study_pair(times, n_images)
+        steps = study_steps(sides, args.repeats)
+        several = len(sides) > 1
+        for on, runs in zip(sides, steps):
+            print_study_steps(runs, on.batch_size if several else None)
+        if several:
+            print_batch_sizes([on.batch_size for on in sides], steps)
         return
     torch.manual_seed(0)
     model, layers = build(args.model, args.size)

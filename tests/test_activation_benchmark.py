@@ -3,7 +3,8 @@
 Only what it prints is checked, never a speed: the images it timed, one line per repeat
 (load + forward, the stage, the stage on channels only), that the three sides saw the same
 images and predicted the same classes, and ratios that are the ratios of the seconds it
-printed; the same for its batch-by-batch timing.
+printed; the same for its batch-by-batch timing, and for several batch sizes side by side
+(``--batch-sizes``).
 """
 
 import re
@@ -65,3 +66,62 @@ def test_the_study_side_by_side_prints_its_repeats_and_their_ratios(materialized
             low = (load + side - 0.01) / (load + forward + 0.01)
             high = (load + side + 0.01) / max(load + forward - 0.01, 1e-9)
             assert low - 0.0005 <= float(ratio) <= high + 0.0005
+
+
+@pytest.mark.slow
+def test_batch_sizes_are_measured_each_and_compared_side_by_side(materialized):
+    _, _, study_file = materialized
+    out = run_benchmark(
+        "activations.py", "--study", study_file, "--images", 40, "--repeats", 2,
+        "--batch-sizes", "16,8",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    # Each size is read in its own batches: both measurements for each, in the order given.
+    heads = re.findall(r"(\d+) images of shard 0, .*, batch (\d+), k=", out.stdout)
+    assert [size for _, size in heads] == ["16", "8"], out.stdout
+    n_images = int(heads[0][0])
+    steps = re.findall(
+        r"batch by batch (\d) \(batch (\d+)\): load ([\d.]+) s, forward ([\d.]+) s, stage "
+        r"([\d.]+) s, channels only ([\d.]+) s \((\d+) images, the same predicted classes\)",
+        out.stdout,
+    )
+    # Alternated, the order reversed every other repeat.
+    alternated = [("1", "16"), ("1", "8"), ("2", "8"), ("2", "16")]
+    assert [(r, size) for r, size, *_ in steps] == alternated
+    assert {int(s[6]) for s in steps} == {n_images}
+    per_image = {}
+    for size in ("16", "8"):
+        mine = [s for s in steps if s[1] == size]
+        line = re.search(
+            rf"^batch by batch \(batch {size}\), stage / \(load \+ forward\): ([\d.]+) over",
+            out.stdout,
+            re.M,
+        )
+        assert line is not None, out.stdout
+        load, forward, stage = (sum(float(s[i]) for s in mine) for i in (2, 3, 4))
+        # Seconds are printed to 0.01 s, the ratio from the unrounded seconds.
+        assert (load + stage - 0.02) / (load + forward + 0.02) - 0.0005 <= float(line.group(1))
+        assert float(line.group(1)) <= (load + stage + 0.02) / max(load + forward - 0.02, 1e-9)
+        per_image[size] = (load + forward, load + stage)
+    side = {
+        size: (float(ms), float(times))
+        for size, ms, times in re.findall(
+            r"^  batch (\d+): load \+ forward ([\d.]+) ms per image \(([\d.]+)x batch 16's\)",
+            out.stdout,
+            re.M,
+        )
+    }
+    assert set(side) == {"16", "8"}, out.stdout
+    assert side["16"][1] == 1.0
+    for size, (ms, _) in side.items():
+        seconds = per_image[size][0]  # summed over 2 repeats of n_images
+        assert abs(ms - 1e3 * seconds / (2 * n_images)) <= 1e3 * 0.02 / (2 * n_images) + 1e-4
+    ratio = side["8"][0] / side["16"][0]
+    assert abs(side["8"][1] - ratio) <= 0.002
+
+
+@pytest.mark.parametrize("value", ["0,8", "8,8", "eight"])
+def test_batch_sizes_that_are_not_distinct_positive_integers_are_refused(value):
+    out = run_benchmark("activations.py", "--study", "unused.yaml", "--batch-sizes", value)
+    assert out.returncode == 2
+    assert "--batch-sizes" in out.stderr and repr(value) in out.stderr
